@@ -1,0 +1,47 @@
+# Audiences: `make run` starts everything embedded; `make test` passes every test
+# against real Postgres and Redis. `make help` lists the rest.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard protos/audiences/v1/*.proto)
+
+.PHONY: help run test lint fmt protos check-protos migrate install
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the project with its dev tools
+
+protos: $(STAMP) ## regenerate gen/ from protos/ (never edit gen/ by hand)
+	$(PY) scripts/gen_protos.py gen
+
+check-protos: $(STAMP) ## fail if gen/ is stale
+	$(PY) scripts/gen_protos.py --check gen
+
+migrate: $(STAMP) ## apply migrations to DATABASE_URL (embedded SQLite by default)
+	$(PY) -m services.shared.cli migrate
+
+run: $(STAMP) ## start all five services embedded (SQLite + in-process Redis)
+	$(PY) -m services.shared.cli migrate
+	$(PY) -m services.dev_runner
+
+lint: $(STAMP) ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: $(STAMP) ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: $(STAMP) ## ensure Postgres+Redis, lint, check protos, run every test
+	scripts/ensure_services.sh
+	$(MAKE) --no-print-directory lint check-protos
+	$(PY) -m pytest $(PYTEST_ARGS)

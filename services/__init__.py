@@ -1,0 +1,2 @@
+"""Audiences: five gRPC services (ingest, segmentation, prediction, profile, sync)
+and their shared plumbing."""

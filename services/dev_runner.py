@@ -1,0 +1,96 @@
+"""Start all five services: in one process (`make run`) or as five processes (tests).
+
+`python -m services.dev_runner` runs them in this process on their fixed ports with
+the embedded default (SQLite file + in-process Redis) unless DATABASE_URL/REDIS_URL
+say otherwise, creates a demo workspace on first start, and prints an example call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from services.ingest.app import SPEC as INGEST
+from services.prediction.app import SPEC as PREDICTION
+from services.profile.app import SPEC as PROFILE
+from services.segmentation.app import SPEC as SEGMENTATION
+from services.shared.cli import create_workspace
+from services.shared.config import DEFAULT_PORTS, Settings
+from services.shared.server import ServiceSpec, serve
+from services.sync.app import SPEC as SYNC
+
+SPECS: list[ServiceSpec] = [INGEST, SEGMENTATION, PREDICTION, PROFILE, SYNC]
+DEMO_KEYS = Path("var/demo-workspace.json")
+
+
+def start_processes(env: dict[str, str], ports: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """Start each service as its own `python -m services.<name>` process on `ports`."""
+    return [
+        subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            env={**env, "GRPC_PORT": str(port)},
+        )
+        for name, port in ports.items()
+    ]
+
+
+def _saved_demo_keys() -> dict[str, str] | None:
+    # Secrets are stored hashed, so the demo keys are kept in var/ (git-ignored) to be
+    # shown again on the next start.
+    return json.loads(DEMO_KEYS.read_text()) if DEMO_KEYS.exists() else None
+
+
+def _save_demo_keys(keys: dict[str, str]) -> None:
+    DEMO_KEYS.parent.mkdir(parents=True, exist_ok=True)
+    DEMO_KEYS.write_text(json.dumps(keys, indent=2))
+
+
+def _banner(keys: dict[str, str]) -> str:
+    ports = "\n".join(f"  {name:<13} 127.0.0.1:{port}" for name, port in DEFAULT_PORTS.items())
+    return f"""
+Audiences is running (embedded default unless DATABASE_URL/REDIS_URL are set):
+{ports}
+
+Demo workspace {keys["workspace_id"]}
+  admin key   {keys["admin_key"]}
+  ingest key  {keys["ingest_key"]}
+  profile key {keys["profile_key"]}
+
+Try it (see README.md for the tour):
+  .venv/bin/python -m services.tour
+
+Ctrl-C stops every service (in-flight calls are drained first).
+"""
+
+
+async def _run_all() -> None:
+    settings = Settings.from_env()
+    keys = _saved_demo_keys()
+    if keys is None:
+        keys = await create_workspace(settings, "demo")
+        _save_demo_keys(keys)
+    print(_banner(keys), flush=True)
+    await serve(SPECS, settings, DEFAULT_PORTS)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if "--processes" in sys.argv:
+        processes = start_processes(dict(os.environ), DEFAULT_PORTS)
+        try:
+            for process in processes:
+                process.wait()
+        except KeyboardInterrupt:
+            for process in processes:
+                process.terminate()
+        return
+    asyncio.run(_run_all())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Prediction: goals, LightGBM training, scoring, percentiles and metrics."""

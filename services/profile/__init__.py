@@ -1,0 +1,1 @@
+"""Profile: the Profile API apps call at request time, and recommendations."""

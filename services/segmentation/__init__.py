@@ -1,0 +1,2 @@
+"""Segmentation: audiences and computed traits (definitions, batch and realtime
+evaluation, membership changes)."""

@@ -1,0 +1,847 @@
+"""The audience language: parsing and validation of audience and computed-trait definitions.
+
+A definition arrives as JSON (a condition tree, design.md section 6). ``parse_audience``
+turns it into frozen dataclasses or raises ``DefinitionError`` listing *every*
+violation as a ``(path, reason)`` pair, so an API caller can fix all mistakes in one
+round trip. Paths look like ``all[1].event.count.op``: node keys and field names joined
+by dots, list positions in brackets.
+
+The evaluators (``reference.py``, ``sql.py``) only ever see parsed nodes, so they can rely
+on the invariants checked here (known operators, well-typed values, sane windows, funnel
+references to earlier steps only).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "ACCOUNT_QUANTIFIERS",
+    "COMPUTED_TYPES",
+    "COUNT_OPS",
+    "FILTER_OPS",
+    "US_PER_DAY",
+    "US_PER_SECOND",
+    "Account",
+    "All",
+    "AnyOf",
+    "AudienceRef",
+    "Between",
+    "Computed",
+    "ComputedTraitDef",
+    "Count",
+    "DefinitionError",
+    "Event",
+    "Filter",
+    "Funnel",
+    "FunnelStep",
+    "Node",
+    "Not",
+    "Prediction",
+    "StepRef",
+    "Trait",
+    "TraitRef",
+    "Window",
+    "Within",
+    "audience_refs",
+    "computed_refs",
+    "dependency_order",
+    "find_cycle",
+    "iter_nodes",
+    "parse_audience",
+    "parse_computed_trait",
+    "split_path",
+    "trait_refs",
+    "validate_audience",
+    "validate_computed_trait",
+]
+
+US_PER_SECOND = 1_000_000
+US_PER_DAY = 86_400 * US_PER_SECOND
+
+# Operators on values (trait, computed, event property filters).
+FILTER_OPS = frozenset(
+    {
+        "eq",
+        "neq",
+        "gt",
+        "gte",
+        "lt",
+        "lte",
+        "in",
+        "not_in",
+        "contains",
+        "starts_with",
+        "exists",
+        "not_exists",
+    }
+)
+NUMERIC_OPS = frozenset({"gt", "gte", "lt", "lte"})
+# Operators that may take a dynamic reference instead of a literal: list and presence
+# operators are excluded because a referenced value is a single JSON value that must exist.
+REF_OPS = frozenset({"eq", "neq", "gt", "gte", "lt", "lte", "contains", "starts_with"})
+# Operators on event counts.
+COUNT_OPS = frozenset({"eq", "neq", "gt", "gte", "lt", "lte"})
+COMPUTED_TYPES = frozenset(
+    {
+        "event_count",
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "first",
+        "last",
+        "most_frequent",
+        "unique_count",
+        "unique_list",
+    }
+)
+EVENT_TYPES = frozenset({"track", "page", "screen"})
+ACCOUNT_QUANTIFIERS = frozenset({"any", "all", "none"})
+PREDICTION_METRICS = {"percentile": (0.0, 100.0), "probability": (0.0, 1.0)}
+
+
+class DefinitionError(ValueError):
+    """A definition broke one or more rules; ``violations`` lists ``(path, reason)``."""
+
+    def __init__(self, violations: list[tuple[str, str]]) -> None:
+        self.violations = list(violations)
+        super().__init__("; ".join(f"{p or '<root>'}: {r}" for p, r in self.violations))
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+@dataclass(frozen=True)
+class Within:
+    """``{"within_days": D}``: now - D days < t <= now."""
+
+    days: float
+
+    def bounds(self, now_us: int) -> tuple[int, int]:
+        """(exclusive lower, inclusive upper) bound in microseconds."""
+        return now_us - _days_us(self.days), now_us
+
+
+@dataclass(frozen=True)
+class Between:
+    """``{"between_days": [A, B]}``: now - B days < t <= now - A days."""
+
+    start_days: float  # A, the nearer edge
+    end_days: float  # B, the farther edge
+
+    def bounds(self, now_us: int) -> tuple[int, int]:
+        """(exclusive lower, inclusive upper) bound in microseconds."""
+        return now_us - _days_us(self.end_days), now_us - _days_us(self.start_days)
+
+
+Window = Within | Between
+
+
+def _days_us(days: float) -> int:
+    # Days are exact 86,400-second spans; fractional days round to whole microseconds so
+    # both evaluators compare the very same integers.
+    if isinstance(days, int):
+        return days * US_PER_DAY
+    return round(days * US_PER_DAY)
+
+
+@dataclass(frozen=True)
+class StepRef:
+    """The value of ``property`` on the event chosen for an earlier funnel step."""
+
+    step: int
+    property: str
+
+
+@dataclass(frozen=True)
+class TraitRef:
+    """The profile's current value of trait ``trait``."""
+
+    trait: str
+
+
+@dataclass(frozen=True)
+class Filter:
+    """``{"property": P, "op": OP, "value": V}`` or with ``"ref"`` instead of ``value``."""
+
+    property: str
+    op: str
+    value: Any = None
+    ref: StepRef | TraitRef | None = None
+
+
+@dataclass(frozen=True)
+class Count:
+    op: str = "gte"
+    value: int = 1
+
+
+@dataclass(frozen=True)
+class All:
+    children: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    children: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    child: Node
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    type: str = "track"
+    where: tuple[Filter, ...] = ()
+    count: Count = field(default_factory=Count)
+    window: Window | None = None
+
+
+@dataclass(frozen=True)
+class Trait:
+    name: str
+    op: str
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class Computed:
+    key: str
+    op: str
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class AudienceRef:
+    key: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """``{"prediction": {"key": P, "percentile": {"gte": 90}}}``; every bound must hold."""
+
+    key: str
+    metric: Literal["percentile", "probability"]
+    bounds: tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class FunnelStep:
+    name: str
+    type: str = "track"
+    where: tuple[Filter, ...] = ()
+
+
+@dataclass(frozen=True)
+class Funnel:
+    steps: tuple[FunnelStep, ...]
+    within_seconds: float
+    window: Window | None = None
+    completed: bool = True
+
+    @property
+    def within_us(self) -> int:
+        return round(self.within_seconds * US_PER_SECOND)
+
+
+@dataclass(frozen=True)
+class Account:
+    """Account-level condition: ``any``/``all``/``none`` of the account's users match.
+
+    Syntax: ``{"account": {"match": "any", "condition": node}}``. ``all`` requires at
+    least one user (an empty account is not "all users matching").
+    """
+
+    match: str
+    condition: Node
+
+
+Node = All | AnyOf | Not | Event | Trait | Computed | AudienceRef | Prediction | Funnel | Account
+
+
+@dataclass(frozen=True)
+class ComputedTraitDef:
+    type: str
+    event: str
+    event_type: str = "track"
+    property: str | None = None
+    where: tuple[Filter, ...] = ()
+    window: Window | None = None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def split_path(prop: str) -> tuple[str, ...]:
+    """A dotted property path as its keys (``shipping.method`` -> ("shipping", "method"))."""
+    return tuple(prop.split("."))
+
+
+def _is_number(v: Any) -> bool:
+    # A boolean is not a number in the language (JSON true is not 1).
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_scalar(v: Any) -> bool:
+    return isinstance(v, str | bool) or _is_number(v)
+
+
+def _type_name(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int | float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    return type(v).__name__
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+class _Ctx:
+    """Collects violations while walking a definition."""
+
+    def __init__(self) -> None:
+        self.violations: list[tuple[str, str]] = []
+
+    def err(self, path: str, reason: str) -> None:
+        self.violations.append((path, reason))
+
+    def obj(self, raw: Any, path: str) -> Mapping[str, Any] | None:
+        if not isinstance(raw, Mapping):
+            self.err(path, f"must be an object, got {_type_name(raw)}")
+            return None
+        return raw
+
+    def unknown(self, raw: Mapping[str, Any], allowed: set[str], path: str) -> None:
+        for k in raw:
+            if k not in allowed:
+                self.err(_join(path, str(k)), "unknown field")
+
+    def name(self, raw: Mapping[str, Any], key: str, path: str, required: bool = True) -> str:
+        if key not in raw:
+            if required:
+                self.err(_join(path, key), "is required")
+            return ""
+        v = raw[key]
+        if not isinstance(v, str) or not v:
+            self.err(_join(path, key), "must be a non-empty string")
+            return ""
+        return v
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _parse_window(raw: Any, path: str, ctx: _Ctx) -> Window | None:
+    obj = ctx.obj(raw, path)
+    if obj is None:
+        return None
+    if len(obj) != 1:
+        ctx.err(path, "must have exactly one of within_days, between_days")
+        return None
+    (kind, val) = next(iter(obj.items()))
+    p = _join(path, kind)
+    if kind == "within_days":
+        if not _is_number(val):
+            ctx.err(p, "must be a number")
+            return None
+        if val <= 0:
+            ctx.err(p, "must be greater than 0")
+            return None
+        return Within(val)
+    if kind == "between_days":
+        if not isinstance(val, list) or len(val) != 2 or not all(_is_number(x) for x in val):
+            ctx.err(p, "must be a list of two numbers [A, B]")
+            return None
+        a, b = val
+        if a < 0:
+            ctx.err(p, "A must not be negative")
+            return None
+        if a >= b:
+            ctx.err(p, "A must be less than B")
+            return None
+        return Between(a, b)
+    ctx.err(p, "unknown window; expected within_days or between_days")
+    return None
+
+
+def _check_value(op: str, raw: Mapping[str, Any], path: str, ctx: _Ctx) -> Any:
+    """Type-check the literal ``value`` for ``op``; returns it (None when absent/invalid)."""
+    vp = _join(path, "value")
+    has = "value" in raw
+    v = raw.get("value")
+    if op in ("exists", "not_exists"):
+        if has and v is not None:
+            ctx.err(vp, f"{op} takes no value")
+        return None
+    if not has:
+        ctx.err(vp, "is required")
+        return None
+    if op in NUMERIC_OPS:
+        if not _is_number(v):
+            ctx.err(vp, f"{op} needs a number, got {_type_name(v)}")
+            return None
+    elif op in ("in", "not_in"):
+        if not isinstance(v, list):
+            ctx.err(vp, f"{op} needs a list, got {_type_name(v)}")
+            return None
+        for i, item in enumerate(v):
+            if not _is_scalar(item):
+                ctx.err(f"{vp}[{i}]", f"must be a string, number or boolean, got {_type_name(item)}")
+        return tuple(v)
+    elif op == "starts_with":
+        if not isinstance(v, str):
+            ctx.err(vp, f"starts_with needs a string, got {_type_name(v)}")
+            return None
+    elif not _is_scalar(v):  # eq, neq, contains
+        # null is "missing" in the language: presence is tested with exists/not_exists.
+        ctx.err(vp, f"{op} needs a string, number or boolean, got {_type_name(v)}")
+        return None
+    return v
+
+
+def _parse_op(raw: Mapping[str, Any], path: str, ctx: _Ctx, ops: frozenset[str]) -> str:
+    op = raw.get("op")
+    if "op" not in raw:
+        ctx.err(_join(path, "op"), "is required")
+        return ""
+    if not isinstance(op, str) or op not in ops:
+        ctx.err(_join(path, "op"), f"unknown operator {op!r}")
+        return ""
+    return op
+
+
+def _parse_filter(raw: Any, path: str, ctx: _Ctx, step_index: int | None) -> Filter | None:
+    obj = ctx.obj(raw, path)
+    if obj is None:
+        return None
+    ctx.unknown(obj, {"property", "op", "value", "ref"}, path)
+    prop = ctx.name(obj, "property", path)
+    op = _parse_op(obj, path, ctx, FILTER_OPS)
+    if "ref" in obj:
+        rp = _join(path, "ref")
+        if "value" in obj:
+            ctx.err(rp, "give either value or ref, not both")
+        if op and op not in REF_OPS:
+            ctx.err(_join(path, "op"), f"{op} cannot take a ref")
+        ref = _parse_ref(obj["ref"], rp, ctx, step_index)
+        if not prop or not op or ref is None:
+            return None
+        return Filter(prop, op, None, ref)
+    if not op:
+        return None
+    n = len(ctx.violations)
+    value = _check_value(op, obj, path, ctx)
+    if not prop or len(ctx.violations) != n:
+        return None
+    return Filter(prop, op, value)
+
+
+def _parse_ref(raw: Any, path: str, ctx: _Ctx, step_index: int | None) -> StepRef | TraitRef | None:
+    obj = ctx.obj(raw, path)
+    if obj is None:
+        return None
+    if "trait" in obj:
+        ctx.unknown(obj, {"trait"}, path)
+        t = ctx.name(obj, "trait", path)
+        return TraitRef(t) if t else None
+    if "step" in obj:
+        ctx.unknown(obj, {"step", "property"}, path)
+        prop = ctx.name(obj, "property", path)
+        step = obj["step"]
+        sp = _join(path, "step")
+        if step_index is None:
+            ctx.err(sp, "step references are only allowed in funnel steps")
+            return None
+        if not isinstance(step, int) or isinstance(step, bool):
+            ctx.err(sp, "must be an integer")
+            return None
+        if not 0 <= step < step_index:
+            ctx.err(sp, f"must refer to an earlier step (0..{step_index - 1}), got {step}")
+            return None
+        return StepRef(step, prop) if prop else None
+    ctx.err(path, "must have trait or step")
+    return None
+
+
+def _parse_where(raw: Mapping[str, Any], path: str, ctx: _Ctx, step: int | None) -> tuple[Filter, ...]:
+    if "where" not in raw:
+        return ()
+    wp = _join(path, "where")
+    w = raw["where"]
+    if not isinstance(w, list):
+        ctx.err(wp, f"must be a list, got {_type_name(w)}")
+        return ()
+    out = [_parse_filter(f, f"{wp}[{i}]", ctx, step) for i, f in enumerate(w)]
+    return tuple(f for f in out if f is not None)
+
+
+def _event_type(raw: Mapping[str, Any], key: str, path: str, ctx: _Ctx) -> str:
+    t = raw.get(key, "track")
+    if t not in EVENT_TYPES:
+        ctx.err(_join(path, key), f"unknown event type {t!r}; expected track, page or screen")
+        return "track"
+    return t
+
+
+def _parse_event(raw: Any, path: str, ctx: _Ctx) -> Event | None:
+    obj = ctx.obj(raw, path)
+    if obj is None:
+        return None
+    ctx.unknown(obj, {"name", "type", "where", "count", "window"}, path)
+    name = ctx.name(obj, "name", path)
+    etype = _event_type(obj, "type", path, ctx)
+    where = _parse_where(obj, path, ctx, None)
+    count = Count()
+    if "count" in obj:
+        cp = _join(path, "count")
+        c = ctx.obj(obj["count"], cp)
+        if c is not None:
+            ctx.unknown(c, {"op", "value"}, cp)
+            op = _parse_op(c, cp, ctx, COUNT_OPS)
+            v = c.get("value")
+            if "value" not in c:
+                ctx.err(_join(cp, "value"), "is required")
+            elif not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                ctx.err(_join(cp, "value"), "must be a non-negative integer")
+            elif op:
+                count = Count(op, v)
+    window = _parse_window(obj["window"], _join(path, "window"), ctx) if "window" in obj else None
+    return Event(name, etype, where, count, window)
+
+
+def _parse_value_node(raw: Any, path: str, ctx: _Ctx, key_field: str) -> tuple[str, str, Any] | None:
+    obj = ctx.obj(raw, path)
+    if obj is None:
+        return None
+    ctx.unknown(obj, {key_field, "op", "value"}, path)
+    name = ctx.name(obj, key_field, path)
+    op = _parse_op(obj, path, ctx, FILTER_OPS)
+    value = _check_value(op, obj, path, ctx) if op else None
+    return name, op, value
+
+
+def _parse_prediction(raw: Any, path: str, ctx: _Ctx) -> Prediction | None:
+    obj = ctx.obj(raw, path)
+    if obj is None:
+        return None
+    ctx.unknown(obj, {"key", *PREDICTION_METRICS}, path)
+    key = ctx.name(obj, "key", path)
+    metrics = [m for m in PREDICTION_METRICS if m in obj]
+    if len(metrics) != 1:
+        ctx.err(path, "must have exactly one of percentile, probability")
+        return None
+    metric = metrics[0]
+    mp = _join(path, metric)
+    lo, hi = PREDICTION_METRICS[metric]
+    b = ctx.obj(obj[metric], mp)
+    if b is None:
+        return None
+    if not b:
+        ctx.err(mp, "needs at least one of gt, gte, lt, lte, eq")
+    bounds = []
+    for op, v in b.items():
+        if op not in NUMERIC_OPS | {"eq"}:
+            ctx.err(_join(mp, op), f"unknown operator {op!r}")
+        elif not _is_number(v):
+            ctx.err(_join(mp, op), f"{op} needs a number, got {_type_name(v)}")
+        elif not lo <= v <= hi:
+            ctx.err(_join(mp, op), f"must be between {lo:g} and {hi:g}")
+        else:
+            bounds.append((op, v))
+    return Prediction(key, metric, tuple(bounds)) if key else None  # type: ignore[arg-type]
+
+
+def _parse_funnel(raw: Any, path: str, ctx: _Ctx) -> Funnel | None:
+    obj = ctx.obj(raw, path)
+    if obj is None:
+        return None
+    ctx.unknown(obj, {"steps", "within_seconds", "window", "completed"}, path)
+    sp = _join(path, "steps")
+    steps: list[FunnelStep] = []
+    raw_steps = obj.get("steps")
+    if "steps" not in obj:
+        ctx.err(sp, "is required")
+    elif not isinstance(raw_steps, list):
+        ctx.err(sp, f"must be a list, got {_type_name(raw_steps)}")
+    elif len(raw_steps) < 2:
+        ctx.err(sp, "a funnel needs at least 2 steps")
+    else:
+        for i, rs in enumerate(raw_steps):
+            p = f"{sp}[{i}]"
+            s = ctx.obj(rs, p)
+            if s is None:
+                continue
+            for k in s:
+                if k in ("count", "window"):
+                    ctx.err(_join(p, k), "not allowed in a funnel step")
+                elif k not in ("name", "type", "where"):
+                    ctx.err(_join(p, str(k)), "unknown field")
+            steps.append(
+                FunnelStep(ctx.name(s, "name", p), _event_type(s, "type", p, ctx), _parse_where(s, p, ctx, i))
+            )
+    wsp = _join(path, "within_seconds")
+    within = obj.get("within_seconds")
+    if "within_seconds" not in obj:
+        ctx.err(wsp, "is required")
+        within = 0
+    elif not _is_number(within) or within <= 0:
+        ctx.err(wsp, "must be a number greater than 0")
+        within = 0
+    window = _parse_window(obj["window"], _join(path, "window"), ctx) if "window" in obj else None
+    completed = obj.get("completed", True)
+    if not isinstance(completed, bool):
+        ctx.err(_join(path, "completed"), "must be true or false")
+        completed = True
+    return Funnel(tuple(steps), within, window, completed)
+
+
+def _parse_node(raw: Any, path: str, ctx: _Ctx) -> Node | None:
+    obj = ctx.obj(raw, path)
+    if obj is None:
+        return None
+    if len(obj) != 1:
+        ctx.err(path, f"a node must have exactly one key, got {sorted(map(str, obj))}")
+        return None
+    (kind, body) = next(iter(obj.items()))
+    p = _join(path, kind)
+    if kind in ("all", "any"):
+        if not isinstance(body, list):
+            ctx.err(p, f"must be a list, got {_type_name(body)}")
+            return None
+        if not body:
+            ctx.err(p, "must not be empty")
+            return None
+        kids = [_parse_node(c, f"{p}[{i}]", ctx) for i, c in enumerate(body)]
+        children = tuple(k for k in kids if k is not None)
+        return All(children) if kind == "all" else AnyOf(children)
+    if kind == "not":
+        child = _parse_node(body, p, ctx)
+        return Not(child) if child is not None else None
+    if kind == "event":
+        return _parse_event(body, p, ctx)
+    if kind == "trait":
+        r = _parse_value_node(body, p, ctx, "name")
+        return Trait(*r) if r else None
+    if kind == "computed":
+        r = _parse_value_node(body, p, ctx, "key")
+        return Computed(*r) if r else None
+    if kind == "audience":
+        o = ctx.obj(body, p)
+        if o is None:
+            return None
+        ctx.unknown(o, {"key"}, p)
+        key = ctx.name(o, "key", p)
+        return AudienceRef(key)
+    if kind == "prediction":
+        return _parse_prediction(body, p, ctx)
+    if kind == "funnel":
+        return _parse_funnel(body, p, ctx)
+    if kind == "account":
+        o = ctx.obj(body, p)
+        if o is None:
+            return None
+        ctx.unknown(o, {"match", "condition"}, p)
+        m = o.get("match")
+        if m not in ACCOUNT_QUANTIFIERS:
+            ctx.err(_join(p, "match"), f"unknown quantifier {m!r}; expected any, all or none")
+        if "condition" not in o:
+            ctx.err(_join(p, "condition"), "is required")
+            return None
+        inner = _parse_node(o["condition"], _join(p, "condition"), ctx)
+        if inner is not None and any(isinstance(n, Account) for n in iter_nodes(inner)):
+            ctx.err(_join(p, "condition"), "account conditions cannot be nested")
+        return Account(m, inner) if inner is not None and m in ACCOUNT_QUANTIFIERS else None
+    ctx.err(p, "unknown node type")
+    return None
+
+
+def validate_audience(raw: Any) -> list[tuple[str, str]]:
+    """Every violation of ``raw`` as ``(path, reason)``; empty when it is valid."""
+    ctx = _Ctx()
+    _parse_node(raw, "", ctx)
+    return ctx.violations
+
+
+def parse_audience(raw: Any) -> Node:
+    """Parse an audience condition tree; raises ``DefinitionError`` listing all violations."""
+    ctx = _Ctx()
+    node = _parse_node(raw, "", ctx)
+    if ctx.violations or node is None:
+        raise DefinitionError(ctx.violations or [("", "invalid definition")])
+    return node
+
+
+def _parse_computed(raw: Any, ctx: _Ctx) -> ComputedTraitDef | None:
+    obj = ctx.obj(raw, "")
+    if obj is None:
+        return None
+    ctx.unknown(obj, {"type", "event", "event_type", "property", "where", "window"}, "")
+    t = obj.get("type")
+    if "type" not in obj:
+        ctx.err("type", "is required")
+    elif t not in COMPUTED_TYPES:
+        ctx.err("type", f"unknown computed trait type {t!r}")
+    event = ctx.name(obj, "event", "")
+    etype = _event_type(obj, "event_type", "", ctx)
+    prop = None
+    if t == "event_count":
+        if "property" in obj:
+            ctx.err("property", "event_count takes no property")
+    elif t in COMPUTED_TYPES:
+        prop = ctx.name(obj, "property", "") or None
+    where = _parse_where(obj, "", ctx, None)
+    window = _parse_window(obj["window"], "window", ctx) if "window" in obj else None
+    if t not in COMPUTED_TYPES or not event:
+        return None
+    return ComputedTraitDef(t, event, etype, prop, where, window)
+
+
+def validate_computed_trait(raw: Any) -> list[tuple[str, str]]:
+    """Every violation of a computed-trait definition as ``(path, reason)``."""
+    ctx = _Ctx()
+    _parse_computed(raw, ctx)
+    return ctx.violations
+
+
+def parse_computed_trait(raw: Any) -> ComputedTraitDef:
+    """Parse a computed-trait definition; raises ``DefinitionError``."""
+    ctx = _Ctx()
+    d = _parse_computed(raw, ctx)
+    if ctx.violations or d is None:
+        raise DefinitionError(ctx.violations or [("", "invalid definition")])
+    return d
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def iter_nodes(node: Node) -> Iterator[Node]:
+    """Every node of the tree, parents before children."""
+    yield node
+    if isinstance(node, All | AnyOf):
+        for c in node.children:
+            yield from iter_nodes(c)
+    elif isinstance(node, Not):
+        yield from iter_nodes(node.child)
+    elif isinstance(node, Account):
+        yield from iter_nodes(node.condition)
+
+
+def audience_refs(node: Node | Any) -> set[str]:
+    """Keys of the audiences a definition (parsed, or raw JSON) refers to."""
+    if not isinstance(node, All | AnyOf | Not | Event | Trait | Computed | AudienceRef | Prediction | Funnel | Account):
+        return _raw_audience_refs(node)
+    return {n.key for n in iter_nodes(node) if isinstance(n, AudienceRef)}
+
+
+def _raw_audience_refs(raw: Any) -> set[str]:
+    # Works on unvalidated JSON so cycle checks can run alongside validation.
+    out: set[str] = set()
+    if isinstance(raw, Mapping):
+        for k, v in raw.items():
+            if k == "audience" and isinstance(v, Mapping) and isinstance(v.get("key"), str):
+                out.add(v["key"])
+            else:
+                out |= _raw_audience_refs(v)
+    elif isinstance(raw, list):
+        for v in raw:
+            out |= _raw_audience_refs(v)
+    return out
+
+
+def computed_refs(node: Node) -> set[str]:
+    """Keys of the computed traits a definition reads."""
+    return {n.key for n in iter_nodes(node) if isinstance(n, Computed)}
+
+
+def trait_refs(node: Node) -> set[str]:
+    """Names of the profile traits a definition reads (conditions and ``ref.trait``)."""
+    out: set[str] = set()
+    for n in iter_nodes(node):
+        if isinstance(n, Trait):
+            out.add(n.name)
+        filters: tuple[Filter, ...] = ()
+        if isinstance(n, Event):
+            filters = n.where
+        elif isinstance(n, Funnel):
+            filters = tuple(f for s in n.steps for f in s.where)
+        out |= {f.ref.trait for f in filters if isinstance(f.ref, TraitRef)}
+    return out
+
+
+def find_cycle(definitions: Mapping[str, Any]) -> str | None:
+    """The first audience-reference cycle among ``definitions`` (key -> parsed or raw
+    definition), spelled out like ``a -> b -> a``; None when there is none.
+
+    To check an update, pass the stored definitions with the new one substituted.
+    References to keys missing from the mapping are ignored here (they are a separate
+    "unknown audience" error for the caller).
+    """
+    graph = {k: sorted(audience_refs(v)) for k, v in definitions.items()}
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+    def visit(k: str, stack: list[str]) -> str | None:
+        state[k] = 1
+        stack.append(k)
+        for d in graph.get(k, []):
+            if d not in graph:
+                continue
+            if state.get(d) == 1:
+                cyc = [*stack[stack.index(d) :], d]
+                return " -> ".join(cyc)
+            if d not in state:
+                found = visit(d, stack)
+                if found:
+                    return found
+        stack.pop()
+        state[k] = 2
+        return None
+
+    for k in sorted(graph):
+        if k not in state:
+            found = visit(k, [])
+            if found:
+                return found
+    return None
+
+
+def dependency_order(definitions: Mapping[str, Any]) -> list[str]:
+    """Keys ordered so that every audience comes after those it references.
+
+    Raises ``DefinitionError`` naming the cycle if there is one.
+    """
+    cyc = find_cycle(definitions)
+    if cyc:
+        raise DefinitionError([("", f"audience reference cycle: {cyc}")])
+    done: list[str] = []
+    seen: set[str] = set()
+
+    def visit(k: str) -> None:
+        if k in seen:
+            return
+        seen.add(k)
+        for d in sorted(audience_refs(definitions[k])):
+            if d in definitions:
+                visit(d)
+        done.append(k)
+
+    for k in sorted(definitions):
+        visit(k)
+    return done

@@ -1,0 +1,78 @@
+"""AdminService servicer: workspaces and API keys (protobuf <-> KeyStore only).
+
+Served by the ingest service (see services/ingest/app.py).
+"""
+
+from __future__ import annotations
+
+import grpc
+from audiences.v1 import admin_pb2, admin_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.shared.auth import KeyStore, current_workspace
+from services.shared.clock import datetime_from_us
+
+
+def _timestamp(value_us: int | None) -> Timestamp | None:
+    if value_us is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime_from_us(value_us))
+    return stamp
+
+
+def _key_message(row: dict) -> admin_pb2.ApiKey:  # type: ignore[type-arg]
+    return admin_pb2.ApiKey(
+        id=row["key_id"],
+        name=row["name"],
+        scopes=row["scopes"].split(),
+        prefix=row["prefix"],
+        created_at=_timestamp(row["created_at_us"]),
+        revoked_at=_timestamp(row["revoked_at_us"]),
+    )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Workspace and key management for callers holding an admin key."""
+
+    def __init__(self, keys: KeyStore) -> None:
+        self._keys = keys
+
+    async def CreateWorkspace(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        workspace_id, key_id, secret = await self._keys.create_workspace(request.name)
+        workspace = await self._keys.get_workspace(workspace_id)
+        keys = await self._keys.list_keys(workspace_id)
+        return admin_pb2.CreateWorkspaceResponse(
+            workspace=admin_pb2.Workspace(
+                id=workspace_id,
+                name=workspace["name"],
+                created_at=_timestamp(workspace["created_at_us"]),
+            ),
+            admin_key=_key_message(next(k for k in keys if k["key_id"] == key_id)),
+            admin_secret=secret,
+        )
+
+    async def GetWorkspace(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        workspace = await self._keys.get_workspace(current_workspace())
+        return admin_pb2.Workspace(
+            id=workspace["workspace_id"],
+            name=workspace["name"],
+            created_at=_timestamp(workspace["created_at_us"]),
+        )
+
+    async def CreateApiKey(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        workspace_id = current_workspace()
+        key_id, secret = await self._keys.create_key(
+            workspace_id, request.name or "key", list(request.scopes)
+        )
+        keys = await self._keys.list_keys(workspace_id)
+        row = next(k for k in keys if k["key_id"] == key_id)
+        return admin_pb2.CreateApiKeyResponse(key=_key_message(row), secret=secret)
+
+    async def ListApiKeys(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        keys = await self._keys.list_keys(current_workspace())
+        return admin_pb2.ListApiKeysResponse(keys=[_key_message(k) for k in keys])
+
+    async def RevokeApiKey(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        row = await self._keys.revoke_key(current_workspace(), request.id)
+        return admin_pb2.RevokeApiKeyResponse(key=_key_message(row))

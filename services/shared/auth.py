@@ -1,0 +1,219 @@
+"""Workspaces and API keys: creation, hashing, lookup and per-RPC scope checks.
+
+A key is a random secret shown once; only its SHA-256 is stored (the secret has 256
+bits of entropy, so a slow password hash would add latency and no safety). Every RPC
+is authorised from ``authorization: Bearer <secret>`` metadata and runs with the key's
+workspace in a context variable, so no call can reach another workspace's data.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.shared.clock import Clock, SystemClock
+from services.shared.db.tables import api_keys, workspaces
+from services.shared.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+
+SCOPES = ("ingest:write", "profile:read", "admin")
+KEY_PREFIX = "aud_"
+
+# The scope each service's RPCs need; individual methods may override it.
+SERVICE_SCOPES = {
+    "audiences.v1.IngestService": "ingest:write",
+    "audiences.v1.ProfileService": "profile:read",
+    "audiences.v1.SegmentationService": "admin",
+    "audiences.v1.PredictionService": "admin",
+    "audiences.v1.SyncService": "admin",
+    "audiences.v1.AdminService": "admin",
+}
+METHOD_SCOPES = {
+    # Erasing a person is an administrative act, not a read.
+    "/audiences.v1.ProfileService/DeleteProfile": "admin",
+}
+# Infrastructure every client (and Kubernetes) may call without a key.
+PUBLIC_SERVICES = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key and the workspace it belongs to."""
+
+    key_id: str
+    workspace_id: str
+    scopes: frozenset[str]
+
+
+_current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "principal", default=None
+)
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of the RPC being served."""
+    principal = _current.get()
+    if principal is None:
+        raise Unauthenticated("no authenticated caller")
+    return principal
+
+
+def current_workspace() -> str:
+    """The workspace of the RPC being served."""
+    return current_principal().workspace_id
+
+
+def set_principal(principal: Principal | None) -> contextvars.Token:  # type: ignore[type-arg]
+    """Bind the caller for the rest of this task (used by the auth interceptor)."""
+    return _current.set(principal)
+
+
+def required_scope(method: str) -> str | None:
+    """The scope `method` (e.g. '/audiences.v1.IngestService/Track') needs; None if public."""
+    service = method.lstrip("/").split("/", 1)[0]
+    if service in PUBLIC_SERVICES:
+        return None
+    return METHOD_SCOPES.get(method) or SERVICE_SCOPES.get(service, "admin")
+
+
+def hash_secret(secret: str) -> str:
+    """The stored form of a key secret."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def bearer_secret(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    """The secret of an ``authorization: Bearer`` header, if any."""
+    for name, value in metadata or ():
+        if name == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+class KeyStore:
+    """Workspaces and API keys in the database, with a short-lived cache of lookups."""
+
+    def __init__(
+        self, engine: AsyncEngine, cache_seconds: float = 30.0, clock: Clock | None = None
+    ) -> None:
+        self._engine = engine
+        self._cache_seconds = cache_seconds
+        self._clock = clock or SystemClock()
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+
+    async def authenticate(self, secret: str | None) -> Principal:
+        """The principal of a secret; Unauthenticated when missing, unknown or revoked."""
+        if not secret:
+            raise Unauthenticated("missing 'authorization: Bearer <api key>' metadata")
+        digest = hash_secret(secret)
+        cached = self._cache.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            principal = cached[1]
+        else:
+            principal = await self._lookup(digest)
+            self._cache[digest] = (now + self._cache_seconds, principal)
+        if principal is None:
+            raise Unauthenticated("unknown or revoked API key")
+        return principal
+
+    async def _lookup(self, digest: str) -> Principal | None:
+        query = select(api_keys.c.key_id, api_keys.c.workspace_id, api_keys.c.scopes).where(
+            api_keys.c.secret_hash == digest, api_keys.c.revoked_at_us.is_(None)
+        )
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(query)).first()
+        if row is None:
+            return None
+        return Principal(row.key_id, row.workspace_id, frozenset(row.scopes.split()))
+
+    def forget(self) -> None:
+        """Drop cached lookups (after a revocation in this process)."""
+        self._cache.clear()
+
+    async def create_workspace(self, name: str) -> tuple[str, str, str]:
+        """Create a workspace and its first admin key: (workspace_id, key_id, secret)."""
+        if not name.strip():
+            raise InvalidArgument("name: must not be empty")
+        workspace_id = "ws_" + secrets.token_hex(8)
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                insert(workspaces).values(
+                    workspace_id=workspace_id, name=name, created_at_us=self._clock.now_us()
+                )
+            )
+        key_id, secret = await self.create_key(workspace_id, "admin", ["admin"])
+        return workspace_id, key_id, secret
+
+    async def create_key(self, workspace_id: str, name: str, scopes: list[str]) -> tuple[str, str]:
+        """Create an API key with `scopes`; returns (key_id, secret). The secret is shown once."""
+        unknown = [s for s in scopes if s not in SCOPES]
+        if unknown or not scopes:
+            raise InvalidArgument(
+                f"scopes: must be a non-empty subset of {', '.join(SCOPES)}; got {scopes}"
+            )
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        key_id = "key_" + secrets.token_hex(8)
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                insert(api_keys).values(
+                    key_id=key_id,
+                    workspace_id=workspace_id,
+                    name=name,
+                    secret_hash=hash_secret(secret),
+                    prefix=secret[:10],
+                    scopes=" ".join(sorted(set(scopes))),
+                    created_at_us=self._clock.now_us(),
+                )
+            )
+        return key_id, secret
+
+    async def list_keys(self, workspace_id: str) -> list[dict]:  # type: ignore[type-arg]
+        """Every key of a workspace (never the secrets)."""
+        query = select(api_keys).where(api_keys.c.workspace_id == workspace_id)
+        async with self._engine.connect() as connection:
+            return [dict(row._mapping) for row in await connection.execute(query)]
+
+    async def revoke_key(self, workspace_id: str, key_id: str) -> dict:  # type: ignore[type-arg]
+        """Revoke a key of this workspace; NotFound for another workspace's key."""
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                update(api_keys)
+                .where(api_keys.c.workspace_id == workspace_id, api_keys.c.key_id == key_id)
+                .values(revoked_at_us=self._clock.now_us())
+                .returning(*api_keys.c)
+            )
+            row = result.first()
+        if row is None:
+            raise NotFound(f"api key {key_id!r} not found in this workspace")
+        self.forget()
+        return dict(row._mapping)
+
+    async def get_workspace(self, workspace_id: str) -> dict:  # type: ignore[type-arg]
+        """The workspace row."""
+        async with self._engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(workspaces).where(workspaces.c.workspace_id == workspace_id)
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"workspace {workspace_id!r} not found")
+        return dict(row._mapping)
+
+
+def check_scope(principal: Principal, scope: str) -> None:
+    """PermissionDenied unless the principal's key carries `scope`."""
+    if scope not in principal.scopes:
+        raise PermissionDenied(f"this API key lacks the '{scope}' scope")

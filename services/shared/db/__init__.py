@@ -1,0 +1,1 @@
+"""Database access: table definitions, the async engine factory and migrations."""

@@ -1,0 +1,142 @@
+"""Table definitions shared by every service (SQLAlchemy Core).
+
+These tables are the durable source of truth. Time is stored as integer microseconds
+since the Unix epoch (UTC) so that window arithmetic is plain integer comparison on
+both Postgres and SQLite. JSON columns are JSONB on Postgres and JSON text on SQLite.
+Each service that owns further tables defines them in its own ``tables.py`` on the
+same ``metadata`` and adds an Alembic migration for them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+# JSONB on Postgres (indexable, compact), JSON text elsewhere.
+Json = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+workspaces = Table(
+    "workspaces",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    # Identity guardrails (design.md section 5): blocked values, per-type limits, priority.
+    Column("identity_rules", Json, nullable=True),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("workspace_id", String(64), nullable=False, index=True),
+    Column("name", String(255), nullable=False),
+    # sha256 of the secret; the secret itself is shown once and never stored.
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("scopes", String(255), nullable=False),  # space-separated, e.g. "ingest:write admin"
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("revoked_at_us", BigInteger, nullable=True),
+)
+
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("profile_id", Id, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(64), nullable=False),
+    # Equal to profile_id while the profile is alive; the survivor's id once merged.
+    Column("canonical_id", BigInteger, nullable=False),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("last_seen_us", BigInteger, nullable=True),
+    Column("merged_at_us", BigInteger, nullable=True),
+    Column("deleted_at_us", BigInteger, nullable=True),
+    Index("ix_profiles_workspace_canonical", "workspace_id", "canonical_id"),
+)
+
+identities = Table(
+    "identities",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("id_type", String(64), primary_key=True),  # user_id, anonymous_id, email, device_id, ...
+    Column("id_value", String(255), primary_key=True),
+    Column("profile_id", BigInteger, nullable=False),
+    Column("first_seen_us", BigInteger, nullable=False),
+    Index("ix_identities_profile", "workspace_id", "profile_id"),
+)
+
+profile_traits = Table(
+    "profile_traits",
+    metadata,
+    Column("profile_id", BigInteger, primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("workspace_id", String(64), nullable=False),
+    # NULL value is a tombstone: the trait was set to null, so older values stay removed.
+    Column("value", Json, nullable=True),
+    # The (timestamp_us, seq) of the identify that set it: latest timestamp wins,
+    # received order (seq) breaks ties, so late events converge.
+    Column("timestamp_us", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Index("ix_profile_traits_ws_key", "workspace_id", "key"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    # Global, monotonically assigned at insert; the stream entry id derives from it.
+    Column("seq", Id, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("message_id", String(255), nullable=False),
+    Column("type", String(16), nullable=False),  # track identify page screen group alias
+    Column("name", String(255), nullable=True),  # track event name, or page/screen name
+    Column("profile_id", BigInteger, nullable=False),  # resolve via profiles.canonical_id
+    Column("user_id", String(255), nullable=True),
+    Column("anonymous_id", String(255), nullable=True),
+    Column("group_id", String(255), nullable=True),
+    Column("previous_id", String(255), nullable=True),
+    Column("timestamp_us", BigInteger, nullable=False),
+    Column("received_at_us", BigInteger, nullable=False),
+    Column("properties", Json, nullable=True),
+    Column("traits", Json, nullable=True),
+    Column("context", Json, nullable=True),
+    UniqueConstraint("workspace_id", "message_id", name="uq_events_workspace_message"),
+    Index("ix_events_profile_time", "workspace_id", "profile_id", "timestamp_us"),
+    Index("ix_events_name_time", "workspace_id", "type", "name", "timestamp_us"),
+)
+
+merges = Table(
+    "merges",
+    metadata,
+    Column("merge_id", Id, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(64), nullable=False, index=True),
+    Column("survivor_id", BigInteger, nullable=False),
+    Column("merged_id", BigInteger, nullable=False),
+    Column("event_seq", BigInteger, nullable=True),  # the event whose identifiers linked them
+    Column("reason", Text, nullable=False),
+    Column("merged_at_us", BigInteger, nullable=False),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("id_type", String(64), primary_key=True),
+    Column("id_value", String(255), primary_key=True),
+    Column("created_at_us", BigInteger, nullable=False),
+    Column("active", Boolean, nullable=False, default=True),
+)

@@ -1,0 +1,106 @@
+"""Errors that know their gRPC status, and their translation into rich statuses.
+
+Domain code raises these; one interceptor (services.shared.server) turns them into
+`context.abort` with google.rpc details, so servicers need no try/except ladders and
+clients get machine-readable field violations. Unexpected exceptions become INTERNAL
+with a generic message: exception text is never sent to clients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One bad field: where (e.g. ``events[3].timestamp``) and why."""
+
+    field: str
+    description: str
+
+
+class ServiceError(Exception):
+    """Base of errors that map to a gRPC status."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, violations: Sequence[FieldViolation] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.violations = list(violations)
+
+    def to_status(self) -> grpc.Status:
+        """A grpc.Status with google.rpc.Status details in the trailing metadata."""
+        status = status_pb2.Status(code=getattr(code_pb2, self.code.name), message=self.message)
+        if self.violations:
+            bad_request = error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=v.field, description=v.description
+                    )
+                    for v in self.violations
+                ]
+            )
+            detail = any_pb2.Any()
+            detail.Pack(bad_request)
+            status.details.append(detail)
+        return rpc_status.to_status(status)
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ServiceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+def invalid(field: str, description: str) -> InvalidArgument:
+    """An INVALID_ARGUMENT naming one bad field."""
+    return InvalidArgument(f"{field}: {description}", [FieldViolation(field, description)])
+
+
+def field_violations(error: grpc.RpcError) -> list[FieldViolation]:
+    """The BadRequest field violations a client received (empty when none)."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is None:
+        return []
+    found: list[FieldViolation] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            found.extend(
+                FieldViolation(v.field, v.description) for v in bad_request.field_violations
+            )
+    return found

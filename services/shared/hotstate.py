@@ -1,0 +1,41 @@
+"""Key layout of the hot profile state in Redis: written by ingest, segmentation and
+prediction, read by the profile service.
+
+Every key of a workspace carries the hash tag ``{ws}`` so that on Redis Cluster one
+Lua script can resolve an identifier and read the profile in a single round trip.
+Values are JSON text (orjson) so readers can pass them through without re-encoding.
+
+    hs:{ws}:id:<type>:<value>   string  -> profile id (the surviving profile)
+    hs:{ws}:p:<pid>:traits      hash    trait key -> JSON value
+    hs:{ws}:p:<pid>:ids         hash    "<type>:<value>" -> "1" (every identifier)
+    hs:{ws}:p:<pid>:meta        hash    last_seen_us, created_at_us
+    hs:{ws}:p:<pid>:audiences   hash    audience key -> entered_at_us
+    hs:{ws}:p:<pid>:computed    hash    computed trait key -> JSON value
+    hs:{ws}:p:<pid>:predictions hash    prediction key -> JSON {probability, percentile, ...}
+    hs:{ws}:p:<pid>:recs        string  JSON list of {item_id, score}
+    hs:{ws}:merged:<pid>        string  -> survivor profile id (after a merge)
+"""
+
+from __future__ import annotations
+
+PROFILE_SECTIONS = ("traits", "ids", "meta", "audiences", "computed", "predictions", "recs")
+
+
+def workspace_prefix(workspace_id: str) -> str:
+    """Prefix of every hot-state key of a workspace (used to scan or erase it)."""
+    return f"hs:{{{workspace_id}}}:"
+
+
+def identity_key(workspace_id: str, id_type: str, id_value: str) -> str:
+    """Key mapping an identifier to its profile id."""
+    return f"hs:{{{workspace_id}}}:id:{id_type}:{id_value}"
+
+
+def profile_key(workspace_id: str, profile_id: int | str, section: str) -> str:
+    """Key of one section of a profile's hot state."""
+    return f"hs:{{{workspace_id}}}:p:{profile_id}:{section}"
+
+
+def merged_key(workspace_id: str, profile_id: int | str) -> str:
+    """Key redirecting a merged-away profile id to its survivor."""
+    return f"hs:{{{workspace_id}}}:merged:{profile_id}"

@@ -1,0 +1,131 @@
+"""Redis Streams helpers shared by ingest (publisher), segmentation and sync (consumers).
+
+Entries may be published with caller-chosen ids (e.g. ``<event seq>-0``) so that
+re-publishing after a crash is idempotent: Redis refuses an id that is not above the
+stream's top, which we report as a duplicate rather than an error. Each entry carries
+the W3C ``traceparent`` of the publishing span so one trace follows an event through
+every service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as redis_asyncio
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+from redis.exceptions import ResponseError
+
+TRACE_FIELDS = ("traceparent", "tracestate")
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    """One stream entry: its id and fields (bytes -> bytes)."""
+
+    id: str
+    fields: dict[bytes, bytes]
+
+    def trace_context(self) -> otel_context.Context:
+        """The OpenTelemetry context the publisher left in this entry."""
+        carrier = {
+            name: self.fields[name.encode()].decode()
+            for name in TRACE_FIELDS
+            if name.encode() in self.fields
+        }
+        return propagate.extract(carrier)
+
+
+def with_trace_context(fields: Mapping[str, bytes | str]) -> dict[str, bytes | str]:
+    """A copy of `fields` with the current W3C trace context added."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return {**fields, **carrier}
+
+
+async def publish(
+    redis: redis_asyncio.Redis,
+    stream: str,
+    entries: Sequence[tuple[str | None, Mapping[str, bytes | str]]],
+    maxlen: int | None = None,
+) -> list[str | None]:
+    """XADD every entry in one pipelined round trip.
+
+    Each entry is (id or None for '*', fields); the current trace context is added to
+    each. Returns the new ids in order, None where the id was not above the stream's
+    top (already published: idempotent re-publish).
+    """
+    async with redis.pipeline(transaction=False) as pipe:
+        for entry_id, fields in entries:
+            pipe.xadd(
+                stream,
+                with_trace_context(fields),
+                id=entry_id or "*",
+                maxlen=maxlen,
+                approximate=True,
+            )
+        replies = await pipe.execute(raise_on_error=False)
+    results: list[str | None] = []
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            if "equal or smaller" in str(reply):
+                results.append(None)
+                continue
+            raise reply
+        results.append(reply.decode() if isinstance(reply, bytes) else reply)
+    return results
+
+
+async def ensure_group(
+    redis: redis_asyncio.Redis, stream: str, group: str, start: str = "0"
+) -> None:
+    """Create the consumer group (and the stream) unless it exists."""
+    try:
+        await redis.xgroup_create(stream, group, id=start, mkstream=True)
+    except ResponseError as error:
+        if "BUSYGROUP" not in str(error):
+            raise
+
+
+def _entries(reply: Sequence) -> list[StreamEntry]:  # type: ignore[type-arg]
+    return [
+        StreamEntry(entry_id.decode() if isinstance(entry_id, bytes) else entry_id, fields)
+        for entry_id, fields in reply
+        if fields is not None  # deleted entries come back with no fields
+    ]
+
+
+async def read_group(
+    redis: redis_asyncio.Redis,
+    stream: str,
+    group: str,
+    consumer: str,
+    count: int = 500,
+    block_ms: int | None = 1000,
+) -> list[StreamEntry]:
+    """New entries for this consumer (XREADGROUP >), waiting up to block_ms."""
+    reply = await redis.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+    if not reply:
+        return []
+    return _entries(reply[0][1])
+
+
+async def ack(redis: redis_asyncio.Redis, stream: str, group: str, ids: Sequence[str]) -> int:
+    """Acknowledge processed entries; returns how many were pending."""
+    if not ids:
+        return 0
+    return int(await redis.xack(stream, group, *ids))
+
+
+async def claim_stale(
+    redis: redis_asyncio.Redis,
+    stream: str,
+    group: str,
+    consumer: str,
+    min_idle_ms: int,
+    count: int = 500,
+) -> list[StreamEntry]:
+    """Take over entries another consumer read but did not ack within min_idle_ms."""
+    reply = await redis.xautoclaim(stream, group, consumer, min_idle_ms, "0-0", count=count)
+    return _entries(reply[1])

@@ -1,0 +1,73 @@
+"""OpenTelemetry: one tracer provider per process, the exporter chosen by
+OTEL_TRACES_EXPORTER (otlp, console or none), and instrumentation of gRPC (via the
+server/client interceptors), SQLAlchemy and Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.redis import RedisInstrumentor
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+)
+
+log = logging.getLogger(__name__)
+
+
+def make_exporter(name: str) -> SpanExporter | None:
+    """The span exporter named by OTEL_TRACES_EXPORTER; None for 'none'."""
+    if name == "none" or not name:
+        return None
+    if name == "console":
+        return ConsoleSpanExporter()
+    if name == "otlp":
+        # Imported lazily: it pulls in its own gRPC channel machinery.
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()  # endpoint from OTEL_EXPORTER_OTLP_ENDPOINT
+    raise ValueError(f"OTEL_TRACES_EXPORTER must be otlp, console or none; got {name!r}")
+
+
+def setup_tracing(
+    service_name: str, exporter_name: str, exporter: SpanExporter | None = None
+) -> TracerProvider:
+    """Install the process-wide tracer provider (first call wins) and return it.
+
+    `exporter` overrides the named one (tests pass an in-memory exporter).
+    """
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        if exporter is not None:
+            current.add_span_processor(BatchSpanProcessor(exporter))
+        return current
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    chosen = exporter or make_exporter(exporter_name)
+    if chosen is not None:
+        provider.add_span_processor(BatchSpanProcessor(chosen))
+    trace.set_tracer_provider(provider)
+    # Both patch their library once per process: every Redis client, and every engine
+    # made after this through sqlalchemy.ext.asyncio.create_async_engine, is traced.
+    RedisInstrumentor().instrument(tracer_provider=provider)
+    SQLAlchemyInstrumentor().instrument(tracer_provider=provider)
+    return provider
+
+
+def server_interceptor():  # type: ignore[no-untyped-def]
+    """The OpenTelemetry grpc.aio server interceptor (continues the caller's trace)."""
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    return aio_server_interceptor()
+
+
+def client_interceptors():  # type: ignore[no-untyped-def]
+    """OpenTelemetry grpc.aio client interceptors (propagate the trace to the server)."""
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return aio_client_interceptors()

@@ -1,0 +1,1 @@
+"""Sync: destinations, syncs, retries and CSV export."""
