@@ -403,7 +403,9 @@ def _check_value(op: str, raw: Mapping[str, Any], path: str, ctx: _Ctx) -> Any:
             return None
         for i, item in enumerate(v):
             if not _is_scalar(item):
-                ctx.err(f"{vp}[{i}]", f"must be a string, number or boolean, got {_type_name(item)}")
+                ctx.err(
+                    f"{vp}[{i}]", f"must be a string, number or boolean, got {_type_name(item)}"
+                )
         return tuple(v)
     elif op == "starts_with":
         if not isinstance(v, str):
@@ -480,7 +482,9 @@ def _parse_ref(raw: Any, path: str, ctx: _Ctx, step_index: int | None) -> StepRe
     return None
 
 
-def _parse_where(raw: Mapping[str, Any], path: str, ctx: _Ctx, step: int | None) -> tuple[Filter, ...]:
+def _parse_where(
+    raw: Mapping[str, Any], path: str, ctx: _Ctx, step: int | None
+) -> tuple[Filter, ...]:
     if "where" not in raw:
         return ()
     wp = _join(path, "where")
@@ -526,7 +530,9 @@ def _parse_event(raw: Any, path: str, ctx: _Ctx) -> Event | None:
     return Event(name, etype, where, count, window)
 
 
-def _parse_value_node(raw: Any, path: str, ctx: _Ctx, key_field: str) -> tuple[str, str, Any] | None:
+def _parse_value_node(
+    raw: Any, path: str, ctx: _Ctx, key_field: str
+) -> tuple[str, str, Any] | None:
     obj = ctx.obj(raw, path)
     if obj is None:
         return None
@@ -594,7 +600,11 @@ def _parse_funnel(raw: Any, path: str, ctx: _Ctx) -> Funnel | None:
                 elif k not in ("name", "type", "where"):
                     ctx.err(_join(p, str(k)), "unknown field")
             steps.append(
-                FunnelStep(ctx.name(s, "name", p), _event_type(s, "type", p, ctx), _parse_where(s, p, ctx, i))
+                FunnelStep(
+                    ctx.name(s, "name", p),
+                    _event_type(s, "type", p, ctx),
+                    _parse_where(s, p, ctx, i),
+                )
             )
     wsp = _join(path, "within_seconds")
     within = obj.get("within_seconds")
@@ -746,7 +756,10 @@ def iter_nodes(node: Node) -> Iterator[Node]:
 
 def audience_refs(node: Node | Any) -> set[str]:
     """Keys of the audiences a definition (parsed, or raw JSON) refers to."""
-    if not isinstance(node, All | AnyOf | Not | Event | Trait | Computed | AudienceRef | Prediction | Funnel | Account):
+    if not isinstance(
+        node,
+        All | AnyOf | Not | Event | Trait | Computed | AudienceRef | Prediction | Funnel | Account,
+    ):
         return _raw_audience_refs(node)
     return {n.key for n in iter_nodes(node) if isinstance(n, AudienceRef)}
 

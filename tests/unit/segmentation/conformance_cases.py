@@ -1,0 +1,123 @@
+"""The conformance cases (shared/conformance/audiences.jsonl) resolved to profiles.
+
+Applies the identity convention of the conformance README: a profile is the user_id,
+or ``anon:<anonymous_id>`` for an anonymous id never linked to a user; an identify or
+track carrying both ids links the anonymous id's whole history to the user; a repeated
+message_id counts once (the first copy received wins); traits per key come from the
+identify with the latest timestamp, received order breaking ties, null removing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The cases live next to the repository (../shared/conformance); override with
+# AUDIENCES_CONFORMANCE=/path/to/audiences.jsonl.
+_DEFAULT = Path(__file__).resolve().parents[4] / "shared" / "conformance" / "audiences.jsonl"
+CASES_PATH = Path(os.environ.get("AUDIENCES_CONFORMANCE", str(_DEFAULT)))
+
+# Calls whose user_id + anonymous_id pair links the two (conformance README).
+LINKING_TYPES = ("identify", "track")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_us(ts: str) -> int:
+    """ISO-8601 UTC to integer microseconds, exactly (no float on the way)."""
+    dt = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    return (dt - _EPOCH) // (datetime.resolution)
+
+
+@cache
+def load_cases() -> tuple[dict[str, Any], ...]:
+    if not CASES_PATH.exists():
+        pytest.skip(f"conformance cases not found at {CASES_PATH}")
+    with CASES_PATH.open() as f:
+        return tuple(json.loads(line) for line in f if line.strip())
+
+
+def case_names() -> list[str]:
+    try:
+        return [c["name"] for c in load_cases()]
+    except pytest.skip.Exception:
+        return []
+
+
+def case_by_name(name: str) -> dict[str, Any]:
+    return next(c for c in load_cases() if c["name"] == name)
+
+
+@dataclass
+class Resolved:
+    now_us: int
+    # Accepted events in received order (duplicates dropped); "seq" is received order.
+    events: list[dict[str, Any]] = field(default_factory=list)
+    # anonymous id -> the user id it is linked to
+    anon_owner: dict[str, str] = field(default_factory=dict)
+    # profile id -> events (dicts: type, name, timestamp_us, seq, properties)
+    profile_events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # profile id -> current traits
+    traits: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def profile_of(self, ev: dict[str, Any]) -> str:
+        if ev.get("user_id"):
+            return ev["user_id"]
+        anon = ev["anonymous_id"]
+        return self.anon_owner.get(anon, f"anon:{anon}")
+
+
+def resolve(case: dict[str, Any]) -> Resolved:
+    r = Resolved(now_us=to_us(case["now"]))
+    seen: set[str] = set()
+    for raw in case["events"]:
+        if raw["message_id"] in seen:
+            continue
+        seen.add(raw["message_id"])
+        ev = dict(raw)
+        ev["seq"] = len(r.events) + 1
+        ev["timestamp_us"] = to_us(raw["timestamp"])
+        r.events.append(ev)
+        if ev["type"] in LINKING_TYPES and ev.get("user_id") and ev.get("anonymous_id"):
+            r.anon_owner.setdefault(ev["anonymous_id"], ev["user_id"])
+    latest: dict[str, dict[str, tuple[tuple[int, int], Any]]] = {}
+    for ev in r.events:
+        pid = r.profile_of(ev)
+        r.profile_events.setdefault(pid, []).append(
+            {
+                "type": ev["type"],
+                "name": ev.get("event") if ev["type"] == "track" else ev.get("name"),
+                "timestamp_us": ev["timestamp_us"],
+                "seq": ev["seq"],
+                "properties": ev.get("properties"),
+            }
+        )
+        if ev["type"] == "identify":
+            slot = latest.setdefault(pid, {})
+            order = (ev["timestamp_us"], ev["seq"])
+            for k, v in (ev.get("traits") or {}).items():
+                if k not in slot or slot[k][0] < order:
+                    slot[k] = (order, v)
+    for pid in r.profile_events:
+        r.traits[pid] = {k: v for k, (_, v) in latest.get(pid, {}).items() if v is not None}
+    return r
+
+
+def close(a: Any, b: Any) -> bool:
+    """Conformance comparison: numbers within 1e-9 (relative or absolute), the rest exact."""
+    num = (int, float)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, num) and isinstance(b, num):
+        return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+    return a == b
