@@ -61,8 +61,7 @@ Demo workspace {keys["workspace_id"]}
   ingest key  {keys["ingest_key"]}
   profile key {keys["profile_key"]}
 
-Try it (see README.md for the tour):
-  .venv/bin/python -m services.tour
+Try it: the five-minute tour in README.md (real gRPC calls from .venv/bin/python).
 
 Ctrl-C stops every service (in-flight calls are drained first).
 """

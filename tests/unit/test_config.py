@@ -1,0 +1,29 @@
+"""Settings come from the environment, with the embedded default when unset."""
+
+import pytest
+
+from services.shared.config import EMBEDDED_DATABASE_URL, EMBEDDED_REDIS_URL, Settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_embedded_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DATABASE_URL", "REDIS_URL", "GRPC_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings.from_env()
+    assert settings.database_url == EMBEDDED_DATABASE_URL
+    assert settings.redis_url == EMBEDDED_REDIS_URL
+    assert settings.embedded
+    assert settings.port_for("profile") == 50054
+
+
+def test_production_urls_and_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://u@db/x")
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
+    monkeypatch.setenv("GRPC_PORT", "6000")
+    monkeypatch.setenv("PROFILE_ADDR", "profile:50054")
+    settings = Settings.from_env()
+    assert not settings.embedded
+    assert settings.port_for("ingest") == 6000
+    assert settings.peer_addresses["profile"] == "profile:50054"
+    assert settings.peer_addresses["sync"] == "127.0.0.1:50055"
