@@ -29,7 +29,7 @@ check-protos: $(STAMP) ## fail if gen/ is stale
 migrate: $(STAMP) ## apply migrations to DATABASE_URL (embedded SQLite by default)
 	$(PY) -m services.shared.cli migrate
 
-run: $(STAMP) ## start all five services embedded (SQLite + in-process Redis)
+run: protos ## start all five services embedded (SQLite + in-process Redis)
 	$(PY) -m services.shared.cli migrate
 	$(PY) -m services.dev_runner
 

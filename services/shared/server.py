@@ -92,6 +92,26 @@ class ServiceSpec:
     workers: Workers | None = None
 
 
+class TracingInterceptor(grpc.aio.ServerInterceptor):
+    """OpenTelemetry's server interceptor for the API, not for health and reflection.
+
+    Kubernetes probes would otherwise fill the traces, and the OpenTelemetry wrapper
+    assumes streaming handlers are async generators, which Health.Watch is not.
+    """
+
+    def __init__(self) -> None:
+        self._traced = telemetry.server_interceptor()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if auth.required_scope(handler_call_details.method) is None:
+            return await continuation(handler_call_details)
+        return await self._traced.intercept_service(continuation, handler_call_details)
+
+
 class GuardInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates and authorises every RPC, then maps ServiceError to rich statuses."""
 
@@ -215,7 +235,7 @@ async def start_service(
 ) -> RunningService:
     """Build, bind and start the server of `spec`; port 0 picks a free port."""
     server = grpc.aio.server(
-        interceptors=[telemetry.server_interceptor(), GuardInterceptor(resources.keys)],
+        interceptors=[TracingInterceptor(), GuardInterceptor(resources.keys)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 1),  # several processes may share a port
