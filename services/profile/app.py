@@ -1,18 +1,54 @@
-"""Composition root of the profile service: wires concrete classes onto the server."""
+"""Composition root of the profile service: wires concrete classes onto the server.
+
+Besides the gRPC servicer, the process runs the read-only HTTP view as a background
+worker on PROFILE_HTTP_PORT (default 8081; 0 picks a free port, which is logged).
+"""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
 from audiences.v1 import profile_pb2_grpc
 
+from services.profile import httpview
+from services.profile.hotread import HotProfiles
 from services.profile.server import ProfileServiceServicer
+from services.profile.service import ProfileService
+from services.profile.store import ProfileStore
 from services.shared.server import Resources, ServiceSpec
+
+DEFAULT_HTTP_PORT = 8081
+
+
+def http_port() -> int:
+    """The HTTP view's port from PROFILE_HTTP_PORT (0: any free port)."""
+    value = os.environ.get("PROFILE_HTTP_PORT")
+    return int(value) if value else DEFAULT_HTTP_PORT
+
+
+def build(resources: Resources) -> ProfileService:
+    """The profile domain facade on this process's Redis, database and clock."""
+    return ProfileService(
+        HotProfiles(resources.redis), ProfileStore(resources.engine), resources.clock
+    )
 
 
 def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
     """Add the profile servicers; returns their full service names."""
-    profile_pb2_grpc.add_ProfileServiceServicer_to_server(ProfileServiceServicer(), server)
+    profile_pb2_grpc.add_ProfileServiceServicer_to_server(
+        ProfileServiceServicer(build(resources)), server
+    )
     return ["audiences.v1.ProfileService"]
 
 
-SPEC = ServiceSpec(name="profile", register=register)
+def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
+    """The HTTP JSON view, beside the gRPC server."""
+    return [
+        httpview.serve(build(resources), resources.keys, resources.settings.grpc_host, http_port())
+    ]
+
+
+SPEC = ServiceSpec(name="profile", register=register, workers=workers)

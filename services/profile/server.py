@@ -1,12 +1,179 @@
-"""ProfileService servicer: translates between protobuf and domain calls, nothing else.
-
-RPCs not implemented yet answer UNIMPLEMENTED (the generated base class does that).
-"""
+"""ProfileService servicer: translates between protobuf and domain calls, nothing else."""
 
 from __future__ import annotations
 
-from audiences.v1 import profile_pb2_grpc
+import grpc
+import orjson
+from audiences.v1 import common_pb2, profile_pb2, profile_pb2_grpc
+
+from services.profile import model
+from services.profile.model import HotProfile, Section
+from services.profile.service import ProfileService
+from services.shared.auth import current_workspace
+from services.shared.errors import FieldViolation, InvalidArgument
+from services.shared.timestamps import timestamp_from_us
+
+_SECTIONS = {
+    profile_pb2.PROFILE_SECTION_TRAITS: Section.TRAITS,
+    profile_pb2.PROFILE_SECTION_COMPUTED_TRAITS: Section.COMPUTED_TRAITS,
+    profile_pb2.PROFILE_SECTION_AUDIENCES: Section.AUDIENCES,
+    profile_pb2.PROFILE_SECTION_PREDICTIONS: Section.PREDICTIONS,
+    profile_pb2.PROFILE_SECTION_RECOMMENDATIONS: Section.RECOMMENDATIONS,
+    profile_pb2.PROFILE_SECTION_IDENTIFIERS: Section.IDENTIFIERS,
+}
+
+
+def _sections(include: list[int], field_name: str = "include") -> list[Section]:
+    unknown = [
+        FieldViolation(
+            f"{field_name}[{index}]", "must be a PROFILE_SECTION_* other than UNSPECIFIED"
+        )
+        for index, value in enumerate(include)
+        if value not in _SECTIONS
+    ]
+    if unknown:
+        raise InvalidArgument(f"{field_name}: unknown profile section", unknown)
+    return [_SECTIONS[value] for value in include]
+
+
+def _query(include: list[int], paths: list[str]) -> model.ProfileQuery:
+    return model.parse_query(_sections(include), list(paths), "trait_mask")
+
+
+def _identifier(message: common_pb2.Identifier, field_name: str = "identifier") -> model.Identifier:
+    return model.parse_identifier(message.type, message.value, field_name)
+
+
+def _identifier_pb(identifier: model.Identifier) -> common_pb2.Identifier:
+    return common_pb2.Identifier(type=identifier.type, value=identifier.value)
+
+
+def _recommendation_pb(item: model.Recommendation) -> profile_pb2.Recommendation:
+    return profile_pb2.Recommendation(item_id=item.item_id, score=item.score)
+
+
+def _profile_pb(profile: HotProfile) -> profile_pb2.Profile:
+    message = profile_pb2.Profile(
+        profile_id=profile.profile_id,
+        identifiers=[_identifier_pb(i) for i in profile.identifiers],
+        audiences=[
+            profile_pb2.AudienceMembership(key=key, entered_at=timestamp_from_us(int(at_us)))
+            for key, at_us in profile.audiences.items()
+        ],
+        predictions=[
+            profile_pb2.PredictionScore(
+                key=score.key,
+                probability=score.probability,
+                percentile=score.percentile,
+                scored_at=(
+                    None if score.scored_at_us is None else timestamp_from_us(score.scored_at_us)
+                ),
+                top_features=score.top_features,
+            )
+            for score in profile.predictions
+        ],
+        recommendations=[_recommendation_pb(r) for r in profile.recommendations or ()],
+    )
+    if profile.traits is not None:
+        message.traits = profile.traits
+    if profile.computed_traits is not None:
+        message.computed_traits = profile.computed_traits
+    if profile.last_seen_us is not None:
+        message.last_seen.CopyFrom(timestamp_from_us(profile.last_seen_us))
+    return message
+
+
+def _json(value: object) -> bytes:
+    return b"" if value is None else orjson.dumps(value)
+
+
+def _event_pb(event: model.TimelineEvent) -> profile_pb2.TimelineEvent:
+    return profile_pb2.TimelineEvent(
+        seq=event.seq,
+        message_id=event.message_id,
+        type=event.type,
+        name=event.name or "",
+        timestamp=timestamp_from_us(event.timestamp_us),
+        properties=_json(event.properties),
+        traits=_json(event.traits),
+        context=_json(event.context),
+    )
 
 
 class ProfileServiceServicer(profile_pb2_grpc.ProfileServiceServicer):
     """The profile RPCs."""
+
+    def __init__(self, profiles: ProfileService) -> None:
+        self._profiles = profiles
+
+    async def GetProfile(
+        self, request: profile_pb2.GetProfileRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.Profile:
+        identifier = _identifier(request.identifier)
+        query = _query(list(request.include), list(request.trait_mask.paths))
+        profile = await self._profiles.get_profile(current_workspace(), identifier, query)
+        return _profile_pb(profile)
+
+    async def BatchGetProfiles(
+        self, request: profile_pb2.BatchGetProfilesRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.BatchGetProfilesResponse:
+        identifiers = model.parse_identifiers(
+            [(i.type, i.value) for i in request.identifiers], "identifiers"
+        )
+        query = _query(list(request.include), list(request.trait_mask.paths))
+        found = await self._profiles.batch_get_profiles(current_workspace(), identifiers, query)
+        return profile_pb2.BatchGetProfilesResponse(
+            profiles=[
+                profile_pb2.ProfileLookup(identifier=asked, found=False)
+                if profile is None
+                else profile_pb2.ProfileLookup(
+                    identifier=asked, found=True, profile=_profile_pb(profile)
+                )
+                for asked, profile in zip(request.identifiers, found, strict=True)
+            ]
+        )
+
+    async def ListEvents(
+        self, request: profile_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.ListEventsResponse:
+        identifier = _identifier(request.identifier)
+        page = await self._profiles.list_events(
+            current_workspace(),
+            identifier,
+            model.page_size(request.page_size),
+            request.page_token,
+            model.event_names(list(request.event_names)),
+        )
+        return profile_pb2.ListEventsResponse(
+            events=[_event_pb(e) for e in page.events], next_page_token=page.next_page_token
+        )
+
+    async def GetRecommendations(
+        self, request: profile_pb2.GetRecommendationsRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.GetRecommendationsResponse:
+        identifier = _identifier(request.identifier)
+        found = await self._profiles.get_recommendations(
+            current_workspace(),
+            identifier,
+            model.recommendation_limit(request.limit),
+            request.include_consumed,
+        )
+        return profile_pb2.GetRecommendationsResponse(
+            recommendations=[_recommendation_pb(r) for r in found.items],
+            profile=common_pb2.ProfileRef(
+                profile_id=found.profile.profile_id,
+                identifiers=[_identifier_pb(i) for i in found.profile.identifiers],
+            ),
+            cold_start=found.cold_start,
+        )
+
+    async def DeleteProfile(
+        self, request: profile_pb2.DeleteProfileRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.DeleteProfileResponse:
+        identifier = _identifier(request.identifier)
+        deleted = await self._profiles.delete_profile(current_workspace(), identifier)
+        return profile_pb2.DeleteProfileResponse(
+            events_deleted=deleted.events_deleted,
+            identities_deleted=deleted.identities_deleted,
+            audiences_exited=deleted.audiences_exited,
+        )

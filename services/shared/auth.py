@@ -8,6 +8,8 @@ workspace in a context variable, so no call can reach another workspace's data.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextvars
 import hashlib
 import secrets
@@ -98,6 +100,25 @@ def bearer_secret(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str |
             scheme, _, token = text.partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
+    return None
+
+
+def http_secret(authorization: str | None) -> str | None:
+    """The API key of an HTTP ``Authorization`` header, if any.
+
+    ``Bearer <secret>``, or Segment-style ``Basic`` with the secret as the user name
+    (the password is ignored), so Segment SDKs and Profile API clients work unchanged.
+    """
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer":
+        return token or None
+    if scheme.lower() == "basic":
+        try:
+            user = base64.b64decode(token, validate=True).decode().partition(":")[0]
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return user or None
     return None
 
 

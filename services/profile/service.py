@@ -1,0 +1,186 @@
+"""The profile domain: what each Profile API call means, independent of the wire.
+
+The servicer (gRPC) and the HTTP view both call this facade with the caller's
+workspace. Reads of the live profile go to the hot state only; the timeline and
+erasure go to Postgres through the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from services.profile.model import (
+    Deletion,
+    EventPage,
+    HotProfile,
+    Identifier,
+    ProfileQuery,
+    Recommendation,
+    Section,
+    TimelineEvent,
+)
+from services.shared.clock import Clock
+from services.shared.errors import FieldViolation, InvalidArgument, NotFound
+
+
+class HotState(Protocol):
+    """Reads and erasure of the Redis hot state (services.profile.hotread)."""
+
+    async def read(
+        self, workspace_id: str, identifiers: Sequence[Identifier], query: ProfileQuery
+    ) -> list[HotProfile | None]: ...
+
+    async def resolve(self, workspace_id: str, identifier: Identifier) -> HotProfile | None: ...
+
+    async def erase(self, workspace_id: str, profile_ids: Sequence[int | str]) -> None: ...
+
+    async def erase_identities(
+        self, workspace_id: str, identifiers: Sequence[tuple[str, str]]
+    ) -> None: ...
+
+
+class Records(Protocol):
+    """The durable records (services.profile.store)."""
+
+    async def resolve(self, workspace_id: str, identifier: Identifier) -> int | None: ...
+
+    async def list_events(
+        self,
+        workspace_id: str,
+        survivor_id: int,
+        names: Sequence[str],
+        limit: int,
+        before: tuple[int, int] | None,
+    ) -> list[TimelineEvent]: ...
+
+    async def delete_profile(
+        self, workspace_id: str, survivor_id: int, now_us: int
+    ) -> tuple[list[int], list[tuple[str, str]], int, int]: ...
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """A profile's recommendations; cold_start when the model has none for it yet."""
+
+    items: list[Recommendation]
+    profile: HotProfile
+    cold_start: bool
+
+
+def _not_found(identifier: Identifier) -> NotFound:
+    return NotFound(f"no profile with this {identifier.type} in this workspace")
+
+
+def encode_page_token(event: TimelineEvent) -> str:
+    """An opaque token resuming after `event` in (timestamp desc, seq desc) order."""
+    return base64.urlsafe_b64encode(f"{event.timestamp_us}:{event.seq}".encode()).decode()
+
+
+def decode_page_token(token: str, field_name: str = "page_token") -> tuple[int, int] | None:
+    """The (timestamp_us, seq) a token resumes after; None for ''; InvalidArgument if bad."""
+    if not token:
+        return None
+    try:
+        timestamp, seq = base64.urlsafe_b64decode(token.encode()).decode().split(":")
+        return int(timestamp), int(seq)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument(
+            f"{field_name}: not a token this service issued",
+            [FieldViolation(field_name, "not a token this service issued")],
+        ) from None
+
+
+class ProfileService:
+    """The Profile API's operations for one process."""
+
+    def __init__(self, hot: HotState, records: Records, clock: Clock) -> None:
+        self._hot = hot
+        self._records = records
+        self._clock = clock
+
+    async def get_profile(
+        self, workspace_id: str, identifier: Identifier, query: ProfileQuery
+    ) -> HotProfile:
+        """The profile an identifier belongs to, from the hot state; NotFound if none."""
+        profile = (await self._hot.read(workspace_id, [identifier], query))[0]
+        if profile is None:
+            raise _not_found(identifier)
+        return _without_consumed(profile)
+
+    async def batch_get_profiles(
+        self, workspace_id: str, identifiers: Sequence[Identifier], query: ProfileQuery
+    ) -> list[HotProfile | None]:
+        """Profiles in request order, None where an identifier is unknown (one round trip)."""
+        found = await self._hot.read(workspace_id, identifiers, query)
+        return [None if p is None else _without_consumed(p) for p in found]
+
+    async def list_events(
+        self,
+        workspace_id: str,
+        identifier: Identifier,
+        page_size: int,
+        page_token: str,
+        names: Sequence[str],
+    ) -> EventPage:
+        """One page of the profile's timeline, newest first (reads Postgres)."""
+        before = decode_page_token(page_token)
+        survivor = await self._records.resolve(workspace_id, identifier)
+        if survivor is None:
+            raise _not_found(identifier)
+        # One extra row says whether another page exists without a COUNT.
+        rows = await self._records.list_events(workspace_id, survivor, names, page_size + 1, before)
+        page = rows[:page_size]
+        token = encode_page_token(page[-1]) if len(rows) > page_size else ""
+        return EventPage(page, token)
+
+    async def get_recommendations(
+        self, workspace_id: str, identifier: Identifier, limit: int, include_consumed: bool
+    ) -> Recommendations:
+        """The profile's top `limit` items, best first, from the hot state."""
+        query = ProfileQuery(frozenset({Section.RECOMMENDATIONS, Section.IDENTIFIERS}))
+        profile = (await self._hot.read(workspace_id, [identifier], query))[0]
+        if profile is None:
+            raise _not_found(identifier)
+        items = profile.recommendations
+        if items is None:
+            return Recommendations([], profile, cold_start=True)
+        chosen = items if include_consumed else [i for i in items if not i.consumed]
+        chosen = sorted(chosen, key=lambda item: item.score, reverse=True)[:limit]
+        return Recommendations(chosen, profile, cold_start=False)
+
+    async def delete_profile(self, workspace_id: str, identifier: Identifier) -> Deletion:
+        """Erase the profile everywhere and suppress its identifiers.
+
+        Postgres goes first (in one transaction, with the suppressions, so ingest stops
+        accepting the identifiers at the same instant), then the hot state. If the hot
+        state could not be erased, calling again finishes the job: the identifier is
+        gone from Postgres but still resolves in Redis, and that alone is erased.
+        """
+        survivor = await self._records.resolve(workspace_id, identifier)
+        hot = await self._hot.resolve(workspace_id, identifier)
+        if survivor is None:
+            if hot is None:
+                raise _not_found(identifier)
+            await self._hot.erase(workspace_id, [hot.profile_id])
+            await self._hot.erase_identities(workspace_id, [(identifier.type, identifier.value)])
+            return Deletion(0, 0, 0)
+        members, identifiers, events_deleted, exited = await self._records.delete_profile(
+            workspace_id, survivor, self._clock.now_us()
+        )
+        hot_ids: list[int | str] = list(members)
+        if hot is not None and hot.profile_id not in {str(m) for m in members}:
+            hot_ids.append(hot.profile_id)
+        await self._hot.erase(workspace_id, hot_ids)
+        await self._hot.erase_identities(workspace_id, identifiers)
+        return Deletion(events_deleted, len(identifiers), exited)
+
+
+def _without_consumed(profile: HotProfile) -> HotProfile:
+    # A profile view shows what to recommend next; consumed items only on request.
+    if profile.recommendations and any(r.consumed for r in profile.recommendations):
+        profile.recommendations = [r for r in profile.recommendations if not r.consumed]
+    return profile

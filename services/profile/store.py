@@ -1,0 +1,211 @@
+"""Postgres side of the profile service: timelines and erasure (never on the hot path).
+
+Profiles merge by pointing ``profiles.canonical_id`` at the survivor, so "the profile"
+here is always the survivor and every profile whose canonical id leads to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import and_, delete, insert, or_, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.profile.model import Identifier, TimelineEvent
+from services.shared.db.tables import (
+    events,
+    identities,
+    profile_traits,
+    profiles,
+    suppressions,
+)
+
+# Merge chains longer than this are a writer bug; stop instead of looping.
+MAX_MERGE_HOPS = 16
+
+
+class ProfileStore:
+    """SQL access of the profile service."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def resolve(self, workspace_id: str, identifier: Identifier) -> int | None:
+        """The surviving, undeleted profile id an identifier belongs to (None if none)."""
+        async with self._engine.connect() as connection:
+            return await _resolve(connection, workspace_id, identifier)
+
+    async def list_events(
+        self,
+        workspace_id: str,
+        survivor_id: int,
+        names: Sequence[str],
+        limit: int,
+        before: tuple[int, int] | None,
+    ) -> list[TimelineEvent]:
+        """Events of the profile (and the profiles merged into it), newest first.
+
+        `before` is the (timestamp_us, seq) of the last event of the previous page; the
+        order (timestamp desc, seq desc) is total, so pages neither skip nor repeat.
+        """
+        async with self._engine.connect() as connection:
+            members = await _members(connection, workspace_id, survivor_id)
+            query = select(
+                events.c.seq,
+                events.c.message_id,
+                events.c.type,
+                events.c.name,
+                events.c.timestamp_us,
+                events.c.properties,
+                events.c.traits,
+                events.c.context,
+                events.c.user_id,
+                events.c.anonymous_id,
+            ).where(events.c.workspace_id == workspace_id, events.c.profile_id.in_(members))
+            if names:
+                query = query.where(events.c.name.in_(names))
+            if before is not None:
+                timestamp_us, seq = before
+                query = query.where(
+                    or_(
+                        events.c.timestamp_us < timestamp_us,
+                        and_(events.c.timestamp_us == timestamp_us, events.c.seq < seq),
+                    )
+                )
+            query = query.order_by(events.c.timestamp_us.desc(), events.c.seq.desc()).limit(limit)
+            rows = (await connection.execute(query)).all()
+        return [TimelineEvent(**row._mapping) for row in rows]
+
+    async def delete_profile(
+        self, workspace_id: str, survivor_id: int, now_us: int
+    ) -> tuple[list[int], list[tuple[str, str]], int, int]:
+        """Erase a profile in one transaction and suppress its identifiers.
+
+        Deletes the events, identities and traits of the survivor and every profile
+        merged into it, marks those profiles deleted, records every identifier in
+        ``suppressions`` (ingest refuses events carrying them) and exits the profile's
+        audience memberships. Returns (profile ids, identifiers, events deleted,
+        audiences exited).
+        """
+        async with self._engine.begin() as connection:
+            members = sorted(await _members(connection, workspace_id, survivor_id))
+            owned = (identities.c.workspace_id == workspace_id) & identities.c.profile_id.in_(
+                members
+            )
+            found = (
+                await connection.execute(
+                    select(identities.c.id_type, identities.c.id_value).where(owned)
+                )
+            ).all()
+            identifiers = [(row.id_type, row.id_value) for row in found]
+            erased = await connection.execute(
+                delete(events).where(
+                    events.c.workspace_id == workspace_id, events.c.profile_id.in_(members)
+                )
+            )
+            await connection.execute(delete(identities).where(owned))
+            await connection.execute(
+                delete(profile_traits).where(
+                    profile_traits.c.workspace_id == workspace_id,
+                    profile_traits.c.profile_id.in_(members),
+                )
+            )
+            await connection.execute(
+                update(profiles)
+                .where(profiles.c.workspace_id == workspace_id, profiles.c.profile_id.in_(members))
+                .values(deleted_at_us=now_us)
+            )
+            await _suppress(connection, workspace_id, identifiers, now_us)
+            exited = await exit_memberships(connection, workspace_id, members, now_us)
+        return members, identifiers, int(erased.rowcount or 0), exited
+
+
+async def exit_memberships(
+    connection: AsyncConnection, workspace_id: str, profile_ids: Sequence[int], now_us: int
+) -> int:
+    """Remove the profiles from every audience, logging an exit per membership.
+
+    A no-op returning 0 while the segmentation service has no migrated
+    ``memberships``/``membership_changes`` tables: until then no membership can exist,
+    so there is nothing to exit. Runs inside the erasure's transaction.
+    """
+    return 0
+
+
+async def _resolve(
+    connection: AsyncConnection, workspace_id: str, identifier: Identifier
+) -> int | None:
+    row = (
+        await connection.execute(
+            select(identities.c.profile_id).where(
+                identities.c.workspace_id == workspace_id,
+                identities.c.id_type == identifier.type,
+                identities.c.id_value == identifier.value,
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    profile_id = int(row.profile_id)
+    for _ in range(MAX_MERGE_HOPS):
+        current = (
+            await connection.execute(
+                select(profiles.c.canonical_id, profiles.c.deleted_at_us).where(
+                    profiles.c.workspace_id == workspace_id, profiles.c.profile_id == profile_id
+                )
+            )
+        ).first()
+        if current is None or current.deleted_at_us is not None:
+            return None
+        if int(current.canonical_id) == profile_id:
+            return profile_id
+        profile_id = int(current.canonical_id)
+    return profile_id
+
+
+async def _members(connection: AsyncConnection, workspace_id: str, survivor_id: int) -> set[int]:
+    """The survivor and every profile merged into it, directly or through a chain."""
+    members = {survivor_id}
+    frontier = {survivor_id}
+    for _ in range(MAX_MERGE_HOPS):
+        rows = await connection.execute(
+            select(profiles.c.profile_id).where(
+                profiles.c.workspace_id == workspace_id, profiles.c.canonical_id.in_(frontier)
+            )
+        )
+        frontier = {int(row.profile_id) for row in rows} - members
+        if not frontier:
+            break
+        members |= frontier
+    return members
+
+
+async def _suppress(
+    connection: AsyncConnection,
+    workspace_id: str,
+    identifiers: Sequence[tuple[str, str]],
+    now_us: int,
+) -> None:
+    """Record identifiers as suppressed (re-activating earlier suppressions of them)."""
+    if not identifiers:
+        return
+    # Delete-then-insert is an upsert that reads the same on Postgres and SQLite.
+    await connection.execute(
+        delete(suppressions).where(
+            suppressions.c.workspace_id == workspace_id,
+            tuple_(suppressions.c.id_type, suppressions.c.id_value).in_(list(identifiers)),
+        )
+    )
+    await connection.execute(
+        insert(suppressions),
+        [
+            {
+                "workspace_id": workspace_id,
+                "id_type": id_type,
+                "id_value": id_value,
+                "created_at_us": now_us,
+                "active": True,
+            }
+            for id_type, id_value in identifiers
+        ],
+    )
