@@ -46,7 +46,7 @@ _HTTP_STATUS = {
 
 _PROFILES = web.AppKey("profiles", ProfileService)
 _KEYS = web.AppKey("keys", auth.KeyStore)
-_WORKSPACE = "workspace_id"
+_WORKSPACE = web.RequestKey("workspace_id", str)
 
 
 def _json_response(body: object, status: int = 200) -> web.Response:
