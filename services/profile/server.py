@@ -52,27 +52,34 @@ def _recommendation_pb(item: model.Recommendation) -> profile_pb2.Recommendation
     return profile_pb2.Recommendation(item_id=item.item_id, score=item.score)
 
 
+def _stamp(value_us: int) -> dict[str, int]:
+    # Nested messages given as dicts are built by upb in C: about twice as fast as
+    # constructing Timestamp objects in Python (measured; this is the hot path).
+    seconds, micros = divmod(value_us, 1_000_000)
+    return {"seconds": seconds, "nanos": micros * 1000}
+
+
 def _profile_pb(profile: HotProfile) -> profile_pb2.Profile:
     message = profile_pb2.Profile(
         profile_id=profile.profile_id,
-        identifiers=[_identifier_pb(i) for i in profile.identifiers],
+        identifiers=[{"type": i.type, "value": i.value} for i in profile.identifiers],
         audiences=[
-            profile_pb2.AudienceMembership(key=key, entered_at=timestamp_from_us(int(at_us)))
+            {"key": key, "entered_at": _stamp(int(at_us))}
             for key, at_us in profile.audiences.items()
         ],
         predictions=[
-            profile_pb2.PredictionScore(
-                key=score.key,
-                probability=score.probability,
-                percentile=score.percentile,
-                scored_at=(
-                    None if score.scored_at_us is None else timestamp_from_us(score.scored_at_us)
-                ),
-                top_features=score.top_features,
-            )
+            {
+                "key": score.key,
+                "probability": score.probability,
+                "percentile": score.percentile,
+                "top_features": score.top_features,
+                **({} if score.scored_at_us is None else {"scored_at": _stamp(score.scored_at_us)}),
+            }
             for score in profile.predictions
         ],
-        recommendations=[_recommendation_pb(r) for r in profile.recommendations or ()],
+        recommendations=[
+            {"item_id": r.item_id, "score": r.score} for r in profile.recommendations or ()
+        ],
     )
     if profile.traits is not None:
         message.traits = profile.traits

@@ -1,0 +1,508 @@
+"""Load benchmark of GetProfile against its transport and storage limits.
+
+    .venv/bin/python bench/profile_load.py [--profiles 1000000] [--duration 10]
+
+Seeds N profiles (20 traits, 10 audiences, 2 predictions each) into Redis db 12 with
+pipelined writes, starts one profile process (then two sharing the port through
+SO_REUSEPORT), and drives them from a load generator in a second process: a fixed
+offered rate and a saturation run, reporting throughput and p50/p99/p99.9. Baselines
+measured in the same run: a bare grpc.aio server answering with a message of the same
+size (the transport limit) and the same Lua read issued straight from redis-py (the
+storage limit). Redis db 12 is flushed and the bench database dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "gen")]
+
+import asyncpg  # noqa: E402
+import grpc  # noqa: E402
+import orjson  # noqa: E402
+import redis.asyncio as redis_asyncio  # noqa: E402
+from audiences.v1 import common_pb2, profile_pb2  # noqa: E402
+
+from services.profile.hotread import READ_PROFILES_LUA  # noqa: E402
+from services.shared import hotstate  # noqa: E402
+
+METHOD = "/audiences.v1.ProfileService/GetProfile"
+ECHO_METHOD = "/bench.Echo/Get"
+NOW_US = 1_735_689_600_000_000
+CHANNELS = 8  # separate connections, so SO_REUSEPORT can spread them over processes
+REQUEST_POOL = 20_000
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+# ---------------------------------------------------------------- seeding
+
+
+def _resp(*parts: bytes) -> bytes:
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+    return b"".join(out)
+
+
+# Profile ids are zero-padded to a fixed width so every profile's RESP has the same
+# lengths: one template, and seeding a profile is a single bytes.join.
+PID_WIDTH = 7
+_MARKER = b"\x01\x02\x03\x04\x05\x06\x07"
+
+
+def user_value(pid: int) -> str:
+    """The user_id of seeded profile `pid`."""
+    return f"u{pid:0{PID_WIDTH}d}"
+
+
+def _profile_template(ws: str) -> list[bytes]:
+    """One profile's commands (20 traits, 10 audiences, 2 predictions), split at the id."""
+    pid = _MARKER
+    key = f"hs:{{{ws}}}:p:".encode() + pid + b":"
+    traits: list[bytes] = []
+    for t in range(20):
+        kind = t % 4
+        value = {
+            0: b'"value-' + pid + b"-%02d" % t + b'"',
+            1: pid,  # an integer that differs per profile
+            2: b"true",
+            3: b'{"city":"Lyon","zip":"69001","tier":' + pid + b"}",
+        }[kind]
+        traits += [b"trait_%02d" % t, value]
+    audiences: list[bytes] = []
+    for a in range(10):
+        audiences += [b"audience_%02d" % a, b"%d" % (NOW_US - a * 86_400_000_000)]
+    predictions: list[bytes] = []
+    for name, probability in ((b"purchase_7d", 0.8312), (b"churn_30d", 0.0457)):
+        score = {
+            "probability": probability,
+            "percentile": round(probability * 100, 2),
+            "scored_at_us": NOW_US,
+            "top_features": ["orders_90d", "recency_days"],
+        }
+        predictions += [name, orjson.dumps(score)]
+    user = b"u" + pid
+    commands = b"".join(
+        [
+            _resp(b"SET", f"hs:{{{ws}}}:id:user_id:".encode() + user, pid),
+            _resp(b"HSET", key + b"ids", b"user_id:" + user, b"1"),
+            _resp(b"HSET", key + b"meta", b"last_seen_us", b"%d" % NOW_US, b"created_at_us", b"1"),
+            _resp(b"HSET", key + b"traits", *traits),
+            _resp(b"HSET", key + b"audiences", *audiences),
+            _resp(b"HSET", key + b"predictions", *predictions),
+        ]
+    )
+    return commands.split(_MARKER)
+
+
+def seed(redis_url: str, ws: str, profiles: int) -> float:
+    """Pipe RESP straight into `redis-cli --pipe` (the fastest pipelined writer); seconds."""
+    host, port, db = _redis_parts(redis_url)
+    started = time.perf_counter()
+    pipe = subprocess.Popen(
+        ["redis-cli", "-h", host, "-p", port, "-n", db, "--pipe"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    assert pipe.stdin is not None
+    parts = _profile_template(ws)
+    step = 10_000
+    for first in range(1, profiles + 1, step):
+        pids = range(first, min(first + step, profiles + 1))
+        pipe.stdin.write(b"".join([(b"%07d" % pid).join(parts) for pid in pids]))
+    pipe.stdin.close()
+    if pipe.wait() != 0:
+        raise RuntimeError("redis-cli --pipe failed")
+    return time.perf_counter() - started
+
+
+def _redis_parts(url: str) -> tuple[str, str, str]:
+    rest = url.split("://", 1)[1]
+    hostport, _, db = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    return host, port or "6379", db or "0"
+
+
+# ---------------------------------------------------------------- servers
+
+
+async def serve_echo(port: int, payload_path: str) -> None:
+    """A bare grpc.aio server: no interceptors, answers every call with fixed bytes."""
+    payload = Path(payload_path).read_bytes()  # noqa: ASYNC240 - once, before serving
+
+    async def get(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return payload
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo",
+        {
+            "Get": grpc.unary_unary_rpc_method_handler(
+                get, request_deserializer=_identity, response_serializer=_identity
+            )
+        },
+    )
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+def start_profile(port: int, database_url: str, redis_url: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "GRPC_PORT": str(port),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "PROFILE_HTTP_PORT": "0",
+        "OTEL_TRACES_EXPORTER": "none",
+        "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.profile"],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def wait_ready(address: str, metadata: tuple[tuple[str, str], ...], request: bytes) -> bytes:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            async with grpc.aio.insecure_channel(address) as channel:
+                call = channel.unary_unary(METHOD, _identity, _identity)
+                return await call(request, metadata=metadata, timeout=2)
+        except grpc.aio.AioRpcError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)  # polling readiness with a deadline
+
+
+# ---------------------------------------------------------------- load generator
+
+
+def _summary(latencies: list[float], elapsed: float, errors: int) -> dict[str, float]:
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return (
+            latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0.0
+        )
+
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50": pct(0.50),
+        "p99": pct(0.99),
+        "p999": pct(0.999),
+        "errors": errors,
+        "n": len(latencies),
+    }
+
+
+async def _drive(call_one, mode: str, duration: float, rate: float, concurrency: int) -> dict:  # type: ignore[no-untyped-def]
+    latencies: list[float] = []
+    errors = 0
+    # Warm up connections and caches; not measured.
+    warm_until = time.perf_counter() + 1.0
+    while time.perf_counter() < warm_until:
+        await asyncio.gather(*(call_one(i) for i in range(concurrency)))
+    if mode == "saturate":
+        stop_at = time.perf_counter() + duration
+
+        async def worker(seed: int) -> None:
+            nonlocal errors
+            i = seed
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                try:
+                    await call_one(i)
+                    latencies.append(time.perf_counter() - started)
+                except Exception:
+                    errors += 1
+                i += concurrency
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(s) for s in range(concurrency)))
+        return _summary(latencies, time.perf_counter() - started, errors)
+
+    # Open loop at a fixed offered rate; latency counts from the scheduled send time so
+    # a stalled server cannot hide its queueing (no coordinated omission).
+    total = int(rate * duration)
+    tasks: list[asyncio.Task[None]] = []
+    start = time.perf_counter() + 0.05
+
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal errors
+        try:
+            await call_one(i)
+            latencies.append(time.perf_counter() - scheduled)
+        except Exception:
+            errors += 1
+
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+    await asyncio.gather(*tasks)
+    return _summary(latencies, time.perf_counter() - start, errors)
+
+
+async def load(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+    rng = random.Random(11)
+    picks = [rng.randint(1, args.profiles) for _ in range(REQUEST_POOL)]
+    if args.load == "redis":
+        client = redis_asyncio.Redis.from_url(args.redis_url, max_connections=args.concurrency)
+        script = client.register_script(READ_PROFILES_LUA)
+        prefix = hotstate.workspace_prefix(args.workspace)
+        keys = [[hotstate.identity_key(args.workspace, "user_id", user_value(p))] for p in picks]
+
+        async def call_one(i: int) -> None:
+            await script(keys=keys[i % REQUEST_POOL], args=[prefix, "tcapri"])
+
+        result = await _drive(call_one, args.mode, args.duration, args.rate, args.concurrency)
+        await client.aclose()
+        return result
+    method = ECHO_METHOD if args.load == "echo" else METHOD
+    requests = [
+        profile_pb2.GetProfileRequest(
+            identifier=common_pb2.Identifier(type="user_id", value=user_value(p))
+        ).SerializeToString()
+        for p in picks
+    ]
+    metadata = (("authorization", f"Bearer {args.key}"),)
+    channels = [
+        grpc.aio.insecure_channel(args.address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(CHANNELS)
+    ]
+    calls = [channel.unary_unary(method, _identity, _identity) for channel in channels]
+
+    async def call_one(i: int) -> None:
+        await calls[i % CHANNELS](requests[i % REQUEST_POOL], metadata=metadata, timeout=10)
+
+    result = await _drive(call_one, args.mode, args.duration, args.rate, args.concurrency)
+    for channel in channels:
+        await channel.close()
+    return result
+
+
+def run_load(
+    target: str, mode: str, address: str, opts: argparse.Namespace, ws: str, key: str
+) -> dict:  # type: ignore[type-arg]
+    """One measurement, from a separate load-generator process."""
+    command = [
+        sys.executable,
+        __file__,
+        "--load",
+        target,
+        "--mode",
+        mode,
+        "--address",
+        address,
+        "--workspace",
+        ws,
+        "--key",
+        key,
+        "--redis-url",
+        opts.redis_url,
+        "--profiles",
+        str(opts.profiles),
+        "--duration",
+        str(opts.duration),
+        "--rate",
+        str(opts.rate),
+        "--concurrency",
+        str(opts.concurrency),
+    ]
+    out = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+async def create_bench_database(base_url: str) -> tuple[str, dict[str, str]]:
+    from services.shared.cli import create_workspace, run_migrate
+    from services.shared.config import Settings
+
+    name = "bench_profile_" + secrets.token_hex(4)
+    dsn = base_url.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    url = base_url.rsplit("/", 1)[0] + "/" + name
+    settings = Settings(database_url=url)
+    await run_migrate(settings, down=False)
+    return url, await create_workspace(settings, "bench")
+
+
+async def drop_bench_database(url: str, base_url: str) -> None:
+    dsn = base_url.replace("postgresql+asyncpg://", "postgresql://")
+    admin = await asyncpg.connect(dsn)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    await admin.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def _flush(redis_url: str) -> str:
+    """Empty the bench's Redis db; returns the memory it used before."""
+    redis = redis_asyncio.Redis.from_url(redis_url)
+    memory = (await redis.info("memory"))["used_memory_human"]
+    await redis.flushdb()
+    await redis.aclose()
+    return str(memory)
+
+
+async def _wait_echo(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout=30)
+
+
+def orchestrate(opts: argparse.Namespace) -> None:
+    """Seed, start the servers, run every measurement, clean up, print the table."""
+    if opts.redis_url.rsplit("/", 1)[1] in ("0", "13"):
+        raise SystemExit("use a Redis db of its own (not 0, not 13): it is flushed")
+    asyncio.run(_flush(opts.redis_url))
+    database_url, keys = asyncio.run(create_bench_database(opts.pg))
+    ws, key = keys["workspace_id"], keys["profile_key"]
+    metadata = (("authorization", f"Bearer {key}"),)
+    rows: list[tuple[str, str, dict]] = []  # type: ignore[type-arg]
+    processes: list[subprocess.Popen[bytes]] = []
+    payload = Path(f"/tmp/bench_profile_payload_{os.getpid()}.bin")
+    try:
+        seconds = seed(opts.redis_url, ws, opts.profiles)
+        print(f"seeded {opts.profiles:,} profiles in {seconds:.1f}s", flush=True)
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        processes.append(start_profile(port, database_url, opts.redis_url))
+        sample = profile_pb2.GetProfileRequest(
+            identifier=common_pb2.Identifier(type="user_id", value=user_value(1))
+        ).SerializeToString()
+        reply = asyncio.run(wait_ready(address, metadata, sample))
+        payload.write_bytes(reply)
+        print(f"GetProfile response: {len(reply)} bytes", flush=True)
+
+        echo_port = free_port()
+        echo_address = f"127.0.0.1:{echo_port}"
+        echo = subprocess.Popen(
+            [sys.executable, __file__, "--serve-echo", str(echo_port), str(payload)], cwd=ROOT
+        )
+        processes.append(echo)
+        asyncio.run(_wait_echo(echo_address))
+
+        plan = [
+            ("echo (bare grpc.aio)", "echo", echo_address),
+            ("redis-py EVALSHA", "redis", ""),
+            ("GetProfile, 1 process", "profile", address),
+        ]
+        for label, target, where in plan:
+            for mode in ("rate", "saturate"):
+                result = run_load(target, mode, where, opts, ws, key)
+                rows.append((label, mode, result))
+                print(f"  {label:<26} {mode:<9} {result}", flush=True)
+        _stop([echo])
+        processes.remove(echo)
+
+        processes.append(start_profile(port, database_url, opts.redis_url))
+        asyncio.run(wait_ready(address, metadata, sample))
+        for mode in ("rate", "saturate"):
+            result = run_load("profile", mode, address, opts, ws, key)
+            rows.append(("GetProfile, 2 processes", mode, result))
+            print(f"  {'GetProfile, 2 processes':<26} {mode:<9} {result}", flush=True)
+    finally:
+        _stop(processes)
+        payload.unlink(missing_ok=True)
+        print(f"Redis memory with the seeded profiles: {asyncio.run(_flush(opts.redis_url))}")
+        asyncio.run(drop_bench_database(database_url, opts.pg))
+    print_table(rows, opts)
+
+
+def print_table(rows: list[tuple[str, str, dict]], opts: argparse.Namespace) -> None:  # type: ignore[type-arg]
+    echo_sat = next(r for label, mode, r in rows if label.startswith("echo") and mode == "saturate")
+    one_sat = next(
+        r for label, mode, r in rows if label == "GetProfile, 1 process" and mode == "saturate"
+    )
+    print()
+    print(
+        f"profiles={opts.profiles:,} duration={opts.duration}s rate={opts.rate:.0f}/s "
+        f"concurrency={opts.concurrency} (saturation), {os.cpu_count()} cores"
+    )
+    print()
+    print("| target | run | req/s | p50 ms | p99 ms | p99.9 ms | errors | req/s vs echo |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for label, mode, r in rows:
+        run = f"fixed {opts.rate:.0f}/s" if mode == "rate" else f"saturation c={opts.concurrency}"
+        ratio = r["rps"] / echo_sat["rps"] if mode == "saturate" else float("nan")
+        ratio_text = f"{ratio:.2f}x" if mode == "saturate" else ""
+        print(
+            f"| {label} | {run} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+            f"{r['p999']:.2f} | {r['errors']} | {ratio_text} |"
+        )
+    two_sat = next(
+        r for label, mode, r in rows if label == "GetProfile, 2 processes" and mode == "saturate"
+    )
+    print()
+    print(f"scaling 1 -> 2 processes (saturation): {two_sat['rps'] / one_sat['rps']:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profiles", type=int, default=1_000_000)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
+    parser.add_argument("--pg", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--serve-echo", nargs=2, metavar=("PORT", "PAYLOAD"))
+    parser.add_argument("--load", choices=["echo", "redis", "profile"])
+    parser.add_argument("--mode", choices=["rate", "saturate"], default="rate")
+    parser.add_argument("--address", default="")
+    parser.add_argument("--workspace", default="")
+    parser.add_argument("--key", default="")
+    opts = parser.parse_args()
+    if opts.serve_echo:
+        asyncio.run(serve_echo(int(opts.serve_echo[0]), opts.serve_echo[1]))
+    elif opts.load:
+        print(json.dumps(asyncio.run(load(opts))))
+    else:
+        orchestrate(opts)
+
+
+if __name__ == "__main__":
+    main()
