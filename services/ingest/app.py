@@ -2,19 +2,75 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
 import grpc
 from audiences.v1 import admin_pb2_grpc, ingest_pb2_grpc
 
+from services.ingest.gateway import Gateway, build_app
+from services.ingest.identity import IdentityRules
+from services.ingest.ingestor import Ingestor
+from services.ingest.publisher import DEFAULT_MAXLEN, RedisPublisher, StreamCatchUp
 from services.ingest.server import IngestServiceServicer
+from services.ingest.store import SqlEventStore
 from services.shared.admin_server import AdminServicer
 from services.shared.server import Resources, ServiceSpec
 
 
+@dataclass
+class IngestComponents:
+    """The ingest service's objects for one process's Resources."""
+
+    store: SqlEventStore
+    publisher: RedisPublisher
+    catch_up: StreamCatchUp
+    ingestor: Ingestor
+
+
+_COMPONENTS: dict[int, IngestComponents] = {}
+
+
+def components(resources: Resources) -> IngestComponents:
+    """The ingest objects of `resources` (made once, shared by servicer and workers)."""
+    found = _COMPONENTS.get(id(resources))
+    if found is None or found.store._engine is not resources.engine:
+        maxlen = int(os.environ.get("INGEST_STREAM_MAXLEN", str(DEFAULT_MAXLEN)))
+        store = SqlEventStore(resources.engine)
+        publisher = RedisPublisher(resources.redis, maxlen)
+        found = IngestComponents(
+            store=store,
+            publisher=publisher,
+            catch_up=StreamCatchUp(store, resources.redis, publisher, maxlen=maxlen),
+            ingestor=Ingestor(store, publisher, resources.clock),
+        )
+        _COMPONENTS[id(resources)] = found
+    return found
+
+
+def validate_identity_rules(rules: dict[str, Any] | None) -> dict[str, Any]:
+    """Normalised identity rules JSON; InvalidArgument names the bad setting."""
+    return IdentityRules.parse(rules).to_json()
+
+
 def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
     """Add the ingest servicers; returns their full service names."""
-    ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServiceServicer(), server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(resources.keys), server)
+    ingestor = components(resources).ingestor
+    ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServiceServicer(ingestor), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(resources.keys, validate_identity_rules), server
+    )
     return ["audiences.v1.IngestService", "audiences.v1.AdminService"]
 
 
-SPEC = ServiceSpec(name="ingest", register=register)
+def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
+    """The stream catch-up loop and the HTTP gateway (INGEST_HTTP_PORT, default 8080)."""
+    parts = components(resources)
+    port = int(os.environ.get("INGEST_HTTP_PORT", "8080"))
+    gateway = Gateway(build_app(parts.ingestor, resources.keys), resources.settings.grpc_host, port)
+    return [parts.catch_up.run(), gateway.serve_forever()]
+
+
+SPEC = ServiceSpec(name="ingest", register=register, workers=workers)

@@ -1,12 +1,124 @@
-"""IngestService servicer: translates between protobuf and domain calls, nothing else.
-
-RPCs not implemented yet answer UNIMPLEMENTED (the generated base class does that).
-"""
+"""IngestService servicer: translates between protobuf and the Ingestor, nothing else."""
 
 from __future__ import annotations
 
-from audiences.v1 import ingest_pb2_grpc
+from collections.abc import AsyncIterator
+
+import grpc
+from audiences.v1 import ingest_pb2, ingest_pb2_grpc
+
+from services.ingest.ingestor import Ingestor
+from services.ingest.model import BatchOutcome, Outcome, RawEvent, Status
+from services.ingest.validation import check_request_size
+from services.shared.auth import current_workspace
+
+_TYPES = {
+    ingest_pb2.EVENT_TYPE_TRACK: "track",
+    ingest_pb2.EVENT_TYPE_IDENTIFY: "identify",
+    ingest_pb2.EVENT_TYPE_PAGE: "page",
+    ingest_pb2.EVENT_TYPE_SCREEN: "screen",
+    ingest_pb2.EVENT_TYPE_GROUP: "group",
+    ingest_pb2.EVENT_TYPE_ALIAS: "alias",
+}
+_STATUSES = {
+    Status.ACCEPTED: ingest_pb2.EVENT_STATUS_ACCEPTED,
+    Status.DUPLICATE: ingest_pb2.EVENT_STATUS_DUPLICATE,
+    Status.REJECTED: ingest_pb2.EVENT_STATUS_REJECTED,
+}
+_MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the Timestamp range
+
+
+def to_raw(message: ingest_pb2.Event, batch_context: bytes = b"", event_type: str = "") -> RawEvent:
+    """A protobuf Event as a transport-neutral RawEvent."""
+    timestamp_us: int | None = None
+    timestamp_error: str | None = None
+    if message.HasField("timestamp"):
+        stamp = message.timestamp
+        if not 0 <= stamp.nanos < 1_000_000_000 or abs(stamp.seconds) > _MAX_TIMESTAMP_SECONDS:
+            timestamp_error = "not a valid timestamp"
+        else:
+            timestamp_us = stamp.seconds * 1_000_000 + stamp.nanos // 1000
+    return RawEvent(
+        type=event_type or _TYPES.get(message.type, f"unknown ({message.type})"),
+        message_id=message.message_id,
+        user_id=message.user_id,
+        anonymous_id=message.anonymous_id,
+        event=message.event,
+        name=message.name,
+        timestamp_us=timestamp_us,
+        timestamp_error=timestamp_error,
+        properties=message.properties or None,
+        traits=message.traits or None,
+        context=message.context or batch_context or None,
+        group_id=message.group_id,
+        previous_id=message.previous_id,
+        external_ids=[(i.type, i.value) for i in message.external_ids],
+    )
+
+
+def to_result(outcome: Outcome) -> ingest_pb2.EventResult:
+    """The protobuf result of one event."""
+    return ingest_pb2.EventResult(
+        message_id=outcome.message_id,
+        status=_STATUSES[outcome.status],
+        violations=[
+            ingest_pb2.EventViolation(index=v.index, field=v.field, reason=v.reason)
+            for v in outcome.violations
+        ],
+        profile_id="" if outcome.profile_id is None else str(outcome.profile_id),
+        seq=outcome.seq or 0,
+    )
+
+
+def _batch_response(outcome: BatchOutcome) -> ingest_pb2.BatchResponse:
+    return ingest_pb2.BatchResponse(
+        results=[to_result(o) for o in outcome.outcomes],
+        accepted=outcome.count(Status.ACCEPTED),
+        duplicates=outcome.count(Status.DUPLICATE),
+        rejected=outcome.count(Status.REJECTED),
+    )
 
 
 class IngestServiceServicer(ingest_pb2_grpc.IngestServiceServicer):
     """The ingest RPCs."""
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self._ingestor = ingestor
+
+    async def _one(
+        self, request: ingest_pb2.EventRequest, event_type: str
+    ) -> ingest_pb2.EventResult:
+        raw = to_raw(request.event, event_type=event_type)
+        return to_result(await self._ingestor.ingest_one(current_workspace(), raw))
+
+    async def Track(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        return await self._one(request, "track")
+
+    async def Identify(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        return await self._one(request, "identify")
+
+    async def Page(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        return await self._one(request, "page")
+
+    async def Screen(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        return await self._one(request, "screen")
+
+    async def Group(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        return await self._one(request, "group")
+
+    async def Alias(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        return await self._one(request, "alias")
+
+    async def Batch(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        check_request_size(len(request.events), request.ByteSize())
+        raws = [to_raw(e, request.context) for e in request.events]
+        return _batch_response(await self._ingestor.ingest(current_workspace(), raws))
+
+    async def StreamEvents(  # type: ignore[no-untyped-def]
+        self, request_iterator, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ingest_pb2.StreamEventsResponse]:
+        workspace_id = current_workspace()
+        async for request in request_iterator:
+            check_request_size(len(request.events), request.ByteSize())
+            outcome = await self._ingestor.ingest(workspace_id, [to_raw(e) for e in request.events])
+            yield ingest_pb2.StreamEventsResponse(results=[to_result(o) for o in outcome.outcomes])

@@ -5,12 +5,20 @@ Served by the ingest service (see services/ingest/app.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import grpc
+import orjson
 from audiences.v1 import admin_pb2, admin_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.shared.auth import KeyStore, current_workspace
 from services.shared.clock import datetime_from_us
+from services.shared.errors import invalid
+
+# Normalises identity rules JSON, raising InvalidArgument (the ingest service's rules).
+RulesValidator = Callable[[dict[str, Any] | None], dict[str, Any]]
 
 
 def _timestamp(value_us: int | None) -> Timestamp | None:
@@ -35,8 +43,9 @@ def _key_message(row: dict) -> admin_pb2.ApiKey:  # type: ignore[type-arg]
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Workspace and key management for callers holding an admin key."""
 
-    def __init__(self, keys: KeyStore) -> None:
+    def __init__(self, keys: KeyStore, validate_rules: RulesValidator | None = None) -> None:
         self._keys = keys
+        self._validate_rules = validate_rules
 
     async def CreateWorkspace(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         workspace_id, key_id, secret = await self._keys.create_workspace(request.name)
@@ -76,3 +85,29 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def RevokeApiKey(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         row = await self._keys.revoke_key(current_workspace(), request.id)
         return admin_pb2.RevokeApiKeyResponse(key=_key_message(row))
+
+    async def UpdateIdentityRules(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+        if self._validate_rules is None:
+            raise NotImplementedError
+        rules = _json_object(request.identity_rules)
+        workspace_id = current_workspace()
+        await self._keys.set_identity_rules(workspace_id, self._validate_rules(rules))
+        workspace = await self._keys.get_workspace(workspace_id)
+        return admin_pb2.Workspace(
+            id=workspace["workspace_id"],
+            name=workspace["name"],
+            created_at=_timestamp(workspace["created_at_us"]),
+            identity_rules=orjson.dumps(workspace["identity_rules"]),
+        )
+
+
+def _json_object(payload: bytes) -> dict[str, Any] | None:
+    if not payload:
+        return None
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise invalid("identity_rules", "not valid JSON") from None
+    if not isinstance(value, dict):
+        raise invalid("identity_rules", "must be a JSON object")
+    return value

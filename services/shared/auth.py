@@ -221,6 +221,15 @@ class KeyStore:
         self.forget()
         return dict(row._mapping)
 
+    async def set_identity_rules(self, workspace_id: str, rules: dict | None) -> None:  # type: ignore[type-arg]
+        """Store a workspace's identity rules JSON (None: back to the defaults)."""
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(workspaces)
+                .where(workspaces.c.workspace_id == workspace_id)
+                .values(identity_rules=rules)
+            )
+
     async def get_workspace(self, workspace_id: str) -> dict:  # type: ignore[type-arg]
         """The workspace row."""
         async with self._engine.connect() as connection:

@@ -94,3 +94,9 @@ class RevokeApiKeyResponse(_message.Message):
     KEY_FIELD_NUMBER: _ClassVar[int]
     key: ApiKey
     def __init__(self, key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
+
+class UpdateIdentityRulesRequest(_message.Message):
+    __slots__ = ("identity_rules",)
+    IDENTITY_RULES_FIELD_NUMBER: _ClassVar[int]
+    identity_rules: bytes
+    def __init__(self, identity_rules: _Optional[bytes] = ...) -> None: ...

@@ -59,6 +59,11 @@ class AdminServiceStub:
                 request_serializer=audiences_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=audiences_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.UpdateIdentityRules = channel.unary_unary(
+                '/audiences.v1.AdminService/UpdateIdentityRules',
+                request_serializer=audiences_dot_v1_dot_admin__pb2.UpdateIdentityRulesRequest.SerializeToString,
+                response_deserializer=audiences_dot_v1_dot_admin__pb2.Workspace.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -95,6 +100,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateIdentityRules(self, request, context):
+        """Replace the caller's workspace identity rules (ingest's guardrails, like Segment's
+        identity rules); returns the workspace with the normalised rules.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +135,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=audiences_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=audiences_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'UpdateIdentityRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateIdentityRules,
+                    request_deserializer=audiences_dot_v1_dot_admin__pb2.UpdateIdentityRulesRequest.FromString,
+                    response_serializer=audiences_dot_v1_dot_admin__pb2.Workspace.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,6 +277,33 @@ class AdminService:
             '/audiences.v1.AdminService/RevokeApiKey',
             audiences_dot_v1_dot_admin__pb2.RevokeApiKeyRequest.SerializeToString,
             audiences_dot_v1_dot_admin__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateIdentityRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audiences.v1.AdminService/UpdateIdentityRules',
+            audiences_dot_v1_dot_admin__pb2.UpdateIdentityRulesRequest.SerializeToString,
+            audiences_dot_v1_dot_admin__pb2.Workspace.FromString,
             options,
             channel_credentials,
             insecure,

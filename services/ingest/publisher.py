@@ -1,0 +1,312 @@
+"""Hot state and the event stream in Redis: the per-batch update, the catch-up loop
+that makes stream delivery exactly-once in effect, and the hot-state rebuild.
+
+Per batch, one pipelined round trip runs two Lua scripts: the hot-state update (all
+keys of one workspace share the `{ws}` hash tag) and a cursor-checked XADD of the
+batch's entries (the stream and its cursor share the `stream:events` slot). The XADD
+script only appends if the stream cursor equals the seq the batch's writer saw as last
+committed, so a batch can never overtake one whose publish was lost; the catch-up loop
+fills such gaps from Postgres with the same ids, and Redis refuses any id it already
+holds (streams.publish reports those as duplicates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from opentelemetry import context as otel_context
+from redis.asyncio import Redis
+
+from services.ingest.ingestor import HotProfile, HotUpdate, StreamRecord
+from services.ingest.store import SqlEventStore
+from services.shared import hotstate, streams
+
+log = logging.getLogger(__name__)
+
+STREAM_KEY = "stream:events"
+# Same hash slot as STREAM_KEY (the tag is the stream's whole name).
+CURSOR_KEY = "{stream:events}:cursor"
+DEFAULT_MAXLEN = 1_000_000
+
+_HOT_SCRIPT = """
+local p = KEYS[1]
+local data = cjson.decode(ARGV[1])
+for _, r in ipairs(data.r) do
+  local m = p .. 'p:' .. r[1] .. ':'
+  redis.call('DEL', m .. 'traits', m .. 'ids', m .. 'meta')
+  redis.call('SET', p .. 'merged:' .. r[1], r[2])
+end
+for _, u in ipairs(data.u) do
+  local k = p .. 'p:' .. u.id .. ':'
+  if u.x then redis.call('DEL', k .. 'traits', k .. 'ids') end
+  if #u.i > 0 then
+    local args = {}
+    for _, id in ipairs(u.i) do
+      args[#args + 1] = id
+      args[#args + 1] = '1'
+      redis.call('SET', p .. 'id:' .. id, u.id)
+    end
+    redis.call('HSET', k .. 'ids', unpack(args))
+  end
+  local args = {}
+  for key, value in pairs(u.s) do
+    args[#args + 1] = key
+    args[#args + 1] = value
+  end
+  if #args > 0 then redis.call('HSET', k .. 'traits', unpack(args)) end
+  if #u.d > 0 then redis.call('HDEL', k .. 'traits', unpack(u.d)) end
+  if u.x then
+    redis.call('HSET', k .. 'meta', 'created_at_us', u.c)
+  else
+    redis.call('HSETNX', k .. 'meta', 'created_at_us', u.c)
+  end
+  if u.l then
+    local seen = tonumber(redis.call('HGET', k .. 'meta', 'last_seen_us') or '0')
+    if u.x or tonumber(u.l) > seen then redis.call('HSET', k .. 'meta', 'last_seen_us', u.l) end
+  end
+end
+return 1
+"""
+
+_STREAM_SCRIPT = """
+local cursor = redis.call('GET', KEYS[2])
+if cursor == false then
+  if ARGV[1] ~= ARGV[3] then return 0 end
+elseif cursor ~= ARGV[1] then
+  return 0
+end
+local i = 5
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 1])
+  local args = {'MAXLEN', '~', ARGV[4], ARGV[i]}
+  for j = 1, n * 2 do args[#args + 1] = ARGV[i + 1 + j] end
+  redis.call('XADD', KEYS[1], unpack(args))
+  i = i + 2 + n * 2
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+def entry_id(record: StreamRecord) -> str:
+    """The stream id of a record: `<seq>-0` for an event, `<seq>-<n>` for its merges."""
+    return f"{record.seq}-{record.sub}"
+
+
+def entry_fields(record: StreamRecord) -> dict[str, bytes | str]:
+    """The stream entry fields of a record (the contract segmentation consumes)."""
+    if record.kind == "merge":
+        return {
+            "kind": "merge",
+            "workspace_id": record.workspace_id,
+            "seq": str(record.seq),
+            "survivor_id": str(record.survivor_id),
+            "merged_id": str(record.merged_id),
+        }
+    return {
+        "kind": "event",
+        "workspace_id": record.workspace_id,
+        "seq": str(record.seq),
+        "profile_id": str(record.profile_id),
+        "event": orjson.dumps(record.event),
+    }
+
+
+def _hot_payload(profiles: list[HotProfile], redirects: list[tuple[int, int]], replace: bool):  # type: ignore[no-untyped-def]
+    # Numbers travel as strings: Lua's cjson would round 16-digit microseconds.
+    updates: list[dict[str, Any]] = []
+    for profile in profiles:
+        update: dict[str, Any] = {
+            "id": str(profile.profile_id),
+            "c": str(profile.created_at_us),
+            "i": profile.ids,
+            "s": {k: orjson.dumps(v).decode() for k, v in profile.set_traits.items()},
+            "d": profile.del_traits,
+            "x": replace,
+        }
+        if profile.last_seen_us is not None:
+            update["l"] = str(profile.last_seen_us)
+        updates.append(update)
+    return orjson.dumps({"r": [[str(a), str(b)] for a, b in redirects], "u": updates})
+
+
+class RedisPublisher:
+    """Applies batches to the hot state and the stream; wakes catch-up when behind."""
+
+    def __init__(self, redis: Redis, maxlen: int = DEFAULT_MAXLEN) -> None:
+        self._redis = redis
+        self._maxlen = maxlen
+        self._hot = redis.register_script(_HOT_SCRIPT)
+        self._stream = redis.register_script(_STREAM_SCRIPT)
+        self.behind = asyncio.Event()
+
+    def wake(self) -> None:
+        """Ask the catch-up loop to run now."""
+        self.behind.set()
+
+    async def apply(
+        self,
+        prev_seq: int,
+        last_seq: int,
+        published_seq: int,
+        hot: HotUpdate,
+        records: list[StreamRecord],
+    ) -> bool:
+        """Update hot state and append the batch's entries in one round trip.
+
+        Returns False when the stream cursor is not at `prev_seq` (an earlier batch's
+        entries are missing): the entries are then left to the catch-up loop.
+        """
+        args: list[bytes | str | int] = [prev_seq, last_seq, published_seq, self._maxlen]
+        for record in records:
+            fields = streams.with_trace_context(entry_fields(record))
+            args.append(entry_id(record))
+            args.append(len(fields))
+            for name, value in fields.items():
+                args.extend((name, value))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if hot.profiles or hot.redirects:
+                prefix = hotstate.workspace_prefix(hot.workspace_id)
+                await self._hot(
+                    keys=[prefix],
+                    args=[_hot_payload(hot.profiles, hot.redirects, False)],
+                    client=pipe,
+                )
+            await self._stream(keys=[STREAM_KEY, CURSOR_KEY], args=args, client=pipe)
+            replies = await pipe.execute()
+        return bool(replies[-1])
+
+    async def write_profiles(
+        self, workspace_id: str, profiles: list[HotProfile], redirects: list[tuple[int, int]]
+    ) -> None:
+        """Replace these profiles' hot traits/ids/meta with the given full state."""
+        prefix = hotstate.workspace_prefix(workspace_id)
+        await self._hot(keys=[prefix], args=[_hot_payload(profiles, redirects, True)])
+
+
+class StreamCatchUp:
+    """Background loop: republishes committed events the stream is missing.
+
+    Runs under the ingest write lock, reads the stream cursor, publishes every event
+    (and merge) after it from Postgres with the same ids, refreshes the hot state of
+    the profiles they touched, and keeps a durable copy of the cursor in Postgres.
+    """
+
+    def __init__(
+        self,
+        store: SqlEventStore,
+        redis: Redis,
+        publisher: RedisPublisher,
+        interval_seconds: float = 1.0,
+        chunk: int = 5000,
+        maxlen: int = DEFAULT_MAXLEN,
+    ) -> None:
+        self._store = store
+        self._redis = redis
+        self._publisher = publisher
+        self._interval = interval_seconds
+        self._chunk = chunk
+        self._maxlen = maxlen
+
+    async def _redis_cursor(self) -> int | None:
+        value = await self._redis.get(CURSOR_KEY)
+        return None if value is None else int(value)
+
+    async def run_once(self) -> int:
+        """Publish whatever the stream is missing; returns how many entries were added."""
+        cursor = await self._redis_cursor()
+        last_seq, published_seq = await self._store.cursor()
+        if cursor is not None and cursor >= last_seq:
+            if cursor > published_seq:
+                await self._store.set_published(cursor)
+            return 0
+        added = 0
+        async with self._store.locked() as connection:
+            last_seq, published_seq = await self._store.cursor(connection)
+            await connection.rollback()
+            while True:
+                cursor = await self._redis_cursor()
+                start = published_seq if cursor is None else cursor
+                if start >= last_seq:
+                    break
+                records, covered = await self._store.records_after(
+                    connection, start, last_seq, self._chunk
+                )
+                await connection.rollback()
+                # Catch-up entries carry this loop's trace, not the original request's.
+                token = otel_context.attach(otel_context.Context())
+                try:
+                    ids = await streams.publish(
+                        self._redis,
+                        STREAM_KEY,
+                        [(entry_id(r), entry_fields(r)) for r in records],
+                        maxlen=self._maxlen,
+                    )
+                finally:
+                    otel_context.detach(token)
+                added += sum(1 for i in ids if i is not None)
+                await self._refresh_hot_state(records)
+                await self._redis.set(CURSOR_KEY, covered)
+                await self._store.set_published(covered)
+        return added
+
+    async def _refresh_hot_state(self, records: list[StreamRecord]) -> None:
+        touched: dict[str, set[int]] = {}
+        for record in records:
+            ids = touched.setdefault(record.workspace_id, set())
+            ids.update({record.profile_id} if record.kind == "event" else {record.survivor_id})
+        for workspace_id, profile_ids in touched.items():
+            profiles = await self._store.hot_profiles(workspace_id, sorted(profile_ids))
+            redirects = [
+                (r.merged_id, r.survivor_id)
+                for r in records
+                if r.kind == "merge" and r.workspace_id == workspace_id
+            ]
+            await self._publisher.write_profiles(workspace_id, profiles, redirects)
+
+    async def run(self) -> None:
+        """Loop until cancelled: every interval, or at once when woken."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._publisher.behind.wait(), self._interval)
+            self._publisher.behind.clear()
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("stream catch-up failed; retrying")
+
+
+async def rebuild_workspace(
+    store: SqlEventStore, redis: Redis, publisher: RedisPublisher, workspace_id: str
+) -> int:
+    """Recreate a workspace's hot identifiers, traits and meta from Postgres.
+
+    Audience, computed-trait, prediction and recommendation sections belong to other
+    services and are left alone. Returns how many profiles were written.
+    """
+    prefix = hotstate.workspace_prefix(workspace_id)
+    async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+        name = key.decode() if isinstance(key, bytes) else key
+        rest = name[len(prefix) :]
+        if rest.startswith(("id:", "merged:")) or rest.endswith((":traits", ":ids", ":meta")):
+            await redis.delete(name)
+    written = 0
+    after_id = 0
+    redirects = await store.redirects(workspace_id)
+    while True:
+        page = await store.hot_profiles(workspace_id, after_id=after_id, limit=1000)
+        if not page and not redirects:
+            break
+        await publisher.write_profiles(workspace_id, page, redirects)
+        redirects = []
+        written += len(page)
+        if not page:
+            break
+        after_id = page[-1].profile_id
+    return written

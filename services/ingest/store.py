@@ -1,0 +1,571 @@
+"""Persistence of the ingest service: events, the identity graph, traits and merges.
+
+One write session at a time holds the ingest write lock (a Postgres session advisory
+lock; an asyncio lock on the single-process SQLite embedding) from before sequence
+numbers are drawn until the hot state and stream are updated, so sequence order equals
+commit order. On Postgres events go in with one COPY per batch; every other table gets
+one multi-row statement per batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from sqlalchemy import case, func, insert, null, select, text, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.ingest.identity import IdentityRow
+from services.ingest.ingestor import (
+    HotProfile,
+    StoredEvent,
+    StreamRecord,
+    WritePlan,
+    WriteResult,
+)
+from services.ingest.tables import STREAM_CURSOR, event_ids, ingest_cursor
+from services.ingest.traits import TraitRow
+from services.shared.db.engine import is_postgres
+from services.shared.db.tables import (
+    events,
+    identities,
+    merges,
+    profile_traits,
+    profiles,
+    suppressions,
+    workspaces,
+)
+
+# pg_advisory_lock key of the ingest write lock ("ingest" as a number).
+WRITE_LOCK_KEY = 0x696E67657374
+# Postgres allows 32,767 bind parameters per statement; stay well below.
+_ROWS_PER_STATEMENT = 2000
+_EVENT_COLUMNS = (
+    "seq",
+    "workspace_id",
+    "message_id",
+    "type",
+    "name",
+    "profile_id",
+    "user_id",
+    "anonymous_id",
+    "group_id",
+    "previous_id",
+    "timestamp_us",
+    "received_at_us",
+    "properties",
+    "traits",
+    "context",
+)
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _chunks(rows: Sequence[Any], size: int = _ROWS_PER_STATEMENT) -> list[Sequence[Any]]:
+    return [rows[start : start + size] for start in range(0, len(rows), size)]
+
+
+class SqlEventStore:
+    """The ingest store on Postgres (production) or SQLite (embedded)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._postgres = is_postgres(engine)
+        self._local_lock = asyncio.Lock()
+
+    def _insert(self, table):  # type: ignore[no-untyped-def]
+        return (postgresql.insert if self._postgres else sqlite.insert)(table)
+
+    async def identity_rules(self, workspace_id: str) -> dict[str, Any] | None:
+        """The workspace's identity rules JSON (None: defaults)."""
+        query = select(workspaces.c.identity_rules).where(workspaces.c.workspace_id == workspace_id)
+        async with self._engine.connect() as connection:
+            return (await connection.execute(query)).scalar()
+
+    async def suppressed(
+        self, workspace_id: str, keys: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Which of `keys` are actively suppressed (erased people), in one query."""
+        query = select(suppressions.c.id_type, suppressions.c.id_value).where(
+            suppressions.c.workspace_id == workspace_id,
+            suppressions.c.active.is_(True),
+            tuple_(suppressions.c.id_type, suppressions.c.id_value).in_(list(keys)),
+        )
+        async with self._engine.connect() as connection:
+            return {(row[0], row[1]) for row in await connection.execute(query)}
+
+    @asynccontextmanager
+    async def locked(self) -> AsyncIterator[AsyncConnection]:
+        """A connection holding the ingest write lock until the block ends."""
+        if not self._postgres:
+            async with self._local_lock, self._engine.connect() as connection:
+                yield connection
+            return
+        async with self._engine.connect() as connection:
+            await connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": WRITE_LOCK_KEY})
+            await connection.commit()
+            try:
+                yield connection
+            finally:
+                if connection.in_transaction():
+                    await connection.rollback()
+                await connection.execute(
+                    text("SELECT pg_advisory_unlock(:k)"), {"k": WRITE_LOCK_KEY}
+                )
+                await connection.commit()
+
+    @asynccontextmanager
+    async def write_session(self, workspace_id: str) -> AsyncIterator[WriteSession]:
+        """A locked write transaction; the lock outlives the commit until the block ends."""
+        async with self.locked() as connection:
+            session = WriteSession(connection, workspace_id, self)
+            await session.start()
+            yield session
+
+    async def cursor(self, connection: AsyncConnection | None = None) -> tuple[int, int]:
+        """(last committed seq, last seq known published)."""
+        query = select(ingest_cursor.c.last_seq, ingest_cursor.c.published_seq).where(
+            ingest_cursor.c.stream == STREAM_CURSOR
+        )
+        if connection is not None:
+            row = (await connection.execute(query)).one()
+            return int(row[0]), int(row[1])
+        async with self._engine.connect() as own:
+            row = (await own.execute(query)).one()
+        return int(row[0]), int(row[1])
+
+    async def set_published(self, seq: int) -> None:
+        """Record that the stream holds every entry up to `seq` (only moves forward)."""
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(ingest_cursor)
+                .where(ingest_cursor.c.stream == STREAM_CURSOR, ingest_cursor.c.published_seq < seq)
+                .values(published_seq=seq)
+            )
+
+    async def records_after(
+        self, connection: AsyncConnection, after_seq: int, up_to: int, limit: int
+    ) -> tuple[list[StreamRecord], int]:
+        """Stream records of events (and their merges) with after_seq < seq <= up_to.
+
+        Returns the records and the last seq they cover.
+        """
+        query = (
+            select(*[events.c[name] for name in _EVENT_COLUMNS])
+            .where(events.c.seq > after_seq, events.c.seq <= up_to)
+            .order_by(events.c.seq)
+            .limit(limit)
+        )
+        rows = (await connection.execute(query)).all()
+        covered = up_to if len(rows) < limit else int(rows[-1].seq)
+        records = [
+            StreamRecord(
+                seq=row.seq,
+                sub=0,
+                workspace_id=row.workspace_id,
+                kind="event",
+                profile_id=row.profile_id,
+                event={
+                    "type": row.type,
+                    "name": row.name,
+                    "message_id": row.message_id,
+                    "user_id": row.user_id,
+                    "anonymous_id": row.anonymous_id,
+                    "group_id": row.group_id,
+                    "previous_id": row.previous_id,
+                    "timestamp_us": row.timestamp_us,
+                    "properties": row.properties,
+                    "traits": row.traits,
+                    "context": row.context,
+                },
+            )
+            for row in rows
+        ]
+        merge_rows = (
+            await connection.execute(
+                select(merges)
+                .where(merges.c.event_seq > after_seq, merges.c.event_seq <= covered)
+                .order_by(merges.c.merge_id)
+            )
+        ).all()
+        subs: dict[int, int] = {}
+        for row in merge_rows:
+            subs[row.event_seq] = subs.get(row.event_seq, 0) + 1
+            records.append(
+                StreamRecord(
+                    seq=row.event_seq,
+                    sub=subs[row.event_seq],
+                    workspace_id=row.workspace_id,
+                    kind="merge",
+                    survivor_id=row.survivor_id,
+                    merged_id=row.merged_id,
+                )
+            )
+        records.sort(key=lambda r: (r.seq, r.sub))
+        return records, covered
+
+    async def hot_profiles(
+        self,
+        workspace_id: str,
+        profile_ids: Sequence[int] | None = None,
+        after_id: int = 0,
+        limit: int = 1000,
+    ) -> list[HotProfile]:
+        """Full hot state of live canonical profiles, from the store.
+
+        With `profile_ids`, the canonical profiles those ids resolve to; otherwise a page
+        of the workspace's profiles with profile_id > after_id.
+        """
+        live = (
+            (profiles.c.workspace_id == workspace_id)
+            & (profiles.c.canonical_id == profiles.c.profile_id)
+            & profiles.c.deleted_at_us.is_(None)
+        )
+        async with self._engine.connect() as connection:
+            if profile_ids is not None:
+                canonical = select(profiles.c.canonical_id).where(
+                    profiles.c.workspace_id == workspace_id,
+                    profiles.c.profile_id.in_(list(profile_ids)),
+                )
+                query = select(profiles).where(live, profiles.c.profile_id.in_(canonical))
+            else:
+                query = (
+                    select(profiles)
+                    .where(live, profiles.c.profile_id > after_id)
+                    .order_by(profiles.c.profile_id)
+                    .limit(limit)
+                )
+            rows = (await connection.execute(query)).all()
+            ids = [row.profile_id for row in rows]
+            if not ids:
+                return []
+            found_ids: dict[int, list[str]] = {pid: [] for pid in ids}
+            for row in await connection.execute(
+                select(identities.c.profile_id, identities.c.id_type, identities.c.id_value).where(
+                    identities.c.workspace_id == workspace_id, identities.c.profile_id.in_(ids)
+                )
+            ):
+                found_ids[row.profile_id].append(f"{row.id_type}:{row.id_value}")
+            found_traits: dict[int, dict[str, Any]] = {pid: {} for pid in ids}
+            for row in await connection.execute(
+                select(
+                    profile_traits.c.profile_id, profile_traits.c.key, profile_traits.c.value
+                ).where(profile_traits.c.profile_id.in_(ids), profile_traits.c.value.is_not(None))
+            ):
+                if row.value is not None:
+                    found_traits[row.profile_id][row.key] = row.value
+        return [
+            HotProfile(
+                profile_id=row.profile_id,
+                created_at_us=row.created_at_us,
+                last_seen_us=row.last_seen_us,
+                ids=sorted(found_ids[row.profile_id]),
+                set_traits=found_traits[row.profile_id],
+                del_traits=[],
+            )
+            for row in rows
+        ]
+
+    async def redirects(self, workspace_id: str) -> list[tuple[int, int]]:
+        """(merged profile, survivor) for every merged-away profile of a workspace."""
+        query = select(profiles.c.profile_id, profiles.c.canonical_id).where(
+            profiles.c.workspace_id == workspace_id,
+            profiles.c.canonical_id != profiles.c.profile_id,
+        )
+        async with self._engine.connect() as connection:
+            return [(row[0], row[1]) for row in await connection.execute(query)]
+
+
+class WriteSession:
+    """The reads and writes of one batch, inside one locked transaction."""
+
+    def __init__(self, connection: AsyncConnection, workspace_id: str, store: SqlEventStore):
+        self._connection = connection
+        self._workspace_id = workspace_id
+        self._store = store
+        self._postgres = store._postgres
+        self.last_seq = 0
+        self.published_seq = 0
+
+    async def start(self) -> None:
+        self.last_seq, self.published_seq = await self._store.cursor(self._connection)
+
+    async def known_messages(self, message_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """message_id -> (seq, profile_id) for ids this workspace already accepted."""
+        query = select(event_ids.c.message_id, event_ids.c.seq, event_ids.c.profile_id).where(
+            event_ids.c.workspace_id == self._workspace_id,
+            event_ids.c.message_id.in_(list(message_ids)),
+        )
+        return {row[0]: (int(row[1]), int(row[2])) for row in await self._connection.execute(query)}
+
+    async def identities(self, keys: Sequence[tuple[str, str]]) -> list[IdentityRow]:
+        """Every identifier of the live profiles that hold any of `keys`."""
+        holders = select(identities.c.profile_id).where(
+            identities.c.workspace_id == self._workspace_id,
+            tuple_(identities.c.id_type, identities.c.id_value).in_(list(keys)),
+        )
+        query = (
+            select(
+                identities.c.id_type,
+                identities.c.id_value,
+                identities.c.profile_id,
+                profiles.c.created_at_us,
+                profiles.c.last_seen_us,
+            )
+            .join(profiles, profiles.c.profile_id == identities.c.profile_id)
+            .where(
+                identities.c.workspace_id == self._workspace_id,
+                identities.c.profile_id.in_(holders),
+                profiles.c.deleted_at_us.is_(None),
+                profiles.c.canonical_id == profiles.c.profile_id,
+            )
+        )
+        return [IdentityRow(*row) for row in await self._connection.execute(query)]
+
+    async def traits_of(self, profile_ids: Sequence[int]) -> list[TraitRow]:
+        """Stored trait rows (tombstones included) of profiles."""
+        query = select(
+            profile_traits.c.profile_id,
+            profile_traits.c.key,
+            profile_traits.c.value,
+            profile_traits.c.timestamp_us,
+            profile_traits.c.seq,
+        ).where(profile_traits.c.profile_id.in_(list(profile_ids)))
+        return [TraitRow(*row) for row in await self._connection.execute(query)]
+
+    async def allocate_seqs(self, count: int) -> list[int]:
+        """`count` increasing event sequence numbers."""
+        if self._postgres:
+            return await self._nextvals("events_seq_seq", count)
+        top = (await self._connection.execute(select(func.max(events.c.seq)))).scalar() or 0
+        start = max(int(top), self.last_seq) + 1
+        return list(range(start, start + count))
+
+    async def allocate_profiles(self, count: int) -> list[int]:
+        """`count` increasing new profile ids."""
+        if count == 0:
+            return []
+        if self._postgres:
+            return await self._nextvals("profiles_profile_id_seq", count)
+        top = (await self._connection.execute(select(func.max(profiles.c.profile_id)))).scalar()
+        start = int(top or 0) + 1
+        return list(range(start, start + count))
+
+    async def _nextvals(self, sequence: str, count: int) -> list[int]:
+        rows = await self._connection.execute(
+            text(f"SELECT nextval('{sequence}') FROM generate_series(1, :n) ORDER BY 1"),
+            {"n": count},
+        )
+        return [int(row[0]) for row in rows]
+
+    async def write(self, plan: WritePlan) -> WriteResult:
+        """Apply a batch's plan; returns the trait rows that changed and redirects."""
+        connection = self._connection
+        ws = plan.workspace_id
+        if plan.new_profiles:
+            await connection.execute(
+                insert(profiles),
+                [
+                    {
+                        "profile_id": pid,
+                        "workspace_id": ws,
+                        "canonical_id": canonical,
+                        "created_at_us": plan.now_us,
+                        "last_seen_us": plan.last_seen.get(pid),
+                        "merged_at_us": plan.now_us if canonical != pid else None,
+                        "deleted_at_us": None,
+                    }
+                    for pid, canonical in plan.new_profiles
+                ],
+            )
+        redirected: dict[int, list[int]] = {}
+        for loser, survivor in plan.merged_existing:
+            moved = await connection.execute(
+                update(profiles)
+                .where(profiles.c.workspace_id == ws, profiles.c.canonical_id == loser)
+                .values(
+                    canonical_id=survivor,
+                    merged_at_us=case(
+                        (profiles.c.profile_id == loser, plan.now_us),
+                        else_=profiles.c.merged_at_us,
+                    ),
+                )
+                .returning(profiles.c.profile_id)
+            )
+            redirected.setdefault(survivor, []).extend(int(r[0]) for r in moved)
+            await connection.execute(
+                update(identities)
+                .where(identities.c.workspace_id == ws, identities.c.profile_id == loser)
+                .values(profile_id=survivor)
+            )
+        if plan.identity_links:
+            statement = self._store._insert(identities)
+            statement = statement.on_conflict_do_update(
+                index_elements=["workspace_id", "id_type", "id_value"],
+                set_={"profile_id": statement.excluded.profile_id},
+            )
+            await connection.execute(
+                statement,
+                [
+                    {
+                        "workspace_id": ws,
+                        "id_type": id_type,
+                        "id_value": id_value,
+                        "profile_id": pid,
+                        "first_seen_us": plan.now_us,
+                    }
+                    for id_type, id_value, pid in plan.identity_links
+                ],
+            )
+        await connection.execute(
+            insert(event_ids),
+            [
+                {
+                    "workspace_id": ws,
+                    "message_id": s.event.message_id,
+                    "seq": s.seq,
+                    "profile_id": s.profile_id,
+                }
+                for s in plan.events
+            ],
+        )
+        await self._insert_events(ws, plan.events)
+        if plan.drop_traits_of:
+            await connection.execute(
+                profile_traits.delete().where(profile_traits.c.profile_id.in_(plan.drop_traits_of))
+            )
+        changed = await self._upsert_traits(ws, plan.traits)
+        touched = [
+            {"pid": pid, "seen": seen}
+            for pid, seen in plan.last_seen.items()
+            if pid not in {p for p, _ in plan.new_profiles}
+        ]
+        if touched:
+            await connection.execute(
+                text(
+                    "UPDATE profiles SET last_seen_us = CASE WHEN last_seen_us IS NULL "
+                    "OR last_seen_us < :seen THEN :seen ELSE last_seen_us END "
+                    "WHERE profile_id = :pid"
+                ),
+                touched,
+            )
+        if plan.merges:
+            await connection.execute(
+                insert(merges),
+                [
+                    {
+                        "workspace_id": ws,
+                        "survivor_id": m.survivor_id,
+                        "merged_id": m.merged_id,
+                        "event_seq": m.event_seq,
+                        "reason": m.reason,
+                        "merged_at_us": plan.now_us,
+                    }
+                    for m in plan.merges
+                ],
+            )
+        await connection.execute(
+            update(ingest_cursor)
+            .where(ingest_cursor.c.stream == STREAM_CURSOR)
+            .values(last_seq=plan.last_seq)
+        )
+        return WriteResult(changed, redirected)
+
+    async def _insert_events(self, workspace_id: str, stored: list[StoredEvent]) -> None:
+        if self._postgres:
+            records = [
+                (
+                    s.seq,
+                    workspace_id,
+                    s.event.message_id,
+                    s.event.type,
+                    s.event.name,
+                    s.profile_id,
+                    s.event.user_id,
+                    s.event.anonymous_id,
+                    s.event.group_id,
+                    s.event.previous_id,
+                    s.event.timestamp_us,
+                    s.received_at_us,
+                    _json_text(s.event.properties),
+                    _json_text(s.event.traits),
+                    _json_text(s.event.context),
+                )
+                for s in stored
+            ]
+            raw = await self._connection.get_raw_connection()
+            await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+                "events", records=records, columns=_EVENT_COLUMNS
+            )
+            return
+        await self._connection.execute(
+            insert(events),
+            [
+                {
+                    "seq": s.seq,
+                    "workspace_id": workspace_id,
+                    "message_id": s.event.message_id,
+                    "type": s.event.type,
+                    "name": s.event.name,
+                    "profile_id": s.profile_id,
+                    "user_id": s.event.user_id,
+                    "anonymous_id": s.event.anonymous_id,
+                    "group_id": s.event.group_id,
+                    "previous_id": s.event.previous_id,
+                    "timestamp_us": s.event.timestamp_us,
+                    "received_at_us": s.received_at_us,
+                    "properties": s.event.properties,
+                    "traits": s.event.traits,
+                    "context": s.event.context,
+                }
+                for s in stored
+            ],
+        )
+
+    async def _upsert_traits(self, workspace_id: str, rows: list[TraitRow]) -> list[TraitRow]:
+        """Write rows that are newer than what is stored; returns those that won."""
+        changed: list[TraitRow] = []
+        for chunk in _chunks(rows):
+            statement = self._store._insert(profile_traits).values(
+                [
+                    {
+                        "profile_id": row.profile_id,
+                        "key": row.key,
+                        "workspace_id": workspace_id,
+                        # SQL NULL, not JSON null: the tombstone of a removed trait.
+                        "value": null() if row.value is None else row.value,
+                        "timestamp_us": row.timestamp_us,
+                        "seq": row.seq,
+                    }
+                    for row in chunk
+                ]
+            )
+            excluded = statement.excluded
+            statement = statement.on_conflict_do_update(
+                index_elements=["profile_id", "key"],
+                set_={
+                    "value": excluded.value,
+                    "timestamp_us": excluded.timestamp_us,
+                    "seq": excluded.seq,
+                },
+                where=tuple_(excluded.timestamp_us, excluded.seq)
+                > tuple_(profile_traits.c.timestamp_us, profile_traits.c.seq),
+            ).returning(
+                profile_traits.c.profile_id,
+                profile_traits.c.key,
+                profile_traits.c.value,
+                profile_traits.c.timestamp_us,
+                profile_traits.c.seq,
+            )
+            changed.extend(TraitRow(*row) for row in await self._connection.execute(statement))
+        return changed
+
+    async def commit(self) -> None:
+        """Make the batch durable (the acknowledgement follows this)."""
+        await self._connection.commit()
