@@ -54,7 +54,8 @@ def _write_key(request: web.Request) -> str | None:
 
 
 def _body(request: web.Request, raw: bytes) -> object:
-    if request.headers.get("Content-Encoding", "").lower() == "gzip":
+    # aiohttp may already have inflated the body; only gunzip what still is gzip.
+    if request.headers.get("Content-Encoding", "").lower() == "gzip" and raw[:2] == b"\x1f\x8b":
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             raw = inflater.decompress(raw, MAX_BATCH_BYTES + 1)

@@ -1,11 +1,9 @@
 """Ingest over gRPC: the happy path stores, resolves, updates hot state and publishes."""
 
-import grpc
 import pytest
-from audiences.v1 import ingest_pb2, ingest_pb2_grpc
+from audiences.v1 import ingest_pb2
 
 from tests.helpers.grpc_client import bearer
-from tests.helpers.servers import in_process
 from tests.integration.ingest.support import (
     NOW_US,
     canonical_of,
@@ -16,14 +14,6 @@ from tests.integration.ingest.support import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def stub(resources, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("INGEST_HTTP_PORT", "0")
-    async with in_process(resources, ["ingest"]) as addresses:
-        async with grpc.aio.insecure_channel(addresses["ingest"]) as channel:
-            yield ingest_pb2_grpc.IngestServiceStub(channel)
 
 
 async def test_batch_is_stored_resolved_and_published(stub, resources, workspace) -> None:  # type: ignore[no-untyped-def]
