@@ -271,7 +271,8 @@ async def load(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     rng = random.Random(11)
     picks = [rng.randint(1, args.profiles) for _ in range(REQUEST_POOL)]
     if args.load == "redis":
-        client = redis_asyncio.Redis.from_url(args.redis_url, max_connections=args.concurrency)
+        # Open-loop runs can have more calls in flight than the saturation concurrency.
+        client = redis_asyncio.Redis.from_url(args.redis_url, max_connections=512)
         script = client.register_script(READ_PROFILES_LUA)
         prefix = hotstate.workspace_prefix(args.workspace)
         keys = [[hotstate.identity_key(args.workspace, "user_id", user_value(p))] for p in picks]
@@ -382,9 +383,10 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
 
 async def _flush(redis_url: str) -> str:
     """Empty the bench's Redis db; returns the memory it used before."""
-    redis = redis_asyncio.Redis.from_url(redis_url)
+    # Dropping millions of keys blocks a synchronous FLUSHDB past the client timeout.
+    redis = redis_asyncio.Redis.from_url(redis_url, socket_timeout=120)
     memory = (await redis.info("memory"))["used_memory_human"]
-    await redis.flushdb()
+    await redis.flushdb(asynchronous=True)
     await redis.aclose()
     return str(memory)
 
