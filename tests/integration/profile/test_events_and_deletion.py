@@ -255,7 +255,7 @@ async def test_delete_profile_needs_admin_and_a_valid_identifier_and_changes_not
     await seed_hot(
         redis, ws, HotSeed(history["ada"], [("user_id", "u-ada")], traits={"plan": "pro"})
     )
-    hot_before = sorted(await redis.keys("*"))
+    hot_before = sorted(await redis.keys(f"hs:{{{ws}}}:*"))
     other = await make_workspace(resources, "globex")
     attempts = [
         (workspace.profile, ident("user_id", "u-ada"), grpc.StatusCode.PERMISSION_DENIED),
@@ -273,7 +273,7 @@ async def test_delete_profile_needs_admin_and_a_valid_identifier_and_changes_not
     assert await count(resources.engine, identities) == 4
     assert await count(resources.engine, suppressions) == 0
     assert await count(resources.engine, profiles, profiles.c.deleted_at_us.is_not(None)) == 0
-    assert sorted(await redis.keys("*")) == hot_before
+    assert sorted(await redis.keys(f"hs:{{{ws}}}:*")) == hot_before
 
 
 async def test_delete_finishes_a_hot_state_left_behind(profile_stub, workspace, redis) -> None:  # type: ignore[no-untyped-def]

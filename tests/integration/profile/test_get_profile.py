@@ -75,9 +75,13 @@ async def redis(redis_url: str):  # type: ignore[no-untyped-def]
     await client.aclose()
 
 
-async def snapshot(redis: redis_asyncio.Redis) -> dict[bytes, bytes]:
-    """Every key with its serialized value: proof that a call changed nothing."""
-    return {key: await redis.dump(key) for key in await redis.keys("*")}
+async def snapshot(redis: redis_asyncio.Redis, workspace_id: str) -> dict[bytes, bytes]:
+    """Every key of the workspace with its serialized value: proof a call changed nothing.
+
+    Scoped to the workspace because the test Redis db may be shared with other runs.
+    """
+    keys = await redis.keys(f"hs:{{{workspace_id}}}:*")
+    return {key: await redis.dump(key) for key in keys}
 
 
 async def test_every_section_by_every_identifier_type(profile_stub, workspace, redis) -> None:  # type: ignore[no-untyped-def]
@@ -188,7 +192,7 @@ async def test_malformed_identifiers_are_invalid_argument_and_change_nothing(  #
     profile_stub, workspace, redis, id_type, id_value, bad_field
 ) -> None:
     await seed_hot(redis, workspace.workspace_id, ADA)
-    before = await snapshot(redis)
+    before = await snapshot(redis, workspace.workspace_id)
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await profile_stub.GetProfile(
             profile_pb2.GetProfileRequest(identifier=ident(id_type, id_value)),
@@ -196,7 +200,7 @@ async def test_malformed_identifiers_are_invalid_argument_and_change_nothing(  #
         )
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in field_violations(error.value)] == [bad_field]
-    assert await snapshot(redis) == before
+    assert await snapshot(redis, workspace.workspace_id) == before
 
 
 async def test_the_longest_valid_identifier_is_accepted(profile_stub, workspace, redis) -> None:  # type: ignore[no-untyped-def]
