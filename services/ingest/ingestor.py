@@ -317,16 +317,18 @@ class Ingestor:
             TraitRow(final(row.profile_id), row.key, row.value, row.timestamp_us, row.seq)
             for row in (await session.traits_of(losers) if losers else [])
         ]
+        # Targets are resolved from the resolver's own ids (provisional for new profiles).
+        resolved = {event.index: pid for event, pid in zip(fresh, attributed, strict=True)}
         for item in stored:
             if item.event.type == "identify" and item.event.traits:
-                target = final(item.profile_id)
+                target = final(resolved[item.event.index])
                 trait_rows.extend(
                     TraitRow(target, key, value, item.event.timestamp_us, item.seq)
                     for key, value in item.event.traits.items()
                 )
         last_seen: dict[int, int] = {}
         for item in stored:
-            target = final(item.profile_id)
+            target = final(resolved[item.event.index])
             last_seen[target] = max(last_seen.get(target, 0), item.event.timestamp_us)
         for node in graph.nodes.values():
             if node.last_seen_us is not None and node.profile_id in last_seen:
