@@ -46,7 +46,7 @@ class Resources:
     redis: Redis
     clock: Clock
     keys: auth.KeyStore
-    tracer_provider: TracerProvider
+    tracer_provider: TracerProvider | None  # None while tracing is off
 
     @classmethod
     async def open(

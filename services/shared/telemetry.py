@@ -35,27 +35,41 @@ def make_exporter(name: str) -> SpanExporter | None:
     raise ValueError(f"OTEL_TRACES_EXPORTER must be otlp, console or none; got {name!r}")
 
 
+_instrumented = False
+
+
 def setup_tracing(
     service_name: str, exporter_name: str, exporter: SpanExporter | None = None
-) -> TracerProvider:
-    """Install the process-wide tracer provider (first call wins) and return it.
+) -> TracerProvider | None:
+    """Instrument Redis and SQLAlchemy and, when spans go somewhere, install the
+    process-wide SDK tracer provider (first call wins). Returns the SDK provider, or
+    None while tracing is off.
 
-    `exporter` overrides the named one (tests pass an in-memory exporter).
+    With OTEL_TRACES_EXPORTER=none no SDK provider is installed, so every span is the
+    API's non-recording no-op: tracing that nobody reads costs next to nothing on hot
+    paths (recording and dropping a span per Redis call cost ~120 us). `exporter`
+    overrides the named one (tests pass an in-memory exporter). The sampler follows
+    the standard OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG variables.
     """
+    global _instrumented
+    if not _instrumented:
+        # Both patch their library once per process and use the global provider, so
+        # they start recording whenever an SDK provider is installed, even later.
+        # Engines made through sqlalchemy.ext.asyncio.create_async_engine are traced.
+        RedisInstrumentor().instrument()
+        SQLAlchemyInstrumentor().instrument()
+        _instrumented = True
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         if exporter is not None:
             current.add_span_processor(BatchSpanProcessor(exporter))
         return current
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     chosen = exporter or make_exporter(exporter_name)
-    if chosen is not None:
-        provider.add_span_processor(BatchSpanProcessor(chosen))
+    if chosen is None:
+        return None
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(chosen))
     trace.set_tracer_provider(provider)
-    # Both patch their library once per process: every Redis client, and every engine
-    # made after this through sqlalchemy.ext.asyncio.create_async_engine, is traced.
-    RedisInstrumentor().instrument(tracer_provider=provider)
-    SQLAlchemyInstrumentor().instrument(tracer_provider=provider)
     return provider
 
 

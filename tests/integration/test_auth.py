@@ -11,6 +11,7 @@ from audiences.v1 import (
     profile_pb2_grpc,
 )
 
+from services.shared.server import ServiceSpec, start_service
 from tests.conftest import make_workspace
 from tests.helpers.grpc_client import bearer
 from tests.helpers.servers import in_process
@@ -120,10 +121,26 @@ async def test_bad_scopes_are_invalid_argument_with_field_violation(channels, wo
     assert len(after.keys) == len(before.keys)
 
 
-async def test_unimplemented_rpcs_say_so_after_auth(channels, workspace) -> None:  # type: ignore[no-untyped-def]
-    profile = profile_pb2_grpc.ProfileServiceStub(channels[1])
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await profile.ListEvents(
-            profile_pb2.ListEventsRequest(), metadata=bearer(workspace.profile)
-        )
-    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+def _bare_profile_service(server: grpc.aio.Server, _resources) -> list[str]:  # type: ignore[no-untyped-def]
+    # The generated base servicer: every RPC is one whose issue has not landed.
+    profile_pb2_grpc.add_ProfileServiceServicer_to_server(
+        profile_pb2_grpc.ProfileServiceServicer(), server
+    )
+    return ["audiences.v1.ProfileService"]
+
+
+async def test_unimplemented_rpcs_say_so_after_auth(resources, workspace) -> None:  # type: ignore[no-untyped-def]
+    bare = await start_service(ServiceSpec("bare", _bare_profile_service), resources, 0)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{bare.port}") as channel:
+            profile = profile_pb2_grpc.ProfileServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await profile.ListEvents(profile_pb2.ListEventsRequest())
+            assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await profile.ListEvents(
+                    profile_pb2.ListEventsRequest(), metadata=bearer(workspace.profile)
+                )
+            assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await bare.stop(grace=1)

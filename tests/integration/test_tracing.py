@@ -17,6 +17,7 @@ pytestmark = pytest.mark.integration
 async def test_client_server_and_query_share_one_trace(resources, workspace) -> None:  # type: ignore[no-untyped-def]
     exporter = InMemorySpanExporter()
     provider = telemetry.setup_tracing("test", "none", exporter)
+    assert provider is not None
     async with in_process(resources, ["ingest"]) as addresses:
         async with grpc.aio.insecure_channel(
             addresses["ingest"], interceptors=telemetry.client_interceptors()
