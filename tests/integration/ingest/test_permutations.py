@@ -2,6 +2,7 @@
 profiles, identifiers and traits (design.md section 5: order independence)."""
 
 import asyncio
+import itertools
 
 import orjson
 import pytest
@@ -61,7 +62,7 @@ def histories(draw):  # type: ignore[no-untyped-def]
 
 async def _ingest(ingestor: Ingestor, workspace_id: str, events, cuts) -> None:  # type: ignore[no-untyped-def]
     bounds = [0, *cuts, len(events)]
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         await ingestor.ingest(workspace_id, events[start:end])
 
 
