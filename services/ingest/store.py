@@ -15,8 +15,24 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from sqlalchemy import case, func, insert, null, select, text, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    String,
+    and_,
+    any_,
+    bindparam,
+    case,
+    func,
+    insert,
+    null,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.ingest.identity import IdentityRow
@@ -67,6 +83,29 @@ def _json_text(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
+def _in(column, values: Sequence[Any], postgres: bool):  # type: ignore[no-untyped-def]
+    """column IN values; on Postgres one array parameter (`= ANY($1)`) so the statement
+    text, and asyncpg's prepared statement, does not change with the number of values."""
+    if postgres:
+        element = String() if isinstance(column.type, String) else BigInteger()
+        return column == any_(bindparam(None, list(values), type_=ARRAY(element)))
+    return column.in_(list(values))
+
+
+def _keys_match(type_column, value_column, keys: Sequence[tuple[str, str]], postgres: bool):  # type: ignore[no-untyped-def]
+    """(type, value) IN keys, written per type as `value IN (...)` so the primary key
+    index is used with one array per type (a row-value IN list plans as a long OR)."""
+    by_type: dict[str, list[str]] = {}
+    for id_type, id_value in keys:
+        by_type.setdefault(id_type, []).append(id_value)
+    return or_(
+        *[
+            and_(type_column == id_type, _in(value_column, values, postgres))
+            for id_type, values in sorted(by_type.items())
+        ]
+    )
+
+
 def _chunks(rows: Sequence[Any], size: int = _ROWS_PER_STATEMENT) -> list[Sequence[Any]]:
     return [rows[start : start + size] for start in range(0, len(rows), size)]
 
@@ -95,7 +134,7 @@ class SqlEventStore:
         query = select(suppressions.c.id_type, suppressions.c.id_value).where(
             suppressions.c.workspace_id == workspace_id,
             suppressions.c.active.is_(True),
-            tuple_(suppressions.c.id_type, suppressions.c.id_value).in_(list(keys)),
+            _keys_match(suppressions.c.id_type, suppressions.c.id_value, keys, self._postgres),
         )
         async with self._engine.connect() as connection:
             return {(row[0], row[1]) for row in await connection.execute(query)}
@@ -300,16 +339,30 @@ class WriteSession:
         """message_id -> (seq, profile_id) for ids this workspace already accepted."""
         query = select(event_ids.c.message_id, event_ids.c.seq, event_ids.c.profile_id).where(
             event_ids.c.workspace_id == self._workspace_id,
-            event_ids.c.message_id.in_(list(message_ids)),
+            _in(event_ids.c.message_id, message_ids, self._postgres),
         )
         return {row[0]: (int(row[1]), int(row[2])) for row in await self._connection.execute(query)}
 
     async def identities(self, keys: Sequence[tuple[str, str]]) -> list[IdentityRow]:
         """Every identifier of the live profiles that hold any of `keys`."""
-        holders = select(identities.c.profile_id).where(
-            identities.c.workspace_id == self._workspace_id,
-            tuple_(identities.c.id_type, identities.c.id_value).in_(list(keys)),
+        if not keys:
+            return []
+        holders = list(
+            (
+                await self._connection.execute(
+                    select(identities.c.profile_id)
+                    .where(
+                        identities.c.workspace_id == self._workspace_id,
+                        _keys_match(
+                            identities.c.id_type, identities.c.id_value, keys, self._postgres
+                        ),
+                    )
+                    .distinct()
+                )
+            ).scalars()
         )
+        if not holders:
+            return []
         query = (
             select(
                 identities.c.id_type,
@@ -321,7 +374,7 @@ class WriteSession:
             .join(profiles, profiles.c.profile_id == identities.c.profile_id)
             .where(
                 identities.c.workspace_id == self._workspace_id,
-                identities.c.profile_id.in_(holders),
+                _in(identities.c.profile_id, holders, self._postgres),
                 profiles.c.deleted_at_us.is_(None),
                 profiles.c.canonical_id == profiles.c.profile_id,
             )
@@ -336,7 +389,7 @@ class WriteSession:
             profile_traits.c.value,
             profile_traits.c.timestamp_us,
             profile_traits.c.seq,
-        ).where(profile_traits.c.profile_id.in_(list(profile_ids)))
+        ).where(_in(profile_traits.c.profile_id, profile_ids, self._postgres))
         return [TraitRow(*row) for row in await self._connection.execute(query)]
 
     async def allocate_seqs(self, count: int) -> list[int]:

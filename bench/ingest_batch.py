@@ -1,0 +1,217 @@
+"""Ingest throughput: events/s acknowledged end to end (durable in Postgres) by ONE
+ingest process over gRPC Batch of 500 events, beside two baselines measured in the
+same run: plain asyncpg COPY of the same rows (the storage limit) and protobuf
+parse-only (the wire-format limit).
+
+    .venv/bin/python bench/ingest_batch.py [--seconds 10] [--concurrency 4]
+
+Needs Postgres and Redis on loopback (the test defaults). Creates and drops its own
+database; uses Redis db 14 (flushed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import grpc
+import orjson
+import redis.asyncio as redis_asyncio
+from audiences.v1 import ingest_pb2, ingest_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from services.shared.clock import SystemClock  # noqa: E402
+from services.shared.db import migrate  # noqa: E402
+from services.shared.db.engine import create_engine  # noqa: E402
+from services.shared.auth import KeyStore  # noqa: E402
+from tests.helpers.backends import asyncpg_dsn, create_database, drop_database, free_port  # noqa: E402
+from tests.helpers.grpc_client import wait_serving  # noqa: E402
+
+BATCH = 500
+USERS = 20_000
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+def make_batch(now_us: int, counter: list[int]) -> ingest_pb2.BatchRequest:
+    events = []
+    for _ in range(BATCH):
+        n = counter[0]
+        counter[0] += 1
+        user = f"user-{n * 7919 % USERS}"
+        if n % 10 == 0:
+            events.append(
+                ingest_pb2.Event(
+                    type=ingest_pb2.EVENT_TYPE_IDENTIFY,
+                    message_id=uuid.uuid4().hex,
+                    user_id=user,
+                    anonymous_id=f"anon-{n * 7919 % USERS}",
+                    traits=orjson.dumps({"plan": ["free", "pro"][n % 2], "seats": n % 50}),
+                )
+            )
+        else:
+            events.append(
+                ingest_pb2.Event(
+                    type=ingest_pb2.EVENT_TYPE_TRACK,
+                    message_id=uuid.uuid4().hex,
+                    user_id=user,
+                    event=["Viewed", "Added", "Ordered"][n % 3],
+                    properties=orjson.dumps({"price": n % 100, "sku": f"sku-{n % 500}"}),
+                    context=orjson.dumps({"ip": "10.0.0.1", "locale": "en-US"}),
+                )
+            )
+        events[-1].timestamp.FromMicroseconds(now_us - (n % 1000) * 1000)
+    return ingest_pb2.BatchRequest(events=events)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def run_ingest(address: str, key: str, payloads: list[bytes], seconds: float, concurrency: int):  # type: ignore[no-untyped-def]
+    latencies: list[float] = []
+    accepted = 0
+    channel = grpc.aio.insecure_channel(address)
+    call = channel.unary_unary(
+        "/audiences.v1.IngestService/Batch",
+        request_serializer=lambda b: b,
+        response_deserializer=ingest_pb2.BatchResponse.FromString,
+    )
+    metadata = (("authorization", f"Bearer {key}"),)
+    queue = list(payloads)
+    stop = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal accepted
+        while queue and time.perf_counter() < stop:
+            payload = queue.pop()
+            start = time.perf_counter()
+            reply = await call(payload, metadata=metadata)
+            latencies.append(time.perf_counter() - start)
+            accepted += reply.accepted
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    await channel.close()
+    return accepted / elapsed, latencies
+
+
+async def run_copy(dsn: str, batches: list[ingest_pb2.BatchRequest], seconds: float):  # type: ignore[no-untyped-def]
+    connection = await asyncpg.connect(dsn)
+    seq = 10_000_000_000
+    latencies: list[float] = []
+    rows_done = 0
+    stop = time.perf_counter() + seconds
+    began = time.perf_counter()
+    for batch in batches:
+        if time.perf_counter() > stop:
+            break
+        records = []
+        for e in batch.events:
+            seq += 1
+            records.append(
+                (seq, "ws_copy", e.message_id + "c", "track", e.event or None, 1, e.user_id,
+                 None, None, None, e.timestamp.ToMicroseconds(), e.timestamp.ToMicroseconds(),
+                 e.properties.decode() or None, e.traits.decode() or None,
+                 e.context.decode() or None)
+            )
+        start = time.perf_counter()
+        async with connection.transaction():
+            await connection.copy_records_to_table(
+                "events",
+                records=records,
+                columns=["seq", "workspace_id", "message_id", "type", "name", "profile_id",
+                         "user_id", "anonymous_id", "group_id", "previous_id", "timestamp_us",
+                         "received_at_us", "properties", "traits", "context"],
+            )
+        latencies.append(time.perf_counter() - start)
+        rows_done += len(records)
+    elapsed = time.perf_counter() - began
+    await connection.close()
+    return rows_done / elapsed, latencies
+
+
+def run_parse(payloads: list[bytes], seconds: float):  # type: ignore[no-untyped-def]
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+    began = time.perf_counter()
+    done = 0
+    for payload in payloads:
+        if time.perf_counter() > stop:
+            break
+        start = time.perf_counter()
+        done += len(ingest_pb2.BatchRequest.FromString(payload).events)
+        latencies.append(time.perf_counter() - start)
+    return done / (time.perf_counter() - began), latencies
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args()
+
+    database_url = await create_database()
+    engine = create_engine(database_url)
+    await migrate.upgrade(engine)
+    workspace_id, _, _ = await KeyStore(engine).create_workspace("bench")
+    _, key = await KeyStore(engine).create_key(workspace_id, "ingest", ["ingest:write"])
+    await engine.dispose()
+    flush = redis_asyncio.Redis.from_url(REDIS_URL)
+    await flush.flushdb()
+
+    now_us = SystemClock().now_us()
+    counter = [0]
+    needed = int(60_000 * args.seconds / BATCH) + 10
+    batches = [make_batch(now_us, counter) for _ in range(needed)]
+    payloads = [b.SerializeToString() for b in batches]
+
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL,
+           "GRPC_PORT": str(port), "INGEST_HTTP_PORT": "0", "OTEL_TRACES_EXPORTER": "none"}
+    server = subprocess.Popen([sys.executable, "-m", "services.ingest"], env=env, cwd=ROOT,
+                              stderr=open("/tmp/bench_ingest.log", "w"))
+    try:
+        await wait_serving(f"127.0.0.1:{port}")
+        # Warm-up (connections, prepared statements) outside the measurement.
+        await run_ingest(f"127.0.0.1:{port}", key, payloads[-5:], 5, 1)
+        rate, lat = await run_ingest(
+            f"127.0.0.1:{port}", key, payloads[:-5], args.seconds, args.concurrency
+        )
+        stream_length = await flush.xlen("stream:events")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    copy_rate, copy_lat = await run_copy(asyncpg_dsn(database_url), batches, args.seconds / 2)
+    parse_rate, parse_lat = run_parse(payloads, args.seconds / 2)
+    await flush.flushdb()
+    await flush.aclose()
+    await drop_database(database_url)
+
+    print(f"batch = {BATCH} events, concurrency = {args.concurrency}, {args.seconds:.0f} s")
+    print(f"{'path':<34}{'events/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'x ingest':>10}")
+    for name, r, values in (
+        ("ingest gRPC Batch (durable ack)", rate, lat),
+        ("asyncpg COPY, same rows", copy_rate, copy_lat),
+        ("protobuf parse only", parse_rate, parse_lat),
+    ):
+        print(
+            f"{name:<34}{r:>12,.0f}{statistics.median(values) * 1e3:>9.2f}"
+            f"{pct(values, 0.99) * 1e3:>9.2f}{r / rate:>10.1f}"
+        )
+    print(f"stream entries published: {stream_length}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
