@@ -5,9 +5,12 @@ The same code runs on Postgres (asyncpg, production) and SQLite (aiosqlite, embe
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy.ext.asyncio
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy import Table, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, async_sessionmaker
 
 
 def create_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
@@ -42,3 +45,11 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker:
 def is_postgres(engine: AsyncEngine) -> bool:
     """True when the engine talks to Postgres (some statements differ by dialect)."""
     return engine.dialect.name == "postgresql"
+
+
+def dialect_insert(engine: AsyncEngine | AsyncConnection, table: Table) -> Any:
+    """INSERT of the engine's dialect, so ``on_conflict_do_nothing/update`` is available
+    on Postgres and SQLite alike."""
+    if engine.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)

@@ -1,0 +1,51 @@
+"""Segmentation tables for what changes while definitions stay put (migration
+0003_segmentation), kept beside the definition tables of tables.py:
+
+- ``audience_status``: per audience, the description, the state (backfilling, live,
+  failed), the version whose members are being served, the member count and the
+  backfill's progress. GetAudience reads it while a backfill writes it.
+- ``computed_trait_status``: per computed trait, its name, version and state.
+- ``change_sequences``: the last change seq of each workspace. Every membership writer
+  updates this row first in its transaction, which serialises the writers of a
+  workspace and hands out seqs in commit order.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Integer, String, Table, Text
+
+from services.shared.db.tables import metadata
+
+__all__ = ["audience_status", "change_sequences", "computed_trait_status"]
+
+audience_status = Table(
+    "audience_status",
+    metadata,
+    Column("audience_id", BigInteger, primary_key=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("state", String(16), nullable=False),
+    # The version the memberships reflect; None until the first backfill completes.
+    Column("live_version", Integer, nullable=True),
+    Column("size", BigInteger, nullable=False, default=0),
+    Column("progress_done", BigInteger, nullable=False, default=0),
+    Column("progress_total", BigInteger, nullable=False, default=0),
+    Column("progress_stage", String(255), nullable=False, default=""),
+)
+
+computed_trait_status = Table(
+    "computed_trait_status",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("name", String(255), nullable=False, default=""),
+    Column("version", Integer, nullable=False, default=1),
+    Column("state", String(16), nullable=False),
+)
+
+change_sequences = Table(
+    "change_sequences",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+)

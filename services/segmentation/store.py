@@ -1,0 +1,909 @@
+"""Persistence of the segmentation service: definitions, memberships, the change log and
+computed values in the database (Postgres or SQLite), through SQLAlchemy Core.
+
+Every membership write of a workspace first takes that workspace's row of
+``change_sequences`` (a row lock on Postgres, the write lock on SQLite) and only then
+reads the current members, diffs and writes. So concurrent recomputes of one workspace
+serialise, each diff is against committed state (no double ``entered``), and change
+seqs are assigned in commit order: a reader polling ``seq > last`` never skips a row
+that commits late.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.segmentation import sql
+from services.segmentation.model import (
+    ENTERED,
+    EXITED,
+    LIVE,
+    AudienceRecord,
+    Change,
+    ComputedTraitRecord,
+    Diff,
+    Member,
+    ProfileFacts,
+    ProfileRef,
+    Progress,
+)
+from services.segmentation.status_tables import (
+    audience_status,
+    change_sequences,
+    computed_trait_status,
+)
+from services.segmentation.tables import (
+    audience_versions,
+    audiences,
+    computed_trait_values,
+    computed_traits,
+    membership_changes,
+    memberships,
+    prediction_scores,
+)
+from services.shared.db.engine import dialect_insert
+from services.shared.db.tables import events, identities, profile_traits, profiles
+
+# Rows per statement for bulk deletes/inserts: well under asyncpg's 32,767 parameters.
+CHUNK = 5_000
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _json_or_null(value: Any) -> Any:
+    # JSON null would be stored as the JSON literal; the language treats SQL NULL and
+    # JSON null alike, and SQL NULL keeps "no value" cheap to test.
+    return sa.null() if value is None else value
+
+
+def _audience(row: Any) -> AudienceRecord:
+    return AudienceRecord(
+        audience_id=row.audience_id,
+        key=row.key,
+        name=row.name,
+        description=row.description or "",
+        definition=row.definition,
+        version=row.current_version,
+        live_version=row.live_version,
+        state=row.state,
+        size=row.size,
+        progress=Progress(row.progress_done, row.progress_total, row.progress_stage or ""),
+        account_level=row.account_level,
+        created_at_us=row.created_at_us,
+        updated_at_us=row.updated_at_us,
+    )
+
+
+def _computed(row: Any) -> ComputedTraitRecord:
+    return ComputedTraitRecord(
+        key=row.key,
+        name=row.name or "",
+        definition=row.definition,
+        version=row.version,
+        state=row.state,
+        created_at_us=row.created_at_us,
+        updated_at_us=row.updated_at_us,
+    )
+
+
+_AUDIENCE_COLUMNS = (
+    *audiences.c,
+    audience_versions.c.definition,
+    *[c for c in audience_status.c if c.name not in ("audience_id", "workspace_id")],
+)
+
+
+def _audience_query() -> sa.Select[Any]:
+    return select(*_AUDIENCE_COLUMNS).select_from(
+        audiences.join(
+            audience_versions,
+            and_(
+                audience_versions.c.audience_id == audiences.c.audience_id,
+                audience_versions.c.version == audiences.c.current_version,
+            ),
+        ).join(audience_status, audience_status.c.audience_id == audiences.c.audience_id)
+    )
+
+
+_COMPUTED_COLUMNS = (
+    *computed_traits.c,
+    computed_trait_status.c.name,
+    computed_trait_status.c.version,
+    computed_trait_status.c.state,
+)
+
+
+def _computed_query() -> sa.Select[Any]:
+    return select(*_COMPUTED_COLUMNS).select_from(
+        computed_traits.join(
+            computed_trait_status,
+            and_(
+                computed_trait_status.c.workspace_id == computed_traits.c.workspace_id,
+                computed_trait_status.c.key == computed_traits.c.key,
+            ),
+        )
+    )
+
+
+class Scratch:
+    """One transaction that is always rolled back: dependencies written here are seen
+    by the evaluations made here and by nobody else (Preview as of an instant)."""
+
+    def __init__(self, store: SegmentationStore, connection: AsyncConnection, ws: str) -> None:
+        self._store = store
+        self._connection = connection
+        self._ws = ws
+
+    async def evaluate_audience(self, definition: Any, now_us: int) -> set[int]:
+        """Members of `definition` at `now_us`, reading what this scratch wrote."""
+        return await sql.evaluate_audience(
+            self._connection, definition, workspace_id=self._ws, now_us=now_us
+        )
+
+    async def evaluate_computed(self, definition: Any, now_us: int) -> dict[int, Any]:
+        """Values of a computed trait at `now_us`."""
+        return await sql.evaluate_computed_trait(
+            self._connection, definition, workspace_id=self._ws, now_us=now_us
+        )
+
+    async def replace_members(self, audience_id: int, members: Collection[int]) -> None:
+        """Make `members` the audience's members inside this scratch transaction."""
+        c = self._connection
+        await c.execute(delete(memberships).where(memberships.c.audience_id == audience_id))
+        rows = [
+            {
+                "workspace_id": self._ws,
+                "audience_id": audience_id,
+                "profile_id": p,
+                "entered_at_us": 0,
+            }
+            for p in members
+        ]
+        for chunk in _chunks(rows):
+            await c.execute(insert(memberships), chunk)
+
+    async def replace_computed(self, key: str, values: Mapping[int, Any]) -> None:
+        """Make `values` the computed trait's values inside this scratch transaction."""
+        c = self._connection
+        await c.execute(
+            delete(computed_trait_values).where(
+                computed_trait_values.c.workspace_id == self._ws,
+                computed_trait_values.c.key == key,
+            )
+        )
+        rows = [
+            {
+                "workspace_id": self._ws,
+                "profile_id": p,
+                "key": key,
+                "value": _json_or_null(v),
+                "computed_at_us": 0,
+            }
+            for p, v in values.items()
+        ]
+        for chunk in _chunks(rows):
+            await c.execute(insert(computed_trait_values), chunk)
+
+
+class SegmentationStore:
+    """The segmentation tables of one database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    # ------------------------------------------------------------------ audiences
+
+    async def get_audience(self, ws: str, key: str) -> AudienceRecord | None:
+        """The live (not deleted) audience with `key`, or None."""
+        query = _audience_query().where(
+            audiences.c.workspace_id == ws,
+            audiences.c.key == key,
+            audiences.c.deleted_at_us.is_(None),
+        )
+        async with self._engine.connect() as c:
+            row = (await c.execute(query)).first()
+        return _audience(row) if row else None
+
+    async def list_audiences(self, ws: str, after_key: str, limit: int) -> list[AudienceRecord]:
+        """Audiences ordered by key, starting after `after_key`."""
+        query = (
+            _audience_query()
+            .where(
+                audiences.c.workspace_id == ws,
+                audiences.c.deleted_at_us.is_(None),
+                audiences.c.key > after_key,
+            )
+            .order_by(audiences.c.key)
+            .limit(limit)
+        )
+        async with self._engine.connect() as c:
+            return [_audience(r) for r in await c.execute(query)]
+
+    async def audience_definitions(self, ws: str) -> dict[str, AudienceRecord]:
+        """Every live audience of the workspace by key."""
+        query = _audience_query().where(
+            audiences.c.workspace_id == ws, audiences.c.deleted_at_us.is_(None)
+        )
+        async with self._engine.connect() as c:
+            return {r.key: _audience(r) for r in await c.execute(query)}
+
+    async def audience_keys(self, ws: str, ids: Collection[int]) -> dict[int, str]:
+        """audience_id -> key, deleted audiences included (the change log outlives them)."""
+        if not ids:
+            return {}
+        query = select(audiences.c.audience_id, audiences.c.key).where(
+            audiences.c.workspace_id == ws, audiences.c.audience_id.in_(list(ids))
+        )
+        async with self._engine.connect() as c:
+            return {r.audience_id: r.key.split("#", 1)[0] for r in await c.execute(query)}
+
+    async def create_audience(
+        self,
+        ws: str,
+        *,
+        key: str,
+        name: str,
+        description: str,
+        definition: Any,
+        account_level: bool,
+        state: str,
+        now_us: int,
+    ) -> AudienceRecord:
+        """Insert an audience at version 1 (a deleted audience's key is freed first)."""
+        async with self._engine.begin() as c:
+            # The change log of a deleted audience keeps its id; its key is renamed
+            # (key#id) so the key can be used again.
+            await c.execute(
+                update(audiences)
+                .where(
+                    audiences.c.workspace_id == ws,
+                    audiences.c.key == key,
+                    audiences.c.deleted_at_us.is_not(None),
+                )
+                .values(
+                    key=sa.literal(key + "#").concat(sa.cast(audiences.c.audience_id, sa.String))
+                )
+            )
+            result = await c.execute(
+                insert(audiences).values(
+                    workspace_id=ws,
+                    key=key,
+                    name=name,
+                    current_version=1,
+                    backfill=state != LIVE,
+                    account_level=account_level,
+                    created_at_us=now_us,
+                    updated_at_us=now_us,
+                )
+            )
+            audience_id = result.inserted_primary_key[0]
+            await c.execute(
+                insert(audience_status).values(
+                    audience_id=audience_id,
+                    workspace_id=ws,
+                    description=description,
+                    state=state,
+                    live_version=1 if state == LIVE else None,
+                    size=0,
+                    progress_done=0,
+                    progress_total=0,
+                    progress_stage="",
+                )
+            )
+            await c.execute(
+                insert(audience_versions).values(
+                    audience_id=audience_id,
+                    version=1,
+                    workspace_id=ws,
+                    definition=definition,
+                    created_at_us=now_us,
+                )
+            )
+        found = await self.get_audience(ws, key)
+        assert found is not None
+        return found
+
+    async def update_audience(
+        self,
+        ws: str,
+        audience: AudienceRecord,
+        *,
+        name: str,
+        description: str,
+        definition: Any | None,
+        state: str,
+        now_us: int,
+    ) -> AudienceRecord:
+        """Replace name/description; a new `definition` becomes the next version."""
+        values: dict[str, Any] = {"name": name, "updated_at_us": now_us}
+        status: dict[str, Any] = {"description": description}
+        async with self._engine.begin() as c:
+            if definition is not None:
+                version = audience.version + 1
+                await c.execute(
+                    insert(audience_versions).values(
+                        audience_id=audience.audience_id,
+                        version=version,
+                        workspace_id=ws,
+                        definition=definition,
+                        created_at_us=now_us,
+                    )
+                )
+                values["current_version"] = version
+                status["state"] = state
+            await c.execute(
+                update(audiences)
+                .where(audiences.c.audience_id == audience.audience_id)
+                .values(**values)
+            )
+            await c.execute(
+                update(audience_status)
+                .where(audience_status.c.audience_id == audience.audience_id)
+                .values(**status)
+            )
+        found = await self.get_audience(ws, audience.key)
+        assert found is not None
+        return found
+
+    async def set_progress(self, audience_id: int, state: str, progress: Progress) -> None:
+        """Record a backfill's state and progress (readable by GetAudience meanwhile)."""
+        async with self._engine.begin() as c:
+            await c.execute(
+                update(audience_status)
+                .where(audience_status.c.audience_id == audience_id)
+                .values(
+                    state=state,
+                    progress_done=progress.done,
+                    progress_total=progress.total,
+                    progress_stage=progress.stage,
+                )
+            )
+
+    # ------------------------------------------------------------------ memberships
+
+    async def evaluate_audience(self, ws: str, definition: Any, now_us: int) -> set[int]:
+        """The canonical profile ids matching `definition` at `now_us` (in SQL)."""
+        async with self._engine.connect() as c:
+            return await sql.evaluate_audience(c, definition, workspace_id=ws, now_us=now_us)
+
+    async def _lock_sequence(self, c: AsyncConnection, ws: str) -> None:
+        await c.execute(
+            dialect_insert(self._engine, change_sequences)
+            .values(workspace_id=ws, last_seq=0)
+            .on_conflict_do_nothing(index_elements=["workspace_id"])
+        )
+        # A no-op write: the row lock (Postgres) or write lock (SQLite) is held from here
+        # to commit, serialising every membership writer of this workspace.
+        await c.execute(
+            update(change_sequences)
+            .where(change_sequences.c.workspace_id == ws)
+            .values(last_seq=change_sequences.c.last_seq)
+        )
+
+    async def _take_seqs(self, c: AsyncConnection, ws: str, n: int) -> int:
+        """Reserve n seqs; returns the first."""
+        last = (
+            await c.execute(
+                update(change_sequences)
+                .where(change_sequences.c.workspace_id == ws)
+                .values(last_seq=change_sequences.c.last_seq + n)
+                .returning(change_sequences.c.last_seq)
+            )
+        ).scalar_one()
+        return int(last) - n + 1
+
+    async def _current(self, c: AsyncConnection, audience_id: int) -> list[Any]:
+        query = (
+            select(
+                memberships.c.profile_id,
+                profiles.c.canonical_id,
+                memberships.c.entered_at_us,
+            )
+            .select_from(
+                memberships.outerjoin(profiles, profiles.c.profile_id == memberships.c.profile_id)
+            )
+            .where(memberships.c.audience_id == audience_id)
+        )
+        return list(await c.execute(query))
+
+    async def apply_members(
+        self,
+        ws: str,
+        audience_id: int,
+        version: int,
+        members: Collection[int],
+        now_us: int,
+    ) -> Diff:
+        """Make `members` (canonical ids) the audience's members as of `now_us`: write
+        only the differences with their change records, serve `version`, set LIVE.
+
+        Rows of profiles merged since they entered are re-keyed to the survivor
+        without a change record (the person never left).
+        """
+        new = set(members)
+        async with self._engine.begin() as c:
+            await self._lock_sequence(c, ws)
+            rows = await self._current(c, audience_id)
+            old: dict[int, int] = {}
+            stale: list[int] = []  # rows keyed by a merged-away profile id
+            for row in rows:
+                canonical = row.canonical_id if row.canonical_id is not None else row.profile_id
+                if canonical != row.profile_id:
+                    stale.append(row.profile_id)
+                if canonical not in old or row.entered_at_us < old[canonical]:
+                    old[canonical] = row.entered_at_us
+            entered = sorted(new - old.keys())
+            exited = sorted(old.keys() - new)
+            rekeyed = {p: at for p, at in old.items() if p in new}
+            direct = {r.profile_id for r in rows}
+            gone = sorted(set(exited) | set(stale))
+            for chunk in _chunks(gone):
+                await c.execute(
+                    delete(memberships).where(
+                        memberships.c.audience_id == audience_id,
+                        memberships.c.profile_id.in_(chunk),
+                    )
+                )
+            # Survivors whose own row is missing (it sat on a merged id) get one back.
+            restore = [
+                {
+                    "workspace_id": ws,
+                    "audience_id": audience_id,
+                    "profile_id": p,
+                    "entered_at_us": at,
+                }
+                for p, at in rekeyed.items()
+                if p not in direct
+            ]
+            added = [
+                {
+                    "workspace_id": ws,
+                    "audience_id": audience_id,
+                    "profile_id": p,
+                    "entered_at_us": now_us,
+                }
+                for p in entered
+            ]
+            for chunk in _chunks(restore + added):
+                await c.execute(insert(memberships), chunk)
+            n = len(entered) + len(exited)
+            if n:
+                first = await self._take_seqs(c, ws, n)
+                log = [(p, EXITED) for p in exited] + [(p, ENTERED) for p in entered]
+                change_rows = [
+                    {
+                        "workspace_id": ws,
+                        "seq": first + i,
+                        "audience_id": audience_id,
+                        "profile_id": p,
+                        "kind": kind,
+                        "at_us": now_us,
+                        "version": version,
+                    }
+                    for i, (p, kind) in enumerate(log)
+                ]
+                for chunk in _chunks(change_rows):
+                    await c.execute(insert(membership_changes), chunk)
+            await c.execute(
+                update(audience_status)
+                .where(audience_status.c.audience_id == audience_id)
+                .values(live_version=version, size=len(new), state=LIVE)
+            )
+        return Diff(tuple(entered), tuple(exited), len(new))
+
+    async def delete_audience(self, ws: str, audience_id: int, now_us: int) -> list[int]:
+        """Soft-delete an audience: its members exit (logged), its rows go. Returns the
+        canonical ids that exited."""
+        async with self._engine.begin() as c:
+            await self._lock_sequence(c, ws)
+            rows = await self._current(c, audience_id)
+            version = (
+                await c.execute(
+                    select(audiences.c.current_version).where(
+                        audiences.c.audience_id == audience_id
+                    )
+                )
+            ).scalar_one()
+            exited = sorted(
+                {r.canonical_id if r.canonical_id is not None else r.profile_id for r in rows}
+            )
+            await c.execute(delete(memberships).where(memberships.c.audience_id == audience_id))
+            if exited:
+                first = await self._take_seqs(c, ws, len(exited))
+                change_rows = [
+                    {
+                        "workspace_id": ws,
+                        "seq": first + i,
+                        "audience_id": audience_id,
+                        "profile_id": p,
+                        "kind": EXITED,
+                        "at_us": now_us,
+                        "version": version,
+                    }
+                    for i, p in enumerate(exited)
+                ]
+                for chunk in _chunks(change_rows):
+                    await c.execute(insert(membership_changes), chunk)
+            await c.execute(
+                update(audiences)
+                .where(audiences.c.audience_id == audience_id)
+                .values(deleted_at_us=now_us)
+            )
+            await c.execute(
+                update(audience_status)
+                .where(audience_status.c.audience_id == audience_id)
+                .values(size=0)
+            )
+        return exited
+
+    async def members(self, audience_id: int) -> dict[int, int]:
+        """Current members as canonical id -> entered_at_us."""
+        async with self._engine.connect() as c:
+            rows = await self._current(c, audience_id)
+        out: dict[int, int] = {}
+        for r in rows:
+            canonical = r.canonical_id if r.canonical_id is not None else r.profile_id
+            out[canonical] = min(out.get(canonical, r.entered_at_us), r.entered_at_us)
+        return out
+
+    async def list_members(self, audience_id: int, after_pid: int, limit: int) -> list[Member]:
+        """Members ordered by profile id after `after_pid` (keyset paging: stable while
+        members come and go)."""
+        query = (
+            select(memberships.c.profile_id, memberships.c.entered_at_us)
+            .where(memberships.c.audience_id == audience_id, memberships.c.profile_id > after_pid)
+            .order_by(memberships.c.profile_id)
+            .limit(limit)
+        )
+        async with self._engine.connect() as c:
+            return [Member(r.profile_id, r.entered_at_us) for r in await c.execute(query)]
+
+    async def count_members(self, audience_id: int) -> int:
+        """How many members the audience has."""
+        query = select(func.count()).where(memberships.c.audience_id == audience_id)
+        async with self._engine.connect() as c:
+            return int((await c.execute(query)).scalar_one())
+
+    # ------------------------------------------------------------------ change log
+
+    async def history(self, ws: str, audience_id: int, profile_id: int) -> list[Change]:
+        """Every change of the audience for the profile and the profiles merged into it."""
+        merged = select(profiles.c.profile_id).where(
+            profiles.c.workspace_id == ws, profiles.c.canonical_id == profile_id
+        )
+        query = (
+            select(membership_changes)
+            .where(
+                membership_changes.c.workspace_id == ws,
+                membership_changes.c.audience_id == audience_id,
+                sa.or_(
+                    membership_changes.c.profile_id == profile_id,
+                    membership_changes.c.profile_id.in_(merged),
+                ),
+            )
+            .order_by(membership_changes.c.seq)
+        )
+        async with self._engine.connect() as c:
+            rows = list(await c.execute(query))
+        return [_change(r, "") for r in rows]
+
+    async def changes_after(
+        self, ws: str, after_seq: int, audience_ids: Collection[int] | None, limit: int
+    ) -> list[Change]:
+        """Changes of the workspace with seq > after_seq, in seq order."""
+        query = (
+            select(membership_changes)
+            .where(membership_changes.c.workspace_id == ws, membership_changes.c.seq > after_seq)
+            .order_by(membership_changes.c.seq)
+            .limit(limit)
+        )
+        if audience_ids is not None:
+            query = query.where(membership_changes.c.audience_id.in_(list(audience_ids)))
+        async with self._engine.connect() as c:
+            rows = list(await c.execute(query))
+        return [_change(r, "") for r in rows]
+
+    # ------------------------------------------------------------------ computed traits
+
+    async def get_computed(self, ws: str, key: str) -> ComputedTraitRecord | None:
+        """The computed trait with `key`, or None."""
+        query = _computed_query().where(
+            computed_traits.c.workspace_id == ws, computed_traits.c.key == key
+        )
+        async with self._engine.connect() as c:
+            row = (await c.execute(query)).first()
+        return _computed(row) if row else None
+
+    async def list_computed(
+        self, ws: str, after_key: str = "", limit: int | None = None
+    ) -> list[ComputedTraitRecord]:
+        """Computed traits ordered by key after `after_key`."""
+        query = (
+            _computed_query()
+            .where(computed_traits.c.workspace_id == ws, computed_traits.c.key > after_key)
+            .order_by(computed_traits.c.key)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        async with self._engine.connect() as c:
+            return [_computed(r) for r in await c.execute(query)]
+
+    async def save_computed(
+        self,
+        ws: str,
+        *,
+        key: str,
+        name: str,
+        definition: Any,
+        state: str,
+        now_us: int,
+        existing: ComputedTraitRecord | None,
+    ) -> ComputedTraitRecord:
+        """Insert a computed trait, or replace its name/definition (a new definition is a
+        new version)."""
+        async with self._engine.begin() as c:
+            if existing is None:
+                await c.execute(
+                    insert(computed_traits).values(
+                        workspace_id=ws,
+                        key=key,
+                        definition=definition,
+                        created_at_us=now_us,
+                        updated_at_us=now_us,
+                    )
+                )
+                await c.execute(
+                    insert(computed_trait_status).values(
+                        workspace_id=ws, key=key, name=name, version=1, state=state
+                    )
+                )
+            else:
+                changed = definition != existing.definition
+                await c.execute(
+                    update(computed_traits)
+                    .where(computed_traits.c.workspace_id == ws, computed_traits.c.key == key)
+                    .values(definition=definition, updated_at_us=now_us)
+                )
+                await c.execute(
+                    update(computed_trait_status)
+                    .where(
+                        computed_trait_status.c.workspace_id == ws,
+                        computed_trait_status.c.key == key,
+                    )
+                    .values(
+                        name=name,
+                        version=existing.version + (1 if changed else 0),
+                        state=state if changed else existing.state,
+                    )
+                )
+        found = await self.get_computed(ws, key)
+        assert found is not None
+        return found
+
+    async def set_computed_state(self, ws: str, key: str, state: str) -> None:
+        """Record a computed trait's state."""
+        async with self._engine.begin() as c:
+            await c.execute(
+                update(computed_trait_status)
+                .where(
+                    computed_trait_status.c.workspace_id == ws,
+                    computed_trait_status.c.key == key,
+                )
+                .values(state=state)
+            )
+
+    async def evaluate_computed(self, ws: str, definition: Any, now_us: int) -> dict[int, Any]:
+        """Canonical profile id -> value of a computed trait at `now_us` (in SQL)."""
+        async with self._engine.connect() as c:
+            return await sql.evaluate_computed_trait(c, definition, workspace_id=ws, now_us=now_us)
+
+    async def apply_computed(
+        self, ws: str, key: str, values: Mapping[int, Any], now_us: int
+    ) -> tuple[dict[int, Any], list[int]]:
+        """Store `values` (every canonical profile's value); write only what changed.
+        Returns (changed profile -> new value, profiles whose row was removed)."""
+        cv = computed_trait_values
+        async with self._engine.begin() as c:
+            rows = await c.execute(
+                select(cv.c.profile_id, cv.c.value).where(cv.c.workspace_id == ws, cv.c.key == key)
+            )
+            old = {r.profile_id: orjson.dumps(r.value) for r in rows}
+            changed = {p: v for p, v in values.items() if old.get(p) != orjson.dumps(v)}
+            removed = sorted(old.keys() - values.keys())
+            doomed = sorted(set(removed) | (changed.keys() & old.keys()))
+            for chunk in _chunks(doomed):
+                await c.execute(
+                    delete(cv).where(
+                        cv.c.workspace_id == ws, cv.c.key == key, cv.c.profile_id.in_(chunk)
+                    )
+                )
+            new_rows = [
+                {
+                    "workspace_id": ws,
+                    "profile_id": p,
+                    "key": key,
+                    "value": _json_or_null(v),
+                    "computed_at_us": now_us,
+                }
+                for p, v in changed.items()
+            ]
+            for chunk in _chunks(new_rows):
+                await c.execute(insert(cv), chunk)
+        return changed, removed
+
+    async def delete_computed(self, ws: str, key: str) -> list[int]:
+        """Delete a computed trait and its values; returns the profiles that had one."""
+        cv = computed_trait_values
+        async with self._engine.begin() as c:
+            pids = [
+                r.profile_id
+                for r in await c.execute(
+                    select(cv.c.profile_id).where(cv.c.workspace_id == ws, cv.c.key == key)
+                )
+            ]
+            await c.execute(delete(cv).where(cv.c.workspace_id == ws, cv.c.key == key))
+            for table in (computed_traits, computed_trait_status):
+                await c.execute(delete(table).where(table.c.workspace_id == ws, table.c.key == key))
+        return pids
+
+    # ------------------------------------------------------------------ scratch
+
+    @asynccontextmanager
+    async def scratch(self, ws: str) -> AsyncIterator[Scratch]:
+        """A transaction that is rolled back on exit, whatever happens."""
+        async with self._engine.connect() as c:
+            transaction = await c.begin()
+            try:
+                yield Scratch(self, c, ws)
+            finally:
+                await transaction.rollback()
+
+    # ------------------------------------------------------------------ profiles
+
+    async def resolve(self, ws: str, id_type: str, id_value: str) -> int | None:
+        """The canonical (alive) profile of an identifier, or None."""
+        query = (
+            select(profiles.c.canonical_id)
+            .select_from(
+                identities.join(profiles, profiles.c.profile_id == identities.c.profile_id)
+            )
+            .where(
+                identities.c.workspace_id == ws,
+                identities.c.id_type == id_type,
+                identities.c.id_value == id_value,
+            )
+        )
+        async with self._engine.connect() as c:
+            pid = (await c.execute(query)).scalar()
+            if pid is None:
+                return None
+            alive = (
+                await c.execute(
+                    select(profiles.c.profile_id).where(
+                        profiles.c.profile_id == pid, profiles.c.deleted_at_us.is_(None)
+                    )
+                )
+            ).scalar()
+        return int(alive) if alive is not None else None
+
+    async def refs(self, ws: str, pids: Sequence[int]) -> list[ProfileRef]:
+        """ProfileRefs (identifiers of the profile and of those merged into it), in the
+        order of `pids`."""
+        found: dict[int, list[tuple[str, str]]] = {p: [] for p in pids}
+        async with self._engine.connect() as c:
+            for chunk in _chunks(list(pids)):
+                query = (
+                    select(profiles.c.canonical_id, identities.c.id_type, identities.c.id_value)
+                    .select_from(
+                        identities.join(profiles, profiles.c.profile_id == identities.c.profile_id)
+                    )
+                    .where(identities.c.workspace_id == ws, profiles.c.canonical_id.in_(chunk))
+                )
+                for r in await c.execute(query):
+                    found[r.canonical_id].append((r.id_type, r.id_value))
+        return [ProfileRef(p, tuple(sorted(found[p]))) for p in pids]
+
+    async def facts(self, ws: str, pid: int) -> ProfileFacts:
+        """Events, traits, computed values, memberships and scores of a canonical
+        profile and every profile merged into it."""
+        own = select(profiles.c.profile_id).where(
+            profiles.c.workspace_id == ws, profiles.c.canonical_id == pid
+        )
+        facts = ProfileFacts(pid)
+        async with self._engine.connect() as c:
+            rows = await c.execute(
+                select(
+                    events.c.seq,
+                    events.c.type,
+                    events.c.name,
+                    events.c.timestamp_us,
+                    events.c.properties,
+                )
+                .where(events.c.workspace_id == ws, events.c.profile_id.in_(own))
+                .order_by(events.c.timestamp_us, events.c.seq)
+            )
+            facts.events = [dict(r._mapping) for r in rows]
+            latest: dict[str, tuple[tuple[int, int], Any]] = {}
+            for r in await c.execute(
+                select(profile_traits).where(
+                    profile_traits.c.workspace_id == ws, profile_traits.c.profile_id.in_(own)
+                )
+            ):
+                order = (r.timestamp_us, r.seq)
+                if r.key not in latest or latest[r.key][0] < order:
+                    latest[r.key] = (order, r.value)
+            facts.traits = {k: v for k, (_, v) in latest.items() if v is not None}
+            for r in await c.execute(
+                select(computed_trait_values.c.key, computed_trait_values.c.value).where(
+                    computed_trait_values.c.workspace_id == ws,
+                    computed_trait_values.c.profile_id == pid,
+                )
+            ):
+                if r.value is not None:
+                    facts.computed[r.key] = r.value
+            for r in await c.execute(
+                select(audiences.c.key)
+                .select_from(
+                    memberships.join(
+                        audiences, audiences.c.audience_id == memberships.c.audience_id
+                    )
+                )
+                .where(
+                    memberships.c.workspace_id == ws,
+                    memberships.c.profile_id.in_(own),
+                    audiences.c.deleted_at_us.is_(None),
+                )
+            ):
+                facts.audiences.add(r.key)
+            for r in await c.execute(
+                select(prediction_scores).where(
+                    prediction_scores.c.workspace_id == ws,
+                    prediction_scores.c.profile_id.in_(own),
+                )
+            ):
+                facts.predictions[r.key] = {
+                    "probability": r.probability,
+                    "percentile": r.percentile,
+                }
+        return facts
+
+    async def workspaces(self) -> list[str]:
+        """Workspaces with at least one audience or computed trait."""
+        query = sa.union(
+            select(audiences.c.workspace_id).where(audiences.c.deleted_at_us.is_(None)),
+            select(computed_traits.c.workspace_id),
+        )
+        async with self._engine.connect() as c:
+            return sorted(r[0] for r in await c.execute(query))
+
+    async def universe_size(self, ws: str) -> int:
+        """How many alive canonical profiles the workspace has."""
+        query = select(func.count()).where(
+            profiles.c.workspace_id == ws,
+            profiles.c.canonical_id == profiles.c.profile_id,
+            profiles.c.deleted_at_us.is_(None),
+        )
+        async with self._engine.connect() as c:
+            return int((await c.execute(query)).scalar_one())
+
+
+def _change(row: Any, key: str) -> Change:
+    return Change(
+        seq=row.seq,
+        audience_id=row.audience_id,
+        audience_key=key,
+        profile_id=row.profile_id,
+        kind=row.kind,
+        at_us=row.at_us,
+        version=row.version,
+    )
