@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -25,15 +24,15 @@ import asyncpg
 import grpc
 import orjson
 import redis.asyncio as redis_asyncio
-from audiences.v1 import ingest_pb2, ingest_pb2_grpc
+from audiences.v1 import ingest_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from services.shared.auth import KeyStore  # noqa: E402
 from services.shared.clock import SystemClock  # noqa: E402
 from services.shared.db import migrate  # noqa: E402
 from services.shared.db.engine import create_engine  # noqa: E402
-from services.shared.auth import KeyStore  # noqa: E402
 from tests.helpers.backends import asyncpg_dsn, create_database, drop_database, free_port  # noqa: E402
 from tests.helpers.grpc_client import wait_serving  # noqa: E402
 
@@ -78,7 +77,9 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run_ingest(address: str, key: str, payloads: list[bytes], seconds: float, concurrency: int):  # type: ignore[no-untyped-def]
+async def run_ingest(  # type: ignore[no-untyped-def]
+    address: str, key: str, payloads: list[bytes], seconds: float, concurrency: int
+):
     latencies: list[float] = []
     accepted = 0
     channel = grpc.aio.insecure_channel(address)
@@ -121,19 +122,46 @@ async def run_copy(dsn: str, batches: list[ingest_pb2.BatchRequest], seconds: fl
         for e in batch.events:
             seq += 1
             records.append(
-                (seq, "ws_copy", e.message_id + "c", "track", e.event or None, 1, e.user_id,
-                 None, None, None, e.timestamp.ToMicroseconds(), e.timestamp.ToMicroseconds(),
-                 e.properties.decode() or None, e.traits.decode() or None,
-                 e.context.decode() or None)
+                (
+                    seq,
+                    "ws_copy",
+                    e.message_id + "c",
+                    "track",
+                    e.event or None,
+                    1,
+                    e.user_id,
+                    None,
+                    None,
+                    None,
+                    e.timestamp.ToMicroseconds(),
+                    e.timestamp.ToMicroseconds(),
+                    e.properties.decode() or None,
+                    e.traits.decode() or None,
+                    e.context.decode() or None,
+                )
             )
         start = time.perf_counter()
         async with connection.transaction():
             await connection.copy_records_to_table(
                 "events",
                 records=records,
-                columns=["seq", "workspace_id", "message_id", "type", "name", "profile_id",
-                         "user_id", "anonymous_id", "group_id", "previous_id", "timestamp_us",
-                         "received_at_us", "properties", "traits", "context"],
+                columns=[
+                    "seq",
+                    "workspace_id",
+                    "message_id",
+                    "type",
+                    "name",
+                    "profile_id",
+                    "user_id",
+                    "anonymous_id",
+                    "group_id",
+                    "previous_id",
+                    "timestamp_us",
+                    "received_at_us",
+                    "properties",
+                    "traits",
+                    "context",
+                ],
             )
         latencies.append(time.perf_counter() - start)
         rows_done += len(records)
@@ -178,10 +206,22 @@ async def main() -> None:
     payloads = [b.SerializeToString() for b in batches]
 
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": REDIS_URL,
-           "GRPC_PORT": str(port), "INGEST_HTTP_PORT": "0", "OTEL_TRACES_EXPORTER": "none"}
-    server = subprocess.Popen([sys.executable, "-m", "services.ingest"], env=env, cwd=ROOT,
-                              stderr=open("/tmp/bench_ingest.log", "w"))
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": REDIS_URL,
+        "GRPC_PORT": str(port),
+        "INGEST_HTTP_PORT": "0",
+        "OTEL_TRACES_EXPORTER": "none",
+    }
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.ingest",
+        env=env,
+        cwd=ROOT,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         await wait_serving(f"127.0.0.1:{port}")
         # Warm-up (connections, prepared statements) outside the measurement.
@@ -192,7 +232,7 @@ async def main() -> None:
         stream_length = await flush.xlen("stream:events")
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        await asyncio.wait_for(server.wait(), 30)
     copy_rate, copy_lat = await run_copy(asyncpg_dsn(database_url), batches, args.seconds / 2)
     parse_rate, parse_lat = run_parse(payloads, args.seconds / 2)
     await flush.flushdb()
