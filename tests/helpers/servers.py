@@ -32,7 +32,10 @@ async def in_process(resources: Resources, names: list[str]) -> AsyncIterator[di
 
 @asynccontextmanager
 async def as_processes(
-    database_url: str, redis_url: str, names: list[str] | None = None
+    database_url: str,
+    redis_url: str,
+    names: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[dict[str, str]]:
     """Start each service as its own process on a free port; yields name -> address.
 
@@ -45,6 +48,10 @@ async def as_processes(
         "REDIS_URL": redis_url,
         "OTEL_TRACES_EXPORTER": "none",
         "SHUTDOWN_GRACE_SECONDS": "2",
+        # HTTP views on free ports, so tests never collide with a running `make run`.
+        "INGEST_HTTP_PORT": "0",
+        "PROFILE_HTTP_PORT": "0",
+        **(extra_env or {}),
     }
     processes = start_processes(env, ports)
     try:

@@ -43,11 +43,12 @@ async def profile_when(stub, key, identifier, ready, within: float = 20.0):  # t
 
 
 async def test_events_through_ingest_read_back_through_profile(  # type: ignore[no-untyped-def]
-    database_url, redis_url, workspace, monkeypatch
+    database_url, redis_url, workspace
 ) -> None:
     http_port = free_port()
-    monkeypatch.setenv("PROFILE_HTTP_PORT", str(http_port))
-    async with as_processes(database_url, redis_url, ["ingest", "profile"]) as addresses:
+    async with as_processes(
+        database_url, redis_url, ["ingest", "profile"], {"PROFILE_HTTP_PORT": str(http_port)}
+    ) as addresses:
         async with (
             grpc.aio.insecure_channel(addresses["ingest"]) as ingest_channel,
             grpc.aio.insecure_channel(addresses["profile"]) as profile_channel,
