@@ -20,7 +20,7 @@ from services.prediction.app import SPEC as PREDICTION
 from services.profile.app import SPEC as PROFILE
 from services.segmentation.app import SPEC as SEGMENTATION
 from services.shared.cli import create_workspace
-from services.shared.config import DEFAULT_PORTS, Settings
+from services.shared.config import Settings
 from services.shared.server import ServiceSpec, serve
 from services.sync.app import SPEC as SYNC
 
@@ -50,11 +50,19 @@ def _save_demo_keys(keys: dict[str, str]) -> None:
     DEMO_KEYS.write_text(json.dumps(keys, indent=2))
 
 
-def _banner(keys: dict[str, str]) -> str:
-    ports = "\n".join(f"  {name:<13} 127.0.0.1:{port}" for name, port in DEFAULT_PORTS.items())
+def listen_ports(settings: Settings) -> dict[str, int]:
+    """Each service's port: the one in its <SERVICE>_ADDR, else its fixed default, so the
+    address peers dial is the address the service listens on."""
+    return {
+        name: int(address.rsplit(":", 1)[1]) for name, address in settings.peer_addresses.items()
+    }
+
+
+def _banner(keys: dict[str, str], ports: dict[str, int]) -> str:
+    listing = "\n".join(f"  {name:<13} 127.0.0.1:{port}" for name, port in ports.items())
     return f"""
 Audiences is running (embedded default unless DATABASE_URL/REDIS_URL are set):
-{ports}
+{listing}
 
 Demo workspace {keys["workspace_id"]}
   admin key   {keys["admin_key"]}
@@ -73,14 +81,15 @@ async def _run_all() -> None:
     if keys is None:
         keys = await create_workspace(settings, "demo")
         _save_demo_keys(keys)
-    print(_banner(keys), flush=True)
-    await serve(SPECS, settings, DEFAULT_PORTS)
+    ports = listen_ports(settings)
+    print(_banner(keys, ports), flush=True)
+    await serve(SPECS, settings, ports)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if "--processes" in sys.argv:
-        processes = start_processes(dict(os.environ), DEFAULT_PORTS)
+        processes = start_processes(dict(os.environ), listen_ports(Settings.from_env()))
         try:
             for process in processes:
                 process.wait()
