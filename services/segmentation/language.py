@@ -717,6 +717,10 @@ def _parse_computed(raw: Any, ctx: _Ctx) -> ComputedTraitDef | None:
     elif t in COMPUTED_TYPES:
         prop = ctx.name(obj, "property", "") or None
     where = _parse_where(obj, "", ctx, None)
+    for i, f in enumerate(where):
+        if f.ref is not None:
+            # A computed trait is a function of events alone (it feeds trait conditions).
+            ctx.err(f"where[{i}].ref", "refs are not allowed in computed traits")
     window = _parse_window(obj["window"], "window", ctx) if "window" in obj else None
     if t not in COMPUTED_TYPES or not event:
         return None

@@ -1,0 +1,861 @@
+"""Batch evaluation in the database: audience definitions and computed traits compiled
+to SQLAlchemy Core, for Postgres (JSONB) and SQLite (JSON1).
+
+The semantics are exactly those of ``reference.py`` (design.md section 6); the
+conformance and property tests hold the two to each other.
+
+Shape of an audience query (one statement, the database does all the work)::
+
+    SELECT u.pid FROM universe u                    -- alive canonical profiles
+      LEFT JOIN (one GROUP BY pass over the events: a FILTER-style SUM(CASE ..) column
+                 per event condition) e ON e.pid = u.pid
+      LEFT JOIN (one GROUP BY pass over the traits: the latest value per key) t ...
+      LEFT JOIN computed_trait_values per computed key ...
+    WHERE <the condition tree over those columns, funnels and audience references as
+           correlated EXISTS>
+
+Every leaf is made NULL-free (``CASE WHEN p THEN true ELSE false END``) before it meets
+NOT, so SQL's three-valued logic cannot turn "missing" into "unknown".
+
+"Latest by (timestamp, seq)" (traits, first/last, most_frequent ties) is a single MAX
+over a fixed-width sortable string ``lpad(timestamp) || lpad(seq) || json`` instead of
+a window function or a self anti-join: one aggregate pass, no per-profile sort.
+
+Known dialect limits (documented, outside the conformance cases): on SQLite, equality of
+two *dynamic* array/object values (ref filters) compares their JSON text; unique_list
+orders arrays/objects by their JSON text, which differs between dialects. Account-level
+conditions are not compiled yet (``UnsupportedInSQL``); use ``reference.py`` for them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Text,
+    and_,
+    case,
+    cast,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    true,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.compiler import compiles
+
+from services.segmentation import tables as seg
+from services.segmentation.language import (
+    Account,
+    All,
+    AnyOf,
+    AudienceRef,
+    Computed,
+    ComputedTraitDef,
+    Event,
+    Filter,
+    Funnel,
+    Node,
+    Not,
+    Prediction,
+    Trait,
+    TraitRef,
+    Window,
+    iter_nodes,
+    parse_audience,
+    parse_computed_trait,
+    split_path,
+    trait_refs,
+)
+from services.segmentation.reference import UNIQUE_LIST_LIMIT
+from services.shared.db.tables import events, profile_traits, profiles
+
+__all__ = [
+    "UnsupportedInSQL",
+    "compile_audience",
+    "compile_computed_trait",
+    "evaluate_audience",
+    "evaluate_computed_trait",
+]
+
+_SCALAR_KINDS = ("string", "number", "boolean")
+
+
+class UnsupportedInSQL(NotImplementedError):
+    """The definition uses a construct the SQL compiler does not handle yet."""
+
+
+def _b(pred: ColumnElement[Any]) -> ColumnElement[bool]:
+    """A NULL-free boolean: NULL (unknown) becomes false before any NOT sees it."""
+    return case((pred, true()), else_=false())
+
+
+def _not(pred: ColumnElement[Any]) -> ColumnElement[bool]:
+    return not_(_b(pred))
+
+
+def _cmp(lhs: Any, op: str, rhs: Any) -> ColumnElement[bool]:
+    return {
+        "eq": lambda: lhs == rhs,
+        "neq": lambda: lhs != rhs,
+        "gt": lambda: lhs > rhs,
+        "gte": lambda: lhs >= rhs,
+        "lt": lambda: lhs < rhs,
+        "lte": lambda: lhs <= rhs,
+    }[op]()
+
+
+def _lit(v: Any) -> ColumnElement[Any]:
+    # Explicit types keep asyncpg from guessing (an int bound as BIGINT, a float as
+    # DOUBLE PRECISION, text as VARCHAR).
+    if isinstance(v, bool):
+        return literal(v, sa.Boolean)
+    if isinstance(v, int):
+        return literal(v, sa.BigInteger)
+    if isinstance(v, float):
+        return literal(v, sa.Float)
+    return literal(v, sa.String)
+
+
+# --------------------------------------------------------------------------- JSON values
+
+
+@dataclass(frozen=True)
+class JV:
+    """A JSON value in SQL: on Postgres a JSONB expression, on SQLite a (document, path)
+    pair for json_type/json_extract. SQL NULL and JSON null both mean missing."""
+
+    expr: Any  # postgres: jsonb expression; sqlite: JSON text document
+    path: str = "$"
+
+
+class _Dialect:
+    """JSON value operations of one dialect; the language ops are built on top."""
+
+    name: str
+
+    def prop(self, col: Any, prop: str) -> JV: ...
+    def decode(self, text_expr: Any) -> JV: ...
+    def present(self, v: JV) -> ColumnElement[bool]: ...
+    def is_kind(self, v: JV, kind: str) -> ColumnElement[bool]: ...
+    def num(self, v: JV) -> Any: ...
+    def text(self, v: JV) -> Any: ...
+    def json_text(self, v: JV) -> Any: ...
+    def eq_lit(self, v: JV, lit: Any) -> ColumnElement[bool]: ...
+    def eq_dyn(self, a: JV, b: JV) -> ColumnElement[bool]: ...
+    def array_has_lit(self, v: JV, lit: Any) -> ColumnElement[bool]: ...
+    def array_has_dyn(self, a: JV, b: JV) -> ColumnElement[bool]: ...
+    def instr(self, hay: Any, needle: Any) -> ColumnElement[bool]: ...
+    def pad(self, n: Any) -> Any: ...
+    def c(self, s: Any) -> Any:
+        """Byte-order (code point) collation for string MAX/ORDER BY."""
+        return s
+
+    def json_result(self, text_expr: Any) -> Any: ...
+    def to_float(self, e: Any) -> Any:
+        return e
+
+    def group_array(self, text_expr: Any) -> Any: ...
+    def sort_keys(self, v: JV) -> tuple[Any, Any, Any]:
+        """(rank, number, text) ordering values as ``reference.value_order_key``."""
+        rank = case(
+            (self.is_kind(v, "number"), 0),
+            (self.is_kind(v, "string"), 1),
+            (self.is_kind(v, "boolean"), 2),
+            (self.is_kind(v, "array"), 3),
+            else_=4,
+        )
+        num = case((self.is_kind(v, "number"), self.num(v)))
+        txt = case((self.is_kind(v, "string"), self.text(v)), else_=self.json_text(v))
+        return rank, num, self.c(txt)
+
+
+class _Postgres(_Dialect):
+    name = "postgresql"
+    _EMPTY = sa.literal_column("'{}'")  # the empty text[] path: #>> '{}' is "the value as text"
+
+    def _t(self, v: JV) -> Any:
+        return func.jsonb_typeof(v.expr)
+
+    def prop(self, col: Any, prop: str) -> JV:
+        # Chained -> with text keys: unlike #> it never indexes into arrays, matching the
+        # reference's "object keys only" dotted paths.
+        e = col
+        for k in split_path(prop):
+            e = e.op("->", return_type=JSONB)(literal(k, sa.String))
+        return JV(e)
+
+    def decode(self, text_expr: Any) -> JV:
+        return JV(cast(text_expr, JSONB))
+
+    def present(self, v: JV) -> ColumnElement[bool]:
+        return self._t(v).in_(["string", "number", "boolean", "array", "object"])
+
+    def is_kind(self, v: JV, kind: str) -> ColumnElement[bool]:
+        return self._t(v) == kind
+
+    def text(self, v: JV) -> Any:
+        return v.expr.op("#>>", return_type=Text)(self._EMPTY)
+
+    def num(self, v: JV) -> Any:
+        # CASE fixes the evaluation order: the cast never sees a non-number.
+        return case((self.is_kind(v, "number"), cast(self.text(v), sa.Numeric)))
+
+    def json_text(self, v: JV) -> Any:
+        return cast(v.expr, Text)
+
+    def _jlit(self, value: Any) -> Any:
+        return cast(literal(json.dumps(value), sa.String), JSONB)
+
+    def eq_lit(self, v: JV, lit: Any) -> ColumnElement[bool]:
+        # jsonb equality is by JSON type already: 1 = 1.0, "1" <> 1, true <> 1.
+        return v.expr.op("=", is_comparison=True)(self._jlit(lit))
+
+    def eq_dyn(self, a: JV, b: JV) -> ColumnElement[bool]:
+        return and_(self.present(a), self.present(b), a.expr.op("=", is_comparison=True)(b.expr))
+
+    def array_has_lit(self, v: JV, lit: Any) -> ColumnElement[bool]:
+        # For a scalar, containment in a one-element array is exactly "is an element".
+        return and_(
+            self.is_kind(v, "array"), v.expr.op("@>", is_comparison=True)(self._jlit([lit]))
+        )
+
+    def array_has_dyn(self, a: JV, b: JV) -> ColumnElement[bool]:
+        arr = case((self.is_kind(a, "array"), a.expr), else_=self._jlit([]))
+        el = func.jsonb_array_elements(arr).table_valued(sa.column("value", JSONB)).alias("el")
+        sub = (
+            sa.select(literal(1))
+            .select_from(el)
+            .where(el.c.value.op("=", is_comparison=True)(b.expr))
+        )
+        return and_(self.is_kind(a, "array"), self.present(b), sub.exists())
+
+    def instr(self, hay: Any, needle: Any) -> ColumnElement[bool]:
+        return func.strpos(hay, needle) > 0
+
+    def pad(self, n: Any) -> Any:
+        return func.lpad(cast(n, Text), 20, "0", type_=Text)
+
+    def c(self, s: Any) -> Any:
+        return sa.collate(s, "C")
+
+    def json_result(self, text_expr: Any) -> Any:
+        return cast(text_expr, JSONB)
+
+    def to_float(self, e: Any) -> Any:
+        # numeric aggregates arrive as Decimal; the API speaks JSON numbers.
+        return cast(e, sa.Float)
+
+    def group_array(self, text_expr: Any) -> Any:
+        return func.jsonb_agg(cast(text_expr, JSONB))
+
+
+class _SQLite(_Dialect):
+    name = "sqlite"
+    _KIND: ClassVar[dict[str, tuple[str, ...]]] = {
+        "number": ("integer", "real"),
+        "string": ("text",),
+        "boolean": ("true", "false"),
+        "array": ("array",),
+        "object": ("object",),
+    }
+
+    def _t(self, v: JV) -> Any:
+        return func.json_type(v.expr, v.path)
+
+    def prop(self, col: Any, prop: str) -> JV:
+        path = "$" + "".join(f'."{k}"' for k in split_path(prop))
+        return JV(sa.type_coerce(col, Text), path)
+
+    def decode(self, text_expr: Any) -> JV:
+        return JV(text_expr, "$")
+
+    def present(self, v: JV) -> ColumnElement[bool]:
+        return self._t(v).in_(["integer", "real", "text", "true", "false", "array", "object"])
+
+    def is_kind(self, v: JV, kind: str) -> ColumnElement[bool]:
+        return self._t(v).in_(self._KIND[kind])
+
+    def _x(self, v: JV) -> Any:
+        return func.json_extract(v.expr, v.path)
+
+    def num(self, v: JV) -> Any:
+        return self._x(v)
+
+    def text(self, v: JV) -> Any:
+        return self._x(v)
+
+    def json_text(self, v: JV) -> Any:
+        # The -> operator (SQLite 3.38+) yields JSON text: "a" quoted, true as true.
+        return v.expr.op("->", return_type=Text)(literal(v.path, sa.String))
+
+    def _kind_of(self, t: Any) -> Any:
+        return case(
+            (t.in_(["integer", "real"]), "number"),
+            (t == "text", "string"),
+            (t.in_(["true", "false"]), "boolean"),
+            (t == "array", "array"),
+            (t == "object", "object"),
+        )
+
+    def _eq_atom(self, t: Any, x: Any, lit: Any) -> ColumnElement[bool]:
+        # json_extract turns true/false into 1/0, so booleans are told apart by type.
+        if isinstance(lit, bool):
+            return t == ("true" if lit else "false")
+        if isinstance(lit, str):
+            return and_(t == "text", x == _lit(lit))
+        return and_(t.in_(["integer", "real"]), x == _lit(lit))
+
+    def eq_lit(self, v: JV, lit: Any) -> ColumnElement[bool]:
+        return self._eq_atom(self._t(v), self._x(v), lit)
+
+    def eq_dyn(self, a: JV, b: JV) -> ColumnElement[bool]:
+        ka, kb = self._kind_of(self._t(a)), self._kind_of(self._t(b))
+        return and_(ka.isnot(None), ka == kb, self._x(a) == self._x(b))
+
+    def _each(self, v: JV) -> Any:
+        return func.json_each(v.expr, v.path).table_valued("type", "atom", "value").alias("el")
+
+    def array_has_lit(self, v: JV, lit: Any) -> ColumnElement[bool]:
+        el = self._each(v)
+        sub = sa.select(literal(1)).select_from(el).where(self._eq_atom(el.c.type, el.c.atom, lit))
+        return and_(self.is_kind(v, "array"), sub.exists())
+
+    def array_has_dyn(self, a: JV, b: JV) -> ColumnElement[bool]:
+        el = self._each(a)
+        elval = case((el.c.type.in_(["array", "object"]), el.c.value), else_=el.c.atom)
+        sub = (
+            sa.select(literal(1))
+            .select_from(el)
+            .where(self._kind_of(el.c.type) == self._kind_of(self._t(b)), elval == self._x(b))
+        )
+        return and_(self.is_kind(a, "array"), self.present(b), sub.exists())
+
+    def instr(self, hay: Any, needle: Any) -> ColumnElement[bool]:
+        return func.instr(hay, needle) > 0
+
+    def pad(self, n: Any) -> Any:
+        return func.printf("%020d", n, type_=Text)
+
+    def json_result(self, text_expr: Any) -> Any:
+        return sa.type_coerce(text_expr, sa.JSON)
+
+    def group_array(self, text_expr: Any) -> Any:
+        return func.json_group_array(func.json(text_expr))
+
+
+class _NoIndex(ColumnElement[Any]):
+    """A column SQLite's planner must not use an index for (rendered as ``+col``, the
+    documented way to disqualify a term); other dialects see the plain column."""
+
+    inherit_cache = True
+
+    def __init__(self, col: Any) -> None:
+        self.col = col
+        self.type = col.type
+
+
+@compiles(_NoIndex)
+def _noindex_default(element: _NoIndex, compiler: Any, **kw: Any) -> str:
+    return compiler.process(element.col, **kw)
+
+
+@compiles(_NoIndex, "sqlite")
+def _noindex_sqlite(element: _NoIndex, compiler: Any, **kw: Any) -> str:
+    return "+" + compiler.process(element.col, **kw)
+
+
+def _noindex(col: Any) -> Any:
+    return _NoIndex(col)
+
+
+def _dialect(name: str) -> _Dialect:
+    if name == "postgresql":
+        return _Postgres()
+    if name == "sqlite":
+        return _SQLite()
+    raise ValueError(f"unsupported dialect {name!r}")
+
+
+# --------------------------------------------------------------------------- value ops
+
+
+def _match_lit(d: _Dialect, v: JV, op: str, lit: Any) -> ColumnElement[bool]:
+    """``match_value(op, actual, lit)`` of the reference, in SQL."""
+    if op == "exists":
+        return d.present(v)
+    if op == "not_exists":
+        return _not(d.present(v))
+    if op == "eq":
+        return d.eq_lit(v, lit)
+    if op == "neq":
+        return _not(d.eq_lit(v, lit))
+    if op in ("gt", "gte", "lt", "lte"):
+        return and_(d.is_kind(v, "number"), _cmp(d.num(v), op, _lit(lit)))
+    if op in ("in", "not_in"):
+        hit = or_(*[d.eq_lit(v, x) for x in lit]) if lit else false()
+        return hit if op == "in" else _not(hit)
+    if op == "contains":
+        parts = [d.array_has_lit(v, lit)]
+        if isinstance(lit, str):
+            parts.append(and_(d.is_kind(v, "string"), d.instr(d.text(v), _lit(lit))))
+        return or_(*parts)
+    if op == "starts_with":
+        return and_(d.is_kind(v, "string"), func.substr(d.text(v), 1, len(lit)) == _lit(lit))
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def _match_dyn(d: _Dialect, v: JV, op: str, ref: JV) -> ColumnElement[bool]:
+    """A filter against a referenced value; a missing referenced value matches nothing."""
+    if op == "eq":
+        return d.eq_dyn(v, ref)
+    if op == "neq":
+        return and_(d.present(ref), _not(d.eq_dyn(v, ref)))
+    if op in ("gt", "gte", "lt", "lte"):
+        return and_(
+            d.is_kind(v, "number"), d.is_kind(ref, "number"), _cmp(d.num(v), op, d.num(ref))
+        )
+    if op == "contains":
+        return or_(
+            and_(d.is_kind(v, "string"), d.is_kind(ref, "string"), d.instr(d.text(v), d.text(ref))),
+            d.array_has_dyn(v, ref),
+        )
+    if op == "starts_with":
+        return and_(
+            d.is_kind(v, "string"),
+            d.is_kind(ref, "string"),
+            func.substr(d.text(v), 1, func.length(d.text(ref))) == d.text(ref),
+        )
+    raise ValueError(f"operator {op!r} cannot take a ref")
+
+
+def _window(t: Any, window: Window | None, now_us: int) -> ColumnElement[bool]:
+    if window is None:
+        return t <= now_us
+    lo, hi = window.bounds(now_us)
+    return and_(t > lo, t <= min(hi, now_us))
+
+
+# --------------------------------------------------------------------------- audiences
+
+
+class _AudienceCompiler:
+    def __init__(self, d: _Dialect, workspace_id: str, now_us: int) -> None:
+        self.d = d
+        self.ws = workspace_id
+        self.now = now_us
+        self.event_leaves: list[Event] = []
+        self.event_cols: dict[int, str] = {}
+        self.trait_cols: dict[str, str] = {}
+        self.computed: dict[str, Any] = {}
+        self.u: Any = None
+        self.t: Any = None
+        self.e: Any = None
+
+    # -- sources
+
+    def universe(self) -> Any:
+        return (
+            sa.select(profiles.c.profile_id.label("pid"))
+            .where(
+                profiles.c.workspace_id == self.ws,
+                profiles.c.canonical_id == profiles.c.profile_id,
+                profiles.c.deleted_at_us.is_(None),
+            )
+            .subquery("u")
+        )
+
+    def traits_subquery(self, keys: Sequence[str]) -> Any:
+        """Latest value per (canonical profile, key) in one pass; trait rows may sit on
+        merged profiles, so the winner is chosen across the whole merged set."""
+        d = self.d
+        pt = profile_traits
+        enc = (
+            d.pad(pt.c.timestamp_us)
+            + d.pad(pt.c.seq)
+            + func.coalesce(cast(pt.c.value, Text), "null")
+        )
+        cols = []
+        for i, k in enumerate(keys):
+            self.trait_cols[k] = f"t{i}"
+            cols.append(func.max(d.c(case((pt.c.key == k, enc)))).label(f"t{i}"))
+        return (
+            sa.select(profiles.c.canonical_id.label("pid"), *cols)
+            .select_from(pt.join(profiles, profiles.c.profile_id == pt.c.profile_id))
+            .where(pt.c.workspace_id == self.ws, pt.c.key.in_(list(keys)))
+            .group_by(profiles.c.canonical_id)
+            .subquery("t")
+        )
+
+    def trait_value(self, name: str) -> JV:
+        return self.d.decode(func.substr(getattr(self.t.c, self.trait_cols[name]), 41))
+
+    def filter_pred(self, f: Filter, props: Any, chain: Sequence[Any] = ()) -> ColumnElement[bool]:
+        v = self.d.prop(props, f.property)
+        if f.ref is None:
+            return _match_lit(self.d, v, f.op, f.value)
+        if isinstance(f.ref, TraitRef):
+            ref = self.trait_value(f.ref.trait)
+        else:
+            ref = self.d.prop(chain[f.ref.step].c.properties, f.ref.property)
+        return _match_dyn(self.d, v, f.op, ref)
+
+    def events_subquery(self) -> Any:
+        """One GROUP BY pass computing a count column per event condition."""
+        ev = events
+        cols = []
+        for i, node in enumerate(self.event_leaves):
+            cond = and_(
+                ev.c.type == node.type,
+                ev.c.name == node.name,
+                _window(ev.c.timestamp_us, node.window, self.now),
+                *[self.filter_pred(f, ev.c.properties) for f in node.where],
+            )
+            cols.append(func.sum(case((cond, 1), else_=0)).label(f"c{i}"))
+        names = {(n.type, n.name) for n in self.event_leaves}
+        src = ev.join(profiles, profiles.c.profile_id == ev.c.profile_id)
+        if self.t is not None:
+            src = src.outerjoin(self.t, self.t.c.pid == profiles.c.canonical_id)
+        return (
+            sa.select(profiles.c.canonical_id.label("pid"), *cols)
+            .select_from(src)
+            .where(
+                ev.c.workspace_id == self.ws,
+                ev.c.timestamp_us <= self.now,
+                or_(*[and_(ev.c.type == t, ev.c.name == n) for t, n in sorted(names)]),
+            )
+            .group_by(profiles.c.canonical_id)
+            .subquery("e")
+        )
+
+    # -- tree
+
+    def compile(self, node: Node) -> Select[Any]:
+        for n in iter_nodes(node):
+            if isinstance(n, Account):
+                raise UnsupportedInSQL(
+                    "account-level conditions are evaluated by reference.py for now"
+                )
+            if isinstance(n, Event) and id(n) not in self.event_cols:
+                self.event_cols[id(n)] = f"c{len(self.event_leaves)}"
+                self.event_leaves.append(n)
+            if isinstance(n, Computed) and n.key not in self.computed:
+                self.computed[n.key] = seg.computed_trait_values.alias(f"cv{len(self.computed)}")
+        self.u = self.universe()
+        keys = sorted(trait_refs(node))
+        self.t = self.traits_subquery(keys) if keys else None
+        self.e = self.events_subquery() if self.event_leaves else None
+        src = self.u
+        if self.e is not None:
+            src = src.outerjoin(self.e, self.e.c.pid == self.u.c.pid)
+        if self.t is not None:
+            src = src.outerjoin(self.t, self.t.c.pid == self.u.c.pid)
+        for key, cv in self.computed.items():
+            src = src.outerjoin(
+                cv,
+                and_(
+                    cv.c.profile_id == self.u.c.pid, cv.c.key == key, cv.c.workspace_id == self.ws
+                ),
+            )
+        return sa.select(self.u.c.pid).select_from(src).where(self.node(node))
+
+    def node(self, n: Node) -> ColumnElement[bool]:
+        d = self.d
+        if isinstance(n, All):
+            return and_(*[self.node(c) for c in n.children])
+        if isinstance(n, AnyOf):
+            return or_(*[self.node(c) for c in n.children])
+        if isinstance(n, Not):
+            return not_(self.node(n.child))
+        if isinstance(n, Event):
+            cnt = func.coalesce(getattr(self.e.c, self.event_cols[id(n)]), 0)
+            return _b(_cmp(cnt, n.count.op, literal(n.count.value, sa.BigInteger)))
+        if isinstance(n, Trait):
+            return _b(_match_lit(d, self.trait_value(n.name), n.op, n.value))
+        if isinstance(n, Computed):
+            cv = self.computed[n.key]
+            v = JV(cv.c.value) if d.name == "postgresql" else d.decode(cast(cv.c.value, Text))
+            return _b(_match_lit(d, v, n.op, n.value))
+        if isinstance(n, AudienceRef):
+            return self.audience_ref(n.key)
+        if isinstance(n, Prediction):
+            return self.prediction(n)
+        if isinstance(n, Funnel):
+            return self.funnel(n)
+        raise UnsupportedInSQL(f"cannot compile {type(n).__name__}")
+
+    def audience_ref(self, key: str) -> ColumnElement[bool]:
+        m, a, p = seg.memberships, seg.audiences, profiles.alias("pm")
+        sub = (
+            sa.select(literal(1))
+            .select_from(
+                m.join(a, a.c.audience_id == m.c.audience_id).join(
+                    p, p.c.profile_id == m.c.profile_id
+                )
+            )
+            .where(
+                a.c.workspace_id == self.ws,
+                a.c.key == key,
+                a.c.deleted_at_us.is_(None),
+                m.c.workspace_id == self.ws,
+                p.c.workspace_id == self.ws,
+                p.c.canonical_id == self.u.c.pid,
+            )
+            .correlate_except(m, a, p)
+        )
+        return _b(sub.exists())
+
+    def prediction(self, n: Prediction) -> ColumnElement[bool]:
+        s, p = seg.prediction_scores, profiles.alias("pp")
+        col = getattr(s.c, n.metric)
+        sub = (
+            sa.select(literal(1))
+            .select_from(s.join(p, p.c.profile_id == s.c.profile_id))
+            .where(
+                s.c.workspace_id == self.ws,
+                s.c.key == n.key,
+                p.c.workspace_id == self.ws,
+                p.c.canonical_id == self.u.c.pid,
+                *[_cmp(col, op, literal(v, sa.Float)) for op, v in n.bounds],
+            )
+            .correlate_except(s, p)
+        )
+        return _b(sub.exists())
+
+    def funnel(self, n: Funnel) -> ColumnElement[bool]:
+        """Nested correlated EXISTS: a chain exists from e0 iff there are step events
+        e1..ek with strictly increasing timestamps within S of e0 (each step's filters may
+        read earlier chosen events), which is the reference's search, declaratively."""
+        evs = [events.alias(f"f{i}") for i in range(len(n.steps))]
+        within = n.within_us
+
+        def level(i: int) -> tuple[Any, list[ColumnElement[bool]]]:
+            e, s = evs[i], n.steps[i]
+            # The profile's rows (itself and the profiles merged into it) as an IN list:
+            # the planner then starts from ix_events_profile_time, one profile at a time.
+            fp = profiles.alias(f"fp{i}")
+            mine = (
+                sa.select(fp.c.profile_id)
+                .where(fp.c.workspace_id == self.ws, fp.c.canonical_id == self.u.c.pid)
+                .correlate(self.u)
+            )
+            conds = [
+                e.c.workspace_id == self.ws,
+                e.c.profile_id.in_(mine),
+                # Without statistics SQLite would rather walk ix_events_name_time (every
+                # event of the name, for every profile); keep type/name off the index.
+                _noindex(e.c.type) == s.type,
+                _noindex(e.c.name) == s.name,
+                e.c.timestamp_us <= self.now,
+            ]
+            if i == 0:
+                if n.window is not None:
+                    conds.append(_window(e.c.timestamp_us, n.window, self.now))
+            else:
+                conds += [
+                    e.c.timestamp_us > evs[i - 1].c.timestamp_us,
+                    e.c.timestamp_us <= evs[0].c.timestamp_us + within,
+                ]
+            conds += [self.filter_pred(f, e.c.properties, evs) for f in s.where]
+            return sa.select(literal(1)).select_from(e), conds
+
+        def chain_from(i: int) -> ColumnElement[bool]:
+            sel, conds = level(i)
+            if i + 1 < len(n.steps):
+                conds.append(chain_from(i + 1))
+            return sel.where(*conds).correlate_except(evs[i]).exists()
+
+        sel0, conds0 = level(0)
+        rest = chain_from(1)
+        conds0.append(rest if n.completed else not_(rest))
+        return _b(sel0.where(*conds0).correlate_except(evs[0]).exists())
+
+
+def _as_node(definition: Node | Mapping[str, Any]) -> Node:
+    return parse_audience(definition) if isinstance(definition, Mapping) else definition
+
+
+def compile_audience(
+    definition: Node | Mapping[str, Any], *, workspace_id: str, now_us: int, dialect: str
+) -> Select[Any]:
+    """A SELECT of the canonical profile ids (column ``pid``) matching ``definition`` at
+    ``now_us`` among the alive canonical profiles of ``workspace_id``.
+
+    Audience references read ``memberships`` (per audience key via ``audiences``),
+    computed conditions ``computed_trait_values`` and predictions ``prediction_scores``:
+    the caller keeps those current (evaluate dependencies first).
+    """
+    return _AudienceCompiler(_dialect(dialect), workspace_id, now_us).compile(_as_node(definition))
+
+
+async def evaluate_audience(
+    conn: AsyncConnection, definition: Node | Mapping[str, Any], *, workspace_id: str, now_us: int
+) -> set[int]:
+    """Run ``compile_audience`` on ``conn``; the set of member profile ids."""
+    q = compile_audience(
+        definition, workspace_id=workspace_id, now_us=now_us, dialect=conn.dialect.name
+    )
+    return {row[0] for row in (await conn.execute(q)).all()}
+
+
+# --------------------------------------------------------------------------- computed traits
+
+
+def compile_computed_trait(
+    definition: ComputedTraitDef | Mapping[str, Any],
+    *,
+    workspace_id: str,
+    now_us: int,
+    dialect: str,
+) -> Select[Any]:
+    """A SELECT of ``(profile_id, value)`` for every alive canonical profile of the
+    workspace; ``value`` comes back JSON-compatible (numbers, strings, lists, None)."""
+    defn = parse_computed_trait(definition) if isinstance(definition, Mapping) else definition
+    d = _dialect(dialect)
+    comp = _AudienceCompiler(d, workspace_id, now_us)
+    u = comp.universe()
+    ev = events
+    conds = [
+        ev.c.workspace_id == workspace_id,
+        ev.c.type == defn.event_type,
+        ev.c.name == defn.event,
+        _window(ev.c.timestamp_us, defn.window, now_us),
+        *[comp.filter_pred(f, ev.c.properties) for f in defn.where],
+    ]
+    src = ev.join(profiles, profiles.c.profile_id == ev.c.profile_id)
+    pid = profiles.c.canonical_id.label("pid")
+    t = defn.type
+
+    if t == "event_count":
+        agg = (
+            sa.select(pid, func.count().label("v"))
+            .select_from(src)
+            .where(*conds)
+            .group_by(profiles.c.canonical_id)
+        )
+        a = agg.subquery("a")
+        return _final(u, a, func.coalesce(a.c.v, 0))
+
+    assert defn.property is not None
+    pv = d.prop(ev.c.properties, defn.property)
+    # Level 0: the matching events that have the property, with the property as JSON.
+    base_cols = [pid, ev.c.timestamp_us.label("ts"), ev.c.seq.label("seq")]
+    if d.name == "postgresql":
+        base_cols.append(pv.expr.label("val"))
+    else:
+        base_cols.append(d.json_text(pv).label("val"))
+    base = sa.select(*base_cols).select_from(src).where(*conds, d.present(pv)).subquery("b")
+    v = JV(base.c.val) if d.name == "postgresql" else d.decode(base.c.val)
+
+    if t in ("sum", "avg", "min", "max"):
+        num = case((d.is_kind(v, "number"), d.num(v)))
+        fn = {"sum": func.sum, "avg": func.avg, "min": func.min, "max": func.max}[t]
+        a = sa.select(base.c.pid, d.to_float(fn(num)).label("v")).group_by(base.c.pid).subquery("a")
+        return _final(u, a, func.coalesce(a.c.v, 0) if t == "sum" else a.c.v)
+
+    if t in ("first", "last"):
+        enc = d.c(d.pad(base.c.ts) + d.pad(base.c.seq) + d.json_text(v))
+        fn = func.min if t == "first" else func.max
+        a = sa.select(base.c.pid, fn(enc).label("v")).group_by(base.c.pid).subquery("a")
+        return _final(u, a, d.json_result(func.substr(a.c.v, 41)))
+
+    # Distinct values per profile. Grouping by the JSON value itself (jsonb equality on
+    # Postgres; type class + extracted value on SQLite) makes 1 and 1.0 one value.
+    if d.name == "postgresql":
+        gkeys: list[Any] = [base.c.val]
+        vtext = cast(base.c.val, Text)
+    else:
+        assert isinstance(d, _SQLite)
+        gkeys = [d._kind_of(func.json_type(base.c.val, "$")), func.json_extract(base.c.val, "$")]
+        vtext = func.max(base.c.val)
+    if t == "unique_count":
+        g = sa.select(base.c.pid).group_by(base.c.pid, *gkeys).subquery("g")
+        a = sa.select(g.c.pid, func.count().label("v")).group_by(g.c.pid).subquery("a")
+        return _final(u, a, func.coalesce(a.c.v, 0))
+    if t == "most_frequent":
+        latest = func.max(d.c(d.pad(base.c.ts) + d.pad(base.c.seq)))
+        g = (
+            sa.select(
+                base.c.pid,
+                func.count().label("n"),
+                latest.label("latest"),
+                vtext.label("vt"),
+            )
+            .group_by(base.c.pid, *gkeys)
+            .subquery("g")
+        )
+        # Most occurrences first, then the latest last occurrence: one MAX over
+        # count || latest || value.
+        enc = d.c(d.pad(g.c.n) + g.c.latest + g.c.vt)
+        a = sa.select(g.c.pid, func.max(enc).label("v")).group_by(g.c.pid).subquery("a")
+        return _final(u, a, d.json_result(func.substr(a.c.v, 61)))
+    if t == "unique_list":
+        if d.name == "postgresql":
+            g = (
+                sa.select(base.c.pid, base.c.val.label("val"))
+                .group_by(base.c.pid, base.c.val)
+                .subquery("g")
+            )
+            gv = JV(g.c.val)
+            gtext = cast(g.c.val, Text)
+        else:
+            g = sa.select(base.c.pid, vtext.label("val")).group_by(base.c.pid, *gkeys).subquery("g")
+            gv = d.decode(g.c.val)
+            gtext = g.c.val
+        rank, num, txt = d.sort_keys(gv)
+        ranked = sa.select(
+            g.c.pid,
+            gtext.label("vt"),
+            func.row_number().over(partition_by=g.c.pid, order_by=[rank, num, txt]).label("rn"),
+        ).subquery("r")
+        # The aggregate runs as a window ordered by rank, so the list is ascending on
+        # both dialects (SQLite before 3.44 has no ORDER BY inside aggregates).
+        lst = d.group_array(ranked.c.vt).over(
+            partition_by=ranked.c.pid, order_by=ranked.c.rn, rows=(None, None)
+        )
+        top = (
+            sa.select(ranked.c.pid, lst.label("v"), ranked.c.rn)
+            .where(ranked.c.rn <= UNIQUE_LIST_LIMIT)
+            .subquery("l")
+        )
+        a = sa.select(top.c.pid, top.c.v).where(top.c.rn == 1).subquery("a")
+        return _final(u, a, d.json_result(a.c.v))
+    raise ValueError(f"unknown computed trait type {t!r}")
+
+
+def _final(u: Any, a: Any, value: Any) -> Select[Any]:
+    return (
+        sa.select(u.c.pid.label("profile_id"), value.label("value"))
+        .select_from(u.outerjoin(a, a.c.pid == u.c.pid))
+        .order_by(u.c.pid)
+    )
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    return v
+
+
+async def evaluate_computed_trait(
+    conn: AsyncConnection,
+    definition: ComputedTraitDef | Mapping[str, Any],
+    *,
+    workspace_id: str,
+    now_us: int,
+) -> dict[int, Any]:
+    """Run ``compile_computed_trait`` on ``conn``: profile id -> JSON-compatible value."""
+    q = compile_computed_trait(
+        definition, workspace_id=workspace_id, now_us=now_us, dialect=conn.dialect.name
+    )
+    return {row[0]: _jsonable(row[1]) for row in (await conn.execute(q)).all()}
