@@ -319,7 +319,7 @@ class Segmentation:
                 members = await self._store.evaluate_audience(ws, audience.definition, now)
                 await self._progress(audience, BACKFILLING, 2, f"writing {len(members)} members")
                 await self._apply(ws, audience, version, members, now)
-                await self._progress(audience, LIVE, BACKFILL_STEPS, "done")
+                log.info("audience %s v%d: live with %d members", key, version, len(members))
         except Exception:
             log.exception("backfill of audience %s v%d failed", key, version)
             await self._progress(audience, FAILED, 0, "failed")
@@ -333,7 +333,10 @@ class Segmentation:
     async def _apply(
         self, ws: str, audience: AudienceRecord, version: int, members: set[int], now: int
     ) -> tuple[int, int]:
-        diff = await self._store.apply_members(ws, audience.audience_id, version, members, now)
+        done = Progress(BACKFILL_STEPS, BACKFILL_STEPS, "done")
+        diff = await self._store.apply_members(
+            ws, audience.audience_id, version, members, now, done
+        )
         await self._hot.memberships(ws, audience.key, {p: now for p in diff.entered}, diff.exited)
         return len(diff.entered), len(diff.exited)
 
@@ -552,9 +555,6 @@ class Segmentation:
             for audience in targets:
                 members = await self._store.evaluate_audience(ws, audience.definition, now)
                 came, left = await self._apply(ws, audience, audience.version, members, now)
-                await self._store.set_progress(
-                    audience.audience_id, LIVE, Progress(BACKFILL_STEPS, BACKFILL_STEPS, "done")
-                )
                 entered += came
                 exited += left
         return RecomputeResult(entered, exited, len(targets))
@@ -640,14 +640,18 @@ class Segmentation:
         self, ws: str, *, audience_key: str, id_type: str, id_value: str, at_us: int | None
     ) -> History:
         """Every entered/exited record of the profile in the audience, and whether it
-        was a member at `at_us` (the last change at or before that instant)."""
+        was a member at `at_us`: the kind of the latest change dated at or before it."""
         audience = await self._audience(ws, audience_key, "audience_key")
         pid = await self._profile(ws, id_type, id_value)
         changes = await self._store.history(ws, audience.audience_id, pid)
         (ref,) = await self._store.refs(ws, [pid])
         member_at = False
         if at_us is not None:
-            before = [c for c in changes if c.at_us <= at_us]
+            # By instant, then seq: a recompute as of an earlier instant (a backtest)
+            # writes records dated then, which belong at that point of the timeline.
+            before = sorted(
+                (c for c in changes if c.at_us <= at_us), key=lambda c: (c.at_us, c.seq)
+            )
             member_at = bool(before) and before[-1].kind == ENTERED
         return History([(_keyed(c, audience.key), ref) for c in changes], member_at)
 

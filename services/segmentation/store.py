@@ -11,6 +11,7 @@ that commits late.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -53,6 +54,8 @@ from services.shared.db.tables import events, identities, profile_traits, profil
 
 # Rows per statement for bulk deletes/inserts: well under asyncpg's 32,767 parameters.
 CHUNK = 5_000
+# How often batch evaluation refreshes planner statistics (see fresh_statistics).
+ANALYZE_EVERY = 600.0
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -198,8 +201,27 @@ class Scratch:
 class SegmentationStore:
     """The segmentation tables of one database."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, analyze_every_seconds: float = ANALYZE_EVERY) -> None:
         self._engine = engine
+        self._analyze_every = analyze_every_seconds
+        self._analyzed_at: float | None = None
+
+    async def fresh_statistics(self) -> None:
+        """Refresh the planner statistics of the tables batch evaluation reads, at most
+        every `analyze_every_seconds` per process (Postgres only).
+
+        Autovacuum never analyzes a partitioned table's parent, and funnel plans depend
+        on its statistics: without them a 3-step funnel over 4k events took minutes
+        instead of half a second.
+        """
+        if self._engine.dialect.name != "postgresql":
+            return
+        now = time.monotonic()
+        if self._analyzed_at is not None and now - self._analyzed_at < self._analyze_every:
+            return
+        self._analyzed_at = now
+        async with self._engine.begin() as c:
+            await c.execute(sa.text("ANALYZE events, profiles, profile_traits"))
 
     # ------------------------------------------------------------------ audiences
 
@@ -373,6 +395,7 @@ class SegmentationStore:
 
     async def evaluate_audience(self, ws: str, definition: Any, now_us: int) -> set[int]:
         """The canonical profile ids matching `definition` at `now_us` (in SQL)."""
+        await self.fresh_statistics()
         async with self._engine.connect() as c:
             return await sql.evaluate_audience(c, definition, workspace_id=ws, now_us=now_us)
 
@@ -423,9 +446,11 @@ class SegmentationStore:
         version: int,
         members: Collection[int],
         now_us: int,
+        progress: Progress,
     ) -> Diff:
         """Make `members` (canonical ids) the audience's members as of `now_us`: write
-        only the differences with their change records, serve `version`, set LIVE.
+        only the differences with their change records, serve `version`, set LIVE with
+        `progress` (all in one transaction: readers see the old or the new version).
 
         Rows of profiles merged since they entered are re-keyed to the survivor
         without a change record (the person never left).
@@ -497,7 +522,14 @@ class SegmentationStore:
             await c.execute(
                 update(audience_status)
                 .where(audience_status.c.audience_id == audience_id)
-                .values(live_version=version, size=len(new), state=LIVE)
+                .values(
+                    live_version=version,
+                    size=len(new),
+                    state=LIVE,
+                    progress_done=progress.done,
+                    progress_total=progress.total,
+                    progress_stage=progress.stage,
+                )
             )
         return Diff(tuple(entered), tuple(exited), len(new))
 
@@ -704,6 +736,7 @@ class SegmentationStore:
 
     async def evaluate_computed(self, ws: str, definition: Any, now_us: int) -> dict[int, Any]:
         """Canonical profile id -> value of a computed trait at `now_us` (in SQL)."""
+        await self.fresh_statistics()
         async with self._engine.connect() as c:
             return await sql.evaluate_computed_trait(c, definition, workspace_id=ws, now_us=now_us)
 
@@ -761,6 +794,7 @@ class SegmentationStore:
     @asynccontextmanager
     async def scratch(self, ws: str) -> AsyncIterator[Scratch]:
         """A transaction that is rolled back on exit, whatever happens."""
+        await self.fresh_statistics()
         async with self._engine.connect() as c:
             transaction = await c.begin()
             try:
