@@ -13,14 +13,14 @@ from redis.asyncio import Redis
 from services.shared.clock import US_PER_DAY
 from services.shared.hotstate import profile_key
 from services.shared.timestamps import timestamp_from_us
-from tests.integration.segmentation.apisupport import Api, api, name_of, violations  # noqa: F401
+from tests.integration.segmentation.apisupport import Api, name_of, violations
 
 pytestmark = pytest.mark.integration
 
 ORDER = "Order Completed"
 
 
-async def _hot_audiences(redis_url: str, ws: str, api: Api, user: str) -> dict[bytes, bytes]:  # noqa: F811
+async def _hot_audiences(redis_url: str, ws: str, api: Api, user: str) -> dict[bytes, bytes]:
     explained = await api.seg.ExplainMembership(
         segmentation_pb2.ExplainMembershipRequest(
             audience_key=(await _any_key(api)),
@@ -35,14 +35,14 @@ async def _hot_audiences(redis_url: str, ws: str, api: Api, user: str) -> dict[b
         await client.aclose()
 
 
-async def _any_key(api: Api) -> str:  # noqa: F811
+async def _any_key(api: Api) -> str:
     listed = await api.seg.ListAudiences(
         segmentation_pb2.ListAudiencesRequest(), metadata=api.admin
     )
     return listed.audiences[0].key
 
 
-async def _orders(api: Api, counts: dict[str, int], days_ago: float = 1) -> None:  # noqa: F811
+async def _orders(api: Api, counts: dict[str, int], days_ago: float = 1) -> None:
     await api.send(
         [
             {"user_id": u, "event": ORDER, "days_ago": days_ago}
@@ -55,7 +55,7 @@ async def _orders(api: Api, counts: dict[str, int], days_ago: float = 1) -> None
 async def test_create_backfills_with_progress_log_and_hot_state(  # type: ignore[no-untyped-def]
     api,
     redis_url,
-    workspace,  # noqa: F811
+    workspace,
 ) -> None:
     await _orders(api, {"u1": 2, "u2": 1, "u3": 3})
     created = await api.create(
@@ -78,7 +78,7 @@ async def test_create_backfills_with_progress_log_and_hot_state(  # type: ignore
     assert await _hot_audiences(redis_url, workspace.workspace_id, api, "u2") == {}
 
 
-async def test_bad_definition_names_the_node_and_saves_nothing(api) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_bad_definition_names_the_node_and_saves_nothing(api) -> None:  # type: ignore[no-untyped-def]
     bad = {
         "all": [
             {"trait": {"name": "plan", "op": "eq", "value": "pro"}},
@@ -104,7 +104,7 @@ async def test_bad_definition_names_the_node_and_saves_nothing(api) -> None:  # 
     assert await api.changes() == []
 
 
-async def test_cycle_is_spelled_out_and_the_old_definition_stays(api) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_cycle_is_spelled_out_and_the_old_definition_stays(api) -> None:  # type: ignore[no-untyped-def]
     await api.create("a", {"event": {"name": ORDER}}, skip_backfill=True)
     await api.create("b", {"all": [{"audience": {"key": "a"}}]}, skip_backfill=True)
     with pytest.raises(grpc.aio.AioRpcError) as error:
@@ -131,7 +131,7 @@ async def test_cycle_is_spelled_out_and_the_old_definition_stays(api) -> None:  
     assert "b" in error.value.details()
 
 
-async def test_edit_versions_and_emits_only_the_differences(api) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_edit_versions_and_emits_only_the_differences(api) -> None:  # type: ignore[no-untyped-def]
     await _orders(api, {"u1": 1, "u2": 2, "u3": 3})
     await api.create("buyers", {"event": {"name": ORDER, "count": {"op": "gte", "value": 2}}})
     await api.live("buyers")
@@ -168,7 +168,7 @@ async def test_edit_versions_and_emits_only_the_differences(api) -> None:  # typ
     assert [c.seq for c in after] == [before[-1].seq + 1, before[-1].seq + 2]
 
 
-async def test_time_passing_recompute_and_history(api, clock) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_time_passing_recompute_and_history(api, clock) -> None:  # type: ignore[no-untyped-def]
     await _orders(api, {"u1": 1}, days_ago=5)
     await api.create("recent", {"event": {"name": ORDER, "window": {"within_days": 7}}})
     await api.live("recent")
@@ -211,7 +211,7 @@ async def test_time_passing_recompute_and_history(api, clock) -> None:  # type: 
     assert gone.member_at is False
 
 
-async def test_preview_as_of_evaluates_dependencies_at_that_instant(api) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_preview_as_of_evaluates_dependencies_at_that_instant(api) -> None:  # type: ignore[no-untyped-def]
     await _orders(api, {"u1": 1}, days_ago=10)
     await _orders(api, {"u2": 1}, days_ago=1)
     await api.create("recent", {"event": {"name": ORDER, "window": {"within_days": 7}}})
@@ -231,7 +231,7 @@ async def test_preview_as_of_evaluates_dependencies_at_that_instant(api) -> None
     assert await api.members("recent") == ["u2"]
 
 
-async def test_members_page_with_a_stable_cursor(api) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_members_page_with_a_stable_cursor(api) -> None:  # type: ignore[no-untyped-def]
     users = {f"u{i}": 1 for i in range(7)}
     await _orders(api, users)
     await api.create("all_buyers", {"event": {"name": ORDER}})
@@ -257,7 +257,7 @@ async def test_members_page_with_a_stable_cursor(api) -> None:  # type: ignore[n
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_explain_names_nodes_counts_and_events(api) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_explain_names_nodes_counts_and_events(api) -> None:  # type: ignore[no-untyped-def]
     seqs = await api.send(
         [
             {"user_id": "u1", "event": ORDER, "days_ago": 2},
@@ -293,7 +293,7 @@ async def test_explain_names_nodes_counts_and_events(api) -> None:  # type: igno
     assert name_of(reply.profile) == "u1"
 
 
-async def test_merged_histories_count_as_one(api) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_merged_histories_count_as_one(api) -> None:  # type: ignore[no-untyped-def]
     await api.send(
         [
             {"anonymous_id": "a1", "event": ORDER, "days_ago": 3},
@@ -317,7 +317,7 @@ async def test_merged_histories_count_as_one(api) -> None:  # type: ignore[no-un
 async def test_computed_traits_values_conditions_and_hot_state(  # type: ignore[no-untyped-def]
     api,
     redis_url,
-    workspace,  # noqa: F811
+    workspace,
 ) -> None:
     await api.send(
         [
@@ -375,7 +375,7 @@ async def test_computed_traits_values_conditions_and_hot_state(  # type: ignore[
     assert [c.key for c in listed.computed_traits] == ["revenue"]
 
 
-async def test_delete_logs_exits_and_clears_hot_state(api, redis_url, workspace) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_delete_logs_exits_and_clears_hot_state(api, redis_url, workspace) -> None:  # type: ignore[no-untyped-def]
     await _orders(api, {"u1": 1})
     await api.create("buyers", {"event": {"name": ORDER}})
     await api.live("buyers")
@@ -404,7 +404,7 @@ async def test_delete_logs_exits_and_clears_hot_state(api, redis_url, workspace)
     assert [c.seq for c in await api.changes()] == [1, 2, 3]
 
 
-async def test_bad_preview_requests(api) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+async def test_bad_preview_requests(api) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await api.seg.Preview(
             segmentation_pb2.PreviewRequest(definition=b"{not json"), metadata=api.admin
