@@ -633,27 +633,41 @@ class _AudienceCompiler:
         return _b(sub.exists())
 
     def funnel(self, n: Funnel) -> ColumnElement[bool]:
-        """Nested correlated EXISTS: a chain exists from e0 iff there are step events
-        e1..ek with strictly increasing timestamps within S of e0 (each step's filters may
-        read earlier chosen events), which is the reference's search, declaratively."""
-        evs = [events.alias(f"f{i}") for i in range(len(n.steps))]
+        """A chain from e0 exists iff step events e1..ek exist with strictly increasing
+        timestamps, the last within S of e0, each passing its step's filters (which may
+        read earlier chosen events): the reference's search, stated declaratively.
+
+        Shape: ``EXISTS (e0 of this profile, in the window, AND [NOT] EXISTS (e1..ek
+        joined flat))``. Each subquery references only its immediate parent, so Postgres
+        turns both into hash semi/anti joins instead of per-row subplans.
+        """
+        k = len(n.steps)
+        evs = [events.alias(f"f{i}") for i in range(k)]
+        fps = [profiles.alias(f"fp{i}") for i in range(k)]
         within = n.within_us
 
-        def level(i: int) -> tuple[Any, list[ColumnElement[bool]]]:
-            e, s = evs[i], n.steps[i]
-            # The profile's rows (itself and the profiles merged into it) as an IN list:
-            # the planner then starts from ix_events_profile_time, one profile at a time.
-            fp = profiles.alias(f"fp{i}")
-            mine = (
-                sa.select(fp.c.profile_id)
-                .where(fp.c.workspace_id == self.ws, fp.c.canonical_id == self.u.c.pid)
-                .correlate(self.u)
-            )
-            conds = [
-                e.c.workspace_id == self.ws,
-                e.c.profile_id.in_(mine),
-                # Without statistics SQLite would rather walk ix_events_name_time (every
-                # event of the name, for every profile); keep type/name off the index.
+        pg = self.d.name == "postgresql"
+
+        def step_conds(i: int) -> list[ColumnElement[bool]]:
+            e, p, s = evs[i], fps[i], n.steps[i]
+            conds = [e.c.workspace_id == self.ws]
+            if pg:
+                conds += [p.c.profile_id == e.c.profile_id, p.c.workspace_id == self.ws]
+                conds.append(
+                    p.c.canonical_id == (self.u.c.pid if i == 0 else fps[0].c.canonical_id)
+                )
+            else:
+                # SQLite plans per outer row: hand it the profile's rows (itself and those
+                # merged into it) as an IN list so it starts from ix_events_profile_time;
+                # type/name are kept off ix_events_name_time, which it would otherwise
+                # walk for every profile for lack of statistics.
+                mine = (
+                    sa.select(p.c.profile_id)
+                    .where(p.c.workspace_id == self.ws, p.c.canonical_id == self.u.c.pid)
+                    .correlate(self.u)
+                )
+                conds.append(e.c.profile_id.in_(mine))
+            conds += [
                 _noindex(e.c.type) == s.type,
                 _noindex(e.c.name) == s.name,
                 e.c.timestamp_us <= self.now,
@@ -667,18 +681,26 @@ class _AudienceCompiler:
                     e.c.timestamp_us <= evs[0].c.timestamp_us + within,
                 ]
             conds += [self.filter_pred(f, e.c.properties, evs) for f in s.where]
-            return sa.select(literal(1)).select_from(e), conds
+            return conds
 
-        def chain_from(i: int) -> ColumnElement[bool]:
-            sel, conds = level(i)
-            if i + 1 < len(n.steps):
-                conds.append(chain_from(i + 1))
-            return sel.where(*conds).correlate_except(evs[i]).exists()
+        def tables(idx: range) -> list[Any]:
+            return [t for i in idx for t in ((evs[i], fps[i]) if pg else (evs[i],))]
 
-        sel0, conds0 = level(0)
-        rest = chain_from(1)
-        conds0.append(rest if n.completed else not_(rest))
-        return _b(sel0.where(*conds0).correlate_except(evs[0]).exists())
+        later = tables(range(1, k))
+        rest = (
+            sa.select(literal(1))
+            .select_from(*later)
+            .where(*[c for i in range(1, k) for c in step_conds(i)])
+            .correlate_except(*later)
+            .exists()
+        )
+        head = (
+            sa.select(literal(1))
+            .select_from(*tables(range(1)))
+            .where(*step_conds(0), rest if n.completed else not_(rest))
+            .correlate_except(*tables(range(1)))
+        )
+        return _b(head.exists())
 
 
 def _as_node(definition: Node | Mapping[str, Any]) -> Node:

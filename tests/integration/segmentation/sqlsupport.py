@@ -146,6 +146,11 @@ async def load_resolved(engine: AsyncEngine, r: Resolved, ws: str = WS) -> dict[
                 for t in trait_rows.values()
             ],
         )
+    if engine.dialect.name == "postgresql":
+        # A bulk load leaves no statistics until autovacuum runs; without them the
+        # planner assumes one row per table and picks nested loops for funnels.
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("ANALYZE profiles, identities, events, profile_traits"))
     out = {}
     for key, pid in ids.items():
         if key.startswith("u:"):
