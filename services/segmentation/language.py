@@ -717,8 +717,9 @@ def _parse_computed(raw: Any, ctx: _Ctx) -> ComputedTraitDef | None:
     elif t in COMPUTED_TYPES:
         prop = ctx.name(obj, "property", "") or None
     where = _parse_where(obj, "", ctx, None)
-    for i, f in enumerate(where):
-        if f.ref is not None:
+    raw_where = obj.get("where") if isinstance(obj.get("where"), list) else []
+    for i, f in enumerate(raw_where):
+        if isinstance(f, Mapping) and "ref" in f:
             # A computed trait is a function of events alone (it feeds trait conditions).
             ctx.err(f"where[{i}].ref", "refs are not allowed in computed traits")
     window = _parse_window(obj["window"], "window", ctx) if "window" in obj else None
