@@ -113,11 +113,21 @@ def main() -> None:
         ),
         metadata=auth("admin"),
     )
+    audience = _wait_until_live(segmentation, key)
+    print(f"   {key}: backfilled from history, {audience.size} member(s)")
     members = segmentation.ListMembers(
         segmentation_pb2.ListMembersRequest(audience_key=key), metadata=auth("admin")
     )
     for member in members.members:
         print(f"   member: {[(i.type, i.value) for i in member.profile.identifiers]}")
+    profile = profiles.GetProfile(
+        profile_pb2.GetProfileRequest(
+            identifier=common_pb2.Identifier(type="user_id", value=user),
+            include=[profile_pb2.PROFILE_SECTION_AUDIENCES],
+        ),
+        metadata=auth("profile"),
+    )
+    print(f"   the profile API now shows: {[a.key for a in profile.audiences]}")
 
     print("4. Why is this user a member?")
     why = segmentation.ExplainMembership(
@@ -141,6 +151,21 @@ def main() -> None:
         )
     except grpc.RpcError as error:
         print(f"   {error.code().name}: {error.details()}")
+
+
+def _wait_until_live(
+    segmentation: segmentation_pb2_grpc.SegmentationServiceStub, key: str
+) -> segmentation_pb2.Audience:
+    # Creating an audience backfills from history in the background (state BACKFILLING
+    # with progress), then it goes LIVE.
+    deadline = time.monotonic() + 30
+    while True:
+        audience = segmentation.GetAudience(
+            segmentation_pb2.GetAudienceRequest(key=key), metadata=auth("admin")
+        )
+        if audience.state == segmentation_pb2.AUDIENCE_STATE_LIVE or time.monotonic() > deadline:
+            return audience
+        time.sleep(0.2)
 
 
 def _wait_for_profile(
