@@ -48,6 +48,7 @@ __all__ = [
     "Within",
     "audience_refs",
     "computed_refs",
+    "dependency_layers",
     "dependency_order",
     "find_cycle",
     "iter_nodes",
@@ -863,3 +864,19 @@ def dependency_order(definitions: Mapping[str, Any]) -> list[str]:
     for k in sorted(definitions):
         visit(k)
     return done
+
+
+def dependency_layers(definitions: Mapping[str, Any]) -> list[list[str]]:
+    """``dependency_order`` grouped: each layer holds the audiences whose references all
+    lie in earlier layers, so a layer can be evaluated together once those are written.
+
+    Raises ``DefinitionError`` naming the cycle if there is one.
+    """
+    depth: dict[str, int] = {}
+    for k in dependency_order(definitions):
+        refs = [d for d in audience_refs(definitions[k]) if d in definitions]
+        depth[k] = 1 + max((depth[d] for d in refs), default=-1)
+    layers: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+    for k in sorted(depth):
+        layers[depth[k]].append(k)
+    return layers

@@ -31,6 +31,7 @@ from services.segmentation.explaining import ExplainedNode, annotate
 from services.segmentation.hot import HotState
 from services.segmentation.language import (
     Account,
+    dependency_layers,
     dependency_order,
     iter_nodes,
     parse_audience,
@@ -543,21 +544,25 @@ class Segmentation:
         entered = exited = 0
         async with self._lock(ws):
             if audience_key:
-                audience = await self._audience(ws, audience_key, "audience_key")
-                targets = [audience]
+                layers = [[await self._audience(ws, audience_key, "audience_key")]]
             else:
                 for record in await self._store.list_computed(ws):
                     await self._recompute_computed(ws, record, now)
                     await self._store.set_computed_state(ws, record.key, LIVE)
                 stored = await self._store.audience_definitions(ws)
-                order = dependency_order({k: a.definition for k, a in stored.items()})
-                targets = [stored[k] for k in order]
-            for audience in targets:
-                members = await self._store.evaluate_audience(ws, audience.definition, now)
-                came, left = await self._apply(ws, audience, audience.version, members, now)
-                entered += came
-                exited += left
-        return RecomputeResult(entered, exited, len(targets))
+                order = dependency_layers({k: a.definition for k, a in stored.items()})
+                layers = [[stored[k] for k in layer] for layer in order]
+            for batch in layers:
+                # One rollup pass over the events per layer; the audiences a layer
+                # references were written by the layers before it.
+                results = await self._store.evaluate_audiences(
+                    ws, [a.definition for a in batch], now
+                )
+                for audience, members in zip(batch, results, strict=True):
+                    came, left = await self._apply(ws, audience, audience.version, members, now)
+                    entered += came
+                    exited += left
+        return RecomputeResult(entered, exited, sum(len(batch) for batch in layers))
 
     async def workspaces(self) -> list[str]:
         """Workspaces that have audiences or computed traits."""

@@ -68,6 +68,7 @@ from services.segmentation.language import (
     Node,
     Not,
     Prediction,
+    StepRef,
     Trait,
     TraitRef,
     Window,
@@ -83,8 +84,10 @@ from services.shared.db.tables import events, profile_traits, profiles
 __all__ = [
     "UnsupportedInSQL",
     "compile_audience",
+    "compile_audiences",
     "compile_computed_trait",
     "evaluate_audience",
+    "evaluate_audiences",
     "evaluate_computed_trait",
 ]
 
@@ -449,15 +452,22 @@ def _window(t: Any, window: Window | None, now_us: int) -> ColumnElement[bool]:
 # --------------------------------------------------------------------------- audiences
 
 
+def _event_key(n: Event) -> str:
+    """What an event condition's count column depends on (not its count bound). repr
+    keeps 1, 1.0 and true apart, so only truly identical conditions share a column."""
+    return repr((n.type, n.name, n.where, n.window))
+
+
 class _AudienceCompiler:
     def __init__(self, d: _Dialect, workspace_id: str, now_us: int) -> None:
         self.d = d
         self.ws = workspace_id
         self.now = now_us
         self.event_leaves: list[Event] = []
-        self.event_cols: dict[int, str] = {}
+        self.event_cols: dict[str, str] = {}  # _event_key -> column
         self.trait_cols: dict[str, str] = {}
         self.computed: dict[str, Any] = {}
+        self.funnels = 0  # numbers the funnels' derived tables
         self.u: Any = None
         self.t: Any = None
         self.e: Any = None
@@ -540,19 +550,26 @@ class _AudienceCompiler:
 
     # -- tree
 
-    def compile(self, node: Node) -> Select[Any]:
+    def collect(self, node: Node) -> None:
+        """Register ``node``'s event conditions and computed keys. Event conditions
+        counting the same events share one column, across every audience compiled
+        together."""
         for n in iter_nodes(node):
             if isinstance(n, Account):
                 raise UnsupportedInSQL(
                     "account-level conditions are evaluated by reference.py for now"
                 )
-            if isinstance(n, Event) and id(n) not in self.event_cols:
-                self.event_cols[id(n)] = f"c{len(self.event_leaves)}"
+            if isinstance(n, Event) and _event_key(n) not in self.event_cols:
+                self.event_cols[_event_key(n)] = f"c{len(self.event_leaves)}"
                 self.event_leaves.append(n)
             if isinstance(n, Computed) and n.key not in self.computed:
                 self.computed[n.key] = seg.computed_trait_values.alias(f"cv{len(self.computed)}")
+
+    def sources(self, nodes: Sequence[Node]) -> Any:
+        """The universe joined to the events rollup, the traits pass and the computed
+        values that ``nodes`` (already collected) read."""
         self.u = self.universe()
-        keys = sorted(trait_refs(node))
+        keys = sorted({k for n in nodes for k in trait_refs(n)})
         self.t = self.traits_subquery(keys) if keys else None
         self.e = self.events_subquery() if self.event_leaves else None
         src = self.u
@@ -567,7 +584,21 @@ class _AudienceCompiler:
                     cv.c.profile_id == self.u.c.pid, cv.c.key == key, cv.c.workspace_id == self.ws
                 ),
             )
+        return src
+
+    def compile(self, node: Node) -> Select[Any]:
+        self.collect(node)
+        src = self.sources([node])
         return sa.select(self.u.c.pid).select_from(src).where(self.node(node))
+
+    def compile_many(self, nodes: Sequence[Node]) -> Select[Any]:
+        for node in nodes:
+            self.collect(node)
+        src = self.sources(nodes)
+        flags = [_b(self.node(n)).label(f"a{i}") for i, n in enumerate(nodes)]
+        rows = sa.select(self.u.c.pid, *flags).select_from(src).subquery("rollup")
+        cols = [getattr(rows.c, f"a{i}") for i in range(len(nodes))]
+        return sa.select(rows.c.pid, *cols).where(or_(*cols))
 
     def node(self, n: Node) -> ColumnElement[bool]:
         d = self.d
@@ -578,7 +609,7 @@ class _AudienceCompiler:
         if isinstance(n, Not):
             return not_(self.node(n.child))
         if isinstance(n, Event):
-            cnt = func.coalesce(getattr(self.e.c, self.event_cols[id(n)]), 0)
+            cnt = func.coalesce(getattr(self.e.c, self.event_cols[_event_key(n)]), 0)
             return _b(_cmp(cnt, n.count.op, literal(n.count.value, sa.BigInteger)))
         if isinstance(n, Trait):
             return _b(_match_lit(d, self.trait_value(n.name), n.op, n.value))
@@ -633,6 +664,74 @@ class _AudienceCompiler:
         return _b(sub.exists())
 
     def funnel(self, n: Funnel) -> ColumnElement[bool]:
+        """Funnels without step references take one ordered pass per profile
+        (``_funnel_scan``); with references a later candidate may be needed, so they keep
+        the declarative search (``_funnel_exists``)."""
+        if any(isinstance(f.ref, StepRef) for s in n.steps for f in s.where):
+            return self._funnel_exists(n)
+        return self._funnel_scan(n)
+
+    def _funnel_scan(self, n: Funnel) -> ColumnElement[bool]:
+        """Earliest completion by dynamic programming over window functions.
+
+        One pass over the step events of the workspace (``s{i}``: the row passes step i's
+        filters; step 0 also needs the window), then for j = k-2 .. 0 one window level::
+
+            g{j} = MIN(CASE WHEN s{j+1} THEN g{j+1} END)
+                   OVER (PARTITION BY pid ORDER BY t DESC
+                         RANGE BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+
+        with ``g{k-1} = t``: the earliest time a chain whose step j is at time t can end,
+        over step events strictly later (integer microseconds, so "t + 1 and later").
+        Without step references any later step event is acceptable, so this minimum is
+        exact, and a first-step event completes iff ``g0 <= t0 + within``. The frame is
+        anchored at the partition start (descending order), so each level is a running
+        MIN: linear per profile, and every level shares one sort order.
+        """
+        k = len(n.steps)
+        ev = events
+        tag = f"fn{self.funnels}"
+        self.funnels += 1
+        flags = []
+        for i, s in enumerate(n.steps):
+            conds = [ev.c.type == s.type, ev.c.name == s.name]
+            if i == 0 and n.window is not None:
+                conds.append(_window(ev.c.timestamp_us, n.window, self.now))
+            conds += [self.filter_pred(f, ev.c.properties) for f in s.where]
+            flags.append(_b(and_(*conds)).label(f"s{i}"))
+        names = sorted({(s.type, s.name) for s in n.steps})
+        src = ev.join(profiles, profiles.c.profile_id == ev.c.profile_id)
+        if self.t is not None:
+            src = src.outerjoin(self.t, self.t.c.pid == profiles.c.canonical_id)
+        base = (
+            sa.select(
+                profiles.c.canonical_id.label("pid"),
+                ev.c.timestamp_us.label("t"),
+                *flags,
+                ev.c.timestamp_us.label(f"g{k - 1}"),
+            )
+            .select_from(src)
+            .where(
+                ev.c.workspace_id == self.ws,
+                profiles.c.workspace_id == self.ws,
+                ev.c.timestamp_us <= self.now,
+                or_(*[and_(ev.c.type == t, ev.c.name == nm) for t, nm in names]),
+            )
+            .subquery(f"{tag}_{k - 1}")
+        )
+        cur = base
+        for j in range(k - 2, -1, -1):
+            nxt = getattr(cur.c, f"g{j + 1}")
+            g = func.min(case((getattr(cur.c, f"s{j + 1}"), nxt))).over(
+                partition_by=cur.c.pid, order_by=cur.c.t.desc(), range_=(None, -1)
+            )
+            keep = [cur.c.pid, cur.c.t] + [getattr(cur.c, f"s{i}") for i in range(j + 1)]
+            cur = sa.select(*keep, g.label(f"g{j}")).subquery(f"{tag}_{j}")
+        done = and_(cur.c.g0.is_not(None), cur.c.g0 <= cur.c.t + n.within_us)
+        hits = sa.select(cur.c.pid).where(cur.c.s0, done if n.completed else not_(done))
+        return _b(self.u.c.pid.in_(hits.scalar_subquery()))
+
+    def _funnel_exists(self, n: Funnel) -> ColumnElement[bool]:
         """A chain from e0 exists iff step events e1..ek exist with strictly increasing
         timestamps, the last within S of e0, each passing its step's filters (which may
         read earlier chosen events): the reference's search, stated declaratively.
@@ -721,6 +820,50 @@ def compile_audience(
     the caller keeps those current (evaluate dependencies first).
     """
     return _AudienceCompiler(_dialect(dialect), workspace_id, now_us).compile(_as_node(definition))
+
+
+def compile_audiences(
+    definitions: Sequence[Node | Mapping[str, Any]],
+    *,
+    workspace_id: str,
+    now_us: int,
+    dialect: str,
+) -> Select[Any]:
+    """Several audiences in one statement: a row (``pid``, ``a0`` .. ``a{n-1}``) per
+    alive canonical profile matching at least one definition, ``a{i}`` telling whether it
+    matches ``definitions[i]``.
+
+    All event conditions of all definitions (identical ones once) are counted in ONE
+    aggregate pass over the events and all trait keys in one pass over the traits; each
+    audience is then its boolean tree over that rollup. Audience references read
+    ``memberships`` as ``compile_audience`` does, so an audience must not be compiled
+    together with one it references (see ``language.dependency_layers``).
+    """
+    if not definitions:
+        raise ValueError("no definitions to compile")
+    c = _AudienceCompiler(_dialect(dialect), workspace_id, now_us)
+    return c.compile_many([_as_node(d) for d in definitions])
+
+
+async def evaluate_audiences(
+    conn: AsyncConnection,
+    definitions: Sequence[Node | Mapping[str, Any]],
+    *,
+    workspace_id: str,
+    now_us: int,
+) -> list[set[int]]:
+    """Run ``compile_audiences`` on ``conn``; the member ids of each definition, in order."""
+    if not definitions:
+        return []
+    q = compile_audiences(
+        definitions, workspace_id=workspace_id, now_us=now_us, dialect=conn.dialect.name
+    )
+    out: list[set[int]] = [set() for _ in definitions]
+    for row in (await conn.execute(q)).all():
+        for i, member in enumerate(row[1:]):
+            if member:
+                out[i].add(row[0])
+    return out
 
 
 async def evaluate_audience(

@@ -399,6 +399,15 @@ class SegmentationStore:
         async with self._engine.connect() as c:
             return await sql.evaluate_audience(c, definition, workspace_id=ws, now_us=now_us)
 
+    async def evaluate_audiences(
+        self, ws: str, definitions: Sequence[Any], now_us: int
+    ) -> list[set[int]]:
+        """The members of each definition at `now_us`, in order, from one rollup pass
+        over the events (none may reference another: see `dependency_layers`)."""
+        await self.fresh_statistics()
+        async with self._engine.connect() as c:
+            return await sql.evaluate_audiences(c, definitions, workspace_id=ws, now_us=now_us)
+
     async def _lock_sequence(self, c: AsyncConnection, ws: str) -> None:
         await c.execute(
             dialect_insert(self._engine, change_sequences)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from services.segmentation.language import parse_audience, parse_computed_trait
 from services.segmentation.reference import ProfileData, compute_trait, evaluate
-from services.segmentation.sql import compile_audience, compile_computed_trait
+from services.segmentation.sql import compile_audience, compile_audiences, compile_computed_trait
 from services.shared.db.tables import events, metadata, profile_traits, profiles
 from tests.unit.segmentation.conformance_cases import close
 
@@ -332,6 +332,13 @@ def test_sql_matches_reference(
             )
         }
         assert got == want, (definition, hist)
+        # The rollup: the tree and its negation in one statement share every event
+        # column, and each must still agree with the reference.
+        both = [node, parse_audience({"not": definition})]
+        rows = conn.execute(compile_audiences(both, workspace_id=ws, now_us=NOW, dialect="sqlite"))
+        flags = {r[0]: (bool(r[1]), bool(r[2])) for r in rows}
+        assert {p for p, f in flags.items() if f[0]} == want, (definition, hist)
+        assert {p for p, f in flags.items() if f[1]} == data.keys() - want, (definition, hist)
         rows = conn.execute(
             compile_computed_trait(cdef, workspace_id=ws, now_us=NOW, dialect="sqlite")
         ).all()

@@ -18,6 +18,7 @@ from services.segmentation.language import (
     TraitRef,
     Within,
     audience_refs,
+    dependency_layers,
     dependency_order,
     find_cycle,
     parse_audience,
@@ -420,3 +421,26 @@ def test_audience_refs_and_cycles() -> None:
     assert find_cycle(acyclic) is None  # the reference to the missing "c" is ignored
     order = dependency_order(acyclic)
     assert order.index("b") < order.index("a") < order.index("d")
+
+
+def test_dependency_layers_put_each_audience_after_what_it_references() -> None:
+    defs = {
+        "a": {"all": [{"audience": {"key": "b"}}, {"audience": {"key": "c"}}]},
+        "b": {"audience": {"key": "c"}},
+        "c": ev(),
+        "d": {"audience": {"key": "missing"}},
+        "e": {"not": {"audience": {"key": "b"}}},
+    }
+    layers = dependency_layers(defs)
+    depth = {k: i for i, layer in enumerate(layers) for k in layer}
+    assert sorted(depth) == sorted(defs)
+    for key, raw in defs.items():
+        for ref in audience_refs(raw):
+            if ref in defs:
+                assert depth[ref] < depth[key], (key, ref, layers)
+    # Nothing waits longer than its references require: a missing key is no dependency.
+    assert layers[0] == ["c", "d"]
+    assert len(layers) == 3
+    cyclic = {"x": {"audience": {"key": "y"}}, "y": {"audience": {"key": "x"}}}
+    with pytest.raises(DefinitionError):
+        dependency_layers(cyclic)
