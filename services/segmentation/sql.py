@@ -596,7 +596,9 @@ class _AudienceCompiler:
             self.collect(node)
         src = self.sources(nodes)
         flags = [_b(self.node(n)).label(f"a{i}") for i, n in enumerate(nodes)]
-        rows = sa.select(self.u.c.pid, *flags).select_from(src).subquery("rollup")
+        # OFFSET 0 keeps the planner from copying every tree into the outer WHERE too
+        # (evaluating each twice per profile).
+        rows = sa.select(self.u.c.pid, *flags).select_from(src).offset(0).subquery("rollup")
         cols = [getattr(rows.c, f"a{i}") for i in range(len(nodes))]
         return sa.select(rows.c.pid, *cols).where(or_(*cols))
 
