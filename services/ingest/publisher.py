@@ -162,12 +162,15 @@ class RedisPublisher:
         entries are missing): the entries are then left to the catch-up loop.
         """
         args: list[bytes | str | int] = [prev_seq, last_seq, published_seq, self._maxlen]
+        # Every entry of the batch carries the same (request's) trace context.
+        trace = [item for pair in streams.trace_fields().items() for item in pair]
         for record in records:
-            fields = streams.with_trace_context(entry_fields(record))
+            fields = entry_fields(record)
             args.append(entry_id(record))
-            args.append(len(fields))
+            args.append(len(fields) + len(trace) // 2)
             for name, value in fields.items():
                 args.extend((name, value))
+            args.extend(trace)
         async with self._redis.pipeline(transaction=False) as pipe:
             if hot.profiles or hot.redirects:
                 prefix = hotstate.workspace_prefix(hot.workspace_id)
