@@ -101,6 +101,8 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self) -> None:
         self._traced = telemetry.server_interceptor()
+        # Decided when the server is built: an SDK provider is installed before that.
+        self._recording = telemetry.tracing_enabled()
 
     async def intercept_service(
         self,
@@ -108,6 +110,13 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         if auth.required_scope(handler_call_details.method) is None:
+            return await continuation(handler_call_details)
+        # With tracing off the wrapper's only effect is to carry a caller's traceparent
+        # into the handler's context (and on to stream entries); without one it would
+        # cost ~150 us per call (measured) for a span nobody records.
+        if not self._recording and not telemetry.carries_trace_context(
+            handler_call_details.invocation_metadata
+        ):
             return await continuation(handler_call_details)
         return await self._traced.intercept_service(continuation, handler_call_details)
 

@@ -73,6 +73,16 @@ def setup_tracing(
     return provider
 
 
+def tracing_enabled() -> bool:
+    """True once an SDK tracer provider is installed (spans are recorded somewhere)."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
+def carries_trace_context(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bool:
+    """True when gRPC call metadata holds a W3C `traceparent` to continue."""
+    return any(key == "traceparent" for key, _ in metadata or ())
+
+
 def server_interceptor():  # type: ignore[no-untyped-def]
     """The OpenTelemetry grpc.aio server interceptor (continues the caller's trace)."""
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
