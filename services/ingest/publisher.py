@@ -79,13 +79,10 @@ if cursor == false then
 elseif cursor ~= ARGV[1] then
   return 0
 end
-local i = 5
-while i <= #ARGV do
-  local n = tonumber(ARGV[i + 1])
-  local args = {'MAXLEN', '~', ARGV[4], ARGV[i]}
-  for j = 1, n * 2 do args[#args + 1] = ARGV[i + 1 + j] end
+for _, entry in ipairs(cjson.decode(ARGV[5])) do
+  local args = {'MAXLEN', '~', ARGV[4], entry[1]}
+  for _, item in ipairs(entry[2]) do args[#args + 1] = item end
   redis.call('XADD', KEYS[1], unpack(args))
-  i = i + 2 + n * 2
 end
 redis.call('SET', KEYS[2], ARGV[2])
 return 1
@@ -161,16 +158,25 @@ class RedisPublisher:
         Returns False when the stream cursor is not at `prev_seq` (an earlier batch's
         entries are missing): the entries are then left to the catch-up loop.
         """
-        args: list[bytes | str | int] = [prev_seq, last_seq, published_seq, self._maxlen]
         # Every entry of the batch carries the same (request's) trace context.
         trace = [item for pair in streams.trace_fields().items() for item in pair]
+        # The entries travel as one JSON argument: redis-py packs each argument in
+        # Python, and a batch's ~6,000 separate arguments cost ~12 ms (measured).
+        entries = []
         for record in records:
-            fields = entry_fields(record)
-            args.append(entry_id(record))
-            args.append(len(fields) + len(trace) // 2)
-            for name, value in fields.items():
-                args.extend((name, value))
-            args.extend(trace)
+            flat: list[str] = []
+            for name, value in entry_fields(record).items():
+                flat.append(name)
+                flat.append(value.decode() if isinstance(value, bytes) else value)
+            flat.extend(trace)
+            entries.append((entry_id(record), flat))
+        args: list[bytes | str | int] = [
+            prev_seq,
+            last_seq,
+            published_seq,
+            self._maxlen,
+            orjson.dumps(entries),
+        ]
         async with self._redis.pipeline(transaction=False) as pipe:
             if hot.profiles or hot.redirects:
                 prefix = hotstate.workspace_prefix(hot.workspace_id)
