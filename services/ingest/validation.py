@@ -14,6 +14,7 @@ import orjson
 from services.ingest.model import EVENT_TYPES, Event, Identifier, RawEvent, Violation
 from services.shared.clock import US_PER_DAY
 from services.shared.errors import ResourceExhausted
+from services.shared.identifiers import normalize_identifier
 
 MAX_JSON_BYTES = 32 * 1024
 MAX_JSON_DEPTH = 8
@@ -126,12 +127,16 @@ def identifiers_of(
     if event.type == "identify":
         email = (traits or {}).get("email")
         if isinstance(email, str) and email.strip():
-            found.append(Identifier("email", email.strip().lower(), "traits.email"))
+            found.append(Identifier("email", normalize_identifier("email", email), "traits.email"))
     device = (context or {}).get("device")
     if isinstance(device, dict) and isinstance(device.get("id"), str) and device["id"].strip():
         found.append(Identifier("device_id", device["id"].strip(), "context.device.id"))
     for position, (id_type, id_value) in enumerate(event.external_ids):
-        found.append(Identifier(id_type, id_value, f"external_ids[{position}]"))
+        found.append(
+            Identifier(
+                id_type, normalize_identifier(id_type, id_value), f"external_ids[{position}]"
+            )
+        )
     return found
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from services.shared.errors import FieldViolation, InvalidArgument
+from services.shared.identifiers import normalize_identifier
 
 WELL_KNOWN_ID_TYPES = ("user_id", "anonymous_id", "email", "device_id")
 # Custom external id types share the shape of the well-known ones, so one pattern
@@ -150,7 +151,7 @@ def parse_identifier(id_type: str, id_value: str, field_name: str = "identifier"
     violations = identifier_violations(id_type, id_value, field_name)
     if violations:
         raise InvalidArgument(f"{field_name}: malformed identifier", violations)
-    return Identifier(id_type, id_value)
+    return Identifier(id_type, normalize_identifier(id_type, id_value))
 
 
 def parse_identifiers(pairs: list[tuple[str, str]], field_name: str) -> list[Identifier]:
@@ -170,7 +171,9 @@ def parse_identifiers(pairs: list[tuple[str, str]], field_name: str) -> list[Ide
         violations.extend(identifier_violations(id_type, id_value, f"{field_name}[{index}]"))
     if violations:
         raise InvalidArgument(f"{field_name}: malformed identifiers", violations)
-    return [Identifier(id_type, id_value) for id_type, id_value in pairs]
+    return [
+        Identifier(id_type, normalize_identifier(id_type, id_value)) for id_type, id_value in pairs
+    ]
 
 
 def parse_query(sections: list[Section], trait_keys: list[str], field_name: str) -> ProfileQuery:

@@ -58,6 +58,7 @@ from services.shared.errors import (
     NotFound,
     invalid,
 )
+from services.shared.identifiers import normalize_identifier
 
 log = logging.getLogger(__name__)
 
@@ -609,7 +610,7 @@ class Segmentation:
     async def _profile(self, ws: str, id_type: str, id_value: str) -> int:
         if not id_type or not id_value:
             raise invalid("identifier", "type and value are required")
-        pid = await self._store.resolve(ws, id_type, id_value)
+        pid = await self._store.resolve(ws, id_type, normalize_identifier(id_type, id_value))
         if pid is None:
             raise NotFound(f"no profile with {id_type} {id_value!r}")
         return pid
