@@ -33,6 +33,7 @@ from services.shared.auth import KeyStore  # noqa: E402
 from services.shared.clock import SystemClock  # noqa: E402
 from services.shared.db import migrate  # noqa: E402
 from services.shared.db.engine import create_engine  # noqa: E402
+from services.shared.db.tables import events as events_table  # noqa: E402
 from tests.helpers.backends import asyncpg_dsn, create_database, drop_database, free_port  # noqa: E402
 from tests.helpers.grpc_client import wait_serving  # noqa: E402
 
@@ -145,23 +146,7 @@ async def run_copy(dsn: str, batches: list[ingest_pb2.BatchRequest], seconds: fl
             await connection.copy_records_to_table(
                 "events",
                 records=records,
-                columns=[
-                    "seq",
-                    "workspace_id",
-                    "message_id",
-                    "type",
-                    "name",
-                    "profile_id",
-                    "user_id",
-                    "anonymous_id",
-                    "group_id",
-                    "previous_id",
-                    "timestamp_us",
-                    "received_at_us",
-                    "properties",
-                    "traits",
-                    "context",
-                ],
+                columns=[column.name for column in events_table.columns],
             )
         latencies.append(time.perf_counter() - start)
         rows_done += len(records)

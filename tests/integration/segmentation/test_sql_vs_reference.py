@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.segmentation.language import parse_audience, parse_computed_trait
+from services.segmentation.language import FILTER_OPS, parse_audience, parse_computed_trait
 from services.segmentation.reference import ProfileData, compute_trait, evaluate
 from services.segmentation.sql import compile_audience, compile_audiences, compile_computed_trait
 from services.shared.db.tables import events, metadata, profile_traits, profiles
@@ -46,20 +46,7 @@ PROP_VALUES = [
 EQ_VALUES = [1, 1.0, 2, "1", "a", "ab", True, False]
 NUM_VALUES = [0, 1, 1.5, 2, -1]
 PATHS = ["p", "q.r", "nope"]
-OPS = [
-    "eq",
-    "neq",
-    "gt",
-    "gte",
-    "lt",
-    "lte",
-    "in",
-    "not_in",
-    "contains",
-    "starts_with",
-    "exists",
-    "not_exists",
-]
+OPS = sorted(FILTER_OPS)
 
 
 def literal_for(op: str) -> st.SearchStrategy[Any]:
