@@ -7,8 +7,6 @@ once the events are committed (Segment clients retry anything else).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import zlib
 from collections.abc import Awaitable, Callable
@@ -21,7 +19,7 @@ from services.ingest.ingestor import Ingestor
 from services.ingest.model import BatchOutcome, Status
 from services.ingest.segment import from_segment
 from services.ingest.validation import MAX_BATCH_BYTES, check_request_size
-from services.shared.auth import KeyStore, check_scope
+from services.shared.auth import KeyStore, check_scope, http_secret
 from services.shared.errors import (
     InvalidArgument,
     PermissionDenied,
@@ -39,18 +37,6 @@ _HTTP_STATUS = {
     InvalidArgument: 400,
 }
 SINGLE_TYPES = ("track", "identify", "page", "screen", "group", "alias")
-
-
-def _write_key(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic" or not encoded:
-        return None
-    try:
-        user, _, _ = base64.b64decode(encoded.strip()).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return user or None
 
 
 def _body(request: web.Request, raw: bytes) -> object:
@@ -93,7 +79,7 @@ def build_app(ingestor: Ingestor, keys: KeyStore) -> web.Application:
         body = _body(request, raw)
         if not isinstance(body, dict):
             raise InvalidArgument("body: must be a JSON object")
-        secret = _write_key(request) or (
+        secret = http_secret(request.headers.get("Authorization")) or (
             body.get("writeKey") if isinstance(body.get("writeKey"), str) else None
         )
         principal = await keys.authenticate(secret)

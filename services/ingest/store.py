@@ -31,7 +31,6 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -45,7 +44,7 @@ from services.ingest.ingestor import (
 )
 from services.ingest.tables import STREAM_CURSOR, event_ids, ingest_cursor
 from services.ingest.traits import TraitRow
-from services.shared.db.engine import is_postgres
+from services.shared.db.engine import dialect_insert, is_postgres
 from services.shared.db.tables import (
     events,
     identities,
@@ -121,9 +120,6 @@ class SqlEventStore:
         self._engine = engine
         self._postgres = is_postgres(engine)
         self._local_lock = asyncio.Lock()
-
-    def _insert(self, table):  # type: ignore[no-untyped-def]
-        return (postgresql.insert if self._postgres else sqlite.insert)(table)
 
     async def identity_rules(self, workspace_id: str) -> dict[str, Any] | None:
         """The workspace's identity rules JSON (None: defaults)."""
@@ -463,7 +459,7 @@ class WriteSession:
                 .values(profile_id=survivor)
             )
         if plan.identity_links:
-            statement = self._store._insert(identities)
+            statement = dialect_insert(connection, identities)
             statement = statement.on_conflict_do_update(
                 index_elements=["workspace_id", "id_type", "id_value"],
                 set_={"profile_id": statement.excluded.profile_id},
@@ -589,7 +585,7 @@ class WriteSession:
         """Write rows that are newer than what is stored; returns those that won."""
         changed: list[TraitRow] = []
         for chunk in _chunks(rows):
-            statement = self._store._insert(profile_traits).values(
+            statement = dialect_insert(self._connection, profile_traits).values(
                 [
                     {
                         "profile_id": row.profile_id,
