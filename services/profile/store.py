@@ -12,6 +12,7 @@ from sqlalchemy import and_, delete, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.profile.model import Identifier, TimelineEvent
+from services.segmentation.store import exit_every_audience
 from services.shared.db.tables import (
     events,
     identities,
@@ -116,20 +117,10 @@ class ProfileStore:
                 .values(deleted_at_us=now_us)
             )
             await _suppress(connection, workspace_id, identifiers, now_us)
-            exited = await exit_memberships(connection, workspace_id, members, now_us)
+            exited = await exit_every_audience(
+                connection, workspace_id, survivor_id, members, now_us
+            )
         return members, identifiers, int(erased.rowcount or 0), exited
-
-
-async def exit_memberships(
-    connection: AsyncConnection, workspace_id: str, profile_ids: Sequence[int], now_us: int
-) -> int:
-    """Remove the profiles from every audience, logging an exit per membership.
-
-    A no-op returning 0 while the segmentation service has no migrated
-    ``memberships``/``membership_changes`` tables: until then no membership can exist,
-    so there is nothing to exit. Runs inside the erasure's transaction.
-    """
-    return 0
 
 
 async def _resolve(

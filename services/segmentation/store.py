@@ -409,30 +409,11 @@ class SegmentationStore:
             return await sql.evaluate_audiences(c, definitions, workspace_id=ws, now_us=now_us)
 
     async def _lock_sequence(self, c: AsyncConnection, ws: str) -> None:
-        await c.execute(
-            dialect_insert(self._engine, change_sequences)
-            .values(workspace_id=ws, last_seq=0)
-            .on_conflict_do_nothing(index_elements=["workspace_id"])
-        )
-        # A no-op write: the row lock (Postgres) or write lock (SQLite) is held from here
-        # to commit, serialising every membership writer of this workspace.
-        await c.execute(
-            update(change_sequences)
-            .where(change_sequences.c.workspace_id == ws)
-            .values(last_seq=change_sequences.c.last_seq)
-        )
+        await lock_change_sequence(c, ws)
 
     async def _take_seqs(self, c: AsyncConnection, ws: str, n: int) -> int:
         """Reserve n seqs; returns the first."""
-        last = (
-            await c.execute(
-                update(change_sequences)
-                .where(change_sequences.c.workspace_id == ws)
-                .values(last_seq=change_sequences.c.last_seq + n)
-                .returning(change_sequences.c.last_seq)
-            )
-        ).scalar_one()
-        return int(last) - n + 1
+        return await take_change_seqs(c, ws, n)
 
     async def _current(self, c: AsyncConnection, audience_id: int) -> list[Any]:
         query = (
@@ -938,6 +919,80 @@ class SegmentationStore:
         )
         async with self._engine.connect() as c:
             return int((await c.execute(query)).scalar_one())
+
+
+async def lock_change_sequence(c: AsyncConnection, ws: str) -> None:
+    """Serialise this workspace's membership writers until `c` commits, so change seqs
+    are gapless and in commit order."""
+    await c.execute(
+        dialect_insert(c, change_sequences)
+        .values(workspace_id=ws, last_seq=0)
+        .on_conflict_do_nothing(index_elements=["workspace_id"])
+    )
+    # A no-op write: the row lock (Postgres) or write lock (SQLite) is held from here
+    # to commit, serialising every membership writer of this workspace.
+    await c.execute(
+        update(change_sequences)
+        .where(change_sequences.c.workspace_id == ws)
+        .values(last_seq=change_sequences.c.last_seq)
+    )
+
+
+async def take_change_seqs(c: AsyncConnection, ws: str, n: int) -> int:
+    """Reserve n change seqs of the workspace (lock it first); returns the first."""
+    last = (
+        await c.execute(
+            update(change_sequences)
+            .where(change_sequences.c.workspace_id == ws)
+            .values(last_seq=change_sequences.c.last_seq + n)
+            .returning(change_sequences.c.last_seq)
+        )
+    ).scalar_one()
+    return int(last) - n + 1
+
+
+async def exit_every_audience(
+    c: AsyncConnection, ws: str, survivor_id: int, profile_ids: Sequence[int], now_us: int
+) -> int:
+    """Take a person (the survivor and the ids merged into it) out of every audience
+    within the caller's transaction, logging one `exited` change per audience under
+    the survivor's id. Used when a profile is erased; returns how many audiences it left.
+    """
+    await lock_change_sequence(c, ws)
+    rows = (
+        await c.execute(
+            select(memberships.c.audience_id, audiences.c.current_version)
+            .select_from(
+                memberships.join(audiences, audiences.c.audience_id == memberships.c.audience_id)
+            )
+            .where(memberships.c.workspace_id == ws, memberships.c.profile_id.in_(profile_ids))
+        )
+    ).all()
+    versions = {row.audience_id: row.current_version for row in rows}
+    if not versions:
+        return 0
+    await c.execute(
+        delete(memberships).where(
+            memberships.c.workspace_id == ws, memberships.c.profile_id.in_(profile_ids)
+        )
+    )
+    first = await take_change_seqs(c, ws, len(versions))
+    await c.execute(
+        insert(membership_changes),
+        [
+            {
+                "workspace_id": ws,
+                "seq": first + i,
+                "audience_id": audience_id,
+                "profile_id": survivor_id,
+                "kind": EXITED,
+                "at_us": now_us,
+                "version": version,
+            }
+            for i, (audience_id, version) in enumerate(sorted(versions.items()))
+        ],
+    )
+    return len(versions)
 
 
 def _change(row: Any, key: str) -> Change:
