@@ -408,13 +408,6 @@ class SegmentationStore:
         async with self._engine.connect() as c:
             return await sql.evaluate_audiences(c, definitions, workspace_id=ws, now_us=now_us)
 
-    async def _lock_sequence(self, c: AsyncConnection, ws: str) -> None:
-        await lock_change_sequence(c, ws)
-
-    async def _take_seqs(self, c: AsyncConnection, ws: str, n: int) -> int:
-        """Reserve n seqs; returns the first."""
-        return await take_change_seqs(c, ws, n)
-
     async def _current(self, c: AsyncConnection, audience_id: int) -> list[Any]:
         query = (
             select(
@@ -447,7 +440,7 @@ class SegmentationStore:
         """
         new = set(members)
         async with self._engine.begin() as c:
-            await self._lock_sequence(c, ws)
+            await lock_change_sequence(c, ws)
             rows = await self._current(c, audience_id)
             old: dict[int, int] = {}
             stale: list[int] = []  # rows keyed by a merged-away profile id
@@ -493,7 +486,7 @@ class SegmentationStore:
                 await c.execute(insert(memberships), chunk)
             n = len(entered) + len(exited)
             if n:
-                first = await self._take_seqs(c, ws, n)
+                first = await take_change_seqs(c, ws, n)
                 log = [(p, EXITED) for p in exited] + [(p, ENTERED) for p in entered]
                 change_rows = [
                     {
@@ -527,7 +520,7 @@ class SegmentationStore:
         """Soft-delete an audience: its members exit (logged), its rows go. Returns the
         canonical ids that exited."""
         async with self._engine.begin() as c:
-            await self._lock_sequence(c, ws)
+            await lock_change_sequence(c, ws)
             rows = await self._current(c, audience_id)
             version = (
                 await c.execute(
@@ -541,7 +534,7 @@ class SegmentationStore:
             )
             await c.execute(delete(memberships).where(memberships.c.audience_id == audience_id))
             if exited:
-                first = await self._take_seqs(c, ws, len(exited))
+                first = await take_change_seqs(c, ws, len(exited))
                 change_rows = [
                     {
                         "workspace_id": ws,
