@@ -498,7 +498,9 @@ class _AudienceCompiler:
         cols = []
         for i, k in enumerate(keys):
             self.trait_cols[k] = f"t{i}"
-            cols.append(func.max(d.c(case((pt.c.key == k, enc)))).label(f"t{i}"))
+            # Decoded here, once per profile, not again by every condition reading it.
+            latest = func.substr(func.max(d.c(case((pt.c.key == k, enc)))), 41)
+            cols.append(d.decode(latest).expr.label(f"t{i}"))
         return (
             sa.select(profiles.c.canonical_id.label("pid"), *cols)
             .select_from(pt.join(profiles, profiles.c.profile_id == pt.c.profile_id))
@@ -508,7 +510,8 @@ class _AudienceCompiler:
         )
 
     def trait_value(self, name: str) -> JV:
-        return self.d.decode(func.substr(getattr(self.t.c, self.trait_cols[name]), 41))
+        col = getattr(self.t.c, self.trait_cols[name])
+        return JV(col) if self.d.name == "postgresql" else self.d.decode(col)
 
     def filter_pred(self, f: Filter, props: Any, chain: Sequence[Any] = ()) -> ColumnElement[bool]:
         v = self.d.prop(props, f.property)
@@ -520,8 +523,16 @@ class _AudienceCompiler:
             ref = self.d.prop(chain[f.ref.step].c.properties, f.ref.property)
         return _match_dyn(self.d, v, f.op, ref)
 
+    def _with_traits(self, src: Any, filters: Sequence[Filter]) -> Any:
+        """`src` (events joined to profiles) joined to the traits pass, only when one of
+        `filters` compares against a trait: otherwise every event row would carry it."""
+        if self.t is None or not any(isinstance(f.ref, TraitRef) for f in filters):
+            return src
+        return src.outerjoin(self.t, self.t.c.pid == profiles.c.canonical_id)
+
     def events_subquery(self) -> Any:
-        """One GROUP BY pass computing a count column per event condition."""
+        """One GROUP BY pass counting, per profile, the events of every condition
+        (``count(*) FILTER (WHERE ..)``: no CASE per row and condition)."""
         ev = events
         cols = []
         for i, node in enumerate(self.event_leaves):
@@ -531,19 +542,24 @@ class _AudienceCompiler:
                 _window(ev.c.timestamp_us, node.window, self.now),
                 *[self.filter_pred(f, ev.c.properties) for f in node.where],
             )
-            cols.append(func.sum(case((cond, 1), else_=0)).label(f"c{i}"))
+            cols.append(func.count().filter(cond).label(f"c{i}"))
         names = {(n.type, n.name) for n in self.event_leaves}
         src = ev.join(profiles, profiles.c.profile_id == ev.c.profile_id)
-        if self.t is not None:
-            src = src.outerjoin(self.t, self.t.c.pid == profiles.c.canonical_id)
+        src = self._with_traits(src, [f for n in self.event_leaves for f in n.where])
+        where = [
+            ev.c.workspace_id == self.ws,
+            ev.c.timestamp_us <= self.now,
+            or_(*[and_(ev.c.type == t, ev.c.name == n) for t, n in sorted(names)]),
+        ]
+        if all(n.window is not None for n in self.event_leaves):
+            # No condition counts events at or before the earliest window start: those
+            # rows (and partitions) need not be read at all.
+            floor = min(n.window.bounds(self.now)[0] for n in self.event_leaves if n.window)
+            where.append(ev.c.timestamp_us > floor)
         return (
             sa.select(profiles.c.canonical_id.label("pid"), *cols)
             .select_from(src)
-            .where(
-                ev.c.workspace_id == self.ws,
-                ev.c.timestamp_us <= self.now,
-                or_(*[and_(ev.c.type == t, ev.c.name == n) for t, n in sorted(names)]),
-            )
+            .where(*where)
             .group_by(profiles.c.canonical_id)
             .subquery("e")
         )
@@ -703,8 +719,18 @@ class _AudienceCompiler:
             flags.append(_b(and_(*conds)).label(f"s{i}"))
         names = sorted({(s.type, s.name) for s in n.steps})
         src = ev.join(profiles, profiles.c.profile_id == ev.c.profile_id)
-        if self.t is not None:
-            src = src.outerjoin(self.t, self.t.c.pid == profiles.c.canonical_id)
+        src = self._with_traits(src, [f for s in n.steps for f in s.where])
+        where = [
+            ev.c.workspace_id == self.ws,
+            profiles.c.workspace_id == self.ws,
+            ev.c.timestamp_us <= self.now,
+            or_(*[and_(ev.c.type == t, ev.c.name == nm) for t, nm in names]),
+        ]
+        if n.window is not None:
+            # Every step of a chain is later than its first step, which is inside the
+            # window: older step events can neither start nor continue a chain, and the
+            # levels below only look at later rows, so they are left out of the sort.
+            where.append(ev.c.timestamp_us > n.window.bounds(self.now)[0])
         base = (
             sa.select(
                 profiles.c.canonical_id.label("pid"),
@@ -713,12 +739,7 @@ class _AudienceCompiler:
                 ev.c.timestamp_us.label(f"g{k - 1}"),
             )
             .select_from(src)
-            .where(
-                ev.c.workspace_id == self.ws,
-                profiles.c.workspace_id == self.ws,
-                ev.c.timestamp_us <= self.now,
-                or_(*[and_(ev.c.type == t, ev.c.name == nm) for t, nm in names]),
-            )
+            .where(*where)
             .subquery(f"{tag}_{k - 1}")
         )
         cur = base
