@@ -553,16 +553,18 @@ class Segmentation:
                 stored = await self._store.audience_definitions(ws)
                 order = dependency_layers({k: a.definition for k, a in stored.items()})
                 layers = [[stored[k] for k in layer] for layer in order]
+            done = Progress(BACKFILL_STEPS, BACKFILL_STEPS, "done")
             for batch in layers:
-                # One rollup pass over the events per layer; the audiences a layer
-                # references were written by the layers before it.
-                results = await self._store.evaluate_audiences(
-                    ws, [a.definition for a in batch], now
-                )
-                for audience, members in zip(batch, results, strict=True):
-                    came, left = await self._apply(ws, audience, audience.version, members, now)
-                    entered += came
-                    exited += left
+                # One rollup pass over the events per layer, diffed and written in the
+                # database; the audiences a layer references were written by the
+                # layers before it.
+                diffs = await self._store.recompute_audiences(ws, batch, now, done)
+                for audience, diff in zip(batch, diffs, strict=True):
+                    await self._hot.memberships(
+                        ws, audience.key, dict.fromkeys(diff.entered, now), diff.exited
+                    )
+                    entered += len(diff.entered)
+                    exited += len(diff.exited)
         return RecomputeResult(entered, exited, sum(len(batch) for batch in layers))
 
     async def workspaces(self) -> list[str]:

@@ -82,7 +82,9 @@ from services.segmentation.reference import UNIQUE_LIST_LIMIT
 from services.shared.db.tables import events, profile_traits, profiles
 
 __all__ = [
+    "BATCH_SETTINGS",
     "UnsupportedInSQL",
+    "batch_settings",
     "compile_audience",
     "compile_audiences",
     "compile_computed_trait",
@@ -868,6 +870,25 @@ def compile_audiences(
     return c.compile_many([_as_node(d) for d in definitions])
 
 
+# Session settings of batch evaluation on Postgres (SET LOCAL: they end with the
+# transaction). Measured at 1M/10M events on 2 cores (docs/benchmarks.md):
+# - work_mem: the rollup's hash aggregate (a row of counts per profile) and the funnel's
+#   sort stay in memory instead of spilling in batches to disk under the default 4 MB.
+# - jit: PG15 compiles the big expression lists of the rollup to machine code on every
+#   run, which costs more than it saves at these sizes.
+BATCH_SETTINGS: dict[str, str] = {"work_mem": "256MB", "jit": "off"}
+
+
+async def batch_settings(conn: AsyncConnection) -> None:
+    """Apply ``BATCH_SETTINGS`` to the transaction of `conn` (Postgres only)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for name, value in BATCH_SETTINGS.items():
+        await conn.execute(
+            sa.text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value}
+        )
+
+
 async def evaluate_audiences(
     conn: AsyncConnection,
     definitions: Sequence[Node | Mapping[str, Any]],
@@ -881,6 +902,7 @@ async def evaluate_audiences(
     q = compile_audiences(
         definitions, workspace_id=workspace_id, now_us=now_us, dialect=conn.dialect.name
     )
+    await batch_settings(conn)
     out: list[set[int]] = [set() for _ in definitions]
     for row in (await conn.execute(q)).all():
         for i, member in enumerate(row[1:]):
@@ -896,6 +918,7 @@ async def evaluate_audience(
     q = compile_audience(
         definition, workspace_id=workspace_id, now_us=now_us, dialect=conn.dialect.name
     )
+    await batch_settings(conn)
     return {row[0] for row in (await conn.execute(q)).all()}
 
 
@@ -1049,4 +1072,5 @@ async def evaluate_computed_trait(
     q = compile_computed_trait(
         definition, workspace_id=workspace_id, now_us=now_us, dialect=conn.dialect.name
     )
+    await batch_settings(conn)
     return {row[0]: _jsonable(row[1]) for row in (await conn.execute(q)).all()}
