@@ -444,10 +444,16 @@ def _match_dyn(d: _Dialect, v: JV, op: str, ref: JV) -> ColumnElement[bool]:
     raise ValueError(f"operator {op!r} cannot take a ref")
 
 
-def _window(t: Any, window: Window | None, now_us: int) -> ColumnElement[bool]:
+def _window(
+    t: Any, window: Window | None, now_us: int, checked_upto_now: bool = False
+) -> ColumnElement[bool]:
+    """`t` inside `window` and not after now; `checked_upto_now`: the statement already
+    requires ``t <= now``, so a window reaching now needs only its lower bound."""
     if window is None:
-        return t <= now_us
+        return true() if checked_upto_now else t <= now_us
     lo, hi = window.bounds(now_us)
+    if checked_upto_now and hi >= now_us:
+        return t > lo
     return and_(t > lo, t <= min(hi, now_us))
 
 
@@ -470,6 +476,7 @@ class _AudienceCompiler:
         self.trait_cols: dict[str, str] = {}
         self.computed: dict[str, Any] = {}
         self.funnels = 0  # numbers the funnels' derived tables
+        self.merged_uses = 0  # numbers the merged-profile joins
         self.u: Any = None
         self.t: Any = None
         self.e: Any = None
@@ -487,6 +494,22 @@ class _AudienceCompiler:
             .subquery("u")
         )
 
+    def to_canonical(self, src: Any, profile_id: Any) -> tuple[Any, Any]:
+        """(`src` joined to the workspace's merged profiles, the canonical id of
+        `profile_id`). Only merged-away profiles are joined (few), not every profile:
+        probing a million-entry hash table for each of ten million events cost more
+        than the aggregation itself. Rows of unknown or deleted profiles keep their own
+        id and are dropped by the join to the universe."""
+        p = profiles.alias(f"merged{self.merged_uses}")
+        self.merged_uses += 1
+        merged = (
+            sa.select(p.c.profile_id, p.c.canonical_id)
+            .where(p.c.workspace_id == self.ws, p.c.canonical_id != p.c.profile_id)
+            .subquery(f"m{self.merged_uses - 1}")
+        )
+        src = src.outerjoin(merged, merged.c.profile_id == profile_id)
+        return src, func.coalesce(merged.c.canonical_id, profile_id)
+
     def traits_subquery(self, keys: Sequence[str]) -> Any:
         """Latest value per (canonical profile, key) in one pass; trait rows may sit on
         merged profiles, so the winner is chosen across the whole merged set."""
@@ -503,11 +526,12 @@ class _AudienceCompiler:
             # Decoded here, once per profile, not again by every condition reading it.
             latest = func.substr(func.max(d.c(case((pt.c.key == k, enc)))), 41)
             cols.append(d.decode(latest).expr.label(f"t{i}"))
+        src, pid = self.to_canonical(pt, pt.c.profile_id)
         return (
-            sa.select(profiles.c.canonical_id.label("pid"), *cols)
-            .select_from(pt.join(profiles, profiles.c.profile_id == pt.c.profile_id))
+            sa.select(pid.label("pid"), *cols)
+            .select_from(src)
             .where(pt.c.workspace_id == self.ws, pt.c.key.in_(list(keys)))
-            .group_by(profiles.c.canonical_id)
+            .group_by(pid)
             .subquery("t")
         )
 
@@ -525,46 +549,60 @@ class _AudienceCompiler:
             ref = self.d.prop(chain[f.ref.step].c.properties, f.ref.property)
         return _match_dyn(self.d, v, f.op, ref)
 
-    def _with_traits(self, src: Any, filters: Sequence[Filter]) -> Any:
-        """`src` (events joined to profiles) joined to the traits pass, only when one of
-        `filters` compares against a trait: otherwise every event row would carry it."""
+    def _with_traits(self, src: Any, pid: Any, filters: Sequence[Filter]) -> Any:
+        """`src` (events) joined to the traits pass on canonical id `pid`, only when one
+        of `filters` compares against a trait: otherwise every event row would carry it."""
         if self.t is None or not any(isinstance(f.ref, TraitRef) for f in filters):
             return src
-        return src.outerjoin(self.t, self.t.c.pid == profiles.c.canonical_id)
+        return src.outerjoin(self.t, self.t.c.pid == pid)
 
     def events_subquery(self) -> Any:
-        """One GROUP BY pass counting, per profile, the events of every condition
-        (``count(*) FILTER (WHERE ..)``: no CASE per row and condition)."""
+        """One GROUP BY pass counting, per profile, the events of every condition with
+        ``count(*) FILTER (WHERE ..)``. Each filter tests the integer window bound
+        before the strings (AND stops at the first false), and the name before the type
+        (which is nearly always 'track')."""
         ev = events
         cols = []
         for i, node in enumerate(self.event_leaves):
             cond = and_(
-                ev.c.type == node.type,
+                _window(ev.c.timestamp_us, node.window, self.now, checked_upto_now=True),
                 ev.c.name == node.name,
-                _window(ev.c.timestamp_us, node.window, self.now),
+                ev.c.type == node.type,
                 *[self.filter_pred(f, ev.c.properties) for f in node.where],
             )
-            cols.append(func.count().filter(cond).label(f"c{i}"))
-        names = {(n.type, n.name) for n in self.event_leaves}
-        src = ev.join(profiles, profiles.c.profile_id == ev.c.profile_id)
-        src = self._with_traits(src, [f for n in self.event_leaves for f in n.where])
+            # int4: the second level's sum(int4) adds in bigint; sum(bigint) would
+            # accumulate in numeric, seconds slower over a million profiles.
+            cols.append(cast(func.count().filter(cond), sa.Integer).label(f"c{i}"))
+        names = sorted({(n.type, n.name) for n in self.event_leaves})
+        filters = [f for n in self.event_leaves for f in n.where]
+        src: Any = ev
+        key: Any = ev.c.profile_id
+        if any(isinstance(f.ref, TraitRef) for f in filters):
+            # A filter compares against the person's trait: map each event to its
+            # canonical profile first.
+            src, key = self.to_canonical(src, ev.c.profile_id)
+            src = self._with_traits(src, key, filters)
         where = [
             ev.c.workspace_id == self.ws,
             ev.c.timestamp_us <= self.now,
-            or_(*[and_(ev.c.type == t, ev.c.name == n) for t, n in sorted(names)]),
+            or_(*[and_(ev.c.type == t, ev.c.name == n) for t, n in names]),
         ]
         if all(n.window is not None for n in self.event_leaves):
             # No condition counts events at or before the earliest window start: those
             # rows (and partitions) need not be read at all.
             floor = min(n.window.bounds(self.now)[0] for n in self.event_leaves if n.window)
             where.append(ev.c.timestamp_us > floor)
-        return (
-            sa.select(profiles.c.canonical_id.label("pid"), *cols)
-            .select_from(src)
-            .where(*where)
-            .group_by(profiles.c.canonical_id)
-            .subquery("e")
-        )
+        # Grouped by the events' own profile id first (the planner knows how many there
+        # are, so it hashes instead of sorting millions of rows), then the few merged
+        # profiles' counts are added to their survivors'.
+        own = sa.select(key.label("own"), *cols).select_from(src).where(*where).group_by(key)
+        own = own.subquery("e_own")
+        src, pid = self.to_canonical(own, own.c.own)
+        sums = [
+            cast(func.sum(getattr(own.c, f"c{i}")), sa.BigInteger).label(f"c{i}")
+            for i in range(len(cols))
+        ]
+        return sa.select(pid.label("pid"), *sums).select_from(src).group_by(pid).subquery("e")
 
     # -- tree
 
@@ -720,11 +758,10 @@ class _AudienceCompiler:
             conds += [self.filter_pred(f, ev.c.properties) for f in s.where]
             flags.append(_b(and_(*conds)).label(f"s{i}"))
         names = sorted({(s.type, s.name) for s in n.steps})
-        src = ev.join(profiles, profiles.c.profile_id == ev.c.profile_id)
-        src = self._with_traits(src, [f for s in n.steps for f in s.where])
+        src, pid = self.to_canonical(ev, ev.c.profile_id)
+        src = self._with_traits(src, pid, [f for s in n.steps for f in s.where])
         where = [
             ev.c.workspace_id == self.ws,
-            profiles.c.workspace_id == self.ws,
             ev.c.timestamp_us <= self.now,
             or_(*[and_(ev.c.type == t, ev.c.name == nm) for t, nm in names]),
         ]
@@ -735,7 +772,7 @@ class _AudienceCompiler:
             where.append(ev.c.timestamp_us > n.window.bounds(self.now)[0])
         base = (
             sa.select(
-                profiles.c.canonical_id.label("pid"),
+                pid.label("pid"),
                 ev.c.timestamp_us.label("t"),
                 *flags,
                 ev.c.timestamp_us.label(f"g{k - 1}"),
