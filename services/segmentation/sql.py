@@ -556,9 +556,7 @@ class _AudienceCompiler:
         together."""
         for n in iter_nodes(node):
             if isinstance(n, Account):
-                raise UnsupportedInSQL(
-                    "account-level audiences are compiled by sql_accounts.py"
-                )
+                raise UnsupportedInSQL("account-level audiences are compiled by sql_accounts.py")
             if isinstance(n, Event) and _event_key(n) not in self.event_cols:
                 self.event_cols[_event_key(n)] = f"c{len(self.event_leaves)}"
                 self.event_leaves.append(n)
