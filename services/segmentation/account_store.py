@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.segmentation import sql_accounts
@@ -32,7 +32,12 @@ class AccountStore:
         """Give every group_id of the workspace's group calls an account id (one
         statement; a no-op when no group call brought a new account)."""
         async with self._engine.begin() as c:
-            await c.execute(sql_accounts.register_accounts(ws, c.dialect.name))
+            added = await c.execute(sql_accounts.register_accounts(ws, c.dialect.name))
+        if added.rowcount and self._engine.dialect.name == "postgresql":
+            # A small table that grew: fresh statistics keep the planner from assuming
+            # it is empty (cheap; only when accounts were added).
+            async with self._engine.begin() as c:
+                await c.execute(text("ANALYZE accounts"))
 
     async def evaluate(
         self, ws: str, definition: Any, now_us: int, conn: AsyncConnection | None = None

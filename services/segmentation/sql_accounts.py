@@ -5,10 +5,10 @@ members are accounts (``accounts.py``), with the semantics of ``reference.py``'s
 
 Shape (one statement)::
 
-    SELECT a.account_id + BASE FROM
-      (GROUP BY group_id over the group events up to now: the accounts that exist,
-       and per referenced trait the latest value by (timestamp, seq))  g
-      JOIN accounts a ON a.group_id = g.gid
+    SELECT g.account_id + BASE FROM
+      (GROUP BY account over the group events up to now joined to their account ids:
+       the accounts that exist, and per referenced trait the latest value by
+       (timestamp, seq))  g
       LEFT JOIN (per account: COUNT(users), and per account node the users matching its
                  condition, from the (account, canonical user) links joined to ONE
                  sql.compile_audiences rollup over the users) s ON s.gid = g.gid
@@ -54,14 +54,13 @@ def register_accounts(workspace_id: str, dialect: str) -> Any:
     Only unknown group ids are selected, so known ones don't burn sequence values; the
     ON CONFLICT covers a concurrent registration of the same account."""
     ge, conds = _group_events(workspace_id)
+    # Group first: the anti-join then probes the accounts index once per group_id,
+    # not once per group call.
+    named = sa.select(ge.c.group_id.label("gid")).where(*conds).group_by(ge.c.group_id).subquery()
     known = sa.select(literal(1)).where(
-        accounts.c.workspace_id == workspace_id, accounts.c.group_id == ge.c.group_id
+        accounts.c.workspace_id == workspace_id, accounts.c.group_id == named.c.gid
     )
-    new = (
-        sa.select(ge.c.workspace_id, ge.c.group_id)
-        .where(*conds, not_(known.exists()))
-        .group_by(ge.c.workspace_id, ge.c.group_id)
-    )
+    new = sa.select(literal(workspace_id, sa.String), named.c.gid).where(not_(known.exists()))
     insert = postgresql.insert(accounts) if dialect == "postgresql" else sqlite.insert(accounts)
     return insert.from_select(["workspace_id", "group_id"], new).on_conflict_do_nothing(
         index_elements=["workspace_id", "group_id"]
@@ -119,10 +118,15 @@ class _AccountCompiler:
             enc = d.pad(ge.c.timestamp_us) + d.pad(ge.c.seq) + text
             self.trait_cols[name] = f"t{i}"
             cols.append(func.max(d.c(case((sets, enc)))).label(f"t{i}"))
+        # The account ids are joined inside the aggregate (an index probe per call), so
+        # the outer joins are on one row per account whatever the planner estimates.
+        a = accounts
+        src = ge.join(a, and_(a.c.workspace_id == self.ws, a.c.group_id == ge.c.group_id))
         return (
-            sa.select(ge.c.group_id.label("gid"), *cols)
+            sa.select(a.c.account_id, ge.c.group_id.label("gid"), *cols)
+            .select_from(src)
             .where(*conds, ge.c.timestamp_us <= self.now)
-            .group_by(ge.c.group_id)
+            .group_by(a.c.account_id, ge.c.group_id)
             .subquery("g")
         )
 
@@ -166,11 +170,8 @@ class _AccountCompiler:
         quantified = [n for n in iter_nodes(node) if isinstance(n, Account)]
         self.g = self.accounts_pass(_account_traits(node))
         self.s = self.users_pass(quantified)
-        a = accounts
-        src = self.g.join(
-            a, and_(a.c.workspace_id == self.ws, a.c.group_id == self.g.c.gid)
-        ).outerjoin(self.s, self.s.c.gid == self.g.c.gid)
-        member = (a.c.account_id + literal(ACCOUNT_MEMBER_BASE, sa.BigInteger)).label("pid")
+        src = self.g.outerjoin(self.s, self.s.c.gid == self.g.c.gid)
+        member = (self.g.c.account_id + literal(ACCOUNT_MEMBER_BASE, sa.BigInteger)).label("pid")
         return sa.select(member).select_from(src).where(self.node(node))
 
     def node(self, n: Node) -> ColumnElement[bool]:
