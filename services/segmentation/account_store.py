@@ -21,6 +21,9 @@ from services.shared.db.tables import events, profiles
 
 __all__ = ["AccountStore"]
 
+# Ids per IN list: well under asyncpg's 32,767 parameters.
+CHUNK = 5_000
+
 
 class AccountStore:
     """Accounts of one database."""
@@ -66,13 +69,13 @@ class AccountStore:
 
     async def refs(self, ws: str, members: Sequence[int]) -> dict[int, ProfileRef]:
         """ProfileRefs of account members: the member id and its ``group_id``."""
-        ids = {account_id_of(m): m for m in members}
+        ids = sorted({a for m in members if (a := account_id_of(m)) is not None})
         found: dict[int, ProfileRef] = {}
         async with self._engine.connect() as c:
-            for start in range(0, len(ids), 5_000):
-                chunk = [a for a in list(ids)[start : start + 5_000] if a is not None]
+            for start in range(0, len(ids), CHUNK):
                 query = select(accounts.c.account_id, accounts.c.group_id).where(
-                    accounts.c.workspace_id == ws, accounts.c.account_id.in_(chunk)
+                    accounts.c.workspace_id == ws,
+                    accounts.c.account_id.in_(ids[start : start + CHUNK]),
                 )
                 for r in await c.execute(query):
                     m = member_id(r.account_id)

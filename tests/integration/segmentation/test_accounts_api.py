@@ -31,11 +31,20 @@ def group_ids(refs: list[common_pb2.ProfileRef]) -> list[str]:
     return sorted(i.value for r in refs for i in r.identifiers if i.type == "group_id")
 
 
-async def _members(api: Api, key: str) -> list[str]:
-    page = await api.seg.ListMembers(
-        segmentation_pb2.ListMembersRequest(audience_key=key), metadata=api.admin
-    )
-    return group_ids([m.profile for m in page.members])
+async def _members(api: Api, key: str, page_size: int = 0) -> list[str]:
+    """The group_ids of every member, following page tokens."""
+    refs, token = [], ""
+    while True:
+        page = await api.seg.ListMembers(
+            segmentation_pb2.ListMembersRequest(
+                audience_key=key, page_size=page_size, page_token=token
+            ),
+            metadata=api.admin,
+        )
+        refs += [m.profile for m in page.members]
+        token = page.next_page_token
+        if not token:
+            return group_ids(refs)
 
 
 async def _accounts(api: Api) -> None:
@@ -69,6 +78,7 @@ async def test_account_audience_end_to_end_in_the_api(  # type: ignore[no-untype
     live = await api.live("buying_accounts")
     assert live.size == 3
     assert await _members(api, "buying_accounts") == ["acme", "beta", "gamma"]
+    assert await _members(api, "buying_accounts", page_size=1) == ["acme", "beta", "gamma"]
 
     preview = await api.seg.Preview(
         segmentation_pb2.PreviewRequest(
