@@ -475,12 +475,16 @@ class SegmentationStore:
             await _analyze(c, rollup)
             # Evaluation ran outside the workspace lock; the diff below is against the
             # memberships committed when the lock is granted.
+            counts = [func.count().filter(flag) for flag in list(rollup.c)[1:]]
+            sizes = (await c.execute(select(*counts))).one()
             writer = await _MembershipWriter.start(c, ws, now_us)
             diffs = []
             for i, audience in enumerate(batch):
                 members = select(rollup.c.pid).where(rollup.c[f"a{i}"])
                 diffs.append(
-                    await writer.apply(audience.audience_id, audience.version, members, progress)
+                    await writer.apply(
+                        audience.audience_id, audience.version, members, progress, sizes[i]
+                    )
                 )
             await writer.finish()
             await _drop(c, rollup)
@@ -1048,9 +1052,15 @@ class _MembershipWriter:
         await _drop(self._c, self._diff)
 
     async def apply(
-        self, audience_id: int, version: int, members: sa.Select[Any], progress: Progress
+        self,
+        audience_id: int,
+        version: int,
+        members: sa.Select[Any],
+        progress: Progress,
+        size: int | None = None,
     ) -> Diff:
-        """Make `members` the audience's members; returns the differences."""
+        """Make `members` the audience's members (`size` of them, counted here when not
+        given); returns the differences."""
         c, m, mg, d = self._c, memberships, self._merged, self._diff
         new = members.subquery("new")
         canonical = func.coalesce(mg.c.pid, m.c.profile_id)
@@ -1120,7 +1130,8 @@ class _MembershipWriter:
                 )
             )
         rows = (await c.execute(select(d.c.pid, d.c.entered).order_by(d.c.pid))).all()
-        size = (await c.execute(select(func.count()).select_from(new))).scalar_one()
+        if size is None:
+            size = (await c.execute(select(func.count()).select_from(new))).scalar_one()
         await c.execute(
             update(audience_status)
             .where(audience_status.c.audience_id == audience_id)
