@@ -7,12 +7,13 @@ conformance and property tests hold the two to each other.
 Shape of an audience query (one statement, the database does all the work)::
 
     SELECT u.pid FROM universe u                    -- alive canonical profiles
-      LEFT JOIN (one GROUP BY pass over the events: a FILTER-style SUM(CASE ..) column
-                 per event condition) e ON e.pid = u.pid
+      LEFT JOIN (one GROUP BY pass over the events: a count(*) FILTER (WHERE ..)
+                 column per event condition, per own profile id; merged profiles'
+                 counts then added to their survivors') e ON e.pid = u.pid
       LEFT JOIN (one GROUP BY pass over the traits: the latest value per key) t ...
       LEFT JOIN computed_trait_values per computed key ...
-    WHERE <the condition tree over those columns, funnels and audience references as
-           correlated EXISTS>
+    WHERE <the condition tree over those columns; funnels as an ordered window pass
+           over their step events, audience references as correlated EXISTS>
 
 Every leaf is made NULL-free (``CASE WHEN p THEN true ELSE false END``) before it meets
 NOT, so SQL's three-valued logic cannot turn "missing" into "unknown".
