@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import grpc
@@ -11,6 +12,8 @@ import redis.asyncio as redis_asyncio
 from audiences.v1 import common_pb2, profile_pb2
 from google.protobuf.field_mask_pb2 import FieldMask
 
+from services.profile.hotread import HotProfiles
+from services.profile.model import Identifier, ProfileQuery, Section
 from services.shared.errors import field_violations
 from tests.conftest import make_workspace
 from tests.helpers.grpc_client import bearer
@@ -361,3 +364,86 @@ async def test_get_profile_is_one_redis_round_trip(profile_stub, workspace, redi
             if workspace.workspace_id in command["command"] and command["client_type"] != "lua":
                 seen.append(command["command"].split()[0].upper())
     assert seen == ["EVALSHA", "EVALSHA"]
+
+
+async def _script_calls(redis: redis_asyncio.Redis, workspace_id: str, calls) -> list[list[str]]:  # type: ignore[no-untyped-def]
+    """Run `calls()` under MONITOR; the identity keys of each command that crossed the
+    network (raising if anything but EVALSHA did)."""
+    sentinel = f"sentinel-{uuid.uuid4()}"
+    sent: list[list[str]] = []
+    async with redis.monitor() as monitor:
+        await calls()
+        await redis.echo(sentinel)
+        async for command in monitor.listen():
+            if sentinel in command["command"]:
+                break
+            if workspace_id in command["command"] and command["client_type"] != "lua":
+                words = command["command"].split()
+                assert words[0].upper() == "EVALSHA", command
+                sent.append(words[3 : 3 + int(words[2])])
+    return sent
+
+
+async def test_reads_started_together_share_one_round_trip(workspace, redis) -> None:  # type: ignore[no-untyped-def]
+    ws = workspace.workspace_id
+    await seed_hot(redis, ws, ADA)
+    hot = HotProfiles(redis)
+    traits = ProfileQuery(frozenset({Section.TRAITS, Section.IDENTIFIERS}))
+    audiences = ProfileQuery(frozenset({Section.AUDIENCES}))
+    await hot.read(ws, [Identifier("user_id", "u-ada")], traits)  # loads the script
+    asked = [
+        Identifier("email", "ada@example.com"),
+        Identifier("user_id", "nobody"),
+        Identifier("crm_id", "C-0042"),
+    ]
+    found: list = []  # type: ignore[type-arg]
+
+    async def together() -> None:
+        found.extend(
+            await asyncio.gather(
+                *(hot.read(ws, [identifier], traits) for identifier in asked),
+                hot.read(ws, asked, audiences),  # another shape: its own round trip
+            )
+        )
+
+    sent = await _script_calls(redis, ws, together)
+    # Three same-shape reads in one loop iteration: one EVALSHA over their three keys.
+    assert sorted(len(keys) for keys in sent) == [3, 3]
+    assert len(sent) == 2
+    one, nobody, crm, batch = found
+    assert one[0].profile_id == "7" and orjson.loads(one[0].traits)["name"] == "Ada"
+    assert nobody == [None]
+    assert crm[0].profile_id == "7" and crm[0].audiences is not None
+    assert [p and p.profile_id for p in batch] == ["7", None, "7"]
+    assert batch[0].audiences == {"vip": ADA.audiences["vip"], "churn_risk": NOW - 3_000_001}
+    assert batch[0].traits is None
+
+
+async def test_concurrent_get_profiles_each_ride_exactly_one_round_trip(  # type: ignore[no-untyped-def]
+    profile_stub, workspace, redis
+) -> None:
+    ws = workspace.workspace_id
+    await seed_hot(redis, ws, ADA)
+    request = profile_pb2.GetProfileRequest(identifier=ident("email", "ada@example.com"))
+    await profile_stub.GetProfile(request, metadata=bearer(workspace.profile))
+    values = ["u-ada", *(f"nobody-{n}" for n in range(15))]
+    replies: list = []  # type: ignore[type-arg]
+
+    async def concurrently() -> None:
+        calls = [
+            profile_stub.GetProfile(
+                profile_pb2.GetProfileRequest(identifier=ident("user_id", value)),
+                metadata=bearer(workspace.profile),
+            )
+            for value in values
+        ]
+        replies.extend(await asyncio.gather(*calls, return_exceptions=True))
+
+    sent = await _script_calls(redis, ws, concurrently)
+    # However the calls were grouped, every request's identity key went out exactly
+    # once, in an EVALSHA (one round trip per request, possibly shared).
+    keys = sorted(key.strip('"').rsplit(":", 1)[1] for command in sent for key in command)
+    assert keys == sorted(values)
+    assert 1 <= len(sent) <= len(values)
+    assert replies[0].profile_id == "7"
+    assert all(r.code() == grpc.StatusCode.NOT_FOUND for r in replies[1:])
