@@ -6,20 +6,11 @@ merge redirects to the survivor, and returns the asked-for sections. Trait and
 computed-trait hashes hold JSON text per key, so the script joins them into one JSON
 object by concatenation: nothing is decoded in Lua and nothing per field in Python;
 the bytes go to the wire as they are. Key names come from services.shared.hotstate.
-
-Reads coalesce: every read that starts in the same event-loop iteration with the same
-workspace, sections and trait mask joins one EVALSHA over all their identity keys
-(the script reads any number of identifiers), sent in the next iteration. So each
-request still costs exactly one round trip, shared with its neighbours, and the
-client's per-command cost (connection checkout, packing, parsing, a task switch) is
-paid once per group rather than once per request.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import orjson
 from redis.asyncio import Redis
@@ -36,10 +27,6 @@ from services.shared import hotstate
 
 # A chain of merges longer than this is a bug in the writer; stop rather than loop.
 MAX_MERGE_HOPS = 16
-
-# A group stops taking readers at this many identity keys (a Lua call blocks Redis
-# for its whole run; ~75 us per profile read): later readers open the next group.
-MAX_GROUP_KEYS = 256
 
 # Section flags passed to the script (one character each).
 _FLAGS = {
@@ -126,76 +113,22 @@ return results
 """.replace("MAX_MERGE_HOPS", str(MAX_MERGE_HOPS))
 
 
-@dataclass
-class _Group:
-    """Reads waiting for one script call: its arguments, keys, and who gets which rows."""
-
-    args: list[str]
-    keys: list[str] = field(default_factory=list)
-    # (first row, row count, the reader's future) per reader.
-    readers: list[tuple[int, int, asyncio.Future[list[list[bytes | None] | None]]]] = field(
-        default_factory=list
-    )
-
-
 class HotProfiles:
     """Reads profiles from the hot state of a workspace."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._script = redis.register_script(READ_PROFILES_LUA)
-        self._open: dict[tuple[str, str, tuple[str, ...]], _Group] = {}
-        self._sending: set[asyncio.Task[None]] = set()  # strong refs while in flight
 
     async def read(
         self, workspace_id: str, identifiers: Sequence[Identifier], query: ProfileQuery
     ) -> list[HotProfile | None]:
-        """The profiles of `identifiers` in order (None where unknown), in one round trip
-        (shared with the other reads that started in the same loop iteration)."""
+        """The profiles of `identifiers` in order (None where unknown), in one round trip."""
         keys = [hotstate.identity_key(workspace_id, i.type, i.value) for i in identifiers]
         flags = "".join(_FLAGS[section] for section in query.sections)
-        replies = await self._join(workspace_id, flags, query.trait_keys, keys)
+        args = [hotstate.workspace_prefix(workspace_id), flags, *query.trait_keys]
+        replies = await self._script(keys=keys, args=args)
         return [None if reply is None else _hot_profile(reply) for reply in replies]
-
-    def _join(
-        self, workspace_id: str, flags: str, trait_keys: tuple[str, ...], keys: list[str]
-    ) -> asyncio.Future[list[list[bytes | None] | None]]:
-        """A future of the script's rows for `keys`, from the open group of this shape."""
-        shape = (workspace_id, flags, trait_keys)
-        group = self._open.get(shape)
-        if group is None or len(group.keys) >= MAX_GROUP_KEYS:
-            group = _Group([hotstate.workspace_prefix(workspace_id), flags, *trait_keys])
-            self._open[shape] = group
-            # A task's first step runs in the next loop iteration: every reader that
-            # joins before then rides along.
-            task = asyncio.get_running_loop().create_task(self._send(shape, group))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-        future: asyncio.Future[list[list[bytes | None] | None]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        group.readers.append((len(group.keys), len(keys), future))
-        group.keys.extend(keys)
-        return future
-
-    async def _send(self, shape: tuple[str, str, tuple[str, ...]], group: _Group) -> None:
-        """Close the group, run the script once, hand each reader its rows."""
-        if self._open.get(shape) is group:
-            del self._open[shape]
-        try:
-            rows = await self._script(keys=group.keys, args=group.args)
-        except asyncio.CancelledError:
-            for _, _, future in group.readers:
-                future.cancel()
-            raise
-        except Exception as error:
-            for _, _, future in group.readers:
-                if not future.done():
-                    future.set_exception(error)
-            return
-        for first, count, future in group.readers:
-            if not future.done():  # a reader cancelled meanwhile just misses its rows
-                future.set_result(rows[first : first + count])
 
     async def resolve(self, workspace_id: str, identifier: Identifier) -> HotProfile | None:
         """The profile id and identifiers of one identifier (None when unknown)."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import fakeredis
 import orjson
 import pytest
@@ -43,22 +41,4 @@ async def test_script_resolves_redirects_and_joins_json_on_the_embedded_store() 
         ws, [Identifier("email", "a@b.c")], ProfileQuery(frozenset({Section.TRAITS}), ("n", "x"))
     )
     assert masked[0] is not None and orjson.loads(masked[0].traits or b"") == {"n": 2**62}
-    await redis.aclose()
-
-
-async def test_a_cancelled_reader_leaves_the_others_of_its_group_their_rows() -> None:
-    redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
-    ws = "ws_embedded"
-    for pid, user in ((1, "a"), (2, "b")):
-        await redis.set(hotstate.identity_key(ws, "user_id", user), str(pid))
-        await redis.hset(hotstate.profile_key(ws, pid, "ids"), mapping={f"user_id:{user}": "1"})
-    hot = HotProfiles(redis)
-    query = ProfileQuery(frozenset({Section.IDENTIFIERS}))
-    first = asyncio.ensure_future(hot.read(ws, [Identifier("user_id", "a")], query))
-    second = asyncio.ensure_future(hot.read(ws, [Identifier("user_id", "b")], query))
-    await asyncio.sleep(0)  # both readers join one group
-    first.cancel()
-    found = await second
-    assert found[0] is not None and found[0].profile_id == "2"
-    assert first.cancelled()
     await redis.aclose()
