@@ -10,7 +10,8 @@ measured in the same run: a bare grpc.aio server answering with a message of the
 size (the transport limit) and the same Lua read issued straight from redis-py (the
 storage limit). For every server process it also reports the CPU time the server
 spent per call (from /proc, warm-up calls included), which moves much less with other
-work on a shared machine than throughput does. Redis db 12 is flushed and the bench database dropped afterwards.
+work on a shared machine than throughput does. Redis db 12 is flushed and the bench
+database dropped afterwards.
 """
 
 from __future__ import annotations
