@@ -6,10 +6,12 @@ conformance and property tests hold the two to each other.
 
 Shape of an audience query (one statement, the database does all the work)::
 
+    WITH e_own AS (one GROUP BY pass over the events: a count(*) FILTER (WHERE ..)
+                   column per event condition, per the events' own profile id)
     SELECT u.pid FROM universe u                    -- alive canonical profiles
-      LEFT JOIN (one GROUP BY pass over the events: a count(*) FILTER (WHERE ..)
-                 column per event condition, per own profile id; merged profiles'
-                 counts then added to their survivors') e ON e.pid = u.pid
+      LEFT JOIN e_own ON e_own.own = u.pid
+      LEFT JOIN (e_own rows of merged-away profiles summed per survivor: few) em
+        ON em.pid = u.pid                           -- a count is e_own's + em's
       LEFT JOIN (one GROUP BY pass over the traits: the latest value per key) t ...
       LEFT JOIN computed_trait_values per computed key ...
     WHERE <the condition tree over those columns; funnels as an ordered window pass
@@ -480,7 +482,8 @@ class _AudienceCompiler:
         self.merged_uses = 0  # numbers the merged-profile joins
         self.u: Any = None
         self.t: Any = None
-        self.e: Any = None
+        self.e: Any = None  # event counts per own profile id (a CTE)
+        self.em: Any = None  # those of merged-away profiles, per survivor
 
     # -- sources
 
@@ -489,7 +492,10 @@ class _AudienceCompiler:
             sa.select(profiles.c.profile_id.label("pid"))
             .where(
                 profiles.c.workspace_id == self.ws,
-                profiles.c.canonical_id == profiles.c.profile_id,
+                # As a CASE the planner estimates half the profiles instead of 0.5% (its
+                # guess for column = column): with 5,000 expected rows for 1M it hashed
+                # the universe side of every join in turn, each a 1M-row hash build.
+                _b(profiles.c.canonical_id == profiles.c.profile_id),
                 profiles.c.deleted_at_us.is_(None),
             )
             .subquery("u")
@@ -593,17 +599,29 @@ class _AudienceCompiler:
             # rows (and partitions) need not be read at all.
             floor = min(n.window.bounds(self.now)[0] for n in self.event_leaves if n.window)
             where.append(ev.c.timestamp_us > floor)
-        # Grouped by the events' own profile id first (the planner knows how many there
-        # are, so it hashes instead of sorting millions of rows), then the few merged
-        # profiles' counts are added to their survivors'.
+        # Grouped by the events' own profile id (the planner knows how many there are,
+        # so it hashes instead of sorting millions of rows). The few merged profiles'
+        # counts are summed per survivor separately (``merged_counts``) and added at the
+        # join to the universe: folding them in by grouping the whole rollup a second
+        # time cost a hash aggregate of a row per profile.
         own = sa.select(key.label("own"), *cols).select_from(src).where(*where).group_by(key)
-        own = own.subquery("e_own")
-        src, pid = self.to_canonical(own, own.c.own)
+        return own.cte("e_own")
+
+    def merged_counts(self, own: Any) -> Any:
+        """The counts of `own` (``events_subquery``) of merged-away profiles, summed per
+        survivor: a handful of rows, joined to the universe next to `own`."""
+        p = profiles.alias("merged_e")
         sums = [
             cast(func.sum(getattr(own.c, f"c{i}")), sa.BigInteger).label(f"c{i}")
-            for i in range(len(cols))
+            for i in range(len(self.event_leaves))
         ]
-        return sa.select(pid.label("pid"), *sums).select_from(src).group_by(pid).subquery("e")
+        return (
+            sa.select(p.c.canonical_id.label("pid"), *sums)
+            .select_from(own.join(p, p.c.profile_id == own.c.own))
+            .where(p.c.workspace_id == self.ws, p.c.canonical_id != p.c.profile_id)
+            .group_by(p.c.canonical_id)
+            .subquery("e_merged")
+        )
 
     # -- tree
 
@@ -626,10 +644,12 @@ class _AudienceCompiler:
         self.u = self.universe()
         keys = sorted({k for n in nodes for k in trait_refs(n)})
         self.t = self.traits_subquery(keys) if keys else None
-        self.e = self.events_subquery() if self.event_leaves else None
         src = self.u
-        if self.e is not None:
-            src = src.outerjoin(self.e, self.e.c.pid == self.u.c.pid)
+        if self.event_leaves:
+            self.e = self.events_subquery()
+            self.em = self.merged_counts(self.e)
+            src = src.outerjoin(self.e, self.e.c.own == self.u.c.pid)
+            src = src.outerjoin(self.em, self.em.c.pid == self.u.c.pid)
         if self.t is not None:
             src = src.outerjoin(self.t, self.t.c.pid == self.u.c.pid)
         for key, cv in self.computed.items():
@@ -666,7 +686,10 @@ class _AudienceCompiler:
         if isinstance(n, Not):
             return not_(self.node(n.child))
         if isinstance(n, Event):
-            cnt = func.coalesce(getattr(self.e.c, self.event_cols[_event_key(n)]), 0)
+            col = self.event_cols[_event_key(n)]
+            cnt = func.coalesce(getattr(self.e.c, col), 0) + func.coalesce(
+                getattr(self.em.c, col), 0
+            )
             return _b(_cmp(cnt, n.count.op, literal(n.count.value, sa.BigInteger)))
         if isinstance(n, Trait):
             return _b(_match_lit(d, self.trait_value(n.name), n.op, n.value))
