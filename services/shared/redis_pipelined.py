@@ -52,6 +52,11 @@ class _Protocol(asyncio.Protocol):
         transport = self._transport
         return self.lost is None and transport is not None and not transport.is_closing()
 
+    @property
+    def in_flight(self) -> int:
+        """Commands written whose replies have not been read yet."""
+        return len(self._waiting)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
@@ -149,6 +154,11 @@ class PipelinedConnection:
                 raise RedisConnectionError(f"cannot connect to Redis: {error!r}") from error
             self._protocol = protocol
             return protocol
+
+    @property
+    def in_flight(self) -> int:
+        """Commands written on the current connection and not answered yet."""
+        return self._protocol.in_flight if self._protocol is not None else 0
 
     def close(self) -> None:
         """Close the connection (callers in flight get ConnectionError)."""
