@@ -559,21 +559,28 @@ class Segmentation:
                 stored = await self._store.audience_definitions(ws)
                 order = dependency_layers({k: a.definition for k, a in stored.items()})
                 layers = [[stored[k] for k in layer] for layer in order]
+            done = Progress(BACKFILL_STEPS, BACKFILL_STEPS, "done")
             for batch in layers:
-                # One rollup pass over the events per layer; the audiences a layer
+                # One rollup pass over the events per layer for its user-level
+                # audiences, diffed and written in the database; account-level ones are
+                # evaluated one by one (sql_accounts.py). The audiences a layer
                 # references were written by the layers before it.
-                users = [a.definition for a in batch if not a.account_level]
-                results = iter(await self._store.evaluate_audiences(ws, users, now))
+                users = [a for a in batch if not a.account_level]
+                diffs = await self._store.recompute_audiences(ws, users, now, done) if users else []
+                for audience, diff in zip(users, diffs, strict=True):
+                    await self._hot.memberships(
+                        ws, audience.key, dict.fromkeys(diff.entered, now), diff.exited
+                    )
+                    entered += len(diff.entered)
+                    exited += len(diff.exited)
                 for audience in batch:
                     if audience.account_level:
                         members = await self._store.evaluate_audience(
                             ws, audience.definition, now, account_level=True
                         )
-                    else:
-                        members = next(results)
-                    came, left = await self._apply(ws, audience, audience.version, members, now)
-                    entered += came
-                    exited += left
+                        came, left = await self._apply(ws, audience, audience.version, members, now)
+                        entered += came
+                        exited += left
         return RecomputeResult(entered, exited, sum(len(batch) for batch in layers))
 
     async def workspaces(self) -> list[str]:

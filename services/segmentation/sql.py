@@ -7,12 +7,13 @@ conformance and property tests hold the two to each other.
 Shape of an audience query (one statement, the database does all the work)::
 
     SELECT u.pid FROM universe u                    -- alive canonical profiles
-      LEFT JOIN (one GROUP BY pass over the events: a FILTER-style SUM(CASE ..) column
-                 per event condition) e ON e.pid = u.pid
+      LEFT JOIN (one GROUP BY pass over the events: a count(*) FILTER (WHERE ..)
+                 column per event condition, per own profile id; merged profiles'
+                 counts then added to their survivors') e ON e.pid = u.pid
       LEFT JOIN (one GROUP BY pass over the traits: the latest value per key) t ...
       LEFT JOIN computed_trait_values per computed key ...
-    WHERE <the condition tree over those columns, funnels and audience references as
-           correlated EXISTS>
+    WHERE <the condition tree over those columns; funnels as an ordered window pass
+           over their step events, audience references as correlated EXISTS>
 
 Every leaf is made NULL-free (``CASE WHEN p THEN true ELSE false END``) before it meets
 NOT, so SQL's three-valued logic cannot turn "missing" into "unknown".
@@ -82,7 +83,9 @@ from services.segmentation.reference import UNIQUE_LIST_LIMIT
 from services.shared.db.tables import events, profile_traits, profiles
 
 __all__ = [
+    "BATCH_SETTINGS",
     "UnsupportedInSQL",
+    "batch_settings",
     "compile_audience",
     "compile_audiences",
     "compile_computed_trait",
@@ -442,10 +445,16 @@ def _match_dyn(d: _Dialect, v: JV, op: str, ref: JV) -> ColumnElement[bool]:
     raise ValueError(f"operator {op!r} cannot take a ref")
 
 
-def _window(t: Any, window: Window | None, now_us: int) -> ColumnElement[bool]:
+def _window(
+    t: Any, window: Window | None, now_us: int, checked_upto_now: bool = False
+) -> ColumnElement[bool]:
+    """`t` inside `window` and not after now; `checked_upto_now`: the statement already
+    requires ``t <= now``, so a window reaching now needs only its lower bound."""
     if window is None:
-        return t <= now_us
+        return true() if checked_upto_now else t <= now_us
     lo, hi = window.bounds(now_us)
+    if checked_upto_now and hi >= now_us:
+        return t > lo
     return and_(t > lo, t <= min(hi, now_us))
 
 
@@ -468,6 +477,7 @@ class _AudienceCompiler:
         self.trait_cols: dict[str, str] = {}
         self.computed: dict[str, Any] = {}
         self.funnels = 0  # numbers the funnels' derived tables
+        self.merged_uses = 0  # numbers the merged-profile joins
         self.u: Any = None
         self.t: Any = None
         self.e: Any = None
@@ -485,6 +495,22 @@ class _AudienceCompiler:
             .subquery("u")
         )
 
+    def to_canonical(self, src: Any, profile_id: Any) -> tuple[Any, Any]:
+        """(`src` joined to the workspace's merged profiles, the canonical id of
+        `profile_id`). Only merged-away profiles are joined (few), not every profile:
+        probing a million-entry hash table for each of ten million events cost more
+        than the aggregation itself. Rows of unknown or deleted profiles keep their own
+        id and are dropped by the join to the universe."""
+        p = profiles.alias(f"merged{self.merged_uses}")
+        self.merged_uses += 1
+        merged = (
+            sa.select(p.c.profile_id, p.c.canonical_id)
+            .where(p.c.workspace_id == self.ws, p.c.canonical_id != p.c.profile_id)
+            .subquery(f"m{self.merged_uses - 1}")
+        )
+        src = src.outerjoin(merged, merged.c.profile_id == profile_id)
+        return src, func.coalesce(merged.c.canonical_id, profile_id)
+
     def traits_subquery(self, keys: Sequence[str]) -> Any:
         """Latest value per (canonical profile, key) in one pass; trait rows may sit on
         merged profiles, so the winner is chosen across the whole merged set."""
@@ -498,17 +524,21 @@ class _AudienceCompiler:
         cols = []
         for i, k in enumerate(keys):
             self.trait_cols[k] = f"t{i}"
-            cols.append(func.max(d.c(case((pt.c.key == k, enc)))).label(f"t{i}"))
+            # Decoded here, once per profile, not again by every condition reading it.
+            latest = func.substr(func.max(d.c(case((pt.c.key == k, enc)))), 41)
+            cols.append(d.decode(latest).expr.label(f"t{i}"))
+        src, pid = self.to_canonical(pt, pt.c.profile_id)
         return (
-            sa.select(profiles.c.canonical_id.label("pid"), *cols)
-            .select_from(pt.join(profiles, profiles.c.profile_id == pt.c.profile_id))
+            sa.select(pid.label("pid"), *cols)
+            .select_from(src)
             .where(pt.c.workspace_id == self.ws, pt.c.key.in_(list(keys)))
-            .group_by(profiles.c.canonical_id)
+            .group_by(pid)
             .subquery("t")
         )
 
     def trait_value(self, name: str) -> JV:
-        return self.d.decode(func.substr(getattr(self.t.c, self.trait_cols[name]), 41))
+        col = getattr(self.t.c, self.trait_cols[name])
+        return JV(col) if self.d.name == "postgresql" else self.d.decode(col)
 
     def filter_pred(self, f: Filter, props: Any, chain: Sequence[Any] = ()) -> ColumnElement[bool]:
         v = self.d.prop(props, f.property)
@@ -520,33 +550,60 @@ class _AudienceCompiler:
             ref = self.d.prop(chain[f.ref.step].c.properties, f.ref.property)
         return _match_dyn(self.d, v, f.op, ref)
 
+    def _with_traits(self, src: Any, pid: Any, filters: Sequence[Filter]) -> Any:
+        """`src` (events) joined to the traits pass on canonical id `pid`, only when one
+        of `filters` compares against a trait: otherwise every event row would carry it."""
+        if self.t is None or not any(isinstance(f.ref, TraitRef) for f in filters):
+            return src
+        return src.outerjoin(self.t, self.t.c.pid == pid)
+
     def events_subquery(self) -> Any:
-        """One GROUP BY pass computing a count column per event condition."""
+        """One GROUP BY pass counting, per profile, the events of every condition with
+        ``count(*) FILTER (WHERE ..)``. Each filter tests the integer window bound
+        before the strings (AND stops at the first false), and the name before the type
+        (which is nearly always 'track')."""
         ev = events
         cols = []
         for i, node in enumerate(self.event_leaves):
             cond = and_(
-                ev.c.type == node.type,
+                _window(ev.c.timestamp_us, node.window, self.now, checked_upto_now=True),
                 ev.c.name == node.name,
-                _window(ev.c.timestamp_us, node.window, self.now),
+                ev.c.type == node.type,
                 *[self.filter_pred(f, ev.c.properties) for f in node.where],
             )
-            cols.append(func.sum(case((cond, 1), else_=0)).label(f"c{i}"))
-        names = {(n.type, n.name) for n in self.event_leaves}
-        src = ev.join(profiles, profiles.c.profile_id == ev.c.profile_id)
-        if self.t is not None:
-            src = src.outerjoin(self.t, self.t.c.pid == profiles.c.canonical_id)
-        return (
-            sa.select(profiles.c.canonical_id.label("pid"), *cols)
-            .select_from(src)
-            .where(
-                ev.c.workspace_id == self.ws,
-                ev.c.timestamp_us <= self.now,
-                or_(*[and_(ev.c.type == t, ev.c.name == n) for t, n in sorted(names)]),
-            )
-            .group_by(profiles.c.canonical_id)
-            .subquery("e")
-        )
+            # int4: the second level's sum(int4) adds in bigint; sum(bigint) would
+            # accumulate in numeric, seconds slower over a million profiles.
+            cols.append(cast(func.count().filter(cond), sa.Integer).label(f"c{i}"))
+        names = sorted({(n.type, n.name) for n in self.event_leaves})
+        filters = [f for n in self.event_leaves for f in n.where]
+        src: Any = ev
+        key: Any = ev.c.profile_id
+        if any(isinstance(f.ref, TraitRef) for f in filters):
+            # A filter compares against the person's trait: map each event to its
+            # canonical profile first.
+            src, key = self.to_canonical(src, ev.c.profile_id)
+            src = self._with_traits(src, key, filters)
+        where = [
+            ev.c.workspace_id == self.ws,
+            ev.c.timestamp_us <= self.now,
+            or_(*[and_(ev.c.type == t, ev.c.name == n) for t, n in names]),
+        ]
+        if all(n.window is not None for n in self.event_leaves):
+            # No condition counts events at or before the earliest window start: those
+            # rows (and partitions) need not be read at all.
+            floor = min(n.window.bounds(self.now)[0] for n in self.event_leaves if n.window)
+            where.append(ev.c.timestamp_us > floor)
+        # Grouped by the events' own profile id first (the planner knows how many there
+        # are, so it hashes instead of sorting millions of rows), then the few merged
+        # profiles' counts are added to their survivors'.
+        own = sa.select(key.label("own"), *cols).select_from(src).where(*where).group_by(key)
+        own = own.subquery("e_own")
+        src, pid = self.to_canonical(own, own.c.own)
+        sums = [
+            cast(func.sum(getattr(own.c, f"c{i}")), sa.BigInteger).label(f"c{i}")
+            for i in range(len(cols))
+        ]
+        return sa.select(pid.label("pid"), *sums).select_from(src).group_by(pid).subquery("e")
 
     # -- tree
 
@@ -700,23 +757,27 @@ class _AudienceCompiler:
             conds += [self.filter_pred(f, ev.c.properties) for f in s.where]
             flags.append(_b(and_(*conds)).label(f"s{i}"))
         names = sorted({(s.type, s.name) for s in n.steps})
-        src = ev.join(profiles, profiles.c.profile_id == ev.c.profile_id)
-        if self.t is not None:
-            src = src.outerjoin(self.t, self.t.c.pid == profiles.c.canonical_id)
+        src, pid = self.to_canonical(ev, ev.c.profile_id)
+        src = self._with_traits(src, pid, [f for s in n.steps for f in s.where])
+        where = [
+            ev.c.workspace_id == self.ws,
+            ev.c.timestamp_us <= self.now,
+            or_(*[and_(ev.c.type == t, ev.c.name == nm) for t, nm in names]),
+        ]
+        if n.window is not None:
+            # Every step of a chain is later than its first step, which is inside the
+            # window: older step events can neither start nor continue a chain, and the
+            # levels below only look at later rows, so they are left out of the sort.
+            where.append(ev.c.timestamp_us > n.window.bounds(self.now)[0])
         base = (
             sa.select(
-                profiles.c.canonical_id.label("pid"),
+                pid.label("pid"),
                 ev.c.timestamp_us.label("t"),
                 *flags,
                 ev.c.timestamp_us.label(f"g{k - 1}"),
             )
             .select_from(src)
-            .where(
-                ev.c.workspace_id == self.ws,
-                profiles.c.workspace_id == self.ws,
-                ev.c.timestamp_us <= self.now,
-                or_(*[and_(ev.c.type == t, ev.c.name == nm) for t, nm in names]),
-            )
+            .where(*where)
             .subquery(f"{tag}_{k - 1}")
         )
         cur = base
@@ -845,6 +906,25 @@ def compile_audiences(
     return c.compile_many([_as_node(d) for d in definitions])
 
 
+# Session settings of batch evaluation on Postgres (SET LOCAL: they end with the
+# transaction). Measured at 1M/10M events on 2 cores (docs/benchmarks.md):
+# - work_mem: the rollup's hash aggregate (a row of counts per profile) and the funnel's
+#   sort stay in memory instead of spilling in batches to disk under the default 4 MB.
+# - jit: PG15 compiles the big expression lists of the rollup to machine code on every
+#   run, which costs more than it saves at these sizes.
+BATCH_SETTINGS: dict[str, str] = {"work_mem": "256MB", "jit": "off"}
+
+
+async def batch_settings(conn: AsyncConnection) -> None:
+    """Apply ``BATCH_SETTINGS`` to the transaction of `conn` (Postgres only)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for name, value in BATCH_SETTINGS.items():
+        await conn.execute(
+            sa.text("SELECT set_config(:name, :value, true)"), {"name": name, "value": value}
+        )
+
+
 async def evaluate_audiences(
     conn: AsyncConnection,
     definitions: Sequence[Node | Mapping[str, Any]],
@@ -858,6 +938,7 @@ async def evaluate_audiences(
     q = compile_audiences(
         definitions, workspace_id=workspace_id, now_us=now_us, dialect=conn.dialect.name
     )
+    await batch_settings(conn)
     out: list[set[int]] = [set() for _ in definitions]
     for row in (await conn.execute(q)).all():
         for i, member in enumerate(row[1:]):
@@ -873,6 +954,7 @@ async def evaluate_audience(
     q = compile_audience(
         definition, workspace_id=workspace_id, now_us=now_us, dialect=conn.dialect.name
     )
+    await batch_settings(conn)
     return {row[0] for row in (await conn.execute(q)).all()}
 
 
@@ -1026,4 +1108,5 @@ async def evaluate_computed_trait(
     q = compile_computed_trait(
         definition, workspace_id=workspace_id, now_us=now_us, dialect=conn.dialect.name
     )
+    await batch_settings(conn)
     return {row[0]: _jsonable(row[1]) for row in (await conn.execute(q)).all()}

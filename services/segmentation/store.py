@@ -413,15 +413,6 @@ class SegmentationStore:
         async with self._engine.connect() as c:
             return await sql.evaluate_audience(c, definition, workspace_id=ws, now_us=now_us)
 
-    async def evaluate_audiences(
-        self, ws: str, definitions: Sequence[Any], now_us: int
-    ) -> list[set[int]]:
-        """The members of each definition at `now_us`, in order, from one rollup pass
-        over the events (none may reference another: see `dependency_layers`)."""
-        await self.fresh_statistics()
-        async with self._engine.connect() as c:
-            return await sql.evaluate_audiences(c, definitions, workspace_id=ws, now_us=now_us)
-
     async def _current(self, c: AsyncConnection, audience_id: int) -> list[Any]:
         query = (
             select(
@@ -452,83 +443,52 @@ class SegmentationStore:
         Rows of profiles merged since they entered are re-keyed to the survivor
         without a change record (the person never left).
         """
-        new = set(members)
         async with self._engine.begin() as c:
-            await lock_change_sequence(c, ws)
-            rows = await self._current(c, audience_id)
-            old: dict[int, int] = {}
-            stale: list[int] = []  # rows keyed by a merged-away profile id
-            for row in rows:
-                canonical = row.canonical_id if row.canonical_id is not None else row.profile_id
-                if canonical != row.profile_id:
-                    stale.append(row.profile_id)
-                if canonical not in old or row.entered_at_us < old[canonical]:
-                    old[canonical] = row.entered_at_us
-            entered = sorted(new - old.keys())
-            exited = sorted(old.keys() - new)
-            rekeyed = {p: at for p, at in old.items() if p in new}
-            direct = {r.profile_id for r in rows}
-            gone = sorted(set(exited) | set(stale))
-            for chunk in _chunks(gone):
-                await c.execute(
-                    delete(memberships).where(
-                        memberships.c.audience_id == audience_id,
-                        memberships.c.profile_id.in_(chunk),
+            new = await _temp_table(c, "seg_new", sa.Column("pid", sa.BigInteger))
+            for chunk in _chunks(sorted(set(members))):
+                await c.execute(insert(new), [{"pid": p} for p in chunk])
+            writer = await _MembershipWriter.start(c, ws, now_us)
+            diff = await writer.apply(audience_id, version, select(new.c.pid), progress)
+            await writer.finish()
+            await _drop(c, new)
+        return diff
+
+    async def recompute_audiences(
+        self, ws: str, batch: Sequence[AudienceRecord], now_us: int, progress: Progress
+    ) -> list[Diff]:
+        """Evaluate `batch` (none may reference another: see `dependency_layers`) in one
+        rollup pass over the events and apply each audience's members as
+        `apply_members` does, in one transaction, set-based: the rollup lands in a
+        temporary table and the diff, the membership rows and the change log are
+        written by INSERT ... SELECT / DELETE statements; only the differences come
+        back to Python (for the hot state)."""
+        await self.fresh_statistics()
+        definitions = [a.definition for a in batch]
+        async with self._engine.begin() as c:
+            await sql.batch_settings(c)
+            query = sql.compile_audiences(
+                definitions, workspace_id=ws, now_us=now_us, dialect=c.dialect.name
+            )
+            flags = [sa.Column(f"a{i}", sa.Boolean) for i in range(len(batch))]
+            rollup = await _temp_table(c, "seg_rollup", sa.Column("pid", sa.BigInteger), *flags)
+            await c.execute(insert(rollup).from_select(list(rollup.c), query))
+            await _analyze(c, rollup)
+            # Evaluation ran outside the workspace lock; the diff below is against the
+            # memberships committed when the lock is granted.
+            counts = [func.count().filter(flag) for flag in list(rollup.c)[1:]]
+            sizes = (await c.execute(select(*counts))).one()
+            writer = await _MembershipWriter.start(c, ws, now_us)
+            diffs = []
+            for i, audience in enumerate(batch):
+                members = select(rollup.c.pid).where(rollup.c[f"a{i}"])
+                diffs.append(
+                    await writer.apply(
+                        audience.audience_id, audience.version, members, progress, sizes[i]
                     )
                 )
-            # Survivors whose own row is missing (it sat on a merged id) get one back.
-            restore = [
-                {
-                    "workspace_id": ws,
-                    "audience_id": audience_id,
-                    "profile_id": p,
-                    "entered_at_us": at,
-                }
-                for p, at in rekeyed.items()
-                if p not in direct
-            ]
-            added = [
-                {
-                    "workspace_id": ws,
-                    "audience_id": audience_id,
-                    "profile_id": p,
-                    "entered_at_us": now_us,
-                }
-                for p in entered
-            ]
-            for chunk in _chunks(restore + added):
-                await c.execute(insert(memberships), chunk)
-            n = len(entered) + len(exited)
-            if n:
-                first = await take_change_seqs(c, ws, n)
-                log = [(p, EXITED) for p in exited] + [(p, ENTERED) for p in entered]
-                change_rows = [
-                    {
-                        "workspace_id": ws,
-                        "seq": first + i,
-                        "audience_id": audience_id,
-                        "profile_id": p,
-                        "kind": kind,
-                        "at_us": now_us,
-                        "version": version,
-                    }
-                    for i, (p, kind) in enumerate(log)
-                ]
-                for chunk in _chunks(change_rows):
-                    await c.execute(insert(membership_changes), chunk)
-            await c.execute(
-                update(audience_status)
-                .where(audience_status.c.audience_id == audience_id)
-                .values(
-                    live_version=version,
-                    size=len(new),
-                    state=LIVE,
-                    progress_done=progress.done,
-                    progress_total=progress.total,
-                    progress_stage=progress.stage,
-                )
-            )
-        return Diff(tuple(entered), tuple(exited), len(new))
+            await writer.finish()
+            await _drop(c, rollup)
+        return diffs
 
     async def delete_audience(self, ws: str, audience_id: int, now_us: int) -> list[int]:
         """Soft-delete an audience: its members exit (logged), its rows go. Returns the
@@ -1018,3 +978,206 @@ def _change(row: Any, key: str) -> Change:
         at_us=row.at_us,
         version=row.version,
     )
+
+
+async def _temp_table(c: AsyncConnection, name: str, *columns: sa.Column[Any]) -> sa.Table:
+    """A new, empty temporary table of this connection (a leftover of a failed call on
+    a pooled connection is dropped first)."""
+    table = sa.Table(name, sa.MetaData(), *columns, prefixes=["TEMPORARY"])
+    await c.run_sync(lambda sync: table.drop(sync, checkfirst=True))
+    await c.run_sync(lambda sync: table.create(sync))
+    return table
+
+
+async def _drop(c: AsyncConnection, table: sa.Table) -> None:
+    await c.run_sync(lambda sync: table.drop(sync))
+
+
+async def _analyze(c: AsyncConnection, table: sa.Table) -> None:
+    # Temporary tables get no statistics from autovacuum; without them the planner
+    # guesses their size and may pick nested loops over a million rows.
+    if c.dialect.name == "postgresql":
+        await c.execute(sa.text(f"ANALYZE {table.name}"))
+
+
+class _MembershipWriter:
+    """Set-based membership writes of one workspace inside one transaction: for each
+    audience, new member set (a SELECT of canonical ids) vs stored rows -> the
+    differences, logged with gapless change seqs, and the rows rewritten, all by
+    INSERT ... SELECT and DELETE statements.
+
+    Stored rows may sit on profiles merged away since they entered; those are mapped to
+    the survivor through ``seg_merged`` (the workspace's merged profiles: few, read
+    once) instead of joining every membership row to ``profiles``.
+    """
+
+    def __init__(
+        self, c: AsyncConnection, ws: str, now_us: int, merged: sa.Table, diff: sa.Table
+    ) -> None:
+        self._c = c
+        self._ws = ws
+        self._now = now_us
+        self._merged = merged
+        self._diff = diff
+        self._any_merged = False
+
+    @classmethod
+    async def start(cls, c: AsyncConnection, ws: str, now_us: int) -> _MembershipWriter:
+        """Take the workspace's change-seq lock and read its merged profiles."""
+        await lock_change_sequence(c, ws)
+        merged = await _temp_table(
+            c, "seg_merged", sa.Column("own", sa.BigInteger), sa.Column("pid", sa.BigInteger)
+        )
+        found = await c.execute(
+            insert(merged).from_select(
+                ["own", "pid"],
+                select(profiles.c.profile_id, profiles.c.canonical_id).where(
+                    profiles.c.workspace_id == ws,
+                    profiles.c.canonical_id != profiles.c.profile_id,
+                ),
+            )
+        )
+        diff = await _temp_table(
+            c, "seg_diff", sa.Column("pid", sa.BigInteger), sa.Column("entered", sa.Boolean)
+        )
+        writer = cls(c, ws, now_us, merged, diff)
+        writer._any_merged = found.rowcount > 0
+        if writer._any_merged:
+            await _analyze(c, merged)
+        return writer
+
+    async def finish(self) -> None:
+        """Drop the writer's temporary tables (before commit)."""
+        await _drop(self._c, self._merged)
+        await _drop(self._c, self._diff)
+
+    async def apply(
+        self,
+        audience_id: int,
+        version: int,
+        members: sa.Select[Any],
+        progress: Progress,
+        size: int | None = None,
+    ) -> Diff:
+        """Make `members` the audience's members (`size` of them, counted here when not
+        given); returns the differences."""
+        c, m, mg, d = self._c, memberships, self._merged, self._diff
+        new = members.subquery("new")
+        canonical = func.coalesce(mg.c.pid, m.c.profile_id)
+        stored = (
+            select(canonical.label("pid"))
+            .select_from(m.outerjoin(mg, mg.c.own == m.c.profile_id))
+            .where(m.c.audience_id == audience_id)
+        )
+        if not self._any_merged:
+            stored = select(m.c.profile_id.label("pid")).where(m.c.audience_id == audience_id)
+        cur = stored.subquery("cur")
+        exited = (
+            select(cur.c.pid, sa.false())
+            .where(~select(new.c.pid).where(new.c.pid == cur.c.pid).exists())
+            .group_by(cur.c.pid)
+        )
+        entered = select(new.c.pid, sa.true()).where(
+            ~select(cur.c.pid).where(cur.c.pid == new.c.pid).exists()
+        )
+        await c.execute(d.delete())
+        n = (await c.execute(insert(d).from_select(["pid", "entered"], exited))).rowcount
+        n += (await c.execute(insert(d).from_select(["pid", "entered"], entered))).rowcount
+        if n:
+            first = await take_change_seqs(c, self._ws, n)
+            order = func.row_number().over(order_by=[d.c.entered, d.c.pid])
+            log = select(
+                sa.literal(self._ws, sa.String),
+                sa.literal(first - 1, sa.BigInteger) + order,
+                sa.literal(audience_id, sa.BigInteger),
+                d.c.pid,
+                sa.case((d.c.entered, ENTERED), else_=EXITED),
+                sa.literal(self._now, sa.BigInteger),
+                sa.literal(version, sa.Integer),
+            )
+            await c.execute(
+                insert(membership_changes).from_select(
+                    [
+                        "workspace_id",
+                        "seq",
+                        "audience_id",
+                        "profile_id",
+                        "kind",
+                        "at_us",
+                        "version",
+                    ],
+                    log,
+                )
+            )
+        if self._any_merged:
+            await self._rekey(audience_id, new)
+        if n:
+            await c.execute(
+                delete(m).where(
+                    m.c.audience_id == audience_id,
+                    m.c.profile_id.in_(select(d.c.pid).where(~d.c.entered)),
+                )
+            )
+            await c.execute(
+                insert(m).from_select(
+                    ["workspace_id", "audience_id", "profile_id", "entered_at_us"],
+                    select(
+                        sa.literal(self._ws, sa.String),
+                        sa.literal(audience_id, sa.BigInteger),
+                        d.c.pid,
+                        sa.literal(self._now, sa.BigInteger),
+                    ).where(d.c.entered),
+                )
+            )
+        rows = (await c.execute(select(d.c.pid, d.c.entered).order_by(d.c.pid))).all()
+        if size is None:
+            size = (await c.execute(select(func.count()).select_from(new))).scalar_one()
+        await c.execute(
+            update(audience_status)
+            .where(audience_status.c.audience_id == audience_id)
+            .values(
+                live_version=version,
+                size=size,
+                state=LIVE,
+                progress_done=progress.done,
+                progress_total=progress.total,
+                progress_stage=progress.stage,
+            )
+        )
+        return Diff(
+            tuple(r.pid for r in rows if r.entered),
+            tuple(r.pid for r in rows if not r.entered),
+            int(size),
+        )
+
+    async def _rekey(self, audience_id: int, new: Any) -> None:
+        """Rows on merged-away profiles go; a survivor still in the audience whose own
+        row is missing gets one back with the earliest entry (no change record: the
+        person never left)."""
+        c, m, mg = self._c, memberships, self._merged
+        own = m.alias("own_row")
+        restore = (
+            select(
+                sa.literal(self._ws, sa.String),
+                sa.literal(audience_id, sa.BigInteger),
+                mg.c.pid,
+                func.min(m.c.entered_at_us),
+            )
+            .select_from(m.join(mg, mg.c.own == m.c.profile_id))
+            .where(
+                m.c.audience_id == audience_id,
+                mg.c.pid.in_(select(new.c.pid)),
+                ~select(own.c.profile_id)
+                .where(own.c.audience_id == audience_id, own.c.profile_id == mg.c.pid)
+                .exists(),
+            )
+            .group_by(mg.c.pid)
+        )
+        await c.execute(
+            insert(m).from_select(
+                ["workspace_id", "audience_id", "profile_id", "entered_at_us"], restore
+            )
+        )
+        await c.execute(
+            delete(m).where(m.c.audience_id == audience_id, m.c.profile_id.in_(select(mg.c.own)))
+        )
