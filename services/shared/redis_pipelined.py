@@ -17,6 +17,8 @@ commands in. There is no pool, no reader task and no per-reply coroutine.
   NoScriptError); the connection stays in step.
 - Connection loss fails every caller in flight with redis-py's ConnectionError; the
   next call connects again. Nothing is retried here: a command may have run.
+- There is no reply timeout and no write back-pressure: callers bound their own wait
+  (gRPC deadlines) and their number (the server's concurrency).
 
 Only plain TCP `redis://` URLs are served this way (AUTH and SELECT from the URL);
 anything else (memory://, rediss://, unix://) gets None from `create_pipelined`, and
@@ -44,7 +46,7 @@ class _Protocol(asyncio.Protocol):
         self._reader = hiredis.Reader()
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._transport: asyncio.Transport | None = None
-        self.lost: BaseException | None = None
+        self.lost: RedisConnectionError | None = None
 
     @property
     def usable(self) -> bool:
@@ -84,7 +86,8 @@ class _Protocol(asyncio.Protocol):
         """Write one packed command; the future gets its reply."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if not self.usable:
-            future.set_exception(self.lost or RedisConnectionError("Redis connection closed"))
+            reason = self.lost.args if self.lost is not None else ("Redis connection closed",)
+            future.set_exception(RedisConnectionError(*reason))
             return future
         self._waiting.append(future)
         assert self._transport is not None
@@ -95,13 +98,14 @@ class _Protocol(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def _fail(self, error: BaseException) -> None:
+    def _fail(self, error: RedisConnectionError) -> None:
         if self.lost is None:
             self.lost = error
         while self._waiting:
             future = self._waiting.popleft()
             if not future.done():
-                future.set_exception(error)
+                # An exception object each: one raised in many tasks shares a traceback.
+                future.set_exception(RedisConnectionError(*error.args))
 
 
 def _reply_error(message: str) -> ResponseError:
@@ -114,9 +118,12 @@ def _reply_error(message: str) -> ResponseError:
 class PipelinedConnection:
     """Commands from concurrent callers pipelined on one connection, replies in FIFO order."""
 
-    def __init__(self, host: str, port: int, db: int, username: str | None, password: str | None):
+    def __init__(
+        self, host: str, port: int, db: int, username: str | None, password: str | None
+    ) -> None:
+        """Nothing connects yet: the first `execute` does (AUTH and SELECT as given)."""
         self._address = (host, port)
-        self._handshake = []
+        self._handshake: list[bytes] = []
         if password:
             auth = ("AUTH", username, password) if username else ("AUTH", password)
             self._handshake.append(hiredis.pack_command(auth))
