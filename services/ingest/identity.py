@@ -209,12 +209,15 @@ class IdentityGraph:
             profile_id = self.redirect[profile_id]
         return profile_id
 
-    def resolve(self, event: Event) -> int:
+    def resolve(self, event: Event, position: int | None = None) -> int:
         """Attribute `event` to a profile, linking and merging as the rules allow.
 
-        Returns the profile id (negative for a profile created by this batch). The
-        caller has already rejected events with no usable identifier.
+        Merges it causes record `position` (default: the event's request index; a
+        group of several requests passes the event's place in the group). Returns the
+        profile id (negative for a profile created by this batch). The caller has
+        already rejected events with no usable identifier.
         """
+        at = event.index if position is None else position
         identifiers = self.usable(event)
         anchor: int | None = None
         for position, identifier in enumerate(identifiers):
@@ -234,7 +237,7 @@ class IdentityGraph:
                 if self._fits(anchor, identifier):
                     self._attach(anchor, identifier)
             elif holder != anchor and self._can_merge(anchor, holder):
-                anchor = self._merge(anchor, holder, event.index, identifier)
+                anchor = self._merge(anchor, holder, at, identifier)
         return anchor
 
     def _create(self) -> int:
