@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from services.ingest.identity import IdentityGraph, IdentityRow, IdentityRules
 from services.ingest.model import BatchOutcome, Event, Outcome, RawEvent, Status, Violation
@@ -33,8 +33,7 @@ SUPPRESSED_REASON = "suppressed: profile was deleted"
 BLOCKED_REASON = "no usable identifier: every identifier is a blocked value"
 
 
-@dataclass(frozen=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
     """An accepted event with its sequence and the profile it was attributed to."""
 
     seq: int
@@ -100,9 +99,9 @@ class HotUpdate:
     profiles: list[HotProfile]
 
 
-@dataclass(frozen=True)
-class StreamRecord:
-    """One entry for the event stream, in stream order (seq, then sub)."""
+class StreamRecord(NamedTuple):
+    """One entry for the event stream, in stream order (seq, then sub). NamedTuples
+    here and for StoredEvent: one of each per event, cheaper than dataclasses."""
 
     seq: int
     sub: int  # 0 for the event, 1.. for merges it caused
@@ -536,18 +535,26 @@ class Ingestor:
                 deletes.append(row.key)
             else:
                 sets[row.key] = row.value
+        # Identifiers only change where this batch linked one or merged profiles; the
+        # hot state of every other profile already holds its ids (the catch-up and the
+        # rebuild write full profiles), so they are not sent again.
+        relinked = {final(pid) for pid in graph.new_links.values()}
+        relinked.update(final(m.survivor_id) for m in graph.merges)
         profiles: list[HotProfile] = []
         for node in graph.nodes.values():
             target = final(node.profile_id)
             if target not in last_seen:
                 continue  # loaded for context, untouched by this batch
             sets, deletes = changed.get(target, ({}, []))
+            ids: list[str] = []
+            if target in relinked:
+                ids = sorted(f"{t}:{v}" for t, values in node.ids.items() for v in values)
             profiles.append(
                 HotProfile(
                     profile_id=target,
                     created_at_us=node.created_at_us,
                     last_seen_us=last_seen.get(target),
-                    ids=sorted(f"{t}:{v}" for t, values in node.ids.items() for v in values),
+                    ids=ids,
                     set_traits=sets,
                     del_traits=deletes,
                 )
