@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from services.segmentation.accounts import ACCOUNT_ID_TYPE, account_violations
 from services.segmentation.definitions import (
     audience_refs_raw,
     audience_violations,
@@ -30,10 +31,8 @@ from services.segmentation.definitions import (
 from services.segmentation.explaining import ExplainedNode, annotate
 from services.segmentation.hot import HotState
 from services.segmentation.language import (
-    Account,
     dependency_layers,
     dependency_order,
-    iter_nodes,
     parse_audience,
 )
 from services.segmentation.model import (
@@ -140,10 +139,6 @@ def _read_page_token(token: str, audience_id: int) -> int:
     return after
 
 
-def _uses_accounts(definition: Any) -> bool:
-    return any(isinstance(n, Account) for n in iter_nodes(parse_audience(definition)))
-
-
 class Segmentation:
     """Audiences and computed traits of every workspace, behind the API."""
 
@@ -191,9 +186,10 @@ class Segmentation:
         computed = {c.key for c in await self._store.list_computed(ws)}
         others = {k: a.definition for k, a in stored.items()}
         found = audience_violations(raw, prefix, key=key, audiences=others, computed_keys=computed)
-        if not found and (account_level or _uses_accounts(raw)):
-            found.append(
-                FieldViolation(prefix, "account-level conditions are not evaluated in batch yet")
+        if not found:
+            account_audiences = {k for k, a in stored.items() if a.account_level}
+            found = account_violations(
+                raw, prefix, account_level=account_level, account_audiences=account_audiences
             )
         violations.extend(found)
 
@@ -306,7 +302,8 @@ class Segmentation:
             exited = await self._store.delete_audience(
                 ws, audience.audience_id, self._clock.now_us()
             )
-        await self._hot.memberships(ws, key, {}, exited)
+        if not audience.account_level:
+            await self._hot.memberships(ws, key, {}, exited)
 
     async def _backfill(self, ws: str, audience: AudienceRecord) -> None:
         """Compute a version's members from history and swap them in."""
@@ -318,7 +315,9 @@ class Segmentation:
                     return  # deleted or superseded: the newer backfill does the work
                 await self._progress(audience, BACKFILLING, 1, "evaluating")
                 now = self._clock.now_us()
-                members = await self._store.evaluate_audience(ws, audience.definition, now)
+                members = await self._store.evaluate_audience(
+                    ws, audience.definition, now, audience.account_level
+                )
                 await self._progress(audience, BACKFILLING, 2, f"writing {len(members)} members")
                 await self._apply(ws, audience, version, members, now)
                 log.info("audience %s v%d: live with %d members", key, version, len(members))
@@ -339,7 +338,9 @@ class Segmentation:
         diff = await self._store.apply_members(
             ws, audience.audience_id, version, members, now, done
         )
-        await self._hot.memberships(ws, audience.key, {p: now for p in diff.entered}, diff.exited)
+        if not audience.account_level:  # accounts have no hot state: profiles do
+            entered = {p: now for p in diff.entered}
+            await self._hot.memberships(ws, audience.key, entered, diff.exited)
         return len(diff.entered), len(diff.exited)
 
     # ------------------------------------------------------------------ computed traits
@@ -463,6 +464,7 @@ class Segmentation:
         audience = None
         if audience_key:
             audience = await self._audience(ws, audience_key, "audience_key")
+            account_level = audience.account_level  # an edit keeps the audience's level
         if raw is not None:
             await self._check_audience(
                 ws, raw, "definition", audience_key or None, account_level, violations
@@ -471,9 +473,9 @@ class Segmentation:
         limit = _sample_size(sample_limit, "sample_limit")
         now = self._now(as_of_us)
         if as_of_us is None:
-            members = await self._store.evaluate_audience(ws, raw, now)
+            members = await self._store.evaluate_audience(ws, raw, now, account_level)
         else:
-            members = await self._evaluate_as_of(ws, raw, now)
+            members = await self._evaluate_as_of(ws, raw, now, account_level)
         enter: list[int] = []
         leave: list[int] = []
         if audience is not None:
@@ -490,7 +492,9 @@ class Segmentation:
             evaluated_at_us=now,
         )
 
-    async def _evaluate_as_of(self, ws: str, raw: Any, now: int) -> set[int]:
+    async def _evaluate_as_of(
+        self, ws: str, raw: Any, now: int, account_level: bool = False
+    ) -> set[int]:
         """Evaluate with every audience and computed trait it depends on (transitively)
         first evaluated at the same instant, in a transaction that is rolled back: the
         stored memberships and values are those of the last recompute, not of `now`."""
@@ -507,6 +511,8 @@ class Segmentation:
             *(computed_refs_raw(d) for d in needed.values())
         )
         computed = {c.key: c for c in await self._store.list_computed(ws)}
+        if account_level:
+            await self._store.accounts.register(ws)  # ids outlive the scratch rollback
         async with self._store.scratch(ws) as scratch:
             for k in sorted(computed_keys):
                 values = await scratch.evaluate_computed(computed[k].definition, now)
@@ -514,7 +520,7 @@ class Segmentation:
             for k in dependency_order(needed):
                 members = await scratch.evaluate_audience(needed[k], now)
                 await scratch.replace_members(stored[k].audience_id, members)
-            return await scratch.evaluate_audience(raw, now)
+            return await scratch.evaluate_audience(raw, now, account_level)
 
     async def preview_computed_trait(
         self, ws: str, *, definition: bytes, as_of_us: int | None, sample_limit: int
@@ -556,10 +562,15 @@ class Segmentation:
             for batch in layers:
                 # One rollup pass over the events per layer; the audiences a layer
                 # references were written by the layers before it.
-                results = await self._store.evaluate_audiences(
-                    ws, [a.definition for a in batch], now
-                )
-                for audience, members in zip(batch, results, strict=True):
+                users = [a.definition for a in batch if not a.account_level]
+                results = iter(await self._store.evaluate_audiences(ws, users, now))
+                for audience in batch:
+                    if audience.account_level:
+                        members = await self._store.evaluate_audience(
+                            ws, audience.definition, now, account_level=True
+                        )
+                    else:
+                        members = next(results)
                     came, left = await self._apply(ws, audience, audience.version, members, now)
                     entered += came
                     exited += left
@@ -615,6 +626,34 @@ class Segmentation:
             raise NotFound(f"no profile with {id_type} {id_value!r}")
         return pid
 
+    async def _member(self, ws: str, audience: AudienceRecord, id_type: str, id_value: str) -> int:
+        """The member id an identifier names in `audience`: a profile, or for an
+        account-level audience an account named by its group_id."""
+        if not audience.account_level:
+            return await self._profile(ws, id_type, id_value)
+        if id_type != ACCOUNT_ID_TYPE:
+            raise invalid(
+                "identifier.type",
+                f"members of account-level audience {audience.key!r} are accounts: "
+                f"use type {ACCOUNT_ID_TYPE!r}",
+            )
+        if not id_value:
+            raise invalid("identifier.value", "is required")
+        found = await self._store.accounts.resolve(ws, id_value)
+        if found is None:
+            raise NotFound(f"no account with group_id {id_value!r}")
+        return found
+
+    async def _profile_data(self, ws: str, pid: int) -> ProfileData:
+        facts = await self._store.facts(ws, pid)
+        return ProfileData(
+            events=facts.events,
+            traits=facts.traits,
+            computed=facts.computed,
+            audiences=facts.audiences,
+            predictions=facts.predictions,
+        )
+
     async def explain_membership(
         self,
         ws: str,
@@ -628,17 +667,16 @@ class Segmentation:
         the condition tree with each node's truth value and evidence. Audience and
         computed conditions read the stored memberships and values."""
         audience = await self._audience(ws, audience_key, "audience_key")
-        pid = await self._profile(ws, id_type, id_value)
-        facts = await self._store.facts(ws, pid)
-        profile = ProfileData(
-            events=facts.events,
-            traits=facts.traits,
-            computed=facts.computed,
-            audiences=facts.audiences,
-            predictions=facts.predictions,
-        )
+        pid = await self._member(ws, audience, id_type, id_value)
+        now = self._now(as_of_us)
+        if audience.account_level:
+            traits, users = await self._store.accounts.facts(ws, pid, now)
+            members = [await self._profile_data(ws, user) for user in users]
+            profile = ProfileData(traits=traits, members=members)
+        else:
+            profile = await self._profile_data(ws, pid)
         node = parse_audience(audience.definition)
-        explanation = explain(node, profile, self._now(as_of_us))
+        explanation = explain(node, profile, now)
         (ref,) = await self._store.refs(ws, [pid])
         return Explained(explanation.value, annotate(node, explanation), ref)
 
@@ -648,7 +686,7 @@ class Segmentation:
         """Every entered/exited record of the profile in the audience, and whether it
         was a member at `at_us`: the kind of the latest change dated at or before it."""
         audience = await self._audience(ws, audience_key, "audience_key")
-        pid = await self._profile(ws, id_type, id_value)
+        pid = await self._member(ws, audience, id_type, id_value)
         changes = await self._store.history(ws, audience.audience_id, pid)
         (ref,) = await self._store.refs(ws, [pid])
         member_at = False

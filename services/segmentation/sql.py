@@ -24,7 +24,7 @@ a window function or a self anti-join: one aggregate pass, no per-profile sort.
 Known dialect limits (documented, outside the conformance cases): on SQLite, equality of
 two *dynamic* array/object values (ref filters) compares their JSON text; unique_list
 orders arrays/objects by their JSON text, which differs between dialects. Account-level
-conditions are not compiled yet (``UnsupportedInSQL``); use ``reference.py`` for them.
+audiences are compiled by ``sql_accounts.py`` on top of ``compile_audiences``.
 """
 
 from __future__ import annotations
@@ -556,9 +556,7 @@ class _AudienceCompiler:
         together."""
         for n in iter_nodes(node):
             if isinstance(n, Account):
-                raise UnsupportedInSQL(
-                    "account-level conditions are evaluated by reference.py for now"
-                )
+                raise UnsupportedInSQL("account-level audiences are compiled by sql_accounts.py")
             if isinstance(n, Event) and _event_key(n) not in self.event_cols:
                 self.event_cols[_event_key(n)] = f"c{len(self.event_leaves)}"
                 self.event_leaves.append(n)

@@ -22,6 +22,8 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.segmentation import sql
+from services.segmentation.account_store import AccountStore
+from services.segmentation.accounts import account_id_of
 from services.segmentation.model import (
     ENTERED,
     EXITED,
@@ -147,8 +149,14 @@ class Scratch:
         self._connection = connection
         self._ws = ws
 
-    async def evaluate_audience(self, definition: Any, now_us: int) -> set[int]:
+    async def evaluate_audience(
+        self, definition: Any, now_us: int, account_level: bool = False
+    ) -> set[int]:
         """Members of `definition` at `now_us`, reading what this scratch wrote."""
+        if account_level:
+            return await self._store.accounts.evaluate(
+                self._ws, definition, now_us, self._connection
+            )
         return await sql.evaluate_audience(
             self._connection, definition, workspace_id=self._ws, now_us=now_us
         )
@@ -205,6 +213,7 @@ class SegmentationStore:
         self._engine = engine
         self._analyze_every = analyze_every_seconds
         self._analyzed_at: float | None = None
+        self.accounts = AccountStore(engine)
 
     async def fresh_statistics(self) -> None:
         """Refresh the planner statistics of the tables batch evaluation reads, at most
@@ -393,9 +402,14 @@ class SegmentationStore:
 
     # ------------------------------------------------------------------ memberships
 
-    async def evaluate_audience(self, ws: str, definition: Any, now_us: int) -> set[int]:
-        """The canonical profile ids matching `definition` at `now_us` (in SQL)."""
+    async def evaluate_audience(
+        self, ws: str, definition: Any, now_us: int, account_level: bool = False
+    ) -> set[int]:
+        """The canonical profile ids (account member ids when `account_level`) matching
+        `definition` at `now_us` (in SQL)."""
         await self.fresh_statistics()
+        if account_level:
+            return await self.accounts.evaluate(ws, definition, now_us)
         async with self._engine.connect() as c:
             return await sql.evaluate_audience(c, definition, workspace_id=ws, now_us=now_us)
 
@@ -814,8 +828,14 @@ class SegmentationStore:
         return int(alive) if alive is not None else None
 
     async def refs(self, ws: str, pids: Sequence[int]) -> list[ProfileRef]:
-        """ProfileRefs (identifiers of the profile and of those merged into it), in the
-        order of `pids`."""
+        """ProfileRefs (identifiers of the profile and of those merged into it; an
+        account's group_id), in the order of `pids`."""
+        held = [p for p in pids if account_id_of(p) is not None]
+        if held:
+            accounts = await self.accounts.refs(ws, held)
+            people = [p for p in pids if account_id_of(p) is None]
+            others = {r.profile_id: r for r in await self.refs(ws, people)}
+            return [accounts.get(p) or others.get(p) or ProfileRef(p) for p in pids]
         found: dict[int, list[tuple[str, str]]] = {p: [] for p in pids}
         async with self._engine.connect() as c:
             for chunk in _chunks(list(pids)):

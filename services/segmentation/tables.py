@@ -10,6 +10,9 @@ Kept deliberately plain; the Alembic migration and the API arrive in a later pha
 - ``membership_changes``: the entered/exited log, ``seq`` monotonic per workspace.
 - ``computed_traits`` / ``computed_trait_values``: definitions and the latest value per
   (profile, key); the value is JSON (null when the trait has no value).
+- ``accounts``: a stable id per (workspace, group_id) seen in a group event, so an
+  account can be a member of an account-level audience (services/segmentation/accounts.py).
+  Only the id lives here: an account's users and traits are read from its group events.
 - ``prediction_scores``: per (prediction key, profile) probability and percentile, read
   by prediction conditions. The prediction service writes it; it is defined here only
   because segmentation is its first reader (move it when that service owns tables).
@@ -32,6 +35,7 @@ from sqlalchemy import (
 from services.shared.db.tables import Id, Json, metadata
 
 __all__ = [
+    "accounts",
     "audience_versions",
     "audiences",
     "computed_trait_values",
@@ -123,4 +127,13 @@ prediction_scores = Table(
     Column("probability", Float, nullable=False),
     Column("percentile", Float, nullable=False),
     Column("scored_at_us", BigInteger, nullable=False),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("account_id", Id, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("group_id", String(255), nullable=False),
+    UniqueConstraint("workspace_id", "group_id", name="uq_accounts_workspace_group"),
 )

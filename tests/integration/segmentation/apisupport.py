@@ -29,6 +29,7 @@ TYPES = {
     "track": ingest_pb2.EVENT_TYPE_TRACK,
     "identify": ingest_pb2.EVENT_TYPE_IDENTIFY,
     "page": ingest_pb2.EVENT_TYPE_PAGE,
+    "group": ingest_pb2.EVENT_TYPE_GROUP,
 }
 
 
@@ -49,6 +50,7 @@ class Api:
                 message_id=e.get("message_id", f"m{time.monotonic_ns()}-{i}"),
                 user_id=e.get("user_id", ""),
                 anonymous_id=e.get("anonymous_id", ""),
+                group_id=e.get("group_id", ""),
                 event=e.get("event", ""),
                 properties=orjson.dumps(e["properties"]) if "properties" in e else b"",
                 traits=orjson.dumps(e["traits"]) if "traits" in e else b"",
@@ -63,10 +65,14 @@ class Api:
         assert reply.accepted == len(events), reply
         return [r.seq for r in reply.results]
 
-    async def create(self, key: str, definition: Any, **kw: Any) -> segmentation_pb2.Audience:
+    async def create(
+        self, key: str, definition: Any, account_level: bool = False, **kw: Any
+    ) -> segmentation_pb2.Audience:
         return await self.seg.CreateAudience(
             segmentation_pb2.CreateAudienceRequest(
-                audience=segmentation_pb2.Audience(key=key, definition=orjson.dumps(definition)),
+                audience=segmentation_pb2.Audience(
+                    key=key, definition=orjson.dumps(definition), account_level=account_level
+                ),
                 **kw,
             ),
             metadata=self.admin,
