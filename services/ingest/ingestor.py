@@ -287,7 +287,8 @@ class Ingestor:
             loop.create_future(),
         )
         self._queue.append(request)
-        if self._writer is None or self._writer.done():
+        writer = self._writer
+        if writer is None or writer.done() or writer.get_loop() is not loop:
             self._writer = loop.create_task(self._drain())
         # Shielded: a caller that goes away (deadline, disconnect) must not cancel the
         # future the writer will complete; its events are still written (a retry then
