@@ -8,7 +8,10 @@ SO_REUSEPORT), and drives them from a load generator in a second process: a fixe
 offered rate and a saturation run, reporting throughput and p50/p99/p99.9. Baselines
 measured in the same run: a bare grpc.aio server answering with a message of the same
 size (the transport limit) and the same Lua read issued straight from redis-py (the
-storage limit). Redis db 12 is flushed and the bench database dropped afterwards.
+storage limit). For every server process it also reports the CPU time the server
+spent per call (from /proc, warm-up calls included), which moves much less with other
+work on a shared machine than throughput does. Redis db 12 is flushed and the bench
+database dropped afterwards.
 """
 
 from __future__ import annotations
@@ -199,7 +202,9 @@ async def wait_ready(address: str, metadata: tuple[tuple[str, str], ...], reques
 # ---------------------------------------------------------------- load generator
 
 
-def _summary(latencies: list[float], elapsed: float, errors: int) -> dict[str, float]:
+def _summary(
+    latencies: list[float], elapsed: float, errors: int, warm_calls: int
+) -> dict[str, float]:
     latencies.sort()
 
     def pct(q: float) -> float:
@@ -214,16 +219,19 @@ def _summary(latencies: list[float], elapsed: float, errors: int) -> dict[str, f
         "p999": pct(0.999),
         "errors": errors,
         "n": len(latencies),
+        "calls": len(latencies) + errors + warm_calls,  # every call, to divide server CPU by
     }
 
 
 async def _drive(call_one, mode: str, duration: float, rate: float, concurrency: int) -> dict:  # type: ignore[no-untyped-def]
     latencies: list[float] = []
     errors = 0
+    warm_calls = 0
     # Warm up connections and caches; not measured.
     warm_until = time.perf_counter() + 1.0
     while time.perf_counter() < warm_until:
         await asyncio.gather(*(call_one(i) for i in range(concurrency)))
+        warm_calls += concurrency
     if mode == "saturate":
         stop_at = time.perf_counter() + duration
 
@@ -241,7 +249,7 @@ async def _drive(call_one, mode: str, duration: float, rate: float, concurrency:
 
         started = time.perf_counter()
         await asyncio.gather(*(worker(s) for s in range(concurrency)))
-        return _summary(latencies, time.perf_counter() - started, errors)
+        return _summary(latencies, time.perf_counter() - started, errors, warm_calls)
 
     # Open loop at a fixed offered rate; latency counts from the scheduled send time so
     # a stalled server cannot hide its queueing (no coordinated omission).
@@ -264,7 +272,7 @@ async def _drive(call_one, mode: str, duration: float, rate: float, concurrency:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i, scheduled)))
     await asyncio.gather(*tasks)
-    return _summary(latencies, time.perf_counter() - start, errors)
+    return _summary(latencies, time.perf_counter() - start, errors, warm_calls)
 
 
 async def load(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
@@ -306,10 +314,30 @@ async def load(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     return result
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes `pids` have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def run_load(
-    target: str, mode: str, address: str, opts: argparse.Namespace, ws: str, key: str
+    target: str,
+    mode: str,
+    address: str,
+    opts: argparse.Namespace,
+    ws: str,
+    key: str,
+    servers: list[int] | None = None,
 ) -> dict:  # type: ignore[type-arg]
-    """One measurement, from a separate load-generator process."""
+    """One measurement, from a separate load-generator process.
+
+    With `servers` (pids), also the CPU those server processes spent per call: on a
+    shared machine throughput moves with everyone's load, CPU per call much less.
+    """
+    before = cpu_seconds(servers) if servers else 0.0
     command = [
         sys.executable,
         __file__,
@@ -335,7 +363,10 @@ def run_load(
         str(opts.concurrency),
     ]
     out = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if servers:
+        result["cpu_us"] = (cpu_seconds(servers) - before) / result["calls"] * 1e6
+    return result
 
 
 # ---------------------------------------------------------------- orchestration
@@ -429,13 +460,13 @@ def orchestrate(opts: argparse.Namespace) -> None:
         asyncio.run(_wait_echo(echo_address))
 
         plan = [
-            ("echo (bare grpc.aio)", "echo", echo_address),
-            ("redis-py EVALSHA", "redis", ""),
-            ("GetProfile, 1 process", "profile", address),
+            ("echo (bare grpc.aio)", "echo", echo_address, [echo.pid]),
+            ("redis-py EVALSHA", "redis", "", []),
+            ("GetProfile, 1 process", "profile", address, [processes[0].pid]),
         ]
-        for label, target, where in plan:
+        for label, target, where, pids in plan:
             for mode in ("rate", "saturate"):
-                result = run_load(target, mode, where, opts, ws, key)
+                result = run_load(target, mode, where, opts, ws, key, pids)
                 rows.append((label, mode, result))
                 print(f"  {label:<26} {mode:<9} {result}", flush=True)
         _stop([echo])
@@ -443,8 +474,9 @@ def orchestrate(opts: argparse.Namespace) -> None:
 
         processes.append(start_profile(port, database_url, opts.redis_url))
         asyncio.run(wait_ready(address, metadata, sample))
+        both = [p.pid for p in processes]
         for mode in ("rate", "saturate"):
-            result = run_load("profile", mode, address, opts, ws, key)
+            result = run_load("profile", mode, address, opts, ws, key, both)
             rows.append(("GetProfile, 2 processes", mode, result))
             print(f"  {'GetProfile, 2 processes':<26} {mode:<9} {result}", flush=True)
     finally:
@@ -466,15 +498,19 @@ def print_table(rows: list[tuple[str, str, dict]], opts: argparse.Namespace) -> 
         f"concurrency={opts.concurrency} (saturation), {os.cpu_count()} cores"
     )
     print()
-    print("| target | run | req/s | p50 ms | p99 ms | p99.9 ms | errors | req/s vs echo |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| target | run | req/s | p50 ms | p99 ms | p99.9 ms | errors | req/s vs echo "
+        "| server CPU us/call |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, mode, r in rows:
         run = f"fixed {opts.rate:.0f}/s" if mode == "rate" else f"saturation c={opts.concurrency}"
         ratio = r["rps"] / echo_sat["rps"] if mode == "saturate" else float("nan")
         ratio_text = f"{ratio:.2f}x" if mode == "saturate" else ""
+        cpu = f"{r['cpu_us']:.0f}" if "cpu_us" in r else ""
         print(
             f"| {label} | {run} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
-            f"{r['p999']:.2f} | {r['errors']} | {ratio_text} |"
+            f"{r['p999']:.2f} | {r['errors']} | {ratio_text} | {cpu} |"
         )
     two_sat = next(
         r for label, mode, r in rows if label == "GetProfile, 2 processes" and mode == "saturate"

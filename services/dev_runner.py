@@ -7,7 +7,6 @@ say otherwise, creates a demo workspace on first start, and prints an example ca
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -21,7 +20,7 @@ from services.profile.app import SPEC as PROFILE
 from services.segmentation.app import SPEC as SEGMENTATION
 from services.shared.cli import create_workspace
 from services.shared.config import Settings
-from services.shared.server import ServiceSpec, serve
+from services.shared.server import ServiceSpec, run, serve
 from services.sync.app import SPEC as SYNC
 
 SPECS: list[ServiceSpec] = [INGEST, SEGMENTATION, PREDICTION, PROFILE, SYNC]
@@ -97,7 +96,7 @@ def main() -> None:
             for process in processes:
                 process.terminate()
         return
-    asyncio.run(_run_all())
+    run(_run_all())
 
 
 if __name__ == "__main__":

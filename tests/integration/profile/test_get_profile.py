@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import grpc
@@ -361,3 +362,51 @@ async def test_get_profile_is_one_redis_round_trip(profile_stub, workspace, redi
             if workspace.workspace_id in command["command"] and command["client_type"] != "lua":
                 seen.append(command["command"].split()[0].upper())
     assert seen == ["EVALSHA", "EVALSHA"]
+
+
+async def _script_calls(redis: redis_asyncio.Redis, workspace_id: str, calls) -> list[list[str]]:  # type: ignore[no-untyped-def]
+    """Run `calls()` under MONITOR; the identity keys of each command that crossed the
+    network (raising if anything but EVALSHA did)."""
+    sentinel = f"sentinel-{uuid.uuid4()}"
+    sent: list[list[str]] = []
+    async with redis.monitor() as monitor:
+        await calls()
+        await redis.echo(sentinel)
+        async for command in monitor.listen():
+            if sentinel in command["command"]:
+                break
+            if workspace_id in command["command"] and command["client_type"] != "lua":
+                words = command["command"].split()
+                assert words[0].upper() == "EVALSHA", command
+                sent.append(words[3 : 3 + int(words[2])])
+    return sent
+
+
+async def test_concurrent_get_profiles_are_one_round_trip_each(  # type: ignore[no-untyped-def]
+    profile_stub, workspace, redis
+) -> None:
+    ws = workspace.workspace_id
+    await seed_hot(redis, ws, ADA)
+    request = profile_pb2.GetProfileRequest(identifier=ident("email", "ada@example.com"))
+    await profile_stub.GetProfile(request, metadata=bearer(workspace.profile))
+    values = ["u-ada", *(f"nobody-{n}" for n in range(15))]
+    replies: list = []  # type: ignore[type-arg]
+
+    async def concurrently() -> None:
+        calls = [
+            profile_stub.GetProfile(
+                profile_pb2.GetProfileRequest(identifier=ident("user_id", value)),
+                metadata=bearer(workspace.profile),
+            )
+            for value in values
+        ]
+        replies.extend(await asyncio.gather(*calls, return_exceptions=True))
+
+    sent = await _script_calls(redis, ws, concurrently)
+    # Under concurrency too, every request's identity key went out exactly once, in
+    # an EVALSHA, and nothing else crossed the network.
+    keys = sorted(key.strip('"').rsplit(":", 1)[1] for command in sent for key in command)
+    assert keys == sorted(values)
+    assert len(sent) == len(values)
+    assert replies[0].profile_id == "7"
+    assert all(r.code() == grpc.StatusCode.NOT_FOUND for r in replies[1:])
