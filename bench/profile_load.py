@@ -25,6 +25,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -437,7 +438,10 @@ def orchestrate(opts: argparse.Namespace) -> None:
     metadata = (("authorization", f"Bearer {key}"),)
     rows: list[tuple[str, str, dict]] = []  # type: ignore[type-arg]
     processes: list[subprocess.Popen[bytes]] = []
-    payload = Path(f"/tmp/bench_profile_payload_{os.getpid()}.bin")
+    # The echo server reads the reply bytes from a file; the system temp dir, not a fixed path.
+    handle, name = tempfile.mkstemp(prefix="bench_profile_payload_", suffix=".bin")
+    os.close(handle)
+    payload = Path(name)
     try:
         seconds = seed(opts.redis_url, ws, opts.profiles)
         print(f"seeded {opts.profiles:,} profiles in {seconds:.1f}s", flush=True)

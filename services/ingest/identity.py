@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.ingest.model import Event, Identifier
 from services.shared.errors import FieldViolation, InvalidArgument
@@ -154,9 +154,9 @@ class Merge:
     reason: str
 
 
-@dataclass(frozen=True)
-class IdentityRow:
-    """One stored identifier with the profile holding it (as loaded for a batch)."""
+class IdentityRow(NamedTuple):
+    """One stored identifier with the profile holding it (as loaded for a batch; a
+    NamedTuple because a batch loads thousands)."""
 
     id_type: str
     id_value: str
@@ -209,12 +209,15 @@ class IdentityGraph:
             profile_id = self.redirect[profile_id]
         return profile_id
 
-    def resolve(self, event: Event) -> int:
+    def resolve(self, event: Event, position: int | None = None) -> int:
         """Attribute `event` to a profile, linking and merging as the rules allow.
 
-        Returns the profile id (negative for a profile created by this batch). The
-        caller has already rejected events with no usable identifier.
+        Merges it causes record `position` (default: the event's request index; a
+        group of several requests passes the event's place in the group). Returns the
+        profile id (negative for a profile created by this batch). The caller has
+        already rejected events with no usable identifier.
         """
+        at = event.index if position is None else position
         identifiers = self.usable(event)
         anchor: int | None = None
         for position, identifier in enumerate(identifiers):
@@ -234,7 +237,7 @@ class IdentityGraph:
                 if self._fits(anchor, identifier):
                     self._attach(anchor, identifier)
             elif holder != anchor and self._can_merge(anchor, holder):
-                anchor = self._merge(anchor, holder, event.index, identifier)
+                anchor = self._merge(anchor, holder, at, identifier)
         return anchor
 
     def _create(self) -> int:

@@ -1,6 +1,7 @@
 """The ingest use case: validate a request's events, drop duplicates and suppressed
 identifiers, resolve identity, store everything in one transaction, then update the
-hot state and the event stream.
+hot state and the event stream. Concurrent requests are written together (group
+commit, see Ingestor).
 
 Ordering guarantee (docs/ingest.md): the store's write session holds one lock from
 before sequence numbers are drawn until after the Redis update, so sequence order is
@@ -11,11 +12,13 @@ stream cursor; the client's acknowledgement only ever follows the commit.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from services.ingest.identity import IdentityGraph, IdentityRow, IdentityRules
 from services.ingest.model import BatchOutcome, Event, Outcome, RawEvent, Status, Violation
@@ -30,8 +33,7 @@ SUPPRESSED_REASON = "suppressed: profile was deleted"
 BLOCKED_REASON = "no usable identifier: every identifier is a blocked value"
 
 
-@dataclass(frozen=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
     """An accepted event with its sequence and the profile it was attributed to."""
 
     seq: int
@@ -97,9 +99,9 @@ class HotUpdate:
     profiles: list[HotProfile]
 
 
-@dataclass(frozen=True)
-class StreamRecord:
-    """One entry for the event stream, in stream order (seq, then sub)."""
+class StreamRecord(NamedTuple):
+    """One entry for the event stream, in stream order (seq, then sub). NamedTuples
+    here and for StoredEvent: one of each per event, cheaper than dataclasses."""
 
     seq: int
     sub: int  # 0 for the event, 1.. for merges it caused
@@ -109,6 +111,9 @@ class StreamRecord:
     event: dict[str, Any] | None = None
     survivor_id: int = 0
     merged_id: int = 0
+    # The W3C trace context of the request that sent the event, as flat name/value
+    # pairs (empty when not tracing, and on catch-up).
+    trace: tuple[str, ...] = ()
 
 
 class WriteSession(Protocol):
@@ -148,6 +153,19 @@ class Publisher(Protocol):
         records: list[StreamRecord],
     ) -> bool: ...
     def wake(self) -> None: ...
+    def trace_context(self) -> tuple[str, ...]: ...
+
+
+def _succeed(requests: list[_Request]) -> None:
+    for request in requests:
+        if not request.done.done():
+            request.done.set_result(None)
+
+
+def _fail(requests: list[_Request], error: BaseException) -> None:
+    for request in requests:
+        if not request.done.done():
+            request.done.set_exception(error)
 
 
 def stream_event(event: Event) -> dict[str, Any]:
@@ -167,13 +185,55 @@ def stream_event(event: Event) -> dict[str, Any]:
     }
 
 
+# The most events one group writes in one transaction: several concurrent requests
+# worth, so round trips and the write lock are paid per group, while one group's
+# statements stay short enough to keep the acknowledgement latency low.
+MAX_GROUP_EVENTS = 4000
+
+
+@dataclass
+class _Request:
+    """One caller's validated events, waiting for the group writer."""
+
+    workspace_id: str
+    events: list[Event]
+    outcomes: list[Outcome | None]
+    single: bool
+    trace: tuple[str, ...]
+    done: asyncio.Future[None]
+
+    def field(self, event: Event, name: str) -> str:
+        """The request field path of `event`'s field `name`."""
+        return f"event.{name}" if self.single else f"events[{event.index}].{name}"
+
+
+@dataclass
+class _Group:
+    """Requests of one workspace written in one transaction."""
+
+    workspace_id: str
+    requests: list[_Request]
+    committed: bool = False
+
+
 class Ingestor:
-    """Runs requests of events through validation, storage, hot state and stream."""
+    """Runs requests of events through validation, storage, hot state and stream.
+
+    Group commit: callers validate their own events, then hand them to one writer task
+    per process, which takes every request waiting for the same workspace (up to
+    MAX_GROUP_EVENTS events) and writes them as one transaction under the write lock:
+    one duplicate check, one identity lookup, one statement per table, one commit and
+    one Redis round trip for the whole group. Each caller still gets its own per-event
+    outcomes, exactly as if the requests had been written one after another in arrival
+    order (the first copy of a message id wins, also across requests of a group).
+    """
 
     def __init__(self, store: EventStore, publisher: Publisher, clock: Clock) -> None:
         self._store = store
         self._publisher = publisher
         self._clock = clock
+        self._queue: deque[_Request] = deque()
+        self._writer: asyncio.Task[None] | None = None
 
     async def ingest(
         self, workspace_id: str, raws: Sequence[RawEvent], single: bool = False
@@ -181,6 +241,7 @@ class Ingestor:
         """Ingest events; one Outcome per event in request order.
 
         `single` names fields "event.<field>" (one-event RPCs) instead of "events[i]...".
+        Returns once every accepted event is committed.
         """
         now_us = self._clock.now_us()
         outcomes: list[Outcome | None] = [None] * len(raws)
@@ -193,7 +254,7 @@ class Ingestor:
             else:
                 valid.append(event)
         if valid:
-            await self._ingest_valid(workspace_id, valid, outcomes, now_us, single)
+            await self._submit(workspace_id, valid, outcomes, single)
         return BatchOutcome([o for o in outcomes if o is not None])
 
     async def ingest_one(self, workspace_id: str, raw: RawEvent) -> Outcome:
@@ -207,87 +268,163 @@ class Ingestor:
             )
         return outcome
 
-    async def _ingest_valid(
+    async def _submit(
         self,
         workspace_id: str,
         valid: list[Event],
         outcomes: list[Outcome | None],
-        now_us: int,
         single: bool,
     ) -> None:
+        """Queue the events for the group writer and wait until they are written."""
+        loop = asyncio.get_running_loop()
+        request = _Request(
+            workspace_id,
+            valid,
+            outcomes,
+            single,
+            # Captured here, in the caller's context: the writer task runs in its own.
+            self._publisher.trace_context(),
+            loop.create_future(),
+        )
+        self._queue.append(request)
+        writer = self._writer
+        if writer is None or writer.done() or writer.get_loop() is not loop:
+            self._writer = loop.create_task(self._drain())
+        # Shielded: a caller that goes away (deadline, disconnect) must not cancel the
+        # future the writer will complete; its events are still written (a retry then
+        # finds them as duplicates), as a commit racing a disconnect always was.
+        await asyncio.shield(request.done)
+
+    def _take_group(self) -> _Group:
+        """The oldest waiting request plus every later one of its workspace that fits."""
+        first = self._queue.popleft()
+        group = _Group(first.workspace_id, [first])
+        size = len(first.events)
+        others: deque[_Request] = deque()
+        while self._queue:
+            request = self._queue.popleft()
+            if request.workspace_id != first.workspace_id:
+                others.append(request)
+            elif size + len(request.events) <= MAX_GROUP_EVENTS:
+                group.requests.append(request)
+                size += len(request.events)
+            else:
+                others.append(request)
+                others.extend(self._queue)
+                self._queue.clear()
+        self._queue.extendleft(reversed(others))
+        return group
+
+    async def _drain(self) -> None:
+        """The writer task: writes groups until nothing is waiting, then ends."""
+        group: _Group | None = None
+        try:
+            while self._queue:
+                group = self._take_group()
+                try:
+                    await self._write_group(group)
+                except Exception as error:
+                    if group.committed or len(group.requests) == 1:
+                        _fail(group.requests, error)
+                        continue
+                    # Nothing of the group was written. Write each request on its own,
+                    # so whatever failed fails only the request that caused it.
+                    log.warning("group write failed; writing its requests one by one")
+                    for request in group.requests:
+                        try:
+                            await self._write_group(_Group(group.workspace_id, [request]))
+                        except Exception as alone:
+                            _fail([request], alone)
+                        else:
+                            _succeed([request])
+                else:
+                    _succeed(group.requests)
+        except BaseException:
+            # Cancelled (shutdown): no caller may wait forever.
+            stranded = [*(group.requests if group else []), *self._queue]
+            self._queue.clear()
+            _fail(stranded, RuntimeError("the ingest writer stopped"))
+            raise
+
+    async def _write_group(self, group: _Group) -> None:
+        """Reject blocked and suppressed events, then write the rest in one transaction."""
+        workspace_id = group.workspace_id
+        now_us = self._clock.now_us()
         rules = IdentityRules.parse(await self._store.identity_rules(workspace_id))
-
-        def field_of(event: Event, name: str) -> str:
-            return f"event.{name}" if single else f"events[{event.index}].{name}"
-
         # Placeholder ids ("null", "guest", ...) never link; an event with nothing else
         # would otherwise create a profile per event.
-        candidates: list[Event] = []
-        for event in valid:
-            if event.identifiers and all(rules.is_blocked(i.value) for i in event.identifiers):
-                violation = Violation(event.index, field_of(event, "user_id"), BLOCKED_REASON)
-                outcomes[event.index] = Outcome(
-                    event.index, event.message_id, Status.REJECTED, [violation]
-                )
-            else:
-                candidates.append(event)
-        keys = sorted({i.key for e in candidates for i in e.identifiers})
+        candidates: list[tuple[_Request, Event]] = []
+        for request in group.requests:
+            for event in request.events:
+                ids = event.identifiers
+                if ids and all(rules.is_blocked(i.value) for i in ids):
+                    violation = Violation(
+                        event.index, request.field(event, "user_id"), BLOCKED_REASON
+                    )
+                    request.outcomes[event.index] = Outcome(
+                        event.index, event.message_id, Status.REJECTED, [violation]
+                    )
+                else:
+                    candidates.append((request, event))
+        keys = sorted({i.key for _, e in candidates for i in e.identifiers})
         suppressed = await self._store.suppressed(workspace_id, keys) if keys else set()
-        accepted: list[Event] = []
-        for event in candidates:
-            hits = [i for i in event.identifiers if i.key in suppressed]
+        accepted: list[tuple[_Request, Event]] = []
+        for request, event in candidates:
+            hits = [i for i in event.identifiers if i.key in suppressed] if suppressed else None
             if hits:
                 violations = [
-                    Violation(event.index, field_of(event, i.field), SUPPRESSED_REASON)
+                    Violation(event.index, request.field(event, i.field), SUPPRESSED_REASON)
                     for i in hits
                 ]
-                outcomes[event.index] = Outcome(
+                request.outcomes[event.index] = Outcome(
                     event.index, event.message_id, Status.REJECTED, violations
                 )
             else:
-                accepted.append(event)
+                accepted.append((request, event))
         if not accepted:
             return
         async with self._store.write_session(workspace_id) as session:
-            await self._write(session, workspace_id, rules, accepted, outcomes, now_us)
+            await self._write(session, group, rules, accepted, now_us)
 
     async def _write(
         self,
         session: WriteSession,
-        workspace_id: str,
+        group: _Group,
         rules: IdentityRules,
-        accepted: list[Event],
-        outcomes: list[Outcome | None],
+        accepted: list[tuple[_Request, Event]],
         now_us: int,
     ) -> None:
-        known = await session.known_messages(sorted({e.message_id for e in accepted}))
-        fresh: list[Event] = []
-        first_in_batch: dict[str, Event] = {}
-        duplicates_in_batch: list[Event] = []
-        for event in accepted:
+        workspace_id = group.workspace_id
+        known = await session.known_messages(sorted({e.message_id for _, e in accepted}))
+        fresh: list[tuple[_Request, Event]] = []
+        first_copy: set[str] = set()
+        duplicates: list[tuple[_Request, Event]] = []
+        for request, event in accepted:
             if event.message_id in known:
                 seq, profile_id = known[event.message_id]
-                outcomes[event.index] = Outcome(
+                request.outcomes[event.index] = Outcome(
                     event.index, event.message_id, Status.DUPLICATE, seq=seq, profile_id=profile_id
                 )
-            elif event.message_id in first_in_batch:
-                duplicates_in_batch.append(event)
+            elif event.message_id in first_copy:
+                duplicates.append((request, event))
             else:
-                first_in_batch[event.message_id] = event
-                fresh.append(event)
+                first_copy.add(event.message_id)
+                fresh.append((request, event))
         if not fresh:
             return
+        events = [event for _, event in fresh]
 
         graph = IdentityGraph(rules, now_us)
-        lookup: set[tuple[str, str]] = {i.key for e in fresh for i in e.identifiers}
-        for event in fresh:
+        lookup: set[tuple[str, str]] = {i.key for e in events for i in e.identifiers}
+        for event in events:
             if event.previous_id:
                 lookup.add(("user_id", event.previous_id))
                 lookup.add(("anonymous_id", event.previous_id))
         graph.load(await session.identities(sorted(lookup)))
-        attributed = [graph.resolve(event) for event in fresh]
+        # Merges record the event's position in `events` (requests' indexes repeat).
+        attributed = [graph.resolve(event, position) for position, event in enumerate(events)]
 
-        seqs = await session.allocate_seqs(len(fresh))
+        seqs = await session.allocate_seqs(len(events))
         real_ids = await session.allocate_profiles(len(graph.created))
         real = dict(zip(graph.created, real_ids, strict=True))
 
@@ -300,13 +437,10 @@ class Ingestor:
 
         stored = [
             StoredEvent(seq, named(pid), event, now_us)
-            for seq, pid, event in zip(seqs, attributed, fresh, strict=True)
+            for seq, pid, event in zip(seqs, attributed, events, strict=True)
         ]
-        seq_of_index = {s.event.index: s.seq for s in stored}
         merges = [
-            MergeRecord(
-                named(m.survivor_id), named(m.merged_id), seq_of_index[m.event_index], m.reason
-            )
+            MergeRecord(named(m.survivor_id), named(m.merged_id), seqs[m.event_index], m.reason)
             for m in graph.merges
         ]
         merged_existing = [
@@ -318,18 +452,18 @@ class Ingestor:
             for row in (await session.traits_of(losers) if losers else [])
         ]
         # Targets are resolved from the resolver's own ids (provisional for new profiles).
-        resolved = {event.index: pid for event, pid in zip(fresh, attributed, strict=True)}
-        for item in stored:
-            if item.event.type == "identify" and item.event.traits:
-                target = final(resolved[item.event.index])
-                trait_rows.extend(
-                    TraitRow(target, key, value, item.event.timestamp_us, item.seq)
-                    for key, value in item.event.traits.items()
-                )
+        targets = [final(pid) for pid in attributed]
         last_seen: dict[int, int] = {}
-        for item in stored:
-            target = final(resolved[item.event.index])
-            last_seen[target] = max(last_seen.get(target, 0), item.event.timestamp_us)
+        for item, target in zip(stored, targets, strict=True):
+            event = item.event
+            if event.type == "identify" and event.traits:
+                trait_rows.extend(
+                    TraitRow(target, key, value, event.timestamp_us, item.seq)
+                    for key, value in event.traits.items()
+                )
+            seen = last_seen.get(target)
+            if seen is None or seen < event.timestamp_us:
+                last_seen[target] = event.timestamp_us
         for node in graph.nodes.values():
             if node.last_seen_us is not None and node.profile_id in last_seen:
                 target = final(node.profile_id)
@@ -351,19 +485,20 @@ class Ingestor:
         prev_seq, published_seq = session.last_seq, session.published_seq
         result = await session.write(plan)
         await session.commit()
+        group.committed = True
 
-        for item in stored:
-            outcomes[item.event.index] = Outcome(
-                item.event.index,
-                item.event.message_id,
+        for (request, event), item in zip(fresh, stored, strict=True):
+            request.outcomes[event.index] = Outcome(
+                event.index,
+                event.message_id,
                 Status.ACCEPTED,
                 profile_id=item.profile_id,
                 seq=item.seq,
             )
         by_message = {s.event.message_id: s for s in stored}
-        for event in duplicates_in_batch:
+        for request, event in duplicates:
             original = by_message[event.message_id]
-            outcomes[event.index] = Outcome(
+            request.outcomes[event.index] = Outcome(
                 event.index,
                 event.message_id,
                 Status.DUPLICATE,
@@ -372,7 +507,8 @@ class Ingestor:
             )
 
         hot = self._hot_update(workspace_id, graph, final, last_seen, result, plan)
-        records = self._records(workspace_id, stored, merges)
+        traces = [request.trace for request, _ in fresh]
+        records = self._records(workspace_id, stored, traces, merges)
         try:
             published = await self._publisher.apply(
                 prev_seq, plan.last_seq, published_seq, hot, records
@@ -400,18 +536,26 @@ class Ingestor:
                 deletes.append(row.key)
             else:
                 sets[row.key] = row.value
+        # Identifiers only change where this batch linked one or merged profiles; the
+        # hot state of every other profile already holds its ids (the catch-up and the
+        # rebuild write full profiles), so they are not sent again.
+        relinked = {final(pid) for pid in graph.new_links.values()}
+        relinked.update(final(m.survivor_id) for m in graph.merges)
         profiles: list[HotProfile] = []
         for node in graph.nodes.values():
             target = final(node.profile_id)
             if target not in last_seen:
                 continue  # loaded for context, untouched by this batch
             sets, deletes = changed.get(target, ({}, []))
+            ids: list[str] = []
+            if target in relinked:
+                ids = sorted(f"{t}:{v}" for t, values in node.ids.items() for v in values)
             profiles.append(
                 HotProfile(
                     profile_id=target,
                     created_at_us=node.created_at_us,
                     last_seen_us=last_seen.get(target),
-                    ids=sorted(f"{t}:{v}" for t, values in node.ids.items() for v in values),
+                    ids=ids,
                     set_traits=sets,
                     del_traits=deletes,
                 )
@@ -428,12 +572,18 @@ class Ingestor:
 
     @staticmethod
     def _records(
-        workspace_id: str, stored: list[StoredEvent], merges: list[MergeRecord]
+        workspace_id: str,
+        stored: list[StoredEvent],
+        traces: list[tuple[str, ...]],
+        merges: list[MergeRecord],
     ) -> list[StreamRecord]:
         records = [
-            StreamRecord(s.seq, 0, workspace_id, "event", s.profile_id, stream_event(s.event))
-            for s in stored
+            StreamRecord(
+                s.seq, 0, workspace_id, "event", s.profile_id, stream_event(s.event), trace=trace
+            )
+            for s, trace in zip(stored, traces, strict=True)
         ]
+        trace_of = {s.seq: trace for s, trace in zip(stored, traces, strict=True)}
         subs: dict[int, int] = {}
         for merge in merges:
             sub = subs.get(merge.event_seq, 0) + 1
@@ -446,6 +596,7 @@ class Ingestor:
                     "merge",
                     survivor_id=merge.survivor_id,
                     merged_id=merge.merged_id,
+                    trace=trace_of[merge.event_seq],
                 )
             )
         records.sort(key=lambda r: (r.seq, r.sub))

@@ -145,6 +145,10 @@ class RedisPublisher:
         """Ask the catch-up loop to run now."""
         self.behind.set()
 
+    def trace_context(self) -> tuple[str, ...]:
+        """The current W3C trace context as flat stream-entry fields (name, value, ...)."""
+        return tuple(item for pair in streams.trace_fields().items() for item in pair)
+
     async def apply(
         self,
         prev_seq: int,
@@ -158,17 +162,16 @@ class RedisPublisher:
         Returns False when the stream cursor is not at `prev_seq` (an earlier batch's
         entries are missing): the entries are then left to the catch-up loop.
         """
-        # Every entry of the batch carries the same (request's) trace context.
-        trace = [item for pair in streams.trace_fields().items() for item in pair]
         # The entries travel as one JSON argument: redis-py packs each argument in
         # Python, and a batch's ~6,000 separate arguments cost ~12 ms (measured).
+        # Each entry carries the trace context of the request that sent its event.
         entries = []
         for record in records:
             flat: list[str] = []
             for name, value in entry_fields(record).items():
                 flat.append(name)
                 flat.append(value.decode() if isinstance(value, bytes) else value)
-            flat.extend(trace)
+            flat.extend(record.trace)
             entries.append((entry_id(record), flat))
         args: list[bytes | str | int] = [
             prev_seq,

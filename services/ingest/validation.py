@@ -63,14 +63,15 @@ def _json_object(payload: bytes | dict[str, Any] | None) -> dict[str, Any] | Non
     if payload is None or payload == b"":
         return None
     if isinstance(payload, bytes):
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Rejected("not valid UTF-8") from None
         encoded = payload
         try:
-            value = orjson.loads(text)
+            # orjson checks UTF-8 itself; the reason is worked out only on failure.
+            value = orjson.loads(payload)
         except orjson.JSONDecodeError:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Rejected("not valid UTF-8") from None
             raise _Rejected("not valid JSON") from None
     else:
         value = payload
@@ -82,7 +83,10 @@ def _json_object(payload: bytes | dict[str, Any] | None) -> dict[str, Any] | Non
         raise _Rejected("must be a JSON object")
     if len(encoded) > MAX_JSON_BYTES:
         raise _Rejected(f"larger than {MAX_JSON_BYTES // 1024} KiB")
-    if _depth(value) > MAX_JSON_DEPTH:
+    # Each level of nesting opens a bracket, so a text with at most MAX_JSON_DEPTH
+    # brackets (counted in C, strings included) cannot be too deep: no walk needed.
+    brackets = encoded.count(b"{") + encoded.count(b"[")
+    if brackets > MAX_JSON_DEPTH and _depth(value) > MAX_JSON_DEPTH:
         raise _Rejected(f"nested deeper than {MAX_JSON_DEPTH} levels")
     # Postgres text and jsonb cannot hold NUL characters.
     if b"\\u0000" in encoded:

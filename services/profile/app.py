@@ -30,9 +30,14 @@ def http_port() -> int:
 
 
 def build(resources: Resources) -> ProfileService:
-    """The profile domain facade on this process's Redis, database and clock."""
+    """The profile domain facade on this process's Redis, database and clock.
+
+    Hot reads use the pipelined connection, except while tracing records: then they
+    go through the instrumented redis-py client so each keeps its Redis span.
+    """
+    pipelined = resources.pipelined if resources.tracer_provider is None else None
     return ProfileService(
-        HotProfiles(resources.redis), ProfileStore(resources.engine), resources.clock
+        HotProfiles(resources.redis, pipelined), ProfileStore(resources.engine), resources.clock
     )
 
 

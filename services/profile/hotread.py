@@ -1,11 +1,17 @@
 """The hot path: reading profiles from Redis in exactly one round trip.
 
-One Lua script (sent once, then called by SHA: redis-py's Script does EVALSHA and
-falls back to EVAL on NOSCRIPT) resolves each identifier to its profile id, follows
+One Lua script (sent once, then called by SHA: EVALSHA, falling back to EVAL on
+NOSCRIPT) resolves each identifier to its profile id, follows
 merge redirects to the survivor, and returns the asked-for sections. Trait and
 computed-trait hashes hold JSON text per key, so the script joins them into one JSON
 object by concatenation: nothing is decoded in Lua and nothing per field in Python;
 the bytes go to the wire as they are. Key names come from services.shared.hotstate.
+
+The script call goes over the process's pipelined connection
+(services.shared.redis_pipelined) when there is one: that round trip was the largest
+remaining server cost of a GetProfile through redis-py. With memory:// (no such
+connection) or while tracing records (so the call keeps its Redis span) it goes
+through redis-py. Either way a lost Redis connection is UNAVAILABLE to the caller.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from collections.abc import Sequence
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.profile.model import (
     HotProfile,
@@ -24,6 +33,8 @@ from services.profile.model import (
     Section,
 )
 from services.shared import hotstate
+from services.shared.errors import Unavailable
+from services.shared.redis_pipelined import PipelinedConnection
 
 # A chain of merges longer than this is a bug in the writer; stop rather than loop.
 MAX_MERGE_HOPS = 16
@@ -116,8 +127,10 @@ return results
 class HotProfiles:
     """Reads profiles from the hot state of a workspace."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, pipelined: PipelinedConnection | None = None) -> None:
+        """Reads go over `pipelined` when given, else through `redis` (which does the rest)."""
         self._redis = redis
+        self._pipelined = pipelined
         self._script = redis.register_script(READ_PROFILES_LUA)
 
     async def read(
@@ -127,8 +140,25 @@ class HotProfiles:
         keys = [hotstate.identity_key(workspace_id, i.type, i.value) for i in identifiers]
         flags = "".join(_FLAGS[section] for section in query.sections)
         args = [hotstate.workspace_prefix(workspace_id), flags, *query.trait_keys]
-        replies = await self._script(keys=keys, args=args)
+        try:
+            if self._pipelined is None:
+                replies = await self._script(keys=keys, args=args)
+            else:
+                replies = await self._run_pipelined(keys, args)
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            raise Unavailable("the profile store is unavailable; retry") from error
         return [None if reply is None else _hot_profile(reply) for reply in replies]
+
+    async def _run_pipelined(self, keys: list[str], args: list[str]) -> list[list[bytes | None]]:
+        # The script is loaded once per Redis (and again after a SCRIPT FLUSH or a
+        # restart): EVAL both runs and caches it, so later calls find the SHA.
+        assert self._pipelined is not None
+        try:
+            return await self._pipelined.execute(
+                "EVALSHA", self._script.sha, len(keys), *keys, *args
+            )
+        except NoScriptError:
+            return await self._pipelined.execute("EVAL", READ_PROFILES_LUA, len(keys), *keys, *args)
 
     async def resolve(self, workspace_id: str, identifier: Identifier) -> HotProfile | None:
         """The profile id and identifiers of one identifier (None when unknown)."""

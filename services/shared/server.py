@@ -33,6 +33,7 @@ from services.shared.config import Settings
 from services.shared.db.engine import create_engine
 from services.shared.errors import ServiceError
 from services.shared.redis import create_redis
+from services.shared.redis_pipelined import PipelinedConnection, create_pipelined
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class Resources:
     clock: Clock
     keys: auth.KeyStore
     tracer_provider: TracerProvider | None  # None while tracing is off
+    # One shared connection for a service's hottest command (None for memory://).
+    pipelined: PipelinedConnection | None = None
 
     @classmethod
     async def open(
@@ -69,10 +72,13 @@ class Resources:
             clock=clock,
             keys=auth.KeyStore(engine, settings.api_key_cache_seconds, clock),
             tracer_provider=provider,
+            pipelined=create_pipelined(settings.redis_url),
         )
 
     async def close(self) -> None:
         """Release connections."""
+        if self.pipelined is not None:
+            self.pipelined.close()
         await self.redis.aclose()
         await self.engine.dispose()
 

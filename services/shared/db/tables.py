@@ -77,7 +77,8 @@ identities = Table(
     Column("id_value", String(255), primary_key=True),
     Column("profile_id", BigInteger, nullable=False),
     Column("first_seen_us", BigInteger, nullable=False),
-    Index("ix_identities_profile", "workspace_id", "profile_id"),
+    # profile_id alone: see migration 0005_ingest_identity_lookup.
+    Index("ix_identities_profile_id", "profile_id"),
 )
 
 profile_traits = Table(

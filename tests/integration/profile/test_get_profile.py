@@ -410,3 +410,58 @@ async def test_concurrent_get_profiles_are_one_round_trip_each(  # type: ignore[
     assert len(sent) == len(values)
     assert replies[0].profile_id == "7"
     assert all(r.code() == grpc.StatusCode.NOT_FOUND for r in replies[1:])
+
+
+async def _until(condition) -> None:  # type: ignore[no-untyped-def]
+    """Wait (bounded) until `condition()` holds: state polled, not a timed guess."""
+    async with asyncio.timeout(5):
+        while not condition():  # noqa: ASYNC110 - no event to wait on: the server's connection state
+            await asyncio.sleep(0.001)
+
+
+async def test_reads_go_over_the_pipelined_connection_and_survive_its_loss(  # type: ignore[no-untyped-def]
+    profile_stub, workspace, redis, resources
+) -> None:
+    await seed_hot(redis, workspace.workspace_id, ADA)
+    request = profile_pb2.GetProfileRequest(identifier=ident("email", "ada@example.com"))
+    assert (
+        await profile_stub.GetProfile(request, metadata=bearer(workspace.profile))
+    ).profile_id == "7"
+    pipelined = resources.pipelined
+    client_id = await pipelined.execute("CLIENT", "ID")
+    # Hold the connection's replies with a BLPOP, queue a GetProfile behind it, kill it.
+    blocker = asyncio.ensure_future(pipelined.execute("BLPOP", f"q-{uuid.uuid4()}", 10))
+    call = asyncio.ensure_future(
+        profile_stub.GetProfile(request, metadata=bearer(workspace.profile))
+    )
+    await _until(lambda: pipelined.in_flight == 2)
+    assert await redis.client_kill_filter(_id=client_id) == 1
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(redis_asyncio.ConnectionError):
+        await blocker
+    # The next call connects again and gets its answer.
+    reply = await profile_stub.GetProfile(request, metadata=bearer(workspace.profile))
+    assert reply.profile_id == "7"
+    assert await pipelined.execute("CLIENT", "ID") != client_id
+
+
+async def test_a_flushed_script_cache_is_reloaded(profile_stub, workspace, redis) -> None:  # type: ignore[no-untyped-def]
+    await seed_hot(redis, workspace.workspace_id, ADA)
+    request = profile_pb2.GetProfileRequest(identifier=ident("user_id", "u-ada"))
+    assert (
+        await profile_stub.GetProfile(request, metadata=bearer(workspace.profile))
+    ).profile_id == "7"
+    # Like a Redis restart: the script is gone; the next read gets NOSCRIPT, loads it
+    # (EVAL) and answers, and the one after is an EVALSHA again.
+    await redis.script_flush()
+    for _ in range(2):
+        reply = await profile_stub.GetProfile(request, metadata=bearer(workspace.profile))
+        assert reply.profile_id == "7"
+    calls = await _script_calls(
+        redis,
+        workspace.workspace_id,
+        lambda: profile_stub.GetProfile(request, metadata=bearer(workspace.profile)),
+    )
+    assert len(calls) == 1

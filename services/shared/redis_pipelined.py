@@ -1,0 +1,188 @@
+"""One Redis connection shared by many concurrent callers, for a service's hottest command.
+
+Why it exists: at saturation a GetProfile is one EVALSHA, and through redis-py that
+round trip cost the server ~170 us of CPU per call (pool acquire/release, command
+machinery, a coroutine per reply, one socket read per reply), a third of what a bare
+gRPC echo costs per call; the same command on one pipelined connection cost ~50 us,
+because many replies arrive in one read (docs/benchmarks.md, "Profile").
+
+Callers write their packed command (hiredis packs it) onto the one connection and get
+a future; the protocol's data callback feeds the bytes to a hiredis reader and
+resolves the futures in FIFO order, which is the order Redis answers a connection's
+commands in. There is no pool, no reader task and no per-reply coroutine.
+
+- A caller cancelled while waiting leaves its future in the queue: its reply is still
+  read and dropped, so later callers get their own replies.
+- An error reply fails only its own caller (as redis-py's ResponseError or
+  NoScriptError); the connection stays in step.
+- Connection loss fails every caller in flight with redis-py's ConnectionError; the
+  next call connects again. Nothing is retried here: a command may have run.
+- There is no reply timeout and no write back-pressure: callers bound their own wait
+  (gRPC deadlines) and their number (the server's concurrency).
+
+Only plain TCP `redis://` URLs are served this way (AUTH and SELECT from the URL);
+anything else (memory://, rediss://, unix://) gets None from `create_pipelined`, and
+the caller keeps using redis-py, which everything but the hot command uses anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+import hiredis
+from redis.asyncio.connection import ConnectionPool
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+class _Protocol(asyncio.Protocol):
+    """The connection: a hiredis reader and the futures waiting for replies, in order."""
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader()
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+        self.lost: RedisConnectionError | None = None
+
+    @property
+    def usable(self) -> bool:
+        """True while commands can be written (connected, not lost, not closing)."""
+        transport = self._transport
+        return self.lost is None and transport is not None and not transport.is_closing()
+
+    @property
+    def in_flight(self) -> int:
+        """Commands written whose replies have not been read yet."""
+        return len(self._waiting)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        try:
+            while (reply := self._reader.gets()) is not False:
+                future = self._waiting.popleft()
+                if future.done():  # its caller was cancelled: drop the reply
+                    continue
+                if isinstance(reply, hiredis.ReplyError):
+                    future.set_exception(_reply_error(str(reply)))
+                else:
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as error:
+            # Bytes that are not RESP, or a reply nobody asked for: out of step for good.
+            self._fail(RedisConnectionError(f"Redis connection out of step: {error!r}"))
+            assert self._transport is not None
+            self._transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError(f"Redis connection lost: {exc or 'closed'}"))
+
+    def call(self, packed: bytes) -> asyncio.Future[Any]:
+        """Write one packed command; the future gets its reply."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self.usable:
+            reason = self.lost.args if self.lost is not None else ("Redis connection closed",)
+            future.set_exception(RedisConnectionError(*reason))
+            return future
+        self._waiting.append(future)
+        assert self._transport is not None
+        self._transport.write(packed)
+        return future
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def _fail(self, error: RedisConnectionError) -> None:
+        if self.lost is None:
+            self.lost = error
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                # An exception object each: one raised in many tasks shares a traceback.
+                future.set_exception(RedisConnectionError(*error.args))
+
+
+def _reply_error(message: str) -> ResponseError:
+    """redis-py's exception for an error reply (NOSCRIPT gets its own class)."""
+    if message.startswith("NOSCRIPT"):
+        return NoScriptError(message)
+    return ResponseError(message)
+
+
+class PipelinedConnection:
+    """Commands from concurrent callers pipelined on one connection, replies in FIFO order."""
+
+    def __init__(
+        self, host: str, port: int, db: int, username: str | None, password: str | None
+    ) -> None:
+        """Nothing connects yet: the first `execute` does (AUTH and SELECT as given)."""
+        self._address = (host, port)
+        self._handshake: list[bytes] = []
+        if password:
+            auth = ("AUTH", username, password) if username else ("AUTH", password)
+            self._handshake.append(hiredis.pack_command(auth))
+        if db:
+            self._handshake.append(hiredis.pack_command(("SELECT", db)))
+        self._protocol: _Protocol | None = None
+        self._connecting = asyncio.Lock()
+
+    async def execute(self, *args: str | bytes | int | float) -> Any:
+        """Send one command and return its reply (bytes, never decoded).
+
+        Raises redis-py's ResponseError/NoScriptError for an error reply and its
+        ConnectionError when the connection cannot be made or is lost meanwhile.
+        """
+        protocol = self._protocol
+        if protocol is None or not protocol.usable:
+            protocol = await self._connect()
+        return await protocol.call(hiredis.pack_command(args))
+
+    async def _connect(self) -> _Protocol:
+        async with self._connecting:  # one connect at a time; the rest find it made
+            if self._protocol is not None and self._protocol.usable:
+                return self._protocol
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                    _, protocol = await loop.create_connection(_Protocol, *self._address)
+                    try:
+                        for packed in self._handshake:
+                            await protocol.call(packed)
+                    except BaseException:
+                        protocol.close()
+                        raise
+            except (OSError, TimeoutError) as error:
+                raise RedisConnectionError(f"cannot connect to Redis: {error!r}") from error
+            self._protocol = protocol
+            return protocol
+
+    @property
+    def in_flight(self) -> int:
+        """Commands written on the current connection and not answered yet."""
+        return self._protocol.in_flight if self._protocol is not None else 0
+
+    def close(self) -> None:
+        """Close the connection (callers in flight get ConnectionError)."""
+        if self._protocol is not None:
+            self._protocol.close()
+            self._protocol = None
+
+
+def create_pipelined(url: str) -> PipelinedConnection | None:
+    """A pipelined connection for a plain redis:// URL; None for anything else."""
+    if not url.startswith("redis://"):
+        return None
+    kwargs = ConnectionPool.from_url(url).connection_kwargs  # redis-py's URL parsing
+    return PipelinedConnection(
+        kwargs.get("host", "localhost"),
+        int(kwargs.get("port", 6379)),
+        int(kwargs.get("db", 0)),
+        kwargs.get("username"),
+        kwargs.get("password"),
+    )
