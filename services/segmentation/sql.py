@@ -33,7 +33,7 @@ audiences are compiled by ``sql_accounts.py`` on top of ``compile_audiences``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -463,6 +463,20 @@ def _window(
 # --------------------------------------------------------------------------- audiences
 
 
+def boolean_node(
+    n: Node, compile_node: Callable[[Node], ColumnElement[bool]]
+) -> ColumnElement[bool] | None:
+    """`all`/`any`/`not` of `n`'s children, each compiled by `compile_node`; None when
+    `n` is not one of those (the caller compiles its own leaf nodes)."""
+    if isinstance(n, All):
+        return and_(*[compile_node(c) for c in n.children])
+    if isinstance(n, AnyOf):
+        return or_(*[compile_node(c) for c in n.children])
+    if isinstance(n, Not):
+        return not_(compile_node(n.child))
+    return None
+
+
 def _event_key(n: Event) -> str:
     """What an event condition's count column depends on (not its count bound). repr
     keeps 1, 1.0 and true apart, so only truly identical conditions share a column."""
@@ -679,12 +693,9 @@ class _AudienceCompiler:
 
     def node(self, n: Node) -> ColumnElement[bool]:
         d = self.d
-        if isinstance(n, All):
-            return and_(*[self.node(c) for c in n.children])
-        if isinstance(n, AnyOf):
-            return or_(*[self.node(c) for c in n.children])
-        if isinstance(n, Not):
-            return not_(self.node(n.child))
+        combined = boolean_node(n, self.node)
+        if combined is not None:
+            return combined
         if isinstance(n, Event):
             col = self.event_cols[_event_key(n)]
             cnt = func.coalesce(getattr(self.e.c, col), 0) + func.coalesce(

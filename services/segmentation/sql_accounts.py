@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement, Select, and_, case, cast, func, literal, not_, or_
+from sqlalchemy import ColumnElement, Select, and_, case, cast, func, literal, not_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -175,12 +175,9 @@ class _AccountCompiler:
         return sa.select(member).select_from(src).where(self.node(node))
 
     def node(self, n: Node) -> ColumnElement[bool]:
-        if isinstance(n, All):
-            return and_(*[self.node(c) for c in n.children])
-        if isinstance(n, AnyOf):
-            return or_(*[self.node(c) for c in n.children])
-        if isinstance(n, Not):
-            return not_(self.node(n.child))
+        combined = sql.boolean_node(n, self.node)
+        if combined is not None:
+            return combined
         if isinstance(n, Trait):
             col = getattr(self.g.c, self.trait_cols[n.name])
             value = self.d.decode(func.substr(col, 41))
