@@ -6,7 +6,6 @@ merged since they entered follow the survivor without a change record."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -14,7 +13,6 @@ from sqlalchemy import select
 from services.segmentation.model import BACKFILLING, Progress
 from services.segmentation.store import SegmentationStore
 from services.segmentation.tables import membership_changes
-from services.shared.db import migrate
 from services.shared.db.engine import create_engine
 from services.shared.db.tables import profiles
 
@@ -135,10 +133,6 @@ async def test_postgres(database_url: str) -> None:
     await _check_merges(database_url)
 
 
-async def test_sqlite(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path}/seg.db"
-    engine = create_engine(url)
-    await migrate.upgrade(engine)
-    await engine.dispose()
-    await _check(url)
-    await _check_merges(url)
+async def test_sqlite(sqlite_url: str) -> None:
+    await _check(sqlite_url)
+    await _check_merges(sqlite_url)

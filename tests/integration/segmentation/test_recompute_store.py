@@ -4,15 +4,12 @@ profiles counted as their survivor and a gapless change log."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import select
 
 from services.segmentation.model import BACKFILLING, Progress
 from services.segmentation.store import SegmentationStore
 from services.segmentation.tables import membership_changes
-from services.shared.db import migrate
 from services.shared.db.engine import create_engine
 from services.shared.db.tables import events, profiles
 
@@ -124,9 +121,5 @@ async def test_postgres(database_url: str) -> None:
     await _check(database_url)
 
 
-async def test_sqlite(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path}/seg.db"
-    engine = create_engine(url)
-    await migrate.upgrade(engine)
-    await engine.dispose()
-    await _check(url)
+async def test_sqlite(sqlite_url: str) -> None:
+    await _check(sqlite_url)
