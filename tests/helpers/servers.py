@@ -8,6 +8,9 @@ import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import grpc
+from audiences.v1 import ingest_pb2_grpc, segmentation_pb2_grpc
+
 from services.dev_runner import SPECS, start_processes
 from services.shared.server import Resources, RunningService, start_service
 from tests.helpers.backends import free_port
@@ -70,3 +73,21 @@ async def as_processes(
                 raise
         # SIGTERM drains and exits cleanly; anything else is a shutdown bug.
         assert codes == [0] * len(processes), f"exit codes after SIGTERM: {codes}"
+
+
+@asynccontextmanager
+async def ingest_and_segmentation(
+    database_url: str, redis_url: str
+) -> AsyncIterator[
+    tuple[ingest_pb2_grpc.IngestServiceStub, segmentation_pb2_grpc.SegmentationServiceStub]
+]:
+    """Ingest and segmentation as processes; yields a client stub of each."""
+    async with (
+        as_processes(database_url, redis_url, ["ingest", "segmentation"]) as addresses,
+        grpc.aio.insecure_channel(addresses["ingest"]) as ingest_channel,
+        grpc.aio.insecure_channel(addresses["segmentation"]) as segmentation_channel,
+    ):
+        yield (
+            ingest_pb2_grpc.IngestServiceStub(ingest_channel),
+            segmentation_pb2_grpc.SegmentationServiceStub(segmentation_channel),
+        )

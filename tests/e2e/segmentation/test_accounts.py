@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-import grpc
 import orjson
 import pytest
-from audiences.v1 import ingest_pb2, ingest_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
+from audiences.v1 import ingest_pb2, segmentation_pb2
 
 from services.shared.timestamps import timestamp_from_us
 from tests.helpers.grpc_client import bearer
-from tests.helpers.servers import as_processes
+from tests.helpers.servers import ingest_and_segmentation
 
 pytestmark = pytest.mark.e2e
 
@@ -66,40 +65,34 @@ async def test_account_audience_through_the_processes(  # type: ignore[no-untype
         ]
     }
     admin, write = bearer(workspace.admin), bearer(workspace.ingest)
-    async with as_processes(database_url, redis_url, ["ingest", "segmentation"]) as addresses:
-        async with (
-            grpc.aio.insecure_channel(addresses["ingest"]) as ingest_channel,
-            grpc.aio.insecure_channel(addresses["segmentation"]) as seg_channel,
-        ):
-            ingest = ingest_pb2_grpc.IngestServiceStub(ingest_channel)
-            seg = segmentation_pb2_grpc.SegmentationServiceStub(seg_channel)
-            reply = await ingest.Batch(ingest_pb2.BatchRequest(events=events), metadata=write)
-            assert reply.accepted == len(events), reply
-            await seg.CreateAudience(
-                segmentation_pb2.CreateAudienceRequest(
-                    audience=segmentation_pb2.Audience(
-                        key="growing_enterprises",
-                        definition=orjson.dumps(definition),
-                        account_level=True,
-                    )
-                ),
-                metadata=admin,
-            )
-            deadline = time.monotonic() + 30
-            while True:  # poll the backfill's state, with a deadline
-                got = await seg.GetAudience(
-                    segmentation_pb2.GetAudienceRequest(key="growing_enterprises"), metadata=admin
+    async with ingest_and_segmentation(database_url, redis_url) as (ingest, seg):
+        reply = await ingest.Batch(ingest_pb2.BatchRequest(events=events), metadata=write)
+        assert reply.accepted == len(events), reply
+        await seg.CreateAudience(
+            segmentation_pb2.CreateAudienceRequest(
+                audience=segmentation_pb2.Audience(
+                    key="growing_enterprises",
+                    definition=orjson.dumps(definition),
+                    account_level=True,
                 )
-                assert got.state != segmentation_pb2.AUDIENCE_STATE_FAILED
-                if got.state == segmentation_pb2.AUDIENCE_STATE_LIVE:
-                    break
-                assert time.monotonic() < deadline, got
-                await asyncio.sleep(0.05)
-            page = await seg.ListMembers(
-                segmentation_pb2.ListMembersRequest(audience_key="growing_enterprises"),
-                metadata=admin,
+            ),
+            metadata=admin,
+        )
+        deadline = time.monotonic() + 30
+        while True:  # poll the backfill's state, with a deadline
+            got = await seg.GetAudience(
+                segmentation_pb2.GetAudienceRequest(key="growing_enterprises"), metadata=admin
             )
-            members = sorted((i.type, i.value) for m in page.members for i in m.profile.identifiers)
-            # acme: ann bought; bolt: cy; core is on the free plan now; dock: ann (merged).
-            assert members == [("group_id", "acme"), ("group_id", "bolt"), ("group_id", "dock")]
-            assert page.total == 3
+            assert got.state != segmentation_pb2.AUDIENCE_STATE_FAILED
+            if got.state == segmentation_pb2.AUDIENCE_STATE_LIVE:
+                break
+            assert time.monotonic() < deadline, got
+            await asyncio.sleep(0.05)
+        page = await seg.ListMembers(
+            segmentation_pb2.ListMembersRequest(audience_key="growing_enterprises"),
+            metadata=admin,
+        )
+        members = sorted((i.type, i.value) for m in page.members for i in m.profile.identifiers)
+        # acme: ann bought; bolt: cy; core is on the free plan now; dock: ann (merged).
+        assert members == [("group_id", "acme"), ("group_id", "bolt"), ("group_id", "dock")]
+        assert page.total == 3

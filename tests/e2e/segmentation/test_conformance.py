@@ -7,15 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
 import orjson
 import pytest
-from audiences.v1 import ingest_pb2, ingest_pb2_grpc, segmentation_pb2, segmentation_pb2_grpc
+from audiences.v1 import ingest_pb2, segmentation_pb2
 
 from services.segmentation.language import dependency_order
 from services.shared.timestamps import timestamp_from_us
 from tests.helpers.grpc_client import bearer
-from tests.helpers.servers import as_processes
+from tests.helpers.servers import ingest_and_segmentation
 from tests.integration.segmentation.apisupport import name_of
 from tests.unit.segmentation.conformance_cases import case_by_name, case_names, close, to_us
 
@@ -61,69 +60,63 @@ async def test_case(name: str, database_url: str, redis_url: str, workspace) -> 
     expected = case["expected"]
     now = timestamp_from_us(to_us(case["now"]))
     admin, write = bearer(workspace.admin), bearer(workspace.ingest)
-    async with as_processes(database_url, redis_url, ["ingest", "segmentation"]) as addresses:
-        async with (
-            grpc.aio.insecure_channel(addresses["ingest"]) as ingest_channel,
-            grpc.aio.insecure_channel(addresses["segmentation"]) as seg_channel,
-        ):
-            ingest = ingest_pb2_grpc.IngestServiceStub(ingest_channel)
-            seg = segmentation_pb2_grpc.SegmentationServiceStub(seg_channel)
-            events = case["events"]
-            for start in range(0, len(events), BATCH):
-                chunk = [to_message(e) for e in events[start : start + BATCH]]
-                reply = await ingest.Batch(ingest_pb2.BatchRequest(events=chunk), metadata=write)
-                assert reply.rejected == 0, [r for r in reply.results if r.violations][:3]
+    async with ingest_and_segmentation(database_url, redis_url) as (ingest, seg):
+        events = case["events"]
+        for start in range(0, len(events), BATCH):
+            chunk = [to_message(e) for e in events[start : start + BATCH]]
+            reply = await ingest.Batch(ingest_pb2.BatchRequest(events=chunk), metadata=write)
+            assert reply.rejected == 0, [r for r in reply.results if r.violations][:3]
 
-            for key, definition in case["computed_traits"].items():
-                await seg.CreateComputedTrait(
-                    segmentation_pb2.CreateComputedTraitRequest(
-                        computed_trait=segmentation_pb2.ComputedTrait(
-                            key=key, definition=orjson.dumps(definition)
-                        ),
-                        skip_backfill=True,
+        for key, definition in case["computed_traits"].items():
+            await seg.CreateComputedTrait(
+                segmentation_pb2.CreateComputedTraitRequest(
+                    computed_trait=segmentation_pb2.ComputedTrait(
+                        key=key, definition=orjson.dumps(definition)
                     ),
-                    metadata=admin,
-                )
-            for key in dependency_order(case["audiences"]):
-                await seg.CreateAudience(
-                    segmentation_pb2.CreateAudienceRequest(
-                        audience=segmentation_pb2.Audience(
-                            key=key, definition=orjson.dumps(case["audiences"][key])
-                        ),
-                        skip_backfill=True,
+                    skip_backfill=True,
+                ),
+                metadata=admin,
+            )
+        for key in dependency_order(case["audiences"]):
+            await seg.CreateAudience(
+                segmentation_pb2.CreateAudienceRequest(
+                    audience=segmentation_pb2.Audience(
+                        key=key, definition=orjson.dumps(case["audiences"][key])
                     ),
-                    metadata=admin,
-                )
+                    skip_backfill=True,
+                ),
+                metadata=admin,
+            )
 
-            bad = []
-            for key, definition in case["computed_traits"].items():
-                reply = await seg.PreviewComputedTrait(
-                    segmentation_pb2.PreviewComputedTraitRequest(
-                        definition=orjson.dumps(definition), as_of=now, sample_limit=-1
-                    ),
-                    metadata=admin,
-                )
-                got = {name_of(v.profile): orjson.loads(v.value) for v in reply.values}
-                assert set(got) == set(expected["computed"]), f"{key}: universe differs"
-                assert reply.profiles == len(expected["computed"])
-                bad += [
-                    (key, pid, got[pid], want[key])
-                    for pid, want in expected["computed"].items()
-                    if not close(got[pid], want[key])
-                ]
-            assert not bad, f"{len(bad)} computed values differ, e.g. {bad[:5]}"
+        bad = []
+        for key, definition in case["computed_traits"].items():
+            reply = await seg.PreviewComputedTrait(
+                segmentation_pb2.PreviewComputedTraitRequest(
+                    definition=orjson.dumps(definition), as_of=now, sample_limit=-1
+                ),
+                metadata=admin,
+            )
+            got = {name_of(v.profile): orjson.loads(v.value) for v in reply.values}
+            assert set(got) == set(expected["computed"]), f"{key}: universe differs"
+            assert reply.profiles == len(expected["computed"])
+            bad += [
+                (key, pid, got[pid], want[key])
+                for pid, want in expected["computed"].items()
+                if not close(got[pid], want[key])
+            ]
+        assert not bad, f"{len(bad)} computed values differ, e.g. {bad[:5]}"
 
-            wrong = {}
-            for key, definition in case["audiences"].items():
-                reply = await seg.Preview(
-                    segmentation_pb2.PreviewRequest(
-                        definition=orjson.dumps(definition), as_of=now, sample_limit=-1
-                    ),
-                    metadata=admin,
-                )
-                got = {name_of(ref) for ref in reply.sample}
-                assert reply.size == len(got)
-                want = set(expected["members"][key])
-                if got != want:
-                    wrong[key] = (sorted(got - want)[:5], sorted(want - got)[:5])
-            assert not wrong, f"audiences differ (extra, missing): {wrong}"
+        wrong = {}
+        for key, definition in case["audiences"].items():
+            reply = await seg.Preview(
+                segmentation_pb2.PreviewRequest(
+                    definition=orjson.dumps(definition), as_of=now, sample_limit=-1
+                ),
+                metadata=admin,
+            )
+            got = {name_of(ref) for ref in reply.sample}
+            assert reply.size == len(got)
+            want = set(expected["members"][key])
+            if got != want:
+                wrong[key] = (sorted(got - want)[:5], sorted(want - got)[:5])
+        assert not wrong, f"audiences differ (extra, missing): {wrong}"
