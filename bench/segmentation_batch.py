@@ -33,6 +33,7 @@ from services.segmentation import sql
 from services.segmentation.hot import HotState
 from services.segmentation.service import Segmentation
 from services.segmentation.store import SegmentationStore
+from services.shared import phases
 from services.shared.clock import FixedClock
 from services.shared.db import migrate
 from services.shared.db.engine import create_engine
@@ -45,6 +46,8 @@ NOW = 1_735_689_600_000_000
 DAY = 86_400_000_000
 # Above this many events the "one at a time" row is left out (it is ~10x the rollup).
 ONE_AT_A_TIME_MAX = 1_000_000
+# (Recompute case, events) -> the phase times (services/shared/phases.py) of each run.
+PHASES: dict[tuple[str, int], list[dict[str, float]]] = {}
 THREE_CONDITIONS = {
     "all": [
         {
@@ -424,11 +427,15 @@ async def workspace_rows(
     instants = iter([NOW, NOW - 7 * DAY] * (runs + 1))
 
     async def recompute() -> None:
-        result = await seg.recompute(WS, audience_key="", as_of_us=next(instants))
+        with phases.recording() as times:
+            result = await seg.recompute(WS, audience_key="", as_of_us=next(instants))
+        PHASES.setdefault(("~half churn", n_events), []).append(times)
         sizes["recompute"] = result.entered + result.exited
 
     async def settled() -> None:
-        result = await seg.recompute(WS, audience_key="", as_of_us=NOW)
+        with phases.recording() as times:
+            result = await seg.recompute(WS, audience_key="", as_of_us=NOW)
+        PHASES.setdefault(("no changes", n_events), []).append(times)
         sizes["settled"] = result.entered + result.exited
 
     rows = []
@@ -473,6 +480,18 @@ async def workspace_rows(
     return rows
 
 
+def print_phases() -> None:
+    """Median seconds per phase of the Recompute rows (the first churn run, which
+    enters everyone, is the p99 column there and left out here when there are more)."""
+    names = sorted({k for runs in PHASES.values() for t in runs for k in t})
+    print(f"\n{'Recompute phase, median s':32} " + " ".join(f"{k[:11]:>11}" for k in names))
+    for (case, n), runs in PHASES.items():
+        if case == "~half churn" and len(runs) > 1:
+            runs = runs[1:]
+        cells = [statistics.median(t.get(k, 0.0) for t in runs) for k in names]
+        print(f"{case + f' {n:,}':32} " + " ".join(f"{v:>11.3f}" for v in cells), flush=True)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -501,6 +520,7 @@ async def main() -> None:
                 f"{name:32} {events:>10,} {med:>9.3f} {tail:>8.3f} {med / base:>7.1f} {size:>8,}",
                 flush=True,
             )
+    print_phases()
 
 
 if __name__ == "__main__":
