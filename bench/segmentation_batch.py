@@ -48,6 +48,14 @@ DAY = 86_400_000_000
 ONE_AT_A_TIME_MAX = 1_000_000
 # (Recompute case, events) -> the phase times (services/shared/phases.py) of each run.
 PHASES: dict[tuple[str, int], list[dict[str, float]]] = {}
+# --only: substrings of the questions to time (the bare pass always runs: the ratio base).
+ONLY: list[str] = []
+
+
+def wanted(question: str) -> bool:
+    return not ONLY or any(part.lower() in question.lower() for part in ONLY)
+
+
 THREE_CONDITIONS = {
     "all": [
         {
@@ -328,6 +336,8 @@ async def bench(n_events: int, runs: int, reuse: bool) -> list[tuple[str, int, f
             ("3-condition audience", audience("3-condition audience", THREE_CONDITIONS)),
             ("3-step funnel", audience("3-step funnel", FUNNEL)),
         ):
+            if not name.startswith("baseline") and not wanted(name):
+                continue
             times = await timed(fn, runs)
             key = "baseline" if name.startswith("baseline") else name
             rows.append((name, n_events, statistics.median(times), p99(times), sizes[key]))
@@ -451,10 +461,14 @@ async def workspace_rows(
     if n_events > ONE_AT_A_TIME_MAX:
         questions = questions[1:]  # ~10x the rollup: minutes per run at 10M
     for name, fn, key in questions:
+        if not wanted(name):
+            continue
         times = await timed(fn, runs)
         rows.append((name, n_events, statistics.median(times), p99(times), sizes[key]))
     await redis.flushdb()
     await redis.aclose()
+    if not wanted("DuckDB/Parquet: 10 audiences"):
+        return rows
 
     with tempfile.TemporaryDirectory() as folder:
         files = await export_parquet(url, Path(folder))
@@ -504,7 +518,14 @@ async def main() -> None:
     parser.add_argument(
         "--load-only", action="store_true", help="with --reuse: load the databases, time nothing"
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        help="time only the questions whose name contains one of these (e.g. Recompute)",
+    )
     args = parser.parse_args()
+    ONLY.extend(args.only)
     if args.load_only:
         for n in args.events:
             await loaded_database(n, reuse=True)
