@@ -270,6 +270,17 @@ def p99(values: list[float]) -> float:
     return sorted(values)[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
 
 
+async def migrate_kept(url: str) -> None:
+    """Bring a kept database to the current migrations (and the statistics they add)."""
+    engine = create_engine(url)
+    try:
+        await migrate.upgrade(engine)
+        async with engine.begin() as c:
+            await c.execute(text("ANALYZE profiles"))
+    finally:
+        await engine.dispose()
+
+
 async def loaded_database(n_events: int, reuse: bool) -> tuple[str, bool]:
     """(url, keep): a fresh migrated database loaded with `n_events`; with `reuse`, the
     database ``segbench_<n>`` is kept between runs and loaded only the first time."""
@@ -289,6 +300,7 @@ async def loaded_database(n_events: int, reuse: bool) -> tuple[str, bool]:
                     await conn.close()
                 if done:
                     print(f"# reusing {name}", flush=True)
+                    await migrate_kept(url)
                     return url, True
                 await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
             await admin.execute(f'CREATE DATABASE "{name}"')

@@ -463,6 +463,18 @@ def _window(
 # --------------------------------------------------------------------------- audiences
 
 
+def merged_away(p: Any) -> ColumnElement[bool]:
+    """Whether a row of `p` (``profiles`` or an alias) was merged into another profile.
+
+    Written as the exact expression of the ``st_profiles_merged`` statistics (migration
+    0006), whose most common values tell the planner how many profiles are merged away
+    (usually few). For ``canonical_id <> profile_id`` it would assume 99.5% (one minus
+    its column = column guess): it then hashed the whole trait table or a million-row
+    join result against what it took for a million merged profiles, and there were none.
+    """
+    return _b(p.c.canonical_id != p.c.profile_id)
+
+
 def boolean_node(
     n: Node, compile_node: Callable[[Node], ColumnElement[bool]]
 ) -> ColumnElement[bool] | None:
@@ -507,10 +519,10 @@ class _AudienceCompiler:
             sa.select(profiles.c.profile_id.label("pid"))
             .where(
                 profiles.c.workspace_id == self.ws,
-                # As a CASE the planner estimates half the profiles instead of 0.5% (its
-                # guess for column = column): with 5,000 expected rows for 1M it hashed
-                # the universe side of every join in turn, each a 1M-row hash build.
-                _b(profiles.c.canonical_id == profiles.c.profile_id),
+                # Not merged away, as the negation of `merged_away` (whose statistics the
+                # planner has): with its guess for column = column (0.5%) it expected
+                # 5,000 rows for 1M and hashed the universe side of every join in turn.
+                not_(merged_away(profiles)),
                 profiles.c.deleted_at_us.is_(None),
             )
             .subquery("u")
@@ -526,7 +538,7 @@ class _AudienceCompiler:
         self.merged_uses += 1
         merged = (
             sa.select(p.c.profile_id, p.c.canonical_id)
-            .where(p.c.workspace_id == self.ws, p.c.canonical_id != p.c.profile_id)
+            .where(p.c.workspace_id == self.ws, merged_away(p))
             .subquery(f"m{self.merged_uses - 1}")
         )
         src = src.outerjoin(merged, merged.c.profile_id == profile_id)
@@ -555,7 +567,7 @@ class _AudienceCompiler:
         if merged_only:
             p = profiles.alias("merged_t")
             merges = sa.select(p.c.profile_id, p.c.canonical_id).where(
-                p.c.workspace_id == self.ws, p.c.canonical_id != p.c.profile_id
+                p.c.workspace_id == self.ws, merged_away(p)
             )
             own = merges.with_only_columns(p.c.profile_id)
             survivors = merges.with_only_columns(p.c.canonical_id)
@@ -672,7 +684,7 @@ class _AudienceCompiler:
         return (
             sa.select(p.c.canonical_id.label("pid"), *sums)
             .select_from(own.join(p, p.c.profile_id == own.c.own))
-            .where(p.c.workspace_id == self.ws, p.c.canonical_id != p.c.profile_id)
+            .where(p.c.workspace_id == self.ws, merged_away(p))
             .group_by(p.c.canonical_id)
             .subquery("e_merged")
         )
