@@ -636,11 +636,18 @@ class _AudienceCompiler:
         (which is nearly always 'track')."""
         ev = events
         cols = []
+        # The statement reads only rows of the leaves' (type, name) pairs, so where a
+        # name comes with one type only, the name alone tells the row's type: the
+        # type test is left out of that name's filters (~7% of the pass at 1M events).
+        types: dict[str, set[str]] = {}
+        for n in self.event_leaves:
+            types.setdefault(n.name, set()).add(n.type)
         for i, node in enumerate(self.event_leaves):
+            same_type = [] if len(types[node.name]) == 1 else [ev.c.type == node.type]
             cond = and_(
                 _window(ev.c.timestamp_us, node.window, self.now, checked_upto_now=True),
                 ev.c.name == node.name,
-                ev.c.type == node.type,
+                *same_type,
                 *[self.filter_pred(f, ev.c.properties) for f in node.where],
             )
             # int4: the second level's sum(int4) adds in bigint; sum(bigint) would
