@@ -653,7 +653,23 @@ class _AudienceCompiler:
             # int4: the second level's sum(int4) adds in bigint; sum(bigint) would
             # accumulate in numeric, seconds slower over a million profiles.
             cols.append(cast(func.count().filter(cond), sa.Integer).label(f"c{i}"))
-        names = sorted({(n.type, n.name) for n in self.event_leaves})
+        # Per (type, name): the earliest window start of its conditions (None: one
+        # counts all time). An older row counts in no column, so it is left out before
+        # the aggregate rather than tested by every filter (with these ten audiences
+        # about 40% of the rows: views count over 60 days, adds over 30, of 180).
+        floors: dict[tuple[str, str], int | None] = {}
+        for n in self.event_leaves:
+            lo = n.window.bounds(self.now)[0] if n.window is not None else None
+            seen = floors.get((n.type, n.name), lo)
+            floors[(n.type, n.name)] = None if lo is None or seen is None else min(lo, seen)
+        arms = [
+            and_(
+                ev.c.type == t,
+                ev.c.name == name,
+                *([ev.c.timestamp_us > lo] if lo is not None else []),
+            )
+            for (t, name), lo in sorted(floors.items())
+        ]
         filters = [f for n in self.event_leaves for f in n.where]
         src: Any = ev
         key: Any = ev.c.profile_id
@@ -662,11 +678,7 @@ class _AudienceCompiler:
             # canonical profile first.
             src, key = self.to_canonical(src, ev.c.profile_id)
             src = self._with_traits(src, key, filters)
-        where = [
-            ev.c.workspace_id == self.ws,
-            ev.c.timestamp_us <= self.now,
-            or_(*[and_(ev.c.type == t, ev.c.name == n) for t, n in names]),
-        ]
+        where = [ev.c.workspace_id == self.ws, ev.c.timestamp_us <= self.now, or_(*arms)]
         if all(n.window is not None for n in self.event_leaves):
             # No condition counts events at or before the earliest window start: those
             # rows (and partitions) need not be read at all.
