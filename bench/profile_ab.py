@@ -6,9 +6,11 @@
 On a shared machine throughput moves with everyone's load, so this interleaves the
 candidates (A, B, A, B, ...) and reports, per round, the saturation throughput and the
 CPU the server process spent per call (bench/profile_load.py's loader and /proc
-accounting). Each revision is exported with `git archive` into a temporary directory
-and its profile process started from there (5,000 seeded profiles in Redis db 12,
-flushed afterwards; one bench database, dropped afterwards).
+accounting), with the bare grpc.aio echo server answering with the same bytes run in
+every round as the transport baseline (ratios are to the same round's echo). Each
+revision is exported with `git archive` into a temporary directory and its profile
+process started from there (5,000 seeded profiles in Redis db 12, flushed afterwards;
+one bench database, dropped afterwards).
 
 `--echo` instead compares bare grpc.aio echo servers whose handler returns at once,
 awaits one redis-py GET, or awaits one GET on a raw pipelined connection (an asyncio
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,6 +34,9 @@ import grpc  # noqa: E402
 import profile_load as bench  # noqa: E402
 
 ECHO_MODES = ("return", "redis-py GET", "raw GET")
+# In the revisions' comparison, the bare echo server answering with the same bytes
+# runs in every round too, so each round's throughput has its own transport limit.
+ECHO_BASELINE = "echo (bare grpc.aio)"
 
 
 def serve_echo_variant(port: int, mode: str, redis_url: str) -> None:
@@ -113,6 +119,19 @@ def compare_echo(opts: argparse.Namespace) -> dict[str, list[tuple[int, int]]]:
     return results
 
 
+def _echo_round(opts: argparse.Namespace, payload: Path) -> tuple[int, int]:
+    """One saturation run of the bare echo server answering with `payload`."""
+    port = bench.free_port()
+    command = [sys.executable, bench.__file__, "--serve-echo", str(port), str(payload)]
+    server = subprocess.Popen(command)
+    try:
+        asyncio.run(bench._wait_echo(f"127.0.0.1:{port}"))
+        r = bench.run_load("echo", "saturate", f"127.0.0.1:{port}", opts, "", "", [server.pid])
+        return round(r["rps"]), round(r["cpu_us"])
+    finally:
+        bench._stop([server])
+
+
 def compare_revisions(opts: argparse.Namespace) -> dict[str, list[tuple[int, int]]]:
     root = bench.ROOT
     results: dict[str, list[tuple[int, int]]] = {rev: [] for rev in opts.revisions}
@@ -133,15 +152,23 @@ def compare_revisions(opts: argparse.Namespace) -> dict[str, list[tuple[int, int
             ).stdout
             subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
             trees[rev] = tree
+        handle, payload_name = tempfile.mkstemp(prefix="profile_ab_payload_", suffix=".bin")
+        os.close(handle)
+        payload = Path(payload_name)
         try:
             bench.seed(opts.redis_url, ws, opts.profiles)
             for _ in range(opts.rounds):
+                if payload.stat().st_size:
+                    results.setdefault(ECHO_BASELINE, []).append(_echo_round(opts, payload))
                 for rev, tree in trees.items():
                     port = bench.free_port()
                     bench.ROOT = tree  # start_profile runs the service from this tree
                     server = bench.start_profile(port, database_url, opts.redis_url)
                     try:
-                        asyncio.run(bench.wait_ready(f"127.0.0.1:{port}", metadata, sample))
+                        reply = asyncio.run(bench.wait_ready(f"127.0.0.1:{port}", metadata, sample))
+                        if not payload.stat().st_size:
+                            payload.write_bytes(reply)  # the echo answers with these bytes
+                            results.setdefault(ECHO_BASELINE, []).append(_echo_round(opts, payload))
                         r = bench.run_load(
                             "profile", "saturate", f"127.0.0.1:{port}", opts, ws, key, [server.pid]
                         )
@@ -149,6 +176,7 @@ def compare_revisions(opts: argparse.Namespace) -> dict[str, list[tuple[int, int
                     finally:
                         bench._stop([server])
         finally:
+            payload.unlink(missing_ok=True)
             bench.ROOT = root
             asyncio.run(bench._flush(opts.redis_url))
             asyncio.run(bench.drop_bench_database(database_url, opts.pg))
@@ -179,10 +207,19 @@ def main() -> None:
         parser.error("give git revisions to compare, or --echo")
     print("| candidate | " + " | ".join(f"round {i + 1}" for i in range(opts.rounds)) + " |")
     print("|---|" + "---:|" * opts.rounds)
+    echo = results.get(ECHO_BASELINE)
     for name, rounds in results.items():
-        cells = " | ".join(f"{rps:,}/s, {cpu} us" for rps, cpu in rounds)
+        cells = " | ".join(
+            f"{rps:,}/s{_vs_echo(rps, echo, i)}, {cpu} us" for i, (rps, cpu) in enumerate(rounds)
+        )
         print(f"| {name} | {cells} |")
-    print("\n(each cell: saturation req/s, server CPU per call)")
+    print("\n(each cell: saturation req/s [x the same round's echo], server CPU per call)")
+
+
+def _vs_echo(rps: int, echo: list[tuple[int, int]] | None, index: int) -> str:
+    if not echo or index >= len(echo):
+        return ""
+    return f" ({rps / echo[index][0]:.2f}x)"
 
 
 if __name__ == "__main__":
