@@ -110,20 +110,34 @@ end
 -- Lua 5.1 numbers are doubles: every integer here is below 2^53, so exact.
 local char, floor = string.char, math.floor
 
--- A varint of an int64 (negatives as 64-bit two's complement, ten bytes).
+-- A varint of an int64 (negatives as 64-bit two's complement: ten bytes).
+-- Lengths, and a timestamp's nanos and seconds (for microsecond instants below 2^53),
+-- are non-negative and below 2^35: five bytes at most, unrolled (no loop, no table).
+local digits = {}
 local function varint(n)
-  if n >= 0 and n < 128 then return char(n) end
-  local lo = n % 4294967296
+  if n >= 0 and n < 34359738368 then
+    if n < 128 then return char(n) end
+    local b1 = n % 128; n = (n - b1) / 128
+    if n < 128 then return char(b1 + 128, n) end
+    local b2 = n % 128; n = (n - b2) / 128
+    if n < 128 then return char(b1 + 128, b2 + 128, n) end
+    local b3 = n % 128; n = (n - b3) / 128
+    if n < 128 then return char(b1 + 128, b2 + 128, b3 + 128, n) end
+    local b4 = n % 128
+    return char(b1 + 128, b2 + 128, b3 + 128, b4 + 128, (n - b4) / 128)
+  end
+  local lo = n % 4294967296  -- the low and high 32 bits of n (of 2^64 + n if negative)
   local hi = ((n - lo) / 4294967296) % 4294967296
-  local out = {}
+  local k = 0
   while hi > 0 or lo >= 128 do
     local low7 = lo % 128
-    out[#out + 1] = char(low7 + 128)
+    k = k + 1
+    digits[k] = low7 + 128
     lo = (lo - low7) / 128 + (hi % 128) * 33554432
     hi = floor(hi / 128)
   end
-  out[#out + 1] = char(lo)
-  return table.concat(out)
+  digits[k + 1] = lo
+  return char(unpack(digits, 1, k + 1))
 end
 
 -- A length-delimited field (string, bytes, sub-message): tag, length, bytes.
@@ -155,25 +169,27 @@ local function double(tag, x)
   else
     fraction = (m * 2 - 1) * 4503599627370496  -- 2^52
   end
-  local bytes = {}
-  for i = 1, 6 do
-    local byte = fraction % 256
-    bytes[i] = byte
-    fraction = (fraction - byte) / 256
-  end
-  bytes[7] = fraction + (exponent % 16) * 16
-  bytes[8] = floor(exponent / 16) + sign
-  return tag .. char(unpack(bytes))
+  local f = fraction
+  local b1 = f % 256; f = (f - b1) / 256
+  local b2 = f % 256; f = (f - b2) / 256
+  local b3 = f % 256; f = (f - b3) / 256
+  local b4 = f % 256; f = (f - b4) / 256
+  local b5 = f % 256; f = (f - b5) / 256
+  local b6 = f % 256; f = (f - b6) / 256
+  return tag .. char(b1, b2, b3, b4, b5, b6, f + (exponent % 16) * 16,
+                     floor(exponent / 16) + sign)
 end
 
 -- google.protobuf.Timestamp {seconds = 1, nanos = 2} of integer microseconds.
 local function timestamp(us)
   local seconds = floor(us / 1000000)
   local nanos = (us - seconds * 1000000) * 1000
-  local out = ''
-  if seconds ~= 0 then out = '\\8' .. varint(seconds) end
-  if nanos ~= 0 then out = out .. '\\16' .. varint(nanos) end
-  return out
+  if nanos == 0 then
+    if seconds == 0 then return '' end
+    return '\\8' .. varint(seconds)
+  end
+  if seconds == 0 then return '\\16' .. varint(nanos) end
+  return '\\8' .. varint(seconds) .. '\\16' .. varint(nanos)
 end
 
 -- What Python's bool() says of a decoded JSON scalar.
@@ -203,8 +219,15 @@ local function profile_wire(pid, p)
   if has('a') then                                                  -- 5 audiences
     local flat = redis.call('HGETALL', p .. 'audiences')
     for i = 1, #flat, 2 do
-      out[#out + 1] = delimited('\\42', text('\\10', flat[i])
-        .. delimited('\\18', timestamp(tonumber(flat[i + 1]))))
+      -- One concatenation per membership (a timestamp is under 128 bytes: one length byte).
+      local key, stamp = flat[i], timestamp(tonumber(flat[i + 1]))
+      if key == '' then
+        out[#out + 1] = '\\42' .. char(2 + #stamp) .. '\\18' .. char(#stamp) .. stamp
+      else
+        local key_length = varint(#key)
+        out[#out + 1] = '\\42' .. varint(3 + #key_length + #key + #stamp) .. '\\10'
+          .. key_length .. key .. '\\18' .. char(#stamp) .. stamp
+      end
     end
   end
   if has('p') then                                                  -- 6 predictions
