@@ -338,23 +338,18 @@ class HotProfiles:
         self, workspace_id: str, keys: list[str], flags: str, trait_keys: tuple[str, ...]
     ) -> list[Any]:
         args = [hotstate.workspace_prefix(workspace_id), flags, *trait_keys]
+        pipelined = self._pipelined
         try:
-            if self._pipelined is None:
-                return await self._script(keys=keys, args=args)  # type: ignore[no-any-return]
-            return await self._run_pipelined(keys, args)
+            if pipelined is None:
+                return await self._script(keys=keys, args=args)
+            try:
+                return await pipelined.execute("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # The script is loaded once per Redis (and again after a SCRIPT FLUSH or
+                # a restart): EVAL both runs and caches it, so later calls find the SHA.
+                return await pipelined.execute("EVAL", READ_PROFILES_LUA, len(keys), *keys, *args)
         except (RedisConnectionError, RedisTimeoutError) as error:
             raise Unavailable("the profile store is unavailable; retry") from error
-
-    async def _run_pipelined(self, keys: list[str], args: list[str]) -> list[Any]:
-        # The script is loaded once per Redis (and again after a SCRIPT FLUSH or a
-        # restart): EVAL both runs and caches it, so later calls find the SHA.
-        assert self._pipelined is not None
-        try:
-            return await self._pipelined.execute(
-                "EVALSHA", self._script.sha, len(keys), *keys, *args
-            )
-        except NoScriptError:
-            return await self._pipelined.execute("EVAL", READ_PROFILES_LUA, len(keys), *keys, *args)
 
     async def resolve(self, workspace_id: str, identifier: Identifier) -> HotProfile | None:
         """The profile id and identifiers of one identifier (None when unknown)."""
