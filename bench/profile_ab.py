@@ -12,8 +12,9 @@ revision is exported with `git archive` into a temporary directory and its profi
 process started from there (5,000 seeded profiles in Redis db 12, flushed afterwards;
 one bench database, dropped afterwards).
 
-`--echo` instead compares bare grpc.aio echo servers whose handler returns at once,
-awaits one redis-py GET, or awaits one GET on a raw pipelined connection (an asyncio
+`--echo` instead compares bare grpc.aio echo servers whose handler returns at once
+(on asyncio's default loop, as bench/profile_load.py's echo, or on uvloop, as the
+services run), awaits one redis-py GET, or awaits one GET on a raw pipelined connection (an asyncio
 Protocol and a hiredis reader): what one Redis round trip costs the server, by client.
 """
 
@@ -33,10 +34,17 @@ sys.path[:0] = [str(Path(__file__).resolve().parent)]
 import grpc  # noqa: E402
 import profile_load as bench  # noqa: E402
 
-ECHO_MODES = ("return", "redis-py GET", "raw GET")
+ECHO_MODES = ("return", "return, uvloop", "redis-py GET", "raw GET")
 # In the revisions' comparison, the bare echo server answering with the same bytes
 # runs in every round too, so each round's throughput has its own transport limit.
 ECHO_BASELINE = "echo (bare grpc.aio)"
+# One candidate's round: saturation req/s, server CPU us per call, Redis CPU us per call.
+Cell = tuple[int, int, int | None]
+
+
+def _cell(r: dict) -> Cell:  # type: ignore[type-arg]
+    redis_cpu = r.get("redis_cpu_us")
+    return round(r["rps"]), round(r["cpu_us"]), None if redis_cpu is None else round(redis_cpu)
 
 
 def serve_echo_variant(port: int, mode: str, redis_url: str) -> None:
@@ -98,11 +106,16 @@ def serve_echo_variant(port: int, mode: str, redis_url: str) -> None:
         await server.start()
         await server.wait_for_termination()
 
-    asyncio.run(main())
+    if mode.endswith("uvloop"):
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
 
 
-def compare_echo(opts: argparse.Namespace) -> dict[str, list[tuple[int, int]]]:
-    results: dict[str, list[tuple[int, int]]] = {mode: [] for mode in ECHO_MODES}
+def compare_echo(opts: argparse.Namespace) -> dict[str, list[Cell]]:
+    results: dict[str, list[Cell]] = {mode: [] for mode in ECHO_MODES}
     for _ in range(opts.rounds):
         for mode in ECHO_MODES:
             port = bench.free_port()
@@ -113,13 +126,13 @@ def compare_echo(opts: argparse.Namespace) -> dict[str, list[tuple[int, int]]]:
                 r = bench.run_load(
                     "echo", "saturate", f"127.0.0.1:{port}", opts, "", "", [server.pid]
                 )
-                results[mode].append((round(r["rps"]), round(r["cpu_us"])))
+                results[mode].append(_cell(r))
             finally:
                 bench._stop([server])
     return results
 
 
-def _echo_round(opts: argparse.Namespace, payload: Path) -> tuple[int, int]:
+def _echo_round(opts: argparse.Namespace, payload: Path) -> Cell:
     """One saturation run of the bare echo server answering with `payload`."""
     port = bench.free_port()
     command = [sys.executable, bench.__file__, "--serve-echo", str(port), str(payload)]
@@ -127,14 +140,14 @@ def _echo_round(opts: argparse.Namespace, payload: Path) -> tuple[int, int]:
     try:
         asyncio.run(bench._wait_echo(f"127.0.0.1:{port}"))
         r = bench.run_load("echo", "saturate", f"127.0.0.1:{port}", opts, "", "", [server.pid])
-        return round(r["rps"]), round(r["cpu_us"])
+        return _cell(r)
     finally:
         bench._stop([server])
 
 
-def compare_revisions(opts: argparse.Namespace) -> dict[str, list[tuple[int, int]]]:
+def compare_revisions(opts: argparse.Namespace) -> dict[str, list[Cell]]:
     root = bench.ROOT
-    results: dict[str, list[tuple[int, int]]] = {rev: [] for rev in opts.revisions}
+    results: dict[str, list[Cell]] = {rev: [] for rev in opts.revisions}
     asyncio.run(bench._flush(opts.redis_url))
     database_url, keys = asyncio.run(bench.create_bench_database(opts.pg))
     ws, key = keys["workspace_id"], keys["profile_key"]
@@ -172,7 +185,7 @@ def compare_revisions(opts: argparse.Namespace) -> dict[str, list[tuple[int, int
                         r = bench.run_load(
                             "profile", "saturate", f"127.0.0.1:{port}", opts, ws, key, [server.pid]
                         )
-                        results[rev].append((round(r["rps"]), round(r["cpu_us"])))
+                        results[rev].append(_cell(r))
                     finally:
                         bench._stop([server])
         finally:
@@ -210,13 +223,21 @@ def main() -> None:
     echo = results.get(ECHO_BASELINE)
     for name, rounds in results.items():
         cells = " | ".join(
-            f"{rps:,}/s{_vs_echo(rps, echo, i)}, {cpu} us" for i, (rps, cpu) in enumerate(rounds)
+            f"{rps:,}/s{_vs_echo(rps, echo, i)}, {cpu}{_redis(redis_cpu)} us"
+            for i, (rps, cpu, redis_cpu) in enumerate(rounds)
         )
         print(f"| {name} | {cells} |")
-    print("\n(each cell: saturation req/s [x the same round's echo], server CPU per call)")
+    print(
+        "\n(each cell: saturation req/s [x the same round's echo], server CPU per call"
+        " [+ Redis CPU per call])"
+    )
 
 
-def _vs_echo(rps: int, echo: list[tuple[int, int]] | None, index: int) -> str:
+def _redis(cpu: int | None) -> str:
+    return "" if cpu is None else f" + {cpu}"
+
+
+def _vs_echo(rps: int, echo: list[Cell] | None, index: int) -> str:
     if not echo or index >= len(echo):
         return ""
     return f" ({rps / echo[index][0]:.2f}x)"
