@@ -7,6 +7,12 @@ computed-trait hashes hold JSON text per key, so the script joins them into one 
 object by concatenation: nothing is decoded in Lua and nothing per field in Python;
 the bytes go to the wire as they are. Key names come from services.shared.hotstate.
 
+For GetProfile (`read_encoded`) the script goes one step further and returns the
+serialized audiences.v1.Profile message itself: this module is where the hot state's
+layout meets the wire format, so the encoding (field numbers of profile.proto,
+varints, doubles, timestamps) lives here, in the script, and nothing else in the
+process touches the message (docs/profile.md).
+
 The script call goes over the process's pipelined connection
 (services.shared.redis_pipelined) when there is one: that round trip was the largest
 remaining server cost of a GetProfile through redis-py. With memory:// (no such
