@@ -235,3 +235,15 @@ async def test_get_profile_over_grpc_equals_the_batch_answer(  # type: ignore[no
         )
         assert single == batch.profiles[0].profile
         assert single.profile_id == "41"
+    # A caller's trace context takes the OpenTelemetry-wrapped handler: same bytes.
+    traced = await profile_stub.GetProfile(
+        profile_pb2.GetProfileRequest(identifier=identifier),
+        metadata=(
+            *bearer(workspace.profile),
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ),
+    )
+    assert traced == await profile_stub.GetProfile(
+        profile_pb2.GetProfileRequest(identifier=identifier), metadata=bearer(workspace.profile)
+    )
+    assert traced.profile_id == "41" and len(traced.audiences) == len(FULL.audiences)
