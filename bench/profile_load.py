@@ -7,11 +7,15 @@ pipelined writes, starts one profile process (then two sharing the port through
 SO_REUSEPORT), and drives them from a load generator in a second process: a fixed
 offered rate and a saturation run, reporting throughput and p50/p99/p99.9. Baselines
 measured in the same run: a bare grpc.aio server answering with a message of the same
-size (the transport limit) and the same Lua read issued straight from redis-py (the
-storage limit). For every server process it also reports the CPU time the server
+size (the transport limit), the same echo awaiting one Redis GET per call over the
+services' pipelined connection (transport plus one round trip: the floor for any
+server that answers from Redis), and the same Lua read issued straight from redis-py
+(the storage limit). For every server process it also reports the CPU time the server
 spent per call (from /proc, warm-up calls included), which moves much less with other
-work on a shared machine than throughput does. Redis db 12 is flushed and the bench
-database dropped afterwards.
+work on a shared machine than throughput does, and Redis's CPU per call. With
+`--cap N` it also runs 1 and 2 processes each capped at N CPUs (a cgroup; root), to
+show SO_REUSEPORT scaling on a machine without a spare core per process. Redis db 12
+is flushed and the bench database dropped afterwards.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from audiences.v1 import common_pb2, profile_pb2  # noqa: E402
 
 from services.profile.hotread import READ_PROFILES_LUA  # noqa: E402
 from services.shared import hotstate  # noqa: E402
+from services.shared.redis_pipelined import create_pipelined  # noqa: E402
 
 METHOD = "/audiences.v1.ProfileService/GetProfile"
 ECHO_METHOD = "/bench.Echo/Get"
@@ -150,11 +155,19 @@ def _redis_parts(url: str) -> tuple[str, str, str]:
 # ---------------------------------------------------------------- servers
 
 
-async def serve_echo(port: int, payload_path: str) -> None:
-    """A bare grpc.aio server: no interceptors, answers every call with fixed bytes."""
+async def serve_echo(port: int, payload_path: str, redis_url: str = "") -> None:
+    """A bare grpc.aio server: no interceptors, answers every call with fixed bytes.
+
+    With `redis_url`, each call first awaits one GET of a missing key over the
+    services' own pipelined connection: the transport plus one Redis round trip,
+    the least any server answering from Redis can cost.
+    """
     payload = Path(payload_path).read_bytes()  # noqa: ASYNC240 - once, before serving
+    pipelined = create_pipelined(redis_url) if redis_url else None
 
     async def get(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if pipelined is not None:
+            await pipelined.execute("GET", "bench:no-such-key")
         return payload
 
     handler = grpc.method_handlers_generic_handler(
@@ -395,12 +408,12 @@ def run_load(
 
     With `servers` (pids), also the CPU those server processes spent per call (and
     each one's share of it): on a shared machine throughput moves with everyone's
-    load, CPU per call much less. Redis's CPU per call is measured for every target
-    that reads it (it shares the machine's cores; other clients of that Redis count
-    too).
+    load, CPU per call much less. Redis's CPU per call too (it shares the machine's
+    cores; other clients of that Redis count as well, which the bare echo's figure
+    shows).
     """
     before = [cpu_seconds([pid]) for pid in servers or []]
-    redis_before = redis_cpu_seconds(opts.redis_url) if target != "echo" else 0.0
+    redis_before = redis_cpu_seconds(opts.redis_url)
     command = [
         sys.executable,
         __file__,
@@ -433,9 +446,9 @@ def run_load(
         spent = [cpu_seconds([pid]) - b for pid, b in zip(servers, before, strict=True)]
         result["cpu_us"] = sum(spent) / result["calls"] * 1e6
         result["cpu_split"] = [round(s / sum(spent), 2) for s in spent] if sum(spent) else []
-    if target != "echo":
-        redis_spent = redis_cpu_seconds(opts.redis_url) - redis_before
-        result["redis_cpu_us"] = redis_spent / result["calls"] * 1e6
+    # For the bare echo this is Redis's background work (other clients of a shared Redis).
+    redis_spent = redis_cpu_seconds(opts.redis_url) - redis_before
+    result["redis_cpu_us"] = redis_spent / result["calls"] * 1e6
     return result
 
 
@@ -536,9 +549,26 @@ def orchestrate(opts: argparse.Namespace) -> None:
         )
         processes.append(echo)
         asyncio.run(_wait_echo(echo_address))
+        echo_get_port = free_port()
+        echo_get_address = f"127.0.0.1:{echo_get_port}"
+        echo_get = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve-echo",
+                str(echo_get_port),
+                str(payload),
+                "--echo-redis",
+                opts.redis_url,
+            ],
+            cwd=ROOT,
+        )
+        processes.append(echo_get)
+        asyncio.run(_wait_echo(echo_get_address))
 
         plan = [
             ("echo (bare grpc.aio)", "echo", echo_address, [echo.pid]),
+            ("echo + 1 Redis GET", "echo", echo_get_address, [echo_get.pid]),
             ("redis-py EVALSHA", "redis", "", []),
             ("GetProfile, 1 process", "profile", address, [processes[0].pid]),
         ]
@@ -547,8 +577,9 @@ def orchestrate(opts: argparse.Namespace) -> None:
                 result = run_load(target, mode, where, opts, ws, key, pids)
                 rows.append((label, mode, result))
                 print(f"  {label:<26} {mode:<9} {result}", flush=True)
-        _stop([echo])
+        _stop([echo, echo_get])
         processes.remove(echo)
+        processes.remove(echo_get)
 
         processes.append(start_profile(port, database_url, opts.redis_url))
         wait_started(processes[-1])
@@ -666,6 +697,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--pg", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--serve-echo", nargs=2, metavar=("PORT", "PAYLOAD"))
+    parser.add_argument("--echo-redis", default="", help="(with --serve-echo) GET per call")
     parser.add_argument("--load", choices=["echo", "redis", "profile"])
     parser.add_argument("--mode", choices=["rate", "saturate"], default="rate")
     parser.add_argument("--address", default="")
@@ -673,7 +705,7 @@ def main() -> None:
     parser.add_argument("--key", default="")
     opts = parser.parse_args()
     if opts.serve_echo:
-        asyncio.run(serve_echo(int(opts.serve_echo[0]), opts.serve_echo[1]))
+        asyncio.run(serve_echo(int(opts.serve_echo[0]), opts.serve_echo[1], opts.echo_redis))
     elif opts.load:
         print(json.dumps(asyncio.run(load(opts))))
     else:
