@@ -38,13 +38,18 @@ ECHO_MODES = ("return", "return, uvloop", "redis-py GET", "raw GET")
 # In the revisions' comparison, the bare echo server answering with the same bytes
 # runs in every round too, so each round's throughput has its own transport limit.
 ECHO_BASELINE = "echo (bare grpc.aio)"
-# One candidate's round: saturation req/s, server CPU us per call, Redis CPU us per call.
-Cell = tuple[int, int, int | None]
+# One candidate's round: req/s, server CPU us per call, Redis CPU us per call, p99 ms.
+Cell = tuple[int, int, int | None, float]
 
 
 def _cell(r: dict) -> Cell:  # type: ignore[type-arg]
     redis_cpu = r.get("redis_cpu_us")
-    return round(r["rps"]), round(r["cpu_us"]), None if redis_cpu is None else round(redis_cpu)
+    return (
+        round(r["rps"]),
+        round(r["cpu_us"]),
+        None if redis_cpu is None else round(redis_cpu),
+        r["p99"],
+    )
 
 
 def serve_echo_variant(port: int, mode: str, redis_url: str) -> None:
@@ -124,7 +129,7 @@ def compare_echo(opts: argparse.Namespace) -> dict[str, list[Cell]]:
             try:
                 asyncio.run(bench._wait_echo(f"127.0.0.1:{port}"))
                 r = bench.run_load(
-                    "echo", "saturate", f"127.0.0.1:{port}", opts, "", "", [server.pid]
+                    "echo", opts.mode, f"127.0.0.1:{port}", opts, "", "", [server.pid]
                 )
                 results[mode].append(_cell(r))
             finally:
@@ -139,7 +144,7 @@ def _echo_round(opts: argparse.Namespace, payload: Path) -> Cell:
     server = subprocess.Popen(command)
     try:
         asyncio.run(bench._wait_echo(f"127.0.0.1:{port}"))
-        r = bench.run_load("echo", "saturate", f"127.0.0.1:{port}", opts, "", "", [server.pid])
+        r = bench.run_load("echo", opts.mode, f"127.0.0.1:{port}", opts, "", "", [server.pid])
         return _cell(r)
     finally:
         bench._stop([server])
@@ -183,7 +188,7 @@ def compare_revisions(opts: argparse.Namespace) -> dict[str, list[Cell]]:
                             payload.write_bytes(reply)  # the echo answers with these bytes
                             results.setdefault(ECHO_BASELINE, []).append(_echo_round(opts, payload))
                         r = bench.run_load(
-                            "profile", "saturate", f"127.0.0.1:{port}", opts, ws, key, [server.pid]
+                            "profile", opts.mode, f"127.0.0.1:{port}", opts, ws, key, [server.pid]
                         )
                         results[rev].append(_cell(r))
                     finally:
@@ -203,12 +208,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--mode",
+        choices=["saturate", "rate"],
+        default="saturate",
+        help="saturation (default) or a fixed offered rate (--rate), reporting p99 too",
+    )
+    parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--profiles", type=int, default=5_000)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--pg", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--serve", nargs=3, metavar=("PORT", "MODE", "REDIS_URL"))
     opts = parser.parse_args()
-    opts.rate = 1000.0  # unused: saturation runs only
+    opts.channels = bench.CHANNELS
     if opts.serve:
         serve_echo_variant(int(opts.serve[0]), opts.serve[1], opts.serve[2])
         return
@@ -224,12 +236,13 @@ def main() -> None:
     for name, rounds in results.items():
         cells = " | ".join(
             f"{rps:,}/s{_vs_echo(rps, echo, i)}, {cpu}{_redis(redis_cpu)} us"
-            for i, (rps, cpu, redis_cpu) in enumerate(rounds)
+            + (f", p99 {p99:.2f} ms" if opts.mode == "rate" else "")
+            for i, (rps, cpu, redis_cpu, p99) in enumerate(rounds)
         )
         print(f"| {name} | {cells} |")
     print(
-        "\n(each cell: saturation req/s [x the same round's echo], server CPU per call"
-        " [+ Redis CPU per call])"
+        f"\n(each cell, {opts.mode}: req/s [x the same round's echo], server CPU per call"
+        " [+ Redis CPU per call][, p99 at the fixed rate])"
     )
 
 
