@@ -38,8 +38,9 @@ ECHO_MODES = ("return", "return, uvloop", "redis-py GET", "raw GET")
 # In the revisions' comparison, the bare echo server answering with the same bytes
 # runs in every round too, so each round's throughput has its own transport limit.
 ECHO_BASELINE = "echo (bare grpc.aio)"
-# One candidate's round: req/s, server CPU us per call, Redis CPU us per call, p99 ms.
-Cell = tuple[int, int, int | None, float]
+# One candidate's round: req/s, server CPU us per call, Redis CPU us per call, p50 and
+# p99 ms.
+Cell = tuple[int, int, int | None, float, float]
 
 
 def _cell(r: dict) -> Cell:  # type: ignore[type-arg]
@@ -48,6 +49,7 @@ def _cell(r: dict) -> Cell:  # type: ignore[type-arg]
         round(r["rps"]),
         round(r["cpu_us"]),
         None if redis_cpu is None else round(redis_cpu),
+        r["p50"],
         r["p99"],
     )
 
@@ -236,13 +238,13 @@ def main() -> None:
     for name, rounds in results.items():
         cells = " | ".join(
             f"{rps:,}/s{_vs_echo(rps, echo, i)}, {cpu}{_redis(redis_cpu)} us"
-            + (f", p99 {p99:.2f} ms" if opts.mode == "rate" else "")
-            for i, (rps, cpu, redis_cpu, p99) in enumerate(rounds)
+            + (f", p50 {p50:.2f} p99 {p99:.2f} ms" if opts.mode == "rate" else "")
+            for i, (rps, cpu, redis_cpu, p50, p99) in enumerate(rounds)
         )
         print(f"| {name} | {cells} |")
     print(
         f"\n(each cell, {opts.mode}: req/s [x the same round's echo], server CPU per call"
-        " [+ Redis CPU per call][, p99 at the fixed rate])"
+        " [+ Redis CPU per call][, p50 and p99 at the fixed rate])"
     )
 
 
