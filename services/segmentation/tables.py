@@ -94,7 +94,9 @@ membership_changes = Table(
     Column("kind", String(8), nullable=False),  # entered | exited
     Column("at_us", BigInteger, nullable=False),
     Column("version", Integer, nullable=False),
-    Index("ix_membership_changes_audience", "workspace_id", "audience_id", "seq"),
+    # WatchChanges of given audiences (without it each poll walks every other
+    # audience's changes on the primary key); audience ids are global, so no workspace.
+    Index("ix_membership_changes_audience_seq", "audience_id", "seq"),
 )
 
 computed_traits = Table(

@@ -3,6 +3,7 @@
 import pytest
 from sqlalchemy import inspect
 
+from services.segmentation.tables import metadata
 from services.shared.db import migrate
 from services.shared.db.engine import create_engine
 from tests.helpers import backends
@@ -40,3 +41,23 @@ async def test_postgres_up_down_up() -> None:
 
 async def test_sqlite_up_down_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
     await _up_down_up(f"sqlite+aiosqlite:///{tmp_path}/audiences.db")
+
+
+def _declared_indexes(table: str) -> dict[str, list[str]]:
+    return {ix.name: [c.name for c in ix.columns] for ix in metadata.tables[table].indexes}
+
+
+@pytest.mark.parametrize("table", ["memberships", "membership_changes"])
+async def test_postgres_head_has_the_declared_indexes(table: str) -> None:
+    """The migrations build exactly the indexes the table modules declare (the batch
+    writers and the readers are written, and measured, against those)."""
+    url = await backends.create_database()
+    engine = create_engine(url)
+    try:
+        await migrate.upgrade(engine)
+        async with engine.connect() as connection:
+            found = await connection.run_sync(lambda c: inspect(c).get_indexes(table))
+        assert {ix["name"]: list(ix["column_names"]) for ix in found} == _declared_indexes(table)
+    finally:
+        await engine.dispose()
+        await backends.drop_database(url)
