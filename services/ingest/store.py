@@ -160,13 +160,29 @@ class SqlEventStore:
                 await connection.commit()
 
     @asynccontextmanager
-    async def write_session(self, workspace_id: str) -> AsyncIterator[WriteSession]:
-        """A locked write transaction; the lock outlives the commit until the block ends."""
-        async with self.locked() as connection:
-            kind = PgWriteSession if self._postgres else WriteSession
-            session = kind(connection, workspace_id, self)
+    async def write_session(
+        self, workspace_id: str, held: AsyncConnection | None = None
+    ) -> AsyncIterator[WriteSession]:
+        """A locked write transaction; the lock outlives the commit until the block ends.
+
+        With `held` (a connection from `locked()`), the transaction runs on it under the
+        lock it already holds, so consecutive sessions pay for the lock once.
+        """
+        if held is None:
+            async with self.locked() as connection:
+                async with self.write_session(workspace_id, connection) as session:
+                    yield session
+            return
+        kind = PgWriteSession if self._postgres else WriteSession
+        session = kind(held, workspace_id, self)
+        try:
             await session.start()
             yield session
+        finally:
+            # Not committed (an error, or nothing to write): leave the connection clean
+            # for the next session of this lock hold.
+            if held.in_transaction():
+                await held.rollback()
 
     async def cursor(self, connection: AsyncConnection | None = None) -> tuple[int, int]:
         """(last committed seq, last seq known published)."""
