@@ -3,6 +3,7 @@ the per-event outcome. Plain Python: no grpc, protobuf, SQL or Redis here."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -34,17 +35,19 @@ class RawEvent:
     external_ids: list[tuple[str, str]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identifier:
     """One identifier an event carries, with the request field it came from."""
 
     type: str
     value: str
     field: str  # e.g. "user_id", "traits.email", "external_ids[0]"
+    # (type, value), built once: resolution and the group's lookups read it ~10 times
+    # per event (a property rebuilt the tuple each time: 5% of the writer's CPU).
+    key: tuple[str, str] = dataclasses.field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.type, self.value)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.type, self.value))
 
 
 @dataclass
