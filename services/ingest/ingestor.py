@@ -81,7 +81,7 @@ class WriteResult:
     redirected: dict[int, list[int]] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class HotProfile:
     """One profile's hot-state update."""
 
@@ -100,6 +100,10 @@ class HotUpdate:
     workspace_id: str
     redirects: list[tuple[int, int]]  # (merged profile id, survivor id)
     profiles: list[HotProfile]
+
+
+# A profile whose traits this batch did not change (shared, never mutated).
+_NO_TRAIT_CHANGES: tuple[dict[str, Any], list[str]] = ({}, [])
 
 
 class StreamRecord(NamedTuple):
@@ -650,7 +654,7 @@ class Ingestor:
             target = final(node.profile_id)
             if target not in last_seen:
                 continue  # loaded for context, untouched by this batch
-            sets, deletes = changed.get(target, ({}, []))
+            sets, deletes = changed.get(target) or _NO_TRAIT_CHANGES
             ids: list[str] = []
             if target in relinked:
                 ids = sorted(f"{t}:{v}" for t, values in node.ids.items() for v in values)

@@ -14,7 +14,7 @@ EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 JsonInput = bytes | dict[str, Any] | None
 
 
-@dataclass
+@dataclass(slots=True)
 class RawEvent:
     """One event as a client sent it, before validation (transport-neutral)."""
 
@@ -50,7 +50,7 @@ class Identifier:
         object.__setattr__(self, "key", (self.type, self.value))
 
 
-@dataclass
+@dataclass(slots=True)
 class Event:
     """An event that passed validation, normalised for storage."""
 
@@ -84,7 +84,7 @@ class Violation:
     reason: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """The result for one event of a request, in request order."""
 
@@ -96,7 +96,7 @@ class Outcome:
     seq: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class BatchOutcome:
     """Results of one request: one Outcome per event, in order."""
 
