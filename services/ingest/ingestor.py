@@ -309,6 +309,9 @@ class Ingestor:
         self._arrived.set()
         writer = self._writer
         if writer is None or writer.done() or writer.get_loop() is not loop:
+            # A fresh event per writer: an asyncio.Event binds to the loop it waits on.
+            self._arrived = asyncio.Event()
+            self._arrived.set()
             self._writer = loop.create_task(self._drain())
         # Shielded: a caller that goes away (deadline, disconnect) must not cancel the
         # future the writer will complete; its events are still written (a retry then
