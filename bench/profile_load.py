@@ -7,11 +7,15 @@ pipelined writes, starts one profile process (then two sharing the port through
 SO_REUSEPORT), and drives them from a load generator in a second process: a fixed
 offered rate and a saturation run, reporting throughput and p50/p99/p99.9. Baselines
 measured in the same run: a bare grpc.aio server answering with a message of the same
-size (the transport limit) and the same Lua read issued straight from redis-py (the
-storage limit). For every server process it also reports the CPU time the server
+size (the transport limit), the same echo awaiting one Redis GET per call over the
+services' pipelined connection (transport plus one round trip: the floor for any
+server that answers from Redis), and the same Lua read issued straight from redis-py
+(the storage limit). For every server process it also reports the CPU time the server
 spent per call (from /proc, warm-up calls included), which moves much less with other
-work on a shared machine than throughput does. Redis db 12 is flushed and the bench
-database dropped afterwards.
+work on a shared machine than throughput does, and Redis's CPU per call. With
+`--cap N` it also runs 1 and 2 processes each capped at N CPUs (a cgroup; root), to
+show SO_REUSEPORT scaling on a machine without a spare core per process. Redis db 12
+is flushed and the bench database dropped afterwards.
 """
 
 from __future__ import annotations
@@ -40,11 +44,18 @@ from audiences.v1 import common_pb2, profile_pb2  # noqa: E402
 
 from services.profile.hotread import READ_PROFILES_LUA  # noqa: E402
 from services.shared import hotstate  # noqa: E402
+from services.shared.redis_pipelined import create_pipelined  # noqa: E402
 
 METHOD = "/audiences.v1.ProfileService/GetProfile"
 ECHO_METHOD = "/bench.Echo/Get"
 NOW_US = 1_735_689_600_000_000
 CHANNELS = 8  # separate connections, so SO_REUSEPORT can spread them over processes
+# The capped scaling runs use more connections: SO_REUSEPORT places each connection
+# on one process for its lifetime, so with 8 an uneven split (say 5/3) would cap the
+# closed-loop load at the busier process rather than measure the processes.
+SCALING_CHANNELS = 32
+CGROUP_V2 = Path("/sys/fs/cgroup")
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 REQUEST_POOL = 20_000
 
 
@@ -144,11 +155,19 @@ def _redis_parts(url: str) -> tuple[str, str, str]:
 # ---------------------------------------------------------------- servers
 
 
-async def serve_echo(port: int, payload_path: str) -> None:
-    """A bare grpc.aio server: no interceptors, answers every call with fixed bytes."""
+async def serve_echo(port: int, payload_path: str, redis_url: str = "") -> None:
+    """A bare grpc.aio server: no interceptors, answers every call with fixed bytes.
+
+    With `redis_url`, each call first awaits one GET of a missing key over the
+    services' own pipelined connection: the transport plus one Redis round trip,
+    the least any server answering from Redis can cost.
+    """
     payload = Path(payload_path).read_bytes()  # noqa: ASYNC240 - once, before serving
+    pipelined = create_pipelined(redis_url) if redis_url else None
 
     async def get(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if pipelined is not None:
+            await pipelined.execute("GET", "bench:no-such-key")
         return payload
 
     handler = grpc.method_handlers_generic_handler(
@@ -170,6 +189,7 @@ async def serve_echo(port: int, payload_path: str) -> None:
 
 
 def start_profile(port: int, database_url: str, redis_url: str) -> subprocess.Popen[bytes]:
+    """Start a profile process on `port`; wait_started() tells when it serves."""
     env = {
         **os.environ,
         "GRPC_PORT": str(port),
@@ -179,12 +199,27 @@ def start_profile(port: int, database_url: str, redis_url: str) -> subprocess.Po
         "OTEL_TRACES_EXPORTER": "none",
         "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}",
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.profile"],
-        env=env,
-        cwd=ROOT,
-        stderr=subprocess.DEVNULL,
+    handle, name = tempfile.mkstemp(prefix="bench_profile_log_", suffix=".txt")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.profile"], env=env, cwd=ROOT, stderr=handle
     )
+    os.close(handle)
+    _LOGS[process.pid] = Path(name)
+    return process
+
+
+_LOGS: dict[int, Path] = {}
+
+
+def wait_started(process: subprocess.Popen[bytes]) -> None:
+    """Until `process` logs that it serves: with SO_REUSEPORT a call to the shared port
+    may be answered by another process, so only its own log says this one is up."""
+    log = _LOGS[process.pid]
+    deadline = time.monotonic() + 60
+    while "serving on" not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"profile process did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.1)  # polling a log file for readiness, with a deadline
 
 
 async def wait_ready(address: str, metadata: tuple[tuple[str, str], ...], request: bytes) -> bytes:
@@ -302,12 +337,12 @@ async def load(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     metadata = (("authorization", f"Bearer {args.key}"),)
     channels = [
         grpc.aio.insecure_channel(args.address, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(CHANNELS)
+        for _ in range(args.channels)
     ]
     calls = [channel.unary_unary(method, _identity, _identity) for channel in channels]
 
     async def call_one(i: int) -> None:
-        await calls[i % CHANNELS](requests[i % REQUEST_POOL], metadata=metadata, timeout=10)
+        await calls[i % len(calls)](requests[i % REQUEST_POOL], metadata=metadata, timeout=10)
 
     result = await _drive(call_one, args.mode, args.duration, args.rate, args.concurrency)
     for channel in channels:
@@ -324,6 +359,41 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def redis_cpu_seconds(redis_url: str) -> float:
+    """CPU time the Redis server has used so far (INFO cpu: user + system)."""
+    host, port, _ = _redis_parts(redis_url)
+    out = subprocess.run(
+        ["redis-cli", "-h", host, "-p", port, "INFO", "cpu"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    fields = dict(line.split(":", 1) for line in out.split() if ":" in line)
+    return float(fields["used_cpu_user"]) + float(fields["used_cpu_sys"])
+
+
+def cap_cpu(pid: int, cpus: float) -> Path:
+    """Limit process `pid` to `cpus` CPUs in a cgroup of its own (root; cgroup v2 or v1).
+
+    A CPU quota per process stands in for a core per process on a machine that has
+    too few cores for the servers, the load generator and Redis each to have one.
+    """
+    name = f"audiences_bench_{pid}"
+    quota = int(cpus * 100_000)
+    controllers = CGROUP_V2 / "cgroup.controllers"
+    if controllers.exists() and "cpu" in controllers.read_text().split():
+        group = CGROUP_V2 / name
+        group.mkdir()
+        (group / "cpu.max").write_text(f"{quota} 100000")
+    else:
+        group = CGROUP_V1_CPU / name
+        group.mkdir()
+        (group / "cpu.cfs_period_us").write_text("100000")
+        (group / "cpu.cfs_quota_us").write_text(str(quota))
+    (group / "cgroup.procs").write_text(str(pid))
+    return group
+
+
 def run_load(
     target: str,
     mode: str,
@@ -332,13 +402,18 @@ def run_load(
     ws: str,
     key: str,
     servers: list[int] | None = None,
+    channels: int = CHANNELS,
 ) -> dict:  # type: ignore[type-arg]
     """One measurement, from a separate load-generator process.
 
-    With `servers` (pids), also the CPU those server processes spent per call: on a
-    shared machine throughput moves with everyone's load, CPU per call much less.
+    With `servers` (pids), also the CPU those server processes spent per call (and
+    each one's share of it): on a shared machine throughput moves with everyone's
+    load, CPU per call much less. Redis's CPU per call too (it shares the machine's
+    cores; other clients of that Redis count as well, which the bare echo's figure
+    shows).
     """
-    before = cpu_seconds(servers) if servers else 0.0
+    before = [cpu_seconds([pid]) for pid in servers or []]
+    redis_before = redis_cpu_seconds(opts.redis_url)
     command = [
         sys.executable,
         __file__,
@@ -362,11 +437,18 @@ def run_load(
         str(opts.rate),
         "--concurrency",
         str(opts.concurrency),
+        "--channels",
+        str(channels),
     ]
     out = subprocess.run(command, check=True, capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if servers:
-        result["cpu_us"] = (cpu_seconds(servers) - before) / result["calls"] * 1e6
+        spent = [cpu_seconds([pid]) - b for pid, b in zip(servers, before, strict=True)]
+        result["cpu_us"] = sum(spent) / result["calls"] * 1e6
+        result["cpu_split"] = [round(s / sum(spent), 2) for s in spent] if sum(spent) else []
+    # For the bare echo this is Redis's background work (other clients of a shared Redis).
+    redis_spent = redis_cpu_seconds(opts.redis_url) - redis_before
+    result["redis_cpu_us"] = redis_spent / result["calls"] * 1e6
     return result
 
 
@@ -411,6 +493,9 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
+        log = _LOGS.pop(process.pid, None)
+        if log is not None:
+            log.unlink(missing_ok=True)
 
 
 async def _flush(redis_url: str) -> str:
@@ -438,6 +523,8 @@ def orchestrate(opts: argparse.Namespace) -> None:
     metadata = (("authorization", f"Bearer {key}"),)
     rows: list[tuple[str, str, dict]] = []  # type: ignore[type-arg]
     processes: list[subprocess.Popen[bytes]] = []
+    groups: list[Path] = []
+    opts.load_before = os.getloadavg()[0]
     # The echo server reads the reply bytes from a file; the system temp dir, not a fixed path.
     handle, name = tempfile.mkstemp(prefix="bench_profile_payload_", suffix=".bin")
     os.close(handle)
@@ -462,9 +549,26 @@ def orchestrate(opts: argparse.Namespace) -> None:
         )
         processes.append(echo)
         asyncio.run(_wait_echo(echo_address))
+        echo_get_port = free_port()
+        echo_get_address = f"127.0.0.1:{echo_get_port}"
+        echo_get = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve-echo",
+                str(echo_get_port),
+                str(payload),
+                "--echo-redis",
+                opts.redis_url,
+            ],
+            cwd=ROOT,
+        )
+        processes.append(echo_get)
+        asyncio.run(_wait_echo(echo_get_address))
 
         plan = [
             ("echo (bare grpc.aio)", "echo", echo_address, [echo.pid]),
+            ("echo + 1 Redis GET", "echo", echo_get_address, [echo_get.pid]),
             ("redis-py EVALSHA", "redis", "", []),
             ("GetProfile, 1 process", "profile", address, [processes[0].pid]),
         ]
@@ -473,22 +577,66 @@ def orchestrate(opts: argparse.Namespace) -> None:
                 result = run_load(target, mode, where, opts, ws, key, pids)
                 rows.append((label, mode, result))
                 print(f"  {label:<26} {mode:<9} {result}", flush=True)
-        _stop([echo])
+        _stop([echo, echo_get])
         processes.remove(echo)
+        processes.remove(echo_get)
 
         processes.append(start_profile(port, database_url, opts.redis_url))
+        wait_started(processes[-1])
         asyncio.run(wait_ready(address, metadata, sample))
         both = [p.pid for p in processes]
         for mode in ("rate", "saturate"):
             result = run_load("profile", mode, address, opts, ws, key, both)
             rows.append(("GetProfile, 2 processes", mode, result))
             print(f"  {'GetProfile, 2 processes':<26} {mode:<9} {result}", flush=True)
+        _stop(processes)
+        processes.clear()
+        if opts.cap:
+            rows += scaling_capped(opts, database_url, ws, key, groups)
     finally:
         _stop(processes)
+        for group in groups:
+            group.rmdir()  # empty once its process has exited
         payload.unlink(missing_ok=True)
         print(f"Redis memory with the seeded profiles: {asyncio.run(_flush(opts.redis_url))}")
         asyncio.run(drop_bench_database(database_url, opts.pg))
     print_table(rows, opts)
+
+
+def scaling_capped(
+    opts: argparse.Namespace, database_url: str, ws: str, key: str, groups: list[Path]
+) -> list[tuple[str, str, dict]]:  # type: ignore[type-arg]
+    """Saturation with 1, then 2 profile processes sharing the port, each capped at
+    `opts.cap` CPUs, over SCALING_CHANNELS connections.
+
+    Each process gets a fixed CPU budget, as it would get a core of its own on a
+    bigger machine, and the caps leave CPU for the load generator and Redis: whether
+    throughput then doubles with the second process is what SO_REUSEPORT scaling
+    means, measurable on 2 cores.
+    """
+    rows = []
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    metadata = (("authorization", f"Bearer {key}"),)
+    sample = profile_pb2.GetProfileRequest(
+        identifier=common_pb2.Identifier(type="user_id", value=user_value(1))
+    ).SerializeToString()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for count in (1, 2):
+            process = start_profile(port, database_url, opts.redis_url)
+            processes.append(process)
+            wait_started(process)  # started uncapped: the cap is for serving, not importing
+            groups.append(cap_cpu(process.pid, opts.cap))
+            asyncio.run(wait_ready(address, metadata, sample))
+            label = f"GetProfile, {count} x {opts.cap:g} CPU"
+            pids = [p.pid for p in processes]
+            result = run_load("profile", "saturate", address, opts, ws, key, pids, SCALING_CHANNELS)
+            rows.append((label, "saturate", result))
+            print(f"  {label:<26} saturate  {result}", flush=True)
+    finally:
+        _stop(processes)
+    return rows
 
 
 def print_table(rows: list[tuple[str, str, dict]], opts: argparse.Namespace) -> None:  # type: ignore[type-arg]
@@ -499,28 +647,38 @@ def print_table(rows: list[tuple[str, str, dict]], opts: argparse.Namespace) -> 
     print()
     print(
         f"profiles={opts.profiles:,} duration={opts.duration}s rate={opts.rate:.0f}/s "
-        f"concurrency={opts.concurrency} (saturation), {os.cpu_count()} cores"
+        f"concurrency={opts.concurrency} (saturation), {os.cpu_count()} cores, "
+        f"load average {opts.load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
     )
     print()
     print(
         "| target | run | req/s | p50 ms | p99 ms | p99.9 ms | errors | req/s vs echo "
-        "| server CPU us/call |"
+        "| server CPU us/call | Redis CPU us/call |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, mode, r in rows:
         run = f"fixed {opts.rate:.0f}/s" if mode == "rate" else f"saturation c={opts.concurrency}"
         ratio = r["rps"] / echo_sat["rps"] if mode == "saturate" else float("nan")
         ratio_text = f"{ratio:.2f}x" if mode == "saturate" else ""
         cpu = f"{r['cpu_us']:.0f}" if "cpu_us" in r else ""
+        if len(r.get("cpu_split", [])) > 1:
+            cpu += " (" + "/".join(f"{share:.0%}" for share in r["cpu_split"]) + ")"
+        redis_cpu = f"{r['redis_cpu_us']:.0f}" if "redis_cpu_us" in r else ""
         print(
             f"| {label} | {run} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
-            f"{r['p999']:.2f} | {r['errors']} | {ratio_text} | {cpu} |"
+            f"{r['p999']:.2f} | {r['errors']} | {ratio_text} | {cpu} | {redis_cpu} |"
         )
     two_sat = next(
         r for label, mode, r in rows if label == "GetProfile, 2 processes" and mode == "saturate"
     )
     print()
     print(f"scaling 1 -> 2 processes (saturation): {two_sat['rps'] / one_sat['rps']:.2f}x")
+    capped = [r for label, _, r in rows if " CPU" in label]
+    if len(capped) == 2:
+        print(
+            f"scaling 1 -> 2 processes capped at {opts.cap:g} CPU each: "
+            f"{capped[1]['rps'] / capped[0]['rps']:.2f}x"
+        )
 
 
 def main() -> None:
@@ -529,9 +687,17 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--channels", type=int, default=CHANNELS)
+    parser.add_argument(
+        "--cap",
+        type=float,
+        default=0.0,
+        help="also measure 1 and 2 processes each capped at this many CPUs (needs root)",
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--pg", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--serve-echo", nargs=2, metavar=("PORT", "PAYLOAD"))
+    parser.add_argument("--echo-redis", default="", help="(with --serve-echo) GET per call")
     parser.add_argument("--load", choices=["echo", "redis", "profile"])
     parser.add_argument("--mode", choices=["rate", "saturate"], default="rate")
     parser.add_argument("--address", default="")
@@ -539,7 +705,7 @@ def main() -> None:
     parser.add_argument("--key", default="")
     opts = parser.parse_args()
     if opts.serve_echo:
-        asyncio.run(serve_echo(int(opts.serve_echo[0]), opts.serve_echo[1]))
+        asyncio.run(serve_echo(int(opts.serve_echo[0]), opts.serve_echo[1], opts.echo_redis))
     elif opts.load:
         print(json.dumps(asyncio.run(load(opts))))
     else:

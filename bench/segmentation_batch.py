@@ -33,6 +33,7 @@ from services.segmentation import sql
 from services.segmentation.hot import HotState
 from services.segmentation.service import Segmentation
 from services.segmentation.store import SegmentationStore
+from services.shared import phases
 from services.shared.clock import FixedClock
 from services.shared.db import migrate
 from services.shared.db.engine import create_engine
@@ -45,6 +46,16 @@ NOW = 1_735_689_600_000_000
 DAY = 86_400_000_000
 # Above this many events the "one at a time" row is left out (it is ~10x the rollup).
 ONE_AT_A_TIME_MAX = 1_000_000
+# (Recompute case, events) -> the phase times (services/shared/phases.py) of each run.
+PHASES: dict[tuple[str, int], list[dict[str, float]]] = {}
+# --only: substrings of the questions to time (the bare pass always runs: the ratio base).
+ONLY: list[str] = []
+
+
+def wanted(question: str) -> bool:
+    return not ONLY or any(part.lower() in question.lower() for part in ONLY)
+
+
 THREE_CONDITIONS = {
     "all": [
         {
@@ -259,6 +270,17 @@ def p99(values: list[float]) -> float:
     return sorted(values)[min(len(values) - 1, round(0.99 * (len(values) - 1)))]
 
 
+async def migrate_kept(url: str) -> None:
+    """Bring a kept database to the current migrations (and the statistics they add)."""
+    engine = create_engine(url)
+    try:
+        await migrate.upgrade(engine)
+        async with engine.begin() as c:
+            await c.execute(text("ANALYZE profiles"))
+    finally:
+        await engine.dispose()
+
+
 async def loaded_database(n_events: int, reuse: bool) -> tuple[str, bool]:
     """(url, keep): a fresh migrated database loaded with `n_events`; with `reuse`, the
     database ``segbench_<n>`` is kept between runs and loaded only the first time."""
@@ -278,6 +300,7 @@ async def loaded_database(n_events: int, reuse: bool) -> tuple[str, bool]:
                     await conn.close()
                 if done:
                     print(f"# reusing {name}", flush=True)
+                    await migrate_kept(url)
                     return url, True
                 await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
             await admin.execute(f'CREATE DATABASE "{name}"')
@@ -325,6 +348,8 @@ async def bench(n_events: int, runs: int, reuse: bool) -> list[tuple[str, int, f
             ("3-condition audience", audience("3-condition audience", THREE_CONDITIONS)),
             ("3-step funnel", audience("3-step funnel", FUNNEL)),
         ):
+            if not name.startswith("baseline") and not wanted(name):
+                continue
             times = await timed(fn, runs)
             key = "baseline" if name.startswith("baseline") else name
             rows.append((name, n_events, statistics.median(times), p99(times), sizes[key]))
@@ -424,11 +449,15 @@ async def workspace_rows(
     instants = iter([NOW, NOW - 7 * DAY] * (runs + 1))
 
     async def recompute() -> None:
-        result = await seg.recompute(WS, audience_key="", as_of_us=next(instants))
+        with phases.recording() as times:
+            result = await seg.recompute(WS, audience_key="", as_of_us=next(instants))
+        PHASES.setdefault(("~half churn", n_events), []).append(times)
         sizes["recompute"] = result.entered + result.exited
 
     async def settled() -> None:
-        result = await seg.recompute(WS, audience_key="", as_of_us=NOW)
+        with phases.recording() as times:
+            result = await seg.recompute(WS, audience_key="", as_of_us=NOW)
+        PHASES.setdefault(("no changes", n_events), []).append(times)
         sizes["settled"] = result.entered + result.exited
 
     rows = []
@@ -444,10 +473,14 @@ async def workspace_rows(
     if n_events > ONE_AT_A_TIME_MAX:
         questions = questions[1:]  # ~10x the rollup: minutes per run at 10M
     for name, fn, key in questions:
+        if not wanted(name):
+            continue
         times = await timed(fn, runs)
         rows.append((name, n_events, statistics.median(times), p99(times), sizes[key]))
     await redis.flushdb()
     await redis.aclose()
+    if not wanted("DuckDB/Parquet: 10 audiences"):
+        return rows
 
     with tempfile.TemporaryDirectory() as folder:
         files = await export_parquet(url, Path(folder))
@@ -473,6 +506,18 @@ async def workspace_rows(
     return rows
 
 
+def print_phases() -> None:
+    """Median seconds per phase of the Recompute rows (the first churn run, which
+    enters everyone, is the p99 column there and left out here when there are more)."""
+    names = sorted({k for runs in PHASES.values() for t in runs for k in t})
+    print(f"\n{'Recompute phase, median s':32} " + " ".join(f"{k[:11]:>11}" for k in names))
+    for (case, n), runs in PHASES.items():
+        if case == "~half churn" and len(runs) > 1:
+            runs = runs[1:]
+        cells = [statistics.median(t.get(k, 0.0) for t in runs) for k in names]
+        print(f"{case + f' {n:,}':32} " + " ".join(f"{v:>11.3f}" for v in cells), flush=True)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -485,7 +530,14 @@ async def main() -> None:
     parser.add_argument(
         "--load-only", action="store_true", help="with --reuse: load the databases, time nothing"
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        help="time only the questions whose name contains one of these (e.g. Recompute)",
+    )
     args = parser.parse_args()
+    ONLY.extend(args.only)
     if args.load_only:
         for n in args.events:
             await loaded_database(n, reuse=True)
@@ -501,6 +553,7 @@ async def main() -> None:
                 f"{name:32} {events:>10,} {med:>9.3f} {tail:>8.3f} {med / base:>7.1f} {size:>8,}",
                 flush=True,
             )
+    print_phases()
 
 
 if __name__ == "__main__":

@@ -56,4 +56,7 @@ def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
     ]
 
 
-SPEC = ServiceSpec(name="profile", register=register, workers=workers)
+# GetProfile's servicer returns the Profile message as the hot state wrote it.
+PREENCODED = frozenset({"/audiences.v1.ProfileService/GetProfile"})
+
+SPEC = ServiceSpec(name="profile", register=register, workers=workers, preencoded=PREENCODED)

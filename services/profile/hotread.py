@@ -7,6 +7,12 @@ computed-trait hashes hold JSON text per key, so the script joins them into one 
 object by concatenation: nothing is decoded in Lua and nothing per field in Python;
 the bytes go to the wire as they are. Key names come from services.shared.hotstate.
 
+For GetProfile (`read_encoded`) the script goes one step further and returns the
+serialized audiences.v1.Profile message itself: this module is where the hot state's
+layout meets the wire format, so the encoding (field numbers of profile.proto,
+varints, doubles, timestamps) lives here, in the script, and nothing else in the
+process touches the message (docs/profile.md).
+
 The script call goes over the process's pipelined connection
 (services.shared.redis_pipelined) when there is one: that round trip was the largest
 remaining server cost of a GetProfile through redis-py. With memory:// (no such
@@ -16,7 +22,9 @@ through redis-py. Either way a lost Redis connection is UNAVAILABLE to the calle
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -48,12 +56,26 @@ _FLAGS = {
     Section.RECOMMENDATIONS: "r",
     Section.IDENTIFIERS: "i",
 }
+# Asks the script for the serialized Profile message instead of JSON rows.
+_WIRE = "w"
+
+
+@functools.cache
+def _flags(sections: frozenset[Section]) -> str:
+    # Few distinct section sets exist (one per `include` a caller sends), so the
+    # string is built once per set rather than per call.
+    return "".join(sorted(_FLAGS[section] for section in sections))
+
 
 # KEYS: identity keys (hs:{ws}:id:<type>:<value>), one per identifier.
-# ARGV[1]: the workspace prefix hs:{ws}:   ARGV[2]: section flags   ARGV[3..]: trait keys.
+# ARGV[1]: the workspace prefix hs:{ws}:   ARGV[2]: flags   ARGV[3..]: trait keys (a mask).
+# Flags: one character per section asked for (see _FLAGS), and "w" for the wire form.
 # Returns one entry per identifier: false when unknown, else
-#   {profile_id, last_seen_us, traits, computed, audiences, predictions, recs, ids}
-# where every section not asked for is false and JSON sections are JSON text.
+#   without "w": {profile_id, last_seen_us, traits, computed, audiences, predictions,
+#                 recs, ids} where every section not asked for is false and the
+#                 sections are JSON text;
+#   with "w": the serialized audiences.v1.Profile message (GetProfile's view: consumed
+#             recommendations left out), ready to be the gRPC response as it is.
 # Profile keys are derived from the resolved id, which is why they are not in KEYS;
 # they share the {ws} hash tag of the identity keys, so this holds on Redis Cluster.
 READ_PROFILES_LUA = """
@@ -63,6 +85,25 @@ local max_hops = MAX_MERGE_HOPS
 local mask = {}
 for i = 3, #ARGV do mask[#mask + 1] = ARGV[i] end
 
+local function has(flag)
+  return string.find(flags, flag, 1, true) ~= nil
+end
+
+-- {key1, value1, key2, value2, ...} of a hash: every field, or the masked ones.
+local function pairs_of(key, masked)
+  if not masked or #mask == 0 then return redis.call('HGETALL', key) end
+  local values = redis.call('HMGET', key, unpack(mask))
+  local flat = {}
+  for i = 1, #mask do
+    if values[i] then
+      flat[#flat + 1] = mask[i]
+      flat[#flat + 1] = values[i]
+    end
+  end
+  return flat
+end
+
+-- Values are JSON text already: join them into one object without decoding them.
 local function object_from_pairs(flat)
   local parts = {}
   for i = 1, #flat, 2 do
@@ -71,21 +112,183 @@ local function object_from_pairs(flat)
   return '{' .. table.concat(parts, ',') .. '}'
 end
 
-local function masked_object(key)
-  local values = redis.call('HMGET', key, unpack(mask))
-  local parts = {}
-  for i = 1, #mask do
-    if values[i] then
-      parts[#parts + 1] = cjson.encode(mask[i]) .. ':' .. values[i]
+-- ---- Protocol Buffers wire format (protobuf.dev/programming-guides/encoding) ----
+-- Lua 5.1 numbers are doubles: every integer here is below 2^53, so exact.
+local char, floor = string.char, math.floor
+
+-- A varint of an int64 (negatives as 64-bit two's complement: ten bytes).
+-- Lengths, and a timestamp's nanos and seconds (for microsecond instants below 2^53),
+-- are non-negative and below 2^35: five bytes at most, unrolled (no loop, no table).
+local digits = {}
+local function varint(n)
+  if n >= 0 and n < 34359738368 then
+    if n < 128 then return char(n) end
+    local b1 = n % 128; n = (n - b1) / 128
+    if n < 128 then return char(b1 + 128, n) end
+    local b2 = n % 128; n = (n - b2) / 128
+    if n < 128 then return char(b1 + 128, b2 + 128, n) end
+    local b3 = n % 128; n = (n - b3) / 128
+    if n < 128 then return char(b1 + 128, b2 + 128, b3 + 128, n) end
+    local b4 = n % 128
+    return char(b1 + 128, b2 + 128, b3 + 128, b4 + 128, (n - b4) / 128)
+  end
+  local lo = n % 4294967296  -- the low and high 32 bits of n (of 2^64 + n if negative)
+  local hi = ((n - lo) / 4294967296) % 4294967296
+  local k = 0
+  while hi > 0 or lo >= 128 do
+    local low7 = lo % 128
+    k = k + 1
+    digits[k] = low7 + 128
+    lo = (lo - low7) / 128 + (hi % 128) * 33554432
+    hi = floor(hi / 128)
+  end
+  digits[k + 1] = lo
+  return char(unpack(digits, 1, k + 1))
+end
+
+-- A length-delimited field (string, bytes, sub-message): tag, length, bytes.
+local function delimited(tag, bytes)
+  return tag .. varint(#bytes) .. bytes
+end
+
+-- A proto3 string field: the empty string is the default and is not sent.
+local function text(tag, value)
+  if value == '' then return '' end
+  return tag .. varint(#value) .. value
+end
+
+-- A double field (fixed64, IEEE 754 little-endian; Redis's Lua has no string.pack
+-- for every store this runs on). Zero is the default and is not sent.
+local function double(tag, x)
+  if type(x) ~= 'number' or (x == 0 and 1 / x > 0) then return '' end
+  if x ~= x then return tag .. '\\0\\0\\0\\0\\0\\0\\248\\127' end
+  local sign = 0
+  if x < 0 or 1 / x < 0 then sign = 128; x = -x end
+  if x == math.huge then return tag .. '\\0\\0\\0\\0\\0\\0\\240' .. char(127 + sign) end
+  local m, e = math.frexp(x)  -- x = m * 2^e, 0.5 <= m < 1
+  local exponent, fraction = e + 1022, 0
+  if x == 0 then
+    exponent = 0
+  elseif exponent <= 0 then  -- subnormal: x = fraction * 2^-1074
+    fraction = math.ldexp(m, e + 1074)
+    exponent = 0
+  else
+    fraction = (m * 2 - 1) * 4503599627370496  -- 2^52
+  end
+  local f = fraction
+  local b1 = f % 256; f = (f - b1) / 256
+  local b2 = f % 256; f = (f - b2) / 256
+  local b3 = f % 256; f = (f - b3) / 256
+  local b4 = f % 256; f = (f - b4) / 256
+  local b5 = f % 256; f = (f - b5) / 256
+  local b6 = f % 256; f = (f - b6) / 256
+  return tag .. char(b1, b2, b3, b4, b5, b6, f + (exponent % 16) * 16,
+                     floor(exponent / 16) + sign)
+end
+
+-- google.protobuf.Timestamp {seconds = 1, nanos = 2} of integer microseconds.
+local function timestamp(us)
+  local seconds = floor(us / 1000000)
+  local nanos = (us - seconds * 1000000) * 1000
+  if nanos == 0 then
+    if seconds == 0 then return '' end
+    return '\\8' .. varint(seconds)
+  end
+  if seconds == 0 then return '\\16' .. varint(nanos) end
+  return '\\8' .. varint(seconds) .. '\\16' .. varint(nanos)
+end
+
+-- What Python's bool() says of a decoded JSON scalar.
+local function truthy(v)
+  return v ~= nil and v ~= false and v ~= cjson.null and v ~= 0 and v ~= ''
+end
+
+-- audiences.v1.Profile; fields in field-number order, as the protobuf library writes them.
+local function profile_wire(pid, p)
+  local out = {text('\\10', pid)}                                     -- 1 profile_id
+  if has('i') then                                                  -- 2 identifiers
+    local ids = redis.call('HKEYS', p .. 'ids')
+    for i = 1, #ids do
+      local at = string.find(ids[i], ':', 1, true)
+      if at then
+        out[#out + 1] = delimited('\\18', text('\\10', string.sub(ids[i], 1, at - 1))
+          .. text('\\18', string.sub(ids[i], at + 1)))
+      end
     end
   end
-  return '{' .. table.concat(parts, ',') .. '}'
+  if has('t') then                                                  -- 3 traits (JSON)
+    out[#out + 1] = delimited('\\26', object_from_pairs(pairs_of(p .. 'traits', true)))
+  end
+  if has('c') then                                                  -- 4 computed_traits
+    out[#out + 1] = delimited('\\34', object_from_pairs(pairs_of(p .. 'computed', false)))
+  end
+  if has('a') then                                                  -- 5 audiences
+    local flat = redis.call('HGETALL', p .. 'audiences')
+    for i = 1, #flat, 2 do
+      -- One concatenation per membership (a timestamp is under 128 bytes: one length byte).
+      local key, stamp = flat[i], timestamp(tonumber(flat[i + 1]))
+      if key == '' then
+        out[#out + 1] = '\\42' .. char(2 + #stamp) .. '\\18' .. char(#stamp) .. stamp
+      else
+        local key_length = varint(#key)
+        out[#out + 1] = '\\42' .. varint(3 + #key_length + #key + #stamp) .. '\\10'
+          .. key_length .. key .. '\\18' .. char(#stamp) .. stamp
+      end
+    end
+  end
+  if has('p') then                                                  -- 6 predictions
+    local flat = redis.call('HGETALL', p .. 'predictions')
+    for i = 1, #flat, 2 do
+      local score = cjson.decode(flat[i + 1])
+      local body = text('\\10', flat[i]) .. double('\\17', score.probability)
+        .. double('\\25', score.percentile)
+      if type(score.scored_at_us) == 'number' then
+        body = body .. delimited('\\34', timestamp(score.scored_at_us))
+      end
+      if type(score.top_features) == 'table' then
+        for _, feature in ipairs(score.top_features) do
+          body = body .. delimited('\\42', tostring(feature))  -- repeated: '' is sent
+        end
+      end
+      out[#out + 1] = delimited('\\50', body)
+    end
+  end
+  if has('r') then                                                  -- 7 recommendations
+    local recs = redis.call('GET', p .. 'recs')
+    if recs then
+      for _, item in ipairs(cjson.decode(recs)) do
+        if not truthy(item.consumed) then  -- the profile view leaves consumed items out
+          out[#out + 1] = delimited('\\58', text('\\10', tostring(item.item_id))
+            .. double('\\17', item.score))
+        end
+      end
+    end
+  end
+  local seen = redis.call('HGET', p .. 'meta', 'last_seen_us')
+  seen = seen and tonumber(seen)
+  if seen then out[#out + 1] = delimited('\\66', timestamp(seen)) end  -- 8 last_seen
+  return table.concat(out)
 end
 
-local function has(flag)
-  return string.find(flags, flag, 1, true) ~= nil
+local function profile_row(pid, p)
+  local row = {pid, redis.call('HGET', p .. 'meta', 'last_seen_us'),
+               false, false, false, false, false, false}
+  if has('t') then row[3] = object_from_pairs(pairs_of(p .. 'traits', true)) end
+  if has('c') then row[4] = object_from_pairs(pairs_of(p .. 'computed', false)) end
+  if has('a') then row[5] = object_from_pairs(pairs_of(p .. 'audiences', false)) end
+  if has('p') then row[6] = object_from_pairs(pairs_of(p .. 'predictions', false)) end
+  if has('r') then row[7] = redis.call('GET', p .. 'recs') end
+  if has('i') then
+    local ids = redis.call('HKEYS', p .. 'ids')
+    local parts = {}
+    for i = 1, #ids do parts[i] = cjson.encode(ids[i]) end
+    row[8] = '[' .. table.concat(parts, ',') .. ']'
+  end
+  return row
 end
 
+local build = profile_row
+if has('w') then build = profile_wire end
 local results = {}
 for k = 1, #KEYS do
   local pid = redis.call('GET', KEYS[k])
@@ -97,27 +300,7 @@ for k = 1, #KEYS do
       if not survivor then break end
       pid = survivor
     end
-    local p = prefix .. 'p:' .. pid .. ':'
-    local row = {pid, redis.call('HGET', p .. 'meta', 'last_seen_us'),
-                 false, false, false, false, false, false}
-    if has('t') then
-      if #mask > 0 then
-        row[3] = masked_object(p .. 'traits')
-      else
-        row[3] = object_from_pairs(redis.call('HGETALL', p .. 'traits'))
-      end
-    end
-    if has('c') then row[4] = object_from_pairs(redis.call('HGETALL', p .. 'computed')) end
-    if has('a') then row[5] = object_from_pairs(redis.call('HGETALL', p .. 'audiences')) end
-    if has('p') then row[6] = object_from_pairs(redis.call('HGETALL', p .. 'predictions')) end
-    if has('r') then row[7] = redis.call('GET', p .. 'recs') end
-    if has('i') then
-      local ids = redis.call('HKEYS', p .. 'ids')
-      local parts = {}
-      for i = 1, #ids do parts[i] = cjson.encode(ids[i]) end
-      row[8] = '[' .. table.concat(parts, ',') .. ']'
-    end
-    results[k] = row
+    results[k] = build(pid, prefix .. 'p:' .. pid .. ':')
   end
 end
 return results
@@ -138,27 +321,41 @@ class HotProfiles:
     ) -> list[HotProfile | None]:
         """The profiles of `identifiers` in order (None where unknown), in one round trip."""
         keys = [hotstate.identity_key(workspace_id, i.type, i.value) for i in identifiers]
-        flags = "".join(_FLAGS[section] for section in query.sections)
-        args = [hotstate.workspace_prefix(workspace_id), flags, *query.trait_keys]
-        try:
-            if self._pipelined is None:
-                replies = await self._script(keys=keys, args=args)
-            else:
-                replies = await self._run_pipelined(keys, args)
-        except (RedisConnectionError, RedisTimeoutError) as error:
-            raise Unavailable("the profile store is unavailable; retry") from error
+        replies = await self._run(workspace_id, keys, _flags(query.sections), query.trait_keys)
         return [None if reply is None else _hot_profile(reply) for reply in replies]
 
-    async def _run_pipelined(self, keys: list[str], args: list[str]) -> list[list[bytes | None]]:
-        # The script is loaded once per Redis (and again after a SCRIPT FLUSH or a
-        # restart): EVAL both runs and caches it, so later calls find the SHA.
-        assert self._pipelined is not None
+    async def read_encoded(
+        self, workspace_id: str, identifier: Identifier, query: ProfileQuery
+    ) -> bytes | None:
+        """The profile of `identifier` as a serialized audiences.v1.Profile (None if unknown).
+
+        The script writes the protobuf wire format itself (see READ_PROFILES_LUA), so
+        the reply is the response message as it goes on the wire: no Python object
+        per section, field or audience on GetProfile's path. It is the message
+        `read` + the servicer would build for this query, with consumed
+        recommendations left out (the profile view); the tests hold the two equal.
+        """
+        key = hotstate.identity_key(workspace_id, identifier.type, identifier.value)
+        flags = _flags(query.sections) + _WIRE
+        reply: bytes | None = (await self._run(workspace_id, [key], flags, query.trait_keys))[0]
+        return reply
+
+    async def _run(
+        self, workspace_id: str, keys: list[str], flags: str, trait_keys: tuple[str, ...]
+    ) -> list[Any]:
+        args = [hotstate.workspace_prefix(workspace_id), flags, *trait_keys]
+        pipelined = self._pipelined
         try:
-            return await self._pipelined.execute(
-                "EVALSHA", self._script.sha, len(keys), *keys, *args
-            )
-        except NoScriptError:
-            return await self._pipelined.execute("EVAL", READ_PROFILES_LUA, len(keys), *keys, *args)
+            if pipelined is None:
+                return await self._script(keys=keys, args=args)
+            try:
+                return await pipelined.execute("EVALSHA", self._script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # The script is loaded once per Redis (and again after a SCRIPT FLUSH or
+                # a restart): EVAL both runs and caches it, so later calls find the SHA.
+                return await pipelined.execute("EVAL", READ_PROFILES_LUA, len(keys), *keys, *args)
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            raise Unavailable("the profile store is unavailable; retry") from error
 
     async def resolve(self, workspace_id: str, identifier: Identifier) -> HotProfile | None:
         """The profile id and identifiers of one identifier (None when unknown)."""

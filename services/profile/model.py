@@ -176,8 +176,13 @@ def parse_identifiers(pairs: list[tuple[str, str]], field_name: str) -> list[Ide
     ]
 
 
+EVERYTHING = ProfileQuery()
+
+
 def parse_query(sections: list[Section], trait_keys: list[str], field_name: str) -> ProfileQuery:
     """A ProfileQuery: no sections means all; trait keys must be non-empty and short."""
+    if not sections and not trait_keys:
+        return EVERYTHING  # the common request, with nothing to check (GetProfile's hot path)
     violations = [
         FieldViolation(f"{field_name}.paths[{index}]", "must be a trait key of 1-255 characters")
         for index, key in enumerate(trait_keys)

@@ -59,7 +59,8 @@ def _stamp(value_us: int) -> dict[str, int]:
     return {"seconds": seconds, "nanos": micros * 1000}
 
 
-def _profile_pb(profile: HotProfile) -> profile_pb2.Profile:
+def profile_message(profile: HotProfile) -> profile_pb2.Profile:
+    """The Profile message of a domain profile (BatchGetProfiles; GetProfile's bytes match it)."""
     message = profile_pb2.Profile(
         profile_id=profile.profile_id,
         identifiers=[{"type": i.type, "value": i.value} for i in profile.identifiers],
@@ -115,11 +116,12 @@ class ProfileServiceServicer(profile_pb2_grpc.ProfileServiceServicer):
 
     async def GetProfile(
         self, request: profile_pb2.GetProfileRequest, context: grpc.aio.ServicerContext
-    ) -> profile_pb2.Profile:
+    ) -> bytes:
+        """The Profile message already serialized: registered without a response
+        serializer (app.PREENCODED), because the hot state hands it over ready."""
         identifier = _identifier(request.identifier)
         query = _query(list(request.include), list(request.trait_mask.paths))
-        profile = await self._profiles.get_profile(current_workspace(), identifier, query)
-        return _profile_pb(profile)
+        return await self._profiles.get_profile_encoded(current_workspace(), identifier, query)
 
     async def BatchGetProfiles(
         self, request: profile_pb2.BatchGetProfilesRequest, context: grpc.aio.ServicerContext
@@ -134,7 +136,7 @@ class ProfileServiceServicer(profile_pb2_grpc.ProfileServiceServicer):
                 profile_pb2.ProfileLookup(identifier=asked, found=False)
                 if profile is None
                 else profile_pb2.ProfileLookup(
-                    identifier=asked, found=True, profile=_profile_pb(profile)
+                    identifier=asked, found=True, profile=profile_message(profile)
                 )
                 for asked, profile in zip(request.identifiers, found, strict=True)
             ]

@@ -34,6 +34,10 @@ class HotState(Protocol):
         self, workspace_id: str, identifiers: Sequence[Identifier], query: ProfileQuery
     ) -> list[HotProfile | None]: ...
 
+    async def read_encoded(
+        self, workspace_id: str, identifier: Identifier, query: ProfileQuery
+    ) -> bytes | None: ...
+
     async def resolve(self, workspace_id: str, identifier: Identifier) -> HotProfile | None: ...
 
     async def erase(self, workspace_id: str, profile_ids: Sequence[int | str]) -> None: ...
@@ -110,6 +114,20 @@ class ProfileService:
         if profile is None:
             raise _not_found(identifier)
         return _without_consumed(profile)
+
+    async def get_profile_encoded(
+        self, workspace_id: str, identifier: Identifier, query: ProfileQuery
+    ) -> bytes:
+        """get_profile's answer as the serialized audiences.v1.Profile (GetProfile's path).
+
+        The hot state writes the message itself (services.profile.hotread), consumed
+        recommendations left out like get_profile does, so the hottest call builds
+        no object per section; NotFound if the identifier is unknown.
+        """
+        encoded = await self._hot.read_encoded(workspace_id, identifier, query)
+        if encoded is None:
+            raise _not_found(identifier)
+        return encoded
 
     async def batch_get_profiles(
         self, workspace_id: str, identifiers: Sequence[Identifier], query: ProfileQuery

@@ -58,6 +58,7 @@ from services.shared.errors import (
     invalid,
 )
 from services.shared.identifiers import normalize_identifier
+from services.shared.phases import phase
 
 log = logging.getLogger(__name__)
 
@@ -567,12 +568,15 @@ class Segmentation:
                 # references were written by the layers before it.
                 users = [a for a in batch if not a.account_level]
                 diffs = await self._store.recompute_audiences(ws, users, now, done) if users else []
-                for audience, diff in zip(users, diffs, strict=True):
-                    await self._hot.memberships(
-                        ws, audience.key, dict.fromkeys(diff.entered, now), diff.exited
-                    )
-                    entered += len(diff.entered)
-                    exited += len(diff.exited)
+                # After the commit: the hot state never shows a membership whose
+                # change record is not committed.
+                with phase("hot state"):
+                    for audience, diff in zip(users, diffs, strict=True):
+                        await self._hot.memberships(
+                            ws, audience.key, dict.fromkeys(diff.entered, now), diff.exited
+                        )
+                        entered += len(diff.entered)
+                        exited += len(diff.exited)
                 for audience in batch:
                     if audience.account_level:
                         members = await self._store.evaluate_audience(

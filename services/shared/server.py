@@ -93,11 +93,14 @@ class ServiceSpec:
 
     `register` adds the servicers and returns their full service names (for health and
     reflection); `workers` returns background coroutines run beside the server.
+    `preencoded` names methods (`/package.Service/Method`) whose servicer returns the
+    response already serialized: they are registered without a response serializer.
     """
 
     name: str
     register: Register
     workers: Workers | None = None
+    preencoded: frozenset[str] = frozenset()
 
 
 class GuardedServer(grpc.aio.Server):
@@ -117,9 +120,13 @@ class GuardedServer(grpc.aio.Server):
     was a large share of a GetProfile's Python time.
     """
 
-    def __init__(self, server: grpc.aio.Server, keys: auth.KeyStore) -> None:
+    def __init__(
+        self, server: grpc.aio.Server, keys: auth.KeyStore, preencoded: frozenset[str] = frozenset()
+    ) -> None:
+        """Wrap `server`; `preencoded` methods return their responses serialized (ServiceSpec)."""
         self._server = server
         self._keys = keys
+        self._preencoded = preencoded
         self._traced = telemetry.server_interceptor()
         # Decided when the server is built: an SDK provider is installed before that.
         self._recording = telemetry.tracing_enabled()
@@ -147,6 +154,8 @@ class GuardedServer(grpc.aio.Server):
         scope = auth.required_scope(method)
         if handler is None or scope is None:
             return handler
+        if method in self._preencoded:
+            handler = _without_response_serializer(handler)
         guarded = _guarded(handler, self._keys, scope)
         traced = self._traced.intercept_service(_resolved(guarded), _CallDetails(method))
         # intercept_service is a coroutine function; it only wraps the handler once here.
@@ -245,6 +254,20 @@ def _codec(handler: grpc.RpcMethodHandler) -> dict[str, Any]:
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
+
+
+def _without_response_serializer(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """`handler` sending what its behaviour returns as the response bytes.
+
+    grpc passes a response through unchanged when the handler has no serializer; the
+    generated registration always sets one, so a servicer method that returns wire
+    bytes (ServiceSpec.preencoded) has it removed here.
+    """
+    if not handler.unary_unary:
+        raise ValueError("only unary-unary methods can return pre-encoded responses")
+    return grpc.unary_unary_rpc_method_handler(
+        handler.unary_unary, request_deserializer=handler.request_deserializer
+    )
 
 
 def _guarded(
@@ -391,7 +414,7 @@ async def start_service(
             ("grpc.so_reuseport", 1),  # several processes may share a port
         ],
     )
-    server = GuardedServer(bare, resources.keys)
+    server = GuardedServer(bare, resources.keys, spec.preencoded)
     names = spec.register(server, resources)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
