@@ -24,27 +24,11 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from services.ingest.store import EVENT_COLUMNS  # noqa: E402
 from services.shared.db import migrate  # noqa: E402
 from services.shared.db.engine import create_engine  # noqa: E402
 from tests.helpers.backends import asyncpg_dsn, create_database, drop_database  # noqa: E402
 
-COLUMNS = (
-    "seq",
-    "workspace_id",
-    "message_id",
-    "type",
-    "name",
-    "profile_id",
-    "user_id",
-    "anonymous_id",
-    "group_id",
-    "previous_id",
-    "timestamp_us",
-    "received_at_us",
-    "properties",
-    "traits",
-    "context",
-)
 _PLAIN = """
 CREATE TABLE v (
     seq BIGINT NOT NULL, workspace_id VARCHAR(64) NOT NULL, message_id VARCHAR(255) NOT NULL,
@@ -122,7 +106,7 @@ async def measure(
         chunk = data[start : start + per_tx]
         t0 = time.perf_counter()
         async with connection.transaction():
-            await connection.copy_records_to_table(table, records=chunk, columns=COLUMNS)
+            await connection.copy_records_to_table(table, records=chunk, columns=EVENT_COLUMNS)
         latencies.append(time.perf_counter() - t0)
     return len(data) / (time.perf_counter() - began), latencies
 

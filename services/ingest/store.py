@@ -59,7 +59,8 @@ from services.shared.db.tables import (
 WRITE_LOCK_KEY = 0x696E67657374
 # Postgres allows 32,767 bind parameters per statement; stay well below.
 _ROWS_PER_STATEMENT = 2000
-_EVENT_COLUMNS = (
+# The events table's columns in COPY order (also the storage probe's, bench/copy_probe.py).
+EVENT_COLUMNS = (
     "seq",
     "workspace_id",
     "message_id",
@@ -213,7 +214,7 @@ class SqlEventStore:
         Returns the records and the last seq they cover.
         """
         query = (
-            select(*[events.c[name] for name in _EVENT_COLUMNS])
+            select(*[events.c[name] for name in EVENT_COLUMNS])
             .where(events.c.seq > after_seq, events.c.seq <= up_to)
             .order_by(events.c.seq)
             .limit(limit)
@@ -570,7 +571,7 @@ class WriteSession:
             ]
             raw = await self._connection.get_raw_connection()
             await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-                "events", records=records, columns=_EVENT_COLUMNS
+                "events", records=records, columns=EVENT_COLUMNS
             )
             return
         await self._connection.execute(
