@@ -3,7 +3,11 @@ ingest process over gRPC Batch of 500 events, beside two baselines measured in t
 same run: plain asyncpg COPY of the same rows (the storage limit) and protobuf
 parse-only (the wire-format limit).
 
-    .venv/bin/python bench/ingest_batch.py [--seconds 10] [--concurrency 4]
+    .venv/bin/python bench/ingest_batch.py [--seconds 10] [--concurrency 4] [--workload both]
+
+Two workloads, each on a fresh database and ingest process: "returning" (20,000
+known users created before timing; RETURNING_MIX below) and "new" (the original
+mix, where most events are a user's first).
 
 Needs Postgres and Redis on loopback (the test defaults). Creates and drops its own
 database; uses Redis db 14 (flushed).
@@ -40,36 +44,89 @@ from tests.helpers.grpc_client import wait_serving  # noqa: E402
 BATCH = 500
 USERS = 20_000
 REDIS_URL = "redis://127.0.0.1:6379/14"
+WORKLOADS = ("returning", "new")
+# The "returning users" mix, per 100 timed events (docs/benchmarks.md): known users
+# (pre-created before timing) send 75 tracks, 12 pages and 10 identifies (trait
+# changes); 3 are tracks from new anonymous visitors (a new profile each).
+RETURNING_MIX = ((75, "track"), (12, "page"), (10, "identify"), (3, "visitor"))
+_KINDS = [kind for share, kind in RETURNING_MIX for _ in range(share)]
 
 
-def make_batch(now_us: int, counter: list[int]) -> ingest_pb2.BatchRequest:
+def _stamp(message: ingest_pb2.Event, now_us: int, n: int) -> ingest_pb2.Event:
+    message.timestamp.FromMicroseconds(now_us - (n % 1000) * 1000)
+    return message
+
+
+def _track(n: int, user: str = "", anonymous: str = "") -> ingest_pb2.Event:
+    return ingest_pb2.Event(
+        type=ingest_pb2.EVENT_TYPE_TRACK,
+        message_id=uuid.uuid4().hex,
+        user_id=user,
+        anonymous_id=anonymous,
+        event=["Viewed", "Added", "Ordered"][n % 3],
+        properties=orjson.dumps({"price": n % 100, "sku": f"sku-{n % 500}"}),
+        context=orjson.dumps({"ip": "10.0.0.1", "locale": "en-US"}),
+    )
+
+
+def new_users_event(n: int) -> ingest_pb2.Event:
+    """The original workload: 90% track, 10% identify with an anonymous id, over
+    20,000 user ids, so most timed events are a user's first (profile + identities)."""
+    user = f"user-{n * 7919 % USERS}"
+    if n % 10 == 0:
+        return ingest_pb2.Event(
+            type=ingest_pb2.EVENT_TYPE_IDENTIFY,
+            message_id=uuid.uuid4().hex,
+            user_id=user,
+            anonymous_id=f"anon-{n * 7919 % USERS}",
+            traits=orjson.dumps({"plan": ["free", "pro"][n % 2], "seats": n % 50}),
+        )
+    return _track(n, user)
+
+
+def seed_event(n: int) -> ingest_pb2.Event:
+    """One known user of the returning workload, created before timing: an identify
+    linking its user id, anonymous id and email, with traits."""
+    return ingest_pb2.Event(
+        type=ingest_pb2.EVENT_TYPE_IDENTIFY,
+        message_id=uuid.uuid4().hex,
+        user_id=f"known-{n}",
+        anonymous_id=f"known-anon-{n}",
+        traits=orjson.dumps({"email": f"known-{n}@example.com", "plan": "free", "seats": 1}),
+    )
+
+
+def returning_event(n: int) -> ingest_pb2.Event:
+    """One timed event of the returning-users mix (RETURNING_MIX)."""
+    kind = _KINDS[n % len(_KINDS)]
+    user = f"known-{n * 7919 % USERS}"
+    if kind == "visitor":
+        return _track(n, anonymous=f"visitor-{n}")
+    if kind == "identify":
+        return ingest_pb2.Event(
+            type=ingest_pb2.EVENT_TYPE_IDENTIFY,
+            message_id=uuid.uuid4().hex,
+            user_id=user,
+            traits=orjson.dumps({"plan": ["free", "pro"][n % 2], "seats": n % 50}),
+        )
+    if kind == "page":
+        return ingest_pb2.Event(
+            type=ingest_pb2.EVENT_TYPE_PAGE,
+            message_id=uuid.uuid4().hex,
+            user_id=user,
+            name=["Home", "Pricing", "Docs"][n % 3],
+            properties=orjson.dumps({"path": f"/p/{n % 200}", "referrer": "search"}),
+            context=orjson.dumps({"ip": "10.0.0.1", "locale": "en-US"}),
+        )
+    return _track(n, user)
+
+
+def make_batch(now_us: int, counter: list[int], build) -> ingest_pb2.BatchRequest:  # type: ignore[no-untyped-def]
     events = []
     for _ in range(BATCH):
         n = counter[0]
         counter[0] += 1
-        user = f"user-{n * 7919 % USERS}"
-        if n % 10 == 0:
-            events.append(
-                ingest_pb2.Event(
-                    type=ingest_pb2.EVENT_TYPE_IDENTIFY,
-                    message_id=uuid.uuid4().hex,
-                    user_id=user,
-                    anonymous_id=f"anon-{n * 7919 % USERS}",
-                    traits=orjson.dumps({"plan": ["free", "pro"][n % 2], "seats": n % 50}),
-                )
-            )
-        else:
-            events.append(
-                ingest_pb2.Event(
-                    type=ingest_pb2.EVENT_TYPE_TRACK,
-                    message_id=uuid.uuid4().hex,
-                    user_id=user,
-                    event=["Viewed", "Added", "Ordered"][n % 3],
-                    properties=orjson.dumps({"price": n % 100, "sku": f"sku-{n % 500}"}),
-                    context=orjson.dumps({"ip": "10.0.0.1", "locale": "en-US"}),
-                )
-            )
-        events[-1].timestamp.FromMicroseconds(now_us - (n % 1000) * 1000)
+        events.append(_stamp(build(n), now_us, n))
     return ingest_pb2.BatchRequest(events=events)
 
 
@@ -109,16 +166,12 @@ async def run_ingest(  # type: ignore[no-untyped-def]
     return accepted / elapsed, latencies
 
 
-async def run_copy(dsn: str, batches: list[ingest_pb2.BatchRequest], seconds: float):  # type: ignore[no-untyped-def]
-    connection = await asyncpg.connect(dsn)
+def copy_records(batches: list[ingest_pb2.BatchRequest]) -> list[list[tuple]]:  # type: ignore[type-arg]
+    """The bench's events as `events` rows, one list per batch, built before timing so
+    the COPY baseline measures the storage alone."""
     seq = 10_000_000_000
-    latencies: list[float] = []
-    rows_done = 0
-    stop = time.perf_counter() + seconds
-    began = time.perf_counter()
+    built = []
     for batch in batches:
-        if time.perf_counter() > stop:
-            break
         records = []
         for e in batch.events:
             seq += 1
@@ -128,10 +181,10 @@ async def run_copy(dsn: str, batches: list[ingest_pb2.BatchRequest], seconds: fl
                     "ws_copy",
                     e.message_id + "c",
                     "track",
-                    e.event or None,
+                    e.event or e.name or None,
                     1,
-                    e.user_id,
-                    None,
+                    e.user_id or None,
+                    e.anonymous_id or None,
                     None,
                     None,
                     e.timestamp.ToMicroseconds(),
@@ -141,6 +194,19 @@ async def run_copy(dsn: str, batches: list[ingest_pb2.BatchRequest], seconds: fl
                     e.context.decode() or None,
                 )
             )
+        built.append(records)
+    return built
+
+
+async def run_copy(dsn: str, batches: list[list[tuple]], seconds: float):  # type: ignore[no-untyped-def,type-arg]
+    connection = await asyncpg.connect(dsn)
+    latencies: list[float] = []
+    rows_done = 0
+    stop = time.perf_counter() + seconds
+    began = time.perf_counter()
+    for records in batches:
+        if time.perf_counter() > stop:
+            break
         start = time.perf_counter()
         async with connection.transaction():
             await connection.copy_records_to_table(
@@ -169,12 +235,8 @@ def run_parse(payloads: list[bytes], seconds: float):  # type: ignore[no-untyped
     return done / (time.perf_counter() - began), latencies
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=4)
-    args = parser.parse_args()
-
+async def run_workload(workload: str, seconds: float, concurrency: int):  # type: ignore[no-untyped-def]
+    """One workload on a fresh database and ingest process, then its baselines."""
     database_url = await create_database()
     engine = create_engine(database_url)
     await migrate.upgrade(engine)
@@ -186,9 +248,15 @@ async def main() -> None:
 
     now_us = SystemClock().now_us()
     counter = [0]
-    needed = int(60_000 * args.seconds / BATCH) + 10
-    batches = [make_batch(now_us, counter) for _ in range(needed)]
+    needed = int(60_000 * seconds / BATCH) + 10
+    build = returning_event if workload == "returning" else new_users_event
+    batches = [make_batch(now_us, counter, build) for _ in range(needed)]
     payloads = [b.SerializeToString() for b in batches]
+    seed_counter = [0]
+    seeds = [
+        make_batch(now_us - 3_600_000_000, seed_counter, seed_event).SerializeToString()
+        for _ in range(USERS // BATCH if workload == "returning" else 0)
+    ]
 
     port = free_port()
     env = {
@@ -207,35 +275,50 @@ async def main() -> None:
         cwd=ROOT,
         stderr=asyncio.subprocess.DEVNULL,
     )
+    address = f"127.0.0.1:{port}"
     try:
-        await wait_serving(f"127.0.0.1:{port}")
-        # Warm-up (connections, prepared statements) outside the measurement.
-        await run_ingest(f"127.0.0.1:{port}", key, payloads[-5:], 5, 1)
-        rate, lat = await run_ingest(
-            f"127.0.0.1:{port}", key, payloads[:-5], args.seconds, args.concurrency
-        )
+        await wait_serving(address)
+        # Warm-up (connections, prepared statements) and the known users, untimed.
+        await run_ingest(address, key, payloads[-5:], 5, 1)
+        if seeds:
+            await run_ingest(address, key, seeds, 600, concurrency)
+        rate, lat = await run_ingest(address, key, payloads[:-5], seconds, concurrency)
         stream_length = await flush.xlen("stream:events")
     finally:
         server.terminate()
         await asyncio.wait_for(server.wait(), 30)
-    copy_rate, copy_lat = await run_copy(asyncpg_dsn(database_url), batches, args.seconds / 2)
-    parse_rate, parse_lat = run_parse(payloads, args.seconds / 2)
+    copy_rate, copy_lat = await run_copy(
+        asyncpg_dsn(database_url), copy_records(batches), seconds / 2
+    )
+    parse_rate, parse_lat = run_parse(payloads, seconds / 2)
     await flush.flushdb()
     await flush.aclose()
     await drop_database(database_url)
-
-    print(f"batch = {BATCH} events, concurrency = {args.concurrency}, {args.seconds:.0f} s")
-    print(f"{'path':<34}{'events/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'x ingest':>10}")
-    for name, r, values in (
+    return [
         ("ingest gRPC Batch (durable ack)", rate, lat),
         ("asyncpg COPY, same rows", copy_rate, copy_lat),
         ("protobuf parse only", parse_rate, parse_lat),
-    ):
-        print(
-            f"{name:<34}{r:>12,.0f}{statistics.median(values) * 1e3:>9.2f}"
-            f"{pct(values, 0.99) * 1e3:>9.2f}{r / rate:>10.1f}"
-        )
-    print(f"stream entries published: {stream_length}")
+    ], stream_length
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--workload", choices=(*WORKLOADS, "both"), default="both")
+    args = parser.parse_args()
+    chosen = WORKLOADS if args.workload == "both" else (args.workload,)
+    print(f"batch = {BATCH} events, concurrency = {args.concurrency}, {args.seconds:.0f} s")
+    print(f"{'workload':<11}{'path':<34}{'events/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'x ingest':>10}")
+    for workload in chosen:
+        rows, stream_length = await run_workload(workload, args.seconds, args.concurrency)
+        rate = rows[0][1]
+        for name, r, values in rows:
+            print(
+                f"{workload:<11}{name:<34}{r:>12,.0f}{statistics.median(values) * 1e3:>9.2f}"
+                f"{pct(values, 0.99) * 1e3:>9.2f}{r / rate:>10.1f}"
+            )
+        print(f"{workload:<11}stream entries published: {stream_length}")
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@ identifiers, resolve identity, store everything in one transaction, then update 
 hot state and the event stream. Concurrent requests are written together (group
 commit, see Ingestor).
 
-Ordering guarantee (docs/ingest.md): the store's write session holds one lock from
-before sequence numbers are drawn until after the Redis update, so sequence order is
-commit order and stream ids `<seq>-0` only ever increase. If the Redis step fails or
-the process dies after the commit, the publisher's catch-up loop republishes from the
-stream cursor; the client's acknowledgement only ever follows the commit.
+Ordering guarantee (docs/ingest.md): the writer holds one lock from before sequence
+numbers are drawn until after the Redis update, so sequence order is commit order and
+stream ids `<seq>-0` only ever increase. It keeps that lock across consecutive groups
+and pipelines them: group N's Redis update runs while group N+1 is written to
+Postgres, the Redis updates chained in commit order, and the lock is released only
+once every update of the hold is done. If the Redis step fails or the process dies
+after the commit, the publisher's catch-up loop republishes from the stream cursor;
+the client's acknowledgement only ever follows the commit.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -78,7 +81,7 @@ class WriteResult:
     redirected: dict[int, list[int]] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class HotProfile:
     """One profile's hot-state update."""
 
@@ -97,6 +100,10 @@ class HotUpdate:
     workspace_id: str
     redirects: list[tuple[int, int]]  # (merged profile id, survivor id)
     profiles: list[HotProfile]
+
+
+# A profile whose traits this batch did not change (shared, never mutated).
+_NO_TRAIT_CHANGES: tuple[dict[str, Any], list[str]] = ({}, [])
 
 
 class StreamRecord(NamedTuple):
@@ -138,7 +145,13 @@ class EventStore(Protocol):
     async def suppressed(
         self, workspace_id: str, keys: Sequence[tuple[str, str]]
     ) -> set[tuple[str, str]]: ...
-    def write_session(self, workspace_id: str) -> AbstractAsyncContextManager[WriteSession]: ...
+    def locked(self) -> AbstractAsyncContextManager[Any]:
+        """Hold the write lock for the block (yields what write_session takes as `held`)."""
+        ...
+
+    def write_session(
+        self, workspace_id: str, held: Any = None
+    ) -> AbstractAsyncContextManager[WriteSession]: ...
 
 
 class Publisher(Protocol):
@@ -189,6 +202,9 @@ def stream_event(event: Event) -> dict[str, Any]:
 # worth, so round trips and the write lock are paid per group, while one group's
 # statements stay short enough to keep the acknowledgement latency low.
 MAX_GROUP_EVENTS = 4000
+# The most groups the writer writes under one hold of the write lock before letting
+# go: the catch-up loop (and another ingest process) needs the lock now and then.
+MAX_GROUPS_PER_HOLD = 8
 
 
 @dataclass
@@ -233,6 +249,9 @@ class Ingestor:
         self._publisher = publisher
         self._clock = clock
         self._queue: deque[_Request] = deque()
+        # Taken by the writer, not answered yet (failed if the writer is cancelled).
+        self._in_flight: list[_Request] = []
+        self._arrived = asyncio.Event()  # set whenever a request is queued
         self._writer: asyncio.Task[None] | None = None
 
     async def ingest(
@@ -287,8 +306,12 @@ class Ingestor:
             loop.create_future(),
         )
         self._queue.append(request)
+        self._arrived.set()
         writer = self._writer
         if writer is None or writer.done() or writer.get_loop() is not loop:
+            # A fresh event per writer: an asyncio.Event binds to the loop it waits on.
+            self._arrived = asyncio.Event()
+            self._arrived.set()
             self._writer = loop.create_task(self._drain())
         # Shielded: a caller that goes away (deadline, disconnect) must not cancel the
         # future the writer will complete; its events are still written (a retry then
@@ -317,37 +340,119 @@ class Ingestor:
 
     async def _drain(self) -> None:
         """The writer task: writes groups until nothing is waiting, then ends."""
-        group: _Group | None = None
         try:
             while self._queue:
-                group = self._take_group()
-                try:
-                    await self._write_group(group)
-                except Exception as error:
-                    if group.committed or len(group.requests) == 1:
-                        _fail(group.requests, error)
-                        continue
-                    # Nothing of the group was written. Write each request on its own,
-                    # so whatever failed fails only the request that caused it.
-                    log.warning("group write failed; writing its requests one by one")
-                    for request in group.requests:
-                        try:
-                            await self._write_group(_Group(group.workspace_id, [request]))
-                        except Exception as alone:
-                            _fail([request], alone)
-                        else:
-                            _succeed([request])
-                else:
-                    _succeed(group.requests)
+                failed = await self._hold_and_write()
+                if failed is not None:
+                    await self._write_alone(*failed)
         except BaseException:
             # Cancelled (shutdown): no caller may wait forever.
-            stranded = [*(group.requests if group else []), *self._queue]
+            stranded = [*self._in_flight, *self._queue]
             self._queue.clear()
             _fail(stranded, RuntimeError("the ingest writer stopped"))
             raise
 
-    async def _write_group(self, group: _Group) -> None:
-        """Reject blocked and suppressed events, then write the rest in one transaction."""
+    async def _hold_and_write(self) -> tuple[_Group, Exception] | None:
+        """Write waiting groups under one hold of the write lock, pipelined.
+
+        Each committed group's Redis update (and its callers' answers) is chained
+        behind the previous group's, and runs while the next group is written to
+        Postgres. The lock is released only after the last update of the hold, so no
+        other writer (catch-up, another process) can commit in between. Returns the
+        group that failed before its commit, with the error, if one did.
+        """
+        tail: asyncio.Task[bool] | None = None
+        failed: tuple[_Group, Exception] | None = None
+        try:
+            async with self._store.locked() as held:
+                for _ in range(MAX_GROUPS_PER_HOLD):
+                    if not self._queue and not await self._more_before(tail):
+                        break
+                    group = self._take_group()
+                    self._in_flight.extend(group.requests)
+                    try:
+                        publish = await self._write_group(group, held)
+                    except Exception as error:
+                        if not group.committed:
+                            failed = (group, error)  # retried after the lock is let go
+                            break
+                        self._forget(group)
+                        _fail(group.requests, error)
+                        continue
+                    tail = asyncio.get_running_loop().create_task(
+                        self._finish(tail, group, publish)
+                    )
+                if tail is not None:
+                    await tail
+        finally:
+            if tail is not None and not tail.done():
+                tail.cancel()
+        return failed
+
+    async def _more_before(self, tail: asyncio.Task[bool] | None) -> bool:
+        """Wait until a request arrives or the pending Redis updates are done; True if
+        a request arrived first (it is written under the same hold, overlapping)."""
+        if tail is None or tail.done():
+            return False
+        self._arrived.clear()
+        arrival = asyncio.get_running_loop().create_task(self._arrived.wait())
+        try:
+            await asyncio.wait((tail, arrival), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            arrival.cancel()
+        return bool(self._queue)
+
+    async def _finish(
+        self,
+        previous: asyncio.Task[bool] | None,
+        group: _Group,
+        publish: Callable[[], Awaitable[bool]] | None,
+    ) -> bool:
+        """After the previous group's: this group's Redis update, then its answers.
+
+        Returns False when the update did not publish (the catch-up loop takes over).
+        """
+        published = True
+        if previous is not None:
+            published = await previous
+        if publish is not None:
+            published = await publish()
+        self._forget(group)
+        _succeed(group.requests)
+        return published
+
+    def _forget(self, group: _Group) -> None:
+        for request in group.requests:
+            self._in_flight.remove(request)
+
+    async def _write_alone(self, group: _Group, error: Exception) -> None:
+        """A group failed before its commit: nothing of it was written. Write each
+        request on its own, so whatever failed fails only the request that caused it."""
+        if len(group.requests) == 1:
+            self._forget(group)
+            _fail(group.requests, error)
+            return
+        log.warning("group write failed; writing its requests one by one")
+        for request in group.requests:
+            alone = _Group(group.workspace_id, [request])
+            try:
+                publish = await self._write_group(alone)
+                if publish is not None:
+                    await publish()
+            except Exception as failure:
+                _fail([request], failure)
+            else:
+                _succeed([request])
+        self._forget(group)
+
+    async def _write_group(
+        self, group: _Group, held: Any = None
+    ) -> Callable[[], Awaitable[bool]] | None:
+        """Reject blocked and suppressed events, then write the rest in one transaction.
+
+        Returns the group's Redis update, to run after the previous group's (None when
+        nothing was written). With `held`, writes under that hold of the write lock.
+        """
         workspace_id = group.workspace_id
         now_us = self._clock.now_us()
         rules = IdentityRules.parse(await self._store.identity_rules(workspace_id))
@@ -382,9 +487,9 @@ class Ingestor:
             else:
                 accepted.append((request, event))
         if not accepted:
-            return
-        async with self._store.write_session(workspace_id) as session:
-            await self._write(session, group, rules, accepted, now_us)
+            return None
+        async with self._store.write_session(workspace_id, held) as session:
+            return await self._write(session, group, rules, accepted, now_us)
 
     async def _write(
         self,
@@ -393,7 +498,7 @@ class Ingestor:
         rules: IdentityRules,
         accepted: list[tuple[_Request, Event]],
         now_us: int,
-    ) -> None:
+    ) -> Callable[[], Awaitable[bool]] | None:
         workspace_id = group.workspace_id
         known = await session.known_messages(sorted({e.message_id for _, e in accepted}))
         fresh: list[tuple[_Request, Event]] = []
@@ -411,7 +516,7 @@ class Ingestor:
                 first_copy.add(event.message_id)
                 fresh.append((request, event))
         if not fresh:
-            return
+            return None
         events = [event for _, event in fresh]
 
         graph = IdentityGraph(rules, now_us)
@@ -506,19 +611,25 @@ class Ingestor:
                 profile_id=original.profile_id,
             )
 
-        hot = self._hot_update(workspace_id, graph, final, last_seen, result, plan)
-        traces = [request.trace for request, _ in fresh]
-        records = self._records(workspace_id, stored, traces, merges)
-        try:
-            published = await self._publisher.apply(
-                prev_seq, plan.last_seq, published_seq, hot, records
-            )
+        async def publish() -> bool:
+            # Built here, not before returning: this Python runs while the writer
+            # waits on the next group's Postgres statements.
+            hot = self._hot_update(workspace_id, graph, final, last_seen, result, plan)
+            traces = [request.trace for request, _ in fresh]
+            records = self._records(workspace_id, stored, traces, merges)
+            try:
+                published = await self._publisher.apply(
+                    prev_seq, plan.last_seq, published_seq, hot, records
+                )
+            except Exception:
+                # Committed is acknowledged: the catch-up loop republishes from the cursor.
+                log.exception("hot state / stream update failed after commit; catching up")
+                published = False
             if not published:
                 self._publisher.wake()  # the stream is behind: catch up from the store
-        except Exception:
-            # Committed is acknowledged: the catch-up loop republishes from the cursor.
-            log.exception("hot state / stream update failed after commit; catching up")
-            self._publisher.wake()
+            return published
+
+        return publish
 
     @staticmethod
     def _hot_update(
@@ -546,7 +657,7 @@ class Ingestor:
             target = final(node.profile_id)
             if target not in last_seen:
                 continue  # loaded for context, untouched by this batch
-            sets, deletes = changed.get(target, ({}, []))
+            sets, deletes = changed.get(target) or _NO_TRAIT_CHANGES
             ids: list[str] = []
             if target in relinked:
                 ids = sorted(f"{t}:{v}" for t, values in node.ids.items() for v in values)

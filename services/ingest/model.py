@@ -3,6 +3,7 @@ the per-event outcome. Plain Python: no grpc, protobuf, SQL or Redis here."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -13,7 +14,7 @@ EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 JsonInput = bytes | dict[str, Any] | None
 
 
-@dataclass
+@dataclass(slots=True)
 class RawEvent:
     """One event as a client sent it, before validation (transport-neutral)."""
 
@@ -34,20 +35,22 @@ class RawEvent:
     external_ids: list[tuple[str, str]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Identifier:
     """One identifier an event carries, with the request field it came from."""
 
     type: str
     value: str
     field: str  # e.g. "user_id", "traits.email", "external_ids[0]"
+    # (type, value), built once: resolution and the group's lookups read it ~10 times
+    # per event (a property rebuilt the tuple each time: 5% of the writer's CPU).
+    key: tuple[str, str] = dataclasses.field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.type, self.value)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.type, self.value))
 
 
-@dataclass
+@dataclass(slots=True)
 class Event:
     """An event that passed validation, normalised for storage."""
 
@@ -81,7 +84,7 @@ class Violation:
     reason: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """The result for one event of a request, in request order."""
 
@@ -93,7 +96,7 @@ class Outcome:
     seq: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class BatchOutcome:
     """Results of one request: one Outcome per event, in order."""
 

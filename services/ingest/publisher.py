@@ -117,11 +117,13 @@ def _hot_payload(profiles: list[HotProfile], redirects: list[tuple[int, int]], r
     # Numbers travel as strings: Lua's cjson would round 16-digit microseconds.
     updates: list[dict[str, Any]] = []
     for profile in profiles:
+        traits = profile.set_traits
         update: dict[str, Any] = {
             "id": str(profile.profile_id),
             "c": str(profile.created_at_us),
             "i": profile.ids,
-            "s": {k: orjson.dumps(v).decode() for k, v in profile.set_traits.items()},
+            # Most profiles of a batch changed no trait (tracks): skip the comprehension.
+            "s": {k: orjson.dumps(v).decode() for k, v in traits.items()} if traits else {},
             "d": profile.del_traits,
             "x": replace,
         }

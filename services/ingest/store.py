@@ -59,7 +59,8 @@ from services.shared.db.tables import (
 WRITE_LOCK_KEY = 0x696E67657374
 # Postgres allows 32,767 bind parameters per statement; stay well below.
 _ROWS_PER_STATEMENT = 2000
-_EVENT_COLUMNS = (
+# The events table's columns in COPY order (also the storage probe's, bench/copy_probe.py).
+EVENT_COLUMNS = (
     "seq",
     "workspace_id",
     "message_id",
@@ -160,13 +161,29 @@ class SqlEventStore:
                 await connection.commit()
 
     @asynccontextmanager
-    async def write_session(self, workspace_id: str) -> AsyncIterator[WriteSession]:
-        """A locked write transaction; the lock outlives the commit until the block ends."""
-        async with self.locked() as connection:
-            kind = PgWriteSession if self._postgres else WriteSession
-            session = kind(connection, workspace_id, self)
+    async def write_session(
+        self, workspace_id: str, held: AsyncConnection | None = None
+    ) -> AsyncIterator[WriteSession]:
+        """A locked write transaction; the lock outlives the commit until the block ends.
+
+        With `held` (a connection from `locked()`), the transaction runs on it under the
+        lock it already holds, so consecutive sessions pay for the lock once.
+        """
+        if held is None:
+            async with self.locked() as connection:
+                async with self.write_session(workspace_id, connection) as session:
+                    yield session
+            return
+        kind = PgWriteSession if self._postgres else WriteSession
+        session = kind(held, workspace_id, self)
+        try:
             await session.start()
             yield session
+        finally:
+            # Not committed (an error, or nothing to write): leave the connection clean
+            # for the next session of this lock hold.
+            if held.in_transaction():
+                await held.rollback()
 
     async def cursor(self, connection: AsyncConnection | None = None) -> tuple[int, int]:
         """(last committed seq, last seq known published)."""
@@ -197,7 +214,7 @@ class SqlEventStore:
         Returns the records and the last seq they cover.
         """
         query = (
-            select(*[events.c[name] for name in _EVENT_COLUMNS])
+            select(*[events.c[name] for name in EVENT_COLUMNS])
             .where(events.c.seq > after_seq, events.c.seq <= up_to)
             .order_by(events.c.seq)
             .limit(limit)
@@ -554,7 +571,7 @@ class WriteSession:
             ]
             raw = await self._connection.get_raw_connection()
             await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-                "events", records=records, columns=_EVENT_COLUMNS
+                "events", records=records, columns=EVENT_COLUMNS
             )
             return
         await self._connection.execute(

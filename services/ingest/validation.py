@@ -95,6 +95,8 @@ def _json_object(payload: bytes | dict[str, Any] | None) -> dict[str, Any] | Non
 
 
 def _string_violation(value: str) -> str | None:
+    if value.isascii() and len(value) <= MAX_STRING_CHARS and "\x00" not in value:
+        return None  # the common case, checked in C without encoding
     if len(value) > MAX_STRING_CHARS:
         return f"longer than {MAX_STRING_CHARS} characters"
     if "\x00" in value:
@@ -159,7 +161,8 @@ def validate(
     if raw.type not in EVENT_TYPES:
         bad("type", f"unknown event type; must be one of {', '.join(EVENT_TYPES)}")
     for name in _STRING_FIELDS:
-        problem = _string_violation(getattr(raw, name))
+        value = getattr(raw, name)
+        problem = _string_violation(value) if value else None  # most fields are empty
         if problem:
             bad(name, problem)
     if not raw.user_id and not raw.anonymous_id:

@@ -150,3 +150,22 @@ async def wait_for(predicate, within: float = 10.0) -> None:  # type: ignore[no-
             return
         await asyncio.sleep(0.05)
     raise TimeoutError("condition not met in time")
+
+
+async def hot_view(redis: Redis, workspace_id: str) -> dict[frozenset[str], dict[str, Any]]:
+    """Every hot profile of a workspace as {its identifiers: traits and last seen}, so
+    two workspaces fed the same events compare equal whatever their profile ids."""
+    prefix = hotstate.workspace_prefix(workspace_id)
+    view: dict[frozenset[str], dict[str, Any]] = {}
+    async for key in redis.scan_iter(match=f"{prefix}p:*:ids"):
+        profile_id = key.decode()[len(prefix) :].split(":")[1]
+        ids = frozenset(k.decode() for k in await redis.hkeys(key))
+        traits = await hot_traits(redis, workspace_id, int(profile_id))
+        meta = await redis.hgetall(hotstate.profile_key(workspace_id, profile_id, "meta"))
+        view[ids] = {"traits": traits, "last_seen_us": meta.get(b"last_seen_us")}
+        # Every identifier resolves to this profile.
+        for identifier in ids:
+            id_type, _, value = identifier.partition(":")
+            owner = await redis.get(hotstate.identity_key(workspace_id, id_type, value))
+            assert owner is not None and owner.decode() == profile_id, identifier
+    return view

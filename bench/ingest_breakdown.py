@@ -1,0 +1,122 @@
+"""Where an ingest group's time goes: the Ingestor in-process (no gRPC), fed the
+bench's batches by 4 concurrent callers, with every awaited Postgres statement and the
+Redis update timed per group.
+
+    .venv/bin/python bench/ingest_breakdown.py [--workload returning|new] [--batches 80]
+
+Awaited times include whatever other coroutines (the callers' validation) ran
+meanwhile, as in the real process. Needs Postgres and Redis on loopback; creates and
+drops its own database; uses Redis db 14 (flushed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis.asyncio as redis_asyncio
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT))
+
+import ingest_batch as bench  # noqa: E402
+
+from services.ingest.ingestor import Ingestor  # noqa: E402
+from services.ingest.publisher import RedisPublisher  # noqa: E402
+from services.ingest.server import to_raw  # noqa: E402
+from services.ingest.store import SqlEventStore  # noqa: E402
+from services.shared.auth import KeyStore  # noqa: E402
+from services.shared.clock import SystemClock  # noqa: E402
+from services.shared.db import migrate  # noqa: E402
+from services.shared.db.engine import create_engine  # noqa: E402
+from tests.helpers.backends import create_database, drop_database  # noqa: E402
+
+SPENT: dict[str, float] = collections.defaultdict(float)
+CALLS: collections.Counter[str] = collections.Counter()
+
+
+def timed(owner: Any, name: str, label: str | None = None) -> None:
+    """Wrap an async method so its awaited time is added up per statement/label."""
+    original = getattr(owner, name)
+
+    async def wrapper(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        first = args[0] if args and isinstance(args[0], str) else ""
+        key = label or f"{name}: {first[:60]}"
+        began = time.perf_counter()
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            SPENT[key] += time.perf_counter() - began
+            CALLS[key] += 1
+
+    setattr(owner, name, wrapper)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workload", choices=bench.WORKLOADS, default="returning")
+    parser.add_argument("--batches", type=int, default=80)
+    args = parser.parse_args()
+    for method in ("fetch", "execute", "copy_records_to_table"):
+        timed(asyncpg.Connection, method)
+    timed(RedisPublisher, "apply", "Redis update (hot state + stream, one round trip)")
+    timed(SqlEventStore, "identity_rules", "identity rules (own connection)")
+    timed(SqlEventStore, "suppressed", "suppressed identifiers (own connection)")
+
+    url = await create_database()
+    engine = create_engine(url)
+    await migrate.upgrade(engine)
+    workspace_id, _, _ = await KeyStore(engine).create_workspace("breakdown")
+    redis = redis_asyncio.Redis.from_url(bench.REDIS_URL)
+    await redis.flushdb()
+    ingestor = Ingestor(SqlEventStore(engine), RedisPublisher(redis), SystemClock())
+    now_us = SystemClock().now_us()
+    build = bench.returning_event if args.workload == "returning" else bench.new_users_event
+    counter = [0]
+    batches = [bench.make_batch(now_us, counter, build) for _ in range(args.batches)]
+    seed_counter = [0]
+    seeds = [
+        bench.make_batch(now_us - 3_600_000_000, seed_counter, bench.seed_event)
+        for _ in range(bench.USERS // bench.BATCH if args.workload == "returning" else 0)
+    ]
+
+    async def run(waiting: list, callers: int = 4) -> None:  # type: ignore[type-arg]
+        async def caller() -> None:
+            while waiting:
+                batch = waiting.pop(0)
+                await ingestor.ingest(workspace_id, [to_raw(e) for e in batch.events])
+
+        await asyncio.gather(*(caller() for _ in range(callers)))
+
+    await run(seeds)
+    await run(batches[:4])  # warm-up
+    SPENT.clear()
+    CALLS.clear()
+    began, cpu = time.perf_counter(), time.process_time()
+    await run(batches[4:])
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
+    events = (args.batches - 4) * bench.BATCH
+    groups = CALLS["Redis update (hot state + stream, one round trip)"]
+    print(
+        f"{args.workload}: {events / elapsed:,.0f} events/s in-process, "
+        f"{groups} groups of {events / groups:,.0f} events, "
+        f"{elapsed / groups * 1e3:.0f} ms per group, process CPU {cpu / elapsed:.0%}"
+    )
+    print(f"{'ms per group':>13}{'calls':>7}  step")
+    for key, spent in sorted(SPENT.items(), key=lambda item: -item[1]):
+        print(f"{spent / groups * 1e3:>13.1f}{CALLS[key] / groups:>7.1f}  {key}")
+    await engine.dispose()
+    await redis.flushdb()
+    await redis.aclose()
+    await drop_database(url)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
