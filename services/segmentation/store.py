@@ -1017,8 +1017,8 @@ class _MembershipWriter:
     of audiences at once: the new (audience, member) pairs (a SELECT of canonical ids)
     vs the stored rows -> one table of differences (``seg_diff``) for the whole batch,
     which then drives the change-log insert (gapless seqs), the membership deletes and
-    inserts: two anti-joins and three INSERT/DELETE statements per batch, whatever
-    its size (they were per audience: ten audiences made each fixed cost ten times).
+    inserts: one full join and three INSERT/DELETE statements per batch, whatever its
+    size (they were per audience: ten audiences made each fixed cost ten times).
 
     Stored rows may sit on profiles merged away since they entered; those are mapped to
     the survivor through ``seg_merged`` (the workspace's merged profiles: few, read
@@ -1095,7 +1095,6 @@ class _MembershipWriter:
                 .select_from(m.outerjoin(mg, mg.c.own == m.c.profile_id))
                 .where(m.c.audience_id.in_(ids))
             )
-        if self._any_merged:
             # Two stored rows may now be one person: one exit, not two.
             stored = stored.group_by(*stored.selected_columns)
         cur = stored.subquery("cur")
