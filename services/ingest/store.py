@@ -87,6 +87,20 @@ def _loads(value: str | None) -> Any:
     return None if value is None else orjson.loads(value)
 
 
+def _list(values: Sequence[Any]) -> str:
+    """A column of a batch as one JSON array parameter, unpacked in SQL by
+    `json_array_elements_text` (`ROWS FROM (...)` zips several). asyncpg encodes a
+    Python list for an array parameter element by element, with an abc isinstance
+    check each; one JSON text is encoded in C (2,000 rows x 3 columns: 0.2 ms of
+    client CPU instead of 2.0, and less server time too)."""
+    return orjson.dumps(values).decode()
+
+
+def _json_rows(*columns: str) -> str:
+    """`ROWS FROM` over JSON array parameters $n..., one text column each."""
+    return "ROWS FROM (" + ", ".join(f"json_array_elements_text({c}::json)" for c in columns) + ")"
+
+
 def _in(column, values: Sequence[Any], postgres: bool):  # type: ignore[no-untyped-def]
     """column IN values; on Postgres one array parameter (`= ANY($1)`) so the statement
     text, and asyncpg's prepared statement, does not change with the number of values."""
@@ -643,9 +657,9 @@ class WriteSession:
 
 class PgWriteSession(WriteSession):
     """The Postgres write session: every read and write of a batch is one statement on
-    the asyncpg connection under SQLAlchemy's transaction, with the rows passed as
-    arrays (`unnest($1::bigint[], ...)`) or COPY, so a batch costs a fixed number of
-    round trips and no per-row SQLAlchemy parameter processing."""
+    the asyncpg connection under SQLAlchemy's transaction, with each column of the rows
+    passed as one JSON array (`_list`, `_json_rows`) or COPY, so a batch costs a fixed
+    number of round trips and no per-row parameter processing in Python."""
 
     async def start(self) -> None:
         await super().start()  # begins SQLAlchemy's transaction on this connection
@@ -660,11 +674,11 @@ class PgWriteSession(WriteSession):
         """message_id -> (seq, profile_id) for ids this workspace already accepted."""
         rows = await self._raw.fetch(
             # One primary-key probe per id (see identities() for why LATERAL/OFFSET 0).
-            "SELECT m.id, e.seq, e.profile_id FROM unnest($2::text[]) AS m(id)"
+            f"SELECT m.id, e.seq, e.profile_id FROM {_json_rows('$2')} AS m(id)"
             " CROSS JOIN LATERAL (SELECT seq, profile_id FROM event_ids"
             " WHERE workspace_id = $1 AND message_id = m.id OFFSET 0) e",
             self._workspace_id,
-            list(message_ids),
+            _list(message_ids),
         )
         return {row[0]: (row[1], row[2]) for row in rows}
 
@@ -681,7 +695,7 @@ class PgWriteSession(WriteSession):
         # probe, 1.2 s for a 2,000-event group.
         rows = await self._raw.fetch(
             "WITH holders AS (SELECT DISTINCT h.profile_id"
-            " FROM unnest($2::text[], $3::text[]) AS k(t, v) CROSS JOIN LATERAL"
+            f" FROM {_json_rows('$2', '$3')} AS k(t, v) CROSS JOIN LATERAL"
             " (SELECT profile_id FROM identities WHERE workspace_id = $1"
             " AND id_type = k.t AND id_value = k.v OFFSET 0) h)"
             " SELECT i.id_type, i.id_value, i.profile_id, p.created_at_us, p.last_seen_us"
@@ -691,8 +705,8 @@ class PgWriteSession(WriteSession):
             " CROSS JOIN LATERAL (SELECT id_type, id_value, profile_id FROM identities"
             " WHERE profile_id = h.profile_id OFFSET 0) i",
             self._workspace_id,
-            [k[0] for k in keys],
-            [k[1] for k in keys],
+            _list([k[0] for k in keys]),
+            _list([k[1] for k in keys]),
         )
         return [IdentityRow(*row) for row in rows]
 
@@ -724,12 +738,13 @@ class PgWriteSession(WriteSession):
                 "INSERT INTO profiles (profile_id, workspace_id, canonical_id, created_at_us,"
                 " last_seen_us, merged_at_us, deleted_at_us)"
                 " SELECT p, $1, c, $2, s, CASE WHEN c <> p THEN $2::bigint END, NULL"
-                " FROM unnest($3::bigint[], $4::bigint[], $5::bigint[]) AS u(p, c, s)",
+                " FROM (SELECT p::bigint, c::bigint, s::bigint"
+                f" FROM {_json_rows('$3', '$4', '$5')} AS j(p, c, s)) AS u",
                 ws,
                 now,
-                ids,
-                canonical,
-                [plan.last_seen.get(pid) for pid in ids],
+                _list(ids),
+                _list(canonical),
+                _list([plan.last_seen.get(pid) for pid in ids]),
             )
         redirected: dict[int, list[int]] = {}
         for loser, survivor in plan.merged_existing:
@@ -754,24 +769,25 @@ class PgWriteSession(WriteSession):
             links = plan.identity_links
             await raw.execute(
                 "INSERT INTO identities (workspace_id, id_type, id_value, profile_id,"
-                " first_seen_us) SELECT $1, t, v, p, $2"
-                " FROM unnest($3::text[], $4::text[], $5::bigint[]) AS u(t, v, p)"
+                " first_seen_us) SELECT $1, t, v, p::bigint, $2"
+                f" FROM {_json_rows('$3', '$4', '$5')} AS u(t, v, p)"
                 " ON CONFLICT (workspace_id, id_type, id_value)"
                 " DO UPDATE SET profile_id = EXCLUDED.profile_id",
                 ws,
                 now,
-                [link[0] for link in links],
-                [link[1] for link in links],
-                [link[2] for link in links],
+                _list([link[0] for link in links]),
+                _list([link[1] for link in links]),
+                _list([link[2] for link in links]),
             )
         stored = plan.events
         await raw.execute(
             "INSERT INTO event_ids (workspace_id, message_id, seq, profile_id)"
-            " SELECT $1, m, s, p FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS u(m, s, p)",
+            " SELECT $1, m, s::bigint, p::bigint"
+            f" FROM {_json_rows('$2', '$3', '$4')} AS u(m, s, p)",
             ws,
-            [s.event.message_id for s in stored],
-            [s.seq for s in stored],
-            [s.profile_id for s in stored],
+            _list([s.event.message_id for s in stored]),
+            _list([s.seq for s in stored]),
+            _list([s.profile_id for s in stored]),
         )
         await self._insert_events(ws, stored)
         if plan.drop_traits_of:
@@ -785,11 +801,12 @@ class PgWriteSession(WriteSession):
         if touched:
             await raw.execute(
                 "UPDATE profiles p SET last_seen_us = u.seen"
-                " FROM unnest($1::bigint[], $2::bigint[]) AS u(pid, seen)"
+                f" FROM (SELECT pid::bigint, seen::bigint FROM {_json_rows('$1', '$2')}"
+                " AS j(pid, seen)) AS u"
                 " WHERE p.profile_id = u.pid"
                 " AND (p.last_seen_us IS NULL OR p.last_seen_us < u.seen)",
-                [t[0] for t in touched],
-                [t[1] for t in touched],
+                _list([t[0] for t in touched]),
+                _list([t[1] for t in touched]),
             )
         if plan.merges:
             found = plan.merges
@@ -816,20 +833,19 @@ class PgWriteSession(WriteSession):
             return []
         found = await self._raw.fetch(
             "INSERT INTO profile_traits (profile_id, key, workspace_id, value, timestamp_us, seq)"
-            " SELECT p, k, $1, v::jsonb, t, s"
-            " FROM unnest($2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])"
-            " AS u(p, k, v, t, s)"
+            " SELECT p::bigint, k, $1, v::jsonb, t::bigint, s::bigint"
+            f" FROM {_json_rows('$2', '$3', '$4', '$5', '$6')} AS u(p, k, v, t, s)"
             " ON CONFLICT (profile_id, key) DO UPDATE SET value = EXCLUDED.value,"
             " timestamp_us = EXCLUDED.timestamp_us, seq = EXCLUDED.seq"
             " WHERE (EXCLUDED.timestamp_us, EXCLUDED.seq)"
             " > (profile_traits.timestamp_us, profile_traits.seq)"
             " RETURNING profile_id, key, value::text, timestamp_us, seq",
             workspace_id,
-            [r.profile_id for r in rows],
-            [r.key for r in rows],
-            # SQL NULL, not JSON null: the tombstone of a removed trait.
-            [None if r.value is None else _json_text(r.value) for r in rows],
-            [r.timestamp_us for r in rows],
-            [r.seq for r in rows],
+            _list([r.profile_id for r in rows]),
+            _list([r.key for r in rows]),
+            # JSON null becomes SQL NULL, not JSON null: the tombstone of a removed trait.
+            _list([None if r.value is None else _json_text(r.value) for r in rows]),
+            _list([r.timestamp_us for r in rows]),
+            _list([r.seq for r in rows]),
         )
         return [TraitRow(r[0], r[1], _loads(r[2]), r[3], r[4]) for r in found]
