@@ -23,6 +23,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
 from services.ingest.identity import IdentityGraph, IdentityRow, IdentityRules
 from services.ingest.model import BatchOutcome, Event, Outcome, RawEvent, Status, Violation
 from services.ingest.traits import TraitRow, winners
@@ -115,7 +117,7 @@ class StreamRecord(NamedTuple):
     workspace_id: str
     kind: str  # "event" or "merge"
     profile_id: int = 0
-    event: dict[str, Any] | None = None
+    event: bytes | None = None  # the event payload as JSON (stream_event)
     survivor_id: int = 0
     merged_id: int = 0
     # The W3C trace context of the request that sent the event, as flat name/value
@@ -181,21 +183,30 @@ def _fail(requests: list[_Request], error: BaseException) -> None:
             request.done.set_exception(error)
 
 
-def stream_event(event: Event) -> dict[str, Any]:
-    """The `event` payload of a stream entry (also rebuilt from the store on catch-up)."""
-    return {
-        "type": event.type,
-        "name": event.name,
-        "message_id": event.message_id,
-        "user_id": event.user_id,
-        "anonymous_id": event.anonymous_id,
-        "group_id": event.group_id,
-        "previous_id": event.previous_id,
-        "timestamp_us": event.timestamp_us,
-        "properties": event.properties,
-        "traits": event.traits,
-        "context": event.context,
-    }
+def stream_event(
+    event: Event | Any,
+    properties: bytes | str | None,
+    traits: bytes | str | None,
+    context: bytes | str | None,
+) -> bytes:
+    """The `event` payload of a stream entry as JSON: the fields of `event` (an Event,
+    or a stored row on catch-up) with the three payloads given as JSON text, which is
+    inserted as it is (orjson.Fragment), not decoded and encoded again."""
+    return orjson.dumps(
+        {
+            "type": event.type,
+            "name": event.name,
+            "message_id": event.message_id,
+            "user_id": event.user_id,
+            "anonymous_id": event.anonymous_id,
+            "group_id": event.group_id,
+            "previous_id": event.previous_id,
+            "timestamp_us": event.timestamp_us,
+            "properties": None if properties is None else orjson.Fragment(properties),
+            "traits": None if traits is None else orjson.Fragment(traits),
+            "context": None if context is None else orjson.Fragment(context),
+        }
+    )
 
 
 # The most events one group writes in one transaction: several concurrent requests
@@ -690,10 +701,19 @@ class Ingestor:
     ) -> list[StreamRecord]:
         records = [
             StreamRecord(
-                s.seq, 0, workspace_id, "event", s.profile_id, stream_event(s.event), trace=trace
+                s.seq,
+                0,
+                workspace_id,
+                "event",
+                s.profile_id,
+                stream_event(e, e.properties_json, e.traits_json, e.context_json),
+                trace=trace,
             )
             for s, trace in zip(stored, traces, strict=True)
+            for e in (s.event,)
         ]
+        if not merges:
+            return records  # already in seq order
         trace_of = {s.seq: trace for s, trace in zip(stored, traces, strict=True)}
         subs: dict[int, int] = {}
         for merge in merges:

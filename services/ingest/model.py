@@ -67,6 +67,11 @@ class Event:
     traits: dict[str, Any] | None
     context: dict[str, Any] | None
     identifiers: list[Identifier]
+    # The same three payloads as JSON text (what the client sent when it sent bytes),
+    # encoded once: the events COPY and the stream entry reuse it.
+    properties_json: bytes | None
+    traits_json: bytes | None
+    context_json: bytes | None
 
 
 class Status(Enum):

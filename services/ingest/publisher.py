@@ -109,7 +109,7 @@ def entry_fields(record: StreamRecord) -> dict[str, bytes | str]:
         "workspace_id": record.workspace_id,
         "seq": str(record.seq),
         "profile_id": str(record.profile_id),
-        "event": orjson.dumps(record.event),
+        "event": record.event or b"null",
     }
 
 

@@ -18,10 +18,12 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     String,
+    Text,
     and_,
     any_,
     bindparam,
     case,
+    cast,
     func,
     insert,
     null,
@@ -41,6 +43,7 @@ from services.ingest.ingestor import (
     StreamRecord,
     WritePlan,
     WriteResult,
+    stream_event,
 )
 from services.ingest.tables import STREAM_CURSOR, event_ids, ingest_cursor
 from services.ingest.traits import TraitRow
@@ -81,6 +84,10 @@ EVENT_COLUMNS = (
 
 def _json_text(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
+
+
+def _text(encoded: bytes | None) -> str | None:
+    return None if encoded is None else encoded.decode()
 
 
 def _loads(value: str | None) -> Any:
@@ -227,8 +234,16 @@ class SqlEventStore:
 
         Returns the records and the last seq they cover.
         """
+        # Payloads as JSON text, put into the entries as they are: decoding them here
+        # would turn an integer beyond 64 bits (which jsonb keeps exactly) into a Python
+        # int that orjson cannot encode, and stop the catch-up at that event.
+        payloads = ("properties", "traits", "context")
+        columns = [
+            cast(events.c[name], Text).label(name) if name in payloads else events.c[name]
+            for name in EVENT_COLUMNS
+        ]
         query = (
-            select(*[events.c[name] for name in EVENT_COLUMNS])
+            select(*columns)
             .where(events.c.seq > after_seq, events.c.seq <= up_to)
             .order_by(events.c.seq)
             .limit(limit)
@@ -242,19 +257,7 @@ class SqlEventStore:
                 workspace_id=row.workspace_id,
                 kind="event",
                 profile_id=row.profile_id,
-                event={
-                    "type": row.type,
-                    "name": row.name,
-                    "message_id": row.message_id,
-                    "user_id": row.user_id,
-                    "anonymous_id": row.anonymous_id,
-                    "group_id": row.group_id,
-                    "previous_id": row.previous_id,
-                    "timestamp_us": row.timestamp_us,
-                    "properties": row.properties,
-                    "traits": row.traits,
-                    "context": row.context,
-                },
+                event=stream_event(row, row.properties, row.traits, row.context),
             )
             for row in rows
         ]
@@ -577,9 +580,10 @@ class WriteSession:
                     s.event.previous_id,
                     s.event.timestamp_us,
                     s.received_at_us,
-                    _json_text(s.event.properties),
-                    _json_text(s.event.traits),
-                    _json_text(s.event.context),
+                    # The JSON text validated (as the client sent it), not encoded again.
+                    _text(s.event.properties_json),
+                    _text(s.event.traits_json),
+                    _text(s.event.context_json),
                 )
                 for s in stored
             ]
