@@ -95,6 +95,15 @@ class HotProfile:
     del_traits: list[str]
 
 
+class SeenProfile(NamedTuple):
+    """A profile whose only hot-state change is being seen (most of a batch's: tracks
+    and pages of known people), sent as three numbers instead of a HotProfile."""
+
+    profile_id: int
+    created_at_us: int
+    last_seen_us: int
+
+
 @dataclass
 class HotUpdate:
     """A batch's hot-state changes: merged profiles redirect, then profile updates."""
@@ -102,6 +111,8 @@ class HotUpdate:
     workspace_id: str
     redirects: list[tuple[int, int]]  # (merged profile id, survivor id)
     profiles: list[HotProfile]
+    # Profiles that gained no identifier and changed no trait: last seen only.
+    seen: list[SeenProfile] = field(default_factory=list)
 
 
 # A profile whose traits this batch did not change (shared, never mutated).
@@ -130,7 +141,9 @@ class WriteSession(Protocol):
 
     last_seq: int
     published_seq: int
+    identity_rules: dict[str, Any] | None  # the workspace's stored rules (None: defaults)
 
+    async def suppressed(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]: ...
     async def known_messages(self, message_ids: Sequence[str]) -> dict[str, tuple[int, int]]: ...
     async def identities(self, keys: Sequence[tuple[str, str]]) -> list[IdentityRow]: ...
     async def traits_of(self, profile_ids: Sequence[int]) -> list[TraitRow]: ...
@@ -143,10 +156,6 @@ class WriteSession(Protocol):
 class EventStore(Protocol):
     """Durable storage of events and the identity graph."""
 
-    async def identity_rules(self, workspace_id: str) -> dict[str, Any] | None: ...
-    async def suppressed(
-        self, workspace_id: str, keys: Sequence[tuple[str, str]]
-    ) -> set[tuple[str, str]]: ...
     def locked(self) -> AbstractAsyncContextManager[Any]:
         """Hold the write lock for the block (yields what write_session takes as `held`)."""
         ...
@@ -466,7 +475,21 @@ class Ingestor:
         """
         workspace_id = group.workspace_id
         now_us = self._clock.now_us()
-        rules = IdentityRules.parse(await self._store.identity_rules(workspace_id))
+        # The rules and suppressions are read in the write transaction (the rules with
+        # its first statement): on their own pooled connections they cost a checkout
+        # ping, BEGIN, SELECT and ROLLBACK each, per group.
+        async with self._store.write_session(workspace_id, held) as session:
+            rules = IdentityRules.parse(session.identity_rules)
+            accepted = await self._admissible(session, group, rules)
+            if not accepted:
+                return None
+            return await self._write(session, group, rules, accepted, now_us)
+
+    async def _admissible(
+        self, session: WriteSession, group: _Group, rules: IdentityRules
+    ) -> list[tuple[_Request, Event]]:
+        """The group's events that may be written; blocked and suppressed ones get their
+        REJECTED outcome."""
         # Placeholder ids ("null", "guest", ...) never link; an event with nothing else
         # would otherwise create a profile per event.
         candidates: list[tuple[_Request, Event]] = []
@@ -483,7 +506,7 @@ class Ingestor:
                 else:
                     candidates.append((request, event))
         keys = sorted({i.key for _, e in candidates for i in e.identifiers})
-        suppressed = await self._store.suppressed(workspace_id, keys) if keys else set()
+        suppressed = await session.suppressed(keys) if keys else set()
         accepted: list[tuple[_Request, Event]] = []
         for request, event in candidates:
             hits = [i for i in event.identifiers if i.key in suppressed] if suppressed else None
@@ -497,10 +520,7 @@ class Ingestor:
                 )
             else:
                 accepted.append((request, event))
-        if not accepted:
-            return None
-        async with self._store.write_session(workspace_id, held) as session:
-            return await self._write(session, group, rules, accepted, now_us)
+        return accepted
 
     async def _write(
         self,
@@ -664,11 +684,17 @@ class Ingestor:
         relinked = {final(pid) for pid in graph.new_links.values()}
         relinked.update(final(m.survivor_id) for m in graph.merges)
         profiles: list[HotProfile] = []
+        seen: list[SeenProfile] = []
         for node in graph.nodes.values():
             target = final(node.profile_id)
-            if target not in last_seen:
+            seen_us = last_seen.get(target)
+            if seen_us is None:
                 continue  # loaded for context, untouched by this batch
-            sets, deletes = changed.get(target) or _NO_TRAIT_CHANGES
+            change = changed.get(target)
+            if change is None and target not in relinked:
+                seen.append(SeenProfile(target, node.created_at_us, seen_us))
+                continue
+            sets, deletes = change or _NO_TRAIT_CHANGES
             ids: list[str] = []
             if target in relinked:
                 ids = sorted(f"{t}:{v}" for t, values in node.ids.items() for v in values)
@@ -676,7 +702,7 @@ class Ingestor:
                 HotProfile(
                     profile_id=target,
                     created_at_us=node.created_at_us,
-                    last_seen_us=last_seen.get(target),
+                    last_seen_us=seen_us,
                     ids=ids,
                     set_traits=sets,
                     del_traits=deletes,
@@ -690,7 +716,7 @@ class Ingestor:
         redirects.extend(
             (pid, canonical) for pid, canonical in plan.new_profiles if pid != canonical
         )
-        return HotUpdate(workspace_id, redirects, profiles)
+        return HotUpdate(workspace_id, redirects, profiles, seen)
 
     @staticmethod
     def _records(

@@ -21,7 +21,7 @@ import orjson
 from opentelemetry import context as otel_context
 from redis.asyncio import Redis
 
-from services.ingest.ingestor import HotProfile, HotUpdate, StreamRecord
+from services.ingest.ingestor import HotProfile, HotUpdate, SeenProfile, StreamRecord
 from services.ingest.store import SqlEventStore
 from services.shared import hotstate, streams
 
@@ -69,9 +69,23 @@ for _, u in ipairs(data.u) do
     if u.x or tonumber(u.l) > seen then redis.call('HSET', k .. 'meta', 'last_seen_us', u.l) end
   end
 end
+local t = data.t or {}
+for i = 1, #t, 3 do
+  local k = p .. 'p:' .. t[i] .. ':meta'
+  redis.call('HSETNX', k, 'created_at_us', t[i + 1])
+  local seen = tonumber(redis.call('HGET', k, 'last_seen_us') or '0')
+  if tonumber(t[i + 2]) > seen then redis.call('HSET', k, 'last_seen_us', t[i + 2]) end
+end
 return 1
 """
 
+# ARGV[5] holds the entries back to back, each a header
+# "<seq> <sub> <a> <b> <event bytes> <trace bytes> " followed by the event JSON and the
+# trace fields joined by newlines (W3C header values hold none). An event entry
+# (sub 0) has a = profile id, a merge entry a = survivor and b = merged profile.
+# One pattern match and two substrings per entry: decoding the same entries from one
+# JSON argument took about twice as long in Redis, and building it longer in Python.
+# The fields and their order are entry_fields()'s, which the catch-up publishes.
 _STREAM_SCRIPT = """
 local cursor = redis.call('GET', KEYS[2])
 if cursor == false then
@@ -79,10 +93,46 @@ if cursor == false then
 elseif cursor ~= ARGV[1] then
   return 0
 end
-for _, entry in ipairs(cjson.decode(ARGV[5])) do
-  local args = {'MAXLEN', '~', ARGV[4], entry[1]}
-  for _, item in ipairs(entry[2]) do args[#args + 1] = item end
-  redis.call('XADD', KEYS[1], unpack(args))
+local blob = ARGV[5]
+local ws = ARGV[6]
+local event = {'MAXLEN', '~', ARGV[4], '', 'kind', 'event', 'workspace_id', ws,
+  'seq', '', 'profile_id', '', 'event', ''}
+local merge = {'MAXLEN', '~', ARGV[4], '', 'kind', 'merge', 'workspace_id', ws,
+  'seq', '', 'survivor_id', '', 'merged_id', ''}
+local pos = 1
+local size = #blob
+while pos <= size do
+  local _, stop, seq, sub, a, b, elen, tlen =
+    string.find(blob, '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) ', pos)
+  elen = tonumber(elen)
+  tlen = tonumber(tlen)
+  local args = event
+  if sub == '0' then
+    args[14] = string.sub(blob, stop + 1, stop + elen)
+  else
+    args = merge
+    args[14] = b
+  end
+  args[4] = seq .. '-' .. sub
+  args[10] = seq
+  args[12] = a
+  local n = 14
+  if tlen > 0 then
+    local trace = string.sub(blob, stop + elen + 1, stop + elen + tlen)
+    local from = 1
+    while true do
+      local cut = string.find(trace, '\\n', from, true)
+      n = n + 1
+      if not cut then
+        args[n] = string.sub(trace, from)
+        break
+      end
+      args[n] = string.sub(trace, from, cut - 1)
+      from = cut + 1
+    end
+  end
+  redis.call('XADD', KEYS[1], unpack(args, 1, n))
+  pos = stop + elen + tlen + 1
 end
 redis.call('SET', KEYS[2], ARGV[2])
 return 1
@@ -113,7 +163,12 @@ def entry_fields(record: StreamRecord) -> dict[str, bytes | str]:
     }
 
 
-def _hot_payload(profiles: list[HotProfile], redirects: list[tuple[int, int]], replace: bool):  # type: ignore[no-untyped-def]
+def _hot_payload(  # type: ignore[no-untyped-def]
+    profiles: list[HotProfile],
+    redirects: list[tuple[int, int]],
+    replace: bool,
+    seen: list[SeenProfile] | None = None,
+):
     # Numbers travel as strings: Lua's cjson would round 16-digit microseconds.
     updates: list[dict[str, Any]] = []
     for profile in profiles:
@@ -130,7 +185,32 @@ def _hot_payload(profiles: list[HotProfile], redirects: list[tuple[int, int]], r
         if profile.last_seen_us is not None:
             update["l"] = str(profile.last_seen_us)
         updates.append(update)
-    return orjson.dumps({"r": [[str(a), str(b)] for a, b in redirects], "u": updates})
+    # Seen-only profiles as one flat list (id, created, last seen, ...): most of a
+    # batch, and a Lua table per profile cost more to decode than the work it asks.
+    flat = [str(number) for profile in seen or () for number in profile]
+    return orjson.dumps({"r": [[str(a), str(b)] for a, b in redirects], "u": updates, "t": flat})
+
+
+def _entries(records: list[StreamRecord]) -> bytes:
+    """The stream script's ARGV[5]: every record's header, event JSON and trace."""
+    traces: dict[tuple[str, ...], bytes] = {}
+    parts: list[bytes] = []
+    for record in records:
+        trace = traces.get(record.trace)
+        if trace is None:
+            trace = traces[record.trace] = "\n".join(record.trace).encode()
+        if record.sub == 0:
+            event = record.event or b"null"
+            parts.append(
+                b"%d 0 %d 0 %d %d %b%b"
+                % (record.seq, record.profile_id, len(event), len(trace), event, trace)
+            )
+        else:
+            parts.append(
+                b"%d %d %d %d 0 %d %b"
+                % (record.seq, record.sub, record.survivor_id, record.merged_id, len(trace), trace)
+            )
+    return b"".join(parts)
 
 
 class RedisPublisher:
@@ -164,30 +244,25 @@ class RedisPublisher:
         Returns False when the stream cursor is not at `prev_seq` (an earlier batch's
         entries are missing): the entries are then left to the catch-up loop.
         """
-        # The entries travel as one JSON argument: redis-py packs each argument in
-        # Python, and a batch's ~6,000 separate arguments cost ~12 ms (measured).
-        # Each entry carries the trace context of the request that sent its event.
-        entries = []
-        for record in records:
-            flat: list[str] = []
-            for name, value in entry_fields(record).items():
-                flat.append(name)
-                flat.append(value.decode() if isinstance(value, bytes) else value)
-            flat.extend(record.trace)
-            entries.append((entry_id(record), flat))
+        if any(record.workspace_id != hot.workspace_id for record in records):
+            raise ValueError("a batch's stream records belong to its one workspace")
+        # The entries travel as one argument: redis-py packs each argument in Python,
+        # and a batch's ~6,000 separate arguments cost ~12 ms (measured). Each entry
+        # carries the trace context of the request that sent its event.
         args: list[bytes | str | int] = [
             prev_seq,
             last_seq,
             published_seq,
             self._maxlen,
-            orjson.dumps(entries),
+            _entries(records),
+            hot.workspace_id,
         ]
         async with self._redis.pipeline(transaction=False) as pipe:
-            if hot.profiles or hot.redirects:
+            if hot.profiles or hot.redirects or hot.seen:
                 prefix = hotstate.workspace_prefix(hot.workspace_id)
                 await self._hot(
                     keys=[prefix],
-                    args=[_hot_payload(hot.profiles, hot.redirects, False)],
+                    args=[_hot_payload(hot.profiles, hot.redirects, False, hot.seen)],
                     client=pipe,
                 )
             await self._stream(keys=[STREAM_KEY, CURSOR_KEY], args=args, client=pipe)

@@ -143,24 +143,6 @@ class SqlEventStore:
         self._postgres = is_postgres(engine)
         self._local_lock = asyncio.Lock()
 
-    async def identity_rules(self, workspace_id: str) -> dict[str, Any] | None:
-        """The workspace's identity rules JSON (None: defaults)."""
-        query = select(workspaces.c.identity_rules).where(workspaces.c.workspace_id == workspace_id)
-        async with self._engine.connect() as connection:
-            return (await connection.execute(query)).scalar()
-
-    async def suppressed(
-        self, workspace_id: str, keys: Sequence[tuple[str, str]]
-    ) -> set[tuple[str, str]]:
-        """Which of `keys` are actively suppressed (erased people), in one query."""
-        query = select(suppressions.c.id_type, suppressions.c.id_value).where(
-            suppressions.c.workspace_id == workspace_id,
-            suppressions.c.active.is_(True),
-            _keys_match(suppressions.c.id_type, suppressions.c.id_value, keys, self._postgres),
-        )
-        async with self._engine.connect() as connection:
-            return {(row[0], row[1]) for row in await connection.execute(query)}
-
     @asynccontextmanager
     async def locked(self) -> AsyncIterator[AsyncConnection]:
         """A connection holding the ingest write lock until the block ends."""
@@ -366,9 +348,24 @@ class WriteSession:
         self._postgres = store._postgres
         self.last_seq = 0
         self.published_seq = 0
+        self.identity_rules: dict[str, Any] | None = None
 
     async def start(self) -> None:
+        """Begin the transaction; read the stream cursor and the workspace's rules."""
         self.last_seq, self.published_seq = await self._store.cursor(self._connection)
+        query = select(workspaces.c.identity_rules).where(
+            workspaces.c.workspace_id == self._workspace_id
+        )
+        self.identity_rules = (await self._connection.execute(query)).scalar()
+
+    async def suppressed(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of `keys` are actively suppressed (erased people), in one query."""
+        query = select(suppressions.c.id_type, suppressions.c.id_value).where(
+            suppressions.c.workspace_id == self._workspace_id,
+            suppressions.c.active.is_(True),
+            _keys_match(suppressions.c.id_type, suppressions.c.id_value, keys, self._postgres),
+        )
+        return {(row[0], row[1]) for row in await self._connection.execute(query)}
 
     async def known_messages(self, message_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """message_id -> (seq, profile_id) for ids this workspace already accepted."""
@@ -666,13 +663,36 @@ class PgWriteSession(WriteSession):
     number of round trips and no per-row parameter processing in Python."""
 
     async def start(self) -> None:
-        await super().start()  # begins SQLAlchemy's transaction on this connection
+        """Begin the transaction; read the cursor and the rules in one statement."""
+        await self._connection.begin()  # SQLAlchemy's transaction on this connection
         raw = await self._connection.get_raw_connection()
         self._raw: Any = raw.driver_connection
         # asyncpg prepares these statements once per connection; a generic plan cached
         # while the tables were tiny would keep scanning them as they grow. Planning
         # each execution costs well under a millisecond and follows the table sizes.
-        await self._raw.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        # (set_config(..., true) is SET LOCAL, here in the same round trip.)
+        row = await self._raw.fetchrow(
+            "SELECT c.last_seq, c.published_seq,"
+            " (SELECT identity_rules::text FROM workspaces WHERE workspace_id = $2),"
+            " set_config('plan_cache_mode', 'force_custom_plan', true)"
+            " FROM ingest_cursor c WHERE c.stream = $1",
+            STREAM_CURSOR,
+            self._workspace_id,
+        )
+        self.last_seq, self.published_seq = row[0], row[1]
+        self.identity_rules = _loads(row[2])
+
+    async def suppressed(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of `keys` are actively suppressed (erased people): one probe per key."""
+        rows = await self._raw.fetch(
+            f"SELECT k.t, k.v FROM {_json_rows('$2', '$3')} AS k(t, v) CROSS JOIN LATERAL"
+            " (SELECT 1 FROM suppressions WHERE workspace_id = $1 AND id_type = k.t"
+            " AND id_value = k.v AND active OFFSET 0) s",
+            self._workspace_id,
+            _list([k[0] for k in keys]),
+            _list([k[1] for k in keys]),
+        )
+        return {(row[0], row[1]) for row in rows}
 
     async def known_messages(self, message_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """message_id -> (seq, profile_id) for ids this workspace already accepted."""

@@ -1,16 +1,19 @@
-"""Payload JSON is encoded once: the text a client sent is what the events COPY stores
-and what the stream entry carries. The stored values, and the entries a catch-up
-rebuilds from Postgres, must equal what the request path published."""
+"""What reaches the event stream. Payload JSON is encoded once: the text a client sent
+is what the events COPY stores and what the stream entry carries; the stored values,
+and the entries a catch-up rebuilds from Postgres, must equal what the request path
+published. The request path's entries are exactly the catch-up's fields plus the
+trace context of the request."""
 
 import json
 
 import orjson
 import pytest
 
-from services.ingest.ingestor import Ingestor
+from services.ingest.ingestor import HotUpdate, Ingestor, SeenProfile, StreamRecord
 from services.ingest.model import RawEvent, Status
 from services.ingest.publisher import RedisPublisher, entry_fields
 from services.ingest.store import SqlEventStore
+from services.shared import hotstate
 from tests.integration.ingest.support import NOW_US, stored_events, stream_entries
 
 pytestmark = pytest.mark.integration
@@ -96,3 +99,54 @@ async def test_stored_and_published_payloads_equal_the_sent_ones_and_catch_up(  
         str(r.seq): orjson.loads(entry_fields(r)["event"]) for r in records if r.kind == "event"
     }
     assert rebuilt == published
+
+
+async def test_request_path_entries_are_entry_fields_plus_their_trace(  # type: ignore[no-untyped-def]
+    resources,
+) -> None:
+    """The stream script rebuilds each entry from a compact argument; it must write
+    exactly the fields entry_fields() gives the catch-up, then the record's trace."""
+    ws = "ws_entries"
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    traces = [
+        ("traceparent", parent),
+        ("traceparent", parent, "tracestate", "congo=t61rcWkgMzE, rojo=00f067aa0ba902b7"),
+        (),
+        ("traceparent", parent, "tracestate", ""),
+    ]
+    payload = orjson.dumps({"type": "track", "properties": {"q": 'a "b" \\ c\n'}})
+    records = [
+        StreamRecord(11, 0, ws, "event", 7, payload, trace=traces[0]),
+        StreamRecord(11, 1, ws, "merge", survivor_id=3, merged_id=7, trace=traces[0]),
+        StreamRecord(11, 2, ws, "merge", survivor_id=3, merged_id=9, trace=traces[0]),
+        StreamRecord(12, 0, ws, "event", 3, b"{}", trace=traces[1]),
+        StreamRecord(13, 0, ws, "event", 12345678901234, payload, trace=traces[2]),
+        StreamRecord(14, 0, ws, "event", 3, payload, trace=traces[3]),
+    ]
+    publisher = RedisPublisher(resources.redis)
+    hot = HotUpdate(ws, [], [], [SeenProfile(3, NOW_US - 10, NOW_US)])
+    assert await publisher.apply(10, 14, 10, hot, records)
+
+    def text(value):  # type: ignore[no-untyped-def]
+        return value.decode() if isinstance(value, bytes) else value
+
+    expected = [
+        (
+            f"{r.seq}-{r.sub}",
+            {
+                **{k: text(v) for k, v in entry_fields(r).items()},
+                **dict(zip(r.trace[::2], r.trace[1::2], strict=True)),
+            },
+        )
+        for r in records
+    ]
+    assert await stream_entries(resources.redis) == expected
+    # The seen-only profile's meta, sent as plain numbers.
+    meta = await resources.redis.hgetall(hotstate.profile_key(ws, 3, "meta"))
+    assert meta == {b"created_at_us": b"%d" % (NOW_US - 10), b"last_seen_us": b"%d" % NOW_US}
+    older = HotUpdate(ws, [], [], [SeenProfile(3, NOW_US - 99, NOW_US - 1)])
+    assert await publisher.apply(14, 14, 10, older, [])
+    assert await resources.redis.hgetall(hotstate.profile_key(ws, 3, "meta")) == meta
+    # A batch for another workspace than its hot update's is refused, not mixed up.
+    with pytest.raises(ValueError):
+        await publisher.apply(14, 15, 10, HotUpdate("ws_other", [], []), records[-1:])
