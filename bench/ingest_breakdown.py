@@ -67,8 +67,6 @@ async def main() -> None:
     for method in ("fetch", "execute", "copy_records_to_table"):
         timed(asyncpg.Connection, method)
     timed(RedisPublisher, "apply", "Redis update (hot state + stream, one round trip)")
-    timed(SqlEventStore, "identity_rules", "identity rules (own connection)")
-    timed(SqlEventStore, "suppressed", "suppressed identifiers (own connection)")
 
     url = await create_database()
     engine = create_engine(url)

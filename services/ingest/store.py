@@ -664,23 +664,28 @@ class PgWriteSession(WriteSession):
 
     async def start(self) -> None:
         """Begin the transaction; read the cursor and the rules in one statement."""
-        await self._connection.begin()  # SQLAlchemy's transaction on this connection
+        # Through SQLAlchemy, not the raw connection: its asyncpg adapter issues BEGIN
+        # lazily, before the first statement it runs itself. Statements sent on the raw
+        # connection before that would each commit on their own.
+        # asyncpg prepares the later statements once per connection; a generic plan
+        # cached while the tables were tiny would keep scanning them as they grow.
+        # Planning each execution costs well under a millisecond and follows the table
+        # sizes. (set_config(..., true) is SET LOCAL, here in the same round trip.)
+        row = (
+            await self._connection.execute(
+                text(
+                    "SELECT c.last_seq, c.published_seq,"
+                    " (SELECT identity_rules::text FROM workspaces WHERE workspace_id = :ws),"
+                    " set_config('plan_cache_mode', 'force_custom_plan', true)"
+                    " FROM ingest_cursor c WHERE c.stream = :stream"
+                ),
+                {"ws": self._workspace_id, "stream": STREAM_CURSOR},
+            )
+        ).one()
+        self.last_seq, self.published_seq = int(row[0]), int(row[1])
+        self.identity_rules = _loads(row[2])
         raw = await self._connection.get_raw_connection()
         self._raw: Any = raw.driver_connection
-        # asyncpg prepares these statements once per connection; a generic plan cached
-        # while the tables were tiny would keep scanning them as they grow. Planning
-        # each execution costs well under a millisecond and follows the table sizes.
-        # (set_config(..., true) is SET LOCAL, here in the same round trip.)
-        row = await self._raw.fetchrow(
-            "SELECT c.last_seq, c.published_seq,"
-            " (SELECT identity_rules::text FROM workspaces WHERE workspace_id = $2),"
-            " set_config('plan_cache_mode', 'force_custom_plan', true)"
-            " FROM ingest_cursor c WHERE c.stream = $1",
-            STREAM_CURSOR,
-            self._workspace_id,
-        )
-        self.last_seq, self.published_seq = row[0], row[1]
-        self.identity_rules = _loads(row[2])
 
     async def suppressed(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of `keys` are actively suppressed (erased people): one probe per key."""
