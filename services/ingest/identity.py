@@ -13,7 +13,7 @@ loaded once per batch, so resolution costs no query per event.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -165,6 +165,11 @@ class IdentityRow(NamedTuple):
     last_seen_us: int | None
 
 
+# A stored identifier as a store returns it: an IdentityRow, or a row of the same five
+# fields in the same order (asyncpg's records, not copied into IdentityRows).
+IdentityRecord = IdentityRow | Sequence[Any]
+
+
 class IdentityGraph:
     """The slice of a workspace's identity graph one batch touches, resolved in memory."""
 
@@ -179,15 +184,21 @@ class IdentityGraph:
         self.new_links: dict[tuple[str, str], int] = {}  # identifiers first linked here
         self._next_new = -1
 
-    def load(self, rows: Iterable[IdentityRow]) -> None:
-        """Add stored identifiers (and their profiles) to the view."""
-        for row in rows:
-            node = self.nodes.get(row.profile_id)
+    def load(self, rows: Iterable[IdentityRecord]) -> None:
+        """Add stored identifiers (and their profiles) to the view: IdentityRows, or
+        any rows of the same five fields in that order (a group loads thousands)."""
+        nodes = self.nodes
+        owner = self.owner
+        for id_type, id_value, profile_id, created_at_us, last_seen_us in rows:
+            node = nodes.get(profile_id)
             if node is None:
-                node = ProfileNode(row.profile_id, row.created_at_us, row.last_seen_us)
-                self.nodes[row.profile_id] = node
-            node.ids.setdefault(row.id_type, set()).add(row.id_value)
-            self.owner[(row.id_type, row.id_value)] = row.profile_id
+                node = nodes[profile_id] = ProfileNode(profile_id, created_at_us, last_seen_us)
+            values = node.ids.get(id_type)
+            if values is None:
+                node.ids[id_type] = {id_value}
+            else:
+                values.add(id_value)
+            owner[(id_type, id_value)] = profile_id
 
     def usable(self, event: Event) -> list[Identifier]:
         """The event's identifiers that may link, most important first (one per key)."""

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 
-from services.ingest.identity import IdentityGraph, IdentityRow, IdentityRules
+from services.ingest.identity import IdentityGraph, IdentityRecord, IdentityRules
 from services.ingest.model import BatchOutcome, Event, Outcome, RawEvent, Status, Violation
 from services.ingest.traits import TraitRow, winners
 from services.ingest.validation import validate
@@ -145,7 +145,9 @@ class WriteSession(Protocol):
 
     async def suppressed(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]: ...
     async def known_messages(self, message_ids: Sequence[str]) -> dict[str, tuple[int, int]]: ...
-    async def identities(self, keys: Sequence[tuple[str, str]]) -> list[IdentityRow]: ...
+    async def identities(
+        self, keys: Sequence[tuple[str, str]], holder_keys: Sequence[tuple[str, str]] = ()
+    ) -> list[IdentityRecord]: ...
     async def traits_of(self, profile_ids: Sequence[int]) -> list[TraitRow]: ...
     async def allocate_seqs(self, count: int) -> list[int]: ...
     async def allocate_profiles(self, count: int) -> list[int]: ...
@@ -551,12 +553,25 @@ class Ingestor:
         events = [event for _, event in fresh]
 
         graph = IdentityGraph(rules, now_us)
-        lookup: set[tuple[str, str]] = {i.key for e in events for i in e.identifiers}
+        # An event whose only identifier is a stored one resolves to its holder without
+        # looking at the holder's other identifiers (nothing to attach, no merge, no
+        # limit to check), so for those keys only the holder is loaded: most of a
+        # returning-users group (a known user's track) is one key of a profile that
+        # holds three. Every profile an event with two or more identifiers (or an
+        # alias) can link or merge holds one of that event's keys, and is loaded whole.
+        lookup: set[tuple[str, str]] = set()
+        holder_only: set[tuple[str, str]] = set()
         for event in events:
+            ids = event.identifiers
+            if len(ids) == 1 and not event.previous_id:
+                holder_only.add(ids[0].key)
+                continue
+            lookup.update(i.key for i in ids)
             if event.previous_id:
                 lookup.add(("user_id", event.previous_id))
                 lookup.add(("anonymous_id", event.previous_id))
-        graph.load(await session.identities(sorted(lookup)))
+        holder_only -= lookup
+        graph.load(await session.identities(sorted(lookup), sorted(holder_only)))
         # Merges record the event's position in `events` (requests' indexes repeat).
         attributed = [graph.resolve(event, position) for position, event in enumerate(events)]
 

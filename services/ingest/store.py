@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.ingest.identity import IdentityRow
+from services.ingest.identity import IdentityRecord, IdentityRow
 from services.ingest.ingestor import (
     HotProfile,
     StoredEvent,
@@ -375,8 +375,12 @@ class WriteSession:
         )
         return {row[0]: (int(row[1]), int(row[2])) for row in await self._connection.execute(query)}
 
-    async def identities(self, keys: Sequence[tuple[str, str]]) -> list[IdentityRow]:
-        """Every identifier of the live profiles that hold any of `keys`."""
+    async def identities(
+        self, keys: Sequence[tuple[str, str]], holder_keys: Sequence[tuple[str, str]] = ()
+    ) -> list[IdentityRecord]:
+        """Every identifier of the live profiles that hold any of `keys`; of those
+        holding one of `holder_keys`, at least that key (here: every identifier too)."""
+        keys = [*keys, *holder_keys]
         if not keys:
             return []
         holders = list(
@@ -711,9 +715,13 @@ class PgWriteSession(WriteSession):
         )
         return {row[0]: (row[1], row[2]) for row in rows}
 
-    async def identities(self, keys: Sequence[tuple[str, str]]) -> list[IdentityRow]:
-        """Every identifier of the live profiles that hold any of `keys` (one statement)."""
-        if not keys:
+    async def identities(
+        self, keys: Sequence[tuple[str, str]], holder_keys: Sequence[tuple[str, str]] = ()
+    ) -> list[IdentityRecord]:
+        """Every identifier of the live profiles that hold any of `keys`, and each of
+        `holder_keys` with its live holder (not the holder's other identifiers), in one
+        statement."""
+        if not keys and not holder_keys:
             return []
         # One index probe per key: a LATERAL subquery per unnest() row, kept from being
         # flattened by OFFSET 0. Otherwise, with stale statistics (a growing table), the
@@ -732,12 +740,22 @@ class PgWriteSession(WriteSession):
             " (SELECT created_at_us, last_seen_us FROM profiles WHERE profile_id = h.profile_id"
             " AND deleted_at_us IS NULL AND canonical_id = profile_id OFFSET 0) p"
             " CROSS JOIN LATERAL (SELECT id_type, id_value, profile_id FROM identities"
-            " WHERE profile_id = h.profile_id OFFSET 0) i",
+            " WHERE profile_id = h.profile_id OFFSET 0) i"
+            " UNION ALL"
+            " SELECT k.t, k.v, h.profile_id, p.created_at_us, p.last_seen_us"
+            f" FROM {_json_rows('$4', '$5')} AS k(t, v) CROSS JOIN LATERAL"
+            " (SELECT profile_id FROM identities WHERE workspace_id = $1"
+            " AND id_type = k.t AND id_value = k.v OFFSET 0) h CROSS JOIN LATERAL"
+            " (SELECT created_at_us, last_seen_us FROM profiles WHERE profile_id = h.profile_id"
+            " AND deleted_at_us IS NULL AND canonical_id = profile_id OFFSET 0) p",
             self._workspace_id,
             _list([k[0] for k in keys]),
             _list([k[1] for k in keys]),
+            _list([k[0] for k in holder_keys]),
+            _list([k[1] for k in holder_keys]),
         )
-        return [IdentityRow(*row) for row in rows]
+        # asyncpg's records as they are: IdentityGraph.load unpacks them like tuples.
+        return rows  # type: ignore[no-any-return]
 
     async def traits_of(self, profile_ids: Sequence[int]) -> list[TraitRow]:
         """Stored trait rows (tombstones included) of profiles."""

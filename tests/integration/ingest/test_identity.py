@@ -12,6 +12,7 @@ from tests.integration.ingest.support import (
     canonical_of,
     event,
     hot_traits,
+    hot_view,
     profile_views,
     stored_events,
     stream_entries,
@@ -246,3 +247,33 @@ async def test_bad_identity_rules_are_rejected_and_change_nothing(
         **await resources.keys.get_workspace(workspace.workspace_id),
         "identity_rules": None,
     }
+
+
+async def test_a_known_profile_seen_by_one_key_and_linked_in_the_same_batch(
+    stub, resources, workspace
+) -> None:  # type: ignore[no-untyped-def]
+    """A group loads only the holder for an event whose one identifier is stored; a
+    profile that another event of the group may link or merge must still be known
+    with all its identifiers, or the limits are checked against part of them."""
+    ws = workspace.workspace_id
+    email = {"email": "E@x.io"}
+    await send(
+        stub,
+        workspace,
+        event("identify", "s1", user_id="u1", anonymous_id="a1", at_us=T, traits=email),
+        event("identify", "s2", user_id="u2", at_us=T),
+    )
+    await send(
+        stub,
+        workspace,
+        event("track", "b1", anonymous_id="a1", at_us=T + 1),
+        # a1's profile holds user u1, which no event of this batch names: u2 cannot
+        # join it (one user_id each), so a1 stays where it is.
+        event("identify", "b2", user_id="u2", anonymous_id="a1", at_us=T + 2),
+        event("track", "b3", user_id="u2", at_us=T + 3),
+        event("identify", "b4", anonymous_id="a1", at_us=T + 4, context={"device": {"id": "d1"}}),
+    )
+    first = frozenset({"user_id:u1", "anonymous_id:a1", "email:e@x.io", "device_id:d1"})
+    second = frozenset({"user_id:u2"})
+    assert set(await profile_views(resources.engine, ws)) == {first, second}
+    assert set(await hot_view(resources.redis, ws)) == {first, second}
