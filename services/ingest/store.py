@@ -827,14 +827,12 @@ class PgWriteSession(WriteSession):
                 _list([link[2] for link in links]),
             )
         stored = plan.events
-        await raw.execute(
-            "INSERT INTO event_ids (workspace_id, message_id, seq, profile_id)"
-            " SELECT $1, m, s::bigint, p::bigint"
-            f" FROM {_json_rows('$2', '$3', '$4')} AS u(m, s, p)",
-            ws,
-            _list([s.event.message_id for s in stored]),
-            _list([s.seq for s in stored]),
-            _list([s.profile_id for s in stored]),
+        # COPY, like events: the duplicate check above ran under the write lock, so a
+        # conflict here is an error that fails the group, as the INSERT's would.
+        await raw.copy_records_to_table(
+            "event_ids",
+            records=[(ws, s.event.message_id, s.seq, s.profile_id) for s in stored],
+            columns=("workspace_id", "message_id", "seq", "profile_id"),
         )
         await self._insert_events(ws, stored)
         if plan.drop_traits_of:
