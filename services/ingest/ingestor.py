@@ -16,6 +16,7 @@ the client's acknowledgement only ever follows the commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -227,6 +228,9 @@ MAX_GROUP_EVENTS = 4000
 # The most groups the writer writes under one hold of the write lock before letting
 # go: the catch-up loop (and another ingest process) needs the lock now and then.
 MAX_GROUPS_PER_HOLD = 8
+# Work that overlaps a group's statements hands the loop back this often (events), so
+# the statements wait at most about a millisecond of it each.
+_YIELD_EVERY = 250
 
 
 @dataclass
@@ -634,10 +638,57 @@ class Ingestor:
             last_seq=max(session.last_seq, seqs[-1]),
         )
         prev_seq, published_seq = session.last_seq, session.published_seq
-        result = await session.write(plan)
-        await session.commit()
+        # The statements and the commit run as a task, so that the Python needing
+        # nothing from them (stream records, the callers' outcomes) runs while Postgres
+        # works instead of after it. Outcomes set before the commit are only read once
+        # the caller is answered, which follows the commit; a group that fails is
+        # written again request by request, which sets them anew.
+        writing = asyncio.ensure_future(self._store_plan(session, plan))
+        try:
+            traces = [request.trace for request, _ in fresh]
+            records = await self._records(workspace_id, stored, traces, merges)
+            await asyncio.sleep(0)
+            self._set_outcomes(fresh, stored, duplicates)
+        except BaseException:
+            writing.cancel()
+            with contextlib.suppress(BaseException):
+                await writing
+            raise
+        result = await writing
         group.committed = True
 
+        async def publish() -> bool:
+            # Built here, not before returning: this Python runs while the writer
+            # waits on the next group's Postgres statements.
+            hot = self._hot_update(workspace_id, graph, final, last_seen, result, plan)
+            try:
+                published = await self._publisher.apply(
+                    prev_seq, plan.last_seq, published_seq, hot, records
+                )
+            except Exception:
+                # Committed is acknowledged: the catch-up loop republishes from the cursor.
+                log.exception("hot state / stream update failed after commit; catching up")
+                published = False
+            if not published:
+                self._publisher.wake()  # the stream is behind: catch up from the store
+            return published
+
+        return publish
+
+    @staticmethod
+    async def _store_plan(session: WriteSession, plan: WritePlan) -> WriteResult:
+        result = await session.write(plan)
+        await session.commit()
+        return result
+
+    @staticmethod
+    def _set_outcomes(
+        fresh: list[tuple[_Request, Event]],
+        stored: list[StoredEvent],
+        duplicates: list[tuple[_Request, Event]],
+    ) -> None:
+        """ACCEPTED for the written events, DUPLICATE (of the group's first copy) for
+        repeats within the group."""
         for (request, event), item in zip(fresh, stored, strict=True):
             request.outcomes[event.index] = Outcome(
                 event.index,
@@ -656,26 +707,6 @@ class Ingestor:
                 seq=original.seq,
                 profile_id=original.profile_id,
             )
-
-        async def publish() -> bool:
-            # Built here, not before returning: this Python runs while the writer
-            # waits on the next group's Postgres statements.
-            hot = self._hot_update(workspace_id, graph, final, last_seen, result, plan)
-            traces = [request.trace for request, _ in fresh]
-            records = self._records(workspace_id, stored, traces, merges)
-            try:
-                published = await self._publisher.apply(
-                    prev_seq, plan.last_seq, published_seq, hot, records
-                )
-            except Exception:
-                # Committed is acknowledged: the catch-up loop republishes from the cursor.
-                log.exception("hot state / stream update failed after commit; catching up")
-                published = False
-            if not published:
-                self._publisher.wake()  # the stream is behind: catch up from the store
-            return published
-
-        return publish
 
     @staticmethod
     def _hot_update(
@@ -734,25 +765,32 @@ class Ingestor:
         return HotUpdate(workspace_id, redirects, profiles, seen)
 
     @staticmethod
-    def _records(
+    async def _records(
         workspace_id: str,
         stored: list[StoredEvent],
         traces: list[tuple[str, ...]],
         merges: list[MergeRecord],
     ) -> list[StreamRecord]:
-        records = [
-            StreamRecord(
-                s.seq,
-                0,
-                workspace_id,
-                "event",
-                s.profile_id,
-                stream_event(e, e.properties_json, e.traits_json, e.context_json),
-                trace=trace,
+        """The group's stream records in stream order. Built while the group's
+        statements are in flight: it yields to the loop every _YIELD_EVERY events so
+        the writing task sends its next statement as soon as the last one is done."""
+        records: list[StreamRecord] = []
+        for start in range(0, len(stored), _YIELD_EVERY):
+            await asyncio.sleep(0)
+            end = start + _YIELD_EVERY
+            records.extend(
+                StreamRecord(
+                    s.seq,
+                    0,
+                    workspace_id,
+                    "event",
+                    s.profile_id,
+                    stream_event(e, e.properties_json, e.traits_json, e.context_json),
+                    trace=trace,
+                )
+                for s, trace in zip(stored[start:end], traces[start:end], strict=True)
+                for e in (s.event,)
             )
-            for s, trace in zip(stored, traces, strict=True)
-            for e in (s.event,)
-        ]
         if not merges:
             return records  # already in seq order
         trace_of = {s.seq: trace for s, trace in zip(stored, traces, strict=True)}
