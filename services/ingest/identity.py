@@ -202,6 +202,10 @@ class IdentityGraph:
 
     def usable(self, event: Event) -> list[Identifier]:
         """The event's identifiers that may link, most important first (one per key)."""
+        if len(event.identifiers) == 1 and not event.previous_id:
+            # Most events (a track with one id): nothing to order or deduplicate.
+            (only,) = event.identifiers
+            return [] if self.rules.is_blocked(only.value) else [only]
         found = [i for i in event.identifiers if not self.rules.is_blocked(i.value)]
         if event.previous_id and not self.rules.is_blocked(event.previous_id):
             # Alias: previous_id is a user_id already known as one, else an anonymous id.
