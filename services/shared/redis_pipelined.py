@@ -7,7 +7,7 @@ gRPC echo costs per call; the same command on one pipelined connection cost ~50 
 because many replies arrive in one read (docs/benchmarks.md, "Profile").
 
 Callers write their packed command (hiredis packs it) onto the one connection and get
-a future; the protocol's data callback feeds the bytes to a hiredis reader and
+a future (the commands written in one pass of the event loop go out in one send); the protocol's data callback feeds the bytes to a hiredis reader and
 resolves the futures in FIFO order, which is the order Redis answers a connection's
 commands in. There is no pool, no reader task and no per-reply coroutine.
 
@@ -45,6 +45,9 @@ class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self._reader = hiredis.Reader()
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # Commands written since the last flush: sent together once the callers of
+        # this event-loop pass have all written (see call).
+        self._unsent: list[bytes] = []
         self._transport: asyncio.Transport | None = None
         self.lost: RedisConnectionError | None = None
 
@@ -90,9 +93,20 @@ class _Protocol(asyncio.Protocol):
             future.set_exception(RedisConnectionError(*reason))
             return future
         self._waiting.append(future)
-        assert self._transport is not None
-        self._transport.write(packed)
+        # Sent at the end of this pass of the event loop, with every other command
+        # written in it: one send for the server and one read for Redis instead of
+        # one each per command, and Redis answers them with one write.
+        if not self._unsent:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._unsent.append(packed)
         return future
+
+    def _flush(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        # Lost meanwhile: connection_lost has failed their futures already.
+        if self.usable:
+            assert self._transport is not None
+            self._transport.write(b"".join(unsent))
 
     def close(self) -> None:
         if self._transport is not None:
