@@ -1,7 +1,7 @@
 """The pipelined Redis connection against a real Redis: concurrent callers get their
 own replies, the commands of one event-loop pass go out in one send, cancelled callers
-and error replies leave it in step, a killed connection fails the callers in flight
-and the next call reconnects."""
+and error replies leave it in step, a killed connection or an overdue reply fails the
+callers in flight and the next call reconnects."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as redis_asyncio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.shared.redis_pipelined import PipelinedConnection, create_pipelined
 
@@ -124,6 +125,29 @@ async def test_a_killed_connection_fails_callers_in_flight_and_the_next_call_rec
             await call
     assert await pipelined.execute("GET", "a") == b"A"
     assert await pipelined.execute("CLIENT", "ID") != client_id
+
+
+async def test_an_overdue_reply_fails_the_callers_in_flight_and_the_next_call_reconnects(  # type: ignore[no-untyped-def]
+    redis_url, redis
+) -> None:
+    pipelined = create_pipelined(redis_url, reply_timeout=0.3)
+    assert pipelined is not None
+    await redis.set("a", "A")
+    await pipelined.execute("PING")
+    # Redis stops answering every client but this one for a while, as a stuck Redis would.
+    await redis.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+    try:
+        calls = [asyncio.ensure_future(pipelined.execute("GET", "a")) for _ in range(3)]
+        started_at = asyncio.get_running_loop().time()
+        for call in calls:
+            with pytest.raises(RedisTimeoutError):
+                await call
+        waited = asyncio.get_running_loop().time() - started_at
+        assert 0.25 <= waited < 2.5  # the reply timeout, not the pause
+    finally:
+        await redis.execute_command("CLIENT", "UNPAUSE")
+    assert await pipelined.execute("GET", "a") == b"A"
+    pipelined.close()
 
 
 async def test_an_unreachable_redis_is_a_connection_error() -> None:
