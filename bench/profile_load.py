@@ -12,9 +12,14 @@ services' pipelined connection (transport plus one round trip: the floor for any
 server that answers from Redis), and the same Lua read issued straight from redis-py
 (the storage limit). For every server process it also reports the CPU time the server
 spent per call (from /proc, warm-up calls included), which moves much less with other
-work on a shared machine than throughput does, and Redis's CPU per call. With
-`--cap N` it also runs 1 and 2 processes each capped at N CPUs (a cgroup; root), to
-show SO_REUSEPORT scaling on a machine without a spare core per process. Redis db 12
+work on a shared machine than throughput does, and Redis's CPU per call. The one-
+process GetProfile runs come twice: "cold", every profile's wire cache emptied before
+the run, so each read encodes the profile (its first read after a write), and warm,
+after a pass that read each of the 100,000 requested profiles once, so each read is
+served from the cache (a profile read again before anything it shows changed); the
+later runs are warm. With `--cap N` it also runs 1 and 2 processes each capped at N
+CPUs (a cgroup; root), to show SO_REUSEPORT scaling on a machine without a spare core
+per process. Redis db 12
 is flushed and the bench database dropped afterwards.
 """
 
@@ -56,7 +61,12 @@ CHANNELS = 8  # separate connections, so SO_REUSEPORT can spread them over proce
 SCALING_CHANNELS = 32
 CGROUP_V2 = Path("/sys/fs/cgroup")
 CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
-REQUEST_POOL = 20_000
+# Distinct profiles the load generator asks for (fewer when there are fewer profiles):
+# more than any run sends, so a run that starts with an empty wire cache never reads a
+# profile twice (a cold run), and one after the warm-up pass reads only cached ones.
+REQUEST_POOL = 100_000
+# The read every GetProfile makes: all sections, in the wire form (READ_PROFILES_LUA).
+WIRE_FLAGS = "aciprtw"
 
 
 def _identity(data: bytes) -> bytes:
@@ -312,8 +322,7 @@ async def _drive(call_one, mode: str, duration: float, rate: float, concurrency:
 
 
 async def load(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
-    rng = random.Random(11)
-    picks = [rng.randint(1, args.profiles) for _ in range(REQUEST_POOL)]
+    picks = pool(args.profiles)
     if args.load == "redis":
         # Open-loop runs can have more calls in flight than the saturation concurrency.
         client = redis_asyncio.Redis.from_url(args.redis_url, max_connections=512)
@@ -322,7 +331,7 @@ async def load(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
         keys = [[hotstate.identity_key(args.workspace, "user_id", user_value(p))] for p in picks]
 
         async def call_one(i: int) -> None:
-            await script(keys=keys[i % REQUEST_POOL], args=[prefix, "tcapri"])
+            await script(keys=keys[i % len(keys)], args=[prefix, WIRE_FLAGS])
 
         result = await _drive(call_one, args.mode, args.duration, args.rate, args.concurrency)
         await client.aclose()
@@ -342,12 +351,53 @@ async def load(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     calls = [channel.unary_unary(method, _identity, _identity) for channel in channels]
 
     async def call_one(i: int) -> None:
-        await calls[i % len(calls)](requests[i % REQUEST_POOL], metadata=metadata, timeout=10)
+        await calls[i % len(calls)](requests[i % len(requests)], metadata=metadata, timeout=10)
 
     result = await _drive(call_one, args.mode, args.duration, args.rate, args.concurrency)
     for channel in channels:
         await channel.close()
     return result
+
+
+def pool(profiles: int) -> list[int]:
+    """The profiles the load generator asks for, in order: distinct when there are enough."""
+    rng = random.Random(11)
+    if profiles >= REQUEST_POOL:
+        return rng.sample(range(1, profiles + 1), REQUEST_POOL)
+    return [rng.randint(1, profiles) for _ in range(REQUEST_POOL)]
+
+
+async def drop_wire_cache(redis_url: str, ws: str) -> int:
+    """Empty the profiles' wire caches (as if every profile had just been written)."""
+    redis = redis_asyncio.Redis.from_url(redis_url)
+    dropped = 0
+    batch: list[bytes] = []
+    async for key in redis.scan_iter(match=hotstate.profile_key(ws, "*", "wire"), count=10_000):
+        batch.append(key)
+        if len(batch) == 10_000:
+            dropped += await redis.unlink(*batch)
+            batch.clear()
+    if batch:
+        dropped += await redis.unlink(*batch)
+    await redis.aclose()
+    return dropped
+
+
+async def warm_wire_cache(redis_url: str, ws: str, profiles: int) -> float:
+    """Read every pooled profile once with GetProfile's script, filling its wire cache."""
+    started = time.perf_counter()
+    redis = redis_asyncio.Redis.from_url(redis_url)
+    script = redis.register_script(READ_PROFILES_LUA)
+    prefix = hotstate.workspace_prefix(ws)
+    picks = pool(profiles)
+    for first in range(0, len(picks), 1000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for pid in picks[first : first + 1000]:
+                key = hotstate.identity_key(ws, "user_id", user_value(pid))
+                await script(keys=[key], args=[prefix, WIRE_FLAGS], client=pipe)
+            await pipe.execute()
+    await redis.aclose()
+    return time.perf_counter() - started
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -566,17 +616,27 @@ def orchestrate(opts: argparse.Namespace) -> None:
         processes.append(echo_get)
         asyncio.run(_wait_echo(echo_get_address))
 
+        # The GetProfile rows come twice: with every wire cache empty before the run
+        # (each read encodes and caches the profile: its first read after a write)
+        # and after a pass that read every pooled profile once (each read is served
+        # from the cache: a profile read again before anything it shows changed).
         plan = [
-            ("echo (bare grpc.aio)", "echo", echo_address, [echo.pid]),
-            ("echo + 1 Redis GET", "echo", echo_get_address, [echo_get.pid]),
-            ("redis-py EVALSHA", "redis", "", []),
-            ("GetProfile, 1 process", "profile", address, [processes[0].pid]),
+            ("echo (bare grpc.aio)", "echo", echo_address, [echo.pid], None),
+            ("echo + 1 Redis GET", "echo", echo_get_address, [echo_get.pid], None),
+            ("GetProfile, 1 process, cold", "profile", address, [processes[0].pid], "cold"),
+            ("GetProfile, 1 process", "profile", address, [processes[0].pid], "warm"),
+            ("redis-py EVALSHA", "redis", "", [], None),
         ]
-        for label, target, where, pids in plan:
+        for label, target, where, pids, cache in plan:
+            if cache == "warm":
+                seconds = asyncio.run(warm_wire_cache(opts.redis_url, ws, opts.profiles))
+                print(f"  read the request pool once: {seconds:.1f}s", flush=True)
             for mode in ("rate", "saturate"):
+                if cache == "cold":
+                    asyncio.run(drop_wire_cache(opts.redis_url, ws))
                 result = run_load(target, mode, where, opts, ws, key, pids)
                 rows.append((label, mode, result))
-                print(f"  {label:<26} {mode:<9} {result}", flush=True)
+                print(f"  {label:<28} {mode:<9} {result}", flush=True)
         _stop([echo, echo_get])
         processes.remove(echo)
         processes.remove(echo_get)
@@ -588,7 +648,7 @@ def orchestrate(opts: argparse.Namespace) -> None:
         for mode in ("rate", "saturate"):
             result = run_load("profile", mode, address, opts, ws, key, both)
             rows.append(("GetProfile, 2 processes", mode, result))
-            print(f"  {'GetProfile, 2 processes':<26} {mode:<9} {result}", flush=True)
+            print(f"  {'GetProfile, 2 processes':<28} {mode:<9} {result}", flush=True)
         _stop(processes)
         processes.clear()
         if opts.cap:
@@ -633,7 +693,7 @@ def scaling_capped(
             pids = [p.pid for p in processes]
             result = run_load("profile", "saturate", address, opts, ws, key, pids, SCALING_CHANNELS)
             rows.append((label, "saturate", result))
-            print(f"  {label:<26} saturate  {result}", flush=True)
+            print(f"  {label:<28} saturate  {result}", flush=True)
     finally:
         _stop(processes)
     return rows
@@ -671,7 +731,16 @@ def print_table(rows: list[tuple[str, str, dict]], opts: argparse.Namespace) -> 
     two_sat = next(
         r for label, mode, r in rows if label == "GetProfile, 2 processes" and mode == "saturate"
     )
+    cold_sat = next(
+        r
+        for label, mode, r in rows
+        if label == "GetProfile, 1 process, cold" and mode == "saturate"
+    )
     print()
+    print(
+        f"GetProfile vs echo (saturation): {one_sat['rps'] / echo_sat['rps']:.2f}x warm, "
+        f"{cold_sat['rps'] / echo_sat['rps']:.2f}x cold"
+    )
     print(f"scaling 1 -> 2 processes (saturation): {two_sat['rps'] / one_sat['rps']:.2f}x")
     capped = [r for label, _, r in rows if " CPU" in label]
     if len(capped) == 2:

@@ -32,17 +32,20 @@ STREAM_KEY = "stream:events"
 CURSOR_KEY = "{stream:events}:cursor"
 DEFAULT_MAXLEN = 1_000_000
 
+# Every write also drops the profile service's cached encoding of what it changed
+# (the `wire` hash, services.shared.hotstate): the whole hash when a profile is
+# redirected or replaced, else the traits' and identifiers' fields.
 _HOT_SCRIPT = """
 local p = KEYS[1]
 local data = cjson.decode(ARGV[1])
 for _, r in ipairs(data.r) do
   local m = p .. 'p:' .. r[1] .. ':'
-  redis.call('DEL', m .. 'traits', m .. 'ids', m .. 'meta')
+  redis.call('DEL', m .. 'traits', m .. 'ids', m .. 'meta', m .. 'wire')
   redis.call('SET', p .. 'merged:' .. r[1], r[2])
 end
 for _, u in ipairs(data.u) do
   local k = p .. 'p:' .. u.id .. ':'
-  if u.x then redis.call('DEL', k .. 'traits', k .. 'ids') end
+  if u.x then redis.call('DEL', k .. 'traits', k .. 'ids', k .. 'wire') end
   if #u.i > 0 then
     local args = {}
     for _, id in ipairs(u.i) do
@@ -51,6 +54,7 @@ for _, u in ipairs(data.u) do
       redis.call('SET', p .. 'id:' .. id, u.id)
     end
     redis.call('HSET', k .. 'ids', unpack(args))
+    if not u.x then redis.call('HDEL', k .. 'wire', 'IDS_FLAG') end
   end
   local args = {}
   for key, value in pairs(u.s) do
@@ -59,6 +63,7 @@ for _, u in ipairs(data.u) do
   end
   if #args > 0 then redis.call('HSET', k .. 'traits', unpack(args)) end
   if #u.d > 0 then redis.call('HDEL', k .. 'traits', unpack(u.d)) end
+  if not u.x and (#args > 0 or #u.d > 0) then redis.call('HDEL', k .. 'wire', 'TRAITS_FLAG') end
   if u.x then
     redis.call('HSET', k .. 'meta', 'created_at_us', u.c)
   else
@@ -77,7 +82,9 @@ for i = 1, #t, 3 do
   if tonumber(t[i + 2]) > seen then redis.call('HSET', k, 'last_seen_us', t[i + 2]) end
 end
 return 1
-"""
+""".replace("IDS_FLAG", hotstate.WIRE_FLAGS["ids"]).replace(
+    "TRAITS_FLAG", hotstate.WIRE_FLAGS["traits"]
+)
 
 # ARGV[5] holds the entries back to back, each a header
 # "<seq> <sub> <a> <b> <event bytes> <trace bytes> " followed by the event JSON and the
@@ -383,7 +390,9 @@ async def rebuild_workspace(
     async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
         name = key.decode() if isinstance(key, bytes) else key
         rest = name[len(prefix) :]
-        if rest.startswith(("id:", "merged:")) or rest.endswith((":traits", ":ids", ":meta")):
+        if rest.startswith(("id:", "merged:")) or rest.endswith(
+            (":traits", ":ids", ":meta", ":wire")
+        ):
             await redis.delete(name)
     written = 0
     after_id = 0

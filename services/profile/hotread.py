@@ -47,14 +47,14 @@ from services.shared.redis_pipelined import PipelinedConnection
 # A chain of merges longer than this is a bug in the writer; stop rather than loop.
 MAX_MERGE_HOPS = 16
 
-# Section flags passed to the script (one character each).
+# Section flags passed to the script: the section's wire-cache field.
 _FLAGS = {
-    Section.TRAITS: "t",
-    Section.COMPUTED_TRAITS: "c",
-    Section.AUDIENCES: "a",
-    Section.PREDICTIONS: "p",
-    Section.RECOMMENDATIONS: "r",
-    Section.IDENTIFIERS: "i",
+    Section.TRAITS: hotstate.WIRE_FLAGS["traits"],
+    Section.COMPUTED_TRAITS: hotstate.WIRE_FLAGS["computed"],
+    Section.AUDIENCES: hotstate.WIRE_FLAGS["audiences"],
+    Section.PREDICTIONS: hotstate.WIRE_FLAGS["predictions"],
+    Section.RECOMMENDATIONS: hotstate.WIRE_FLAGS["recs"],
+    Section.IDENTIFIERS: hotstate.WIRE_FLAGS["ids"],
 }
 # Asks the script for the serialized Profile message instead of JSON rows.
 _WIRE = "w"
@@ -203,65 +203,114 @@ local function truthy(v)
   return v ~= nil and v ~= false and v ~= cjson.null and v ~= 0 and v ~= ''
 end
 
--- audiences.v1.Profile; fields in field-number order, as the protobuf library writes them.
+-- ---- Sections of audiences.v1.Profile, each as its encoded field(s) ----
+local function identifiers_wire(p)                                  -- 2 identifiers
+  local out = {}
+  local ids = redis.call('HKEYS', p .. 'ids')
+  for i = 1, #ids do
+    local at = string.find(ids[i], ':', 1, true)
+    if at then
+      out[#out + 1] = delimited('\\18', text('\\10', string.sub(ids[i], 1, at - 1))
+        .. text('\\18', string.sub(ids[i], at + 1)))
+    end
+  end
+  return table.concat(out)
+end
+
+local function traits_wire(p)                                       -- 3 traits (JSON)
+  return delimited('\\26', object_from_pairs(pairs_of(p .. 'traits', true)))
+end
+
+local function computed_wire(p)                                     -- 4 computed_traits
+  return delimited('\\34', object_from_pairs(pairs_of(p .. 'computed', false)))
+end
+
+local function audiences_wire(p)                                    -- 5 audiences
+  local out = {}
+  local flat = redis.call('HGETALL', p .. 'audiences')
+  for i = 1, #flat, 2 do
+    -- One concatenation per membership (a timestamp is under 128 bytes: one length byte).
+    local key, stamp = flat[i], timestamp(tonumber(flat[i + 1]))
+    if key == '' then
+      out[#out + 1] = '\\42' .. char(2 + #stamp) .. '\\18' .. char(#stamp) .. stamp
+    else
+      local key_length = varint(#key)
+      out[#out + 1] = '\\42' .. varint(3 + #key_length + #key + #stamp) .. '\\10'
+        .. key_length .. key .. '\\18' .. char(#stamp) .. stamp
+    end
+  end
+  return table.concat(out)
+end
+
+local function predictions_wire(p)                                  -- 6 predictions
+  local out = {}
+  local flat = redis.call('HGETALL', p .. 'predictions')
+  for i = 1, #flat, 2 do
+    local score = cjson.decode(flat[i + 1])
+    local body = text('\\10', flat[i]) .. double('\\17', score.probability)
+      .. double('\\25', score.percentile)
+    if type(score.scored_at_us) == 'number' then
+      body = body .. delimited('\\34', timestamp(score.scored_at_us))
+    end
+    if type(score.top_features) == 'table' then
+      for _, feature in ipairs(score.top_features) do
+        body = body .. delimited('\\42', tostring(feature))  -- repeated: '' is sent
+      end
+    end
+    out[#out + 1] = delimited('\\50', body)
+  end
+  return table.concat(out)
+end
+
+local function recommendations_wire(p)                              -- 7 recommendations
+  local out = {}
+  local recs = redis.call('GET', p .. 'recs')
+  if recs then
+    for _, item in ipairs(cjson.decode(recs)) do
+      if not truthy(item.consumed) then  -- the profile view leaves consumed items out
+        out[#out + 1] = delimited('\\58', text('\\10', tostring(item.item_id))
+          .. double('\\17', item.score))
+      end
+    end
+  end
+  return table.concat(out)
+end
+
+-- Section flag -> its encoder, in field-number order (the order protobuf writes).
+local SECTION_ORDER = {'i', 't', 'c', 'a', 'p', 'r'}
+local SECTION_WIRE = {i = identifiers_wire, t = traits_wire, c = computed_wire,
+                      a = audiences_wire, p = predictions_wire, r = recommendations_wire}
+
+-- audiences.v1.Profile. Each section's encoding is kept in the profile's wire-cache
+-- hash (field = the section's flag) once built; every writer of a section deletes
+-- its field in the same script or transaction as the write (services.shared.hotstate),
+-- so a cached section is always the encoding of what is stored. A trait mask reads
+-- around the cache. Writing the cache is best effort (pcall): on a read-only replica
+-- the read still succeeds.
 local function profile_wire(pid, p)
-  local out = {text('\\10', pid)}                                     -- 1 profile_id
-  if has('i') then                                                  -- 2 identifiers
-    local ids = redis.call('HKEYS', p .. 'ids')
-    for i = 1, #ids do
-      local at = string.find(ids[i], ':', 1, true)
-      if at then
-        out[#out + 1] = delimited('\\18', text('\\10', string.sub(ids[i], 1, at - 1))
-          .. text('\\18', string.sub(ids[i], at + 1)))
+  local out = {text('\\10', pid)}                                   -- 1 profile_id
+  local wanted = {}
+  for _, flag in ipairs(SECTION_ORDER) do
+    if has(flag) then wanted[#wanted + 1] = flag end
+  end
+  if #wanted > 0 then
+    local cache = p .. 'wire'
+    local cached = redis.call('HMGET', cache, unpack(wanted))
+    local built = {}
+    for j = 1, #wanted do
+      local flag, bytes = wanted[j], cached[j]
+      if flag == 't' and #mask > 0 then
+        bytes = traits_wire(p)
+      elseif not bytes then
+        bytes = SECTION_WIRE[flag](p)
+        built[#built + 1] = flag
+        built[#built + 1] = bytes
       end
+      out[#out + 1] = bytes
     end
-  end
-  if has('t') then                                                  -- 3 traits (JSON)
-    out[#out + 1] = delimited('\\26', object_from_pairs(pairs_of(p .. 'traits', true)))
-  end
-  if has('c') then                                                  -- 4 computed_traits
-    out[#out + 1] = delimited('\\34', object_from_pairs(pairs_of(p .. 'computed', false)))
-  end
-  if has('a') then                                                  -- 5 audiences
-    local flat = redis.call('HGETALL', p .. 'audiences')
-    for i = 1, #flat, 2 do
-      -- One concatenation per membership (a timestamp is under 128 bytes: one length byte).
-      local key, stamp = flat[i], timestamp(tonumber(flat[i + 1]))
-      if key == '' then
-        out[#out + 1] = '\\42' .. char(2 + #stamp) .. '\\18' .. char(#stamp) .. stamp
-      else
-        local key_length = varint(#key)
-        out[#out + 1] = '\\42' .. varint(3 + #key_length + #key + #stamp) .. '\\10'
-          .. key_length .. key .. '\\18' .. char(#stamp) .. stamp
-      end
-    end
-  end
-  if has('p') then                                                  -- 6 predictions
-    local flat = redis.call('HGETALL', p .. 'predictions')
-    for i = 1, #flat, 2 do
-      local score = cjson.decode(flat[i + 1])
-      local body = text('\\10', flat[i]) .. double('\\17', score.probability)
-        .. double('\\25', score.percentile)
-      if type(score.scored_at_us) == 'number' then
-        body = body .. delimited('\\34', timestamp(score.scored_at_us))
-      end
-      if type(score.top_features) == 'table' then
-        for _, feature in ipairs(score.top_features) do
-          body = body .. delimited('\\42', tostring(feature))  -- repeated: '' is sent
-        end
-      end
-      out[#out + 1] = delimited('\\50', body)
-    end
-  end
-  if has('r') then                                                  -- 7 recommendations
-    local recs = redis.call('GET', p .. 'recs')
-    if recs then
-      for _, item in ipairs(cjson.decode(recs)) do
-        if not truthy(item.consumed) then  -- the profile view leaves consumed items out
-          out[#out + 1] = delimited('\\58', text('\\10', tostring(item.item_id))
-            .. double('\\17', item.score))
-        end
-      end
+    if #built > 0 then
+      redis.pcall('HSET', cache, unpack(built))
+      redis.pcall('EXPIRE', cache, WIRE_CACHE_SECONDS)
     end
   end
   local seen = redis.call('HGET', p .. 'meta', 'last_seen_us')
@@ -304,7 +353,9 @@ for k = 1, #KEYS do
   end
 end
 return results
-""".replace("MAX_MERGE_HOPS", str(MAX_MERGE_HOPS))
+""".replace("MAX_MERGE_HOPS", str(MAX_MERGE_HOPS)).replace(
+    "WIRE_CACHE_SECONDS", str(hotstate.WIRE_CACHE_SECONDS)
+)
 
 
 class HotProfiles:

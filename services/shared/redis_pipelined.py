@@ -7,9 +7,10 @@ gRPC echo costs per call; the same command on one pipelined connection cost ~50 
 because many replies arrive in one read (docs/benchmarks.md, "Profile").
 
 Callers write their packed command (hiredis packs it) onto the one connection and get
-a future; the protocol's data callback feeds the bytes to a hiredis reader and
-resolves the futures in FIFO order, which is the order Redis answers a connection's
-commands in. There is no pool, no reader task and no per-reply coroutine.
+a future (the commands written in one pass of the event loop go out in one send); the
+protocol's data callback feeds the bytes to a hiredis reader and resolves the futures
+in FIFO order, which is the order Redis answers a connection's commands in. There is
+no pool, no reader task and no per-reply coroutine.
 
 - A caller cancelled while waiting leaves its future in the queue: its reply is still
   read and dropped, so later callers get their own replies.
@@ -17,8 +18,14 @@ commands in. There is no pool, no reader task and no per-reply coroutine.
   NoScriptError); the connection stays in step.
 - Connection loss fails every caller in flight with redis-py's ConnectionError; the
   next call connects again. Nothing is retried here: a command may have run.
-- There is no reply timeout and no write back-pressure: callers bound their own wait
-  (gRPC deadlines) and their number (the server's concurrency).
+- A reply that has not come within REPLY_TIMEOUT_SECONDS of its command being written
+  means Redis or the network is stuck, and since replies come in order, every reply
+  behind it is stuck too: the connection is dropped, every caller in flight gets
+  redis-py's TimeoutError, and the next call connects again. One timer per
+  connection checks the oldest command; nothing is added per call but a clock read.
+  (So a blocking command does not belong on this connection.)
+- There is no write back-pressure: callers bound their number (the server's
+  concurrency) and their own wait (gRPC deadlines).
 
 Only plain TCP `redis://` URLs are served this way (AUTH and SELECT from the URL);
 anything else (memory://, rediss://, unix://) gets None from `create_pipelined`, and
@@ -35,16 +42,25 @@ import hiredis
 from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 CONNECT_TIMEOUT_SECONDS = 5.0
+REPLY_TIMEOUT_SECONDS = 5.0
 
 
 class _Protocol(asyncio.Protocol):
     """The connection: a hiredis reader and the futures waiting for replies, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, reply_timeout: float = REPLY_TIMEOUT_SECONDS) -> None:
         self._reader = hiredis.Reader()
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # When each waiting command was written (loop time), in the same order.
+        self._written_at: collections.deque[float] = collections.deque()
+        self._reply_timeout = reply_timeout
+        self._watchdog: asyncio.TimerHandle | None = None
+        # Commands written since the last flush: sent together once the callers of
+        # this event-loop pass have all written (see call).
+        self._unsent: list[bytes] = []
         self._transport: asyncio.Transport | None = None
         self.lost: RedisConnectionError | None = None
 
@@ -67,6 +83,7 @@ class _Protocol(asyncio.Protocol):
         try:
             while (reply := self._reader.gets()) is not False:
                 future = self._waiting.popleft()
+                self._written_at.popleft()
                 if future.done():  # its caller was cancelled: drop the reply
                     continue
                 if isinstance(reply, hiredis.ReplyError):
@@ -89,23 +106,57 @@ class _Protocol(asyncio.Protocol):
             reason = self.lost.args if self.lost is not None else ("Redis connection closed",)
             future.set_exception(RedisConnectionError(*reason))
             return future
+        loop = asyncio.get_running_loop()
         self._waiting.append(future)
-        assert self._transport is not None
-        self._transport.write(packed)
+        self._written_at.append(loop.time())
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._reply_timeout, self._check_replies)
+        # Sent at the end of this pass of the event loop, with every other command
+        # written in it: one send for the server and one read for Redis instead of
+        # one each per command, and Redis answers them with one write.
+        if not self._unsent:
+            loop.call_soon(self._flush)
+        self._unsent.append(packed)
         return future
+
+    def _flush(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        # Lost meanwhile: connection_lost has failed their futures already.
+        if self.usable:
+            assert self._transport is not None
+            self._transport.write(b"".join(unsent))
+
+    def _check_replies(self) -> None:
+        """The watchdog: drop the connection if the oldest reply is overdue, else wait
+        until it would be (no timer while nothing is waiting)."""
+        self._watchdog = None
+        if not self._waiting:
+            return
+        loop = asyncio.get_running_loop()
+        overdue_at = self._written_at[0] + self._reply_timeout
+        if loop.time() < overdue_at:
+            self._watchdog = loop.call_at(overdue_at, self._check_replies)
+            return
+        self._fail(RedisTimeoutError(f"no reply from Redis in {self._reply_timeout:g}s"))
+        if self._transport is not None:
+            self._transport.abort()
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
 
-    def _fail(self, error: RedisConnectionError) -> None:
+    def _fail(self, error: RedisConnectionError | RedisTimeoutError) -> None:
         if self.lost is None:
-            self.lost = error
+            self.lost = RedisConnectionError(*error.args)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._written_at.clear()
         while self._waiting:
             future = self._waiting.popleft()
             if not future.done():
                 # An exception object each: one raised in many tasks shares a traceback.
-                future.set_exception(RedisConnectionError(*error.args))
+                future.set_exception(type(error)(*error.args))
 
 
 def _reply_error(message: str) -> ResponseError:
@@ -119,10 +170,17 @@ class PipelinedConnection:
     """Commands from concurrent callers pipelined on one connection, replies in FIFO order."""
 
     def __init__(
-        self, host: str, port: int, db: int, username: str | None, password: str | None
+        self,
+        host: str,
+        port: int,
+        db: int,
+        username: str | None,
+        password: str | None,
+        reply_timeout: float = REPLY_TIMEOUT_SECONDS,
     ) -> None:
         """Nothing connects yet: the first `execute` does (AUTH and SELECT as given)."""
         self._address = (host, port)
+        self._reply_timeout = reply_timeout
         self._handshake: list[bytes] = []
         if password:
             auth = ("AUTH", username, password) if username else ("AUTH", password)
@@ -135,8 +193,9 @@ class PipelinedConnection:
     async def execute(self, *args: str | bytes | int | float) -> Any:
         """Send one command and return its reply (bytes, never decoded).
 
-        Raises redis-py's ResponseError/NoScriptError for an error reply and its
-        ConnectionError when the connection cannot be made or is lost meanwhile.
+        Raises redis-py's ResponseError/NoScriptError for an error reply, its
+        ConnectionError when the connection cannot be made or is lost meanwhile, and
+        its TimeoutError when the reply is overdue (see the module's docstring).
         """
         protocol = self._protocol
         if protocol is None or not protocol.usable:
@@ -150,7 +209,9 @@ class PipelinedConnection:
             loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
-                    _, protocol = await loop.create_connection(_Protocol, *self._address)
+                    _, protocol = await loop.create_connection(
+                        lambda: _Protocol(self._reply_timeout), *self._address
+                    )
                     try:
                         for packed in self._handshake:
                             await protocol.call(packed)
@@ -174,7 +235,9 @@ class PipelinedConnection:
             self._protocol = None
 
 
-def create_pipelined(url: str) -> PipelinedConnection | None:
+def create_pipelined(
+    url: str, reply_timeout: float = REPLY_TIMEOUT_SECONDS
+) -> PipelinedConnection | None:
     """A pipelined connection for a plain redis:// URL; None for anything else."""
     if not url.startswith("redis://"):
         return None
@@ -185,4 +248,5 @@ def create_pipelined(url: str) -> PipelinedConnection | None:
         int(kwargs.get("db", 0)),
         kwargs.get("username"),
         kwargs.get("password"),
+        reply_timeout,
     )

@@ -42,7 +42,9 @@ async def seed_hot(redis: redis_asyncio.Redis, workspace_id: str, seed: HotSeed)
     def key(section: str) -> str:
         return hotstate.profile_key(workspace_id, pid, section)
 
-    async with redis.pipeline(transaction=False) as pipe:
+    async with redis.pipeline(transaction=True) as pipe:
+        # As every writer does: no cached encoding outlives the sections written.
+        pipe.delete(key("wire"))
         for id_type, id_value in seed.identifiers:
             pipe.set(hotstate.identity_key(workspace_id, id_type, id_value), str(pid))
             pipe.hset(key("ids"), f"{id_type}:{id_value}", "1")
@@ -83,8 +85,11 @@ async def seed_hot_merge(
     (Ingest repoints identity keys at the survivor; leaving them on the old id tests
     that readers follow the redirect too.)
     """
-    async with redis.pipeline(transaction=False) as pipe:
+    async with redis.pipeline(transaction=True) as pipe:
         pipe.set(hotstate.merged_key(workspace_id, merged_id), str(survivor_id))
+        pipe.hdel(
+            hotstate.profile_key(workspace_id, survivor_id, "wire"), hotstate.WIRE_FLAGS["ids"]
+        )
         for id_type, id_value in identifiers:
             pipe.set(hotstate.identity_key(workspace_id, id_type, id_value), str(merged_id))
             pipe.hset(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import fakeredis
+import orjson
 import pytest
 import redis.asyncio as redis_asyncio
 from audiences.v1 import common_pb2, profile_pb2
@@ -148,6 +149,19 @@ async def _both_paths(
     return encoded, built
 
 
+def _same_json_objects(decoded: profile_pb2.Profile, built: profile_pb2.Profile) -> None:
+    """Require the JSON sections to hold the same objects, then take the decoded text.
+
+    A hash's fields come back in Redis's iteration order, which a rehash can change
+    between two reads of an unchanged hash; the cached encoding keeps the order of the
+    read that built it. Key order means nothing in a JSON object.
+    """
+    for name in ("traits", "computed_traits"):
+        if getattr(built, name) or getattr(decoded, name):
+            assert orjson.loads(getattr(decoded, name)) == orjson.loads(getattr(built, name))
+            setattr(built, name, getattr(decoded, name))
+
+
 async def test_the_scripts_bytes_are_the_object_paths_message(store: Store) -> None:
     for seed in SEEDS:
         await seed_hot(store.redis, WS, seed)
@@ -158,6 +172,7 @@ async def test_the_scripts_bytes_are_the_object_paths_message(store: Store) -> N
             for query in QUERIES:
                 encoded, built = await _both_paths(store, Identifier(id_type, id_value), query)
                 decoded = profile_pb2.Profile.FromString(encoded)
+                _same_json_objects(decoded, built)
                 assert decoded == built, (seed.profile_id, query)
                 # The same bytes, too: fields in number order, defaults left out.
                 assert encoded == built.SerializeToString(), (seed.profile_id, query)
