@@ -74,6 +74,7 @@ for _, u in ipairs(data.u) do
     if u.x or tonumber(u.l) > seen then redis.call('HSET', k .. 'meta', 'last_seen_us', u.l) end
   end
 end
+-- Seen-only profiles: meta alone, which the wire cache never holds.
 local t = data.t or {}
 for i = 1, #t, 3 do
   local k = p .. 'p:' .. t[i] .. ':meta'
