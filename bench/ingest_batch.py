@@ -286,7 +286,14 @@ async def run_workload(workload: str, seconds: float, concurrency: int):  # type
         stream_length = await flush.xlen("stream:events")
     finally:
         server.terminate()
-        await asyncio.wait_for(server.wait(), 30)
+        try:
+            await asyncio.wait_for(server.wait(), 30)
+        except TimeoutError:
+            # Never leave a server behind: it would keep publishing into the next
+            # run's Redis database.
+            server.kill()
+            await server.wait()
+            print(f"{workload:<11}ingest process did not exit 30 s after SIGTERM; killed")
     copy_rate, copy_lat = await run_copy(
         asyncpg_dsn(database_url), copy_records(batches), seconds / 2
     )
