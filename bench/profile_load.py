@@ -379,6 +379,13 @@ async def drop_wire_cache(redis_url: str, ws: str) -> int:
             batch.clear()
     if batch:
         dropped += await redis.unlink(*batch)
+    # UNLINK frees in Redis's background thread: let it finish before the run starts,
+    # or the run shares the CPU with it.
+    deadline = time.monotonic() + 60
+    while (await redis.info("memory")).get("lazyfree_pending_objects", 0):
+        if time.monotonic() > deadline:
+            raise RuntimeError("Redis did not finish freeing the dropped caches")
+        await asyncio.sleep(0.05)  # polling a condition with a deadline
     await redis.aclose()
     return dropped
 

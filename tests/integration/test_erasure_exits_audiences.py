@@ -1,9 +1,6 @@
 """Erasing a profile takes the person out of every audience they were in, with an
 `exited` change record that syncs will read."""
 
-import asyncio
-import time
-
 import grpc
 import orjson
 import pytest
@@ -19,22 +16,11 @@ from audiences.v1 import (
 from sqlalchemy import select
 
 from services.segmentation.tables import membership_changes, memberships
+from tests.helpers.audiences import wait_live
 from tests.helpers.grpc_client import bearer
 from tests.helpers.servers import in_process
 
 pytestmark = pytest.mark.integration
-
-
-async def _live(segmentation, key: str, metadata) -> segmentation_pb2.Audience:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + 20
-    while True:
-        audience = await segmentation.GetAudience(
-            segmentation_pb2.GetAudienceRequest(key=key), metadata=metadata
-        )
-        if audience.state == segmentation_pb2.AUDIENCE_STATE_LIVE:
-            return audience
-        assert time.monotonic() < deadline, "backfill did not finish"
-        await asyncio.sleep(0.05)  # polling a condition with a deadline
 
 
 async def test_delete_profile_exits_every_audience(resources, workspace) -> None:  # type: ignore[no-untyped-def]
@@ -76,7 +62,7 @@ async def test_delete_profile_exits_every_audience(resources, workspace) -> None
                     ),
                     metadata=admin,
                 )
-                assert (await _live(segmentation, key, admin)).size == 2
+                assert (await wait_live(segmentation, key, admin)).size == 2
 
             ada = await profiles.GetProfile(
                 profile_pb2.GetProfileRequest(

@@ -8,10 +8,6 @@ writer that forgot its part would show a stale profile here.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import Any
-
 import grpc
 import orjson
 import pytest
@@ -31,6 +27,7 @@ from services.profile.hotread import HotProfiles
 from services.profile.model import Identifier, ProfileQuery
 from services.shared import hotstate
 from services.shared.server import Resources
+from tests.helpers.audiences import wait_live
 from tests.helpers.grpc_client import bearer
 from tests.helpers.servers import in_process
 from tests.integration.profile.seeding import HotSeed, seed_hot
@@ -51,18 +48,6 @@ def _wire_key(workspace_id: str, profile_id: str) -> str:
 async def _cached_flags(resources: Resources, workspace_id: str, profile_id: str) -> set[str]:
     fields = await resources.redis.hkeys(_wire_key(workspace_id, profile_id))
     return {f.decode() for f in fields}
-
-
-async def _live(segmentation: Any, key: str, metadata: Any) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        audience = await segmentation.GetAudience(
-            segmentation_pb2.GetAudienceRequest(key=key), metadata=metadata
-        )
-        if audience.state == segmentation_pb2.AUDIENCE_STATE_LIVE:
-            return
-        assert time.monotonic() < deadline, "backfill did not finish"
-        await asyncio.sleep(0.05)  # polling a condition with a deadline
 
 
 async def test_every_writer_drops_what_it_changes(resources: Resources, workspace) -> None:  # type: ignore[no-untyped-def]
@@ -153,7 +138,7 @@ async def test_every_writer_drops_what_it_changes(resources: Resources, workspac
                 ),
                 metadata=admin,
             )
-            await _live(segmentation, "pro", admin)
+            await wait_live(segmentation, "pro", admin)
             assert [a.key for a in (await read()).audiences] == ["pro"]
 
             # A merge: the anonymous profile's history joins ada; both read the survivor.

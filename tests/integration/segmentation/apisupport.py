@@ -22,6 +22,7 @@ from audiences.v1 import (
 
 from services.shared.clock import US_PER_DAY
 from services.shared.timestamps import timestamp_from_us
+from tests.helpers.audiences import wait_live
 from tests.helpers.grpc_client import bearer
 from tests.helpers.servers import in_process
 
@@ -82,17 +83,7 @@ class Api:
         self, key: str, version: int = 1, within: float = 20
     ) -> segmentation_pb2.Audience:
         """Poll GetAudience until `version` is LIVE (a deadline, not a fixed sleep)."""
-        deadline = time.monotonic() + within
-        while True:
-            a = await self.seg.GetAudience(
-                segmentation_pb2.GetAudienceRequest(key=key), metadata=self.admin
-            )
-            if a.state == segmentation_pb2.AUDIENCE_STATE_LIVE and a.version == version:
-                return a
-            assert a.state != segmentation_pb2.AUDIENCE_STATE_FAILED, a
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"audience {key} not live: {a}")
-            await asyncio.sleep(0.02)
+        return await wait_live(self.seg, key, self.admin, version, within)
 
     async def computed_live(self, key: str, version: int = 1, within: float = 20) -> None:
         deadline = time.monotonic() + within
