@@ -206,6 +206,9 @@ def _entries(records: list[StreamRecord]) -> bytes:
     for record in records:
         trace = traces.get(record.trace)
         if trace is None:
+            if any("\n" in item for item in record.trace):
+                # Header values hold no newline; one here would shift every later field.
+                raise ValueError("a trace context field contains a newline")
             trace = traces[record.trace] = "\n".join(record.trace).encode()
         if record.sub == 0:
             event = record.event or b"null"

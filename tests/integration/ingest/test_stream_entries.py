@@ -147,6 +147,11 @@ async def test_request_path_entries_are_entry_fields_plus_their_trace(  # type: 
     older = HotUpdate(ws, [], [], [SeenProfile(3, NOW_US - 99, NOW_US - 1)])
     assert await publisher.apply(14, 14, 10, older, [])
     assert await resources.redis.hgetall(hotstate.profile_key(ws, 3, "meta")) == meta
-    # A batch for another workspace than its hot update's is refused, not mixed up.
+    # A batch for another workspace than its hot update's is refused, not mixed up,
+    # and so is a trace field that would shift the fields after it.
     with pytest.raises(ValueError):
         await publisher.apply(14, 15, 10, HotUpdate("ws_other", [], []), records[-1:])
+    bad_trace = records[-1]._replace(seq=15, trace=("traceparent", "a\nb"))
+    with pytest.raises(ValueError):
+        await publisher.apply(14, 15, 10, HotUpdate(ws, [], []), [bad_trace])
+    assert len(await stream_entries(resources.redis)) == len(records)
