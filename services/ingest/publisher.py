@@ -372,7 +372,12 @@ class StreamCatchUp:
         """Loop until cancelled: every interval, or at once when woken."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._publisher.behind.wait(), self._interval)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the
+                # inner result when a wake and a cancellation land in the same loop
+                # pass, so the cancellation was lost and a SIGTERM drain that awaits
+                # this task never ended.
+                async with asyncio.timeout(self._interval):
+                    await self._publisher.behind.wait()
             self._publisher.behind.clear()
             try:
                 await self.run_once()

@@ -1,6 +1,8 @@
 """Every acknowledged event reaches the stream exactly once even when the process
 loses Redis (or dies) between the Postgres commit and the publish."""
 
+import asyncio
+
 import pytest
 
 from services.ingest.ingestor import Ingestor
@@ -85,3 +87,18 @@ async def test_a_partly_published_gap_is_completed_without_duplicates(  # type: 
     assert await StreamCatchUp(store, resources.redis, publisher).run_once() == 2
     ids = [entry_id for entry_id, _ in await stream_entries(resources.redis)]
     assert ids == [f"{s}-0" for s in seqs]
+
+
+async def test_the_catch_up_loop_stops_when_cancelled_as_it_is_woken(resources) -> None:  # type: ignore[no-untyped-def]
+    """Shutdown cancels the loop and waits for it; a wake in the same loop pass must
+    not swallow the cancellation (the process would never finish its drain)."""
+    publisher = RedisPublisher(resources.redis)
+    catch_up = StreamCatchUp(
+        SqlEventStore(resources.engine), resources.redis, publisher, interval_seconds=60
+    )
+    loop_task = asyncio.get_running_loop().create_task(catch_up.run())
+    await asyncio.sleep(0)  # the loop now waits to be woken
+    publisher.wake()
+    loop_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(loop_task, 5)
