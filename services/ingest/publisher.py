@@ -32,9 +32,8 @@ STREAM_KEY = "stream:events"
 CURSOR_KEY = "{stream:events}:cursor"
 DEFAULT_MAXLEN = 1_000_000
 
-# Every write also drops the profile service's cached encoding of what it changed
-# (the `wire` hash, services.shared.hotstate): the whole hash when a profile is
-# redirected or replaced, else the traits' and identifiers' fields.
+# Every write of a profile's identifiers or traits also drops the profile service's
+# cached encoding of the profile (the `wire` hash, services.shared.hotstate).
 _HOT_SCRIPT = """
 local p = KEYS[1]
 local data = cjson.decode(ARGV[1])
@@ -54,7 +53,6 @@ for _, u in ipairs(data.u) do
       redis.call('SET', p .. 'id:' .. id, u.id)
     end
     redis.call('HSET', k .. 'ids', unpack(args))
-    if not u.x then redis.call('HDEL', k .. 'wire', 'IDS_FLAG') end
   end
   local args = {}
   for key, value in pairs(u.s) do
@@ -63,7 +61,7 @@ for _, u in ipairs(data.u) do
   end
   if #args > 0 then redis.call('HSET', k .. 'traits', unpack(args)) end
   if #u.d > 0 then redis.call('HDEL', k .. 'traits', unpack(u.d)) end
-  if not u.x and (#args > 0 or #u.d > 0) then redis.call('HDEL', k .. 'wire', 'TRAITS_FLAG') end
+  if not u.x and (#u.i > 0 or #args > 0 or #u.d > 0) then redis.call('DEL', k .. 'wire') end
   if u.x then
     redis.call('HSET', k .. 'meta', 'created_at_us', u.c)
   else
@@ -83,9 +81,7 @@ for i = 1, #t, 3 do
   if tonumber(t[i + 2]) > seen then redis.call('HSET', k, 'last_seen_us', t[i + 2]) end
 end
 return 1
-""".replace("IDS_FLAG", hotstate.WIRE_FLAGS["ids"]).replace(
-    "TRAITS_FLAG", hotstate.WIRE_FLAGS["traits"]
-)
+"""
 
 # ARGV[5] holds the entries back to back, each a header
 # "<seq> <sub> <a> <b> <event bytes> <trace bytes> " followed by the event JSON and the

@@ -47,14 +47,14 @@ from services.shared.redis_pipelined import PipelinedConnection
 # A chain of merges longer than this is a bug in the writer; stop rather than loop.
 MAX_MERGE_HOPS = 16
 
-# Section flags passed to the script: the section's wire-cache field.
+# Section flags passed to the script (one character each).
 _FLAGS = {
-    Section.TRAITS: hotstate.WIRE_FLAGS["traits"],
-    Section.COMPUTED_TRAITS: hotstate.WIRE_FLAGS["computed"],
-    Section.AUDIENCES: hotstate.WIRE_FLAGS["audiences"],
-    Section.PREDICTIONS: hotstate.WIRE_FLAGS["predictions"],
-    Section.RECOMMENDATIONS: hotstate.WIRE_FLAGS["recs"],
-    Section.IDENTIFIERS: hotstate.WIRE_FLAGS["ids"],
+    Section.TRAITS: "t",
+    Section.COMPUTED_TRAITS: "c",
+    Section.AUDIENCES: "a",
+    Section.PREDICTIONS: "p",
+    Section.RECOMMENDATIONS: "r",
+    Section.IDENTIFIERS: "i",
 }
 # Asks the script for the serialized Profile message instead of JSON rows.
 _WIRE = "w"
@@ -87,29 +87,6 @@ for i = 3, #ARGV do mask[#mask + 1] = ARGV[i] end
 
 local function has(flag)
   return string.find(flags, flag, 1, true) ~= nil
-end
-
--- {key1, value1, key2, value2, ...} of a hash: every field, or the masked ones.
-local function pairs_of(key, masked)
-  if not masked or #mask == 0 then return redis.call('HGETALL', key) end
-  local values = redis.call('HMGET', key, unpack(mask))
-  local flat = {}
-  for i = 1, #mask do
-    if values[i] then
-      flat[#flat + 1] = mask[i]
-      flat[#flat + 1] = values[i]
-    end
-  end
-  return flat
-end
-
--- Values are JSON text already: join them into one object without decoding them.
-local function object_from_pairs(flat)
-  local parts = {}
-  for i = 1, #flat, 2 do
-    parts[#parts + 1] = cjson.encode(flat[i]) .. ':' .. flat[i + 1]
-  end
-  return '{' .. table.concat(parts, ',') .. '}'
 end
 
 -- ---- Protocol Buffers wire format (protobuf.dev/programming-guides/encoding) ----
@@ -157,35 +134,6 @@ local function text(tag, value)
   return tag .. varint(#value) .. value
 end
 
--- A double field (fixed64, IEEE 754 little-endian; Redis's Lua has no string.pack
--- for every store this runs on). Zero is the default and is not sent.
-local function double(tag, x)
-  if type(x) ~= 'number' or (x == 0 and 1 / x > 0) then return '' end
-  if x ~= x then return tag .. '\\0\\0\\0\\0\\0\\0\\248\\127' end
-  local sign = 0
-  if x < 0 or 1 / x < 0 then sign = 128; x = -x end
-  if x == math.huge then return tag .. '\\0\\0\\0\\0\\0\\0\\240' .. char(127 + sign) end
-  local m, e = math.frexp(x)  -- x = m * 2^e, 0.5 <= m < 1
-  local exponent, fraction = e + 1022, 0
-  if x == 0 then
-    exponent = 0
-  elseif exponent <= 0 then  -- subnormal: x = fraction * 2^-1074
-    fraction = math.ldexp(m, e + 1074)
-    exponent = 0
-  else
-    fraction = (m * 2 - 1) * 4503599627370496  -- 2^52
-  end
-  local f = fraction
-  local b1 = f % 256; f = (f - b1) / 256
-  local b2 = f % 256; f = (f - b2) / 256
-  local b3 = f % 256; f = (f - b3) / 256
-  local b4 = f % 256; f = (f - b4) / 256
-  local b5 = f % 256; f = (f - b5) / 256
-  local b6 = f % 256; f = (f - b6) / 256
-  return tag .. char(b1, b2, b3, b4, b5, b6, f + (exponent % 16) * 16,
-                     floor(exponent / 16) + sign)
-end
-
 -- google.protobuf.Timestamp {seconds = 1, nanos = 2} of integer microseconds.
 local function timestamp(us)
   local seconds = floor(us / 1000000)
@@ -198,146 +146,205 @@ local function timestamp(us)
   return '\\8' .. varint(seconds) .. '\\16' .. varint(nanos)
 end
 
--- What Python's bool() says of a decoded JSON scalar.
-local function truthy(v)
-  return v ~= nil and v ~= false and v ~= cjson.null and v ~= 0 and v ~= ''
-end
-
--- ---- Sections of audiences.v1.Profile, each as its encoded field(s) ----
-local function identifiers_wire(p)                                  -- 2 identifiers
-  local out = {}
-  local ids = redis.call('HKEYS', p .. 'ids')
-  for i = 1, #ids do
-    local at = string.find(ids[i], ':', 1, true)
-    if at then
-      out[#out + 1] = delimited('\\18', text('\\10', string.sub(ids[i], 1, at - 1))
-        .. text('\\18', string.sub(ids[i], at + 1)))
-    end
-  end
-  return table.concat(out)
-end
-
-local function traits_wire(p)                                       -- 3 traits (JSON)
-  return delimited('\\26', object_from_pairs(pairs_of(p .. 'traits', true)))
-end
-
-local function computed_wire(p)                                     -- 4 computed_traits
-  return delimited('\\34', object_from_pairs(pairs_of(p .. 'computed', false)))
-end
-
-local function audiences_wire(p)                                    -- 5 audiences
-  local out = {}
-  local flat = redis.call('HGETALL', p .. 'audiences')
-  for i = 1, #flat, 2 do
-    -- One concatenation per membership (a timestamp is under 128 bytes: one length byte).
-    local key, stamp = flat[i], timestamp(tonumber(flat[i + 1]))
-    if key == '' then
-      out[#out + 1] = '\\42' .. char(2 + #stamp) .. '\\18' .. char(#stamp) .. stamp
-    else
-      local key_length = varint(#key)
-      out[#out + 1] = '\\42' .. varint(3 + #key_length + #key + #stamp) .. '\\10'
-        .. key_length .. key .. '\\18' .. char(#stamp) .. stamp
-    end
-  end
-  return table.concat(out)
-end
-
-local function predictions_wire(p)                                  -- 6 predictions
-  local out = {}
-  local flat = redis.call('HGETALL', p .. 'predictions')
-  for i = 1, #flat, 2 do
-    local score = cjson.decode(flat[i + 1])
-    local body = text('\\10', flat[i]) .. double('\\17', score.probability)
-      .. double('\\25', score.percentile)
-    if type(score.scored_at_us) == 'number' then
-      body = body .. delimited('\\34', timestamp(score.scored_at_us))
-    end
-    if type(score.top_features) == 'table' then
-      for _, feature in ipairs(score.top_features) do
-        body = body .. delimited('\\42', tostring(feature))  -- repeated: '' is sent
+-- Everything that reads sections: built only when a read needs it (a warm GetProfile
+-- does not), since defining these functions is a good part of a short call's cost.
+local built
+local function encoders()
+  if built then return built end
+  built = (function()
+    -- {key1, value1, key2, value2, ...} of a hash: every field, or the masked ones.
+    local function pairs_of(key, masked)
+      if not masked or #mask == 0 then return redis.call('HGETALL', key) end
+      local values = redis.call('HMGET', key, unpack(mask))
+      local flat = {}
+      for i = 1, #mask do
+        if values[i] then
+          flat[#flat + 1] = mask[i]
+          flat[#flat + 1] = values[i]
+        end
       end
+      return flat
     end
-    out[#out + 1] = delimited('\\50', body)
-  end
-  return table.concat(out)
-end
 
-local function recommendations_wire(p)                              -- 7 recommendations
-  local out = {}
-  local recs = redis.call('GET', p .. 'recs')
-  if recs then
-    for _, item in ipairs(cjson.decode(recs)) do
-      if not truthy(item.consumed) then  -- the profile view leaves consumed items out
-        out[#out + 1] = delimited('\\58', text('\\10', tostring(item.item_id))
-          .. double('\\17', item.score))
+    -- Values are JSON text already: join them into one object without decoding them.
+    local function object_from_pairs(flat)
+      local parts = {}
+      for i = 1, #flat, 2 do
+        parts[#parts + 1] = cjson.encode(flat[i]) .. ':' .. flat[i + 1]
       end
+      return '{' .. table.concat(parts, ',') .. '}'
     end
-  end
-  return table.concat(out)
+
+    -- A double field (fixed64, IEEE 754 little-endian; Redis's Lua has no string.pack
+    -- for every store this runs on). Zero is the default and is not sent.
+    local function double(tag, x)
+      if type(x) ~= 'number' or (x == 0 and 1 / x > 0) then return '' end
+      if x ~= x then return tag .. '\\0\\0\\0\\0\\0\\0\\248\\127' end
+      local sign = 0
+      if x < 0 or 1 / x < 0 then sign = 128; x = -x end
+      if x == math.huge then return tag .. '\\0\\0\\0\\0\\0\\0\\240' .. char(127 + sign) end
+      local m, e = math.frexp(x)  -- x = m * 2^e, 0.5 <= m < 1
+      local exponent, fraction = e + 1022, 0
+      if x == 0 then
+        exponent = 0
+      elseif exponent <= 0 then  -- subnormal: x = fraction * 2^-1074
+        fraction = math.ldexp(m, e + 1074)
+        exponent = 0
+      else
+        fraction = (m * 2 - 1) * 4503599627370496  -- 2^52
+      end
+      local f = fraction
+      local b1 = f % 256; f = (f - b1) / 256
+      local b2 = f % 256; f = (f - b2) / 256
+      local b3 = f % 256; f = (f - b3) / 256
+      local b4 = f % 256; f = (f - b4) / 256
+      local b5 = f % 256; f = (f - b5) / 256
+      local b6 = f % 256; f = (f - b6) / 256
+      return tag .. char(b1, b2, b3, b4, b5, b6, f + (exponent % 16) * 16,
+                         floor(exponent / 16) + sign)
+    end
+
+    -- What Python's bool() says of a decoded JSON scalar.
+    local function truthy(v)
+      return v ~= nil and v ~= false and v ~= cjson.null and v ~= 0 and v ~= ''
+    end
+
+    -- ---- Sections of audiences.v1.Profile, each as its encoded field(s) ----
+    local function identifiers_wire(p)                                  -- 2 identifiers
+      local out = {}
+      local ids = redis.call('HKEYS', p .. 'ids')
+      for i = 1, #ids do
+        local at = string.find(ids[i], ':', 1, true)
+        if at then
+          out[#out + 1] = delimited('\\18', text('\\10', string.sub(ids[i], 1, at - 1))
+            .. text('\\18', string.sub(ids[i], at + 1)))
+        end
+      end
+      return table.concat(out)
+    end
+
+    local function traits_wire(p)                                       -- 3 traits (JSON)
+      return delimited('\\26', object_from_pairs(pairs_of(p .. 'traits', true)))
+    end
+
+    local function computed_wire(p)                                     -- 4 computed_traits
+      return delimited('\\34', object_from_pairs(pairs_of(p .. 'computed', false)))
+    end
+
+    local function audiences_wire(p)                                    -- 5 audiences
+      local out = {}
+      local flat = redis.call('HGETALL', p .. 'audiences')
+      for i = 1, #flat, 2 do
+        -- One concatenation per membership (a timestamp is under 128 bytes: one length byte).
+        local key, stamp = flat[i], timestamp(tonumber(flat[i + 1]))
+        if key == '' then
+          out[#out + 1] = '\\42' .. char(2 + #stamp) .. '\\18' .. char(#stamp) .. stamp
+        else
+          local key_length = varint(#key)
+          out[#out + 1] = '\\42' .. varint(3 + #key_length + #key + #stamp) .. '\\10'
+            .. key_length .. key .. '\\18' .. char(#stamp) .. stamp
+        end
+      end
+      return table.concat(out)
+    end
+
+    local function predictions_wire(p)                                  -- 6 predictions
+      local out = {}
+      local flat = redis.call('HGETALL', p .. 'predictions')
+      for i = 1, #flat, 2 do
+        local score = cjson.decode(flat[i + 1])
+        local body = text('\\10', flat[i]) .. double('\\17', score.probability)
+          .. double('\\25', score.percentile)
+        if type(score.scored_at_us) == 'number' then
+          body = body .. delimited('\\34', timestamp(score.scored_at_us))
+        end
+        if type(score.top_features) == 'table' then
+          for _, feature in ipairs(score.top_features) do
+            body = body .. delimited('\\42', tostring(feature))  -- repeated: '' is sent
+          end
+        end
+        out[#out + 1] = delimited('\\50', body)
+      end
+      return table.concat(out)
+    end
+
+    local function recommendations_wire(p)                              -- 7 recommendations
+      local out = {}
+      local recs = redis.call('GET', p .. 'recs')
+      if recs then
+        for _, item in ipairs(cjson.decode(recs)) do
+          if not truthy(item.consumed) then  -- the profile view leaves consumed items out
+            out[#out + 1] = delimited('\\58', text('\\10', tostring(item.item_id))
+              .. double('\\17', item.score))
+          end
+        end
+      end
+      return table.concat(out)
+    end
+
+    -- Section flag -> its encoder, in field-number order (the order protobuf writes).
+    local order = {'i', 't', 'c', 'a', 'p', 'r'}
+    local encode = {i = identifiers_wire, t = traits_wire, c = computed_wire,
+                    a = audiences_wire, p = predictions_wire, r = recommendations_wire}
+
+    -- Fields 2-7 of audiences.v1.Profile: the sections asked for, in field order.
+    local function sections_wire(p)
+      local out = {}
+      for _, flag in ipairs(order) do
+        if has(flag) then out[#out + 1] = encode[flag](p) end
+      end
+      return table.concat(out)
+    end
+
+    local function profile_row(pid, p)
+      local row = {pid, redis.call('HGET', p .. 'meta', 'last_seen_us'),
+                   false, false, false, false, false, false}
+      if has('t') then row[3] = object_from_pairs(pairs_of(p .. 'traits', true)) end
+      if has('c') then row[4] = object_from_pairs(pairs_of(p .. 'computed', false)) end
+      if has('a') then row[5] = object_from_pairs(pairs_of(p .. 'audiences', false)) end
+      if has('p') then row[6] = object_from_pairs(pairs_of(p .. 'predictions', false)) end
+      if has('r') then row[7] = redis.call('GET', p .. 'recs') end
+      if has('i') then
+        local ids = redis.call('HKEYS', p .. 'ids')
+        local parts = {}
+        for i = 1, #ids do parts[i] = cjson.encode(ids[i]) end
+        row[8] = '[' .. table.concat(parts, ',') .. ']'
+      end
+      return row
+    end
+
+    return {sections_wire = sections_wire, profile_row = profile_row}
+  end)()
+  return built
 end
 
--- Section flag -> its encoder, in field-number order (the order protobuf writes).
-local SECTION_ORDER = {'i', 't', 'c', 'a', 'p', 'r'}
-local SECTION_WIRE = {i = identifiers_wire, t = traits_wire, c = computed_wire,
-                      a = audiences_wire, p = predictions_wire, r = recommendations_wire}
-
--- audiences.v1.Profile. Each section's encoding is kept in the profile's wire-cache
--- hash (field = the section's flag) once built; every writer of a section deletes
--- its field in the same script or transaction as the write (services.shared.hotstate),
--- so a cached section is always the encoding of what is stored. A trait mask reads
--- around the cache. Writing the cache is best effort (pcall): on a read-only replica
--- the read still succeeds.
+-- audiences.v1.Profile: field 1 (profile_id), the sections, field 8 (last_seen).
+-- Fields 2-7 are kept in the profile's wire-cache hash once encoded, under the flags
+-- that asked for them (one field per `include` set); every writer of any section
+-- deletes the hash in the same script as its write (services.shared.hotstate), so the
+-- cached bytes are always the encoding of what is stored. A trait mask reads around
+-- the cache. Writing it is best effort (pcall): on a read-only replica the read still
+-- answers. last_seen changes with every event, so it is never cached.
 local function profile_wire(pid, p)
-  local out = {text('\\10', pid)}                                   -- 1 profile_id
-  local wanted = {}
-  for _, flag in ipairs(SECTION_ORDER) do
-    if has(flag) then wanted[#wanted + 1] = flag end
-  end
-  if #wanted > 0 then
-    local cache = p .. 'wire'
-    local cached = redis.call('HMGET', cache, unpack(wanted))
-    local built = {}
-    for j = 1, #wanted do
-      local flag, bytes = wanted[j], cached[j]
-      if flag == 't' and #mask > 0 then
-        bytes = traits_wire(p)
-      elseif not bytes then
-        bytes = SECTION_WIRE[flag](p)
-        built[#built + 1] = flag
-        built[#built + 1] = bytes
-      end
-      out[#out + 1] = bytes
-    end
-    if #built > 0 then
-      redis.pcall('HSET', cache, unpack(built))
+  local cache = p .. 'wire'
+  local sections = false
+  if #mask == 0 then sections = redis.call('HGET', cache, flags) end
+  if not sections then
+    sections = encoders().sections_wire(p)
+    if #mask == 0 then
+      redis.pcall('HSET', cache, flags, sections)
       redis.pcall('EXPIRE', cache, WIRE_CACHE_SECONDS)
     end
   end
+  local out = text('\\10', pid) .. sections
   local seen = redis.call('HGET', p .. 'meta', 'last_seen_us')
   seen = seen and tonumber(seen)
-  if seen then out[#out + 1] = delimited('\\66', timestamp(seen)) end  -- 8 last_seen
-  return table.concat(out)
+  if seen then out = out .. delimited('\\66', timestamp(seen)) end
+  return out
 end
 
-local function profile_row(pid, p)
-  local row = {pid, redis.call('HGET', p .. 'meta', 'last_seen_us'),
-               false, false, false, false, false, false}
-  if has('t') then row[3] = object_from_pairs(pairs_of(p .. 'traits', true)) end
-  if has('c') then row[4] = object_from_pairs(pairs_of(p .. 'computed', false)) end
-  if has('a') then row[5] = object_from_pairs(pairs_of(p .. 'audiences', false)) end
-  if has('p') then row[6] = object_from_pairs(pairs_of(p .. 'predictions', false)) end
-  if has('r') then row[7] = redis.call('GET', p .. 'recs') end
-  if has('i') then
-    local ids = redis.call('HKEYS', p .. 'ids')
-    local parts = {}
-    for i = 1, #ids do parts[i] = cjson.encode(ids[i]) end
-    row[8] = '[' .. table.concat(parts, ',') .. ']'
-  end
-  return row
-end
-
-local build = profile_row
-if has('w') then build = profile_wire end
+local build = profile_wire
+if not has('w') then build = encoders().profile_row end
 local results = {}
 for k = 1, #KEYS do
   local pid = redis.call('GET', KEYS[k])

@@ -19,27 +19,26 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from services.shared.hotstate import WIRE_FLAGS, workspace_prefix
+from services.shared.hotstate import workspace_prefix
 
 # Profiles per script call: bounds the time one call holds Redis (~10 ms) and its size.
 CHUNK = 10_000
 
 # KEYS[1]: the workspace prefix; ARGV[1]: the section (audiences | computed); ARGV[2]:
-# the field; ARGV[3]: "pid\tvalue\n" lines, an empty value removing the field;
-# ARGV[4]: the section's flag in the profile's wire cache, dropped with each change
-# (services.shared.hotstate: a cached encoding never outlives what it encodes).
+# the field; ARGV[3]: "pid\tvalue\n" lines, an empty value removing the field. Each
+# change drops the profile's wire cache (services.shared.hotstate: a cached encoding
+# never outlives what it encodes).
 _SET_FIELD = r"""
 local prefix = KEYS[1] .. 'p:'
 local section = ':' .. ARGV[1]
 local field = ARGV[2]
-local flag = ARGV[4]
 for pid, value in string.gmatch(ARGV[3], '([^\t\n]+)\t([^\n]*)\n') do
   if value == '' then
     redis.call('HDEL', prefix .. pid .. section, field)
   else
     redis.call('HSET', prefix .. pid .. section, field, value)
   end
-  redis.call('HDEL', prefix .. pid .. ':wire', flag)
+  redis.call('DEL', prefix .. pid .. ':wire')
 end
 return 0
 """
@@ -57,7 +56,7 @@ class HotState:
         prefix = workspace_prefix(ws)
         for start in range(0, len(items), CHUNK):
             lines = b"".join(b"%d\t%s\n" % (p, v) for p, v in items[start : start + CHUNK])
-            await self._set_field(keys=[prefix], args=[section, field, lines, WIRE_FLAGS[section]])
+            await self._set_field(keys=[prefix], args=[section, field, lines])
 
     async def memberships(
         self,

@@ -13,31 +13,22 @@ Values are JSON text (orjson) so readers can pass them through without re-encodi
     hs:{ws}:p:<pid>:computed    hash    computed trait key -> JSON value
     hs:{ws}:p:<pid>:predictions hash    prediction key -> JSON {probability, percentile, ...}
     hs:{ws}:p:<pid>:recs        string  JSON list of {item_id, score}
-    hs:{ws}:p:<pid>:wire        hash    section flag -> that section encoded as
+    hs:{ws}:p:<pid>:wire        hash    section flags -> those sections encoded as
                                         audiences.v1.Profile fields (a read cache)
     hs:{ws}:merged:<pid>        string  -> survivor profile id (after a merge)
 
-The ``wire`` hash is the profile service's cache of each section as it goes on the
-wire (GetProfile answers with these bytes). It is filled by the reader and must never
-outlive what it encodes: whoever writes a section deletes that section's flag from
-the profile's wire hash in the same script or transaction (WIRE_FLAGS), and whoever
-deletes or replaces a profile deletes the wire hash with it.
+The ``wire`` hash is the profile service's cache of a profile's sections as they go
+on the wire (GetProfile answers with these bytes), one field per set of sections
+asked for. It is filled by the reader and must never outlive what it encodes:
+whoever writes any section of a profile (ids, traits, computed, audiences,
+predictions, recs; not meta) deletes that profile's wire hash in the same script or
+transaction, and whoever deletes or replaces a profile deletes it with the rest.
 """
 
 from __future__ import annotations
 
 PROFILE_SECTIONS = ("traits", "ids", "meta", "audiences", "computed", "predictions", "recs", "wire")
 
-# The wire-cache field of each cached section (meta is never cached: last_seen_us
-# changes with every event, so it is read fresh).
-WIRE_FLAGS = {
-    "ids": "i",
-    "traits": "t",
-    "computed": "c",
-    "audiences": "a",
-    "predictions": "p",
-    "recs": "r",
-}
 # A cached profile encoding is dropped this long after it was built, so the cache
 # holds the profiles read lately rather than every profile ever read.
 WIRE_CACHE_SECONDS = 3600

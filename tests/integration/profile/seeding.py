@@ -87,9 +87,7 @@ async def seed_hot_merge(
     """
     async with redis.pipeline(transaction=True) as pipe:
         pipe.set(hotstate.merged_key(workspace_id, merged_id), str(survivor_id))
-        pipe.hdel(
-            hotstate.profile_key(workspace_id, survivor_id, "wire"), hotstate.WIRE_FLAGS["ids"]
-        )
+        pipe.delete(hotstate.profile_key(workspace_id, survivor_id, "wire"))
         for id_type, id_value in identifiers:
             pipe.set(hotstate.identity_key(workspace_id, id_type, id_value), str(merged_id))
             pipe.hset(
