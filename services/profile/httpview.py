@@ -102,6 +102,10 @@ def _cursor(request: web.Request, next_token: str = "") -> dict[str, object]:
     return {"url": request.path, "has_more": bool(next_token), "next": next_token}
 
 
+def _fragment(json_text: str | None) -> orjson.Fragment | None:
+    return None if json_text is None else orjson.Fragment(json_text)
+
+
 def _iso(value_us: int) -> str:
     return datetime_from_us(value_us).isoformat().replace("+00:00", "Z")
 
@@ -162,9 +166,10 @@ async def events(request: web.Request) -> web.Response:
             "event" if event.type == "track" else "name": event.name,
             "user_id": event.user_id,
             "anonymous_id": event.anonymous_id,
-            "properties": event.properties,
-            "traits": event.traits,
-            "context": event.context,
+            # Stored JSON text, embedded as it is (never decoded and re-encoded).
+            "properties": _fragment(event.properties),
+            "traits": _fragment(event.traits),
+            "context": _fragment(event.context),
         }
         for event in page.events
     ]

@@ -104,9 +104,10 @@ class TimelineEvent:
     type: str
     name: str | None
     timestamp_us: int
-    properties: object
-    traits: object
-    context: object
+    # The payloads as the JSON text stored (None when absent), never decoded here.
+    properties: str | None
+    traits: str | None
+    context: str | None
     user_id: str | None = None
     anonymous_id: str | None = None
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-import orjson
 from audiences.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 from services.profile import model
@@ -91,8 +90,8 @@ def profile_message(profile: HotProfile) -> profile_pb2.Profile:
     return message
 
 
-def _json(value: object) -> bytes:
-    return b"" if value is None else orjson.dumps(value)
+def _text(json_text: str | None) -> bytes:
+    return b"" if json_text is None else json_text.encode()
 
 
 def _event_pb(event: model.TimelineEvent) -> profile_pb2.TimelineEvent:
@@ -102,9 +101,9 @@ def _event_pb(event: model.TimelineEvent) -> profile_pb2.TimelineEvent:
         type=event.type,
         name=event.name or "",
         timestamp=timestamp_from_us(event.timestamp_us),
-        properties=_json(event.properties),
-        traits=_json(event.traits),
-        context=_json(event.context),
+        properties=_text(event.properties),
+        traits=_text(event.traits),
+        context=_text(event.context),
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import and_, delete, insert, or_, select, tuple_, update
+from sqlalchemy import Text, and_, cast, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.profile.model import Identifier, TimelineEvent
@@ -23,6 +23,11 @@ from services.shared.db.tables import (
 
 # Merge chains longer than this are a writer bug; stop instead of looping.
 MAX_MERGE_HOPS = 16
+
+
+def _json_text(column):  # type: ignore[no-untyped-def]
+    """A JSON column as its text; a JSON null reads as absent (SQL NULL), as before."""
+    return func.nullif(cast(column, Text), "null")
 
 
 class ProfileStore:
@@ -57,9 +62,11 @@ class ProfileStore:
                 events.c.type,
                 events.c.name,
                 events.c.timestamp_us,
-                events.c.properties,
-                events.c.traits,
-                events.c.context,
+                # As JSON text, passed on as it is: decoded, an integer beyond 64 bits
+                # (which jsonb keeps exactly) could not be encoded again.
+                _json_text(events.c.properties).label("properties"),
+                _json_text(events.c.traits).label("traits"),
+                _json_text(events.c.context).label("context"),
                 events.c.user_id,
                 events.c.anonymous_id,
             ).where(events.c.workspace_id == workspace_id, events.c.profile_id.in_(members))

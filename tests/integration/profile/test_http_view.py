@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import aiohttp
 import pytest
 import redis.asyncio as redis_asyncio
+from audiences.v1 import common_pb2, profile_pb2
 
 from services.profile import httpview
 from services.profile.app import build
@@ -152,3 +154,46 @@ async def test_another_workspaces_key_sees_nothing(view, resources, workspace, a
             f"/v1/profiles/user_id:u-ada/{section}", headers=basic(other.profile)
         ) as reply:
             assert reply.status == 404
+
+
+HUGE = 123456789012345678901234567890  # beyond 64 bits: jsonb keeps it exactly
+
+
+async def test_timeline_payloads_keep_integers_beyond_64_bits(  # type: ignore[no-untyped-def]
+    view, resources, workspace, profile_stub
+) -> None:
+    ws = workspace.workspace_id
+    pid = await seed_db_profile(resources.engine, ws, [("user_id", "u-big")], T0)
+    await seed_events(
+        resources.engine,
+        ws,
+        pid,
+        [
+            {
+                "message_id": "big",
+                "type": "track",
+                "name": "Ordered",
+                "timestamp_us": T0,
+                "properties": {"order_id": HUGE, "total": 1.5},
+                "context": {"ip": "10.0.0.1"},
+            }
+        ],
+    )
+    async with view.get(
+        "/v1/profiles/user_id:u-big/events", headers=bearer(workspace.profile)
+    ) as reply:
+        assert reply.status == 200
+        # The standard library's parser keeps big integers exact; orjson's would not.
+        (event,) = json.loads(await reply.read())["data"]
+    assert event["properties"] == {"order_id": HUGE, "total": 1.5}
+    assert event["context"] == {"ip": "10.0.0.1"}
+    assert event["traits"] is None
+    reply = await profile_stub.ListEvents(
+        profile_pb2.ListEventsRequest(
+            identifier=common_pb2.Identifier(type="user_id", value="u-big")
+        ),
+        metadata=(("authorization", f"Bearer {workspace.profile}"),),
+    )
+    (timeline,) = reply.events
+    assert json.loads(timeline.properties) == {"order_id": HUGE, "total": 1.5}
+    assert timeline.traits == b""
