@@ -25,7 +25,7 @@ from services.shared.db.tables import (
 MAX_MERGE_HOPS = 16
 
 
-def _json_text(column):  # type: ignore[no-untyped-def]
+def _payload_text(column):  # type: ignore[no-untyped-def]
     """A JSON column as its text; a JSON null reads as absent (SQL NULL), as before."""
     return func.nullif(cast(column, Text), "null")
 
@@ -64,9 +64,9 @@ class ProfileStore:
                 events.c.timestamp_us,
                 # As JSON text, passed on as it is: decoded, an integer beyond 64 bits
                 # (which jsonb keeps exactly) could not be encoded again.
-                _json_text(events.c.properties).label("properties"),
-                _json_text(events.c.traits).label("traits"),
-                _json_text(events.c.context).label("context"),
+                _payload_text(events.c.properties).label("properties"),
+                _payload_text(events.c.traits).label("traits"),
+                _payload_text(events.c.context).label("context"),
                 events.c.user_id,
                 events.c.anonymous_id,
             ).where(events.c.workspace_id == workspace_id, events.c.profile_id.in_(members))
