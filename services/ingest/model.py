@@ -4,7 +4,8 @@ the per-event outcome. Plain Python: no grpc, protobuf, SQL or Redis here."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -32,12 +33,14 @@ class RawEvent:
     context: JsonInput = None
     group_id: str = ""
     previous_id: str = ""
-    external_ids: list[tuple[str, str]] = field(default_factory=list)
+    external_ids: Sequence[tuple[str, str]] = ()  # (type, value) pairs
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Identifier:
-    """One identifier an event carries, with the request field it came from."""
+    """One identifier an event carries, with the request field it came from. Never
+    changed once built (not declared frozen: a frozen dataclass sets each field through
+    object.__setattr__, which made building one 3-4x dearer, ~1 us per event)."""
 
     type: str
     value: str
@@ -47,7 +50,7 @@ class Identifier:
     key: tuple[str, str] = dataclasses.field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.type, self.value))
+        self.key = (self.type, self.value)
 
 
 @dataclass(slots=True)
@@ -96,7 +99,9 @@ class Outcome:
     index: int
     message_id: str
     status: Status
-    violations: list[Violation] = field(default_factory=list)
+    # A shared empty tuple by default: most outcomes have no violation, and a new empty
+    # list per outcome cost its allocation for nothing.
+    violations: Sequence[Violation] = ()
     profile_id: int | None = None
     seq: int | None = None
 

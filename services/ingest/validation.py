@@ -136,13 +136,15 @@ def identifiers_of(
         found.append(Identifier("user_id", event.user_id, "user_id"))
     if event.anonymous_id:
         found.append(Identifier("anonymous_id", event.anonymous_id, "anonymous_id"))
-    if event.type == "identify":
-        email = (traits or {}).get("email")
+    if traits and event.type == "identify":
+        email = traits.get("email")
         if isinstance(email, str) and email.strip():
             found.append(Identifier("email", normalize_identifier("email", email), "traits.email"))
-    device = (context or {}).get("device")
+    device = context.get("device") if context else None
     if isinstance(device, dict) and isinstance(device.get("id"), str) and device["id"].strip():
         found.append(Identifier("device_id", device["id"].strip(), "context.device.id"))
+    if not event.external_ids:
+        return found  # the common case: no loop over an empty sequence
     for position, (id_type, id_value) in enumerate(event.external_ids):
         found.append(
             Identifier(
@@ -166,22 +168,23 @@ def validate(
 
     if raw.type not in EVENT_TYPES:
         bad("type", f"unknown event type; must be one of {', '.join(EVENT_TYPES)}")
-    for name, value in zip(
-        _STRING_FIELDS,
-        (  # read directly, in _STRING_FIELDS order (getattr by name cost more)
-            raw.message_id,
-            raw.user_id,
-            raw.anonymous_id,
-            raw.event,
-            raw.name,
-            raw.group_id,
-            raw.previous_id,
-        ),
-        strict=True,
-    ):
-        problem = _string_violation(value) if value else None  # most fields are empty
-        if problem:
-            bad(name, problem)
+    strings = (  # read directly, in _STRING_FIELDS order (getattr by name cost more)
+        raw.message_id,
+        raw.user_id,
+        raw.anonymous_id,
+        raw.event,
+        raw.name,
+        raw.group_id,
+        raw.previous_id,
+    )
+    joined = "".join(strings)
+    # The common case in three C calls: if all of them together are short ASCII text
+    # without NUL, so is each one (_string_violation would find nothing).
+    if not (len(joined) <= MAX_STRING_CHARS and joined.isascii() and "\x00" not in joined):
+        for name, value in zip(_STRING_FIELDS, strings, strict=True):
+            problem = _string_violation(value) if value else None  # most fields are empty
+            if problem:
+                bad(name, problem)
     if not raw.user_id and not raw.anonymous_id:
         bad("user_id", "user_id or anonymous_id is required")
     if raw.type == "track" and not raw.event:
@@ -238,23 +241,24 @@ def validate(
     elif raw.type in ("page", "screen"):
         name = raw.name or None
     return (
+        # Positional, in Event's field order: keywords cost ~0.9 us more per event.
         Event(
-            index=index,
-            message_id=raw.message_id or uuid.uuid4().hex,
-            type=raw.type,
-            name=name,
-            user_id=raw.user_id or None,
-            anonymous_id=raw.anonymous_id or None,
-            group_id=raw.group_id or None,
-            previous_id=raw.previous_id or None,
-            timestamp_us=timestamp_us,
-            properties=properties,
-            traits=traits,
-            context=context,
-            identifiers=identifiers_of(raw, traits, context),
-            properties_json=properties_json,
-            traits_json=traits_json,
-            context_json=context_json,
+            index,
+            raw.message_id or uuid.uuid4().hex,
+            raw.type,
+            name,
+            raw.user_id or None,
+            raw.anonymous_id or None,
+            raw.group_id or None,
+            raw.previous_id or None,
+            timestamp_us,
+            properties,
+            traits,
+            context,
+            identifiers_of(raw, traits, context),
+            properties_json,
+            traits_json,
+            context_json,
         ),
         [],
     )
