@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from audiences.v1 import ingest_pb2, ingest_pb2_grpc
@@ -30,54 +31,64 @@ _MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the Timestamp 
 
 def to_raw(message: ingest_pb2.Event, batch_context: bytes = b"", event_type: str = "") -> RawEvent:
     """A protobuf Event as a transport-neutral RawEvent."""
+    # Each protobuf field is read once: an attribute read costs 0.1-0.35 us here, about
+    # as much as the rest of this function per field.
     timestamp_us: int | None = None
     timestamp_error: str | None = None
     if message.HasField("timestamp"):
         stamp = message.timestamp
-        if not 0 <= stamp.nanos < 1_000_000_000 or abs(stamp.seconds) > _MAX_TIMESTAMP_SECONDS:
+        seconds, nanos = stamp.seconds, stamp.nanos
+        if not 0 <= nanos < 1_000_000_000 or abs(seconds) > _MAX_TIMESTAMP_SECONDS:
             timestamp_error = "not a valid timestamp"
         else:
-            timestamp_us = stamp.seconds * 1_000_000 + stamp.nanos // 1000
+            timestamp_us = seconds * 1_000_000 + nanos // 1000
+    if not event_type:
+        number = message.type
+        event_type = _TYPES.get(number) or f"unknown ({number})"
+    external_ids = message.external_ids
     return RawEvent(
-        type=event_type or _TYPES.get(message.type, f"unknown ({message.type})"),
-        message_id=message.message_id,
-        user_id=message.user_id,
-        anonymous_id=message.anonymous_id,
-        event=message.event,
-        name=message.name,
-        timestamp_us=timestamp_us,
-        timestamp_error=timestamp_error,
-        properties=message.properties or None,
-        traits=message.traits or None,
-        context=message.context or batch_context or None,
-        group_id=message.group_id,
-        previous_id=message.previous_id,
-        # Mostly empty, and iterating an empty repeated field costs more than testing it.
-        external_ids=[(i.type, i.value) for i in message.external_ids]
-        if message.external_ids
-        else [],
+        event_type,
+        message.message_id,
+        message.user_id,
+        message.anonymous_id,
+        message.event,
+        message.name,
+        timestamp_us,
+        timestamp_error,
+        message.properties or None,
+        message.traits or None,
+        message.context or batch_context or None,
+        message.group_id,
+        message.previous_id,
+        [(i.type, i.value) for i in external_ids] if external_ids else (),
     )
+
+
+def _result_fields(outcome: Outcome) -> dict[str, Any]:
+    """The fields of one event's EventResult, as constructor keywords. A response is
+    built from a list of these in one call (upb makes the messages in C): building an
+    EventResult per event and copying it into the response cost twice as much."""
+    fields: dict[str, Any] = {
+        "message_id": outcome.message_id,
+        "status": _STATUSES[outcome.status],
+        "profile_id": "" if outcome.profile_id is None else str(outcome.profile_id),
+        "seq": outcome.seq or 0,
+    }
+    if outcome.violations:  # most events have none; an empty list costs ~1 us each
+        fields["violations"] = [
+            {"index": v.index, "field": v.field, "reason": v.reason} for v in outcome.violations
+        ]
+    return fields
 
 
 def to_result(outcome: Outcome) -> ingest_pb2.EventResult:
     """The protobuf result of one event."""
-    result = ingest_pb2.EventResult(
-        message_id=outcome.message_id,
-        status=_STATUSES[outcome.status],
-        profile_id="" if outcome.profile_id is None else str(outcome.profile_id),
-        seq=outcome.seq or 0,
-    )
-    if outcome.violations:  # most events have none; an empty list costs ~1 us each
-        result.violations.extend(
-            ingest_pb2.EventViolation(index=v.index, field=v.field, reason=v.reason)
-            for v in outcome.violations
-        )
-    return result
+    return ingest_pb2.EventResult(**_result_fields(outcome))
 
 
 def _batch_response(outcome: BatchOutcome) -> ingest_pb2.BatchResponse:
     return ingest_pb2.BatchResponse(
-        results=[to_result(o) for o in outcome.outcomes],
+        results=[_result_fields(o) for o in outcome.outcomes],
         accepted=outcome.count(Status.ACCEPTED),
         duplicates=outcome.count(Status.DUPLICATE),
         rejected=outcome.count(Status.REJECTED),
@@ -126,4 +137,6 @@ class IngestServiceServicer(ingest_pb2_grpc.IngestServiceServicer):
         async for request in request_iterator:
             check_request_size(len(request.events), request.ByteSize())
             outcome = await self._ingestor.ingest(workspace_id, [to_raw(e) for e in request.events])
-            yield ingest_pb2.StreamEventsResponse(results=[to_result(o) for o in outcome.outcomes])
+            yield ingest_pb2.StreamEventsResponse(
+                results=[_result_fields(o) for o in outcome.outcomes]
+            )
