@@ -1,6 +1,7 @@
 """Where an ingest group's time goes: the Ingestor in-process (no gRPC), fed the
-bench's batches by 4 concurrent callers, with every awaited Postgres statement and the
-Redis update timed per group.
+bench's batches by 4 concurrent callers (each translating its protobuf events and
+building the response as the servicer's Batch does), with every awaited Postgres
+statement and the Redis update timed per group, and the process's CPU per event.
 
     .venv/bin/python bench/ingest_breakdown.py [--workload returning|new] [--batches 80]
 
@@ -30,7 +31,7 @@ import ingest_batch as bench  # noqa: E402
 
 from services.ingest.ingestor import Ingestor  # noqa: E402
 from services.ingest.publisher import RedisPublisher  # noqa: E402
-from services.ingest.server import to_raw  # noqa: E402
+from services.ingest.server import _batch_response, to_raw  # noqa: E402
 from services.ingest.store import SqlEventStore  # noqa: E402
 from services.shared.auth import KeyStore  # noqa: E402
 from services.shared.clock import SystemClock  # noqa: E402
@@ -89,7 +90,9 @@ async def main() -> None:
         async def caller() -> None:
             while waiting:
                 batch = waiting.pop(0)
-                await ingestor.ingest(workspace_id, [to_raw(e) for e in batch.events])
+                # As the servicer's Batch does, response included (not serialized).
+                raws = [to_raw(e, batch.context) for e in batch.events]
+                _batch_response(await ingestor.ingest(workspace_id, raws))
 
         await asyncio.gather(*(caller() for _ in range(callers)))
 
@@ -105,7 +108,8 @@ async def main() -> None:
     print(
         f"{args.workload}: {events / elapsed:,.0f} events/s in-process, "
         f"{groups} groups of {events / groups:,.0f} events, "
-        f"{elapsed / groups * 1e3:.0f} ms per group, process CPU {cpu / elapsed:.0%}"
+        f"{elapsed / groups * 1e3:.0f} ms per group, process CPU {cpu / elapsed:.0%}, "
+        f"{cpu / events * 1e6:.1f} us of CPU per event"
     )
     print(f"{'ms per group':>13}{'calls':>7}  step")
     for key, spent in sorted(SPENT.items(), key=lambda item: -item[1]):
