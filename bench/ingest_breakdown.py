@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import ingest_batch as bench  # noqa: E402
 
+from services.ingest.app import tune_gc  # noqa: E402
 from services.ingest.ingestor import Ingestor  # noqa: E402
 from services.ingest.publisher import RedisPublisher  # noqa: E402
 from services.ingest.server import _batch_response, to_raw  # noqa: E402
@@ -65,6 +66,7 @@ async def main() -> None:
     parser.add_argument("--workload", choices=bench.WORKLOADS, default="returning")
     parser.add_argument("--batches", type=int, default=80)
     args = parser.parse_args()
+    tune_gc()  # as `python -m services.ingest` does
     for method in ("fetch", "execute", "copy_records_to_table"):
         timed(asyncpg.Connection, method)
     timed(RedisPublisher, "apply", "Redis update (hot state + stream, one round trip)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -18,6 +19,28 @@ from services.ingest.server import IngestServiceServicer
 from services.ingest.store import SqlEventStore
 from services.shared.admin_server import AdminServicer
 from services.shared.server import Resources, ServiceSpec
+
+# Objects the collector lets pile up before a young-generation collection (Python's
+# default is 700). A group's objects (events, identifiers, rows, records) live for a
+# few hundred ms, so with the default they outlived young collections and reached the
+# oldest generation, whose full collections walked the whole heap (~150,000 objects,
+# ~90 ms each): a fifth or more of the process's CPU in the in-process breakdown. At
+# 50,000 most of a group's objects are freed by reference counting before any
+# collection sees them.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Garbage collection for an ingest process; call once, after the imports.
+
+    Freezes what exists now (modules, classes, functions: never garbage) so later
+    collections do not walk it, and raises the young-generation threshold. Cyclic
+    garbage is still collected, in fewer and larger passes.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
 
 
 @dataclass
