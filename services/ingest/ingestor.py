@@ -591,7 +591,7 @@ class Ingestor:
             return real.get(profile_id, profile_id)
 
         stored = [
-            StoredEvent(seq, named(pid), event, now_us)
+            StoredEvent(seq, real.get(pid, pid), event, now_us)  # named(pid), inline
             for seq, pid, event in zip(seqs, attributed, events, strict=True)
         ]
         merges = [
@@ -689,13 +689,12 @@ class Ingestor:
     ) -> None:
         """ACCEPTED for the written events, DUPLICATE (of the group's first copy) for
         repeats within the group."""
+        accepted = Status.ACCEPTED
         for (request, event), item in zip(fresh, stored, strict=True):
+            # Positional (index, message_id, status, violations, profile_id, seq):
+            # keywords cost ~0.4 us more per event.
             request.outcomes[event.index] = Outcome(
-                event.index,
-                event.message_id,
-                Status.ACCEPTED,
-                profile_id=item.profile_id,
-                seq=item.seq,
+                event.index, event.message_id, accepted, (), item.profile_id, item.seq
             )
         by_message = {s.event.message_id: s for s in stored}
         for request, event in duplicates:
@@ -779,14 +778,16 @@ class Ingestor:
             await asyncio.sleep(0)
             end = start + _YIELD_EVERY
             records.extend(
-                StreamRecord(
+                StreamRecord(  # positional: a NamedTuple's keywords cost more
                     s.seq,
                     0,
                     workspace_id,
                     "event",
                     s.profile_id,
                     stream_event(e, e.properties_json, e.traits_json, e.context_json),
-                    trace=trace,
+                    0,
+                    0,
+                    trace,
                 )
                 for s, trace in zip(stored[start:end], traces[start:end], strict=True)
                 for e in (s.event,)
