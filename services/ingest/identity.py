@@ -234,6 +234,12 @@ class IdentityGraph:
         """
         at = event.index if position is None else position
         identifiers = self.usable(event)
+        if len(identifiers) == 1:
+            # Most events: one identifier, already held. Its holder is the profile (the
+            # loops below would find it, with nothing to attach or merge).
+            holder = self.owner.get(identifiers[0].key)
+            if holder is not None:
+                return holder
         anchor: int | None = None
         for position, identifier in enumerate(identifiers):
             holder = self.owner.get(identifier.key)

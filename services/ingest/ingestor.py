@@ -502,7 +502,11 @@ class Ingestor:
         for request in group.requests:
             for event in request.events:
                 ids = event.identifiers
-                if ids and all(rules.is_blocked(i.value) for i in ids):
+                if len(ids) == 1:  # most events: no generator for one identifier
+                    blocked = rules.is_blocked(ids[0].value)
+                else:
+                    blocked = bool(ids) and all(rules.is_blocked(i.value) for i in ids)
+                if blocked:
                     violation = Violation(
                         event.index, request.field(event, "user_id"), BLOCKED_REASON
                     )
