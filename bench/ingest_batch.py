@@ -4,6 +4,13 @@ same run: plain asyncpg COPY of the same rows (the storage limit) and protobuf
 parse-only (the wire-format limit).
 
     .venv/bin/python bench/ingest_batch.py [--seconds 10] [--concurrency 4] [--workload both]
+                                           [--rates 1000,5000]
+
+With `--rates`, the same process then takes batches at each fixed offered rate
+(events/s, open loop: a batch is sent every 500/rate seconds whether or not the
+previous one was answered, and its latency counts from when it was due, so a stalled
+server cannot hide its queueing): how long an acknowledgement takes at a given load,
+not only at saturation.
 
 Two workloads, each on a fresh database and ingest process: "returning" (20,000
 known users created before timing; RETURNING_MIX below) and "new" (the original
@@ -166,6 +173,42 @@ async def run_ingest(  # type: ignore[no-untyped-def]
     return accepted / elapsed, latencies
 
 
+async def run_ingest_rate(  # type: ignore[no-untyped-def]
+    address: str, key: str, payloads: list[bytes], seconds: float, events_per_second: float
+):
+    """Open loop at a fixed offered rate; latency from each batch's due time."""
+    latencies: list[float] = []
+    accepted = 0
+    channel = grpc.aio.insecure_channel(address)
+    call = channel.unary_unary(
+        "/audiences.v1.IngestService/Batch",
+        request_serializer=lambda b: b,
+        response_deserializer=ingest_pb2.BatchResponse.FromString,
+    )
+    metadata = (("authorization", f"Bearer {key}"),)
+    interval = BATCH / events_per_second
+    count = min(len(payloads), int(seconds / interval))
+
+    async def one(payload: bytes, due: float) -> None:
+        nonlocal accepted
+        reply = await call(payload, metadata=metadata)
+        latencies.append(time.perf_counter() - due)
+        accepted += reply.accepted
+
+    began = time.perf_counter() + 0.05
+    tasks = []
+    for i in range(count):
+        due = began + i * interval
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(payloads[i], due)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - began
+    await channel.close()
+    return accepted / elapsed, latencies
+
+
 def copy_records(batches: list[ingest_pb2.BatchRequest]) -> list[list[tuple]]:  # type: ignore[type-arg]
     """The bench's events as `events` rows, one list per batch, built before timing so
     the COPY baseline measures the storage alone."""
@@ -235,7 +278,9 @@ def run_parse(payloads: list[bytes], seconds: float):  # type: ignore[no-untyped
     return done / (time.perf_counter() - began), latencies
 
 
-async def run_workload(workload: str, seconds: float, concurrency: int):  # type: ignore[no-untyped-def]
+async def run_workload(  # type: ignore[no-untyped-def]
+    workload: str, seconds: float, concurrency: int, rates: list[float]
+):
     """One workload on a fresh database and ingest process, then its baselines."""
     database_url = await create_database()
     engine = create_engine(database_url)
@@ -249,9 +294,14 @@ async def run_workload(workload: str, seconds: float, concurrency: int):  # type
     now_us = SystemClock().now_us()
     counter = [0]
     needed = int(60_000 * seconds / BATCH) + 10
+    rate_needed = [int(rate * seconds / BATCH) + 1 for rate in rates]
     build = returning_event if workload == "returning" else new_users_event
     batches = [make_batch(now_us, counter, build) for _ in range(needed)]
     payloads = [b.SerializeToString() for b in batches]
+    rate_payloads = [
+        [make_batch(now_us, counter, build).SerializeToString() for _ in range(n)]
+        for n in rate_needed
+    ]
     seed_counter = [0]
     seeds = [
         make_batch(now_us - 3_600_000_000, seed_counter, seed_event).SerializeToString()
@@ -283,6 +333,13 @@ async def run_workload(workload: str, seconds: float, concurrency: int):  # type
         if seeds:
             await run_ingest(address, key, seeds, 600, concurrency)
         rate, lat = await run_ingest(address, key, payloads[:-5], seconds, concurrency)
+        offered = [
+            (
+                f"ingest at {offered:,.0f} events/s offered",
+                *await run_ingest_rate(address, key, batch_payloads, seconds, offered),
+            )
+            for offered, batch_payloads in zip(rates, rate_payloads, strict=True)
+        ]
         stream_length = await flush.xlen("stream:events")
     finally:
         server.terminate()
@@ -303,6 +360,7 @@ async def run_workload(workload: str, seconds: float, concurrency: int):  # type
     await drop_database(database_url)
     return [
         ("ingest gRPC Batch (durable ack)", rate, lat),
+        *offered,
         ("asyncpg COPY, same rows", copy_rate, copy_lat),
         ("protobuf parse only", parse_rate, parse_lat),
     ], stream_length
@@ -313,12 +371,18 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--workload", choices=(*WORKLOADS, "both"), default="both")
+    parser.add_argument(
+        "--rates",
+        default="",
+        help="comma-separated offered rates (events/s) run after the saturation run",
+    )
     args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",") if r]
     chosen = WORKLOADS if args.workload == "both" else (args.workload,)
     print(f"batch = {BATCH} events, concurrency = {args.concurrency}, {args.seconds:.0f} s")
     print(f"{'workload':<11}{'path':<34}{'events/s':>12}{'p50 ms':>9}{'p99 ms':>9}{'x ingest':>10}")
     for workload in chosen:
-        rows, stream_length = await run_workload(workload, args.seconds, args.concurrency)
+        rows, stream_length = await run_workload(workload, args.seconds, args.concurrency, rates)
         rate = rows[0][1]
         for name, r, values in rows:
             print(
