@@ -8,10 +8,12 @@ workspace in a context variable, so no call can reach another workspace's data.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextvars
 import hashlib
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.shared.clock import Clock, SystemClock
 from services.shared.db.tables import api_keys, workspaces
 from services.shared.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+
+log = logging.getLogger(__name__)
 
 SCOPES = ("ingest:write", "profile:read", "admin")
 KEY_PREFIX = "aud_"
@@ -123,7 +127,17 @@ def http_secret(authorization: str | None) -> str | None:
 
 
 class KeyStore:
-    """Workspaces and API keys in the database, with a short-lived cache of lookups."""
+    """Workspaces and API keys in the database, with a short-lived cache of lookups.
+
+    A looked-up key is trusted for `cache_seconds` (so a revocation in another process
+    takes effect within that time). Requests never queue behind the database for a key
+    in use: once an entry has lived half its time, the next request that reads it starts
+    one background lookup that renews it, and is answered from the cache meanwhile. Only
+    a key not seen for `cache_seconds` is looked up while its request waits, and
+    concurrent requests with the same key share that one lookup (before, every request
+    arriving while the entry had just expired ran a lookup of its own: a burst of
+    database connections and a latency spike every 30 s under load).
+    """
 
     def __init__(
         self, engine: AsyncEngine, cache_seconds: float = 30.0, clock: Clock | None = None
@@ -132,6 +146,9 @@ class KeyStore:
         self._cache_seconds = cache_seconds
         self._clock = clock or SystemClock()
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._loading: dict[str, asyncio.Task[Principal | None]] = {}
+        # Bumped by forget(): a lookup started before it must not refill the cache.
+        self._generation = 0
 
     async def authenticate(self, secret: str | None) -> Principal:
         """The principal of a secret; Unauthenticated when missing, unknown or revoked."""
@@ -141,12 +158,38 @@ class KeyStore:
         cached = self._cache.get(digest)
         now = time.monotonic()
         if cached is not None and cached[0] > now:
+            if cached[0] - now < self._cache_seconds / 2:
+                self._load(digest)  # renew ahead of expiry; this request need not wait
             principal = cached[1]
         else:
-            principal = await self._lookup(digest)
-            self._cache[digest] = (now + self._cache_seconds, principal)
+            # Shielded: a caller that goes away must not cancel the lookup others share.
+            principal = await asyncio.shield(self._load(digest))
         if principal is None:
             raise Unauthenticated("unknown or revoked API key")
+        return principal
+
+    def _load(self, digest: str) -> asyncio.Task[Principal | None]:
+        """The one lookup of `digest` in flight, started if there is none."""
+        task = self._loading.get(digest)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._lookup_and_cache(digest))
+            self._loading[digest] = task
+            task.add_done_callback(lambda done: self._loaded(digest, done))
+        return task
+
+    def _loaded(self, digest: str, task: asyncio.Task[Principal | None]) -> None:
+        if self._loading.get(digest) is task:
+            del self._loading[digest]
+        if not task.cancelled() and task.exception() is not None:
+            # A renewal nobody awaited failed (database down): the entry is served until
+            # it expires, then the next request's own lookup reports the error.
+            log.warning("API key lookup failed: %r", task.exception())
+
+    async def _lookup_and_cache(self, digest: str) -> Principal | None:
+        generation = self._generation
+        principal = await self._lookup(digest)
+        if generation == self._generation:
+            self._cache[digest] = (time.monotonic() + self._cache_seconds, principal)
         return principal
 
     async def _lookup(self, digest: str) -> Principal | None:
@@ -160,8 +203,11 @@ class KeyStore:
         return Principal(row.key_id, row.workspace_id, frozenset(row.scopes.split()))
 
     def forget(self) -> None:
-        """Drop cached lookups (after a revocation in this process)."""
+        """Drop cached lookups (after a revocation in this process), and let no lookup
+        already in flight refill the cache or be shared by later requests."""
+        self._generation += 1
         self._cache.clear()
+        self._loading.clear()
 
     async def create_workspace(self, name: str) -> tuple[str, str, str]:
         """Create a workspace and its first admin key: (workspace_id, key_id, secret)."""
