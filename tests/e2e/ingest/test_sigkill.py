@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import time
 
 import asyncpg
 import grpc
@@ -29,6 +28,7 @@ from services.ingest.publisher import CURSOR_KEY, STREAM_KEY
 from services.shared import hotstate
 from tests.helpers.backends import asyncpg_dsn, free_port
 from tests.helpers.grpc_client import bearer, wait_serving
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -92,26 +92,24 @@ async def stored(database_url: str) -> dict[str, int]:
     return {row["message_id"]: row["seq"] for row in rows}
 
 
-async def committed_beyond(database_url: str, acknowledged: set[str], within: float = 15) -> None:
+async def committed_beyond(database_url: str, acknowledged: set[str]) -> None:
     """Wait until Postgres holds an event that was not acknowledged (yet)."""
-    deadline = time.monotonic() + within
-    while len(await stored(database_url)) <= len(acknowledged):
-        if time.monotonic() > deadline:
-            raise TimeoutError("no group committed beyond the acknowledged events")
-        await asyncio.sleep(0.02)  # polling a condition with a deadline, not a fixed wait
+
+    async def unacknowledged() -> bool:
+        return len(await stored(database_url)) > len(acknowledged)
+
+    await eventually(unacknowledged, 15, "a group committed beyond the acknowledged events")
 
 
-async def caught_up(database_url: str, redis: redis_asyncio.Redis, within: float = 30.0) -> None:
+async def caught_up(database_url: str, redis: redis_asyncio.Redis) -> None:
     """Wait until the stream cursor has reached the last stored event's seq."""
-    deadline = time.monotonic() + within
-    while True:
+
+    async def reached() -> bool:
         seqs = (await stored(database_url)).values()
         cursor = await redis.get(CURSOR_KEY)
-        if seqs and cursor is not None and int(cursor) >= max(seqs):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"stream cursor {cursor!r} short of {max(seqs, default=0)}")
-        await asyncio.sleep(0.1)  # polling a condition with a deadline, not a fixed wait
+        return bool(seqs) and cursor is not None and int(cursor) >= max(seqs)
+
+    await eventually(reached, 30, "the stream cursor at the last stored seq")
 
 
 async def test_sigkill_under_load_loses_and_doubles_nothing(  # type: ignore[no-untyped-def]

@@ -3,9 +3,7 @@ process (gRPC and HTTP), and erasing the profile suppresses its identifiers."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import time
 
 import aiohttp
 import grpc
@@ -16,6 +14,7 @@ from audiences.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc, profile_pb2, p
 from tests.helpers.backends import free_port
 from tests.helpers.grpc_client import bearer
 from tests.helpers.servers import as_processes
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -26,20 +25,19 @@ def ident(id_type: str, value: str) -> common_pb2.Identifier:
 
 async def profile_when(stub, key, identifier, ready, within: float = 20.0):  # type: ignore[no-untyped-def]
     """GetProfile until `ready(profile)` holds: ingest may update hot state after its ack."""
-    deadline = time.monotonic() + within
-    while True:
+
+    async def read():  # type: ignore[no-untyped-def]
         try:
             profile = await stub.GetProfile(
                 profile_pb2.GetProfileRequest(identifier=identifier), metadata=bearer(key)
             )
-            if ready(profile):
-                return profile
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.NOT_FOUND:
                 raise
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"profile of {identifier} not ready after {within}s")
-        await asyncio.sleep(0.1)  # polling a condition with a deadline, not a fixed wait
+            return None
+        return profile if ready(profile) else None
+
+    return await eventually(read, within, f"the profile of {identifier} ready", every=0.1)
 
 
 async def test_events_through_ingest_read_back_through_profile(  # type: ignore[no-untyped-def]
