@@ -119,7 +119,11 @@ class ProfileServiceServicer(profile_pb2_grpc.ProfileServiceServicer):
         """The Profile message already serialized: registered without a response
         serializer (app.PREENCODED), because the hot state hands it over ready."""
         identifier = _identifier(request.identifier)
-        query = _query(list(request.include), list(request.trait_mask.paths))
+        if request.include or request.HasField("trait_mask"):
+            query = _query(list(request.include), list(request.trait_mask.paths))
+        else:
+            # The common request (every section, no mask): nothing to parse or check.
+            query = model.EVERYTHING
         return await self._profiles.get_profile_encoded(current_workspace(), identifier, query)
 
     async def BatchGetProfiles(

@@ -27,6 +27,9 @@ from services.shared.errors import InvalidArgument, NotFound, PermissionDenied, 
 
 log = logging.getLogger(__name__)
 
+# The most key lookups one process caches (a key in use is re-cached at once).
+MAX_CACHED_KEYS = 10_000
+
 SCOPES = ("ingest:write", "profile:read", "admin")
 KEY_PREFIX = "aud_"
 
@@ -145,6 +148,7 @@ class KeyStore:
         self._engine = engine
         self._cache_seconds = cache_seconds
         self._clock = clock or SystemClock()
+        # Keyed by the secret as sent, so a request whose key is cached hashes nothing.
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._loading: dict[str, asyncio.Task[Principal | None]] = {}
         # Bumped by forget(): a lookup started before it must not refill the cache.
@@ -154,42 +158,45 @@ class KeyStore:
         """The principal of a secret; Unauthenticated when missing, unknown or revoked."""
         if not secret:
             raise Unauthenticated("missing 'authorization: Bearer <api key>' metadata")
-        digest = hash_secret(secret)
-        cached = self._cache.get(digest)
+        cached = self._cache.get(secret)
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             if cached[0] - now < self._cache_seconds / 2:
-                self._load(digest)  # renew ahead of expiry; this request need not wait
+                self._load(secret)  # renew ahead of expiry; this request need not wait
             principal = cached[1]
         else:
             # Shielded: a caller that goes away must not cancel the lookup others share.
-            principal = await asyncio.shield(self._load(digest))
+            principal = await asyncio.shield(self._load(secret))
         if principal is None:
             raise Unauthenticated("unknown or revoked API key")
         return principal
 
-    def _load(self, digest: str) -> asyncio.Task[Principal | None]:
-        """The one lookup of `digest` in flight, started if there is none."""
-        task = self._loading.get(digest)
+    def _load(self, secret: str) -> asyncio.Task[Principal | None]:
+        """The one lookup of `secret` in flight, started if there is none."""
+        task = self._loading.get(secret)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._lookup_and_cache(digest))
-            self._loading[digest] = task
-            task.add_done_callback(lambda done: self._loaded(digest, done))
+            task = asyncio.get_running_loop().create_task(self._lookup_and_cache(secret))
+            self._loading[secret] = task
+            task.add_done_callback(lambda done: self._loaded(secret, done))
         return task
 
-    def _loaded(self, digest: str, task: asyncio.Task[Principal | None]) -> None:
-        if self._loading.get(digest) is task:
-            del self._loading[digest]
+    def _loaded(self, secret: str, task: asyncio.Task[Principal | None]) -> None:
+        if self._loading.get(secret) is task:
+            del self._loading[secret]
         if not task.cancelled() and task.exception() is not None:
             # A renewal nobody awaited failed (database down): the entry is served until
             # it expires, then the next request's own lookup reports the error.
             log.warning("API key lookup failed: %r", task.exception())
 
-    async def _lookup_and_cache(self, digest: str) -> Principal | None:
+    async def _lookup_and_cache(self, secret: str) -> Principal | None:
         generation = self._generation
-        principal = await self._lookup(digest)
+        principal = await self._lookup(hash_secret(secret))
         if generation == self._generation:
-            self._cache[digest] = (time.monotonic() + self._cache_seconds, principal)
+            if len(self._cache) >= MAX_CACHED_KEYS and secret not in self._cache:
+                # Unknown keys are cached too (as None): a caller cycling through random
+                # secrets must not grow the cache without bound.
+                self._cache.clear()
+            self._cache[secret] = (time.monotonic() + self._cache_seconds, principal)
         return principal
 
     async def _lookup(self, digest: str) -> Principal | None:

@@ -129,3 +129,19 @@ async def test_forget_drops_a_lookup_in_flight(now: list[float]) -> None:
     with pytest.raises(Unauthenticated):
         await keys.authenticate("secret")  # a fresh lookup, not the old answer cached
     assert keys.lookups == 2
+
+
+async def test_unknown_keys_cannot_grow_the_cache_without_bound(
+    now: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "MAX_CACHED_KEYS", 5)
+    keys = GatedKeyStore()
+    keys.gate.set()
+    await keys.authenticate("secret")
+    keys.answer = None
+    for n in range(12):
+        with pytest.raises(Unauthenticated):
+            await keys.authenticate(f"random-{n}")
+        assert len(keys._cache) <= 5
+    keys.answer = PRINCIPAL
+    assert await keys.authenticate("secret") == PRINCIPAL  # looked up again if dropped
