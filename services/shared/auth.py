@@ -184,8 +184,9 @@ class KeyStore:
         if self._loading.get(secret) is task:
             del self._loading[secret]
         if not task.cancelled() and task.exception() is not None:
-            # A renewal nobody awaited failed (database down): the entry is served until
-            # it expires, then the next request's own lookup reports the error.
+            # Logged here because a background renewal has no caller to report to (a
+            # request that awaited the lookup gets the error as well). The entry is
+            # served until it expires; then a request's own lookup reports the error.
             log.warning("API key lookup failed: %r", task.exception())
 
     async def _lookup_and_cache(self, secret: str) -> Principal | None:
