@@ -83,6 +83,11 @@ class Diff:
     entered: tuple[int, ...] = ()
     exited: tuple[int, ...] = ()
     size: int = 0
+    # Survivors whose membership moved over from profiles merged into them (no change
+    # record: the person never left), with the person's earliest entry, and the
+    # merged-away profiles whose rows went: the hot state must follow both.
+    moved: tuple[tuple[int, int], ...] = ()
+    absorbed: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

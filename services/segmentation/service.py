@@ -43,6 +43,7 @@ from services.segmentation.model import (
     AudienceRecord,
     Change,
     ComputedTraitRecord,
+    Diff,
     Member,
     ProfileRef,
     Progress,
@@ -340,9 +341,15 @@ class Segmentation:
             ws, audience.audience_id, version, members, now, done
         )
         if not audience.account_level:  # accounts have no hot state: profiles do
-            entered = {p: now for p in diff.entered}
-            await self._hot.memberships(ws, audience.key, entered, diff.exited)
+            await self._hot_memberships(ws, audience.key, diff, now)
         return len(diff.entered), len(diff.exited)
+
+    async def _hot_memberships(self, ws: str, key: str, diff: Diff, now: int) -> None:
+        """Mirror a committed diff: entries at `now`, exits, and memberships that moved
+        from merged-away profiles to their survivor (at the person's first entry)."""
+        entered = dict.fromkeys(diff.entered, now)
+        entered.update(diff.moved)
+        await self._hot.memberships(ws, key, entered, (*diff.exited, *diff.absorbed))
 
     # ------------------------------------------------------------------ computed traits
 
@@ -572,9 +579,7 @@ class Segmentation:
                 # change record is not committed.
                 with phase("hot state"):
                     for audience, diff in zip(users, diffs, strict=True):
-                        await self._hot.memberships(
-                            ws, audience.key, dict.fromkeys(diff.entered, now), diff.exited
-                        )
+                        await self._hot_memberships(ws, audience.key, diff, now)
                         entered += len(diff.entered)
                         exited += len(diff.exited)
                 for audience in batch:
@@ -732,10 +737,8 @@ class Segmentation:
                 await asyncio.sleep(self._watch_poll)  # poll interval of the change log
                 continue
             keys = await self._store.audience_keys(ws, {c.audience_id for c in changes})
-            refs = {
-                r.profile_id: r
-                for r in await self._store.refs(ws, sorted({c.profile_id for c in changes}))
-            }
+            pids = sorted({c.profile_id for c in changes})
+            refs = dict(zip(pids, await self._store.refs(ws, pids), strict=True))
             for c in changes:
                 yield _keyed(c, keys.get(c.audience_id, "")), refs[c.profile_id]
             last = changes[-1].seq
