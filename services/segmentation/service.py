@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import AsyncIterator, Collection, Coroutine
+from collections.abc import AsyncIterator, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -703,16 +703,9 @@ class Segmentation:
         was a member at `at_us`: the kind of the latest change dated at or before it."""
         audience = await self._audience(ws, audience_key, "audience_key")
         pid = await self._member(ws, audience, id_type, id_value)
-        changes = await self._store.history(ws, audience.audience_id, pid)
+        changes, merged_at = await self._store.history(ws, audience.audience_id, pid)
         (ref,) = await self._store.refs(ws, [pid])
-        member_at = False
-        if at_us is not None:
-            # By instant, then seq: a recompute as of an earlier instant (a backtest)
-            # writes records dated then, which belong at that point of the timeline.
-            before = sorted(
-                (c for c in changes if c.at_us <= at_us), key=lambda c: (c.at_us, c.seq)
-            )
-            member_at = bool(before) and before[-1].kind == ENTERED
+        member_at = at_us is not None and member_at_instant(changes, pid, merged_at, at_us)
         return History([(_keyed(c, audience.key), ref) for c in changes], member_at)
 
     async def watch(
@@ -742,6 +735,30 @@ class Segmentation:
             for c in changes:
                 yield _keyed(c, keys.get(c.audience_id, "")), refs[c.profile_id]
             last = changes[-1].seq
+
+
+def member_at_instant(
+    changes: Collection[Change], survivor: int, merged_at: Mapping[int, int], at_us: int
+) -> bool:
+    """Whether the person was a member at `at_us`, by their records up to then.
+
+    The person is the survivor and the profiles merged into it (`merged_at`: when each
+    was merged away), and their histories count as one: the person is a member when
+    any of those profiles is, by the latest of its records at or before `at_us`. A
+    record of the survivor dated at or after a profile's merge is also that profile's
+    (from then on the survivor's record speaks for the whole person). Records are
+    ordered by instant, then seq: a recompute as of an earlier instant (a backtest)
+    writes records dated then, which belong at that point of the timeline.
+    """
+    ordered = sorted((c for c in changes if c.at_us <= at_us), key=lambda c: (c.at_us, c.seq))
+    latest: dict[int, str] = {}
+    for change in ordered:
+        latest[change.profile_id] = change.kind
+        if change.profile_id == survivor:
+            for profile_id, since in merged_at.items():
+                if change.at_us >= since:
+                    latest[profile_id] = change.kind
+    return ENTERED in latest.values()
 
 
 def _keyed(change: Change, key: str) -> Change:

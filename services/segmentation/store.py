@@ -595,10 +595,15 @@ class SegmentationStore:
 
     # ------------------------------------------------------------------ change log
 
-    async def history(self, ws: str, audience_id: int, profile_id: int) -> list[Change]:
-        """Every change of the audience for the profile and the profiles merged into it."""
-        merged = select(profiles.c.profile_id).where(
-            profiles.c.workspace_id == ws, profiles.c.canonical_id == profile_id
+    async def history(
+        self, ws: str, audience_id: int, profile_id: int
+    ) -> tuple[list[Change], dict[int, int]]:
+        """Every change of the audience for the profile and the profiles merged into it,
+        and when each of those merged profiles was merged away (profile -> instant)."""
+        absorbed = (
+            profiles.c.workspace_id == ws,
+            profiles.c.canonical_id == profile_id,
+            profiles.c.profile_id != profile_id,
         )
         query = (
             select(membership_changes)
@@ -607,14 +612,18 @@ class SegmentationStore:
                 membership_changes.c.audience_id == audience_id,
                 sa.or_(
                     membership_changes.c.profile_id == profile_id,
-                    membership_changes.c.profile_id.in_(merged),
+                    membership_changes.c.profile_id.in_(
+                        select(profiles.c.profile_id).where(*absorbed)
+                    ),
                 ),
             )
             .order_by(membership_changes.c.seq)
         )
         async with self._engine.connect() as c:
             rows = list(await c.execute(query))
-        return [_change(r, "") for r in rows]
+            merged = select(profiles.c.profile_id, profiles.c.merged_at_us).where(*absorbed)
+            merged_at = {r.profile_id: r.merged_at_us or 0 for r in await c.execute(merged)}
+        return [_change(r, "") for r in rows], merged_at
 
     async def changes_after(
         self, ws: str, after_seq: int, audience_ids: Collection[int] | None, limit: int

@@ -29,7 +29,7 @@ from audiences.v1 import (
 
 from services.profile import httpview
 from services.profile.app import build
-from services.shared.clock import US_PER_DAY
+from services.shared.clock import US_PER_DAY, FixedClock
 from services.shared.timestamps import timestamp_from_us, us_from_timestamp
 from tests.helpers.audiences import wait_live
 from tests.helpers.grpc_client import bearer
@@ -59,13 +59,19 @@ class Reads:
     write: Any
     read: Any
     read_key: str
-    now_us: int
+    clock: FixedClock
+
+    @property
+    def now_us(self) -> int:
+        return self.clock.now_us()
 
     async def send(self, events: Sequence[dict[str, Any]]) -> None:
         messages = []
         for i, e in enumerate(events):
             m = ingest_pb2.Event(
-                type=ingest_pb2.EVENT_TYPE_TRACK if "event" in e else ingest_pb2.EVENT_TYPE_IDENTIFY,
+                type=ingest_pb2.EVENT_TYPE_TRACK
+                if "event" in e
+                else ingest_pb2.EVENT_TYPE_IDENTIFY,
                 message_id=f"m{time.monotonic_ns()}-{i}",
                 user_id=e.get("user_id", ""),
                 anonymous_id=e.get("anonymous_id", ""),
@@ -209,14 +215,16 @@ async def reads(resources, workspace, clock) -> AsyncIterator[Reads]:  # type: i
             bearer(workspace.ingest),
             bearer(workspace.profile),
             workspace.profile,
-            clock.now_us(),
+            clock,
         )
     await runner.cleanup()
 
 
 async def _profile_id(reads: Reads, id_type: str, id_value: str) -> str:
     found = await reads.profiles.GetProfile(
-        profile_pb2.GetProfileRequest(identifier=common_pb2.Identifier(type=id_type, value=id_value)),
+        profile_pb2.GetProfileRequest(
+            identifier=common_pb2.Identifier(type=id_type, value=id_value)
+        ),
         metadata=reads.read,
     )
     return found.profile_id
@@ -273,3 +281,23 @@ async def test_both_members_merge_into_one_who_later_exits(reads: Reads) -> None
     for id_type, id_value in (("user_id", "bob"), ("anonymous_id", "anon-2")):
         _agree(await reads.every_read("not_pro", id_type, id_value), survivor, False)
     assert await reads.members("not_pro") == ([], 0)
+
+
+async def test_the_person_entered_when_the_first_of_their_profiles_did(reads: Reads) -> None:
+    await reads.send([{"user_id": "cy", "traits": {"plan": "free"}, "days_ago": 5}])
+    await reads.send([{"anonymous_id": "anon-3", "event": VIEWED, "days_ago": 2}])
+    await reads.create("viewers", {"event": {"name": VIEWED}})
+    first = reads.now_us
+    # An hour later the user views too and enters on their own.
+    reads.clock.advance(3600)
+    await reads.send([{"user_id": "cy", "event": VIEWED, "days_ago": 0}])
+    assert (await reads.recompute()).entered == 1
+    survivor = await _profile_id(reads, "user_id", "cy")
+    assert _agree(await reads.every_read("viewers", "user_id", "cy"), survivor, True) > first
+
+    await reads.send([{"user_id": "cy", "anonymous_id": "anon-3", "traits": {}, "days_ago": 0}])
+    gap = _agree(await reads.every_read("viewers", "anonymous_id", "anon-3"), survivor, True)
+    assert gap == first
+    assert (await reads.recompute()).entered == 0
+    for id_type, id_value in (("user_id", "cy"), ("anonymous_id", "anon-3")):
+        assert _agree(await reads.every_read("viewers", id_type, id_value), survivor, True) == first
