@@ -27,7 +27,7 @@ from services.shared import hotstate, streams
 
 log = logging.getLogger(__name__)
 
-STREAM_KEY = "stream:events"
+STREAM_KEY = streams.EVENTS_STREAM
 # Same hash slot as STREAM_KEY (the tag is the stream's whole name).
 CURSOR_KEY = "{stream:events}:cursor"
 DEFAULT_MAXLEN = 1_000_000

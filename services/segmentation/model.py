@@ -74,6 +74,9 @@ class Change:
     kind: str  # entered | exited
     at_us: int
     version: int
+    # The identifiers the person had when the record was written, kept on the exits
+    # of an erasure (their identities are gone afterwards); None: read them now.
+    identifiers: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Collection, Coroutine, Mapping
 from dataclasses import dataclass
@@ -706,7 +707,7 @@ class Segmentation:
         changes, merged_at = await self._store.history(ws, audience.audience_id, pid)
         (ref,) = await self._store.refs(ws, [pid])
         member_at = at_us is not None and member_at_instant(changes, pid, merged_at, at_us)
-        return History([(_keyed(c, audience.key), ref) for c in changes], member_at)
+        return History([(_keyed(c, audience.key), _named(c, ref)) for c in changes], member_at)
 
     async def watch(
         self, ws: str, *, after_seq: int, audience_keys: Collection[str]
@@ -733,7 +734,7 @@ class Segmentation:
             pids = sorted({c.profile_id for c in changes})
             refs = dict(zip(pids, await self._store.refs(ws, pids), strict=True))
             for c in changes:
-                yield _keyed(c, keys.get(c.audience_id, "")), refs[c.profile_id]
+                yield _keyed(c, keys.get(c.audience_id, "")), _named(c, refs[c.profile_id])
             last = changes[-1].seq
 
 
@@ -762,12 +763,12 @@ def member_at_instant(
 
 
 def _keyed(change: Change, key: str) -> Change:
-    return Change(
-        change.seq,
-        change.audience_id,
-        key,
-        change.profile_id,
-        change.kind,
-        change.at_us,
-        change.version,
-    )
+    return dataclasses.replace(change, audience_key=key)
+
+
+def _named(change: Change, current: ProfileRef) -> ProfileRef:
+    """Who a record names: the identifiers kept on it (an erased person's exit), else
+    the person's current ones."""
+    if change.identifiers is None:
+        return current
+    return ProfileRef(change.profile_id, change.identifiers)

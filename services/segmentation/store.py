@@ -976,12 +976,20 @@ async def take_change_seqs(c: AsyncConnection, ws: str, n: int) -> int:
 
 
 async def exit_every_audience(
-    c: AsyncConnection, ws: str, survivor_id: int, profile_ids: Sequence[int], now_us: int
+    c: AsyncConnection,
+    ws: str,
+    survivor_id: int,
+    profile_ids: Sequence[int],
+    now_us: int,
+    identifiers: Sequence[tuple[str, str]],
 ) -> int:
     """Take a person (the survivor and the ids merged into it) out of every audience
     within the caller's transaction, logging one `exited` change per audience under
-    the survivor's id. Used when a profile is erased; returns how many audiences it left.
+    the survivor's id that keeps the person's `identifiers` (erasure deletes their
+    identities, and a sync still has to name them to its destination). Used when a
+    profile is erased; returns how many audiences it left.
     """
+    kept = [[id_type, id_value] for id_type, id_value in sorted(identifiers)]
     await lock_change_sequence(c, ws)
     rows = (
         await c.execute(
@@ -1012,6 +1020,7 @@ async def exit_every_audience(
                 "kind": EXITED,
                 "at_us": now_us,
                 "version": version,
+                "identifiers": kept,
             }
             for i, (audience_id, version) in enumerate(sorted(versions.items()))
         ],
@@ -1020,6 +1029,7 @@ async def exit_every_audience(
 
 
 def _change(row: Any, key: str) -> Change:
+    kept = row.identifiers
     return Change(
         seq=row.seq,
         audience_id=row.audience_id,
@@ -1028,6 +1038,7 @@ def _change(row: Any, key: str) -> Change:
         kind=row.kind,
         at_us=row.at_us,
         version=row.version,
+        identifiers=None if kept is None else tuple((t, v) for t, v in kept),
     )
 
 
