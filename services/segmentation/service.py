@@ -45,7 +45,6 @@ from services.segmentation.model import (
     Change,
     ComputedTraitRecord,
     Diff,
-    Member,
     ProfileRef,
     Progress,
 )
@@ -625,14 +624,14 @@ class Segmentation:
         audience = await self._audience(ws, audience_key, "audience_key")
         limit = self._page_size(page_size)
         after = _read_page_token(page_token, audience.audience_id)
-        rows: list[Member] = await self._store.list_members(audience.audience_id, after, limit + 1)
+        rows, total = await self._store.members_page(ws, audience.audience_id, after, limit + 1)
         page = rows[:limit]
         refs = await self._store.refs(ws, [m.profile_id for m in page])
         token = _page_token(audience.audience_id, page[-1].profile_id) if len(rows) > limit else ""
         return MembersPage(
             members=[(ref, m.entered_at_us) for ref, m in zip(refs, page, strict=True)],
             next_page_token=token,
-            total=await self._store.count_members(audience.audience_id),
+            total=total,
         )
 
     async def _profile(self, ws: str, id_type: str, id_value: str) -> int:

@@ -146,11 +146,6 @@ def _members_with_profiles() -> Any:
     return memberships.outerjoin(profiles, profiles.c.profile_id == memberships.c.profile_id)
 
 
-def _canonical_member() -> Any:
-    """A membership row's person: the profile's survivor, or the member id itself."""
-    return func.coalesce(profiles.c.canonical_id, memberships.c.profile_id)
-
-
 class Scratch:
     """One transaction that is always rolled back: dependencies written here are seen
     by the evaluations made here and by nobody else (Preview as of an instant)."""
@@ -565,33 +560,66 @@ class SegmentationStore:
             out[canonical] = min(out.get(canonical, r.entered_at_us), r.entered_at_us)
         return out
 
-    async def list_members(self, audience_id: int, after_pid: int, limit: int) -> list[Member]:
-        """Members by canonical id after `after_pid` (keyset paging: stable while
-        members come and go). A row still on a profile merged away since it entered
-        counts for the survivor, entered at the earliest of the person's rows, so the
-        list names the survivor from the moment of the merge, not from the next
-        recompute."""
-        person = _canonical_member()
-        query = (
-            select(person.label("pid"), func.min(memberships.c.entered_at_us).label("at"))
-            .select_from(_members_with_profiles())
-            .where(memberships.c.audience_id == audience_id, person > after_pid)
-            .group_by(person)
-            .order_by(person)
-            .limit(limit)
-        )
-        async with self._engine.connect() as c:
-            return [Member(r.pid, r.at) for r in await c.execute(query)]
+    async def members_page(
+        self, ws: str, audience_id: int, after_pid: int, limit: int
+    ) -> tuple[list[Member], int]:
+        """Members by person (canonical id) after `after_pid`, at most `limit` (keyset
+        paging: stable while members come and go), and how many people the audience
+        has.
 
-    async def count_members(self, audience_id: int) -> int:
-        """How many people (canonical ids) the audience has."""
-        query = (
-            select(func.count(sa.distinct(_canonical_member())))
-            .select_from(_members_with_profiles())
-            .where(memberships.c.audience_id == audience_id)
-        )
+        A row still on a profile merged away since it entered counts for the survivor,
+        entered at the earliest of the person's rows, so the list names the survivor
+        from the moment of the merge, not from the next write. Those rows are few (the
+        next write re-keys them) and are found from the workspace's merged-away
+        profiles (a partial index), so a page costs an index range scan of `limit`
+        rows as before, not a join of every member to ``profiles``."""
+        m = memberships
         async with self._engine.connect() as c:
-            return int((await c.execute(query)).scalar_one())
+            moved = list(
+                await c.execute(
+                    select(profiles.c.profile_id, profiles.c.canonical_id, m.c.entered_at_us)
+                    .select_from(
+                        profiles.join(
+                            m,
+                            and_(
+                                m.c.audience_id == audience_id,
+                                m.c.profile_id == profiles.c.profile_id,
+                            ),
+                        )
+                    )
+                    .where(profiles.c.workspace_id == ws, sql.merged_away(profiles))
+                )
+            )
+            people: dict[int, int] = {}
+            for r in moved:
+                people[r.canonical_id] = min(
+                    people.get(r.canonical_id, r.entered_at_us), r.entered_at_us
+                )
+            own: dict[int, int] = {}
+            for chunk in _chunks(sorted(people)):
+                for r in await c.execute(
+                    select(m.c.profile_id, m.c.entered_at_us).where(
+                        m.c.audience_id == audience_id, m.c.profile_id.in_(chunk)
+                    )
+                ):
+                    own[r.profile_id] = r.entered_at_us
+            page = select(m.c.profile_id, m.c.entered_at_us).where(
+                m.c.audience_id == audience_id, m.c.profile_id > after_pid
+            )
+            if moved:
+                page = page.where(m.c.profile_id.not_in([r.profile_id for r in moved]))
+            found = {
+                r.profile_id: r.entered_at_us
+                for r in await c.execute(page.order_by(m.c.profile_id).limit(limit))
+            }
+            rows = (
+                await c.execute(select(func.count()).where(m.c.audience_id == audience_id))
+            ).scalar_one()
+        for person, at in people.items():
+            if person > after_pid:
+                found[person] = min(at, own.get(person, at))
+        total = int(rows) - len(moved) + len(people.keys() - own.keys())
+        return [Member(p, found[p]) for p in sorted(found)[:limit]], total
 
     # ------------------------------------------------------------------ change log
 
@@ -1096,8 +1124,7 @@ class _MembershipWriter:
             insert(merged).from_select(
                 ["own", "pid"],
                 select(profiles.c.profile_id, profiles.c.canonical_id).where(
-                    profiles.c.workspace_id == ws,
-                    profiles.c.canonical_id != profiles.c.profile_id,
+                    profiles.c.workspace_id == ws, sql.merged_away(profiles)
                 ),
             )
         )

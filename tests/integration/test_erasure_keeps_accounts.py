@@ -143,7 +143,8 @@ async def _check(engine: AsyncEngine) -> None:
         (ADA, (("email", "ada@example.com"), ("user_id", "ada")))
     ]
     assert all(c.identifiers is None for c in changes if c.kind != EXITED)
-    assert [m.profile_id for m in await seg.list_members(buyers.audience_id, 0, 10)] == [BOB]
+    members, total = await seg.members_page(WS, buyers.audience_id, 0, 10)
+    assert [m.profile_id for m in members] == [BOB] and total == 1
 
 
 async def test_sqlite(tmp_path: Path) -> None:
