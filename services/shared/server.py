@@ -70,7 +70,9 @@ class Resources:
             engine=engine,
             redis=create_redis(settings.redis_url),
             clock=clock,
-            keys=auth.KeyStore(engine, settings.api_key_cache_seconds, clock),
+            keys=auth.KeyStore(
+                engine, settings.api_key_cache_seconds, clock, settings.operator_token
+            ),
             tracer_provider=provider,
             pipelined=create_pipelined(settings.redis_url),
         )
@@ -233,7 +235,12 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
 
 
 async def _authorise(keys: auth.KeyStore, context: grpc.aio.ServicerContext, scope: str) -> None:
-    principal = await keys.authenticate(auth.bearer_secret(context.invocation_metadata()))
+    secret = auth.bearer_secret(context.invocation_metadata())
+    if scope == auth.OPERATOR:
+        # The operator acts on no workspace: no principal is bound.
+        await keys.authenticate_operator(secret)
+        return
+    principal = await keys.authenticate(secret)
     auth.check_scope(principal, scope)
     auth.set_principal(principal)
 
@@ -467,6 +474,6 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 def main(spec: ServiceSpec) -> None:
     """Entry point of `python -m services.<name>`: one service in this process."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    telemetry.configure_logging()
     settings = Settings.from_env()
     run(serve([spec], settings, {spec.name: settings.port_for(spec.name)}))
