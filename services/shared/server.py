@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.shared import auth, telemetry
+from services.shared import auth, telemetry, tls
 from services.shared.clock import Clock, SystemClock
 from services.shared.config import Settings
 from services.shared.db.engine import create_engine
@@ -414,7 +414,8 @@ class RunningService:
 async def start_service(
     spec: ServiceSpec, resources: Resources, port: int, host: str = "127.0.0.1"
 ) -> RunningService:
-    """Build, bind and start the server of `spec`; port 0 picks a free port."""
+    """Build, bind and start the server of `spec`; port 0 picks a free port. The port
+    serves TLS when the settings name certificate files (services.shared.tls)."""
     bare = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -435,7 +436,11 @@ async def start_service(
         ],
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    credentials = tls.grpc_server_credentials(resources.settings)
+    if credentials is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
     await server.start()
     running = RunningService(spec.name, server, bound, health_servicer, names)
     for worker in spec.workers(resources) if spec.workers else []:
