@@ -25,10 +25,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.shared.clock import Clock, SystemClock
 from services.shared.db.tables import api_keys, workspaces
-from services.shared.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from services.shared.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    invalid,
+    too_long,
+)
 
 log = logging.getLogger(__name__)
 
+# workspaces.name and api_keys.name hold this many characters.
+MAX_NAME_CHARS = 255
 # The most key lookups one process caches; the least recently used goes first.
 MAX_CACHED_KEYS = 10_000
 
@@ -250,7 +259,8 @@ class KeyStore:
     async def create_workspace(self, name: str) -> tuple[str, str, str]:
         """Create a workspace and its first admin key: (workspace_id, key_id, secret)."""
         if not name.strip():
-            raise InvalidArgument("name: must not be empty")
+            raise invalid("name", "must not be empty")
+        _check_name(name)
         workspace_id = "ws_" + secrets.token_hex(8)
         async with self._engine.begin() as connection:
             await connection.execute(
@@ -263,6 +273,7 @@ class KeyStore:
 
     async def create_key(self, workspace_id: str, name: str, scopes: list[str]) -> tuple[str, str]:
         """Create an API key with `scopes`; returns (key_id, secret). The secret is shown once."""
+        _check_name(name)
         unknown = [s for s in scopes if s not in SCOPES]
         if unknown or not scopes:
             raise InvalidArgument(
@@ -325,6 +336,12 @@ class KeyStore:
         if row is None:
             raise NotFound(f"workspace {workspace_id!r} not found")
         return dict(row._mapping)
+
+
+def _check_name(name: str) -> None:
+    violation = too_long("name", name, MAX_NAME_CHARS)
+    if violation is not None:
+        raise InvalidArgument(f"name: {violation.description}", [violation])
 
 
 def check_scope(principal: Principal, scope: str) -> None:
