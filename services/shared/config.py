@@ -102,11 +102,6 @@ class Settings:
         return self.grpc_port if self.grpc_port is not None else DEFAULT_PORTS[service]
 
     @property
-    def tls(self) -> bool:
-        """True when every port serves TLS (certificate files are set)."""
-        return self.tls_cert_file is not None
-
-    @property
     def embedded(self) -> bool:
         """True when running on the embedded default rather than real servers."""
         return self.database_url.startswith("sqlite") or self.redis_url.startswith("memory")

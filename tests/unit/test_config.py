@@ -36,7 +36,10 @@ def test_security_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("TLS_CLIENT_CA_FILE", "/certs/clients-ca.pem")
     settings = Settings.from_env()
     assert settings.operator_token == "t" * 40
-    assert settings.tls
+    assert (settings.tls_cert_file, settings.tls_key_file) == (
+        "/certs/server.pem",
+        "/certs/server.key",
+    )
     assert settings.tls_client_ca_file == "/certs/clients-ca.pem"
 
 
