@@ -89,7 +89,8 @@ async def test_no_segmentation_rpc_crosses_workspaces(api: Api, resources) -> No
     seg = b.seg
 
     def as_b(method: Callable[..., Any], request: Any) -> Callable[[], Any]:
-        return lambda: method(request, metadata=b.admin)
+        # A deadline, so a stream that wrongly opened cannot hang the test.
+        return lambda: method(request, metadata=b.admin, timeout=10)
 
     def by_key(make: Callable[[str], tuple[Callable[..., Any], Any]]) -> dict[str, Any]:
         """A call of B's aimed at A's object, and the same call at a key of nobody's."""
