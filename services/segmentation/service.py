@@ -23,6 +23,7 @@ from services.segmentation.definitions import (
     audience_refs_raw,
     audience_violations,
     check_key,
+    check_name,
     computed_refs_raw,
     computed_violations,
     decode_json,
@@ -223,6 +224,7 @@ class Segmentation:
         from history in the background (state BACKFILLING, then LIVE)."""
         violations: list[FieldViolation] = []
         check_key(key, "audience.key", violations)
+        check_name(name, "audience.name", violations)
         raw = decode_json(definition, "audience.definition", violations)
         if raw is not None:
             await self._check_audience(
@@ -269,6 +271,7 @@ class Segmentation:
         new one takes over and only the differences are emitted."""
         audience = await self._audience(ws, key, "audience.key")
         violations: list[FieldViolation] = []
+        check_name(name, "audience.name", violations)
         raw = None
         if definition:
             raw = decode_json(definition, "audience.definition", violations)
@@ -360,6 +363,7 @@ class Segmentation:
         value in the background."""
         violations: list[FieldViolation] = []
         check_key(key, "computed_trait.key", violations)
+        check_name(name, "computed_trait.name", violations)
         raw = decode_json(definition, "computed_trait.definition", violations)
         if raw is not None:
             violations += computed_violations(raw, "computed_trait.definition")
@@ -404,6 +408,7 @@ class Segmentation:
         """Replace the name and/or definition; a new definition is recomputed."""
         existing = await self.get_computed_trait(ws, key)
         violations: list[FieldViolation] = []
+        check_name(name, "computed_trait.name", violations)
         raw = existing.definition
         if definition:
             raw = decode_json(definition, "computed_trait.definition", violations)
