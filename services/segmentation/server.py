@@ -52,6 +52,7 @@ def _audience(a: AudienceRecord) -> segmentation_pb2.Audience:
         created_at=timestamp_from_us(a.created_at_us),
         updated_at=timestamp_from_us(a.updated_at_us),
         account_level=a.account_level,
+        failure_reason=a.failure_reason,
     )
 
 
@@ -64,6 +65,7 @@ def _computed(c: ComputedTraitRecord) -> segmentation_pb2.ComputedTrait:
         state=_STATES.get(c.state, segmentation_pb2.AUDIENCE_STATE_UNSPECIFIED),
         created_at=timestamp_from_us(c.created_at_us),
         updated_at=timestamp_from_us(c.updated_at_us),
+        failure_reason=c.failure_reason,
     )
 
 
@@ -236,7 +238,13 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             current_workspace(), audience_key=request.audience_key, as_of_us=_as_of(request)
         )
         return segmentation_pb2.RecomputeResponse(
-            entered=result.entered, exited=result.exited, audiences=result.audiences
+            entered=result.entered,
+            exited=result.exited,
+            audiences=result.audiences,
+            failures=[
+                segmentation_pb2.RecomputeFailure(kind=f.kind, key=f.key, reason=f.reason)
+                for f in result.failures
+            ],
         )
 
     async def ExplainMembership(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
