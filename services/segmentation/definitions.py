@@ -24,7 +24,7 @@ from services.shared.errors import FieldViolation, InvalidArgument
 KEY_PATTERN = re.compile(r"^[a-z0-9_]{1,255}$")
 # A definition's JSON text at most (docs/audiences.md, "Limits"): bounds the work of
 # parsing before any other limit is checked.
-MAX_DEFINITION_BYTES = 256 * 1024
+MAX_DEFINITION_BYTES = 1024 * 1024
 
 
 def field_path(prefix: str, path: str) -> str:

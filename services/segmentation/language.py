@@ -113,13 +113,17 @@ MAX_JSON_DEPTH = 64  # checked first, iteratively: bounds every recursive walk
 MAX_DEPTH = 20  # conditions inside conditions (all, any, not, account)
 MAX_NODES = 200  # conditions in one definition
 MAX_FILTERS = 50  # filters in one `where`
+MAX_TOTAL_FILTERS = 200  # filters in one definition
 MAX_LIST_VALUES = 1_000  # values of one in / not_in list
-MAX_TOTAL_LIST_VALUES = 5_000  # values of every in / not_in list of a definition
+# Values of every in / not_in list of a definition: each is one comparison per event or
+# trait row, and one query parameter (Postgres takes at most 32,767 per statement).
+MAX_TOTAL_LIST_VALUES = 2_000
 MAX_NAME_LENGTH = 255  # event, property and trait names; audience/trait/prediction keys
 MAX_STRING_LENGTH = 1_000  # a string value compared against
 MAX_DAYS = 3_660  # window days (ten years and then some)
 MAX_COUNT = 1_000_000  # an event count compared against
 MAX_FUNNEL_STEPS = 20
+MAX_TOTAL_FUNNEL_STEPS = 40  # steps of every funnel of a definition (each is a self-join)
 MAX_WITHIN_SECONDS = MAX_DAYS * 86_400
 # Whole numbers are compared as 64-bit integers in SQL.
 MAX_INTEGER = 2**63 - 1
@@ -344,6 +348,8 @@ class _Ctx:
         self.violations: list[tuple[str, str]] = []
         self.unreported = 0
         self.nodes = 0
+        self.filters = 0
+        self.funnel_steps = 0
         self.list_values = 0
 
     def err(self, path: str, reason: str) -> None:
@@ -588,6 +594,7 @@ def _parse_where(
     if len(w) > MAX_FILTERS:
         ctx.err(wp, f"takes at most {MAX_FILTERS} filters, got {len(w)}")
         return ()
+    ctx.filters += len(w)
     out = [_parse_filter(f, f"{wp}[{i}]", ctx, step) for i, f in enumerate(w)]
     return tuple(f for f in out if f is not None)
 
@@ -689,6 +696,7 @@ def _parse_funnel(raw: Any, path: str, ctx: _Ctx) -> Funnel | None:
     elif len(raw_steps) > MAX_FUNNEL_STEPS:
         ctx.err(sp, f"a funnel has at most {MAX_FUNNEL_STEPS} steps, got {len(raw_steps)}")
     else:
+        ctx.funnel_steps += len(raw_steps)
         for i, rs in enumerate(raw_steps):
             p = f"{sp}[{i}]"
             s = ctx.obj(rs, p)
@@ -798,19 +806,21 @@ def _parse_definition(raw: Any, ctx: _Ctx) -> Node | None:
         ctx.err(*deep)
         return None
     node = _parse_node(raw, "", ctx)
-    if ctx.nodes > MAX_NODES:
-        ctx.err("", f"a definition has at most {MAX_NODES} conditions, got {ctx.nodes}")
-    _check_list_total(ctx)
+    _check_totals(ctx)
     return node
 
 
-def _check_list_total(ctx: _Ctx) -> None:
-    if ctx.list_values > MAX_TOTAL_LIST_VALUES:
-        ctx.err(
-            "",
-            f"in and not_in lists hold at most {MAX_TOTAL_LIST_VALUES} values in all,"
-            f" got {ctx.list_values}",
-        )
+def _check_totals(ctx: _Ctx) -> None:
+    """The limits on a whole definition, reported at its root."""
+    totals = (
+        (ctx.nodes, MAX_NODES, "conditions"),
+        (ctx.filters, MAX_TOTAL_FILTERS, "filters"),
+        (ctx.funnel_steps, MAX_TOTAL_FUNNEL_STEPS, "funnel steps"),
+        (ctx.list_values, MAX_TOTAL_LIST_VALUES, "values in in and not_in lists"),
+    )
+    for found, limit, what in totals:
+        if found > limit:
+            ctx.err("", f"a definition has at most {limit} {what}, got {found}")
 
 
 def validate_audience(raw: Any) -> list[tuple[str, str]]:
@@ -858,7 +868,7 @@ def _parse_computed(raw: Any, ctx: _Ctx) -> ComputedTraitDef | None:
             # A computed trait is a function of events alone (it feeds trait conditions).
             ctx.err(f"where[{i}].ref", "refs are not allowed in computed traits")
     window = _parse_window(obj["window"], "window", ctx) if "window" in obj else None
-    _check_list_total(ctx)
+    _check_totals(ctx)
     if t not in COMPUTED_TYPES or not event:
         return None
     return ComputedTraitDef(t, event, etype, prop, where, window)
