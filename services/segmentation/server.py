@@ -3,6 +3,7 @@ domain (service.py), nothing else."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,12 +38,21 @@ _KINDS = {
 }
 
 
+def _definition(definition: Any) -> bytes:
+    try:
+        return orjson.dumps(definition)
+    except TypeError:
+        # orjson stops at 254 levels; a definition stored before the nesting limit may
+        # be deeper, and must not make reading or listing audiences fail.
+        return json.dumps(definition).encode()
+
+
 def _audience(a: AudienceRecord) -> segmentation_pb2.Audience:
     return segmentation_pb2.Audience(
         key=a.key,
         name=a.name,
         description=a.description,
-        definition=orjson.dumps(a.definition),
+        definition=_definition(a.definition),
         version=a.version,
         state=_STATES.get(a.state, segmentation_pb2.AUDIENCE_STATE_UNSPECIFIED),
         size=a.size,
@@ -60,7 +70,7 @@ def _computed(c: ComputedTraitRecord) -> segmentation_pb2.ComputedTrait:
     return segmentation_pb2.ComputedTrait(
         key=c.key,
         name=c.name,
-        definition=orjson.dumps(c.definition),
+        definition=_definition(c.definition),
         version=c.version,
         state=_STATES.get(c.state, segmentation_pb2.AUDIENCE_STATE_UNSPECIFIED),
         created_at=timestamp_from_us(c.created_at_us),

@@ -23,7 +23,12 @@ from services.segmentation.tables import (
     prediction_scores,
 )
 from tests.integration.segmentation.apisupport import Api, violations
-from tests.unit.segmentation.limit_cases import AUDIENCE_CASES, COMPUTED_CASES, LimitCase
+from tests.unit.segmentation.limit_cases import (
+    AUDIENCE_CASES,
+    COMPUTED_CASES,
+    LimitCase,
+    nots,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -310,3 +315,25 @@ async def test_one_failing_computed_trait_does_not_stop_the_others(  # type: ign
     )
     assert trait.state == FAILED
     assert trait.failure_reason == failures[("computed_trait", "revenue")]
+
+
+async def test_a_deep_definition_stored_before_the_limits_breaks_nothing_else(  # type: ignore[no-untyped-def]
+    api, resources, workspace
+) -> None:
+    await api.send([{"user_id": "u1", "event": ORDER}])
+    await api.create("buyers", {"event": {"name": ORDER}}, skip_backfill=True)
+    await api.create("legacy", {"event": {"name": ORDER}}, skip_backfill=True)
+    deep = nots(500, {"event": {"name": ORDER}})
+    await _corrupt_audience(resources, workspace, "legacy", deep)
+    assert sorted(await _audience_keys(api)) == ["buyers", "legacy"]
+    assert json.loads((await _get(api, "legacy")).definition) == deep
+    result = await _recompute(api)
+    (failure,) = result.failures
+    assert (failure.kind, failure.key) == ("audience", "legacy")
+    assert failure.reason.endswith("nests deeper than 64 levels")
+    assert result.audiences == 1
+    assert await api.members("buyers") == ["u1"]
+    await api.seg.DeleteAudience(
+        segmentation_pb2.DeleteAudienceRequest(key="legacy"), metadata=api.admin
+    )
+    assert await _audience_keys(api) == ["buyers"]
