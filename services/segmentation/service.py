@@ -28,6 +28,7 @@ from services.segmentation.definitions import (
     computed_violations,
     decode_json,
     dependents,
+    prediction_refs_raw,
     reject,
 )
 from services.segmentation.explaining import ExplainedNode, annotate
@@ -96,11 +97,36 @@ class MembersPage:
     total: int
 
 
+AUDIENCE = "audience"
+COMPUTED_TRAIT = "computed_trait"
+# A failure reason is shown to operators; an SQL error's text can be long.
+MAX_REASON_CHARS = 500
+
+
+@dataclass(frozen=True)
+class RecomputeFailure:
+    """An audience or computed trait (`kind`) that a recompute could not evaluate."""
+
+    kind: str  # AUDIENCE | COMPUTED_TRAIT
+    key: str
+    reason: str
+
+
 @dataclass(frozen=True)
 class RecomputeResult:
     entered: int
     exited: int
-    audiences: int
+    audiences: int  # recomputed
+    failures: tuple[RecomputeFailure, ...] = ()
+
+
+def failure_reason(error: BaseException) -> str:
+    """What went wrong, for the operator: the exception's type and first line (the
+    driver's own message for a database error, not the whole statement)."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    text = f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
+    return text[:MAX_REASON_CHARS]
 
 
 @dataclass(frozen=True)
@@ -187,8 +213,16 @@ class Segmentation:
     ) -> None:
         stored = await self._store.audience_definitions(ws)
         computed = {c.key for c in await self._store.list_computed(ws)}
+        predictions = await self._store.prediction_keys(ws, prediction_refs_raw(raw))
         others = {k: a.definition for k, a in stored.items()}
-        found = audience_violations(raw, prefix, key=key, audiences=others, computed_keys=computed)
+        found = audience_violations(
+            raw,
+            prefix,
+            key=key,
+            audiences=others,
+            computed_keys=computed,
+            prediction_keys=predictions,
+        )
         if not found:
             account_audiences = {k for k, a in stored.items() if a.account_level}
             found = account_violations(
@@ -326,14 +360,20 @@ class Segmentation:
                 await self._progress(audience, BACKFILLING, 2, f"writing {len(members)} members")
                 await self._apply(ws, audience, version, members, now)
                 log.info("audience %s v%d: live with %d members", key, version, len(members))
-        except Exception:
+        except Exception as error:
             log.exception("backfill of audience %s v%d failed", key, version)
-            await self._progress(audience, FAILED, 0, "failed")
+            await self._fail(audience, failure_reason(error))
 
     async def _progress(self, audience: AudienceRecord, state: str, done: int, stage: str) -> None:
         log.info("audience %s v%d: %s (%d/%d)", audience.key, audience.version, stage, done, 3)
         await self._store.set_progress(
             audience.audience_id, state, Progress(done, BACKFILL_STEPS, stage)
+        )
+
+    async def _fail(self, audience: AudienceRecord, reason: str) -> None:
+        """Leave the audience FAILED with `reason`; its members stay as they were."""
+        await self._store.set_progress(
+            audience.audience_id, FAILED, Progress(0, BACKFILL_STEPS, "failed"), reason
         )
 
     async def _apply(
@@ -449,9 +489,9 @@ class Segmentation:
                 await self._recompute_computed(ws, record, self._clock.now_us())
                 await self._store.set_computed_state(ws, record.key, LIVE)
                 log.info("computed trait %s v%d: done", record.key, record.version)
-        except Exception:
+        except Exception as error:
             log.exception("backfill of computed trait %s failed", record.key)
-            await self._store.set_computed_state(ws, record.key, FAILED)
+            await self._store.set_computed_state(ws, record.key, FAILED, failure_reason(error))
 
     async def _recompute_computed(self, ws: str, record: ComputedTraitRecord, now: int) -> None:
         values = await self._store.evaluate_computed(ws, record.definition, now)
@@ -559,43 +599,88 @@ class Segmentation:
         self, ws: str, *, audience_key: str, as_of_us: int | None
     ) -> RecomputeResult:
         """Re-evaluate one audience, or every computed trait and then every audience in
-        dependency order, at `as_of_us` (default now); write and log the differences."""
+        dependency order, at `as_of_us` (default now); write and log the differences.
+
+        Each one is evaluated in isolation: one that fails is left FAILED with its
+        reason and listed in the result, the others are recomputed; an audience that
+        references a failed one keeps its members and is listed as not recomputed."""
         now = self._now(as_of_us)
-        entered = exited = 0
+        run = _Run()
         async with self._lock(ws):
             if audience_key:
                 layers = [[await self._audience(ws, audience_key, "audience_key")]]
             else:
                 for record in await self._store.list_computed(ws):
-                    await self._recompute_computed(ws, record, now)
-                    await self._store.set_computed_state(ws, record.key, LIVE)
+                    await self._recompute_computed_isolated(ws, record, now, run)
                 stored = await self._store.audience_definitions(ws)
                 order = dependency_layers({k: a.definition for k, a in stored.items()})
                 layers = [[stored[k] for k in layer] for layer in order]
-            done = Progress(BACKFILL_STEPS, BACKFILL_STEPS, "done")
-            for batch in layers:
-                # One rollup pass over the events per layer for its user-level
-                # audiences, diffed and written in the database; account-level ones are
-                # evaluated one by one (sql_accounts.py). The audiences a layer
-                # references were written by the layers before it.
-                users = [a for a in batch if not a.account_level]
-                diffs = await self._store.recompute_audiences(ws, users, now, done) if users else []
-                # After the commit: the hot state never shows a membership whose
-                # change record is not committed.
-                with phase("hot state"):
-                    for audience, diff in zip(users, diffs, strict=True):
-                        await self._hot_memberships(ws, audience.key, diff, now)
-                        entered += len(diff.entered)
-                        exited += len(diff.exited)
+            for layer in layers:
+                # The audiences a layer references were written by the layers before it.
+                batch = [a for a in layer if not run.blocked(a)]
+                await self._recompute_users(ws, [a for a in batch if not a.account_level], now, run)
                 for audience in batch:
-                    if audience.account_level:
-                        members = await self._store.evaluate_audience(
-                            ws, audience.definition, now, account_level=True
-                        )
-                        came, left = await self._apply(ws, audience, audience.version, members, now)
-                        entered += came
-                        exited += left
-        return RecomputeResult(entered, exited, sum(len(batch) for batch in layers))
+                    if audience.account_level:  # one by one (sql_accounts.py)
+                        await self._recompute_account_level(ws, audience, now, run)
+        return RecomputeResult(run.entered, run.exited, run.recomputed, tuple(run.failures))
+
+    async def _recompute_computed_isolated(
+        self, ws: str, record: ComputedTraitRecord, now: int, run: _Run
+    ) -> None:
+        try:
+            await self._recompute_computed(ws, record, now)
+        except Exception as error:
+            log.exception("recompute of computed trait %s failed", record.key)
+            reason = failure_reason(error)
+            await self._store.set_computed_state(ws, record.key, FAILED, reason)
+            run.failed(COMPUTED_TRAIT, record.key, reason)
+        else:
+            await self._store.set_computed_state(ws, record.key, LIVE)
+
+    async def _recompute_users(
+        self, ws: str, users: list[AudienceRecord], now: int, run: _Run
+    ) -> None:
+        """Recompute user-level audiences that do not reference each other: one rollup
+        pass over the events for all of them, diffed and written in the database; if
+        that fails, one by one, so only the audience at fault fails."""
+        if not users:
+            return
+        done = Progress(BACKFILL_STEPS, BACKFILL_STEPS, "done")
+        try:
+            diffs = await self._store.recompute_audiences(ws, users, now, done)
+        except Exception as error:
+            if len(users) == 1:
+                log.exception("recompute of audience %s failed", users[0].key)
+                reason = failure_reason(error)
+                await self._fail(users[0], reason)
+                run.failed(AUDIENCE, users[0].key, reason)
+                return
+            log.warning("recompute of %d audiences together failed; one by one", len(users))
+            for audience in users:
+                await self._recompute_users(ws, [audience], now, run)
+            return
+        # After the commit: the hot state never shows a membership whose change record
+        # is not committed.
+        with phase("hot state"):
+            for audience, diff in zip(users, diffs, strict=True):
+                await self._hot_memberships(ws, audience.key, diff, now)
+                run.done(len(diff.entered), len(diff.exited))
+
+    async def _recompute_account_level(
+        self, ws: str, audience: AudienceRecord, now: int, run: _Run
+    ) -> None:
+        try:
+            members = await self._store.evaluate_audience(
+                ws, audience.definition, now, account_level=True
+            )
+            came, left = await self._apply(ws, audience, audience.version, members, now)
+        except Exception as error:
+            log.exception("recompute of account-level audience %s failed", audience.key)
+            reason = failure_reason(error)
+            await self._fail(audience, reason)
+            run.failed(AUDIENCE, audience.key, reason)
+            return
+        run.done(came, left)
 
     async def workspaces(self) -> list[str]:
         """Workspaces that have audiences or computed traits."""
@@ -764,6 +849,43 @@ def member_at_instant(
                 if change.at_us >= since:
                     latest[profile_id] = change.kind
     return ENTERED in latest.values()
+
+
+class _Run:
+    """What a recompute did so far: counts, failures, and what failed (so the audiences
+    that reference it are not evaluated against stale members or values)."""
+
+    def __init__(self) -> None:
+        self.entered = self.exited = self.recomputed = 0
+        self.failures: list[RecomputeFailure] = []
+        self._failed: dict[str, set[str]] = {AUDIENCE: set(), COMPUTED_TRAIT: set()}
+
+    def done(self, entered: int, exited: int) -> None:
+        self.entered += entered
+        self.exited += exited
+        self.recomputed += 1
+
+    def failed(self, kind: str, key: str, reason: str) -> None:
+        self.failures.append(RecomputeFailure(kind, key, reason))
+        self._failed[kind].add(key)
+
+    def blocked(self, audience: AudienceRecord) -> bool:
+        """Whether `audience` reads a failed audience or computed trait; if so it is
+        recorded as not recomputed (and blocks its own dependents in turn)."""
+        for kind, refs in (
+            (AUDIENCE, audience_refs_raw(audience.definition)),
+            (COMPUTED_TRAIT, computed_refs_raw(audience.definition)),
+        ):
+            bad = sorted(refs & self._failed[kind])
+            if bad:
+                what = "audience" if kind == AUDIENCE else "computed trait"
+                self.failed(
+                    AUDIENCE,
+                    audience.key,
+                    f"not recomputed: it references {what} {bad[0]!r}, which failed",
+                )
+                return True
+        return False
 
 
 def _keyed(change: Change, key: str) -> Change:

@@ -87,6 +87,7 @@ def _audience(row: Any) -> AudienceRecord:
         account_level=row.account_level,
         created_at_us=row.created_at_us,
         updated_at_us=row.updated_at_us,
+        failure_reason=row.failure_reason or "",
     )
 
 
@@ -99,6 +100,7 @@ def _computed(row: Any) -> ComputedTraitRecord:
         state=row.state,
         created_at_us=row.created_at_us,
         updated_at_us=row.updated_at_us,
+        failure_reason=row.failure_reason or "",
     )
 
 
@@ -126,6 +128,7 @@ _COMPUTED_COLUMNS = (
     computed_trait_status.c.name,
     computed_trait_status.c.version,
     computed_trait_status.c.state,
+    computed_trait_status.c.failure_reason,
 )
 
 
@@ -378,6 +381,7 @@ class SegmentationStore:
                 )
                 values["current_version"] = version
                 status["state"] = state
+                status["failure_reason"] = ""
             await c.execute(
                 update(audiences)
                 .where(audiences.c.audience_id == audience.audience_id)
@@ -392,8 +396,11 @@ class SegmentationStore:
         assert found is not None
         return found
 
-    async def set_progress(self, audience_id: int, state: str, progress: Progress) -> None:
-        """Record a backfill's state and progress (readable by GetAudience meanwhile)."""
+    async def set_progress(
+        self, audience_id: int, state: str, progress: Progress, failure_reason: str = ""
+    ) -> None:
+        """Record a backfill's state and progress (readable by GetAudience meanwhile),
+        and why it failed when `state` is FAILED."""
         async with self._engine.begin() as c:
             await c.execute(
                 update(audience_status)
@@ -403,6 +410,7 @@ class SegmentationStore:
                     progress_done=progress.done,
                     progress_total=progress.total,
                     progress_stage=progress.stage,
+                    failure_reason=failure_reason,
                 )
             )
 
@@ -740,14 +748,17 @@ class SegmentationStore:
                         name=name,
                         version=existing.version + (1 if changed else 0),
                         state=state if changed else existing.state,
+                        failure_reason="" if changed else existing.failure_reason,
                     )
                 )
         found = await self.get_computed(ws, key)
         assert found is not None
         return found
 
-    async def set_computed_state(self, ws: str, key: str, state: str) -> None:
-        """Record a computed trait's state."""
+    async def set_computed_state(
+        self, ws: str, key: str, state: str, failure_reason: str = ""
+    ) -> None:
+        """Record a computed trait's state, and why it failed when `state` is FAILED."""
         async with self._engine.begin() as c:
             await c.execute(
                 update(computed_trait_status)
@@ -755,7 +766,7 @@ class SegmentationStore:
                     computed_trait_status.c.workspace_id == ws,
                     computed_trait_status.c.key == key,
                 )
-                .values(state=state)
+                .values(state=state, failure_reason=failure_reason)
             )
 
     async def evaluate_computed(self, ws: str, definition: Any, now_us: int) -> dict[int, Any]:
@@ -952,6 +963,22 @@ class SegmentationStore:
                     "percentile": r.percentile,
                 }
         return facts
+
+    async def prediction_keys(self, ws: str, keys: Collection[str]) -> set[str]:
+        """Those of `keys` that name a prediction of the workspace: one with scores
+        (docs/decisions.md, "Audience definition limits")."""
+        found: set[str] = set()
+        async with self._engine.connect() as c:
+            for key in sorted(keys):
+                # One indexed probe per key (the primary key leads with the key).
+                query = (
+                    select(prediction_scores.c.key)
+                    .where(prediction_scores.c.key == key, prediction_scores.c.workspace_id == ws)
+                    .limit(1)
+                )
+                if (await c.execute(query)).first() is not None:
+                    found.add(key)
+        return found
 
     async def workspaces(self) -> list[str]:
         """Workspaces with at least one audience or computed trait."""
@@ -1219,6 +1246,7 @@ class _MembershipWriter:
                         live_version=version,
                         size=size,
                         state=LIVE,
+                        failure_reason="",
                         progress_done=progress.done,
                         progress_total=progress.total,
                         progress_stage=progress.stage,

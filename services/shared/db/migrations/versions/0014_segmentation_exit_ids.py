@@ -12,7 +12,7 @@ on exactly the expression the queries filter by (``sql.merged_away``, also the
 expression of 0006's statistics) finds those few without reading every profile.
 
 Revision ID: 0014_segmentation_exit_ids
-Revises: 0006_segmentation_merged_stats
+Revises: 0007_segmentation_failure_reason
 """
 
 from collections.abc import Sequence
@@ -22,7 +22,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0014_segmentation_exit_ids"
-down_revision: str | Sequence[str] | None = "0006_segmentation_merged_stats"
+down_revision: str | Sequence[str] | None = "0007_segmentation_failure_reason"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
