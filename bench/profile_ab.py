@@ -7,14 +7,15 @@ On a shared machine throughput moves with everyone's load, so this interleaves t
 candidates (A, B, A, B, ...) and reports, per round, the saturation throughput and the
 CPU the server process spent per call (bench/profile_load.py's loader and /proc
 accounting), with the bare grpc.aio echo server answering with the same bytes run in
-every round as the transport baseline (ratios are to the same round's echo). Each
+every round as the transport baseline, on uvloop like the service (ratios are to the
+same round's echo). Each
 revision is exported with `git archive` into a temporary directory and its profile
 process started from there (5,000 seeded profiles in Redis db 12, flushed afterwards;
 one bench database, dropped afterwards).
 
 `--echo` instead compares bare grpc.aio echo servers whose handler returns at once
-(on asyncio's default loop, as bench/profile_load.py's echo, or on uvloop, as the
-services run), awaits one redis-py GET, or awaits one GET on a raw pipelined connection (an asyncio
+(on asyncio's default loop, or on uvloop, as the services and bench/profile_load.py's
+echo run), awaits one redis-py GET, or awaits one GET on a raw pipelined connection (an asyncio
 Protocol and a hiredis reader): what one Redis round trip costs the server, by client.
 """
 
