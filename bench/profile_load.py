@@ -46,7 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,40 +217,39 @@ async def serve_echo(port: int, payload_path: str, redis_url: str = "") -> None:
     await server.stop(1)
 
 
-def serve_profile_traced() -> None:
-    """Run the profile service as a traced deployment would, minus its collector.
+# A traced profile process, as a traced deployment runs minus its collector: the SDK
+# tracer provider, installed before the service starts (so the service takes it as its
+# own, with the gRPC, Redis and SQLAlchemy instrumentations on), batches every span to
+# an exporter that drops them: the cost measured is recording spans, not shipping them.
+# Run with `python -c` in the tree under test, so bench/profile_ab.py can compare
+# revisions traced.
+TRACED_PROFILE = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-    The SDK tracer provider, installed before the service starts (so the service
-    takes it as its own, with the gRPC, Redis and SQLAlchemy instrumentations on),
-    batches every span to an exporter that drops them: the cost measured is
-    recording spans, not shipping them.
-    """
-    from opentelemetry import trace
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-    from opentelemetry.sdk.trace.export import (
-        BatchSpanProcessor,
-        SpanExporter,
-        SpanExportResult,
-    )
 
-    from services.profile.app import SPEC
-    from services.shared.server import main as serve_main
+class DroppingExporter(SpanExporter):
+    def export(self, spans):
+        return SpanExportResult.SUCCESS
 
-    class DroppingExporter(SpanExporter):
-        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
 
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(DroppingExporter()))
-    trace.set_tracer_provider(provider)
-    serve_main(SPEC)
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(DroppingExporter()))
+trace.set_tracer_provider(provider)
+
+from services.profile.app import SPEC
+from services.shared.server import main
+
+main(SPEC)
+"""
 
 
 def start_profile(
     port: int, database_url: str, redis_url: str, traced: bool = False
 ) -> subprocess.Popen[bytes]:
-    """Start a profile process on `port` (`traced`: serve_profile_traced); wait_started()
-    tells when it serves."""
+    """Start a profile process on `port` (`traced`: TRACED_PROFILE); wait_started() tells
+    when it serves."""
     env = {
         **os.environ,
         "GRPC_PORT": str(port),
@@ -264,7 +262,7 @@ def start_profile(
     handle, name = tempfile.mkstemp(prefix="bench_profile_log_", suffix=".txt")
     command = [sys.executable, "-m", "services.profile"]
     if traced:
-        command = [sys.executable, str(Path(__file__).resolve()), "--serve-profile-traced"]
+        command = [sys.executable, "-c", TRACED_PROFILE]
     process = subprocess.Popen(command, env=env, cwd=ROOT, stderr=handle)
     os.close(handle)
     _LOGS[process.pid] = Path(name)
@@ -791,6 +789,16 @@ def print_table(
             r[label, "saturate"]["rps"] / r[to, "saturate"]["rps"] for r in rounds
         )
 
+    def cpu_ratio(label: str) -> str:
+        # Calls per CPU-second against the echo's: the throughput ratio each would reach
+        # with a core to itself, which other load on the machine moves much less.
+        values = [
+            r[ECHO_LABEL, "saturate"]["cpu_us"] / r[label, "saturate"]["cpu_us"]
+            for r in rounds
+            if "cpu_us" in r[label, "saturate"]
+        ]
+        return f"{statistics.median(values):.2f}x" if values else ""
+
     def spread(label: str) -> str:
         values = [r[label, "saturate"]["rps"] / r[ECHO_LABEL, "saturate"]["rps"] for r in rounds]
         return f" ({min(values):.2f}-{max(values):.2f}x)" if len(values) > 1 else ""
@@ -809,9 +817,9 @@ def print_table(
     print(
         f"| target | p50 ms at {opts.rate:.0f}/s | p99 ms at {opts.rate:.0f}/s "
         "| req/s at saturation | vs echo (rounds) | p50 / p99 ms at saturation "
-        "| server CPU us/call | Redis CPU us/call |"
+        "| server CPU us/call | calls per CPU-second vs echo | Redis CPU us/call |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label in labels:
         rps = median(label, "saturate", "rps")
         vs = "1.00x" if label == ECHO_LABEL else f"{ratio(label, ECHO_LABEL):.2f}x{spread(label)}"
@@ -820,7 +828,7 @@ def print_table(
             f"| {number(median(label, 'rate', 'p99'), 2)} | {number(rps)} | {vs} "
             f"| {number(median(label, 'saturate', 'p50'), 2)} / "
             f"{number(median(label, 'saturate', 'p99'), 2)} "
-            f"| {number(median(label, 'saturate', 'cpu_us'))} "
+            f"| {number(median(label, 'saturate', 'cpu_us'))} | {cpu_ratio(label)} "
             f"| {number(median(label, 'saturate', 'redis_cpu_us'))} |"
         )
     print()
@@ -828,8 +836,9 @@ def print_table(
     for label in labels:
         if label.startswith("GetProfile"):
             print(
-                f"{label}: {ratio(label, ECHO_LABEL):.2f}x the echo, "
-                f"{ratio(label, floor):.2f}x the echo + 1 Redis GET"
+                f"{label}: {ratio(label, ECHO_LABEL):.2f}x the echo's req/s "
+                f"({ratio(label, floor):.2f}x the echo + 1 Redis GET's), "
+                f"{cpu_ratio(label)} its calls per CPU-second"
             )
     if extra:
         print()
@@ -873,13 +882,10 @@ def main() -> None:
     parser.add_argument("--workspace", default="")
     parser.add_argument("--key", default="")
     parser.add_argument("--pool", choices=POOLS, default="warm")
-    parser.add_argument("--serve-profile-traced", action="store_true")
     opts = parser.parse_args()
     if opts.serve_echo:
         # uvloop, as the services run (services.shared.server.run): like with like.
         uvloop.run(serve_echo(int(opts.serve_echo[0]), opts.serve_echo[1], opts.echo_redis))
-    elif opts.serve_profile_traced:
-        serve_profile_traced()
     elif opts.load:
         print(json.dumps(asyncio.run(load(opts))))
     else:
