@@ -729,7 +729,7 @@ def orchestrate(opts: argparse.Namespace) -> None:
         payload.unlink(missing_ok=True)
         print(f"Redis memory with the seeded profiles: {asyncio.run(_flush(opts.redis_url))}")
         asyncio.run(drop_bench_database(database_url, opts.pg))
-    print_table([t.label for t in targets], rounds, extra, opts)
+    print_table([t.label for t in targets] if rounds else [], rounds, extra, opts)
 
 
 def scaling(
@@ -778,7 +778,8 @@ def print_table(
     extra: list[tuple[str, str, dict]],  # type: ignore[type-arg]
     opts: argparse.Namespace,
 ) -> None:
-    """Per target: the median over the rounds of each figure, ratios taken per round."""
+    """Per target: the median over the rounds of each figure, ratios taken per round
+    (no such table with no rounds); then the scaling runs."""
 
     def median(label: str, mode: str, field: str) -> float | None:
         values = [r[label, mode][field] for r in rounds if field in r.get((label, mode), {})]
@@ -813,33 +814,38 @@ def print_table(
         f"{os.cpu_count()} cores, load average {opts.load_before:.2f} at the start, "
         f"{os.getloadavg()[0]:.2f} at the end; medians over the rounds"
     )
-    print()
-    print(
-        f"| target | p50 ms at {opts.rate:.0f}/s | p99 ms at {opts.rate:.0f}/s "
-        "| req/s at saturation | vs echo (rounds) | p50 / p99 ms at saturation "
-        "| server CPU us/call | calls per CPU-second vs echo | Redis CPU us/call |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for label in labels:
-        rps = median(label, "saturate", "rps")
-        vs = "1.00x" if label == ECHO_LABEL else f"{ratio(label, ECHO_LABEL):.2f}x{spread(label)}"
+    if labels:
+        print()
         print(
-            f"| {label} | {number(median(label, 'rate', 'p50'), 2)} "
-            f"| {number(median(label, 'rate', 'p99'), 2)} | {number(rps)} | {vs} "
-            f"| {number(median(label, 'saturate', 'p50'), 2)} / "
-            f"{number(median(label, 'saturate', 'p99'), 2)} "
-            f"| {number(median(label, 'saturate', 'cpu_us'))} | {cpu_ratio(label)} "
-            f"| {number(median(label, 'saturate', 'redis_cpu_us'))} |"
+            f"| target | p50 ms at {opts.rate:.0f}/s | p99 ms at {opts.rate:.0f}/s "
+            "| req/s at saturation | vs echo (rounds) | p50 / p99 ms at saturation "
+            "| server CPU us/call | calls per CPU-second vs echo | Redis CPU us/call |"
         )
-    print()
-    floor = "echo + 1 Redis GET"
-    for label in labels:
-        if label.startswith("GetProfile"):
-            print(
-                f"{label}: {ratio(label, ECHO_LABEL):.2f}x the echo's req/s "
-                f"({ratio(label, floor):.2f}x the echo + 1 Redis GET's), "
-                f"{cpu_ratio(label)} its calls per CPU-second"
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for label in labels:
+            rps = median(label, "saturate", "rps")
+            vs = (
+                "1.00x"
+                if label == ECHO_LABEL
+                else f"{ratio(label, ECHO_LABEL):.2f}x{spread(label)}"
             )
+            print(
+                f"| {label} | {number(median(label, 'rate', 'p50'), 2)} "
+                f"| {number(median(label, 'rate', 'p99'), 2)} | {number(rps)} | {vs} "
+                f"| {number(median(label, 'saturate', 'p50'), 2)} / "
+                f"{number(median(label, 'saturate', 'p99'), 2)} "
+                f"| {number(median(label, 'saturate', 'cpu_us'))} | {cpu_ratio(label)} "
+                f"| {number(median(label, 'saturate', 'redis_cpu_us'))} |"
+            )
+        print()
+        floor = "echo + 1 Redis GET"
+        for label in labels:
+            if label.startswith("GetProfile"):
+                print(
+                    f"{label}: {ratio(label, ECHO_LABEL):.2f}x the echo's req/s "
+                    f"({ratio(label, floor):.2f}x the echo + 1 Redis GET's), "
+                    f"{cpu_ratio(label)} its calls per CPU-second"
+                )
     if extra:
         print()
         print("| target | req/s at saturation | p99 ms | server CPU us/call (split) |")
