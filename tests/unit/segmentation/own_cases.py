@@ -1,7 +1,8 @@
 """Our own audience cases for what the shared conformance file does not cover: abandoned
 funnels, dynamic step and trait references, audience references with `not`, operators
 on missing and mistyped values, and identity merges. Same shape as
-shared/conformance/audiences.jsonl; the expected members are worked out by hand from
+tests/data/conformance/audiences.jsonl, and run beside those cases by every conformance
+test (conformance_cases.load_cases); the expected results are worked out by hand from
 design.md section 6 (comments say why)."""
 
 from __future__ import annotations
@@ -246,10 +247,3 @@ CASES = [
         {"three_orders": ["u1"], "one_order": ["anon:a2"], "no_orders": ["u9"]},
     ),
 ]
-
-
-def own_case(name: str) -> dict[str, Any]:
-    return next(c for c in CASES if c["name"] == name)
-
-
-OWN_CASE_NAMES = [c["name"] for c in CASES]
