@@ -7,9 +7,11 @@ here is always the survivor and every profile whose canonical id leads to it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Text, and_, cast, delete, func, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from services.profile.model import Identifier, TimelineEvent
 from services.segmentation.store import exit_every_audience
@@ -25,7 +27,7 @@ from services.shared.db.tables import (
 MAX_MERGE_HOPS = 16
 
 
-def _payload_text(column):  # type: ignore[no-untyped-def]
+def _payload_text(column: ColumnElement[Any]) -> ColumnElement[Any]:
     """A JSON column as its text; a JSON null reads as absent (SQL NULL), as before."""
     return func.nullif(cast(column, Text), "null")
 

@@ -318,6 +318,7 @@ class SegmentationStore:
                     updated_at_us=now_us,
                 )
             )
+            assert result.inserted_primary_key is not None  # an INSERT of one row
             audience_id = result.inserted_primary_key[0]
             await c.execute(
                 insert(audience_status).values(
@@ -1072,7 +1073,7 @@ class _MembershipWriter:
     async def apply(
         self,
         batch: Sequence[tuple[int, int]],
-        members: sa.Select[Any],
+        members: sa.Select[Any] | sa.CompoundSelect[Any],
         progress: Progress,
         sizes: Sequence[int],
     ) -> list[Diff]:

@@ -36,13 +36,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import hiredis
 from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# hiredis's stub types the argument as a 1-tuple; it packs a command of any length.
+_pack_command = cast(
+    "Callable[[tuple[str | bytes | int | float, ...]], bytes]", hiredis.pack_command
+)
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 REPLY_TIMEOUT_SECONDS = 5.0
@@ -76,6 +82,7 @@ class _Protocol(asyncio.Protocol):
         return len(self._waiting)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream connection's transport; asyncio's signature names the base class.
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
@@ -184,9 +191,9 @@ class PipelinedConnection:
         self._handshake: list[bytes] = []
         if password:
             auth = ("AUTH", username, password) if username else ("AUTH", password)
-            self._handshake.append(hiredis.pack_command(auth))
+            self._handshake.append(_pack_command(auth))
         if db:
-            self._handshake.append(hiredis.pack_command(("SELECT", db)))
+            self._handshake.append(_pack_command(("SELECT", db)))
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
@@ -200,7 +207,7 @@ class PipelinedConnection:
         protocol = self._protocol
         if protocol is None or not protocol.usable:
             protocol = await self._connect()
-        return await protocol.call(hiredis.pack_command(args))
+        return await protocol.call(_pack_command(args))
 
     async def _connect(self) -> _Protocol:
         async with self._connecting:  # one connect at a time; the rest find it made
