@@ -17,6 +17,7 @@ from services.ingest.ingestor import Ingestor
 from services.ingest.publisher import DEFAULT_MAXLEN, RedisPublisher, StreamCatchUp
 from services.ingest.server import IngestServiceServicer
 from services.ingest.store import SqlEventStore
+from services.shared import tls
 from services.shared.admin_server import AdminServicer
 from services.shared.server import Resources, ServiceSpec
 
@@ -92,7 +93,12 @@ def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
     """The stream catch-up loop and the HTTP gateway (INGEST_HTTP_PORT, default 8080)."""
     parts = components(resources)
     port = int(os.environ.get("INGEST_HTTP_PORT", "8080"))
-    gateway = Gateway(build_app(parts.ingestor, resources.keys), resources.settings.grpc_host, port)
+    gateway = Gateway(
+        build_app(parts.ingestor, resources.keys),
+        resources.settings.grpc_host,
+        port,
+        tls.http_ssl_context(resources.settings),
+    )
     return [parts.catch_up.run(), gateway.serve_forever()]
 
 

@@ -19,9 +19,10 @@ from services.segmentation.language import (
     validate_audience,
     validate_computed_trait,
 )
-from services.shared.errors import FieldViolation, InvalidArgument
+from services.shared.errors import FieldViolation, InvalidArgument, too_long
 
 KEY_PATTERN = re.compile(r"^[a-z0-9_]{1,255}$")
+MAX_NAME_CHARS = 255  # the name columns of audiences and computed traits
 
 
 def field_path(prefix: str, path: str) -> str:
@@ -54,6 +55,13 @@ def check_key(key: str, field: str, violations: list[FieldViolation]) -> None:
     """Keys are [a-z0-9_]+ (they appear in hot-state hashes and destination columns)."""
     if not KEY_PATTERN.match(key):
         violations.append(FieldViolation(field, "must match [a-z0-9_]+ (at most 255 characters)"))
+
+
+def check_name(name: str, field: str, violations: list[FieldViolation]) -> None:
+    """Display names fit their column."""
+    violation = too_long(field, name, MAX_NAME_CHARS)
+    if violation is not None:
+        violations.append(violation)
 
 
 def _walk(raw: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:

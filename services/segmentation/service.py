@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
-from collections.abc import AsyncIterator, Collection, Coroutine
+from collections.abc import AsyncIterator, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from services.segmentation.definitions import (
     audience_refs_raw,
     audience_violations,
     check_key,
+    check_name,
     computed_refs_raw,
     computed_violations,
     decode_json,
@@ -43,7 +45,7 @@ from services.segmentation.model import (
     AudienceRecord,
     Change,
     ComputedTraitRecord,
-    Member,
+    Diff,
     ProfileRef,
     Progress,
 )
@@ -222,6 +224,7 @@ class Segmentation:
         from history in the background (state BACKFILLING, then LIVE)."""
         violations: list[FieldViolation] = []
         check_key(key, "audience.key", violations)
+        check_name(name, "audience.name", violations)
         raw = decode_json(definition, "audience.definition", violations)
         if raw is not None:
             await self._check_audience(
@@ -268,6 +271,7 @@ class Segmentation:
         new one takes over and only the differences are emitted."""
         audience = await self._audience(ws, key, "audience.key")
         violations: list[FieldViolation] = []
+        check_name(name, "audience.name", violations)
         raw = None
         if definition:
             raw = decode_json(definition, "audience.definition", violations)
@@ -340,9 +344,15 @@ class Segmentation:
             ws, audience.audience_id, version, members, now, done
         )
         if not audience.account_level:  # accounts have no hot state: profiles do
-            entered = {p: now for p in diff.entered}
-            await self._hot.memberships(ws, audience.key, entered, diff.exited)
+            await self._hot_memberships(ws, audience.key, diff, now)
         return len(diff.entered), len(diff.exited)
+
+    async def _hot_memberships(self, ws: str, key: str, diff: Diff, now: int) -> None:
+        """Mirror a committed diff: entries at `now`, exits, and memberships that moved
+        from merged-away profiles to their survivor (at the person's first entry)."""
+        entered = dict.fromkeys(diff.entered, now)
+        entered.update(diff.moved)
+        await self._hot.memberships(ws, key, entered, (*diff.exited, *diff.absorbed))
 
     # ------------------------------------------------------------------ computed traits
 
@@ -353,6 +363,7 @@ class Segmentation:
         value in the background."""
         violations: list[FieldViolation] = []
         check_key(key, "computed_trait.key", violations)
+        check_name(name, "computed_trait.name", violations)
         raw = decode_json(definition, "computed_trait.definition", violations)
         if raw is not None:
             violations += computed_violations(raw, "computed_trait.definition")
@@ -397,6 +408,7 @@ class Segmentation:
         """Replace the name and/or definition; a new definition is recomputed."""
         existing = await self.get_computed_trait(ws, key)
         violations: list[FieldViolation] = []
+        check_name(name, "computed_trait.name", violations)
         raw = existing.definition
         if definition:
             raw = decode_json(definition, "computed_trait.definition", violations)
@@ -572,9 +584,7 @@ class Segmentation:
                 # change record is not committed.
                 with phase("hot state"):
                     for audience, diff in zip(users, diffs, strict=True):
-                        await self._hot.memberships(
-                            ws, audience.key, dict.fromkeys(diff.entered, now), diff.exited
-                        )
+                        await self._hot_memberships(ws, audience.key, diff, now)
                         entered += len(diff.entered)
                         exited += len(diff.exited)
                 for audience in batch:
@@ -619,14 +629,14 @@ class Segmentation:
         audience = await self._audience(ws, audience_key, "audience_key")
         limit = self._page_size(page_size)
         after = _read_page_token(page_token, audience.audience_id)
-        rows: list[Member] = await self._store.list_members(audience.audience_id, after, limit + 1)
+        rows, total = await self._store.members_page(ws, audience.audience_id, after, limit + 1)
         page = rows[:limit]
         refs = await self._store.refs(ws, [m.profile_id for m in page])
         token = _page_token(audience.audience_id, page[-1].profile_id) if len(rows) > limit else ""
         return MembersPage(
             members=[(ref, m.entered_at_us) for ref, m in zip(refs, page, strict=True)],
             next_page_token=token,
-            total=await self._store.count_members(audience.audience_id),
+            total=total,
         )
 
     async def _profile(self, ws: str, id_type: str, id_value: str) -> int:
@@ -698,17 +708,10 @@ class Segmentation:
         was a member at `at_us`: the kind of the latest change dated at or before it."""
         audience = await self._audience(ws, audience_key, "audience_key")
         pid = await self._member(ws, audience, id_type, id_value)
-        changes = await self._store.history(ws, audience.audience_id, pid)
+        changes, merged_at = await self._store.history(ws, audience.audience_id, pid)
         (ref,) = await self._store.refs(ws, [pid])
-        member_at = False
-        if at_us is not None:
-            # By instant, then seq: a recompute as of an earlier instant (a backtest)
-            # writes records dated then, which belong at that point of the timeline.
-            before = sorted(
-                (c for c in changes if c.at_us <= at_us), key=lambda c: (c.at_us, c.seq)
-            )
-            member_at = bool(before) and before[-1].kind == ENTERED
-        return History([(_keyed(c, audience.key), ref) for c in changes], member_at)
+        member_at = at_us is not None and member_at_instant(changes, pid, merged_at, at_us)
+        return History([(_keyed(c, audience.key), _named(c, ref)) for c in changes], member_at)
 
     async def watch(
         self, ws: str, *, after_seq: int, audience_keys: Collection[str]
@@ -732,22 +735,44 @@ class Segmentation:
                 await asyncio.sleep(self._watch_poll)  # poll interval of the change log
                 continue
             keys = await self._store.audience_keys(ws, {c.audience_id for c in changes})
-            refs = {
-                r.profile_id: r
-                for r in await self._store.refs(ws, sorted({c.profile_id for c in changes}))
-            }
+            pids = sorted({c.profile_id for c in changes})
+            refs = dict(zip(pids, await self._store.refs(ws, pids), strict=True))
             for c in changes:
-                yield _keyed(c, keys.get(c.audience_id, "")), refs[c.profile_id]
+                yield _keyed(c, keys.get(c.audience_id, "")), _named(c, refs[c.profile_id])
             last = changes[-1].seq
 
 
+def member_at_instant(
+    changes: Collection[Change], survivor: int, merged_at: Mapping[int, int], at_us: int
+) -> bool:
+    """Whether the person was a member at `at_us`, by their records up to then.
+
+    The person is the survivor and the profiles merged into it (`merged_at`: when each
+    was merged away), and their histories count as one: the person is a member when
+    any of those profiles is, by the latest of its records at or before `at_us`. A
+    record of the survivor dated at or after a profile's merge is also that profile's
+    (from then on the survivor's record speaks for the whole person). Records are
+    ordered by instant, then seq: a recompute as of an earlier instant (a backtest)
+    writes records dated then, which belong at that point of the timeline.
+    """
+    ordered = sorted((c for c in changes if c.at_us <= at_us), key=lambda c: (c.at_us, c.seq))
+    latest: dict[int, str] = {}
+    for change in ordered:
+        latest[change.profile_id] = change.kind
+        if change.profile_id == survivor:
+            for profile_id, since in merged_at.items():
+                if change.at_us >= since:
+                    latest[profile_id] = change.kind
+    return ENTERED in latest.values()
+
+
 def _keyed(change: Change, key: str) -> Change:
-    return Change(
-        change.seq,
-        change.audience_id,
-        key,
-        change.profile_id,
-        change.kind,
-        change.at_us,
-        change.version,
-    )
+    return dataclasses.replace(change, audience_key=key)
+
+
+def _named(change: Change, current: ProfileRef) -> ProfileRef:
+    """Who a record names: the identifiers kept on it (an erased person's exit), else
+    the person's current ones."""
+    if change.identifiers is None:
+        return current
+    return ProfileRef(change.profile_id, change.identifiers)

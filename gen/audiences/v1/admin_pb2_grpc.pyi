@@ -34,7 +34,9 @@ class AdminServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
     CreateWorkspace: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateWorkspaceRequest, _admin_pb2.CreateWorkspaceResponse]
-    """Needs an admin key; the new workspace gets an admin key of its own."""
+    """Needs the operator credential (OPERATOR_TOKEN) as the bearer token; workspace keys,
+    admin ones included, get PERMISSION_DENIED. The new workspace gets an admin key.
+    """
     GetWorkspace: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetWorkspaceRequest, _admin_pb2.Workspace]
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateApiKeyRequest, _admin_pb2.CreateApiKeyResponse]
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]
@@ -48,7 +50,9 @@ class AdminServiceStub:
 class AdminServiceAsyncStub(AdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateWorkspace: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateWorkspaceRequest, _admin_pb2.CreateWorkspaceResponse]  # type: ignore[assignment]
-    """Needs an admin key; the new workspace gets an admin key of its own."""
+    """Needs the operator credential (OPERATOR_TOKEN) as the bearer token; workspace keys,
+    admin ones included, get PERMISSION_DENIED. The new workspace gets an admin key.
+    """
     GetWorkspace: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetWorkspaceRequest, _admin_pb2.Workspace]  # type: ignore[assignment]
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateApiKeyRequest, _admin_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListApiKeysRequest, _admin_pb2.ListApiKeysResponse]  # type: ignore[assignment]
@@ -65,7 +69,9 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.CreateWorkspaceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.CreateWorkspaceResponse, _abc.Awaitable[_admin_pb2.CreateWorkspaceResponse]]:
-        """Needs an admin key; the new workspace gets an admin key of its own."""
+        """Needs the operator credential (OPERATOR_TOKEN) as the bearer token; workspace keys,
+        admin ones included, get PERMISSION_DENIED. The new workspace gets an admin key.
+        """
 
     @_abc_1.abstractmethod
     def GetWorkspace(
