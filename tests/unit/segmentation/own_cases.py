@@ -1,6 +1,7 @@
 """Our own audience cases for what the shared conformance file does not cover: abandoned
 funnels, dynamic step and trait references, audience references with `not`, operators
-on missing and mistyped values, and identity merges. Same shape as
+on missing and mistyped values, identity merges, dotted trait paths and computed traits
+whose filters compare with a trait. Same shape as
 shared/conformance/audiences.jsonl; the expected members are worked out by hand from
 design.md section 6 (comments say why)."""
 
@@ -35,7 +36,10 @@ def _case(
     events: list[dict[str, Any]],
     audiences: dict[str, Any],
     members: dict[str, list[str]],
+    computed_traits: dict[str, Any] | None = None,
+    computed: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """A case; `computed` holds each profile's expected computed-trait values."""
     for i, e in enumerate(events):
         e["message_id"] = f"{name}-{i}"
     universe = sorted(
@@ -50,9 +54,12 @@ def _case(
         "name": name,
         "now": NOW,
         "events": events,
-        "computed_traits": {},
+        "computed_traits": computed_traits or {},
         "audiences": audiences,
-        "expected": {"computed": {p: {} for p in universe}, "members": members},
+        "expected": {
+            "computed": {p: (computed or {}).get(p, {}) for p in universe},
+            "members": members,
+        },
     }
 
 
@@ -244,6 +251,136 @@ CASES = [
             "no_orders": {"event": {"name": "Order Completed", "count": {"op": "eq", "value": 0}}},
         },
         {"three_orders": ["u1"], "one_order": ["anon:a2"], "no_orders": ["u9"]},
+    ),
+    _case(
+        "dotted-trait-paths",
+        [
+            ev(
+                "identify",
+                "u1",
+                traits={
+                    "billing": {
+                        "tier": "pro",
+                        "addons": ["sso", "audit"],
+                        "card": {"brand": "visa"},
+                    }
+                },
+            ),
+            # A top-level key spelled with the dot wins over the nested value.
+            ev("identify", "u2", traits={"billing.tier": "enterprise", "billing": {"tier": "pro"}}),
+            # The intermediate value is not an object: nothing to walk into.
+            ev("identify", "u3", traits={"billing": "pro"}),
+            # Nested null is missing, like a property.
+            ev("identify", "u4", traits={"billing": {"tier": None}}),
+            # Arrays are not indexed: "tier" is not a key of a list.
+            ev("identify", "u5", traits={"billing": [{"tier": "pro"}]}),
+            ev("identify", "u6", traits={"plan": "pro"}),
+            ev("identify", "u7", traits={"billing": {"tier": "pro"}, "billing.tier": "free"}),
+            # u8's literal key was removed (null) later: the nested value shows through.
+            ev(
+                "identify",
+                "u8",
+                at="2025-01-08T10:00:00Z",
+                traits={"billing": {"tier": "pro"}, "billing.tier": "free"},
+            ),
+            ev("identify", "u8", at="2025-01-08T11:00:00Z", traits={"billing.tier": None}),
+            ev("track", "u1", "Plan Viewed", props={"plan": "pro"}),
+            ev("track", "u2", "Plan Viewed", props={"plan": "pro"}),
+            ev("track", "u3", "Plan Viewed", props={"plan": "pro"}),
+        ],
+        {
+            "tier_pro": {"trait": {"name": "billing.tier", "op": "eq", "value": "pro"}},
+            "tier_enterprise": {
+                "trait": {"name": "billing.tier", "op": "eq", "value": "enterprise"}
+            },
+            "tier_missing": {"trait": {"name": "billing.tier", "op": "not_exists"}},
+            "tier_not_pro": {"trait": {"name": "billing.tier", "op": "neq", "value": "pro"}},
+            "has_sso": {"trait": {"name": "billing.addons", "op": "contains", "value": "sso"}},
+            "visa": {"trait": {"name": "billing.card.brand", "op": "eq", "value": "visa"}},
+            "first_item": {"trait": {"name": "billing.0.tier", "op": "exists"}},
+            "billing_set": {"trait": {"name": "billing", "op": "exists"}},
+            # Refs walk the same paths; a missing referenced value matches no event.
+            "viewed_own_tier": {
+                "event": {
+                    "name": "Plan Viewed",
+                    "where": [{"property": "plan", "op": "eq", "ref": {"trait": "billing.tier"}}],
+                }
+            },
+            "viewed_other_tier": {
+                "event": {
+                    "name": "Plan Viewed",
+                    "where": [{"property": "plan", "op": "neq", "ref": {"trait": "billing.tier"}}],
+                }
+            },
+        },
+        {
+            "tier_pro": ["u1", "u8"],
+            "tier_enterprise": ["u2"],
+            "tier_missing": ["u3", "u4", "u5", "u6"],
+            "tier_not_pro": ["u2", "u3", "u4", "u5", "u6", "u7"],
+            "has_sso": ["u1"],
+            "visa": ["u1"],
+            "first_item": [],
+            # u4's billing is an object (holding a null): present.
+            "billing_set": ["u1", "u2", "u3", "u4", "u5", "u7", "u8"],
+            "viewed_own_tier": ["u1"],
+            # u3's referenced value is missing: its view matches neither.
+            "viewed_other_tier": ["u2"],
+        },
+    ),
+    _case(
+        "computed-trait-refs",
+        [
+            ev("identify", "u1", traits={"prefs": {"category": "shoes"}}),
+            ev("track", "u1", "Product Viewed", props={"category": "shoes", "price": 10}),
+            ev("track", "u1", "Product Viewed", props={"category": "shoes", "price": 20}),
+            ev("track", "u1", "Product Viewed", props={"category": "hats", "price": 5}),
+            # The literal "prefs.category" key wins: u2 prefers hats.
+            ev("identify", "u2", traits={"prefs.category": "hats", "prefs": {"category": "shoes"}}),
+            ev("track", "u2", "Product Viewed", props={"category": "shoes", "price": 30}),
+            ev("track", "u2", "Product Viewed", props={"category": "hats", "price": 7}),
+            ev("track", "u2", "Product Viewed", props={"category": "hats", "price": 9}),
+            # No preference: the ref is missing, so no view matches (eq or neq).
+            ev("track", "u3", "Product Viewed", props={"category": "shoes", "price": 4}),
+            ev("identify", "u4", traits={"prefs": {"category": "shoes"}}),
+            # The preference is set on an anonymous profile that this track then links
+            # to u5: the trait and the view meet on the merged person.
+            ev("identify", "anon:a5", traits={"prefs": {"category": "shoes"}}),
+            ev(
+                "track",
+                "u5",
+                "Product Viewed",
+                anonymous_id="a5",
+                props={"category": "shoes", "price": 12},
+            ),
+        ],
+        {
+            "pref_fans": {"computed": {"key": "views_in_pref", "op": "gte", "value": 2}},
+            "browsed_elsewhere": {"computed": {"key": "max_price_elsewhere", "op": "exists"}},
+        },
+        {"pref_fans": ["u1", "u2"], "browsed_elsewhere": ["u1", "u2"]},
+        computed_traits={
+            "views_in_pref": {
+                "type": "event_count",
+                "event": "Product Viewed",
+                "where": [{"property": "category", "op": "eq", "ref": {"trait": "prefs.category"}}],
+            },
+            "max_price_elsewhere": {
+                "type": "max",
+                "event": "Product Viewed",
+                "property": "price",
+                "where": [
+                    {"property": "category", "op": "neq", "ref": {"trait": "prefs.category"}}
+                ],
+            },
+        },
+        computed={
+            "u1": {"views_in_pref": 2, "max_price_elsewhere": 5},
+            "u2": {"views_in_pref": 2, "max_price_elsewhere": 30},
+            "u3": {"views_in_pref": 0, "max_price_elsewhere": None},
+            "u4": {"views_in_pref": 0, "max_price_elsewhere": None},
+            "u5": {"views_in_pref": 1, "max_price_elsewhere": None},
+        },
     ),
 ]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.segmentation.language import dependency_order, parse_audience
-from services.segmentation.reference import ProfileData, evaluate
-from tests.unit.segmentation.conformance_cases import resolve
+from services.segmentation.language import dependency_order, parse_audience, parse_computed_trait
+from services.segmentation.reference import ProfileData, compute_trait, evaluate
+from tests.unit.segmentation.conformance_cases import close, resolve
 from tests.unit.segmentation.own_cases import OWN_CASE_NAMES, own_case
 
 pytestmark = pytest.mark.unit
@@ -16,7 +16,20 @@ pytestmark = pytest.mark.unit
 def test_case(name: str) -> None:
     case = own_case(name)
     r = resolve(case)
-    assert set(r.profile_events) == set(case["expected"]["computed"])
+    expected = case["expected"]
+    assert set(r.profile_events) == set(expected["computed"])
+    computed_defs = {k: parse_computed_trait(v) for k, v in case["computed_traits"].items()}
+    computed = {
+        pid: {k: compute_trait(d, evs, r.now_us, r.traits[pid]) for k, d in computed_defs.items()}
+        for pid, evs in r.profile_events.items()
+    }
+    bad = [
+        (pid, k, computed[pid][k], v)
+        for pid, vals in expected["computed"].items()
+        for k, v in vals.items()
+        if not close(computed[pid][k], v)
+    ]
+    assert not bad
     defs = {k: parse_audience(v) for k, v in case["audiences"].items()}
     memberships: dict[str, set[str]] = {pid: set() for pid in r.profile_events}
     got = {}
@@ -26,10 +39,15 @@ def test_case(name: str) -> None:
             for pid, evs in r.profile_events.items()
             if evaluate(
                 defs[key],
-                ProfileData(events=evs, traits=r.traits[pid], audiences=memberships[pid]),
+                ProfileData(
+                    events=evs,
+                    traits=r.traits[pid],
+                    computed=computed[pid],
+                    audiences=memberships[pid],
+                ),
                 r.now_us,
             )
         )
         for pid in got[key]:
             memberships[pid].add(key)
-    assert got == case["expected"]["members"]
+    assert got == expected["members"]
