@@ -20,7 +20,7 @@ def test_case(name: str) -> None:
 
     computed_defs = {k: parse_computed_trait(v) for k, v in case["computed_traits"].items()}
     computed = {
-        pid: {k: compute_trait(d, evs, r.now_us) for k, d in computed_defs.items()}
+        pid: {k: compute_trait(d, evs, r.now_us, r.traits[pid]) for k, d in computed_defs.items()}
         for pid, evs in r.profile_events.items()
     }
     bad = [
