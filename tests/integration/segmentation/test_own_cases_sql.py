@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.segmentation.language import dependency_order, parse_audience, parse_computed_trait
-from services.segmentation.sql import evaluate_audience, evaluate_computed_trait
+from services.segmentation.language import dependency_order, parse_audience
+from services.segmentation.sql import evaluate_audience
 from tests.integration.segmentation.sqlsupport import (
     WS,
+    check_sql_computed,
     load_resolved,
     postgres_engine,
     sqlite_engine,
-    store_computed,
     store_members,
 )
-from tests.unit.segmentation.conformance_cases import close, resolve
+from tests.unit.segmentation.conformance_cases import resolve
 from tests.unit.segmentation.own_cases import OWN_CASE_NAMES, own_case
 
 pytestmark = pytest.mark.integration
@@ -29,20 +29,7 @@ async def _check(engine: AsyncEngine, name: str) -> None:
     r = resolve(case)
     names = await load_resolved(engine, r)
     expected = case["expected"]
-    bad = []
-    for key, raw in case["computed_traits"].items():
-        async with engine.connect() as conn:
-            values = await evaluate_computed_trait(
-                conn, parse_computed_trait(raw), workspace_id=WS, now_us=r.now_us
-            )
-        assert set(values) == set(names)
-        bad += [
-            (key, names[p], v, expected["computed"][names[p]][key])
-            for p, v in values.items()
-            if not close(v, expected["computed"][names[p]][key])
-        ]
-        await store_computed(engine, key, values)
-    assert not bad
+    await check_sql_computed(engine, case, r, names)
     got = {}
     for key in dependency_order(case["audiences"]):
         async with engine.connect() as conn:
