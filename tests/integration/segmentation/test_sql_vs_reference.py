@@ -62,6 +62,9 @@ nested_traits = st.one_of(
     st.builds(lambda x: [{"x": x}], trait_values),  # arrays are never indexed
     trait_values,
 )
+nested_with_x = st.one_of(
+    st.builds(lambda x, z: {"x": x, "y": {"z": z}}, trait_values, trait_values), nested_traits
+)
 
 
 def literal_for(op: str) -> st.SearchStrategy[Any]:
@@ -203,7 +206,7 @@ def computed_defs(draw: st.DrawFn, with_ref: bool = False) -> dict[str, Any]:
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
+def histories(draw: st.DrawFn, paths: bool = False) -> list[dict[str, Any]]:
     """Per profile: rows (1 canonical + 0-1 merged), events, trait rows."""
     out = []
     for _ in range(draw(st.integers(1, 4))):
@@ -227,12 +230,19 @@ def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
             )
         traits = []
         for key in TRAIT_KEYS:
-            for _ in range(draw(st.integers(0, 2))):
+            # paths: every profile sets the literal "n.x" key and a nested "n" holding
+            # "x", the meeting that tells a right reading of "n.x" from a wrong one.
+            at_least = 1 if paths and key in ("n", "n.x") else 0
+            for _ in range(draw(st.integers(at_least, 2))):
+                if key == "n":
+                    value = draw(nested_with_x if paths else nested_traits)
+                else:
+                    value = draw(trait_values)
                 traits.append(
                     {
                         "row": draw(st.integers(0, rows - 1)),
                         "key": key,
-                        "value": draw(nested_traits if key == "n" else trait_values),
+                        "value": value,
                         "timestamp_us": NOW - draw(st.integers(0, 3)) * HOUR,
                     }
                 )
@@ -338,7 +348,7 @@ def trait_path_nodes(draw: st.DrawFn) -> dict[str, Any]:
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(hist=histories(), definition=trait_path_nodes())
+@given(hist=histories(paths=True), definition=trait_path_nodes())
 def test_trait_paths_match_reference(
     engine: Any, hist: list[dict[str, Any]], definition: Any
 ) -> None:
@@ -360,7 +370,7 @@ def _computed_values(conn: Any, ws: str, cdef: Any) -> dict[int, Any]:
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(hist=histories(), computed=computed_defs(with_ref=True))
+@given(hist=histories(paths=True), computed=computed_defs(with_ref=True))
 def test_computed_trait_refs_match_reference(
     engine: Any, hist: list[dict[str, Any]], computed: Any
 ) -> None:
