@@ -5,7 +5,7 @@ SQLite to the same and covers the rest of the language)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.segmentation.language import parse_audience, parse_computed_trait
-from services.segmentation.reference import compute_trait, evaluate
+from services.segmentation.reference import ProfileData, compute_trait, evaluate
 from services.segmentation.sql import compile_audience, compile_computed_trait
 from tests.integration.segmentation.sqlsupport import postgres_engine
 from tests.integration.segmentation.test_sql_vs_reference import (
@@ -28,11 +28,25 @@ from tests.unit.segmentation.conformance_cases import close
 
 pytestmark = pytest.mark.integration
 
+PG = "postgresql"
+
 
 @pytest.fixture(scope="module")
 async def pg() -> AsyncIterator[AsyncEngine]:
     async with postgres_engine() as engine:
         yield engine
+
+
+async def _run(
+    pg: AsyncEngine, hist: list[dict[str, Any]], compile_for: Callable[[str], Any]
+) -> tuple[dict[int, ProfileData], list[Any]]:
+    """Load `hist` under a fresh workspace; (the reference view of each profile, the
+    rows of the statement `compile_for(workspace)`)."""
+    ws = f"pg{next(_ws_counter)}"
+    async with pg.begin() as conn:
+        data = await conn.run_sync(load, ws, hist)
+        rows = list(await conn.execute(compile_for(ws)))
+    return data, rows
 
 
 @settings(
@@ -42,12 +56,11 @@ async def pg() -> AsyncIterator[AsyncEngine]:
 async def test_trait_paths_match_reference_on_postgres(
     pg: AsyncEngine, hist: list[dict[str, Any]], definition: Any
 ) -> None:
-    ws = f"pgpath{next(_ws_counter)}"
     node = parse_audience(definition)
-    query = compile_audience(node, workspace_id=ws, now_us=NOW, dialect="postgresql")
-    async with pg.begin() as conn:
-        data = await conn.run_sync(load, ws, hist)
-        got = {r[0] for r in await conn.execute(query)}
+    data, rows = await _run(
+        pg, hist, lambda ws: compile_audience(node, workspace_id=ws, now_us=NOW, dialect=PG)
+    )
+    got = {r[0] for r in rows}
     assert got == {pid for pid, p in data.items() if evaluate(node, p, NOW)}, (definition, hist)
 
 
@@ -63,12 +76,11 @@ async def test_trait_paths_match_reference_on_postgres(
 async def test_computed_trait_refs_match_reference_on_postgres(
     pg: AsyncEngine, hist: list[dict[str, Any]], computed: Any
 ) -> None:
-    ws = f"pgcref{next(_ws_counter)}"
     cdef = parse_computed_trait(computed)
-    query = compile_computed_trait(cdef, workspace_id=ws, now_us=NOW, dialect="postgresql")
-    async with pg.begin() as conn:
-        data = await conn.run_sync(load, ws, hist)
-        values = {r[0]: r[1] for r in await conn.execute(query)}
+    data, rows = await _run(
+        pg, hist, lambda ws: compile_computed_trait(cdef, workspace_id=ws, now_us=NOW, dialect=PG)
+    )
+    values = {r[0]: r[1] for r in rows}
     expected = {pid: compute_trait(cdef, p.events, NOW, p.traits) for pid, p in data.items()}
     assert values.keys() == expected.keys()
     for pid in expected:
