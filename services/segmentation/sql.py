@@ -76,11 +76,13 @@ from services.segmentation.language import (
     Trait,
     TraitRef,
     Window,
+    computed_trait_refs,
     iter_nodes,
     parse_audience,
     parse_computed_trait,
     split_path,
     trait_refs,
+    trait_row_keys,
 )
 from services.segmentation.reference import UNIQUE_LIST_LIMIT
 from services.shared.db.tables import events, profile_traits, profiles
@@ -156,6 +158,16 @@ class _Dialect(ABC):
     @abstractmethod
     def prop(self, col: Any, prop: str) -> JV: ...
     @abstractmethod
+    def walk(self, v: JV, path: str) -> JV:
+        """The value at dotted `path` inside `v` (object keys only, never array indexes)."""
+        ...
+
+    @abstractmethod
+    def first_present(self, first: JV, other: JV) -> JV:
+        """`first` where it holds a value, else `other`."""
+        ...
+
+    @abstractmethod
     def decode(self, text_expr: Any) -> JV: ...
     @abstractmethod
     def present(self, v: JV) -> ColumnElement[bool]: ...
@@ -213,12 +225,18 @@ class _Postgres(_Dialect):
         return func.jsonb_typeof(v.expr)
 
     def prop(self, col: Any, prop: str) -> JV:
+        return self.walk(JV(col), prop)
+
+    def walk(self, v: JV, path: str) -> JV:
         # Chained -> with text keys: unlike #> it never indexes into arrays, matching the
         # reference's "object keys only" dotted paths.
-        e = col
-        for k in split_path(prop):
+        e = v.expr
+        for k in split_path(path):
             e = e.op("->", return_type=JSONB)(literal(k, sa.String))
         return JV(e)
+
+    def first_present(self, first: JV, other: JV) -> JV:
+        return JV(case((self.present(first), first.expr), else_=other.expr))
 
     def decode(self, text_expr: Any) -> JV:
         return JV(cast(text_expr, JSONB))
@@ -299,8 +317,16 @@ class _SQLite(_Dialect):
         return func.json_type(v.expr, v.path)
 
     def prop(self, col: Any, prop: str) -> JV:
-        path = "$" + "".join(f'."{k}"' for k in split_path(prop))
-        return JV(sa.type_coerce(col, Text), path)
+        return self.walk(JV(sa.type_coerce(col, Text), "$"), prop)
+
+    def walk(self, v: JV, path: str) -> JV:
+        return JV(v.expr, v.path + "".join(f'."{k}"' for k in split_path(path)))
+
+    def first_present(self, first: JV, other: JV) -> JV:
+        # Two documents cannot share one JSON path: the chosen value goes on as JSON text.
+        return self.decode(
+            case((self.present(first), self.json_text(first)), else_=self.json_text(other))
+        )
 
     def decode(self, text_expr: Any) -> JV:
         return JV(text_expr, "$")
@@ -492,6 +518,16 @@ def merged_away(p: Any) -> ColumnElement[bool]:
     return _b(p.c.canonical_id != p.c.profile_id)
 
 
+def trait_path_value(d: _Dialect, row: Callable[[str], JV], name: str) -> JV:
+    """The value trait `name` reads, from `row` (top-level trait key -> its value):
+    the literal key when it holds a value, else the dotted path walked from the value
+    of its first part, as ``reference.trait_value``."""
+    keys = trait_row_keys(name)
+    if len(keys) == 1:
+        return row(name)
+    return d.first_present(row(name), d.walk(row(keys[1]), name[len(keys[1]) + 1 :]))
+
+
 def boolean_node(
     n: Node, compile_node: Callable[[Node], ColumnElement[bool]]
 ) -> ColumnElement[bool] | None:
@@ -619,11 +655,17 @@ class _AudienceCompiler:
         return src.outerjoin(self.t, self.t.c.pid == self.u.c.pid)
 
     def trait_value(self, name: str) -> JV:
-        col = getattr(self.t.c, self.trait_cols[name])
-        if name in self.own_t:
+        """The value trait `name` reads (``reference.trait_value``): its literal key's
+        value, else the dotted path walked from the value of its first part."""
+        return trait_path_value(self.d, self._trait_row, name)
+
+    def _trait_row(self, key: str) -> JV:
+        """The latest value of the top-level trait `key` (a row of ``profile_traits``)."""
+        col = getattr(self.t.c, self.trait_cols[key])
+        if key in self.own_t:
             # A person with merges has a row in the merged aggregate (its winner is
             # chosen across the merged set); everyone else has only their own row.
-            own = self.own_t[name].c.value
+            own = self.own_t[key].c.value
             if self.d.name != "postgresql":
                 own = cast(own, Text)
             col = case((self.t.c.pid.is_not(None), col), else_=own)
@@ -744,7 +786,7 @@ class _AudienceCompiler:
         """The universe joined to the events rollup, the traits pass and the computed
         values that ``nodes`` (already collected) read."""
         self.u = self.universe()
-        keys = sorted({k for n in nodes for k in trait_refs(n)})
+        keys = sorted({k for n in nodes for t in trait_refs(n) for k in trait_row_keys(t)})
         src = self.u
         if keys and self._events_read_traits(nodes):
             # An event filter compares against a trait: the events join the traits
@@ -1119,6 +1161,13 @@ def compile_computed_trait(
     comp = _AudienceCompiler(d, workspace_id, now_us)
     u = comp.universe()
     ev = events
+    src: Any = ev.join(profiles, profiles.c.profile_id == ev.c.profile_id)
+    trait_names = computed_trait_refs(defn)
+    if trait_names:
+        # A filter compares with the person's trait: the events join the traits pass
+        # (the latest value per key across the merged set) on their canonical id.
+        comp.t = comp.traits_subquery(sorted({k for t in trait_names for k in trait_row_keys(t)}))
+        src = src.outerjoin(comp.t, comp.t.c.pid == profiles.c.canonical_id)
     conds = [
         ev.c.workspace_id == workspace_id,
         ev.c.type == defn.event_type,
@@ -1126,7 +1175,6 @@ def compile_computed_trait(
         _window(ev.c.timestamp_us, defn.window, now_us),
         *[comp.filter_pred(f, ev.c.properties) for f in defn.where],
     ]
-    src = ev.join(profiles, profiles.c.profile_id == ev.c.profile_id)
     pid = profiles.c.canonical_id.label("pid")
     t = defn.type
 

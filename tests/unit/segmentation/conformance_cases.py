@@ -19,6 +19,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from services.segmentation.language import parse_computed_trait
+from services.segmentation.reference import compute_trait
 from tests.unit.segmentation.own_cases import CASES as OWN_CASES
 
 # A copy lives in the repository so the tests cannot vanish in a clone without it;
@@ -130,3 +132,21 @@ def close(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
     return a == b
+
+
+def reference_computed(case: dict[str, Any], r: Resolved) -> dict[str, dict[str, Any]]:
+    """Every profile's computed-trait values by the reference evaluator (filters read the
+    profile's traits), asserted equal to the case's expected values."""
+    defs = {k: parse_computed_trait(v) for k, v in case["computed_traits"].items()}
+    computed = {
+        pid: {k: compute_trait(d, evs, r.now_us, r.traits[pid]) for k, d in defs.items()}
+        for pid, evs in r.profile_events.items()
+    }
+    bad = [
+        (pid, k, computed[pid][k], v)
+        for pid, vals in case["expected"]["computed"].items()
+        for k, v in vals.items()
+        if not close(computed[pid][k], v)
+    ]
+    assert not bad, f"{len(bad)} computed values differ, e.g. {bad[:5]}"
+    return computed

@@ -2,7 +2,8 @@
 funnels, dynamic step and trait references, audience references with `not`, operators
 on missing and mistyped values, identity merges, page and screen conditions, window
 edges, dotted trait paths, late and retried events, and computed traits on mixed,
-missing and tied values. Same shape as
+missing and tied values, and computed traits whose filters compare with a trait. Same
+shape as
 tests/data/conformance/audiences.jsonl, and run beside those cases by every conformance
 test (conformance_cases.load_cases); the expected results are worked out by hand from
 design.md section 6 (comments say why)."""
@@ -608,4 +609,141 @@ CASES = [
             },
         },
     ),
+    _case(
+        "dotted-trait-paths",
+        [
+            ev(
+                "identify",
+                "u1",
+                traits={
+                    "billing": {
+                        "tier": "pro",
+                        "addons": ["sso", "audit"],
+                        "card": {"brand": "visa"},
+                    }
+                },
+            ),
+            # A top-level key spelled with the dot wins over the nested value.
+            ev("identify", "u2", traits={"billing.tier": "enterprise", "billing": {"tier": "pro"}}),
+            # The intermediate value is not an object: nothing to walk into.
+            ev("identify", "u3", traits={"billing": "pro"}),
+            # Nested null is missing, like a property.
+            ev("identify", "u4", traits={"billing": {"tier": None}}),
+            # Arrays are not indexed: "tier" is not a key of a list.
+            ev("identify", "u5", traits={"billing": [{"tier": "pro"}]}),
+            ev("identify", "u6", traits={"plan": "pro"}),
+            ev("identify", "u7", traits={"billing": {"tier": "pro"}, "billing.tier": "free"}),
+            # u8's literal key was removed (null) later: the nested value shows through.
+            ev(
+                "identify",
+                "u8",
+                at="2025-01-08T10:00:00Z",
+                traits={"billing": {"tier": "pro"}, "billing.tier": "free"},
+            ),
+            ev("identify", "u8", at="2025-01-08T11:00:00Z", traits={"billing.tier": None}),
+            ev("track", "u1", "Plan Viewed", props={"plan": "pro"}),
+            ev("track", "u2", "Plan Viewed", props={"plan": "pro"}),
+            ev("track", "u3", "Plan Viewed", props={"plan": "pro"}),
+        ],
+        {
+            "tier_pro": {"trait": {"name": "billing.tier", "op": "eq", "value": "pro"}},
+            "tier_enterprise": {
+                "trait": {"name": "billing.tier", "op": "eq", "value": "enterprise"}
+            },
+            "tier_missing": {"trait": {"name": "billing.tier", "op": "not_exists"}},
+            "tier_not_pro": {"trait": {"name": "billing.tier", "op": "neq", "value": "pro"}},
+            "has_sso": {"trait": {"name": "billing.addons", "op": "contains", "value": "sso"}},
+            "visa": {"trait": {"name": "billing.card.brand", "op": "eq", "value": "visa"}},
+            "first_item": {"trait": {"name": "billing.0.tier", "op": "exists"}},
+            "billing_set": {"trait": {"name": "billing", "op": "exists"}},
+            # Refs walk the same paths; a missing referenced value matches no event.
+            "viewed_own_tier": {
+                "event": {
+                    "name": "Plan Viewed",
+                    "where": [{"property": "plan", "op": "eq", "ref": {"trait": "billing.tier"}}],
+                }
+            },
+            "viewed_other_tier": {
+                "event": {
+                    "name": "Plan Viewed",
+                    "where": [{"property": "plan", "op": "neq", "ref": {"trait": "billing.tier"}}],
+                }
+            },
+        },
+        {
+            "tier_pro": ["u1", "u8"],
+            "tier_enterprise": ["u2"],
+            "tier_missing": ["u3", "u4", "u5", "u6"],
+            "tier_not_pro": ["u2", "u3", "u4", "u5", "u6", "u7"],
+            "has_sso": ["u1"],
+            "visa": ["u1"],
+            "first_item": [],
+            # u4's billing is an object (holding a null): present.
+            "billing_set": ["u1", "u2", "u3", "u4", "u5", "u7", "u8"],
+            "viewed_own_tier": ["u1"],
+            # u3's referenced value is missing: its view matches neither.
+            "viewed_other_tier": ["u2"],
+        },
+    ),
+    _case(
+        "computed-trait-refs",
+        [
+            ev("identify", "u1", traits={"prefs": {"category": "shoes"}}),
+            ev("track", "u1", "Product Viewed", props={"category": "shoes", "price": 10}),
+            ev("track", "u1", "Product Viewed", props={"category": "shoes", "price": 20}),
+            ev("track", "u1", "Product Viewed", props={"category": "hats", "price": 5}),
+            # The literal "prefs.category" key wins: u2 prefers hats.
+            ev("identify", "u2", traits={"prefs.category": "hats", "prefs": {"category": "shoes"}}),
+            ev("track", "u2", "Product Viewed", props={"category": "shoes", "price": 30}),
+            ev("track", "u2", "Product Viewed", props={"category": "hats", "price": 7}),
+            ev("track", "u2", "Product Viewed", props={"category": "hats", "price": 9}),
+            # No preference: the ref is missing, so no view matches (eq or neq).
+            ev("track", "u3", "Product Viewed", props={"category": "shoes", "price": 4}),
+            ev("identify", "u4", traits={"prefs": {"category": "shoes"}}),
+            # The preference is set on an anonymous profile that this track then links
+            # to u5: the trait and the view meet on the merged person.
+            ev("identify", "anon:a5", traits={"prefs": {"category": "shoes"}}),
+            ev(
+                "track",
+                "u5",
+                "Product Viewed",
+                anonymous_id="a5",
+                props={"category": "shoes", "price": 12},
+            ),
+        ],
+        {
+            "pref_fans": {"computed": {"key": "views_in_pref", "op": "gte", "value": 2}},
+            "browsed_elsewhere": {"computed": {"key": "max_price_elsewhere", "op": "exists"}},
+        },
+        {"pref_fans": ["u1", "u2"], "browsed_elsewhere": ["u1", "u2"]},
+        computed_traits={
+            "views_in_pref": {
+                "type": "event_count",
+                "event": "Product Viewed",
+                "where": [{"property": "category", "op": "eq", "ref": {"trait": "prefs.category"}}],
+            },
+            "max_price_elsewhere": {
+                "type": "max",
+                "event": "Product Viewed",
+                "property": "price",
+                "where": [
+                    {"property": "category", "op": "neq", "ref": {"trait": "prefs.category"}}
+                ],
+            },
+        },
+        computed={
+            "u1": {"views_in_pref": 2, "max_price_elsewhere": 5},
+            "u2": {"views_in_pref": 2, "max_price_elsewhere": 30},
+            "u3": {"views_in_pref": 0, "max_price_elsewhere": None},
+            "u4": {"views_in_pref": 0, "max_price_elsewhere": None},
+            "u5": {"views_in_pref": 1, "max_price_elsewhere": None},
+        },
+    ),
 ]
+
+
+def own_case(name: str) -> dict[str, Any]:
+    return next(c for c in CASES if c["name"] == name)
+
+
+OWN_CASE_NAMES = [c["name"] for c in CASES]
