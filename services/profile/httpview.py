@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
 
 import grpc
 import orjson
@@ -53,35 +54,54 @@ def _json_response(body: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
-def _error_body(error: ServiceError) -> dict[str, object]:
-    return {
+def error_response(
+    status: int, message: str, violations: Sequence[FieldViolation] = ()
+) -> web.Response:
+    """The view's error answer; `code` is the HTTP reason, e.g. NOT_FOUND."""
+    body = {
         "error": {
-            "code": error.code.name,
-            "message": error.message,
+            "code": HTTPStatus(status).name,
+            "message": message,
             "field_violations": [
-                {"field": v.field, "description": v.description} for v in error.violations
+                {"field": v.field, "description": v.description} for v in violations
             ],
         }
     }
+    response = _json_response(body, status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="audiences"'
+    return response
 
 
 @web.middleware
 async def _guard(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Authenticate and authorise, then map ServiceError to a JSON error response."""
+    """Authenticate and authorise, then map errors to JSON error responses.
+
+    Only headers are read: a request body is never read (nor inflated: aiohttp's
+    decompression is off, see start), whatever its size or encoding.
+    """
     try:
-        secret = auth.http_secret(request.headers.get("Authorization"))
-        principal = await request.app[_KEYS].authenticate(secret)
+        principal = await auth.authenticate_http(
+            request.app[_KEYS], request.headers.get("Authorization")
+        )
         auth.check_scope(principal, SCOPE)
         request[_WORKSPACE] = principal.workspace_id
         return await handler(request)
     except ServiceError as error:
         status = _HTTP_STATUS.get(error.code, 500)
-        response = _json_response(_error_body(error), status)
-        if status == 401:
-            response.headers["WWW-Authenticate"] = 'Basic realm="audiences"'
-        return response
+        return error_response(status, error.message, error.violations)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        if error.status == 405:
+            response = error_response(405, f"method {request.method} not allowed: use GET")
+            response.headers["Allow"] = error.headers.get("Allow", "GET")
+            return response
+        if error.status == 404:
+            return error_response(404, f"no such path: {request.path}")
+        return error_response(error.status, error.reason)
 
 
 def _identifier(request: web.Request) -> model.Identifier:
@@ -191,7 +211,8 @@ async def start(
     profiles: ProfileService, keys: auth.KeyStore, host: str, port: int
 ) -> tuple[web.AppRunner, int]:
     """Bind and start the view; port 0 picks a free port. Returns (runner, bound port)."""
-    runner = web.AppRunner(make_app(profiles, keys), access_log=None)
+    # auto_decompress off: a request body is never read, so it must not be inflated either.
+    runner = web.AppRunner(make_app(profiles, keys), access_log=None, auto_decompress=False)
     await runner.setup()
     # reuse_port: several profile processes share the HTTP port as they share gRPC's.
     site = web.TCPSite(runner, host, port, reuse_port=True)

@@ -50,6 +50,9 @@ class Settings:
     traces_exporter: str = "none"
     # Peers, as <SERVICE>_ADDR (host:port).
     peer_addresses: dict[str, str] = field(default_factory=dict)
+    # Browser origins that may send to the ingest HTTP gateway (CORS); "*" is any origin,
+    # the default, since write keys are public in browser SDKs anyway.
+    ingest_cors_origins: tuple[str, ...] = ("*",)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -69,6 +72,11 @@ class Settings:
                 name: env.get(f"{name.upper()}_ADDR", f"127.0.0.1:{port}")
                 for name, port in DEFAULT_PORTS.items()
             },
+            ingest_cors_origins=tuple(
+                origin.strip()
+                for origin in env.get("INGEST_CORS_ORIGINS", "*").split(",")
+                if origin.strip()
+            ),
         )
 
     def port_for(self, service: str) -> int:
