@@ -27,3 +27,10 @@ def test_production_urls_and_port(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.port_for("ingest") == 6000
     assert settings.peer_addresses["profile"] == "profile:50054"
     assert settings.peer_addresses["sync"] == "127.0.0.1:50055"
+
+
+def test_ingest_cors_origins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INGEST_CORS_ORIGINS", raising=False)
+    assert Settings.from_env().ingest_cors_origins == ("*",)
+    monkeypatch.setenv("INGEST_CORS_ORIGINS", "https://a.example, https://b.example,")
+    assert Settings.from_env().ingest_cors_origins == ("https://a.example", "https://b.example")
