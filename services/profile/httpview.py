@@ -102,6 +102,9 @@ async def _guard(
         if error.status == 404:
             return error_response(404, f"no such path: {request.path}")
         return error_response(error.status, error.reason)
+    except Exception:
+        log.exception("profile HTTP view request %s %s failed", request.method, request.path)
+        return error_response(500, "internal error")
 
 
 def _identifier(request: web.Request) -> model.Identifier:
