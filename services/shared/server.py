@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -266,6 +267,16 @@ def _decoder(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return decode
 
 
+async def _responses(replies: Any) -> AsyncIterator[Any]:
+    """What a streaming behaviour returned, as responses: it is an async iterator of them,
+    or a coroutine that writes them with `context.write` (grpc's health Watch)."""
+    if inspect.isawaitable(replies):
+        await replies
+        return
+    async for response in replies:
+        yield response
+
+
 async def _decoded(
     requests: AsyncIterator[bytes], decode: Callable[[bytes], Any]
 ) -> AsyncIterator[Any]:
@@ -337,7 +348,7 @@ def _guarded(handler: grpc.RpcMethodHandler, authorise: Authorise | None) -> grp
             try:
                 if authorise is not None:
                     await authorise(context)
-                async for response in streaming(decode(raw), context):
+                async for response in _responses(streaming(decode(raw), context)):
                     yield response
             except aborts:
                 raise
@@ -365,7 +376,7 @@ def _guarded(handler: grpc.RpcMethodHandler, authorise: Authorise | None) -> grp
         try:
             if authorise is not None:
                 await authorise(context)
-            async for response in both(_decoded(requests, decode), context):
+            async for response in _responses(both(_decoded(requests, decode), context)):
                 yield response
         except aborts:
             raise

@@ -301,7 +301,7 @@ class GrpcCase:
     request: bytes
     code: grpc.StatusCode
     key: str | None = "ingest"
-    streaming: bool = False
+    shape: str = "unary_unary"  # or unary_stream, stream_stream
     metadata: tuple[tuple[str, str], ...] = ()
 
 
@@ -317,12 +317,14 @@ GRPC_CASES = [
     GrpcCase("invalid UTF-8 in a string field", "ingest", INGEST + "Batch",
              _field(1, _field(3, b"\xff\xfe")), grpc.StatusCode.INVALID_ARGUMENT),
     GrpcCase("corrupt StreamEvents", "ingest", INGEST + "StreamEvents", CORRUPT,
-             grpc.StatusCode.INVALID_ARGUMENT, streaming=True),
+             grpc.StatusCode.INVALID_ARGUMENT, shape="stream_stream"),
     GrpcCase("corrupt GetProfile (pre-encoded reply)", "profile",
              "/audiences.v1.ProfileService/GetProfile", CORRUPT,
              grpc.StatusCode.INVALID_ARGUMENT, key="profile"),
     GrpcCase("corrupt health check", "ingest", "/grpc.health.v1.Health/Check", CORRUPT,
              grpc.StatusCode.INVALID_ARGUMENT, key=None),
+    GrpcCase("corrupt health watch", "profile", "/grpc.health.v1.Health/Watch", CORRUPT,
+             grpc.StatusCode.INVALID_ARGUMENT, key=None, shape="unary_stream"),
     GrpcCase("message past the size limit", "ingest", INGEST + "Batch",
              bytes(MAX_MESSAGE_BYTES + 1),
              grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -343,9 +345,12 @@ async def _call(services: Services, case: GrpcCase) -> grpc.StatusCode:
             {"ingest": services.keys.ingest, "profile": services.keys.profile}[case.key]
         )
     try:
-        if case.streaming:
+        if case.shape == "stream_stream":
             call = channel.stream_stream(case.method)(iter([case.request]), metadata=metadata)
             async for _ in call:
+                pass
+        elif case.shape == "unary_stream":
+            async for _ in channel.unary_stream(case.method)(case.request, metadata=metadata):
                 pass
         else:
             await channel.unary_unary(case.method)(case.request, metadata=metadata, timeout=10)
