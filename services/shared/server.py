@@ -267,16 +267,6 @@ def _decoder(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return decode
 
 
-async def _responses(replies: Any) -> AsyncIterator[Any]:
-    """What a streaming behaviour returned, as responses: it is an async iterator of them,
-    or a coroutine that writes them with `context.write` (grpc's health Watch)."""
-    if inspect.isawaitable(replies):
-        await replies
-        return
-    async for response in replies:
-        yield response
-
-
 async def _decoded(
     requests: AsyncIterator[bytes], decode: Callable[[bytes], Any]
 ) -> AsyncIterator[Any]:
@@ -348,8 +338,12 @@ def _guarded(handler: grpc.RpcMethodHandler, authorise: Authorise | None) -> grp
             try:
                 if authorise is not None:
                     await authorise(context)
-                async for response in _responses(streaming(decode(raw), context)):
-                    yield response
+                replies = streaming(decode(raw), context)
+                if inspect.isawaitable(replies):  # writes with context.write (health Watch)
+                    await replies
+                else:
+                    async for response in replies:
+                        yield response
             except aborts:
                 raise
             except Exception as error:
@@ -376,8 +370,12 @@ def _guarded(handler: grpc.RpcMethodHandler, authorise: Authorise | None) -> grp
         try:
             if authorise is not None:
                 await authorise(context)
-            async for response in _responses(both(_decoded(requests, decode), context)):
-                yield response
+            replies = both(_decoded(requests, decode), context)
+            if inspect.isawaitable(replies):  # writes with context.write
+                await replies
+            else:
+                async for response in replies:
+                    yield response
         except aborts:
             raise
         except Exception as error:
