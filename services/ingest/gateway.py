@@ -35,6 +35,7 @@ from services.shared.errors import (
     ServiceError,
     Unauthenticated,
     Unavailable,
+    refused_value,
 )
 
 log = logging.getLogger(__name__)
@@ -240,7 +241,10 @@ async def _http_errors(
         if "Allow" in error.headers:
             response.headers["Allow"] = error.headers["Allow"]
         return response
-    except Exception:
+    except Exception as error:
+        refused = refused_value(error)
+        if refused is not None:
+            return error_response(400, refused.message)
         log.exception("gateway request %s %s failed", request.method, request.path)
         return error_response(500, "internal error")
 

@@ -28,7 +28,12 @@ from services.profile.model import ProfileQuery, Section
 from services.profile.service import ProfileService
 from services.shared import auth
 from services.shared.clock import datetime_from_us
-from services.shared.errors import FieldViolation, InvalidArgument, ServiceError
+from services.shared.errors import (
+    FieldViolation,
+    InvalidArgument,
+    ServiceError,
+    refused_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +107,10 @@ async def _guard(
         if error.status == 404:
             return error_response(404, f"no such path: {request.path}")
         return error_response(error.status, error.reason)
-    except Exception:
+    except Exception as error:
+        refused = refused_value(error)
+        if refused is not None:
+            return error_response(400, refused.message)
         log.exception("profile HTTP view request %s %s failed", request.method, request.path)
         return error_response(500, "internal error")
 

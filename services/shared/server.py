@@ -32,7 +32,7 @@ from services.shared import auth, telemetry
 from services.shared.clock import Clock, SystemClock
 from services.shared.config import Settings
 from services.shared.db.engine import create_engine
-from services.shared.errors import ServiceError, invalid
+from services.shared.errors import ServiceError, invalid, refused_value
 from services.shared.redis import create_redis
 from services.shared.redis_pipelined import PipelinedConnection, create_pipelined
 
@@ -278,6 +278,11 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
     if isinstance(error, NotImplementedError):
         # The generated base servicer raises this for RPCs whose issue has not landed.
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented yet")
+    if not isinstance(error, ServiceError):
+        refused = refused_value(error)
+        if refused is not None:
+            log.info("request refused by the database: %s", error)
+            error = refused
     if isinstance(error, ServiceError):
         status = error.to_status()
         await context.abort(status.code, status.details, status.trailing_metadata)

@@ -158,6 +158,8 @@ PROFILE_VIEW_CASES = [
              auth="Basic !!!"),
     HttpCase("POST", "/v1/profiles/user_id:alive/traits", 405, b"{}", auth="profile"),
     HttpCase("unknown path", "/v1/profile/user_id:alive", 404, method="GET", auth="profile"),
+    HttpCase("NUL in the identifier", "/v1/profiles/user_id:%00/events", 400, method="GET",
+             auth="profile"),
 ]  # fmt: skip
 
 
@@ -235,9 +237,13 @@ async def while_answering(services: Services, hostile: Awaitable[object]) -> obj
     return await task
 
 
+def _named_keys(keys: WorkspaceKeys) -> dict[str, str]:
+    return {"ingest": keys.ingest, "profile": keys.profile, "admin": keys.admin}
+
+
 def _headers(case: HttpCase, keys: WorkspaceKeys) -> dict[str, str]:
     headers = dict(case.headers)
-    named = {"ingest": keys.ingest, "profile": keys.profile}
+    named = _named_keys(keys)
     if case.auth in named:
         headers["Authorization"] = basic(named[case.auth])
     elif case.auth is not None and case.auth != "body":
@@ -288,9 +294,17 @@ async def test_profile_view_answers_each_hostile_request(
         assert body["error"]["message"]
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes([*out, value])
+
+
 def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (lengths under 128)."""
-    return bytes([number << 3 | 2, len(payload)]) + payload
+    """A length-delimited protobuf field (field numbers under 16)."""
+    return bytes([number << 3 | 2]) + _varint(len(payload)) + payload
 
 
 @dataclass(frozen=True)
@@ -331,6 +345,16 @@ GRPC_CASES = [
     GrpcCase("metadata past the size limit", "ingest", INGEST + "Batch", b"",
              grpc.StatusCode.RESOURCE_EXHAUSTED, metadata=(("x-padding", "x" * 40_000),)),
     GrpcCase("unknown method", "ingest", INGEST + "Nope", b"", grpc.StatusCode.UNIMPLEMENTED),
+    # Values only the database refuses (Postgres text holds no NUL; columns have lengths).
+    GrpcCase("NUL in a workspace name", "ingest", "/audiences.v1.AdminService/CreateWorkspace",
+             _field(1, b"a\x00b"), grpc.StatusCode.INVALID_ARGUMENT, key="admin"),
+    GrpcCase("workspace name past its column", "ingest",
+             "/audiences.v1.AdminService/CreateWorkspace", _field(1, b"w" * 300),
+             grpc.StatusCode.INVALID_ARGUMENT, key="admin"),
+    GrpcCase("NUL in an identifier of ListEvents", "profile",
+             "/audiences.v1.ProfileService/ListEvents",
+             _field(1, _field(1, b"user_id") + _field(2, b"\x00")),
+             grpc.StatusCode.INVALID_ARGUMENT, key="profile"),
     GrpcCase("basic auth over gRPC", "ingest", INGEST + "Batch", b"",
              grpc.StatusCode.UNAUTHENTICATED, key=None,
              metadata=(("authorization", "Basic !!!"),)),
@@ -341,9 +365,7 @@ async def _call(services: Services, case: GrpcCase) -> grpc.StatusCode:
     channel = services.grpc_channels[case.service]
     metadata = list(case.metadata)
     if case.key is not None:
-        metadata += bearer(
-            {"ingest": services.keys.ingest, "profile": services.keys.profile}[case.key]
-        )
+        metadata += bearer(_named_keys(services.keys)[case.key])
     try:
         if case.shape == "stream_stream":
             call = channel.stream_stream(case.method)(iter([case.request]), metadata=metadata)
