@@ -349,6 +349,11 @@ class _Ctx:
 # --------------------------------------------------------------------------- parsing
 
 
+# Windows longer than a century say nothing more (events are dated 2000 or later) and,
+# in microseconds, would overflow the database's 64-bit integers.
+MAX_WINDOW_DAYS = 36_500
+
+
 def _parse_window(raw: Any, path: str, ctx: _Ctx) -> Window | None:
     obj = ctx.obj(raw, path)
     if obj is None:
@@ -365,6 +370,9 @@ def _parse_window(raw: Any, path: str, ctx: _Ctx) -> Window | None:
         if val <= 0:
             ctx.err(p, "must be greater than 0")
             return None
+        if val > MAX_WINDOW_DAYS:
+            ctx.err(p, f"must be at most {MAX_WINDOW_DAYS} days")
+            return None
         return Within(val)
     if kind == "between_days":
         if not isinstance(val, list) or len(val) != 2 or not all(_is_number(x) for x in val):
@@ -376,6 +384,9 @@ def _parse_window(raw: Any, path: str, ctx: _Ctx) -> Window | None:
             return None
         if a >= b:
             ctx.err(p, "A must be less than B")
+            return None
+        if b > MAX_WINDOW_DAYS:
+            ctx.err(p, f"B must be at most {MAX_WINDOW_DAYS} days")
             return None
         return Between(a, b)
     ctx.err(p, "unknown window; expected within_days or between_days")

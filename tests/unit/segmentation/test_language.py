@@ -156,6 +156,14 @@ def test_parses_funnel_refs() -> None:
         (ev(window={"within_days": -3}), ("event.window.within_days", "must be greater than 0")),
         (ev(window={"within_days": "7"}), ("event.window.within_days", "must be a number")),
         (
+            ev(window={"within_days": 1e18}),
+            ("event.window.within_days", "must be at most 36500 days"),
+        ),
+        (
+            ev(window={"between_days": [1, 1e300]}),
+            ("event.window.between_days", "B must be at most 36500 days"),
+        ),
+        (
             ev(window={"between_days": [30, 7]}),
             ("event.window.between_days", "A must be less than B"),
         ),
