@@ -349,8 +349,8 @@ class _Ctx:
 # --------------------------------------------------------------------------- parsing
 
 
-# Windows longer than a century say nothing more (events are dated 2000 or later) and,
-# in microseconds, would overflow the database's 64-bit integers.
+# Windows (and funnels' within_seconds) longer than a century say nothing more (events
+# are dated 2000 or later) and, in microseconds, would overflow 64-bit integers.
 MAX_WINDOW_DAYS = 36_500
 
 
@@ -625,6 +625,9 @@ def _parse_funnel(raw: Any, path: str, ctx: _Ctx) -> Funnel | None:
         within = 0
     elif not _is_number(within) or within <= 0:
         ctx.err(wsp, "must be a number greater than 0")
+        within = 0
+    elif within > MAX_WINDOW_DAYS * 86_400:
+        ctx.err(wsp, f"must be at most {MAX_WINDOW_DAYS * 86_400} ({MAX_WINDOW_DAYS} days)")
         within = 0
     window = _parse_window(obj["window"], _join(path, "window"), ctx) if "window" in obj else None
     completed = obj.get("completed", True)

@@ -164,6 +164,10 @@ def test_parses_funnel_refs() -> None:
             ("event.window.between_days", "B must be at most 36500 days"),
         ),
         (
+            {"funnel": {"steps": [{"name": "A"}, {"name": "B"}], "within_seconds": 1e300}},
+            ("funnel.within_seconds", "must be at most 3153600000 (36500 days)"),
+        ),
+        (
             ev(window={"between_days": [30, 7]}),
             ("event.window.between_days", "A must be less than B"),
         ),
