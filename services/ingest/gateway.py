@@ -35,8 +35,8 @@ from services.shared.errors import (
     ServiceError,
     Unauthenticated,
     Unavailable,
-    refused_value,
 )
+from services.shared.http import Handler, Middleware, unexpected_errors
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -198,15 +198,13 @@ async def _body_principal(keys: KeyStore, body: dict[str, object]) -> Principal:
     return await keys.authenticate(write_key)
 
 
-def cors_middleware(origins: Iterable[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
+def cors_middleware(origins: Iterable[str]) -> Middleware:
     """Access-Control-Allow-Origin on every answer to an allowed Origin (`*`: any)."""
     allowed = frozenset(origins)
     any_origin = "*" in allowed
 
     @web.middleware
-    async def cors(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
         origin = request.headers.get("Origin")
         if origin is None:
@@ -222,9 +220,7 @@ def cors_middleware(origins: Iterable[str]) -> Callable[..., Awaitable[web.Strea
 
 
 @web.middleware
-async def _http_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+async def _http_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """aiohttp's own refusals (unknown path, wrong method) as JSON errors too."""
     try:
         return await handler(request)
@@ -241,12 +237,6 @@ async def _http_errors(
         if "Allow" in error.headers:
             response.headers["Allow"] = error.headers["Allow"]
         return response
-    except Exception as error:
-        refused = refused_value(error)
-        if refused is not None:
-            return error_response(400, refused.message)
-        log.exception("gateway request %s %s failed", request.method, request.path)
-        return error_response(500, "internal error")
 
 
 def build_app(
@@ -306,7 +296,8 @@ def build_app(
         return response
 
     # client_max_size is left to read_body's own cap; aiohttp's applies to request.read().
-    app = web.Application(middlewares=[cors_middleware(allowed_origins), _http_errors])
+    cors = cors_middleware(allowed_origins)
+    app = web.Application(middlewares=[cors, unexpected_errors(error_response), _http_errors])
     paths = [(path, None) for path in BATCH_PATHS]
     paths += [(f"/v1/{event_type}", event_type) for event_type in SINGLE_TYPES]
     for path, event_type in paths:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from http import HTTPStatus
 
 import grpc
@@ -28,12 +28,8 @@ from services.profile.model import ProfileQuery, Section
 from services.profile.service import ProfileService
 from services.shared import auth
 from services.shared.clock import datetime_from_us
-from services.shared.errors import (
-    FieldViolation,
-    InvalidArgument,
-    ServiceError,
-    refused_value,
-)
+from services.shared.errors import FieldViolation, InvalidArgument, ServiceError
+from services.shared.http import Handler, unexpected_errors
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +75,7 @@ def error_response(
 
 
 @web.middleware
-async def _guard(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authenticate and authorise, then map errors to JSON error responses.
 
     Only headers are read: a request body is never read (nor inflated: aiohttp's
@@ -107,12 +101,6 @@ async def _guard(
         if error.status == 404:
             return error_response(404, f"no such path: {request.path}")
         return error_response(error.status, error.reason)
-    except Exception as error:
-        refused = refused_value(error)
-        if refused is not None:
-            return error_response(400, refused.message)
-        log.exception("profile HTTP view request %s %s failed", request.method, request.path)
-        return error_response(500, "internal error")
 
 
 def _identifier(request: web.Request) -> model.Identifier:
@@ -209,7 +197,7 @@ async def events(request: web.Request) -> web.Response:
 
 def make_app(profiles: ProfileService, keys: auth.KeyStore) -> web.Application:
     """The aiohttp application of the view."""
-    app = web.Application(middlewares=[_guard])
+    app = web.Application(middlewares=[unexpected_errors(error_response), _guard])
     app[_PROFILES] = profiles
     app[_KEYS] = keys
     app.router.add_get("/v1/profiles/{identifier}/traits", traits)

@@ -31,6 +31,7 @@ from tests.helpers.backends import free_port
 from tests.helpers.grpc_client import bearer
 from tests.helpers.servers import in_process
 from tests.helpers.waiting import eventually
+from tests.helpers.wire import delimited
 
 pytestmark = pytest.mark.integration
 
@@ -294,19 +295,6 @@ async def test_profile_view_answers_each_hostile_request(
         assert body["error"]["message"]
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    return bytes([*out, value])
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (field numbers under 16)."""
-    return bytes([number << 3 | 2]) + _varint(len(payload)) + payload
-
-
 @dataclass(frozen=True)
 class GrpcCase:
     id: str
@@ -329,7 +317,7 @@ GRPC_CASES = [
     GrpcCase("truncated Batch", "ingest", INGEST + "Batch", b"\x0a\x40abc",
              grpc.StatusCode.INVALID_ARGUMENT),
     GrpcCase("invalid UTF-8 in a string field", "ingest", INGEST + "Batch",
-             _field(1, _field(3, b"\xff\xfe")), grpc.StatusCode.INVALID_ARGUMENT),
+             delimited(1, delimited(3, b"\xff\xfe")), grpc.StatusCode.INVALID_ARGUMENT),
     GrpcCase("corrupt StreamEvents", "ingest", INGEST + "StreamEvents", CORRUPT,
              grpc.StatusCode.INVALID_ARGUMENT, shape="stream_stream"),
     GrpcCase("corrupt GetProfile (pre-encoded reply)", "profile",
@@ -347,13 +335,13 @@ GRPC_CASES = [
     GrpcCase("unknown method", "ingest", INGEST + "Nope", b"", grpc.StatusCode.UNIMPLEMENTED),
     # Values only the database refuses (Postgres text holds no NUL; columns have lengths).
     GrpcCase("NUL in a workspace name", "ingest", "/audiences.v1.AdminService/CreateWorkspace",
-             _field(1, b"a\x00b"), grpc.StatusCode.INVALID_ARGUMENT, key="admin"),
+             delimited(1, b"a\x00b"), grpc.StatusCode.INVALID_ARGUMENT, key="admin"),
     GrpcCase("workspace name past its column", "ingest",
-             "/audiences.v1.AdminService/CreateWorkspace", _field(1, b"w" * 300),
+             "/audiences.v1.AdminService/CreateWorkspace", delimited(1, b"w" * 300),
              grpc.StatusCode.INVALID_ARGUMENT, key="admin"),
     GrpcCase("NUL in an identifier of ListEvents", "profile",
              "/audiences.v1.ProfileService/ListEvents",
-             _field(1, _field(1, b"user_id") + _field(2, b"\x00")),
+             delimited(1, delimited(1, b"user_id") + delimited(2, b"\x00")),
              grpc.StatusCode.INVALID_ARGUMENT, key="profile"),
     GrpcCase("basic auth over gRPC", "ingest", INGEST + "Batch", b"",
              grpc.StatusCode.UNAUTHENTICATED, key=None,

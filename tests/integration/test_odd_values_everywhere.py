@@ -30,6 +30,7 @@ from services.shared.auth import required_scope
 from tests.conftest import WorkspaceKeys
 from tests.helpers.grpc_client import bearer
 from tests.helpers.servers import in_process
+from tests.helpers.wire import delimited, varint
 
 pytestmark = pytest.mark.integration
 
@@ -68,36 +69,24 @@ VARINTS = {
 }
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    return bytes([*out, value])
-
-
-def _delimited(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def _odd_fields(field: FieldDescriptor, depth: int) -> Iterator[bytes]:
     """Encodings of `field` holding each odd value of its kind."""
     kind = field.type
     if kind == FieldDescriptor.TYPE_STRING:
-        yield from (_delimited(field.number, v) for v in ODD_TEXT)
+        yield from (delimited(field.number, v) for v in ODD_TEXT)
     elif kind == FieldDescriptor.TYPE_BYTES:
-        yield from (_delimited(field.number, v) for v in [b"\x00", *ODD_JSON])
+        yield from (delimited(field.number, v) for v in [b"\x00", *ODD_JSON])
     elif kind in VARINTS:
-        yield from (_varint(field.number << 3) + _varint(v) for v in ODD_INTEGERS)
+        yield from (varint(field.number << 3) + varint(v) for v in ODD_INTEGERS)
     elif kind == FieldDescriptor.TYPE_DOUBLE:
         for number in (float("nan"), float("inf"), -1e308):
-            yield _varint(field.number << 3 | 1) + struct.pack("<d", number)
+            yield varint(field.number << 3 | 1) + struct.pack("<d", number)
     elif kind == FieldDescriptor.TYPE_FLOAT:
         for number in (float("nan"), float("inf")):
-            yield _varint(field.number << 3 | 5) + struct.pack("<f", number)
+            yield varint(field.number << 3 | 5) + struct.pack("<f", number)
     elif kind == FieldDescriptor.TYPE_MESSAGE and depth < 2:
         for inner in odd_requests(field.message_type, depth + 1):
-            yield _delimited(field.number, inner)
+            yield delimited(field.number, inner)
 
 
 def odd_requests(message: Descriptor, depth: int = 0) -> Iterator[bytes]:
