@@ -277,11 +277,10 @@ def build_app(
                     return await handle(request, event_type)
                 except (ServiceError, HttpError) as error:
                     status = error.status if isinstance(error, HttpError) else _status(error)
-                    response = error_response(status, error.message)
-                    if not request.content.at_eof():
-                        # Refused unread: close rather than read the rest to reuse the connection.
-                        response.force_close()
-                    return response
+                    # A body refused unread is then read and dropped by aiohttp (for up to
+                    # its lingering time, 10 s): closing at once could reset the connection
+                    # before the client reads this answer, and SDKs retry a reset.
+                    return error_response(status, error.message)
 
         return handler
 
