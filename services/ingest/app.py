@@ -17,6 +17,7 @@ from services.ingest.ingestor import Ingestor
 from services.ingest.publisher import DEFAULT_MAXLEN, RedisPublisher, StreamCatchUp
 from services.ingest.server import IngestServiceServicer
 from services.ingest.store import SqlEventStore
+from services.shared import tls
 from services.shared.admin_server import AdminServicer
 from services.shared.server import Resources, ServiceSpec
 
@@ -94,7 +95,7 @@ def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
     port = int(os.environ.get("INGEST_HTTP_PORT", "8080"))
     settings = resources.settings
     app = build_app(parts.ingestor, resources.keys, settings.ingest_cors_origins)
-    gateway = Gateway(app, settings.grpc_host, port)
+    gateway = Gateway(app, settings.grpc_host, port, tls.http_ssl_context(settings))
     return [parts.catch_up.run(), gateway.serve_forever()]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -308,19 +309,25 @@ def build_app(
 class Gateway:
     """The gateway's HTTP server: start on a port (0 picks one), stop gracefully."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
+    def __init__(
+        self, app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """Serve `app` on host:port, over TLS when `ssl_context` is given."""
         # auto_decompress off: aiohttp would inflate bodies on the event loop, unbounded.
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=5, auto_decompress=False
         )
         self._host = host
         self._port = port
+        self._ssl_context = ssl_context
         self.port = 0
 
     async def start(self) -> int:
         """Bind and serve; returns the bound port."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_port=True)
+        site = web.TCPSite(
+            self._runner, self._host, self._port, reuse_port=True, ssl_context=self._ssl_context
+        )
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         log.info("ingest HTTP gateway serving on %s:%d", self._host, self.port)

@@ -27,19 +27,36 @@ from services.shared import hotstate, streams
 
 log = logging.getLogger(__name__)
 
-STREAM_KEY = "stream:events"
+STREAM_KEY = streams.EVENTS_STREAM
 # Same hash slot as STREAM_KEY (the tag is the stream's whole name).
 CURSOR_KEY = "{stream:events}:cursor"
 DEFAULT_MAXLEN = 1_000_000
 
 # Every write of a profile's identifiers or traits also drops the profile service's
 # cached encoding of the profile (the `wire` hash, services.shared.hotstate).
+#
+# A merge moves the merged-away profile's audience memberships to the survivor (the
+# earliest entry per audience), in the same script as the redirect: segmentation's
+# reads count a membership row of a merged-away profile for its survivor from the
+# moment of the merge, so GetProfile must too, without waiting for segmentation's next
+# write. Its computed values go: until segmentation recomputes them over both
+# histories, the survivor's own are the person's (as ExplainMembership reads them).
 _HOT_SCRIPT = """
 local p = KEYS[1]
 local data = cjson.decode(ARGV[1])
 for _, r in ipairs(data.r) do
   local m = p .. 'p:' .. r[1] .. ':'
-  redis.call('DEL', m .. 'traits', m .. 'ids', m .. 'meta', m .. 'wire')
+  local s = p .. 'p:' .. r[2] .. ':audiences'
+  local held = redis.call('HGETALL', m .. 'audiences')
+  for i = 1, #held, 2 do
+    local at = redis.call('HGET', s, held[i])
+    if not at or tonumber(held[i + 1]) < tonumber(at) then
+      redis.call('HSET', s, held[i], held[i + 1])
+    end
+  end
+  if #held > 0 then redis.call('DEL', p .. 'p:' .. r[2] .. ':wire') end
+  redis.call('DEL', m .. 'traits', m .. 'ids', m .. 'meta', m .. 'wire', m .. 'audiences',
+    m .. 'computed')
   redis.call('SET', p .. 'merged:' .. r[1], r[2])
 end
 for _, u in ipairs(data.u) do

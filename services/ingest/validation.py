@@ -19,6 +19,7 @@ from services.shared.identifiers import normalize_identifier
 MAX_JSON_BYTES = 32 * 1024
 MAX_JSON_DEPTH = 8
 MAX_STRING_CHARS = 255
+MAX_ID_TYPE_CHARS = 64  # identities.id_type
 MAX_FUTURE_US = US_PER_DAY  # 24 hours
 MIN_TIMESTAMP_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z
 MAX_BATCH_EVENTS = 1000
@@ -221,20 +222,32 @@ def validate(
     for position, (id_type, id_value) in enumerate(raw.external_ids):
         if not id_type or not id_value:
             bad(f"external_ids[{position}]", "an external id needs a type and a value")
+        elif len(id_type) > MAX_ID_TYPE_CHARS:
+            bad(f"external_ids[{position}].type", f"longer than {MAX_ID_TYPE_CHARS} characters")
         elif _string_violation(id_type) or _string_violation(id_value):
             bad(f"external_ids[{position}]", "type and value must be short UTF-8 strings")
     if violations:
         return None, violations
 
-    if traits and any(len(k) > MAX_STRING_CHARS for k in traits):
-        bad("traits", f"trait names must be at most {MAX_STRING_CHARS} characters")
-        return None, violations
+    traits_field = "traits"
     if raw.type == "identify" and not traits and context:
         # RudderStack's SDK sends identify traits only in context.traits.
         context_traits = context.get("traits")
         if isinstance(context_traits, dict) and context_traits:
             traits = context_traits
             traits_json = orjson.dumps(traits)
+            traits_field = "context.traits"
+    if traits and any(len(k) > MAX_STRING_CHARS for k in traits):
+        bad(traits_field, f"trait names must be at most {MAX_STRING_CHARS} characters")
+        return None, violations
+    identifiers = identifiers_of(raw, traits, context)
+    for identifier in identifiers:
+        # Emails and device ids come from JSON, unchecked so far; they are stored as
+        # identities (id_value is at most 255 characters).
+        if len(identifier.value) > MAX_STRING_CHARS:
+            bad(identifier.field, f"longer than {MAX_STRING_CHARS} characters")
+    if violations:
+        return None, violations
     name: str | None = None
     if raw.type == "track":
         name = raw.event
@@ -255,7 +268,7 @@ def validate(
             properties,
             traits,
             context,
-            identifiers_of(raw, traits, context),
+            identifiers,
             properties_json,
             traits_json,
             context_json,

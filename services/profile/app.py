@@ -18,6 +18,7 @@ from services.profile.hotread import HotProfiles
 from services.profile.server import ProfileServiceServicer
 from services.profile.service import ProfileService
 from services.profile.store import ProfileStore
+from services.shared import tls
 from services.shared.server import Resources, ServiceSpec
 
 DEFAULT_HTTP_PORT = 8081
@@ -52,7 +53,13 @@ def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
 def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
     """The HTTP JSON view, beside the gRPC server."""
     return [
-        httpview.serve(build(resources), resources.keys, resources.settings.grpc_host, http_port())
+        httpview.serve(
+            build(resources),
+            resources.keys,
+            resources.settings.grpc_host,
+            http_port(),
+            tls.http_ssl_context(resources.settings),
+        )
     ]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Sequence
 from http import HTTPStatus
 
@@ -207,14 +208,19 @@ def make_app(profiles: ProfileService, keys: auth.KeyStore) -> web.Application:
 
 
 async def start(
-    profiles: ProfileService, keys: auth.KeyStore, host: str, port: int
+    profiles: ProfileService,
+    keys: auth.KeyStore,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, int]:
-    """Bind and start the view; port 0 picks a free port. Returns (runner, bound port)."""
+    """Bind and start the view (over TLS when `ssl_context` is given); port 0 picks a
+    free port. Returns (runner, bound port)."""
     # auto_decompress off: a request body is never read, so it must not be inflated either.
     runner = web.AppRunner(make_app(profiles, keys), access_log=None, auto_decompress=False)
     await runner.setup()
     # reuse_port: several profile processes share the HTTP port as they share gRPC's.
-    site = web.TCPSite(runner, host, port, reuse_port=True)
+    site = web.TCPSite(runner, host, port, reuse_port=True, ssl_context=ssl_context)
     try:
         await site.start()
     except BaseException:
@@ -224,14 +230,21 @@ async def start(
     return runner, bound
 
 
-async def serve(profiles: ProfileService, keys: auth.KeyStore, host: str, port: int) -> None:
-    """Background worker: serve the view until cancelled.
+async def serve(
+    profiles: ProfileService,
+    keys: auth.KeyStore,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
+    """Background worker: serve the view (over TLS when `ssl_context` is given) until
+    cancelled.
 
     A port that cannot be bound is logged and the worker ends, leaving the gRPC API
     (the primary interface) serving rather than taking the process down.
     """
     try:
-        runner, bound = await start(profiles, keys, host, port)
+        runner, bound = await start(profiles, keys, host, port, ssl_context)
     except OSError as error:
         log.error("profile HTTP view could not bind %s:%d: %s", host, port, error)
         return

@@ -54,6 +54,14 @@ async def reconcile_forever(resources: Resources, interval_seconds: float) -> No
             try:
                 result = await segmentation.reconcile(ws)
                 log.info("reconciled %s: +%d -%d", ws, result.entered, result.exited)
+                for failure in result.failures:
+                    log.warning(
+                        "reconcile of workspace %s: %s %s failed: %s",
+                        ws,
+                        failure.kind,
+                        failure.key,
+                        failure.reason,
+                    )
             except Exception:
                 log.exception("reconcile of workspace %s failed", ws)
 

@@ -3,6 +3,7 @@ domain (service.py), nothing else."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,12 +38,21 @@ _KINDS = {
 }
 
 
+def _definition(definition: Any) -> bytes:
+    try:
+        return orjson.dumps(definition)
+    except TypeError:
+        # orjson stops at 254 levels; a definition stored before the nesting limit may
+        # be deeper, and must not make reading or listing audiences fail.
+        return json.dumps(definition).encode()
+
+
 def _audience(a: AudienceRecord) -> segmentation_pb2.Audience:
     return segmentation_pb2.Audience(
         key=a.key,
         name=a.name,
         description=a.description,
-        definition=orjson.dumps(a.definition),
+        definition=_definition(a.definition),
         version=a.version,
         state=_STATES.get(a.state, segmentation_pb2.AUDIENCE_STATE_UNSPECIFIED),
         size=a.size,
@@ -52,6 +62,7 @@ def _audience(a: AudienceRecord) -> segmentation_pb2.Audience:
         created_at=timestamp_from_us(a.created_at_us),
         updated_at=timestamp_from_us(a.updated_at_us),
         account_level=a.account_level,
+        failure_reason=a.failure_reason,
     )
 
 
@@ -59,11 +70,12 @@ def _computed(c: ComputedTraitRecord) -> segmentation_pb2.ComputedTrait:
     return segmentation_pb2.ComputedTrait(
         key=c.key,
         name=c.name,
-        definition=orjson.dumps(c.definition),
+        definition=_definition(c.definition),
         version=c.version,
         state=_STATES.get(c.state, segmentation_pb2.AUDIENCE_STATE_UNSPECIFIED),
         created_at=timestamp_from_us(c.created_at_us),
         updated_at=timestamp_from_us(c.updated_at_us),
+        failure_reason=c.failure_reason,
     )
 
 
@@ -236,7 +248,13 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             current_workspace(), audience_key=request.audience_key, as_of_us=_as_of(request)
         )
         return segmentation_pb2.RecomputeResponse(
-            entered=result.entered, exited=result.exited, audiences=result.audiences
+            entered=result.entered,
+            exited=result.exited,
+            audiences=result.audiences,
+            failures=[
+                segmentation_pb2.RecomputeFailure(kind=f.kind, key=f.key, reason=f.reason)
+                for f in result.failures
+            ],
         )
 
     async def ExplainMembership(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]

@@ -2,9 +2,11 @@
 0003_segmentation), kept beside the definition tables of tables.py:
 
 - ``audience_status``: per audience, the description, the state (backfilling, live,
-  failed), the version whose members are being served, the member count and the
-  backfill's progress. GetAudience reads it while a backfill writes it.
-- ``computed_trait_status``: per computed trait, its name, version and state.
+  failed) and why it failed (migration 0007), the version whose members are being
+  served, the member count and the backfill's progress. GetAudience reads it while a
+  backfill writes it.
+- ``computed_trait_status``: per computed trait, its name, version, state and why it
+  failed.
 - ``change_sequences``: the last change seq of each workspace. Every membership writer
   updates this row first in its transaction, which serialises the writers of a
   workspace and hands out seqs in commit order.
@@ -31,6 +33,7 @@ audience_status = Table(
     Column("progress_done", BigInteger, nullable=False, default=0),
     Column("progress_total", BigInteger, nullable=False, default=0),
     Column("progress_stage", String(255), nullable=False, default=""),
+    Column("failure_reason", Text, nullable=False, default="", server_default=""),
 )
 
 computed_trait_status = Table(
@@ -41,6 +44,7 @@ computed_trait_status = Table(
     Column("name", String(255), nullable=False, default=""),
     Column("version", Integer, nullable=False, default=1),
     Column("state", String(16), nullable=False),
+    Column("failure_reason", Text, nullable=False, default="", server_default=""),
 )
 
 change_sequences = Table(

@@ -87,6 +87,7 @@ def _audience(row: Any) -> AudienceRecord:
         account_level=row.account_level,
         created_at_us=row.created_at_us,
         updated_at_us=row.updated_at_us,
+        failure_reason=row.failure_reason or "",
     )
 
 
@@ -99,6 +100,7 @@ def _computed(row: Any) -> ComputedTraitRecord:
         state=row.state,
         created_at_us=row.created_at_us,
         updated_at_us=row.updated_at_us,
+        failure_reason=row.failure_reason or "",
     )
 
 
@@ -126,6 +128,7 @@ _COMPUTED_COLUMNS = (
     computed_trait_status.c.name,
     computed_trait_status.c.version,
     computed_trait_status.c.state,
+    computed_trait_status.c.failure_reason,
 )
 
 
@@ -139,6 +142,11 @@ def _computed_query() -> sa.Select[Any]:
             ),
         )
     )
+
+
+def _members_with_profiles() -> Any:
+    """Membership rows with their profile (none for an account member id)."""
+    return memberships.outerjoin(profiles, profiles.c.profile_id == memberships.c.profile_id)
 
 
 class Scratch:
@@ -373,6 +381,7 @@ class SegmentationStore:
                 )
                 values["current_version"] = version
                 status["state"] = state
+                status["failure_reason"] = ""
             await c.execute(
                 update(audiences)
                 .where(audiences.c.audience_id == audience.audience_id)
@@ -387,8 +396,11 @@ class SegmentationStore:
         assert found is not None
         return found
 
-    async def set_progress(self, audience_id: int, state: str, progress: Progress) -> None:
-        """Record a backfill's state and progress (readable by GetAudience meanwhile)."""
+    async def set_progress(
+        self, audience_id: int, state: str, progress: Progress, failure_reason: str = ""
+    ) -> None:
+        """Record a backfill's state and progress (readable by GetAudience meanwhile),
+        and why it failed when `state` is FAILED."""
         async with self._engine.begin() as c:
             await c.execute(
                 update(audience_status)
@@ -398,6 +410,7 @@ class SegmentationStore:
                     progress_done=progress.done,
                     progress_total=progress.total,
                     progress_stage=progress.stage,
+                    failure_reason=failure_reason,
                 )
             )
 
@@ -421,9 +434,7 @@ class SegmentationStore:
                 profiles.c.canonical_id,
                 memberships.c.entered_at_us,
             )
-            .select_from(
-                memberships.outerjoin(profiles, profiles.c.profile_id == memberships.c.profile_id)
-            )
+            .select_from(_members_with_profiles())
             .where(memberships.c.audience_id == audience_id)
         )
         return list(await c.execute(query))
@@ -557,30 +568,78 @@ class SegmentationStore:
             out[canonical] = min(out.get(canonical, r.entered_at_us), r.entered_at_us)
         return out
 
-    async def list_members(self, audience_id: int, after_pid: int, limit: int) -> list[Member]:
-        """Members ordered by profile id after `after_pid` (keyset paging: stable while
-        members come and go)."""
-        query = (
-            select(memberships.c.profile_id, memberships.c.entered_at_us)
-            .where(memberships.c.audience_id == audience_id, memberships.c.profile_id > after_pid)
-            .order_by(memberships.c.profile_id)
-            .limit(limit)
-        )
-        async with self._engine.connect() as c:
-            return [Member(r.profile_id, r.entered_at_us) for r in await c.execute(query)]
+    async def members_page(
+        self, ws: str, audience_id: int, after_pid: int, limit: int
+    ) -> tuple[list[Member], int]:
+        """Members by person (canonical id) after `after_pid`, at most `limit` (keyset
+        paging: stable while members come and go), and how many people the audience
+        has.
 
-    async def count_members(self, audience_id: int) -> int:
-        """How many members the audience has."""
-        query = select(func.count()).where(memberships.c.audience_id == audience_id)
+        A row still on a profile merged away since it entered counts for the survivor,
+        entered at the earliest of the person's rows, so the list names the survivor
+        from the moment of the merge, not from the next write. Those rows are few (the
+        next write re-keys them) and are found from the workspace's merged-away
+        profiles (a partial index), so a page costs an index range scan of `limit`
+        rows as before, not a join of every member to ``profiles``."""
+        m = memberships
         async with self._engine.connect() as c:
-            return int((await c.execute(query)).scalar_one())
+            moved = list(
+                await c.execute(
+                    select(profiles.c.profile_id, profiles.c.canonical_id, m.c.entered_at_us)
+                    .select_from(
+                        profiles.join(
+                            m,
+                            and_(
+                                m.c.audience_id == audience_id,
+                                m.c.profile_id == profiles.c.profile_id,
+                            ),
+                        )
+                    )
+                    .where(profiles.c.workspace_id == ws, sql.merged_away(profiles))
+                )
+            )
+            people: dict[int, int] = {}
+            for r in moved:
+                people[r.canonical_id] = min(
+                    people.get(r.canonical_id, r.entered_at_us), r.entered_at_us
+                )
+            own: dict[int, int] = {}
+            for chunk in _chunks(sorted(people)):
+                for r in await c.execute(
+                    select(m.c.profile_id, m.c.entered_at_us).where(
+                        m.c.audience_id == audience_id, m.c.profile_id.in_(chunk)
+                    )
+                ):
+                    own[r.profile_id] = r.entered_at_us
+            page = select(m.c.profile_id, m.c.entered_at_us).where(
+                m.c.audience_id == audience_id, m.c.profile_id > after_pid
+            )
+            if moved:
+                page = page.where(m.c.profile_id.not_in([r.profile_id for r in moved]))
+            found = {
+                r.profile_id: r.entered_at_us
+                for r in await c.execute(page.order_by(m.c.profile_id).limit(limit))
+            }
+            rows = (
+                await c.execute(select(func.count()).where(m.c.audience_id == audience_id))
+            ).scalar_one()
+        for person, at in people.items():
+            if person > after_pid:
+                found[person] = min(at, own.get(person, at))
+        total = int(rows) - len(moved) + len(people.keys() - own.keys())
+        return [Member(p, found[p]) for p in sorted(found)[:limit]], total
 
     # ------------------------------------------------------------------ change log
 
-    async def history(self, ws: str, audience_id: int, profile_id: int) -> list[Change]:
-        """Every change of the audience for the profile and the profiles merged into it."""
-        merged = select(profiles.c.profile_id).where(
-            profiles.c.workspace_id == ws, profiles.c.canonical_id == profile_id
+    async def history(
+        self, ws: str, audience_id: int, profile_id: int
+    ) -> tuple[list[Change], dict[int, int]]:
+        """Every change of the audience for the profile and the profiles merged into it,
+        and when each of those merged profiles was merged away (profile -> instant)."""
+        absorbed = (
+            profiles.c.workspace_id == ws,
+            profiles.c.canonical_id == profile_id,
+            profiles.c.profile_id != profile_id,
         )
         query = (
             select(membership_changes)
@@ -589,14 +648,18 @@ class SegmentationStore:
                 membership_changes.c.audience_id == audience_id,
                 sa.or_(
                     membership_changes.c.profile_id == profile_id,
-                    membership_changes.c.profile_id.in_(merged),
+                    membership_changes.c.profile_id.in_(
+                        select(profiles.c.profile_id).where(*absorbed)
+                    ),
                 ),
             )
             .order_by(membership_changes.c.seq)
         )
         async with self._engine.connect() as c:
             rows = list(await c.execute(query))
-        return [_change(r, "") for r in rows]
+            merged = select(profiles.c.profile_id, profiles.c.merged_at_us).where(*absorbed)
+            merged_at = {r.profile_id: r.merged_at_us or 0 for r in await c.execute(merged)}
+        return [_change(r, "") for r in rows], merged_at
 
     async def changes_after(
         self, ws: str, after_seq: int, audience_ids: Collection[int] | None, limit: int
@@ -685,14 +748,17 @@ class SegmentationStore:
                         name=name,
                         version=existing.version + (1 if changed else 0),
                         state=state if changed else existing.state,
+                        failure_reason="" if changed else existing.failure_reason,
                     )
                 )
         found = await self.get_computed(ws, key)
         assert found is not None
         return found
 
-    async def set_computed_state(self, ws: str, key: str, state: str) -> None:
-        """Record a computed trait's state."""
+    async def set_computed_state(
+        self, ws: str, key: str, state: str, failure_reason: str = ""
+    ) -> None:
+        """Record a computed trait's state, and why it failed when `state` is FAILED."""
         async with self._engine.begin() as c:
             await c.execute(
                 update(computed_trait_status)
@@ -700,7 +766,7 @@ class SegmentationStore:
                     computed_trait_status.c.workspace_id == ws,
                     computed_trait_status.c.key == key,
                 )
-                .values(state=state)
+                .values(state=state, failure_reason=failure_reason)
             )
 
     async def evaluate_computed(self, ws: str, definition: Any, now_us: int) -> dict[int, Any]:
@@ -800,17 +866,29 @@ class SegmentationStore:
         return int(alive) if alive is not None else None
 
     async def refs(self, ws: str, pids: Sequence[int]) -> list[ProfileRef]:
-        """ProfileRefs (identifiers of the profile and of those merged into it; an
-        account's group_id), in the order of `pids`."""
+        """ProfileRefs in the order of `pids`: a profile merged away is named by its
+        survivor, with the identifiers of the survivor and of every profile merged into
+        it; an account member by its group_id."""
         held = [p for p in pids if account_id_of(p) is not None]
         if held:
             accounts = await self.accounts.refs(ws, held)
             people = [p for p in pids if account_id_of(p) is None]
-            others = {r.profile_id: r for r in await self.refs(ws, people)}
+            others = dict(zip(people, await self.refs(ws, people), strict=True))
             return [accounts.get(p) or others.get(p) or ProfileRef(p) for p in pids]
-        found: dict[int, list[tuple[str, str]]] = {p: [] for p in pids}
+        survivor: dict[int, int] = {p: p for p in pids}
+        found: dict[int, list[tuple[str, str]]] = {}
         async with self._engine.connect() as c:
-            for chunk in _chunks(list(pids)):
+            for chunk in _chunks(sorted(survivor)):
+                query = select(profiles.c.profile_id, profiles.c.canonical_id).where(
+                    profiles.c.workspace_id == ws,
+                    profiles.c.profile_id.in_(chunk),
+                    profiles.c.canonical_id != profiles.c.profile_id,
+                )
+                for r in await c.execute(query):
+                    survivor[r.profile_id] = r.canonical_id
+            people = sorted(set(survivor.values()))
+            found = {p: [] for p in people}
+            for chunk in _chunks(people):
                 query = (
                     select(profiles.c.canonical_id, identities.c.id_type, identities.c.id_value)
                     .select_from(
@@ -820,7 +898,7 @@ class SegmentationStore:
                 )
                 for r in await c.execute(query):
                     found[r.canonical_id].append((r.id_type, r.id_value))
-        return [ProfileRef(p, tuple(sorted(found[p]))) for p in pids]
+        return [ProfileRef(survivor[p], tuple(sorted(found[survivor[p]]))) for p in pids]
 
     async def facts(self, ws: str, pid: int) -> ProfileFacts:
         """Events, traits, computed values, memberships and scores of a canonical
@@ -886,6 +964,22 @@ class SegmentationStore:
                 }
         return facts
 
+    async def prediction_keys(self, ws: str, keys: Collection[str]) -> set[str]:
+        """Those of `keys` that name a prediction of the workspace: one with scores
+        (docs/decisions.md, "Audience definition limits")."""
+        found: set[str] = set()
+        async with self._engine.connect() as c:
+            for key in sorted(keys):
+                # One indexed probe per key (the primary key leads with the key).
+                query = (
+                    select(prediction_scores.c.key)
+                    .where(prediction_scores.c.key == key, prediction_scores.c.workspace_id == ws)
+                    .limit(1)
+                )
+                if (await c.execute(query)).first() is not None:
+                    found.add(key)
+        return found
+
     async def workspaces(self) -> list[str]:
         """Workspaces with at least one audience or computed trait."""
         query = sa.union(
@@ -937,12 +1031,20 @@ async def take_change_seqs(c: AsyncConnection, ws: str, n: int) -> int:
 
 
 async def exit_every_audience(
-    c: AsyncConnection, ws: str, survivor_id: int, profile_ids: Sequence[int], now_us: int
+    c: AsyncConnection,
+    ws: str,
+    survivor_id: int,
+    profile_ids: Sequence[int],
+    now_us: int,
+    identifiers: Sequence[tuple[str, str]],
 ) -> int:
     """Take a person (the survivor and the ids merged into it) out of every audience
     within the caller's transaction, logging one `exited` change per audience under
-    the survivor's id. Used when a profile is erased; returns how many audiences it left.
+    the survivor's id that keeps the person's `identifiers` (erasure deletes their
+    identities, and a sync still has to name them to its destination). Used when a
+    profile is erased; returns how many audiences it left.
     """
+    kept = [[id_type, id_value] for id_type, id_value in sorted(identifiers)]
     await lock_change_sequence(c, ws)
     rows = (
         await c.execute(
@@ -973,6 +1075,7 @@ async def exit_every_audience(
                 "kind": EXITED,
                 "at_us": now_us,
                 "version": version,
+                "identifiers": kept,
             }
             for i, (audience_id, version) in enumerate(sorted(versions.items()))
         ],
@@ -981,6 +1084,7 @@ async def exit_every_audience(
 
 
 def _change(row: Any, key: str) -> Change:
+    kept = row.identifiers
     return Change(
         seq=row.seq,
         audience_id=row.audience_id,
@@ -989,6 +1093,7 @@ def _change(row: Any, key: str) -> Change:
         kind=row.kind,
         at_us=row.at_us,
         version=row.version,
+        identifiers=None if kept is None else tuple((t, v) for t, v in kept),
     )
 
 
@@ -1046,8 +1151,7 @@ class _MembershipWriter:
             insert(merged).from_select(
                 ["own", "pid"],
                 select(profiles.c.profile_id, profiles.c.canonical_id).where(
-                    profiles.c.workspace_id == ws,
-                    profiles.c.canonical_id != profiles.c.profile_id,
+                    profiles.c.workspace_id == ws, sql.merged_away(profiles)
                 ),
             )
         )
@@ -1118,10 +1222,11 @@ class _MembershipWriter:
         if n:
             with phase("change log"):
                 await self._log(batch, n)
+        moved: dict[int, tuple[tuple[int, int], tuple[int, ...]]] = {}
         if self._any_merged:
             with phase("memberships"):
                 for audience_id in ids:
-                    await self._rekey(audience_id, new)
+                    moved[audience_id] = await self._rekey(audience_id, new)
         if n:
             with phase("memberships"):
                 await self._write_rows()
@@ -1141,12 +1246,22 @@ class _MembershipWriter:
                         live_version=version,
                         size=size,
                         state=LIVE,
+                        failure_reason="",
                         progress_done=progress.done,
                         progress_total=progress.total,
                         progress_stage=progress.stage,
                     )
                 )
-                diffs.append(Diff(tuple(came[audience_id]), tuple(left[audience_id]), int(size)))
+                survivors, absorbed = moved.get(audience_id, ((), ()))
+                diffs.append(
+                    Diff(
+                        tuple(came[audience_id]),
+                        tuple(left[audience_id]),
+                        int(size),
+                        survivors,
+                        absorbed,
+                    )
+                )
         return diffs
 
     async def _diff_lists(self) -> list[tuple[int, bool, list[int]]]:
@@ -1214,34 +1329,62 @@ class _MembershipWriter:
             )
         )
 
-    async def _rekey(self, audience_id: int, new: Any) -> None:
-        """Rows on merged-away profiles go; a survivor still in the audience whose own
-        row is missing gets one back with the earliest entry (no change record: the
-        person never left)."""
+    async def _rekey(
+        self, audience_id: int, new: Any
+    ) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
+        """Rows on merged-away profiles go; a survivor still in the audience keeps one
+        row entered at the person's earliest entry (no change record: the person never
+        left), which is what ListMembers showed since the merge. Returns those
+        survivors with that instant, and the merged-away profiles whose rows went.
+
+        Few rows take this path (those merged since the last write), so they are
+        handled in Python rather than set-based."""
         c, m, mg = self._c, memberships, self._merged
-        own = m.alias("own_row")
-        restore = (
-            select(
-                sa.literal(self._ws, sa.String),
-                sa.literal(audience_id, sa.BigInteger),
-                mg.c.pid,
-                func.min(m.c.entered_at_us),
+        rows = (
+            await c.execute(
+                select(mg.c.pid, mg.c.own, m.c.entered_at_us)
+                .select_from(m.join(mg, mg.c.own == m.c.profile_id))
+                .where(m.c.audience_id == audience_id)
             )
-            .select_from(m.join(mg, mg.c.own == m.c.profile_id))
-            .where(
-                m.c.audience_id == audience_id,
-                mg.c.pid.in_(select(new.c.pid).where(new.c.aud == audience_id)),
-                ~select(own.c.profile_id)
-                .where(own.c.audience_id == audience_id, own.c.profile_id == mg.c.pid)
-                .exists(),
+        ).all()
+        if not rows:
+            return (), ()
+        earliest: dict[int, int] = {}
+        for r in rows:
+            earliest[r.pid] = min(earliest.get(r.pid, r.entered_at_us), r.entered_at_us)
+        stays: set[int] = set()
+        own: dict[int, int] = {}
+        for chunk in _chunks(sorted(earliest)):
+            stays.update(
+                await c.scalars(
+                    select(new.c.pid).where(new.c.aud == audience_id, new.c.pid.in_(chunk))
+                )
             )
-            .group_by(mg.c.pid)
-        )
-        await c.execute(
-            insert(m).from_select(
-                ["workspace_id", "audience_id", "profile_id", "entered_at_us"], restore
-            )
-        )
+            for r in await c.execute(
+                select(m.c.profile_id, m.c.entered_at_us).where(
+                    m.c.audience_id == audience_id, m.c.profile_id.in_(chunk)
+                )
+            ):
+                own[r.profile_id] = r.entered_at_us
+        moved = {p: min(earliest[p], own.get(p, earliest[p])) for p in sorted(stays)}
+        rewrite = sorted(p for p, at in moved.items() if own.get(p) != at)
         await c.execute(
             delete(m).where(m.c.audience_id == audience_id, m.c.profile_id.in_(select(mg.c.own)))
         )
+        for chunk in _chunks(rewrite):
+            await c.execute(
+                delete(m).where(m.c.audience_id == audience_id, m.c.profile_id.in_(chunk))
+            )
+            await c.execute(
+                insert(m),
+                [
+                    {
+                        "workspace_id": self._ws,
+                        "audience_id": audience_id,
+                        "profile_id": p,
+                        "entered_at_us": moved[p],
+                    }
+                    for p in chunk
+                ],
+            )
+        return tuple(moved.items()), tuple(sorted({r.own for r in rows}))

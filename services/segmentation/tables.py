@@ -94,6 +94,9 @@ membership_changes = Table(
     Column("kind", String(8), nullable=False),  # entered | exited
     Column("at_us", BigInteger, nullable=False),
     Column("version", Integer, nullable=False),
+    # The person's identifiers as [[type, value], ...] on the exit records an erasure
+    # writes (the identities are gone by the time a sync reads them); NULL otherwise.
+    Column("identifiers", Json, nullable=True),
     # WatchChanges of given audiences (seq > last, in seq order). The workspace column
     # leads on purpose: without it the index is ~10% cheaper to write, but the planner
     # then walks the primary key for one audience's poll (audience_id's physical

@@ -41,7 +41,8 @@ def _key_message(row: dict) -> admin_pb2.ApiKey:  # type: ignore[type-arg]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """Workspace and key management for callers holding an admin key."""
+    """Workspace and key management: CreateWorkspace for the operator credential, the
+    rest for an admin key of the workspace concerned."""
 
     def __init__(self, keys: KeyStore, validate_rules: RulesValidator | None = None) -> None:
         self._keys = keys

@@ -13,9 +13,11 @@ import base64
 import binascii
 import contextvars
 import hashlib
+import hmac
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
@@ -23,14 +25,25 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.shared.clock import Clock, SystemClock
 from services.shared.db.tables import api_keys, workspaces
-from services.shared.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from services.shared.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    invalid,
+    too_long,
+)
 
 log = logging.getLogger(__name__)
 
-# The most key lookups one process caches (a key in use is re-cached at once).
+# workspaces.name and api_keys.name hold this many characters.
+MAX_NAME_CHARS = 255
+# The most key lookups one process caches; the least recently used goes first.
 MAX_CACHED_KEYS = 10_000
 
 SCOPES = ("ingest:write", "profile:read", "admin")
+# Not a key scope: what the operator credential (OPERATOR_TOKEN) grants, held by no key.
+OPERATOR = "operator"
 KEY_PREFIX = "aud_"
 
 # The scope each service's RPCs need; individual methods may override it.
@@ -45,6 +58,8 @@ SERVICE_SCOPES = {
 METHOD_SCOPES = {
     # Erasing a person is an administrative act, not a read.
     "/audiences.v1.ProfileService/DeleteProfile": "admin",
+    # A workspace's keys must not mint workspaces without limit: only the operator may.
+    "/audiences.v1.AdminService/CreateWorkspace": OPERATOR,
 }
 # Infrastructure every client (and Kubernetes) may call without a key.
 PUBLIC_SERVICES = (
@@ -163,13 +178,19 @@ class KeyStore:
     """
 
     def __init__(
-        self, engine: AsyncEngine, cache_seconds: float = 30.0, clock: Clock | None = None
+        self,
+        engine: AsyncEngine,
+        cache_seconds: float = 30.0,
+        clock: Clock | None = None,
+        operator_token: str | None = None,
     ) -> None:
         self._engine = engine
         self._cache_seconds = cache_seconds
         self._clock = clock or SystemClock()
-        # Keyed by the secret as sent, so a request whose key is cached hashes nothing.
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._operator_token = operator_token.encode() if operator_token else None
+        # Keyed by the secret as sent, so a request whose key is cached hashes nothing;
+        # in order of use, so a full cache drops the key least recently used.
+        self._cache: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
         self._loading: dict[str, asyncio.Task[Principal | None]] = {}
         # Bumped by forget(): a lookup started before it must not refill the cache.
         self._generation = 0
@@ -181,6 +202,7 @@ class KeyStore:
         cached = self._cache.get(secret)
         now = time.monotonic()
         if cached is not None and cached[0] > now:
+            self._cache.move_to_end(secret)
             if cached[0] - now < self._cache_seconds / 2:
                 self._load(secret)  # renew ahead of expiry; this request need not wait
             principal = cached[1]
@@ -213,11 +235,13 @@ class KeyStore:
         generation = self._generation
         principal = await self._lookup(hash_secret(secret))
         if generation == self._generation:
-            if len(self._cache) >= MAX_CACHED_KEYS and secret not in self._cache:
-                # Unknown keys are cached too (as None): a caller cycling through random
-                # secrets must not grow the cache without bound.
-                self._cache.clear()
+            # Unknown keys are cached too (as None): a caller cycling through random
+            # secrets must not grow the cache without bound, nor push out keys in use
+            # for longer than one lookup each (least recently used goes first).
             self._cache[secret] = (time.monotonic() + self._cache_seconds, principal)
+            self._cache.move_to_end(secret)
+            while len(self._cache) > MAX_CACHED_KEYS:
+                self._cache.popitem(last=False)
         return principal
 
     async def _lookup(self, digest: str) -> Principal | None:
@@ -230,6 +254,21 @@ class KeyStore:
             return None
         return Principal(row.key_id, row.workspace_id, frozenset(row.scopes.split()))
 
+    async def authenticate_operator(self, secret: str | None) -> None:
+        """Pass only the operator credential: PermissionDenied for a workspace key (of
+        any scope), Unauthenticated for a missing or unknown secret."""
+        if (
+            secret
+            and self._operator_token is not None
+            and hmac.compare_digest(secret.encode(), self._operator_token)
+        ):
+            return
+        await self.authenticate(secret)  # Unauthenticated unless it is a real key
+        raise PermissionDenied(
+            "creating workspaces needs the operator credential (OPERATOR_TOKEN), "
+            "not a workspace key"
+        )
+
     def forget(self) -> None:
         """Drop cached lookups (after a revocation in this process), and let no lookup
         already in flight refill the cache or be shared by later requests."""
@@ -240,7 +279,8 @@ class KeyStore:
     async def create_workspace(self, name: str) -> tuple[str, str, str]:
         """Create a workspace and its first admin key: (workspace_id, key_id, secret)."""
         if not name.strip():
-            raise InvalidArgument("name: must not be empty")
+            raise invalid("name", "must not be empty")
+        _check_name(name)
         workspace_id = "ws_" + secrets.token_hex(8)
         async with self._engine.begin() as connection:
             await connection.execute(
@@ -253,6 +293,7 @@ class KeyStore:
 
     async def create_key(self, workspace_id: str, name: str, scopes: list[str]) -> tuple[str, str]:
         """Create an API key with `scopes`; returns (key_id, secret). The secret is shown once."""
+        _check_name(name)
         unknown = [s for s in scopes if s not in SCOPES]
         if unknown or not scopes:
             raise InvalidArgument(
@@ -315,6 +356,12 @@ class KeyStore:
         if row is None:
             raise NotFound(f"workspace {workspace_id!r} not found")
         return dict(row._mapping)
+
+
+def _check_name(name: str) -> None:
+    violation = too_long("name", name, MAX_NAME_CHARS)
+    if violation is not None:
+        raise InvalidArgument(f"name: {violation.description}", [violation])
 
 
 def check_scope(principal: Principal, scope: str) -> None:

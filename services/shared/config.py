@@ -23,6 +23,10 @@ DEFAULT_PORTS = {
 }
 
 
+# A guessable operator token would hand out workspaces; 32 random bytes in base64 are 43.
+MIN_OPERATOR_TOKEN_CHARS = 32
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value else default
@@ -53,6 +57,24 @@ class Settings:
     # Browser origins that may send to the ingest HTTP gateway (CORS); "*" is any origin,
     # the default, since write keys are public in browser SDKs anyway.
     ingest_cors_origins: tuple[str, ...] = ("*",)
+    # The operator credential: the only bearer token CreateWorkspace accepts (workspace
+    # keys, even admin ones, cannot create workspaces). None: no RPC creates workspaces.
+    operator_token: str | None = None
+    # TLS for every gRPC and HTTP port: PEM certificate chain and private key files.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).
+    tls_client_ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.operator_token is not None and len(self.operator_token) < MIN_OPERATOR_TOKEN_CHARS:
+            raise ValueError(
+                f"OPERATOR_TOKEN must be at least {MIN_OPERATOR_TOKEN_CHARS} characters"
+            )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -77,6 +99,10 @@ class Settings:
                 for origin in env.get("INGEST_CORS_ORIGINS", "*").split(",")
                 if origin.strip()
             ),
+            operator_token=env.get("OPERATOR_TOKEN") or None,
+            tls_cert_file=env.get("TLS_CERT_FILE") or None,
+            tls_key_file=env.get("TLS_KEY_FILE") or None,
+            tls_client_ca_file=env.get("TLS_CLIENT_CA_FILE") or None,
         )
 
     def port_for(self, service: str) -> int:

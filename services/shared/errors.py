@@ -116,6 +116,14 @@ def invalid(field: str, description: str) -> InvalidArgument:
     return InvalidArgument(f"{field}: {description}", [FieldViolation(field, description)])
 
 
+def too_long(field: str, value: str, limit: int) -> FieldViolation | None:
+    """A violation when `value` has more than the `limit` characters its column holds
+    (so the caller hears which field, not a database error)."""
+    if len(value) <= limit:
+        return None
+    return FieldViolation(field, f"must be at most {limit} characters; got {len(value)}")
+
+
 def field_violations(error: grpc.RpcError) -> list[FieldViolation]:
     """The BadRequest field violations a client received (empty when none)."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]

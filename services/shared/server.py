@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.shared import auth, telemetry
+from services.shared import auth, telemetry, tls
 from services.shared.clock import Clock, SystemClock
 from services.shared.config import Settings
 from services.shared.db.engine import create_engine
@@ -71,7 +71,9 @@ class Resources:
             engine=engine,
             redis=create_redis(settings.redis_url),
             clock=clock,
-            keys=auth.KeyStore(engine, settings.api_key_cache_seconds, clock),
+            keys=auth.KeyStore(
+                engine, settings.api_key_cache_seconds, clock, settings.operator_token
+            ),
             tracer_provider=provider,
             pipelined=create_pipelined(settings.redis_url),
         )
@@ -244,7 +246,12 @@ Authorise = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
 
 def _authoriser(keys: auth.KeyStore, scope: str) -> Authorise:
     async def authorise(context: grpc.aio.ServicerContext) -> None:
-        principal = await keys.authenticate(auth.bearer_secret(context.invocation_metadata()))
+        secret = auth.bearer_secret(context.invocation_metadata())
+        if scope == auth.OPERATOR:
+            # The operator acts on no workspace: no principal is bound.
+            await keys.authenticate_operator(secret)
+            return
+        principal = await keys.authenticate(secret)
         auth.check_scope(principal, scope)
         auth.set_principal(principal)
 
@@ -465,7 +472,8 @@ class RunningService:
 async def start_service(
     spec: ServiceSpec, resources: Resources, port: int, host: str = "127.0.0.1"
 ) -> RunningService:
-    """Build, bind and start the server of `spec`; port 0 picks a free port."""
+    """Build, bind and start the server of `spec`; port 0 picks a free port. The port
+    serves TLS when the settings name certificate files (services.shared.tls)."""
     bare = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -486,7 +494,11 @@ async def start_service(
         ],
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    credentials = tls.grpc_server_credentials(resources.settings)
+    if credentials is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
     await server.start()
     running = RunningService(spec.name, server, bound, health_servicer, names)
     for worker in spec.workers(resources) if spec.workers else []:
@@ -525,6 +537,6 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 def main(spec: ServiceSpec) -> None:
     """Entry point of `python -m services.<name>`: one service in this process."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    telemetry.configure_logging()
     settings = Settings.from_env()
     run(serve([spec], settings, {spec.name: settings.port_for(spec.name)}))

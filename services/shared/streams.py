@@ -19,6 +19,15 @@ from redis.exceptions import ResponseError
 
 TRACE_FIELDS = ("traceparent", "tracestate")
 
+# Ingest's stream of every accepted event (and merge), read by segmentation. An
+# event's entry id is ``<event seq>-0``; its merges are ``<event seq>-<n>``.
+EVENTS_STREAM = "stream:events"
+
+
+def event_entry_id(seq: int) -> str:
+    """The `EVENTS_STREAM` entry id of the event with this seq."""
+    return f"{seq}-0"
+
 
 @dataclass(frozen=True)
 class StreamEntry:

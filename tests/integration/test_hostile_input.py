@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import gzip
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +26,7 @@ from audiences.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.ingest.gateway import MAX_BODY_BYTES
+from services.shared.config import Settings
 from services.shared.server import MAX_MESSAGE_BYTES
 from tests.conftest import WorkspaceKeys
 from tests.helpers.backends import free_port
@@ -36,6 +38,15 @@ from tests.helpers.wire import delimited
 pytestmark = pytest.mark.integration
 
 PROBE_DEADLINE_SECONDS = 1.0
+
+
+# CreateWorkspace answers only the operator's token: these processes are given one.
+OPERATOR_TOKEN = "operator-" + "h" * 40
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, operator_token=OPERATOR_TOKEN)
 
 
 def gzip_bomb(size: int) -> bytes:
@@ -239,7 +250,12 @@ async def while_answering(services: Services, hostile: Awaitable[object]) -> obj
 
 
 def _named_keys(keys: WorkspaceKeys) -> dict[str, str]:
-    return {"ingest": keys.ingest, "profile": keys.profile, "admin": keys.admin}
+    return {
+        "ingest": keys.ingest,
+        "profile": keys.profile,
+        "admin": keys.admin,
+        "operator": OPERATOR_TOKEN,
+    }
 
 
 def _headers(case: HttpCase, keys: WorkspaceKeys) -> dict[str, str]:
@@ -335,10 +351,10 @@ GRPC_CASES = [
     GrpcCase("unknown method", "ingest", INGEST + "Nope", b"", grpc.StatusCode.UNIMPLEMENTED),
     # Values only the database refuses (Postgres text holds no NUL; columns have lengths).
     GrpcCase("NUL in a workspace name", "ingest", "/audiences.v1.AdminService/CreateWorkspace",
-             delimited(1, b"a\x00b"), grpc.StatusCode.INVALID_ARGUMENT, key="admin"),
+             delimited(1, b"a\x00b"), grpc.StatusCode.INVALID_ARGUMENT, key="operator"),
     GrpcCase("workspace name past its column", "ingest",
              "/audiences.v1.AdminService/CreateWorkspace", delimited(1, b"w" * 300),
-             grpc.StatusCode.INVALID_ARGUMENT, key="admin"),
+             grpc.StatusCode.INVALID_ARGUMENT, key="operator"),
     GrpcCase("NUL in an identifier of ListEvents", "profile",
              "/audiences.v1.ProfileService/ListEvents",
              delimited(1, delimited(1, b"user_id") + delimited(2, b"\x00")),

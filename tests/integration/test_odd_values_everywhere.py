@@ -11,6 +11,7 @@ added later is swept too.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Iterator
 
@@ -26,7 +27,8 @@ from audiences.v1 import (
 )
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 
-from services.shared.auth import required_scope
+from services.shared.auth import OPERATOR, required_scope
+from services.shared.config import Settings
 from tests.conftest import WorkspaceKeys
 from tests.helpers.grpc_client import bearer
 from tests.helpers.servers import in_process
@@ -41,6 +43,15 @@ SERVICES = {
     "profile": [profile_pb2],
     "sync": [sync_pb2],
 }
+# CreateWorkspace answers only the operator's token: these processes are given one.
+OPERATOR_TOKEN = "operator-" + "h" * 40
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, operator_token=OPERATOR_TOKEN)
+
+
 SERVER_ERRORS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS}
 ODD_TEXT = [b"\x00", b"a" * 70_000, b"-1", "\u202e".encode()]
 ODD_JSON = [
@@ -128,6 +139,7 @@ async def test_no_odd_value_makes_any_method_answer_a_server_error(
         "admin": workspace.admin,
         "profile:read": workspace.profile,
         "ingest:write": workspace.ingest,
+        OPERATOR: OPERATOR_TOKEN,
     }
     server_errors: list[tuple[str, bytes, str]] = []
     calls = 0

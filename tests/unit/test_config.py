@@ -34,3 +34,36 @@ def test_ingest_cors_origins(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings.from_env().ingest_cors_origins == ("*",)
     monkeypatch.setenv("INGEST_CORS_ORIGINS", "https://a.example, https://b.example,")
     assert Settings.from_env().ingest_cors_origins == ("https://a.example", "https://b.example")
+
+
+def test_security_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPERATOR_TOKEN", "t" * 40)
+    monkeypatch.setenv("TLS_CERT_FILE", "/certs/server.pem")
+    monkeypatch.setenv("TLS_KEY_FILE", "/certs/server.key")
+    monkeypatch.setenv("TLS_CLIENT_CA_FILE", "/certs/clients-ca.pem")
+    settings = Settings.from_env()
+    assert settings.operator_token == "t" * 40
+    assert (settings.tls_cert_file, settings.tls_key_file) == (
+        "/certs/server.pem",
+        "/certs/server.key",
+    )
+    assert settings.tls_client_ca_file == "/certs/clients-ca.pem"
+
+
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"OPERATOR_TOKEN": "short"}, "at least 32"),
+        ({"TLS_CERT_FILE": "/certs/server.pem"}, "set together"),
+        ({"TLS_CLIENT_CA_FILE": "/certs/ca.pem"}, "needs TLS_CERT_FILE"),
+    ],
+)
+def test_unsafe_security_settings_are_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], complaint: str
+) -> None:
+    for name in ("OPERATOR_TOKEN", "TLS_CERT_FILE", "TLS_KEY_FILE", "TLS_CLIENT_CA_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=complaint):
+        Settings.from_env()

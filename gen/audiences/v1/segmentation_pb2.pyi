@@ -57,7 +57,7 @@ CHANGE_KIND_ENTERED: ChangeKind
 CHANGE_KIND_EXITED: ChangeKind
 
 class Audience(_message.Message):
-    __slots__ = ("key", "name", "description", "definition", "version", "state", "size", "backfill", "created_at", "updated_at", "account_level")
+    __slots__ = ("key", "name", "description", "definition", "version", "state", "size", "backfill", "created_at", "updated_at", "account_level", "failure_reason")
     KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class Audience(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     key: str
     name: str
     description: str
@@ -80,7 +81,8 @@ class Audience(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     account_level: bool
-    def __init__(self, key: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., definition: _Optional[bytes] = ..., version: _Optional[int] = ..., state: _Optional[_Union[AudienceState, str]] = ..., size: _Optional[int] = ..., backfill: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., account_level: _Optional[bool] = ...) -> None: ...
+    failure_reason: str
+    def __init__(self, key: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., definition: _Optional[bytes] = ..., version: _Optional[int] = ..., state: _Optional[_Union[AudienceState, str]] = ..., size: _Optional[int] = ..., backfill: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., account_level: _Optional[bool] = ..., failure_reason: _Optional[str] = ...) -> None: ...
 
 class CreateAudienceRequest(_message.Message):
     __slots__ = ("audience", "skip_backfill")
@@ -129,7 +131,7 @@ class DeleteAudienceResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ComputedTrait(_message.Message):
-    __slots__ = ("key", "name", "definition", "version", "state", "created_at", "updated_at")
+    __slots__ = ("key", "name", "definition", "version", "state", "created_at", "updated_at", "failure_reason")
     KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEFINITION_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +139,7 @@ class ComputedTrait(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     key: str
     name: str
     definition: bytes
@@ -144,7 +147,8 @@ class ComputedTrait(_message.Message):
     state: AudienceState
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, key: _Optional[str] = ..., name: _Optional[str] = ..., definition: _Optional[bytes] = ..., version: _Optional[int] = ..., state: _Optional[_Union[AudienceState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    failure_reason: str
+    def __init__(self, key: _Optional[str] = ..., name: _Optional[str] = ..., definition: _Optional[bytes] = ..., version: _Optional[int] = ..., state: _Optional[_Union[AudienceState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failure_reason: _Optional[str] = ...) -> None: ...
 
 class CreateComputedTraitRequest(_message.Message):
     __slots__ = ("computed_trait", "skip_backfill")
@@ -289,14 +293,26 @@ class RecomputeRequest(_message.Message):
     def __init__(self, audience_key: _Optional[str] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RecomputeResponse(_message.Message):
-    __slots__ = ("entered", "exited", "audiences")
+    __slots__ = ("entered", "exited", "audiences", "failures")
     ENTERED_FIELD_NUMBER: _ClassVar[int]
     EXITED_FIELD_NUMBER: _ClassVar[int]
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
     entered: int
     exited: int
     audiences: int
-    def __init__(self, entered: _Optional[int] = ..., exited: _Optional[int] = ..., audiences: _Optional[int] = ...) -> None: ...
+    failures: _containers.RepeatedCompositeFieldContainer[RecomputeFailure]
+    def __init__(self, entered: _Optional[int] = ..., exited: _Optional[int] = ..., audiences: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[RecomputeFailure, _Mapping]]] = ...) -> None: ...
+
+class RecomputeFailure(_message.Message):
+    __slots__ = ("kind", "key", "reason")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    key: str
+    reason: str
+    def __init__(self, kind: _Optional[str] = ..., key: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ExplainMembershipRequest(_message.Message):
     __slots__ = ("audience_key", "identifier", "as_of")

@@ -21,6 +21,9 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
+    false,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -67,6 +70,19 @@ profiles = Table(
     Column("merged_at_us", BigInteger, nullable=True),
     Column("deleted_at_us", BigInteger, nullable=True),
     Index("ix_profiles_workspace_canonical", "workspace_id", "canonical_id"),
+)
+
+# The merged-away profiles of a workspace (few: a write of segmentation re-keys their
+# memberships to the survivor), found without reading every profile. The predicate is
+# the exact expression segmentation's queries filter by (sql.merged_away), which is what
+# lets the planner use the index (and what migration 0006's statistics describe).
+Index(
+    "ix_profiles_merged_away",
+    profiles.c.workspace_id,
+    postgresql_where=case(
+        (profiles.c.canonical_id != profiles.c.profile_id, true()), else_=false()
+    ),
+    sqlite_where=case((profiles.c.canonical_id != profiles.c.profile_id, true()), else_=false()),
 )
 
 identities = Table(

@@ -156,18 +156,6 @@ def test_parses_funnel_refs() -> None:
         (ev(window={"within_days": -3}), ("event.window.within_days", "must be greater than 0")),
         (ev(window={"within_days": "7"}), ("event.window.within_days", "must be a number")),
         (
-            ev(window={"within_days": 1e18}),
-            ("event.window.within_days", "must be at most 36500 days"),
-        ),
-        (
-            ev(window={"between_days": [1, 1e300]}),
-            ("event.window.between_days", "B must be at most 36500 days"),
-        ),
-        (
-            {"funnel": {"steps": [{"name": "A"}, {"name": "B"}], "within_seconds": 1e300}},
-            ("funnel.within_seconds", "must be at most 3153600000 (36500 days)"),
-        ),
-        (
             ev(window={"between_days": [30, 7]}),
             ("event.window.between_days", "A must be less than B"),
         ),
