@@ -25,14 +25,15 @@ import pytest
 from audiences.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.ingest.gateway import MAX_BODY_BYTES
+from services.ingest.app import components
+from services.ingest.gateway import MAX_BODY_BYTES, Gateway, build_app
+from services.profile import httpview
+from services.profile.app import build as build_profiles
 from services.shared.config import Settings
 from services.shared.server import MAX_MESSAGE_BYTES
 from tests.conftest import WorkspaceKeys
-from tests.helpers.backends import free_port
 from tests.helpers.grpc_client import bearer
 from tests.helpers.servers import in_process
-from tests.helpers.waiting import eventually
 from tests.helpers.wire import delimited
 
 pytestmark = pytest.mark.integration
@@ -185,10 +186,16 @@ class Services:
 
 @pytest.fixture
 async def services(resources, workspace, monkeypatch) -> AsyncIterator[Services]:  # type: ignore[no-untyped-def]
-    gateway_port, view_port = free_port(), free_port()
-    monkeypatch.setenv("INGEST_HTTP_PORT", str(gateway_port))
-    monkeypatch.setenv("PROFILE_HTTP_PORT", str(view_port))
+    # The HTTP front ends are started here on port 0 (their workers' ports are not
+    # reported back), in the same process and event loop as the gRPC servers.
+    monkeypatch.setenv("INGEST_HTTP_PORT", "0")
+    monkeypatch.setenv("PROFILE_HTTP_PORT", "0")
     async with in_process(resources, ["ingest", "profile"]) as addresses:
+        gateway = Gateway(build_app(components(resources).ingestor, resources.keys), "127.0.0.1", 0)
+        gateway_port = await gateway.start()
+        view, view_port = await httpview.start(
+            build_profiles(resources), resources.keys, "127.0.0.1", 0
+        )
         channels = {name: grpc.aio.insecure_channel(address) for name, address in addresses.items()}
         found = Services(
             channels,
@@ -196,26 +203,22 @@ async def services(resources, workspace, monkeypatch) -> AsyncIterator[Services]
             f"http://127.0.0.1:{view_port}",
             workspace,
         )
-        async with aiohttp.ClientSession() as http:
-            identify = orjson.dumps({"userId": "alive", "traits": {"plan": "pro"}})
-
-            async def seeded() -> bool | None:
-                try:
-                    async with http.post(
-                        f"{found.gateway}/v1/identify",
-                        data=identify,
-                        headers={"Authorization": basic(workspace.ingest)},
-                    ) as reply:
-                        return reply.status == 200 or None
-                except aiohttp.ClientConnectionError:
-                    return None  # the gateway worker is still binding
-
-            await eventually(seeded, 10, "the gateway stores an identify")
         try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{found.gateway}/v1/identify",
+                    data=orjson.dumps({"userId": "alive", "traits": {"plan": "pro"}}),
+                    headers={"Authorization": basic(workspace.ingest)},
+                ) as reply,
+            ):
+                assert reply.status == 200
             yield found
         finally:
             for channel in channels.values():
                 await channel.close()
+            await view.cleanup()
+            await gateway.stop()
 
 
 async def _probe_once(services: Services) -> None:
