@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from opentelemetry import propagate, trace
 
 from services.ingest.ingestor import Ingestor
@@ -37,7 +38,7 @@ from services.shared.errors import (
     Unauthenticated,
     Unavailable,
 )
-from services.shared.http import Handler, Middleware, unexpected_errors
+from services.shared.http import unexpected_errors
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -298,7 +299,7 @@ def build_app(
     # client_max_size is left to read_body's own cap; aiohttp's applies to request.read().
     cors = cors_middleware(allowed_origins)
     app = web.Application(middlewares=[cors, unexpected_errors(error_response), _http_errors])
-    paths = [(path, None) for path in BATCH_PATHS]
+    paths: list[tuple[str, str | None]] = [(path, None) for path in BATCH_PATHS]
     paths += [(f"/v1/{event_type}", event_type) for event_type in SINGLE_TYPES]
     for path, event_type in paths:
         app.router.add_post(path, route(event_type))

@@ -33,12 +33,13 @@ def http_port() -> int:
 def build(resources: Resources) -> ProfileService:
     """The profile domain facade on this process's Redis, database and clock.
 
-    Hot reads use the pipelined connection, except while tracing records: then they
-    go through the instrumented redis-py client so each keeps its Redis span.
+    Hot reads use the pipelined connection (traced like redis-py's commands while
+    tracing records).
     """
-    pipelined = resources.pipelined if resources.tracer_provider is None else None
     return ProfileService(
-        HotProfiles(resources.redis, pipelined), ProfileStore(resources.engine), resources.clock
+        HotProfiles(resources.redis, resources.pipelined),
+        ProfileStore(resources.engine),
+        resources.clock,
     )
 
 

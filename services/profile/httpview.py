@@ -23,6 +23,7 @@ from http import HTTPStatus
 import grpc
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from services.profile import model
 from services.profile.model import ProfileQuery, Section
@@ -30,7 +31,7 @@ from services.profile.service import ProfileService
 from services.shared import auth
 from services.shared.clock import datetime_from_us
 from services.shared.errors import FieldViolation, InvalidArgument, ServiceError
-from services.shared.http import Handler, unexpected_errors
+from services.shared.http import unexpected_errors
 
 log = logging.getLogger(__name__)
 

@@ -676,6 +676,7 @@ def _parse_prediction(raw: Any, path: str, ctx: _Ctx) -> Prediction | None:
             ctx.err(_join(mp, op), f"must be between {lo:g} and {hi:g}")
         else:
             bounds.append((op, v))
+    # metric is one of PREDICTION_METRICS' keys, which mypy sees only as str.
     return Prediction(key, metric, tuple(bounds)) if key else None  # type: ignore[arg-type]
 
 
@@ -715,7 +716,7 @@ def _parse_funnel(raw: Any, path: str, ctx: _Ctx) -> Funnel | None:
                 )
             )
     wsp = _join(path, "within_seconds")
-    within = obj.get("within_seconds")
+    within: Any = obj.get("within_seconds")  # JSON: checked below
     if "within_seconds" not in obj:
         ctx.err(wsp, "is required")
         within = 0
@@ -862,8 +863,8 @@ def _parse_computed(raw: Any, ctx: _Ctx) -> ComputedTraitDef | None:
     elif t in COMPUTED_TYPES:
         prop = ctx.name(obj, "property", "") or None
     where = _parse_where(obj, "", ctx, None)
-    raw_where = obj.get("where") if isinstance(obj.get("where"), list) else []
-    for i, f in enumerate(raw_where):
+    raw_where = obj.get("where")
+    for i, f in enumerate(raw_where if isinstance(raw_where, list) else []):
         if isinstance(f, Mapping) and "ref" in f:
             # A computed trait is a function of events alone (it feeds trait conditions).
             ctx.err(f"where[{i}].ref", "refs are not allowed in computed traits")

@@ -33,6 +33,7 @@ audiences are compiled by ``sql_accounts.py`` on top of ``compile_audiences``.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -147,32 +148,47 @@ class JV:
     path: str = "$"
 
 
-class _Dialect:
+class _Dialect(ABC):
     """JSON value operations of one dialect; the language ops are built on top."""
 
     name: str
 
+    @abstractmethod
     def prop(self, col: Any, prop: str) -> JV: ...
+    @abstractmethod
     def decode(self, text_expr: Any) -> JV: ...
+    @abstractmethod
     def present(self, v: JV) -> ColumnElement[bool]: ...
+    @abstractmethod
     def is_kind(self, v: JV, kind: str) -> ColumnElement[bool]: ...
+    @abstractmethod
     def num(self, v: JV) -> Any: ...
+    @abstractmethod
     def text(self, v: JV) -> Any: ...
+    @abstractmethod
     def json_text(self, v: JV) -> Any: ...
+    @abstractmethod
     def eq_lit(self, v: JV, lit: Any) -> ColumnElement[bool]: ...
+    @abstractmethod
     def eq_dyn(self, a: JV, b: JV) -> ColumnElement[bool]: ...
+    @abstractmethod
     def array_has_lit(self, v: JV, lit: Any) -> ColumnElement[bool]: ...
+    @abstractmethod
     def array_has_dyn(self, a: JV, b: JV) -> ColumnElement[bool]: ...
+    @abstractmethod
     def instr(self, hay: Any, needle: Any) -> ColumnElement[bool]: ...
+    @abstractmethod
     def pad(self, n: Any) -> Any: ...
     def c(self, s: Any) -> Any:
         """Byte-order (code point) collation for string MAX/ORDER BY."""
         return s
 
+    @abstractmethod
     def json_result(self, text_expr: Any) -> Any: ...
     def to_float(self, e: Any) -> Any:
         return e
 
+    @abstractmethod
     def group_array(self, text_expr: Any) -> Any: ...
     def sort_keys(self, v: JV) -> tuple[Any, Any, Any]:
         """(rank, number, text) ordering values as ``reference.value_order_key``."""
@@ -190,7 +206,8 @@ class _Dialect:
 
 class _Postgres(_Dialect):
     name = "postgresql"
-    _EMPTY = sa.literal_column("'{}'")  # the empty text[] path: #>> '{}' is "the value as text"
+    # The empty text[] path: #>> '{}' is "the value as text".
+    _EMPTY: ClassVar[sa.ColumnClause[Any]] = sa.literal_column("'{}'")
 
     def _t(self, v: JV) -> Any:
         return func.jsonb_typeof(v.expr)
@@ -1136,7 +1153,7 @@ def compile_computed_trait(
 
     if t in ("sum", "avg", "min", "max"):
         num = case((d.is_kind(v, "number"), d.num(v)))
-        fn = {"sum": func.sum, "avg": func.avg, "min": func.min, "max": func.max}[t]
+        fn: Any = {"sum": func.sum, "avg": func.avg, "min": func.min, "max": func.max}[t]
         a = sa.select(base.c.pid, d.to_float(fn(num)).label("v")).group_by(base.c.pid).subquery("a")
         return _final(u, a, func.coalesce(a.c.v, 0) if t == "sum" else a.c.v)
 
@@ -1150,7 +1167,7 @@ def compile_computed_trait(
     # Postgres; type class + extracted value on SQLite) makes 1 and 1.0 one value.
     if d.name == "postgresql":
         gkeys: list[Any] = [base.c.val]
-        vtext = cast(base.c.val, Text)
+        vtext: ColumnElement[Any] = cast(base.c.val, Text)
     else:
         assert isinstance(d, _SQLite)
         gkeys = [d._kind_of(func.json_type(base.c.val, "$")), func.json_extract(base.c.val, "$")]
@@ -1184,7 +1201,7 @@ def compile_computed_trait(
                 .subquery("g")
             )
             gv = JV(g.c.val)
-            gtext = cast(g.c.val, Text)
+            gtext: ColumnElement[Any] = cast(g.c.val, Text)
         else:
             g = sa.select(base.c.pid, vtext.label("val")).group_by(base.c.pid, *gkeys).subquery("g")
             gv = d.decode(g.c.val)

@@ -126,6 +126,8 @@ def too_long(field: str, value: str, limit: int) -> FieldViolation | None:
 
 def field_violations(error: grpc.RpcError) -> list[FieldViolation]:
     """The BadRequest field violations a client received (empty when none)."""
+    # A client's RpcError is also its call (with the trailing metadata); the stub wants
+    # a grpc.Call.
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     if status is None:
         return []

@@ -15,9 +15,9 @@ import contextlib
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import uvloop
@@ -37,6 +37,7 @@ from services.shared.redis import create_redis
 from services.shared.redis_pipelined import PipelinedConnection, create_pipelined
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # above Batch's 4 MiB so the servicer can say why
 
@@ -139,7 +140,7 @@ class GuardedServer(grpc.aio.Server):
         self._recording = telemetry.tracing_enabled()
 
     def add_registered_method_handlers(
-        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]
+        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
         """Register a service's handlers (the path generated code takes), each guarded."""
         self._server.add_registered_method_handlers(
@@ -157,9 +158,8 @@ class GuardedServer(grpc.aio.Server):
         )
 
     def guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """`handler` of `method` with the per-call behaviour above (public methods as they are)."""
-        if handler is None:
-            return handler
+        """`handler` of `method` with the per-call behaviour above (public methods decoded
+        and error-mapped only)."""
         scope = auth.required_scope(method)
         if scope is None:
             return _guarded(handler, None)
@@ -169,6 +169,8 @@ class GuardedServer(grpc.aio.Server):
         traced = self._traced.intercept_service(_resolved(guarded), _CallDetails(method))
         # intercept_service is a coroutine function; it only wraps the handler once here.
         traced_handler = _run_once(traced)
+        # Only a continuation that finds no handler makes it None; ours always finds one.
+        assert traced_handler is not None
         if self._recording:
             return traced_handler
         return _trace_when_asked(guarded, traced_handler)
@@ -213,7 +215,7 @@ def _resolved(
     return continuation
 
 
-def _run_once(awaitable: Coroutine[Any, Any, grpc.RpcMethodHandler]) -> grpc.RpcMethodHandler:
+def _run_once(awaitable: Coroutine[Any, Any, _T]) -> _T:
     """The result of a coroutine that never suspends (no event loop needed)."""
     try:
         awaitable.send(None)
@@ -231,8 +233,12 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
         self._server = server
         self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = self._inner.service(handler_call_details)
+        if handler is None:  # not this handler's method
+            return None
         method = handler_call_details.method
         known = self._guarded.get(method)
         if known is None or known[0] is not handler:
@@ -329,6 +335,12 @@ def _guarded(handler: grpc.RpcMethodHandler, authorise: Authorise | None) -> grp
     aborts = (grpc.aio.AbortError, asyncio.CancelledError)
     decode = _decoder(handler.request_deserializer)
     codec = _undecoded(handler)
+    # grpc's stubs type a handler's behaviours as synchronous; on grpc.aio they are
+    # coroutine and async generator functions taking an aio context.
+    behaviour: Any
+    streaming: Any
+    consuming: Any
+    both: Any
     if handler.unary_unary:
         behaviour = handler.unary_unary
 
@@ -406,6 +418,8 @@ def _trace_when_asked(
     cost ~150 us per call (measured) for a span nobody records.
     """
     codec = _codec(plain)
+    untraced: Any  # grpc.aio behaviours, typed as synchronous by the stubs (see _guarded)
+    with_span: Any
     if plain.unary_unary:
         untraced, with_span = plain.unary_unary, traced.unary_unary
 

@@ -139,13 +139,16 @@ async def load_resolved(engine: AsyncEngine, r: Resolved, ws: str = WS) -> dict[
         await conn.execute(identities.insert(), ident_rows)
         await conn.execute(events.insert(), ev_rows)
         # A null value is a tombstone: store SQL NULL (none_as_null is off, so pass null()).
-        await conn.execute(
-            profile_traits.insert(),
-            [
-                {**t, "value": t["value"] if t["value"] is not None else sa.null()}
-                for t in trait_rows.values()
-            ],
-        )
+        # No rows at all (a case without identify calls) is no insert: an empty list
+        # would be one INSERT of default values.
+        if trait_rows:
+            await conn.execute(
+                profile_traits.insert(),
+                [
+                    {**t, "value": t["value"] if t["value"] is not None else sa.null()}
+                    for t in trait_rows.values()
+                ],
+            )
     if engine.dialect.name == "postgresql":
         # A bulk load leaves no statistics until autovacuum runs; without them the
         # planner assumes one row per table and picks nested loops for funnels.

@@ -1,4 +1,6 @@
-"""The conformance cases (shared/conformance/audiences.jsonl) resolved to profiles.
+"""The conformance cases resolved to profiles: the public cases
+(tests/data/conformance/audiences.jsonl, a copy of the shared file) and our own
+(own_cases.py), read by every test that runs them (reference, SQL, real services).
 
 Applies the identity convention of the conformance README: a profile is the user_id,
 or ``anon:<anonymous_id>`` for an anonymous id never linked to a user; an identify or
@@ -17,11 +19,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.unit.segmentation.own_cases import CASES as OWN_CASES
 
-# The cases live next to the repository (../shared/conformance); override with
-# AUDIENCES_CONFORMANCE=/path/to/audiences.jsonl.
-_DEFAULT = Path(__file__).resolve().parents[4] / "shared" / "conformance" / "audiences.jsonl"
+# A copy lives in the repository so the tests cannot vanish in a clone without it;
+# AUDIENCES_CONFORMANCE=/path/to/audiences.jsonl runs a newer file instead.
+_DEFAULT = Path(__file__).resolve().parents[2] / "data" / "conformance" / "audiences.jsonl"
 CASES_PATH = Path(os.environ.get("AUDIENCES_CONFORMANCE", str(_DEFAULT)))
 
 # Calls whose user_id + anonymous_id pair links the two (conformance README).
@@ -37,17 +39,24 @@ def to_us(ts: str) -> int:
 
 @cache
 def load_cases() -> tuple[dict[str, Any], ...]:
-    if not CASES_PATH.exists():
-        pytest.skip(f"conformance cases not found at {CASES_PATH}")
+    """The public cases then our own. A missing or empty file fails collection: a skip
+    here would let every conformance test pass by running nothing."""
+    if not CASES_PATH.is_file():
+        raise FileNotFoundError(f"conformance cases not found at {CASES_PATH}")
     with CASES_PATH.open() as f:
-        return tuple(json.loads(line) for line in f if line.strip())
+        public = tuple(json.loads(line) for line in f if line.strip())
+    if not public:
+        raise ValueError(f"no conformance cases in {CASES_PATH}")
+    cases = public + tuple(OWN_CASES)
+    names = [c["name"] for c in cases]
+    if len(set(names)) != len(names):
+        raise ValueError(f"conformance case names repeat: {sorted(names)}")
+    return cases
 
 
 def case_names() -> list[str]:
-    try:
-        return [c["name"] for c in load_cases()]
-    except pytest.skip.Exception:
-        return []
+    """Every case's name (the test parameter)."""
+    return [c["name"] for c in load_cases()]
 
 
 def case_by_name(name: str) -> dict[str, Any]:
