@@ -146,6 +146,26 @@ def http_secret(authorization: str | None) -> str | None:
     return None
 
 
+HTTP_AUTHORIZATION_FORMS = "'Basic <base64 of key:>' or 'Bearer <key>'"
+
+
+async def authenticate_http(keys: KeyStore, authorization: str | None) -> Principal:
+    """The principal of an HTTP ``Authorization`` header (see http_secret).
+
+    Unauthenticated says what is wrong in HTTP terms: the header missing, a header
+    that names no key (an unknown scheme, bad base64, an empty user), or a key that is
+    unknown or revoked.
+    """
+    if not authorization:
+        raise Unauthenticated(f"missing Authorization header: send {HTTP_AUTHORIZATION_FORMS}")
+    secret = http_secret(authorization)
+    if secret is None:
+        raise Unauthenticated(
+            f"malformed Authorization header: expected {HTTP_AUTHORIZATION_FORMS}"
+        )
+    return await keys.authenticate(secret)
+
+
 class KeyStore:
     """Workspaces and API keys in the database, with a short-lived cache of lookups.
 
