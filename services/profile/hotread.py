@@ -15,8 +15,8 @@ process touches the message (docs/profile.md).
 
 The script call goes over the process's pipelined connection
 (services.shared.redis_pipelined) when there is one: that round trip was the largest
-remaining server cost of a GetProfile through redis-py. With memory:// (no such
-connection) or while tracing records (so the call keeps its Redis span) it goes
+remaining server cost of a GetProfile through redis-py. With a rediss:// or unix://
+URL (no such connection) or while tracing records (so the call keeps its Redis span) it goes
 through redis-py. Either way a lost Redis connection is UNAVAILABLE to the caller.
 """
 

@@ -28,7 +28,7 @@ no pool, no reader task and no per-reply coroutine.
   concurrency) and their own wait (gRPC deadlines).
 
 Only plain TCP `redis://` URLs are served this way (AUTH and SELECT from the URL);
-anything else (memory://, rediss://, unix://) gets None from `create_pipelined`, and
+anything else (rediss://, unix://) gets None from `create_pipelined`, and
 the caller keeps using redis-py, which everything but the hot command uses anyway.
 """
 

@@ -50,7 +50,7 @@ class Resources:
     clock: Clock
     keys: auth.KeyStore
     tracer_provider: TracerProvider | None  # None while tracing is off
-    # One shared connection for a service's hottest command (None for memory://).
+    # One shared connection for a service's hottest command (None for rediss://, unix://).
     pipelined: PipelinedConnection | None = None
 
     @classmethod
@@ -85,6 +85,8 @@ class Resources:
 
 Register = Callable[[grpc.aio.Server, Resources], list[str]]
 Workers = Callable[[Resources], list[Coroutine[Any, Any, None]]]
+# (resources, workspace id, progress) -> a summary of what was written, e.g. "3 profiles".
+RebuildHotState = Callable[[Resources, str, Callable[[str], None]], Awaitable[str]]
 
 
 @dataclass(frozen=True)
@@ -95,12 +97,15 @@ class ServiceSpec:
     reflection); `workers` returns background coroutines run beside the server.
     `preencoded` names methods (`/package.Service/Method`) whose servicer returns the
     response already serialized: they are registered without a response serializer.
+    `rebuild_hot_state` recreates the service's share of one workspace's hot state
+    from the database (services/shared/rebuild.py), reporting progress as it goes.
     """
 
     name: str
     register: Register
     workers: Workers | None = None
     preencoded: frozenset[str] = frozenset()
+    rebuild_hot_state: RebuildHotState | None = None
 
 
 class GuardedServer(grpc.aio.Server):
@@ -436,9 +441,19 @@ async def start_service(
     return running
 
 
-async def serve(specs: list[ServiceSpec], settings: Settings, ports: dict[str, int]) -> None:
-    """Run the given services in this process until SIGTERM or SIGINT, then drain."""
+async def serve(
+    specs: list[ServiceSpec],
+    settings: Settings,
+    ports: dict[str, int],
+    before_start: Callable[[Resources], Awaitable[None]] | None = None,
+) -> None:
+    """Run the given services in this process until SIGTERM or SIGINT, then drain.
+
+    `before_start` runs on the process's resources before any server listens (the dev
+    runner rebuilds the hot state there)."""
     resources = await Resources.open(settings, "+".join(s.name for s in specs))
+    if before_start is not None:
+        await before_start(resources)
     running = [
         await start_service(spec, resources, ports[spec.name], settings.grpc_host) for spec in specs
     ]
