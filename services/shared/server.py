@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +109,81 @@ class ServiceSpec:
     rebuild_hot_state: RebuildHotState | None = None
 
 
+class _ShuttingDown(Exception):
+    """A streaming call met the server's shutdown (see OpenStreams)."""
+
+
+class OpenStreams:
+    """A server's calls that answer with a stream, so that its shutdown can end them.
+
+    A drain waits for in-flight calls up to the grace period, and a server stream such
+    as WatchChanges never ends by itself: every SIGTERM with one open used to wait out
+    the whole grace. So at shutdown every call whose answer is a stream is ended with
+    UNAVAILABLE (its client reconnects, to another replica or after the restart, and
+    resumes; WatchChanges from its last seq): a server-streaming call at once (it only
+    reads, so any await is a safe place to stop), a bidirectional one while it waits
+    for the client's next message or when it asks for one, so a message it has
+    received is still answered. Unary and client-streaming calls drain as before.
+    """
+
+    def __init__(self) -> None:
+        self.closing = False
+        # Each open call's task -> whether it may be cancelled right now.
+        self._open: dict[asyncio.Task[Any], bool] = {}
+        # Tasks end_all cancelled, asked after their call left `open` (weak: no cleanup).
+        self._ended: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+    @contextlib.contextmanager
+    def open(self, cancellable: bool) -> Iterator[asyncio.Task[Any]]:
+        """Track the current call while inside; ShuttingDown if the server is closing."""
+        if self.closing:
+            raise _ShuttingDown
+        task = asyncio.current_task()
+        assert task is not None
+        self._open[task] = cancellable
+        try:
+            yield task
+        finally:
+            del self._open[task]
+
+    async def requests(
+        self, task: asyncio.Task[Any], requests: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        """A bidirectional call's `requests`, cancellable while it waits for the next."""
+        while not self.closing:
+            self._open[task] = True
+            try:
+                request = await anext(requests)
+            except StopAsyncIteration:
+                return
+            finally:
+                if task in self._open:  # not when closed after its call ended
+                    self._open[task] = False
+            yield request
+        raise _ShuttingDown
+
+    def end_all(self) -> None:
+        """Refuse new streams and cancel the open ones that may stop now."""
+        self.closing = True
+        for task, cancellable in self._open.items():
+            if cancellable:
+                self._ended.add(task)
+                task.cancel()
+
+    def ended(self, task: asyncio.Task[Any] | None) -> bool:
+        """True when `task` was cancelled by end_all (not by its client)."""
+        return task in self._ended
+
+
+async def _abort_for_shutdown(context: grpc.aio.ServicerContext) -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    await context.abort(
+        grpc.StatusCode.UNAVAILABLE, "the server is shutting down: reconnect and resume"
+    )
+
+
 class GuardedServer(grpc.aio.Server):
     """A grpc.aio server whose API methods are guarded once, when they are registered.
 
@@ -133,6 +209,7 @@ class GuardedServer(grpc.aio.Server):
         self._keys = keys
         self._preencoded = preencoded
         self._traced = telemetry.server_interceptor()
+        self._streams = OpenStreams()
         # Decided when the server is built: an SDK provider is installed before that.
         self._recording = telemetry.tracing_enabled()
 
@@ -161,7 +238,7 @@ class GuardedServer(grpc.aio.Server):
             return handler
         if method in self._preencoded:
             handler = _without_response_serializer(handler)
-        guarded = _guarded(handler, self._keys, scope)
+        guarded = _guarded(handler, self._keys, scope, self._streams)
         traced = self._traced.intercept_service(_resolved(guarded), _CallDetails(method))
         # intercept_service is a coroutine function; it only wraps the handler once here.
         traced_handler = _run_once(traced)
@@ -184,7 +261,8 @@ class GuardedServer(grpc.aio.Server):
         await self._server.start()
 
     async def stop(self, grace: float | None) -> None:
-        """See grpc.aio.Server."""
+        """See grpc.aio.Server; open streams end at once (OpenStreams), other calls drain."""
+        self._streams.end_all()
         await self._server.stop(grace)
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - grpc's signature
@@ -276,9 +354,10 @@ def _without_response_serializer(handler: grpc.RpcMethodHandler) -> grpc.RpcMeth
 
 
 def _guarded(
-    handler: grpc.RpcMethodHandler, keys: auth.KeyStore, scope: str
+    handler: grpc.RpcMethodHandler, keys: auth.KeyStore, scope: str, streams: OpenStreams
 ) -> grpc.RpcMethodHandler:
-    """The same handler with authorisation before it and error mapping around it."""
+    """The same handler with authorisation before it and error mapping around it; a
+    streaming answer is tracked in `streams`, which a shutdown ends."""
     aborts = (grpc.aio.AbortError, asyncio.CancelledError)
     codec = _codec(handler)
     if handler.unary_unary:
@@ -300,10 +379,17 @@ def _guarded(
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 await _authorise(keys, context, scope)
-                async for response in streaming(request, context):
-                    yield response
-            except aborts:
+                with streams.open(cancellable=True):
+                    async for response in streaming(request, context):
+                        yield response
+            except asyncio.CancelledError:
+                if not streams.ended(asyncio.current_task()):
+                    raise
+                await _abort_for_shutdown(context)
+            except grpc.aio.AbortError:
                 raise
+            except _ShuttingDown:
+                await _abort_for_shutdown(context)
             except Exception as error:
                 await _abort(context, error)
 
@@ -326,10 +412,17 @@ def _guarded(
     async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             await _authorise(keys, context, scope)
-            async for response in both(requests, context):
-                yield response
-        except aborts:
+            with streams.open(cancellable=False) as task:
+                async for response in both(streams.requests(task, aiter(requests)), context):
+                    yield response
+        except asyncio.CancelledError:
+            if not streams.ended(asyncio.current_task()):
+                raise
+            await _abort_for_shutdown(context)
+        except grpc.aio.AbortError:
             raise
+        except _ShuttingDown:
+            await _abort_for_shutdown(context)
         except Exception as error:
             await _abort(context, error)
 
