@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -144,6 +145,8 @@ def main() -> None:
             run(_run_all(settings))
             return
         run(_rebuild_only(settings))
+        # SIGTERM stops the children as Ctrl-C does, so none outlives this process.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         processes = start_processes(dict(os.environ), listen_ports(settings))
         try:
             for process in processes:
@@ -151,6 +154,9 @@ def main() -> None:
         except KeyboardInterrupt:
             for process in processes:
                 process.terminate()
+            # They drain while the embedded store they write to still serves.
+            for process in processes:
+                process.wait()
 
 
 if __name__ == "__main__":
