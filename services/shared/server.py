@@ -377,21 +377,12 @@ def _guarded(
         streaming = handler.unary_stream
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                await _authorise(keys, context, scope)
-                with streams.open(cancellable=True):
-                    async for response in streaming(request, context):
-                        yield response
-            except asyncio.CancelledError:
-                if not streams.ended(asyncio.current_task()):
-                    raise
-                await _abort_for_shutdown(context)
-            except grpc.aio.AbortError:
-                raise
-            except _ShuttingDown:
-                await _abort_for_shutdown(context)
-            except Exception as error:
-                await _abort(context, error)
+            answers = _streamed(
+                lambda _task: streaming(request, context), keys, scope, streams, context, True
+            )
+            async with contextlib.aclosing(answers):  # a call its client ends closes it now
+                async for response in answers:
+                    yield response
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, **codec)
     if handler.stream_unary:
@@ -410,23 +401,47 @@ def _guarded(
     both = handler.stream_stream
 
     async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            await _authorise(keys, context, scope)
-            with streams.open(cancellable=False) as task:
-                async for response in both(streams.requests(task, aiter(requests)), context):
-                    yield response
-        except asyncio.CancelledError:
-            if not streams.ended(asyncio.current_task()):
-                raise
-            await _abort_for_shutdown(context)
-        except grpc.aio.AbortError:
-            raise
-        except _ShuttingDown:
-            await _abort_for_shutdown(context)
-        except Exception as error:
-            await _abort(context, error)
+        answers = _streamed(
+            lambda task: both(streams.requests(task, aiter(requests)), context),
+            keys,
+            scope,
+            streams,
+            context,
+            False,
+        )
+        async with contextlib.aclosing(answers):
+            async for response in answers:
+                yield response
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, **codec)
+
+
+async def _streamed(
+    responses: Callable[[asyncio.Task[Any]], AsyncIterator[Any]],
+    keys: auth.KeyStore,
+    scope: str,
+    streams: OpenStreams,
+    context: grpc.aio.ServicerContext,
+    cancellable: bool,
+) -> AsyncIterator[Any]:
+    """A streaming call's responses (made from the call's task) with authorisation
+    before them, error mapping around them, and an UNAVAILABLE end at shutdown
+    (OpenStreams; `cancellable`: whether the call may be cancelled at any await)."""
+    try:
+        await _authorise(keys, context, scope)
+        with streams.open(cancellable) as task:
+            async for response in responses(task):
+                yield response
+    except asyncio.CancelledError:
+        if not streams.ended(asyncio.current_task()):
+            raise
+        await _abort_for_shutdown(context)
+    except grpc.aio.AbortError:
+        raise
+    except _ShuttingDown:
+        await _abort_for_shutdown(context)
+    except Exception as error:
+        await _abort(context, error)
 
 
 def _trace_when_asked(

@@ -4,7 +4,10 @@ process exits cleanly."""
 
 import asyncio
 import os
+import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import grpc
 import orjson
@@ -76,18 +79,8 @@ async def test_sigterm_ends_open_streams_at_once_and_still_drains_unary_calls(
                 ),
                 metadata=bearer(workspace.ingest),
             )
-    port = backends.free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "SHUTDOWN_GRACE_SECONDS": "10",  # the default: longer than the bound below
-    }
-    (process,) = start_processes(env, {"segmentation": port})
     admin = bearer(workspace.admin)
-    try:
-        address = f"127.0.0.1:{port}"
-        await wait_serving(address)
+    async with _service("segmentation", database_url, redis_url) as (process, address):
         async with grpc.aio.insecure_channel(address) as channel:
             segmentation = segmentation_pb2_grpc.SegmentationServiceStub(channel)
             definition = orjson.dumps({"trait": {"name": "plan", "op": "eq", "value": "pro"}})
@@ -122,15 +115,7 @@ async def test_sigterm_ends_open_streams_at_once_and_still_drains_unary_calls(
                 assert not in_flight.done()
                 await blocker.rollback()  # releases the lock: the call completes
             assert (await in_flight).key == "pro"
-        await eventually(
-            lambda: asyncio.sleep(0, process.poll() is not None), 5, "the process to exit"
-        )
-        # Well inside the 10 s grace the open stream used to hold the drain for.
-        assert time.monotonic() - signalled < 5
-        assert process.wait() == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
+        await _exits_cleanly_within(process, signalled, 5)
 
 
 async def _waiting_for_a_lock(resources: Resources) -> bool:
@@ -147,18 +132,7 @@ async def _waiting_for_a_lock(resources: Resources) -> bool:
 async def test_sigterm_ends_an_idle_event_stream_after_answering_what_it_received(
     database_url: str, redis_url: str, workspace: WorkspaceKeys
 ) -> None:
-    port = backends.free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "SHUTDOWN_GRACE_SECONDS": "10",
-        "INGEST_HTTP_PORT": "0",
-    }
-    (process,) = start_processes(env, {"ingest": port})
-    try:
-        address = f"127.0.0.1:{port}"
-        await wait_serving(address)
+    async with _service("ingest", database_url, redis_url) as (process, address):
         async with grpc.aio.insecure_channel(address) as channel:
             stream = ingest_pb2_grpc.IngestServiceStub(channel).StreamEvents(
                 metadata=bearer(workspace.ingest)
@@ -182,11 +156,40 @@ async def test_sigterm_ends_an_idle_event_stream_after_answering_what_it_receive
             with pytest.raises(grpc.aio.AioRpcError) as ended:
                 await stream.read()
             assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
-        await eventually(
-            lambda: asyncio.sleep(0, process.poll() is not None), 5, "the process to exit"
-        )
-        assert time.monotonic() - signalled < 5
-        assert process.wait() == 0
+        await _exits_cleanly_within(process, signalled, 5)
+
+
+@asynccontextmanager
+async def _service(
+    name: str, database_url: str, redis_url: str
+) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
+    """One service as its own process with the default 10 s grace, longer than the
+    bounds these tests set; yields the process and its address, killed if still up."""
+    port = backends.free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SHUTDOWN_GRACE_SECONDS": "10",
+        "INGEST_HTTP_PORT": "0",
+    }
+    (process,) = start_processes(env, {name: port})
+    try:
+        address = f"127.0.0.1:{port}"
+        await wait_serving(address)
+        yield process, address
     finally:
         if process.poll() is None:
             process.kill()
+
+
+async def _exits_cleanly_within(
+    process: subprocess.Popen[bytes], signalled: float, seconds: float
+) -> None:
+    """The process exits with 0 within `seconds` of its SIGTERM (well inside its grace,
+    which an open stream used to hold the drain for)."""
+    await eventually(
+        lambda: asyncio.sleep(0, process.poll() is not None), seconds, "the process to exit"
+    )
+    assert time.monotonic() - signalled < seconds
+    assert process.wait() == 0
