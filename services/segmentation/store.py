@@ -810,6 +810,13 @@ class SegmentationStore:
                 await c.execute(insert(cv), chunk)
         return changed, removed
 
+    async def computed_values(self, ws: str, key: str) -> dict[int, Any]:
+        """The stored value of a computed trait per profile."""
+        cv = computed_trait_values
+        query = select(cv.c.profile_id, cv.c.value).where(cv.c.workspace_id == ws, cv.c.key == key)
+        async with self._engine.connect() as c:
+            return {r.profile_id: r.value for r in await c.execute(query)}
+
     async def delete_computed(self, ws: str, key: str) -> list[int]:
         """Delete a computed trait and its values; returns the profiles that had one."""
         cv = computed_trait_values

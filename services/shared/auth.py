@@ -278,6 +278,14 @@ class KeyStore:
         self._cache.clear()
         self._loading.clear()
 
+    async def workspace_ids(self) -> list[str]:
+        """Every workspace's id, oldest first."""
+        query = select(workspaces.c.workspace_id).order_by(
+            workspaces.c.created_at_us, workspaces.c.workspace_id
+        )
+        async with self._engine.connect() as connection:
+            return [row[0] for row in await connection.execute(query)]
+
     async def create_workspace(self, name: str) -> tuple[str, str, str]:
         """Create a workspace and its first admin key: (workspace_id, key_id, secret)."""
         if not name.strip():

@@ -1,5 +1,5 @@
 """Operator commands: `audiences migrate`, `audiences create-workspace NAME`,
-`audiences rebuild-hot-state --workspace WS`.
+`audiences rebuild-hot-state [--workspace WS ...]`.
 
 Run as `python -m services.shared.cli ...` or the `audiences` console script.
 """
@@ -11,6 +11,8 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.shared.auth import KeyStore
 from services.shared.config import Settings
@@ -54,23 +56,35 @@ async def create_workspace(settings: Settings, name: str) -> dict[str, str]:
     }
 
 
-async def rebuild_hot_state(settings: Settings, workspace_id: str) -> int:
-    """Recreate a workspace's hot identifiers, traits and meta in Redis from Postgres."""
-    # Imported here: the ingest service owns the hot-state writer; other commands
-    # should not pay for importing it.
-    from services.ingest.publisher import RedisPublisher, rebuild_workspace
-    from services.ingest.store import SqlEventStore
-    from services.shared.redis import create_redis
+async def rebuild_hot_state(settings: Settings, workspace_ids: list[str]) -> int:
+    """Recreate the hot state of `workspace_ids` (every workspace when empty) in the Redis
+    the services read (REDIS_URL, or the embedded store of a running `make run`) from the
+    database; returns how many workspaces were rebuilt."""
+    # Imported here: each service owns its share of the rebuild (ServiceSpec), and the
+    # other commands should not pay for importing all five.
+    from services.dev_runner import SPECS
+    from services.shared.rebuild import rebuild_hot_state as rebuild
+    from services.shared.server import Resources
 
-    engine = create_engine(settings.database_url)
-    redis = create_redis(settings.redis_url)
+    resources = await Resources.open(settings)
     try:
-        return await rebuild_workspace(
-            SqlEventStore(engine), redis, RedisPublisher(redis), workspace_id
-        )
+        try:
+            await resources.redis.ping()
+        except RedisConnectionError:
+            raise SystemExit(_unreachable(settings)) from None
+        return await rebuild(SPECS, resources, print, workspace_ids)
     finally:
-        await redis.aclose()
-        await engine.dispose()
+        await resources.close()
+
+
+def _unreachable(settings: Settings) -> str:
+    if settings.embedded_redis_address is not None:
+        return (
+            f"cannot reach the embedded store on {settings.embedded_redis_address}: it runs "
+            "inside `make run` (which rebuilds the hot state itself at start); start that "
+            "first, or set REDIS_URL"
+        )
+    return "cannot reach Redis at REDIS_URL"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,9 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     workspace_cmd = commands.add_parser("create-workspace", help="create a workspace and keys")
     workspace_cmd.add_argument("name")
     rebuild_cmd = commands.add_parser(
-        "rebuild-hot-state", help="recreate a workspace's hot profile state from Postgres"
+        "rebuild-hot-state",
+        help="recreate the hot state (profiles, memberships, computed values) from the database",
     )
-    rebuild_cmd.add_argument("--workspace", required=True)
+    rebuild_cmd.add_argument(
+        "--workspace",
+        action="append",
+        default=[],
+        help="a workspace id (repeatable); every workspace when omitted",
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "migrate":
@@ -92,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "create-workspace":
         print(json.dumps(asyncio.run(create_workspace(settings, args.name)), indent=2))
     elif args.command == "rebuild-hot-state":
-        count = asyncio.run(rebuild_hot_state(settings, args.workspace))
-        print(f"rebuilt the hot state of {count} profiles")
+        asyncio.run(rebuild_hot_state(settings, args.workspace))
     return 0
 
 

@@ -33,7 +33,7 @@ instrumentation gives every other command; otherwise nothing is added per call b
 check of the current span.
 
 Only plain TCP `redis://` URLs are served this way (AUTH and SELECT from the URL);
-anything else (memory://, rediss://, unix://) gets None from `create_pipelined`, and
+anything else (rediss://, unix://) gets None from `create_pipelined`, and
 the caller keeps using redis-py, which everything but the hot command uses anyway.
 """
 

@@ -15,7 +15,16 @@ import contextlib
 import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+import weakref
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+)
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,7 +61,7 @@ class Resources:
     clock: Clock
     keys: auth.KeyStore
     tracer_provider: TracerProvider | None  # None while tracing is off
-    # One shared connection for a service's hottest command (None for memory://).
+    # One shared connection for a service's hottest command (None for rediss://, unix://).
     pipelined: PipelinedConnection | None = None
 
     @classmethod
@@ -89,6 +98,8 @@ class Resources:
 
 Register = Callable[[grpc.aio.Server, Resources], list[str]]
 Workers = Callable[[Resources], list[Coroutine[Any, Any, None]]]
+# (resources, workspace id, progress) -> a summary of what was written, e.g. "3 profiles".
+RebuildHotState = Callable[[Resources, str, Callable[[str], None]], Awaitable[str]]
 
 
 @dataclass(frozen=True)
@@ -99,12 +110,90 @@ class ServiceSpec:
     reflection); `workers` returns background coroutines run beside the server.
     `preencoded` names methods (`/package.Service/Method`) whose servicer returns the
     response already serialized: they are registered without a response serializer.
+    `rebuild_hot_state` recreates the service's share of one workspace's hot state
+    from the database (services/shared/rebuild.py), reporting progress as it goes.
     """
 
     name: str
     register: Register
     workers: Workers | None = None
     preencoded: frozenset[str] = frozenset()
+    rebuild_hot_state: RebuildHotState | None = None
+
+
+class _ShuttingDown(Exception):
+    """A streaming call met the server's shutdown (see OpenStreams)."""
+
+
+class OpenStreams:
+    """A server's calls that answer with a stream, so that its shutdown can end them.
+
+    A drain waits for in-flight calls up to the grace period, and a server stream such
+    as WatchChanges never ends by itself: every SIGTERM with one open used to wait out
+    the whole grace. So at shutdown every call whose answer is a stream is ended with
+    UNAVAILABLE (its client reconnects, to another replica or after the restart, and
+    resumes; WatchChanges from its last seq): a server-streaming call at once (it only
+    reads, so any await is a safe place to stop), a bidirectional one while it waits
+    for the client's next message or when it asks for one, so a message it has
+    received is still answered. Unary and client-streaming calls drain as before.
+    """
+
+    def __init__(self) -> None:
+        self.closing = False
+        # Each open call's task -> whether it may be cancelled right now.
+        self._open: dict[asyncio.Task[Any], bool] = {}
+        # Tasks end_all cancelled, asked after their call left `open` (weak: no cleanup).
+        self._ended: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+    @contextlib.contextmanager
+    def open(self, cancellable: bool) -> Iterator[asyncio.Task[Any]]:
+        """Track the current call while inside; ShuttingDown if the server is closing."""
+        if self.closing:
+            raise _ShuttingDown
+        task = asyncio.current_task()
+        assert task is not None
+        self._open[task] = cancellable
+        try:
+            yield task
+        finally:
+            del self._open[task]
+
+    async def requests(
+        self, task: asyncio.Task[Any], requests: AsyncIterator[Any]
+    ) -> AsyncIterator[Any]:
+        """A bidirectional call's `requests`, cancellable while it waits for the next."""
+        while not self.closing:
+            self._open[task] = True
+            try:
+                request = await anext(requests)
+            except StopAsyncIteration:
+                return
+            finally:
+                if task in self._open:  # not when closed after its call ended
+                    self._open[task] = False
+            yield request
+        raise _ShuttingDown
+
+    def end_all(self) -> None:
+        """Refuse new streams and cancel the open ones that may stop now."""
+        self.closing = True
+        for task, cancellable in self._open.items():
+            if cancellable:
+                self._ended.add(task)
+                task.cancel()
+
+    def ended(self, task: asyncio.Task[Any] | None) -> bool:
+        """True when `task` was cancelled by end_all (not by its client)."""
+        return task in self._ended
+
+
+async def _abort_for_shutdown(context: grpc.aio.ServicerContext) -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    await context.abort(
+        grpc.StatusCode.UNAVAILABLE, "the server is shutting down: reconnect and resume"
+    )
 
 
 class GuardedServer(grpc.aio.Server):
@@ -136,6 +225,7 @@ class GuardedServer(grpc.aio.Server):
         self._keys = keys
         self._preencoded = preencoded
         self._traced = telemetry.server_interceptor()
+        self._streams = OpenStreams()
         # Decided when the server is built: an SDK provider is installed before that.
         self._recording = telemetry.tracing_enabled()
 
@@ -162,10 +252,12 @@ class GuardedServer(grpc.aio.Server):
         and error-mapped only)."""
         scope = auth.required_scope(method)
         if scope is None:
-            return _guarded(handler, None)
+            # Public streams (health Watch) are left to the drain: a probe must still
+            # see NOT_SERVING announced before its stream ends.
+            return _guarded(handler, None, None)
         if method in self._preencoded:
             handler = _without_response_serializer(handler)
-        guarded = _guarded(handler, _authoriser(self._keys, scope))
+        guarded = _guarded(handler, _authoriser(self._keys, scope), self._streams)
         traced = self._traced.intercept_service(_resolved(guarded), _CallDetails(method))
         # intercept_service is a coroutine function; it only wraps the handler once here.
         traced_handler = _run_once(traced)
@@ -190,7 +282,8 @@ class GuardedServer(grpc.aio.Server):
         await self._server.start()
 
     async def stop(self, grace: float | None) -> None:
-        """See grpc.aio.Server."""
+        """See grpc.aio.Server; open streams end at once (OpenStreams), other calls drain."""
+        self._streams.end_all()
         await self._server.stop(grace)
 
     async def wait_for_termination(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109 - grpc's signature
@@ -329,9 +422,12 @@ def _without_response_serializer(handler: grpc.RpcMethodHandler) -> grpc.RpcMeth
     )
 
 
-def _guarded(handler: grpc.RpcMethodHandler, authorise: Authorise | None) -> grpc.RpcMethodHandler:
+def _guarded(
+    handler: grpc.RpcMethodHandler, authorise: Authorise | None, streams: OpenStreams | None
+) -> grpc.RpcMethodHandler:
     """The same handler taking request bytes, with authorisation (unless public) before
-    it, decoding of the requests, and error mapping around it."""
+    it, decoding of the requests, and error mapping around it; a streaming answer is
+    tracked in `streams`, which a shutdown ends."""
     aborts = (grpc.aio.AbortError, asyncio.CancelledError)
     decode = _decoder(handler.request_deserializer)
     codec = _undecoded(handler)
@@ -359,19 +455,12 @@ def _guarded(handler: grpc.RpcMethodHandler, authorise: Authorise | None) -> grp
         streaming = handler.unary_stream
 
         async def unary_stream(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                if authorise is not None:
-                    await authorise(context)
-                replies = streaming(decode(raw), context)
-                if inspect.isawaitable(replies):  # writes with context.write (health Watch)
-                    await replies
-                else:
-                    async for response in replies:
-                        yield response
-            except aborts:
-                raise
-            except Exception as error:
-                await _abort(context, error)
+            answers = _streamed(
+                lambda _task: streaming(decode(raw), context), authorise, streams, context, True
+            )
+            async with contextlib.aclosing(answers):  # a call its client ends closes it now
+                async for response in answers:
+                    yield response
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, **codec)
     if handler.stream_unary:
@@ -391,21 +480,66 @@ def _guarded(handler: grpc.RpcMethodHandler, authorise: Authorise | None) -> grp
     both = handler.stream_stream
 
     async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            if authorise is not None:
-                await authorise(context)
-            replies = both(_decoded(requests, decode), context)
-            if inspect.isawaitable(replies):  # writes with context.write
+        answers = _streamed(
+            lambda task: both(_requests(streams, task, _decoded(requests, decode)), context),
+            authorise,
+            streams,
+            context,
+            False,
+        )
+        async with contextlib.aclosing(answers):
+            async for response in answers:
+                yield response
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, **codec)
+
+
+def _requests(
+    streams: OpenStreams | None, task: asyncio.Task[Any], requests: AsyncIterator[Any]
+) -> AsyncIterator[Any]:
+    """A bidirectional call's requests, tracked by `streams` when there are any."""
+    return streams.requests(task, requests) if streams else requests
+
+
+@contextlib.contextmanager
+def _untracked() -> Iterator[asyncio.Task[Any]]:
+    """The current task, for a stream no shutdown ends early (public methods)."""
+    task = asyncio.current_task()
+    assert task is not None
+    yield task
+
+
+async def _streamed(
+    responses: Callable[[asyncio.Task[Any]], Any],
+    authorise: Authorise | None,
+    streams: OpenStreams | None,
+    context: grpc.aio.ServicerContext,
+    cancellable: bool,
+) -> AsyncGenerator[Any]:
+    """A streaming call's responses (made from the call's task) with authorisation
+    (unless public) before them, error mapping around them, and an UNAVAILABLE end at
+    shutdown (OpenStreams; `cancellable`: whether the call may be cancelled at any
+    await). A behaviour may also be a coroutine writing with context.write (health Watch)."""
+    try:
+        if authorise is not None:
+            await authorise(context)
+        with streams.open(cancellable) if streams else _untracked() as task:
+            replies = responses(task)
+            if inspect.isawaitable(replies):
                 await replies
             else:
                 async for response in replies:
                     yield response
-        except aborts:
+    except asyncio.CancelledError:
+        if streams is None or not streams.ended(asyncio.current_task()):
             raise
-        except Exception as error:
-            await _abort(context, error)
-
-    return grpc.stream_stream_rpc_method_handler(stream_stream, **codec)
+        await _abort_for_shutdown(context)
+    except grpc.aio.AbortError:
+        raise
+    except _ShuttingDown:
+        await _abort_for_shutdown(context)
+    except Exception as error:
+        await _abort(context, error)
 
 
 def _trace_when_asked(
@@ -520,9 +654,19 @@ async def start_service(
     return running
 
 
-async def serve(specs: list[ServiceSpec], settings: Settings, ports: dict[str, int]) -> None:
-    """Run the given services in this process until SIGTERM or SIGINT, then drain."""
+async def serve(
+    specs: list[ServiceSpec],
+    settings: Settings,
+    ports: dict[str, int],
+    before_start: Callable[[Resources], Awaitable[None]] | None = None,
+) -> None:
+    """Run the given services in this process until SIGTERM or SIGINT, then drain.
+
+    `before_start` runs on the process's resources before any server listens (the dev
+    runner rebuilds the hot state there)."""
     resources = await Resources.open(settings, "+".join(s.name for s in specs))
+    if before_start is not None:
+        await before_start(resources)
     running = [
         await start_service(spec, resources, ports[spec.name], settings.grpc_host) for spec in specs
     ]
