@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.profile.model import Erasure, Identifier, TimelineEvent
-from services.segmentation.store import exit_every_audience
+from services.shared.db.membership_log import exit_every_audience
 from services.shared.db.tables import (
     events,
     identities,

@@ -117,3 +117,17 @@ def test_the_check_sees_imports_in_functions_and_by_name(tmp_path: Path) -> None
         "services/shared/cli.py:4 imports services.sync.app",
         "services/shared/cli.py:5 imports services.dev_runner",
     ]
+
+
+def test_the_change_log_contract_reads_what_segmentation_defines() -> None:
+    # The shared change-log module reads two columns of segmentation's audiences table
+    # and names the record kinds; a rename on either side must fail here, not in an
+    # erasure in production.
+    from services.segmentation import model, tables
+    from services.shared.db import membership_log
+
+    owner = tables.audiences
+    for read in membership_log.audience_versions_read.c:
+        assert read.name in owner.c, read.name
+        assert type(read.type) is type(owner.c[read.name].type), read.name
+    assert (membership_log.ENTERED, membership_log.EXITED) == (model.ENTERED, model.EXITED)
