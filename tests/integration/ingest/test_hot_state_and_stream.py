@@ -1,10 +1,14 @@
 """Hot-state rebuild from Postgres, and StreamEvents over a bidirectional stream."""
 
+import asyncio
+import os
+import sys
+
 import pytest
 from audiences.v1 import ingest_pb2
 
+from services.ingest.commands import rebuild_hot_state
 from services.shared import hotstate
-from services.shared.cli import rebuild_hot_state
 from tests.helpers.grpc_client import bearer
 from tests.integration.ingest.support import NOW_US, event, stored_events
 
@@ -56,10 +60,23 @@ async def test_rebuild_recreates_the_hot_state_from_postgres(
         await resources.redis.delete(key)
     await resources.redis.set(hotstate.identity_key(ws, "user_id", "stale"), "999")
     assert await rebuild_hot_state(settings, ws) == 2
-    assert await _hot_snapshot(resources.redis, ws) == {
-        **written_by_ingest,
-        audiences_key.encode(): {b"vip": b"1"},
-    }
+    rebuilt = {**written_by_ingest, audiences_key.encode(): {b"vip": b"1"}}
+    assert await _hot_snapshot(resources.redis, ws) == rebuilt
+
+    # The same as the operator runs it: ingest's own command, in a process of its own.
+    for key in written_by_ingest:
+        await resources.redis.delete(key)
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
+    command = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "services.ingest", "rebuild-hot-state", "--workspace", ws),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await command.communicate()
+    assert command.returncode == 0, err.decode()
+    assert out.decode().strip() == "rebuilt the hot state of 2 profiles"
+    assert await _hot_snapshot(resources.redis, ws) == rebuilt
 
 
 async def test_stream_events_acks_every_message(stub, resources, workspace) -> None:  # type: ignore[no-untyped-def]
