@@ -3,9 +3,10 @@ service's package, and services/shared (the library every service stands on) imp
 service. Imports are read with `ast`, so an import inside a function counts as much as
 one at the top, and so does a module named to importlib as a string literal.
 
-The one composition that may import every service's app spec is services/dev_runner.py
-(`make run`), and the migration environment loads every service's tables for Alembic
-(services/shared/db/migrations/env.py): both listed below with why.
+Two compositions are the exceptions: services/dev_runner.py (`make run`) imports every
+service's app module and nothing deeper, and the migration environment
+(services/shared/db/migrations/env.py) loads every service's tables for Alembic
+(listed in ALLOWED with why).
 """
 
 from __future__ import annotations
@@ -80,6 +81,20 @@ def boundary_violations(root: Path) -> list[str]:
 
 def test_no_service_imports_another_and_shared_imports_none() -> None:
     assert boundary_violations(ROOT) == []
+
+
+def test_the_dev_runner_takes_only_each_services_app() -> None:
+    # `make run` composes every service from its ServiceSpec; reaching past a service's
+    # app module would tie the runner to its internals.
+    path = ROOT / "services" / "dev_runner.py"
+    beyond_app = [
+        f"services/dev_runner.py:{line} imports {module}"
+        for line, module in imported_modules(path)
+        if (service := service_of(module)) is not None
+        and module.split(".")[:3] != ["services", service, "app"]
+        and module != f"services.{service}"
+    ]
+    assert beyond_app == []
 
 
 def test_every_service_package_is_checked() -> None:
