@@ -93,12 +93,9 @@ def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
     """The stream catch-up loop and the HTTP gateway (INGEST_HTTP_PORT, default 8080)."""
     parts = components(resources)
     port = int(os.environ.get("INGEST_HTTP_PORT", "8080"))
-    gateway = Gateway(
-        build_app(parts.ingestor, resources.keys),
-        resources.settings.grpc_host,
-        port,
-        tls.http_ssl_context(resources.settings),
-    )
+    settings = resources.settings
+    app = build_app(parts.ingestor, resources.keys, settings.ingest_cors_origins)
+    gateway = Gateway(app, settings.grpc_host, port, tls.http_ssl_context(settings))
     return [parts.catch_up.run(), gateway.serve_forever()]
 
 

@@ -184,12 +184,12 @@ def entry_fields(record: StreamRecord) -> dict[str, bytes | str]:
     }
 
 
-def _hot_payload(  # type: ignore[no-untyped-def]
+def _hot_payload(
     profiles: list[HotProfile],
     redirects: list[tuple[int, int]],
     replace: bool,
     seen: list[SeenProfile] | None = None,
-):
+) -> bytes:
     # Numbers travel as strings: Lua's cjson would round 16-digit microseconds.
     updates: list[dict[str, Any]] = []
     for profile in profiles:

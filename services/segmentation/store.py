@@ -326,6 +326,7 @@ class SegmentationStore:
                     updated_at_us=now_us,
                 )
             )
+            assert result.inserted_primary_key is not None  # an INSERT of one row
             audience_id = result.inserted_primary_key[0]
             await c.execute(
                 insert(audience_status).values(
@@ -1093,7 +1094,7 @@ class _MembershipWriter:
     async def apply(
         self,
         batch: Sequence[tuple[int, int]],
-        members: sa.Select[Any],
+        members: sa.Select[Any] | sa.CompoundSelect[Any],
         progress: Progress,
         sizes: Sequence[int],
     ) -> list[Diff]:
@@ -1139,7 +1140,7 @@ class _MembershipWriter:
         if n:
             with phase("change log"):
                 await self._log(batch, n)
-        moved: dict[int, tuple[tuple[int, int], tuple[int, ...]]] = {}
+        moved: dict[int, tuple[tuple[tuple[int, int], ...], tuple[int, ...]]] = {}
         if self._any_merged:
             with phase("memberships"):
                 for audience_id in ids:

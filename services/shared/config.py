@@ -54,6 +54,9 @@ class Settings:
     traces_exporter: str = "none"
     # Peers, as <SERVICE>_ADDR (host:port).
     peer_addresses: dict[str, str] = field(default_factory=dict)
+    # Browser origins that may send to the ingest HTTP gateway (CORS); "*" is any origin,
+    # the default, since write keys are public in browser SDKs anyway.
+    ingest_cors_origins: tuple[str, ...] = ("*",)
     # The operator credential: the only bearer token CreateWorkspace accepts (workspace
     # keys, even admin ones, cannot create workspaces). None: no RPC creates workspaces.
     operator_token: str | None = None
@@ -91,6 +94,11 @@ class Settings:
                 name: env.get(f"{name.upper()}_ADDR", f"127.0.0.1:{port}")
                 for name, port in DEFAULT_PORTS.items()
             },
+            ingest_cors_origins=tuple(
+                origin.strip()
+                for origin in env.get("INGEST_CORS_ORIGINS", "*").split(",")
+                if origin.strip()
+            ),
             operator_token=env.get("OPERATOR_TOKEN") or None,
             tls_cert_file=env.get("TLS_CERT_FILE") or None,
             tls_key_file=env.get("TLS_KEY_FILE") or None,

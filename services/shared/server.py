@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import uvloop
@@ -31,11 +32,12 @@ from services.shared import auth, telemetry, tls
 from services.shared.clock import Clock, SystemClock
 from services.shared.config import Settings
 from services.shared.db.engine import create_engine
-from services.shared.errors import ServiceError
+from services.shared.errors import ServiceError, invalid, refused_value
 from services.shared.redis import create_redis
 from services.shared.redis_pipelined import PipelinedConnection, create_pipelined
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # above Batch's 4 MiB so the servicer can say why
 
@@ -110,10 +112,14 @@ class GuardedServer(grpc.aio.Server):
 
     Every method handler a servicer registers is wrapped at registration in the
     project's per-call behaviour: authorisation (key, scope, the caller's workspace),
-    error mapping (ServiceError to rich statuses, anything else to INTERNAL) and, when
-    tracing records or the caller sent a `traceparent`, OpenTelemetry's server span.
-    Health and reflection are registered unwrapped: they need no key, and probes
-    would otherwise fill the traces.
+    decoding of the request bytes, error mapping (ServiceError to rich statuses,
+    anything else to INTERNAL) and, when tracing records or the caller sent a
+    `traceparent`, OpenTelemetry's server span. Health and reflection get the decoding
+    and error mapping only: they need no key, and probes would otherwise fill the traces.
+
+    Requests are decoded here rather than by grpc: a deserializer that fails inside
+    grpc's machinery answers UNKNOWN with the exception's text, where undecodable bytes
+    are the client's error (INVALID_ARGUMENT, naming the message type expected).
 
     Why not grpc.aio server interceptors: with any interceptor, grpc.aio resolves
     every call's handler through the interceptor chain (a coroutine per interceptor
@@ -134,7 +140,7 @@ class GuardedServer(grpc.aio.Server):
         self._recording = telemetry.tracing_enabled()
 
     def add_registered_method_handlers(
-        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler]
+        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
         """Register a service's handlers (the path generated code takes), each guarded."""
         self._server.add_registered_method_handlers(
@@ -152,16 +158,19 @@ class GuardedServer(grpc.aio.Server):
         )
 
     def guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """`handler` of `method` with the per-call behaviour above (public methods as they are)."""
+        """`handler` of `method` with the per-call behaviour above (public methods decoded
+        and error-mapped only)."""
         scope = auth.required_scope(method)
-        if handler is None or scope is None:
-            return handler
+        if scope is None:
+            return _guarded(handler, None)
         if method in self._preencoded:
             handler = _without_response_serializer(handler)
-        guarded = _guarded(handler, self._keys, scope)
+        guarded = _guarded(handler, _authoriser(self._keys, scope))
         traced = self._traced.intercept_service(_resolved(guarded), _CallDetails(method))
         # intercept_service is a coroutine function; it only wraps the handler once here.
         traced_handler = _run_once(traced)
+        # Only a continuation that finds no handler makes it None; ours always finds one.
+        assert traced_handler is not None
         if self._recording:
             return traced_handler
         return _trace_when_asked(guarded, traced_handler)
@@ -206,7 +215,7 @@ def _resolved(
     return continuation
 
 
-def _run_once(awaitable: Coroutine[Any, Any, grpc.RpcMethodHandler]) -> grpc.RpcMethodHandler:
+def _run_once(awaitable: Coroutine[Any, Any, _T]) -> _T:
     """The result of a coroutine that never suspends (no event loop needed)."""
     try:
         awaitable.send(None)
@@ -224,8 +233,12 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
         self._server = server
         self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = self._inner.service(handler_call_details)
+        if handler is None:  # not this handler's method
+            return None
         method = handler_call_details.method
         known = self._guarded.get(method)
         if known is None or known[0] is not handler:
@@ -234,21 +247,55 @@ class _GuardedGenericHandler(grpc.GenericRpcHandler):
         return known[1]
 
 
-async def _authorise(keys: auth.KeyStore, context: grpc.aio.ServicerContext, scope: str) -> None:
-    secret = auth.bearer_secret(context.invocation_metadata())
-    if scope == auth.OPERATOR:
-        # The operator acts on no workspace: no principal is bound.
-        await keys.authenticate_operator(secret)
-        return
-    principal = await keys.authenticate(secret)
-    auth.check_scope(principal, scope)
-    auth.set_principal(principal)
+Authorise = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
+
+
+def _authoriser(keys: auth.KeyStore, scope: str) -> Authorise:
+    async def authorise(context: grpc.aio.ServicerContext) -> None:
+        secret = auth.bearer_secret(context.invocation_metadata())
+        if scope == auth.OPERATOR:
+            # The operator acts on no workspace: no principal is bound.
+            await keys.authenticate_operator(secret)
+            return
+        principal = await keys.authenticate(secret)
+        auth.check_scope(principal, scope)
+        auth.set_principal(principal)
+
+    return authorise
+
+
+def _decoder(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    """`deserializer` raising InvalidArgument for bytes that are not its message."""
+    if deserializer is None:
+        return lambda raw: raw
+    message_type = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    expected = message_type.full_name if message_type is not None else "request"
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:
+            raise invalid("request", f"not a valid {expected} protobuf message") from None
+
+    return decode
+
+
+async def _decoded(
+    requests: AsyncIterator[bytes], decode: Callable[[bytes], Any]
+) -> AsyncIterator[Any]:
+    async for raw in requests:
+        yield decode(raw)
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
     if isinstance(error, NotImplementedError):
         # The generated base servicer raises this for RPCs whose issue has not landed.
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented yet")
+    if not isinstance(error, ServiceError):
+        refused = refused_value(error)
+        if refused is not None:
+            log.info("request refused by the database: %s", error)
+            error = refused
     if isinstance(error, ServiceError):
         status = error.to_status()
         await context.abort(status.code, status.details, status.trailing_metadata)
@@ -261,6 +308,11 @@ def _codec(handler: grpc.RpcMethodHandler) -> dict[str, Any]:
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
+
+
+def _undecoded(handler: grpc.RpcMethodHandler) -> dict[str, Any]:
+    """The codec of `handler` without its request deserializer (the guard decodes)."""
+    return {"response_serializer": handler.response_serializer}
 
 
 def _without_response_serializer(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -277,19 +329,26 @@ def _without_response_serializer(handler: grpc.RpcMethodHandler) -> grpc.RpcMeth
     )
 
 
-def _guarded(
-    handler: grpc.RpcMethodHandler, keys: auth.KeyStore, scope: str
-) -> grpc.RpcMethodHandler:
-    """The same handler with authorisation before it and error mapping around it."""
+def _guarded(handler: grpc.RpcMethodHandler, authorise: Authorise | None) -> grpc.RpcMethodHandler:
+    """The same handler taking request bytes, with authorisation (unless public) before
+    it, decoding of the requests, and error mapping around it."""
     aborts = (grpc.aio.AbortError, asyncio.CancelledError)
-    codec = _codec(handler)
+    decode = _decoder(handler.request_deserializer)
+    codec = _undecoded(handler)
+    # grpc's stubs type a handler's behaviours as synchronous; on grpc.aio they are
+    # coroutine and async generator functions taking an aio context.
+    behaviour: Any
+    streaming: Any
+    consuming: Any
+    both: Any
     if handler.unary_unary:
         behaviour = handler.unary_unary
 
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary_unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
-                await _authorise(keys, context, scope)
-                return await behaviour(request, context)
+                if authorise is not None:
+                    await authorise(context)
+                return await behaviour(decode(raw), context)
             except aborts:
                 raise
             except Exception as error:
@@ -299,11 +358,16 @@ def _guarded(
     if handler.unary_stream:
         streaming = handler.unary_stream
 
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def unary_stream(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
-                await _authorise(keys, context, scope)
-                async for response in streaming(request, context):
-                    yield response
+                if authorise is not None:
+                    await authorise(context)
+                replies = streaming(decode(raw), context)
+                if inspect.isawaitable(replies):  # writes with context.write (health Watch)
+                    await replies
+                else:
+                    async for response in replies:
+                        yield response
             except aborts:
                 raise
             except Exception as error:
@@ -315,8 +379,9 @@ def _guarded(
 
         async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                await _authorise(keys, context, scope)
-                return await consuming(requests, context)
+                if authorise is not None:
+                    await authorise(context)
+                return await consuming(_decoded(requests, decode), context)
             except aborts:
                 raise
             except Exception as error:
@@ -327,9 +392,14 @@ def _guarded(
 
     async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            await _authorise(keys, context, scope)
-            async for response in both(requests, context):
-                yield response
+            if authorise is not None:
+                await authorise(context)
+            replies = both(_decoded(requests, decode), context)
+            if inspect.isawaitable(replies):  # writes with context.write
+                await replies
+            else:
+                async for response in replies:
+                    yield response
         except aborts:
             raise
         except Exception as error:
@@ -348,6 +418,8 @@ def _trace_when_asked(
     cost ~150 us per call (measured) for a span nobody records.
     """
     codec = _codec(plain)
+    untraced: Any  # grpc.aio behaviours, typed as synchronous by the stubs (see _guarded)
+    with_span: Any
     if plain.unary_unary:
         untraced, with_span = plain.unary_unary, traced.unary_unary
 

@@ -29,6 +29,13 @@ def test_production_urls_and_port(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.peer_addresses["sync"] == "127.0.0.1:50055"
 
 
+def test_ingest_cors_origins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INGEST_CORS_ORIGINS", raising=False)
+    assert Settings.from_env().ingest_cors_origins == ("*",)
+    monkeypatch.setenv("INGEST_CORS_ORIGINS", "https://a.example, https://b.example,")
+    assert Settings.from_env().ingest_cors_origins == ("https://a.example", "https://b.example")
+
+
 def test_security_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPERATOR_TOKEN", "t" * 40)
     monkeypatch.setenv("TLS_CERT_FILE", "/certs/server.pem")
