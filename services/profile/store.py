@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from services.profile.model import Erasure, Identifier, TimelineEvent
-from services.segmentation.store import exit_every_audience
+from services.shared.db.membership_log import exit_every_audience
 from services.shared.db.tables import (
     events,
     identities,

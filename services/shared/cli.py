@@ -1,5 +1,6 @@
-"""Operator commands: `audiences migrate`, `audiences create-workspace NAME`,
-`audiences rebuild-hot-state [--workspace WS ...]`.
+"""Operator commands: `audiences migrate`, `audiences create-workspace NAME`.
+(A service's share of the hot state is rebuilt by that service's own command:
+`python -m services.<name> rebuild-hot-state [--workspace WS ...]`.)
 
 Run as `python -m services.shared.cli ...` or the `audiences` console script.
 """
@@ -11,8 +12,6 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.shared.auth import KeyStore
 from services.shared.config import Settings
@@ -56,37 +55,6 @@ async def create_workspace(settings: Settings, name: str) -> dict[str, str]:
     }
 
 
-async def rebuild_hot_state(settings: Settings, workspace_ids: list[str]) -> int:
-    """Recreate the hot state of `workspace_ids` (every workspace when empty) in the Redis
-    the services read (REDIS_URL, or the embedded store of a running `make run`) from the
-    database; returns how many workspaces were rebuilt."""
-    # Imported here: each service owns its share of the rebuild (ServiceSpec), and the
-    # other commands should not pay for importing all five.
-    from services.dev_runner import SPECS
-    from services.shared.rebuild import rebuild_hot_state as rebuild
-    from services.shared.server import Resources
-
-    resources = await Resources.open(settings)
-    try:
-        try:
-            await resources.redis.ping()
-        except RedisConnectionError:
-            raise SystemExit(_unreachable(settings)) from None
-        return await rebuild(SPECS, resources, print, workspace_ids)
-    finally:
-        await resources.close()
-
-
-def _unreachable(settings: Settings) -> str:
-    if settings.embedded_redis_address is not None:
-        return (
-            f"cannot reach the embedded store on {settings.embedded_redis_address}: it runs "
-            "inside `make run` (which rebuilds the hot state itself at start); start that "
-            "first, or set REDIS_URL"
-        )
-    return "cannot reach Redis at REDIS_URL"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="audiences", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -94,16 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     migrate_cmd.add_argument("--down", action="store_true", help="roll back every migration")
     workspace_cmd = commands.add_parser("create-workspace", help="create a workspace and keys")
     workspace_cmd.add_argument("name")
-    rebuild_cmd = commands.add_parser(
-        "rebuild-hot-state",
-        help="recreate the hot state (profiles, memberships, computed values) from the database",
-    )
-    rebuild_cmd.add_argument(
-        "--workspace",
-        action="append",
-        default=[],
-        help="a workspace id (repeatable); every workspace when omitted",
-    )
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "migrate":
@@ -111,8 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         print("migrations applied" if not args.down else "migrations rolled back")
     elif args.command == "create-workspace":
         print(json.dumps(asyncio.run(create_workspace(settings, args.name)), indent=2))
-    elif args.command == "rebuild-hot-state":
-        asyncio.run(rebuild_hot_state(settings, args.workspace))
     return 0
 
 

@@ -3,8 +3,8 @@
 Every process talks to Redis through redis-py over TCP, the embedded default too: the
 dev runner serves an in-memory Redis-compatible store (fakeredis, with Lua) on a
 loopback port, so all the services of a run, a `--processes` run and the operator
-commands (`audiences rebuild-hot-state`) read and write one store, and `make run`
-still needs nothing installed. Every test of the production path uses a real Redis.
+commands (`python -m services.<name> rebuild-hot-state`) read and write one store, and
+`make run` still needs nothing installed. Every test of the production path uses a real Redis.
 """
 
 from __future__ import annotations

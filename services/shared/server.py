@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import logging
 import signal
+import sys
 import weakref
 from collections.abc import (
     AsyncGenerator,
@@ -694,7 +695,13 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def main(spec: ServiceSpec) -> None:
-    """Entry point of `python -m services.<name>`: one service in this process."""
+    """Entry point of `python -m services.<name>`: one service in this process, or with
+    `rebuild-hot-state [--workspace WS ...]` its share of the hot state rebuilt."""
     telemetry.configure_logging()
+    if sys.argv[1:2] == ["rebuild-hot-state"]:
+        # Imported here: the rebuild module builds on this one (Resources, ServiceSpec).
+        from services.shared.rebuild import command
+
+        sys.exit(command(spec, sys.argv[1:]))
     settings = Settings.from_env()
     run(serve([spec], settings, {spec.name: settings.port_for(spec.name)}))

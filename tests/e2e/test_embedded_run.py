@@ -2,7 +2,8 @@
 Redis-compatible store it serves on a loopback port) brings up all five services in one
 process with nothing else installed, creates the demo workspace, serves real calls,
 and comes back after a restart (clean or SIGKILL) with every profile, audience and
-membership readable; `audiences rebuild-hot-state` acts on the store the services read."""
+membership readable; `python -m services.<name> rebuild-hot-state` acts on the store the
+services read."""
 
 from __future__ import annotations
 
@@ -77,12 +78,13 @@ class EmbeddedRun:
         """The demo workspace's keys, as `make run` keeps them."""
         return json.loads((self.folder / "var" / "demo-workspace.json").read_text())
 
-    async def command(self, *args: str) -> str:
-        """Run `python -m services.shared.cli ARGS` beside the run; returns its output."""
+    async def command(self, *args: str, module: str = "services.shared.cli") -> str:
+        """Run `python -m MODULE ARGS` beside the run (the `audiences` CLI unless a service
+        is named); returns its output."""
         done = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "services.shared.cli",
+            module,
             *args,
             cwd=self.folder,
             env=self.env,
@@ -285,7 +287,8 @@ async def test_rebuild_hot_state_acts_on_the_running_store(embedded: EmbeddedRun
         await _profile(embedded, ADA)
     assert lost.value.code() == grpc.StatusCode.NOT_FOUND
 
-    printed = await embedded.command("rebuild-hot-state")
+    printed = await embedded.command("rebuild-hot-state", module="services.ingest")
+    printed += await embedded.command("rebuild-hot-state", module="services.segmentation")
 
     assert "1 audiences (1 memberships), 1 computed traits (1 values)" in printed
     assert await _profile(embedded, ADA) == before
