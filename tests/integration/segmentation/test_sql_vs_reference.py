@@ -380,11 +380,12 @@ def computed_ref_nodes(draw: st.DrawFn) -> dict[str, Any]:
     ref = draw(computed_ref_filters)
     if draw(st.booleans()):
         return {"event": {"name": draw(st.sampled_from(["A", "B"])), "where": [ref]}}
-    last: dict[str, Any] = {"name": draw(st.sampled_from(["A", "B"]))}
+    at = draw(st.integers(0, 1))  # the step comparing with the computed trait
+    other: dict[str, Any] = {"name": draw(st.sampled_from(["A", "B"]))}
     if draw(st.booleans()):
-        last["where"] = [draw(filters(step=1))]
-    first = {"name": draw(st.sampled_from(["A", "B"])), "where": [ref]}
-    steps = [first, last] if draw(st.booleans()) else [last, first]
+        other["where"] = [draw(filters(step=1 - at))]
+    steps = [other, other]
+    steps[at] = {"name": draw(st.sampled_from(["A", "B"])), "where": [ref]}
     body = {"steps": steps, "within_seconds": draw(st.sampled_from([3600, 86400]))}
     return {"funnel": {**body, "completed": draw(st.booleans())}}
 
