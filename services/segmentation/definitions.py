@@ -9,7 +9,7 @@ that must exist, and reference cycles, spelled out.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -137,6 +137,7 @@ def audience_violations(
                     " (a prediction exists once it has scores)",
                 )
             )
+    found += _unknown_computed_refs(_filter_computed_refs(raw), prefix, computed_keys)
     if key is not None:
         cycle = find_cycle({**audiences, key: raw})
         if cycle:
@@ -160,9 +161,44 @@ def _ref_path(raw: Any, cycle: str, key: str) -> str:
     return ""
 
 
-def computed_violations(raw: Any, prefix: str) -> list[FieldViolation]:
-    """Every problem of a computed-trait definition, under `prefix`."""
-    return [FieldViolation(field_path(prefix, p), r) for p, r in validate_computed_trait(raw)]
+def _unknown_computed_refs(
+    refs: Iterable[tuple[str, str]], prefix: str, computed_keys: Collection[str]
+) -> list[FieldViolation]:
+    return [
+        FieldViolation(field_path(prefix, path), f"no computed trait {k!r} in this workspace")
+        for path, k in refs
+        if k not in computed_keys
+    ]
+
+
+def computed_violations(
+    raw: Any,
+    prefix: str,
+    *,
+    key: str | None = None,
+    computed: Mapping[str, Any] | None = None,
+) -> list[FieldViolation]:
+    """Every problem of a computed-trait definition, under `prefix`: the language's,
+    then ``ref.computed`` keys not among the stored `computed` traits (key -> raw
+    definition), then a reference cycle among them with `raw` saved as `key` (None: an
+    unsaved definition, which nothing can reference)."""
+    found = [FieldViolation(field_path(prefix, p), r) for p, r in validate_computed_trait(raw)]
+    if found or computed is None:
+        return found
+    refs = list(_where_computed_refs(raw.get("where"), "where"))
+    known = computed.keys() | ({key} if key is not None else set())
+    found = _unknown_computed_refs(refs, prefix, known)
+    if found or key is None:
+        return found
+    cycle = find_cycle({**computed, key: raw}, computed_dependencies_raw)
+    if cycle:
+        chain = cycle.split(" -> ")
+        target = chain[chain.index(key) + 1] if key in chain[:-1] else None
+        path = next((p for p, k in refs if k == target), "")
+        found.append(
+            FieldViolation(field_path(prefix, path), f"computed trait reference cycle: {cycle}")
+        )
+    return found
 
 
 def dependents(
@@ -173,8 +209,39 @@ def dependents(
 
 
 def computed_refs_raw(raw: Any) -> set[str]:
-    """Computed trait keys a raw audience definition reads."""
-    return _keys_of(raw, "computed")
+    """Computed trait keys a raw audience definition reads (conditions and filters'
+    ``ref.computed``)."""
+    return _keys_of(raw, "computed") | {k for _, k in _filter_computed_refs(raw)}
+
+
+def computed_dependencies_raw(raw: Any) -> set[str]:
+    """Computed trait keys a raw computed-trait definition's filters compare with."""
+    where = raw.get("where") if isinstance(raw, Mapping) else None
+    return {k for _, k in _where_computed_refs(where, "where")}
+
+
+def _where_computed_refs(where: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(path, key) of every ``ref.computed`` in a raw ``where`` list at `path`."""
+    if not isinstance(where, list):
+        return
+    for i, f in enumerate(where):
+        ref = f.get("ref") if isinstance(f, Mapping) else None
+        if isinstance(ref, Mapping) and isinstance(ref.get("computed"), str):
+            yield f"{path}[{i}].ref.computed", ref["computed"]
+
+
+def _filter_computed_refs(raw: Any) -> Iterator[tuple[str, str]]:
+    """(path, key) of every ``ref.computed`` in the filters of a raw audience definition:
+    event conditions' and funnel steps'."""
+    for path, kind, body in _walk(raw):
+        if not isinstance(body, Mapping):
+            continue
+        if kind == "event":
+            yield from _where_computed_refs(body.get("where"), f"{path}.where")
+        elif kind == "funnel" and isinstance(body.get("steps"), list):
+            for i, step in enumerate(body["steps"]):
+                if isinstance(step, Mapping):
+                    yield from _where_computed_refs(step.get("where"), f"{path}.steps[{i}].where")
 
 
 def audience_refs_raw(raw: Any) -> set[str]:

@@ -83,7 +83,7 @@ def annotate(node: Node, explanation: Explanation, path: str = "") -> ExplainedN
         out.summary = (
             f"{d['count']} {node.name} {node.type} events{window}, "
             f"needs {_OPS[d['op']]} {d['threshold']}"
-        )
+        ) + _refs_summary(out, d)
     elif isinstance(node, Trait | Computed):
         what = "trait" if isinstance(node, Trait) else "computed trait"
         out.value, out.has_value = d["actual"], d["present"]
@@ -106,7 +106,7 @@ def annotate(node: Node, explanation: Explanation, path: str = "") -> ExplainedN
         out.summary = (
             f"{d['attempts']} attempts: {len(chains)} completed, {len(abandoned)} not "
             f"(needs {'a completed' if node.completed else 'an abandoned'} attempt)"
-        )
+        ) + _refs_summary(out, d)
     elif isinstance(node, Account):
         out.count = d["matching"]
         out.summary = f"{d['matching']} of {d['users']} users match; needs {d['match']}"
@@ -115,3 +115,18 @@ def annotate(node: Node, explanation: Explanation, path: str = "") -> ExplainedN
             for i, sub in enumerate(explanation.children)
         ]
     return out
+
+
+def _refs_summary(out: ExplainedNode, d: dict[str, Any]) -> str:
+    """The profile's values the node's filters compared events with, for the summary
+    (``; compared with computed trait avg_order = 42.5``); a node comparing with one
+    value also carries it as its value."""
+    refs = d.get("refs", [])
+    if len(refs) == 1:
+        out.value, out.has_value = refs[0]["value"], refs[0]["value"] is not None
+    parts = []
+    for r in refs:
+        what = f"trait {r['trait']}" if "trait" in r else f"computed trait {r['computed']}"
+        shown = "missing (matches no event)" if r["value"] is None else f"= {r['value']!r}"
+        parts.append(f"{what} {shown}")
+    return f"; compared with {', '.join(parts)}" if parts else ""

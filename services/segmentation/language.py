@@ -16,7 +16,7 @@ before anything recursive walks the input, so no input can exhaust the stack.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ __all__ = [
     "AudienceRef",
     "Between",
     "Computed",
+    "ComputedRef",
     "ComputedTraitDef",
     "Count",
     "DefinitionError",
@@ -50,11 +51,13 @@ __all__ = [
     "Within",
     "audience_refs",
     "computed_refs",
+    "computed_trait_dependencies",
     "computed_trait_refs",
     "dependency_layers",
     "dependency_order",
     "find_cycle",
     "iter_nodes",
+    "node_filters",
     "parse_audience",
     "parse_computed_trait",
     "split_path",
@@ -195,13 +198,20 @@ class TraitRef:
 
 
 @dataclass(frozen=True)
+class ComputedRef:
+    """The profile's stored value of computed trait ``computed``."""
+
+    computed: str
+
+
+@dataclass(frozen=True)
 class Filter:
     """``{"property": P, "op": OP, "value": V}`` or with ``"ref"`` instead of ``value``."""
 
     property: str
     op: str
     value: Any = None
-    ref: StepRef | TraitRef | None = None
+    ref: StepRef | TraitRef | ComputedRef | None = None
 
 
 @dataclass(frozen=True)
@@ -564,7 +574,9 @@ def _parse_filter(raw: Any, path: str, ctx: _Ctx, step_index: int | None) -> Fil
     return Filter(prop, op, value)
 
 
-def _parse_ref(raw: Any, path: str, ctx: _Ctx, step_index: int | None) -> StepRef | TraitRef | None:
+def _parse_ref(
+    raw: Any, path: str, ctx: _Ctx, step_index: int | None
+) -> StepRef | TraitRef | ComputedRef | None:
     obj = ctx.obj(raw, path)
     if obj is None:
         return None
@@ -588,11 +600,12 @@ def _parse_ref(raw: Any, path: str, ctx: _Ctx, step_index: int | None) -> StepRe
             return None
         return StepRef(step, prop) if prop else None
     if "computed" in obj:
-        # Not in the language (design.md section 6 names step and trait refs): a computed
-        # trait reading another would make computed traits depend on one another.
-        ctx.err(_join(path, "computed"), "refs to computed traits are not supported")
-        return None
-    ctx.err(path, "must have trait or step")
+        # Whether the computed trait exists (and, between computed traits, cycles) needs
+        # the workspace: definitions.py checks that.
+        ctx.unknown(obj, {"computed"}, path)
+        k = ctx.name(obj, "computed", path)
+        return ComputedRef(k) if k else None
+    ctx.err(path, "must have trait, computed or step")
     return None
 
 
@@ -946,9 +959,23 @@ def _raw_audience_refs(raw: Any) -> set[str]:
     return out
 
 
+def node_filters(n: Node) -> tuple[Filter, ...]:
+    """The filters of one node itself (an event's, every funnel step's); none for others."""
+    if isinstance(n, Event):
+        return n.where
+    if isinstance(n, Funnel):
+        return tuple(f for s in n.steps for f in s.where)
+    return ()
+
+
 def computed_refs(node: Node) -> set[str]:
-    """Keys of the computed traits a definition reads."""
-    return {n.key for n in iter_nodes(node) if isinstance(n, Computed)}
+    """Keys of the computed traits a definition reads (conditions and ``ref.computed``)."""
+    out: set[str] = set()
+    for n in iter_nodes(node):
+        if isinstance(n, Computed):
+            out.add(n.key)
+        out |= {f.ref.computed for f in node_filters(n) if isinstance(f.ref, ComputedRef)}
+    return out
 
 
 def trait_refs(node: Node) -> set[str]:
@@ -957,12 +984,7 @@ def trait_refs(node: Node) -> set[str]:
     for n in iter_nodes(node):
         if isinstance(n, Trait):
             out.add(n.name)
-        filters: tuple[Filter, ...] = ()
-        if isinstance(n, Event):
-            filters = n.where
-        elif isinstance(n, Funnel):
-            filters = tuple(f for s in n.steps for f in s.where)
-        out |= {f.ref.trait for f in filters if isinstance(f.ref, TraitRef)}
+        out |= {f.ref.trait for f in node_filters(n) if isinstance(f.ref, TraitRef)}
     return out
 
 
@@ -971,15 +993,26 @@ def computed_trait_refs(defn: ComputedTraitDef) -> set[str]:
     return {f.ref.trait for f in defn.where if isinstance(f.ref, TraitRef)}
 
 
-def find_cycle(definitions: Mapping[str, Any]) -> str | None:
-    """The first audience-reference cycle among ``definitions`` (key -> parsed or raw
-    definition), spelled out like ``a -> b -> a``; None when there is none.
+def computed_trait_dependencies(defn: ComputedTraitDef) -> set[str]:
+    """Keys of the computed traits a computed trait's filters compare with
+    (``ref.computed``): they are evaluated before it."""
+    return {f.ref.computed for f in defn.where if isinstance(f.ref, ComputedRef)}
+
+
+RefsOf = Callable[[Any], Collection[str]]
+
+
+def find_cycle(definitions: Mapping[str, Any], refs: RefsOf = audience_refs) -> str | None:
+    """The first reference cycle among ``definitions`` (key -> parsed or raw
+    definition), spelled out like ``a -> b -> a``; None when there is none. ``refs``
+    gives the keys a definition references: audiences by default, or computed traits'
+    ``ref.computed`` keys among computed traits.
 
     To check an update, pass the stored definitions with the new one substituted.
     References to keys missing from the mapping are ignored here (they are a separate
     "unknown audience" error for the caller).
     """
-    graph = {k: sorted(audience_refs(v)) for k, v in definitions.items()}
+    graph = {k: sorted(refs(v)) for k, v in definitions.items()}
     state: dict[str, int] = {}  # 1 = on the stack, 2 = done
 
     def visit(k: str, stack: list[str]) -> str | None:
@@ -1007,14 +1040,17 @@ def find_cycle(definitions: Mapping[str, Any]) -> str | None:
     return None
 
 
-def dependency_order(definitions: Mapping[str, Any]) -> list[str]:
-    """Keys ordered so that every audience comes after those it references.
+def dependency_order(
+    definitions: Mapping[str, Any], refs: RefsOf = audience_refs, what: str = "audience"
+) -> list[str]:
+    """Keys ordered so that every definition comes after those it references (``refs``
+    as in ``find_cycle``; ``what`` names the kind in the error).
 
     Raises ``DefinitionError`` naming the cycle if there is one.
     """
-    cyc = find_cycle(definitions)
+    cyc = find_cycle(definitions, refs)
     if cyc:
-        raise DefinitionError([("", f"audience reference cycle: {cyc}")])
+        raise DefinitionError([("", f"{what} reference cycle: {cyc}")])
     done: list[str] = []
     seen: set[str] = set()
 
@@ -1022,7 +1058,7 @@ def dependency_order(definitions: Mapping[str, Any]) -> list[str]:
         if k in seen:
             return
         seen.add(k)
-        for d in sorted(audience_refs(definitions[k])):
+        for d in sorted(refs(definitions[k])):
             if d in definitions:
                 visit(d)
         done.append(k)

@@ -23,6 +23,7 @@ from services.segmentation.language import (
     AnyOf,
     AudienceRef,
     Computed,
+    ComputedRef,
     ComputedTraitDef,
     Count,
     Event,
@@ -50,6 +51,7 @@ __all__ = [
     "get_property",
     "json_equal",
     "match_value",
+    "ref_value",
     "trait_value",
     "value_order_key",
 ]
@@ -248,19 +250,27 @@ def _in_window(t: int, window: Window | None, now_us: int) -> bool:
     return lo < t <= hi
 
 
+def ref_value(ref: TraitRef | ComputedRef, p: ProfileData) -> Any:
+    """The profile's value a trait or computed ref reads, or MISSING (null is missing)."""
+    if isinstance(ref, TraitRef):
+        return trait_value(p.traits, ref.trait)
+    value = p.computed.get(ref.computed)
+    return MISSING if value is None else value
+
+
 def _filter_ok(
     f: Filter,
     event: Mapping[str, Any],
-    traits: Mapping[str, Any],
+    p: ProfileData,
     chain: Sequence[Mapping[str, Any]] = (),
 ) -> bool:
     actual = get_property(event.get("properties"), f.property)
     if f.ref is None:
         return match_value(f.op, actual, f.value)
-    if isinstance(f.ref, TraitRef):
-        ref_val = trait_value(traits, f.ref.trait)
-    else:
+    if isinstance(f.ref, StepRef):
         ref_val = get_property(chain[f.ref.step].get("properties"), f.ref.property)
+    else:
+        ref_val = ref_value(f.ref, p)
     if ref_val is None or ref_val is MISSING:
         return False  # a filter whose referenced value is missing matches no event
     return match_value(f.op, actual, ref_val)
@@ -277,7 +287,7 @@ def _matching(
     where: Sequence[Filter],
     window: Window | None,
     now_us: int,
-    traits: Mapping[str, Any],
+    p: ProfileData,
 ) -> list[Mapping[str, Any]]:
     out = [
         e
@@ -285,7 +295,7 @@ def _matching(
         if e.get("type") == etype
         and e.get("name") == name
         and _in_window(e["timestamp_us"], window, now_us)
-        and all(_filter_ok(f, e, traits) for f in where)
+        and all(_filter_ok(f, e, p) for f in where)
     ]
     out.sort(key=_order)
     return out
@@ -295,7 +305,7 @@ def _matching(
 
 
 def _funnel_chains(
-    node: Funnel, events: Sequence[Mapping[str, Any]], traits: Mapping[str, Any], now_us: int
+    node: Funnel, events: Sequence[Mapping[str, Any]], p: ProfileData, now_us: int
 ) -> list[tuple[Mapping[str, Any], list[Mapping[str, Any]] | None]]:
     """For every first-step event inside the window: the completing chain found from it
     (a list of step events), or None when none exists among events up to now."""
@@ -305,9 +315,7 @@ def _funnel_chains(
     for i, s in enumerate(steps):
         static = [f for f in s.where if not isinstance(f.ref, StepRef)]
         cands.append(
-            _matching(
-                events, s.type, s.name, static, node.window if i == 0 else None, now_us, traits
-            )
+            _matching(events, s.type, s.name, static, node.window if i == 0 else None, now_us, p)
         )
     dyn = [[f for f in s.where if isinstance(f.ref, StepRef)] for s in steps]
     referenced = {f.ref.step for fs in dyn for f in fs if isinstance(f.ref, StepRef)}
@@ -324,7 +332,7 @@ def _funnel_chains(
                 continue
             if t > deadline:
                 break
-            if all(_filter_ok(f, e, traits, chain) for f in dyn[i]):
+            if all(_filter_ok(f, e, p, chain) for f in dyn[i]):
                 chain.append(e)
                 if extend(chain, deadline):
                     return True
@@ -383,7 +391,7 @@ def _eval(node: Node, p: ProfileData, now: int, explain: bool) -> Explanation:
         r = _eval(node.child, p, now, explain)
         return Explanation("not", not r.value, {}, [r])
     if isinstance(node, Event):
-        m = _matching(p.events, node.type, node.name, node.where, node.window, now, p.traits)
+        m = _matching(p.events, node.type, node.name, node.where, node.window, now, p)
         ok = _count_ok(node.count, len(m))
         d: dict[str, Any] = {}
         if explain:
@@ -396,6 +404,7 @@ def _eval(node: Node, p: ProfileData, now: int, explain: bool) -> Explanation:
             }
             if node.window is not None:
                 d["window_us"] = list(node.window.bounds(now))
+            d.update(_ref_detail(node.where, p))
         return Explanation("event", ok, d)
     if isinstance(node, Trait):
         actual = trait_value(p.traits, node.name)
@@ -419,7 +428,7 @@ def _eval(node: Node, p: ProfileData, now: int, explain: bool) -> Explanation:
             "prediction", ok, {"key": node.key, node.metric: score} if explain else {}
         )
     if isinstance(node, Funnel):
-        res = _funnel_chains(node, p.events, p.traits, now)
+        res = _funnel_chains(node, p.events, p, now)
         if node.completed:
             ok = any(c is not None for _, c in res)
         else:
@@ -435,6 +444,7 @@ def _eval(node: Node, p: ProfileData, now: int, explain: bool) -> Explanation:
                 "abandoned_first_seqs": [e0["seq"] for e0, c in res if c is None][
                     :EXPLAIN_SEQ_LIMIT
                 ],
+                **_ref_detail([f for s in node.steps for f in s.where], p),
             }
         return Explanation("funnel", ok, d)
     if isinstance(node, Account):
@@ -453,6 +463,23 @@ def _eval(node: Node, p: ProfileData, now: int, explain: bool) -> Explanation:
             kids if explain else [],
         )
     raise TypeError(f"not a node: {node!r}")
+
+
+def _ref_detail(filters: Sequence[Filter], p: ProfileData) -> dict[str, Any]:
+    """The profile's values the filters' trait and computed refs compared events with
+    (``{"refs": [{"trait": T, "value": V}, {"computed": K, "value": V}]}``; a missing
+    value is null, and matched no event); nothing when no filter has such a ref."""
+    refs: dict[tuple[str, str], dict[str, Any]] = {}
+    for f in filters:
+        if isinstance(f.ref, TraitRef):
+            kind, name = "trait", f.ref.trait
+        elif isinstance(f.ref, ComputedRef):
+            kind, name = "computed", f.ref.computed
+        else:
+            continue
+        value = ref_value(f.ref, p)
+        refs[(kind, name)] = {kind: name, "value": None if value is MISSING else value}
+    return {"refs": list(refs.values())} if refs else {}
 
 
 def _value_detail(name: str, actual: Any, op: str, operand: Any, explain: bool) -> dict[str, Any]:
@@ -476,15 +503,16 @@ def compute_trait(
     events: Sequence[Mapping[str, Any]],
     now_us: int,
     traits: Mapping[str, Any] | None = None,
+    computed: Mapping[str, Any] | None = None,
 ) -> Any:
     """The value of a computed trait over one profile's events at ``now_us``; `traits`
-    are the profile's current traits, which filters with ``ref.trait`` compare with.
+    are the profile's current traits and `computed` its values of other computed traits,
+    which filters with ``ref.trait`` and ``ref.computed`` compare with.
 
     No value gives 0 for event_count, unique_count and sum, and None (null) otherwise.
     """
-    matched = _matching(
-        events, defn.event_type, defn.event, defn.where, defn.window, now_us, traits or {}
-    )
+    p = ProfileData(events=events, traits=traits or {}, computed=computed or {})
+    matched = _matching(events, defn.event_type, defn.event, defn.where, defn.window, now_us, p)
     if defn.type == "event_count":
         return len(matched)
     assert defn.property is not None

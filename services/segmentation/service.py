@@ -24,6 +24,7 @@ from services.segmentation.definitions import (
     audience_violations,
     check_key,
     check_name,
+    computed_dependencies_raw,
     computed_refs_raw,
     computed_violations,
     decode_json,
@@ -51,7 +52,7 @@ from services.segmentation.model import (
     Progress,
 )
 from services.segmentation.reference import ProfileData, explain
-from services.segmentation.store import SegmentationStore
+from services.segmentation.store import Scratch, SegmentationStore
 from services.shared.clock import Clock
 from services.shared.errors import (
     AlreadyExists,
@@ -422,7 +423,9 @@ class Segmentation:
         check_name(name, "computed_trait.name", violations)
         raw = decode_json(definition, "computed_trait.definition", violations)
         if raw is not None:
-            violations += computed_violations(raw, "computed_trait.definition")
+            violations += computed_violations(
+                raw, "computed_trait.definition", key=key, computed=await self._computed_defs(ws)
+            )
         reject(violations)
         if await self._store.get_computed(ws, key) is not None:
             raise AlreadyExists(f"computed trait {key!r} already exists")
@@ -469,7 +472,12 @@ class Segmentation:
         if definition:
             raw = decode_json(definition, "computed_trait.definition", violations)
             if raw is not None:
-                violations += computed_violations(raw, "computed_trait.definition")
+                violations += computed_violations(
+                    raw,
+                    "computed_trait.definition",
+                    key=key,
+                    computed=await self._computed_defs(ws),
+                )
         reject(violations)
         record = await self._store.save_computed(
             ws,
@@ -485,7 +493,7 @@ class Segmentation:
         return record
 
     async def delete_computed_trait(self, ws: str, key: str) -> None:
-        """Delete a computed trait no audience reads."""
+        """Delete a computed trait no audience or other computed trait reads."""
         await self.get_computed_trait(ws, key)
         stored = await self._store.audience_definitions(ws)
         users = dependents(key, {k: a.definition for k, a in stored.items()}, computed_refs_raw)
@@ -493,8 +501,17 @@ class Segmentation:
             raise FailedPrecondition(
                 f"computed trait {key!r} is used by audiences {', '.join(users)}"
             )
+        readers = dependents(key, await self._computed_defs(ws), computed_dependencies_raw)
+        if readers:
+            raise FailedPrecondition(
+                f"computed trait {key!r} is used by computed traits {', '.join(readers)}"
+            )
         pids = await self._store.delete_computed(ws, key)
         await self._hot.computed(ws, key, {}, pids)
+
+    async def _computed_defs(self, ws: str) -> dict[str, Any]:
+        """Every stored computed trait's definition by key."""
+        return {c.key: c.definition for c in await self._store.list_computed(ws)}
 
     async def _backfill_computed(self, ws: str, record: ComputedTraitRecord) -> None:
         try:
@@ -579,30 +596,53 @@ class Segmentation:
         computed_keys = computed_refs_raw(raw).union(
             *(computed_refs_raw(d) for d in needed.values())
         )
-        computed = {c.key: c for c in await self._store.list_computed(ws)}
+        computed = await self._computed_defs(ws)
         if account_level:
             await self._store.accounts.register(ws)  # ids outlive the scratch rollback
         async with self._store.scratch(ws) as scratch:
-            for k in sorted(computed_keys):
-                values = await scratch.evaluate_computed(computed[k].definition, now)
-                await scratch.replace_computed(k, values)
+            await self._computed_as_of(scratch, computed_keys, computed, now)
             for k in dependency_order(needed):
                 members = await scratch.evaluate_audience(needed[k], now)
                 await scratch.replace_members(stored[k].audience_id, members)
             return await scratch.evaluate_audience(raw, now, account_level)
 
+    @staticmethod
+    async def _computed_as_of(
+        scratch: Scratch, keys: Collection[str], computed: Mapping[str, Any], now: int
+    ) -> None:
+        """Evaluate the computed traits `keys` and those they reference (transitively)
+        at `now` into `scratch`, each after the ones it references."""
+        needed: dict[str, Any] = {}
+        pending = sorted(keys)
+        while pending:
+            k = pending.pop()
+            if k in needed or k not in computed:
+                continue
+            needed[k] = computed[k]
+            pending += sorted(computed_dependencies_raw(needed[k]))
+        for k in dependency_order(needed, computed_dependencies_raw, "computed trait"):
+            await scratch.replace_computed(k, await scratch.evaluate_computed(needed[k], now))
+
     async def preview_computed_trait(
         self, ws: str, *, definition: bytes, as_of_us: int | None, sample_limit: int
     ) -> ComputedPreview:
-        """Values of an unsaved computed trait per profile at `as_of_us` (default now)."""
+        """Values of an unsaved computed trait per profile at `as_of_us` (default now).
+        Filters comparing with other computed traits read their stored values, or at
+        `as_of_us` their values evaluated then."""
         violations: list[FieldViolation] = []
         raw = decode_json(definition, "definition", violations)
+        computed = await self._computed_defs(ws)
         if raw is not None:
-            violations += computed_violations(raw, "definition")
+            violations += computed_violations(raw, "definition", computed=computed)
         reject(violations)
         limit = _sample_size(sample_limit, "sample_limit")
         now = self._now(as_of_us)
-        values = await self._store.evaluate_computed(ws, raw, now)
+        if as_of_us is None:
+            values = await self._store.evaluate_computed(ws, raw, now)
+        else:
+            async with self._store.scratch(ws) as scratch:
+                await self._computed_as_of(scratch, computed_dependencies_raw(raw), computed, now)
+                values = await scratch.evaluate_computed(raw, now)
         chosen = sorted(values)[:limit]
         refs = await self._store.refs(ws, chosen)
         return ComputedPreview(
@@ -626,8 +666,15 @@ class Segmentation:
             if audience_key:
                 layers = [[await self._audience(ws, audience_key, "audience_key")]]
             else:
-                for record in await self._store.list_computed(ws):
-                    await self._recompute_computed_isolated(ws, record, now, run)
+                records = {c.key: c for c in await self._store.list_computed(ws)}
+                # Each after the computed traits its filters compare with.
+                for k in dependency_order(
+                    {k: c.definition for k, c in records.items()},
+                    computed_dependencies_raw,
+                    "computed trait",
+                ):
+                    if not run.blocked_computed(records[k]):
+                        await self._recompute_computed_isolated(ws, records[k], now, run)
                 stored = await self._store.audience_definitions(ws)
                 order = dependency_layers({k: a.definition for k, a in stored.items()})
                 layers = [[stored[k] for k in layer] for layer in order]
@@ -904,6 +951,18 @@ class _Run:
     def failed(self, kind: str, key: str, reason: str) -> None:
         self.failures.append(RecomputeFailure(kind, key, reason))
         self._failed[kind].add(key)
+
+    def blocked_computed(self, record: ComputedTraitRecord) -> bool:
+        """Whether computed trait `record` compares with a failed one; if so it keeps
+        its values and is recorded as not recomputed (blocking its own readers)."""
+        bad = sorted(computed_dependencies_raw(record.definition) & self._failed[COMPUTED_TRAIT])
+        if bad:
+            self.failed(
+                COMPUTED_TRAIT,
+                record.key,
+                f"not recomputed: it references computed trait {bad[0]!r}, which failed",
+            )
+        return bool(bad)
 
     def blocked(self, audience: AudienceRecord) -> bool:
         """Whether `audience` reads a failed audience or computed trait; if so it is

@@ -65,6 +65,7 @@ from services.segmentation.language import (
     AnyOf,
     AudienceRef,
     Computed,
+    ComputedRef,
     ComputedTraitDef,
     Event,
     Filter,
@@ -78,6 +79,7 @@ from services.segmentation.language import (
     Window,
     computed_trait_refs,
     iter_nodes,
+    node_filters,
     parse_audience,
     parse_computed_trait,
     split_path,
@@ -557,6 +559,8 @@ class _AudienceCompiler:
         self.event_cols: dict[str, str] = {}  # _event_key -> column
         self.trait_cols: dict[str, str] = {}
         self.computed: dict[str, Any] = {}
+        # computed key -> its stored values, read by filters with ``ref.computed``
+        self.computed_refs: dict[str, Any] = {}
         self.funnels = 0  # numbers the funnels' derived tables
         self.merged_uses = 0  # numbers the merged-profile joins
         self.u: Any = None
@@ -677,16 +681,41 @@ class _AudienceCompiler:
             return _match_lit(self.d, v, f.op, f.value)
         if isinstance(f.ref, TraitRef):
             ref = self.trait_value(f.ref.trait)
+        elif isinstance(f.ref, ComputedRef):
+            ref = self.stored_value(self.computed_refs[f.ref.computed])
         else:
             ref = self.d.prop(chain[f.ref.step].c.properties, f.ref.property)
         return _match_dyn(self.d, v, f.op, ref)
 
-    def _with_traits(self, src: Any, pid: Any, filters: Sequence[Filter]) -> Any:
-        """`src` (events) joined to the traits pass on canonical id `pid`, only when one
-        of `filters` compares against a trait: otherwise every event row would carry it."""
-        if self.t is None or not any(isinstance(f.ref, TraitRef) for f in filters):
-            return src
-        return src.outerjoin(self.t, self.t.c.pid == pid)
+    def stored_value(self, cv: Any) -> JV:
+        """The value of a row of ``computed_trait_values`` (an alias joined by key)."""
+        if self.d.name == "postgresql":
+            return JV(cv.c.value)
+        return self.d.decode(cast(cv.c.value, Text))
+
+    def register_computed_refs(self, filters: Sequence[Filter]) -> None:
+        """An alias of ``computed_trait_values`` per computed key `filters` compare with."""
+        for f in filters:
+            if isinstance(f.ref, ComputedRef) and f.ref.computed not in self.computed_refs:
+                alias = seg.computed_trait_values.alias(f"cr{len(self.computed_refs)}")
+                self.computed_refs[f.ref.computed] = alias
+
+    def join_computed(self, src: Any, cv: Any, key: str, pid: Any) -> Any:
+        """`src` joined to the stored value of computed trait `key` of canonical `pid`."""
+        return src.outerjoin(
+            cv, and_(cv.c.profile_id == pid, cv.c.key == key, cv.c.workspace_id == self.ws)
+        )
+
+    def with_refs(self, src: Any, pid: Any, filters: Sequence[Filter]) -> Any:
+        """`src` (events) joined on canonical id `pid` to the traits pass and to the stored
+        computed values that `filters` compare against, only those: otherwise every
+        event row would carry them."""
+        if self.t is not None and any(isinstance(f.ref, TraitRef) for f in filters):
+            src = src.outerjoin(self.t, self.t.c.pid == pid)
+        keys = sorted({f.ref.computed for f in filters if isinstance(f.ref, ComputedRef)})
+        for key in keys:
+            src = self.join_computed(src, self.computed_refs[key], key, pid)
+        return src
 
     def events_subquery(self) -> Any:
         """One GROUP BY pass counting, per profile, the events of every condition with
@@ -732,11 +761,11 @@ class _AudienceCompiler:
         filters = [f for n in self.event_leaves for f in n.where]
         src: Any = ev
         key: Any = ev.c.profile_id
-        if any(isinstance(f.ref, TraitRef) for f in filters):
-            # A filter compares against the person's trait: map each event to its
-            # canonical profile first.
+        if any(isinstance(f.ref, TraitRef | ComputedRef) for f in filters):
+            # A filter compares against the person's trait or computed value: map each
+            # event to its canonical profile first.
             src, key = self.to_canonical(src, ev.c.profile_id)
-            src = self._with_traits(src, key, filters)
+            src = self.with_refs(src, key, filters)
         where = [ev.c.workspace_id == self.ws, ev.c.timestamp_us <= self.now, or_(*arms)]
         if all(n.window is not None for n in self.event_leaves):
             # No condition counts events at or before the earliest window start: those
@@ -781,6 +810,7 @@ class _AudienceCompiler:
                 self.event_leaves.append(n)
             if isinstance(n, Computed) and n.key not in self.computed:
                 self.computed[n.key] = seg.computed_trait_values.alias(f"cv{len(self.computed)}")
+            self.register_computed_refs(node_filters(n))
 
     def sources(self, nodes: Sequence[Node]) -> Any:
         """The universe joined to the events rollup, the traits pass and the computed
@@ -790,7 +820,7 @@ class _AudienceCompiler:
         src = self.u
         if keys and self._events_read_traits(nodes):
             # An event filter compares against a trait: the events join the traits
-            # pass by canonical id (``_with_traits``), so it covers every profile.
+            # pass by canonical id (``with_refs``), so it covers every profile.
             self.t = self.traits_subquery(keys)
         if self.event_leaves:
             self.e = self.events_subquery()
@@ -801,30 +831,16 @@ class _AudienceCompiler:
             src = src.outerjoin(self.t, self.t.c.pid == self.u.c.pid)
         elif keys:
             src = self.own_traits(src, keys)
-        for key, cv in self.computed.items():
-            src = src.outerjoin(
-                cv,
-                and_(
-                    cv.c.profile_id == self.u.c.pid, cv.c.key == key, cv.c.workspace_id == self.ws
-                ),
-            )
+        # Computed values that filters compare with join here too: funnels with step
+        # references read them from inside their correlated EXISTS.
+        for key, cv in [*self.computed.items(), *self.computed_refs.items()]:
+            src = self.join_computed(src, cv, key, self.u.c.pid)
         return src
 
     @staticmethod
     def _events_read_traits(nodes: Sequence[Node]) -> bool:
         """Whether an event or funnel step filter of `nodes` compares against a trait."""
-        filters = [
-            f
-            for node in nodes
-            for n in iter_nodes(node)
-            for f in (
-                n.where
-                if isinstance(n, Event)
-                else [f for s in n.steps for f in s.where]
-                if isinstance(n, Funnel)
-                else []
-            )
-        ]
+        filters = [f for node in nodes for n in iter_nodes(node) for f in node_filters(n)]
         return any(isinstance(f.ref, TraitRef) for f in filters)
 
     def compile(self, node: Node) -> Select[Any]:
@@ -857,9 +873,7 @@ class _AudienceCompiler:
         if isinstance(n, Trait):
             return _b(_match_lit(d, self.trait_value(n.name), n.op, n.value))
         if isinstance(n, Computed):
-            cv = self.computed[n.key]
-            v = JV(cv.c.value) if d.name == "postgresql" else d.decode(cast(cv.c.value, Text))
-            return _b(_match_lit(d, v, n.op, n.value))
+            return _b(_match_lit(d, self.stored_value(self.computed[n.key]), n.op, n.value))
         if isinstance(n, AudienceRef):
             return self.audience_ref(n.key)
         if isinstance(n, Prediction):
@@ -944,7 +958,7 @@ class _AudienceCompiler:
             flags.append(_b(and_(*conds)).label(f"s{i}"))
         names = sorted({(s.type, s.name) for s in n.steps})
         src, pid = self.to_canonical(ev, ev.c.profile_id)
-        src = self._with_traits(src, pid, [f for s in n.steps for f in s.where])
+        src = self.with_refs(src, pid, [f for s in n.steps for f in s.where])
         where = [
             ev.c.workspace_id == self.ws,
             ev.c.timestamp_us <= self.now,
@@ -1167,7 +1181,10 @@ def compile_computed_trait(
         # A filter compares with the person's trait: the events join the traits pass
         # (the latest value per key across the merged set) on their canonical id.
         comp.t = comp.traits_subquery(sorted({k for t in trait_names for k in trait_row_keys(t)}))
-        src = src.outerjoin(comp.t, comp.t.c.pid == profiles.c.canonical_id)
+    # And with the person's stored values of the computed traits it references, which
+    # the caller evaluated first (``language.dependency_order``).
+    comp.register_computed_refs(defn.where)
+    src = comp.with_refs(src, profiles.c.canonical_id, defn.where)
     conds = [
         ev.c.workspace_id == workspace_id,
         ev.c.type == defn.event_type,

@@ -16,7 +16,13 @@ from services.shared.timestamps import timestamp_from_us
 from tests.helpers.grpc_client import bearer
 from tests.helpers.servers import ingest_and_segmentation
 from tests.integration.segmentation.apisupport import name_of
-from tests.unit.segmentation.conformance_cases import case_by_name, case_names, close, to_us
+from tests.unit.segmentation.conformance_cases import (
+    case_by_name,
+    case_names,
+    close,
+    computed_order,
+    to_us,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -67,11 +73,11 @@ async def test_case(name: str, database_url: str, redis_url: str, workspace) -> 
             reply = await ingest.Batch(ingest_pb2.BatchRequest(events=chunk), metadata=write)
             assert reply.rejected == 0, [r for r in reply.results if r.violations][:3]
 
-        for key, definition in case["computed_traits"].items():
+        for key in computed_order(case):  # a referenced computed trait must exist
             await seg.CreateComputedTrait(
                 segmentation_pb2.CreateComputedTraitRequest(
                     computed_trait=segmentation_pb2.ComputedTrait(
-                        key=key, definition=orjson.dumps(definition)
+                        key=key, definition=orjson.dumps(case["computed_traits"][key])
                     ),
                     skip_backfill=True,
                 ),

@@ -17,7 +17,7 @@ from services.segmentation import tables as seg
 from services.segmentation.language import parse_computed_trait
 from services.segmentation.sql import evaluate_computed_trait
 from services.shared.db.tables import events, identities, metadata, profile_traits, profiles
-from tests.unit.segmentation.conformance_cases import Resolved, close
+from tests.unit.segmentation.conformance_cases import Resolved, close, computed_order
 
 PG_URL = os.environ.get(
     "SEGMENTATION_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -168,10 +168,12 @@ async def load_resolved(engine: AsyncEngine, r: Resolved, ws: str = WS) -> dict[
 async def check_sql_computed(
     engine: AsyncEngine, case: dict[str, Any], r: Resolved, names: dict[int, str]
 ) -> None:
-    """Evaluate every computed trait of `case` in SQL, assert the values equal the
-    expected ones and store them for the audiences that read them."""
+    """Evaluate every computed trait of `case` in SQL (each after those it references),
+    assert the values equal the expected ones and store them for the audiences and
+    computed traits that read them."""
     bad = []
-    for key, raw in case["computed_traits"].items():
+    for key in computed_order(case):
+        raw = case["computed_traits"][key]
         async with engine.connect() as conn:
             values = await evaluate_computed_trait(
                 conn, parse_computed_trait(raw), workspace_id=WS, now_us=r.now_us

@@ -1,7 +1,8 @@
 """Property, on Postgres: dotted trait names (trait conditions and event filters that
-compare with a trait) and computed traits whose filters compare with a trait agree with
-the reference evaluator, on the random histories of test_sql_vs_reference (which holds
-SQLite to the same and covers the rest of the language)."""
+compare with a trait), event conditions and funnels comparing with a stored computed
+trait, and computed traits whose filters compare with a trait or a computed trait agree
+with the reference evaluator, on the random histories of test_sql_vs_reference (which
+holds SQLite to the same and covers the rest of the language)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from tests.integration.segmentation.test_sql_vs_reference import (
     NOW,
     _ws_counter,
     computed_defs,
+    computed_ref_nodes,
     histories,
     load,
     trait_path_nodes,
@@ -52,10 +54,25 @@ async def _run(
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+@given(hist=histories(), definition=computed_ref_nodes())
+async def test_computed_refs_match_reference_on_postgres(
+    pg: AsyncEngine, hist: list[dict[str, Any]], definition: Any
+) -> None:
+    await _check_members(pg, hist, definition)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(hist=histories(paths=True), definition=trait_path_nodes())
 async def test_trait_paths_match_reference_on_postgres(
     pg: AsyncEngine, hist: list[dict[str, Any]], definition: Any
 ) -> None:
+    await _check_members(pg, hist, definition)
+
+
+async def _check_members(pg: AsyncEngine, hist: list[dict[str, Any]], definition: Any) -> None:
+    """The members of `definition` over `hist` in Postgres are the reference's."""
     node = parse_audience(definition)
     data, rows = await _run(
         pg, hist, lambda ws: compile_audience(node, workspace_id=ws, now_us=NOW, dialect=PG)
@@ -81,7 +98,9 @@ async def test_computed_trait_refs_match_reference_on_postgres(
         pg, hist, lambda ws: compile_computed_trait(cdef, workspace_id=ws, now_us=NOW, dialect=PG)
     )
     values = {r[0]: r[1] for r in rows}
-    expected = {pid: compute_trait(cdef, p.events, NOW, p.traits) for pid, p in data.items()}
+    expected = {
+        pid: compute_trait(cdef, p.events, NOW, p.traits, p.computed) for pid, p in data.items()
+    }
     assert values.keys() == expected.keys()
     for pid in expected:
         assert close(values[pid], expected[pid]), (computed, pid, values[pid], expected, hist)

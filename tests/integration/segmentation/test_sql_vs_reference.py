@@ -1,8 +1,9 @@
 """Property: the SQL evaluator (on SQLite) and the reference evaluator agree on random
 small histories and random definitions, including merged profiles, timestamp ties,
 events after now, JSON type edge cases (1 vs 1.0 vs "1" vs true), funnel refs, dotted
-trait names (nested values, a literal dotted key, arrays and scalars in the way) and
-computed traits whose filters compare with a trait."""
+trait names (nested values, a literal dotted key, arrays and scalars in the way), and
+filters comparing with a trait or with a stored computed trait (``ref.computed``: every
+value type, null, or no row) in audiences, funnels and computed traits."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from services.segmentation.language import FILTER_OPS, parse_audience, parse_computed_trait
 from services.segmentation.reference import ProfileData, compute_trait, evaluate
 from services.segmentation.sql import compile_audience, compile_audiences, compile_computed_trait
+from services.segmentation.tables import computed_trait_values
 from services.shared.db.tables import events, metadata, profile_traits, profiles
 from tests.unit.segmentation.conformance_cases import close
 
@@ -78,23 +80,34 @@ def literal_for(op: str) -> st.SearchStrategy[Any]:
 
 
 REF_OPS = ["eq", "neq", "gt", "gte", "lt", "lte", "contains", "starts_with"]
+# The key of the stored computed trait every history gives its profiles a value of (or
+# not); filters compare with it by ``ref.computed``.
+COMPUTED_KEY = "cv"
 trait_ref_filters = st.builds(
     lambda path, op, name: {"property": path, "op": op, "ref": {"trait": name}},
     st.sampled_from(PATHS),
     st.sampled_from(REF_OPS),
     st.sampled_from(TRAIT_NAMES),
 )
+computed_ref_filters = st.builds(
+    lambda path, op: {"property": path, "op": op, "ref": {"computed": COMPUTED_KEY}},
+    st.sampled_from(PATHS),
+    st.sampled_from(REF_OPS),
+)
+ref_filters = st.one_of(trait_ref_filters, computed_ref_filters)
 
 
 @st.composite
 def filters(draw: st.DrawFn, step: int | None = None) -> dict[str, Any]:
     path = draw(st.sampled_from(PATHS))
     if draw(st.integers(0, 3)) == 0:
-        ref: dict[str, Any] = {"trait": draw(st.sampled_from(TRAIT_NAMES))}
+        refs: list[dict[str, Any]] = [
+            {"trait": draw(st.sampled_from(TRAIT_NAMES))},
+            {"computed": COMPUTED_KEY},
+        ]
         if step:
-            ref = draw(
-                st.sampled_from([ref, {"step": 0, "property": draw(st.sampled_from(PATHS))}])
-            )
+            refs.append({"step": 0, "property": draw(st.sampled_from(PATHS))})
+        ref = draw(st.sampled_from(refs))
         return {"property": path, "op": draw(st.sampled_from(REF_OPS)), "ref": ref}
     op = draw(st.sampled_from(OPS))
     f = {"property": path, "op": op}
@@ -175,7 +188,8 @@ trees = st.recursive(
 
 @st.composite
 def computed_defs(draw: st.DrawFn, with_ref: bool = False) -> dict[str, Any]:
-    """A computed trait; `with_ref`: its first filter compares with a trait."""
+    """A computed trait; `with_ref`: its first filter compares with a trait or with the
+    stored computed trait."""
     t = draw(
         st.sampled_from(
             [
@@ -196,7 +210,7 @@ def computed_defs(draw: st.DrawFn, with_ref: bool = False) -> dict[str, Any]:
     if t != "event_count":
         d["property"] = draw(st.sampled_from(["p", "q.r"]))
     if with_ref:
-        d["where"] = [draw(trait_ref_filters), *draw(st.lists(filters(), max_size=1))]
+        d["where"] = [draw(ref_filters), *draw(st.lists(filters(), max_size=1))]
     elif draw(st.booleans()):
         d["where"] = draw(st.lists(filters(), max_size=2))
     w = draw(windows)
@@ -246,7 +260,14 @@ def histories(draw: st.DrawFn, paths: bool = False) -> list[dict[str, Any]]:
                         "timestamp_us": NOW - draw(st.integers(0, 3)) * HOUR,
                     }
                 )
-        out.append({"rows": rows, "events": evs, "traits": traits})
+        # The stored computed value: none (no row), or a row holding any value (null too).
+        computed = draw(
+            st.one_of(
+                st.just({}),
+                st.builds(lambda v: {COMPUTED_KEY: v}, st.sampled_from([*PROP_VALUES, 2, "b"])),
+            )
+        )
+        out.append({"rows": rows, "events": evs, "traits": traits, "computed": computed})
     return out
 
 
@@ -327,13 +348,46 @@ def load(conn: Any, ws: str, hist: list[dict[str, Any]]) -> dict[int, ProfileDat
             ):
                 best[t["key"]] = t
         traits = {k: t["value"] for k, t in best.items() if t["value"] is not None}
-        out[canonical] = ProfileData(events=evs, traits=traits)
+        computed = h.get("computed", {})
+        if computed:
+            # Stored on the canonical profile, as a recompute does.
+            conn.execute(
+                computed_trait_values.insert(),
+                [
+                    {
+                        "workspace_id": ws,
+                        "profile_id": canonical,
+                        "key": k,
+                        "value": v if v is not None else sa.null(),
+                        "computed_at_us": 0,
+                    }
+                    for k, v in computed.items()
+                ],
+            )
+        out[canonical] = ProfileData(events=evs, traits=traits, computed=computed)
     return out
 
 
 def _members(conn: Any, ws: str, node: Any) -> set[int]:
     q = compile_audience(node, workspace_id=ws, now_us=NOW, dialect="sqlite")
     return {r[0] for r in conn.execute(q)}
+
+
+@st.composite
+def computed_ref_nodes(draw: st.DrawFn) -> dict[str, Any]:
+    """An event condition or a funnel (whose last step may also compare with the first
+    step's event) with a filter comparing with the stored computed trait."""
+    ref = draw(computed_ref_filters)
+    if draw(st.booleans()):
+        return {"event": {"name": draw(st.sampled_from(["A", "B"])), "where": [ref]}}
+    at = draw(st.integers(0, 1))  # the step comparing with the computed trait
+    other: dict[str, Any] = {"name": draw(st.sampled_from(["A", "B"]))}
+    if draw(st.booleans()):
+        other["where"] = [draw(filters(step=1 - at))]
+    steps = [other, other]
+    steps[at] = {"name": draw(st.sampled_from(["A", "B"])), "where": [ref]}
+    body = {"steps": steps, "within_seconds": draw(st.sampled_from([3600, 86400]))}
+    return {"funnel": {**body, "completed": draw(st.booleans())}}
 
 
 @st.composite
@@ -362,6 +416,23 @@ def test_trait_paths_match_reference(
         assert _members(conn, ws, node) == want, (definition, hist)
 
 
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(hist=histories(), definition=computed_ref_nodes())
+def test_computed_refs_match_reference(
+    engine: Any, hist: list[dict[str, Any]], definition: Any
+) -> None:
+    """Event conditions and funnel steps comparing with a stored computed trait, singled
+    out: in the mixed trees above they are one filter among many."""
+    ws = f"cvref{next(_ws_counter)}"
+    node = parse_audience(definition)
+    with engine.begin() as conn:
+        data = load(conn, ws, hist)
+        want = {pid for pid, p in data.items() if evaluate(node, p, NOW)}
+        assert _members(conn, ws, node) == want, (definition, hist)
+
+
 def _computed_values(conn: Any, ws: str, cdef: Any) -> dict[int, Any]:
     q = compile_computed_trait(cdef, workspace_id=ws, now_us=NOW, dialect="sqlite")
     return {r[0]: r[1] for r in conn.execute(q)}
@@ -380,7 +451,9 @@ def test_computed_trait_refs_match_reference(
     with engine.begin() as conn:
         data = load(conn, ws, hist)
         values = _computed_values(conn, ws, cdef)
-    expected = {pid: compute_trait(cdef, p.events, NOW, p.traits) for pid, p in data.items()}
+    expected = {
+        pid: compute_trait(cdef, p.events, NOW, p.traits, p.computed) for pid, p in data.items()
+    }
     assert values.keys() == expected.keys()
     for pid in expected:
         assert close(values[pid], expected[pid]), (computed, pid, values[pid], expected, hist)
@@ -414,7 +487,9 @@ def test_sql_matches_reference(
         assert {p for p, f in flags.items() if f[0]} == want, (definition, hist)
         assert {p for p, f in flags.items() if f[1]} == data.keys() - want, (definition, hist)
         values = _computed_values(conn, ws, cdef)
-        expected = {pid: compute_trait(cdef, p.events, NOW, p.traits) for pid, p in data.items()}
+        expected = {
+            pid: compute_trait(cdef, p.events, NOW, p.traits, p.computed) for pid, p in data.items()
+        }
         assert values.keys() == expected.keys()
         for pid in expected:
             assert close(values[pid], expected[pid]), (

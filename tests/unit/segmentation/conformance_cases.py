@@ -19,7 +19,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from services.segmentation.language import parse_computed_trait
+from services.segmentation.language import (
+    computed_trait_dependencies,
+    dependency_order,
+    parse_computed_trait,
+)
 from services.segmentation.reference import compute_trait
 from tests.unit.segmentation.own_cases import CASES as OWN_CASES
 
@@ -136,12 +140,13 @@ def close(a: Any, b: Any) -> bool:
 
 def reference_computed(case: dict[str, Any], r: Resolved) -> dict[str, dict[str, Any]]:
     """Every profile's computed-trait values by the reference evaluator (filters read the
-    profile's traits), asserted equal to the case's expected values."""
+    profile's traits and its values of the computed traits evaluated before), asserted
+    equal to the case's expected values."""
     defs = {k: parse_computed_trait(v) for k, v in case["computed_traits"].items()}
-    computed = {
-        pid: {k: compute_trait(d, evs, r.now_us, r.traits[pid]) for k, d in defs.items()}
-        for pid, evs in r.profile_events.items()
-    }
+    computed: dict[str, dict[str, Any]] = {pid: {} for pid in r.profile_events}
+    for k in computed_order(case):
+        for pid, evs in r.profile_events.items():
+            computed[pid][k] = compute_trait(defs[k], evs, r.now_us, r.traits[pid], computed[pid])
     bad = [
         (pid, k, computed[pid][k], v)
         for pid, vals in case["expected"]["computed"].items()
@@ -150,3 +155,9 @@ def reference_computed(case: dict[str, Any], r: Resolved) -> dict[str, dict[str,
     ]
     assert not bad, f"{len(bad)} computed values differ, e.g. {bad[:5]}"
     return computed
+
+
+def computed_order(case: dict[str, Any]) -> list[str]:
+    """The case's computed-trait keys, each after those its filters compare with."""
+    defs = {k: parse_computed_trait(v) for k, v in case["computed_traits"].items()}
+    return dependency_order(defs, computed_trait_dependencies, "computed trait")

@@ -2,8 +2,8 @@
 funnels, dynamic step and trait references, audience references with `not`, operators
 on missing and mistyped values, identity merges, page and screen conditions, window
 edges, dotted trait paths, late and retried events, and computed traits on mixed,
-missing and tied values, and computed traits whose filters compare with a trait. Same
-shape as
+missing and tied values, and filters comparing with a trait or with another computed
+trait (in audiences, funnels and computed traits). Same shape as
 tests/data/conformance/audiences.jsonl, and run beside those cases by every conformance
 test (conformance_cases.load_cases); the expected results are worked out by hand from
 design.md section 6 (comments say why)."""
@@ -737,6 +737,203 @@ CASES = [
             "u3": {"views_in_pref": 0, "max_price_elsewhere": None},
             "u4": {"views_in_pref": 0, "max_price_elsewhere": None},
             "u5": {"views_in_pref": 1, "max_price_elsewhere": None},
+        },
+    ),
+    _case(
+        # Filters comparing with the profile's computed traits: in audience event
+        # conditions, in funnel steps (with and without step refs) and in computed traits,
+        # three deep (fav_category -> views_in_fav -> orders_over_fav_views; listed
+        # readers first, and alphabetical order is not dependency order either).
+        "computed-refs",
+        [
+            ev("track", "u1", "Order Completed", "2025-01-05T10:00:00Z", props={"total": 10}),
+            ev("track", "u1", "Order Completed", "2025-01-06T10:00:00Z", props={"total": 30}),
+            ev("track", "u1", "Order Completed", "2025-01-07T10:00:00Z", props={"total": 50}),
+            ev(
+                "track", "u1", "Product Viewed", "2025-01-05T09:00:00Z", props={"category": "shoes"}
+            ),
+            ev(
+                "track", "u1", "Product Viewed", "2025-01-06T09:00:00Z", props={"category": "shoes"}
+            ),
+            ev("track", "u1", "Product Viewed", "2025-01-07T09:00:00Z", props={"category": "hats"}),
+            ev("track", "u2", "Order Completed", "2025-01-05T10:00:00Z", props={"total": 20}),
+            ev("track", "u2", "Order Completed", "2025-01-06T10:00:00Z", props={"total": 20}),
+            ev("track", "u2", "Product Viewed", "2025-01-05T09:00:00Z", props={"category": "hats"}),
+            ev(
+                "track", "u2", "Product Viewed", "2025-01-06T09:00:00Z", props={"category": "shoes"}
+            ),
+            ev("track", "u2", "Product Viewed", "2025-01-07T09:00:00Z", props={"category": "hats"}),
+            # No numeric total: u3's average is missing, so no order compares with it.
+            ev("track", "u3", "Order Completed", "2025-01-05T10:00:00Z", props={"total": "12.5"}),
+            ev("track", "u3", "Order Completed", "2025-01-06T10:00:00Z"),
+            # A tie (one each): the latest occurrence, shoes, is the favourite.
+            ev("track", "u4", "Product Viewed", "2025-01-05T09:00:00Z", props={"category": "hats"}),
+            ev(
+                "track", "u4", "Product Viewed", "2025-01-06T09:00:00Z", props={"category": "shoes"}
+            ),
+            ev("track", "u4", "Product Viewed", "2025-01-07T09:00:00Z", props={}),
+            # Two anonymous views, then a track linking a5 to u5: the merged person's
+            # favourite is shoes, and its anonymous views compare with it.
+            ev(
+                "track",
+                "anon:a5",
+                "Product Viewed",
+                "2025-01-05T09:00:00Z",
+                props={"category": "shoes"},
+            ),
+            ev(
+                "track",
+                "anon:a5",
+                "Product Viewed",
+                "2025-01-06T09:00:00Z",
+                props={"category": "shoes"},
+            ),
+            ev(
+                "track",
+                "u5",
+                "Product Viewed",
+                "2025-01-07T09:00:00Z",
+                anonymous_id="a5",
+                props={"category": "hats"},
+            ),
+            ev("track", "u5", "Order Completed", "2025-01-07T10:00:00Z", props={"total": 40}),
+        ],
+        {
+            "fav_fans": {"computed": {"key": "views_in_fav", "op": "gte", "value": 2}},
+            "big_spenders": {
+                "event": {
+                    "name": "Order Completed",
+                    "where": [{"property": "total", "op": "gt", "ref": {"computed": "avg_total"}}],
+                }
+            },
+            "off_average": {
+                "event": {
+                    "name": "Order Completed",
+                    "where": [{"property": "total", "op": "neq", "ref": {"computed": "avg_total"}}],
+                }
+            },
+            "not_off_average": {"not": {"audience": {"key": "off_average"}}},
+            "fav_then_order": {
+                "funnel": {
+                    "steps": [
+                        {
+                            "name": "Product Viewed",
+                            "where": [
+                                {
+                                    "property": "category",
+                                    "op": "eq",
+                                    "ref": {"computed": "fav_category"},
+                                }
+                            ],
+                        },
+                        {"name": "Order Completed"},
+                    ],
+                    "within_seconds": 3600,
+                }
+            },
+            "fav_then_other": {
+                "funnel": {
+                    "steps": [
+                        {
+                            "name": "Product Viewed",
+                            "where": [
+                                {
+                                    "property": "category",
+                                    "op": "eq",
+                                    "ref": {"computed": "fav_category"},
+                                }
+                            ],
+                        },
+                        {
+                            "name": "Product Viewed",
+                            "where": [
+                                {
+                                    "property": "category",
+                                    "op": "neq",
+                                    "ref": {"step": 0, "property": "category"},
+                                }
+                            ],
+                        },
+                    ],
+                    "within_seconds": 172800,
+                }
+            },
+        },
+        {
+            "fav_fans": ["u1", "u2", "u5"],
+            # 50 > 30; u2's and u5's orders equal their average; u3 has none.
+            "big_spenders": ["u1"],
+            # neq with a missing average (u3) matches no event either.
+            "off_average": ["u1"],
+            "not_off_average": ["u2", "u3", "u4", "u5"],
+            # u5 viewed shoes (its favourite) only days before its order.
+            "fav_then_order": ["u1", "u2"],
+            # u1's hats view comes exactly 48 hours after the first shoes view; u4's
+            # view without a category is neq shoes; u5's chain starts on a5's view.
+            "fav_then_other": ["u1", "u2", "u4", "u5"],
+        },
+        computed_traits={
+            "orders_over_fav_views": {
+                "type": "event_count",
+                "event": "Order Completed",
+                "where": [{"property": "total", "op": "gt", "ref": {"computed": "views_in_fav"}}],
+            },
+            "views_in_fav": {
+                "type": "event_count",
+                "event": "Product Viewed",
+                "where": [
+                    {"property": "category", "op": "eq", "ref": {"computed": "fav_category"}}
+                ],
+            },
+            "big_orders": {
+                "type": "event_count",
+                "event": "Order Completed",
+                "where": [{"property": "total", "op": "gt", "ref": {"computed": "avg_total"}}],
+            },
+            "fav_category": {
+                "type": "most_frequent",
+                "event": "Product Viewed",
+                "property": "category",
+            },
+            "avg_total": {"type": "avg", "event": "Order Completed", "property": "total"},
+        },
+        computed={
+            "u1": {
+                "avg_total": 30,
+                "fav_category": "shoes",
+                "views_in_fav": 2,
+                "big_orders": 1,
+                "orders_over_fav_views": 3,
+            },
+            "u2": {
+                "avg_total": 20,
+                "fav_category": "hats",
+                "views_in_fav": 2,
+                "big_orders": 0,
+                "orders_over_fav_views": 2,
+            },
+            # The string total is not a number ("12.5" > 0 is false) and one has none.
+            "u3": {
+                "avg_total": None,
+                "fav_category": None,
+                "views_in_fav": 0,
+                "big_orders": 0,
+                "orders_over_fav_views": 0,
+            },
+            "u4": {
+                "avg_total": None,
+                "fav_category": "shoes",
+                "views_in_fav": 1,
+                "big_orders": 0,
+                "orders_over_fav_views": 0,
+            },
+            "u5": {
+                "avg_total": 40,
+                "fav_category": "shoes",
+                "views_in_fav": 2,
+                "big_orders": 0,
+                "orders_over_fav_views": 1,
+            },
         },
     ),
 ]

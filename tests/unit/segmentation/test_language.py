@@ -9,6 +9,7 @@ import pytest
 from services.segmentation.language import (
     All,
     Between,
+    ComputedRef,
     Count,
     DefinitionError,
     Event,
@@ -18,6 +19,8 @@ from services.segmentation.language import (
     TraitRef,
     Within,
     audience_refs,
+    computed_refs,
+    computed_trait_dependencies,
     computed_trait_refs,
     dependency_layers,
     dependency_order,
@@ -152,7 +155,7 @@ def test_parses_funnel_refs() -> None:
         ),
         (
             ev(where=[{"property": "c", "op": "eq", "ref": {"nope": 1}}]),
-            ("event.where[0].ref", "must have trait or step"),
+            ("event.where[0].ref", "must have trait, computed or step"),
         ),
         (ev(window={"within_days": 0}), ("event.window.within_days", "must be greater than 0")),
         (ev(window={"within_days": -3}), ("event.window.within_days", "must be greater than 0")),
@@ -401,9 +404,18 @@ def test_valid_definitions_have_no_violations() -> None:
                 "type": "last",
                 "event": "E",
                 "property": "p",
-                "where": [{"property": "x", "op": "eq", "ref": {"computed": "c"}}],
+                "where": [{"property": "x", "op": "eq", "ref": {"computed": "c", "x": 1}}],
             },
-            ("where[0].ref.computed", "refs to computed traits are not supported"),
+            ("where[0].ref.x", "unknown field"),
+        ),
+        (
+            {
+                "type": "last",
+                "event": "E",
+                "property": "p",
+                "where": [{"property": "x", "op": "in", "ref": {"computed": "c"}}],
+            },
+            ("where[0].op", "in cannot take a ref"),
         ),
         ({"type": "last", "event": "E", "property": "p", "extra": 1}, ("extra", "unknown field")),
     ],
@@ -424,6 +436,65 @@ def test_computed_trait_filters_may_compare_with_traits() -> None:
     )
     assert d.where == (Filter("category", "eq", None, TraitRef("prefs.category")),)
     assert computed_trait_refs(d) == {"prefs.category"}
+
+
+def test_filters_may_compare_with_computed_traits() -> None:
+    where = [{"property": "total", "op": "gt", "ref": {"computed": "avg_total"}}]
+    d = parse_computed_trait({"type": "event_count", "event": "Order Completed", "where": where})
+    assert d.where == (Filter("total", "gt", None, ComputedRef("avg_total")),)
+    assert computed_trait_dependencies(d) == {"avg_total"}
+    assert computed_trait_refs(d) == set()
+    node = parse_audience(
+        {
+            "all": [
+                {"event": {"name": "Order Completed", "where": where}},
+                {"computed": {"key": "ltv", "op": "gt", "value": 1}},
+                {
+                    "funnel": {
+                        "steps": [
+                            {"name": "A"},
+                            {
+                                "name": "B",
+                                "where": [
+                                    {"property": "x", "op": "eq", "ref": {"computed": "fav"}}
+                                ],
+                            },
+                        ],
+                        "within_seconds": 60,
+                    }
+                },
+            ]
+        }
+    )
+    assert computed_refs(node) == {"avg_total", "ltv", "fav"}
+
+
+def test_computed_trait_cycles_and_order() -> None:
+    defs = {
+        "a": parse_computed_trait(
+            {"type": "max", "event": "E", "property": "p", "where": [cref("p", "b")]}
+        ),
+        "b": parse_computed_trait({"type": "sum", "event": "E", "property": "p"}),
+        "c": parse_computed_trait(
+            {"type": "event_count", "event": "E", "where": [cref("p", "a"), cref("q", "b")]}
+        ),
+    }
+    order = dependency_order(defs, computed_trait_dependencies, "computed trait")
+    assert order.index("b") < order.index("a") < order.index("c")
+    looped = {
+        **defs,
+        "b": parse_computed_trait(
+            {"type": "sum", "event": "E", "property": "p", "where": [cref("p", "c")]}
+        ),
+    }
+    assert find_cycle(looped, computed_trait_dependencies) == "a -> b -> c -> a"
+    with pytest.raises(DefinitionError, match="computed trait reference cycle: a -> b -> c -> a"):
+        dependency_order(looped, computed_trait_dependencies, "computed trait")
+
+
+def cref(prop: str, key: str) -> dict[str, Any]:
+    """A filter comparing `prop` with computed trait `key`."""
+    return {"property": prop, "op": "eq", "ref": {"computed": key}}
 
 
 def test_trait_row_keys_are_the_literal_name_and_its_first_part() -> None:
