@@ -61,7 +61,7 @@ EXPORT_FORMAT_FORMATTED: ExportFormat
 EXPORT_FORMAT_SINGLE_COLUMN: ExportFormat
 
 class Destination(_message.Message):
-    __slots__ = ("id", "name", "kind", "base_url", "directory", "file_format", "secret", "rate_limit_per_second", "has_secret", "created_at")
+    __slots__ = ("id", "name", "kind", "base_url", "directory", "file_format", "secret", "rate_limit_per_second", "has_secret", "created_at", "batch_size", "timeout_seconds")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,8 @@ class Destination(_message.Message):
     RATE_LIMIT_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     HAS_SECRET_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     kind: DestinationKind
@@ -82,7 +84,9 @@ class Destination(_message.Message):
     rate_limit_per_second: float
     has_secret: bool
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[DestinationKind, str]] = ..., base_url: _Optional[str] = ..., directory: _Optional[str] = ..., file_format: _Optional[str] = ..., secret: _Optional[str] = ..., rate_limit_per_second: _Optional[float] = ..., has_secret: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    batch_size: int
+    timeout_seconds: float
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[DestinationKind, str]] = ..., base_url: _Optional[str] = ..., directory: _Optional[str] = ..., file_format: _Optional[str] = ..., secret: _Optional[str] = ..., rate_limit_per_second: _Optional[float] = ..., has_secret: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., batch_size: _Optional[int] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
 
 class CreateDestinationRequest(_message.Message):
     __slots__ = ("destination",)
@@ -129,7 +133,7 @@ class DeleteDestinationResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class Sync(_message.Message):
-    __slots__ = ("id", "destination_id", "source", "source_key", "cadence", "cursor", "paused", "paused_reason", "max_removal_fraction", "created_at")
+    __slots__ = ("id", "destination_id", "source", "source_key", "cadence", "cursor", "paused", "paused_reason", "max_removal_fraction", "created_at", "id_type", "next_run_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +144,8 @@ class Sync(_message.Message):
     PAUSED_REASON_FIELD_NUMBER: _ClassVar[int]
     MAX_REMOVAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ID_TYPE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUN_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     destination_id: str
     source: SyncSource
@@ -150,7 +156,9 @@ class Sync(_message.Message):
     paused_reason: str
     max_removal_fraction: float
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., destination_id: _Optional[str] = ..., source: _Optional[_Union[SyncSource, str]] = ..., source_key: _Optional[str] = ..., cadence: _Optional[_Union[SyncCadence, str]] = ..., cursor: _Optional[int] = ..., paused: _Optional[bool] = ..., paused_reason: _Optional[str] = ..., max_removal_fraction: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    id_type: str
+    next_run_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., destination_id: _Optional[str] = ..., source: _Optional[_Union[SyncSource, str]] = ..., source_key: _Optional[str] = ..., cadence: _Optional[_Union[SyncCadence, str]] = ..., cursor: _Optional[int] = ..., paused: _Optional[bool] = ..., paused_reason: _Optional[str] = ..., max_removal_fraction: _Optional[float] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., id_type: _Optional[str] = ..., next_run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateSyncRequest(_message.Message):
     __slots__ = ("sync",)
@@ -203,7 +211,7 @@ class RunSyncRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class SyncRun(_message.Message):
-    __slots__ = ("id", "sync_id", "status", "added", "removed", "batches", "retries", "from_cursor", "to_cursor", "error", "started_at", "finished_at")
+    __slots__ = ("id", "sync_id", "status", "added", "removed", "batches", "retries", "from_cursor", "to_cursor", "error", "started_at", "finished_at", "skipped", "failed", "duration_ms", "dead_letters")
     ID_FIELD_NUMBER: _ClassVar[int]
     SYNC_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +224,10 @@ class SyncRun(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
     id: str
     sync_id: str
     status: str
@@ -228,7 +240,31 @@ class SyncRun(_message.Message):
     error: str
     started_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., sync_id: _Optional[str] = ..., status: _Optional[str] = ..., added: _Optional[int] = ..., removed: _Optional[int] = ..., batches: _Optional[int] = ..., retries: _Optional[int] = ..., from_cursor: _Optional[int] = ..., to_cursor: _Optional[int] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    skipped: int
+    failed: int
+    duration_ms: int
+    dead_letters: _containers.RepeatedCompositeFieldContainer[DeadLetter]
+    def __init__(self, id: _Optional[str] = ..., sync_id: _Optional[str] = ..., status: _Optional[str] = ..., added: _Optional[int] = ..., removed: _Optional[int] = ..., batches: _Optional[int] = ..., retries: _Optional[int] = ..., from_cursor: _Optional[int] = ..., to_cursor: _Optional[int] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., skipped: _Optional[int] = ..., failed: _Optional[int] = ..., duration_ms: _Optional[int] = ..., dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ...) -> None: ...
+
+class DeadLetter(_message.Message):
+    __slots__ = ("id", "idempotency_key", "first_seq", "last_seq", "status_code", "response_body", "changes", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_BODY_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    idempotency_key: str
+    first_seq: int
+    last_seq: int
+    status_code: int
+    response_body: str
+    changes: int
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., status_code: _Optional[int] = ..., response_body: _Optional[str] = ..., changes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListSyncRunsRequest(_message.Message):
     __slots__ = ("sync_id", "page_size", "page_token")
@@ -261,9 +297,13 @@ class ExportAudienceRequest(_message.Message):
     def __init__(self, audience_key: _Optional[str] = ..., format: _Optional[_Union[ExportFormat, str]] = ..., id_type: _Optional[str] = ..., raw: _Optional[bool] = ...) -> None: ...
 
 class ExportChunk(_message.Message):
-    __slots__ = ("csv", "rows")
+    __slots__ = ("csv", "rows", "members_done", "members_total")
     CSV_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_DONE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     csv: bytes
     rows: int
-    def __init__(self, csv: _Optional[bytes] = ..., rows: _Optional[int] = ...) -> None: ...
+    members_done: int
+    members_total: int
+    def __init__(self, csv: _Optional[bytes] = ..., rows: _Optional[int] = ..., members_done: _Optional[int] = ..., members_total: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,93 @@
+"""The one small interface every destination type implements.
+
+A run opens a `DestinationRun` on its destination, hands it batches of changes in
+seq order, and calls `finish` once every batch was handed over (or `abort` when the
+run fails). A type whose destination acknowledges each batch (an HTTP API) says so
+with `acknowledges_each_batch`, and the run advances the sync's cursor after every
+batch; otherwise (a file, published atomically at the end) the cursor advances only
+after `finish`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from services.sync.delivery import RetryPolicy, TokenBucket
+from services.sync.model import Change, Destination
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Changes delivered together under one idempotency key."""
+
+    sync_id: str
+    audience_key: str
+    id_type: str
+    idempotency_key: str
+    changes: Sequence[Change]
+
+    def as_json(self) -> dict[str, Any]:
+        """The batch as a JSON document (webhook body, dead-letter payload)."""
+        return {
+            "sync_id": self.sync_id,
+            "audience_key": self.audience_key,
+            "id_type": self.id_type,
+            "idempotency_key": self.idempotency_key,
+            "changes": [c.as_json() for c in self.changes],
+        }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one batch: delivered, or refused for good (a dead letter)."""
+
+    retries: int = 0
+    refused_status: int | None = None
+    refused_body: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        """True when the destination acknowledged the batch."""
+        return self.refused_status is None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a destination run may use: the run's id, HTTP plumbing and retry policy."""
+
+    run_id: str
+    sync_id: str
+    session: aiohttp.ClientSession
+    policy: RetryPolicy
+    bucket: TokenBucket | None
+
+
+class DestinationRun(Protocol):
+    """One run's delivery to one destination."""
+
+    acknowledges_each_batch: bool
+
+    async def deliver(self, batch: Batch) -> Outcome:
+        """Deliver the batch (retrying what is worth retrying); raises
+        delivery.DeliveryFailed when it gives up without an answer to record."""
+        ...
+
+    async def finish(self) -> None:
+        """Make everything delivered visible (a no-op for per-batch APIs)."""
+        ...
+
+    async def abort(self) -> None:
+        """Discard what was not made visible."""
+        ...
+
+
+class DestinationType(Protocol):
+    """A module under services/sync/destinations/ provides one of these as `TYPE`."""
+
+    def open_run(self, destination: Destination, context: RunContext) -> DestinationRun:
+        """Start delivering one run's batches to `destination`."""
+        ...

@@ -1,0 +1,311 @@
+"""One run of a sync: claim it, check the guardrail, deliver the changes since its
+cursor (the audience's current members on the first run) and record the run.
+
+Exactly-once bookkeeping: the cursor is written only after the destination
+acknowledged the batch that reaches it, in the same UPDATE that checks this replica
+still holds the sync's claim. A crash before that write re-sends the batch on the next
+run under the same idempotency key (``<sync id>:<first seq>-<last seq>``), which the
+destination uses to drop the repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+
+from services.shared.clock import Clock
+from services.shared.errors import FailedPrecondition, NotFound
+from services.sync.delivery import DeliveryFailed, RetryPolicy, TokenBucket
+from services.sync.destinations import TYPES
+from services.sync.destinations.base import Batch, DestinationRun, RunContext
+from services.sync.model import (
+    ADDED,
+    DEAD_LETTERED,
+    FAILED,
+    PAUSED,
+    PERIOD_US,
+    REMOVED,
+    SUCCEEDED,
+    Change,
+    DeadLetter,
+    Destination,
+    Run,
+    Sync,
+    new_id,
+)
+from services.sync.readmodel import ChangeLog, LoggedChange
+from services.sync.settings import SyncSettings
+from services.sync.store import SyncStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    """Acknowledged-but-unwritten progress of a destination that acknowledges at the end."""
+
+    cursor: int
+    members_delta: int = 0
+
+
+class SyncRunner:
+    """Runs syncs; one per process, shared by RunSync and the scheduler."""
+
+    def __init__(
+        self, store: SyncStore, changelog: ChangeLog, settings: SyncSettings, clock: Clock
+    ) -> None:
+        self._store = store
+        self._changelog = changelog
+        self._settings = settings
+        self._clock = clock
+        self._policy = RetryPolicy(
+            settings.retry_base_seconds, settings.retry_max_seconds, settings.max_attempts
+        )
+        # Per destination, shared by every run of this process.
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def _claim_until(self) -> int:
+        return self._clock.now_us() + int(self._settings.claim_seconds * 1_000_000)
+
+    async def run(self, ws: str, sync_id: str) -> Run:
+        """Run the sync now and return its record. FailedPrecondition when it is
+        paused, its audience is gone, or another replica is running it."""
+        sync = await self._store.get_sync(ws, sync_id)
+        if sync is None:
+            raise NotFound(f"sync {sync_id} not found")
+        if sync.paused:
+            raise FailedPrecondition(
+                f"sync {sync_id} is paused ({sync.paused_reason or 'by an operator'}); "
+                "resume it with UpdateSync paused=false"
+            )
+        destination = await self._store.get_destination(ws, sync.destination_id)
+        if destination is None:
+            raise FailedPrecondition(f"destination {sync.destination_id} no longer exists")
+        audience_id = await self._changelog.audience_id(ws, sync.source_key)
+        if audience_id is None:
+            raise FailedPrecondition(f"audience {sync.source_key} does not exist")
+        replica = self._settings.replica
+        now = self._clock.now_us()
+        if not await self._store.claim(ws, sync_id, replica, now, self._claim_until()):
+            raise FailedPrecondition(f"sync {sync_id} is being run by another replica")
+        run = Run(
+            id=new_id("run"),
+            workspace_id=ws,
+            sync_id=sync_id,
+            from_cursor=sync.cursor,
+            to_cursor=sync.cursor,
+            started_at_us=now,
+        )
+        started = time.monotonic()
+        try:
+            await self._store.save_run(run)
+            await self._deliver(sync, destination, audience_id, run)
+        finally:
+            run.finished_at_us = run.started_at_us + int((time.monotonic() - started) * 1e6)
+            await self._store.save_run(run)
+            await self._store.release(sync_id, replica)
+        return run
+
+    async def _deliver(
+        self, sync: Sync, destination: Destination, audience_id: int, run: Run
+    ) -> None:
+        bucket = None
+        if destination.rate_limit_per_second > 0:
+            bucket = self._buckets.setdefault(
+                destination.id, TokenBucket(destination.rate_limit_per_second)
+            )
+        async with aiohttp.ClientSession() as session:
+            context = RunContext(run.id, sync.id, session, self._policy, bucket)
+            target = TYPES[destination.kind].open_run(destination, context)
+            try:
+                if not sync.backfilled:
+                    await self._backfill(sync, destination, audience_id, target, run)
+                else:
+                    upto = await self._changelog.last_seq(sync.workspace_id)
+                    if await self._guardrail_trips(sync, audience_id, upto, run):
+                        await target.abort()
+                        return
+                    await self._deltas(sync, destination, audience_id, upto, target, run)
+            except DeliveryFailed as error:
+                await target.abort()
+                run.status, run.error = FAILED, str(error)
+                return
+        run.status = DEAD_LETTERED if run.dead_letters else SUCCEEDED
+        values: dict[str, object] = {"removal_approved": False}
+        if sync.cadence in PERIOD_US:
+            values["next_run_at_us"] = run.started_at_us + PERIOD_US[sync.cadence]
+        await self._store.update_sync(sync.workspace_id, sync.id, values, self._clock.now_us())
+
+    async def _guardrail_trips(self, sync: Sync, audience_id: int, upto: int, run: Run) -> bool:
+        """Pause the sync instead of removing more than its share of the destination's
+        members (unless an operator approved it by resuming)."""
+        if sync.removal_approved or sync.delivered_members <= 0:
+            return False
+        exits = await self._changelog.count_exits(sync.workspace_id, audience_id, sync.cursor, upto)
+        limit = sync.max_removal_fraction * sync.delivered_members
+        if exits <= limit:
+            return False
+        reason = (
+            f"size guardrail: this run would remove {exits} of the {sync.delivered_members} "
+            f"members the destination holds (more than {sync.max_removal_fraction:.0%}); "
+            "resume the sync to deliver the removals"
+        )
+        await self._store.update_sync(
+            sync.workspace_id,
+            sync.id,
+            {"paused": True, "paused_reason": reason},
+            self._clock.now_us(),
+        )
+        run.status, run.error = PAUSED, reason
+        log.warning("sync %s paused by the size guardrail: %d removals", sync.id, exits)
+        return True
+
+    async def _backfill(
+        self,
+        sync: Sync,
+        destination: Destination,
+        audience_id: int,
+        target: DestinationRun,
+        run: Run,
+    ) -> None:
+        """Deliver the audience's members as of one snapshot, then set the cursor to the
+        snapshot's last seq: later runs deliver exactly the changes after it."""
+        async with self._changelog.member_snapshot(
+            sync.workspace_id, audience_id, sync.id_type
+        ) as (last, members):
+            index = 0
+            async for chunk in _chunks(members, destination.batch_size):
+                changes = []
+                for person, value in chunk:
+                    if value is None:
+                        run.skipped += 1
+                    else:
+                        changes.append(Change(last, ADDED, person, value, run.started_at_us))
+                if changes:
+                    key = f"{sync.id}:backfill@{last}:{index}"
+                    await self._send(
+                        sync,
+                        target,
+                        Batch(sync.id, sync.source_key, sync.id_type, key, changes),
+                        run,
+                    )
+                    index += 1
+                await self._renew(sync)
+        await target.finish()
+        await self._acknowledge(sync, last, run.added - run.removed, backfilled=True)
+        run.to_cursor = last
+
+    async def _deltas(
+        self,
+        sync: Sync,
+        destination: Destination,
+        audience_id: int,
+        upto: int,
+        target: DestinationRun,
+        run: Run,
+    ) -> None:
+        """Deliver the changes in (cursor, upto] in seq order, batch by batch."""
+        cursor = sync.cursor
+        pending = _Pending(cursor)
+        while True:
+            logged = await self._changelog.changes(
+                sync.workspace_id, audience_id, sync.id_type, cursor, upto, destination.batch_size
+            )
+            if not logged:
+                break
+            changes = self._named(logged, run)
+            delta = 0
+            if changes:
+                key = f"{sync.id}:{logged[0].seq}-{logged[-1].seq}"
+                before = run.added - run.removed
+                await self._send(
+                    sync, target, Batch(sync.id, sync.source_key, sync.id_type, key, changes), run
+                )
+                delta = run.added - run.removed - before
+            cursor = logged[-1].seq
+            if target.acknowledges_each_batch:
+                await self._acknowledge(sync, cursor, delta, backfilled=True)
+            else:
+                pending.cursor, pending.members_delta = cursor, pending.members_delta + delta
+                await self._renew(sync)
+        await target.finish()
+        if not target.acknowledges_each_batch:
+            await self._acknowledge(sync, pending.cursor, pending.members_delta, backfilled=True)
+        run.to_cursor = cursor
+
+    @staticmethod
+    def _named(logged: list[LoggedChange], run: Run) -> list[Change]:
+        out = []
+        for c in logged:
+            if c.id_value is None:
+                run.skipped += 1
+            else:
+                out.append(
+                    Change(c.seq, ADDED if c.entered else REMOVED, c.person, c.id_value, c.at_us)
+                )
+        return out
+
+    async def _send(
+        self, sync: Sync, target: DestinationRun, key: str, changes: list[Change], run: Run
+    ) -> None:
+        """Deliver one batch; count it, or dead-letter it when the destination refused."""
+        batch = Batch(sync.id, sync.source_key, sync.id_type, key, changes)
+        outcome = await target.deliver(batch)
+        run.batches += 1
+        run.retries += outcome.retries
+        if outcome.delivered:
+            run.added += sum(1 for c in batch.changes if c.action == ADDED)
+            run.removed += sum(1 for c in batch.changes if c.action == REMOVED)
+            return
+        letter = DeadLetter(
+            id=new_id("dlq"),
+            idempotency_key=batch.idempotency_key,
+            first_seq=batch.changes[0].seq,
+            last_seq=batch.changes[-1].seq,
+            status_code=outcome.refused_status or 0,
+            response_body=outcome.refused_body,
+            changes=len(batch.changes),
+            created_at_us=self._clock.now_us(),
+        )
+        run.failed += len(batch.changes)
+        run.dead_letters.append(letter)
+        await self._store.add_dead_letter(run, letter, batch.as_json())
+        log.warning(
+            "sync %s: batch %s refused with HTTP %d; dead-lettered",
+            sync.id,
+            batch.idempotency_key,
+            letter.status_code,
+        )
+
+    async def _acknowledge(self, sync: Sync, cursor: int, delta: int, backfilled: bool) -> None:
+        if not await self._store.acknowledge(
+            sync.id, self._settings.replica, cursor, delta, self._claim_until(), backfilled
+        ):
+            raise DeliveryFailed(f"sync {sync.id}: this replica lost its claim mid-run")
+
+    async def _renew(self, sync: Sync) -> None:
+        if not await self._store.claim(
+            sync.workspace_id,
+            sync.id,
+            self._settings.replica,
+            self._clock.now_us(),
+            self._claim_until(),
+        ):
+            raise DeliveryFailed(f"sync {sync.id}: this replica lost its claim mid-run")
+
+
+async def _chunks(
+    rows: AsyncIterator[tuple[int, str | None]], size: int
+) -> AsyncIterator[list[tuple[int, str | None]]]:
+    chunk: list[tuple[int, str | None]] = []
+    async for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
