@@ -187,12 +187,7 @@ class SyncRunner:
                         changes.append(Change(last, ADDED, person, value, run.started_at_us))
                 if changes:
                     key = f"{sync.id}:backfill@{last}:{index}"
-                    await self._send(
-                        sync,
-                        target,
-                        Batch(sync.id, sync.source_key, sync.id_type, key, changes),
-                        run,
-                    )
+                    await self._send(sync, target, key, changes, run)
                     index += 1
                 await self._renew(sync)
         await target.finish()
@@ -222,9 +217,7 @@ class SyncRunner:
             if changes:
                 key = f"{sync.id}:{logged[0].seq}-{logged[-1].seq}"
                 before = run.added - run.removed
-                await self._send(
-                    sync, target, Batch(sync.id, sync.source_key, sync.id_type, key, changes), run
-                )
+                await self._send(sync, target, key, changes, run)
                 delta = run.added - run.removed - before
             cursor = logged[-1].seq
             if target.acknowledges_each_batch:
