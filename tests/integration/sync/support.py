@@ -74,6 +74,60 @@ class MembershipLog:
                 )
         return pid
 
+    async def members(self, audience_id: int, n: int) -> None:
+        """Many members at once (email m<i>@example.com), for exports larger than a chunk."""
+        async with self.engine.begin() as c:
+            first = (
+                await c.execute(select(func.coalesce(func.max(profiles.c.profile_id), 0)))
+            ).scalar_one() + 1
+            pids = range(first, first + n)
+            await c.execute(
+                insert(profiles),
+                [
+                    {
+                        "profile_id": p,
+                        "workspace_id": self.ws,
+                        "canonical_id": p,
+                        "created_at_us": T0,
+                    }
+                    for p in pids
+                ],
+            )
+            await c.execute(
+                insert(identities),
+                [
+                    {
+                        "workspace_id": self.ws,
+                        "id_type": "email",
+                        "id_value": f"m{p}@example.com",
+                        "profile_id": p,
+                        "first_seen_us": T0,
+                    }
+                    for p in pids
+                ],
+            )
+            await c.execute(
+                insert(memberships),
+                [
+                    {
+                        "workspace_id": self.ws,
+                        "audience_id": audience_id,
+                        "profile_id": p,
+                        "entered_at_us": T0,
+                    }
+                    for p in pids
+                ],
+            )
+
+    async def merge(self, merged: int, survivor: int) -> None:
+        """Point `merged` at `survivor`, as an identity merge does."""
+        async with self.engine.begin() as c:
+            await c.execute(
+                update(profiles)
+                .where(profiles.c.profile_id == merged)
+                .values(canonical_id=survivor)
+            )
+
     async def change(self, audience_id: int, pid: int, entered: bool) -> int:
         """Record an enter or exit (and the membership row); its seq."""
         async with self.engine.begin() as c:
