@@ -164,6 +164,8 @@ class Run:
     error: str = ""
     finished_at_us: int | None = None
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    # Who holds the sync's claim during the run (not stored with the run).
+    holder: str = ""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ destination uses to drop the repeat.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -71,9 +72,48 @@ class SyncRunner:
     def _claim_until(self) -> int:
         return self._clock.now_us() + int(self._settings.claim_seconds * 1_000_000)
 
-    async def run(self, ws: str, sync_id: str) -> Run:
+    async def run(self, ws: str, sync_id: str, only_if_due: bool = False) -> Run:
         """Run the sync now and return its record. FailedPrecondition when it is
-        paused, its audience is gone, or another replica is running it."""
+        paused, its audience or destination is gone, or another replica holds it (or,
+        with `only_if_due`, when it is no longer due: another replica just ran it)."""
+        # Unique per run: two runs in one process exclude each other as well.
+        holder = f"{self._settings.replica}/{secrets.token_hex(4)}"
+        now = self._clock.now_us()
+        # Claim first, then read: the cursor read is the one no other replica moves.
+        if not await self._store.claim(
+            ws, sync_id, holder, now, self._claim_until(), only_if_due=only_if_due
+        ):
+            if await self._store.get_sync(ws, sync_id) is None:
+                raise NotFound(f"sync {sync_id} not found")
+            raise FailedPrecondition(
+                f"sync {sync_id} is being run by another replica"
+                if not only_if_due
+                else f"sync {sync_id} is not due or is being run by another replica"
+            )
+        try:
+            sync, destination, audience_id = await self._runnable(ws, sync_id)
+            run = Run(
+                id=new_id("run"),
+                workspace_id=ws,
+                sync_id=sync_id,
+                from_cursor=sync.cursor,
+                to_cursor=sync.cursor,
+                started_at_us=now,
+                holder=holder,
+            )
+            started = time.monotonic()
+            try:
+                await self._store.save_run(run)
+                await self._deliver(sync, destination, audience_id, run)
+            finally:
+                run.finished_at_us = run.started_at_us + int((time.monotonic() - started) * 1e6)
+                await self._store.save_run(run)
+        finally:
+            await self._store.release(sync_id, holder)
+        return run
+
+    async def _runnable(self, ws: str, sync_id: str) -> tuple[Sync, Destination, int]:
+        """The claimed sync, its destination and audience id, or why it cannot run."""
         sync = await self._store.get_sync(ws, sync_id)
         if sync is None:
             raise NotFound(f"sync {sync_id} not found")
@@ -88,27 +128,7 @@ class SyncRunner:
         audience_id = await self._changelog.audience_id(ws, sync.source_key)
         if audience_id is None:
             raise FailedPrecondition(f"audience {sync.source_key} does not exist")
-        replica = self._settings.replica
-        now = self._clock.now_us()
-        if not await self._store.claim(ws, sync_id, replica, now, self._claim_until()):
-            raise FailedPrecondition(f"sync {sync_id} is being run by another replica")
-        run = Run(
-            id=new_id("run"),
-            workspace_id=ws,
-            sync_id=sync_id,
-            from_cursor=sync.cursor,
-            to_cursor=sync.cursor,
-            started_at_us=now,
-        )
-        started = time.monotonic()
-        try:
-            await self._store.save_run(run)
-            await self._deliver(sync, destination, audience_id, run)
-        finally:
-            run.finished_at_us = run.started_at_us + int((time.monotonic() - started) * 1e6)
-            await self._store.save_run(run)
-            await self._store.release(sync_id, replica)
-        return run
+        return sync, destination, audience_id
 
     async def _deliver(
         self, sync: Sync, destination: Destination, audience_id: int, run: Run
@@ -189,9 +209,9 @@ class SyncRunner:
                     key = f"{sync.id}:backfill@{last}:{index}"
                     await self._send(sync, target, key, changes, run)
                     index += 1
-                await self._renew(sync)
+                await self._renew(run)
         await target.finish()
-        await self._acknowledge(sync, last, run.added - run.removed, backfilled=True)
+        await self._acknowledge(run, last, run.added - run.removed)
         run.to_cursor = last
 
     async def _deltas(
@@ -221,13 +241,13 @@ class SyncRunner:
                 delta = run.added - run.removed - before
             cursor = logged[-1].seq
             if target.acknowledges_each_batch:
-                await self._acknowledge(sync, cursor, delta, backfilled=True)
+                await self._acknowledge(run, cursor, delta)
             else:
                 pending.cursor, pending.members_delta = cursor, pending.members_delta + delta
-                await self._renew(sync)
+                await self._renew(run)
         await target.finish()
         if not target.acknowledges_each_batch:
-            await self._acknowledge(sync, pending.cursor, pending.members_delta, backfilled=True)
+            await self._acknowledge(run, pending.cursor, pending.members_delta)
         run.to_cursor = cursor
 
     @staticmethod
@@ -274,21 +294,15 @@ class SyncRunner:
             letter.status_code,
         )
 
-    async def _acknowledge(self, sync: Sync, cursor: int, delta: int, backfilled: bool) -> None:
+    async def _acknowledge(self, run: Run, cursor: int, delta: int) -> None:
         if not await self._store.acknowledge(
-            sync.id, self._settings.replica, cursor, delta, self._claim_until(), backfilled
+            run.sync_id, run.holder, cursor, delta, self._claim_until(), backfilled=True
         ):
-            raise DeliveryFailed(f"sync {sync.id}: this replica lost its claim mid-run")
+            raise DeliveryFailed(f"sync {run.sync_id}: this replica lost its claim mid-run")
 
-    async def _renew(self, sync: Sync) -> None:
-        if not await self._store.claim(
-            sync.workspace_id,
-            sync.id,
-            self._settings.replica,
-            self._clock.now_us(),
-            self._claim_until(),
-        ):
-            raise DeliveryFailed(f"sync {sync.id}: this replica lost its claim mid-run")
+    async def _renew(self, run: Run) -> None:
+        if not await self._store.renew(run.sync_id, run.holder, self._claim_until()):
+            raise DeliveryFailed(f"sync {run.sync_id}: this replica lost its claim mid-run")
 
 
 async def _chunks(

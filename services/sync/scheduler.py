@@ -37,7 +37,7 @@ class Scheduler:
         runs = []
         for sync in await self._store.due_syncs(self._clock.now_us(), DUE_PER_TICK):
             try:
-                runs.append(await self._runner.run(sync.workspace_id, sync.id))
+                runs.append(await self._runner.run(sync.workspace_id, sync.id, only_if_due=True))
             except ServiceError as error:
                 # Claimed by another replica, paused or its audience deleted meanwhile.
                 log.info("scheduled sync %s not run: %s", sync.id, error.message)

@@ -250,49 +250,68 @@ class SyncStore:
 
     # ------------------------------------------------------------ claims (replicas)
 
-    async def claim(self, ws: str, sync_id: str, replica: str, now_us: int, until_us: int) -> bool:
-        """Take the sync for `replica` until `until_us` unless another replica holds an
-        unexpired claim: one conditional UPDATE, so of two replicas exactly one wins."""
+    async def claim(
+        self,
+        ws: str,
+        sync_id: str,
+        holder: str,
+        now_us: int,
+        until_us: int,
+        only_if_due: bool = False,
+    ) -> bool:
+        """Take the sync for `holder` (one run of one replica) until `until_us` unless
+        someone holds an unexpired claim (or, `only_if_due`, unless it is no longer
+        due): one conditional UPDATE, so of two replicas exactly one wins, and a replica
+        that read the due list before another ran the sync does not run it again."""
+        conditions = [
+            syncs.c.workspace_id == ws,
+            syncs.c.sync_id == sync_id,
+            or_(syncs.c.claimed_until_us.is_(None), syncs.c.claimed_until_us < now_us),
+        ]
+        if only_if_due:
+            conditions.append(syncs.c.next_run_at_us <= now_us)
         async with self._engine.begin() as c:
             result = await c.execute(
                 update(syncs)
-                .where(
-                    syncs.c.workspace_id == ws,
-                    syncs.c.sync_id == sync_id,
-                    or_(
-                        syncs.c.claimed_until_us.is_(None),
-                        syncs.c.claimed_until_us < now_us,
-                        syncs.c.claimed_by == replica,
-                    ),
-                )
-                .values(claimed_by=replica, claimed_until_us=until_us)
+                .where(*conditions)
+                .values(claimed_by=holder, claimed_until_us=until_us)
             )
         return bool(result.rowcount)
 
-    async def release(self, sync_id: str, replica: str) -> None:
+    async def renew(self, sync_id: str, holder: str, until_us: int) -> bool:
+        """Extend the holder's claim; False when it lost it (it expired and another took it)."""
+        async with self._engine.begin() as c:
+            result = await c.execute(
+                update(syncs)
+                .where(syncs.c.sync_id == sync_id, syncs.c.claimed_by == holder)
+                .values(claimed_until_us=until_us)
+            )
+        return bool(result.rowcount)
+
+    async def release(self, sync_id: str, holder: str) -> None:
         """Give the claim up (only the holder's)."""
         async with self._engine.begin() as c:
             await c.execute(
                 update(syncs)
-                .where(syncs.c.sync_id == sync_id, syncs.c.claimed_by == replica)
+                .where(syncs.c.sync_id == sync_id, syncs.c.claimed_by == holder)
                 .values(claimed_by=None, claimed_until_us=None)
             )
 
     async def acknowledge(
         self,
         sync_id: str,
-        replica: str,
+        holder: str,
         cursor: int,
         members_delta: int,
         claimed_until_us: int,
         backfilled: bool,
     ) -> bool:
         """Advance the cursor past what the destination acknowledged and renew the claim;
-        False (nothing written) when this replica no longer holds the claim."""
+        False (nothing written) when `holder` no longer holds the claim."""
         async with self._engine.begin() as c:
             result = await c.execute(
                 update(syncs)
-                .where(syncs.c.sync_id == sync_id, syncs.c.claimed_by == replica)
+                .where(syncs.c.sync_id == sync_id, syncs.c.claimed_by == holder)
                 .values(
                     cursor=cursor,
                     delivered_members=syncs.c.delivered_members + members_delta,
