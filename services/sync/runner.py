@@ -91,6 +91,7 @@ class SyncRunner:
                 else f"sync {sync_id} is not due or is being run by another replica"
             )
         try:
+            await self._store.abandon_runs(sync_id, now)
             sync, destination, audience_id = await self._runnable(ws, sync_id)
             run = Run(
                 id=new_id("run"),

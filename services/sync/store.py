@@ -17,7 +17,9 @@ from services.sync.model import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_REMOVAL_FRACTION,
     DEFAULT_TIMEOUT_SECONDS,
+    FAILED,
     PERIOD_US,
+    RUNNING,
     DeadLetter,
     Destination,
     DestinationInput,
@@ -363,6 +365,21 @@ class SyncStore:
             )
             if not result.rowcount:
                 await c.execute(insert(sync_runs).values(run_id=run.id, **values))
+
+    async def abandon_runs(self, sync_id: str, now_us: int) -> None:
+        """Mark the sync's runs still `running` as failed: called by the claim's new
+        holder, so they belong to a process that died mid-run."""
+        async with self._engine.begin() as c:
+            await c.execute(
+                update(sync_runs)
+                .where(sync_runs.c.sync_id == sync_id, sync_runs.c.status == RUNNING)
+                .values(
+                    status=FAILED,
+                    error="abandoned: the process running it stopped; the next run resumed "
+                    "from the last acknowledged batch",
+                    finished_at_us=now_us,
+                )
+            )
 
     async def add_dead_letter(self, run: Run, letter: DeadLetter, payload: Any) -> None:
         """Keep a refused batch with its response and payload."""

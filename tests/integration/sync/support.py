@@ -192,10 +192,16 @@ class WebhookReceiver:
     applied: list[dict[str, Any]] = field(default_factory=list)
     seen_keys: set[str] = field(default_factory=set)
     url: str = ""
+    # The request with this number (1-based) waits for `release` before it is applied:
+    # a test kills the sender while its batch is in flight.
+    hold_at: int | None = None
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.requests.append(Received(body, dict(request.headers)))
+        if len(self.requests) == self.hold_at:
+            await self.release.wait()
         if self.script:
             status, headers, delay = self.script.pop(0)
             if delay:
@@ -218,10 +224,12 @@ class WebhookReceiver:
 
 @asynccontextmanager
 async def webhook(
-    secret: str, script: list[tuple[int, dict[str, str], float]] | None = None
+    secret: str,
+    script: list[tuple[int, dict[str, str], float]] | None = None,
+    hold_at: int | None = None,
 ) -> AsyncIterator[WebhookReceiver]:
     """A running receiver on a loopback port."""
-    receiver = WebhookReceiver(secret, list(script or []))
+    receiver = WebhookReceiver(secret, list(script or []), hold_at=hold_at)
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
     runner = web.AppRunner(app)
