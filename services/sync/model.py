@@ -142,6 +142,7 @@ class DeadLetter:
     response_body: str
     changes: int
     created_at_us: int
+    redriven_at_us: int | None = None
 
 
 @dataclass
@@ -177,6 +178,13 @@ class Change:
     profile_id: int
     id: str
     at_us: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Change:
+        """The change `as_json` wrote (a dead letter's payload)."""
+        return cls(
+            int(data["seq"]), data["action"], int(data["profile_id"]), data["id"], data["at_us"]
+        )
 
     def as_json(self) -> dict[str, Any]:
         """The change as the JSON object webhooks and JSON Lines files carry."""

@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
@@ -76,6 +77,47 @@ class SyncRunner:
         """Run the sync now and return its record. FailedPrecondition when it is
         paused, its audience or destination is gone, or another replica holds it (or,
         with `only_if_due`, when it is no longer due: another replica just ran it)."""
+        return await self._claimed(ws, sync_id, only_if_due, self._deliver)
+
+    async def redrive(self, ws: str, sync_id: str, dead_letter_ids: Sequence[str]) -> Run:
+        """Send the sync's dead letters (those named, or every one not yet re-driven)
+        again, each under its original idempotency key; the cursor does not move. A
+        letter the destination accepts is marked re-driven; one it refuses again stays,
+        with the new response."""
+
+        async def redeliver(sync: Sync, destination: Destination, _: int, run: Run) -> None:
+            letters = await self._store.pending_dead_letters(ws, sync_id, dead_letter_ids)
+            async with self._target(sync, destination, run) as target:
+                for letter, payload in letters:
+                    changes = [Change.from_json(c) for c in payload["changes"]]
+                    outcome = await target.deliver(
+                        Batch(
+                            sync.id, sync.source_key, sync.id_type, letter.idempotency_key, changes
+                        )
+                    )
+                    run.batches += 1
+                    run.retries += outcome.retries
+                    if outcome.delivered:
+                        _count(run, changes)
+                        await target.finish()
+                        await self._store.redriven(letter.id, self._clock.now_us(), None, "")
+                    else:
+                        run.failed += len(changes)
+                        await self._store.redriven(
+                            letter.id, None, outcome.refused_status, outcome.refused_body
+                        )
+            run.status = SUCCEEDED if not run.failed else DEAD_LETTERED
+
+        return await self._claimed(ws, sync_id, False, redeliver)
+
+    async def _claimed(
+        self,
+        ws: str,
+        sync_id: str,
+        only_if_due: bool,
+        work: Callable[[Sync, Destination, int, Run], Awaitable[None]],
+    ) -> Run:
+        """Claim the sync, do `work` as one recorded run, release the claim."""
         # Unique per run: two runs in one process exclude each other as well.
         holder = f"{self._settings.replica}/{secrets.token_hex(4)}"
         now = self._clock.now_us()
@@ -105,13 +147,35 @@ class SyncRunner:
             started = time.monotonic()
             try:
                 await self._store.save_run(run)
-                await self._deliver(sync, destination, audience_id, run)
+                try:
+                    await work(sync, destination, audience_id, run)
+                except DeliveryFailed as error:
+                    run.status, run.error = FAILED, str(error)
             finally:
                 run.finished_at_us = run.started_at_us + int((time.monotonic() - started) * 1e6)
                 await self._store.save_run(run)
         finally:
             await self._store.release(sync_id, holder)
         return run
+
+    @asynccontextmanager
+    async def _target(
+        self, sync: Sync, destination: Destination, run: Run
+    ) -> AsyncIterator[DestinationRun]:
+        """The run's destination, opened with HTTP plumbing; aborted on failure."""
+        bucket = None
+        if destination.rate_limit_per_second > 0:
+            bucket = self._buckets.setdefault(
+                destination.id, TokenBucket(destination.rate_limit_per_second)
+            )
+        async with aiohttp.ClientSession() as session:
+            context = RunContext(run.id, sync.id, session, self._policy, bucket)
+            target = TYPES[destination.kind].open_run(destination, context)
+            try:
+                yield target
+            except BaseException:
+                await target.abort()
+                raise
 
     async def _runnable(self, ws: str, sync_id: str) -> tuple[Sync, Destination, int]:
         """The claimed sync, its destination and audience id, or why it cannot run."""
@@ -134,27 +198,15 @@ class SyncRunner:
     async def _deliver(
         self, sync: Sync, destination: Destination, audience_id: int, run: Run
     ) -> None:
-        bucket = None
-        if destination.rate_limit_per_second > 0:
-            bucket = self._buckets.setdefault(
-                destination.id, TokenBucket(destination.rate_limit_per_second)
-            )
-        async with aiohttp.ClientSession() as session:
-            context = RunContext(run.id, sync.id, session, self._policy, bucket)
-            target = TYPES[destination.kind].open_run(destination, context)
-            try:
-                if not sync.backfilled:
-                    await self._backfill(sync, destination, audience_id, target, run)
-                else:
-                    upto = await self._changelog.last_seq(sync.workspace_id)
-                    if await self._guardrail_trips(sync, audience_id, upto, run):
-                        await target.abort()
-                        return
-                    await self._deltas(sync, destination, audience_id, upto, target, run)
-            except DeliveryFailed as error:
-                await target.abort()
-                run.status, run.error = FAILED, str(error)
-                return
+        async with self._target(sync, destination, run) as target:
+            if not sync.backfilled:
+                await self._backfill(sync, destination, audience_id, target, run)
+            else:
+                upto = await self._changelog.last_seq(sync.workspace_id)
+                if await self._guardrail_trips(sync, audience_id, upto, run):
+                    await target.abort()
+                    return
+                await self._deltas(sync, destination, audience_id, upto, target, run)
         run.status = DEAD_LETTERED if run.dead_letters else SUCCEEDED
         values: dict[str, object] = {"removal_approved": False}
         if sync.cadence in PERIOD_US:
@@ -272,8 +324,7 @@ class SyncRunner:
         run.batches += 1
         run.retries += outcome.retries
         if outcome.delivered:
-            run.added += sum(1 for c in batch.changes if c.action == ADDED)
-            run.removed += sum(1 for c in batch.changes if c.action == REMOVED)
+            _count(run, batch.changes)
             return
         letter = DeadLetter(
             id=new_id("dlq"),
@@ -304,6 +355,11 @@ class SyncRunner:
     async def _renew(self, run: Run) -> None:
         if not await self._store.renew(run.sync_id, run.holder, self._claim_until()):
             raise DeliveryFailed(f"sync {run.sync_id}: this replica lost its claim mid-run")
+
+
+def _count(run: Run, changes: Sequence[Change]) -> None:
+    run.added += sum(1 for c in changes if c.action == ADDED)
+    run.removed += sum(1 for c in changes if c.action == REMOVED)
 
 
 async def _chunks(

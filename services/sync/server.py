@@ -21,6 +21,7 @@ from services.sync.model import (
     ONE_TIME,
     REALTIME,
     WEBHOOK,
+    DeadLetter,
     Destination,
     DestinationInput,
     Run,
@@ -113,6 +114,22 @@ def _sync(s: Sync) -> sync_pb2.Sync:
     return out
 
 
+def _dead_letter(d: DeadLetter) -> sync_pb2.DeadLetter:
+    out = sync_pb2.DeadLetter(
+        id=d.id,
+        idempotency_key=d.idempotency_key,
+        first_seq=d.first_seq,
+        last_seq=d.last_seq,
+        status_code=d.status_code,
+        response_body=d.response_body,
+        changes=d.changes,
+        created_at=timestamp_from_us(d.created_at_us),
+    )
+    if d.redriven_at_us is not None:
+        out.redriven_at.CopyFrom(timestamp_from_us(d.redriven_at_us))
+    return out
+
+
 def _run(r: Run) -> sync_pb2.SyncRun:
     out = sync_pb2.SyncRun(
         id=r.id,
@@ -128,19 +145,7 @@ def _run(r: Run) -> sync_pb2.SyncRun:
         to_cursor=r.to_cursor,
         error=r.error,
         started_at=timestamp_from_us(r.started_at_us),
-        dead_letters=[
-            sync_pb2.DeadLetter(
-                id=d.id,
-                idempotency_key=d.idempotency_key,
-                first_seq=d.first_seq,
-                last_seq=d.last_seq,
-                status_code=d.status_code,
-                response_body=d.response_body,
-                changes=d.changes,
-                created_at=timestamp_from_us(d.created_at_us),
-            )
-            for d in r.dead_letters
-        ],
+        dead_letters=[_dead_letter(d) for d in r.dead_letters],
     )
     if r.finished_at_us is not None:
         out.finished_at.CopyFrom(timestamp_from_us(r.finished_at_us))
@@ -220,6 +225,13 @@ class SyncServiceServicer(sync_pb2_grpc.SyncServiceServicer):
             current_workspace(), request.sync_id, request.page_token, request.page_size
         )
         return sync_pb2.ListSyncRunsResponse(runs=[_run(r) for r in found], next_page_token=token)
+
+    async def RedriveDeadLetters(self, request: Any, context: Any) -> sync_pb2.SyncRun:
+        return _run(
+            await self._service.redrive(
+                current_workspace(), request.sync_id, list(request.dead_letter_ids)
+            )
+        )
 
     async def ExportAudience(
         self, request: Any, context: Any

@@ -159,6 +159,10 @@ class SyncService:
         """Run the sync now (see runner.SyncRunner.run)."""
         return await self._runner.run(ws, sync_id)
 
+    async def redrive(self, ws: str, sync_id: str, dead_letter_ids: list[str]) -> Run:
+        """Send the sync's dead letters again (see runner.SyncRunner.redrive)."""
+        return await self._runner.redrive(ws, sync_id, dead_letter_ids)
+
     async def list_runs(
         self, ws: str, sync_id: str, before_id: str, limit: int
     ) -> tuple[list[Run], str]:

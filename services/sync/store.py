@@ -401,6 +401,42 @@ class SyncStore:
                 )
             )
 
+    async def pending_dead_letters(
+        self, ws: str, sync_id: str, ids: Sequence[str]
+    ) -> list[tuple[DeadLetter, Any]]:
+        """The sync's dead letters not yet re-driven (only `ids`, when given), oldest
+        first, with their payloads."""
+        query = select(sync_dead_letters).where(
+            sync_dead_letters.c.workspace_id == ws,
+            sync_dead_letters.c.sync_id == sync_id,
+            sync_dead_letters.c.redriven_at_us.is_(None),
+        )
+        if ids:
+            query = query.where(sync_dead_letters.c.dead_letter_id.in_(list(ids)))
+        async with self._engine.connect() as c:
+            rows = await c.execute(query.order_by(sync_dead_letters.c.first_seq))
+            return [(_dead_letter(r), r.payload) for r in rows]
+
+    async def redriven(
+        self,
+        dead_letter_id: str,
+        at_us: int | None,
+        status_code: int | None,
+        response_body: str,
+    ) -> None:
+        """Record a re-drive: accepted at `at_us`, or refused again with this response."""
+        values: dict[str, Any] = (
+            {"redriven_at_us": at_us}
+            if at_us is not None
+            else {"status_code": status_code, "response_body": response_body}
+        )
+        async with self._engine.begin() as c:
+            await c.execute(
+                update(sync_dead_letters)
+                .where(sync_dead_letters.c.dead_letter_id == dead_letter_id)
+                .values(values)
+            )
+
     async def list_runs(self, ws: str, sync_id: str, before_id: str, limit: int) -> list[Run]:
         """The sync's runs, newest first, before `before_id` (empty: from the newest),
         each with its dead letters."""
@@ -418,19 +454,22 @@ class SyncStore:
                     .where(sync_dead_letters.c.run_id.in_(list(letters)))
                     .order_by(sync_dead_letters.c.first_seq)
                 ):
-                    letters[d.run_id].append(
-                        DeadLetter(
-                            id=d.dead_letter_id,
-                            idempotency_key=d.idempotency_key,
-                            first_seq=d.first_seq,
-                            last_seq=d.last_seq,
-                            status_code=d.status_code,
-                            response_body=d.response_body,
-                            changes=d.changes,
-                            created_at_us=d.created_at_us,
-                        )
-                    )
+                    letters[d.run_id].append(_dead_letter(d))
         return [_run(r, letters[r.run_id]) for r in rows]
+
+
+def _dead_letter(row: Any) -> DeadLetter:
+    return DeadLetter(
+        id=row.dead_letter_id,
+        idempotency_key=row.idempotency_key,
+        first_seq=row.first_seq,
+        last_seq=row.last_seq,
+        status_code=row.status_code,
+        response_body=row.response_body,
+        changes=row.changes,
+        created_at_us=row.created_at_us,
+        redriven_at_us=row.redriven_at_us,
+    )
 
 
 def _run(row: Any, letters: Sequence[DeadLetter]) -> Run:

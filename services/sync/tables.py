@@ -103,5 +103,7 @@ sync_dead_letters = Table(
     Column("response_body", Text, nullable=False),
     Column("payload", Json, nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
+    # When a re-drive delivered it (NULL: still to deliver).
+    Column("redriven_at_us", BigInteger, nullable=True),
     Index("ix_sync_dead_letters_run", "run_id"),
 )

@@ -247,7 +247,7 @@ class SyncRun(_message.Message):
     def __init__(self, id: _Optional[str] = ..., sync_id: _Optional[str] = ..., status: _Optional[str] = ..., added: _Optional[int] = ..., removed: _Optional[int] = ..., batches: _Optional[int] = ..., retries: _Optional[int] = ..., from_cursor: _Optional[int] = ..., to_cursor: _Optional[int] = ..., error: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., skipped: _Optional[int] = ..., failed: _Optional[int] = ..., duration_ms: _Optional[int] = ..., dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ...) -> None: ...
 
 class DeadLetter(_message.Message):
-    __slots__ = ("id", "idempotency_key", "first_seq", "last_seq", "status_code", "response_body", "changes", "created_at")
+    __slots__ = ("id", "idempotency_key", "first_seq", "last_seq", "status_code", "response_body", "changes", "created_at", "redriven_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +256,7 @@ class DeadLetter(_message.Message):
     RESPONSE_BODY_FIELD_NUMBER: _ClassVar[int]
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REDRIVEN_AT_FIELD_NUMBER: _ClassVar[int]
     id: str
     idempotency_key: str
     first_seq: int
@@ -264,7 +265,16 @@ class DeadLetter(_message.Message):
     response_body: str
     changes: int
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., status_code: _Optional[int] = ..., response_body: _Optional[str] = ..., changes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    redriven_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., status_code: _Optional[int] = ..., response_body: _Optional[str] = ..., changes: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., redriven_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RedriveDeadLettersRequest(_message.Message):
+    __slots__ = ("sync_id", "dead_letter_ids")
+    SYNC_ID_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_IDS_FIELD_NUMBER: _ClassVar[int]
+    sync_id: str
+    dead_letter_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sync_id: _Optional[str] = ..., dead_letter_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListSyncRunsRequest(_message.Message):
     __slots__ = ("sync_id", "page_size", "page_token")

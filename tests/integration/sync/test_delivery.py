@@ -82,7 +82,9 @@ async def test_every_request_is_signed_with_the_secret(api: SyncApi) -> None:
     assert len(set(keys)) == 3
 
 
-async def test_a_refused_batch_is_dead_lettered_and_the_rest_delivered(api: SyncApi) -> None:
+async def test_a_refused_batch_is_dead_lettered_and_a_redrive_delivers_it(
+    api: SyncApi,
+) -> None:
     audience = await api.log.audience("refusals")
     pids = await _people(api, 4)
     async with webhook(SECRET, [(200, {}, 0.0), (400, {}, 0.0)]) as receiver:
@@ -91,28 +93,43 @@ async def test_a_refused_batch_is_dead_lettered_and_the_rest_delivered(api: Sync
         for pid in pids:
             await api.log.change(audience, pid, entered=True)
         result = await run(api, sync.id)
-    assert (result.status, result.added, result.failed, result.retries) == (
-        "dead_lettered",
-        2,
-        2,
-        0,
-    )
-    [letter] = result.dead_letters
-    assert (letter.status_code, letter.first_seq, letter.last_seq, letter.changes) == (
-        400,
-        3,
-        4,
-        2,
-    )
-    assert letter.response_body == "scripted 400"
-    assert [c["id"] for c in receiver.applied] == ["p0@example.com", "p1@example.com"]
-    assert (await get_sync(api, sync.id)).cursor == 4
+        assert (result.status, result.added, result.failed, result.retries) == (
+            "dead_lettered",
+            2,
+            2,
+            0,
+        )
+        [letter] = result.dead_letters
+        assert (letter.status_code, letter.first_seq, letter.last_seq, letter.changes) == (
+            400,
+            3,
+            4,
+            2,
+        )
+        assert letter.response_body == "scripted 400"
+        assert not letter.HasField("redriven_at")
+        assert [c["id"] for c in receiver.applied] == ["p0@example.com", "p1@example.com"]
+        assert (await get_sync(api, sync.id)).cursor == 4
+        refused = orjson.loads(receiver.requests[-1].body)
+        assert [c["seq"] for c in refused["changes"]] == [3, 4]
+
+        # The receiver is fixed (its script is spent): a re-drive delivers the letter.
+        redrive = await api.stub.RedriveDeadLetters(
+            sync_pb2.RedriveDeadLettersRequest(sync_id=sync.id), metadata=api.metadata
+        )
+        assert (redrive.status, redrive.added, redrive.batches) == ("succeeded", 2, 1)
+        assert [c["id"] for c in receiver.applied[2:]] == ["p2@example.com", "p3@example.com"]
+        assert receiver.requests[-1].headers["Idempotency-Key"] == letter.idempotency_key
+        again = await api.stub.RedriveDeadLetters(
+            sync_pb2.RedriveDeadLettersRequest(sync_id=sync.id), metadata=api.metadata
+        )
+        assert again.batches == 0 and len(receiver.applied) == 4
     runs = await api.stub.ListSyncRuns(
         sync_pb2.ListSyncRunsRequest(sync_id=sync.id), metadata=api.metadata
     )
-    assert [d.idempotency_key for d in runs.runs[0].dead_letters] == [letter.idempotency_key]
-    refused = orjson.loads(receiver.requests[-1].body)
-    assert [c["seq"] for c in refused["changes"]] == [3, 4]
+    [listed] = [d for r in runs.runs for d in r.dead_letters]
+    assert listed.id == letter.id and listed.HasField("redriven_at")
+    assert (await get_sync(api, sync.id)).cursor == 4
 
 
 async def test_a_destination_that_never_answers_fails_the_run_and_keeps_the_cursor(

@@ -98,6 +98,7 @@ def upgrade() -> None:
         sa.Column("response_body", sa.Text, nullable=False),
         sa.Column("payload", _JSON, nullable=False),
         sa.Column("created_at_us", sa.BigInteger, nullable=False),
+        sa.Column("redriven_at_us", sa.BigInteger, nullable=True),
     )
     op.create_index("ix_sync_dead_letters_run", "sync_dead_letters", ["run_id"])
 
