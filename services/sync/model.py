@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +18,7 @@ BRAZE = "braze"
 AMPLITUDE = "amplitude"
 KINDS = (WEBHOOK, FILE, BRAZE, AMPLITUDE)
 # Kinds a destination can be created with today (the others have no module yet).
-BUILT_KINDS = (WEBHOOK, FILE)
+BUILT_KINDS = (WEBHOOK, FILE, BRAZE)
 FILE_FORMATS = ("csv", "jsonl")
 
 AUDIENCE = "audience"
@@ -72,6 +72,7 @@ class DestinationInput:
     rate_limit_per_second: float = 0.0
     batch_size: int = 0  # 0: the default
     timeout_seconds: float = 0.0  # 0: the default
+    options: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Destination:
     batch_size: int
     timeout_seconds: float
     created_at_us: int
+    options: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:  # the secret never reaches a log line through repr
         return f"Destination(id={self.id!r}, kind={self.kind!r}, name={self.name!r})"
@@ -128,6 +130,7 @@ class Sync:
     removal_approved: bool
     next_run_at_us: int | None
     created_at_us: int
+    destination_state: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -218,12 +221,19 @@ def check_destination(given: DestinationInput, creating: bool) -> None:
         problems.append(
             FieldViolation("destination.kind", f"{given.kind} destinations are not built yet")
         )
-    if given.kind == WEBHOOK:
+    if given.kind in (WEBHOOK, BRAZE):
         problems.append(_url_violation("destination.base_url", given.base_url))
         if creating and not given.secret:
             problems.append(
-                FieldViolation("destination.secret", "webhooks need a secret to sign batches")
+                FieldViolation(
+                    "destination.secret",
+                    "webhooks need a secret to sign batches"
+                    if given.kind == WEBHOOK
+                    else "the Braze REST API key is required",
+                )
             )
+    for key, value in given.options.items():
+        problems.append(too_long(f"destination.options[{key}]", value, 255))
     if given.kind == FILE:
         if not given.directory.startswith("/"):
             problems.append(FieldViolation("destination.directory", "must be an absolute path"))

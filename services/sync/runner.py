@@ -169,7 +169,15 @@ class SyncRunner:
                 destination.id, TokenBucket(destination.rate_limit_per_second)
             )
         async with aiohttp.ClientSession() as session:
-            context = RunContext(run.id, sync.id, session, self._policy, bucket)
+            context = RunContext(
+                run.id,
+                sync.id,
+                session,
+                self._policy,
+                bucket,
+                sync.destination_state,
+                lambda state: self._store.save_destination_state(sync.id, state),
+            )
             target = TYPES[destination.kind].open_run(destination, context)
             try:
                 yield target

@@ -63,6 +63,7 @@ def _destination_input(d: sync_pb2.Destination) -> DestinationInput:
         rate_limit_per_second=d.rate_limit_per_second,
         batch_size=d.batch_size,
         timeout_seconds=d.timeout_seconds,
+        options=dict(d.options),
     )
 
 
@@ -80,6 +81,7 @@ def _destination(d: Destination) -> sync_pb2.Destination:
         created_at=timestamp_from_us(d.created_at_us),
         batch_size=d.batch_size,
         timeout_seconds=d.timeout_seconds,
+        options=dict(d.options),
     )
 
 

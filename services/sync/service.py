@@ -9,6 +9,7 @@ from dataclasses import replace
 from services.shared.clock import Clock
 from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, invalid
 from services.sync import export
+from services.sync.destinations import TYPES
 from services.sync.model import (
     ID_TYPE,
     PERIOD_US,
@@ -35,6 +36,17 @@ def page_size(requested: int, field: str = "page_size") -> int:
     return requested or DEFAULT_PAGE
 
 
+def _check(given: DestinationInput, creating: bool) -> None:
+    """The common rules of a destination, then its type's rules for its options."""
+    check_destination(given, creating)
+    problems = TYPES[given.kind].check_options(given.options)
+    if problems:
+        raise InvalidArgument(
+            "invalid destination: " + "; ".join(f"{p.field} {p.description}" for p in problems),
+            problems,
+        )
+
+
 class SyncService:
     """Destinations, syncs, runs and exports of the caller's workspace."""
 
@@ -50,7 +62,7 @@ class SyncService:
 
     async def create_destination(self, ws: str, given: DestinationInput) -> Destination:
         """Validate and store a destination."""
-        check_destination(given, creating=True)
+        _check(given, creating=True)
         return await self._store.create_destination(ws, given, self._clock.now_us())
 
     async def get_destination(self, ws: str, destination_id: str) -> Destination:
@@ -77,7 +89,7 @@ class SyncService:
         if given.kind and given.kind != current.kind:
             raise invalid("destination.kind", "cannot change; create a new destination")
         given = replace(given, kind=current.kind)
-        check_destination(given, creating=False)
+        _check(given, creating=False)
         await self._store.update_destination(ws, dest_id, given, self._clock.now_us())
         return await self.get_destination(ws, dest_id)
 

@@ -55,6 +55,7 @@ class SyncStore:
             batch_size=row.batch_size,
             timeout_seconds=row.timeout_seconds,
             created_at_us=row.created_at_us,
+            options=dict(row.options or {}),
         )
 
     def _destination_values(self, given: DestinationInput) -> dict[str, Any]:
@@ -66,6 +67,7 @@ class SyncStore:
             "rate_limit_per_second": given.rate_limit_per_second,
             "batch_size": given.batch_size or DEFAULT_BATCH_SIZE,
             "timeout_seconds": given.timeout_seconds or DEFAULT_TIMEOUT_SECONDS,
+            "options": dict(given.options),
         }
         if given.secret:
             values["secret_ciphertext"] = self._box.encrypt(given.secret)
@@ -177,6 +179,7 @@ class SyncStore:
             removal_approved=row.removal_approved,
             next_run_at_us=row.next_run_at_us,
             created_at_us=row.created_at_us,
+            destination_state=row.destination_state,
         )
 
     async def create_sync(self, ws: str, given: SyncInput, now_us: int) -> Sync:
@@ -239,6 +242,14 @@ class SyncStore:
                 .values(**values, updated_at_us=now_us)
             )
         return bool(result.rowcount)
+
+    async def save_destination_state(self, sync_id: str, state: dict[str, Any]) -> None:
+        """Keep what the destination type needs on the next run (written at once, so a
+        crash right after creating something remote does not create it twice)."""
+        async with self._engine.begin() as c:
+            await c.execute(
+                update(syncs).where(syncs.c.sync_id == sync_id).values(destination_state=state)
+            )
 
     async def delete_sync(self, ws: str, sync_id: str) -> bool:
         """Delete the sync and its runs and dead letters; False when it does not exist."""

@@ -32,6 +32,8 @@ sync_destinations = Table(
     Column("rate_limit_per_second", Float, nullable=False, default=0.0),
     Column("batch_size", Integer, nullable=False),
     Column("timeout_seconds", Float, nullable=False),
+    # Type-specific settings (string -> string), checked by the type's module.
+    Column("options", Json, nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
     Column("updated_at_us", BigInteger, nullable=False),
     Index("ix_sync_destinations_workspace", "workspace_id", "destination_id"),
@@ -58,6 +60,8 @@ syncs = Table(
     Column("max_removal_fraction", Float, nullable=False),
     # Set when an operator resumes a sync the guardrail paused: its next run may remove.
     Column("removal_approved", Boolean, nullable=False, default=False),
+    # What a destination type keeps between runs (e.g. the Amplitude cohort id).
+    Column("destination_state", Json, nullable=True),
     Column("next_run_at_us", BigInteger, nullable=True),
     Column("claimed_by", String(64), nullable=True),
     Column("claimed_until_us", BigInteger, nullable=True),

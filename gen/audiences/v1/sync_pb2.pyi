@@ -61,7 +61,14 @@ EXPORT_FORMAT_FORMATTED: ExportFormat
 EXPORT_FORMAT_SINGLE_COLUMN: ExportFormat
 
 class Destination(_message.Message):
-    __slots__ = ("id", "name", "kind", "base_url", "directory", "file_format", "secret", "rate_limit_per_second", "has_secret", "created_at", "batch_size", "timeout_seconds")
+    __slots__ = ("id", "name", "kind", "base_url", "directory", "file_format", "secret", "rate_limit_per_second", "has_secret", "created_at", "batch_size", "timeout_seconds", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +81,7 @@ class Destination(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     kind: DestinationKind
@@ -86,7 +94,8 @@ class Destination(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     batch_size: int
     timeout_seconds: float
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[DestinationKind, str]] = ..., base_url: _Optional[str] = ..., directory: _Optional[str] = ..., file_format: _Optional[str] = ..., secret: _Optional[str] = ..., rate_limit_per_second: _Optional[float] = ..., has_secret: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., batch_size: _Optional[int] = ..., timeout_seconds: _Optional[float] = ...) -> None: ...
+    options: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., kind: _Optional[_Union[DestinationKind, str]] = ..., base_url: _Optional[str] = ..., directory: _Optional[str] = ..., file_format: _Optional[str] = ..., secret: _Optional[str] = ..., rate_limit_per_second: _Optional[float] = ..., has_secret: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., batch_size: _Optional[int] = ..., timeout_seconds: _Optional[float] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CreateDestinationRequest(_message.Message):
     __slots__ = ("destination",)

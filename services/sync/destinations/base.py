@@ -10,12 +10,13 @@ after `finish`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
+from services.shared.errors import FieldViolation
 from services.sync.delivery import RetryPolicy, TokenBucket
 from services.sync.model import Change, Destination
 
@@ -57,13 +58,16 @@ class Outcome:
 
 @dataclass(frozen=True)
 class RunContext:
-    """What a destination run may use: the run's id, HTTP plumbing and retry policy."""
+    """What a destination run may use: the run's id, HTTP plumbing, retry policy, and
+    the state the type kept for this sync (saved at once by `save_state`)."""
 
     run_id: str
     sync_id: str
     session: aiohttp.ClientSession
     policy: RetryPolicy
     bucket: TokenBucket | None
+    state: Mapping[str, Any] | None = None
+    save_state: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
 
 class DestinationRun(Protocol):
@@ -88,6 +92,18 @@ class DestinationRun(Protocol):
 class DestinationType(Protocol):
     """A module under services/sync/destinations/ provides one of these as `TYPE`."""
 
+    def check_options(self, options: Mapping[str, str]) -> list[FieldViolation]:
+        """What is wrong with the type-specific `options` (empty when nothing)."""
+        ...
+
     def open_run(self, destination: Destination, context: RunContext) -> DestinationRun:
         """Start delivering one run's batches to `destination`."""
         ...
+
+
+def no_options(options: Mapping[str, str]) -> list[FieldViolation]:
+    """Violations for a type that takes no options: every key given."""
+    return [
+        FieldViolation(f"destination.options[{key}]", "is not an option of this destination")
+        for key in options
+    ]

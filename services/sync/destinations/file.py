@@ -15,7 +15,13 @@ from typing import IO
 
 import orjson
 
-from services.sync.destinations.base import Batch, DestinationRun, Outcome, RunContext
+from services.sync.destinations.base import (
+    Batch,
+    DestinationRun,
+    Outcome,
+    RunContext,
+    no_options,
+)
 from services.sync.model import Destination
 
 COLUMNS = ("seq", "action", "profile_id", "id", "at_us")
@@ -78,6 +84,7 @@ def _unlink(path: str) -> None:
 
 
 class FileType:
+    check_options = staticmethod(no_options)
     """Opens file runs."""
 
     def open_run(self, destination: Destination, context: RunContext) -> DestinationRun:

@@ -15,7 +15,13 @@ import time
 import orjson
 
 from services.sync import delivery
-from services.sync.destinations.base import Batch, DestinationRun, Outcome, RunContext
+from services.sync.destinations.base import (
+    Batch,
+    DestinationRun,
+    Outcome,
+    RunContext,
+    no_options,
+)
 from services.sync.model import Destination
 
 SIGNATURE_HEADER = "X-Audiences-Signature"
@@ -75,6 +81,7 @@ class _WebhookRun:
 
 
 class WebhookType:
+    check_options = staticmethod(no_options)
     """Opens webhook runs."""
 
     def open_run(self, destination: Destination, context: RunContext) -> DestinationRun:

@@ -242,3 +242,37 @@ async def webhook(
         yield receiver
     finally:
         await runner.cleanup()
+
+
+@dataclass
+class VendorServer:
+    """A fake vendor API: records every request (path, headers, JSON body) and answers
+    with `answer(path, body)` -> (status, JSON)."""
+
+    answer: Any
+    requests: list[tuple[str, dict[str, str], Any]] = field(default_factory=list)
+    url: str = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read() or b"null")
+        self.requests.append((request.path, dict(request.headers), body))
+        status, reply = self.answer(request.path, body)
+        return web.json_response(reply, status=status)
+
+
+@asynccontextmanager
+async def vendor(answer: Any) -> AsyncIterator[VendorServer]:
+    """A running fake vendor API on a loopback port (every POST path)."""
+    server = VendorServer(answer)
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", server.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    server.url = f"http://127.0.0.1:{port}"
+    try:
+        yield server
+    finally:
+        await runner.cleanup()

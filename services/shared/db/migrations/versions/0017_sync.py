@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("rate_limit_per_second", sa.Float, nullable=False),
         sa.Column("batch_size", sa.Integer, nullable=False),
         sa.Column("timeout_seconds", sa.Float, nullable=False),
+        sa.Column("options", _JSON, nullable=False),
         sa.Column("created_at_us", sa.BigInteger, nullable=False),
         sa.Column("updated_at_us", sa.BigInteger, nullable=False),
     )
@@ -57,6 +58,7 @@ def upgrade() -> None:
         sa.Column("paused_reason", sa.Text, nullable=False),
         sa.Column("max_removal_fraction", sa.Float, nullable=False),
         sa.Column("removal_approved", sa.Boolean, nullable=False),
+        sa.Column("destination_state", _JSON, nullable=True),
         sa.Column("next_run_at_us", sa.BigInteger, nullable=True),
         sa.Column("claimed_by", sa.String(64), nullable=True),
         sa.Column("claimed_until_us", sa.BigInteger, nullable=True),
