@@ -17,8 +17,11 @@ FILE = "file"
 BRAZE = "braze"
 AMPLITUDE = "amplitude"
 KINDS = (WEBHOOK, FILE, BRAZE, AMPLITUDE)
-# Kinds a destination can be created with today (the others have no module yet).
-BUILT_KINDS = (WEBHOOK, FILE, BRAZE)
+SECRET_NEEDED = {
+    WEBHOOK: "webhooks need a secret to sign batches",
+    BRAZE: "the Braze REST API key is required",
+    AMPLITUDE: "the Amplitude secret key is required (the API key goes in options)",
+}
 FILE_FORMATS = ("csv", "jsonl")
 
 AUDIENCE = "audience"
@@ -214,24 +217,12 @@ def check_destination(given: DestinationInput, creating: bool) -> None:
         problems.append(FieldViolation("destination.name", "is required"))
     problems.append(too_long("destination.name", given.name, 255))
     if given.kind not in KINDS:
-        problems.append(
-            FieldViolation("destination.kind", f"must be one of {', '.join(BUILT_KINDS)}")
-        )
-    elif given.kind not in BUILT_KINDS:
-        problems.append(
-            FieldViolation("destination.kind", f"{given.kind} destinations are not built yet")
-        )
-    if given.kind in (WEBHOOK, BRAZE):
+        problems.append(FieldViolation("destination.kind", f"must be one of {', '.join(KINDS)}"))
+    # Amplitude's base URL is optional: its region names the host.
+    if given.kind in (WEBHOOK, BRAZE) or (given.kind == AMPLITUDE and given.base_url):
         problems.append(_url_violation("destination.base_url", given.base_url))
-        if creating and not given.secret:
-            problems.append(
-                FieldViolation(
-                    "destination.secret",
-                    "webhooks need a secret to sign batches"
-                    if given.kind == WEBHOOK
-                    else "the Braze REST API key is required",
-                )
-            )
+    if creating and given.kind in SECRET_NEEDED and not given.secret:
+        problems.append(FieldViolation("destination.secret", SECRET_NEEDED[given.kind]))
     for key, value in given.options.items():
         problems.append(too_long(f"destination.options[{key}]", value, 255))
     if given.kind == FILE:

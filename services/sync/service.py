@@ -107,8 +107,12 @@ class SyncService:
     async def create_sync(self, ws: str, given: SyncInput) -> Sync:
         """Validate and store a sync of an existing audience to an existing destination."""
         check_sync(given)
-        if await self._store.get_destination(ws, given.destination_id) is None:
+        destination = await self._store.get_destination(ws, given.destination_id)
+        if destination is None:
             raise invalid("sync.destination_id", f"no destination {given.destination_id}")
+        problem = TYPES[destination.kind].check_id_type(given.id_type)
+        if problem is not None:
+            raise invalid("sync.id_type", problem)
         if await self._changelog.audience_id(ws, given.source_key) is None:
             raise invalid("sync.source_key", f"no audience {given.source_key}")
         return await self._store.create_sync(ws, given, self._clock.now_us())

@@ -96,6 +96,10 @@ class DestinationType(Protocol):
         """What is wrong with the type-specific `options` (empty when nothing)."""
         ...
 
+    def check_id_type(self, id_type: str) -> str | None:
+        """Why a sync to this type cannot name people by `id_type` (None: it can)."""
+        ...
+
     def open_run(self, destination: Destination, context: RunContext) -> DestinationRun:
         """Start delivering one run's batches to `destination`."""
         ...
@@ -107,3 +111,8 @@ def no_options(options: Mapping[str, str]) -> list[FieldViolation]:
         FieldViolation(f"destination.options[{key}]", "is not an option of this destination")
         for key in options
     ]
+
+
+def any_id_type(id_type: str) -> str | None:
+    """For types that name people by any identifier: nothing is wrong."""
+    return None

@@ -22,7 +22,13 @@ import orjson
 
 from services.shared.errors import FieldViolation
 from services.sync import delivery
-from services.sync.destinations.base import Batch, DestinationRun, Outcome, RunContext
+from services.sync.destinations.base import (
+    Batch,
+    DestinationRun,
+    Outcome,
+    RunContext,
+    any_id_type,
+)
 from services.sync.model import ADDED, Change, Destination
 
 MAX_OBJECTS = 75
@@ -90,6 +96,8 @@ class _BrazeRun:
 
 class BrazeType:
     """Opens Braze runs and checks Braze options."""
+
+    check_id_type = staticmethod(any_id_type)
 
     def check_options(self, options: Mapping[str, str]) -> list[FieldViolation]:
         """membership must be boolean or array; attribute a Braze attribute name."""

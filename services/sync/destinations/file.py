@@ -20,6 +20,7 @@ from services.sync.destinations.base import (
     DestinationRun,
     Outcome,
     RunContext,
+    any_id_type,
     no_options,
 )
 from services.sync.model import Destination
@@ -85,6 +86,7 @@ def _unlink(path: str) -> None:
 
 class FileType:
     check_options = staticmethod(no_options)
+    check_id_type = staticmethod(any_id_type)
     """Opens file runs."""
 
     def open_run(self, destination: Destination, context: RunContext) -> DestinationRun:

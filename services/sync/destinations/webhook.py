@@ -20,6 +20,7 @@ from services.sync.destinations.base import (
     DestinationRun,
     Outcome,
     RunContext,
+    any_id_type,
     no_options,
 )
 from services.sync.model import Destination
@@ -82,6 +83,7 @@ class _WebhookRun:
 
 class WebhookType:
     check_options = staticmethod(no_options)
+    check_id_type = staticmethod(any_id_type)
     """Opens webhook runs."""
 
     def open_run(self, destination: Destination, context: RunContext) -> DestinationRun:
