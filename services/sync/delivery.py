@@ -43,8 +43,14 @@ class RetryPolicy:
 class TokenBucket:
     """At most `rate` requests a second on average, bursts up to `rate` (at least one)."""
 
-    def __init__(self, rate: float, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: float,
+        now: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._rate = rate
+        self._sleep = sleep
         self._capacity = max(1.0, rate)
         self._tokens = self._capacity
         self._now = now
@@ -61,7 +67,7 @@ class TokenBucket:
                 if self._tokens >= 1:
                     self._tokens -= 1
                     return
-                await asyncio.sleep((1 - self._tokens) / self._rate)
+                await self._sleep((1 - self._tokens) / self._rate)
 
 
 @dataclass(frozen=True)

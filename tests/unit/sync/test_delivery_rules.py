@@ -6,7 +6,7 @@ import email.utils
 
 import pytest
 
-from services.sync.delivery import RetryPolicy, retry_after_seconds
+from services.sync.delivery import RetryPolicy, TokenBucket, retry_after_seconds
 
 pytestmark = pytest.mark.unit
 
@@ -32,3 +32,19 @@ def test_backoff_is_jittered_below_an_exponential_cap_and_honours_retry_after() 
         assert all(0 <= w <= min(10, 0.5 * 2**attempt) for w in waits)
         assert len(set(waits)) > 1  # jittered, not one fixed delay
     assert policy.backoff(3, 4.0) == 4.0
+
+
+async def test_the_token_bucket_holds_the_rate_after_a_burst() -> None:
+    clock = [0.0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock[0] += seconds
+
+    bucket = TokenBucket(4, now=lambda: clock[0], sleep=sleep)
+    for _ in range(12):
+        await bucket.take()
+    # A burst of 4 goes at once; the next 8 need 8 / 4 = 2 seconds.
+    assert clock[0] == pytest.approx(2.0)
+    assert len(waits) == 8
