@@ -21,9 +21,14 @@ from typing import Any
 import orjson
 
 from services.shared.errors import FieldViolation
-from services.sync import delivery
-from services.sync.delivery import DeliveryFailed
-from services.sync.destinations.base import Batch, DestinationRun, Outcome, RunContext
+from services.sync.delivery import DeliveryFailed, HttpAnswer
+from services.sync.destinations.base import (
+    AcknowledgedPerBatch,
+    Batch,
+    DestinationRun,
+    Outcome,
+    RunContext,
+)
 from services.sync.model import ADDED, Destination
 
 HOSTS = {"us": "https://amplitude.com", "eu": "https://analytics.eu.amplitude.com"}
@@ -47,12 +52,9 @@ def memberships(batch: Batch) -> list[dict[str, Any]]:
     return out
 
 
-class _AmplitudeRun:
-    acknowledges_each_batch = True
-
+class _AmplitudeRun(AcknowledgedPerBatch):
     def __init__(self, destination: Destination, context: RunContext) -> None:
-        self._destination = destination
-        self._context = context
+        super().__init__(destination, context)
         options = destination.options
         self._options = options
         host = destination.base_url or HOSTS[options.get("region", "us")]
@@ -61,20 +63,9 @@ class _AmplitudeRun:
         pair = f"{options.get('api_key', '')}:{destination.secret or ''}".encode()
         self._authorization = "Basic " + base64.b64encode(pair).decode()
 
-    async def _post(self, path: str, document: Any) -> delivery.HttpAnswer:
-        headers = {
-            "Content-Type": "application/json",
-            "Authorization": self._authorization,
-        }
-        return await delivery.post(
-            self._context.session,
-            self._host + path,
-            orjson.dumps(document),
-            headers,
-            self._destination.timeout_seconds,
-            self._context.policy,
-            self._context.bucket,
-        )
+    async def _call(self, path: str, document: Any) -> HttpAnswer:
+        headers = {"Content-Type": "application/json", "Authorization": self._authorization}
+        return await self._post(self._host + path, orjson.dumps(document), headers)
 
     async def deliver(self, batch: Batch) -> Outcome:
         if batch.id_type not in ID_TYPES:
@@ -96,7 +87,7 @@ class _AmplitudeRun:
                 "owner": self._options["owner"],
                 "published": True,
             }
-            answer = await self._post("/api/3/cohorts/upload", upload)
+            answer = await self._call("/api/3/cohorts/upload", upload)
             retries += answer.retries
             if not answer.accepted:
                 return Outcome(retries, answer.status, answer.body)
@@ -113,7 +104,7 @@ class _AmplitudeRun:
             rest = Batch(
                 batch.sync_id, batch.audience_key, batch.id_type, batch.idempotency_key, changes
             )
-            answer = await self._post(
+            answer = await self._call(
                 "/api/3/cohorts/membership",
                 {
                     "cohort_id": self._cohort_id,
@@ -125,12 +116,6 @@ class _AmplitudeRun:
             if not answer.accepted:
                 return Outcome(retries, answer.status, answer.body)
         return Outcome(retries=retries)
-
-    async def finish(self) -> None:
-        return None
-
-    async def abort(self) -> None:
-        return None
 
 
 class AmplitudeType:

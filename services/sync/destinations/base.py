@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from services.shared.errors import FieldViolation
-from services.sync.delivery import RetryPolicy, TokenBucket
+from services.sync.delivery import HttpAnswer, RetryPolicy, TokenBucket, post
 from services.sync.model import Change, Destination
 
 
@@ -87,6 +87,42 @@ class DestinationRun(Protocol):
     async def abort(self) -> None:
         """Discard what was not made visible."""
         ...
+
+
+class AcknowledgedPerBatch:
+    """Base of the HTTP API types: each answered request acknowledges its batch, so
+    there is nothing to publish at the end and nothing to discard."""
+
+    acknowledges_each_batch = True
+
+    def __init__(self, destination: Destination, context: RunContext) -> None:
+        self._destination = destination
+        self._context = context
+
+    async def _post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str] | Callable[[], Mapping[str, str]],
+    ) -> HttpAnswer:
+        """POST with the destination's timeout, the run's retry policy and rate limit."""
+        return await post(
+            self._context.session,
+            url,
+            body,
+            headers,
+            self._destination.timeout_seconds,
+            self._context.policy,
+            self._context.bucket,
+        )
+
+    async def finish(self) -> None:
+        """Nothing to publish: every batch was acknowledged as it went."""
+        return None
+
+    async def abort(self) -> None:
+        """Nothing to discard."""
+        return None
 
 
 class DestinationType(Protocol):

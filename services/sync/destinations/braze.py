@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 
 from services.shared.errors import FieldViolation
-from services.sync import delivery
 from services.sync.destinations.base import (
+    AcknowledgedPerBatch,
     Batch,
     DestinationRun,
     Outcome,
@@ -56,12 +56,9 @@ def attribute_objects(batch: Batch, options: Mapping[str, str]) -> list[dict[str
     return out
 
 
-class _BrazeRun:
-    acknowledges_each_batch = True
-
+class _BrazeRun(AcknowledgedPerBatch):
     def __init__(self, destination: Destination, context: RunContext) -> None:
-        self._destination = destination
-        self._context = context
+        super().__init__(destination, context)
         self._url = destination.base_url.rstrip("/") + "/users/track"
 
     async def deliver(self, batch: Batch) -> Outcome:
@@ -73,25 +70,11 @@ class _BrazeRun:
         retries = 0
         for start in range(0, len(objects), MAX_OBJECTS):
             body = orjson.dumps({"attributes": objects[start : start + MAX_OBJECTS]})
-            answer = await delivery.post(
-                self._context.session,
-                self._url,
-                body,
-                headers,
-                self._destination.timeout_seconds,
-                self._context.policy,
-                self._context.bucket,
-            )
+            answer = await self._post(self._url, body, headers)
             retries += answer.retries
             if not answer.accepted:
                 return Outcome(retries, answer.status, answer.body)
         return Outcome(retries=retries)
-
-    async def finish(self) -> None:
-        return None
-
-    async def abort(self) -> None:
-        return None
 
 
 class BrazeType:

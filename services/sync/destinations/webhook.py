@@ -14,8 +14,8 @@ import time
 
 import orjson
 
-from services.sync import delivery
 from services.sync.destinations.base import (
+    AcknowledgedPerBatch,
     Batch,
     DestinationRun,
     Outcome,
@@ -41,13 +41,7 @@ def verify(secret: str, timestamp: str, body: bytes, header: str) -> bool:
     return hmac.compare_digest(signature(secret, timestamp, body), header)
 
 
-class _WebhookRun:
-    acknowledges_each_batch = True
-
-    def __init__(self, destination: Destination, context: RunContext) -> None:
-        self._destination = destination
-        self._context = context
-
+class _WebhookRun(AcknowledgedPerBatch):
     async def deliver(self, batch: Batch) -> Outcome:
         body = orjson.dumps(batch.as_json())
         secret = self._destination.secret or ""
@@ -61,24 +55,10 @@ class _WebhookRun:
                 SIGNATURE_HEADER: signature(secret, now, body),
             }
 
-        answer = await delivery.post(
-            self._context.session,
-            self._destination.base_url,
-            body,
-            headers,
-            self._destination.timeout_seconds,
-            self._context.policy,
-            self._context.bucket,
-        )
+        answer = await self._post(self._destination.base_url, body, headers)
         if answer.accepted:
             return Outcome(retries=answer.retries)
         return Outcome(answer.retries, answer.status, answer.body)
-
-    async def finish(self) -> None:
-        return None
-
-    async def abort(self) -> None:
-        return None
 
 
 class WebhookType:

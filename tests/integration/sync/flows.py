@@ -30,13 +30,26 @@ async def webhook_sync(
         ),
         metadata=api.metadata,
     )
+    return await audience_sync(
+        api, destination.id, audience_key, "email", max_removal_fraction=max_removal_fraction
+    )
+
+
+async def audience_sync(
+    api: SyncApi,
+    destination_id: str,
+    audience_key: str,
+    id_type: str,
+    max_removal_fraction: float = 0,
+) -> sync_pb2.Sync:
+    """A one-time sync of the audience to the destination, naming people by `id_type`."""
     return await api.stub.CreateSync(
         sync_pb2.CreateSyncRequest(
             sync=sync_pb2.Sync(
-                destination_id=destination.id,
+                destination_id=destination_id,
                 source=sync_pb2.SYNC_SOURCE_AUDIENCE,
                 source_key=audience_key,
-                id_type="email",
+                id_type=id_type,
                 cadence=sync_pb2.SYNC_CADENCE_ONE_TIME,
                 max_removal_fraction=max_removal_fraction,
             )

@@ -223,6 +223,22 @@ class WebhookReceiver:
 
 
 @asynccontextmanager
+async def _serving(route: str, handler: Any) -> AsyncIterator[str]:
+    """An aiohttp server on a free loopback port answering POSTs to `route`; its base URL."""
+    app = web.Application()
+    app.router.add_post(route, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
 async def webhook(
     secret: str,
     script: list[tuple[int, dict[str, str], float]] | None = None,
@@ -230,18 +246,9 @@ async def webhook(
 ) -> AsyncIterator[WebhookReceiver]:
     """A running receiver on a loopback port."""
     receiver = WebhookReceiver(secret, list(script or []), hold_at=hold_at)
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    receiver.url = f"http://127.0.0.1:{port}/hook"
-    try:
+    async with _serving("/hook", receiver.handle) as base:
+        receiver.url = f"{base}/hook"
         yield receiver
-    finally:
-        await runner.cleanup()
 
 
 @dataclass
@@ -264,15 +271,6 @@ class VendorServer:
 async def vendor(answer: Any) -> AsyncIterator[VendorServer]:
     """A running fake vendor API on a loopback port (every POST path)."""
     server = VendorServer(answer)
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    server.url = f"http://127.0.0.1:{port}"
-    try:
+    async with _serving("/{tail:.*}", server.handle) as base:
+        server.url = base
         yield server
-    finally:
-        await runner.cleanup()

@@ -11,7 +11,7 @@ from audiences.v1 import sync_pb2
 
 from services.shared.errors import field_violations
 from tests.integration.sync.conftest import SyncApi
-from tests.integration.sync.flows import get_sync, run
+from tests.integration.sync.flows import audience_sync, get_sync, run
 from tests.integration.sync.support import vendor
 
 pytestmark = pytest.mark.integration
@@ -42,19 +42,7 @@ async def _destination(api: SyncApi, url: str, **options: str) -> sync_pb2.Desti
 
 
 async def _sync(api: SyncApi, destination_id: str, id_type: str = "user_id") -> sync_pb2.Sync:
-    return await api.stub.CreateSync(
-        sync_pb2.CreateSyncRequest(
-            sync=sync_pb2.Sync(
-                destination_id=destination_id,
-                source=sync_pb2.SYNC_SOURCE_AUDIENCE,
-                source_key="power_users",
-                id_type=id_type,
-                cadence=sync_pb2.SYNC_CADENCE_ONE_TIME,
-                max_removal_fraction=1,
-            )
-        ),
-        metadata=api.metadata,
-    )
+    return await audience_sync(api, destination_id, "power_users", id_type, max_removal_fraction=1)
 
 
 async def test_first_sync_creates_the_cohort_then_adds_and_removes(api: SyncApi) -> None:

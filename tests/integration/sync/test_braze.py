@@ -8,7 +8,7 @@ from audiences.v1 import sync_pb2
 
 from services.shared.errors import field_violations
 from tests.integration.sync.conftest import SyncApi
-from tests.integration.sync.flows import run
+from tests.integration.sync.flows import audience_sync, run
 from tests.integration.sync.support import vendor
 
 pytestmark = pytest.mark.integration
@@ -35,19 +35,8 @@ async def _braze_sync(
         ),
         metadata=api.metadata,
     )
-    return await api.stub.CreateSync(
-        sync_pb2.CreateSyncRequest(
-            sync=sync_pb2.Sync(
-                destination_id=destination.id,
-                source=sync_pb2.SYNC_SOURCE_AUDIENCE,
-                source_key="fans",
-                id_type=id_type,
-                cadence=sync_pb2.SYNC_CADENCE_ONE_TIME,
-                max_removal_fraction=1,  # these tests remove on purpose
-            )
-        ),
-        metadata=api.metadata,
-    )
+    # These tests remove on purpose: no guardrail.
+    return await audience_sync(api, destination.id, "fans", id_type, max_removal_fraction=1)
 
 
 async def test_boolean_membership_by_external_id_in_requests_of_at_most_75(

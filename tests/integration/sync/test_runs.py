@@ -15,7 +15,7 @@ from audiences.v1 import sync_pb2
 
 from services.shared.errors import field_violations
 from tests.integration.sync.conftest import SyncApi
-from tests.integration.sync.flows import get_sync, run, webhook_sync
+from tests.integration.sync.flows import audience_sync, get_sync, run, webhook_sync
 from tests.integration.sync.support import webhook
 
 pytestmark = pytest.mark.integration
@@ -94,19 +94,8 @@ async def test_a_file_destination_gets_one_complete_file_per_run(
         ),
         metadata=api.metadata,
     )
-    sync = await api.stub.CreateSync(
-        sync_pb2.CreateSyncRequest(
-            sync=sync_pb2.Sync(
-                destination_id=destination.id,
-                source=sync_pb2.SYNC_SOURCE_AUDIENCE,
-                source_key="buyers",
-                id_type="user_id",
-                cadence=sync_pb2.SYNC_CADENCE_ONE_TIME,
-                max_removal_fraction=1,  # removing the only member is meant here
-            )
-        ),
-        metadata=api.metadata,
-    )
+    # Removing the only member is meant here: no guardrail.
+    sync = await audience_sync(api, destination.id, "buyers", "user_id", max_removal_fraction=1)
     first = await run(api, sync.id)
     await log.change(audience, bob, entered=True)
     await log.change(audience, ann, entered=False)
