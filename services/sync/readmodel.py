@@ -209,15 +209,18 @@ class ChangeLog:
             result = await c.stream(query.execution_options(yield_per=STREAM_ROWS))
             person: int | None = None
             found: list[tuple[str, str]] = []
-            async for r in result:
-                if r.canonical_id != person:
-                    if person is not None:
-                        yield person, found
-                    person, found = r.canonical_id, []
-                pair = (r.id_type, r.id_value)
-                # A person with two membership rows (one merged away) repeats its rows.
-                if r.id_type is not None and (not found or found[-1] != pair) and pair not in found:
-                    found.append(pair)
+            # A partition at a time: iterating an async result row by row costs a
+            # greenlet switch per row, most of an export's time.
+            async for partition in result.partitions():
+                for r in partition:
+                    if r.canonical_id != person:
+                        if person is not None:
+                            yield person, found
+                        person, found = r.canonical_id, []
+                    pair = (r.id_type, r.id_value)
+                    # A person with two membership rows (one merged away) repeats its rows.
+                    if r.id_type is not None and pair not in found:
+                        found.append(pair)
             if person is not None:
                 yield person, found
 
@@ -259,13 +262,14 @@ async def _members(
     result = await c.stream(query.execution_options(yield_per=STREAM_ROWS))
     person: int | None = None
     value: str | None = None
-    async for r in result:
-        if r.canonical_id != person:
-            if person is not None:
-                yield person, value
-            person, value = r.canonical_id, r.id_value
-        elif value is None:
-            value = r.id_value
+    async for partition in result.partitions():
+        for r in partition:
+            if r.canonical_id != person:
+                if person is not None:
+                    yield person, value
+                person, value = r.canonical_id, r.id_value
+            elif value is None:
+                value = r.id_value
     if person is not None:
         yield person, value
 
