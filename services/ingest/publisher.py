@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -184,12 +185,12 @@ def entry_fields(record: StreamRecord) -> dict[str, bytes | str]:
     }
 
 
-def _hot_payload(  # type: ignore[no-untyped-def]
+def _hot_payload(
     profiles: list[HotProfile],
     redirects: list[tuple[int, int]],
     replace: bool,
     seen: list[SeenProfile] | None = None,
-):
+) -> bytes:
     # Numbers travel as strings: Lua's cjson would round 16-digit microseconds.
     updates: list[dict[str, Any]] = []
     for profile in profiles:
@@ -401,12 +402,17 @@ class StreamCatchUp:
 
 
 async def rebuild_workspace(
-    store: SqlEventStore, redis: Redis, publisher: RedisPublisher, workspace_id: str
+    store: SqlEventStore,
+    redis: Redis,
+    publisher: RedisPublisher,
+    workspace_id: str,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     """Recreate a workspace's hot identifiers, traits and meta from Postgres.
 
     Audience, computed-trait, prediction and recommendation sections belong to other
-    services and are left alone. Returns how many profiles were written.
+    services and are left alone. Returns how many profiles were written; `progress`
+    hears the count so far after each page.
     """
     prefix = hotstate.workspace_prefix(workspace_id)
     async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
@@ -428,5 +434,7 @@ async def rebuild_workspace(
         written += len(page)
         if not page:
             break
+        if progress is not None:
+            progress(written)
         after_id = page[-1].profile_id
     return written

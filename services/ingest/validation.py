@@ -7,6 +7,7 @@ a client can fix them in one go, and a bad event never affects the rest of its b
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -46,6 +47,7 @@ def _depth(value: Any) -> int:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, level = stack.pop()
+        children: Iterable[Any]
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, list):
@@ -182,10 +184,10 @@ def validate(
     # The common case in three C calls: if all of them together are short ASCII text
     # without NUL, so is each one (_string_violation would find nothing).
     if not (len(joined) <= MAX_STRING_CHARS and joined.isascii() and "\x00" not in joined):
-        for name, value in zip(_STRING_FIELDS, strings, strict=True):
+        for field_name, value in zip(_STRING_FIELDS, strings, strict=True):
             problem = _string_violation(value) if value else None  # most fields are empty
             if problem:
-                bad(name, problem)
+                bad(field_name, problem)
     if not raw.user_id and not raw.anonymous_id:
         bad("user_id", "user_id or anonymous_id is required")
     if raw.type == "track" and not raw.event:

@@ -15,9 +15,9 @@ process touches the message (docs/profile.md).
 
 The script call goes over the process's pipelined connection
 (services.shared.redis_pipelined) when there is one, traced or not: that round trip
-was the largest remaining server cost of a GetProfile through redis-py. With
-memory:// (no such connection) it goes through redis-py. Either way a lost Redis
-connection is UNAVAILABLE to the caller.
+was the largest remaining server cost of a GetProfile through redis-py. With a
+rediss:// or unix:// URL (no such connection) it goes through redis-py. Either way a
+lost Redis connection is UNAVAILABLE to the caller.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy import (
     Text,
@@ -23,9 +24,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from services.profile.model import Erasure, Identifier, TimelineEvent
-from services.segmentation.store import exit_every_audience
+from services.shared.db.membership_log import exit_every_audience
 from services.shared.db.tables import (
     events,
     identities,
@@ -38,7 +40,7 @@ from services.shared.db.tables import (
 MAX_MERGE_HOPS = 16
 
 
-def _payload_text(column):  # type: ignore[no-untyped-def]
+def _payload_text(column: ColumnElement[Any]) -> ColumnElement[Any]:
     """A JSON column as its text; a JSON null reads as absent (SQL NULL), as before."""
     return func.nullif(cast(column, Text), "null")
 

@@ -50,6 +50,7 @@ __all__ = [
     "Within",
     "audience_refs",
     "computed_refs",
+    "computed_trait_refs",
     "dependency_layers",
     "dependency_order",
     "find_cycle",
@@ -58,6 +59,7 @@ __all__ = [
     "parse_computed_trait",
     "split_path",
     "trait_refs",
+    "trait_row_keys",
     "validate_audience",
     "validate_computed_trait",
 ]
@@ -310,6 +312,14 @@ class ComputedTraitDef:
 def split_path(prop: str) -> tuple[str, ...]:
     """A dotted property path as its keys (``shipping.method`` -> ("shipping", "method"))."""
     return tuple(prop.split("."))
+
+
+def trait_row_keys(name: str) -> tuple[str, ...]:
+    """The top-level trait keys a trait name reads: the name itself (a literal key, which
+    wins when it holds a value) and, for a dotted name, its first part, whose value the
+    rest of the path walks into (``billing.tier`` -> ("billing.tier", "billing"))."""
+    root = name.split(".", 1)[0]
+    return (name,) if root == name else (name, root)
 
 
 def _is_number(v: Any) -> bool:
@@ -577,6 +587,11 @@ def _parse_ref(raw: Any, path: str, ctx: _Ctx, step_index: int | None) -> StepRe
             ctx.err(sp, f"must refer to an earlier step (0..{step_index - 1}), got {step}")
             return None
         return StepRef(step, prop) if prop else None
+    if "computed" in obj:
+        # Not in the language (design.md section 6 names step and trait refs): a computed
+        # trait reading another would make computed traits depend on one another.
+        ctx.err(_join(path, "computed"), "refs to computed traits are not supported")
+        return None
     ctx.err(path, "must have trait or step")
     return None
 
@@ -676,6 +691,7 @@ def _parse_prediction(raw: Any, path: str, ctx: _Ctx) -> Prediction | None:
             ctx.err(_join(mp, op), f"must be between {lo:g} and {hi:g}")
         else:
             bounds.append((op, v))
+    # metric is one of PREDICTION_METRICS' keys, which mypy sees only as str.
     return Prediction(key, metric, tuple(bounds)) if key else None  # type: ignore[arg-type]
 
 
@@ -715,7 +731,7 @@ def _parse_funnel(raw: Any, path: str, ctx: _Ctx) -> Funnel | None:
                 )
             )
     wsp = _join(path, "within_seconds")
-    within = obj.get("within_seconds")
+    within: Any = obj.get("within_seconds")  # JSON: checked below
     if "within_seconds" not in obj:
         ctx.err(wsp, "is required")
         within = 0
@@ -861,12 +877,9 @@ def _parse_computed(raw: Any, ctx: _Ctx) -> ComputedTraitDef | None:
             ctx.err("property", "event_count takes no property")
     elif t in COMPUTED_TYPES:
         prop = ctx.name(obj, "property", "") or None
+    # Filters may compare with the profile's traits (``ref.trait``); step refs are
+    # funnel-only, so the parser rejects them here as it does in event conditions.
     where = _parse_where(obj, "", ctx, None)
-    raw_where = obj.get("where") if isinstance(obj.get("where"), list) else []
-    for i, f in enumerate(raw_where):
-        if isinstance(f, Mapping) and "ref" in f:
-            # A computed trait is a function of events alone (it feeds trait conditions).
-            ctx.err(f"where[{i}].ref", "refs are not allowed in computed traits")
     window = _parse_window(obj["window"], "window", ctx) if "window" in obj else None
     _check_totals(ctx)
     if t not in COMPUTED_TYPES or not event:
@@ -951,6 +964,11 @@ def trait_refs(node: Node) -> set[str]:
             filters = tuple(f for s in n.steps for f in s.where)
         out |= {f.ref.trait for f in filters if isinstance(f.ref, TraitRef)}
     return out
+
+
+def computed_trait_refs(defn: ComputedTraitDef) -> set[str]:
+    """Names of the profile traits a computed trait's filters compare with (``ref.trait``)."""
+    return {f.ref.trait for f in defn.where if isinstance(f.ref, TraitRef)}
 
 
 def find_cycle(definitions: Mapping[str, Any]) -> str | None:

@@ -168,6 +168,22 @@ def _read_page_token(token: str, audience_id: int) -> int:
     return after
 
 
+@dataclass
+class HotRebuild:
+    """What a hot-state rebuild wrote for one workspace."""
+
+    audiences: int = 0
+    memberships: int = 0
+    computed_traits: int = 0
+    values: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.audiences} audiences ({self.memberships} memberships), "
+            f"{self.computed_traits} computed traits ({self.values} values)"
+        )
+
+
 class Segmentation:
     """Audiences and computed traits of every workspace, behind the API."""
 
@@ -681,6 +697,26 @@ class Segmentation:
             run.failed(AUDIENCE, audience.key, reason)
             return
         run.done(came, left)
+
+    async def rebuild_hot_state(self, ws: str) -> HotRebuild:
+        """Write the workspace's stored memberships and computed values to the hot
+        state again, replacing whatever it held of them."""
+        rebuilt = HotRebuild()
+        async with self._lock(ws):
+            await self._hot.clear(ws)
+            for audience in (await self._store.audience_definitions(ws)).values():
+                if audience.account_level:  # accounts have no hot state: profiles do
+                    continue
+                members = await self._store.members(audience.audience_id)
+                await self._hot.memberships(ws, audience.key, members, ())
+                rebuilt.audiences += 1
+                rebuilt.memberships += len(members)
+            for record in await self._store.list_computed(ws):
+                values = await self._store.computed_values(ws, record.key)
+                await self._hot.computed(ws, record.key, values, ())
+                rebuilt.computed_traits += 1
+                rebuilt.values += sum(1 for value in values.values() if value is not None)
+        return rebuilt
 
     async def workspaces(self) -> list[str]:
         """Workspaces that have audiences or computed traits."""

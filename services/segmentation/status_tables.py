@@ -7,15 +7,15 @@
   backfill writes it.
 - ``computed_trait_status``: per computed trait, its name, version, state and why it
   failed.
-- ``change_sequences``: the last change seq of each workspace. Every membership writer
-  updates this row first in its transaction, which serialises the writers of a
-  workspace and hands out seqs in commit order.
+- ``change_sequences`` (the last change seq of each workspace) is part of the change-log
+  contract in ``services/shared/db/membership_log.py``, re-exported here.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Integer, String, Table, Text
 
+from services.shared.db.membership_log import change_sequences
 from services.shared.db.tables import metadata
 
 __all__ = ["audience_status", "change_sequences", "computed_trait_status"]
@@ -45,11 +45,4 @@ computed_trait_status = Table(
     Column("version", Integer, nullable=False, default=1),
     Column("state", String(16), nullable=False),
     Column("failure_reason", Text, nullable=False, default="", server_default=""),
-)
-
-change_sequences = Table(
-    "change_sequences",
-    metadata,
-    Column("workspace_id", String(64), primary_key=True),
-    Column("last_seq", BigInteger, nullable=False),
 )

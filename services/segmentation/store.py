@@ -6,7 +6,8 @@ Every membership write of a workspace first takes that workspace's row of
 reads the current members, diffs and writes. So concurrent recomputes of one workspace
 serialise, each diff is against committed state (no double ``entered``), and change
 seqs are assigned in commit order: a reader polling ``seq > last`` never skips a row
-that commits late.
+that commits late. That rule, and the tables it guards, are the change-log contract of
+``services/shared/db/membership_log.py``, which the profile service's erasure follows too.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from services.segmentation.model import (
 )
 from services.segmentation.status_tables import (
     audience_status,
-    change_sequences,
     computed_trait_status,
 )
 from services.segmentation.tables import (
@@ -51,7 +51,7 @@ from services.segmentation.tables import (
     memberships,
     prediction_scores,
 )
-from services.shared.db.engine import dialect_insert
+from services.shared.db.membership_log import lock_change_sequence, take_change_seqs
 from services.shared.db.tables import events, identities, profile_traits, profiles
 from services.shared.phases import phase
 
@@ -326,6 +326,7 @@ class SegmentationStore:
                     updated_at_us=now_us,
                 )
             )
+            assert result.inserted_primary_key is not None  # an INSERT of one row
             audience_id = result.inserted_primary_key[0]
             await c.execute(
                 insert(audience_status).values(
@@ -809,6 +810,13 @@ class SegmentationStore:
                 await c.execute(insert(cv), chunk)
         return changed, removed
 
+    async def computed_values(self, ws: str, key: str) -> dict[int, Any]:
+        """The stored value of a computed trait per profile."""
+        cv = computed_trait_values
+        query = select(cv.c.profile_id, cv.c.value).where(cv.c.workspace_id == ws, cv.c.key == key)
+        async with self._engine.connect() as c:
+            return {r.profile_id: r.value for r in await c.execute(query)}
+
     async def delete_computed(self, ws: str, key: str) -> list[int]:
         """Delete a computed trait and its values; returns the profiles that had one."""
         cv = computed_trait_values
@@ -1000,89 +1008,6 @@ class SegmentationStore:
             return int((await c.execute(query)).scalar_one())
 
 
-async def lock_change_sequence(c: AsyncConnection, ws: str) -> None:
-    """Serialise this workspace's membership writers until `c` commits, so change seqs
-    are gapless and in commit order."""
-    await c.execute(
-        dialect_insert(c, change_sequences)
-        .values(workspace_id=ws, last_seq=0)
-        .on_conflict_do_nothing(index_elements=["workspace_id"])
-    )
-    # A no-op write: the row lock (Postgres) or write lock (SQLite) is held from here
-    # to commit, serialising every membership writer of this workspace.
-    await c.execute(
-        update(change_sequences)
-        .where(change_sequences.c.workspace_id == ws)
-        .values(last_seq=change_sequences.c.last_seq)
-    )
-
-
-async def take_change_seqs(c: AsyncConnection, ws: str, n: int) -> int:
-    """Reserve n change seqs of the workspace (lock it first); returns the first."""
-    last = (
-        await c.execute(
-            update(change_sequences)
-            .where(change_sequences.c.workspace_id == ws)
-            .values(last_seq=change_sequences.c.last_seq + n)
-            .returning(change_sequences.c.last_seq)
-        )
-    ).scalar_one()
-    return int(last) - n + 1
-
-
-async def exit_every_audience(
-    c: AsyncConnection,
-    ws: str,
-    survivor_id: int,
-    profile_ids: Sequence[int],
-    now_us: int,
-    identifiers: Sequence[tuple[str, str]],
-) -> int:
-    """Take a person (the survivor and the ids merged into it) out of every audience
-    within the caller's transaction, logging one `exited` change per audience under
-    the survivor's id that keeps the person's `identifiers` (erasure deletes their
-    identities, and a sync still has to name them to its destination). Used when a
-    profile is erased; returns how many audiences it left.
-    """
-    kept = [[id_type, id_value] for id_type, id_value in sorted(identifiers)]
-    await lock_change_sequence(c, ws)
-    rows = (
-        await c.execute(
-            select(memberships.c.audience_id, audiences.c.current_version)
-            .select_from(
-                memberships.join(audiences, audiences.c.audience_id == memberships.c.audience_id)
-            )
-            .where(memberships.c.workspace_id == ws, memberships.c.profile_id.in_(profile_ids))
-        )
-    ).all()
-    versions = {row.audience_id: row.current_version for row in rows}
-    if not versions:
-        return 0
-    await c.execute(
-        delete(memberships).where(
-            memberships.c.workspace_id == ws, memberships.c.profile_id.in_(profile_ids)
-        )
-    )
-    first = await take_change_seqs(c, ws, len(versions))
-    await c.execute(
-        insert(membership_changes),
-        [
-            {
-                "workspace_id": ws,
-                "seq": first + i,
-                "audience_id": audience_id,
-                "profile_id": survivor_id,
-                "kind": EXITED,
-                "at_us": now_us,
-                "version": version,
-                "identifiers": kept,
-            }
-            for i, (audience_id, version) in enumerate(sorted(versions.items()))
-        ],
-    )
-    return len(versions)
-
-
 def _change(row: Any, key: str) -> Change:
     kept = row.identifiers
     return Change(
@@ -1176,7 +1101,7 @@ class _MembershipWriter:
     async def apply(
         self,
         batch: Sequence[tuple[int, int]],
-        members: sa.Select[Any],
+        members: sa.Select[Any] | sa.CompoundSelect[Any],
         progress: Progress,
         sizes: Sequence[int],
     ) -> list[Diff]:
@@ -1222,7 +1147,7 @@ class _MembershipWriter:
         if n:
             with phase("change log"):
                 await self._log(batch, n)
-        moved: dict[int, tuple[tuple[int, int], tuple[int, ...]]] = {}
+        moved: dict[int, tuple[tuple[tuple[int, int], ...], tuple[int, ...]]] = {}
         if self._any_merged:
             with phase("memberships"):
                 for audience_id in ids:

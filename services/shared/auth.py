@@ -18,7 +18,9 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -96,7 +98,7 @@ def current_workspace() -> str:
     return current_principal().workspace_id
 
 
-def set_principal(principal: Principal | None) -> contextvars.Token:  # type: ignore[type-arg]
+def set_principal(principal: Principal | None) -> contextvars.Token[Principal | None]:
     """Bind the caller for the rest of this task (used by the auth interceptor)."""
     return _current.set(principal)
 
@@ -114,7 +116,7 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def bearer_secret(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+def bearer_secret(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     """The secret of an ``authorization: Bearer`` header, if any."""
     for name, value in metadata or ():
         if name == "authorization":
@@ -142,6 +144,26 @@ def http_secret(authorization: str | None) -> str | None:
             return None
         return user or None
     return None
+
+
+HTTP_AUTHORIZATION_FORMS = "'Basic <base64 of key:>' or 'Bearer <key>'"
+
+
+async def authenticate_http(keys: KeyStore, authorization: str | None) -> Principal:
+    """The principal of an HTTP ``Authorization`` header (see http_secret).
+
+    Unauthenticated says what is wrong in HTTP terms: the header missing, a header
+    that names no key (an unknown scheme, bad base64, an empty user), or a key that is
+    unknown or revoked.
+    """
+    if not authorization:
+        raise Unauthenticated(f"missing Authorization header: send {HTTP_AUTHORIZATION_FORMS}")
+    secret = http_secret(authorization)
+    if secret is None:
+        raise Unauthenticated(
+            f"malformed Authorization header: expected {HTTP_AUTHORIZATION_FORMS}"
+        )
+    return await keys.authenticate(secret)
 
 
 class KeyStore:
@@ -256,6 +278,14 @@ class KeyStore:
         self._cache.clear()
         self._loading.clear()
 
+    async def workspace_ids(self) -> list[str]:
+        """Every workspace's id, oldest first."""
+        query = select(workspaces.c.workspace_id).order_by(
+            workspaces.c.created_at_us, workspaces.c.workspace_id
+        )
+        async with self._engine.connect() as connection:
+            return [row[0] for row in await connection.execute(query)]
+
     async def create_workspace(self, name: str) -> tuple[str, str, str]:
         """Create a workspace and its first admin key: (workspace_id, key_id, secret)."""
         if not name.strip():
@@ -295,13 +325,13 @@ class KeyStore:
             )
         return key_id, secret
 
-    async def list_keys(self, workspace_id: str) -> list[dict]:  # type: ignore[type-arg]
+    async def list_keys(self, workspace_id: str) -> list[dict[str, Any]]:
         """Every key of a workspace (never the secrets)."""
         query = select(api_keys).where(api_keys.c.workspace_id == workspace_id)
         async with self._engine.connect() as connection:
             return [dict(row._mapping) for row in await connection.execute(query)]
 
-    async def revoke_key(self, workspace_id: str, key_id: str) -> dict:  # type: ignore[type-arg]
+    async def revoke_key(self, workspace_id: str, key_id: str) -> dict[str, Any]:
         """Revoke a key of this workspace; NotFound for another workspace's key."""
         async with self._engine.begin() as connection:
             result = await connection.execute(
@@ -316,7 +346,7 @@ class KeyStore:
         self.forget()
         return dict(row._mapping)
 
-    async def set_identity_rules(self, workspace_id: str, rules: dict | None) -> None:  # type: ignore[type-arg]
+    async def set_identity_rules(self, workspace_id: str, rules: dict[str, Any] | None) -> None:
         """Store a workspace's identity rules JSON (None: back to the defaults)."""
         async with self._engine.begin() as connection:
             await connection.execute(
@@ -325,7 +355,7 @@ class KeyStore:
                 .values(identity_rules=rules)
             )
 
-    async def get_workspace(self, workspace_id: str) -> dict:  # type: ignore[type-arg]
+    async def get_workspace(self, workspace_id: str) -> dict[str, Any]:
         """The workspace row."""
         async with self._engine.connect() as connection:
             row = (

@@ -33,7 +33,7 @@ instrumentation gives every other command; otherwise nothing is added per call b
 check of the current span.
 
 Only plain TCP `redis://` URLs are served this way (AUTH and SELECT from the URL);
-anything else (memory://, rediss://, unix://) gets None from `create_pipelined`, and
+anything else (rediss://, unix://) gets None from `create_pipelined`, and
 the caller keeps using redis-py, which everything but the hot command uses anyway.
 """
 
@@ -41,7 +41,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import hiredis
 from opentelemetry import trace
@@ -50,6 +51,11 @@ from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# hiredis's stub types the argument as a 1-tuple; it packs a command of any length.
+_pack_command = cast(
+    "Callable[[tuple[str | bytes | int | float, ...]], bytes]", hiredis.pack_command
+)
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 REPLY_TIMEOUT_SECONDS = 5.0
@@ -85,6 +91,7 @@ class _Protocol(asyncio.Protocol):
         return len(self._waiting)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream connection's transport; asyncio's signature names the base class.
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
@@ -200,9 +207,9 @@ class PipelinedConnection:
         self._handshake: list[bytes] = []
         if password:
             auth = ("AUTH", username, password) if username else ("AUTH", password)
-            self._handshake.append(hiredis.pack_command(auth))
+            self._handshake.append(_pack_command(auth))
         if db:
-            self._handshake.append(hiredis.pack_command(("SELECT", db)))
+            self._handshake.append(_pack_command(("SELECT", db)))
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
@@ -216,7 +223,7 @@ class PipelinedConnection:
         protocol = self._protocol
         if protocol is None or not protocol.usable:
             protocol = await self._connect()
-        packed = hiredis.pack_command(args)
+        packed = _pack_command(args)
         if not trace.get_current_span().is_recording():
             return await protocol.call(packed)
         # A span per command, named and described as redis-py's instrumentation does

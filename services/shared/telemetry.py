@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
+import grpc
 import orjson
 from opentelemetry import trace
 from opentelemetry.instrumentation.redis import RedisInstrumentor
@@ -95,19 +97,19 @@ def tracing_enabled() -> bool:
     return isinstance(trace.get_tracer_provider(), TracerProvider)
 
 
-def carries_trace_context(metadata: tuple[tuple[str, str | bytes], ...] | None) -> bool:
+def carries_trace_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
     """True when gRPC call metadata holds a W3C `traceparent` to continue."""
     return any(key == "traceparent" for key, _ in metadata or ())
 
 
-def server_interceptor():  # type: ignore[no-untyped-def]
+def server_interceptor() -> grpc.aio.ServerInterceptor:
     """The OpenTelemetry grpc.aio server interceptor (continues the caller's trace)."""
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
     return aio_server_interceptor()
 
 
-def client_interceptors():  # type: ignore[no-untyped-def]
+def client_interceptors() -> list[grpc.aio.ClientInterceptor]:
     """OpenTelemetry grpc.aio client interceptors (propagate the trace to the server)."""
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 

@@ -1,12 +1,13 @@
 """The read model sync reads segmentation's results through (docs/sync.md, "What sync
-reads"): the columns below of ``audiences``, ``memberships`` and the change log
-``membership_changes`` (``seq`` monotonic per workspace, assigned in commit order),
-plus the shared ``profiles`` and ``identities`` tables.
+reads"): the shared membership tables of services/shared/db/membership_log.py
+(``memberships`` and the change log ``membership_changes``, ``seq`` monotonic per
+workspace in commit order), the shared ``profiles`` and ``identities``, and these
+columns of segmentation's ``audiences``.
 
-Segmentation owns and writes those tables; sync only reads them, and declares here,
-as lightweight table clauses on no metadata, exactly the columns it depends on, so it
-imports nothing of the segmentation package (docs/decisions.md, "Sync reads the change
-log as a read model").
+Sync only reads; segmentation (and the erasure) write. ``audiences`` belongs to
+segmentation, so the columns sync depends on are declared here as a table clause on no
+metadata, and sync imports nothing of the segmentation package (docs/decisions.md,
+"Sync reads the change log as a read model").
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from sqlalchemy import and_, column, func, select, table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.shared.db.membership_log import ENTERED, EXITED, membership_changes, memberships
 from services.shared.db.tables import identities, profiles
 
 audiences = table(
@@ -28,20 +30,7 @@ audiences = table(
     column("key"),
     column("deleted_at_us"),
 )
-memberships = table("memberships", column("audience_id"), column("profile_id"))
-membership_changes = table(
-    "membership_changes",
-    column("workspace_id"),
-    column("seq"),
-    column("audience_id"),
-    column("profile_id"),
-    column("kind"),  # entered | exited
-    column("at_us"),
-    column("identifiers"),  # [[type, value], ...] on erasure exits, else NULL
-)
 
-ENTERED = "entered"
-EXITED = "exited"
 STREAM_ROWS = 2_000  # rows fetched per round trip while streaming members
 
 

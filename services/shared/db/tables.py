@@ -131,7 +131,11 @@ events = Table(
     Column("properties", Json, nullable=True),
     Column("traits", Json, nullable=True),
     Column("context", Json, nullable=True),
-    UniqueConstraint("workspace_id", "message_id", name="uq_events_workspace_message"),
+    # SQLite only: on Postgres `events` is partitioned by time (0002_ingest), whose unique
+    # keys must include the partition column, so event_ids holds this uniqueness there.
+    UniqueConstraint("workspace_id", "message_id", name="uq_events_workspace_message").ddl_if(
+        dialect="sqlite"
+    ),
     Index("ix_events_profile_time", "workspace_id", "profile_id", "timestamp_us"),
     Index("ix_events_name_time", "workspace_id", "type", "name", "timestamp_us"),
 )

@@ -15,7 +15,8 @@ from aiohttp import web
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.segmentation.tables import audiences, membership_changes, memberships
+from services.segmentation.tables import audiences
+from services.shared.db.membership_log import membership_changes, memberships
 from services.shared.db.tables import identities, profiles
 from services.sync.destinations.webhook import (
     IDEMPOTENCY_HEADER,

@@ -16,6 +16,7 @@ Revises: 0007_segmentation_failure_reason
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -29,7 +30,7 @@ depends_on: str | Sequence[str] | None = None
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
-_MERGED_AWAY = {
+_MERGED_AWAY: dict[str, Any] = {
     "postgresql_where": sa.text(
         "(CASE WHEN (canonical_id <> profile_id) THEN true ELSE false END)"
     ),
