@@ -121,7 +121,9 @@ async def main() -> None:
     engine = create_engine(url)
     await migrate.upgrade(engine)
     await engine.dispose()
-    resources = await Resources.open(Settings(database_url=url, redis_url="memory://"), "bench")
+    resources = await Resources.open(
+        Settings(database_url=url, redis_url=backends.test_redis_url()), "bench"
+    )
     try:
         keys = await make_workspace(resources, "bench")
         ws = keys.workspace_id
