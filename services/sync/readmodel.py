@@ -322,6 +322,9 @@ async def _id_values(c: AsyncConnection, ws: str, people: set[int], id_type: str
         .where(
             identities.c.workspace_id == ws,
             identities.c.id_type == id_type,
+            # With the workspace, ix_profiles_workspace_canonical finds the people's
+            # profiles; without it the planner scans every identity of the type.
+            profiles.c.workspace_id == ws,
             profiles.c.canonical_id.in_(sorted(people)),
         )
         .order_by(
