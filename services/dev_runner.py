@@ -7,11 +7,14 @@ start, and prints the ports and keys. On the embedded default it first rebuilds 
 hot state from the database, so every profile, audience and membership is readable
 again after any restart, a crash included. It also gives the services an operator
 credential (OPERATOR_TOKEN, which CreateWorkspace needs): the environment's if set, else
-one generated on first start and kept in var/operator-token, printed in the banner.
+one generated on first start and kept in var/operator-token, printed in the banner;
+and the sync service's key for destination secrets (SYNC_SECRET_KEY) the same way, kept
+in var/sync-secret-key.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -39,6 +42,7 @@ from services.sync.app import SPEC as SYNC
 
 SPECS: list[ServiceSpec] = [INGEST, SEGMENTATION, PREDICTION, PROFILE, SYNC]
 OPERATOR_TOKEN_FILE = Path("var/operator-token")
+SYNC_SECRET_KEY_FILE = Path("var/sync-secret-key")
 DEMO_KEYS = Path("var/demo-workspace.json")
 
 
@@ -62,6 +66,19 @@ def _saved_demo_keys() -> dict[str, str] | None:
 def _save_demo_keys(keys: dict[str, str]) -> None:
     DEMO_KEYS.parent.mkdir(parents=True, exist_ok=True)
     DEMO_KEYS.write_text(json.dumps(keys, indent=2))
+
+
+def sync_secret_key() -> str:
+    """SYNC_SECRET_KEY from the environment, else a Fernet key kept in var/ (made on
+    first use), so destination secrets stored by one `make run` open in the next."""
+    if os.environ.get("SYNC_SECRET_KEY"):
+        return os.environ["SYNC_SECRET_KEY"]
+    if not SYNC_SECRET_KEY_FILE.exists():
+        SYNC_SECRET_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+        SYNC_SECRET_KEY_FILE.touch(mode=0o600)
+        # A Fernet key is 32 random bytes in urlsafe base64.
+        SYNC_SECRET_KEY_FILE.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
+    return SYNC_SECRET_KEY_FILE.read_text().strip()
 
 
 def operator_token() -> str:
@@ -88,7 +105,7 @@ def _banner(keys: dict[str, str], ports: dict[str, int], settings: Settings) -> 
         "ingest": f"(+ AdminService; Segment-compatible HTTP on :{ingest_http_port()})",
         "profile": f"(read-only HTTP JSON view on :{profile_http_port()})",
         "prediction": "(not built yet: answers UNIMPLEMENTED)",
-        "sync": "(not built yet: answers UNIMPLEMENTED)",
+        "sync": "(webhook, file, Braze, Amplitude destinations; CSV export)",
     }
     listing = "\n".join(
         f"  {name:<13} 127.0.0.1:{port:<6} {notes.get(name, '')}".rstrip()
@@ -159,6 +176,8 @@ async def _rebuild_only(settings: Settings) -> None:
 def main() -> None:
     configure_logging()
     settings = dataclasses.replace(Settings.from_env(), operator_token=operator_token())
+    # The sync service reads its key from the environment, in this process or a child.
+    os.environ["SYNC_SECRET_KEY"] = sync_secret_key()
     with embedded_store(settings):
         if "--processes" not in sys.argv:
             run(_run_all(settings))

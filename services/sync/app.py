@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
+
 import grpc
 from audiences.v1 import sync_pb2_grpc
 
 from services.shared.server import Resources, ServiceSpec
+from services.sync.readmodel import ChangeLog
+from services.sync.runner import SyncRunner
+from services.sync.scheduler import Scheduler
+from services.sync.secrets import SecretBox
 from services.sync.server import SyncServiceServicer
+from services.sync.service import SyncService
+from services.sync.settings import SyncSettings
+from services.sync.store import SyncStore
+
+
+def _runner(resources: Resources, settings: SyncSettings) -> tuple[SyncStore, SyncRunner]:
+    store = SyncStore(resources.engine, SecretBox(settings.secret_key))
+    return store, SyncRunner(store, ChangeLog(resources.engine), settings, resources.clock)
 
 
 def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
     """Add the sync servicers; returns their full service names."""
-    # Its typed stub marks every RPC abstract; the generated class answers UNIMPLEMENTED
-    # for the RPCs not written yet.
-    servicer = SyncServiceServicer()  # type: ignore[abstract]
-    sync_pb2_grpc.add_SyncServiceServicer_to_server(servicer, server)
+    settings = SyncSettings.from_env()
+    store, runner = _runner(resources, settings)
+    service = SyncService(store, ChangeLog(resources.engine), runner, resources.clock)
+    sync_pb2_grpc.add_SyncServiceServicer_to_server(SyncServiceServicer(service), server)
     return ["audiences.v1.SyncService"]
 
 
-SPEC = ServiceSpec(name="sync", register=register)
+def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
+    """The scheduler of hourly and daily syncs."""
+    settings = SyncSettings.from_env()
+    store, runner = _runner(resources, settings)
+    return [Scheduler(store, runner, resources.clock, settings).run_forever()]
+
+
+SPEC = ServiceSpec(name="sync", register=register, workers=workers)

@@ -116,6 +116,26 @@ Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
 class Destination(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class OptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
@@ -126,6 +146,9 @@ class Destination(_message.Message):
     RATE_LIMIT_PER_SECOND_FIELD_NUMBER: _builtins.int
     HAS_SECRET_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     kind: Global___DestinationKind.ValueType
@@ -139,8 +162,16 @@ class Destination(_message.Message):
     """Write-only: never returned. Encrypted at rest."""
     rate_limit_per_second: _builtins.float
     has_secret: _builtins.bool
+    batch_size: _builtins.int
+    """changes per request (webhook); default 500"""
+    timeout_seconds: _builtins.float
+    """per request (webhook); default 10"""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Settings of one destination type (docs/sync.md), e.g. braze: membership=array."""
+
     def __init__(
         self,
         *,
@@ -154,10 +185,13 @@ class Destination(_message.Message):
         rate_limit_per_second: _builtins.float = ...,
         has_secret: _builtins.bool = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        batch_size: _builtins.int = ...,
+        timeout_seconds: _builtins.float = ...,
+        options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "created_at", b"created_at", "directory", b"directory", "file_format", b"file_format", "has_secret", b"has_secret", "id", b"id", "kind", b"kind", "name", b"name", "rate_limit_per_second", b"rate_limit_per_second", "secret", b"secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "batch_size", b"batch_size", "created_at", b"created_at", "directory", b"directory", "file_format", b"file_format", "has_secret", b"has_secret", "id", b"id", "kind", b"kind", "name", b"name", "options", b"options", "rate_limit_per_second", b"rate_limit_per_second", "secret", b"secret", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -315,6 +349,8 @@ class Sync(_message.Message):
     PAUSED_REASON_FIELD_NUMBER: _builtins.int
     MAX_REMOVAL_FRACTION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    ID_TYPE_FIELD_NUMBER: _builtins.int
+    NEXT_RUN_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     destination_id: _builtins.str
     source: Global___SyncSource.ValueType
@@ -327,8 +363,16 @@ class Sync(_message.Message):
     """e.g. size guardrail tripped"""
     max_removal_fraction: _builtins.float
     """Size guardrail: pause instead of removing more than this fraction at once."""
+    id_type: _builtins.str
+    """Which identifier names a profile at the destination (user_id, email,
+    anonymous_id, device_id or a custom type); profiles without one are skipped.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_run_at(self) -> _timestamp_pb2.Timestamp:
+        """hourly and daily syncs"""
+
     def __init__(
         self,
         *,
@@ -342,10 +386,12 @@ class Sync(_message.Message):
         paused_reason: _builtins.str = ...,
         max_removal_fraction: _builtins.float = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        id_type: _builtins.str = ...,
+        next_run_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "next_run_at", b"next_run_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cadence", b"cadence", "created_at", b"created_at", "cursor", b"cursor", "destination_id", b"destination_id", "id", b"id", "max_removal_fraction", b"max_removal_fraction", "paused", b"paused", "paused_reason", b"paused_reason", "source", b"source", "source_key", b"source_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cadence", b"cadence", "created_at", b"created_at", "cursor", b"cursor", "destination_id", b"destination_id", "id", b"id", "id_type", b"id_type", "max_removal_fraction", b"max_removal_fraction", "next_run_at", b"next_run_at", "paused", b"paused", "paused_reason", b"paused_reason", "source", b"source", "source_key", b"source_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -524,6 +570,10 @@ class SyncRun(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     sync_id: _builtins.str
     status: _builtins.str
@@ -535,10 +585,17 @@ class SyncRun(_message.Message):
     from_cursor: _builtins.int
     to_cursor: _builtins.int
     error: _builtins.str
+    skipped: _builtins.int
+    """profiles without the sync's id type"""
+    failed: _builtins.int
+    """changes in dead-lettered batches"""
+    duration_ms: _builtins.int
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def dead_letters(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeadLetter]: ...
     def __init__(
         self,
         *,
@@ -554,14 +611,93 @@ class SyncRun(_message.Message):
         error: _builtins.str = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        skipped: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        duration_ms: _builtins.int = ...,
+        dead_letters: _abc.Iterable[Global___DeadLetter] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "batches", b"batches", "error", b"error", "finished_at", b"finished_at", "from_cursor", b"from_cursor", "id", b"id", "removed", b"removed", "retries", b"retries", "started_at", b"started_at", "status", b"status", "sync_id", b"sync_id", "to_cursor", b"to_cursor"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "batches", b"batches", "dead_letters", b"dead_letters", "duration_ms", b"duration_ms", "error", b"error", "failed", b"failed", "finished_at", b"finished_at", "from_cursor", b"from_cursor", "id", b"id", "removed", b"removed", "retries", b"retries", "skipped", b"skipped", "started_at", b"started_at", "status", b"status", "sync_id", b"sync_id", "to_cursor", b"to_cursor"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SyncRun: _TypeAlias = SyncRun  # noqa: Y015
+
+@_typing.final
+class DeadLetter(_message.Message):
+    """A batch the destination refused with a 4xx other than 429: kept with the response."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    FIRST_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    RESPONSE_BODY_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    REDRIVEN_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    idempotency_key: _builtins.str
+    first_seq: _builtins.int
+    last_seq: _builtins.int
+    status_code: _builtins.int
+    response_body: _builtins.str
+    """first 2,000 characters"""
+    changes: _builtins.int
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def redriven_at(self) -> _timestamp_pb2.Timestamp:
+        """unset until a re-drive delivered it"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+        first_seq: _builtins.int = ...,
+        last_seq: _builtins.int = ...,
+        status_code: _builtins.int = ...,
+        response_body: _builtins.str = ...,
+        changes: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        redriven_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "redriven_at", b"redriven_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "created_at", b"created_at", "first_seq", b"first_seq", "id", b"id", "idempotency_key", b"idempotency_key", "last_seq", b"last_seq", "redriven_at", b"redriven_at", "response_body", b"response_body", "status_code", b"status_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015
+
+@_typing.final
+class RedriveDeadLettersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYNC_ID_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_IDS_FIELD_NUMBER: _builtins.int
+    sync_id: _builtins.str
+    @_builtins.property
+    def dead_letter_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty: every one not yet re-driven"""
+
+    def __init__(
+        self,
+        *,
+        sync_id: _builtins.str = ...,
+        dead_letter_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_ids", b"dead_letter_ids", "sync_id", b"sync_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedriveDeadLettersRequest: _TypeAlias = RedriveDeadLettersRequest  # noqa: Y015
 
 @_typing.final
 class ListSyncRunsRequest(_message.Message):
@@ -647,17 +783,26 @@ class ExportChunk(_message.Message):
 
     CSV_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
+    MEMBERS_DONE_FIELD_NUMBER: _builtins.int
+    MEMBERS_TOTAL_FIELD_NUMBER: _builtins.int
     csv: _builtins.bytes
     rows: _builtins.int
+    """CSV rows in this chunk"""
+    members_done: _builtins.int
+    """progress: members written so far"""
+    members_total: _builtins.int
+    """members of the audience when the export began"""
     def __init__(
         self,
         *,
         csv: _builtins.bytes = ...,
         rows: _builtins.int = ...,
+        members_done: _builtins.int = ...,
+        members_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["csv", b"csv", "rows", b"rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csv", b"csv", "members_done", b"members_done", "members_total", b"members_total", "rows", b"rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -94,6 +94,11 @@ class SyncServiceStub:
                 request_serializer=audiences_dot_v1_dot_sync__pb2.ListSyncRunsRequest.SerializeToString,
                 response_deserializer=audiences_dot_v1_dot_sync__pb2.ListSyncRunsResponse.FromString,
                 _registered_method=True)
+        self.RedriveDeadLetters = channel.unary_unary(
+                '/audiences.v1.SyncService/RedriveDeadLetters',
+                request_serializer=audiences_dot_v1_dot_sync__pb2.RedriveDeadLettersRequest.SerializeToString,
+                response_deserializer=audiences_dot_v1_dot_sync__pb2.SyncRun.FromString,
+                _registered_method=True)
         self.ExportAudience = channel.unary_stream(
                 '/audiences.v1.SyncService/ExportAudience',
                 request_serializer=audiences_dot_v1_dot_sync__pb2.ExportAudienceRequest.SerializeToString,
@@ -176,6 +181,13 @@ class SyncServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RedriveDeadLetters(self, request, context):
+        """Sends a sync's dead letters again (under their idempotency keys); a run record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportAudience(self, request, context):
         """Streams the audience as CSV chunks in one of three formats.
         """
@@ -245,6 +257,11 @@ def add_SyncServiceServicer_to_server(servicer, server):
                     servicer.ListSyncRuns,
                     request_deserializer=audiences_dot_v1_dot_sync__pb2.ListSyncRunsRequest.FromString,
                     response_serializer=audiences_dot_v1_dot_sync__pb2.ListSyncRunsResponse.SerializeToString,
+            ),
+            'RedriveDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedriveDeadLetters,
+                    request_deserializer=audiences_dot_v1_dot_sync__pb2.RedriveDeadLettersRequest.FromString,
+                    response_serializer=audiences_dot_v1_dot_sync__pb2.SyncRun.SerializeToString,
             ),
             'ExportAudience': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportAudience,
@@ -576,6 +593,33 @@ class SyncService:
             '/audiences.v1.SyncService/ListSyncRuns',
             audiences_dot_v1_dot_sync__pb2.ListSyncRunsRequest.SerializeToString,
             audiences_dot_v1_dot_sync__pb2.ListSyncRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedriveDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audiences.v1.SyncService/RedriveDeadLetters',
+            audiences_dot_v1_dot_sync__pb2.RedriveDeadLettersRequest.SerializeToString,
+            audiences_dot_v1_dot_sync__pb2.SyncRun.FromString,
             options,
             channel_credentials,
             insecure,

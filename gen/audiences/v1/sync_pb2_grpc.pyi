@@ -43,6 +43,8 @@ class SyncServiceStub:
     DeleteSync: _grpc.UnaryUnaryMultiCallable[_sync_pb2.DeleteSyncRequest, _sync_pb2.DeleteSyncResponse]
     RunSync: _grpc.UnaryUnaryMultiCallable[_sync_pb2.RunSyncRequest, _sync_pb2.SyncRun]
     ListSyncRuns: _grpc.UnaryUnaryMultiCallable[_sync_pb2.ListSyncRunsRequest, _sync_pb2.ListSyncRunsResponse]
+    RedriveDeadLetters: _grpc.UnaryUnaryMultiCallable[_sync_pb2.RedriveDeadLettersRequest, _sync_pb2.SyncRun]
+    """Sends a sync's dead letters again (under their idempotency keys); a run record."""
     ExportAudience: _grpc.UnaryStreamMultiCallable[_sync_pb2.ExportAudienceRequest, _sync_pb2.ExportChunk]
     """Streams the audience as CSV chunks in one of three formats."""
 
@@ -61,6 +63,8 @@ class SyncServiceAsyncStub(SyncServiceStub):
     DeleteSync: _aio.UnaryUnaryMultiCallable[_sync_pb2.DeleteSyncRequest, _sync_pb2.DeleteSyncResponse]  # type: ignore[assignment]
     RunSync: _aio.UnaryUnaryMultiCallable[_sync_pb2.RunSyncRequest, _sync_pb2.SyncRun]  # type: ignore[assignment]
     ListSyncRuns: _aio.UnaryUnaryMultiCallable[_sync_pb2.ListSyncRunsRequest, _sync_pb2.ListSyncRunsResponse]  # type: ignore[assignment]
+    RedriveDeadLetters: _aio.UnaryUnaryMultiCallable[_sync_pb2.RedriveDeadLettersRequest, _sync_pb2.SyncRun]  # type: ignore[assignment]
+    """Sends a sync's dead letters again (under their idempotency keys); a run record."""
     ExportAudience: _aio.UnaryStreamMultiCallable[_sync_pb2.ExportAudienceRequest, _sync_pb2.ExportChunk]  # type: ignore[assignment]
     """Streams the audience as CSV chunks in one of three formats."""
 
@@ -148,6 +152,14 @@ class SyncServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sync_pb2.ListSyncRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sync_pb2.ListSyncRunsResponse, _abc.Awaitable[_sync_pb2.ListSyncRunsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RedriveDeadLetters(
+        self,
+        request: _sync_pb2.RedriveDeadLettersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sync_pb2.SyncRun, _abc.Awaitable[_sync_pb2.SyncRun]]:
+        """Sends a sync's dead letters again (under their idempotency keys); a run record."""
 
     @_abc_1.abstractmethod
     def ExportAudience(

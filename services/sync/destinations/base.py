@@ -1,0 +1,154 @@
+"""The one small interface every destination type implements.
+
+A run opens a `DestinationRun` on its destination, hands it batches of changes in
+seq order, and calls `finish` once every batch was handed over (or `abort` when the
+run fails). A type whose destination acknowledges each batch (an HTTP API) says so
+with `acknowledges_each_batch`, and the run advances the sync's cursor after every
+batch; otherwise (a file, published atomically at the end) the cursor advances only
+after `finish`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from services.shared.errors import FieldViolation
+from services.sync.delivery import HttpAnswer, RetryPolicy, TokenBucket, post
+from services.sync.model import Change, Destination
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Changes delivered together under one idempotency key."""
+
+    sync_id: str
+    audience_key: str
+    id_type: str
+    idempotency_key: str
+    changes: Sequence[Change]
+
+    def as_json(self) -> dict[str, Any]:
+        """The batch as a JSON document (webhook body, dead-letter payload)."""
+        return {
+            "sync_id": self.sync_id,
+            "audience_key": self.audience_key,
+            "id_type": self.id_type,
+            "idempotency_key": self.idempotency_key,
+            "changes": [c.as_json() for c in self.changes],
+        }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one batch: delivered, or refused for good (a dead letter)."""
+
+    retries: int = 0
+    refused_status: int | None = None
+    refused_body: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        """True when the destination acknowledged the batch."""
+        return self.refused_status is None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a destination run may use: the run's id, HTTP plumbing, retry policy, and
+    the state the type kept for this sync (saved at once by `save_state`)."""
+
+    run_id: str
+    sync_id: str
+    session: aiohttp.ClientSession
+    policy: RetryPolicy
+    bucket: TokenBucket | None
+    state: Mapping[str, Any] | None = None
+    save_state: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+
+
+class DestinationRun(Protocol):
+    """One run's delivery to one destination."""
+
+    acknowledges_each_batch: bool
+
+    async def deliver(self, batch: Batch) -> Outcome:
+        """Deliver the batch (retrying what is worth retrying); raises
+        delivery.DeliveryFailed when it gives up without an answer to record."""
+        ...
+
+    async def finish(self) -> None:
+        """Make everything delivered visible (a no-op for per-batch APIs)."""
+        ...
+
+    async def abort(self) -> None:
+        """Discard what was not made visible."""
+        ...
+
+
+class AcknowledgedPerBatch:
+    """Base of the HTTP API types: each answered request acknowledges its batch, so
+    there is nothing to publish at the end and nothing to discard."""
+
+    acknowledges_each_batch = True
+
+    def __init__(self, destination: Destination, context: RunContext) -> None:
+        self._destination = destination
+        self._context = context
+
+    async def _post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str] | Callable[[], Mapping[str, str]],
+    ) -> HttpAnswer:
+        """POST with the destination's timeout, the run's retry policy and rate limit."""
+        return await post(
+            self._context.session,
+            url,
+            body,
+            headers,
+            self._destination.timeout_seconds,
+            self._context.policy,
+            self._context.bucket,
+        )
+
+    async def finish(self) -> None:
+        """Nothing to publish: every batch was acknowledged as it went."""
+        return None
+
+    async def abort(self) -> None:
+        """Nothing to discard."""
+        return None
+
+
+class DestinationType(Protocol):
+    """A module under services/sync/destinations/ provides one of these as `TYPE`."""
+
+    def check_options(self, options: Mapping[str, str]) -> list[FieldViolation]:
+        """What is wrong with the type-specific `options` (empty when nothing)."""
+        ...
+
+    def check_id_type(self, id_type: str) -> str | None:
+        """Why a sync to this type cannot name people by `id_type` (None: it can)."""
+        ...
+
+    def open_run(self, destination: Destination, context: RunContext) -> DestinationRun:
+        """Start delivering one run's batches to `destination`."""
+        ...
+
+
+def no_options(options: Mapping[str, str]) -> list[FieldViolation]:
+    """Violations for a type that takes no options: every key given."""
+    return [
+        FieldViolation(f"destination.options[{key}]", "is not an option of this destination")
+        for key in options
+    ]
+
+
+def any_id_type(id_type: str) -> str | None:
+    """For types that name people by any identifier: nothing is wrong."""
+    return None

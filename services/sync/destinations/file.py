@@ -1,0 +1,97 @@
+"""File destinations: one file per run in the destination's directory, CSV or JSON
+Lines, written under a temporary name and renamed into place when the run finishes,
+so a reader never sees half a file and a failed run leaves none.
+
+Name: ``<sync id>-<run id>.<csv|jsonl>``. Columns (CSV header, JSON keys): seq, action
+(added or removed), profile_id, id, at_us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+from typing import IO
+
+import orjson
+
+from services.sync.destinations.base import (
+    Batch,
+    DestinationRun,
+    Outcome,
+    RunContext,
+    any_id_type,
+    no_options,
+)
+from services.sync.model import Destination
+
+COLUMNS = ("seq", "action", "profile_id", "id", "at_us")
+
+
+class _FileRun:
+    acknowledges_each_batch = False
+
+    def __init__(self, destination: Destination, context: RunContext) -> None:
+        self._format = destination.file_format
+        name = f"{context.sync_id}-{context.run_id}.{self._format}"
+        self._path = os.path.join(destination.directory, name)
+        self._partial = os.path.join(destination.directory, f".{name}.partial")
+        self._file: IO[str] | None = None
+
+    def _open(self) -> IO[str]:
+        if self._file is None:
+            os.makedirs(os.path.dirname(self._path), exist_ok=True)
+            self._file = open(self._partial, "w", newline="", encoding="utf-8")
+            if self._format == "csv":
+                csv.writer(self._file).writerow(COLUMNS)
+        return self._file
+
+    def _write(self, batch: Batch) -> None:
+        file = self._open()
+        if self._format == "csv":
+            writer = csv.writer(file)
+            for change in batch.changes:
+                row = change.as_json()
+                writer.writerow([row[c] for c in COLUMNS])
+        else:
+            for change in batch.changes:
+                file.write(orjson.dumps(change.as_json()).decode() + "\n")
+
+    async def deliver(self, batch: Batch) -> Outcome:
+        await asyncio.to_thread(self._write, batch)
+        return Outcome()
+
+    def _publish(self) -> None:
+        file = self._open()  # a run without changes still leaves its (empty) file
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
+        os.replace(self._partial, self._path)
+
+    async def finish(self) -> None:
+        await asyncio.to_thread(self._publish)
+
+    async def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            await asyncio.to_thread(_unlink, self._partial)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class FileType:
+    check_options = staticmethod(no_options)
+    check_id_type = staticmethod(any_id_type)
+    """Opens file runs."""
+
+    def open_run(self, destination: Destination, context: RunContext) -> DestinationRun:
+        """A run writing one file into the destination's directory."""
+        return _FileRun(destination, context)
+
+
+TYPE = FileType()

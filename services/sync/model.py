@@ -1,0 +1,294 @@
+"""The sync domain's records and the rules of its input (plain Python: no gRPC, no SQL)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from services.shared.errors import FieldViolation, InvalidArgument, too_long
+
+WEBHOOK = "webhook"
+FILE = "file"
+BRAZE = "braze"
+AMPLITUDE = "amplitude"
+KINDS = (WEBHOOK, FILE, BRAZE, AMPLITUDE)
+SECRET_NEEDED = {
+    WEBHOOK: "webhooks need a secret to sign batches",
+    BRAZE: "the Braze REST API key is required",
+    AMPLITUDE: "the Amplitude secret key is required (the API key goes in options)",
+}
+FILE_FORMATS = ("csv", "jsonl")
+
+AUDIENCE = "audience"
+ONE_TIME = "one_time"
+HOURLY = "hourly"
+DAILY = "daily"
+REALTIME = "realtime"
+CADENCES = (ONE_TIME, HOURLY, DAILY)
+PERIOD_US = {HOURLY: 3_600_000_000, DAILY: 86_400_000_000}
+
+ADDED = "added"
+REMOVED = "removed"
+
+# Run statuses (SyncRun.status).
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+DEAD_LETTERED = "dead_lettered"
+PAUSED = "paused"
+
+DEFAULT_BATCH_SIZE = 500
+MAX_BATCH_SIZE = 10_000
+DEFAULT_TIMEOUT_SECONDS = 10.0
+MAX_TIMEOUT_SECONDS = 300.0
+DEFAULT_MAX_REMOVAL_FRACTION = 0.5
+ID_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+_last_id_us = 0
+
+
+def new_id(prefix: str) -> str:
+    """An id that sorts by creation (wall-clock microseconds, strictly increasing within
+    a process, then random bits), so listing by id lists oldest first and keyset paging
+    is stable."""
+    global _last_id_us
+    _last_id_us = max(_last_id_us + 1, time.time_ns() // 1000)
+    return f"{prefix}_{_last_id_us:014x}{secrets.token_hex(6)}"
+
+
+@dataclass(frozen=True)
+class DestinationInput:
+    """What a caller asks for when creating or updating a destination."""
+
+    name: str
+    kind: str
+    base_url: str = ""
+    directory: str = ""
+    file_format: str = ""
+    secret: str = ""  # empty on update: keep the stored one
+    rate_limit_per_second: float = 0.0
+    batch_size: int = 0  # 0: the default
+    timeout_seconds: float = 0.0  # 0: the default
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A stored destination. `secret` is the decrypted secret (never sent to clients)."""
+
+    id: str
+    workspace_id: str
+    name: str
+    kind: str
+    base_url: str
+    directory: str
+    file_format: str
+    secret: str | None
+    rate_limit_per_second: float
+    batch_size: int
+    timeout_seconds: float
+    created_at_us: int
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # the secret never reaches a log line through repr
+        return f"Destination(id={self.id!r}, kind={self.kind!r}, name={self.name!r})"
+
+
+@dataclass(frozen=True)
+class SyncInput:
+    """What a caller asks for when creating or updating a sync."""
+
+    destination_id: str
+    source: str
+    source_key: str
+    id_type: str
+    cadence: str
+    max_removal_fraction: float  # 0: the default
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class Sync:
+    """A stored sync."""
+
+    id: str
+    workspace_id: str
+    destination_id: str
+    source: str
+    source_key: str
+    id_type: str
+    cadence: str
+    cursor: int
+    backfilled: bool
+    delivered_members: int
+    paused: bool
+    paused_reason: str
+    max_removal_fraction: float
+    removal_approved: bool
+    next_run_at_us: int | None
+    created_at_us: int
+    destination_state: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A batch a destination refused, with its response."""
+
+    id: str
+    idempotency_key: str
+    first_seq: int
+    last_seq: int
+    status_code: int
+    response_body: str
+    changes: int
+    created_at_us: int
+    redriven_at_us: int | None = None
+
+
+@dataclass
+class Run:
+    """A run's record; counts grow while it delivers."""
+
+    id: str
+    workspace_id: str
+    sync_id: str
+    from_cursor: int
+    started_at_us: int
+    status: str = RUNNING
+    to_cursor: int = 0
+    added: int = 0
+    removed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    batches: int = 0
+    retries: int = 0
+    error: str = ""
+    finished_at_us: int | None = None
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    # Who holds the sync's claim during the run (not stored with the run).
+    holder: str = ""
+
+
+@dataclass(frozen=True)
+class Change:
+    """One membership change to deliver: `id` is the value of the sync's id type."""
+
+    seq: int
+    action: str  # added | removed
+    profile_id: int
+    id: str
+    at_us: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Change:
+        """The change `as_json` wrote (a dead letter's payload)."""
+        return cls(
+            int(data["seq"]), data["action"], int(data["profile_id"]), data["id"], data["at_us"]
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The change as the JSON object webhooks and JSON Lines files carry."""
+        return {
+            "seq": self.seq,
+            "action": self.action,
+            "profile_id": str(self.profile_id),
+            "id": self.id,
+            "at_us": self.at_us,
+        }
+
+
+def _url_violation(name: str, url: str) -> FieldViolation | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return FieldViolation(name, "must be an absolute http:// or https:// URL")
+    return too_long(name, url, 2048)
+
+
+def check_destination(given: DestinationInput, creating: bool) -> None:
+    """Raise InvalidArgument naming every bad field of a destination."""
+    problems: list[FieldViolation | None] = []
+    if not given.name.strip():
+        problems.append(FieldViolation("destination.name", "is required"))
+    problems.append(too_long("destination.name", given.name, 255))
+    if given.kind not in KINDS:
+        problems.append(FieldViolation("destination.kind", f"must be one of {', '.join(KINDS)}"))
+    # Amplitude's base URL is optional: its region names the host.
+    if given.kind in (WEBHOOK, BRAZE) or (given.kind == AMPLITUDE and given.base_url):
+        problems.append(_url_violation("destination.base_url", given.base_url))
+    if creating and given.kind in SECRET_NEEDED and not given.secret:
+        problems.append(FieldViolation("destination.secret", SECRET_NEEDED[given.kind]))
+    for key, value in given.options.items():
+        problems.append(too_long(f"destination.options[{key}]", value, 255))
+    if given.kind == FILE:
+        if not given.directory.startswith("/"):
+            problems.append(FieldViolation("destination.directory", "must be an absolute path"))
+        problems.append(too_long("destination.directory", given.directory, 1024))
+        if given.file_format not in FILE_FORMATS:
+            problems.append(FieldViolation("destination.file_format", "must be csv or jsonl"))
+    if given.secret:
+        problems.append(too_long("destination.secret", given.secret, 4096))
+    if not 0 <= given.rate_limit_per_second <= 100_000:
+        problems.append(
+            FieldViolation("destination.rate_limit_per_second", "must be between 0 and 100000")
+        )
+    if not 0 <= given.batch_size <= MAX_BATCH_SIZE:
+        problems.append(
+            FieldViolation("destination.batch_size", f"must be between 1 and {MAX_BATCH_SIZE}")
+        )
+    if not 0 <= given.timeout_seconds <= MAX_TIMEOUT_SECONDS:
+        problems.append(
+            FieldViolation(
+                "destination.timeout_seconds", f"must be between 0 and {MAX_TIMEOUT_SECONDS:g}"
+            )
+        )
+    _raise(problems, "invalid destination")
+
+
+def check_sync(given: SyncInput) -> None:
+    """Raise InvalidArgument naming every bad field of a sync."""
+    problems: list[FieldViolation | None] = []
+    if not given.destination_id:
+        problems.append(FieldViolation("sync.destination_id", "is required"))
+    if given.source != AUDIENCE:
+        problems.append(
+            FieldViolation(
+                "sync.source", "only audience syncs are built yet (SYNC_SOURCE_AUDIENCE)"
+            )
+        )
+    if not given.source_key:
+        problems.append(FieldViolation("sync.source_key", "is required (the audience key)"))
+    problems.append(too_long("sync.source_key", given.source_key, 255))
+    if not ID_TYPE.match(given.id_type):
+        problems.append(
+            FieldViolation(
+                "sync.id_type",
+                "is required: an identifier type such as user_id, email or anonymous_id",
+            )
+        )
+    if given.cadence == REALTIME:
+        problems.append(
+            FieldViolation(
+                "sync.cadence",
+                "realtime syncs are not available yet (they need the changes stream); "
+                "use one_time, hourly or daily",
+            )
+        )
+    elif given.cadence not in CADENCES:
+        problems.append(FieldViolation("sync.cadence", "must be one_time, hourly or daily"))
+    if not 0 <= given.max_removal_fraction <= 1:
+        problems.append(FieldViolation("sync.max_removal_fraction", "must be between 0 and 1"))
+    _raise(problems, "invalid sync")
+
+
+def _raise(problems: Sequence[FieldViolation | None], what: str) -> None:
+    found = [p for p in problems if p is not None]
+    if found:
+        raise InvalidArgument(
+            f"{what}: " + "; ".join(f"{p.field} {p.description}" for p in found), found
+        )

@@ -1,0 +1,343 @@
+"""The read model sync reads segmentation's results through (docs/sync.md, "What sync
+reads"): the shared membership tables of services/shared/db/membership_log.py
+(``memberships`` and the change log ``membership_changes``, ``seq`` monotonic per
+workspace in commit order), the shared ``profiles`` and ``identities``, and these
+columns of segmentation's ``audiences``.
+
+Sync only reads; segmentation (and the erasure) write. ``audiences`` belongs to
+segmentation, so the columns sync depends on are declared here as a table clause on no
+metadata, and sync imports nothing of the segmentation package (docs/decisions.md,
+"Sync reads the change log as a read model").
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, column, func, select, table
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.types import NullType
+
+from services.shared.db.membership_log import ENTERED, EXITED, membership_changes, memberships
+from services.shared.db.tables import identities, profiles
+
+audiences = table(
+    "audiences",
+    column("audience_id"),
+    column("workspace_id"),
+    column("key"),
+    column("deleted_at_us"),
+)
+
+STREAM_ROWS = 2_000  # rows fetched per round trip while streaming members
+
+
+@dataclass(frozen=True)
+class LoggedChange:
+    """One change-log record, named by the person (canonical profile) and, when the
+    person has one, the value of the requested id type."""
+
+    seq: int
+    entered: bool
+    person: int
+    id_value: str | None
+    at_us: int
+
+
+class ChangeLog:
+    """Reads audiences' members and changes from segmentation's tables."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def audience_id(self, ws: str, key: str) -> int | None:
+        """The id of the workspace's live (not deleted) audience `key`, or None."""
+        async with self._engine.connect() as c:
+            found = (
+                await c.execute(
+                    select(audiences.c.audience_id).where(
+                        audiences.c.workspace_id == ws,
+                        audiences.c.key == key,
+                        audiences.c.deleted_at_us.is_(None),
+                    )
+                )
+            ).scalar()
+        return int(found) if found is not None else None
+
+    async def last_seq(self, ws: str) -> int:
+        """The workspace's newest change seq (0 before the first change)."""
+        async with self._engine.connect() as c:
+            return await _last_seq(c, ws)
+
+    async def count_exits(self, ws: str, audience_id: int, after: int, upto: int) -> int:
+        """Exits of the audience in (after, upto]: what a run would remove."""
+        async with self._engine.connect() as c:
+            found = await c.execute(
+                select(func.count()).where(
+                    membership_changes.c.workspace_id == ws,
+                    membership_changes.c.audience_id == audience_id,
+                    membership_changes.c.seq > after,
+                    membership_changes.c.seq <= upto,
+                    membership_changes.c.kind == EXITED,
+                )
+            )
+            return int(found.scalar_one())
+
+    async def changes(
+        self, ws: str, audience_id: int, id_type: str, after: int, upto: int, limit: int
+    ) -> list[LoggedChange]:
+        """The audience's changes in (after, upto], in seq order, at most `limit`."""
+        async with self._engine.connect() as c:
+            rows = list(
+                await c.execute(
+                    select(membership_changes)
+                    .where(
+                        membership_changes.c.workspace_id == ws,
+                        membership_changes.c.audience_id == audience_id,
+                        membership_changes.c.seq > after,
+                        membership_changes.c.seq <= upto,
+                    )
+                    .order_by(membership_changes.c.seq)
+                    .limit(limit)
+                )
+            )
+            people = await _people(c, ws, [r.profile_id for r in rows])
+            values = await _id_values(c, ws, set(people.values()), id_type)
+        return [
+            LoggedChange(
+                seq=r.seq,
+                entered=r.kind == ENTERED,
+                person=people.get(r.profile_id, r.profile_id),
+                id_value=_logged_id(r.identifiers, id_type)
+                or values.get(people.get(r.profile_id, r.profile_id)),
+                at_us=r.at_us,
+            )
+            for r in rows
+        ]
+
+    @asynccontextmanager
+    async def member_snapshot(
+        self, ws: str, audience_id: int, id_type: str
+    ) -> AsyncIterator[tuple[int, AsyncIterator[tuple[int, str | None]]]]:
+        """The workspace's last seq and the audience's members at that same instant
+        (one repeatable-read snapshot), as (person, value of id_type or None), streamed."""
+        async with self._engine.connect() as c:
+            if c.dialect.name == "postgresql":
+                await c.execution_options(isolation_level="REPEATABLE READ")
+            async with c.begin():
+                last = await _last_seq(c, ws)
+                yield last, _members(c, ws, audience_id, id_type)
+
+    async def member_count(self, ws: str, audience_id: int) -> int:
+        """How many people (canonical profiles) are members."""
+        async with self._engine.connect() as c:
+            found = await c.execute(
+                select(func.count(func.distinct(profiles.c.canonical_id)))
+                .select_from(_members_join(ws, audience_id))
+                .where(*_members_where(ws, audience_id))
+            )
+            return int(found.scalar_one())
+
+    async def id_type_widths(self, ws: str, audience_id: int) -> dict[str, int]:
+        """For each id type members have: the most values one member has of it."""
+        q = profiles.alias("q")
+        per_person = (
+            select(
+                profiles.c.canonical_id,
+                identities.c.id_type,
+                func.count(func.distinct(identities.c.id_value)).label("n"),
+            )
+            .select_from(
+                _members_join(ws, audience_id)
+                .join(q, and_(q.c.canonical_id == profiles.c.canonical_id, q.c.workspace_id == ws))
+                .join(
+                    identities,
+                    and_(
+                        identities.c.profile_id == q.c.profile_id, identities.c.workspace_id == ws
+                    ),
+                )
+            )
+            .where(*_members_where(ws, audience_id))
+            .group_by(profiles.c.canonical_id, identities.c.id_type)
+            .subquery()
+        )
+        async with self._engine.connect() as c:
+            rows = await c.execute(
+                select(per_person.c.id_type, func.max(per_person.c.n)).group_by(
+                    per_person.c.id_type
+                )
+            )
+            return {r[0]: int(r[1]) for r in rows}
+
+    async def member_identifiers(
+        self, ws: str, audience_id: int
+    ) -> AsyncIterator[tuple[int, list[tuple[str, str]]]]:
+        """Each member (ascending) with every identifier of the person, streamed from
+        a server-side cursor, so memory stays constant whatever the audience's size."""
+        q = profiles.alias("q")
+        query = (
+            select(profiles.c.canonical_id, identities.c.id_type, identities.c.id_value)
+            .select_from(
+                _members_join(ws, audience_id)
+                .outerjoin(
+                    q, and_(q.c.canonical_id == profiles.c.canonical_id, q.c.workspace_id == ws)
+                )
+                .outerjoin(
+                    identities,
+                    and_(
+                        identities.c.profile_id == q.c.profile_id, identities.c.workspace_id == ws
+                    ),
+                )
+            )
+            .where(*_members_where(ws, audience_id))
+            .order_by(profiles.c.canonical_id, identities.c.id_type, identities.c.id_value)
+        )
+        async with self._engine.connect() as c:
+            if c.dialect.name == "postgresql":
+                async for member in _aggregated(c, query):
+                    yield member
+                return
+            result = await c.stream(query.execution_options(yield_per=STREAM_ROWS))
+            person: int | None = None
+            found: list[tuple[str, str]] = []
+            # A partition at a time: iterating an async result row by row costs a
+            # greenlet switch per row, most of an export's time.
+            async for partition in result.partitions():
+                for r in partition:
+                    if r.canonical_id != person:
+                        if person is not None:
+                            yield person, found
+                        person, found = r.canonical_id, []
+                    pair = (r.id_type, r.id_value)
+                    # A person with two membership rows (one merged away) repeats its rows.
+                    if r.id_type is not None and pair not in found:
+                        found.append(pair)
+            if person is not None:
+                yield person, found
+
+
+async def _aggregated(
+    c: AsyncConnection, rows: Any
+) -> AsyncIterator[tuple[int, list[tuple[str, str]]]]:
+    """Postgres: one row per member, its identifiers gathered by the server (distinct,
+    in type and value order): a third of the rows, and no grouping in Python."""
+    inner = rows.order_by(None).distinct().subquery()
+    ordered = (inner.c.id_type, inner.c.id_value)
+    query = (
+        select(
+            inner.c.canonical_id,
+            # Untyped: asyncpg already returns lists; SQLAlchemy's ARRAY result
+            # processing would walk every element again.
+            func.array_agg(aggregate_order_by(inner.c.id_type, *ordered), type_=NullType()),
+            func.array_agg(aggregate_order_by(inner.c.id_value, *ordered), type_=NullType()),
+        )
+        .group_by(inner.c.canonical_id)
+        .order_by(inner.c.canonical_id)
+    )
+    result = await c.stream(query.execution_options(yield_per=STREAM_ROWS))
+    async for partition in result.partitions():
+        for person, types, values in partition:
+            yield person, [(t, v) for t, v in zip(types, values, strict=True) if t is not None]
+
+
+def _members_join(ws: str, audience_id: int) -> Any:
+    return memberships.join(profiles, profiles.c.profile_id == memberships.c.profile_id)
+
+
+def _members_where(ws: str, audience_id: int) -> list[Any]:
+    return [
+        memberships.c.audience_id == audience_id,
+        profiles.c.workspace_id == ws,
+        profiles.c.deleted_at_us.is_(None),
+    ]
+
+
+async def _members(
+    c: AsyncConnection, ws: str, audience_id: int, id_type: str
+) -> AsyncIterator[tuple[int, str | None]]:
+    q = profiles.alias("q")
+    query = (
+        select(profiles.c.canonical_id, identities.c.id_value)
+        .select_from(
+            _members_join(ws, audience_id)
+            .outerjoin(q, and_(q.c.canonical_id == profiles.c.canonical_id, q.c.workspace_id == ws))
+            .outerjoin(
+                identities,
+                and_(
+                    identities.c.profile_id == q.c.profile_id,
+                    identities.c.workspace_id == ws,
+                    identities.c.id_type == id_type,
+                ),
+            )
+        )
+        .where(*_members_where(ws, audience_id))
+        # The person's earliest identifier of the type names them (stable across runs).
+        .order_by(profiles.c.canonical_id, identities.c.first_seen_us, identities.c.id_value)
+    )
+    result = await c.stream(query.execution_options(yield_per=STREAM_ROWS))
+    person: int | None = None
+    value: str | None = None
+    async for partition in result.partitions():
+        for r in partition:
+            if r.canonical_id != person:
+                if person is not None:
+                    yield person, value
+                person, value = r.canonical_id, r.id_value
+            elif value is None:
+                value = r.id_value
+    if person is not None:
+        yield person, value
+
+
+async def _last_seq(c: AsyncConnection, ws: str) -> int:
+    found = await c.execute(
+        select(func.max(membership_changes.c.seq)).where(membership_changes.c.workspace_id == ws)
+    )
+    return int(found.scalar() or 0)
+
+
+async def _people(c: AsyncConnection, ws: str, pids: Sequence[int]) -> dict[int, int]:
+    """profile id -> the person (canonical id) it belongs to now."""
+    if not pids:
+        return {}
+    rows = await c.execute(
+        select(profiles.c.profile_id, profiles.c.canonical_id).where(
+            profiles.c.workspace_id == ws, profiles.c.profile_id.in_(sorted(set(pids)))
+        )
+    )
+    return {r.profile_id: r.canonical_id for r in rows}
+
+
+async def _id_values(c: AsyncConnection, ws: str, people: set[int], id_type: str) -> dict[int, str]:
+    """person -> their earliest identifier of `id_type` (over every merged profile)."""
+    if not people:
+        return {}
+    rows = await c.execute(
+        select(profiles.c.canonical_id, identities.c.id_value)
+        .select_from(identities.join(profiles, profiles.c.profile_id == identities.c.profile_id))
+        .where(
+            identities.c.workspace_id == ws,
+            identities.c.id_type == id_type,
+            # With the workspace, ix_profiles_workspace_canonical finds the people's
+            # profiles; without it the planner scans every identity of the type.
+            profiles.c.workspace_id == ws,
+            profiles.c.canonical_id.in_(sorted(people)),
+        )
+        .order_by(
+            profiles.c.canonical_id, identities.c.first_seen_us.desc(), identities.c.id_value.desc()
+        )
+    )
+    # Ordered newest first, so the last assignment per person is the earliest.
+    return {r.canonical_id: r.id_value for r in rows}
+
+
+def _logged_id(identifiers: Any, id_type: str) -> str | None:
+    """The value of `id_type` an erasure recorded on its exit, if any."""
+    for pair in identifiers or ():
+        if pair[0] == id_type:
+            return str(pair[1])
+    return None

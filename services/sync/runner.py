@@ -1,0 +1,383 @@
+"""One run of a sync: claim it, check the guardrail, deliver the changes since its
+cursor (the audience's current members on the first run) and record the run.
+
+Exactly-once bookkeeping: the cursor is written only after the destination
+acknowledged the batch that reaches it, in the same UPDATE that checks this replica
+still holds the sync's claim. A crash before that write re-sends the batch on the next
+run under the same idempotency key (``<sync id>:<first seq>-<last seq>``), which the
+destination uses to drop the repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from services.shared.clock import Clock
+from services.shared.errors import FailedPrecondition, NotFound
+from services.sync.delivery import DeliveryFailed, RetryPolicy, TokenBucket
+from services.sync.destinations import TYPES
+from services.sync.destinations.base import Batch, DestinationRun, RunContext
+from services.sync.model import (
+    ADDED,
+    DEAD_LETTERED,
+    FAILED,
+    PAUSED,
+    PERIOD_US,
+    REMOVED,
+    SUCCEEDED,
+    Change,
+    DeadLetter,
+    Destination,
+    Run,
+    Sync,
+    new_id,
+)
+from services.sync.readmodel import ChangeLog, LoggedChange
+from services.sync.settings import SyncSettings
+from services.sync.store import SyncStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    """Acknowledged-but-unwritten progress of a destination that acknowledges at the end."""
+
+    cursor: int
+    members_delta: int = 0
+
+
+class SyncRunner:
+    """Runs syncs; one per process, shared by RunSync and the scheduler."""
+
+    def __init__(
+        self, store: SyncStore, changelog: ChangeLog, settings: SyncSettings, clock: Clock
+    ) -> None:
+        self._store = store
+        self._changelog = changelog
+        self._settings = settings
+        self._clock = clock
+        self._policy = RetryPolicy(
+            settings.retry_base_seconds, settings.retry_max_seconds, settings.max_attempts
+        )
+        # Per destination, shared by every run of this process.
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def _claim_until(self) -> int:
+        return self._clock.now_us() + int(self._settings.claim_seconds * 1_000_000)
+
+    async def run(self, ws: str, sync_id: str, only_if_due: bool = False) -> Run:
+        """Run the sync now and return its record. FailedPrecondition when it is
+        paused, its audience or destination is gone, or another replica holds it (or,
+        with `only_if_due`, when it is no longer due: another replica just ran it)."""
+        return await self._claimed(ws, sync_id, only_if_due, self._deliver)
+
+    async def redrive(self, ws: str, sync_id: str, dead_letter_ids: Sequence[str]) -> Run:
+        """Send the sync's dead letters (those named, or every one not yet re-driven)
+        again, each under its original idempotency key; the cursor does not move. A
+        letter the destination accepts is marked re-driven; one it refuses again stays,
+        with the new response."""
+
+        async def redeliver(sync: Sync, destination: Destination, _: int, run: Run) -> None:
+            letters = await self._store.pending_dead_letters(ws, sync_id, dead_letter_ids)
+            async with self._target(sync, destination, run) as target:
+                for letter, payload in letters:
+                    changes = [Change.from_json(c) for c in payload["changes"]]
+                    outcome = await target.deliver(
+                        Batch(
+                            sync.id, sync.source_key, sync.id_type, letter.idempotency_key, changes
+                        )
+                    )
+                    run.batches += 1
+                    run.retries += outcome.retries
+                    if outcome.delivered:
+                        _count(run, changes)
+                        await target.finish()
+                        await self._store.redriven(letter.id, self._clock.now_us(), None, "")
+                    else:
+                        run.failed += len(changes)
+                        await self._store.redriven(
+                            letter.id, None, outcome.refused_status, outcome.refused_body
+                        )
+            run.status = SUCCEEDED if not run.failed else DEAD_LETTERED
+
+        return await self._claimed(ws, sync_id, False, redeliver)
+
+    async def _claimed(
+        self,
+        ws: str,
+        sync_id: str,
+        only_if_due: bool,
+        work: Callable[[Sync, Destination, int, Run], Awaitable[None]],
+    ) -> Run:
+        """Claim the sync, do `work` as one recorded run, release the claim."""
+        # Unique per run: two runs in one process exclude each other as well.
+        holder = f"{self._settings.replica}/{secrets.token_hex(4)}"
+        now = self._clock.now_us()
+        # Claim first, then read: the cursor read is the one no other replica moves.
+        if not await self._store.claim(
+            ws, sync_id, holder, now, self._claim_until(), only_if_due=only_if_due
+        ):
+            if await self._store.get_sync(ws, sync_id) is None:
+                raise NotFound(f"sync {sync_id} not found")
+            raise FailedPrecondition(
+                f"sync {sync_id} is being run by another replica"
+                if not only_if_due
+                else f"sync {sync_id} is not due or is being run by another replica"
+            )
+        try:
+            await self._store.abandon_runs(sync_id, now)
+            sync, destination, audience_id = await self._runnable(ws, sync_id)
+            run = Run(
+                id=new_id("run"),
+                workspace_id=ws,
+                sync_id=sync_id,
+                from_cursor=sync.cursor,
+                to_cursor=sync.cursor,
+                started_at_us=now,
+                holder=holder,
+            )
+            started = time.monotonic()
+            try:
+                await self._store.save_run(run)
+                try:
+                    await work(sync, destination, audience_id, run)
+                except DeliveryFailed as error:
+                    run.status, run.error = FAILED, str(error)
+            finally:
+                run.finished_at_us = run.started_at_us + int((time.monotonic() - started) * 1e6)
+                await self._store.save_run(run)
+        finally:
+            await self._store.release(sync_id, holder)
+        return run
+
+    @asynccontextmanager
+    async def _target(
+        self, sync: Sync, destination: Destination, run: Run
+    ) -> AsyncIterator[DestinationRun]:
+        """The run's destination, opened with HTTP plumbing; aborted on failure."""
+        bucket = None
+        if destination.rate_limit_per_second > 0:
+            bucket = self._buckets.setdefault(
+                destination.id, TokenBucket(destination.rate_limit_per_second)
+            )
+        async with aiohttp.ClientSession() as session:
+            context = RunContext(
+                run.id,
+                sync.id,
+                session,
+                self._policy,
+                bucket,
+                sync.destination_state,
+                lambda state: self._store.save_destination_state(sync.id, state),
+            )
+            target = TYPES[destination.kind].open_run(destination, context)
+            try:
+                yield target
+            except BaseException:
+                await target.abort()
+                raise
+
+    async def _runnable(self, ws: str, sync_id: str) -> tuple[Sync, Destination, int]:
+        """The claimed sync, its destination and audience id, or why it cannot run."""
+        sync = await self._store.get_sync(ws, sync_id)
+        if sync is None:
+            raise NotFound(f"sync {sync_id} not found")
+        if sync.paused:
+            raise FailedPrecondition(
+                f"sync {sync_id} is paused ({sync.paused_reason or 'by an operator'}); "
+                "resume it with UpdateSync paused=false"
+            )
+        destination = await self._store.get_destination(ws, sync.destination_id)
+        if destination is None:
+            raise FailedPrecondition(f"destination {sync.destination_id} no longer exists")
+        audience_id = await self._changelog.audience_id(ws, sync.source_key)
+        if audience_id is None:
+            raise FailedPrecondition(f"audience {sync.source_key} does not exist")
+        return sync, destination, audience_id
+
+    async def _deliver(
+        self, sync: Sync, destination: Destination, audience_id: int, run: Run
+    ) -> None:
+        async with self._target(sync, destination, run) as target:
+            if not sync.backfilled:
+                await self._backfill(sync, destination, audience_id, target, run)
+            else:
+                upto = await self._changelog.last_seq(sync.workspace_id)
+                if await self._guardrail_trips(sync, audience_id, upto, run):
+                    await target.abort()
+                    return
+                await self._deltas(sync, destination, audience_id, upto, target, run)
+        run.status = DEAD_LETTERED if run.dead_letters else SUCCEEDED
+        values: dict[str, object] = {"removal_approved": False}
+        if sync.cadence in PERIOD_US:
+            values["next_run_at_us"] = run.started_at_us + PERIOD_US[sync.cadence]
+        await self._store.update_sync(sync.workspace_id, sync.id, values, self._clock.now_us())
+
+    async def _guardrail_trips(self, sync: Sync, audience_id: int, upto: int, run: Run) -> bool:
+        """Pause the sync instead of removing more than its share of the destination's
+        members (unless an operator approved it by resuming)."""
+        if sync.removal_approved or sync.delivered_members <= 0:
+            return False
+        exits = await self._changelog.count_exits(sync.workspace_id, audience_id, sync.cursor, upto)
+        limit = sync.max_removal_fraction * sync.delivered_members
+        if exits <= limit:
+            return False
+        reason = (
+            f"size guardrail: this run would remove {exits} of the {sync.delivered_members} "
+            f"members the destination holds (more than {sync.max_removal_fraction:.0%}); "
+            "resume the sync to deliver the removals"
+        )
+        await self._store.update_sync(
+            sync.workspace_id,
+            sync.id,
+            {"paused": True, "paused_reason": reason},
+            self._clock.now_us(),
+        )
+        run.status, run.error = PAUSED, reason
+        log.warning("sync %s paused by the size guardrail: %d removals", sync.id, exits)
+        return True
+
+    async def _backfill(
+        self,
+        sync: Sync,
+        destination: Destination,
+        audience_id: int,
+        target: DestinationRun,
+        run: Run,
+    ) -> None:
+        """Deliver the audience's members as of one snapshot, then set the cursor to the
+        snapshot's last seq: later runs deliver exactly the changes after it."""
+        async with self._changelog.member_snapshot(
+            sync.workspace_id, audience_id, sync.id_type
+        ) as (last, members):
+            index = 0
+            async for chunk in _chunks(members, destination.batch_size):
+                changes = []
+                for person, value in chunk:
+                    if value is None:
+                        run.skipped += 1
+                    else:
+                        changes.append(Change(last, ADDED, person, value, run.started_at_us))
+                if changes:
+                    key = f"{sync.id}:backfill@{last}:{index}"
+                    await self._send(sync, target, key, changes, run)
+                    index += 1
+                await self._renew(run)
+        await target.finish()
+        await self._acknowledge(run, last, run.added - run.removed)
+        run.to_cursor = last
+
+    async def _deltas(
+        self,
+        sync: Sync,
+        destination: Destination,
+        audience_id: int,
+        upto: int,
+        target: DestinationRun,
+        run: Run,
+    ) -> None:
+        """Deliver the changes in (cursor, upto] in seq order, batch by batch."""
+        cursor = sync.cursor
+        pending = _Pending(cursor)
+        while True:
+            logged = await self._changelog.changes(
+                sync.workspace_id, audience_id, sync.id_type, cursor, upto, destination.batch_size
+            )
+            if not logged:
+                break
+            changes = self._named(logged, run)
+            delta = 0
+            if changes:
+                key = f"{sync.id}:{logged[0].seq}-{logged[-1].seq}"
+                before = run.added - run.removed
+                await self._send(sync, target, key, changes, run)
+                delta = run.added - run.removed - before
+            cursor = logged[-1].seq
+            if target.acknowledges_each_batch:
+                await self._acknowledge(run, cursor, delta)
+            else:
+                pending.cursor, pending.members_delta = cursor, pending.members_delta + delta
+                await self._renew(run)
+        await target.finish()
+        if not target.acknowledges_each_batch:
+            await self._acknowledge(run, pending.cursor, pending.members_delta)
+        run.to_cursor = cursor
+
+    @staticmethod
+    def _named(logged: list[LoggedChange], run: Run) -> list[Change]:
+        out = []
+        for c in logged:
+            if c.id_value is None:
+                run.skipped += 1
+            else:
+                out.append(
+                    Change(c.seq, ADDED if c.entered else REMOVED, c.person, c.id_value, c.at_us)
+                )
+        return out
+
+    async def _send(
+        self, sync: Sync, target: DestinationRun, key: str, changes: list[Change], run: Run
+    ) -> None:
+        """Deliver one batch; count it, or dead-letter it when the destination refused."""
+        batch = Batch(sync.id, sync.source_key, sync.id_type, key, changes)
+        outcome = await target.deliver(batch)
+        run.batches += 1
+        run.retries += outcome.retries
+        if outcome.delivered:
+            _count(run, batch.changes)
+            return
+        letter = DeadLetter(
+            id=new_id("dlq"),
+            idempotency_key=batch.idempotency_key,
+            first_seq=batch.changes[0].seq,
+            last_seq=batch.changes[-1].seq,
+            status_code=outcome.refused_status or 0,
+            response_body=outcome.refused_body,
+            changes=len(batch.changes),
+            created_at_us=self._clock.now_us(),
+        )
+        run.failed += len(batch.changes)
+        run.dead_letters.append(letter)
+        await self._store.add_dead_letter(run, letter, batch.as_json())
+        log.warning(
+            "sync %s: batch %s refused with HTTP %d; dead-lettered",
+            sync.id,
+            batch.idempotency_key,
+            letter.status_code,
+        )
+
+    async def _acknowledge(self, run: Run, cursor: int, delta: int) -> None:
+        if not await self._store.acknowledge(
+            run.sync_id, run.holder, cursor, delta, self._claim_until(), backfilled=True
+        ):
+            raise DeliveryFailed(f"sync {run.sync_id}: this replica lost its claim mid-run")
+
+    async def _renew(self, run: Run) -> None:
+        if not await self._store.renew(run.sync_id, run.holder, self._claim_until()):
+            raise DeliveryFailed(f"sync {run.sync_id}: this replica lost its claim mid-run")
+
+
+def _count(run: Run, changes: Sequence[Change]) -> None:
+    run.added += sum(1 for c in changes if c.action == ADDED)
+    run.removed += sum(1 for c in changes if c.action == REMOVED)
+
+
+async def _chunks(
+    rows: AsyncIterator[tuple[int, str | None]], size: int
+) -> AsyncIterator[list[tuple[int, str | None]]]:
+    chunk: list[tuple[int, str | None]] = []
+    async for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,44 @@
+"""The sync service's own settings, from the environment (SYNC_*)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """Knobs of delivery, the guardrail's default and the scheduler."""
+
+    # Fernet key(s) that encrypt destination secrets (services/sync/secrets.py).
+    secret_key: str | None = None
+    # Backoff of retried deliveries: base * 2**attempt with full jitter, capped.
+    retry_base_seconds: float = 0.5
+    retry_max_seconds: float = 60.0
+    # Attempts of one batch before the run fails (its cursor stays before the batch).
+    max_attempts: int = 8
+    # How long a replica's claim on a sync lasts without renewal (renewed per batch).
+    claim_seconds: float = 300.0
+    # How often the scheduler looks for due hourly and daily syncs.
+    scheduler_interval_seconds: float = 30.0
+    # Who holds a claim: unique per process.
+    replica: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    @classmethod
+    def from_env(cls) -> SyncSettings:
+        """Read the SYNC_* variables, falling back to the defaults above."""
+        env = os.environ
+        return cls(
+            secret_key=env.get("SYNC_SECRET_KEY") or None,
+            retry_base_seconds=_float("SYNC_RETRY_BASE_SECONDS", 0.5),
+            retry_max_seconds=_float("SYNC_RETRY_MAX_SECONDS", 60.0),
+            max_attempts=int(env.get("SYNC_MAX_ATTEMPTS") or 8),
+            claim_seconds=_float("SYNC_CLAIM_SECONDS", 300.0),
+            scheduler_interval_seconds=_float("SYNC_SCHEDULER_INTERVAL_SECONDS", 30.0),
+        )

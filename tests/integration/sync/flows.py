@@ -1,0 +1,68 @@
+"""Steps the sync tests share: a destination and a sync through the API."""
+
+from __future__ import annotations
+
+from audiences.v1 import sync_pb2
+
+from tests.integration.sync.conftest import SyncApi
+
+
+async def webhook_sync(
+    api: SyncApi,
+    url: str,
+    secret: str,
+    audience_key: str,
+    batch_size: int = 2,
+    timeout_seconds: float = 5,
+    max_removal_fraction: float = 0,
+) -> sync_pb2.Sync:
+    """A webhook destination at `url` and a one-time email sync of the audience to it."""
+    destination = await api.stub.CreateDestination(
+        sync_pb2.CreateDestinationRequest(
+            destination=sync_pb2.Destination(
+                name="hook",
+                kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
+                base_url=url,
+                secret=secret,
+                batch_size=batch_size,
+                timeout_seconds=timeout_seconds,
+            )
+        ),
+        metadata=api.metadata,
+    )
+    return await audience_sync(
+        api, destination.id, audience_key, "email", max_removal_fraction=max_removal_fraction
+    )
+
+
+async def audience_sync(
+    api: SyncApi,
+    destination_id: str,
+    audience_key: str,
+    id_type: str,
+    max_removal_fraction: float = 0,
+) -> sync_pb2.Sync:
+    """A one-time sync of the audience to the destination, naming people by `id_type`."""
+    return await api.stub.CreateSync(
+        sync_pb2.CreateSyncRequest(
+            sync=sync_pb2.Sync(
+                destination_id=destination_id,
+                source=sync_pb2.SYNC_SOURCE_AUDIENCE,
+                source_key=audience_key,
+                id_type=id_type,
+                cadence=sync_pb2.SYNC_CADENCE_ONE_TIME,
+                max_removal_fraction=max_removal_fraction,
+            )
+        ),
+        metadata=api.metadata,
+    )
+
+
+async def run(api: SyncApi, sync_id: str) -> sync_pb2.SyncRun:
+    """RunSync."""
+    return await api.stub.RunSync(sync_pb2.RunSyncRequest(id=sync_id), metadata=api.metadata)
+
+
+async def get_sync(api: SyncApi, sync_id: str) -> sync_pb2.Sync:
+    """GetSync."""
+    return await api.stub.GetSync(sync_pb2.GetSyncRequest(id=sync_id), metadata=api.metadata)
