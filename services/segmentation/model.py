@@ -40,6 +40,7 @@ class AudienceRecord:
     account_level: bool
     created_at_us: int
     updated_at_us: int
+    realtime: bool = False  # evaluated per event by the realtime worker
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class ComputedTraitRecord:
     state: str
     created_at_us: int
     updated_at_us: int
+    realtime: bool = False  # evaluated per event by the realtime worker
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ def _audience(a: AudienceRecord) -> segmentation_pb2.Audience:
         created_at=timestamp_from_us(a.created_at_us),
         updated_at=timestamp_from_us(a.updated_at_us),
         account_level=a.account_level,
+        realtime=a.realtime,
     )
 
 
@@ -64,6 +65,7 @@ def _computed(c: ComputedTraitRecord) -> segmentation_pb2.ComputedTrait:
         state=_STATES.get(c.state, segmentation_pb2.AUDIENCE_STATE_UNSPECIFIED),
         created_at=timestamp_from_us(c.created_at_us),
         updated_at=timestamp_from_us(c.updated_at_us),
+        realtime=c.realtime,
     )
 
 
@@ -118,6 +120,7 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             definition=a.definition,
             account_level=a.account_level,
             skip_backfill=request.skip_backfill,
+            realtime=a.realtime,
         )
         return _audience(record)
 
@@ -140,6 +143,7 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             name=a.name,
             description=a.description,
             definition=a.definition,
+            realtime=a.realtime if a.HasField("realtime") else None,
         )
         return _audience(record)
 
@@ -155,6 +159,7 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             name=c.name,
             definition=c.definition,
             skip_backfill=request.skip_backfill,
+            realtime=c.realtime,
         )
         return _computed(record)
 
@@ -172,7 +177,11 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
     async def UpdateComputedTrait(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
         c = request.computed_trait
         record = await self._seg.update_computed_trait(
-            current_workspace(), key=c.key, name=c.name, definition=c.definition
+            current_workspace(),
+            key=c.key,
+            name=c.name,
+            definition=c.definition,
+            realtime=c.realtime if c.HasField("realtime") else None,
         )
         return _computed(record)
 

@@ -217,11 +217,14 @@ class Segmentation:
         definition: bytes,
         account_level: bool,
         skip_backfill: bool,
+        realtime: bool = False,
     ) -> AudienceRecord:
         """Save a new audience and, unless `skip_backfill`, start computing its members
-        from history in the background (state BACKFILLING, then LIVE)."""
+        from history in the background (state BACKFILLING, then LIVE). A `realtime`
+        audience is also kept up to date per event by the realtime worker."""
         violations: list[FieldViolation] = []
         check_key(key, "audience.key", violations)
+        _check_realtime(realtime, account_level, violations)
         raw = decode_json(definition, "audience.definition", violations)
         if raw is not None:
             await self._check_audience(
@@ -239,6 +242,7 @@ class Segmentation:
             account_level=account_level,
             state=LIVE if skip_backfill else BACKFILLING,
             now_us=self._clock.now_us(),
+            realtime=realtime,
         )
         if not skip_backfill:
             self._spawn(self._backfill(ws, record))
@@ -261,13 +265,22 @@ class Segmentation:
         return page, token
 
     async def update_audience(
-        self, ws: str, *, key: str, name: str, description: str, definition: bytes
+        self,
+        ws: str,
+        *,
+        key: str,
+        name: str,
+        description: str,
+        definition: bytes,
+        realtime: bool | None = None,
     ) -> AudienceRecord:
-        """Replace what is given (empty fields are kept). A changed definition becomes
-        the next version: the live version keeps serving while it backfills, then the
-        new one takes over and only the differences are emitted."""
+        """Replace what is given (empty fields and a None `realtime` are kept). A
+        changed definition becomes the next version: the live version keeps serving
+        while it backfills, then the new one takes over and only the differences are
+        emitted."""
         audience = await self._audience(ws, key, "audience.key")
         violations: list[FieldViolation] = []
+        _check_realtime(bool(realtime), audience.account_level, violations)
         raw = None
         if definition:
             raw = decode_json(definition, "audience.definition", violations)
@@ -285,6 +298,7 @@ class Segmentation:
             definition=raw if changed else None,
             state=BACKFILLING,
             now_us=self._clock.now_us(),
+            realtime=realtime,
         )
         if changed:
             self._spawn(self._backfill(ws, record))
@@ -347,7 +361,14 @@ class Segmentation:
     # ------------------------------------------------------------------ computed traits
 
     async def create_computed_trait(
-        self, ws: str, *, key: str, name: str, definition: bytes, skip_backfill: bool
+        self,
+        ws: str,
+        *,
+        key: str,
+        name: str,
+        definition: bytes,
+        skip_backfill: bool,
+        realtime: bool = False,
     ) -> ComputedTraitRecord:
         """Save a computed trait and, unless `skip_backfill`, compute every profile's
         value in the background."""
@@ -367,6 +388,7 @@ class Segmentation:
             state=LIVE if skip_backfill else BACKFILLING,
             now_us=self._clock.now_us(),
             existing=None,
+            realtime=realtime,
         )
         if not skip_backfill:
             self._spawn(self._backfill_computed(ws, record))
@@ -392,9 +414,16 @@ class Segmentation:
         return page, base64.urlsafe_b64encode(page[-1].key.encode()).decode() if more else ""
 
     async def update_computed_trait(
-        self, ws: str, *, key: str, name: str, definition: bytes
+        self,
+        ws: str,
+        *,
+        key: str,
+        name: str,
+        definition: bytes,
+        realtime: bool | None = None,
     ) -> ComputedTraitRecord:
-        """Replace the name and/or definition; a new definition is recomputed."""
+        """Replace the name and/or definition (and the realtime flag unless None); a
+        new definition is recomputed."""
         existing = await self.get_computed_trait(ws, key)
         violations: list[FieldViolation] = []
         raw = existing.definition
@@ -411,6 +440,7 @@ class Segmentation:
             state=BACKFILLING,
             now_us=self._clock.now_us(),
             existing=existing,
+            realtime=realtime,
         )
         if record.version != existing.version:
             self._spawn(self._backfill_computed(ws, record))
@@ -739,6 +769,19 @@ class Segmentation:
             for c in changes:
                 yield _keyed(c, keys.get(c.audience_id, "")), refs[c.profile_id]
             last = changes[-1].seq
+
+
+def _check_realtime(realtime: bool, account_level: bool, violations: list[FieldViolation]) -> None:
+    # The worker re-evaluates the profiles an event touched; an account is re-evaluated
+    # only by the batch paths until group calls and user flips reach it (issue 14).
+    if realtime and account_level:
+        violations.append(
+            FieldViolation(
+                "audience.realtime",
+                "account-level audiences are not evaluated in realtime yet "
+                "(backfill, Recompute and the reconcile keep them up to date)",
+            )
+        )
 
 
 def _keyed(change: Change, key: str) -> Change:

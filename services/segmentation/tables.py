@@ -30,6 +30,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    false,
 )
 
 from services.shared.db.tables import Id, Json, metadata
@@ -59,6 +60,8 @@ audiences = Table(
     Column("created_at_us", BigInteger, nullable=False),
     Column("updated_at_us", BigInteger, nullable=False),
     Column("deleted_at_us", BigInteger, nullable=True),
+    # Evaluated per event by the realtime worker (services/segmentation/realtime).
+    Column("realtime", Boolean, nullable=False, default=False, server_default=false()),
     UniqueConstraint("workspace_id", "key", name="uq_audiences_workspace_key"),
 )
 
@@ -99,6 +102,8 @@ membership_changes = Table(
     # then walks the primary key for one audience's poll (audience_id's physical
     # correlation is low; the constant workspace's is 1): docs/benchmarks.md, session 4.
     Index("ix_membership_changes_audience", "workspace_id", "audience_id", "seq"),
+    # GetMembershipHistory: one profile's records (and those of profiles merged into it).
+    Index("ix_membership_changes_profile", "workspace_id", "profile_id", "audience_id", "seq"),
 )
 
 computed_traits = Table(
@@ -109,6 +114,8 @@ computed_traits = Table(
     Column("definition", Json, nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
     Column("updated_at_us", BigInteger, nullable=False),
+    # Evaluated per event by the realtime worker (services/segmentation/realtime).
+    Column("realtime", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 computed_trait_values = Table(

@@ -57,7 +57,7 @@ CHANGE_KIND_ENTERED: ChangeKind
 CHANGE_KIND_EXITED: ChangeKind
 
 class Audience(_message.Message):
-    __slots__ = ("key", "name", "description", "definition", "version", "state", "size", "backfill", "created_at", "updated_at", "account_level")
+    __slots__ = ("key", "name", "description", "definition", "version", "state", "size", "backfill", "created_at", "updated_at", "account_level", "realtime")
     KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class Audience(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_FIELD_NUMBER: _ClassVar[int]
     key: str
     name: str
     description: str
@@ -80,7 +81,8 @@ class Audience(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     account_level: bool
-    def __init__(self, key: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., definition: _Optional[bytes] = ..., version: _Optional[int] = ..., state: _Optional[_Union[AudienceState, str]] = ..., size: _Optional[int] = ..., backfill: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., account_level: _Optional[bool] = ...) -> None: ...
+    realtime: bool
+    def __init__(self, key: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., definition: _Optional[bytes] = ..., version: _Optional[int] = ..., state: _Optional[_Union[AudienceState, str]] = ..., size: _Optional[int] = ..., backfill: _Optional[_Union[_common_pb2.Progress, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., account_level: _Optional[bool] = ..., realtime: _Optional[bool] = ...) -> None: ...
 
 class CreateAudienceRequest(_message.Message):
     __slots__ = ("audience", "skip_backfill")
@@ -129,7 +131,7 @@ class DeleteAudienceResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ComputedTrait(_message.Message):
-    __slots__ = ("key", "name", "definition", "version", "state", "created_at", "updated_at")
+    __slots__ = ("key", "name", "definition", "version", "state", "created_at", "updated_at", "realtime")
     KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEFINITION_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +139,7 @@ class ComputedTrait(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REALTIME_FIELD_NUMBER: _ClassVar[int]
     key: str
     name: str
     definition: bytes
@@ -144,7 +147,8 @@ class ComputedTrait(_message.Message):
     state: AudienceState
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, key: _Optional[str] = ..., name: _Optional[str] = ..., definition: _Optional[bytes] = ..., version: _Optional[int] = ..., state: _Optional[_Union[AudienceState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    realtime: bool
+    def __init__(self, key: _Optional[str] = ..., name: _Optional[str] = ..., definition: _Optional[bytes] = ..., version: _Optional[int] = ..., state: _Optional[_Union[AudienceState, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., realtime: _Optional[bool] = ...) -> None: ...
 
 class CreateComputedTraitRequest(_message.Message):
     __slots__ = ("computed_trait", "skip_backfill")
