@@ -574,19 +574,23 @@ class SegmentationStore:
     # ------------------------------------------------------------------ change log
 
     async def history(self, ws: str, audience_id: int, profile_id: int) -> list[Change]:
-        """Every change of the audience for the profile and the profiles merged into it."""
-        merged = select(profiles.c.profile_id).where(
-            profiles.c.workspace_id == ws, profiles.c.canonical_id == profile_id
+        """Every change of the audience for the profile and the profiles merged into it.
+
+        The person's profile ids as one IN list, not ``profile_id = p OR IN (merged)``:
+        the OR kept Postgres off ``ix_membership_changes_profile`` and on a walk of
+        every record of the audience (33 ms instead of 0.1 ms at 500k records)."""
+        person = sa.union_all(
+            select(profiles.c.profile_id).where(
+                profiles.c.workspace_id == ws, profiles.c.canonical_id == profile_id
+            ),
+            select(sa.literal(profile_id, sa.BigInteger)),
         )
         query = (
             select(membership_changes)
             .where(
                 membership_changes.c.workspace_id == ws,
                 membership_changes.c.audience_id == audience_id,
-                sa.or_(
-                    membership_changes.c.profile_id == profile_id,
-                    membership_changes.c.profile_id.in_(merged),
-                ),
+                membership_changes.c.profile_id.in_(person),
             )
             .order_by(membership_changes.c.seq)
         )
