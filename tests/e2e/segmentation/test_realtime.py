@@ -61,13 +61,18 @@ class Run:
         await self.redis.set(CLOCK_KEY, now_us)
 
     async def track(self, user: str, name: str, at_us: int, traceparent: str | None = None) -> None:
-        """One track event through ingest's Batch (accepted)."""
-        event = ingest_pb2.Event(
-            type=ingest_pb2.EVENT_TYPE_TRACK,
-            message_id=f"rt-{next(_ids)}",
-            user_id=user,
-            event=name,
+        """One track event of a user through ingest's Batch (accepted)."""
+        await self.send(
+            ingest_pb2.Event(type=ingest_pb2.EVENT_TYPE_TRACK, user_id=user, event=name),
+            at_us,
+            traceparent,
         )
+
+    async def send(
+        self, event: ingest_pb2.Event, at_us: int, traceparent: str | None = None
+    ) -> None:
+        """One event through ingest's Batch (accepted)."""
+        event.message_id = f"rt-{next(_ids)}"
         event.timestamp.CopyFrom(timestamp_from_us(at_us))
         metadata = self.write + ((("traceparent", traceparent),) if traceparent else ())
         reply = await self.ingest.Batch(ingest_pb2.BatchRequest(events=[event]), metadata=metadata)
@@ -288,3 +293,66 @@ async def test_a_killed_workers_entries_are_taken_over(
         assert await run.history("repeat_buyers", user) == [segmentation_pb2.CHANGE_KIND_ENTERED]
     entered = [c for c in await run.changes() if c["kind"] == "entered"]
     assert len(entered) == len(users)
+
+
+LAPSED = {
+    "all": [
+        {"event": {"name": "Ordered"}},
+        {"not": {"event": {"name": "Ordered", "window": {"within_days": 30}}}},
+    ]
+}
+
+
+async def test_time_passing_admits_a_lapsed_customer(
+    run: Run, database_url: str, redis_url: str
+) -> None:
+    await run.create("lapsed", LAPSED)
+    async with realtime_worker(database_url, redis_url, "w1", run.env):
+        await run.track("ann", "Ordered", T0 - 10 * US_PER_DAY)
+        await run.track("bo", "Ordered", T0 - 40 * US_PER_DAY)
+
+        async def bo_in() -> bool:
+            return await run.members("lapsed") == {"bo"}
+
+        await eventually(bo_in, 20, "bo, whose order is 40 days old, enters")
+        # Ann's order turns 30 days old at T0 + 20 days, not a microsecond earlier: an
+        # unrelated event of hers evaluated just before that leaves her out.
+        await run.set_now(T0 + 20 * US_PER_DAY - 1)
+        await run.track("ann", "Viewed", T0 + 20 * US_PER_DAY - 1)
+        await eventually(run.settled, 20, "ann's view evaluated")
+        assert await run.members("lapsed") == {"bo"}
+        # Then time alone admits her.
+        await run.set_now(T0 + 20 * US_PER_DAY)
+
+        async def ann_in() -> bool:
+            return await run.members("lapsed") == {"ann", "bo"}
+
+        await eventually(ann_in, 20, "ann enters when 30 days pass without an order")
+    assert await run.batch_members(LAPSED) == {"ann", "bo"}
+
+
+TWO_VIEWS = {"event": {"name": "Viewed", "count": {"op": "gte", "value": 2}}}
+
+
+async def test_a_merge_re_evaluates_the_person(run: Run, database_url: str, redis_url: str) -> None:
+    await run.create("two_views", TWO_VIEWS)
+    track = ingest_pb2.EVENT_TYPE_TRACK
+    async with realtime_worker(database_url, redis_url, "w1", run.env):
+        await run.send(
+            ingest_pb2.Event(type=track, anonymous_id="v1", event="Viewed"), T0 - US_PER_DAY
+        )
+        await run.track("ann", "Viewed", T0 - US_PER_DAY)
+        await eventually(run.settled, 20, "the two views evaluated")
+        assert await run.members("two_views") == set()
+        # The visitor turns out to be ann: one person with two views.
+        await run.send(
+            ingest_pb2.Event(type=ingest_pb2.EVENT_TYPE_IDENTIFY, user_id="ann", anonymous_id="v1"),
+            T0 - 1,
+        )
+
+        async def ann_in() -> bool:
+            return await run.members("two_views") == {"ann"}
+
+        await eventually(ann_in, 20, "the merged person enters")
+    assert await run.batch_members(TWO_VIEWS) == {"ann"}
+    assert await run.history("two_views", "ann") == [segmentation_pb2.CHANGE_KIND_ENTERED]
