@@ -1072,23 +1072,28 @@ class _MembershipWriter:
         self._merged = merged
         self._diff = diff
         self._any_merged = False
+        self._scope: list[int] | None = None
 
     @classmethod
-    async def start(cls, c: AsyncConnection, ws: str, now_us: int) -> _MembershipWriter:
-        """Take the workspace's change-seq lock and read its merged profiles."""
+    async def start(
+        cls, c: AsyncConnection, ws: str, now_us: int, scope: Sequence[int] | None = None
+    ) -> _MembershipWriter:
+        """Take the workspace's change-seq lock and read its merged profiles.
+
+        With `scope` (canonical ids: the realtime worker's profiles) the writer compares
+        and writes only those profiles' rows (see `apply`), so it reads only their
+        merged profiles."""
         await lock_change_sequence(c, ws)
         merged = await _temp_table(
             c, "seg_merged", sa.Column("own", sa.BigInteger), sa.Column("pid", sa.BigInteger)
         )
-        found = await c.execute(
-            insert(merged).from_select(
-                ["own", "pid"],
-                select(profiles.c.profile_id, profiles.c.canonical_id).where(
-                    profiles.c.workspace_id == ws,
-                    profiles.c.canonical_id != profiles.c.profile_id,
-                ),
-            )
+        merges = select(profiles.c.profile_id, profiles.c.canonical_id).where(
+            profiles.c.workspace_id == ws,
+            profiles.c.canonical_id != profiles.c.profile_id,
         )
+        if scope is not None:
+            merges = merges.where(profiles.c.canonical_id.in_(scope))
+        found = await c.execute(insert(merged).from_select(["own", "pid"], merges))
         diff = await _temp_table(
             c,
             "seg_diff",
@@ -1097,6 +1102,7 @@ class _MembershipWriter:
             sa.Column("entered", sa.Boolean),
         )
         writer = cls(c, ws, now_us, merged, diff)
+        writer._scope = None if scope is None else list(scope)
         writer._any_merged = found.rowcount > 0
         if writer._any_merged:
             await _analyze(c, merged)
@@ -1113,19 +1119,19 @@ class _MembershipWriter:
         members: sa.Select[Any],
         progress: Progress,
         sizes: Sequence[int] | None,
-        scope: Sequence[int] | None = None,
     ) -> list[Diff]:
         """Make `members` (rows of audience id ``aud`` and canonical id ``pid``) the
         members of the audiences of `batch` ((audience id, version) pairs, whose sizes
         are `sizes`); returns each audience's differences, in batch order.
 
-        With `scope` (canonical ids: the realtime worker's profiles) only those
-        profiles' rows are compared and written, `members` holds only theirs, and only
-        the audiences' sizes are updated (counted; `sizes` is None).
+        A writer started with a scope compares and writes only those profiles' rows
+        (`members` holds only theirs) and only updates the audiences' sizes (counted;
+        `sizes` is None).
 
         Change seqs follow the batch order, then exits before entries, then profile id.
         """
         c, m, mg, d = self._c, memberships, self._merged, self._diff
+        scope = self._scope
         ids = [a for a, _ in batch]
         new = members.subquery("new")
         scoped = [] if scope is None else [m.c.profile_id.in_(scope)]
@@ -1166,7 +1172,7 @@ class _MembershipWriter:
         if self._any_merged:
             with phase("memberships"):
                 for audience_id in ids:
-                    await self._rekey(audience_id, new, scope)
+                    await self._rekey(audience_id, new)
         if n:
             with phase("memberships"):
                 await self._write_rows()
@@ -1283,14 +1289,12 @@ class _MembershipWriter:
             )
         )
 
-    async def _rekey(self, audience_id: int, new: Any, scope: Sequence[int] | None) -> None:
-        """Rows on merged-away profiles go (with `scope`: of those survivors only); a
+    async def _rekey(self, audience_id: int, new: Any) -> None:
+        """Rows on merged-away profiles (of the scope's people, when scoped) go; a
         survivor still in the audience whose own row is missing gets one back with the
         earliest entry (no change record: the person never left)."""
         c, m, mg = self._c, memberships, self._merged
         merged_rows = select(mg.c.own)
-        if scope is not None:
-            merged_rows = merged_rows.where(mg.c.pid.in_(scope))
         own = m.alias("own_row")
         restore = (
             select(

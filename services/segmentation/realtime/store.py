@@ -112,7 +112,7 @@ class RealtimeStore:
         async with self._engine.connect() as c:
             transaction = await c.begin()
             await sql.batch_settings(c)
-            writer = await _MembershipWriter.start(c, ws, now_us)
+            writer = await _MembershipWriter.start(c, ws, now_us, scope)
             for trait in definitions.computed:
                 values = await sql.evaluate_computed_trait(
                     c, trait.definition, workspace_id=ws, now_us=now_us, profile_ids=scope
@@ -137,7 +137,7 @@ class RealtimeStore:
                 )
                 rollup, pairs = await rollup_pairs(c, [a.audience_id for a in layer], query)
                 batch = [(a.audience_id, a.version) for a in layer]
-                diffs = await writer.apply(batch, pairs, Progress(), None, scope)
+                diffs = await writer.apply(batch, pairs, Progress(), None)
                 await _drop(c, rollup)
                 out.memberships += [
                     (a, d) for a, d in zip(layer, diffs, strict=True) if d.entered or d.exited
