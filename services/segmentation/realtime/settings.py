@@ -22,7 +22,7 @@ class RealtimeSettings:
     consumer: str = "realtime"
     # Entries per XREADGROUP (per shard) and the longest wait for new ones.
     batch_size: int = 500
-    block_ms: int = 200
+    block_ms: int | None = 200  # None: never wait (a caller stepping the worker itself)
     # An entry read but not acknowledged for this long is taken over (XAUTOCLAIM), at
     # start and every claim_every_seconds.
     claim_idle_ms: int = 30_000

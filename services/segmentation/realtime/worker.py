@@ -103,11 +103,15 @@ class RealtimeWorker:
         return total
 
     async def process(self, read: Sequence[tuple[str, StreamEntry]]) -> None:
-        """Re-evaluate the profiles the entries touched, then acknowledge them."""
-        await self._evaluate(touched_profiles(entry for _, entry in read), self._clock.now_us())
+        """Re-evaluate the profiles the entries touched, then acknowledge them, except
+        those of a workspace whose evaluation failed: they stay pending and are taken
+        over again once idle for claim_idle_ms (by this worker or another)."""
+        touched = touched_profiles(entry for _, entry in read)
+        failed = await self._evaluate(touched, self._clock.now_us())
         by_stream: dict[str, list[str]] = {}
         for stream, entry in read:
-            by_stream.setdefault(stream, []).append(entry.id)
+            if entry.fields.get(b"workspace_id", b"").decode() not in failed:
+                by_stream.setdefault(stream, []).append(entry.id)
         for stream, ids in by_stream.items():
             await streams.ack(self._redis, stream, self._settings.group, ids)
 
@@ -123,29 +127,42 @@ class RealtimeWorker:
             parsed = _parse_due(member)
             if parsed is not None:
                 touched.setdefault(parsed[0], Touched()).add(parsed[1], {})
-        if touched:
-            await self._evaluate(touched, now)
+        failed = await self._evaluate(touched, now) if touched else set()
+        # A failed workspace's due profiles go back, due now: retried next round.
+        for ws in failed:
+            await self._schedule(ws, dict.fromkeys(touched[ws].profiles, now))
         return len(taken)
 
-    async def _evaluate(self, touched: Mapping[str, Touched], now: int) -> None:
+    async def _evaluate(self, touched: Mapping[str, Touched], now: int) -> set[str]:
+        """Re-evaluate each workspace's touched profiles; returns the workspaces whose
+        evaluation failed (logged; one workspace's failure does not stop the others)."""
+        failed: set[str] = set()
         for ws, profiles in touched.items():
-            definitions = await self._store.definitions(ws)
-            if definitions is None:
-                continue
-            canonical = await self._store.canonical(ws, profiles.profiles.keys())
-            traces: dict[int, dict[str, str]] = {}
-            for pid, trace in profiles.profiles.items():
-                if pid in canonical:
-                    traces[canonical[pid]] = trace
-            scope = sorted(traces)
-            if not scope:
-                continue
-            evaluated = await self._store.evaluate(ws, definitions, scope, now)
-            # After the commit: hot state and the changes stream never show a change
-            # whose record is not committed.
-            await self._publish(ws, evaluated, traces, now)
-            due = await self._store.next_due(ws, definitions.offsets, scope, now)
-            await self._schedule(ws, due)
+            try:
+                await self._evaluate_workspace(ws, profiles, now)
+            except Exception:
+                log.exception("realtime evaluation of workspace %s failed; will retry", ws)
+                failed.add(ws)
+        return failed
+
+    async def _evaluate_workspace(self, ws: str, profiles: Touched, now: int) -> None:
+        definitions = await self._store.definitions(ws)
+        if definitions is None:
+            return
+        canonical = await self._store.canonical(ws, profiles.profiles.keys())
+        traces: dict[int, dict[str, str]] = {}
+        for pid, trace in profiles.profiles.items():
+            if pid in canonical:
+                traces[canonical[pid]] = trace
+        scope = sorted(traces)
+        if not scope:
+            return
+        evaluated = await self._store.evaluate(ws, definitions, scope, now)
+        # After the commit: hot state and the changes stream never show a change whose
+        # record is not committed.
+        await self._publish(ws, evaluated, traces, now)
+        due = await self._store.next_due(ws, definitions.offsets, scope, now)
+        await self._schedule(ws, due)
 
     async def _publish(
         self, ws: str, evaluated: Evaluated, traces: Mapping[int, dict[str, str]], now: int

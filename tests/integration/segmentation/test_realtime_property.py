@@ -115,7 +115,7 @@ async def test_realtime_equals_batch_at_every_checkpoint(resources) -> None:  # 
     ingestor = Ingestor(SqlEventStore(resources.engine), RedisPublisher(resources.redis), clock)
     store = SegmentationStore(resources.engine)
     segmentation = Segmentation(store, HotState(resources.redis), clock)
-    realtime = RealtimeSettings(consumer="property", block_ms=None)  # type: ignore[arg-type]
+    realtime = RealtimeSettings(consumer="property", block_ms=None)
     worker = make_worker(resources, realtime)
 
     def run(coroutine):  # type: ignore[no-untyped-def]
