@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/audiences/v1/*.proto)
 
-.PHONY: help run test lint fmt protos check-protos migrate install
+.PHONY: help run test lint typecheck fmt protos check-protos migrate install
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -37,11 +37,14 @@ lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+typecheck: $(STAMP) ## mypy over services/ (settings in pyproject.toml)
+	$(VENV)/bin/mypy
+
 fmt: $(STAMP) ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: $(STAMP) ## ensure Postgres+Redis, lint, check protos, run every test
+test: $(STAMP) ## ensure Postgres+Redis, lint, type-check, check protos, run every test
 	scripts/ensure_services.sh
-	$(MAKE) --no-print-directory lint check-protos
+	$(MAKE) --no-print-directory lint typecheck check-protos
 	$(PY) -m pytest $(PYTEST_ARGS)

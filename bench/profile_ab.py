@@ -1,20 +1,22 @@
 """A/B of GetProfile's server CPU per call between git revisions, and echo variants.
 
-    .venv/bin/python bench/profile_ab.py REV [REV ...] [--rounds 4] [--duration 3]
+    .venv/bin/python bench/profile_ab.py REV [REV ...] [--rounds 4] [--duration 3] [--traced]
     .venv/bin/python bench/profile_ab.py --echo [--rounds 3]
 
 On a shared machine throughput moves with everyone's load, so this interleaves the
 candidates (A, B, A, B, ...) and reports, per round, the saturation throughput and the
 CPU the server process spent per call (bench/profile_load.py's loader and /proc
 accounting), with the bare grpc.aio echo server answering with the same bytes run in
-every round as the transport baseline (ratios are to the same round's echo). Each
+every round as the transport baseline, on uvloop like the service (ratios are to the
+same round's echo). Each
 revision is exported with `git archive` into a temporary directory and its profile
 process started from there (5,000 seeded profiles in Redis db 12, flushed afterwards;
-one bench database, dropped afterwards).
+one bench database, dropped afterwards). With `--traced` the profile processes run
+traced (bench/profile_load.py's TRACED_PROFILE: the SDK with a dropping exporter).
 
 `--echo` instead compares bare grpc.aio echo servers whose handler returns at once
-(on asyncio's default loop, as bench/profile_load.py's echo, or on uvloop, as the
-services run), awaits one redis-py GET, or awaits one GET on a raw pipelined connection (an asyncio
+(on asyncio's default loop, or on uvloop, as the services and bench/profile_load.py's
+echo run), awaits one redis-py GET, or awaits one GET on a raw pipelined connection (an asyncio
 Protocol and a hiredis reader): what one Redis round trip costs the server, by client.
 """
 
@@ -183,7 +185,7 @@ def compare_revisions(opts: argparse.Namespace) -> dict[str, list[Cell]]:
                 for rev, tree in trees.items():
                     port = bench.free_port()
                     bench.ROOT = tree  # start_profile runs the service from this tree
-                    server = bench.start_profile(port, database_url, opts.redis_url)
+                    server = bench.start_profile(port, database_url, opts.redis_url, opts.traced)
                     try:
                         reply = asyncio.run(bench.wait_ready(f"127.0.0.1:{port}", metadata, sample))
                         if not payload.stat().st_size:
@@ -207,6 +209,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("revisions", nargs="*")
     parser.add_argument("--echo", action="store_true")
+    parser.add_argument("--traced", action="store_true", help="run the profile processes traced")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=32)

@@ -1,26 +1,35 @@
 """Load benchmark of GetProfile against its transport and storage limits.
 
-    .venv/bin/python bench/profile_load.py [--profiles 1000000] [--duration 10]
+    .venv/bin/python bench/profile_load.py [--profiles 200000] [--duration 3] [--rounds 3]
 
-Seeds N profiles (20 traits, 10 audiences, 2 predictions each) into Redis db 12 with
-pipelined writes, starts one profile process (then two sharing the port through
-SO_REUSEPORT), and drives them from a load generator in a second process: a fixed
-offered rate and a saturation run, reporting throughput and p50/p99/p99.9. Baselines
-measured in the same run: a bare grpc.aio server answering with a message of the same
-size (the transport limit), the same echo awaiting one Redis GET per call over the
-services' pipelined connection (transport plus one round trip: the floor for any
-server that answers from Redis), and the same Lua read issued straight from redis-py
-(the storage limit). For every server process it also reports the CPU time the server
-spent per call (from /proc, warm-up calls included), which moves much less with other
-work on a shared machine than throughput does, and Redis's CPU per call. The one-
-process GetProfile runs come twice: "cold", every profile's wire cache emptied before
-the run, so each read encodes the profile (its first read after a write), and warm,
-after a pass that read each of the 100,000 requested profiles once, so each read is
-served from the cache (a profile read again before anything it shows changed); the
-later runs are warm. With `--cap N` it also runs 1 and 2 processes each capped at N
-CPUs (a cgroup; root), to show SO_REUSEPORT scaling on a machine without a spare core
-per process. Redis db 12
-is flushed and the bench database dropped afterwards.
+Seeds N profiles (20 traits, 10 audiences, 2 predictions each) into a Redis db with
+pipelined writes and measures, from a load generator in a separate process, a fixed
+offered rate (p50/p99 at --rate) and a saturation run (throughput at --concurrency
+calls in flight) of each target. Every server runs on uvloop, the event loop the
+services run on, so the ratios compare like with like:
+
+- echo: a bare grpc.aio server answering with fixed bytes of GetProfile's size
+  (the transport limit, the baseline every ratio is taken against);
+- echo + 1 Redis GET: the same echo awaiting one GET per call over the services'
+  pipelined connection (the floor for any server that answers from Redis);
+- GetProfile with tracing off (OTEL_TRACES_EXPORTER=none, the default) and on (the
+  SDK tracer provider with the gRPC, Redis and SQLAlchemy instrumentations, spans
+  batched to an exporter that drops them: what a traced deployment pays, without its
+  collector), each cold (every profile it reads had its wire cache dropped just
+  before: a first read after a write) and warm (profiles read once before);
+- redis-py EVALSHA: GetProfile's Lua read issued straight from redis-py (the storage
+  limit).
+
+The targets run in rounds (--rounds), in a rotated order each round, so a burst of
+other work on a shared machine lands on different targets in different rounds; the
+table gives each figure's median over the rounds, and each ratio is taken within a
+round and then the median. It also reports the CPU the server process spent per
+call (from /proc, warm-up calls included), which moves much less with other load
+than throughput does, and Redis's CPU per call. With `--scaling` it then runs two
+profile processes sharing the port through SO_REUSEPORT, and with `--cap N` one and
+two processes each capped at N CPUs (a cgroup; root), to show that scaling on a
+machine without a spare core per process. The Redis db is flushed and the bench
+database dropped afterwards.
 """
 
 from __future__ import annotations
@@ -32,10 +41,12 @@ import os
 import random
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +56,7 @@ import asyncpg  # noqa: E402
 import grpc  # noqa: E402
 import orjson  # noqa: E402
 import redis.asyncio as redis_asyncio  # noqa: E402
+import uvloop  # noqa: E402
 from audiences.v1 import common_pb2, profile_pb2  # noqa: E402
 
 from services.profile.hotread import READ_PROFILES_LUA  # noqa: E402
@@ -52,6 +64,7 @@ from services.shared import hotstate  # noqa: E402
 from services.shared.redis_pipelined import create_pipelined  # noqa: E402
 
 METHOD = "/audiences.v1.ProfileService/GetProfile"
+ECHO_LABEL = "echo (bare grpc.aio, uvloop)"
 ECHO_METHOD = "/bench.Echo/Get"
 NOW_US = 1_735_689_600_000_000
 CHANNELS = 8  # separate connections, so SO_REUSEPORT can spread them over processes
@@ -61,12 +74,17 @@ CHANNELS = 8  # separate connections, so SO_REUSEPORT can spread them over proce
 SCALING_CHANNELS = 32
 CGROUP_V2 = Path("/sys/fs/cgroup")
 CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
-# Distinct profiles the load generator asks for (fewer when there are fewer profiles):
-# more than any run sends, so a run that starts with an empty wire cache never reads a
-# profile twice (a cold run), and one after the warm-up pass reads only cached ones.
+# Distinct profiles the load generator asks for (fewer when there are fewer profiles),
+# in two halves: warm runs read the first (read once before the first warm run), cold
+# runs the second (its wire caches dropped before each cold run). Each half holds more
+# requests than a run sends, so a cold run never reads a profile twice.
 REQUEST_POOL = 100_000
+POOLS = ("warm", "cold")
 # The read every GetProfile makes: all sections, in the wire form (READ_PROFILES_LUA).
 WIRE_FLAGS = "aciprtw"
+
+
+Metadata = tuple[tuple[str, str], ...]
 
 
 def _identity(data: bytes) -> bytes:
@@ -166,7 +184,8 @@ def _redis_parts(url: str) -> tuple[str, str, str]:
 
 
 async def serve_echo(port: int, payload_path: str, redis_url: str = "") -> None:
-    """A bare grpc.aio server: no interceptors, answers every call with fixed bytes.
+    """A bare grpc.aio server (run on uvloop): no interceptors, answers every call
+    with fixed bytes.
 
     With `redis_url`, each call first awaits one GET of a missing key over the
     services' own pipelined connection: the transport plus one Redis round trip,
@@ -198,8 +217,39 @@ async def serve_echo(port: int, payload_path: str, redis_url: str = "") -> None:
     await server.stop(1)
 
 
-def start_profile(port: int, database_url: str, redis_url: str) -> subprocess.Popen[bytes]:
-    """Start a profile process on `port`; wait_started() tells when it serves."""
+# A traced profile process, as a traced deployment runs minus its collector: the SDK
+# tracer provider, installed before the service starts (so the service takes it as its
+# own, with the gRPC, Redis and SQLAlchemy instrumentations on), batches every span to
+# an exporter that drops them: the cost measured is recording spans, not shipping them.
+# Run with `python -c` in the tree under test, so bench/profile_ab.py can compare
+# revisions traced.
+TRACED_PROFILE = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+
+class DroppingExporter(SpanExporter):
+    def export(self, spans):
+        return SpanExportResult.SUCCESS
+
+
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(DroppingExporter()))
+trace.set_tracer_provider(provider)
+
+from services.profile.app import SPEC
+from services.shared.server import main
+
+main(SPEC)
+"""
+
+
+def start_profile(
+    port: int, database_url: str, redis_url: str, traced: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start a profile process on `port` (`traced`: TRACED_PROFILE); wait_started() tells
+    when it serves."""
     env = {
         **os.environ,
         "GRPC_PORT": str(port),
@@ -210,9 +260,10 @@ def start_profile(port: int, database_url: str, redis_url: str) -> subprocess.Po
         "PYTHONPATH": f"{ROOT}:{ROOT / 'gen'}",
     }
     handle, name = tempfile.mkstemp(prefix="bench_profile_log_", suffix=".txt")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.profile"], env=env, cwd=ROOT, stderr=handle
-    )
+    command = [sys.executable, "-m", "services.profile"]
+    if traced:
+        command = [sys.executable, "-c", TRACED_PROFILE]
+    process = subprocess.Popen(command, env=env, cwd=ROOT, stderr=handle)
     os.close(handle)
     _LOGS[process.pid] = Path(name)
     return process
@@ -322,7 +373,7 @@ async def _drive(call_one, mode: str, duration: float, rate: float, concurrency:
 
 
 async def load(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
-    picks = pool(args.profiles)
+    picks = pool(args.profiles, args.pool)
     if args.load == "redis":
         # Open-loop runs can have more calls in flight than the saturation concurrency.
         client = redis_asyncio.Redis.from_url(args.redis_url, max_connections=512)
@@ -359,26 +410,22 @@ async def load(args: argparse.Namespace) -> dict:  # type: ignore[type-arg]
     return result
 
 
-def pool(profiles: int) -> list[int]:
-    """The profiles the load generator asks for, in order: distinct when there are enough."""
-    rng = random.Random(11)
-    if profiles >= REQUEST_POOL:
-        return rng.sample(range(1, profiles + 1), REQUEST_POOL)
-    return [rng.randint(1, profiles) for _ in range(REQUEST_POOL)]
+def pool(profiles: int, half: str) -> list[int]:
+    """The distinct profiles the load generator asks for in `half` ("warm" or "cold")."""
+    picks = random.Random(11).sample(range(1, profiles + 1), min(profiles, REQUEST_POOL))
+    middle = len(picks) // 2
+    return picks[:middle] if half == "warm" else picks[middle:]
 
 
-async def drop_wire_cache(redis_url: str, ws: str) -> int:
-    """Empty the profiles' wire caches (as if every profile had just been written)."""
+async def drop_wire_cache(redis_url: str, ws: str, profiles: int) -> int:
+    """Empty the wire caches of the cold half of the pool (as if each had just been written)."""
     redis = redis_asyncio.Redis.from_url(redis_url)
     dropped = 0
-    batch: list[bytes] = []
-    async for key in redis.scan_iter(match=hotstate.profile_key(ws, "*", "wire"), count=10_000):
-        batch.append(key)
-        if len(batch) == 10_000:
-            dropped += await redis.unlink(*batch)
-            batch.clear()
-    if batch:
-        dropped += await redis.unlink(*batch)
+    keys = [
+        hotstate.profile_key(ws, f"{pid:0{PID_WIDTH}d}", "wire") for pid in pool(profiles, "cold")
+    ]
+    for first in range(0, len(keys), 10_000):
+        dropped += await redis.unlink(*keys[first : first + 10_000])
     # UNLINK frees in Redis's background thread: let it finish before the run starts,
     # or the run shares the CPU with it.
     deadline = time.monotonic() + 60
@@ -391,12 +438,12 @@ async def drop_wire_cache(redis_url: str, ws: str) -> int:
 
 
 async def warm_wire_cache(redis_url: str, ws: str, profiles: int) -> float:
-    """Read every pooled profile once with GetProfile's script, filling its wire cache."""
+    """Read the warm half of the pool once with GetProfile's script, filling its wire cache."""
     started = time.perf_counter()
     redis = redis_asyncio.Redis.from_url(redis_url)
     script = redis.register_script(READ_PROFILES_LUA)
     prefix = hotstate.workspace_prefix(ws)
-    picks = pool(profiles)
+    picks = pool(profiles, "warm")
     for first in range(0, len(picks), 1000):
         async with redis.pipeline(transaction=False) as pipe:
             for pid in picks[first : first + 1000]:
@@ -460,6 +507,7 @@ def run_load(
     key: str,
     servers: list[int] | None = None,
     channels: int = CHANNELS,
+    half: str = "warm",
 ) -> dict:  # type: ignore[type-arg]
     """One measurement, from a separate load-generator process.
 
@@ -496,6 +544,8 @@ def run_load(
         str(opts.concurrency),
         "--channels",
         str(channels),
+        "--pool",
+        half,
     ]
     out = subprocess.run(command, check=True, capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -570,15 +620,48 @@ async def _wait_echo(address: str) -> None:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
 
 
+@dataclass(frozen=True)
+class Target:
+    """One row of the table: what the load generator calls and how."""
+
+    label: str
+    load: str  # the load generator's --load
+    address: str
+    pids: tuple[int, ...]  # the server processes whose CPU is counted
+    half: str = "warm"  # which half of the request pool it reads (POOLS)
+    modes: tuple[str, ...] = ("rate", "saturate")
+
+
+def _start_echo(payload: Path, redis_url: str = "") -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    command = [sys.executable, __file__, "--serve-echo", str(port), str(payload)]
+    if redis_url:
+        command += ["--echo-redis", redis_url]
+    process = subprocess.Popen(command, cwd=ROOT)
+    address = f"127.0.0.1:{port}"
+    asyncio.run(_wait_echo(address))
+    return process, address
+
+
+def _start_serving(
+    database_url: str, redis_url: str, traced: bool, request: bytes, metadata: Metadata
+) -> tuple[subprocess.Popen[bytes], str, bytes]:
+    port = free_port()
+    process = start_profile(port, database_url, redis_url, traced)
+    address = f"127.0.0.1:{port}"
+    return process, address, asyncio.run(wait_ready(address, metadata, request))
+
+
 def orchestrate(opts: argparse.Namespace) -> None:
-    """Seed, start the servers, run every measurement, clean up, print the table."""
+    """Seed, start the servers, run every measurement in rounds, clean up, print the table."""
     if opts.redis_url.rsplit("/", 1)[1] in ("0", "13"):
         raise SystemExit("use a Redis db of its own (not 0, not 13): it is flushed")
     asyncio.run(_flush(opts.redis_url))
     database_url, keys = asyncio.run(create_bench_database(opts.pg))
     ws, key = keys["workspace_id"], keys["profile_key"]
-    metadata = (("authorization", f"Bearer {key}"),)
-    rows: list[tuple[str, str, dict]] = []  # type: ignore[type-arg]
+    metadata: Metadata = (("authorization", f"Bearer {key}"),)
+    rounds: list[dict[tuple[str, str], dict]] = []  # type: ignore[type-arg]
+    extra: list[tuple[str, str, dict]] = []  # type: ignore[type-arg]
     processes: list[subprocess.Popen[bytes]] = []
     groups: list[Path] = []
     opts.load_before = os.getloadavg()[0]
@@ -589,77 +672,56 @@ def orchestrate(opts: argparse.Namespace) -> None:
     try:
         seconds = seed(opts.redis_url, ws, opts.profiles)
         print(f"seeded {opts.profiles:,} profiles in {seconds:.1f}s", flush=True)
-        port = free_port()
-        address = f"127.0.0.1:{port}"
-        processes.append(start_profile(port, database_url, opts.redis_url))
         sample = profile_pb2.GetProfileRequest(
             identifier=common_pb2.Identifier(type="user_id", value=user_value(1))
         ).SerializeToString()
-        reply = asyncio.run(wait_ready(address, metadata, sample))
+        plain, address, reply = _start_serving(
+            database_url, opts.redis_url, False, sample, metadata
+        )
+        processes.append(plain)
+        traced, traced_address, _ = _start_serving(
+            database_url, opts.redis_url, True, sample, metadata
+        )
+        processes.append(traced)
         payload.write_bytes(reply)
         print(f"GetProfile response: {len(reply)} bytes", flush=True)
-
-        echo_port = free_port()
-        echo_address = f"127.0.0.1:{echo_port}"
-        echo = subprocess.Popen(
-            [sys.executable, __file__, "--serve-echo", str(echo_port), str(payload)], cwd=ROOT
-        )
-        processes.append(echo)
-        asyncio.run(_wait_echo(echo_address))
-        echo_get_port = free_port()
-        echo_get_address = f"127.0.0.1:{echo_get_port}"
-        echo_get = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--serve-echo",
-                str(echo_get_port),
-                str(payload),
-                "--echo-redis",
-                opts.redis_url,
-            ],
-            cwd=ROOT,
-        )
-        processes.append(echo_get)
-        asyncio.run(_wait_echo(echo_get_address))
-
-        # The GetProfile rows come twice: with every wire cache empty before the run
-        # (each read encodes and caches the profile: its first read after a write)
-        # and after a pass that read every pooled profile once (each read is served
-        # from the cache: a profile read again before anything it shows changed).
-        plan = [
-            ("echo (bare grpc.aio)", "echo", echo_address, [echo.pid], None),
-            ("echo + 1 Redis GET", "echo", echo_get_address, [echo_get.pid], None),
-            ("GetProfile, 1 process, cold", "profile", address, [processes[0].pid], "cold"),
-            ("GetProfile, 1 process", "profile", address, [processes[0].pid], "warm"),
-            ("redis-py EVALSHA", "redis", "", [], None),
+        echo, echo_address = _start_echo(payload)
+        echo_get, echo_get_address = _start_echo(payload, opts.redis_url)
+        processes += [echo, echo_get]
+        seconds = asyncio.run(warm_wire_cache(opts.redis_url, ws, opts.profiles))
+        print(f"read the warm half of the request pool once: {seconds:.1f}s", flush=True)
+        targets = [
+            Target(ECHO_LABEL, "echo", echo_address, (echo.pid,)),
+            Target("echo + 1 Redis GET", "echo", echo_get_address, (echo_get.pid,)),
+            Target("GetProfile, tracing off, warm", "profile", address, (plain.pid,)),
+            Target("GetProfile, tracing off, cold", "profile", address, (plain.pid,), "cold"),
+            Target("GetProfile, tracing on, warm", "profile", traced_address, (traced.pid,)),
+            Target(
+                "GetProfile, tracing on, cold", "profile", traced_address, (traced.pid,), "cold"
+            ),
+            Target("redis-py EVALSHA", "redis", "", (), "warm", ("saturate",)),
         ]
-        for label, target, where, pids, cache in plan:
-            if cache == "warm":
-                seconds = asyncio.run(warm_wire_cache(opts.redis_url, ws, opts.profiles))
-                print(f"  read the request pool once: {seconds:.1f}s", flush=True)
-            for mode in ("rate", "saturate"):
-                if cache == "cold":
-                    asyncio.run(drop_wire_cache(opts.redis_url, ws))
-                result = run_load(target, mode, where, opts, ws, key, pids)
-                rows.append((label, mode, result))
-                print(f"  {label:<28} {mode:<9} {result}", flush=True)
-        _stop([echo, echo_get])
-        processes.remove(echo)
-        processes.remove(echo_get)
-
-        processes.append(start_profile(port, database_url, opts.redis_url))
-        wait_started(processes[-1])
-        asyncio.run(wait_ready(address, metadata, sample))
-        both = [p.pid for p in processes]
-        for mode in ("rate", "saturate"):
-            result = run_load("profile", mode, address, opts, ws, key, both)
-            rows.append(("GetProfile, 2 processes", mode, result))
-            print(f"  {'GetProfile, 2 processes':<28} {mode:<9} {result}", flush=True)
+        for index in range(opts.rounds):
+            # Rotated each round, so a burst of other work lands on different targets.
+            shift = index % len(targets)
+            results: dict[tuple[str, str], dict] = {}  # type: ignore[type-arg]
+            for target in targets[shift:] + targets[:shift]:
+                for mode in target.modes:
+                    if target.half == "cold":
+                        asyncio.run(drop_wire_cache(opts.redis_url, ws, opts.profiles))
+                    result = run_load(
+                        target.load, mode, target.address, opts, ws, key,
+                        list(target.pids), half=target.half,
+                    )  # fmt: skip
+                    results[target.label, mode] = result
+                    print(f"  {index + 1} {target.label:<30} {mode:<9} {result}", flush=True)
+            rounds.append(results)
         _stop(processes)
         processes.clear()
+        if opts.scaling:
+            extra += scaling(opts, database_url, ws, key, groups, 0.0)
         if opts.cap:
-            rows += scaling_capped(opts, database_url, ws, key, groups)
+            extra += scaling(opts, database_url, ws, key, groups, opts.cap)
     finally:
         _stop(processes)
         for group in groups:
@@ -667,17 +729,18 @@ def orchestrate(opts: argparse.Namespace) -> None:
         payload.unlink(missing_ok=True)
         print(f"Redis memory with the seeded profiles: {asyncio.run(_flush(opts.redis_url))}")
         asyncio.run(drop_bench_database(database_url, opts.pg))
-    print_table(rows, opts)
+    print_table([t.label for t in targets] if rounds else [], rounds, extra, opts)
 
 
-def scaling_capped(
-    opts: argparse.Namespace, database_url: str, ws: str, key: str, groups: list[Path]
+def scaling(
+    opts: argparse.Namespace, database_url: str, ws: str, key: str, groups: list[Path], cap: float
 ) -> list[tuple[str, str, dict]]:  # type: ignore[type-arg]
-    """Saturation with 1, then 2 profile processes sharing the port, each capped at
-    `opts.cap` CPUs, over SCALING_CHANNELS connections.
+    """Saturation with 1, then 2 profile processes (tracing off) sharing one port through
+    SO_REUSEPORT; with `cap`, each capped at that many CPUs, over SCALING_CHANNELS
+    connections.
 
-    Each process gets a fixed CPU budget, as it would get a core of its own on a
-    bigger machine, and the caps leave CPU for the load generator and Redis: whether
+    Each capped process gets a fixed CPU budget, as it would get a core of its own on
+    a bigger machine, and the caps leave CPU for the load generator and Redis: whether
     throughput then doubles with the second process is what SO_REUSEPORT scaling
     means, measurable on 2 cores.
     """
@@ -688,79 +751,124 @@ def scaling_capped(
     sample = profile_pb2.GetProfileRequest(
         identifier=common_pb2.Identifier(type="user_id", value=user_value(1))
     ).SerializeToString()
+    channels = SCALING_CHANNELS if cap else CHANNELS
     processes: list[subprocess.Popen[bytes]] = []
     try:
         for count in (1, 2):
             process = start_profile(port, database_url, opts.redis_url)
             processes.append(process)
             wait_started(process)  # started uncapped: the cap is for serving, not importing
-            groups.append(cap_cpu(process.pid, opts.cap))
+            if cap:
+                groups.append(cap_cpu(process.pid, cap))
             asyncio.run(wait_ready(address, metadata, sample))
-            label = f"GetProfile, {count} x {opts.cap:g} CPU"
+            label = f"GetProfile, {count} process{'es' if count > 1 else ''}"
+            label += f" x {cap:g} CPU" if cap else " on one port"
             pids = [p.pid for p in processes]
-            result = run_load("profile", "saturate", address, opts, ws, key, pids, SCALING_CHANNELS)
+            result = run_load("profile", "saturate", address, opts, ws, key, pids, channels)
             rows.append((label, "saturate", result))
-            print(f"  {label:<28} saturate  {result}", flush=True)
+            print(f"  {label:<30} saturate  {result}", flush=True)
     finally:
         _stop(processes)
     return rows
 
 
-def print_table(rows: list[tuple[str, str, dict]], opts: argparse.Namespace) -> None:  # type: ignore[type-arg]
-    echo_sat = next(r for label, mode, r in rows if label.startswith("echo") and mode == "saturate")
-    one_sat = next(
-        r for label, mode, r in rows if label == "GetProfile, 1 process" and mode == "saturate"
-    )
-    print()
-    print(
-        f"profiles={opts.profiles:,} duration={opts.duration}s rate={opts.rate:.0f}/s "
-        f"concurrency={opts.concurrency} (saturation), {os.cpu_count()} cores, "
-        f"load average {opts.load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end"
-    )
-    print()
-    print(
-        "| target | run | req/s | p50 ms | p99 ms | p99.9 ms | errors | req/s vs echo "
-        "| server CPU us/call | Redis CPU us/call |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for label, mode, r in rows:
-        run = f"fixed {opts.rate:.0f}/s" if mode == "rate" else f"saturation c={opts.concurrency}"
-        ratio = r["rps"] / echo_sat["rps"] if mode == "saturate" else float("nan")
-        ratio_text = f"{ratio:.2f}x" if mode == "saturate" else ""
-        cpu = f"{r['cpu_us']:.0f}" if "cpu_us" in r else ""
-        if len(r.get("cpu_split", [])) > 1:
-            cpu += " (" + "/".join(f"{share:.0%}" for share in r["cpu_split"]) + ")"
-        redis_cpu = f"{r['redis_cpu_us']:.0f}" if "redis_cpu_us" in r else ""
-        print(
-            f"| {label} | {run} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
-            f"{r['p999']:.2f} | {r['errors']} | {ratio_text} | {cpu} | {redis_cpu} |"
+def print_table(
+    labels: list[str],
+    rounds: list[dict[tuple[str, str], dict]],  # type: ignore[type-arg]
+    extra: list[tuple[str, str, dict]],  # type: ignore[type-arg]
+    opts: argparse.Namespace,
+) -> None:
+    """Per target: the median over the rounds of each figure, ratios taken per round
+    (no such table with no rounds); then the scaling runs."""
+
+    def median(label: str, mode: str, field: str) -> float | None:
+        values = [r[label, mode][field] for r in rounds if field in r.get((label, mode), {})]
+        return statistics.median(values) if values else None
+
+    def ratio(label: str, to: str) -> float:
+        return statistics.median(
+            r[label, "saturate"]["rps"] / r[to, "saturate"]["rps"] for r in rounds
         )
-    two_sat = next(
-        r for label, mode, r in rows if label == "GetProfile, 2 processes" and mode == "saturate"
-    )
-    cold_sat = next(
-        r
-        for label, mode, r in rows
-        if label == "GetProfile, 1 process, cold" and mode == "saturate"
-    )
+
+    def cpu_ratio(label: str) -> str:
+        # Calls per CPU-second against the echo's: the throughput ratio each would reach
+        # with a core to itself, which other load on the machine moves much less.
+        values = [
+            r[ECHO_LABEL, "saturate"]["cpu_us"] / r[label, "saturate"]["cpu_us"]
+            for r in rounds
+            if "cpu_us" in r[label, "saturate"]
+        ]
+        return f"{statistics.median(values):.2f}x" if values else ""
+
+    def spread(label: str) -> str:
+        values = [r[label, "saturate"]["rps"] / r[ECHO_LABEL, "saturate"]["rps"] for r in rounds]
+        return f" ({min(values):.2f}-{max(values):.2f}x)" if len(values) > 1 else ""
+
+    def number(value: float | None, digits: int = 0) -> str:
+        return "" if value is None else f"{value:,.{digits}f}"
+
     print()
     print(
-        f"GetProfile vs echo (saturation): {one_sat['rps'] / echo_sat['rps']:.2f}x warm, "
-        f"{cold_sat['rps'] / echo_sat['rps']:.2f}x cold"
+        f"profiles={opts.profiles:,} rounds={opts.rounds} duration={opts.duration}s "
+        f"rate={opts.rate:.0f}/s concurrency={opts.concurrency} (saturation), "
+        f"{os.cpu_count()} cores, load average {opts.load_before:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end; medians over the rounds"
     )
-    print(f"scaling 1 -> 2 processes (saturation): {two_sat['rps'] / one_sat['rps']:.2f}x")
-    capped = [r for label, _, r in rows if " CPU" in label]
-    if len(capped) == 2:
+    if labels:
+        print()
         print(
-            f"scaling 1 -> 2 processes capped at {opts.cap:g} CPU each: "
-            f"{capped[1]['rps'] / capped[0]['rps']:.2f}x"
+            f"| target | p50 ms at {opts.rate:.0f}/s | p99 ms at {opts.rate:.0f}/s "
+            "| req/s at saturation | vs echo (rounds) | p50 / p99 ms at saturation "
+            "| server CPU us/call | calls per CPU-second vs echo | Redis CPU us/call |"
         )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for label in labels:
+            rps = median(label, "saturate", "rps")
+            vs = (
+                "1.00x"
+                if label == ECHO_LABEL
+                else f"{ratio(label, ECHO_LABEL):.2f}x{spread(label)}"
+            )
+            print(
+                f"| {label} | {number(median(label, 'rate', 'p50'), 2)} "
+                f"| {number(median(label, 'rate', 'p99'), 2)} | {number(rps)} | {vs} "
+                f"| {number(median(label, 'saturate', 'p50'), 2)} / "
+                f"{number(median(label, 'saturate', 'p99'), 2)} "
+                f"| {number(median(label, 'saturate', 'cpu_us'))} | {cpu_ratio(label)} "
+                f"| {number(median(label, 'saturate', 'redis_cpu_us'))} |"
+            )
+        print()
+        floor = "echo + 1 Redis GET"
+        for label in labels:
+            if label.startswith("GetProfile"):
+                print(
+                    f"{label}: {ratio(label, ECHO_LABEL):.2f}x the echo's req/s "
+                    f"({ratio(label, floor):.2f}x the echo + 1 Redis GET's), "
+                    f"{cpu_ratio(label)} its calls per CPU-second"
+                )
+    if extra:
+        print()
+        print("| target | req/s at saturation | p99 ms | server CPU us/call (split) |")
+        print("|---|---:|---:|---:|")
+        for label, _, r in extra:
+            split = "/".join(f"{share:.0%}" for share in r.get("cpu_split", []))
+            print(
+                f"| {label} | {r['rps']:,.0f} | {r['p99']:.2f} | {r['cpu_us']:.0f}"
+                + (f" ({split})" if len(r.get("cpu_split", [])) > 1 else "")
+                + " |"
+            )
+        for first, second in zip(extra[::2], extra[1::2], strict=False):
+            print(f"{second[0]} vs {first[0]}: {second[2]['rps'] / first[2]['rps']:.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--profiles", type=int, default=1_000_000)
-    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--profiles", type=int, default=200_000)
+    parser.add_argument("--duration", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--scaling", action="store_true", help="also 1 and 2 processes sharing the port"
+    )
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--channels", type=int, default=CHANNELS)
@@ -779,9 +887,11 @@ def main() -> None:
     parser.add_argument("--address", default="")
     parser.add_argument("--workspace", default="")
     parser.add_argument("--key", default="")
+    parser.add_argument("--pool", choices=POOLS, default="warm")
     opts = parser.parse_args()
     if opts.serve_echo:
-        asyncio.run(serve_echo(int(opts.serve_echo[0]), opts.serve_echo[1], opts.echo_redis))
+        # uvloop, as the services run (services.shared.server.run): like with like.
+        uvloop.run(serve_echo(int(opts.serve_echo[0]), opts.serve_echo[1], opts.echo_redis))
     elif opts.load:
         print(json.dumps(asyncio.run(load(opts))))
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import filecmp
 import shutil
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -18,8 +19,17 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 
 
+def _plugin(name: str) -> str:
+    """The mypy-protobuf plugin installed beside this interpreter (PATH may lack the venv)."""
+    found = shutil.which(name, path=sysconfig.get_path("scripts")) or shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} not found: install the dev dependencies (mypy-protobuf)")
+    return found
+
+
 def generate(out_dir: Path) -> None:
-    """Run protoc (from grpcio-tools) over every .proto, writing code, stubs and .pyi."""
+    """Run protoc (from grpcio-tools) over every .proto, writing code, gRPC stubs and their
+    typed .pyi stubs (mypy-protobuf) for the type checker."""
     out_dir.mkdir(parents=True, exist_ok=True)
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     include = str(Path(protoc.__file__).parent / "_proto")  # google/protobuf/*.proto
@@ -28,7 +38,10 @@ def generate(out_dir: Path) -> None:
         f"-I{PROTO_ROOT}",
         f"-I{include}",
         f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+        f"--mypy_out=quiet:{out_dir}",
+        f"--mypy_grpc_out=quiet:{out_dir}",
         f"--grpc_python_out={out_dir}",
         *protos,
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +14,15 @@ from audiences.v1 import admin_pb2_grpc, ingest_pb2_grpc
 from services.ingest.gateway import Gateway, build_app
 from services.ingest.identity import IdentityRules
 from services.ingest.ingestor import Ingestor
-from services.ingest.publisher import DEFAULT_MAXLEN, RedisPublisher, StreamCatchUp
+from services.ingest.publisher import (
+    DEFAULT_MAXLEN,
+    RedisPublisher,
+    StreamCatchUp,
+    rebuild_workspace,
+)
 from services.ingest.server import IngestServiceServicer
 from services.ingest.store import SqlEventStore
+from services.shared import tls
 from services.shared.admin_server import AdminServicer
 from services.shared.server import Resources, ServiceSpec
 
@@ -88,12 +94,35 @@ def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
     return ["audiences.v1.IngestService", "audiences.v1.AdminService"]
 
 
+def http_port() -> int:
+    """The HTTP gateway's port from INGEST_HTTP_PORT (default 8080; 0: any free port)."""
+    return int(os.environ.get("INGEST_HTTP_PORT") or "8080")
+
+
 def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
     """The stream catch-up loop and the HTTP gateway (INGEST_HTTP_PORT, default 8080)."""
     parts = components(resources)
-    port = int(os.environ.get("INGEST_HTTP_PORT", "8080"))
-    gateway = Gateway(build_app(parts.ingestor, resources.keys), resources.settings.grpc_host, port)
+    settings = resources.settings
+    app = build_app(parts.ingestor, resources.keys, settings.ingest_cors_origins)
+    gateway = Gateway(app, settings.grpc_host, http_port(), tls.http_ssl_context(settings))
     return [parts.catch_up.run(), gateway.serve_forever()]
 
 
-SPEC = ServiceSpec(name="ingest", register=register, workers=workers)
+async def rebuild_hot_state(
+    resources: Resources, workspace_id: str, progress: Callable[[str], None]
+) -> str:
+    """Recreate the workspace's hot identifiers, traits and merges from the database."""
+    parts = components(resources)
+    written = await rebuild_workspace(
+        parts.store,
+        resources.redis,
+        parts.publisher,
+        workspace_id,
+        lambda done: progress(f"{done} profiles"),
+    )
+    return f"{written} profiles"
+
+
+SPEC = ServiceSpec(
+    name="ingest", register=register, workers=workers, rebuild_hot_state=rebuild_hot_state
+)

@@ -715,7 +715,7 @@ class Ingestor:
     def _hot_update(
         workspace_id: str,
         graph: IdentityGraph,
-        final,  # type: ignore[no-untyped-def]
+        final: Callable[[int], int],
         last_seen: dict[int, int],
         result: WriteResult,
         plan: WritePlan,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -27,19 +28,36 @@ from services.shared import hotstate, streams
 
 log = logging.getLogger(__name__)
 
-STREAM_KEY = "stream:events"
+STREAM_KEY = streams.EVENTS_STREAM
 # Same hash slot as STREAM_KEY (the tag is the stream's whole name).
 CURSOR_KEY = "{stream:events}:cursor"
 DEFAULT_MAXLEN = 1_000_000
 
 # Every write of a profile's identifiers or traits also drops the profile service's
 # cached encoding of the profile (the `wire` hash, services.shared.hotstate).
+#
+# A merge moves the merged-away profile's audience memberships to the survivor (the
+# earliest entry per audience), in the same script as the redirect: segmentation's
+# reads count a membership row of a merged-away profile for its survivor from the
+# moment of the merge, so GetProfile must too, without waiting for segmentation's next
+# write. Its computed values go: until segmentation recomputes them over both
+# histories, the survivor's own are the person's (as ExplainMembership reads them).
 _HOT_SCRIPT = """
 local p = KEYS[1]
 local data = cjson.decode(ARGV[1])
 for _, r in ipairs(data.r) do
   local m = p .. 'p:' .. r[1] .. ':'
-  redis.call('DEL', m .. 'traits', m .. 'ids', m .. 'meta', m .. 'wire')
+  local s = p .. 'p:' .. r[2] .. ':audiences'
+  local held = redis.call('HGETALL', m .. 'audiences')
+  for i = 1, #held, 2 do
+    local at = redis.call('HGET', s, held[i])
+    if not at or tonumber(held[i + 1]) < tonumber(at) then
+      redis.call('HSET', s, held[i], held[i + 1])
+    end
+  end
+  if #held > 0 then redis.call('DEL', p .. 'p:' .. r[2] .. ':wire') end
+  redis.call('DEL', m .. 'traits', m .. 'ids', m .. 'meta', m .. 'wire', m .. 'audiences',
+    m .. 'computed')
   redis.call('SET', p .. 'merged:' .. r[1], r[2])
 end
 for _, u in ipairs(data.u) do
@@ -167,12 +185,12 @@ def entry_fields(record: StreamRecord) -> dict[str, bytes | str]:
     }
 
 
-def _hot_payload(  # type: ignore[no-untyped-def]
+def _hot_payload(
     profiles: list[HotProfile],
     redirects: list[tuple[int, int]],
     replace: bool,
     seen: list[SeenProfile] | None = None,
-):
+) -> bytes:
     # Numbers travel as strings: Lua's cjson would round 16-digit microseconds.
     updates: list[dict[str, Any]] = []
     for profile in profiles:
@@ -384,12 +402,17 @@ class StreamCatchUp:
 
 
 async def rebuild_workspace(
-    store: SqlEventStore, redis: Redis, publisher: RedisPublisher, workspace_id: str
+    store: SqlEventStore,
+    redis: Redis,
+    publisher: RedisPublisher,
+    workspace_id: str,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     """Recreate a workspace's hot identifiers, traits and meta from Postgres.
 
     Audience, computed-trait, prediction and recommendation sections belong to other
-    services and are left alone. Returns how many profiles were written.
+    services and are left alone. Returns how many profiles were written; `progress`
+    hears the count so far after each page.
     """
     prefix = hotstate.workspace_prefix(workspace_id)
     async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
@@ -411,5 +434,7 @@ async def rebuild_workspace(
         written += len(page)
         if not page:
             break
+        if progress is not None:
+            progress(written)
         after_id = page[-1].profile_id
     return written

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -27,6 +27,12 @@ _STATUSES = {
     Status.REJECTED: ingest_pb2.EVENT_STATUS_REJECTED,
 }
 _MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the Timestamp range
+# Their results are given as dicts (see _result_fields), which the typed stubs do not
+# describe.
+_BatchResponse: Callable[..., ingest_pb2.BatchResponse] = ingest_pb2.BatchResponse
+_StreamEventsResponse: Callable[..., ingest_pb2.StreamEventsResponse] = (
+    ingest_pb2.StreamEventsResponse
+)
 
 
 def to_raw(message: ingest_pb2.Event, batch_context: bytes = b"", event_type: str = "") -> RawEvent:
@@ -87,7 +93,7 @@ def to_result(outcome: Outcome) -> ingest_pb2.EventResult:
 
 
 def _batch_response(outcome: BatchOutcome) -> ingest_pb2.BatchResponse:
-    return ingest_pb2.BatchResponse(
+    return _BatchResponse(
         results=[_result_fields(o) for o in outcome.outcomes],
         accepted=outcome.count(Status.ACCEPTED),
         duplicates=outcome.count(Status.DUPLICATE),
@@ -107,36 +113,50 @@ class IngestServiceServicer(ingest_pb2_grpc.IngestServiceServicer):
         raw = to_raw(request.event, event_type=event_type)
         return to_result(await self._ingestor.ingest_one(current_workspace(), raw))
 
-    async def Track(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def Track(
+        self, request: ingest_pb2.EventRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.EventResult:
         return await self._one(request, "track")
 
-    async def Identify(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def Identify(
+        self, request: ingest_pb2.EventRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.EventResult:
         return await self._one(request, "identify")
 
-    async def Page(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def Page(
+        self, request: ingest_pb2.EventRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.EventResult:
         return await self._one(request, "page")
 
-    async def Screen(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def Screen(
+        self, request: ingest_pb2.EventRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.EventResult:
         return await self._one(request, "screen")
 
-    async def Group(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def Group(
+        self, request: ingest_pb2.EventRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.EventResult:
         return await self._one(request, "group")
 
-    async def Alias(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def Alias(
+        self, request: ingest_pb2.EventRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.EventResult:
         return await self._one(request, "alias")
 
-    async def Batch(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def Batch(
+        self, request: ingest_pb2.BatchRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.BatchResponse:
         check_request_size(len(request.events), request.ByteSize())
         raws = [to_raw(e, request.context) for e in request.events]
         return _batch_response(await self._ingestor.ingest(current_workspace(), raws))
 
-    async def StreamEvents(  # type: ignore[no-untyped-def]
-        self, request_iterator, context: grpc.aio.ServicerContext
+    async def StreamEvents(
+        self,
+        request_iterator: AsyncIterator[ingest_pb2.StreamEventsRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ingest_pb2.StreamEventsResponse]:
         workspace_id = current_workspace()
         async for request in request_iterator:
             check_request_size(len(request.events), request.ByteSize())
             outcome = await self._ingestor.ingest(workspace_id, [to_raw(e) for e in request.events])
-            yield ingest_pb2.StreamEventsResponse(
-                results=[_result_fields(o) for o in outcome.outcomes]
-            )
+            yield _StreamEventsResponse(results=[_result_fields(o) for o in outcome.outcomes])

@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from services.ingest.identity import IdentityRecord, IdentityRow
 from services.ingest.ingestor import (
@@ -104,7 +105,7 @@ def _json_rows(*columns: str) -> str:
     return "ROWS FROM (" + ", ".join(f"json_array_elements_text({c}::json)" for c in columns) + ")"
 
 
-def _in(column, values: Sequence[Any], postgres: bool):  # type: ignore[no-untyped-def]
+def _in(column: ColumnElement[Any], values: Sequence[Any], postgres: bool) -> ColumnElement[bool]:
     """column IN values; on Postgres one array parameter (`= ANY($1)`) so the statement
     text, and asyncpg's prepared statement, does not change with the number of values."""
     if postgres:
@@ -113,7 +114,12 @@ def _in(column, values: Sequence[Any], postgres: bool):  # type: ignore[no-untyp
     return column.in_(list(values))
 
 
-def _keys_match(type_column, value_column, keys: Sequence[tuple[str, str]], postgres: bool):  # type: ignore[no-untyped-def]
+def _keys_match(
+    type_column: ColumnElement[Any],
+    value_column: ColumnElement[Any],
+    keys: Sequence[tuple[str, str]],
+    postgres: bool,
+) -> ColumnElement[bool]:
     """(type, value) IN keys, written per type as `value IN (...)` so the primary key
     index is used with one array per type (a row-value IN list plans as a long OR)."""
     by_type: dict[str, list[str]] = {}
@@ -587,6 +593,7 @@ class WriteSession:
                 for e in (s.event,)  # read once per row, not once per column
             ]
             raw = await self._connection.get_raw_connection()
+            # asyncpg's connection on Postgres (this branch); typed as possibly absent.
             await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
                 "events", records=records, columns=EVENT_COLUMNS
             )
@@ -753,7 +760,7 @@ class PgWriteSession(WriteSession):
             _list([k[1] for k in holder_keys]),
         )
         # asyncpg's records as they are: IdentityGraph.load unpacks them like tuples.
-        return rows  # type: ignore[no-any-return]
+        return rows
 
     async def traits_of(self, profile_ids: Sequence[int]) -> list[TraitRow]:
         """Stored trait rows (tombstones included) of profiles."""

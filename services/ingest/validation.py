@@ -7,6 +7,7 @@ a client can fix them in one go, and a bad event never affects the rest of its b
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from services.shared.identifiers import normalize_identifier
 MAX_JSON_BYTES = 32 * 1024
 MAX_JSON_DEPTH = 8
 MAX_STRING_CHARS = 255
+MAX_ID_TYPE_CHARS = 64  # identities.id_type
 MAX_FUTURE_US = US_PER_DAY  # 24 hours
 MIN_TIMESTAMP_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z
 MAX_BATCH_EVENTS = 1000
@@ -45,6 +47,7 @@ def _depth(value: Any) -> int:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, level = stack.pop()
+        children: Iterable[Any]
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, list):
@@ -181,10 +184,10 @@ def validate(
     # The common case in three C calls: if all of them together are short ASCII text
     # without NUL, so is each one (_string_violation would find nothing).
     if not (len(joined) <= MAX_STRING_CHARS and joined.isascii() and "\x00" not in joined):
-        for name, value in zip(_STRING_FIELDS, strings, strict=True):
+        for field_name, value in zip(_STRING_FIELDS, strings, strict=True):
             problem = _string_violation(value) if value else None  # most fields are empty
             if problem:
-                bad(name, problem)
+                bad(field_name, problem)
     if not raw.user_id and not raw.anonymous_id:
         bad("user_id", "user_id or anonymous_id is required")
     if raw.type == "track" and not raw.event:
@@ -221,20 +224,32 @@ def validate(
     for position, (id_type, id_value) in enumerate(raw.external_ids):
         if not id_type or not id_value:
             bad(f"external_ids[{position}]", "an external id needs a type and a value")
+        elif len(id_type) > MAX_ID_TYPE_CHARS:
+            bad(f"external_ids[{position}].type", f"longer than {MAX_ID_TYPE_CHARS} characters")
         elif _string_violation(id_type) or _string_violation(id_value):
             bad(f"external_ids[{position}]", "type and value must be short UTF-8 strings")
     if violations:
         return None, violations
 
-    if traits and any(len(k) > MAX_STRING_CHARS for k in traits):
-        bad("traits", f"trait names must be at most {MAX_STRING_CHARS} characters")
-        return None, violations
+    traits_field = "traits"
     if raw.type == "identify" and not traits and context:
         # RudderStack's SDK sends identify traits only in context.traits.
         context_traits = context.get("traits")
         if isinstance(context_traits, dict) and context_traits:
             traits = context_traits
             traits_json = orjson.dumps(traits)
+            traits_field = "context.traits"
+    if traits and any(len(k) > MAX_STRING_CHARS for k in traits):
+        bad(traits_field, f"trait names must be at most {MAX_STRING_CHARS} characters")
+        return None, violations
+    identifiers = identifiers_of(raw, traits, context)
+    for identifier in identifiers:
+        # Emails and device ids come from JSON, unchecked so far; they are stored as
+        # identities (id_value is at most 255 characters).
+        if len(identifier.value) > MAX_STRING_CHARS:
+            bad(identifier.field, f"longer than {MAX_STRING_CHARS} characters")
+    if violations:
+        return None, violations
     name: str | None = None
     if raw.type == "track":
         name = raw.event
@@ -255,7 +270,7 @@ def validate(
             properties,
             traits,
             context,
-            identifiers_of(raw, traits, context),
+            identifiers,
             properties_json,
             traits_json,
             context_json,

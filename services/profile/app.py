@@ -18,6 +18,7 @@ from services.profile.hotread import HotProfiles
 from services.profile.server import ProfileServiceServicer
 from services.profile.service import ProfileService
 from services.profile.store import ProfileStore
+from services.shared import tls
 from services.shared.server import Resources, ServiceSpec
 
 DEFAULT_HTTP_PORT = 8081
@@ -32,12 +33,13 @@ def http_port() -> int:
 def build(resources: Resources) -> ProfileService:
     """The profile domain facade on this process's Redis, database and clock.
 
-    Hot reads use the pipelined connection, except while tracing records: then they
-    go through the instrumented redis-py client so each keeps its Redis span.
+    Hot reads use the pipelined connection (traced like redis-py's commands while
+    tracing records).
     """
-    pipelined = resources.pipelined if resources.tracer_provider is None else None
     return ProfileService(
-        HotProfiles(resources.redis, pipelined), ProfileStore(resources.engine), resources.clock
+        HotProfiles(resources.redis, resources.pipelined),
+        ProfileStore(resources.engine),
+        resources.clock,
     )
 
 
@@ -52,7 +54,13 @@ def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
 def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
     """The HTTP JSON view, beside the gRPC server."""
     return [
-        httpview.serve(build(resources), resources.keys, resources.settings.grpc_host, http_port())
+        httpview.serve(
+            build(resources),
+            resources.keys,
+            resources.settings.grpc_host,
+            http_port(),
+            tls.http_ssl_context(resources.settings),
+        )
     ]
 
 

@@ -14,10 +14,10 @@ varints, doubles, timestamps) lives here, in the script, and nothing else in the
 process touches the message (docs/profile.md).
 
 The script call goes over the process's pipelined connection
-(services.shared.redis_pipelined) when there is one: that round trip was the largest
-remaining server cost of a GetProfile through redis-py. With memory:// (no such
-connection) or while tracing records (so the call keeps its Redis span) it goes
-through redis-py. Either way a lost Redis connection is UNAVAILABLE to the caller.
+(services.shared.redis_pipelined) when there is one, traced or not: that round trip
+was the largest remaining server cost of a GetProfile through redis-py. With a
+rediss:// or unix:// URL (no such connection) it goes through redis-py. Either way a
+lost Redis connection is UNAVAILABLE to the caller.
 """
 
 from __future__ import annotations
@@ -40,12 +40,14 @@ from services.profile.model import (
     Recommendation,
     Section,
 )
-from services.shared import hotstate
+from services.shared import hotstate, streams
 from services.shared.errors import Unavailable
 from services.shared.redis_pipelined import PipelinedConnection
 
 # A chain of merges longer than this is a bug in the writer; stop rather than loop.
 MAX_MERGE_HOPS = 16
+# Stream entries per XDEL of an erasure: bounds one command's time in Redis.
+STREAM_DELETE_CHUNK = 1000
 
 # Section flags passed to the script (one character each).
 _FLAGS = {
@@ -444,6 +446,14 @@ class HotProfiles:
                 id_type, _, id_value = typed.decode().partition(":")
                 doomed.append(hotstate.identity_key(workspace_id, id_type, id_value))
         await self._redis.delete(*doomed)
+
+    async def erase_stream_entries(self, event_seqs: Sequence[int]) -> None:
+        """Delete these events' entries from the event stream (XDEL, in chunks): the
+        stream keeps an event's payload until it is trimmed, and an erased person's
+        must not wait for that. Entries already trimmed or never published are no-ops."""
+        for start in range(0, len(event_seqs), STREAM_DELETE_CHUNK):
+            chunk = event_seqs[start : start + STREAM_DELETE_CHUNK]
+            await self._redis.xdel(streams.EVENTS_STREAM, *map(streams.event_entry_id, chunk))
 
     async def erase_identities(
         self, workspace_id: str, identifiers: Sequence[tuple[str, str]]

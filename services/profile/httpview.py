@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Sequence
+from http import HTTPStatus
 
 import grpc
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from services.profile import model
 from services.profile.model import ProfileQuery, Section
@@ -28,6 +31,7 @@ from services.profile.service import ProfileService
 from services.shared import auth
 from services.shared.clock import datetime_from_us
 from services.shared.errors import FieldViolation, InvalidArgument, ServiceError
+from services.shared.http import unexpected_errors
 
 log = logging.getLogger(__name__)
 
@@ -53,35 +57,52 @@ def _json_response(body: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
-def _error_body(error: ServiceError) -> dict[str, object]:
-    return {
+def error_response(
+    status: int, message: str, violations: Sequence[FieldViolation] = ()
+) -> web.Response:
+    """The view's error answer; `code` is the HTTP reason, e.g. NOT_FOUND."""
+    body = {
         "error": {
-            "code": error.code.name,
-            "message": error.message,
+            "code": HTTPStatus(status).name,
+            "message": message,
             "field_violations": [
-                {"field": v.field, "description": v.description} for v in error.violations
+                {"field": v.field, "description": v.description} for v in violations
             ],
         }
     }
+    response = _json_response(body, status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Basic realm="audiences"'
+    return response
 
 
 @web.middleware
-async def _guard(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Authenticate and authorise, then map ServiceError to a JSON error response."""
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate and authorise, then map errors to JSON error responses.
+
+    Only headers are read: a request body is never read (nor inflated: aiohttp's
+    decompression is off, see start), whatever its size or encoding.
+    """
     try:
-        secret = auth.http_secret(request.headers.get("Authorization"))
-        principal = await request.app[_KEYS].authenticate(secret)
+        principal = await auth.authenticate_http(
+            request.app[_KEYS], request.headers.get("Authorization")
+        )
         auth.check_scope(principal, SCOPE)
         request[_WORKSPACE] = principal.workspace_id
         return await handler(request)
     except ServiceError as error:
         status = _HTTP_STATUS.get(error.code, 500)
-        response = _json_response(_error_body(error), status)
-        if status == 401:
-            response.headers["WWW-Authenticate"] = 'Basic realm="audiences"'
-        return response
+        return error_response(status, error.message, error.violations)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        if error.status == 405:
+            response = error_response(405, f"method {request.method} not allowed: use GET")
+            response.headers["Allow"] = error.headers.get("Allow", "GET")
+            return response
+        if error.status == 404:
+            return error_response(404, f"no such path: {request.path}")
+        return error_response(error.status, error.reason)
 
 
 def _identifier(request: web.Request) -> model.Identifier:
@@ -178,7 +199,7 @@ async def events(request: web.Request) -> web.Response:
 
 def make_app(profiles: ProfileService, keys: auth.KeyStore) -> web.Application:
     """The aiohttp application of the view."""
-    app = web.Application(middlewares=[_guard])
+    app = web.Application(middlewares=[unexpected_errors(error_response), _guard])
     app[_PROFILES] = profiles
     app[_KEYS] = keys
     app.router.add_get("/v1/profiles/{identifier}/traits", traits)
@@ -188,13 +209,19 @@ def make_app(profiles: ProfileService, keys: auth.KeyStore) -> web.Application:
 
 
 async def start(
-    profiles: ProfileService, keys: auth.KeyStore, host: str, port: int
+    profiles: ProfileService,
+    keys: auth.KeyStore,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, int]:
-    """Bind and start the view; port 0 picks a free port. Returns (runner, bound port)."""
-    runner = web.AppRunner(make_app(profiles, keys), access_log=None)
+    """Bind and start the view (over TLS when `ssl_context` is given); port 0 picks a
+    free port. Returns (runner, bound port)."""
+    # auto_decompress off: a request body is never read, so it must not be inflated either.
+    runner = web.AppRunner(make_app(profiles, keys), access_log=None, auto_decompress=False)
     await runner.setup()
     # reuse_port: several profile processes share the HTTP port as they share gRPC's.
-    site = web.TCPSite(runner, host, port, reuse_port=True)
+    site = web.TCPSite(runner, host, port, reuse_port=True, ssl_context=ssl_context)
     try:
         await site.start()
     except BaseException:
@@ -204,14 +231,21 @@ async def start(
     return runner, bound
 
 
-async def serve(profiles: ProfileService, keys: auth.KeyStore, host: str, port: int) -> None:
-    """Background worker: serve the view until cancelled.
+async def serve(
+    profiles: ProfileService,
+    keys: auth.KeyStore,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
+    """Background worker: serve the view (over TLS when `ssl_context` is given) until
+    cancelled.
 
     A port that cannot be bound is logged and the worker ends, leaving the gRPC API
     (the primary interface) serving rather than taking the process down.
     """
     try:
-        runner, bound = await start(profiles, keys, host, port)
+        runner, bound = await start(profiles, keys, host, port, ssl_context)
     except OSError as error:
         log.error("profile HTTP view could not bind %s:%d: %s", host, port, error)
         return

@@ -129,6 +129,18 @@ class Deletion:
     audiences_exited: int
 
 
+@dataclass(frozen=True)
+class Erasure:
+    """What the database side of erasing a person did, before it commits."""
+
+    profile_ids: list[int]  # the survivor and every profile merged into it
+    identifiers: list[tuple[str, str]]
+    # The seqs of the person's events, deleted or (group calls) kept without the
+    # person: their `stream:events` entries go too.
+    event_seqs: list[int]
+    audiences_exited: int
+
+
 def identifier_violations(id_type: str, id_value: str, field_name: str) -> list[FieldViolation]:
     """Why an identifier is malformed (empty when it is fine)."""
     found: list[FieldViolation] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 from audiences.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
@@ -12,7 +14,11 @@ from services.shared.auth import current_workspace
 from services.shared.errors import FieldViolation, InvalidArgument
 from services.shared.timestamps import timestamp_from_us
 
-_SECTIONS = {
+# Profile's nested messages are given as dicts (see _stamp), which its typed stub does
+# not describe.
+_Profile: Callable[..., profile_pb2.Profile] = profile_pb2.Profile
+
+_SECTIONS: dict[int, Section] = {
     profile_pb2.PROFILE_SECTION_TRAITS: Section.TRAITS,
     profile_pb2.PROFILE_SECTION_COMPUTED_TRAITS: Section.COMPUTED_TRAITS,
     profile_pb2.PROFILE_SECTION_AUDIENCES: Section.AUDIENCES,
@@ -60,7 +66,7 @@ def _stamp(value_us: int) -> dict[str, int]:
 
 def profile_message(profile: HotProfile) -> profile_pb2.Profile:
     """The Profile message of a domain profile (BatchGetProfiles; GetProfile's bytes match it)."""
-    message = profile_pb2.Profile(
+    message = _Profile(
         profile_id=profile.profile_id,
         identifiers=[{"type": i.type, "value": i.value} for i in profile.identifiers],
         audiences=[
@@ -113,7 +119,8 @@ class ProfileServiceServicer(profile_pb2_grpc.ProfileServiceServicer):
     def __init__(self, profiles: ProfileService) -> None:
         self._profiles = profiles
 
-    async def GetProfile(
+    # Returns bytes where the generated base says Profile: see the docstring.
+    async def GetProfile(  # type: ignore[override]
         self, request: profile_pb2.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> bytes:
         """The Profile message already serialized: registered without a response

@@ -10,11 +10,13 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 from services.profile.model import (
     Deletion,
+    Erasure,
     EventPage,
     HotProfile,
     Identifier,
@@ -46,6 +48,8 @@ class HotState(Protocol):
         self, workspace_id: str, identifiers: Sequence[tuple[str, str]]
     ) -> None: ...
 
+    async def erase_stream_entries(self, event_seqs: Sequence[int]) -> None: ...
+
 
 class Records(Protocol):
     """The durable records (services.profile.store)."""
@@ -61,9 +65,9 @@ class Records(Protocol):
         before: tuple[int, int] | None,
     ) -> list[TimelineEvent]: ...
 
-    async def delete_profile(
+    def erasing(
         self, workspace_id: str, survivor_id: int, now_us: int
-    ) -> tuple[list[int], list[tuple[str, str]], int, int]: ...
+    ) -> AbstractAsyncContextManager[Erasure]: ...
 
 
 @dataclass(frozen=True)
@@ -174,9 +178,11 @@ class ProfileService:
         """Erase the profile everywhere and suppress its identifiers.
 
         Postgres goes first (in one transaction, with the suppressions, so ingest stops
-        accepting the identifiers at the same instant), then the hot state. If the hot
-        state could not be erased, calling again finishes the job: the identifier is
-        gone from Postgres but still resolves in Redis, and that alone is erased.
+        accepting the identifiers at the same instant); the person's entries leave the
+        event stream before that transaction commits (if that fails, nothing was
+        erased and a retry starts over), the hot state after it. If the hot state
+        could not be erased, calling again finishes the job: the identifier is gone
+        from Postgres but still resolves in Redis, and that alone is erased.
         """
         survivor = await self._records.resolve(workspace_id, identifier)
         hot = await self._hot.resolve(workspace_id, identifier)
@@ -186,15 +192,14 @@ class ProfileService:
             await self._hot.erase(workspace_id, [hot.profile_id])
             await self._hot.erase_identities(workspace_id, [(identifier.type, identifier.value)])
             return Deletion(0, 0, 0)
-        members, identifiers, events_deleted, exited = await self._records.delete_profile(
-            workspace_id, survivor, self._clock.now_us()
-        )
-        hot_ids: list[int | str] = list(members)
-        if hot is not None and hot.profile_id not in {str(m) for m in members}:
+        async with self._records.erasing(workspace_id, survivor, self._clock.now_us()) as erased:
+            await self._hot.erase_stream_entries(erased.event_seqs)
+        hot_ids: list[int | str] = list(erased.profile_ids)
+        if hot is not None and hot.profile_id not in {str(m) for m in erased.profile_ids}:
             hot_ids.append(hot.profile_id)
         await self._hot.erase(workspace_id, hot_ids)
-        await self._hot.erase_identities(workspace_id, identifiers)
-        return Deletion(events_deleted, len(identifiers), exited)
+        await self._hot.erase_identities(workspace_id, erased.identifiers)
+        return Deletion(len(erased.event_seqs), len(erased.identifiers), erased.audiences_exited)
 
 
 def _without_consumed(profile: HotProfile) -> HotProfile:

@@ -6,13 +6,28 @@ here is always the survivor and every profile whose canonical id leads to it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
 
-from sqlalchemy import Text, and_, cast, delete, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Text,
+    and_,
+    cast,
+    delete,
+    func,
+    insert,
+    null,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
-from services.profile.model import Identifier, TimelineEvent
-from services.segmentation.store import exit_every_audience
+from services.profile.model import Erasure, Identifier, TimelineEvent
+from services.shared.db.membership_log import exit_every_audience
 from services.shared.db.tables import (
     events,
     identities,
@@ -25,7 +40,7 @@ from services.shared.db.tables import (
 MAX_MERGE_HOPS = 16
 
 
-def _payload_text(column):  # type: ignore[no-untyped-def]
+def _payload_text(column: ColumnElement[Any]) -> ColumnElement[Any]:
     """A JSON column as its text; a JSON null reads as absent (SQL NULL), as before."""
     return func.nullif(cast(column, Text), "null")
 
@@ -84,16 +99,22 @@ class ProfileStore:
             rows = (await connection.execute(query)).all()
         return [TimelineEvent(**row._mapping) for row in rows]
 
-    async def delete_profile(
+    @asynccontextmanager
+    async def erasing(
         self, workspace_id: str, survivor_id: int, now_us: int
-    ) -> tuple[list[int], list[tuple[str, str]], int, int]:
-        """Erase a profile in one transaction and suppress its identifiers.
+    ) -> AsyncIterator[Erasure]:
+        """Erase a person in one transaction, committed when the block exits cleanly
+        (the caller erases what Redis holds of the events inside the block, so a
+        failure there leaves Postgres as it was and a retry does everything again).
 
         Deletes the events, identities and traits of the survivor and every profile
         merged into it, marks those profiles deleted, records every identifier in
-        ``suppressions`` (ingest refuses events carrying them) and exits the profile's
-        audience memberships. Returns (profile ids, identifiers, events deleted,
-        audiences exited).
+        ``suppressions`` (ingest refuses events carrying them) and exits the person's
+        audience memberships with records that keep those identifiers. The person's
+        group calls stay as facts of their accounts (group_id, timestamp, the account
+        traits) with everything about the person removed (user and anonymous ids,
+        previous id, properties, context), so an account is not erased with one of
+        its users; the profile they point at is deleted, so it is nobody's user.
         """
         async with self._engine.begin() as connection:
             members = sorted(await _members(connection, workspace_id, survivor_id))
@@ -106,11 +127,24 @@ class ProfileStore:
                 )
             ).all()
             identifiers = [(row.id_type, row.id_value) for row in found]
-            erased = await connection.execute(
-                delete(events).where(
-                    events.c.workspace_id == workspace_id, events.c.profile_id.in_(members)
-                )
+            theirs = (events.c.workspace_id == workspace_id) & events.c.profile_id.in_(members)
+            deleted = await connection.execute(
+                delete(events).where(theirs, events.c.type != "group").returning(events.c.seq)
             )
+            seqs = [int(seq) for seq in deleted.scalars()]
+            kept = await connection.execute(
+                update(events)
+                .where(theirs, events.c.type == "group")
+                .values(
+                    user_id=None,
+                    anonymous_id=None,
+                    previous_id=None,
+                    properties=null(),
+                    context=null(),
+                )
+                .returning(events.c.seq)
+            )
+            seqs += [int(seq) for seq in kept.scalars()]
             await connection.execute(delete(identities).where(owned))
             await connection.execute(
                 delete(profile_traits).where(
@@ -125,9 +159,9 @@ class ProfileStore:
             )
             await _suppress(connection, workspace_id, identifiers, now_us)
             exited = await exit_every_audience(
-                connection, workspace_id, survivor_id, members, now_us
+                connection, workspace_id, survivor_id, members, now_us, identifiers
             )
-        return members, identifiers, int(erased.rowcount or 0), exited
+            yield Erasure(members, identifiers, sorted(seqs), exited)
 
 
 async def _resolve(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -54,6 +54,14 @@ async def reconcile_forever(resources: Resources, interval_seconds: float) -> No
             try:
                 result = await segmentation.reconcile(ws)
                 log.info("reconciled %s: +%d -%d", ws, result.entered, result.exited)
+                for failure in result.failures:
+                    log.warning(
+                        "reconcile of workspace %s: %s %s failed: %s",
+                        ws,
+                        failure.kind,
+                        failure.key,
+                        failure.reason,
+                    )
             except Exception:
                 log.exception("reconcile of workspace %s failed", ws)
 
@@ -64,4 +72,16 @@ def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
     return [reconcile_forever(resources, interval)] if interval > 0 else []
 
 
-SPEC = ServiceSpec(name="segmentation", register=register, workers=workers)
+async def rebuild_hot_state(
+    resources: Resources, workspace_id: str, progress: Callable[[str], None]
+) -> str:
+    """Recreate the workspace's hot memberships and computed values from the database."""
+    return str(await domain(resources).rebuild_hot_state(workspace_id))
+
+
+SPEC = ServiceSpec(
+    name="segmentation",
+    register=register,
+    workers=workers,
+    rebuild_hot_state=rebuild_hot_state,
+)

@@ -19,9 +19,13 @@ from services.segmentation.language import (
     validate_audience,
     validate_computed_trait,
 )
-from services.shared.errors import FieldViolation, InvalidArgument
+from services.shared.errors import FieldViolation, InvalidArgument, too_long
 
 KEY_PATTERN = re.compile(r"^[a-z0-9_]{1,255}$")
+MAX_NAME_CHARS = 255  # the name columns of audiences and computed traits
+# A definition's JSON text at most (docs/audiences.md, "Limits"): bounds the work of
+# parsing before any other limit is checked.
+MAX_DEFINITION_BYTES = 1024 * 1024
 
 
 def field_path(prefix: str, path: str) -> str:
@@ -43,10 +47,18 @@ def decode_json(payload: bytes, field: str, violations: list[FieldViolation]) ->
     if not payload:
         violations.append(FieldViolation(field, "is required"))
         return None
+    if len(payload) > MAX_DEFINITION_BYTES:
+        violations.append(
+            FieldViolation(field, f"must be at most {MAX_DEFINITION_BYTES} bytes of JSON")
+        )
+        return None
     try:
+        # orjson refuses input nested deeper than 1024 levels without recursing into
+        # it, so this is bounded too; the language's own nesting limit is far lower.
         return orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        violations.append(FieldViolation(field, "not valid JSON"))
+    except orjson.JSONDecodeError as e:
+        reason = "nests too deeply" if "depth" in str(e) else "not valid JSON"
+        violations.append(FieldViolation(field, reason))
         return None
 
 
@@ -56,20 +68,33 @@ def check_key(key: str, field: str, violations: list[FieldViolation]) -> None:
         violations.append(FieldViolation(field, "must match [a-z0-9_]+ (at most 255 characters)"))
 
 
-def _walk(raw: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
-    """(path, node kind, body) of every node of a raw (already valid) condition tree."""
-    if not isinstance(raw, Mapping) or len(raw) != 1:
-        return
-    kind, body = next(iter(raw.items()))
-    here = field_path(path, kind) if path else kind
-    yield here, kind, body
-    if kind in ("all", "any") and isinstance(body, list):
-        for i, child in enumerate(body):
-            yield from _walk(child, f"{here}[{i}]")
-    elif kind == "not":
-        yield from _walk(body, here)
-    elif kind == "account" and isinstance(body, Mapping):
-        yield from _walk(body.get("condition"), f"{here}.condition")
+def check_name(name: str, field: str, violations: list[FieldViolation]) -> None:
+    """Display names fit their column."""
+    violation = too_long(field, name, MAX_NAME_CHARS)
+    if violation is not None:
+        violations.append(violation)
+
+
+def _walk(raw: Any) -> Iterator[tuple[str, str, Any]]:
+    """(path, node kind, body) of every node of a raw condition tree, parents first.
+
+    Stored definitions may predate the nesting limit, so this keeps a stack of its own
+    instead of recursing.
+    """
+    stack: list[tuple[Any, str]] = [(raw, "")]
+    while stack:
+        node, path = stack.pop()
+        if not isinstance(node, Mapping) or len(node) != 1:
+            continue
+        kind, body = next(iter(node.items()))
+        here = field_path(path, kind) if path else kind
+        yield here, kind, body
+        if kind in ("all", "any") and isinstance(body, list):
+            stack.extend((child, f"{here}[{i}]") for i, child in reversed(list(enumerate(body))))
+        elif kind == "not":
+            stack.append((body, here))
+        elif kind == "account" and isinstance(body, Mapping):
+            stack.append((body.get("condition"), f"{here}.condition"))
 
 
 def audience_violations(
@@ -79,10 +104,12 @@ def audience_violations(
     key: str | None,
     audiences: Mapping[str, Any],
     computed_keys: Collection[str],
+    prediction_keys: Collection[str],
 ) -> list[FieldViolation]:
     """Every problem of an audience definition: the language's, then references to
-    audiences or computed traits that do not exist, then a reference cycle (checked
-    with `raw` substituted for `key` among the stored `audiences`, key -> definition)."""
+    audiences, computed traits or predictions that do not exist, then a reference cycle
+    (checked with `raw` substituted for `key` among the stored `audiences`, key ->
+    definition)."""
     found = [FieldViolation(field_path(prefix, p), r) for p, r in validate_audience(raw)]
     if found:
         return found
@@ -99,6 +126,15 @@ def audience_violations(
                 FieldViolation(
                     field_path(prefix, f"{path}.key"),
                     f"no computed trait {body['key']!r} in this workspace",
+                )
+            )
+        if kind == "prediction" and body["key"] not in prediction_keys:
+            # Refused rather than matching nobody (docs/decisions.md).
+            found.append(
+                FieldViolation(
+                    field_path(prefix, f"{path}.key"),
+                    f"no prediction {body['key']!r} in this workspace"
+                    " (a prediction exists once it has scores)",
                 )
             )
     if key is not None:
@@ -137,10 +173,25 @@ def dependents(
 
 
 def computed_refs_raw(raw: Any) -> set[str]:
-    """Computed trait keys a raw (valid) audience definition reads."""
-    return {body["key"] for _, kind, body in _walk(raw) if kind == "computed"}
+    """Computed trait keys a raw audience definition reads."""
+    return _keys_of(raw, "computed")
 
 
 def audience_refs_raw(raw: Any) -> set[str]:
-    """Audience keys a raw (valid) audience definition reads."""
-    return {body["key"] for _, kind, body in _walk(raw) if kind == "audience"}
+    """Audience keys a raw audience definition reads."""
+    return _keys_of(raw, "audience")
+
+
+def prediction_refs_raw(raw: Any) -> set[str]:
+    """Prediction keys a raw audience definition reads."""
+    return _keys_of(raw, "prediction")
+
+
+def _keys_of(raw: Any, node_kind: str) -> set[str]:
+    # Tolerates malformed nodes: one corrupt stored definition must not break the
+    # reference checks that deletes and previews run over the whole workspace.
+    return {
+        body["key"]
+        for _, kind, body in _walk(raw)
+        if kind == node_kind and isinstance(body, Mapping) and isinstance(body.get("key"), str)
+    }

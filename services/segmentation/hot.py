@@ -48,7 +48,22 @@ class HotState:
     """Writes membership and computed-value changes to the profiles' hot state."""
 
     def __init__(self, redis: Redis) -> None:
+        self._redis = redis
         self._set_field = redis.register_script(_SET_FIELD)
+
+    async def clear(self, ws: str) -> None:
+        """Remove every profile's audiences and computed hashes in the workspace, and
+        the wire caches that may encode them (before a rebuild writes them again)."""
+        pattern = f"{workspace_prefix(ws)}p:*"
+        doomed: list[bytes] = []
+        async for key in self._redis.scan_iter(match=pattern, count=1000):
+            if key.endswith((b":audiences", b":computed", b":wire")):
+                doomed.append(key)
+            if len(doomed) >= 1000:
+                await self._redis.delete(*doomed)
+                doomed.clear()
+        if doomed:
+            await self._redis.delete(*doomed)
 
     async def _run(self, ws: str, section: str, field: str, values: dict[int, bytes]) -> None:
         """Set `field` of each profile's `section` hash to its value (b"" removes it)."""

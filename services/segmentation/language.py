@@ -8,7 +8,9 @@ by dots, list positions in brackets.
 
 The evaluators (``reference.py``, ``sql.py``) only ever see parsed nodes, so they can rely
 on the invariants checked here (known operators, well-typed values, sane windows, funnel
-references to earlier steps only).
+references to earlier steps only) and on the limits below (docs/audiences.md, "Limits"),
+which keep every definition's evaluation bounded. Nesting is checked without recursion
+before anything recursive walks the input, so no input can exhaust the stack.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = [
     "Within",
     "audience_refs",
     "computed_refs",
+    "computed_trait_refs",
     "dependency_layers",
     "dependency_order",
     "find_cycle",
@@ -56,6 +59,7 @@ __all__ = [
     "parse_computed_trait",
     "split_path",
     "trait_refs",
+    "trait_row_keys",
     "validate_audience",
     "validate_computed_trait",
 ]
@@ -103,6 +107,31 @@ COMPUTED_TYPES = frozenset(
 EVENT_TYPES = frozenset({"track", "page", "screen"})
 ACCOUNT_QUANTIFIERS = frozenset({"any", "all", "none"})
 PREDICTION_METRICS = {"percentile": (0.0, 100.0), "probability": (0.0, 1.0)}
+
+# Limits: far above what real definitions use (the conformance cases nest 3 deep and use
+# at most 6 conditions, 5 list values and 100 days), low enough that evaluation stays
+# bounded: each condition, filter and list value becomes SQL that runs per event.
+MAX_JSON_DEPTH = 64  # checked first, iteratively: bounds every recursive walk
+MAX_DEPTH = 20  # conditions inside conditions (all, any, not, account)
+MAX_NODES = 200  # conditions in one definition
+MAX_FILTERS = 50  # filters in one `where`
+MAX_TOTAL_FILTERS = 200  # filters in one definition
+MAX_LIST_VALUES = 1_000  # values of one in / not_in list
+# Values of every in / not_in list of a definition: each is one comparison per event or
+# trait row, and one query parameter (Postgres takes at most 32,767 per statement).
+MAX_TOTAL_LIST_VALUES = 2_000
+MAX_NAME_LENGTH = 255  # event, property and trait names; audience/trait/prediction keys
+MAX_STRING_LENGTH = 1_000  # a string value compared against
+MAX_DAYS = 3_660  # window days (ten years and then some)
+MAX_COUNT = 1_000_000  # an event count compared against
+MAX_FUNNEL_STEPS = 20
+MAX_TOTAL_FUNNEL_STEPS = 40  # steps of every funnel of a definition (each is a self-join)
+MAX_WITHIN_SECONDS = MAX_DAYS * 86_400
+# Whole numbers are compared as 64-bit integers in SQL.
+MAX_INTEGER = 2**63 - 1
+# Violations reported per definition: enough to fix a definition in one round trip,
+# few enough to fit the error's metadata.
+MAX_REPORTED_VIOLATIONS = 20
 
 
 class DefinitionError(ValueError):
@@ -285,6 +314,14 @@ def split_path(prop: str) -> tuple[str, ...]:
     return tuple(prop.split("."))
 
 
+def trait_row_keys(name: str) -> tuple[str, ...]:
+    """The top-level trait keys a trait name reads: the name itself (a literal key, which
+    wins when it holds a value) and, for a dotted name, its first part, whose value the
+    rest of the path walks into (``billing.tier`` -> ("billing.tier", "billing"))."""
+    root = name.split(".", 1)[0]
+    return (name,) if root == name else (name, root)
+
+
 def _is_number(v: Any) -> bool:
     # A boolean is not a number in the language (JSON true is not 1).
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
@@ -319,9 +356,30 @@ class _Ctx:
 
     def __init__(self) -> None:
         self.violations: list[tuple[str, str]] = []
+        self.unreported = 0
+        self.nodes = 0
+        self.filters = 0
+        self.funnel_steps = 0
+        self.list_values = 0
 
     def err(self, path: str, reason: str) -> None:
-        self.violations.append((path, reason))
+        if len(self.violations) < MAX_REPORTED_VIOLATIONS:
+            self.violations.append((path, reason))
+        else:
+            self.unreported += 1
+
+    def failed(self) -> bool:
+        return bool(self.violations)
+
+    def found(self) -> int:
+        """How many violations so far, reported or not."""
+        return len(self.violations) + self.unreported
+
+    def report(self) -> list[tuple[str, str]]:
+        """The violations, with a last entry counting those left out."""
+        if not self.unreported:
+            return self.violations
+        return [*self.violations, ("", f"and {self.unreported} more violations")]
 
     def obj(self, raw: Any, path: str) -> Mapping[str, Any] | None:
         if not isinstance(raw, Mapping):
@@ -343,7 +401,45 @@ class _Ctx:
         if not isinstance(v, str) or not v:
             self.err(_join(path, key), "must be a non-empty string")
             return ""
+        if len(v) > MAX_NAME_LENGTH:
+            self.err(_join(path, key), f"must be at most {MAX_NAME_LENGTH} characters")
+            return ""
         return v
+
+
+def _too_deep(raw: Any) -> tuple[str, str] | None:
+    """The first value nested deeper than MAX_JSON_DEPTH as a violation, else None.
+
+    Iterative on purpose: this runs before anything recursive touches the input.
+    """
+    stack: list[tuple[Any, str, int]] = [(raw, "", 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return path, f"nests deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(value, Mapping):
+            stack.extend((v, _join(path, str(k)), depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value))
+    return None
+
+
+def _check_number(v: Any, path: str, ctx: _Ctx) -> bool:
+    """Whether a (finite) number literal fits the evaluators; a violation when not."""
+    if isinstance(v, int) and not -MAX_INTEGER <= v <= MAX_INTEGER:
+        ctx.err(path, f"whole numbers must lie between -{MAX_INTEGER} and {MAX_INTEGER}")
+        return False
+    return True
+
+
+def _check_literal(v: Any, path: str, ctx: _Ctx) -> bool:
+    """Length and range limits of one scalar literal (a value or a list item)."""
+    if isinstance(v, str) and len(v) > MAX_STRING_LENGTH:
+        ctx.err(path, f"strings compared against are at most {MAX_STRING_LENGTH} characters")
+        return False
+    if _is_number(v):
+        return _check_number(v, path, ctx)
+    return True
 
 
 # --------------------------------------------------------------------------- parsing
@@ -365,6 +461,9 @@ def _parse_window(raw: Any, path: str, ctx: _Ctx) -> Window | None:
         if val <= 0:
             ctx.err(p, "must be greater than 0")
             return None
+        if val > MAX_DAYS:
+            ctx.err(p, f"must be at most {MAX_DAYS} days")
+            return None
         return Within(val)
     if kind == "between_days":
         if not isinstance(val, list) or len(val) != 2 or not all(_is_number(x) for x in val):
@@ -376,6 +475,9 @@ def _parse_window(raw: Any, path: str, ctx: _Ctx) -> Window | None:
             return None
         if a >= b:
             ctx.err(p, "A must be less than B")
+            return None
+        if b > MAX_DAYS:
+            ctx.err(p, f"B must be at most {MAX_DAYS} days")
             return None
         return Between(a, b)
     ctx.err(p, "unknown window; expected within_days or between_days")
@@ -402,11 +504,17 @@ def _check_value(op: str, raw: Mapping[str, Any], path: str, ctx: _Ctx) -> Any:
         if not isinstance(v, list):
             ctx.err(vp, f"{op} needs a list, got {_type_name(v)}")
             return None
+        if len(v) > MAX_LIST_VALUES:
+            ctx.err(vp, f"{op} takes at most {MAX_LIST_VALUES} values, got {len(v)}")
+            return None
+        ctx.list_values += len(v)
         for i, item in enumerate(v):
             if not _is_scalar(item):
                 ctx.err(
                     f"{vp}[{i}]", f"must be a string, number or boolean, got {_type_name(item)}"
                 )
+            else:
+                _check_literal(item, f"{vp}[{i}]", ctx)
         return tuple(v)
     elif op == "starts_with":
         if not isinstance(v, str):
@@ -416,7 +524,7 @@ def _check_value(op: str, raw: Mapping[str, Any], path: str, ctx: _Ctx) -> Any:
         # null is "missing" in the language: presence is tested with exists/not_exists.
         ctx.err(vp, f"{op} needs a string, number or boolean, got {_type_name(v)}")
         return None
-    return v
+    return v if _check_literal(v, vp, ctx) else None
 
 
 def _parse_op(raw: Mapping[str, Any], path: str, ctx: _Ctx, ops: frozenset[str]) -> str:
@@ -449,9 +557,9 @@ def _parse_filter(raw: Any, path: str, ctx: _Ctx, step_index: int | None) -> Fil
         return Filter(prop, op, None, ref)
     if not op:
         return None
-    n = len(ctx.violations)
+    n = ctx.found()
     value = _check_value(op, obj, path, ctx)
-    if not prop or len(ctx.violations) != n:
+    if not prop or ctx.found() != n:
         return None
     return Filter(prop, op, value)
 
@@ -479,6 +587,11 @@ def _parse_ref(raw: Any, path: str, ctx: _Ctx, step_index: int | None) -> StepRe
             ctx.err(sp, f"must refer to an earlier step (0..{step_index - 1}), got {step}")
             return None
         return StepRef(step, prop) if prop else None
+    if "computed" in obj:
+        # Not in the language (design.md section 6 names step and trait refs): a computed
+        # trait reading another would make computed traits depend on one another.
+        ctx.err(_join(path, "computed"), "refs to computed traits are not supported")
+        return None
     ctx.err(path, "must have trait or step")
     return None
 
@@ -493,6 +606,10 @@ def _parse_where(
     if not isinstance(w, list):
         ctx.err(wp, f"must be a list, got {_type_name(w)}")
         return ()
+    if len(w) > MAX_FILTERS:
+        ctx.err(wp, f"takes at most {MAX_FILTERS} filters, got {len(w)}")
+        return ()
+    ctx.filters += len(w)
     out = [_parse_filter(f, f"{wp}[{i}]", ctx, step) for i, f in enumerate(w)]
     return tuple(f for f in out if f is not None)
 
@@ -525,6 +642,8 @@ def _parse_event(raw: Any, path: str, ctx: _Ctx) -> Event | None:
                 ctx.err(_join(cp, "value"), "is required")
             elif not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 ctx.err(_join(cp, "value"), "must be a non-negative integer")
+            elif v > MAX_COUNT:
+                ctx.err(_join(cp, "value"), f"must be at most {MAX_COUNT}")
             elif op:
                 count = Count(op, v)
     window = _parse_window(obj["window"], _join(path, "window"), ctx) if "window" in obj else None
@@ -572,6 +691,7 @@ def _parse_prediction(raw: Any, path: str, ctx: _Ctx) -> Prediction | None:
             ctx.err(_join(mp, op), f"must be between {lo:g} and {hi:g}")
         else:
             bounds.append((op, v))
+    # metric is one of PREDICTION_METRICS' keys, which mypy sees only as str.
     return Prediction(key, metric, tuple(bounds)) if key else None  # type: ignore[arg-type]
 
 
@@ -589,7 +709,10 @@ def _parse_funnel(raw: Any, path: str, ctx: _Ctx) -> Funnel | None:
         ctx.err(sp, f"must be a list, got {_type_name(raw_steps)}")
     elif len(raw_steps) < 2:
         ctx.err(sp, "a funnel needs at least 2 steps")
+    elif len(raw_steps) > MAX_FUNNEL_STEPS:
+        ctx.err(sp, f"a funnel has at most {MAX_FUNNEL_STEPS} steps, got {len(raw_steps)}")
     else:
+        ctx.funnel_steps += len(raw_steps)
         for i, rs in enumerate(raw_steps):
             p = f"{sp}[{i}]"
             s = ctx.obj(rs, p)
@@ -608,12 +731,15 @@ def _parse_funnel(raw: Any, path: str, ctx: _Ctx) -> Funnel | None:
                 )
             )
     wsp = _join(path, "within_seconds")
-    within = obj.get("within_seconds")
+    within: Any = obj.get("within_seconds")  # JSON: checked below
     if "within_seconds" not in obj:
         ctx.err(wsp, "is required")
         within = 0
     elif not _is_number(within) or within <= 0:
         ctx.err(wsp, "must be a number greater than 0")
+        within = 0
+    elif within > MAX_WITHIN_SECONDS:
+        ctx.err(wsp, f"must be at most {MAX_WITHIN_SECONDS} ({MAX_DAYS} days)")
         within = 0
     window = _parse_window(obj["window"], _join(path, "window"), ctx) if "window" in obj else None
     completed = obj.get("completed", True)
@@ -623,7 +749,11 @@ def _parse_funnel(raw: Any, path: str, ctx: _Ctx) -> Funnel | None:
     return Funnel(tuple(steps), within, window, completed)
 
 
-def _parse_node(raw: Any, path: str, ctx: _Ctx) -> Node | None:
+def _parse_node(raw: Any, path: str, ctx: _Ctx, depth: int = 1) -> Node | None:
+    if depth > MAX_DEPTH:
+        ctx.err(path, f"conditions nest at most {MAX_DEPTH} levels deep")
+        return None
+    ctx.nodes += 1
     obj = ctx.obj(raw, path)
     if obj is None:
         return None
@@ -639,11 +769,14 @@ def _parse_node(raw: Any, path: str, ctx: _Ctx) -> Node | None:
         if not body:
             ctx.err(p, "must not be empty")
             return None
-        kids = [_parse_node(c, f"{p}[{i}]", ctx) for i, c in enumerate(body)]
+        if len(body) > MAX_NODES:
+            ctx.err(p, f"a definition has at most {MAX_NODES} conditions, got {len(body)} here")
+            return None
+        kids = [_parse_node(c, f"{p}[{i}]", ctx, depth + 1) for i, c in enumerate(body)]
         children = tuple(k for k in kids if k is not None)
         return All(children) if kind == "all" else AnyOf(children)
     if kind == "not":
-        child = _parse_node(body, p, ctx)
+        child = _parse_node(body, p, ctx, depth + 1)
         return Not(child) if child is not None else None
     if kind == "event":
         return _parse_event(body, p, ctx)
@@ -675,7 +808,7 @@ def _parse_node(raw: Any, path: str, ctx: _Ctx) -> Node | None:
         if "condition" not in o:
             ctx.err(_join(p, "condition"), "is required")
             return None
-        inner = _parse_node(o["condition"], _join(p, "condition"), ctx)
+        inner = _parse_node(o["condition"], _join(p, "condition"), ctx, depth + 1)
         if inner is not None and any(isinstance(n, Account) for n in iter_nodes(inner)):
             ctx.err(_join(p, "condition"), "account conditions cannot be nested")
         return Account(m, inner) if inner is not None and m in ACCOUNT_QUANTIFIERS else None
@@ -683,23 +816,50 @@ def _parse_node(raw: Any, path: str, ctx: _Ctx) -> Node | None:
     return None
 
 
+def _parse_definition(raw: Any, ctx: _Ctx) -> Node | None:
+    deep = _too_deep(raw)
+    if deep is not None:
+        ctx.err(*deep)
+        return None
+    node = _parse_node(raw, "", ctx)
+    _check_totals(ctx)
+    return node
+
+
+def _check_totals(ctx: _Ctx) -> None:
+    """The limits on a whole definition, reported at its root."""
+    totals = (
+        (ctx.nodes, MAX_NODES, "conditions"),
+        (ctx.filters, MAX_TOTAL_FILTERS, "filters"),
+        (ctx.funnel_steps, MAX_TOTAL_FUNNEL_STEPS, "funnel steps"),
+        (ctx.list_values, MAX_TOTAL_LIST_VALUES, "values in in and not_in lists"),
+    )
+    for found, limit, what in totals:
+        if found > limit:
+            ctx.err("", f"a definition has at most {limit} {what}, got {found}")
+
+
 def validate_audience(raw: Any) -> list[tuple[str, str]]:
     """Every violation of ``raw`` as ``(path, reason)``; empty when it is valid."""
     ctx = _Ctx()
-    _parse_node(raw, "", ctx)
-    return ctx.violations
+    _parse_definition(raw, ctx)
+    return ctx.report()
 
 
 def parse_audience(raw: Any) -> Node:
     """Parse an audience condition tree; raises ``DefinitionError`` listing all violations."""
     ctx = _Ctx()
-    node = _parse_node(raw, "", ctx)
-    if ctx.violations or node is None:
-        raise DefinitionError(ctx.violations or [("", "invalid definition")])
+    node = _parse_definition(raw, ctx)
+    if ctx.failed() or node is None:
+        raise DefinitionError(ctx.report() or [("", "invalid definition")])
     return node
 
 
 def _parse_computed(raw: Any, ctx: _Ctx) -> ComputedTraitDef | None:
+    deep = _too_deep(raw)
+    if deep is not None:
+        ctx.err(*deep)
+        return None
     obj = ctx.obj(raw, "")
     if obj is None:
         return None
@@ -717,13 +877,11 @@ def _parse_computed(raw: Any, ctx: _Ctx) -> ComputedTraitDef | None:
             ctx.err("property", "event_count takes no property")
     elif t in COMPUTED_TYPES:
         prop = ctx.name(obj, "property", "") or None
+    # Filters may compare with the profile's traits (``ref.trait``); step refs are
+    # funnel-only, so the parser rejects them here as it does in event conditions.
     where = _parse_where(obj, "", ctx, None)
-    raw_where = obj.get("where") if isinstance(obj.get("where"), list) else []
-    for i, f in enumerate(raw_where):
-        if isinstance(f, Mapping) and "ref" in f:
-            # A computed trait is a function of events alone (it feeds trait conditions).
-            ctx.err(f"where[{i}].ref", "refs are not allowed in computed traits")
     window = _parse_window(obj["window"], "window", ctx) if "window" in obj else None
+    _check_totals(ctx)
     if t not in COMPUTED_TYPES or not event:
         return None
     return ComputedTraitDef(t, event, etype, prop, where, window)
@@ -733,15 +891,15 @@ def validate_computed_trait(raw: Any) -> list[tuple[str, str]]:
     """Every violation of a computed-trait definition as ``(path, reason)``."""
     ctx = _Ctx()
     _parse_computed(raw, ctx)
-    return ctx.violations
+    return ctx.report()
 
 
 def parse_computed_trait(raw: Any) -> ComputedTraitDef:
     """Parse a computed-trait definition; raises ``DefinitionError``."""
     ctx = _Ctx()
     d = _parse_computed(raw, ctx)
-    if ctx.violations or d is None:
-        raise DefinitionError(ctx.violations or [("", "invalid definition")])
+    if ctx.failed() or d is None:
+        raise DefinitionError(ctx.report() or [("", "invalid definition")])
     return d
 
 
@@ -771,17 +929,20 @@ def audience_refs(node: Node | Any) -> set[str]:
 
 
 def _raw_audience_refs(raw: Any) -> set[str]:
-    # Works on unvalidated JSON so cycle checks can run alongside validation.
+    # Works on unvalidated JSON (a stored definition may predate the limits), so it
+    # walks with a stack of its own rather than by recursion.
     out: set[str] = set()
-    if isinstance(raw, Mapping):
-        for k, v in raw.items():
-            if k == "audience" and isinstance(v, Mapping) and isinstance(v.get("key"), str):
-                out.add(v["key"])
-            else:
-                out |= _raw_audience_refs(v)
-    elif isinstance(raw, list):
-        for v in raw:
-            out |= _raw_audience_refs(v)
+    stack = [raw]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                if k == "audience" and isinstance(v, Mapping) and isinstance(v.get("key"), str):
+                    out.add(v["key"])
+                else:
+                    stack.append(v)
+        elif isinstance(value, list):
+            stack.extend(value)
     return out
 
 
@@ -803,6 +964,11 @@ def trait_refs(node: Node) -> set[str]:
             filters = tuple(f for s in n.steps for f in s.where)
         out |= {f.ref.trait for f in filters if isinstance(f.ref, TraitRef)}
     return out
+
+
+def computed_trait_refs(defn: ComputedTraitDef) -> set[str]:
+    """Names of the profile traits a computed trait's filters compare with (``ref.trait``)."""
+    return {f.ref.trait for f in defn.where if isinstance(f.ref, TraitRef)}
 
 
 def find_cycle(definitions: Mapping[str, Any]) -> str | None:

@@ -40,6 +40,7 @@ class AudienceRecord:
     account_level: bool
     created_at_us: int
     updated_at_us: int
+    failure_reason: str = ""  # why the last evaluation failed (state FAILED)
     realtime: bool = False  # evaluated per event by the realtime worker
 
 
@@ -54,6 +55,7 @@ class ComputedTraitRecord:
     state: str
     created_at_us: int
     updated_at_us: int
+    failure_reason: str = ""  # why the last computation failed (state FAILED)
     realtime: bool = False  # evaluated per event by the realtime worker
 
 
@@ -76,6 +78,9 @@ class Change:
     kind: str  # entered | exited
     at_us: int
     version: int
+    # The identifiers the person had when the record was written, kept on the exits
+    # of an erasure (their identities are gone afterwards); None: read them now.
+    identifiers: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,11 @@ class Diff:
     entered: tuple[int, ...] = ()
     exited: tuple[int, ...] = ()
     size: int = 0
+    # Survivors whose membership moved over from profiles merged into them (no change
+    # record: the person never left), with the person's earliest entry, and the
+    # merged-away profiles whose rows went: the hot state must follow both.
+    moved: tuple[tuple[int, int], ...] = ()
+    absorbed: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

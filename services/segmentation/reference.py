@@ -50,6 +50,7 @@ __all__ = [
     "get_property",
     "json_equal",
     "match_value",
+    "trait_value",
     "value_order_key",
 ]
 
@@ -179,6 +180,16 @@ def get_property(props: Mapping[str, Any] | None, path: str) -> Any:
     return MISSING if cur is None else cur
 
 
+def trait_value(traits: Mapping[str, Any], name: str) -> Any:
+    """The value a trait name reads, or MISSING: the top-level key spelled exactly as
+    ``name`` when it holds a value, else ``name`` as a dotted path walked into nested
+    values like an event property (``billing.tier`` reads ``{"billing": {"tier": ..}}``)."""
+    literal = traits.get(name)
+    if literal is not None:
+        return literal
+    return get_property(traits, name)
+
+
 def match_value(op: str, actual: Any, operand: Any) -> bool:
     """Apply a value operator. ``actual`` may be MISSING (or None, treated alike)."""
     if actual is None or actual is MISSING:
@@ -247,7 +258,7 @@ def _filter_ok(
     if f.ref is None:
         return match_value(f.op, actual, f.value)
     if isinstance(f.ref, TraitRef):
-        ref_val = traits.get(f.ref.trait)
+        ref_val = trait_value(traits, f.ref.trait)
     else:
         ref_val = get_property(chain[f.ref.step].get("properties"), f.ref.property)
     if ref_val is None or ref_val is MISSING:
@@ -387,7 +398,7 @@ def _eval(node: Node, p: ProfileData, now: int, explain: bool) -> Explanation:
                 d["window_us"] = list(node.window.bounds(now))
         return Explanation("event", ok, d)
     if isinstance(node, Trait):
-        actual = p.traits.get(node.name, MISSING)
+        actual = trait_value(p.traits, node.name)
         ok = match_value(node.op, actual, node.value)
         return Explanation(
             "trait", ok, _value_detail(node.name, actual, node.op, node.value, explain)
@@ -460,12 +471,20 @@ def _value_detail(name: str, actual: Any, op: str, operand: Any, explain: bool) 
 # --------------------------------------------------------------------------- computed traits
 
 
-def compute_trait(defn: ComputedTraitDef, events: Sequence[Mapping[str, Any]], now_us: int) -> Any:
-    """The value of a computed trait over one profile's events at ``now_us``.
+def compute_trait(
+    defn: ComputedTraitDef,
+    events: Sequence[Mapping[str, Any]],
+    now_us: int,
+    traits: Mapping[str, Any] | None = None,
+) -> Any:
+    """The value of a computed trait over one profile's events at ``now_us``; `traits`
+    are the profile's current traits, which filters with ``ref.trait`` compare with.
 
     No value gives 0 for event_count, unique_count and sum, and None (null) otherwise.
     """
-    matched = _matching(events, defn.event_type, defn.event, defn.where, defn.window, now_us, {})
+    matched = _matching(
+        events, defn.event_type, defn.event, defn.where, defn.window, now_us, traits or {}
+    )
     if defn.type == "event_count":
         return len(matched)
     assert defn.property is not None

@@ -3,6 +3,7 @@ domain (service.py), nothing else."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -37,12 +38,21 @@ _KINDS = {
 }
 
 
+def _definition(definition: Any) -> bytes:
+    try:
+        return orjson.dumps(definition)
+    except TypeError:
+        # orjson stops at 254 levels; a definition stored before the nesting limit may
+        # be deeper, and must not make reading or listing audiences fail.
+        return json.dumps(definition).encode()
+
+
 def _audience(a: AudienceRecord) -> segmentation_pb2.Audience:
     return segmentation_pb2.Audience(
         key=a.key,
         name=a.name,
         description=a.description,
-        definition=orjson.dumps(a.definition),
+        definition=_definition(a.definition),
         version=a.version,
         state=_STATES.get(a.state, segmentation_pb2.AUDIENCE_STATE_UNSPECIFIED),
         size=a.size,
@@ -52,6 +62,7 @@ def _audience(a: AudienceRecord) -> segmentation_pb2.Audience:
         created_at=timestamp_from_us(a.created_at_us),
         updated_at=timestamp_from_us(a.updated_at_us),
         account_level=a.account_level,
+        failure_reason=a.failure_reason,
         realtime=a.realtime,
     )
 
@@ -60,11 +71,12 @@ def _computed(c: ComputedTraitRecord) -> segmentation_pb2.ComputedTrait:
     return segmentation_pb2.ComputedTrait(
         key=c.key,
         name=c.name,
-        definition=orjson.dumps(c.definition),
+        definition=_definition(c.definition),
         version=c.version,
         state=_STATES.get(c.state, segmentation_pb2.AUDIENCE_STATE_UNSPECIFIED),
         created_at=timestamp_from_us(c.created_at_us),
         updated_at=timestamp_from_us(c.updated_at_us),
+        failure_reason=c.failure_reason,
         realtime=c.realtime,
     )
 
@@ -110,7 +122,9 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
     def __init__(self, segmentation: Segmentation) -> None:
         self._seg = segmentation
 
-    async def CreateAudience(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def CreateAudience(
+        self, request: segmentation_pb2.CreateAudienceRequest, context: grpc.aio.ServicerContext
+    ) -> segmentation_pb2.Audience:
         a = request.audience
         record = await self._seg.create_audience(
             current_workspace(),
@@ -124,10 +138,14 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
         )
         return _audience(record)
 
-    async def GetAudience(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def GetAudience(
+        self, request: segmentation_pb2.GetAudienceRequest, context: grpc.aio.ServicerContext
+    ) -> segmentation_pb2.Audience:
         return _audience(await self._seg.get_audience(current_workspace(), request.key))
 
-    async def ListAudiences(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def ListAudiences(
+        self, request: segmentation_pb2.ListAudiencesRequest, context: grpc.aio.ServicerContext
+    ) -> segmentation_pb2.ListAudiencesResponse:
         page, token = await self._seg.list_audiences(
             current_workspace(), request.page_size, request.page_token
         )
@@ -135,7 +153,9 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             audiences=[_audience(a) for a in page], next_page_token=token
         )
 
-    async def UpdateAudience(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def UpdateAudience(
+        self, request: segmentation_pb2.UpdateAudienceRequest, context: grpc.aio.ServicerContext
+    ) -> segmentation_pb2.Audience:
         a = request.audience
         record = await self._seg.update_audience(
             current_workspace(),
@@ -147,11 +167,17 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
         )
         return _audience(record)
 
-    async def DeleteAudience(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def DeleteAudience(
+        self, request: segmentation_pb2.DeleteAudienceRequest, context: grpc.aio.ServicerContext
+    ) -> segmentation_pb2.DeleteAudienceResponse:
         await self._seg.delete_audience(current_workspace(), request.key)
         return segmentation_pb2.DeleteAudienceResponse()
 
-    async def CreateComputedTrait(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def CreateComputedTrait(
+        self,
+        request: segmentation_pb2.CreateComputedTraitRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> segmentation_pb2.ComputedTrait:
         c = request.computed_trait
         record = await self._seg.create_computed_trait(
             current_workspace(),
@@ -163,10 +189,14 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
         )
         return _computed(record)
 
-    async def GetComputedTrait(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def GetComputedTrait(
+        self, request: segmentation_pb2.GetComputedTraitRequest, context: grpc.aio.ServicerContext
+    ) -> segmentation_pb2.ComputedTrait:
         return _computed(await self._seg.get_computed_trait(current_workspace(), request.key))
 
-    async def ListComputedTraits(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def ListComputedTraits(
+        self, request: segmentation_pb2.ListComputedTraitsRequest, context: grpc.aio.ServicerContext
+    ) -> segmentation_pb2.ListComputedTraitsResponse:
         page, token = await self._seg.list_computed_traits(
             current_workspace(), request.page_size, request.page_token
         )
@@ -174,7 +204,11 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             computed_traits=[_computed(c) for c in page], next_page_token=token
         )
 
-    async def UpdateComputedTrait(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def UpdateComputedTrait(
+        self,
+        request: segmentation_pb2.UpdateComputedTraitRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> segmentation_pb2.ComputedTrait:
         c = request.computed_trait
         record = await self._seg.update_computed_trait(
             current_workspace(),
@@ -185,11 +219,17 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
         )
         return _computed(record)
 
-    async def DeleteComputedTrait(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def DeleteComputedTrait(
+        self,
+        request: segmentation_pb2.DeleteComputedTraitRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> segmentation_pb2.DeleteComputedTraitResponse:
         await self._seg.delete_computed_trait(current_workspace(), request.key)
         return segmentation_pb2.DeleteComputedTraitResponse()
 
-    async def Preview(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def Preview(
+        self, request: segmentation_pb2.PreviewRequest, context: grpc.aio.ServicerContext
+    ) -> segmentation_pb2.PreviewResponse:
         result = await self._seg.preview(
             current_workspace(),
             definition=request.definition,
@@ -208,7 +248,11 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             evaluated_at=timestamp_from_us(result.evaluated_at_us),
         )
 
-    async def PreviewComputedTrait(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def PreviewComputedTrait(
+        self,
+        request: segmentation_pb2.PreviewComputedTraitRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> segmentation_pb2.PreviewComputedTraitResponse:
         result = await self._seg.preview_computed_trait(
             current_workspace(),
             definition=request.definition,
@@ -224,7 +268,9 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             evaluated_at=timestamp_from_us(result.evaluated_at_us),
         )
 
-    async def ListMembers(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def ListMembers(
+        self, request: segmentation_pb2.ListMembersRequest, context: grpc.aio.ServicerContext
+    ) -> segmentation_pb2.ListMembersResponse:
         page = await self._seg.list_members(
             current_workspace(),
             audience_key=request.audience_key,
@@ -240,15 +286,25 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             total=page.total,
         )
 
-    async def Recompute(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def Recompute(
+        self, request: segmentation_pb2.RecomputeRequest, context: grpc.aio.ServicerContext
+    ) -> segmentation_pb2.RecomputeResponse:
         result = await self._seg.recompute(
             current_workspace(), audience_key=request.audience_key, as_of_us=_as_of(request)
         )
         return segmentation_pb2.RecomputeResponse(
-            entered=result.entered, exited=result.exited, audiences=result.audiences
+            entered=result.entered,
+            exited=result.exited,
+            audiences=result.audiences,
+            failures=[
+                segmentation_pb2.RecomputeFailure(kind=f.kind, key=f.key, reason=f.reason)
+                for f in result.failures
+            ],
         )
 
-    async def ExplainMembership(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def ExplainMembership(
+        self, request: segmentation_pb2.ExplainMembershipRequest, context: grpc.aio.ServicerContext
+    ) -> segmentation_pb2.ExplainMembershipResponse:
         result = await self._seg.explain_membership(
             current_workspace(),
             audience_key=request.audience_key,
@@ -260,7 +316,11 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             member=result.member, root=_node(result.root), profile=_ref(result.profile)
         )
 
-    async def GetMembershipHistory(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def GetMembershipHistory(
+        self,
+        request: segmentation_pb2.GetMembershipHistoryRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> segmentation_pb2.GetMembershipHistoryResponse:
         result = await self._seg.membership_history(
             current_workspace(),
             audience_key=request.audience_key,
@@ -272,8 +332,8 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             changes=[_change(c, ref) for c, ref in result.changes], member_at=result.member_at
         )
 
-    async def WatchChanges(  # type: ignore[no-untyped-def, override]
-        self, request, context: grpc.aio.ServicerContext
+    async def WatchChanges(
+        self, request: segmentation_pb2.WatchChangesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[segmentation_pb2.MembershipChange]:
         changes = self._seg.watch(
             current_workspace(),

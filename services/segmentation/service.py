@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
-from collections.abc import AsyncIterator, Collection, Coroutine
+from collections.abc import AsyncIterator, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +23,12 @@ from services.segmentation.definitions import (
     audience_refs_raw,
     audience_violations,
     check_key,
+    check_name,
     computed_refs_raw,
     computed_violations,
     decode_json,
     dependents,
+    prediction_refs_raw,
     reject,
 )
 from services.segmentation.explaining import ExplainedNode, annotate
@@ -43,7 +46,7 @@ from services.segmentation.model import (
     AudienceRecord,
     Change,
     ComputedTraitRecord,
-    Member,
+    Diff,
     ProfileRef,
     Progress,
 )
@@ -94,11 +97,36 @@ class MembersPage:
     total: int
 
 
+AUDIENCE = "audience"
+COMPUTED_TRAIT = "computed_trait"
+# A failure reason is shown to operators; an SQL error's text can be long.
+MAX_REASON_CHARS = 500
+
+
+@dataclass(frozen=True)
+class RecomputeFailure:
+    """An audience or computed trait (`kind`) that a recompute could not evaluate."""
+
+    kind: str  # AUDIENCE | COMPUTED_TRAIT
+    key: str
+    reason: str
+
+
 @dataclass(frozen=True)
 class RecomputeResult:
     entered: int
     exited: int
-    audiences: int
+    audiences: int  # recomputed
+    failures: tuple[RecomputeFailure, ...] = ()
+
+
+def failure_reason(error: BaseException) -> str:
+    """What went wrong, for the operator: the exception's type and first line (the
+    driver's own message for a database error, not the whole statement)."""
+    cause = getattr(error, "orig", None) or error
+    lines = str(cause).strip().splitlines()
+    text = f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
+    return text[:MAX_REASON_CHARS]
 
 
 @dataclass(frozen=True)
@@ -138,6 +166,22 @@ def _read_page_token(token: str, audience_id: int) -> int:
     except (ValueError, TypeError, orjson.JSONDecodeError):
         raise invalid("page_token", "not a page token of this audience's member list") from None
     return after
+
+
+@dataclass
+class HotRebuild:
+    """What a hot-state rebuild wrote for one workspace."""
+
+    audiences: int = 0
+    memberships: int = 0
+    computed_traits: int = 0
+    values: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.audiences} audiences ({self.memberships} memberships), "
+            f"{self.computed_traits} computed traits ({self.values} values)"
+        )
 
 
 class Segmentation:
@@ -185,8 +229,16 @@ class Segmentation:
     ) -> None:
         stored = await self._store.audience_definitions(ws)
         computed = {c.key for c in await self._store.list_computed(ws)}
+        predictions = await self._store.prediction_keys(ws, prediction_refs_raw(raw))
         others = {k: a.definition for k, a in stored.items()}
-        found = audience_violations(raw, prefix, key=key, audiences=others, computed_keys=computed)
+        found = audience_violations(
+            raw,
+            prefix,
+            key=key,
+            audiences=others,
+            computed_keys=computed,
+            prediction_keys=predictions,
+        )
         if not found:
             account_audiences = {k for k, a in stored.items() if a.account_level}
             found = account_violations(
@@ -225,6 +277,7 @@ class Segmentation:
         violations: list[FieldViolation] = []
         check_key(key, "audience.key", violations)
         _check_realtime(realtime, account_level, violations)
+        check_name(name, "audience.name", violations)
         raw = decode_json(definition, "audience.definition", violations)
         if raw is not None:
             await self._check_audience(
@@ -281,6 +334,7 @@ class Segmentation:
         audience = await self._audience(ws, key, "audience.key")
         violations: list[FieldViolation] = []
         _check_realtime(bool(realtime), audience.account_level, violations)
+        check_name(name, "audience.name", violations)
         raw = None
         if definition:
             raw = decode_json(definition, "audience.definition", violations)
@@ -336,14 +390,20 @@ class Segmentation:
                 await self._progress(audience, BACKFILLING, 2, f"writing {len(members)} members")
                 await self._apply(ws, audience, version, members, now)
                 log.info("audience %s v%d: live with %d members", key, version, len(members))
-        except Exception:
+        except Exception as error:
             log.exception("backfill of audience %s v%d failed", key, version)
-            await self._progress(audience, FAILED, 0, "failed")
+            await self._fail(audience, failure_reason(error))
 
     async def _progress(self, audience: AudienceRecord, state: str, done: int, stage: str) -> None:
         log.info("audience %s v%d: %s (%d/%d)", audience.key, audience.version, stage, done, 3)
         await self._store.set_progress(
             audience.audience_id, state, Progress(done, BACKFILL_STEPS, stage)
+        )
+
+    async def _fail(self, audience: AudienceRecord, reason: str) -> None:
+        """Leave the audience FAILED with `reason`; its members stay as they were."""
+        await self._store.set_progress(
+            audience.audience_id, FAILED, Progress(0, BACKFILL_STEPS, "failed"), reason
         )
 
     async def _apply(
@@ -354,9 +414,15 @@ class Segmentation:
             ws, audience.audience_id, version, members, now, done
         )
         if not audience.account_level:  # accounts have no hot state: profiles do
-            entered = {p: now for p in diff.entered}
-            await self._hot.memberships(ws, audience.key, entered, diff.exited)
+            await self._hot_memberships(ws, audience.key, diff, now)
         return len(diff.entered), len(diff.exited)
+
+    async def _hot_memberships(self, ws: str, key: str, diff: Diff, now: int) -> None:
+        """Mirror a committed diff: entries at `now`, exits, and memberships that moved
+        from merged-away profiles to their survivor (at the person's first entry)."""
+        entered = dict.fromkeys(diff.entered, now)
+        entered.update(diff.moved)
+        await self._hot.memberships(ws, key, entered, (*diff.exited, *diff.absorbed))
 
     # ------------------------------------------------------------------ computed traits
 
@@ -374,6 +440,7 @@ class Segmentation:
         value in the background."""
         violations: list[FieldViolation] = []
         check_key(key, "computed_trait.key", violations)
+        check_name(name, "computed_trait.name", violations)
         raw = decode_json(definition, "computed_trait.definition", violations)
         if raw is not None:
             violations += computed_violations(raw, "computed_trait.definition")
@@ -426,6 +493,7 @@ class Segmentation:
         new definition is recomputed."""
         existing = await self.get_computed_trait(ws, key)
         violations: list[FieldViolation] = []
+        check_name(name, "computed_trait.name", violations)
         raw = existing.definition
         if definition:
             raw = decode_json(definition, "computed_trait.definition", violations)
@@ -467,9 +535,9 @@ class Segmentation:
                 await self._recompute_computed(ws, record, self._clock.now_us())
                 await self._store.set_computed_state(ws, record.key, LIVE)
                 log.info("computed trait %s v%d: done", record.key, record.version)
-        except Exception:
+        except Exception as error:
             log.exception("backfill of computed trait %s failed", record.key)
-            await self._store.set_computed_state(ws, record.key, FAILED)
+            await self._store.set_computed_state(ws, record.key, FAILED, failure_reason(error))
 
     async def _recompute_computed(self, ws: str, record: ComputedTraitRecord, now: int) -> None:
         values = await self._store.evaluate_computed(ws, record.definition, now)
@@ -577,45 +645,108 @@ class Segmentation:
         self, ws: str, *, audience_key: str, as_of_us: int | None
     ) -> RecomputeResult:
         """Re-evaluate one audience, or every computed trait and then every audience in
-        dependency order, at `as_of_us` (default now); write and log the differences."""
+        dependency order, at `as_of_us` (default now); write and log the differences.
+
+        Each one is evaluated in isolation: one that fails is left FAILED with its
+        reason and listed in the result, the others are recomputed; an audience that
+        references a failed one keeps its members and is listed as not recomputed."""
         now = self._now(as_of_us)
-        entered = exited = 0
+        run = _Run()
         async with self._lock(ws):
             if audience_key:
                 layers = [[await self._audience(ws, audience_key, "audience_key")]]
             else:
                 for record in await self._store.list_computed(ws):
-                    await self._recompute_computed(ws, record, now)
-                    await self._store.set_computed_state(ws, record.key, LIVE)
+                    await self._recompute_computed_isolated(ws, record, now, run)
                 stored = await self._store.audience_definitions(ws)
                 order = dependency_layers({k: a.definition for k, a in stored.items()})
                 layers = [[stored[k] for k in layer] for layer in order]
-            done = Progress(BACKFILL_STEPS, BACKFILL_STEPS, "done")
-            for batch in layers:
-                # One rollup pass over the events per layer for its user-level
-                # audiences, diffed and written in the database; account-level ones are
-                # evaluated one by one (sql_accounts.py). The audiences a layer
-                # references were written by the layers before it.
-                users = [a for a in batch if not a.account_level]
-                diffs = await self._store.recompute_audiences(ws, users, now, done) if users else []
-                # After the commit: the hot state never shows a membership whose
-                # change record is not committed.
-                with phase("hot state"):
-                    for audience, diff in zip(users, diffs, strict=True):
-                        await self._hot.memberships(
-                            ws, audience.key, dict.fromkeys(diff.entered, now), diff.exited
-                        )
-                        entered += len(diff.entered)
-                        exited += len(diff.exited)
+            for layer in layers:
+                # The audiences a layer references were written by the layers before it.
+                batch = [a for a in layer if not run.blocked(a)]
+                await self._recompute_users(ws, [a for a in batch if not a.account_level], now, run)
                 for audience in batch:
-                    if audience.account_level:
-                        members = await self._store.evaluate_audience(
-                            ws, audience.definition, now, account_level=True
-                        )
-                        came, left = await self._apply(ws, audience, audience.version, members, now)
-                        entered += came
-                        exited += left
-        return RecomputeResult(entered, exited, sum(len(batch) for batch in layers))
+                    if audience.account_level:  # one by one (sql_accounts.py)
+                        await self._recompute_account_level(ws, audience, now, run)
+        return RecomputeResult(run.entered, run.exited, run.recomputed, tuple(run.failures))
+
+    async def _recompute_computed_isolated(
+        self, ws: str, record: ComputedTraitRecord, now: int, run: _Run
+    ) -> None:
+        try:
+            await self._recompute_computed(ws, record, now)
+        except Exception as error:
+            log.exception("recompute of computed trait %s failed", record.key)
+            reason = failure_reason(error)
+            await self._store.set_computed_state(ws, record.key, FAILED, reason)
+            run.failed(COMPUTED_TRAIT, record.key, reason)
+        else:
+            await self._store.set_computed_state(ws, record.key, LIVE)
+
+    async def _recompute_users(
+        self, ws: str, users: list[AudienceRecord], now: int, run: _Run
+    ) -> None:
+        """Recompute user-level audiences that do not reference each other: one rollup
+        pass over the events for all of them, diffed and written in the database; if
+        that fails, one by one, so only the audience at fault fails."""
+        if not users:
+            return
+        done = Progress(BACKFILL_STEPS, BACKFILL_STEPS, "done")
+        try:
+            diffs = await self._store.recompute_audiences(ws, users, now, done)
+        except Exception as error:
+            if len(users) == 1:
+                log.exception("recompute of audience %s failed", users[0].key)
+                reason = failure_reason(error)
+                await self._fail(users[0], reason)
+                run.failed(AUDIENCE, users[0].key, reason)
+                return
+            log.warning("recompute of %d audiences together failed; one by one", len(users))
+            for audience in users:
+                await self._recompute_users(ws, [audience], now, run)
+            return
+        # After the commit: the hot state never shows a membership whose change record
+        # is not committed.
+        with phase("hot state"):
+            for audience, diff in zip(users, diffs, strict=True):
+                await self._hot_memberships(ws, audience.key, diff, now)
+                run.done(len(diff.entered), len(diff.exited))
+
+    async def _recompute_account_level(
+        self, ws: str, audience: AudienceRecord, now: int, run: _Run
+    ) -> None:
+        try:
+            members = await self._store.evaluate_audience(
+                ws, audience.definition, now, account_level=True
+            )
+            came, left = await self._apply(ws, audience, audience.version, members, now)
+        except Exception as error:
+            log.exception("recompute of account-level audience %s failed", audience.key)
+            reason = failure_reason(error)
+            await self._fail(audience, reason)
+            run.failed(AUDIENCE, audience.key, reason)
+            return
+        run.done(came, left)
+
+    async def rebuild_hot_state(self, ws: str) -> HotRebuild:
+        """Write the workspace's stored memberships and computed values to the hot
+        state again, replacing whatever it held of them."""
+        rebuilt = HotRebuild()
+        async with self._lock(ws):
+            await self._hot.clear(ws)
+            for audience in (await self._store.audience_definitions(ws)).values():
+                if audience.account_level:  # accounts have no hot state: profiles do
+                    continue
+                members = await self._store.members(audience.audience_id)
+                await self._hot.memberships(ws, audience.key, members, ())
+                rebuilt.audiences += 1
+                rebuilt.memberships += len(members)
+            for record in await self._store.list_computed(ws):
+                values = await self._store.computed_values(ws, record.key)
+                await self._hot.computed(ws, record.key, values, ())
+                rebuilt.computed_traits += 1
+                rebuilt.values += sum(1 for value in values.values() if value is not None)
+        return rebuilt
 
     async def workspaces(self) -> list[str]:
         """Workspaces that have audiences or computed traits."""
@@ -649,14 +780,14 @@ class Segmentation:
         audience = await self._audience(ws, audience_key, "audience_key")
         limit = self._page_size(page_size)
         after = _read_page_token(page_token, audience.audience_id)
-        rows: list[Member] = await self._store.list_members(audience.audience_id, after, limit + 1)
+        rows, total = await self._store.members_page(ws, audience.audience_id, after, limit + 1)
         page = rows[:limit]
         refs = await self._store.refs(ws, [m.profile_id for m in page])
         token = _page_token(audience.audience_id, page[-1].profile_id) if len(rows) > limit else ""
         return MembersPage(
             members=[(ref, m.entered_at_us) for ref, m in zip(refs, page, strict=True)],
             next_page_token=token,
-            total=await self._store.count_members(audience.audience_id),
+            total=total,
         )
 
     async def _profile(self, ws: str, id_type: str, id_value: str) -> int:
@@ -728,17 +859,10 @@ class Segmentation:
         was a member at `at_us`: the kind of the latest change dated at or before it."""
         audience = await self._audience(ws, audience_key, "audience_key")
         pid = await self._member(ws, audience, id_type, id_value)
-        changes = await self._store.history(ws, audience.audience_id, pid)
+        changes, merged_at = await self._store.history(ws, audience.audience_id, pid)
         (ref,) = await self._store.refs(ws, [pid])
-        member_at = False
-        if at_us is not None:
-            # By instant, then seq: a recompute as of an earlier instant (a backtest)
-            # writes records dated then, which belong at that point of the timeline.
-            before = sorted(
-                (c for c in changes if c.at_us <= at_us), key=lambda c: (c.at_us, c.seq)
-            )
-            member_at = bool(before) and before[-1].kind == ENTERED
-        return History([(_keyed(c, audience.key), ref) for c in changes], member_at)
+        member_at = at_us is not None and member_at_instant(changes, pid, merged_at, at_us)
+        return History([(_keyed(c, audience.key), _named(c, ref)) for c in changes], member_at)
 
     async def watch(
         self, ws: str, *, after_seq: int, audience_keys: Collection[str]
@@ -762,12 +886,10 @@ class Segmentation:
                 await asyncio.sleep(self._watch_poll)  # poll interval of the change log
                 continue
             keys = await self._store.audience_keys(ws, {c.audience_id for c in changes})
-            refs = {
-                r.profile_id: r
-                for r in await self._store.refs(ws, sorted({c.profile_id for c in changes}))
-            }
+            pids = sorted({c.profile_id for c in changes})
+            refs = dict(zip(pids, await self._store.refs(ws, pids), strict=True))
             for c in changes:
-                yield _keyed(c, keys.get(c.audience_id, "")), refs[c.profile_id]
+                yield _keyed(c, keys.get(c.audience_id, "")), _named(c, refs[c.profile_id])
             last = changes[-1].seq
 
 
@@ -784,13 +906,74 @@ def _check_realtime(realtime: bool, account_level: bool, violations: list[FieldV
         )
 
 
+def member_at_instant(
+    changes: Collection[Change], survivor: int, merged_at: Mapping[int, int], at_us: int
+) -> bool:
+    """Whether the person was a member at `at_us`, by their records up to then.
+
+    The person is the survivor and the profiles merged into it (`merged_at`: when each
+    was merged away), and their histories count as one: the person is a member when
+    any of those profiles is, by the latest of its records at or before `at_us`. A
+    record of the survivor dated at or after a profile's merge is also that profile's
+    (from then on the survivor's record speaks for the whole person). Records are
+    ordered by instant, then seq: a recompute as of an earlier instant (a backtest)
+    writes records dated then, which belong at that point of the timeline.
+    """
+    ordered = sorted((c for c in changes if c.at_us <= at_us), key=lambda c: (c.at_us, c.seq))
+    latest: dict[int, str] = {}
+    for change in ordered:
+        latest[change.profile_id] = change.kind
+        if change.profile_id == survivor:
+            for profile_id, since in merged_at.items():
+                if change.at_us >= since:
+                    latest[profile_id] = change.kind
+    return ENTERED in latest.values()
+
+
+class _Run:
+    """What a recompute did so far: counts, failures, and what failed (so the audiences
+    that reference it are not evaluated against stale members or values)."""
+
+    def __init__(self) -> None:
+        self.entered = self.exited = self.recomputed = 0
+        self.failures: list[RecomputeFailure] = []
+        self._failed: dict[str, set[str]] = {AUDIENCE: set(), COMPUTED_TRAIT: set()}
+
+    def done(self, entered: int, exited: int) -> None:
+        self.entered += entered
+        self.exited += exited
+        self.recomputed += 1
+
+    def failed(self, kind: str, key: str, reason: str) -> None:
+        self.failures.append(RecomputeFailure(kind, key, reason))
+        self._failed[kind].add(key)
+
+    def blocked(self, audience: AudienceRecord) -> bool:
+        """Whether `audience` reads a failed audience or computed trait; if so it is
+        recorded as not recomputed (and blocks its own dependents in turn)."""
+        for kind, refs in (
+            (AUDIENCE, audience_refs_raw(audience.definition)),
+            (COMPUTED_TRAIT, computed_refs_raw(audience.definition)),
+        ):
+            bad = sorted(refs & self._failed[kind])
+            if bad:
+                what = "audience" if kind == AUDIENCE else "computed trait"
+                self.failed(
+                    AUDIENCE,
+                    audience.key,
+                    f"not recomputed: it references {what} {bad[0]!r}, which failed",
+                )
+                return True
+        return False
+
+
 def _keyed(change: Change, key: str) -> Change:
-    return Change(
-        change.seq,
-        change.audience_id,
-        key,
-        change.profile_id,
-        change.kind,
-        change.at_us,
-        change.version,
-    )
+    return dataclasses.replace(change, audience_key=key)
+
+
+def _named(change: Change, current: ProfileRef) -> ProfileRef:
+    """Who a record names: the identifiers kept on it (an erased person's exit), else
+    the person's current ones."""
+    if change.identifiers is None:
+        return current
+    return ProfileRef(change.profile_id, change.identifiers)

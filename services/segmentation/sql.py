@@ -33,6 +33,7 @@ audiences are compiled by ``sql_accounts.py`` on top of ``compile_audiences``.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -75,11 +76,13 @@ from services.segmentation.language import (
     Trait,
     TraitRef,
     Window,
+    computed_trait_refs,
     iter_nodes,
     parse_audience,
     parse_computed_trait,
     split_path,
     trait_refs,
+    trait_row_keys,
 )
 from services.segmentation.reference import UNIQUE_LIST_LIMIT
 from services.shared.db.tables import events, profile_traits, profiles
@@ -147,32 +150,57 @@ class JV:
     path: str = "$"
 
 
-class _Dialect:
+class _Dialect(ABC):
     """JSON value operations of one dialect; the language ops are built on top."""
 
     name: str
 
+    @abstractmethod
     def prop(self, col: Any, prop: str) -> JV: ...
+    @abstractmethod
+    def walk(self, v: JV, path: str) -> JV:
+        """The value at dotted `path` inside `v` (object keys only, never array indexes)."""
+        ...
+
+    @abstractmethod
+    def first_present(self, first: JV, other: JV) -> JV:
+        """`first` where it holds a value, else `other`."""
+        ...
+
+    @abstractmethod
     def decode(self, text_expr: Any) -> JV: ...
+    @abstractmethod
     def present(self, v: JV) -> ColumnElement[bool]: ...
+    @abstractmethod
     def is_kind(self, v: JV, kind: str) -> ColumnElement[bool]: ...
+    @abstractmethod
     def num(self, v: JV) -> Any: ...
+    @abstractmethod
     def text(self, v: JV) -> Any: ...
+    @abstractmethod
     def json_text(self, v: JV) -> Any: ...
+    @abstractmethod
     def eq_lit(self, v: JV, lit: Any) -> ColumnElement[bool]: ...
+    @abstractmethod
     def eq_dyn(self, a: JV, b: JV) -> ColumnElement[bool]: ...
+    @abstractmethod
     def array_has_lit(self, v: JV, lit: Any) -> ColumnElement[bool]: ...
+    @abstractmethod
     def array_has_dyn(self, a: JV, b: JV) -> ColumnElement[bool]: ...
+    @abstractmethod
     def instr(self, hay: Any, needle: Any) -> ColumnElement[bool]: ...
+    @abstractmethod
     def pad(self, n: Any) -> Any: ...
     def c(self, s: Any) -> Any:
         """Byte-order (code point) collation for string MAX/ORDER BY."""
         return s
 
+    @abstractmethod
     def json_result(self, text_expr: Any) -> Any: ...
     def to_float(self, e: Any) -> Any:
         return e
 
+    @abstractmethod
     def group_array(self, text_expr: Any) -> Any: ...
     def sort_keys(self, v: JV) -> tuple[Any, Any, Any]:
         """(rank, number, text) ordering values as ``reference.value_order_key``."""
@@ -190,18 +218,25 @@ class _Dialect:
 
 class _Postgres(_Dialect):
     name = "postgresql"
-    _EMPTY = sa.literal_column("'{}'")  # the empty text[] path: #>> '{}' is "the value as text"
+    # The empty text[] path: #>> '{}' is "the value as text".
+    _EMPTY: ClassVar[sa.ColumnClause[Any]] = sa.literal_column("'{}'")
 
     def _t(self, v: JV) -> Any:
         return func.jsonb_typeof(v.expr)
 
     def prop(self, col: Any, prop: str) -> JV:
+        return self.walk(JV(col), prop)
+
+    def walk(self, v: JV, path: str) -> JV:
         # Chained -> with text keys: unlike #> it never indexes into arrays, matching the
         # reference's "object keys only" dotted paths.
-        e = col
-        for k in split_path(prop):
+        e = v.expr
+        for k in split_path(path):
             e = e.op("->", return_type=JSONB)(literal(k, sa.String))
         return JV(e)
+
+    def first_present(self, first: JV, other: JV) -> JV:
+        return JV(case((self.present(first), first.expr), else_=other.expr))
 
     def decode(self, text_expr: Any) -> JV:
         return JV(cast(text_expr, JSONB))
@@ -282,8 +317,16 @@ class _SQLite(_Dialect):
         return func.json_type(v.expr, v.path)
 
     def prop(self, col: Any, prop: str) -> JV:
-        path = "$" + "".join(f'."{k}"' for k in split_path(prop))
-        return JV(sa.type_coerce(col, Text), path)
+        return self.walk(JV(sa.type_coerce(col, Text), "$"), prop)
+
+    def walk(self, v: JV, path: str) -> JV:
+        return JV(v.expr, v.path + "".join(f'."{k}"' for k in split_path(path)))
+
+    def first_present(self, first: JV, other: JV) -> JV:
+        # Two documents cannot share one JSON path: the chosen value goes on as JSON text.
+        return self.decode(
+            case((self.present(first), self.json_text(first)), else_=self.json_text(other))
+        )
 
     def decode(self, text_expr: Any) -> JV:
         return JV(text_expr, "$")
@@ -475,6 +518,16 @@ def merged_away(p: Any) -> ColumnElement[bool]:
     return _b(p.c.canonical_id != p.c.profile_id)
 
 
+def trait_path_value(d: _Dialect, row: Callable[[str], JV], name: str) -> JV:
+    """The value trait `name` reads, from `row` (top-level trait key -> its value):
+    the literal key when it holds a value, else the dotted path walked from the value
+    of its first part, as ``reference.trait_value``."""
+    keys = trait_row_keys(name)
+    if len(keys) == 1:
+        return row(name)
+    return d.first_present(row(name), d.walk(row(keys[1]), name[len(keys[1]) + 1 :]))
+
+
 def boolean_node(
     n: Node, compile_node: Callable[[Node], ColumnElement[bool]]
 ) -> ColumnElement[bool] | None:
@@ -625,11 +678,17 @@ class _AudienceCompiler:
         return src.outerjoin(self.t, self.t.c.pid == self.u.c.pid)
 
     def trait_value(self, name: str) -> JV:
-        col = getattr(self.t.c, self.trait_cols[name])
-        if name in self.own_t:
+        """The value trait `name` reads (``reference.trait_value``): its literal key's
+        value, else the dotted path walked from the value of its first part."""
+        return trait_path_value(self.d, self._trait_row, name)
+
+    def _trait_row(self, key: str) -> JV:
+        """The latest value of the top-level trait `key` (a row of ``profile_traits``)."""
+        col = getattr(self.t.c, self.trait_cols[key])
+        if key in self.own_t:
             # A person with merges has a row in the merged aggregate (its winner is
             # chosen across the merged set); everyone else has only their own row.
-            own = self.own_t[name].c.value
+            own = self.own_t[key].c.value
             if self.d.name != "postgresql":
                 own = cast(own, Text)
             col = case((self.t.c.pid.is_not(None), col), else_=own)
@@ -751,7 +810,7 @@ class _AudienceCompiler:
         """The universe joined to the events rollup, the traits pass and the computed
         values that ``nodes`` (already collected) read."""
         self.u = self.universe()
-        keys = sorted({k for n in nodes for k in trait_refs(n)})
+        keys = sorted({k for n in nodes for t in trait_refs(n) for k in trait_row_keys(t)})
         src = self.u
         if keys and self._events_read_traits(nodes):
             # An event filter compares against a trait: the events join the traits
@@ -1133,6 +1192,13 @@ def compile_computed_trait(
     comp = _AudienceCompiler(d, workspace_id, now_us, profile_ids)
     u = comp.universe()
     ev = events
+    src: Any = ev.join(profiles, profiles.c.profile_id == ev.c.profile_id)
+    trait_names = computed_trait_refs(defn)
+    if trait_names:
+        # A filter compares with the person's trait: the events join the traits pass
+        # (the latest value per key across the merged set) on their canonical id.
+        comp.t = comp.traits_subquery(sorted({k for t in trait_names for k in trait_row_keys(t)}))
+        src = src.outerjoin(comp.t, comp.t.c.pid == profiles.c.canonical_id)
     conds = [
         ev.c.workspace_id == workspace_id,
         ev.c.type == defn.event_type,
@@ -1141,7 +1207,6 @@ def compile_computed_trait(
         *[comp.filter_pred(f, ev.c.properties) for f in defn.where],
         *comp.in_scope(ev.c.profile_id),
     ]
-    src = ev.join(profiles, profiles.c.profile_id == ev.c.profile_id)
     pid = profiles.c.canonical_id.label("pid")
     t = defn.type
 
@@ -1168,7 +1233,7 @@ def compile_computed_trait(
 
     if t in ("sum", "avg", "min", "max"):
         num = case((d.is_kind(v, "number"), d.num(v)))
-        fn = {"sum": func.sum, "avg": func.avg, "min": func.min, "max": func.max}[t]
+        fn: Any = {"sum": func.sum, "avg": func.avg, "min": func.min, "max": func.max}[t]
         a = sa.select(base.c.pid, d.to_float(fn(num)).label("v")).group_by(base.c.pid).subquery("a")
         return _final(u, a, func.coalesce(a.c.v, 0) if t == "sum" else a.c.v)
 
@@ -1182,7 +1247,7 @@ def compile_computed_trait(
     # Postgres; type class + extracted value on SQLite) makes 1 and 1.0 one value.
     if d.name == "postgresql":
         gkeys: list[Any] = [base.c.val]
-        vtext = cast(base.c.val, Text)
+        vtext: ColumnElement[Any] = cast(base.c.val, Text)
     else:
         assert isinstance(d, _SQLite)
         gkeys = [d._kind_of(func.json_type(base.c.val, "$")), func.json_extract(base.c.val, "$")]
@@ -1216,7 +1281,7 @@ def compile_computed_trait(
                 .subquery("g")
             )
             gv = JV(g.c.val)
-            gtext = cast(g.c.val, Text)
+            gtext: ColumnElement[Any] = cast(g.c.val, Text)
         else:
             g = sa.select(base.c.pid, vtext.label("val")).group_by(base.c.pid, *gkeys).subquery("g")
             gv = d.decode(g.c.val)

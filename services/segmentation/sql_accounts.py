@@ -33,7 +33,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.segmentation import sql
 from services.segmentation.accounts import ACCOUNT_MEMBER_BASE
-from services.segmentation.language import Account, All, AnyOf, Node, Not, Trait, iter_nodes
+from services.segmentation.language import (
+    Account,
+    All,
+    AnyOf,
+    Node,
+    Not,
+    Trait,
+    iter_nodes,
+    trait_row_keys,
+)
 from services.segmentation.tables import accounts
 from services.shared.db.tables import events, profiles
 
@@ -68,7 +77,8 @@ def register_accounts(workspace_id: str, dialect: str) -> Any:
 
 
 def _account_traits(node: Node) -> list[str]:
-    """Trait names read on the account (outside account nodes)."""
+    """Top-level trait keys read on the account (outside account nodes): each trait
+    name's literal key and, for a dotted name, its first part (``trait_row_keys``)."""
     out: set[str] = set()
 
     def walk(n: Node) -> None:
@@ -78,7 +88,7 @@ def _account_traits(node: Node) -> list[str]:
         elif isinstance(n, Not):
             walk(n.child)
         elif isinstance(n, Trait):
-            out.add(n.name)
+            out.update(trait_row_keys(n.name))
 
     walk(node)
     return sorted(out)
@@ -106,6 +116,10 @@ class _AccountCompiler:
             func.json_type(doc, path).is_not(None),
             doc.op("->", return_type=sa.Text)(literal(path, sa.String)),
         )
+
+    def _trait_row(self, key: str) -> sql.JV:
+        """The account's latest value of top-level trait `key`."""
+        return self.d.decode(func.substr(getattr(self.g.c, self.trait_cols[key]), 41))
 
     def accounts_pass(self, names: list[str]) -> Any:
         """The accounts existing at now, and each referenced trait's latest value,
@@ -179,8 +193,7 @@ class _AccountCompiler:
         if combined is not None:
             return combined
         if isinstance(n, Trait):
-            col = getattr(self.g.c, self.trait_cols[n.name])
-            value = self.d.decode(func.substr(col, 41))
+            value = sql.trait_path_value(self.d, self._trait_row, n.name)
             return sql._b(sql._match_lit(self.d, value, n.op, n.value))
         if isinstance(n, Account):
             users = func.coalesce(self.s.c.users, 0)

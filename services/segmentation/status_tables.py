@@ -2,18 +2,20 @@
 0003_segmentation), kept beside the definition tables of tables.py:
 
 - ``audience_status``: per audience, the description, the state (backfilling, live,
-  failed), the version whose members are being served, the member count and the
-  backfill's progress. GetAudience reads it while a backfill writes it.
-- ``computed_trait_status``: per computed trait, its name, version and state.
-- ``change_sequences``: the last change seq of each workspace. Every membership writer
-  updates this row first in its transaction, which serialises the writers of a
-  workspace and hands out seqs in commit order.
+  failed) and why it failed (migration 0007), the version whose members are being
+  served, the member count and the backfill's progress. GetAudience reads it while a
+  backfill writes it.
+- ``computed_trait_status``: per computed trait, its name, version, state and why it
+  failed.
+- ``change_sequences`` (the last change seq of each workspace) is part of the change-log
+  contract in ``services/shared/db/membership_log.py``, re-exported here.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Integer, String, Table, Text
 
+from services.shared.db.membership_log import change_sequences
 from services.shared.db.tables import metadata
 
 __all__ = ["audience_status", "change_sequences", "computed_trait_status"]
@@ -31,6 +33,7 @@ audience_status = Table(
     Column("progress_done", BigInteger, nullable=False, default=0),
     Column("progress_total", BigInteger, nullable=False, default=0),
     Column("progress_stage", String(255), nullable=False, default=""),
+    Column("failure_reason", Text, nullable=False, default="", server_default=""),
 )
 
 computed_trait_status = Table(
@@ -41,11 +44,5 @@ computed_trait_status = Table(
     Column("name", String(255), nullable=False, default=""),
     Column("version", Integer, nullable=False, default=1),
     Column("state", String(16), nullable=False),
-)
-
-change_sequences = Table(
-    "change_sequences",
-    metadata,
-    Column("workspace_id", String(64), primary_key=True),
-    Column("last_seq", BigInteger, nullable=False),
+    Column("failure_reason", Text, nullable=False, default="", server_default=""),
 )

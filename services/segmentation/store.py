@@ -6,7 +6,8 @@ Every membership write of a workspace first takes that workspace's row of
 reads the current members, diffs and writes. So concurrent recomputes of one workspace
 serialise, each diff is against committed state (no double ``entered``), and change
 seqs are assigned in commit order: a reader polling ``seq > last`` never skips a row
-that commits late.
+that commits late. That rule, and the tables it guards, are the change-log contract of
+``services/shared/db/membership_log.py``, which the profile service's erasure follows too.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from services.segmentation.model import (
 )
 from services.segmentation.status_tables import (
     audience_status,
-    change_sequences,
     computed_trait_status,
 )
 from services.segmentation.tables import (
@@ -51,7 +51,7 @@ from services.segmentation.tables import (
     memberships,
     prediction_scores,
 )
-from services.shared.db.engine import dialect_insert
+from services.shared.db.membership_log import lock_change_sequence, take_change_seqs
 from services.shared.db.tables import events, identities, profile_traits, profiles
 from services.shared.phases import phase
 
@@ -87,6 +87,7 @@ def _audience(row: Any) -> AudienceRecord:
         account_level=row.account_level,
         created_at_us=row.created_at_us,
         updated_at_us=row.updated_at_us,
+        failure_reason=row.failure_reason or "",
         realtime=row.realtime,
     )
 
@@ -100,6 +101,7 @@ def _computed(row: Any) -> ComputedTraitRecord:
         state=row.state,
         created_at_us=row.created_at_us,
         updated_at_us=row.updated_at_us,
+        failure_reason=row.failure_reason or "",
         realtime=row.realtime,
     )
 
@@ -128,6 +130,7 @@ _COMPUTED_COLUMNS = (
     computed_trait_status.c.name,
     computed_trait_status.c.version,
     computed_trait_status.c.state,
+    computed_trait_status.c.failure_reason,
 )
 
 
@@ -141,6 +144,11 @@ def _computed_query() -> sa.Select[Any]:
             ),
         )
     )
+
+
+def _members_with_profiles() -> Any:
+    """Membership rows with their profile (none for an account member id)."""
+    return memberships.outerjoin(profiles, profiles.c.profile_id == memberships.c.profile_id)
 
 
 class Scratch:
@@ -322,6 +330,7 @@ class SegmentationStore:
                     updated_at_us=now_us,
                 )
             )
+            assert result.inserted_primary_key is not None  # an INSERT of one row
             audience_id = result.inserted_primary_key[0]
             await c.execute(
                 insert(audience_status).values(
@@ -381,6 +390,7 @@ class SegmentationStore:
                 )
                 values["current_version"] = version
                 status["state"] = state
+                status["failure_reason"] = ""
             await c.execute(
                 update(audiences)
                 .where(audiences.c.audience_id == audience.audience_id)
@@ -395,8 +405,11 @@ class SegmentationStore:
         assert found is not None
         return found
 
-    async def set_progress(self, audience_id: int, state: str, progress: Progress) -> None:
-        """Record a backfill's state and progress (readable by GetAudience meanwhile)."""
+    async def set_progress(
+        self, audience_id: int, state: str, progress: Progress, failure_reason: str = ""
+    ) -> None:
+        """Record a backfill's state and progress (readable by GetAudience meanwhile),
+        and why it failed when `state` is FAILED."""
         async with self._engine.begin() as c:
             await c.execute(
                 update(audience_status)
@@ -406,6 +419,7 @@ class SegmentationStore:
                     progress_done=progress.done,
                     progress_total=progress.total,
                     progress_stage=progress.stage,
+                    failure_reason=failure_reason,
                 )
             )
 
@@ -429,9 +443,7 @@ class SegmentationStore:
                 profiles.c.canonical_id,
                 memberships.c.entered_at_us,
             )
-            .select_from(
-                memberships.outerjoin(profiles, profiles.c.profile_id == memberships.c.profile_id)
-            )
+            .select_from(_members_with_profiles())
             .where(memberships.c.audience_id == audience_id)
         )
         return list(await c.execute(query))
@@ -553,50 +565,102 @@ class SegmentationStore:
             out[canonical] = min(out.get(canonical, r.entered_at_us), r.entered_at_us)
         return out
 
-    async def list_members(self, audience_id: int, after_pid: int, limit: int) -> list[Member]:
-        """Members ordered by profile id after `after_pid` (keyset paging: stable while
-        members come and go)."""
-        query = (
-            select(memberships.c.profile_id, memberships.c.entered_at_us)
-            .where(memberships.c.audience_id == audience_id, memberships.c.profile_id > after_pid)
-            .order_by(memberships.c.profile_id)
-            .limit(limit)
-        )
-        async with self._engine.connect() as c:
-            return [Member(r.profile_id, r.entered_at_us) for r in await c.execute(query)]
+    async def members_page(
+        self, ws: str, audience_id: int, after_pid: int, limit: int
+    ) -> tuple[list[Member], int]:
+        """Members by person (canonical id) after `after_pid`, at most `limit` (keyset
+        paging: stable while members come and go), and how many people the audience
+        has.
 
-    async def count_members(self, audience_id: int) -> int:
-        """How many members the audience has."""
-        query = select(func.count()).where(memberships.c.audience_id == audience_id)
+        A row still on a profile merged away since it entered counts for the survivor,
+        entered at the earliest of the person's rows, so the list names the survivor
+        from the moment of the merge, not from the next write. Those rows are few (the
+        next write re-keys them) and are found from the workspace's merged-away
+        profiles (a partial index), so a page costs an index range scan of `limit`
+        rows as before, not a join of every member to ``profiles``."""
+        m = memberships
         async with self._engine.connect() as c:
-            return int((await c.execute(query)).scalar_one())
+            moved = list(
+                await c.execute(
+                    select(profiles.c.profile_id, profiles.c.canonical_id, m.c.entered_at_us)
+                    .select_from(
+                        profiles.join(
+                            m,
+                            and_(
+                                m.c.audience_id == audience_id,
+                                m.c.profile_id == profiles.c.profile_id,
+                            ),
+                        )
+                    )
+                    .where(profiles.c.workspace_id == ws, sql.merged_away(profiles))
+                )
+            )
+            people: dict[int, int] = {}
+            for r in moved:
+                people[r.canonical_id] = min(
+                    people.get(r.canonical_id, r.entered_at_us), r.entered_at_us
+                )
+            own: dict[int, int] = {}
+            for chunk in _chunks(sorted(people)):
+                for r in await c.execute(
+                    select(m.c.profile_id, m.c.entered_at_us).where(
+                        m.c.audience_id == audience_id, m.c.profile_id.in_(chunk)
+                    )
+                ):
+                    own[r.profile_id] = r.entered_at_us
+            page = select(m.c.profile_id, m.c.entered_at_us).where(
+                m.c.audience_id == audience_id, m.c.profile_id > after_pid
+            )
+            if moved:
+                page = page.where(m.c.profile_id.not_in([r.profile_id for r in moved]))
+            found = {
+                r.profile_id: r.entered_at_us
+                for r in await c.execute(page.order_by(m.c.profile_id).limit(limit))
+            }
+            rows = (
+                await c.execute(select(func.count()).where(m.c.audience_id == audience_id))
+            ).scalar_one()
+        for person, at in people.items():
+            if person > after_pid:
+                found[person] = min(at, own.get(person, at))
+        total = int(rows) - len(moved) + len(people.keys() - own.keys())
+        return [Member(p, found[p]) for p in sorted(found)[:limit]], total
 
     # ------------------------------------------------------------------ change log
 
-    async def history(self, ws: str, audience_id: int, profile_id: int) -> list[Change]:
-        """Every change of the audience for the profile and the profiles merged into it.
+    async def history(
+        self, ws: str, audience_id: int, profile_id: int
+    ) -> tuple[list[Change], dict[int, int]]:
+        """Every change of the audience for the profile and the profiles merged into it,
+        and when each of those merged profiles was merged away (profile -> instant).
 
         The person's profile ids as one IN list, not ``profile_id = p OR IN (merged)``:
         the OR kept Postgres off ``ix_membership_changes_profile`` and on a walk of
         every record of the audience (33 ms instead of 0.1 ms at 500k records)."""
-        person = sa.union_all(
-            select(profiles.c.profile_id).where(
-                profiles.c.workspace_id == ws, profiles.c.canonical_id == profile_id
-            ),
-            select(sa.literal(profile_id, sa.BigInteger)),
+        absorbed = (
+            profiles.c.workspace_id == ws,
+            profiles.c.canonical_id == profile_id,
+            profiles.c.profile_id != profile_id,
         )
         query = (
             select(membership_changes)
             .where(
                 membership_changes.c.workspace_id == ws,
                 membership_changes.c.audience_id == audience_id,
-                membership_changes.c.profile_id.in_(person),
+                membership_changes.c.profile_id.in_(
+                    sa.union_all(
+                        select(profiles.c.profile_id).where(*absorbed),
+                        select(sa.literal(profile_id, sa.BigInteger)),
+                    )
+                ),
             )
             .order_by(membership_changes.c.seq)
         )
         async with self._engine.connect() as c:
             rows = list(await c.execute(query))
-        return [_change(r, "") for r in rows]
+            merged = select(profiles.c.profile_id, profiles.c.merged_at_us).where(*absorbed)
+            merged_at = {r.profile_id: r.merged_at_us or 0 for r in await c.execute(merged)}
+        return [_change(r, "") for r in rows], merged_at
 
     async def changes_after(
         self, ws: str, after_seq: int, audience_ids: Collection[int] | None, limit: int
@@ -688,14 +752,17 @@ class SegmentationStore:
                         name=name,
                         version=existing.version + (1 if changed else 0),
                         state=state if changed else existing.state,
+                        failure_reason="" if changed else existing.failure_reason,
                     )
                 )
         found = await self.get_computed(ws, key)
         assert found is not None
         return found
 
-    async def set_computed_state(self, ws: str, key: str, state: str) -> None:
-        """Record a computed trait's state."""
+    async def set_computed_state(
+        self, ws: str, key: str, state: str, failure_reason: str = ""
+    ) -> None:
+        """Record a computed trait's state, and why it failed when `state` is FAILED."""
         async with self._engine.begin() as c:
             await c.execute(
                 update(computed_trait_status)
@@ -703,7 +770,7 @@ class SegmentationStore:
                     computed_trait_status.c.workspace_id == ws,
                     computed_trait_status.c.key == key,
                 )
-                .values(state=state)
+                .values(state=state, failure_reason=failure_reason)
             )
 
     async def evaluate_computed(self, ws: str, definition: Any, now_us: int) -> dict[int, Any]:
@@ -719,6 +786,13 @@ class SegmentationStore:
         Returns (changed profile -> new value, profiles whose row was removed)."""
         async with self._engine.begin() as c:
             return await write_computed_values(c, ws, key, values, now_us)
+
+    async def computed_values(self, ws: str, key: str) -> dict[int, Any]:
+        """The stored value of a computed trait per profile."""
+        cv = computed_trait_values
+        query = select(cv.c.profile_id, cv.c.value).where(cv.c.workspace_id == ws, cv.c.key == key)
+        async with self._engine.connect() as c:
+            return {r.profile_id: r.value for r in await c.execute(query)}
 
     async def delete_computed(self, ws: str, key: str) -> list[int]:
         """Delete a computed trait and its values; returns the profiles that had one."""
@@ -777,17 +851,29 @@ class SegmentationStore:
         return int(alive) if alive is not None else None
 
     async def refs(self, ws: str, pids: Sequence[int]) -> list[ProfileRef]:
-        """ProfileRefs (identifiers of the profile and of those merged into it; an
-        account's group_id), in the order of `pids`."""
+        """ProfileRefs in the order of `pids`: a profile merged away is named by its
+        survivor, with the identifiers of the survivor and of every profile merged into
+        it; an account member by its group_id."""
         held = [p for p in pids if account_id_of(p) is not None]
         if held:
             accounts = await self.accounts.refs(ws, held)
             people = [p for p in pids if account_id_of(p) is None]
-            others = {r.profile_id: r for r in await self.refs(ws, people)}
+            others = dict(zip(people, await self.refs(ws, people), strict=True))
             return [accounts.get(p) or others.get(p) or ProfileRef(p) for p in pids]
-        found: dict[int, list[tuple[str, str]]] = {p: [] for p in pids}
+        survivor: dict[int, int] = {p: p for p in pids}
+        found: dict[int, list[tuple[str, str]]] = {}
         async with self._engine.connect() as c:
-            for chunk in _chunks(list(pids)):
+            for chunk in _chunks(sorted(survivor)):
+                query = select(profiles.c.profile_id, profiles.c.canonical_id).where(
+                    profiles.c.workspace_id == ws,
+                    profiles.c.profile_id.in_(chunk),
+                    profiles.c.canonical_id != profiles.c.profile_id,
+                )
+                for r in await c.execute(query):
+                    survivor[r.profile_id] = r.canonical_id
+            people = sorted(set(survivor.values()))
+            found = {p: [] for p in people}
+            for chunk in _chunks(people):
                 query = (
                     select(profiles.c.canonical_id, identities.c.id_type, identities.c.id_value)
                     .select_from(
@@ -797,7 +883,7 @@ class SegmentationStore:
                 )
                 for r in await c.execute(query):
                     found[r.canonical_id].append((r.id_type, r.id_value))
-        return [ProfileRef(p, tuple(sorted(found[p]))) for p in pids]
+        return [ProfileRef(survivor[p], tuple(sorted(found[survivor[p]]))) for p in pids]
 
     async def facts(self, ws: str, pid: int) -> ProfileFacts:
         """Events, traits, computed values, memberships and scores of a canonical
@@ -863,6 +949,22 @@ class SegmentationStore:
                 }
         return facts
 
+    async def prediction_keys(self, ws: str, keys: Collection[str]) -> set[str]:
+        """Those of `keys` that name a prediction of the workspace: one with scores
+        (docs/decisions.md, "Audience definition limits")."""
+        found: set[str] = set()
+        async with self._engine.connect() as c:
+            for key in sorted(keys):
+                # One indexed probe per key (the primary key leads with the key).
+                query = (
+                    select(prediction_scores.c.key)
+                    .where(prediction_scores.c.key == key, prediction_scores.c.workspace_id == ws)
+                    .limit(1)
+                )
+                if (await c.execute(query)).first() is not None:
+                    found.add(key)
+        return found
+
     async def workspaces(self) -> list[str]:
         """Workspaces with at least one audience or computed trait."""
         query = sa.union(
@@ -881,80 +983,6 @@ class SegmentationStore:
         )
         async with self._engine.connect() as c:
             return int((await c.execute(query)).scalar_one())
-
-
-async def lock_change_sequence(c: AsyncConnection, ws: str) -> None:
-    """Serialise this workspace's membership writers until `c` commits, so change seqs
-    are gapless and in commit order."""
-    await c.execute(
-        dialect_insert(c, change_sequences)
-        .values(workspace_id=ws, last_seq=0)
-        .on_conflict_do_nothing(index_elements=["workspace_id"])
-    )
-    # A no-op write: the row lock (Postgres) or write lock (SQLite) is held from here
-    # to commit, serialising every membership writer of this workspace.
-    await c.execute(
-        update(change_sequences)
-        .where(change_sequences.c.workspace_id == ws)
-        .values(last_seq=change_sequences.c.last_seq)
-    )
-
-
-async def take_change_seqs(c: AsyncConnection, ws: str, n: int) -> int:
-    """Reserve n change seqs of the workspace (lock it first); returns the first."""
-    last = (
-        await c.execute(
-            update(change_sequences)
-            .where(change_sequences.c.workspace_id == ws)
-            .values(last_seq=change_sequences.c.last_seq + n)
-            .returning(change_sequences.c.last_seq)
-        )
-    ).scalar_one()
-    return int(last) - n + 1
-
-
-async def exit_every_audience(
-    c: AsyncConnection, ws: str, survivor_id: int, profile_ids: Sequence[int], now_us: int
-) -> int:
-    """Take a person (the survivor and the ids merged into it) out of every audience
-    within the caller's transaction, logging one `exited` change per audience under
-    the survivor's id. Used when a profile is erased; returns how many audiences it left.
-    """
-    await lock_change_sequence(c, ws)
-    rows = (
-        await c.execute(
-            select(memberships.c.audience_id, audiences.c.current_version)
-            .select_from(
-                memberships.join(audiences, audiences.c.audience_id == memberships.c.audience_id)
-            )
-            .where(memberships.c.workspace_id == ws, memberships.c.profile_id.in_(profile_ids))
-        )
-    ).all()
-    versions = {row.audience_id: row.current_version for row in rows}
-    if not versions:
-        return 0
-    await c.execute(
-        delete(memberships).where(
-            memberships.c.workspace_id == ws, memberships.c.profile_id.in_(profile_ids)
-        )
-    )
-    first = await take_change_seqs(c, ws, len(versions))
-    await c.execute(
-        insert(membership_changes),
-        [
-            {
-                "workspace_id": ws,
-                "seq": first + i,
-                "audience_id": audience_id,
-                "profile_id": survivor_id,
-                "kind": EXITED,
-                "at_us": now_us,
-                "version": version,
-            }
-            for i, (audience_id, version) in enumerate(sorted(versions.items()))
-        ],
-    )
-    return len(versions)
 
 
 async def write_computed_values(
@@ -1000,6 +1028,7 @@ async def write_computed_values(
 
 
 def _change(row: Any, key: str) -> Change:
+    kept = row.identifiers
     return Change(
         seq=row.seq,
         audience_id=row.audience_id,
@@ -1008,6 +1037,7 @@ def _change(row: Any, key: str) -> Change:
         kind=row.kind,
         at_us=row.at_us,
         version=row.version,
+        identifiers=None if kept is None else tuple((t, v) for t, v in kept),
     )
 
 
@@ -1088,8 +1118,7 @@ class _MembershipWriter:
             c, "seg_merged", sa.Column("own", sa.BigInteger), sa.Column("pid", sa.BigInteger)
         )
         merges = select(profiles.c.profile_id, profiles.c.canonical_id).where(
-            profiles.c.workspace_id == ws,
-            profiles.c.canonical_id != profiles.c.profile_id,
+            profiles.c.workspace_id == ws, sql.merged_away(profiles)
         )
         if scope is not None:
             merges = merges.where(profiles.c.canonical_id.in_(scope))
@@ -1116,7 +1145,7 @@ class _MembershipWriter:
     async def apply(
         self,
         batch: Sequence[tuple[int, int]],
-        members: sa.Select[Any],
+        members: sa.Select[Any] | sa.CompoundSelect[Any],
         progress: Progress,
         sizes: Sequence[int] | None,
     ) -> list[Diff]:
@@ -1169,10 +1198,11 @@ class _MembershipWriter:
         if n:
             with phase("change log"):
                 await self._log(batch, n)
+        moved: dict[int, tuple[tuple[tuple[int, int], ...], tuple[int, ...]]] = {}
         if self._any_merged:
             with phase("memberships"):
                 for audience_id in ids:
-                    await self._rekey(audience_id, new)
+                    moved[audience_id] = await self._rekey(audience_id, new)
         if n:
             with phase("memberships"):
                 await self._write_rows()
@@ -1194,12 +1224,22 @@ class _MembershipWriter:
                         live_version=version,
                         size=size,
                         state=LIVE,
+                        failure_reason="",
                         progress_done=progress.done,
                         progress_total=progress.total,
                         progress_stage=progress.stage,
                     )
                 )
-                diffs.append(Diff(tuple(came[audience_id]), tuple(left[audience_id]), int(size)))
+                survivors, absorbed = moved.get(audience_id, ((), ()))
+                diffs.append(
+                    Diff(
+                        tuple(came[audience_id]),
+                        tuple(left[audience_id]),
+                        int(size),
+                        survivors,
+                        absorbed,
+                    )
+                )
         return diffs
 
     async def _count_sizes(
@@ -1289,35 +1329,62 @@ class _MembershipWriter:
             )
         )
 
-    async def _rekey(self, audience_id: int, new: Any) -> None:
-        """Rows on merged-away profiles (of the scope's people, when scoped) go; a
-        survivor still in the audience whose own row is missing gets one back with the
-        earliest entry (no change record: the person never left)."""
+    async def _rekey(
+        self, audience_id: int, new: Any
+    ) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
+        """Rows on merged-away profiles go; a survivor still in the audience keeps one
+        row entered at the person's earliest entry (no change record: the person never
+        left), which is what ListMembers showed since the merge. Returns those
+        survivors with that instant, and the merged-away profiles whose rows went.
+
+        Few rows take this path (those merged since the last write), so they are
+        handled in Python rather than set-based."""
         c, m, mg = self._c, memberships, self._merged
-        merged_rows = select(mg.c.own)
-        own = m.alias("own_row")
-        restore = (
-            select(
-                sa.literal(self._ws, sa.String),
-                sa.literal(audience_id, sa.BigInteger),
-                mg.c.pid,
-                func.min(m.c.entered_at_us),
+        rows = (
+            await c.execute(
+                select(mg.c.pid, mg.c.own, m.c.entered_at_us)
+                .select_from(m.join(mg, mg.c.own == m.c.profile_id))
+                .where(m.c.audience_id == audience_id)
             )
-            .select_from(m.join(mg, mg.c.own == m.c.profile_id))
-            .where(
-                m.c.audience_id == audience_id,
-                mg.c.pid.in_(select(new.c.pid).where(new.c.aud == audience_id)),
-                ~select(own.c.profile_id)
-                .where(own.c.audience_id == audience_id, own.c.profile_id == mg.c.pid)
-                .exists(),
+        ).all()
+        if not rows:
+            return (), ()
+        earliest: dict[int, int] = {}
+        for r in rows:
+            earliest[r.pid] = min(earliest.get(r.pid, r.entered_at_us), r.entered_at_us)
+        stays: set[int] = set()
+        own: dict[int, int] = {}
+        for chunk in _chunks(sorted(earliest)):
+            stays.update(
+                await c.scalars(
+                    select(new.c.pid).where(new.c.aud == audience_id, new.c.pid.in_(chunk))
+                )
             )
-            .group_by(mg.c.pid)
-        )
+            for r in await c.execute(
+                select(m.c.profile_id, m.c.entered_at_us).where(
+                    m.c.audience_id == audience_id, m.c.profile_id.in_(chunk)
+                )
+            ):
+                own[r.profile_id] = r.entered_at_us
+        moved = {p: min(earliest[p], own.get(p, earliest[p])) for p in sorted(stays)}
+        rewrite = sorted(p for p, at in moved.items() if own.get(p) != at)
         await c.execute(
-            insert(m).from_select(
-                ["workspace_id", "audience_id", "profile_id", "entered_at_us"], restore
+            delete(m).where(m.c.audience_id == audience_id, m.c.profile_id.in_(select(mg.c.own)))
+        )
+        for chunk in _chunks(rewrite):
+            await c.execute(
+                delete(m).where(m.c.audience_id == audience_id, m.c.profile_id.in_(chunk))
             )
-        )
-        await c.execute(
-            delete(m).where(m.c.audience_id == audience_id, m.c.profile_id.in_(merged_rows))
-        )
+            await c.execute(
+                insert(m),
+                [
+                    {
+                        "workspace_id": self._ws,
+                        "audience_id": audience_id,
+                        "profile_id": p,
+                        "entered_at_us": moved[p],
+                    }
+                    for p in chunk
+                ],
+            )
+        return tuple(moved.items()), tuple(sorted({r.own for r in rows}))

@@ -4,10 +4,10 @@ Kept deliberately plain; the Alembic migration and the API arrive in a later pha
 
 - ``audiences``: one row per audience (its stable key and the current version).
 - ``audience_versions``: every definition an audience has had (editing versions it).
-- ``memberships``: the current members of each audience. ``profile_id`` is the canonical
-  profile at the time of evaluation; readers resolve it through ``profiles.canonical_id``
-  so a later merge does not lose a membership.
-- ``membership_changes``: the entered/exited log, ``seq`` monotonic per workspace.
+- ``memberships`` and ``membership_changes`` (the entered/exited log): segmentation
+  writes them, and so does the profile service's erasure, so they are defined with the
+  rules every writer follows in ``services/shared/db/membership_log.py`` and re-exported
+  here for segmentation's code.
 - ``computed_traits`` / ``computed_trait_values``: definitions and the latest value per
   (profile, key); the value is JSON (null when the trait has no value).
 - ``accounts``: a stable id per (workspace, group_id) seen in a group event, so an
@@ -33,6 +33,7 @@ from sqlalchemy import (
     false,
 )
 
+from services.shared.db.membership_log import membership_changes, memberships
 from services.shared.db.tables import Id, Json, metadata
 
 __all__ = [
@@ -73,37 +74,6 @@ audience_versions = Table(
     Column("workspace_id", String(64), nullable=False),
     Column("definition", Json, nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
-)
-
-memberships = Table(
-    "memberships",
-    metadata,
-    Column("workspace_id", String(64), nullable=False),
-    Column("audience_id", BigInteger, primary_key=True),
-    Column("profile_id", BigInteger, primary_key=True),
-    Column("entered_at_us", BigInteger, nullable=False),
-    Index("ix_memberships_ws_profile", "workspace_id", "profile_id"),
-)
-
-membership_changes = Table(
-    "membership_changes",
-    metadata,
-    # Monotonic per workspace (assigned by the writer under a per-workspace lock), so
-    # consumers can resume from "the last seq I saw" without gaps or reordering.
-    Column("workspace_id", String(64), primary_key=True),
-    Column("seq", BigInteger, primary_key=True),
-    Column("audience_id", BigInteger, nullable=False),
-    Column("profile_id", BigInteger, nullable=False),
-    Column("kind", String(8), nullable=False),  # entered | exited
-    Column("at_us", BigInteger, nullable=False),
-    Column("version", Integer, nullable=False),
-    # WatchChanges of given audiences (seq > last, in seq order). The workspace column
-    # leads on purpose: without it the index is ~10% cheaper to write, but the planner
-    # then walks the primary key for one audience's poll (audience_id's physical
-    # correlation is low; the constant workspace's is 1): docs/benchmarks.md, session 4.
-    Index("ix_membership_changes_audience", "workspace_id", "audience_id", "seq"),
-    # GetMembershipHistory: one profile's records (and those of profiles merged into it).
-    Index("ix_membership_changes_profile", "workspace_id", "profile_id", "audience_id", "seq"),
 )
 
 computed_traits = Table(

@@ -29,7 +29,7 @@ def _timestamp(value_us: int | None) -> Timestamp | None:
     return stamp
 
 
-def _key_message(row: dict) -> admin_pb2.ApiKey:  # type: ignore[type-arg]
+def _key_message(row: dict[str, Any]) -> admin_pb2.ApiKey:
     return admin_pb2.ApiKey(
         id=row["key_id"],
         name=row["name"],
@@ -41,13 +41,16 @@ def _key_message(row: dict) -> admin_pb2.ApiKey:  # type: ignore[type-arg]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """Workspace and key management for callers holding an admin key."""
+    """Workspace and key management: CreateWorkspace for the operator credential, the
+    rest for an admin key of the workspace concerned."""
 
     def __init__(self, keys: KeyStore, validate_rules: RulesValidator | None = None) -> None:
         self._keys = keys
         self._validate_rules = validate_rules
 
-    async def CreateWorkspace(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def CreateWorkspace(
+        self, request: admin_pb2.CreateWorkspaceRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CreateWorkspaceResponse:
         workspace_id, key_id, secret = await self._keys.create_workspace(request.name)
         workspace = await self._keys.get_workspace(workspace_id)
         keys = await self._keys.list_keys(workspace_id)
@@ -61,7 +64,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             admin_secret=secret,
         )
 
-    async def GetWorkspace(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def GetWorkspace(
+        self, request: admin_pb2.GetWorkspaceRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Workspace:
         workspace = await self._keys.get_workspace(current_workspace())
         return admin_pb2.Workspace(
             id=workspace["workspace_id"],
@@ -69,7 +74,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             created_at=_timestamp(workspace["created_at_us"]),
         )
 
-    async def CreateApiKey(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def CreateApiKey(
+        self, request: admin_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CreateApiKeyResponse:
         workspace_id = current_workspace()
         key_id, secret = await self._keys.create_key(
             workspace_id, request.name or "key", list(request.scopes)
@@ -78,15 +85,21 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         row = next(k for k in keys if k["key_id"] == key_id)
         return admin_pb2.CreateApiKeyResponse(key=_key_message(row), secret=secret)
 
-    async def ListApiKeys(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def ListApiKeys(
+        self, request: admin_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListApiKeysResponse:
         keys = await self._keys.list_keys(current_workspace())
         return admin_pb2.ListApiKeysResponse(keys=[_key_message(k) for k in keys])
 
-    async def RevokeApiKey(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def RevokeApiKey(
+        self, request: admin_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RevokeApiKeyResponse:
         row = await self._keys.revoke_key(current_workspace(), request.id)
         return admin_pb2.RevokeApiKeyResponse(key=_key_message(row))
 
-    async def UpdateIdentityRules(self, request, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+    async def UpdateIdentityRules(
+        self, request: admin_pb2.UpdateIdentityRulesRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.Workspace:
         if self._validate_rules is None:
             raise NotImplementedError
         rules = _json_object(request.identity_rules)

@@ -13,24 +13,39 @@ import base64
 import binascii
 import contextvars
 import hashlib
+import hmac
 import logging
 import secrets
 import time
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.shared.clock import Clock, SystemClock
 from services.shared.db.tables import api_keys, workspaces
-from services.shared.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from services.shared.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    invalid,
+    too_long,
+)
 
 log = logging.getLogger(__name__)
 
-# The most key lookups one process caches (a key in use is re-cached at once).
+# workspaces.name and api_keys.name hold this many characters.
+MAX_NAME_CHARS = 255
+# The most key lookups one process caches; the least recently used goes first.
 MAX_CACHED_KEYS = 10_000
 
 SCOPES = ("ingest:write", "profile:read", "admin")
+# Not a key scope: what the operator credential (OPERATOR_TOKEN) grants, held by no key.
+OPERATOR = "operator"
 KEY_PREFIX = "aud_"
 
 # The scope each service's RPCs need; individual methods may override it.
@@ -45,6 +60,8 @@ SERVICE_SCOPES = {
 METHOD_SCOPES = {
     # Erasing a person is an administrative act, not a read.
     "/audiences.v1.ProfileService/DeleteProfile": "admin",
+    # A workspace's keys must not mint workspaces without limit: only the operator may.
+    "/audiences.v1.AdminService/CreateWorkspace": OPERATOR,
 }
 # Infrastructure every client (and Kubernetes) may call without a key.
 PUBLIC_SERVICES = (
@@ -81,7 +98,7 @@ def current_workspace() -> str:
     return current_principal().workspace_id
 
 
-def set_principal(principal: Principal | None) -> contextvars.Token:  # type: ignore[type-arg]
+def set_principal(principal: Principal | None) -> contextvars.Token[Principal | None]:
     """Bind the caller for the rest of this task (used by the auth interceptor)."""
     return _current.set(principal)
 
@@ -99,7 +116,7 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def bearer_secret(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+def bearer_secret(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     """The secret of an ``authorization: Bearer`` header, if any."""
     for name, value in metadata or ():
         if name == "authorization":
@@ -129,6 +146,26 @@ def http_secret(authorization: str | None) -> str | None:
     return None
 
 
+HTTP_AUTHORIZATION_FORMS = "'Basic <base64 of key:>' or 'Bearer <key>'"
+
+
+async def authenticate_http(keys: KeyStore, authorization: str | None) -> Principal:
+    """The principal of an HTTP ``Authorization`` header (see http_secret).
+
+    Unauthenticated says what is wrong in HTTP terms: the header missing, a header
+    that names no key (an unknown scheme, bad base64, an empty user), or a key that is
+    unknown or revoked.
+    """
+    if not authorization:
+        raise Unauthenticated(f"missing Authorization header: send {HTTP_AUTHORIZATION_FORMS}")
+    secret = http_secret(authorization)
+    if secret is None:
+        raise Unauthenticated(
+            f"malformed Authorization header: expected {HTTP_AUTHORIZATION_FORMS}"
+        )
+    return await keys.authenticate(secret)
+
+
 class KeyStore:
     """Workspaces and API keys in the database, with a short-lived cache of lookups.
 
@@ -143,13 +180,19 @@ class KeyStore:
     """
 
     def __init__(
-        self, engine: AsyncEngine, cache_seconds: float = 30.0, clock: Clock | None = None
+        self,
+        engine: AsyncEngine,
+        cache_seconds: float = 30.0,
+        clock: Clock | None = None,
+        operator_token: str | None = None,
     ) -> None:
         self._engine = engine
         self._cache_seconds = cache_seconds
         self._clock = clock or SystemClock()
-        # Keyed by the secret as sent, so a request whose key is cached hashes nothing.
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._operator_token = operator_token.encode() if operator_token else None
+        # Keyed by the secret as sent, so a request whose key is cached hashes nothing;
+        # in order of use, so a full cache drops the key least recently used.
+        self._cache: OrderedDict[str, tuple[float, Principal | None]] = OrderedDict()
         self._loading: dict[str, asyncio.Task[Principal | None]] = {}
         # Bumped by forget(): a lookup started before it must not refill the cache.
         self._generation = 0
@@ -161,6 +204,7 @@ class KeyStore:
         cached = self._cache.get(secret)
         now = time.monotonic()
         if cached is not None and cached[0] > now:
+            self._cache.move_to_end(secret)
             if cached[0] - now < self._cache_seconds / 2:
                 self._load(secret)  # renew ahead of expiry; this request need not wait
             principal = cached[1]
@@ -193,11 +237,13 @@ class KeyStore:
         generation = self._generation
         principal = await self._lookup(hash_secret(secret))
         if generation == self._generation:
-            if len(self._cache) >= MAX_CACHED_KEYS and secret not in self._cache:
-                # Unknown keys are cached too (as None): a caller cycling through random
-                # secrets must not grow the cache without bound.
-                self._cache.clear()
+            # Unknown keys are cached too (as None): a caller cycling through random
+            # secrets must not grow the cache without bound, nor push out keys in use
+            # for longer than one lookup each (least recently used goes first).
             self._cache[secret] = (time.monotonic() + self._cache_seconds, principal)
+            self._cache.move_to_end(secret)
+            while len(self._cache) > MAX_CACHED_KEYS:
+                self._cache.popitem(last=False)
         return principal
 
     async def _lookup(self, digest: str) -> Principal | None:
@@ -210,6 +256,21 @@ class KeyStore:
             return None
         return Principal(row.key_id, row.workspace_id, frozenset(row.scopes.split()))
 
+    async def authenticate_operator(self, secret: str | None) -> None:
+        """Pass only the operator credential: PermissionDenied for a workspace key (of
+        any scope), Unauthenticated for a missing or unknown secret."""
+        if (
+            secret
+            and self._operator_token is not None
+            and hmac.compare_digest(secret.encode(), self._operator_token)
+        ):
+            return
+        await self.authenticate(secret)  # Unauthenticated unless it is a real key
+        raise PermissionDenied(
+            "creating workspaces needs the operator credential (OPERATOR_TOKEN), "
+            "not a workspace key"
+        )
+
     def forget(self) -> None:
         """Drop cached lookups (after a revocation in this process), and let no lookup
         already in flight refill the cache or be shared by later requests."""
@@ -217,10 +278,19 @@ class KeyStore:
         self._cache.clear()
         self._loading.clear()
 
+    async def workspace_ids(self) -> list[str]:
+        """Every workspace's id, oldest first."""
+        query = select(workspaces.c.workspace_id).order_by(
+            workspaces.c.created_at_us, workspaces.c.workspace_id
+        )
+        async with self._engine.connect() as connection:
+            return [row[0] for row in await connection.execute(query)]
+
     async def create_workspace(self, name: str) -> tuple[str, str, str]:
         """Create a workspace and its first admin key: (workspace_id, key_id, secret)."""
         if not name.strip():
-            raise InvalidArgument("name: must not be empty")
+            raise invalid("name", "must not be empty")
+        _check_name(name)
         workspace_id = "ws_" + secrets.token_hex(8)
         async with self._engine.begin() as connection:
             await connection.execute(
@@ -233,6 +303,7 @@ class KeyStore:
 
     async def create_key(self, workspace_id: str, name: str, scopes: list[str]) -> tuple[str, str]:
         """Create an API key with `scopes`; returns (key_id, secret). The secret is shown once."""
+        _check_name(name)
         unknown = [s for s in scopes if s not in SCOPES]
         if unknown or not scopes:
             raise InvalidArgument(
@@ -254,13 +325,13 @@ class KeyStore:
             )
         return key_id, secret
 
-    async def list_keys(self, workspace_id: str) -> list[dict]:  # type: ignore[type-arg]
+    async def list_keys(self, workspace_id: str) -> list[dict[str, Any]]:
         """Every key of a workspace (never the secrets)."""
         query = select(api_keys).where(api_keys.c.workspace_id == workspace_id)
         async with self._engine.connect() as connection:
             return [dict(row._mapping) for row in await connection.execute(query)]
 
-    async def revoke_key(self, workspace_id: str, key_id: str) -> dict:  # type: ignore[type-arg]
+    async def revoke_key(self, workspace_id: str, key_id: str) -> dict[str, Any]:
         """Revoke a key of this workspace; NotFound for another workspace's key."""
         async with self._engine.begin() as connection:
             result = await connection.execute(
@@ -275,7 +346,7 @@ class KeyStore:
         self.forget()
         return dict(row._mapping)
 
-    async def set_identity_rules(self, workspace_id: str, rules: dict | None) -> None:  # type: ignore[type-arg]
+    async def set_identity_rules(self, workspace_id: str, rules: dict[str, Any] | None) -> None:
         """Store a workspace's identity rules JSON (None: back to the defaults)."""
         async with self._engine.begin() as connection:
             await connection.execute(
@@ -284,7 +355,7 @@ class KeyStore:
                 .values(identity_rules=rules)
             )
 
-    async def get_workspace(self, workspace_id: str) -> dict:  # type: ignore[type-arg]
+    async def get_workspace(self, workspace_id: str) -> dict[str, Any]:
         """The workspace row."""
         async with self._engine.connect() as connection:
             row = (
@@ -295,6 +366,12 @@ class KeyStore:
         if row is None:
             raise NotFound(f"workspace {workspace_id!r} not found")
         return dict(row._mapping)
+
+
+def _check_name(name: str) -> None:
+    violation = too_long("name", name, MAX_NAME_CHARS)
+    if violation is not None:
+        raise InvalidArgument(f"name: {violation.description}", [violation])
 
 
 def check_scope(principal: Principal, scope: str) -> None:

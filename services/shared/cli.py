@@ -1,5 +1,6 @@
-"""Operator commands: `audiences migrate`, `audiences create-workspace NAME`,
-`audiences rebuild-hot-state --workspace WS`.
+"""Operator commands: `audiences migrate`, `audiences create-workspace NAME`.
+(A service's share of the hot state is rebuilt by that service's own command:
+`python -m services.<name> rebuild-hot-state [--workspace WS ...]`.)
 
 Run as `python -m services.shared.cli ...` or the `audiences` console script.
 """
@@ -54,25 +55,6 @@ async def create_workspace(settings: Settings, name: str) -> dict[str, str]:
     }
 
 
-async def rebuild_hot_state(settings: Settings, workspace_id: str) -> int:
-    """Recreate a workspace's hot identifiers, traits and meta in Redis from Postgres."""
-    # Imported here: the ingest service owns the hot-state writer; other commands
-    # should not pay for importing it.
-    from services.ingest.publisher import RedisPublisher, rebuild_workspace
-    from services.ingest.store import SqlEventStore
-    from services.shared.redis import create_redis
-
-    engine = create_engine(settings.database_url)
-    redis = create_redis(settings.redis_url)
-    try:
-        return await rebuild_workspace(
-            SqlEventStore(engine), redis, RedisPublisher(redis), workspace_id
-        )
-    finally:
-        await redis.aclose()
-        await engine.dispose()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="audiences", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -80,10 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     migrate_cmd.add_argument("--down", action="store_true", help="roll back every migration")
     workspace_cmd = commands.add_parser("create-workspace", help="create a workspace and keys")
     workspace_cmd.add_argument("name")
-    rebuild_cmd = commands.add_parser(
-        "rebuild-hot-state", help="recreate a workspace's hot profile state from Postgres"
-    )
-    rebuild_cmd.add_argument("--workspace", required=True)
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "migrate":
@@ -91,9 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         print("migrations applied" if not args.down else "migrations rolled back")
     elif args.command == "create-workspace":
         print(json.dumps(asyncio.run(create_workspace(settings, args.name)), indent=2))
-    elif args.command == "rebuild-hot-state":
-        count = asyncio.run(rebuild_hot_state(settings, args.workspace))
-        print(f"rebuilt the hot state of {count} profiles")
     return 0
 
 

@@ -1,8 +1,9 @@
 """Settings from the environment, read once per process.
 
 Every knob is an environment variable so the same image runs embedded, in tests and on
-Kubernetes. The embedded default needs nothing installed: a SQLite file and an
-in-process Redis-compatible store.
+Kubernetes. The embedded default needs nothing installed: a SQLite file and a
+Redis-compatible store that `make run` serves on a loopback port
+(services/shared/redis.py), so every process of a run and the operator commands share it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import os
 from dataclasses import dataclass, field
 
 EMBEDDED_DATABASE_URL = "sqlite+aiosqlite:///var/audiences.db"
-EMBEDDED_REDIS_URL = "memory://"
+# Where `make run` serves its embedded Redis-compatible store when REDIS_URL is unset
+# (EMBEDDED_REDIS_ADDR moves it); every process and command then dials it there.
+EMBEDDED_REDIS_ADDR = "127.0.0.1:50056"
+EMBEDDED_REDIS_URL = f"redis://{EMBEDDED_REDIS_ADDR}/0"
 
 # Fixed local ports for `make run`; each service's Deployment sets GRPC_PORT.
 DEFAULT_PORTS = {
@@ -21,6 +25,10 @@ DEFAULT_PORTS = {
     "profile": 50054,
     "sync": 50055,
 }
+
+
+# A guessable operator token would hand out workspaces; 32 random bytes in base64 are 43.
+MIN_OPERATOR_TOKEN_CHARS = 32
 
 
 def _env_int(name: str, default: int) -> int:
@@ -34,8 +42,11 @@ class Settings:
 
     # SQLAlchemy async URL: postgresql+asyncpg://... (production) or sqlite+aiosqlite://...
     database_url: str = EMBEDDED_DATABASE_URL
-    # redis://host:port/db (production) or memory:// (in-process store, embedded only).
+    # redis://host:port/db; with REDIS_URL unset, the embedded store's URL.
     redis_url: str = EMBEDDED_REDIS_URL
+    # host:port the dev runner serves the embedded store on (REDIS_URL unset); None
+    # when REDIS_URL names the Redis to use and nothing is served.
+    embedded_redis_address: str | None = None
     # Address to bind gRPC servers to.
     grpc_host: str = "127.0.0.1"
     # Overrides the service's default port when set (one service per process).
@@ -54,15 +65,39 @@ class Settings:
     clock_redis_key: str = ""
     # Peers, as <SERVICE>_ADDR (host:port).
     peer_addresses: dict[str, str] = field(default_factory=dict)
+    # Browser origins that may send to the ingest HTTP gateway (CORS); "*" is any origin,
+    # the default, since write keys are public in browser SDKs anyway.
+    ingest_cors_origins: tuple[str, ...] = ("*",)
+    # The operator credential: the only bearer token CreateWorkspace accepts (workspace
+    # keys, even admin ones, cannot create workspaces). None: no RPC creates workspaces.
+    operator_token: str | None = None
+    # TLS for every gRPC and HTTP port: PEM certificate chain and private key files.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).
+    tls_client_ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.operator_token is not None and len(self.operator_token) < MIN_OPERATOR_TOKEN_CHARS:
+            raise ValueError(
+                f"OPERATOR_TOKEN must be at least {MIN_OPERATOR_TOKEN_CHARS} characters"
+            )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
 
     @classmethod
     def from_env(cls) -> Settings:
         """Read every setting from the environment, falling back to the embedded defaults."""
         env = os.environ
         port = env.get("GRPC_PORT")
+        redis_url = env.get("REDIS_URL")
+        embedded_redis = None if redis_url else env.get("EMBEDDED_REDIS_ADDR", EMBEDDED_REDIS_ADDR)
         return cls(
             database_url=env.get("DATABASE_URL", EMBEDDED_DATABASE_URL),
-            redis_url=env.get("REDIS_URL", EMBEDDED_REDIS_URL),
+            redis_url=redis_url or f"redis://{embedded_redis}/0",
+            embedded_redis_address=embedded_redis,
             grpc_host=env.get("GRPC_HOST", "127.0.0.1"),
             grpc_port=int(port) if port else None,
             shutdown_grace_seconds=float(env.get("SHUTDOWN_GRACE_SECONDS", "10")),
@@ -74,6 +109,15 @@ class Settings:
                 name: env.get(f"{name.upper()}_ADDR", f"127.0.0.1:{port}")
                 for name, port in DEFAULT_PORTS.items()
             },
+            ingest_cors_origins=tuple(
+                origin.strip()
+                for origin in env.get("INGEST_CORS_ORIGINS", "*").split(",")
+                if origin.strip()
+            ),
+            operator_token=env.get("OPERATOR_TOKEN") or None,
+            tls_cert_file=env.get("TLS_CERT_FILE") or None,
+            tls_key_file=env.get("TLS_KEY_FILE") or None,
+            tls_client_ca_file=env.get("TLS_CLIENT_CA_FILE") or None,
         )
 
     def port_for(self, service: str) -> int:
@@ -83,4 +127,4 @@ class Settings:
     @property
     def embedded(self) -> bool:
         """True when running on the embedded default rather than real servers."""
-        return self.database_url.startswith("sqlite") or self.redis_url.startswith("memory")
+        return self.database_url.startswith("sqlite") or self.embedded_redis_address is not None

@@ -85,13 +85,49 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+# Database errors (SQLSTATE) that only a request's values cause: Postgres refuses a NUL
+# in text, text longer than its column, a number past its type, a date past its range.
+_VALUE_REFUSED = {
+    "22021": "a text value contains a NUL character or invalid UTF-8",
+    "22P05": "a text value contains a character the database cannot store",
+    "22001": "a text value is longer than its field allows",
+    "22003": "a number is out of the range its field allows",
+    "22008": "a date or time is out of range",
+}
+
+
+def refused_value(error: BaseException) -> InvalidArgument | None:
+    """INVALID_ARGUMENT for a database error caused by a value the request carried.
+
+    A safety net under each service's own validation (which names the field): a value
+    that still reaches the database and is refused there is the client's error, not an
+    INTERNAL one. Recognised by SQLSTATE on the driver's error (asyncpg) or on
+    SQLAlchemy's wrapper of it; None for every other error.
+    """
+    sqlstate = getattr(error, "sqlstate", None) or getattr(
+        getattr(error, "orig", None), "sqlstate", None
+    )
+    reason = _VALUE_REFUSED.get(sqlstate) if isinstance(sqlstate, str) else None
+    return None if reason is None else InvalidArgument(f"request: {reason}")
+
+
 def invalid(field: str, description: str) -> InvalidArgument:
     """An INVALID_ARGUMENT naming one bad field."""
     return InvalidArgument(f"{field}: {description}", [FieldViolation(field, description)])
 
 
+def too_long(field: str, value: str, limit: int) -> FieldViolation | None:
+    """A violation when `value` has more than the `limit` characters its column holds
+    (so the caller hears which field, not a database error)."""
+    if len(value) <= limit:
+        return None
+    return FieldViolation(field, f"must be at most {limit} characters; got {len(value)}")
+
+
 def field_violations(error: grpc.RpcError) -> list[FieldViolation]:
     """The BadRequest field violations a client received (empty when none)."""
+    # A client's RpcError is also its call (with the trailing metadata); the stub wants
+    # a grpc.Call.
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
     if status is None:
         return []

@@ -17,6 +17,10 @@ Values are JSON text (orjson) so readers can pass them through without re-encodi
                                         audiences.v1.Profile fields (a read cache)
     hs:{ws}:merged:<pid>        string  -> survivor profile id (after a merge)
 
+A merge (ingest) deletes the merged-away profile's sections and moves its audience
+memberships into the survivor's ``audiences`` hash, earliest entry per audience: the
+person is a member wherever any of their profiles was, from the moment of the merge.
+
 The ``wire`` hash is the profile service's cache of a profile's sections as they go
 on the wire (GetProfile answers with these bytes), one field per set of sections
 asked for. It is filled by the reader and must never outlive what it encodes:

@@ -1,21 +1,91 @@
-"""The Redis client factory: real redis-py asyncio for redis://, in-process for memory://.
+"""The Redis client factory, and the embedded Redis-compatible store `make run` serves.
 
-The in-process store (fakeredis, with Lua) exists so `make run` needs nothing
-installed; every test of the production path uses a real Redis.
+Every process talks to Redis through redis-py over TCP, the embedded default too: the
+dev runner serves an in-memory Redis-compatible store (fakeredis, with Lua) on a
+loopback port, so all the services of a run, a `--processes` run and the operator
+commands (`python -m services.<name> rebuild-hot-state`) read and write one store, and
+`make run` still needs nothing installed. Every test of the production path uses a real Redis.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from typing import Any
+
 import fakeredis
 import redis.asyncio as redis_asyncio
+from fakeredis._clients._tcp_server import TCPFakeRequestHandler
+from redis.exceptions import ResponseError
 
-# One in-process server per memory:// URL, so services in one process share state.
-_MEMORY_SERVERS: dict[str, fakeredis.FakeServer] = {}
+log = logging.getLogger(__name__)
 
 
 def create_redis(url: str) -> redis_asyncio.Redis:
     """A redis-py asyncio client (hiredis parser when installed) for `url`."""
-    if url.startswith("memory://"):
-        server = _MEMORY_SERVERS.setdefault(url, fakeredis.FakeServer())
-        return fakeredis.FakeAsyncRedis(server=server)
     return redis_asyncio.Redis.from_url(url, max_connections=256)
+
+
+class _RequestHandler(TCPFakeRequestHandler):
+    """fakeredis's TCP connection handler, except that an error reply is sent as a reply.
+
+    fakeredis 2.40's handler closes the connection after any error reply, where Redis
+    answers and carries on; redis-py's scripts rely on that (EVALSHA answers NOSCRIPT
+    until the script is loaded), and so does creating a consumer group that exists.
+    """
+
+    def setup(self) -> None:
+        super().setup()
+        client = self.current_client
+        read_reply = client.read_response
+
+        def read_response(**kwargs: Any) -> Any:
+            try:
+                return read_reply(**kwargs)
+            except ResponseError as error:
+                return error  # written as an error reply by the handler
+
+        client.read_response = read_response  # type: ignore[method-assign]
+
+
+class EmbeddedRedis:
+    """The embedded store served on `address` (host:port) from a background thread.
+
+    Its contents live in this process's memory: they go when it stops, and the dev
+    runner rebuilds the hot state from the database at every start
+    (services/shared/rebuild.py). Streams start empty; ingest's catch-up republishes
+    from its durable cursor.
+    """
+
+    def __init__(self, address: str) -> None:
+        """Bind `address` (port 0 picks a free port); `start` begins serving."""
+        host, port = address.rsplit(":", 1)
+        self._server = fakeredis.TcpFakeServer((host, int(port)), bind_and_activate=False)
+        self._server.RequestHandlerClass = _RequestHandler
+        try:
+            self._server.server_bind()
+            self._server.server_activate()
+        except OSError:
+            self._server.server_close()
+            raise
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="embedded-redis", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        """The redis:// URL clients dial (database 0)."""
+        host, port = self._server.server_address[:2]
+        return f"redis://{host!s}:{port}/0"
+
+    def start(self) -> EmbeddedRedis:
+        """Serve connections until `close`."""
+        self._thread.start()
+        log.info("embedded Redis-compatible store serving on %s", self.url)
+        return self
+
+    def close(self) -> None:
+        """Stop serving and drop the contents (clients should be closed first)."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()

@@ -27,8 +27,13 @@ no pool, no reader task and no per-reply coroutine.
 - There is no write back-pressure: callers bound their number (the server's
   concurrency) and their own wait (gRPC deadlines).
 
+While tracing records (the caller runs inside a recording span, e.g. a traced
+request), each command gets a Redis client span of its own, as redis-py's
+instrumentation gives every other command; otherwise nothing is added per call but a
+check of the current span.
+
 Only plain TCP `redis://` URLs are served this way (AUTH and SELECT from the URL);
-anything else (memory://, rediss://, unix://) gets None from `create_pipelined`, and
+anything else (rediss://, unix://) gets None from `create_pipelined`, and
 the caller keeps using redis-py, which everything but the hot command uses anyway.
 """
 
@@ -36,16 +41,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import hiredis
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+# hiredis's stub types the argument as a 1-tuple; it packs a command of any length.
+_pack_command = cast(
+    "Callable[[tuple[str | bytes | int | float, ...]], bytes]", hiredis.pack_command
+)
+
 CONNECT_TIMEOUT_SECONDS = 5.0
 REPLY_TIMEOUT_SECONDS = 5.0
+
+_tracer = trace.get_tracer(__name__)
 
 
 class _Protocol(asyncio.Protocol):
@@ -76,6 +91,7 @@ class _Protocol(asyncio.Protocol):
         return len(self._waiting)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream connection's transport; asyncio's signature names the base class.
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
@@ -181,12 +197,19 @@ class PipelinedConnection:
         """Nothing connects yet: the first `execute` does (AUTH and SELECT as given)."""
         self._address = (host, port)
         self._reply_timeout = reply_timeout
+        self._span_attributes: dict[str, str | int] = {
+            "db.system": "redis",
+            "db.redis.database_index": db,
+            "net.peer.name": host,
+            "net.peer.port": port,
+            "net.transport": "ip_tcp",
+        }
         self._handshake: list[bytes] = []
         if password:
             auth = ("AUTH", username, password) if username else ("AUTH", password)
-            self._handshake.append(hiredis.pack_command(auth))
+            self._handshake.append(_pack_command(auth))
         if db:
-            self._handshake.append(hiredis.pack_command(("SELECT", db)))
+            self._handshake.append(_pack_command(("SELECT", db)))
         self._protocol: _Protocol | None = None
         self._connecting = asyncio.Lock()
 
@@ -200,7 +223,16 @@ class PipelinedConnection:
         protocol = self._protocol
         if protocol is None or not protocol.usable:
             protocol = await self._connect()
-        return await protocol.call(hiredis.pack_command(args))
+        packed = _pack_command(args)
+        if not trace.get_current_span().is_recording():
+            return await protocol.call(packed)
+        # A span per command, named and described as redis-py's instrumentation does
+        # (the command's name, not its arguments: they hold identifiers).
+        name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+        with _tracer.start_as_current_span(
+            name, kind=SpanKind.CLIENT, attributes={**self._span_attributes, "db.statement": name}
+        ):
+            return await protocol.call(packed)
 
     async def _connect(self) -> _Protocol:
         async with self._connecting:  # one connect at a time; the rest find it made

@@ -11,18 +11,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import redis.asyncio as redis_asyncio
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
 TRACE_FIELDS = ("traceparent", "tracestate")
 
-# Ingest appends every stored event (and merge) here; the realtime worker consumes it.
+# Ingest's stream of every accepted event (and merge), read by segmentation. An
+# event's entry id is ``<event seq>-0``; its merges are ``<event seq>-<n>``.
 EVENTS_STREAM = "stream:events"
 # The realtime worker appends every membership change here (for syncs).
 CHANGES_STREAM = "stream:changes"
+
+
+def event_entry_id(seq: int) -> str:
+    """The `EVENTS_STREAM` entry id of the event with this seq."""
+    return f"{seq}-0"
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,8 @@ async def publish(
         for entry_id, fields in entries:
             pipe.xadd(
                 stream,
-                with_trace_context(fields),
+                # str keys are fields too: dict keys are invariant, so say it.
+                cast("dict[FieldT, EncodableT]", with_trace_context(fields)),
                 id=entry_id or "*",
                 maxlen=maxlen,
                 approximate=True,
@@ -101,7 +110,7 @@ async def ensure_group(
             raise
 
 
-def _entries(reply: Sequence) -> list[StreamEntry]:  # type: ignore[type-arg]
+def _entries(reply: Sequence[Any]) -> list[StreamEntry]:
     return [
         StreamEntry(entry_id.decode() if isinstance(entry_id, bytes) else entry_id, fields)
         for entry_id, fields in reply
@@ -118,7 +127,11 @@ async def read_group(
     block_ms: int | None = 1000,
 ) -> list[StreamEntry]:
     """New entries for this consumer (XREADGROUP >), waiting up to block_ms."""
-    reply = await redis.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+    # RESP2 (the clients' protocol): a list of [stream, entries] pairs.
+    reply = cast(
+        "list[Any]",
+        await redis.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms),
+    )
     if not reply:
         return []
     return _entries(reply[0][1])

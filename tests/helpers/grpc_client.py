@@ -14,14 +14,27 @@ def bearer(secret: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {secret}"),)
 
 
-async def wait_serving(address: str, within: float = 30.0, service: str = "") -> None:
-    """Poll grpc.health.v1 until `address` reports SERVING (or fail after `within`)."""
+def channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    """A channel to `address`: plaintext, or TLS with `credentials`."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, credentials)
+
+
+async def wait_serving(
+    address: str,
+    within: float = 30.0,
+    service: str = "",
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
+    """Poll grpc.health.v1 until `address` reports SERVING (or fail after `within`);
+    over TLS with `credentials`."""
     deadline = time.monotonic() + within
     last_error: Exception | None = None
     while time.monotonic() < deadline:
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with channel(address, credentials) as connected:
             try:
-                reply = await health_pb2_grpc.HealthStub(channel).Check(
+                reply = await health_pb2_grpc.HealthStub(connected).Check(
                     health_pb2.HealthCheckRequest(service=service), timeout=1
                 )
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:

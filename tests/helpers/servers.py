@@ -39,10 +39,13 @@ async def as_processes(
     redis_url: str,
     names: list[str] | None = None,
     extra_env: dict[str, str] | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> AsyncIterator[dict[str, str]]:
     """Start each service as its own process on a free port; yields name -> address.
 
-    The processes get SIGTERM on exit and must drain and stop within 15 seconds.
+    `credentials` are the TLS channel credentials to reach them with when `extra_env`
+    turns TLS on. The processes get SIGTERM on exit and must drain and stop within 15
+    seconds.
     """
     ports = {name: free_port() for name in names or SERVICE_NAMES}
     env = {
@@ -59,7 +62,7 @@ async def as_processes(
     processes = start_processes(env, ports)
     try:
         for port in ports.values():
-            await wait_serving(f"127.0.0.1:{port}")
+            await wait_serving(f"127.0.0.1:{port}", credentials=credentials)
         yield {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     finally:
         for process in processes:

@@ -1,4 +1,7 @@
-"""Every RPC is authorised by an API key of the right scope, inside its own workspace."""
+"""Every RPC is authorised by an API key of the right scope, inside its own workspace;
+only the operator credential creates workspaces."""
+
+import dataclasses
 
 import grpc
 import pytest
@@ -10,8 +13,10 @@ from audiences.v1 import (
     profile_pb2,
     profile_pb2_grpc,
 )
+from sqlalchemy import func, select
 
-from services.shared.server import ServiceSpec, start_service
+from services.shared.db.tables import workspaces
+from services.shared.server import Resources, ServiceSpec, start_service
 from tests.conftest import make_workspace
 from tests.helpers.grpc_client import bearer
 from tests.helpers.servers import in_process
@@ -144,3 +149,61 @@ async def test_unimplemented_rpcs_say_so_after_auth(resources, workspace) -> Non
             assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         await bare.stop(grace=1)
+
+
+OPERATOR_TOKEN = "operator-" + "x" * 40
+
+
+@pytest.fixture
+async def operated(settings, clock):  # type: ignore[no-untyped-def]
+    """Resources of a process given the operator credential, and its ingest channel."""
+    opened = await Resources.open(
+        dataclasses.replace(settings, operator_token=OPERATOR_TOKEN), "test", clock=clock
+    )
+    async with in_process(opened, ["ingest"]) as addresses:
+        async with grpc.aio.insecure_channel(addresses["ingest"]) as channel:
+            yield opened, admin_pb2_grpc.AdminServiceStub(channel)
+    await opened.close()
+
+
+async def _workspace_count(resources: Resources) -> int:
+    async with resources.engine.connect() as connection:
+        return (await connection.execute(select(func.count()).select_from(workspaces))).scalar_one()
+
+
+async def test_only_the_operator_creates_workspaces(operated) -> None:  # type: ignore[no-untyped-def]
+    resources, admin = operated
+    tenant = await make_workspace(resources, "acme")
+    request = admin_pb2.CreateWorkspaceRequest(name="new")
+    for secret in (tenant.admin, tenant.ingest):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await admin.CreateWorkspace(request, metadata=bearer(secret))
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "operator" in error.value.details()
+    for secret in ("aud_unknown", OPERATOR_TOKEN + "x"):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await admin.CreateWorkspace(request, metadata=bearer(secret))
+        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert await _workspace_count(resources) == 1
+
+    created = await admin.CreateWorkspace(request, metadata=bearer(OPERATOR_TOKEN))
+    assert created.workspace.name == "new"
+    assert await _workspace_count(resources) == 2
+    # The new workspace's own admin key works, inside that workspace only.
+    mine = await admin.GetWorkspace(
+        admin_pb2.GetWorkspaceRequest(), metadata=bearer(created.admin_secret)
+    )
+    assert mine.id == created.workspace.id != tenant.workspace_id
+    # The operator token is no workspace key: it reaches no workspace's data.
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await admin.GetWorkspace(admin_pb2.GetWorkspaceRequest(), metadata=bearer(OPERATOR_TOKEN))
+    assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_without_an_operator_token_no_rpc_creates_workspaces(channels, workspace) -> None:  # type: ignore[no-untyped-def]
+    admin = admin_pb2_grpc.AdminServiceStub(channels[0])
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await admin.CreateWorkspace(
+            admin_pb2.CreateWorkspaceRequest(name="new"), metadata=bearer(workspace.admin)
+        )
+    assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED

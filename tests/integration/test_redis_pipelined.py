@@ -45,8 +45,8 @@ async def started(pipelined: PipelinedConnection, command: tuple, in_flight: int
     return task
 
 
-async def test_memory_and_other_urls_get_no_pipelined_connection() -> None:
-    assert create_pipelined("memory://default") is None
+async def test_tls_and_unix_urls_get_no_pipelined_connection() -> None:
+    assert create_pipelined("unix:///tmp/redis.sock") is None
     assert create_pipelined("rediss://127.0.0.1:6380/0") is None
 
 

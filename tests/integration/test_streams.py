@@ -10,17 +10,23 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.shared import streams
-from services.shared.redis import create_redis
+from services.shared.redis import EmbeddedRedis, create_redis
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(params=["real", "embedded"])
 async def client(request, redis_url) -> AsyncIterator[redis_asyncio.Redis]:  # type: ignore[no-untyped-def]
-    url = redis_url if request.param == "real" else f"memory://streams-{id(request)}"
-    connection = create_redis(url)
+    if request.param == "real":
+        connection = create_redis(redis_url)
+        yield connection
+        await connection.aclose()
+        return
+    store = EmbeddedRedis("127.0.0.1:0").start()
+    connection = create_redis(store.url)
     yield connection
     await connection.aclose()
+    store.close()
 
 
 async def test_publish_is_idempotent_for_explicit_ids(client) -> None:  # type: ignore[no-untyped-def]

@@ -4,7 +4,13 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from services.shared.errors import FieldViolation, InvalidArgument, NotFound, invalid
+from services.shared.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    invalid,
+    refused_value,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -37,3 +43,34 @@ def test_not_found_has_no_details() -> None:
     assert status.code == grpc.StatusCode.NOT_FOUND
     rich = status_pb2.Status.FromString(status.trailing_metadata[0][1])
     assert list(rich.details) == []
+
+
+class _DriverError(Exception):
+    """Stands in for asyncpg's errors: they carry the SQLSTATE."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(sqlstate)
+        self.sqlstate = sqlstate
+
+
+class _WrappedError(Exception):
+    """Stands in for SQLAlchemy's DBAPIError: the driver's error as `orig`."""
+
+    def __init__(self, orig: Exception) -> None:
+        super().__init__("wrapped")
+        self.orig = orig
+
+
+@pytest.mark.parametrize("sqlstate", ["22021", "22P05", "22001", "22003", "22008"])
+def test_values_the_database_refuses_are_invalid_arguments(sqlstate: str) -> None:
+    for error in (_DriverError(sqlstate), _WrappedError(_DriverError(sqlstate))):
+        refused = refused_value(error)
+        assert isinstance(refused, InvalidArgument)
+        assert refused.message.startswith("request: ")
+
+
+@pytest.mark.parametrize("sqlstate", ["22012", "23505", "40001", "57014"])
+def test_other_database_errors_stay_unmapped(sqlstate: str) -> None:
+    # Division by zero, a unique violation, serialization failure, cancellation: ours.
+    assert refused_value(_DriverError(sqlstate)) is None
+    assert refused_value(ValueError("no sqlstate")) is None

@@ -137,11 +137,29 @@ async def test_unknown_keys_cannot_grow_the_cache_without_bound(
     monkeypatch.setattr(auth, "MAX_CACHED_KEYS", 5)
     keys = GatedKeyStore()
     keys.gate.set()
-    await keys.authenticate("secret")
     keys.answer = None
     for n in range(12):
         with pytest.raises(Unauthenticated):
             await keys.authenticate(f"random-{n}")
         assert len(keys._cache) <= 5
-    keys.answer = PRINCIPAL
-    assert await keys.authenticate("secret") == PRINCIPAL  # looked up again if dropped
+    assert keys.lookups == 12
+
+
+async def test_a_full_cache_drops_the_least_recently_used_key(
+    now: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "MAX_CACHED_KEYS", 3)
+    keys = GatedKeyStore()
+    keys.gate.set()
+    for secret in ("in-use", "idle-1", "idle-2"):
+        await keys.authenticate(secret)
+    assert keys.lookups == 3
+    keys.answer = None
+    for n in range(4):
+        # A flood of unknown keys, with the key in use seen between each of them.
+        assert await keys.authenticate("in-use") == PRINCIPAL
+        with pytest.raises(Unauthenticated):
+            await keys.authenticate(f"random-{n}")
+    assert keys.lookups == 3 + 4  # "in-use" was answered from the cache every time
+    assert "in-use" in keys._cache
+    assert "idle-1" not in keys._cache and "idle-2" not in keys._cache

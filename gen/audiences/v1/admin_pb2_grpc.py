@@ -70,7 +70,8 @@ class AdminServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def CreateWorkspace(self, request, context):
-        """Needs an admin key; the new workspace gets an admin key of its own.
+        """Needs the operator credential (OPERATOR_TOKEN) as the bearer token; workspace keys,
+        admin ones included, get PERMISSION_DENIED. The new workspace gets an admin key.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -17,19 +17,24 @@ def create_engine(database_url: str, pool_size: int = 10) -> AsyncEngine:
     """An async engine for `database_url` with settings suited to its backend."""
     # Looked up on the module at call time so OpenTelemetry's wrapper applies.
     create_async_engine = sqlalchemy.ext.asyncio.create_async_engine
+    # Parameters are people's data (emails, traits): SQLAlchemy leaves them out of
+    # every error message, so no log line or trace event carries them.
     if database_url.startswith("sqlite"):
-        engine = create_async_engine(database_url, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            database_url, connect_args={"timeout": 30}, hide_parameters=True
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(
         database_url,
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
     )
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers proceed while the single writer commits.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -21,6 +21,9 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
+    false,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -69,6 +72,19 @@ profiles = Table(
     Index("ix_profiles_workspace_canonical", "workspace_id", "canonical_id"),
 )
 
+# The merged-away profiles of a workspace (few: a write of segmentation re-keys their
+# memberships to the survivor), found without reading every profile. The predicate is
+# the exact expression segmentation's queries filter by (sql.merged_away), which is what
+# lets the planner use the index (and what migration 0006's statistics describe).
+Index(
+    "ix_profiles_merged_away",
+    profiles.c.workspace_id,
+    postgresql_where=case(
+        (profiles.c.canonical_id != profiles.c.profile_id, true()), else_=false()
+    ),
+    sqlite_where=case((profiles.c.canonical_id != profiles.c.profile_id, true()), else_=false()),
+)
+
 identities = Table(
     "identities",
     metadata,
@@ -115,7 +131,11 @@ events = Table(
     Column("properties", Json, nullable=True),
     Column("traits", Json, nullable=True),
     Column("context", Json, nullable=True),
-    UniqueConstraint("workspace_id", "message_id", name="uq_events_workspace_message"),
+    # SQLite only: on Postgres `events` is partitioned by time (0002_ingest), whose unique
+    # keys must include the partition column, so event_ids holds this uniqueness there.
+    UniqueConstraint("workspace_id", "message_id", name="uq_events_workspace_message").ddl_if(
+        dialect="sqlite"
+    ),
     Index("ix_events_profile_time", "workspace_id", "profile_id", "timestamp_us"),
     Index("ix_events_name_time", "workspace_id", "type", "name", "timestamp_us"),
 )

@@ -154,3 +154,68 @@ async def test_gateway_rejects_bad_keys_and_bodies_changing_nothing(
         ) as reply:
             assert reply.status == 200
     assert [r["message_id"] for r in await stored_events(resources.engine)] == ["ok1", "one"]
+
+
+async def test_browsers_may_send_from_any_origin_by_default(
+    gateway_url, resources, workspace
+) -> None:  # type: ignore[no-untyped-def]
+    origin = {"Origin": "https://shop.example"}
+    async with aiohttp.ClientSession() as http:
+        async with http.options(
+            f"{gateway_url}/v1/import",
+            headers={
+                **origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        ) as reply:
+            assert reply.status == 204
+            assert reply.headers["Access-Control-Allow-Origin"] == "*"
+            assert "POST" in reply.headers["Access-Control-Allow-Methods"]
+            allowed = reply.headers["Access-Control-Allow-Headers"].lower()
+            assert "authorization" in allowed and "content-type" in allowed
+        # analytics.js's shape: text/plain (no preflight) with the key in the body.
+        body = {"writeKey": workspace.ingest, "batch": [{"type": "track", "userId": "b",
+                "event": "Viewed", "messageId": "browser1"}]}  # fmt: skip
+        async with http.post(
+            f"{gateway_url}/v1/import",
+            data=orjson.dumps(body),
+            headers={**origin, "Content-Type": "text/plain;charset=UTF-8"},
+        ) as reply:
+            assert reply.status == 200
+            assert reply.headers["Access-Control-Allow-Origin"] == "*"
+        # Errors too, so a browser SDK can read why.
+        async with http.post(
+            f"{gateway_url}/v1/batch", data=b"{}", headers={**origin, "Authorization": "Basic !"}
+        ) as reply:
+            assert reply.status == 401
+            assert reply.headers["Access-Control-Allow-Origin"] == "*"
+            assert "Authorization header" in (await reply.json())["error"]
+    assert [r["message_id"] for r in await stored_events(resources.engine)] == ["browser1"]
+
+
+async def test_only_the_configured_origins_are_allowed(resources, workspace) -> None:  # type: ignore[no-untyped-def]
+    app = build_app(components(resources).ingestor, resources.keys, ["https://shop.example"])
+    gateway = Gateway(app, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{await gateway.start()}/v1/track"
+    preflight = {"Access-Control-Request-Method": "POST"}
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.options(
+                url, headers={**preflight, "Origin": "https://shop.example"}
+            ) as reply:
+                assert reply.status == 204
+                assert reply.headers["Access-Control-Allow-Origin"] == "https://shop.example"
+                assert reply.headers["Vary"] == "Origin"
+            async with http.options(
+                url, headers={**preflight, "Origin": "https://evil.example"}
+            ) as reply:
+                assert reply.status == 403
+                assert "Access-Control-Allow-Origin" not in reply.headers
+            async with http.post(
+                url, data=b"{}", headers={"Origin": "https://evil.example"}
+            ) as reply:
+                assert reply.status == 401
+                assert "Access-Control-Allow-Origin" not in reply.headers
+    finally:
+        await gateway.stop()

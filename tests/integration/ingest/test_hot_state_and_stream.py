@@ -1,10 +1,16 @@
 """Hot-state rebuild from Postgres, and StreamEvents over a bidirectional stream."""
 
+import asyncio
+import os
+import sys
+
 import pytest
 from audiences.v1 import ingest_pb2
 
+from services.ingest.app import SPEC as INGEST
+from services.segmentation.app import SPEC as SEGMENTATION
 from services.shared import hotstate
-from services.shared.cli import rebuild_hot_state
+from services.shared.rebuild import rebuild_hot_state
 from tests.helpers.grpc_client import bearer
 from tests.integration.ingest.support import NOW_US, event, stored_events
 
@@ -49,17 +55,30 @@ async def test_rebuild_recreates_the_hot_state_from_postgres(
     )
     written_by_ingest = await _hot_snapshot(resources.redis, ws)
     assert written_by_ingest  # the request path wrote it
-    # Something else the rebuild must not touch (owned by segmentation).
-    audiences_key = hotstate.profile_key(ws, 1, "audiences")
-    await resources.redis.hset(audiences_key, "vip", "1")
     for key in written_by_ingest:
         await resources.redis.delete(key)
+    # What the database does not hold goes: an identifier and a membership.
     await resources.redis.set(hotstate.identity_key(ws, "user_id", "stale"), "999")
-    assert await rebuild_hot_state(settings, ws) == 2
-    assert await _hot_snapshot(resources.redis, ws) == {
-        **written_by_ingest,
-        audiences_key.encode(): {b"vip": b"1"},
-    }
+    await resources.redis.hset(hotstate.profile_key(ws, 1, "audiences"), "vip", "1")
+    said: list[str] = []
+    assert await rebuild_hot_state([INGEST, SEGMENTATION], resources, said.append, [ws]) == 1
+    assert await _hot_snapshot(resources.redis, ws) == written_by_ingest
+    assert f"  {ws} ingest: 2 profiles" in said
+
+    # The same as an operator runs it: the service's own command, in a process of its own.
+    for key in written_by_ingest:
+        await resources.redis.delete(key)
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url}
+    command = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "services.ingest", "rebuild-hot-state", "--workspace", ws),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await command.communicate()
+    assert command.returncode == 0, err.decode()
+    assert f"  {ws} ingest: 2 profiles" in out.decode().splitlines()
+    assert await _hot_snapshot(resources.redis, ws) == written_by_ingest
 
 
 async def test_stream_events_acks_every_message(stub, resources, workspace) -> None:  # type: ignore[no-untyped-def]

@@ -124,14 +124,14 @@ async def test_events_newest_first_with_a_cursor(view, workspace, ada) -> None: 
 @pytest.mark.parametrize(
     ("path", "key", "status", "code"),
     [
-        ("/v1/profiles/user_id:u-ada/traits", None, 401, "UNAUTHENTICATED"),
-        ("/v1/profiles/user_id:u-ada/traits", "aud_not-a-key", 401, "UNAUTHENTICATED"),
-        ("/v1/profiles/user_id:u-ada/traits", "ingest", 403, "PERMISSION_DENIED"),
+        ("/v1/profiles/user_id:u-ada/traits", None, 401, "UNAUTHORIZED"),
+        ("/v1/profiles/user_id:u-ada/traits", "aud_not-a-key", 401, "UNAUTHORIZED"),
+        ("/v1/profiles/user_id:u-ada/traits", "ingest", 403, "FORBIDDEN"),
         ("/v1/profiles/user_id:nobody/traits", "profile", 404, "NOT_FOUND"),
-        ("/v1/profiles/u-ada/traits", "profile", 400, "INVALID_ARGUMENT"),
-        ("/v1/profiles/User:u-ada/audiences", "profile", 400, "INVALID_ARGUMENT"),
-        ("/v1/profiles/user_id:u-ada/events?limit=0", "profile", 400, "INVALID_ARGUMENT"),
-        ("/v1/profiles/user_id:u-ada/events?next=%25%25", "profile", 400, "INVALID_ARGUMENT"),
+        ("/v1/profiles/u-ada/traits", "profile", 400, "BAD_REQUEST"),
+        ("/v1/profiles/User:u-ada/audiences", "profile", 400, "BAD_REQUEST"),
+        ("/v1/profiles/user_id:u-ada/events?limit=0", "profile", 400, "BAD_REQUEST"),
+        ("/v1/profiles/user_id:u-ada/events?next=%25%25", "profile", 400, "BAD_REQUEST"),
     ],
 )
 async def test_errors_are_json_with_the_matching_status(  # type: ignore[no-untyped-def]

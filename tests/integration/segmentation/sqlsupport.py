@@ -14,8 +14,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.segmentation import tables as seg
+from services.segmentation.language import parse_computed_trait
+from services.segmentation.sql import evaluate_computed_trait
 from services.shared.db.tables import events, identities, metadata, profile_traits, profiles
-from tests.unit.segmentation.conformance_cases import Resolved
+from tests.unit.segmentation.conformance_cases import Resolved, close
 
 PG_URL = os.environ.get(
     "SEGMENTATION_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -139,13 +141,16 @@ async def load_resolved(engine: AsyncEngine, r: Resolved, ws: str = WS) -> dict[
         await conn.execute(identities.insert(), ident_rows)
         await conn.execute(events.insert(), ev_rows)
         # A null value is a tombstone: store SQL NULL (none_as_null is off, so pass null()).
-        await conn.execute(
-            profile_traits.insert(),
-            [
-                {**t, "value": t["value"] if t["value"] is not None else sa.null()}
-                for t in trait_rows.values()
-            ],
-        )
+        # No rows at all (a case without identify calls) is no insert: an empty list
+        # would be one INSERT of default values.
+        if trait_rows:
+            await conn.execute(
+                profile_traits.insert(),
+                [
+                    {**t, "value": t["value"] if t["value"] is not None else sa.null()}
+                    for t in trait_rows.values()
+                ],
+            )
     if engine.dialect.name == "postgresql":
         # A bulk load leaves no statistics until autovacuum runs; without them the
         # planner assumes one row per table and picks nested loops for funnels.
@@ -158,6 +163,27 @@ async def load_resolved(engine: AsyncEngine, r: Resolved, ws: str = WS) -> dict[
         elif not r.anon_owner.get(key[2:]):
             out[pid] = f"anon:{key[2:]}"
     return out
+
+
+async def check_sql_computed(
+    engine: AsyncEngine, case: dict[str, Any], r: Resolved, names: dict[int, str]
+) -> None:
+    """Evaluate every computed trait of `case` in SQL, assert the values equal the
+    expected ones and store them for the audiences that read them."""
+    bad = []
+    for key, raw in case["computed_traits"].items():
+        async with engine.connect() as conn:
+            values = await evaluate_computed_trait(
+                conn, parse_computed_trait(raw), workspace_id=WS, now_us=r.now_us
+            )
+        assert set(values) == set(names)
+        bad += [
+            (key, names[p], v, case["expected"]["computed"][names[p]][key])
+            for p, v in values.items()
+            if not close(v, case["expected"]["computed"][names[p]][key])
+        ]
+        await store_computed(engine, key, values)
+    assert not bad, f"{len(bad)} computed values differ, e.g. {bad[:5]}"
 
 
 async def store_computed(

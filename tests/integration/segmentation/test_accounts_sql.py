@@ -1,7 +1,7 @@
 """Account-level audiences in SQL (sql_accounts.py) on SQLite and Postgres against the
 reference evaluator: any/all/none, an empty account (its only user erased), a user
 merged across two accounts, group calls after now, and account traits (latest call
-wins, null removes)."""
+wins, null removes; dotted names walk into nested values, a literal dotted key first)."""
 
 from __future__ import annotations
 
@@ -29,15 +29,16 @@ PROFILES = {1: 1, 2: 2, 3: 3, 4: 4, 5: 4, 6: 6, 7: 7, 8: 8}
 DELETED = {6}
 # (row, type, name, group_id, hours before now, properties, traits)
 EVENTS: list[tuple[int, str, str | None, str | None, float, Any, Any]] = [
-    (1, "group", None, "acme", 10, None, {"plan": "pro", "seats": 5}),
+    (1, "group", None, "acme", 10, None, {"plan": "pro", "seats": 5, "billing": {"tier": "pro"}}),
     (2, "group", None, "acme", 9, None, None),
-    (1, "group", None, "acme", 5, None, {"plan": "enterprise"}),
+    (1, "group", None, "acme", 5, None, {"plan": "enterprise", "billing.tier": "gold"}),
     (2, "group", None, "acme", 1, None, {"seats": None}),
     (8, "group", None, "acme", -1, None, {"plan": "free"}),  # after now: not yet
-    (3, "group", None, "beta", 3, None, {"plan": "free"}),
+    (3, "group", None, "beta", 3, None, {"plan": "free", "billing": {"tier": "pro"}}),
     (5, "group", None, "gamma", 4, None, {}),  # dan, on his merged-away row
-    (4, "group", None, "delta", 4, None, {"plan": "pro"}),
-    (6, "group", None, "empty", 2, None, {"plan": "pro"}),  # its only user is erased
+    (4, "group", None, "delta", 4, None, {"plan": "pro", "billing": "pro"}),
+    # Its only user is erased.
+    (6, "group", None, "empty", 2, None, {"plan": "pro", "billing": {"tier": "pro"}}),
     (7, "group", None, "future", -2, None, {"plan": "pro"}),  # exists only after now
     (1, "track", "Order", None, 2, {"total": 30}, None),
     (1, "track", "Order", None, 1, {"total": 12}, None),
@@ -45,7 +46,13 @@ EVENTS: list[tuple[int, str, str | None, str | None, float, Any, Any]] = [
     (5, "track", "Order", None, 6, {"total": 5}, None),
     (6, "track", "Order", None, 6, {"total": 5}, None),
 ]
-TRAITS = [(1, "role", "admin"), (2, "role", "member"), (4, "role", "admin")]
+TRAITS = [
+    (1, "role", "admin"),
+    (2, "role", "member"),
+    (4, "role", "admin"),
+    (3, "team", {"lead": True}),
+    (2, "team", {"lead": False}),
+]
 
 ORDER = {"event": {"name": "Order"}}
 CASES: dict[str, tuple[Any, set[str]]] = {
@@ -78,6 +85,26 @@ CASES: dict[str, tuple[Any, set[str]]] = {
     ),
     "null_removes": ({"trait": {"name": "seats", "op": "exists"}}, set()),
     "latest_wins": ({"trait": {"name": "plan", "op": "eq", "value": "pro"}}, {"delta", "empty"}),
+    # acme's later call set the literal "billing.tier" key, which wins over the nested
+    # value; delta's billing is a string, so there is nothing to walk into.
+    "dotted_tier": (
+        {"trait": {"name": "billing.tier", "op": "eq", "value": "pro"}},
+        {"beta", "empty"},
+    ),
+    "dotted_literal_first": (
+        {"trait": {"name": "billing.tier", "op": "eq", "value": "gold"}},
+        {"acme"},
+    ),
+    "dotted_missing": ({"trait": {"name": "billing.tier", "op": "not_exists"}}, {"gamma", "delta"}),
+    "users_dotted": (
+        {
+            "account": {
+                "match": "any",
+                "condition": {"trait": {"name": "team.lead", "op": "eq", "value": True}},
+            }
+        },
+        {"beta"},
+    ),
     "two_quantifiers": (
         {
             "any": [

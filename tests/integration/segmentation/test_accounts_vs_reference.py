@@ -1,6 +1,7 @@
 """Property: account-level audiences in SQL (sql_accounts.py, on SQLite) and the
 reference evaluator agree on random histories with group calls (before and after now,
-on merged-away profile rows, of erased users, setting and nulling account traits) and
+on merged-away profile rows, of erased users, setting and nulling account traits, nested
+and literal dotted ones read by dotted names) and
 random account-level trees whose account nodes hold the user-level trees of
 test_sql_vs_reference."""
 
@@ -20,12 +21,15 @@ from services.segmentation.sql_accounts import compile_account_audience, registe
 from services.segmentation.tables import accounts
 from services.shared.db.tables import events, profiles
 from tests.integration.segmentation.test_sql_vs_reference import (
+    EQ_VALUES,
     HOUR,
     NOW,
+    TRAIT_KEYS,
     _ws_counter,
     engine,
     histories,
     load,
+    nested_traits,
     trait_node,
     trees,
 )
@@ -51,12 +55,21 @@ account_trees = st.recursive(
     max_leaves=3,
 )
 group_traits = st.dictionaries(
-    st.sampled_from(["t1", "t2"]), st.sampled_from([1, "a", "ab", True, None, 2.5]), max_size=2
+    st.sampled_from(TRAIT_KEYS),
+    st.one_of(st.sampled_from([1, "a", "ab", True, None, 2.5]), nested_traits),
+    max_size=3,
+)
+# Calls that set the nested value and the literal dotted key together more often.
+path_group_traits = st.fixed_dictionaries(
+    {"n": st.builds(lambda x: {"x": x}, st.sampled_from(EQ_VALUES)) | nested_traits},
+    optional={"n.x": st.sampled_from([*EQ_VALUES, None])},
 )
 
 
 @st.composite
-def group_calls(draw: st.DrawFn, n_profiles: int) -> list[dict[str, Any]]:
+def group_calls(
+    draw: st.DrawFn, n_profiles: int, traits: st.SearchStrategy[dict[str, Any]] = group_traits
+) -> list[dict[str, Any]]:
     """(profile index, row of it, group, hours*2 before now, traits) per call."""
     return draw(
         st.lists(
@@ -66,7 +79,7 @@ def group_calls(draw: st.DrawFn, n_profiles: int) -> list[dict[str, Any]]:
                     "row": st.integers(0, 1),
                     "group": st.sampled_from(GROUPS),
                     "halfhours": st.integers(-2, 12),
-                    "traits": st.one_of(st.none(), group_traits),
+                    "traits": st.one_of(st.none(), traits),
                 }
             ),
             max_size=6,
@@ -81,9 +94,32 @@ def group_calls(draw: st.DrawFn, n_profiles: int) -> list[dict[str, Any]]:
 def test_account_sql_matches_reference(
     engine: Any, hist: list[dict[str, Any]], definition: Any, data: st.DataObject
 ) -> None:
+    _check(engine, hist, definition, data)
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(hist=histories(), definition=trait_node(["n.x", "n.y.z"]), data=st.data())
+def test_account_trait_paths_match_reference(
+    engine: Any, hist: list[dict[str, Any]], definition: Any, data: st.DataObject
+) -> None:
+    """Account traits read by dotted names, singled out: in the mixed trees a condition
+    on a name meets an account with both a literal dotted key and a nested value too
+    rarely."""
+    _check(engine, hist, definition, data, path_group_traits)
+
+
+def _check(
+    engine: Any,
+    hist: list[dict[str, Any]],
+    definition: Any,
+    data: st.DataObject,
+    traits: st.SearchStrategy[dict[str, Any]] = group_traits,
+) -> None:
     ws = f"acct{next(_ws_counter)}"
     node = parse_audience(definition)
-    calls = data.draw(group_calls(len(hist)))
+    calls = data.draw(group_calls(len(hist), traits))
     erased = data.draw(st.sets(st.integers(0, len(hist) - 1), max_size=1))
     with engine.begin() as conn:
         people = load(conn, ws, hist)

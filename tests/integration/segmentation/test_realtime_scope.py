@@ -6,7 +6,6 @@ SQLite."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,7 +21,6 @@ from tests.integration.segmentation.sqlsupport import (
     store_members,
 )
 from tests.unit.segmentation.conformance_cases import case_by_name, case_names, resolve
-from tests.unit.segmentation.own_cases import OWN_CASE_NAMES, own_case
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +36,8 @@ async def _members(
     return [{row[0] for row in rows if row[i + 1]} for i in range(len(layer))]
 
 
-def _case(name: str) -> dict[str, Any]:
-    return own_case(name[4:]) if name.startswith("own:") else case_by_name(name)
-
-
-CASES = case_names() + [f"own:{name}" for name in OWN_CASE_NAMES]
-
-
 async def _check(engine: AsyncEngine, name: str) -> None:
-    case = _case(name)
+    case = case_by_name(name)
     r = resolve(case)
     names = await load_resolved(engine, r)
     profiles = sorted(names)
@@ -74,13 +65,13 @@ async def _check(engine: AsyncEngine, name: str) -> None:
             await store_members(engine, key, members)
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", case_names())
 async def test_postgres(name: str) -> None:
     async with postgres_engine() as engine:
         await _check(engine, name)
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", case_names())
 async def test_sqlite(name: str, tmp_path: Path) -> None:
     async with sqlite_engine(tmp_path) as engine:
         await _check(engine, name)

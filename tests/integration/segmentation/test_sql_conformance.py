@@ -11,22 +11,20 @@ from services.segmentation.language import (
     dependency_layers,
     dependency_order,
     parse_audience,
-    parse_computed_trait,
 )
 from services.segmentation.sql import (
     evaluate_audience,
     evaluate_audiences,
-    evaluate_computed_trait,
 )
 from tests.integration.segmentation.sqlsupport import (
     WS,
+    check_sql_computed,
     load_resolved,
     postgres_engine,
     sqlite_engine,
-    store_computed,
     store_members,
 )
-from tests.unit.segmentation.conformance_cases import case_by_name, case_names, close, resolve
+from tests.unit.segmentation.conformance_cases import case_by_name, case_names, resolve
 
 pytestmark = pytest.mark.integration
 
@@ -38,20 +36,7 @@ async def _check(engine, name: str, rollup: bool = False) -> None:
     names = await load_resolved(engine, r)
     assert set(names.values()) == set(expected["computed"])
 
-    bad = []
-    for key, raw in case["computed_traits"].items():
-        async with engine.connect() as conn:
-            vals = await evaluate_computed_trait(
-                conn, parse_computed_trait(raw), workspace_id=WS, now_us=r.now_us
-            )
-        assert set(vals) == set(names)
-        bad += [
-            (key, names[p], v, expected["computed"][names[p]][key])
-            for p, v in vals.items()
-            if not close(v, expected["computed"][names[p]][key])
-        ]
-        await store_computed(engine, key, vals)
-    assert not bad, f"{len(bad)} computed values differ, e.g. {bad[:5]}"
+    await check_sql_computed(engine, case, r, names)
 
     defs = {k: parse_audience(v) for k, v in case["audiences"].items()}
     wrong = {}

@@ -1,6 +1,8 @@
 """Property: the SQL evaluator (on SQLite) and the reference evaluator agree on random
 small histories and random definitions, including merged profiles, timestamp ties,
-events after now, JSON type edge cases (1 vs 1.0 vs "1" vs true) and funnel refs."""
+events after now, JSON type edge cases (1 vs 1.0 vs "1" vs true), funnel refs, dotted
+trait names (nested values, a literal dotted key, arrays and scalars in the way) and
+computed traits whose filters compare with a trait."""
 
 from __future__ import annotations
 
@@ -47,6 +49,22 @@ EQ_VALUES = [1, 1.0, 2, "1", "a", "ab", True, False]
 NUM_VALUES = [0, 1, 1.5, 2, -1]
 PATHS = ["p", "q.r", "nope"]
 OPS = sorted(FILTER_OPS)
+# Trait rows are top-level keys; "n" holds nested values and "n.x" is a literal key
+# spelled like the path into them.
+TRAIT_KEYS = ("t1", "t2", "n", "n.x")
+TRAIT_NAMES = ["t1", "t2", "n.x", "n.x", "n.y.z", "n"]
+SCALAR_TRAITS = [1, "a", "ab", True, None, 2.5, "1", [1, "a"]]
+trait_values = st.sampled_from(SCALAR_TRAITS)
+nested_traits = st.one_of(
+    st.builds(lambda x: {"x": x}, trait_values),
+    st.builds(lambda x, z: {"x": x, "y": {"z": z}}, trait_values, trait_values),
+    st.builds(lambda z: {"y": z}, trait_values),  # n.y.z: "y" is not an object
+    st.builds(lambda x: [{"x": x}], trait_values),  # arrays are never indexed
+    trait_values,
+)
+nested_with_x = st.one_of(
+    st.builds(lambda x, z: {"x": x, "y": {"z": z}}, trait_values, trait_values), nested_traits
+)
 
 
 def literal_for(op: str) -> st.SearchStrategy[Any]:
@@ -59,19 +77,25 @@ def literal_for(op: str) -> st.SearchStrategy[Any]:
     return st.sampled_from(EQ_VALUES)
 
 
+REF_OPS = ["eq", "neq", "gt", "gte", "lt", "lte", "contains", "starts_with"]
+trait_ref_filters = st.builds(
+    lambda path, op, name: {"property": path, "op": op, "ref": {"trait": name}},
+    st.sampled_from(PATHS),
+    st.sampled_from(REF_OPS),
+    st.sampled_from(TRAIT_NAMES),
+)
+
+
 @st.composite
 def filters(draw: st.DrawFn, step: int | None = None) -> dict[str, Any]:
     path = draw(st.sampled_from(PATHS))
     if draw(st.integers(0, 3)) == 0:
-        ref: dict[str, Any] = {"trait": draw(st.sampled_from(["t1", "t2"]))}
+        ref: dict[str, Any] = {"trait": draw(st.sampled_from(TRAIT_NAMES))}
         if step:
             ref = draw(
                 st.sampled_from([ref, {"step": 0, "property": draw(st.sampled_from(PATHS))}])
             )
-        op = draw(
-            st.sampled_from(["eq", "neq", "gt", "gte", "lt", "lte", "contains", "starts_with"])
-        )
-        return {"property": path, "op": op, "ref": ref}
+        return {"property": path, "op": draw(st.sampled_from(REF_OPS)), "ref": ref}
     op = draw(st.sampled_from(OPS))
     f = {"property": path, "op": op}
     if op not in ("exists", "not_exists"):
@@ -109,9 +133,9 @@ def event_node(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
-def trait_node(draw: st.DrawFn) -> dict[str, Any]:
+def trait_node(draw: st.DrawFn, names: list[str] = TRAIT_NAMES) -> dict[str, Any]:
     op = draw(st.sampled_from(OPS))
-    body = {"name": draw(st.sampled_from(["t1", "t2"])), "op": op}
+    body = {"name": draw(st.sampled_from(names)), "op": op}
     if op not in ("exists", "not_exists"):
         body["value"] = draw(literal_for(op))
     return {"trait": body}
@@ -150,7 +174,8 @@ trees = st.recursive(
 
 
 @st.composite
-def computed_defs(draw: st.DrawFn) -> dict[str, Any]:
+def computed_defs(draw: st.DrawFn, with_ref: bool = False) -> dict[str, Any]:
+    """A computed trait; `with_ref`: its first filter compares with a trait."""
     t = draw(
         st.sampled_from(
             [
@@ -170,8 +195,10 @@ def computed_defs(draw: st.DrawFn) -> dict[str, Any]:
     d: dict[str, Any] = {"type": t, "event": draw(st.sampled_from(["A", "B"]))}
     if t != "event_count":
         d["property"] = draw(st.sampled_from(["p", "q.r"]))
-    if draw(st.booleans()):
-        d["where"] = draw(st.lists(filters().filter(lambda f: "ref" not in f), max_size=1))
+    if with_ref:
+        d["where"] = [draw(trait_ref_filters), *draw(st.lists(filters(), max_size=1))]
+    elif draw(st.booleans()):
+        d["where"] = draw(st.lists(filters(), max_size=2))
     w = draw(windows)
     if w:
         d["window"] = w
@@ -179,7 +206,7 @@ def computed_defs(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
+def histories(draw: st.DrawFn, paths: bool = False) -> list[dict[str, Any]]:
     """Per profile: rows (1 canonical + 0-1 merged), events, trait rows."""
     out = []
     for _ in range(draw(st.integers(1, 4))):
@@ -202,15 +229,20 @@ def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
                 }
             )
         traits = []
-        for key in ("t1", "t2"):
-            for _ in range(draw(st.integers(0, 2))):
+        for key in TRAIT_KEYS:
+            # paths: every profile sets the literal "n.x" key and a nested "n" holding
+            # "x", the meeting that tells a right reading of "n.x" from a wrong one.
+            at_least = 1 if paths and key in ("n", "n.x") else 0
+            for _ in range(draw(st.integers(at_least, 2))):
+                if key == "n":
+                    value = draw(nested_with_x if paths else nested_traits)
+                else:
+                    value = draw(trait_values)
                 traits.append(
                     {
                         "row": draw(st.integers(0, rows - 1)),
                         "key": key,
-                        "value": draw(
-                            st.sampled_from([1, "a", "ab", True, None, 2.5, "1", [1, "a"]])
-                        ),
+                        "value": value,
                         "timestamp_us": NOW - draw(st.integers(0, 3)) * HOUR,
                     }
                 )
@@ -299,6 +331,61 @@ def load(conn: Any, ws: str, hist: list[dict[str, Any]]) -> dict[int, ProfileDat
     return out
 
 
+def _members(conn: Any, ws: str, node: Any) -> set[int]:
+    q = compile_audience(node, workspace_id=ws, now_us=NOW, dialect="sqlite")
+    return {r[0] for r in conn.execute(q)}
+
+
+@st.composite
+def trait_path_nodes(draw: st.DrawFn) -> dict[str, Any]:
+    """A trait condition or an event whose filter compares with a trait, by one of the
+    names that walk into nested values or match a literal dotted key."""
+    if draw(st.booleans()):
+        return draw(trait_node())
+    return {"event": {"name": "A", "where": [draw(trait_ref_filters)]}}
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(hist=histories(paths=True), definition=trait_path_nodes())
+def test_trait_paths_match_reference(
+    engine: Any, hist: list[dict[str, Any]], definition: Any
+) -> None:
+    """Dotted trait names, singled out: in the mixed trees above a condition on them
+    meets a profile with both a literal dotted key and a nested value too rarely."""
+    ws = f"path{next(_ws_counter)}"
+    node = parse_audience(definition)
+    with engine.begin() as conn:
+        data = load(conn, ws, hist)
+        want = {pid for pid, p in data.items() if evaluate(node, p, NOW)}
+        assert _members(conn, ws, node) == want, (definition, hist)
+
+
+def _computed_values(conn: Any, ws: str, cdef: Any) -> dict[int, Any]:
+    q = compile_computed_trait(cdef, workspace_id=ws, now_us=NOW, dialect="sqlite")
+    return {r[0]: r[1] for r in conn.execute(q)}
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(hist=histories(paths=True), computed=computed_defs(with_ref=True))
+def test_computed_trait_refs_match_reference(
+    engine: Any, hist: list[dict[str, Any]], computed: Any
+) -> None:
+    """Computed traits whose filters compare with the person's (latest, merged) trait."""
+    ws = f"cref{next(_ws_counter)}"
+    cdef = parse_computed_trait(computed)
+    with engine.begin() as conn:
+        data = load(conn, ws, hist)
+        values = _computed_values(conn, ws, cdef)
+    expected = {pid: compute_trait(cdef, p.events, NOW, p.traits) for pid, p in data.items()}
+    assert values.keys() == expected.keys()
+    for pid in expected:
+        assert close(values[pid], expected[pid]), (computed, pid, values[pid], expected, hist)
+
+
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -326,11 +413,8 @@ def test_sql_matches_reference(
         flags = {r[0]: (bool(r[1]), bool(r[2])) for r in rows}
         assert {p for p, f in flags.items() if f[0]} == want, (definition, hist)
         assert {p for p, f in flags.items() if f[1]} == data.keys() - want, (definition, hist)
-        rows = conn.execute(
-            compile_computed_trait(cdef, workspace_id=ws, now_us=NOW, dialect="sqlite")
-        ).all()
-        values = dict((r[0], r[1]) for r in rows)
-        expected = {pid: compute_trait(cdef, p.events, NOW) for pid, p in data.items()}
+        values = _computed_values(conn, ws, cdef)
+        expected = {pid: compute_trait(cdef, p.events, NOW, p.traits) for pid, p in data.items()}
         assert values.keys() == expected.keys()
         for pid in expected:
             assert close(values[pid], expected[pid]), (

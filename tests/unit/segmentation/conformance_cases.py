@@ -1,4 +1,6 @@
-"""The conformance cases (shared/conformance/audiences.jsonl) resolved to profiles.
+"""The conformance cases resolved to profiles: the public cases
+(tests/data/conformance/audiences.jsonl, a copy of the shared file) and our own
+(own_cases.py), read by every test that runs them (reference, SQL, real services).
 
 Applies the identity convention of the conformance README: a profile is the user_id,
 or ``anon:<anonymous_id>`` for an anonymous id never linked to a user; an identify or
@@ -17,11 +19,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import pytest
+from services.segmentation.language import parse_computed_trait
+from services.segmentation.reference import compute_trait
+from tests.unit.segmentation.own_cases import CASES as OWN_CASES
 
-# The cases live next to the repository (../shared/conformance); override with
-# AUDIENCES_CONFORMANCE=/path/to/audiences.jsonl.
-_DEFAULT = Path(__file__).resolve().parents[4] / "shared" / "conformance" / "audiences.jsonl"
+# A copy lives in the repository so the tests cannot vanish in a clone without it;
+# AUDIENCES_CONFORMANCE=/path/to/audiences.jsonl runs a newer file instead.
+_DEFAULT = Path(__file__).resolve().parents[2] / "data" / "conformance" / "audiences.jsonl"
 CASES_PATH = Path(os.environ.get("AUDIENCES_CONFORMANCE", str(_DEFAULT)))
 
 # Calls whose user_id + anonymous_id pair links the two (conformance README).
@@ -37,17 +41,24 @@ def to_us(ts: str) -> int:
 
 @cache
 def load_cases() -> tuple[dict[str, Any], ...]:
-    if not CASES_PATH.exists():
-        pytest.skip(f"conformance cases not found at {CASES_PATH}")
+    """The public cases then our own. A missing or empty file fails collection: a skip
+    here would let every conformance test pass by running nothing."""
+    if not CASES_PATH.is_file():
+        raise FileNotFoundError(f"conformance cases not found at {CASES_PATH}")
     with CASES_PATH.open() as f:
-        return tuple(json.loads(line) for line in f if line.strip())
+        public = tuple(json.loads(line) for line in f if line.strip())
+    if not public:
+        raise ValueError(f"no conformance cases in {CASES_PATH}")
+    cases = public + tuple(OWN_CASES)
+    names = [c["name"] for c in cases]
+    if len(set(names)) != len(names):
+        raise ValueError(f"conformance case names repeat: {sorted(names)}")
+    return cases
 
 
 def case_names() -> list[str]:
-    try:
-        return [c["name"] for c in load_cases()]
-    except pytest.skip.Exception:
-        return []
+    """Every case's name (the test parameter)."""
+    return [c["name"] for c in load_cases()]
 
 
 def case_by_name(name: str) -> dict[str, Any]:
@@ -121,3 +132,21 @@ def close(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
     return a == b
+
+
+def reference_computed(case: dict[str, Any], r: Resolved) -> dict[str, dict[str, Any]]:
+    """Every profile's computed-trait values by the reference evaluator (filters read the
+    profile's traits), asserted equal to the case's expected values."""
+    defs = {k: parse_computed_trait(v) for k, v in case["computed_traits"].items()}
+    computed = {
+        pid: {k: compute_trait(d, evs, r.now_us, r.traits[pid]) for k, d in defs.items()}
+        for pid, evs in r.profile_events.items()
+    }
+    bad = [
+        (pid, k, computed[pid][k], v)
+        for pid, vals in case["expected"]["computed"].items()
+        for k, v in vals.items()
+        if not close(computed[pid][k], v)
+    ]
+    assert not bad, f"{len(bad)} computed values differ, e.g. {bad[:5]}"
+    return computed

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from services.segmentation.language import dependency_order, parse_audience, parse_computed_trait
-from services.segmentation.reference import ProfileData, compute_trait, evaluate
-from tests.unit.segmentation.conformance_cases import case_by_name, case_names, close, resolve
+from services.segmentation.language import dependency_order, parse_audience
+from services.segmentation.reference import ProfileData, evaluate
+from tests.unit.segmentation.conformance_cases import (
+    case_by_name,
+    case_names,
+    reference_computed,
+    resolve,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -18,18 +23,7 @@ def test_case(name: str) -> None:
     expected = case["expected"]
     assert set(r.profile_events) == set(expected["computed"]), "universe differs"
 
-    computed_defs = {k: parse_computed_trait(v) for k, v in case["computed_traits"].items()}
-    computed = {
-        pid: {k: compute_trait(d, evs, r.now_us) for k, d in computed_defs.items()}
-        for pid, evs in r.profile_events.items()
-    }
-    bad = [
-        (pid, k, computed[pid][k], v)
-        for pid, vals in expected["computed"].items()
-        for k, v in vals.items()
-        if not close(computed[pid][k], v)
-    ]
-    assert not bad, f"{len(bad)} computed values differ, e.g. {bad[:5]}"
+    computed = reference_computed(case, r)
 
     defs = {k: parse_audience(v) for k, v in case["audiences"].items()}
     memberships: dict[str, set[str]] = {pid: set() for pid in r.profile_events}

@@ -18,11 +18,13 @@ from services.segmentation.language import (
     TraitRef,
     Within,
     audience_refs,
+    computed_trait_refs,
     dependency_layers,
     dependency_order,
     find_cycle,
     parse_audience,
     parse_computed_trait,
+    trait_row_keys,
     validate_audience,
     validate_computed_trait,
 )
@@ -390,9 +392,18 @@ def test_valid_definitions_have_no_violations() -> None:
                 "type": "last",
                 "event": "E",
                 "property": "p",
-                "where": [{"property": "x", "op": "eq", "ref": {"trait": "t"}}],
+                "where": [{"property": "x", "op": "eq", "ref": {"step": 0, "property": "y"}}],
             },
-            ("where[0].ref", "refs are not allowed in computed traits"),
+            ("where[0].ref.step", "step references are only allowed in funnel steps"),
+        ),
+        (
+            {
+                "type": "last",
+                "event": "E",
+                "property": "p",
+                "where": [{"property": "x", "op": "eq", "ref": {"computed": "c"}}],
+            },
+            ("where[0].ref.computed", "refs to computed traits are not supported"),
         ),
         ({"type": "last", "event": "E", "property": "p", "extra": 1}, ("extra", "unknown field")),
     ],
@@ -401,6 +412,24 @@ def test_computed_violation(definition: Any, violation: tuple[str, str]) -> None
     assert violation in validate_computed_trait(definition)
     with pytest.raises(DefinitionError):
         parse_computed_trait(definition)
+
+
+def test_computed_trait_filters_may_compare_with_traits() -> None:
+    d = parse_computed_trait(
+        {
+            "type": "event_count",
+            "event": "Product Viewed",
+            "where": [{"property": "category", "op": "eq", "ref": {"trait": "prefs.category"}}],
+        }
+    )
+    assert d.where == (Filter("category", "eq", None, TraitRef("prefs.category")),)
+    assert computed_trait_refs(d) == {"prefs.category"}
+
+
+def test_trait_row_keys_are_the_literal_name_and_its_first_part() -> None:
+    assert trait_row_keys("plan") == ("plan",)
+    assert trait_row_keys("billing.tier") == ("billing.tier", "billing")
+    assert trait_row_keys("a.b.c") == ("a.b.c", "a")
 
 
 def test_audience_refs_and_cycles() -> None:

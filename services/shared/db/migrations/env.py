@@ -1,34 +1,23 @@
 """Alembic environment: runs migrations on the caller's connection or on DATABASE_URL.
 
-Every service's tables register on the shared metadata, so importing the service table
-modules here gives autogenerate the whole schema.
+Every service's tables register on the shared metadata; ``load_metadata`` imports every
+table module there is, so autogenerate sees the whole schema (and a module that fails to
+import fails the migration rather than hiding its tables).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 
 from alembic import context
 from sqlalchemy.engine import Connection
 
 from services.shared.config import Settings
 from services.shared.db.engine import create_engine
-from services.shared.db.tables import metadata
-
-# Service-owned tables (each service keeps its own tables.py on the shared metadata).
-for module in (
-    "services.segmentation.tables",
-    "services.sync.tables",
-    "services.prediction.tables",
-):
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError:
-        pass
+from services.shared.db.migrate import autogenerate_filters, load_metadata
 
 config = context.config
-target_metadata = metadata
+target_metadata = load_metadata()
 
 
 def _run(connection: Connection) -> None:
@@ -37,6 +26,7 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite needs batch ALTERs
         compare_type=True,
+        **autogenerate_filters(connection),
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -3,7 +3,7 @@ profile (GetMembershipHistory reads one profile's records through an index inste
 walking every record of the audience)
 
 Revision ID: 0015_segmentation_realtime
-Revises: 0006_segmentation_merged_stats
+Revises: 0014_segmentation_exit_ids
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0015_segmentation_realtime"
-down_revision: str | Sequence[str] | None = "0006_segmentation_merged_stats"
+down_revision: str | Sequence[str] | None = "0014_segmentation_exit_ids"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
