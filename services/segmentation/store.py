@@ -1043,7 +1043,7 @@ def _change(row: Any, key: str) -> Change:
 
 async def rollup_pairs(
     c: AsyncConnection, audience_ids: Sequence[int], query: sa.Select[Any]
-) -> tuple[sa.Table, sa.Select[Any]]:
+) -> tuple[sa.Table, sa.CompoundSelect[Any]]:
     """Run a ``sql.compile_audiences`` query into a temporary table (``seg_rollup``:
     pid, a0..) and return it with its flag columns as (``aud``, ``pid``) member rows
     for ``_MembershipWriter.apply``. The caller drops the table."""

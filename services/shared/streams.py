@@ -147,12 +147,16 @@ async def read_groups(
 ) -> list[tuple[str, StreamEntry]]:
     """New entries of several streams (shards) for this consumer in one XREADGROUP,
     as (stream, entry) pairs; at most `count` per stream."""
-    reply = await redis.xreadgroup(
-        group, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
+    # RESP2: a list of [stream, entries] pairs, one per stream with new entries.
+    reply = cast(
+        "list[Any]",
+        await redis.xreadgroup(
+            group, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
+        ),
     )
     out: list[tuple[str, StreamEntry]] = []
     for name, entries in reply or []:
-        stream = name.decode() if isinstance(name, bytes) else name
+        stream = name.decode() if isinstance(name, bytes) else str(name)
         out += [(stream, entry) for entry in _entries(entries)]
     return out
 

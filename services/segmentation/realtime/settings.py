@@ -44,7 +44,9 @@ class RealtimeSettings:
             group=env.get("REALTIME_GROUP", default.group),
             consumer=env.get("REALTIME_CONSUMER") or f"{socket.gethostname()}-{os.getpid()}",
             batch_size=int(env.get("REALTIME_BATCH_SIZE", default.batch_size)),
-            block_ms=int(env.get("REALTIME_BLOCK_MS", default.block_ms)),
+            block_ms=(
+                int(env["REALTIME_BLOCK_MS"]) if "REALTIME_BLOCK_MS" in env else default.block_ms
+            ),
             claim_idle_ms=int(env.get("REALTIME_CLAIM_IDLE_MS", default.claim_idle_ms)),
             claim_every_seconds=float(
                 env.get("REALTIME_CLAIM_EVERY_SECONDS", default.claim_every_seconds)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 from services.segmentation.hot import HotState
 from services.segmentation.realtime.settings import RealtimeSettings
@@ -178,7 +179,7 @@ class RealtimeWorker:
         s = self._settings
         async with self._redis.pipeline(transaction=False) as pipe:
             for change in evaluated.changes:
-                fields = {
+                fields: dict[FieldT, EncodableT] = {
                     "kind": change.kind,
                     "workspace_id": ws,
                     "seq": str(change.seq),
@@ -187,8 +188,9 @@ class RealtimeWorker:
                     "profile_id": str(change.profile_id),
                     "at_us": str(change.at_us),
                     "version": str(change.version),
-                    **traces.get(change.profile_id, {}),
                 }
+                for name, value in traces.get(change.profile_id, {}).items():
+                    fields[name] = value  # the causing event's traceparent, tracestate
                 pipe.xadd(s.changes_stream, fields, maxlen=s.changes_maxlen, approximate=True)
             await pipe.execute()
 
