@@ -41,6 +41,7 @@ class AudienceRecord:
     created_at_us: int
     updated_at_us: int
     failure_reason: str = ""  # why the last evaluation failed (state FAILED)
+    realtime: bool = False  # evaluated per event by the realtime worker
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class ComputedTraitRecord:
     created_at_us: int
     updated_at_us: int
     failure_reason: str = ""  # why the last computation failed (state FAILED)
+    realtime: bool = False  # evaluated per event by the realtime worker
 
 
 @dataclass(frozen=True)

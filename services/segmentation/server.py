@@ -63,6 +63,7 @@ def _audience(a: AudienceRecord) -> segmentation_pb2.Audience:
         updated_at=timestamp_from_us(a.updated_at_us),
         account_level=a.account_level,
         failure_reason=a.failure_reason,
+        realtime=a.realtime,
     )
 
 
@@ -76,6 +77,7 @@ def _computed(c: ComputedTraitRecord) -> segmentation_pb2.ComputedTrait:
         created_at=timestamp_from_us(c.created_at_us),
         updated_at=timestamp_from_us(c.updated_at_us),
         failure_reason=c.failure_reason,
+        realtime=c.realtime,
     )
 
 
@@ -132,6 +134,7 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             definition=a.definition,
             account_level=a.account_level,
             skip_backfill=request.skip_backfill,
+            realtime=a.realtime,
         )
         return _audience(record)
 
@@ -160,6 +163,7 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             name=a.name,
             description=a.description,
             definition=a.definition,
+            realtime=a.realtime if a.HasField("realtime") else None,
         )
         return _audience(record)
 
@@ -181,6 +185,7 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             name=c.name,
             definition=c.definition,
             skip_backfill=request.skip_backfill,
+            realtime=c.realtime,
         )
         return _computed(record)
 
@@ -206,7 +211,11 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
     ) -> segmentation_pb2.ComputedTrait:
         c = request.computed_trait
         record = await self._seg.update_computed_trait(
-            current_workspace(), key=c.key, name=c.name, definition=c.definition
+            current_workspace(),
+            key=c.key,
+            name=c.name,
+            definition=c.definition,
+            realtime=c.realtime if c.HasField("realtime") else None,
         )
         return _computed(record)
 

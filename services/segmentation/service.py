@@ -270,11 +270,14 @@ class Segmentation:
         definition: bytes,
         account_level: bool,
         skip_backfill: bool,
+        realtime: bool = False,
     ) -> AudienceRecord:
         """Save a new audience and, unless `skip_backfill`, start computing its members
-        from history in the background (state BACKFILLING, then LIVE)."""
+        from history in the background (state BACKFILLING, then LIVE). A `realtime`
+        audience is also kept up to date per event by the realtime worker."""
         violations: list[FieldViolation] = []
         check_key(key, "audience.key", violations)
+        _check_realtime(realtime, account_level, violations)
         check_name(name, "audience.name", violations)
         raw = decode_json(definition, "audience.definition", violations)
         if raw is not None:
@@ -293,6 +296,7 @@ class Segmentation:
             account_level=account_level,
             state=LIVE if skip_backfill else BACKFILLING,
             now_us=self._clock.now_us(),
+            realtime=realtime,
         )
         if not skip_backfill:
             self._spawn(self._backfill(ws, record))
@@ -315,13 +319,22 @@ class Segmentation:
         return page, token
 
     async def update_audience(
-        self, ws: str, *, key: str, name: str, description: str, definition: bytes
+        self,
+        ws: str,
+        *,
+        key: str,
+        name: str,
+        description: str,
+        definition: bytes,
+        realtime: bool | None = None,
     ) -> AudienceRecord:
-        """Replace what is given (empty fields are kept). A changed definition becomes
-        the next version: the live version keeps serving while it backfills, then the
-        new one takes over and only the differences are emitted."""
+        """Replace what is given (empty fields and a None `realtime` are kept). A
+        changed definition becomes the next version: the live version keeps serving
+        while it backfills, then the new one takes over and only the differences are
+        emitted."""
         audience = await self._audience(ws, key, "audience.key")
         violations: list[FieldViolation] = []
+        _check_realtime(bool(realtime), audience.account_level, violations)
         check_name(name, "audience.name", violations)
         raw = None
         if definition:
@@ -340,6 +353,7 @@ class Segmentation:
             definition=raw if changed else None,
             state=BACKFILLING,
             now_us=self._clock.now_us(),
+            realtime=realtime,
         )
         if changed:
             self._spawn(self._backfill(ws, record))
@@ -414,7 +428,14 @@ class Segmentation:
     # ------------------------------------------------------------------ computed traits
 
     async def create_computed_trait(
-        self, ws: str, *, key: str, name: str, definition: bytes, skip_backfill: bool
+        self,
+        ws: str,
+        *,
+        key: str,
+        name: str,
+        definition: bytes,
+        skip_backfill: bool,
+        realtime: bool = False,
     ) -> ComputedTraitRecord:
         """Save a computed trait and, unless `skip_backfill`, compute every profile's
         value in the background."""
@@ -437,6 +458,7 @@ class Segmentation:
             state=LIVE if skip_backfill else BACKFILLING,
             now_us=self._clock.now_us(),
             existing=None,
+            realtime=realtime,
         )
         if not skip_backfill:
             self._spawn(self._backfill_computed(ws, record))
@@ -462,9 +484,16 @@ class Segmentation:
         return page, base64.urlsafe_b64encode(page[-1].key.encode()).decode() if more else ""
 
     async def update_computed_trait(
-        self, ws: str, *, key: str, name: str, definition: bytes
+        self,
+        ws: str,
+        *,
+        key: str,
+        name: str,
+        definition: bytes,
+        realtime: bool | None = None,
     ) -> ComputedTraitRecord:
-        """Replace the name and/or definition; a new definition is recomputed."""
+        """Replace the name and/or definition (and the realtime flag unless None); a
+        new definition is recomputed."""
         existing = await self.get_computed_trait(ws, key)
         violations: list[FieldViolation] = []
         check_name(name, "computed_trait.name", violations)
@@ -487,6 +516,7 @@ class Segmentation:
             state=BACKFILLING,
             now_us=self._clock.now_us(),
             existing=existing,
+            realtime=realtime,
         )
         if record.version != existing.version:
             self._spawn(self._backfill_computed(ws, record))
@@ -908,6 +938,19 @@ class Segmentation:
             for c in changes:
                 yield _keyed(c, keys.get(c.audience_id, "")), _named(c, refs[c.profile_id])
             last = changes[-1].seq
+
+
+def _check_realtime(realtime: bool, account_level: bool, violations: list[FieldViolation]) -> None:
+    # The worker re-evaluates the profiles an event touched; an account is re-evaluated
+    # only by the batch paths until group calls and user flips reach it (issue 14).
+    if realtime and account_level:
+        violations.append(
+            FieldViolation(
+                "audience.realtime",
+                "account-level audiences are not evaluated in realtime yet "
+                "(backfill, Recompute and the reconcile keep them up to date)",
+            )
+        )
 
 
 def member_at_instant(

@@ -551,10 +551,19 @@ def _event_key(n: Event) -> str:
 
 
 class _AudienceCompiler:
-    def __init__(self, d: _Dialect, workspace_id: str, now_us: int) -> None:
+    def __init__(
+        self,
+        d: _Dialect,
+        workspace_id: str,
+        now_us: int,
+        profile_ids: Sequence[int] | None = None,
+    ) -> None:
         self.d = d
         self.ws = workspace_id
         self.now = now_us
+        # Canonical ids the evaluation is restricted to (realtime: the profiles a batch
+        # of events touched); None is every profile of the workspace.
+        self.profile_ids = None if profile_ids is None else sorted(set(profile_ids))
         self.event_leaves: list[Event] = []
         self.event_cols: dict[str, str] = {}  # _event_key -> column
         self.trait_cols: dict[str, str] = {}
@@ -572,6 +581,7 @@ class _AudienceCompiler:
     # -- sources
 
     def universe(self) -> Any:
+        scope = [] if self.profile_ids is None else [profiles.c.profile_id.in_(self.profile_ids)]
         return (
             sa.select(profiles.c.profile_id.label("pid"))
             .where(
@@ -581,9 +591,21 @@ class _AudienceCompiler:
                 # 5,000 rows for 1M and hashed the universe side of every join in turn.
                 not_(merged_away(profiles)),
                 profiles.c.deleted_at_us.is_(None),
+                *scope,
             )
             .subquery("u")
         )
+
+    def in_scope(self, own_profile_id: Any) -> list[ColumnElement[bool]]:
+        """Conditions keeping rows (events, traits) whose own profile is, or is merged
+        into, one of ``profile_ids``; none when the evaluation covers everyone."""
+        if self.profile_ids is None:
+            return []
+        p = profiles.alias("scope")
+        own = sa.select(p.c.profile_id).where(
+            p.c.workspace_id == self.ws, p.c.canonical_id.in_(self.profile_ids)
+        )
+        return [own_profile_id.in_(own)]
 
     def to_canonical(self, src: Any, profile_id: Any) -> tuple[Any, Any]:
         """(`src` joined to the workspace's merged profiles, the canonical id of
@@ -621,6 +643,7 @@ class _AudienceCompiler:
             cols.append(d.decode(latest).expr.label(f"t{i}"))
         src, pid = self.to_canonical(pt, pt.c.profile_id)
         where = [pt.c.workspace_id == self.ws, pt.c.key.in_(list(keys))]
+        where += self.in_scope(pt.c.profile_id)
         if merged_only:
             p = profiles.alias("merged_t")
             merges = sa.select(p.c.profile_id, p.c.canonical_id).where(
@@ -767,6 +790,7 @@ class _AudienceCompiler:
             src, key = self.to_canonical(src, ev.c.profile_id)
             src = self.with_refs(src, key, filters)
         where = [ev.c.workspace_id == self.ws, ev.c.timestamp_us <= self.now, or_(*arms)]
+        where += self.in_scope(ev.c.profile_id)
         if all(n.window is not None for n in self.event_leaves):
             # No condition counts events at or before the earliest window start: those
             # rows (and partitions) need not be read at all.
@@ -963,6 +987,7 @@ class _AudienceCompiler:
             ev.c.workspace_id == self.ws,
             ev.c.timestamp_us <= self.now,
             or_(*[and_(ev.c.type == t, ev.c.name == nm) for t, nm in names]),
+            *self.in_scope(ev.c.profile_id),
         ]
         if n.window is not None:
             # Every step of a chain is later than its first step, which is inside the
@@ -1089,6 +1114,7 @@ def compile_audiences(
     workspace_id: str,
     now_us: int,
     dialect: str,
+    profile_ids: Sequence[int] | None = None,
 ) -> Select[Any]:
     """Several audiences in one statement: a row (``pid``, ``a0`` .. ``a{n-1}``) per
     alive canonical profile matching at least one definition, ``a{i}`` telling whether it
@@ -1099,10 +1125,13 @@ def compile_audiences(
     audience is then its boolean tree over that rollup. Audience references read
     ``memberships`` as ``compile_audience`` does, so an audience must not be compiled
     together with one it references (see ``language.dependency_layers``).
+
+    ``profile_ids`` restricts the evaluation to those canonical profiles (the same
+    answer for each of them as without it; the realtime worker's re-evaluation).
     """
     if not definitions:
         raise ValueError("no definitions to compile")
-    c = _AudienceCompiler(_dialect(dialect), workspace_id, now_us)
+    c = _AudienceCompiler(_dialect(dialect), workspace_id, now_us, profile_ids)
     return c.compile_many([_as_node(d) for d in definitions])
 
 
@@ -1167,12 +1196,14 @@ def compile_computed_trait(
     workspace_id: str,
     now_us: int,
     dialect: str,
+    profile_ids: Sequence[int] | None = None,
 ) -> Select[Any]:
     """A SELECT of ``(profile_id, value)`` for every alive canonical profile of the
-    workspace; ``value`` comes back JSON-compatible (numbers, strings, lists, None)."""
+    workspace (of ``profile_ids`` when given); ``value`` comes back JSON-compatible
+    (numbers, strings, lists, None)."""
     defn = parse_computed_trait(definition) if isinstance(definition, Mapping) else definition
     d = _dialect(dialect)
-    comp = _AudienceCompiler(d, workspace_id, now_us)
+    comp = _AudienceCompiler(d, workspace_id, now_us, profile_ids)
     u = comp.universe()
     ev = events
     src: Any = ev.join(profiles, profiles.c.profile_id == ev.c.profile_id)
@@ -1191,6 +1222,7 @@ def compile_computed_trait(
         ev.c.name == defn.event,
         _window(ev.c.timestamp_us, defn.window, now_us),
         *[comp.filter_pred(f, ev.c.properties) for f in defn.where],
+        *comp.in_scope(ev.c.profile_id),
     ]
     pid = profiles.c.canonical_id.label("pid")
     t = defn.type
@@ -1312,10 +1344,15 @@ async def evaluate_computed_trait(
     *,
     workspace_id: str,
     now_us: int,
+    profile_ids: Sequence[int] | None = None,
 ) -> dict[int, Any]:
     """Run ``compile_computed_trait`` on ``conn``: profile id -> JSON-compatible value."""
     q = compile_computed_trait(
-        definition, workspace_id=workspace_id, now_us=now_us, dialect=conn.dialect.name
+        definition,
+        workspace_id=workspace_id,
+        now_us=now_us,
+        dialect=conn.dialect.name,
+        profile_ids=profile_ids,
     )
     await batch_settings(conn)
     return {row[0]: _jsonable(row[1]) for row in (await conn.execute(q)).all()}

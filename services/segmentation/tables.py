@@ -30,6 +30,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    false,
 )
 
 from services.shared.db.membership_log import membership_changes, memberships
@@ -60,6 +61,8 @@ audiences = Table(
     Column("created_at_us", BigInteger, nullable=False),
     Column("updated_at_us", BigInteger, nullable=False),
     Column("deleted_at_us", BigInteger, nullable=True),
+    # Evaluated per event by the realtime worker (services/segmentation/realtime).
+    Column("realtime", Boolean, nullable=False, default=False, server_default=false()),
     UniqueConstraint("workspace_id", "key", name="uq_audiences_workspace_key"),
 )
 
@@ -81,6 +84,8 @@ computed_traits = Table(
     Column("definition", Json, nullable=False),
     Column("created_at_us", BigInteger, nullable=False),
     Column("updated_at_us", BigInteger, nullable=False),
+    # Evaluated per event by the realtime worker (services/segmentation/realtime).
+    Column("realtime", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 computed_trait_values = Table(

@@ -10,6 +10,8 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol
 
+import redis
+
 US_PER_SECOND = 1_000_000
 US_PER_DAY = 86_400 * US_PER_SECOND
 
@@ -41,6 +43,33 @@ class FixedClock:
 
     def advance(self, seconds: float) -> None:
         self._now_us += int(seconds * US_PER_SECOND)
+
+
+class RedisKeyClock:
+    """The instant (integer microseconds) held in one Redis key, read on every call;
+    the wall clock while the key is absent.
+
+    Only when the CLOCK_REDIS_KEY setting names it (tests and replays of separate
+    processes): every process of a run then shares one `now` that a driver sets and
+    steps forward. A blocking read per call is fine there and never happens otherwise.
+    """
+
+    def __init__(self, redis_url: str, key: str) -> None:
+        self._redis = redis.Redis.from_url(redis_url)
+        self._key = key
+
+    def now_us(self) -> int:
+        value = self._redis.get(self._key)
+        return int(value) if value is not None else time.time_ns() // 1000
+
+
+def clock_for(redis_url: str, clock_redis_key: str) -> Clock:
+    """The process clock: the wall clock, or `RedisKeyClock` when a key is configured."""
+    if not clock_redis_key:
+        return SystemClock()
+    if redis_url.startswith("memory"):
+        raise ValueError("CLOCK_REDIS_KEY needs a real Redis (REDIS_URL=redis://...)")
+    return RedisKeyClock(redis_url, clock_redis_key)
 
 
 def us_from_datetime(value: datetime) -> int:

@@ -59,6 +59,10 @@ class Settings:
     db_pool_size: int = 10
     # OpenTelemetry exporter: otlp, console or none (standard OTEL_TRACES_EXPORTER).
     traces_exporter: str = "none"
+    # When set, every process reads `now` (integer microseconds) from this Redis key
+    # (the wall clock while it is absent): one controllable clock for a run of separate
+    # processes (tests, replays). Empty: the wall clock.
+    clock_redis_key: str = ""
     # Peers, as <SERVICE>_ADDR (host:port).
     peer_addresses: dict[str, str] = field(default_factory=dict)
     # Browser origins that may send to the ingest HTTP gateway (CORS); "*" is any origin,
@@ -100,6 +104,7 @@ class Settings:
             api_key_cache_seconds=float(env.get("API_KEY_CACHE_SECONDS", "30")),
             db_pool_size=_env_int("DB_POOL_SIZE", 10),
             traces_exporter=env.get("OTEL_TRACES_EXPORTER", "none"),
+            clock_redis_key=env.get("CLOCK_REDIS_KEY", ""),
             peer_addresses={
                 name: env.get(f"{name.upper()}_ADDR", f"127.0.0.1:{port}")
                 for name, port in DEFAULT_PORTS.items()

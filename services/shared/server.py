@@ -39,7 +39,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.shared import auth, telemetry, tls
-from services.shared.clock import Clock, SystemClock
+from services.shared.clock import Clock, clock_for
 from services.shared.config import Settings
 from services.shared.db.engine import create_engine
 from services.shared.errors import ServiceError, invalid, refused_value
@@ -76,7 +76,7 @@ class Resources:
         """Connect to the database and Redis and set up tracing."""
         provider = telemetry.setup_tracing(service_name, settings.traces_exporter, exporter)
         engine = create_engine(settings.database_url, settings.db_pool_size)
-        clock = clock or SystemClock()
+        clock = clock or clock_for(settings.redis_url, settings.clock_redis_key)
         return cls(
             settings=settings,
             engine=engine,

@@ -24,6 +24,8 @@ TRACE_FIELDS = ("traceparent", "tracestate")
 # Ingest's stream of every accepted event (and merge), read by segmentation. An
 # event's entry id is ``<event seq>-0``; its merges are ``<event seq>-<n>``.
 EVENTS_STREAM = "stream:events"
+# The realtime worker appends every membership change here (for syncs).
+CHANGES_STREAM = "stream:changes"
 
 
 def event_entry_id(seq: int) -> str:
@@ -135,6 +137,30 @@ async def read_group(
     return _entries(reply[0][1])
 
 
+async def read_groups(
+    redis: redis_asyncio.Redis,
+    streams: Sequence[str],
+    group: str,
+    consumer: str,
+    count: int = 500,
+    block_ms: int | None = 1000,
+) -> list[tuple[str, StreamEntry]]:
+    """New entries of several streams (shards) for this consumer in one XREADGROUP,
+    as (stream, entry) pairs; at most `count` per stream."""
+    # RESP2: a list of [stream, entries] pairs, one per stream with new entries.
+    reply = cast(
+        "list[Any]",
+        await redis.xreadgroup(
+            group, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
+        ),
+    )
+    out: list[tuple[str, StreamEntry]] = []
+    for name, entries in reply or []:
+        stream = name.decode() if isinstance(name, bytes) else str(name)
+        out += [(stream, entry) for entry in _entries(entries)]
+    return out
+
+
 async def ack(redis: redis_asyncio.Redis, stream: str, group: str, ids: Sequence[str]) -> int:
     """Acknowledge processed entries; returns how many were pending."""
     if not ids:
@@ -151,5 +177,20 @@ async def claim_stale(
     count: int = 500,
 ) -> list[StreamEntry]:
     """Take over entries another consumer read but did not ack within min_idle_ms."""
-    reply = await redis.xautoclaim(stream, group, consumer, min_idle_ms, "0-0", count=count)
-    return _entries(reply[1])
+    return (await claim_stale_page(redis, stream, group, consumer, min_idle_ms, "0-0", count))[1]
+
+
+async def claim_stale_page(
+    redis: redis_asyncio.Redis,
+    stream: str,
+    group: str,
+    consumer: str,
+    min_idle_ms: int,
+    start: str = "0-0",
+    count: int = 500,
+) -> tuple[str, list[StreamEntry]]:
+    """One XAUTOCLAIM page from `start`: (the cursor of the next page, "0-0" after the
+    last; the entries taken over)."""
+    reply = await redis.xautoclaim(stream, group, consumer, min_idle_ms, start, count=count)
+    cursor = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+    return cursor, _entries(reply[1])

@@ -69,3 +69,20 @@ async def test_entries_carry_the_publishers_trace(client) -> None:  # type: igno
     parent = trace.get_current_span(context).get_span_context()
     assert parent.trace_id == trace_id
     assert entry.fields[b"k"] == b"v"
+
+
+async def test_several_shards_in_one_read_and_claims_by_page(client) -> None:  # type: ignore[no-untyped-def]
+    for shard in ("a", "b"):
+        await streams.ensure_group(client, shard, "seg")
+        await streams.publish(client, shard, [(f"{i}-0", {"seq": str(i)}) for i in range(1, 4)])
+    read = await streams.read_groups(client, ["a", "b"], "seg", "dead", count=10, block_ms=None)
+    assert sorted((s, e.id) for s, e in read) == [(s, f"{i}-0") for s in "ab" for i in (1, 2, 3)]
+    # Paging through what "dead" left pending, two at a time, until the cursor ends.
+    cursor, taken = "0-0", []
+    while True:
+        cursor, page = await streams.claim_stale_page(client, "a", "seg", "b", 0, cursor, count=2)
+        assert len(page) <= 2
+        taken += [e.id for e in page]
+        if cursor == "0-0":
+            break
+    assert taken == ["1-0", "2-0", "3-0"]

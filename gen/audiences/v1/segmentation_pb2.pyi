@@ -109,6 +109,7 @@ class Audience(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     ACCOUNT_LEVEL_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    REALTIME_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """unique per workspace, [a-z0-9_]+"""
     name: _builtins.str
@@ -123,6 +124,11 @@ class Audience(_message.Message):
     failure_reason: _builtins.str
     """Why the last backfill or recompute of this audience failed (state FAILED); empty
     once an evaluation succeeds again.
+    """
+    realtime: _builtins.bool
+    """Kept up to date per event by the realtime worker (services.segmentation.realtime)
+    besides backfill, Recompute and the reconcile. Unset on create means false; unset
+    on update keeps the current value.
     """
     @_builtins.property
     def backfill(self) -> _common_pb2.Progress: ...
@@ -145,12 +151,15 @@ class Audience(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         account_level: _builtins.bool = ...,
         failure_reason: _builtins.str = ...,
+        realtime: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["backfill", b"backfill", "created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_realtime", b"_realtime", "backfill", b"backfill", "created_at", b"created_at", "realtime", b"realtime", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_level", b"account_level", "backfill", b"backfill", "created_at", b"created_at", "definition", b"definition", "description", b"description", "failure_reason", b"failure_reason", "key", b"key", "name", b"name", "size", b"size", "state", b"state", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_realtime", b"_realtime", "account_level", b"account_level", "backfill", b"backfill", "created_at", b"created_at", "definition", b"definition", "description", b"description", "failure_reason", b"failure_reason", "key", b"key", "name", b"name", "realtime", b"realtime", "size", b"size", "state", b"state", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__realtime: _TypeAlias = _typing.Literal["realtime"]  # noqa: Y015
+    _WhichOneofArgType__realtime: _TypeAlias = _typing.Literal["_realtime", b"_realtime"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__realtime) -> _WhichOneofReturnType__realtime | None: ...
 
 Global___Audience: _TypeAlias = Audience  # noqa: Y015
 
@@ -309,6 +318,7 @@ class ComputedTrait(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    REALTIME_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     name: _builtins.str
     definition: _builtins.bytes
@@ -319,6 +329,8 @@ class ComputedTrait(_message.Message):
     state: Global___AudienceState.ValueType
     failure_reason: _builtins.str
     """Why the last computation of this trait failed (state FAILED); empty otherwise."""
+    realtime: _builtins.bool
+    """Kept up to date per event by the realtime worker; unset on update keeps the value."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -334,12 +346,15 @@ class ComputedTrait(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         failure_reason: _builtins.str = ...,
+        realtime: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_realtime", b"_realtime", "created_at", b"created_at", "realtime", b"realtime", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "definition", b"definition", "failure_reason", b"failure_reason", "key", b"key", "name", b"name", "state", b"state", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_realtime", b"_realtime", "created_at", b"created_at", "definition", b"definition", "failure_reason", b"failure_reason", "key", b"key", "name", b"name", "realtime", b"realtime", "state", b"state", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__realtime: _TypeAlias = _typing.Literal["realtime"]  # noqa: Y015
+    _WhichOneofArgType__realtime: _TypeAlias = _typing.Literal["_realtime", b"_realtime"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__realtime) -> _WhichOneofReturnType__realtime | None: ...
 
 Global___ComputedTrait: _TypeAlias = ComputedTrait  # noqa: Y015
 

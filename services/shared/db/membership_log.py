@@ -90,6 +90,8 @@ membership_changes = Table(
     # then walks the primary key for one audience's poll (audience_id's physical
     # correlation is low; the constant workspace's is 1): docs/benchmarks.md, session 4.
     Index("ix_membership_changes_audience", "workspace_id", "audience_id", "seq"),
+    # GetMembershipHistory: one profile's records (and those of profiles merged into it).
+    Index("ix_membership_changes_profile", "workspace_id", "profile_id", "audience_id", "seq"),
 )
 
 change_sequences = Table(

@@ -1,0 +1,57 @@
+"""The realtime worker's settings (environment variables, read once per process)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from services.shared.streams import CHANGES_STREAM, EVENTS_STREAM
+
+DEFAULT_PORT = 50056  # grpc.health.v1 of the worker (GRPC_PORT overrides)
+
+
+@dataclass(frozen=True)
+class RealtimeSettings:
+    """How the worker consumes and schedules. Construct with `from_env()`."""
+
+    # The event stream shards this worker consumes (REALTIME_STREAMS, comma-separated).
+    streams: tuple[str, ...] = (EVENTS_STREAM,)
+    group: str = "segmentation-realtime"
+    # Unique per process: pending entries are owned by a consumer name.
+    consumer: str = "realtime"
+    # Entries per XREADGROUP (per shard) and the longest wait for new ones.
+    batch_size: int = 500
+    block_ms: int | None = 200  # None: never wait (a caller stepping the worker itself)
+    # An entry read but not acknowledged for this long is taken over (XAUTOCLAIM), at
+    # start and every claim_every_seconds.
+    claim_idle_ms: int = 30_000
+    claim_every_seconds: float = 5.0
+    # The due-time sorted set of (workspace, profile) next window boundaries.
+    due_key: str = "realtime:due"
+    # The stream changes are appended to, and its approximate length cap.
+    changes_stream: str = CHANGES_STREAM
+    changes_maxlen: int = 1_000_000
+
+    @classmethod
+    def from_env(cls) -> RealtimeSettings:
+        """Every setting from REALTIME_* variables, with the defaults above."""
+        env = os.environ
+        default = cls()
+        streams = tuple(s for s in env.get("REALTIME_STREAMS", "").split(",") if s)
+        return cls(
+            streams=streams or default.streams,
+            group=env.get("REALTIME_GROUP", default.group),
+            consumer=env.get("REALTIME_CONSUMER") or f"{socket.gethostname()}-{os.getpid()}",
+            batch_size=int(env.get("REALTIME_BATCH_SIZE", default.batch_size)),
+            block_ms=(
+                int(env["REALTIME_BLOCK_MS"]) if "REALTIME_BLOCK_MS" in env else default.block_ms
+            ),
+            claim_idle_ms=int(env.get("REALTIME_CLAIM_IDLE_MS", default.claim_idle_ms)),
+            claim_every_seconds=float(
+                env.get("REALTIME_CLAIM_EVERY_SECONDS", default.claim_every_seconds)
+            ),
+            due_key=env.get("REALTIME_DUE_KEY", default.due_key),
+            changes_stream=env.get("REALTIME_CHANGES_STREAM", default.changes_stream),
+            changes_maxlen=int(env.get("REALTIME_CHANGES_MAXLEN", default.changes_maxlen)),
+        )

@@ -1,0 +1,182 @@
+"""Persistence of the realtime worker: the realtime definitions of a workspace, the
+re-evaluation of a set of profiles written through the segmentation store's writer
+(one transaction per workspace and batch), and the profiles' next due instants.
+
+Nothing is evaluated per profile: each computed trait is one statement and each
+dependency layer of audiences one ``sql.compile_audiences`` statement, restricted to
+the batch's canonical profiles, so the answer for each of them is exactly what a
+Recompute would give at the same instant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.segmentation import sql
+from services.segmentation.language import dependency_layers, parse_audience, parse_computed_trait
+from services.segmentation.model import (
+    LIVE,
+    AudienceRecord,
+    Change,
+    ComputedTraitRecord,
+    Diff,
+    Progress,
+)
+from services.segmentation.realtime.schedule import EventKind, boundary_offsets
+from services.segmentation.status_tables import change_sequences
+from services.segmentation.store import (
+    SegmentationStore,
+    _change,
+    _drop,
+    _MembershipWriter,
+    rollup_pairs,
+    write_computed_values,
+)
+from services.segmentation.tables import membership_changes
+from services.shared.db.tables import events, profiles
+
+
+@dataclass(frozen=True)
+class RealtimeDefinitions:
+    """What the worker evaluates in one workspace."""
+
+    layers: list[list[AudienceRecord]]  # live realtime audiences in dependency layers
+    computed: list[ComputedTraitRecord]  # live realtime computed traits
+    offsets: dict[EventKind, set[int]]  # see schedule.boundary_offsets
+
+
+@dataclass
+class Evaluated:
+    """What one re-evaluation of a set of profiles changed (committed)."""
+
+    changes: list[Change] = field(default_factory=list)  # membership records, seq order
+    memberships: list[tuple[AudienceRecord, Diff]] = field(default_factory=list)
+    # computed trait key -> (changed profile -> value, profiles whose value went)
+    computed: dict[str, tuple[dict[int, Any], list[int]]] = field(default_factory=dict)
+
+
+class RealtimeStore:
+    """The realtime worker's reads and writes of one database."""
+
+    def __init__(self, engine: AsyncEngine, store: SegmentationStore) -> None:
+        self._engine = engine
+        self._store = store
+
+    async def definitions(self, ws: str) -> RealtimeDefinitions | None:
+        """The live realtime audiences and computed traits of `ws`; None when it has
+        none. An audience whose newest version is still backfilling is left to its
+        backfill (which writes the members of that version)."""
+        stored = await self._store.audience_definitions(ws)
+        chosen = {
+            k: a
+            for k, a in stored.items()
+            if a.realtime and a.state == LIVE and a.live_version == a.version
+        }
+        computed = [
+            c for c in await self._store.list_computed(ws) if c.realtime and c.state == LIVE
+        ]
+        if not chosen and not computed:
+            return None
+        layers = dependency_layers({k: a.definition for k, a in chosen.items()})
+        offsets = boundary_offsets(
+            [parse_audience(a.definition) for a in chosen.values()],
+            [parse_computed_trait(c.definition) for c in computed],
+        )
+        ordered = [[chosen[k] for k in layer] for layer in layers]
+        return RealtimeDefinitions(ordered, computed, offsets)
+
+    async def canonical(self, ws: str, profile_ids: Collection[int]) -> dict[int, int]:
+        """profile id -> its canonical id now (unknown ids are left out)."""
+        query = select(profiles.c.profile_id, profiles.c.canonical_id).where(
+            profiles.c.workspace_id == ws, profiles.c.profile_id.in_(sorted(profile_ids))
+        )
+        async with self._engine.connect() as c:
+            return {r.profile_id: r.canonical_id for r in await c.execute(query)}
+
+    async def evaluate(
+        self, ws: str, definitions: RealtimeDefinitions, scope: Sequence[int], now_us: int
+    ) -> Evaluated:
+        """Re-evaluate `definitions` for the canonical profiles `scope` at `now_us` and
+        write what changed, in one transaction under the workspace's change-seq lock
+        (serialised with every other membership writer of the workspace: a second
+        worker, a Recompute). Evaluating the same profiles again at the same instant
+        writes nothing."""
+        out = Evaluated()
+        scope = sorted(set(scope))
+        async with self._engine.connect() as c:
+            transaction = await c.begin()
+            await sql.batch_settings(c)
+            writer = await _MembershipWriter.start(c, ws, now_us, scope)
+            for trait in definitions.computed:
+                values = await sql.evaluate_computed_trait(
+                    c, trait.definition, workspace_id=ws, now_us=now_us, profile_ids=scope
+                )
+                written = await write_computed_values(c, ws, trait.key, values, now_us, scope)
+                if written[0] or written[1]:
+                    out.computed[trait.key] = written
+            before = (
+                await c.execute(
+                    select(change_sequences.c.last_seq).where(change_sequences.c.workspace_id == ws)
+                )
+            ).scalar_one()
+            for layer in definitions.layers:
+                # Computed values and the earlier layers' memberships written above are
+                # read by this statement (same transaction).
+                query = sql.compile_audiences(
+                    [a.definition for a in layer],
+                    workspace_id=ws,
+                    now_us=now_us,
+                    dialect=c.dialect.name,
+                    profile_ids=scope,
+                )
+                rollup, pairs = await rollup_pairs(c, [a.audience_id for a in layer], query)
+                batch = [(a.audience_id, a.version) for a in layer]
+                diffs = await writer.apply(batch, pairs, Progress(), None)
+                await _drop(c, rollup)
+                out.memberships += [
+                    (a, d) for a, d in zip(layer, diffs, strict=True) if d.entered or d.exited
+                ]
+            keys = {a.audience_id: a.key for layer in definitions.layers for a in layer}
+            rows = await c.execute(
+                select(membership_changes)
+                .where(membership_changes.c.workspace_id == ws, membership_changes.c.seq > before)
+                .order_by(membership_changes.c.seq)
+            )
+            out.changes = [_change(r, keys.get(r.audience_id, "")) for r in rows]
+            await writer.finish()
+            await transaction.commit()
+        return out
+
+    async def next_due(
+        self, ws: str, offsets: dict[EventKind, set[int]], scope: Sequence[int], now_us: int
+    ) -> dict[int, int]:
+        """Canonical profile -> the earliest instant after `now_us` at which one of its
+        events (its own or a merged profile's) crosses a boundary of `offsets`; profiles
+        with none are left out. One statement for the whole set."""
+        if not offsets or not scope:
+            return {}
+        ev, p = events, profiles
+        arms = [
+            select(p.c.canonical_id.label("pid"), func.min(ev.c.timestamp_us + offset).label("at"))
+            .select_from(ev.join(p, p.c.profile_id == ev.c.profile_id))
+            .where(
+                ev.c.workspace_id == ws,
+                p.c.canonical_id.in_(sorted(scope)),
+                ev.c.type == kind[0],
+                ev.c.name == kind[1],
+                ev.c.timestamp_us > sa.literal(now_us - offset, sa.BigInteger),
+            )
+            .group_by(p.c.canonical_id)
+            for kind, kind_offsets in sorted(offsets.items())
+            for offset in sorted(kind_offsets)
+        ]
+        found = sa.union_all(*arms).subquery("due")
+        query = select(found.c.pid, func.min(found.c.at)).group_by(found.c.pid)
+        async with self._engine.connect() as c:
+            return {int(pid): int(at) for pid, at in await c.execute(query)}

@@ -1,0 +1,202 @@
+"""The realtime worker's loop: read the event shards in batches, re-evaluate the touched
+profiles, publish what changed, acknowledge; and re-evaluate profiles as their window
+boundaries fall due.
+
+Delivery: entries are acknowledged only after their re-evaluation committed, so a
+worker that dies leaves them pending and another worker takes them over (XAUTOCLAIM,
+at start and every ``claim_every_seconds``). Re-evaluating a profile is idempotent (the
+writer diffs against committed memberships under the workspace's lock), so a
+redelivered entry changes nothing that was already written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
+
+from services.segmentation.hot import HotState
+from services.segmentation.realtime.settings import RealtimeSettings
+from services.segmentation.realtime.store import Evaluated, RealtimeStore
+from services.segmentation.realtime.touches import Touched, touched_profiles
+from services.shared import streams
+from services.shared.clock import Clock
+from services.shared.streams import StreamEntry
+
+log = logging.getLogger(__name__)
+
+# Take (and remove) the members of the due set whose instant has come: KEYS[1] the
+# set, ARGV[1] now (us), ARGV[2] how many. Atomic, so two workers never both take one.
+_TAKE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
+"""
+
+
+def due_member(ws: str, profile_id: int) -> str:
+    """The due set's member naming a profile of a workspace."""
+    return f"{ws}:{profile_id}"
+
+
+def _parse_due(member: bytes) -> tuple[str, int] | None:
+    ws, _, pid = member.decode().rpartition(":")
+    return (ws, int(pid)) if ws and pid.isdigit() else None
+
+
+class RealtimeWorker:
+    """One consumer of the event shards (settings.streams) in the consumer group."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        store: RealtimeStore,
+        hot: HotState,
+        clock: Clock,
+        settings: RealtimeSettings,
+    ) -> None:
+        self._redis = redis
+        self._store = store
+        self._hot = hot
+        self._clock = clock
+        self._settings = settings
+        self._take_due = redis.register_script(_TAKE_DUE)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; the batch in hand is finished (written and
+        acknowledged) before returning."""
+        s = self._settings
+        for stream in s.streams:
+            await streams.ensure_group(self._redis, stream, s.group)
+        claimed_at = float("-inf")
+        while not stop.is_set():
+            if time.monotonic() - claimed_at >= s.claim_every_seconds:
+                await self.claim_stale()
+                claimed_at = time.monotonic()
+            await self.run_due()
+            read = await streams.read_groups(
+                self._redis, s.streams, s.group, s.consumer, s.batch_size, s.block_ms
+            )
+            if read:
+                await self.process(read)
+
+    async def claim_stale(self) -> int:
+        """Take over and process every entry of the shards left pending by another
+        consumer for longer than claim_idle_ms; returns how many."""
+        s = self._settings
+        total = 0
+        for stream in s.streams:
+            cursor = "0-0"
+            while True:
+                cursor, entries = await streams.claim_stale_page(
+                    self._redis, stream, s.group, s.consumer, s.claim_idle_ms, cursor, s.batch_size
+                )
+                if entries:
+                    log.info("took over %d pending entries of %s", len(entries), stream)
+                    await self.process([(stream, e) for e in entries])
+                    total += len(entries)
+                if cursor == "0-0":
+                    break
+        return total
+
+    async def process(self, read: Sequence[tuple[str, StreamEntry]]) -> None:
+        """Re-evaluate the profiles the entries touched, then acknowledge them, except
+        those of a workspace whose evaluation failed: they stay pending and are taken
+        over again once idle for claim_idle_ms (by this worker or another)."""
+        touched = touched_profiles(entry for _, entry in read)
+        failed = await self._evaluate(touched, self._clock.now_us())
+        by_stream: dict[str, list[str]] = {}
+        for stream, entry in read:
+            if entry.fields.get(b"workspace_id", b"").decode() not in failed:
+                by_stream.setdefault(stream, []).append(entry.id)
+        for stream, ids in by_stream.items():
+            await streams.ack(self._redis, stream, self._settings.group, ids)
+
+    async def run_due(self) -> int:
+        """Re-evaluate the profiles whose next boundary is at or before now; returns
+        how many were due."""
+        now = self._clock.now_us()
+        taken = await self._take_due(
+            keys=[self._settings.due_key], args=[now, self._settings.batch_size]
+        )
+        touched: dict[str, Touched] = {}
+        for member in taken:
+            parsed = _parse_due(member)
+            if parsed is not None:
+                touched.setdefault(parsed[0], Touched()).add(parsed[1], {})
+        failed = await self._evaluate(touched, now) if touched else set()
+        # A failed workspace's due profiles go back, due now: retried next round.
+        for ws in failed:
+            await self._schedule(ws, dict.fromkeys(touched[ws].profiles, now))
+        return len(taken)
+
+    async def _evaluate(self, touched: Mapping[str, Touched], now: int) -> set[str]:
+        """Re-evaluate each workspace's touched profiles; returns the workspaces whose
+        evaluation failed (logged; one workspace's failure does not stop the others)."""
+        failed: set[str] = set()
+        for ws, profiles in touched.items():
+            try:
+                await self._evaluate_workspace(ws, profiles, now)
+            except Exception:
+                log.exception("realtime evaluation of workspace %s failed; will retry", ws)
+                failed.add(ws)
+        return failed
+
+    async def _evaluate_workspace(self, ws: str, profiles: Touched, now: int) -> None:
+        definitions = await self._store.definitions(ws)
+        if definitions is None:
+            return
+        canonical = await self._store.canonical(ws, profiles.profiles.keys())
+        traces: dict[int, dict[str, str]] = {}
+        for pid, trace in profiles.profiles.items():
+            if pid in canonical:
+                traces[canonical[pid]] = trace
+        scope = sorted(traces)
+        if not scope:
+            return
+        evaluated = await self._store.evaluate(ws, definitions, scope, now)
+        # After the commit: hot state and the changes stream never show a change whose
+        # record is not committed.
+        await self._publish(ws, evaluated, traces, now)
+        due = await self._store.next_due(ws, definitions.offsets, scope, now)
+        await self._schedule(ws, due)
+
+    async def _publish(
+        self, ws: str, evaluated: Evaluated, traces: Mapping[int, dict[str, str]], now: int
+    ) -> None:
+        for audience, diff in evaluated.memberships:
+            await self._hot.memberships(
+                ws, audience.key, dict.fromkeys(diff.entered, now), diff.exited
+            )
+        for key, (changed, removed) in evaluated.computed.items():
+            await self._hot.computed(ws, key, changed, removed)
+        if not evaluated.changes:
+            return
+        s = self._settings
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for change in evaluated.changes:
+                fields: dict[FieldT, EncodableT] = {
+                    "kind": change.kind,
+                    "workspace_id": ws,
+                    "seq": str(change.seq),
+                    "audience_id": str(change.audience_id),
+                    "audience_key": change.audience_key,
+                    "profile_id": str(change.profile_id),
+                    "at_us": str(change.at_us),
+                    "version": str(change.version),
+                }
+                for name, value in traces.get(change.profile_id, {}).items():
+                    fields[name] = value  # the causing event's traceparent, tracestate
+                pipe.xadd(s.changes_stream, fields, maxlen=s.changes_maxlen, approximate=True)
+            await pipe.execute()
+
+    async def _schedule(self, ws: str, due: Mapping[int, int]) -> None:
+        """Put each profile's next due instant in the due set, keeping an earlier one
+        already there (ZADD LT): an early wake-up re-evaluates and reschedules."""
+        if due:
+            mapping = {due_member(ws, pid): at for pid, at in due.items()}
+            await self._redis.zadd(self._settings.due_key, mapping, lt=True)
