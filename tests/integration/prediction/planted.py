@@ -46,7 +46,7 @@ async def insert_events(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None
             )
 
 
-async def add_profiles(engine: AsyncEngine, ws: str, count: int, now_us: int) -> list[int]:
+async def add_profiles(engine: AsyncEngine, ws: str, count: int, now_us: int = 0) -> list[int]:
     """`count` live profiles, each with a user_id identity ``u<profile id>``."""
     async with engine.begin() as c:
         ids = list(

@@ -1,0 +1,133 @@
+"""Point-in-time features and labels in Postgres: exact values on a small history, goal
+filters, and no feature computed from the label period."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.prediction.features import FeatureSpec
+from services.prediction.features_sql import FeatureQueries
+from services.prediction.model import Goal, GoalFilter
+from services.shared.clock import US_PER_DAY
+from services.shared.server import Resources
+from tests.integration.prediction.planted import add_profiles, insert_events, plant
+
+WS = "ws_features"
+CUTOFF = 1_735_689_600_000_000  # 2025-01-01
+HOUR = 3_600_000_000
+
+
+def event(pid: int, name: str, at_us: int, **props: Any) -> dict[str, Any]:
+    return {
+        "workspace_id": WS,
+        "profile_id": pid,
+        "type": "track",
+        "name": name,
+        "timestamp_us": at_us,
+        "message_id": f"{pid}-{name}-{at_us}",
+        "properties": props or None,
+    }
+
+
+async def test_counts_recency_tenure_active_days_and_revenue(resources: Resources) -> None:
+    engine = resources.engine
+    a, b = await add_profiles(engine, WS, 2, CUTOFF)
+    await insert_events(
+        engine,
+        [
+            event(a, "view", CUTOFF - 2 * HOUR),  # 1d window
+            event(a, "view", CUTOFF - 3 * US_PER_DAY),  # 7d
+            event(a, "view", CUTOFF - 20 * US_PER_DAY),  # 30d
+            event(a, "purchase", CUTOFF - 60 * US_PER_DAY, revenue=12.5),  # 90d
+            event(a, "purchase", CUTOFF - 100 * US_PER_DAY, revenue=7),  # beyond 90d
+            event(a, "view", CUTOFF),  # exactly at the cutoff: a feature, never a label
+            event(b, "purchase", CUTOFF - 10 * US_PER_DAY, revenue="lots"),  # not a number
+        ],
+    )
+    queries = FeatureQueries(engine)
+    spec = await queries.choose_spec(WS, CUTOFF, Goal("purchase"))
+    assert spec == FeatureSpec((("track", "purchase"), ("track", "view")), has_revenue=True)
+    ids, matrix = await queries.features(WS, spec, CUTOFF, None)
+    assert ids.tolist() == [a, b]
+    row = dict(zip(spec.names(), matrix[0], strict=True))
+    assert [row[f"view count {d}d"] for d in (1, 7, 30, 90)] == [2, 3, 4, 4]
+    assert [row[f"purchase count {d}d"] for d in (1, 7, 30, 90)] == [0, 0, 0, 1]
+    assert row["recency_days"] == 0
+    assert row["frequency"] == 6
+    assert row["tenure_days"] == 100
+    assert row["active_days"] == 6  # UTC days; the cutoff is midnight, 2h before is the day before
+    assert (row["revenue_sum"], row["revenue_sum_90d"]) == (19.5, 12.5)
+    other = dict(zip(spec.names(), matrix[1], strict=True))
+    assert (other["revenue_sum"], other["recency_days"]) == (0, 10)
+    assert (await queries.goal_performers(WS, Goal("view"), CUTOFF, CUTOFF + HOUR, None)).size == 0
+
+
+async def test_nothing_in_the_label_period_reaches_a_feature(resources: Resources) -> None:
+    """Plant events after the cutoff (the goal, a new event name, revenue): the features
+    at the cutoff are exactly what they were, while the label sees the goal."""
+    engine = resources.engine
+    planted = await plant(engine, WS, CUTOFF, profile_count=300, days=30)
+    queries = FeatureQueries(engine)
+    goal = Goal("purchase")
+    spec = await queries.choose_spec(WS, CUTOFF, goal)
+    ids, before = await queries.features(WS, spec, CUTOFF, None)
+    target = planted.profile_ids[0]
+    performers_before = await queries.goal_performers(
+        WS, goal, CUTOFF, CUTOFF + 7 * US_PER_DAY, None
+    )
+    assert target not in performers_before.tolist()
+    future = [
+        event(target, "purchase", CUTOFF + 1, revenue=1000.0),
+        event(target, "view_product", CUTOFF + US_PER_DAY),
+        event(target, "leaked_signal", CUTOFF + 2 * US_PER_DAY),
+    ] + [event(target, "leaked_signal", CUTOFF + 3 * US_PER_DAY + i) for i in range(500)]
+    await insert_events(engine, future)
+
+    again = await queries.choose_spec(WS, CUTOFF, goal)
+    assert again == spec
+    assert not any("leaked_signal" in name for name in again.names())
+    ids_after, after = await queries.features(WS, spec, CUTOFF, None)
+    assert np.array_equal(ids, ids_after)
+    assert np.array_equal(before, after)
+    performers = await queries.goal_performers(WS, goal, CUTOFF, CUTOFF + 7 * US_PER_DAY, None)
+    assert target in performers.tolist()
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ((GoalFilter("plan", "eq", "pro"),), {"pro_1", "pro_10"}),
+        ((GoalFilter("plan", "neq", "pro"),), {"basic", "no_plan", "nested"}),
+        ((GoalFilter("amount", "gt", 5),), {"pro_10"}),
+        ((GoalFilter("amount", "eq", 1),), {"pro_1"}),  # 1 equals 1.0
+        ((GoalFilter("plan", "in", ("basic", "pro")),), {"pro_1", "pro_10", "basic"}),
+        ((GoalFilter("plan", "not_exists"),), {"no_plan", "nested"}),
+        ((GoalFilter("plan", "starts_with", "ba"),), {"basic"}),
+        ((GoalFilter("tags", "contains", "gift"),), {"pro_10"}),
+        ((GoalFilter("shipping.method", "eq", "express"),), {"nested"}),
+        ((GoalFilter("plan", "eq", "pro"), GoalFilter("amount", "lte", 1)), {"pro_1"}),
+    ],
+)
+async def test_goal_filters(
+    resources: Resources, where: tuple[GoalFilter, ...], expected: set[str]
+) -> None:
+    engine = resources.engine
+    names = ["pro_1", "pro_10", "basic", "no_plan", "nested"]
+    ids = dict(zip(await add_profiles(engine, WS, len(names)), names, strict=True))
+    props: dict[str, dict[str, Any]] = {
+        "pro_1": {"plan": "pro", "amount": 1.0},
+        "pro_10": {"plan": "pro", "amount": 10, "tags": ["gift", "promo"]},
+        "basic": {"plan": "basic", "amount": "7"},
+        "no_plan": {"amount": 3},
+        "nested": {"shipping": {"method": "express"}, "plan": None},
+    }
+    await insert_events(
+        engine, [event(pid, "purchase", CUTOFF + HOUR, **props[n]) for pid, n in ids.items()]
+    )
+    found = await FeatureQueries(engine).goal_performers(
+        WS, Goal("purchase", where), CUTOFF, CUTOFF + US_PER_DAY, None
+    )
+    assert {ids[p] for p in found.tolist()} == expected
