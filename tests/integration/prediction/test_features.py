@@ -1,23 +1,42 @@
-"""Point-in-time features and labels in Postgres: exact values on a small history, goal
-filters, and no feature computed from the label period."""
+"""Point-in-time features and labels on Postgres and SQLite: exact values on a small
+history, goal filters, and no feature computed from the label period."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.prediction.features import FeatureSpec
 from services.prediction.features_sql import FeatureQueries
 from services.prediction.model import Goal, GoalFilter
 from services.shared.clock import US_PER_DAY
+from services.shared.db import migrate
+from services.shared.db.engine import create_engine
 from services.shared.server import Resources
 from tests.integration.prediction.planted import add_profiles, insert_events, plant
 
 WS = "ws_features"
 CUTOFF = 1_735_689_600_000_000  # 2025-01-01
 HOUR = 3_600_000_000
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+async def engine(
+    request: pytest.FixtureRequest, resources: Resources, tmp_path: Path
+) -> AsyncIterator[AsyncEngine]:
+    """The per-test Postgres database, or a migrated SQLite file."""
+    if request.param == "postgresql":
+        yield resources.engine
+        return
+    sqlite = create_engine(f"sqlite+aiosqlite:///{tmp_path}/prediction.db")
+    await migrate.upgrade(sqlite)
+    yield sqlite
+    await sqlite.dispose()
 
 
 def event(pid: int, name: str, at_us: int, **props: Any) -> dict[str, Any]:
@@ -32,8 +51,7 @@ def event(pid: int, name: str, at_us: int, **props: Any) -> dict[str, Any]:
     }
 
 
-async def test_counts_recency_tenure_active_days_and_revenue(resources: Resources) -> None:
-    engine = resources.engine
+async def test_counts_recency_tenure_active_days_and_revenue(engine: AsyncEngine) -> None:
     a, b = await add_profiles(engine, WS, 2, CUTOFF)
     await insert_events(
         engine,
@@ -65,10 +83,9 @@ async def test_counts_recency_tenure_active_days_and_revenue(resources: Resource
     assert (await queries.goal_performers(WS, Goal("view"), CUTOFF, CUTOFF + HOUR, None)).size == 0
 
 
-async def test_nothing_in_the_label_period_reaches_a_feature(resources: Resources) -> None:
+async def test_nothing_in_the_label_period_reaches_a_feature(engine: AsyncEngine) -> None:
     """Plant events after the cutoff (the goal, a new event name, revenue): the features
     at the cutoff are exactly what they were, while the label sees the goal."""
-    engine = resources.engine
     planted = await plant(engine, WS, CUTOFF, profile_count=300, days=30)
     queries = FeatureQueries(engine)
     goal = Goal("purchase")
@@ -112,9 +129,8 @@ async def test_nothing_in_the_label_period_reaches_a_feature(resources: Resource
     ],
 )
 async def test_goal_filters(
-    resources: Resources, where: tuple[GoalFilter, ...], expected: set[str]
+    engine: AsyncEngine, where: tuple[GoalFilter, ...], expected: set[str]
 ) -> None:
-    engine = resources.engine
     names = ["pro_1", "pro_10", "basic", "no_plan", "nested"]
     ids = dict(zip(await add_profiles(engine, WS, len(names)), names, strict=True))
     props: dict[str, dict[str, Any]] = {
