@@ -118,6 +118,7 @@ class PredictionRecord:
     created_at_us: int
     updated_at_us: int
     progress: Progress = field(default_factory=Progress)
+    attempted_at_us: int | None = None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,13 +28,13 @@ from services.prediction.hot import PredictionHotState
 from services.prediction.metrics import Isotonic
 from services.prediction.model import (
     FAILED,
-    READY,
     TRAINING,
     PredictionRecord,
+    Progress,
     ScoredProfile,
     validate_spec,
 )
-from services.prediction.store import PredictionStore
+from services.prediction.store import PredictionStore, StoredModel
 from services.shared.clock import US_PER_DAY, Clock
 from services.shared.errors import FailedPrecondition, NotFound, invalid
 
@@ -40,6 +43,10 @@ MAX_PAGE = 1_000
 # Snapshots stacked for training (design.md s.7; datasets.md: one snapshot loses ~0.02
 # AUC on CDNOW against several).
 SNAPSHOTS = 4
+# A job's lease outlives it by this much without progress (a crashed replica's job is
+# taken over after it); every progress step extends it.
+LEASE_SECONDS = 600
+US_PER_SECOND = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -78,12 +85,36 @@ class Predictions:
         hot: PredictionHotState,
         clock: Clock,
         snapshots: int = SNAPSHOTS,
+        owner: str | None = None,
+        lease_seconds: int = LEASE_SECONDS,
     ) -> None:
         self._store = store
         self._queries = queries
         self._hot = hot
         self._clock = clock
         self._snapshots = snapshots
+        self.owner = owner or uuid.uuid4().hex
+        self._lease_us = lease_seconds * US_PER_SECOND
+
+    @asynccontextmanager
+    async def _job(self, record: PredictionRecord) -> AsyncIterator[_Job]:
+        """Hold the prediction's lease for one training or scoring job (FAILED_PRECONDITION
+        when another replica's job holds it)."""
+        now = self._clock.now_us()
+        if not await self._store.acquire_lease(
+            record.prediction_id, self.owner, now, now + self._lease_us
+        ):
+            raise FailedPrecondition(
+                f"prediction {record.key!r} is busy: another training or scoring job is running"
+            )
+        try:
+            yield _Job(self, record.prediction_id)
+        finally:
+            await self._store.release_lease(record.prediction_id, self.owner)
+
+    async def _progress(self, prediction_id: int, progress: Progress) -> None:
+        until = self._clock.now_us() + self._lease_us
+        await self._store.progress(prediction_id, self.owner, until, progress)
 
     async def create(
         self, ws: str, key: str, name: str, goal: bytes, horizon_days: int, population: str
@@ -124,11 +155,17 @@ class Predictions:
         await self._hot.remove(ws, key, scored)
 
     async def _snapshot_rows(
-        self, ws: str, record: PredictionRecord, spec: FeatureSpec, cutoffs: list[int]
+        self,
+        ws: str,
+        record: PredictionRecord,
+        spec: FeatureSpec,
+        cutoffs: list[int],
+        job: _Job,
     ) -> training.Snapshots:
         horizon_us = record.horizon_days * US_PER_DAY
         parts = []
         for index, cutoff in enumerate(cutoffs):
+            await job.step("features", index, len(cutoffs) + 1)
             ids, matrix = await self._queries.features(ws, spec, cutoff, record.population)
             performers = await self._queries.goal_performers(
                 ws, record.goal, cutoff, cutoff + horizon_us, record.population
@@ -155,29 +192,36 @@ class Predictions:
                 " so that its labels are complete",
             )
         cutoffs = [cutoff - i * horizon_us for i in range(self._snapshots)]
-        previous = {"state": record.state, "failure_reason": record.failure_reason or None}
-        await self._store.set_state(record.prediction_id, now, state=TRAINING)
-        try:
-            spec = await self._queries.choose_spec(ws, cutoff, record.goal)
-            rows = await self._snapshot_rows(ws, record, spec, cutoffs)
-            model = await asyncio.to_thread(training.train, rows, spec)
-        except FailedPrecondition:
-            # Too little data is the caller's to fix; the prediction stays as it was.
-            await self._store.set_state(record.prediction_id, now, **previous)
-            raise
-        except Exception as error:
+        async with self._job(record) as job:
+            previous = {"state": record.state, "failure_reason": record.failure_reason or None}
             await self._store.set_state(
-                record.prediction_id,
-                now,
-                state=FAILED,
-                failure_reason=f"training failed: {type(error).__name__}",
+                record.prediction_id, now, state=TRAINING, attempted_at_us=now
             )
-            raise
-        stored_spec = {"features": spec.as_json(), "calibration": model.calibration.as_json()}
-        metrics = model.metrics | {"cutoff_us": cutoff}
-        version = await self._store.add_model(
-            ws, record, cutoff, model.model_text, stored_spec, metrics, self._clock.now_us()
-        )
+            try:
+                spec = await self._queries.choose_spec(ws, cutoff, record.goal)
+                rows = await self._snapshot_rows(ws, record, spec, cutoffs, job)
+                await job.step("training", len(cutoffs), len(cutoffs) + 1)
+                model = await asyncio.to_thread(training.train, rows, spec)
+            except FailedPrecondition:
+                # Too little data is the caller's to fix; the prediction stays as it was.
+                await self._store.set_state(record.prediction_id, now, **previous)
+                await job.step("too little data", 0, 0)
+                raise
+            except Exception as error:
+                await self._store.set_state(
+                    record.prediction_id,
+                    now,
+                    state=FAILED,
+                    failure_reason=f"training failed: {type(error).__name__}",
+                )
+                await job.step("failed", 0, 0)
+                raise
+            stored_spec = {"features": spec.as_json(), "calibration": model.calibration.as_json()}
+            metrics = model.metrics | {"cutoff_us": cutoff}
+            version = await self._store.add_model(
+                ws, record, cutoff, model.model_text, stored_spec, metrics, self._clock.now_us()
+            )
+            await job.step("trained", len(cutoffs) + 1, len(cutoffs) + 1)
         return TrainedMetrics(version, cutoff, metrics)
 
     async def metrics(self, ws: str, key: str) -> TrainedMetrics:
@@ -193,17 +237,29 @@ class Predictions:
         replaces the prediction's scores in Postgres and the hot state."""
         record = await self.get(ws, key)
         model = await self._store.model(record)
-        if model is None or record.state not in (READY, FAILED):
+        if model is None:
             raise FailedPrecondition(f"prediction {key!r} has no trained model yet; call Train")
         as_of = self._clock.now_us() if as_of_us is None else as_of_us
+        async with self._job(record) as job:
+            await job.step("features", 0, 3)
+            scored = await self._score(ws, record, model, as_of, job)
+            await job.step("scored", 3, 3)
+        return scored
+
+    async def _score(
+        self, ws: str, record: PredictionRecord, model: StoredModel, as_of: int, job: _Job
+    ) -> int:
+        key = record.key
         spec = FeatureSpec.from_json(model.spec["features"])
         calibration = Isotonic(
             tuple(model.spec["calibration"]["x"]), tuple(model.spec["calibration"]["y"])
         )
         ids, matrix = await self._queries.features(ws, spec, as_of, record.population)
+        await job.step("predicting", 1, 3)
         scores = await asyncio.to_thread(
             training.score, model.model_text, calibration, spec, ids, matrix
         )
+        await job.step("writing", 2, 3)
         reasons = [[r | {"text": training.reason_text(r)} for r in rs] for rs in scores.reasons]
         profile_ids = scores.profile_ids.tolist()
         probability = scores.probability.tolist()
@@ -257,3 +313,15 @@ class Predictions:
         token = _token([page[-1].percentile, page[-1].profile_id]) if len(rows) > limit else ""
         identifiers = await self._store.identifiers(ws, [r.profile_id for r in page])
         return page, identifiers, token
+
+
+class _Job:
+    """The running job of one prediction: reports its progress, extending the lease."""
+
+    def __init__(self, predictions: Predictions, prediction_id: int) -> None:
+        self._predictions = predictions
+        self._prediction_id = prediction_id
+
+    async def step(self, stage: str, done: int, total: int) -> None:
+        """Record that the job reached `stage` (`done` of `total` steps)."""
+        await self._predictions._progress(self._prediction_id, Progress(done, total, stage))

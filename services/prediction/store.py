@@ -18,6 +18,7 @@ from services.prediction.model import (
     GoalFilter,
     PredictionRecord,
     PredictionSpec,
+    Progress,
     ScoredProfile,
 )
 from services.prediction.tables import prediction_models, predictions
@@ -69,6 +70,8 @@ def _record(r: Any) -> PredictionRecord:
         scored_at_us=r.scored_at_us,
         created_at_us=r.created_at_us,
         updated_at_us=r.updated_at_us,
+        progress=Progress(r.progress_done, r.progress_total, r.progress_stage),
+        attempted_at_us=r.attempted_at_us,
     )
 
 
@@ -89,6 +92,9 @@ class PredictionStore:
             "population": spec.population,
             "state": UNTRAINED,
             "model_version": 0,
+            "progress_done": 0,
+            "progress_total": 0,
+            "progress_stage": "",
             "created_at_us": now_us,
             "updated_at_us": now_us,
         }
@@ -123,6 +129,64 @@ class PredictionStore:
                 .limit(limit)
             )
             return [_record(r) for r in rows]
+
+    async def every_prediction(self) -> list[tuple[str, PredictionRecord]]:
+        """Every prediction of every workspace (the scheduler's round)."""
+        async with self._engine.connect() as c:
+            rows = await c.execute(
+                select(predictions).order_by(predictions.c.workspace_id, predictions.c.key)
+            )
+            return [(r.workspace_id, _record(r)) for r in rows]
+
+    async def acquire_lease(
+        self, prediction_id: int, owner: str, now_us: int, until_us: int
+    ) -> bool:
+        """Take the prediction's job lease unless another owner holds a live one."""
+        async with self._engine.begin() as c:
+            taken = await c.execute(
+                update(predictions)
+                .where(
+                    predictions.c.prediction_id == prediction_id,
+                    sa.or_(
+                        predictions.c.lease_until_us.is_(None),
+                        predictions.c.lease_until_us < now_us,
+                        predictions.c.lease_owner == owner,
+                    ),
+                )
+                .values(lease_owner=owner, lease_until_us=until_us)
+            )
+        return taken.rowcount == 1
+
+    async def progress(
+        self, prediction_id: int, owner: str, until_us: int, progress: Progress
+    ) -> None:
+        """Record the job's progress and extend its lease (only while `owner` holds it)."""
+        async with self._engine.begin() as c:
+            await c.execute(
+                update(predictions)
+                .where(
+                    predictions.c.prediction_id == prediction_id,
+                    predictions.c.lease_owner == owner,
+                )
+                .values(
+                    lease_until_us=until_us,
+                    progress_done=progress.done,
+                    progress_total=progress.total,
+                    progress_stage=progress.stage,
+                )
+            )
+
+    async def release_lease(self, prediction_id: int, owner: str) -> None:
+        """Give the lease back (a no-op when another owner has taken it since)."""
+        async with self._engine.begin() as c:
+            await c.execute(
+                update(predictions)
+                .where(
+                    predictions.c.prediction_id == prediction_id,
+                    predictions.c.lease_owner == owner,
+                )
+                .values(lease_owner=None, lease_until_us=None)
+            )
 
     async def delete(self, ws: str, record: PredictionRecord) -> list[int]:
         """Delete a prediction with its models and scores; returns the scored profiles."""

@@ -1,7 +1,8 @@
 """Tables owned by the prediction service, on the shared ``metadata``.
 
 - ``predictions``: one row per prediction: its goal (event name + where filters, JSON),
-  horizon, optional population audience, training state and the current model version.
+  horizon, optional population audience, training state, the current model version, and
+  the lease and progress of the job running on it (scheduler.py).
 - ``prediction_models``: every trained model of a prediction (LightGBM model text, the
   isotonic calibration, the feature spec and the held-out metrics), versioned 1, 2, ...
 
@@ -32,6 +33,15 @@ predictions = Table(
     Column("model_version", Integer, nullable=False, default=0),
     Column("trained_at_us", BigInteger, nullable=True),
     Column("scored_at_us", BigInteger, nullable=True),
+    # When the scheduler last tried to train it (so a failing one waits for its next turn).
+    Column("attempted_at_us", BigInteger, nullable=True),
+    # The job lease: one replica at a time trains or scores a prediction.
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until_us", BigInteger, nullable=True),
+    # Progress of the running (or last) job, readable from any replica.
+    Column("progress_done", Integer, nullable=False, default=0),
+    Column("progress_total", Integer, nullable=False, default=0),
+    Column("progress_stage", String(64), nullable=False, default=""),
     Column("created_at_us", BigInteger, nullable=False),
     Column("updated_at_us", BigInteger, nullable=False),
     UniqueConstraint("workspace_id", "key", name="uq_predictions_workspace_key"),

@@ -1,5 +1,5 @@
-"""prediction: predictions, their versioned models; prediction_scores keyed by workspace
-with reasons
+"""prediction: predictions (with a job lease and progress), their versioned models;
+prediction_scores keyed by workspace with reasons
 
 ``prediction_scores`` had (key, profile_id) as its key, so two workspaces could not both
 score a prediction of the same key; the workspace now leads the key, the top reasons
@@ -66,6 +66,12 @@ def upgrade() -> None:
         sa.Column("model_version", sa.Integer(), nullable=False),
         sa.Column("trained_at_us", sa.BigInteger(), nullable=True),
         sa.Column("scored_at_us", sa.BigInteger(), nullable=True),
+        sa.Column("attempted_at_us", sa.BigInteger(), nullable=True),
+        sa.Column("lease_owner", sa.String(length=64), nullable=True),
+        sa.Column("lease_until_us", sa.BigInteger(), nullable=True),
+        sa.Column("progress_done", sa.Integer(), nullable=False),
+        sa.Column("progress_total", sa.Integer(), nullable=False),
+        sa.Column("progress_stage", sa.String(length=64), nullable=False),
         sa.Column("created_at_us", sa.BigInteger(), nullable=False),
         sa.Column("updated_at_us", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("prediction_id"),
