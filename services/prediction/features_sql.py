@@ -24,10 +24,15 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.prediction.features import (
+    MAX_CATEGORIES,
     MAX_EVENT_NAMES,
+    MAX_TRAITS,
+    MIN_CATEGORY_COUNT,
+    MIN_CATEGORY_COVERAGE,
     REVENUE_PROPERTY,
     WINDOW_DAYS,
     FeatureSpec,
+    TraitFeature,
 )
 from services.prediction.model import Goal, GoalFilter
 from services.shared.clock import US_PER_DAY
@@ -53,15 +58,16 @@ _memberships = sa.table(
 
 
 class _Json:
-    """A JSON value inside ``events.properties`` at a dotted path, per dialect: its type
-    (string, number, boolean, array, object; SQL NULL when missing or null), its text
-    and its number."""
+    """A JSON value inside an event's document (``properties`` unless told) at the
+    object keys `keys`, per dialect: its type (string, number, boolean, array, object;
+    SQL NULL when missing or null), its text and its number."""
 
-    def __init__(self, dialect: str, path: str) -> None:
+    def __init__(self, dialect: str, keys: Sequence[str], document: Any = None) -> None:
         self.postgres = dialect == "postgresql"
-        keys = path.split(".")
+        document = events.c.properties if document is None else document
+        self.document = document
         if self.postgres:
-            value: Any = events.c.properties
+            value: Any = document
             # Chained -> never indexes into arrays: dotted paths follow object keys only.
             for k in keys:
                 value = value.op("->", return_type=JSONB)(literal(k, sa.String))
@@ -71,7 +77,7 @@ class _Json:
             self.text: Any = value.op("#>>", return_type=sa.Text)(sa.literal_column("'{}'"))
         else:
             self.path = "$" + "".join(f'."{k}"' for k in keys)
-            raw_kind = func.json_type(events.c.properties, self.path)
+            raw_kind = func.json_type(document, self.path)
             self.kind = case(
                 (raw_kind == "text", "string"),
                 (raw_kind.in_(["integer", "real"]), "number"),
@@ -81,7 +87,7 @@ class _Json:
             self.text = case(
                 (raw_kind == "true", "true"),
                 (raw_kind == "false", "false"),
-                else_=cast(func.json_extract(events.c.properties, self.path), sa.Text),
+                else_=cast(func.json_extract(document, self.path), sa.Text),
             )
             self.raw_kind = raw_kind
 
@@ -103,7 +109,7 @@ class _Json:
                 self.kind == "array",
                 self.value.op("@>", return_type=sa.Boolean)(func.jsonb_build_array(literal(value))),
             )
-        item = func.json_each(events.c.properties, self.path).table_valued("value", "type")
+        item = func.json_each(self.document, self.path).table_valued("value", "type")
         if isinstance(value, bool):
             match = item.c.type == ("true" if value else "false")
         elif isinstance(value, int | float):
@@ -114,7 +120,7 @@ class _Json:
 
 
 def _filter(dialect: str, f: GoalFilter) -> ColumnElement[bool]:
-    v = _Json(dialect, f.property)
+    v = _Json(dialect, f.property.split("."))
     present = v.kind.is_not(None)
     if f.op == "exists":
         return present
@@ -179,7 +185,7 @@ class FeatureQueries:
         return events.join(profiles, profiles.c.profile_id == events.c.profile_id)
 
     def _revenue(self) -> Any:
-        return _Json(self._dialect, REVENUE_PROPERTY).number()
+        return _Json(self._dialect, [REVENUE_PROPERTY]).number()
 
     async def choose_spec(self, ws: str, cutoff_us: int, goal: Goal) -> FeatureSpec:
         """The features of a model trained at `cutoff_us`: the most frequent event names
@@ -212,7 +218,99 @@ class FeatureQueries:
             has_revenue = (await c.execute(revenue)).first() is not None
         if ("track", goal.event) not in keys:
             keys.append(("track", goal.event))
-        return FeatureSpec(tuple(sorted(keys)), has_revenue)
+        traits = await self._choose_traits(ws, cutoff_us)
+        return FeatureSpec(tuple(sorted(keys)), has_revenue, traits)
+
+    def _trait_pairs(self) -> tuple[Any, Any, Any]:
+        """(FROM clause, key, kind) of every (identify event, trait) pair."""
+        if self._dialect == "postgresql":
+            kv: Any = func.jsonb_each(events.c.traits).table_valued("key", "value")
+            kind: Any = func.jsonb_typeof(kv.c.value)
+        else:
+            kv = func.json_each(events.c.traits).table_valued("key", "value", "type")
+            kind = case(
+                (kv.c.type == "text", "string"),
+                (kv.c.type.in_(["integer", "real"]), "number"),
+                else_=kv.c.type,
+            )
+        return events.join(kv, sa.true()), kv.c.key, kind
+
+    def _identifies(self, ws: str, cutoff_us: int) -> list[ColumnElement[bool]]:
+        return [
+            events.c.workspace_id == ws,
+            events.c.type == "identify",
+            events.c.timestamp_us <= cutoff_us,
+        ]
+
+    async def _choose_traits(self, ws: str, cutoff_us: int) -> tuple[TraitFeature, ...]:
+        """The traits identify calls set most often before the cutoff: numeric ones as
+        numbers, string ones as categories when a few values cover most profiles."""
+        source, key, kind = self._trait_pairs()
+        by_kind = (
+            select(key, kind, func.count())
+            .select_from(source)
+            .where(*self._identifies(ws, cutoff_us), kind.in_(["number", "string"]))
+            .group_by(key, kind)
+        )
+        counts: dict[str, dict[str, int]] = {}
+        async with self._engine.connect() as c:
+            for k, kd, n in await c.execute(by_kind):
+                counts.setdefault(k, {})[kd] = n
+            chosen = sorted(counts, key=lambda k: (-sum(counts[k].values()), k))[:MAX_TRAITS]
+            traits = []
+            for k in sorted(chosen):
+                numbers, strings = counts[k].get("number", 0), counts[k].get("string", 0)
+                if numbers >= strings:
+                    traits.append(TraitFeature(k))
+                    continue
+                value = _Json(self._dialect, [k], events.c.traits)
+                top = (
+                    select(value.text, func.count())
+                    .where(*self._identifies(ws, cutoff_us), value.kind == "string")
+                    .group_by(value.text)
+                    .order_by(func.count().desc(), value.text)
+                    .limit(MAX_CATEGORIES)
+                )
+                common = [(v, n) for v, n in await c.execute(top) if n >= MIN_CATEGORY_COUNT]
+                if common and sum(n for _, n in common) >= MIN_CATEGORY_COVERAGE * strings:
+                    traits.append(TraitFeature(k, tuple(sorted(v for v, _ in common))))
+        return tuple(traits)
+
+    async def _trait_columns(
+        self, ws: str, spec: FeatureSpec, cutoff_us: int, population: str | None
+    ) -> list[list[tuple[int, float | None]]]:
+        """Per trait of `spec`, (canonical id, value) of each profile's latest identify
+        at or before the cutoff that set it (a category as its code; null as None)."""
+        found = []
+        async with self._engine.connect() as c:
+            for trait in spec.traits:
+                value = _Json(self._dialect, [trait.key], events.c.traits)
+                if trait.categories is None:
+                    expr: Any = value.number()
+                else:
+                    expr = case(
+                        *[
+                            (and_(value.kind == "string", value.text == name), code)
+                            for code, name in enumerate(trait.categories)
+                        ]
+                    )
+                if self._dialect == "postgresql":
+                    has_key = events.c.traits.op("?", return_type=sa.Boolean)(trait.key)
+                else:
+                    has_key = func.json_type(events.c.traits, value.path).is_not(None)
+                latest = func.row_number().over(
+                    partition_by=profiles.c.canonical_id,
+                    order_by=(events.c.timestamp_us.desc(), events.c.seq.desc()),
+                )
+                ranked = (
+                    select(profiles.c.canonical_id.label("pid"), expr.label("v"), latest.label("n"))
+                    .select_from(self._source())
+                    .where(*self._scope(ws, population), *self._identifies(ws, cutoff_us), has_key)
+                    .subquery()
+                )
+                rows = await c.execute(select(ranked.c.pid, ranked.c.v).where(ranked.c.n == 1))
+                found.append([(r.pid, r.v) for r in rows])
+        return found
 
     async def features(
         self, ws: str, spec: FeatureSpec, cutoff_us: int, population: str | None
@@ -262,10 +360,21 @@ class FeatureQueries:
             return np.zeros(0, dtype=np.int64), np.zeros((0, width))
         table = np.array(rows, dtype=np.float64)
         ids = table[:, 0].astype(np.int64)
-        matrix = table[:, 1:]
+        matrix = np.full((len(ids), width), np.nan)
+        matrix[:, : table.shape[1] - 1] = table[:, 1:]
         rfm = len(spec.event_keys) * len(WINDOW_DAYS)
         matrix[:, rfm] = (cutoff_us - matrix[:, rfm]) / US_PER_DAY
         matrix[:, rfm + 2] = (cutoff_us - matrix[:, rfm + 2]) / US_PER_DAY
+        first_trait = width - len(spec.traits)
+        for offset, pairs in enumerate(await self._trait_columns(ws, spec, cutoff_us, population)):
+            if not pairs:
+                continue
+            values = np.array(pairs, dtype=np.float64)
+            # Profiles with traits but no event before the cutoff are not in the matrix.
+            at = np.searchsorted(ids, values[:, 0].astype(np.int64))
+            known = at < len(ids)
+            known[known] = ids[at[known]] == values[known, 0].astype(np.int64)
+            matrix[at[known], first_trait + offset] = values[known, 1]
         return ids, matrix
 
     async def goal_performers(

@@ -122,8 +122,11 @@ class Isotonic:
         return {"x": list(self.x), "y": list(self.y)}
 
 
-def fit_isotonic(raw: np.ndarray, y: np.ndarray) -> Isotonic:
-    """Isotonic regression of `y` on `raw` by pool-adjacent-violators."""
+def fit_isotonic(raw: np.ndarray, y: np.ndarray, prior_weight: float = 1.0) -> Isotonic:
+    """Isotonic regression of `y` on `raw` by pool-adjacent-violators, each block's rate
+    shrunk by `prior_weight` pseudo-rows at the overall rate: a block with no positive
+    among its rows says the rate is small, not zero, and a probability of exactly 0 or
+    1 would make one surprise cost an unbounded log loss."""
     order = np.argsort(raw, kind="mergesort")
     xs, ys = raw[order], y[order].astype(np.float64)
     # Equal raw scores form one starting block (their mean label).
@@ -147,9 +150,15 @@ def fit_isotonic(raw: np.ndarray, y: np.ndarray) -> Isotonic:
             block_weight[-2:] = [w]
             block_high[-2:] = [block_high[-1]]
             block_low.pop()
+    overall = float(ys.mean()) if len(ys) else 0.0
+    shrunk = (np.array(block_mean) * np.array(block_weight) + prior_weight * overall) / (
+        np.array(block_weight) + prior_weight
+    )
+    # Shrinking moves small blocks more than large ones; keep the curve non-decreasing.
+    shrunk = np.maximum.accumulate(shrunk).tolist()
     points_x: list[float] = []
     points_y: list[float] = []
-    for low, high, mean in zip(block_low, block_high, block_mean, strict=True):
+    for low, high, mean in zip(block_low, block_high, shrunk, strict=True):
         points_x.append(low)
         points_y.append(mean)
         if high != low:

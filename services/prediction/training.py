@@ -116,7 +116,12 @@ def train(rows: Snapshots, spec: FeatureSpec) -> TrainedModel:
             )
     names = spec.names()
     # LightGBM refuses some characters in feature names; the columns are positional.
-    train_set = lgb.Dataset(rows.features[fit], rows.labels[fit], free_raw_data=True)
+    train_set = lgb.Dataset(
+        rows.features[fit],
+        rows.labels[fit],
+        categorical_feature=spec.categorical_columns() or "auto",
+        free_raw_data=True,
+    )
     valid_set = lgb.Dataset(rows.features[valid], rows.labels[valid], reference=train_set)
     booster = lgb.train(
         _PARAMS,
@@ -191,7 +196,7 @@ def score(
     top_value = np.take_along_axis(features, top, axis=1)
     reasons = [
         [
-            {"feature": names[j], "value": float(v), "contribution": float(c)}
+            {"feature": names[j], "value": spec.value_text(j, v), "contribution": float(c)}
             for j, v, c in zip(row, values, contribs, strict=True)
             if c > 0
         ]
@@ -203,5 +208,5 @@ def score(
 
 
 def reason_text(reason: dict[str, Any]) -> str:
-    """One reason as people read it: ``view_product count 7d = 4``."""
-    return f"{reason['feature']} = {reason['value']:g}"
+    """One reason as people read it: ``view_product count 7d = 4``, ``trait plan = pro``."""
+    return f"{reason['feature']} = {reason['value']}"

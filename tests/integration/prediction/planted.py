@@ -1,10 +1,12 @@
 """Simulated behaviour with a planted signal, written straight into the event tables.
 
-Each profile has a hidden interest. Every day it views pages (noise, the same for
-everyone) and product pages (more with more interest); on each day it purchases with a
-probability that rises steeply with its product views of the previous seven days. So
-"viewed products lately" predicts "purchases within the horizon", and a model that
-finds it must beat a baseline that only knows how active and how recent a profile is.
+Each profile has a hidden interest and a plan (an identify call on its first day sets
+the ``plan`` trait, a third of them "pro", and an ``age``, which means nothing). Every
+day it views pages (noise, the same for everyone) and product pages (more with more
+interest); on each day it purchases with a probability that rises steeply with its
+product views of the previous seven days, and somewhat on the pro plan. So "viewed
+products lately" predicts "purchases within the horizon", and a model that finds it
+must beat a baseline that only knows how active and how recent a profile is.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ async def insert_events(engine: AsyncEngine, rows: list[dict[str, Any]]) -> None
             await c.execute(
                 insert(events),
                 [
-                    {"received_at_us": r["timestamp_us"], "properties": None, **r}
+                    {"received_at_us": r["timestamp_us"], "properties": None, "traits": None, **r}
                     for r in rows[start : start + ROWS_PER_INSERT]
                 ],
             )
@@ -94,6 +96,8 @@ async def plant(
     ids = await add_profiles(engine, ws, profile_count, now_us)
     pid = np.array(ids)
     interest = rng.lognormal(mean=-1.2, sigma=1.0, size=profile_count)
+    pro = rng.random(profile_count) < 1 / 3
+    ages = rng.integers(18, 80, size=profile_count)
     start = now_us - days * US_PER_DAY
     views_by_day = np.zeros((days, profile_count), dtype=np.int64)
     rows: list[dict[str, Any]] = []
@@ -114,13 +118,25 @@ async def plant(
                 row["properties"] = {"revenue": 20.0, "plan": "pro"}
             rows.append(row)
 
+    for p, is_pro, age in zip(ids, pro.tolist(), ages.tolist(), strict=True):
+        rows.append(
+            {
+                "workspace_id": ws,
+                "profile_id": p,
+                "type": "identify",
+                "name": None,
+                "timestamp_us": start + 1,
+                "message_id": f"identify-{p}",
+                "traits": {"plan": "pro" if is_pro else "basic", "age": age},
+            }
+        )
     for day in range(days):
         emit(day, rng.poisson(0.4, profile_count), "page_view")
         views = rng.poisson(interest * 0.5)
         views_by_day[day] = views
         emit(day, views, "view_product")
         recent = views_by_day[max(0, day - 7) : day].sum(axis=0)
-        chance = 1.0 / (1.0 + np.exp(-(-6.5 + 1.1 * np.minimum(recent, 8))))
+        chance = 1.0 / (1.0 + np.exp(-(-6.5 + 1.1 * np.minimum(recent, 8) + 0.8 * pro)))
         emit(day, (rng.random(profile_count) < chance).astype(np.int64), "purchase", True)
     await insert_events(engine, rows)
     return Planted(ids, start, now_us, len(rows))

@@ -147,3 +147,47 @@ async def test_goal_filters(
         WS, Goal("purchase", where), CUTOFF, CUTOFF + US_PER_DAY, None
     )
     assert {ids[p] for p in found.tolist()} == expected
+
+
+def identify(pid: int, at_us: int, **traits: Any) -> dict[str, Any]:
+    return {
+        "workspace_id": WS,
+        "profile_id": pid,
+        "type": "identify",
+        "name": None,
+        "timestamp_us": at_us,
+        "message_id": f"{pid}-identify-{at_us}",
+        "traits": traits,
+    }
+
+
+async def test_traits_as_they_stood_at_the_cutoff(engine: AsyncEngine) -> None:
+    """Numeric traits as numbers, common string traits as categories, an email-like
+    trait left out; the value is the latest identify at or before the cutoff, and one
+    after it (a change, or a new trait) reaches no feature."""
+    ids = await add_profiles(engine, WS, 40)
+    rows = [event(pid, "view", CUTOFF - 10 * US_PER_DAY) for pid in ids]
+    for i, pid in enumerate(ids):
+        plan = "pro" if i % 2 else "basic"
+        rows.append(identify(pid, CUTOFF - 5 * US_PER_DAY, plan="free", age=20 + i))
+        rows.append(identify(pid, CUTOFF - 2 * US_PER_DAY, plan=plan, email=f"p{i}@x.io"))
+        rows.append(identify(pid, CUTOFF + HOUR, plan="enterprise", age=99, vip=True))
+    await insert_events(engine, rows)
+    queries = FeatureQueries(engine)
+    spec = await queries.choose_spec(WS, CUTOFF, Goal("view"))
+    assert [(t.key, t.categories) for t in spec.traits] == [
+        ("age", None),
+        ("plan", ("basic", "free", "pro")),
+    ]
+    assert spec.categorical_columns() == [len(spec.names()) - 1]
+    got, matrix = await queries.features(WS, spec, CUTOFF, None)
+    assert got.tolist() == ids
+    age, plan = spec.column("trait age"), spec.column("trait plan")
+    assert matrix[:, age].tolist() == [20 + i for i in range(40)]
+    assert [spec.value_text(plan, v) for v in matrix[:4, plan]] == ["basic", "pro"] * 2
+    # Between the two identify calls only the first had happened.
+    _, earlier = await queries.features(WS, spec, CUTOFF - 3 * US_PER_DAY, None)
+    assert {spec.value_text(plan, v) for v in earlier[:, plan]} == {"free"}
+    # Before any identify call, a profile has no trait values (missing, not zero).
+    _, before = await queries.features(WS, spec, CUTOFF - 6 * US_PER_DAY, None)
+    assert np.isnan(before[:, [age, plan]]).all()

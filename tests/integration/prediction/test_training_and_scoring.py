@@ -50,6 +50,8 @@ async def test_model_beats_the_baseline_and_is_calibrated(
     assert metrics.pr_auc > metrics.baseline.pr_auc
     assert metrics.log_loss < metrics.baseline.log_loss
     assert metrics.feature_importance[0].feature.startswith("view_product count")
+    gains = {f.feature: f.gain for f in metrics.feature_importance}
+    assert gains["trait plan"] > 0  # the planted plan effect, learnt from a category
     assert metrics.top_decile_lift > 2
     assert 0 < metrics.top_decile_precision <= 1
     # Calibrated: over the held-out rows, the mean probability is the actual rate.

@@ -49,9 +49,12 @@ def test_log_loss_brier_and_top_decile() -> None:
 def test_isotonic_pools_violators_and_is_monotone() -> None:
     raw = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
     y = np.array([0.0, 1.0, 0.0, 0.0, 1.0, 1.0])
-    fitted = metrics.fit_isotonic(raw, y)
+    fitted = metrics.fit_isotonic(raw, y, prior_weight=0)
     # 2 and 3, 4 violate order: pooled into one block of mean 1/3.
     assert fitted(raw).tolist() == pytest.approx([0, 1 / 3, 1 / 3, 1 / 3, 1, 1])
+    # Shrunk by one pseudo-row at the overall rate (1/2): never exactly 0 or 1.
+    shrunk = metrics.fit_isotonic(raw, y)(raw).tolist()
+    assert shrunk == pytest.approx([0.25, 1.5 / 4, 1.5 / 4, 1.5 / 4, 2.5 / 3, 2.5 / 3])
     rng = np.random.default_rng(3)
     noisy = rng.random(500)
     outcome = (rng.random(500) < noisy).astype(float)
