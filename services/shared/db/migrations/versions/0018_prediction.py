@@ -27,7 +27,7 @@ _SCORE_COLUMNS = "workspace_id, key, profile_id, probability, percentile, scored
 
 
 def _scores_table(name: str, primary_key: list[str], reasons: bool) -> None:
-    columns = [
+    columns: list[sa.schema.SchemaItem] = [
         sa.Column("workspace_id", sa.String(length=64), nullable=False),
         sa.Column("key", sa.String(length=255), nullable=False),
         sa.Column("profile_id", sa.BigInteger(), nullable=False),
