@@ -36,21 +36,24 @@ def _prediction(p: PredictionRecord) -> prediction_pb2.Prediction:
     return message
 
 
-def _bins(raw: list[dict[str, Any]]) -> list[prediction_pb2.CalibrationBin]:
-    return [prediction_pb2.CalibrationBin(**b) for b in raw]
+def _headline(m: dict[str, Any]) -> dict[str, Any]:
+    """The metrics the model and its baseline both report, as message fields."""
+    return {
+        "roc_auc": m["roc_auc"],
+        "pr_auc": m["pr_auc"],
+        "log_loss": m["log_loss"],
+        "brier": m["brier"],
+        "top_decile_lift": m["top_decile_lift"],
+        "top_decile_precision": m["top_decile_precision"],
+        "calibration": [prediction_pb2.CalibrationBin(**b) for b in m["calibration"]],
+    }
 
 
 def _metrics(key: str, trained: TrainedMetrics) -> prediction_pb2.PredictionMetrics:
     m, base = trained.metrics, trained.metrics["baseline"]
     return prediction_pb2.PredictionMetrics(
         key=key,
-        roc_auc=m["roc_auc"],
-        pr_auc=m["pr_auc"],
-        log_loss=m["log_loss"],
-        brier=m["brier"],
-        top_decile_lift=m["top_decile_lift"],
-        top_decile_precision=m["top_decile_precision"],
-        calibration=_bins(m["calibration"]),
+        **_headline(m),
         feature_importance=[
             prediction_pb2.FeatureImportance(feature=f["feature"], gain=f["gain"])
             for f in m["feature_importance"]
@@ -59,15 +62,7 @@ def _metrics(key: str, trained: TrainedMetrics) -> prediction_pb2.PredictionMetr
         test_rows=m["test_rows"],
         positive_rate=m["positive_rate"],
         baseline_roc_auc=base["roc_auc"],
-        baseline=prediction_pb2.BaselineMetrics(
-            roc_auc=base["roc_auc"],
-            pr_auc=base["pr_auc"],
-            log_loss=base["log_loss"],
-            brier=base["brier"],
-            top_decile_lift=base["top_decile_lift"],
-            top_decile_precision=base["top_decile_precision"],
-            calibration=_bins(base["calibration"]),
-        ),
+        baseline=prediction_pb2.BaselineMetrics(**_headline(base)),
         model_version=trained.version,
         cutoff=timestamp_from_us(trained.cutoff_us),
         snapshots=m["snapshots"],

@@ -157,36 +157,34 @@ class PredictionStore:
             )
         return taken.rowcount == 1
 
+    async def _update_leased(self, prediction_id: int, owner: str, **values: Any) -> None:
+        """Update the prediction's row only while `owner` holds its lease."""
+        async with self._engine.begin() as c:
+            await c.execute(
+                update(predictions)
+                .where(
+                    predictions.c.prediction_id == prediction_id,
+                    predictions.c.lease_owner == owner,
+                )
+                .values(**values)
+            )
+
     async def progress(
         self, prediction_id: int, owner: str, until_us: int, progress: Progress
     ) -> None:
         """Record the job's progress and extend its lease (only while `owner` holds it)."""
-        async with self._engine.begin() as c:
-            await c.execute(
-                update(predictions)
-                .where(
-                    predictions.c.prediction_id == prediction_id,
-                    predictions.c.lease_owner == owner,
-                )
-                .values(
-                    lease_until_us=until_us,
-                    progress_done=progress.done,
-                    progress_total=progress.total,
-                    progress_stage=progress.stage,
-                )
-            )
+        await self._update_leased(
+            prediction_id,
+            owner,
+            lease_until_us=until_us,
+            progress_done=progress.done,
+            progress_total=progress.total,
+            progress_stage=progress.stage,
+        )
 
     async def release_lease(self, prediction_id: int, owner: str) -> None:
         """Give the lease back (a no-op when another owner has taken it since)."""
-        async with self._engine.begin() as c:
-            await c.execute(
-                update(predictions)
-                .where(
-                    predictions.c.prediction_id == prediction_id,
-                    predictions.c.lease_owner == owner,
-                )
-                .values(lease_owner=None, lease_until_us=None)
-            )
+        await self._update_leased(prediction_id, owner, lease_owner=None, lease_until_us=None)
 
     async def delete(self, ws: str, record: PredictionRecord) -> list[int]:
         """Delete a prediction with its models and scores; returns the scored profiles."""

@@ -41,6 +41,11 @@ class PredictionApi:
             metadata=self.metadata,
         )
 
+    async def get(self, key: str) -> prediction_pb2.Prediction:
+        return await self.stub.GetPrediction(
+            prediction_pb2.GetPredictionRequest(key=key), metadata=self.metadata
+        )
+
 
 @pytest.fixture
 async def prediction_api(

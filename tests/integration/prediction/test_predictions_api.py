@@ -26,9 +26,7 @@ async def test_create_get_list_delete(prediction_api: PredictionApi) -> None:
     assert orjson.loads(created.goal) == GOAL
     await api.create("buy_any", {"event": "purchase"}, horizon_days=30, population="vips")
 
-    got = await api.stub.GetPrediction(
-        prediction_pb2.GetPredictionRequest(key="buy_any"), metadata=api.metadata
-    )
+    got = await api.get("buy_any")
     assert (got.horizon_days, got.population) == (30, "vips")
     assert orjson.loads(got.goal) == {"event": "purchase", "where": []}
 
@@ -47,9 +45,7 @@ async def test_create_get_list_delete(prediction_api: PredictionApi) -> None:
         prediction_pb2.DeletePredictionRequest(key="buy_any"), metadata=api.metadata
     )
     with pytest.raises(grpc.aio.AioRpcError) as missing:
-        await api.stub.GetPrediction(
-            prediction_pb2.GetPredictionRequest(key="buy_any"), metadata=api.metadata
-        )
+        await api.get("buy_any")
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 

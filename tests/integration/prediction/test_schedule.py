@@ -50,25 +50,19 @@ async def test_due_jobs_run_once_then_on_their_cadence(
 
     assert await rounds.run_due() == [Job(ws, "buy", "trained"), Job(ws, "buy", "scored")]
     assert await rounds.run_due() == []
-    got = await api.stub.GetPrediction(
-        prediction_pb2.GetPredictionRequest(key="buy"), metadata=api.metadata
-    )
+    got = await api.get("buy")
     assert (got.progress.done, got.progress.total, got.progress.stage) == (3, 3, "scored")
     first_scoring = got.scored_at.ToMicroseconds()
 
     clock.set(clock.now_us() + HOUR)
     assert await rounds.run_due() == [Job(ws, "buy", "scored")]
-    got = await api.stub.GetPrediction(
-        prediction_pb2.GetPredictionRequest(key="buy"), metadata=api.metadata
-    )
+    got = await api.get("buy")
     assert got.scored_at.ToMicroseconds() == first_scoring + HOUR
     assert got.model_version == 1
 
     clock.set(clock.now_us() + US_PER_DAY)
     assert await rounds.run_due() == [Job(ws, "buy", "trained"), Job(ws, "buy", "scored")]
-    got = await api.stub.GetPrediction(
-        prediction_pb2.GetPredictionRequest(key="buy"), metadata=api.metadata
-    )
+    got = await api.get("buy")
     assert got.model_version == 2
 
 
@@ -93,9 +87,7 @@ async def test_a_held_lease_keeps_other_replicas_out_until_it_expires(
         await api.stub.Train(prediction_pb2.TrainRequest(key="buy"), metadata=api.metadata)
     assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "busy" in (busy.value.details() or "")
-    got = await api.stub.GetPrediction(
-        prediction_pb2.GetPredictionRequest(key="buy"), metadata=api.metadata
-    )
+    got = await api.get("buy")
     assert (got.progress.done, got.progress.total, got.progress.stage) == (1, 5, "features")
     assert await scheduler(resources, clock, owner="replica-a").run_due() == []
     assert not await store.acquire_lease(record.prediction_id, "replica-c", now, now + 1)
@@ -114,9 +106,7 @@ async def test_too_little_data_waits_for_its_next_turn(
     await api.create("buy", {"event": "purchase"})
     rounds = scheduler(resources, clock)
     assert await rounds.run_due() == []
-    got = await api.stub.GetPrediction(
-        prediction_pb2.GetPredictionRequest(key="buy"), metadata=api.metadata
-    )
+    got = await api.get("buy")
     assert (got.state, got.progress.stage) == ("untrained", "too little data")
     clock.set(clock.now_us() + HOUR)
     assert await rounds.run_due() == []

@@ -64,9 +64,7 @@ async def test_model_beats_the_baseline_and_is_calibrated(
     assert bins[-1].actual_rate > bins[0].actual_rate
     assert 0 < metrics.brier < metrics.baseline.brier + 0.01
 
-    got = await api.stub.GetPrediction(
-        prediction_pb2.GetPredictionRequest(key="buy"), metadata=api.metadata
-    )
+    got = await api.get("buy")
     assert (got.state, got.model_version) == ("ready", 1)
     assert got.trained_at.ToMicroseconds() == clock.now_us()
 
@@ -91,9 +89,7 @@ async def test_too_little_data_is_failed_precondition_with_the_counts(
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     details = error.value.details() or ""
     assert "positive" in details and "negative" in details and "at least 100" in details
-    got = await api.stub.GetPrediction(
-        prediction_pb2.GetPredictionRequest(key="buy"), metadata=api.metadata
-    )
+    got = await api.get("buy")
     assert (got.state, got.model_version) == ("untrained", 0)
 
 
