@@ -44,7 +44,7 @@ async def test_due_jobs_run_once_then_on_their_cadence(
 ) -> None:
     api = prediction_api
     ws = api.workspace_id
-    await plant(resources.engine, ws, clock.now_us(), profile_count=1_500, days=42)
+    await plant(resources.engine, ws, clock.now_us(), profile_count=800, days=35)
     await api.create("buy", {"event": "purchase"})
     rounds = scheduler(resources, clock)
 
@@ -71,7 +71,7 @@ async def test_a_held_lease_keeps_other_replicas_out_until_it_expires(
 ) -> None:
     api = prediction_api
     ws = api.workspace_id
-    await plant(resources.engine, ws, clock.now_us(), profile_count=1_500, days=42)
+    await plant(resources.engine, ws, clock.now_us(), profile_count=800, days=35)
     created = await api.create("buy", {"event": "purchase"})
     store = PredictionStore(resources.engine)
     record = await store.get(ws, created.key)
