@@ -10,6 +10,7 @@ import redis.asyncio as redis_asyncio
 import sqlalchemy as sa
 from audiences.v1 import common_pb2, prediction_pb2, profile_pb2, profile_pb2_grpc
 
+from services.segmentation import tables as seg
 from services.shared.clock import US_PER_DAY, FixedClock
 from services.shared.db.tables import prediction_scores
 from services.shared.errors import field_violations
@@ -210,3 +211,54 @@ async def test_delete_removes_scores_everywhere(
         assert await client.hget(profile_key(ws, pid, "predictions"), "buy") is None
     finally:
         await client.aclose()
+
+
+async def test_a_population_audience_limits_training_and_scoring(
+    prediction_api: PredictionApi, resources: Resources, clock: FixedClock
+) -> None:
+    api = prediction_api
+    ws = api.workspace_id
+    planted = await plant(resources.engine, ws, clock.now_us(), profile_count=1_000, days=35)
+    members = set(planted.profile_ids[::2])
+    async with resources.engine.begin() as c:
+        audience_id = (
+            await c.execute(
+                sa.insert(seg.audiences)
+                .values(
+                    workspace_id=ws,
+                    key="half",
+                    name="half",
+                    created_at_us=clock.now_us(),
+                    updated_at_us=clock.now_us(),
+                )
+                .returning(seg.audiences.c.audience_id)
+            )
+        ).scalar_one()
+        await c.execute(
+            sa.insert(seg.memberships),
+            [
+                {
+                    "workspace_id": ws,
+                    "audience_id": audience_id,
+                    "profile_id": pid,
+                    "entered_at_us": clock.now_us(),
+                }
+                for pid in members
+            ],
+        )
+    await api.create("buy", GOAL, population="half")
+    metrics = await train(api)
+    assert metrics.train_rows + metrics.test_rows < 0.9 * len(members) * metrics.snapshots
+    scored = await api.stub.Score(prediction_pb2.ScoreRequest(key="buy"), metadata=api.metadata)
+    assert scored.scored == len(members)
+    async with resources.engine.connect() as c:
+        scored_ids = set(
+            (
+                await c.execute(
+                    sa.select(prediction_scores.c.profile_id).where(
+                        prediction_scores.c.key == "buy"
+                    )
+                )
+            ).scalars()
+        )
+    assert scored_ids == members
