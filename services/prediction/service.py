@@ -41,7 +41,7 @@ from services.shared.errors import FailedPrecondition, NotFound, invalid
 DEFAULT_PAGE = 100
 MAX_PAGE = 1_000
 # Snapshots stacked for training: one snapshot loses ~0.02 AUC on CDNOW against several,
-# and eight beat four there on every metric (docs/predictions.md, "CDNOW").
+# and eight (with small trees) did better there than four (docs/predictions.md, "CDNOW").
 SNAPSHOTS = 8
 # A job's lease outlives it by this much without progress (a crashed replica's job is
 # taken over after it); every progress step extends it.
