@@ -104,7 +104,6 @@ def _banner(keys: dict[str, str], ports: dict[str, int], settings: Settings) -> 
     notes = {
         "ingest": f"(+ AdminService; Segment-compatible HTTP on :{ingest_http_port()})",
         "profile": f"(read-only HTTP JSON view on :{profile_http_port()})",
-        "prediction": "(not built yet: answers UNIMPLEMENTED)",
         "sync": "(webhook, file, Braze, Amplitude destinations; CSV export)",
     }
     listing = "\n".join(

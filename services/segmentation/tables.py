@@ -13,9 +13,9 @@ Kept deliberately plain; the Alembic migration and the API arrive in a later pha
 - ``accounts``: a stable id per (workspace, group_id) seen in a group event, so an
   account can be a member of an account-level audience (services/segmentation/accounts.py).
   Only the id lives here: an account's users and traits are read from its group events.
-- ``prediction_scores``: per (prediction key, profile) probability and percentile, read
-  by prediction conditions. The prediction service writes it; it is defined here only
-  because segmentation is its first reader (move it when that service owns tables).
+- ``prediction_scores`` is not segmentation's: it is a read model shared through
+  services/shared/db/tables.py (the prediction service writes it, prediction conditions
+  read it), re-exported here for segmentation's modules.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    Float,
     Index,
     Integer,
     String,
@@ -34,7 +33,7 @@ from sqlalchemy import (
 )
 
 from services.shared.db.membership_log import membership_changes, memberships
-from services.shared.db.tables import Id, Json, metadata
+from services.shared.db.tables import Id, Json, metadata, prediction_scores
 
 __all__ = [
     "accounts",
@@ -97,17 +96,6 @@ computed_trait_values = Table(
     Column("value", Json, nullable=True),
     Column("computed_at_us", BigInteger, nullable=False),
     Index("ix_computed_trait_values_ws_key", "workspace_id", "key"),
-)
-
-prediction_scores = Table(
-    "prediction_scores",
-    metadata,
-    Column("workspace_id", String(64), nullable=False),
-    Column("key", String(255), primary_key=True),
-    Column("profile_id", BigInteger, primary_key=True),
-    Column("probability", Float, nullable=False),
-    Column("percentile", Float, nullable=False),
-    Column("scored_at_us", BigInteger, nullable=False),
 )
 
 accounts = Table(

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from audiences.v1 import common_pb2 as audiences_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61udiences/v1/prediction.proto\x12\x0c\x61udiences.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x61udiences/v1/common.proto\"\xe9\x01\n\nPrediction\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04goal\x18\x03 \x01(\x0c\x12\x14\n\x0chorizon_days\x18\x04 \x01(\x05\x12\r\n\x05state\x18\x05 \x01(\t\x12.\n\ntrained_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tscored_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08progress\x18\x08 \x01(\x0b\x32\x16.audiences.v1.ProgressJ\x04\x08\t\x10\x10\"G\n\x17\x43reatePredictionRequest\x12,\n\nprediction\x18\x01 \x01(\x0b\x32\x18.audiences.v1.Prediction\"#\n\x14GetPredictionRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"?\n\x16ListPredictionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x17ListPredictionsResponse\x12-\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x18.audiences.v1.Prediction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x17\x44\x65letePredictionRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65letePredictionResponse\"G\n\x0cTrainRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x06\x63utoff\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\rTrainResponse\x12\x30\n\x07metrics\x18\x01 \x01(\x0b\x32\x1f.audiences.v1.PredictionMetrics\"F\n\x0cScoreRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\rScoreResponse\x12\x0e\n\x06scored\x18\x01 \x01(\x03\" \n\x11GetMetricsRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\\\n\x0e\x43\x61librationBin\x12\x0e\n\x06\x64\x65\x63ile\x18\x01 \x01(\x05\x12\x16\n\x0emean_predicted\x18\x02 \x01(\x01\x12\x13\n\x0b\x61\x63tual_rate\x18\x03 \x01(\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\"2\n\x11\x46\x65\x61tureImportance\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0c\n\x04gain\x18\x02 \x01(\x01\"\xb4\x02\n\x11PredictionMetrics\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07roc_auc\x18\x02 \x01(\x01\x12\x0e\n\x06pr_auc\x18\x03 \x01(\x01\x12\x10\n\x08log_loss\x18\x04 \x01(\x01\x12\x17\n\x0ftop_decile_lift\x18\x05 \x01(\x01\x12\x31\n\x0b\x63\x61libration\x18\x06 \x03(\x0b\x32\x1c.audiences.v1.CalibrationBin\x12;\n\x12\x66\x65\x61ture_importance\x18\x07 \x03(\x0b\x32\x1f.audiences.v1.FeatureImportance\x12\x12\n\ntrain_rows\x18\x08 \x01(\x03\x12\x11\n\ttest_rows\x18\t \x01(\x03\x12\x15\n\rpositive_rate\x18\n \x01(\x01\x12\x18\n\x10\x62\x61seline_roc_auc\x18\x0b \x01(\x01\"w\n\x11ListScoresRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x16\n\x0emin_percentile\x18\x02 \x01(\x01\x12\x16\n\x0emax_percentile\x18\x03 \x01(\x01\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"c\n\rScoredProfile\x12)\n\x07profile\x18\x01 \x01(\x0b\x32\x18.audiences.v1.ProfileRef\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12\x12\n\npercentile\x18\x03 \x01(\x01\"Z\n\x12ListScoresResponse\x12+\n\x06scores\x18\x01 \x03(\x0b\x32\x1b.audiences.v1.ScoredProfile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x9f\x05\n\x11PredictionService\x12S\n\x10\x43reatePrediction\x12%.audiences.v1.CreatePredictionRequest\x1a\x18.audiences.v1.Prediction\x12M\n\rGetPrediction\x12\".audiences.v1.GetPredictionRequest\x1a\x18.audiences.v1.Prediction\x12^\n\x0fListPredictions\x12$.audiences.v1.ListPredictionsRequest\x1a%.audiences.v1.ListPredictionsResponse\x12\x61\n\x10\x44\x65letePrediction\x12%.audiences.v1.DeletePredictionRequest\x1a&.audiences.v1.DeletePredictionResponse\x12@\n\x05Train\x12\x1a.audiences.v1.TrainRequest\x1a\x1b.audiences.v1.TrainResponse\x12@\n\x05Score\x12\x1a.audiences.v1.ScoreRequest\x1a\x1b.audiences.v1.ScoreResponse\x12N\n\nGetMetrics\x12\x1f.audiences.v1.GetMetricsRequest\x1a\x1f.audiences.v1.PredictionMetrics\x12O\n\nListScores\x12\x1f.audiences.v1.ListScoresRequest\x1a .audiences.v1.ListScoresResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61udiences/v1/prediction.proto\x12\x0c\x61udiences.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x61udiences/v1/common.proto\"\xac\x02\n\nPrediction\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04goal\x18\x03 \x01(\x0c\x12\x14\n\x0chorizon_days\x18\x04 \x01(\x05\x12\r\n\x05state\x18\x05 \x01(\t\x12.\n\ntrained_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tscored_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08progress\x18\x08 \x01(\x0b\x32\x16.audiences.v1.Progress\x12\x12\n\npopulation\x18\x10 \x01(\t\x12\x16\n\x0e\x66\x61ilure_reason\x18\x11 \x01(\t\x12\x15\n\rmodel_version\x18\x12 \x01(\x05J\x04\x08\t\x10\x10\"G\n\x17\x43reatePredictionRequest\x12,\n\nprediction\x18\x01 \x01(\x0b\x32\x18.audiences.v1.Prediction\"#\n\x14GetPredictionRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"?\n\x16ListPredictionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x17ListPredictionsResponse\x12-\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x18.audiences.v1.Prediction\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x17\x44\x65letePredictionRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65letePredictionResponse\"G\n\x0cTrainRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x06\x63utoff\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\rTrainResponse\x12\x30\n\x07metrics\x18\x01 \x01(\x0b\x32\x1f.audiences.v1.PredictionMetrics\"F\n\x0cScoreRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\rScoreResponse\x12\x0e\n\x06scored\x18\x01 \x01(\x03\" \n\x11GetMetricsRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\\\n\x0e\x43\x61librationBin\x12\x0e\n\x06\x64\x65\x63ile\x18\x01 \x01(\x05\x12\x16\n\x0emean_predicted\x18\x02 \x01(\x01\x12\x13\n\x0b\x61\x63tual_rate\x18\x03 \x01(\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\x03\"2\n\x11\x46\x65\x61tureImportance\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x0c\n\x04gain\x18\x02 \x01(\x01\"\xe8\x03\n\x11PredictionMetrics\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07roc_auc\x18\x02 \x01(\x01\x12\x0e\n\x06pr_auc\x18\x03 \x01(\x01\x12\x10\n\x08log_loss\x18\x04 \x01(\x01\x12\x17\n\x0ftop_decile_lift\x18\x05 \x01(\x01\x12\x31\n\x0b\x63\x61libration\x18\x06 \x03(\x0b\x32\x1c.audiences.v1.CalibrationBin\x12;\n\x12\x66\x65\x61ture_importance\x18\x07 \x03(\x0b\x32\x1f.audiences.v1.FeatureImportance\x12\x12\n\ntrain_rows\x18\x08 \x01(\x03\x12\x11\n\ttest_rows\x18\t \x01(\x03\x12\x15\n\rpositive_rate\x18\n \x01(\x01\x12\x18\n\x10\x62\x61seline_roc_auc\x18\x0b \x01(\x01\x12\r\n\x05\x62rier\x18\x0c \x01(\x01\x12\x1c\n\x14top_decile_precision\x18\r \x01(\x01\x12/\n\x08\x62\x61seline\x18\x0e \x01(\x0b\x32\x1d.audiences.v1.BaselineMetrics\x12\x15\n\rmodel_version\x18\x0f \x01(\x05\x12*\n\x06\x63utoff\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsnapshots\x18\x11 \x01(\x05\"\xbd\x01\n\x0f\x42\x61selineMetrics\x12\x0f\n\x07roc_auc\x18\x01 \x01(\x01\x12\x0e\n\x06pr_auc\x18\x02 \x01(\x01\x12\x10\n\x08log_loss\x18\x03 \x01(\x01\x12\r\n\x05\x62rier\x18\x04 \x01(\x01\x12\x17\n\x0ftop_decile_lift\x18\x05 \x01(\x01\x12\x1c\n\x14top_decile_precision\x18\x06 \x01(\x01\x12\x31\n\x0b\x63\x61libration\x18\x07 \x03(\x0b\x32\x1c.audiences.v1.CalibrationBin\"w\n\x11ListScoresRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x16\n\x0emin_percentile\x18\x02 \x01(\x01\x12\x16\n\x0emax_percentile\x18\x03 \x01(\x01\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"t\n\rScoredProfile\x12)\n\x07profile\x18\x01 \x01(\x0b\x32\x18.audiences.v1.ProfileRef\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12\x12\n\npercentile\x18\x03 \x01(\x01\x12\x0f\n\x07reasons\x18\x04 \x03(\t\"Z\n\x12ListScoresResponse\x12+\n\x06scores\x18\x01 \x03(\x0b\x32\x1b.audiences.v1.ScoredProfile\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x9f\x05\n\x11PredictionService\x12S\n\x10\x43reatePrediction\x12%.audiences.v1.CreatePredictionRequest\x1a\x18.audiences.v1.Prediction\x12M\n\rGetPrediction\x12\".audiences.v1.GetPredictionRequest\x1a\x18.audiences.v1.Prediction\x12^\n\x0fListPredictions\x12$.audiences.v1.ListPredictionsRequest\x1a%.audiences.v1.ListPredictionsResponse\x12\x61\n\x10\x44\x65letePrediction\x12%.audiences.v1.DeletePredictionRequest\x1a&.audiences.v1.DeletePredictionResponse\x12@\n\x05Train\x12\x1a.audiences.v1.TrainRequest\x1a\x1b.audiences.v1.TrainResponse\x12@\n\x05Score\x12\x1a.audiences.v1.ScoreRequest\x1a\x1b.audiences.v1.ScoreResponse\x12N\n\nGetMetrics\x12\x1f.audiences.v1.GetMetricsRequest\x1a\x1f.audiences.v1.PredictionMetrics\x12O\n\nListScores\x12\x1f.audiences.v1.ListScoresRequest\x1a .audiences.v1.ListScoresResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,41 +34,43 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'audiences.v1.prediction_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PREDICTION']._serialized_start=108
-  _globals['_PREDICTION']._serialized_end=341
-  _globals['_CREATEPREDICTIONREQUEST']._serialized_start=343
-  _globals['_CREATEPREDICTIONREQUEST']._serialized_end=414
-  _globals['_GETPREDICTIONREQUEST']._serialized_start=416
-  _globals['_GETPREDICTIONREQUEST']._serialized_end=451
-  _globals['_LISTPREDICTIONSREQUEST']._serialized_start=453
-  _globals['_LISTPREDICTIONSREQUEST']._serialized_end=516
-  _globals['_LISTPREDICTIONSRESPONSE']._serialized_start=518
-  _globals['_LISTPREDICTIONSRESPONSE']._serialized_end=615
-  _globals['_DELETEPREDICTIONREQUEST']._serialized_start=617
-  _globals['_DELETEPREDICTIONREQUEST']._serialized_end=655
-  _globals['_DELETEPREDICTIONRESPONSE']._serialized_start=657
-  _globals['_DELETEPREDICTIONRESPONSE']._serialized_end=683
-  _globals['_TRAINREQUEST']._serialized_start=685
-  _globals['_TRAINREQUEST']._serialized_end=756
-  _globals['_TRAINRESPONSE']._serialized_start=758
-  _globals['_TRAINRESPONSE']._serialized_end=823
-  _globals['_SCOREREQUEST']._serialized_start=825
-  _globals['_SCOREREQUEST']._serialized_end=895
-  _globals['_SCORERESPONSE']._serialized_start=897
-  _globals['_SCORERESPONSE']._serialized_end=928
-  _globals['_GETMETRICSREQUEST']._serialized_start=930
-  _globals['_GETMETRICSREQUEST']._serialized_end=962
-  _globals['_CALIBRATIONBIN']._serialized_start=964
-  _globals['_CALIBRATIONBIN']._serialized_end=1056
-  _globals['_FEATUREIMPORTANCE']._serialized_start=1058
-  _globals['_FEATUREIMPORTANCE']._serialized_end=1108
-  _globals['_PREDICTIONMETRICS']._serialized_start=1111
-  _globals['_PREDICTIONMETRICS']._serialized_end=1419
-  _globals['_LISTSCORESREQUEST']._serialized_start=1421
-  _globals['_LISTSCORESREQUEST']._serialized_end=1540
-  _globals['_SCOREDPROFILE']._serialized_start=1542
-  _globals['_SCOREDPROFILE']._serialized_end=1641
-  _globals['_LISTSCORESRESPONSE']._serialized_start=1643
-  _globals['_LISTSCORESRESPONSE']._serialized_end=1733
-  _globals['_PREDICTIONSERVICE']._serialized_start=1736
-  _globals['_PREDICTIONSERVICE']._serialized_end=2407
+  _globals['_PREDICTION']._serialized_end=408
+  _globals['_CREATEPREDICTIONREQUEST']._serialized_start=410
+  _globals['_CREATEPREDICTIONREQUEST']._serialized_end=481
+  _globals['_GETPREDICTIONREQUEST']._serialized_start=483
+  _globals['_GETPREDICTIONREQUEST']._serialized_end=518
+  _globals['_LISTPREDICTIONSREQUEST']._serialized_start=520
+  _globals['_LISTPREDICTIONSREQUEST']._serialized_end=583
+  _globals['_LISTPREDICTIONSRESPONSE']._serialized_start=585
+  _globals['_LISTPREDICTIONSRESPONSE']._serialized_end=682
+  _globals['_DELETEPREDICTIONREQUEST']._serialized_start=684
+  _globals['_DELETEPREDICTIONREQUEST']._serialized_end=722
+  _globals['_DELETEPREDICTIONRESPONSE']._serialized_start=724
+  _globals['_DELETEPREDICTIONRESPONSE']._serialized_end=750
+  _globals['_TRAINREQUEST']._serialized_start=752
+  _globals['_TRAINREQUEST']._serialized_end=823
+  _globals['_TRAINRESPONSE']._serialized_start=825
+  _globals['_TRAINRESPONSE']._serialized_end=890
+  _globals['_SCOREREQUEST']._serialized_start=892
+  _globals['_SCOREREQUEST']._serialized_end=962
+  _globals['_SCORERESPONSE']._serialized_start=964
+  _globals['_SCORERESPONSE']._serialized_end=995
+  _globals['_GETMETRICSREQUEST']._serialized_start=997
+  _globals['_GETMETRICSREQUEST']._serialized_end=1029
+  _globals['_CALIBRATIONBIN']._serialized_start=1031
+  _globals['_CALIBRATIONBIN']._serialized_end=1123
+  _globals['_FEATUREIMPORTANCE']._serialized_start=1125
+  _globals['_FEATUREIMPORTANCE']._serialized_end=1175
+  _globals['_PREDICTIONMETRICS']._serialized_start=1178
+  _globals['_PREDICTIONMETRICS']._serialized_end=1666
+  _globals['_BASELINEMETRICS']._serialized_start=1669
+  _globals['_BASELINEMETRICS']._serialized_end=1858
+  _globals['_LISTSCORESREQUEST']._serialized_start=1860
+  _globals['_LISTSCORESREQUEST']._serialized_end=1979
+  _globals['_SCOREDPROFILE']._serialized_start=1981
+  _globals['_SCOREDPROFILE']._serialized_end=2097
+  _globals['_LISTSCORESRESPONSE']._serialized_start=2099
+  _globals['_LISTSCORESRESPONSE']._serialized_end=2189
+  _globals['_PREDICTIONSERVICE']._serialized_start=2192
+  _globals['_PREDICTIONSERVICE']._serialized_end=2863
 # @@protoc_insertion_point(module_scope)

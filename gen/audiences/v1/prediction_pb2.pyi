@@ -32,6 +32,9 @@ class Prediction(_message.Message):
     TRAINED_AT_FIELD_NUMBER: _builtins.int
     SCORED_AT_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
+    POPULATION_FIELD_NUMBER: _builtins.int
+    FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     name: _builtins.str
     goal: _builtins.bytes
@@ -40,6 +43,12 @@ class Prediction(_message.Message):
     """default 7"""
     state: _builtins.str
     """untrained, training, ready, failed"""
+    population: _builtins.str
+    """Optional audience key: only its members are trained on and scored."""
+    failure_reason: _builtins.str
+    """why the last training failed (state failed)"""
+    model_version: _builtins.int
+    """0 until trained"""
     @_builtins.property
     def trained_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -57,10 +66,13 @@ class Prediction(_message.Message):
         trained_at: _timestamp_pb2.Timestamp | None = ...,
         scored_at: _timestamp_pb2.Timestamp | None = ...,
         progress: _common_pb2.Progress | None = ...,
+        population: _builtins.str = ...,
+        failure_reason: _builtins.str = ...,
+        model_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["progress", b"progress", "scored_at", b"scored_at", "trained_at", b"trained_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["goal", b"goal", "horizon_days", b"horizon_days", "key", b"key", "name", b"name", "progress", b"progress", "scored_at", b"scored_at", "state", b"state", "trained_at", b"trained_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reason", b"failure_reason", "goal", b"goal", "horizon_days", b"horizon_days", "key", b"key", "model_version", b"model_version", "name", b"name", "population", b"population", "progress", b"progress", "scored_at", b"scored_at", "state", b"state", "trained_at", b"trained_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -355,6 +367,12 @@ class PredictionMetrics(_message.Message):
     TEST_ROWS_FIELD_NUMBER: _builtins.int
     POSITIVE_RATE_FIELD_NUMBER: _builtins.int
     BASELINE_ROC_AUC_FIELD_NUMBER: _builtins.int
+    BRIER_FIELD_NUMBER: _builtins.int
+    TOP_DECILE_PRECISION_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    CUTOFF_FIELD_NUMBER: _builtins.int
+    SNAPSHOTS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     roc_auc: _builtins.float
     pr_auc: _builtins.float
@@ -365,10 +383,21 @@ class PredictionMetrics(_message.Message):
     positive_rate: _builtins.float
     baseline_roc_auc: _builtins.float
     """Same metrics of the recency+frequency baseline at the same cutoff."""
+    brier: _builtins.float
+    top_decile_precision: _builtins.float
+    model_version: _builtins.int
+    snapshots: _builtins.int
+    """stacked training snapshots"""
     @_builtins.property
     def calibration(self) -> _containers.RepeatedCompositeFieldContainer[Global___CalibrationBin]: ...
     @_builtins.property
     def feature_importance(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureImportance]: ...
+    @_builtins.property
+    def baseline(self) -> Global___BaselineMetrics:
+        """Every metric of the recency+frequency baseline (calibrated the same way)."""
+
+    @_builtins.property
+    def cutoff(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -383,14 +412,58 @@ class PredictionMetrics(_message.Message):
         test_rows: _builtins.int = ...,
         positive_rate: _builtins.float = ...,
         baseline_roc_auc: _builtins.float = ...,
+        brier: _builtins.float = ...,
+        top_decile_precision: _builtins.float = ...,
+        baseline: Global___BaselineMetrics | None = ...,
+        model_version: _builtins.int = ...,
+        cutoff: _timestamp_pb2.Timestamp | None = ...,
+        snapshots: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "cutoff", b"cutoff"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_roc_auc", b"baseline_roc_auc", "calibration", b"calibration", "feature_importance", b"feature_importance", "key", b"key", "log_loss", b"log_loss", "positive_rate", b"positive_rate", "pr_auc", b"pr_auc", "roc_auc", b"roc_auc", "test_rows", b"test_rows", "top_decile_lift", b"top_decile_lift", "train_rows", b"train_rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline", b"baseline", "baseline_roc_auc", b"baseline_roc_auc", "brier", b"brier", "calibration", b"calibration", "cutoff", b"cutoff", "feature_importance", b"feature_importance", "key", b"key", "log_loss", b"log_loss", "model_version", b"model_version", "positive_rate", b"positive_rate", "pr_auc", b"pr_auc", "roc_auc", b"roc_auc", "snapshots", b"snapshots", "test_rows", b"test_rows", "top_decile_lift", b"top_decile_lift", "top_decile_precision", b"top_decile_precision", "train_rows", b"train_rows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PredictionMetrics: _TypeAlias = PredictionMetrics  # noqa: Y015
+
+@_typing.final
+class BaselineMetrics(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROC_AUC_FIELD_NUMBER: _builtins.int
+    PR_AUC_FIELD_NUMBER: _builtins.int
+    LOG_LOSS_FIELD_NUMBER: _builtins.int
+    BRIER_FIELD_NUMBER: _builtins.int
+    TOP_DECILE_LIFT_FIELD_NUMBER: _builtins.int
+    TOP_DECILE_PRECISION_FIELD_NUMBER: _builtins.int
+    CALIBRATION_FIELD_NUMBER: _builtins.int
+    roc_auc: _builtins.float
+    pr_auc: _builtins.float
+    log_loss: _builtins.float
+    brier: _builtins.float
+    top_decile_lift: _builtins.float
+    top_decile_precision: _builtins.float
+    @_builtins.property
+    def calibration(self) -> _containers.RepeatedCompositeFieldContainer[Global___CalibrationBin]: ...
+    def __init__(
+        self,
+        *,
+        roc_auc: _builtins.float = ...,
+        pr_auc: _builtins.float = ...,
+        log_loss: _builtins.float = ...,
+        brier: _builtins.float = ...,
+        top_decile_lift: _builtins.float = ...,
+        top_decile_precision: _builtins.float = ...,
+        calibration: _abc.Iterable[Global___CalibrationBin] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brier", b"brier", "calibration", b"calibration", "log_loss", b"log_loss", "pr_auc", b"pr_auc", "roc_auc", b"roc_auc", "top_decile_lift", b"top_decile_lift", "top_decile_precision", b"top_decile_precision"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BaselineMetrics: _TypeAlias = BaselineMetrics  # noqa: Y015
 
 @_typing.final
 class ListScoresRequest(_message.Message):
@@ -430,20 +503,26 @@ class ScoredProfile(_message.Message):
     PROFILE_FIELD_NUMBER: _builtins.int
     PROBABILITY_FIELD_NUMBER: _builtins.int
     PERCENTILE_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
     probability: _builtins.float
     percentile: _builtins.float
     @_builtins.property
     def profile(self) -> _common_pb2.ProfileRef: ...
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the features that raised the score most"""
+
     def __init__(
         self,
         *,
         profile: _common_pb2.ProfileRef | None = ...,
         probability: _builtins.float = ...,
         percentile: _builtins.float = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["percentile", b"percentile", "probability", b"probability", "profile", b"profile"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["percentile", b"percentile", "probability", b"probability", "profile", b"profile", "reasons", b"reasons"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

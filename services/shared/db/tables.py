@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -160,4 +161,22 @@ suppressions = Table(
     Column("id_value", String(255), primary_key=True),
     Column("created_at_us", BigInteger, nullable=False),
     Column("active", Boolean, nullable=False, default=True),
+)
+
+# A read model shared between services (docs/decisions.md, "Prediction scores as a shared
+# read model"): the prediction service writes each profile's latest score of each
+# prediction; segmentation's `prediction` conditions read it. The workspace leads the key
+# (prediction keys are per workspace); the second index serves ListScores by percentile.
+prediction_scores = Table(
+    "prediction_scores",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("profile_id", BigInteger, primary_key=True),
+    Column("probability", Float, nullable=False),
+    Column("percentile", Float, nullable=False),
+    Column("scored_at_us", BigInteger, nullable=False),
+    # [{"feature", "value", "contribution"}, ...]: the top reasons, strongest first.
+    Column("reasons", Json, nullable=True),
+    Index("ix_prediction_scores_percentile", "workspace_id", "key", "percentile"),
 )

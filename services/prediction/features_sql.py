@@ -1,0 +1,404 @@
+"""Point-in-time features and labels, computed in the database.
+
+One statement per snapshot computes every feature of every profile at a cutoff (one
+GROUP BY pass over the events at or before it, ``count(*) FILTER (WHERE ..)`` per
+counted event and window); one statement finds the profiles that performed the goal in
+``(cutoff, cutoff + horizon]``. Nothing is computed per profile in Python: the rows go
+straight into NumPy arrays. Events count for the canonical profile (merges resolved
+through ``profiles.canonical_id``). Features see only ``timestamp_us <= cutoff``, labels
+only ``timestamp_us > cutoff``, so no feature can be computed from the label period.
+
+Goal filters follow the audience language's semantics (docs/audiences.md, "filters")
+for literal values, on Postgres (JSONB) and SQLite (JSON1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy import ColumnElement, and_, case, cast, func, literal, or_, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.prediction.features import (
+    MAX_CATEGORIES,
+    MAX_EVENT_NAMES,
+    MAX_TRAITS,
+    MIN_CATEGORY_COUNT,
+    MIN_CATEGORY_COVERAGE,
+    REVENUE_PROPERTY,
+    WINDOW_DAYS,
+    FeatureSpec,
+    TraitFeature,
+)
+from services.prediction.model import Goal, GoalFilter
+from services.shared.clock import US_PER_DAY
+from services.shared.db.tables import events, profiles
+
+_EVENT_TYPES = ("track", "page", "screen")
+
+# The population audience's members, read by name: the audiences and memberships tables
+# are segmentation's, and this service imports no other service's package.
+_audiences = sa.table(
+    "audiences",
+    sa.column("audience_id", sa.BigInteger),
+    sa.column("workspace_id", sa.String),
+    sa.column("key", sa.String),
+    sa.column("deleted_at_us", sa.BigInteger),
+)
+_memberships = sa.table(
+    "memberships",
+    sa.column("audience_id", sa.BigInteger),
+    sa.column("workspace_id", sa.String),
+    sa.column("profile_id", sa.BigInteger),
+)
+
+
+class _Json:
+    """A JSON value inside an event's document (``properties`` unless told) at the
+    object keys `keys`, per dialect: its type (string, number, boolean, array, object;
+    SQL NULL when missing or null), its text and its number."""
+
+    def __init__(self, dialect: str, keys: Sequence[str], document: Any = None) -> None:
+        self.postgres = dialect == "postgresql"
+        document = events.c.properties if document is None else document
+        self.document = document
+        if self.postgres:
+            value: Any = document
+            # Chained -> never indexes into arrays: dotted paths follow object keys only.
+            for k in keys:
+                value = value.op("->", return_type=JSONB)(literal(k, sa.String))
+            self.value = value
+            kind = func.jsonb_typeof(value)
+            self.kind: Any = case((kind == "null", None), else_=kind)
+            self.text: Any = value.op("#>>", return_type=sa.Text)(sa.literal_column("'{}'"))
+        else:
+            self.path = "$" + "".join(f'."{k}"' for k in keys)
+            raw_kind = func.json_type(document, self.path)
+            self.kind = case(
+                (raw_kind == "text", "string"),
+                (raw_kind.in_(["integer", "real"]), "number"),
+                (raw_kind.in_(["true", "false"]), "boolean"),
+                (raw_kind.in_(["array", "object"]), raw_kind),
+            )
+            self.text = case(
+                (raw_kind == "true", "true"),
+                (raw_kind == "false", "false"),
+                else_=cast(func.json_extract(document, self.path), sa.Text),
+            )
+            self.raw_kind = raw_kind
+
+    def number(self) -> Any:
+        # CASE fixes the evaluation order: the cast never sees a non-number.
+        return case((self.kind == "number", cast(self.text, sa.Float)))
+
+    def equals(self, value: Any) -> ColumnElement[bool]:
+        """Equality by JSON type: 1 equals 1.0, "1" never equals 1, true is no number."""
+        if isinstance(value, bool):
+            return and_(self.kind == "boolean", self.text == ("true" if value else "false"))
+        if isinstance(value, int | float):
+            return self.number() == literal(float(value), sa.Float)
+        return and_(self.kind == "string", self.text == literal(value, sa.String))
+
+    def array_has(self, value: Any) -> ColumnElement[bool]:
+        if self.postgres:
+            return and_(
+                self.kind == "array",
+                self.value.op("@>", return_type=sa.Boolean)(func.jsonb_build_array(literal(value))),
+            )
+        item = func.json_each(self.document, self.path).table_valued("value", "type")
+        if isinstance(value, bool):
+            match = item.c.type == ("true" if value else "false")
+        elif isinstance(value, int | float):
+            match = and_(item.c.type.in_(["integer", "real"]), item.c.value == value)
+        else:
+            match = and_(item.c.type == "text", item.c.value == value)
+        return and_(self.kind == "array", select(1).select_from(item).where(match).exists())
+
+
+def _filter(dialect: str, f: GoalFilter) -> ColumnElement[bool]:
+    v = _Json(dialect, f.property.split("."))
+    present = v.kind.is_not(None)
+    if f.op == "exists":
+        return present
+    if f.op == "not_exists":
+        return v.kind.is_(None)
+    if f.op == "eq":
+        return v.equals(f.value)
+    if f.op == "neq":
+        # A missing value matches neq (docs/audiences.md, "operators").
+        return or_(v.kind.is_(None), ~v.equals(f.value))
+    if f.op in ("in", "not_in"):
+        any_of = or_(*(v.equals(x) for x in f.value)) if f.value else sa.false()
+        return any_of if f.op == "in" else or_(v.kind.is_(None), ~any_of)
+    if f.op == "starts_with":
+        return and_(v.kind == "string", func.substr(v.text, 1, len(f.value)) == f.value)
+    if f.op == "contains":
+        on_array = v.array_has(f.value)
+        if not isinstance(f.value, str):
+            return on_array
+        substring = and_(v.kind == "string", func.instr(v.text, f.value) > 0)
+        if dialect == "postgresql":
+            substring = and_(v.kind == "string", func.strpos(v.text, f.value) > 0)
+        return or_(substring, on_array)
+    number = v.number()
+    bound = literal(float(f.value), sa.Float)
+    return {
+        "gt": number > bound,
+        "gte": number >= bound,
+        "lt": number < bound,
+        "lte": number <= bound,
+    }[f.op]
+
+
+class FeatureQueries:
+    """The feature and label statements of one database."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+
+    def _scope(self, ws: str, population: str | None) -> list[ColumnElement[bool]]:
+        """Events of the workspace (joined to their profile ``p``), of the population."""
+        where = [events.c.workspace_id == ws, profiles.c.workspace_id == ws]
+        if population is not None:
+            mp = profiles.alias("mp")
+            members = (
+                select(mp.c.canonical_id)
+                .select_from(_memberships)
+                .join(_audiences, _audiences.c.audience_id == _memberships.c.audience_id)
+                .join(mp, mp.c.profile_id == _memberships.c.profile_id)
+                .where(
+                    _audiences.c.workspace_id == ws,
+                    _audiences.c.key == population,
+                    _audiences.c.deleted_at_us.is_(None),
+                    _memberships.c.workspace_id == ws,
+                )
+            )
+            where.append(profiles.c.canonical_id.in_(members))
+        return where
+
+    def _source(self) -> Any:
+        return events.join(profiles, profiles.c.profile_id == events.c.profile_id)
+
+    def _revenue(self) -> Any:
+        return _Json(self._dialect, [REVENUE_PROPERTY]).number()
+
+    async def choose_spec(self, ws: str, cutoff_us: int, goal: Goal) -> FeatureSpec:
+        """The features of a model trained at `cutoff_us`: the most frequent event names
+        of the 90 days before it (and the goal's), revenue when any event has one."""
+        since = cutoff_us - 90 * US_PER_DAY
+        top = (
+            select(events.c.type, events.c.name)
+            .where(
+                events.c.workspace_id == ws,
+                events.c.type.in_(_EVENT_TYPES),
+                events.c.name.is_not(None),
+                events.c.timestamp_us > since,
+                events.c.timestamp_us <= cutoff_us,
+            )
+            .group_by(events.c.type, events.c.name)
+            .order_by(func.count().desc(), events.c.type, events.c.name)
+            .limit(MAX_EVENT_NAMES)
+        )
+        revenue = (
+            select(literal(1))
+            .where(
+                events.c.workspace_id == ws,
+                events.c.timestamp_us <= cutoff_us,
+                self._revenue().is_not(None),
+            )
+            .limit(1)
+        )
+        async with self._engine.connect() as c:
+            keys = [(r.type, r.name) for r in await c.execute(top)]
+            has_revenue = (await c.execute(revenue)).first() is not None
+        if ("track", goal.event) not in keys:
+            keys.append(("track", goal.event))
+        traits = await self._choose_traits(ws, cutoff_us)
+        return FeatureSpec(tuple(sorted(keys)), has_revenue, traits)
+
+    def _trait_pairs(self) -> tuple[Any, Any, Any]:
+        """(FROM clause, key, kind) of every (identify event, trait) pair."""
+        if self._dialect == "postgresql":
+            kv: Any = func.jsonb_each(events.c.traits).table_valued("key", "value")
+            kind: Any = func.jsonb_typeof(kv.c.value)
+        else:
+            kv = func.json_each(events.c.traits).table_valued("key", "value", "type")
+            kind = case(
+                (kv.c.type == "text", "string"),
+                (kv.c.type.in_(["integer", "real"]), "number"),
+                else_=kv.c.type,
+            )
+        return events.join(kv, sa.true()), kv.c.key, kind
+
+    def _identifies(self, ws: str, cutoff_us: int) -> list[ColumnElement[bool]]:
+        return [
+            events.c.workspace_id == ws,
+            events.c.type == "identify",
+            events.c.timestamp_us <= cutoff_us,
+        ]
+
+    async def _choose_traits(self, ws: str, cutoff_us: int) -> tuple[TraitFeature, ...]:
+        """The traits identify calls set most often before the cutoff: numeric ones as
+        numbers, string ones as categories when a few values cover most profiles."""
+        source, key, kind = self._trait_pairs()
+        by_kind = (
+            select(key, kind, func.count())
+            .select_from(source)
+            .where(*self._identifies(ws, cutoff_us), kind.in_(["number", "string"]))
+            .group_by(key, kind)
+        )
+        counts: dict[str, dict[str, int]] = {}
+        async with self._engine.connect() as c:
+            for k, kd, n in await c.execute(by_kind):
+                counts.setdefault(k, {})[kd] = n
+            chosen = sorted(counts, key=lambda k: (-sum(counts[k].values()), k))[:MAX_TRAITS]
+            traits = []
+            for k in sorted(chosen):
+                numbers, strings = counts[k].get("number", 0), counts[k].get("string", 0)
+                if numbers >= strings:
+                    traits.append(TraitFeature(k))
+                    continue
+                value = _Json(self._dialect, [k], events.c.traits)
+                top = (
+                    select(value.text, func.count())
+                    .where(*self._identifies(ws, cutoff_us), value.kind == "string")
+                    .group_by(value.text)
+                    .order_by(func.count().desc(), value.text)
+                    .limit(MAX_CATEGORIES)
+                )
+                common = [(v, n) for v, n in await c.execute(top) if n >= MIN_CATEGORY_COUNT]
+                if common and sum(n for _, n in common) >= MIN_CATEGORY_COVERAGE * strings:
+                    traits.append(TraitFeature(k, tuple(sorted(v for v, _ in common))))
+        return tuple(traits)
+
+    async def _trait_columns(
+        self, ws: str, spec: FeatureSpec, cutoff_us: int, population: str | None
+    ) -> list[list[tuple[int, float | None]]]:
+        """Per trait of `spec`, (canonical id, value) of each profile's latest identify
+        at or before the cutoff that set it (a category as its code; null as None)."""
+        found = []
+        async with self._engine.connect() as c:
+            for trait in spec.traits:
+                value = _Json(self._dialect, [trait.key], events.c.traits)
+                if trait.categories is None:
+                    expr: Any = value.number()
+                else:
+                    expr = case(
+                        *[
+                            (and_(value.kind == "string", value.text == name), code)
+                            for code, name in enumerate(trait.categories)
+                        ]
+                    )
+                if self._dialect == "postgresql":
+                    has_key = events.c.traits.op("?", return_type=sa.Boolean)(trait.key)
+                else:
+                    has_key = func.json_type(events.c.traits, value.path).is_not(None)
+                latest = func.row_number().over(
+                    partition_by=profiles.c.canonical_id,
+                    order_by=(events.c.timestamp_us.desc(), events.c.seq.desc()),
+                )
+                ranked = (
+                    select(profiles.c.canonical_id.label("pid"), expr.label("v"), latest.label("n"))
+                    .select_from(self._source())
+                    .where(*self._scope(ws, population), *self._identifies(ws, cutoff_us), has_key)
+                    .subquery()
+                )
+                rows = await c.execute(select(ranked.c.pid, ranked.c.v).where(ranked.c.n == 1))
+                found.append([(r.pid, r.v) for r in rows])
+        return found
+
+    async def features(
+        self, ws: str, spec: FeatureSpec, cutoff_us: int, population: str | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(canonical profile ids, feature matrix) at `cutoff_us` of every profile with an
+        event at or before it; columns in ``spec.names()`` order."""
+        ts = events.c.timestamp_us
+        columns: list[Any] = []
+        for kind, name in spec.event_keys:
+            for days in WINDOW_DAYS:
+                cond = and_(
+                    ts > cutoff_us - days * US_PER_DAY,
+                    events.c.name == name,
+                    events.c.type == kind,
+                )
+                columns.append(func.count().filter(cond))
+        columns += [
+            func.max(ts),  # recency, from the latest event
+            func.count(),  # frequency
+            func.min(ts),  # tenure, from the first event
+            func.count(sa.distinct(ts // US_PER_DAY)),  # active days
+        ]
+        if spec.has_revenue:
+            revenue = self._revenue()
+            columns += [
+                func.coalesce(func.sum(revenue), 0.0),
+                func.coalesce(
+                    func.sum(case((ts > cutoff_us - 90 * US_PER_DAY, revenue))),
+                    0.0,
+                ),
+            ]
+        query = (
+            select(profiles.c.canonical_id, *columns)
+            .select_from(self._source())
+            .where(
+                *self._scope(ws, population),
+                events.c.type.in_(_EVENT_TYPES),
+                ts <= cutoff_us,
+            )
+            .group_by(profiles.c.canonical_id)
+            .order_by(profiles.c.canonical_id)
+        )
+        async with self._engine.connect() as c:
+            rows = (await c.execute(query)).all()
+        width = len(spec.names())
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, width))
+        table = np.array(rows, dtype=np.float64)
+        ids = table[:, 0].astype(np.int64)
+        matrix = np.full((len(ids), width), np.nan)
+        matrix[:, : table.shape[1] - 1] = table[:, 1:]
+        rfm = len(spec.event_keys) * len(WINDOW_DAYS)
+        matrix[:, rfm] = (cutoff_us - matrix[:, rfm]) / US_PER_DAY
+        matrix[:, rfm + 2] = (cutoff_us - matrix[:, rfm + 2]) / US_PER_DAY
+        first_trait = width - len(spec.traits)
+        for offset, pairs in enumerate(await self._trait_columns(ws, spec, cutoff_us, population)):
+            if not pairs:
+                continue
+            values = np.array(pairs, dtype=np.float64)
+            # Profiles with traits but no event before the cutoff are not in the matrix.
+            at = np.searchsorted(ids, values[:, 0].astype(np.int64))
+            known = at < len(ids)
+            known[known] = ids[at[known]] == values[known, 0].astype(np.int64)
+            matrix[at[known], first_trait + offset] = values[known, 1]
+        return ids, matrix
+
+    async def goal_performers(
+        self, ws: str, goal: Goal, after_us: int, until_us: int, population: str | None
+    ) -> np.ndarray:
+        """Canonical ids of the profiles that performed `goal` in (after_us, until_us]."""
+        query = (
+            select(profiles.c.canonical_id)
+            .select_from(self._source())
+            .where(
+                *self._scope(ws, population),
+                events.c.type == "track",
+                events.c.name == goal.event,
+                events.c.timestamp_us > after_us,
+                events.c.timestamp_us <= until_us,
+                *[_filter(self._dialect, f) for f in goal.where],
+            )
+            .distinct()
+        )
+        async with self._engine.connect() as c:
+            found = [r[0] for r in await c.execute(query)]
+        return np.array(sorted(found), dtype=np.int64)
+
+
+def label_vector(ids: np.ndarray, performers: Sequence[int] | np.ndarray) -> np.ndarray:
+    """1.0 for each of `ids` among `performers`, else 0.0 (vectorised)."""
+    return np.isin(ids, np.asarray(performers, dtype=np.int64)).astype(np.float64)
