@@ -3,9 +3,11 @@
 A profile's ``recs`` string (services.shared.hotstate) is a JSON list of items from
 every object of the workspace, each tagged with its object's key (``model``); an
 item's ``metadata`` is JSON object text inside it, which GetProfile's script passes
-to the wire without decoding. Writing one object's lists replaces that object's items
-and keeps the others', in one script call per batch of profiles, and drops the
-profile's cached wire encoding in the same call (as every hot-state writer does).
+to the wire without decoding. Each object's items are also kept apart in the
+profile's ``recs_by_model`` hash, so writing one object's lists replaces that
+object's items and keeps the others' without decoding any: one script call per batch
+of profiles, which also drops the profile's cached wire encoding (as every hot-state
+writer does).
 """
 
 from __future__ import annotations
@@ -21,30 +23,36 @@ from services.shared import hotstate
 # Profiles per script call: bounds one call's time inside Redis.
 BATCH_PROFILES = 500
 
-# KEYS: the profiles' recs keys. ARGV[1]: the object key. ARGV[1 + k]: the JSON list of
-# that object's new items for KEYS[k] ('[]' removes them).
+# KEYS: the profiles' recs keys. ARGV[1]: the object key. ARGV[1 + k]: that object's
+# new items for KEYS[k] as JSON list members without the brackets ('' removes them).
+# Nothing is decoded: recs is rebuilt as the join of recs_by_model in key order, so the
+# bytes depend only on what each object wrote.
 _REPLACE_LUA = """
 local model = ARGV[1]
 for k = 1, #KEYS do
   local key = KEYS[k]
-  local kept = {}
-  local old = redis.call('GET', key)
-  if old then
-    for _, item in ipairs(cjson.decode(old)) do
-      if item.model ~= model then kept[#kept + 1] = item end
-    end
-  end
-  if #kept == 0 then
-    if ARGV[k + 1] == '[]' then
-      redis.call('DEL', key)
-    else
-      redis.call('SET', key, ARGV[k + 1])
-    end
+  local base = string.sub(key, 1, -5)
+  local by_model = base .. 'recs_by_model'
+  if ARGV[k + 1] == '' then
+    redis.call('HDEL', by_model, model)
   else
-    for _, item in ipairs(cjson.decode(ARGV[k + 1])) do kept[#kept + 1] = item end
-    redis.call('SET', key, cjson.encode(kept))
+    redis.call('HSET', by_model, model, ARGV[k + 1])
   end
-  redis.call('DEL', string.sub(key, 1, -5) .. 'wire')
+  local flat = redis.call('HGETALL', by_model)
+  local names, items = {}, {}
+  for i = 1, #flat, 2 do
+    names[#names + 1] = flat[i]
+    items[flat[i]] = flat[i + 1]
+  end
+  table.sort(names)
+  local parts = {}
+  for i, name in ipairs(names) do parts[i] = items[name] end
+  if #parts == 0 then
+    redis.call('DEL', key)
+  else
+    redis.call('SET', key, '[' .. table.concat(parts, ',') .. ']')
+  end
+  redis.call('DEL', base .. 'wire')
 end
 return #KEYS
 """
@@ -70,7 +78,7 @@ class RecommendationWriter:
             batch = lists[start : start + BATCH_PROFILES]
             keys = [hotstate.profile_key(workspace_id, pid, "recs") for pid, _ in batch]
             args: list[str | bytes] = [model_key]
-            args += [orjson.dumps(list(items)) for _, items in batch]
+            args += [orjson.dumps(list(items))[1:-1] for _, items in batch]
             await self._script(keys=keys, args=args)
             if progress is not None:
                 await progress((start + len(batch)) / len(lists))
@@ -79,7 +87,7 @@ class RecommendationWriter:
         """Remove an object's items from every profile of the workspace (SCAN + script)."""
         head = f"{hotstate.workspace_prefix(workspace_id)}p:"
         batch: list[tuple[int | str, Sequence[dict[str, Any]]]] = []
-        async for key in self._redis.scan_iter(match=f"{head}*:recs", count=1000):
+        async for key in self._redis.scan_iter(match=f"{head}*:recs_by_model", count=1000):
             text = key.decode() if isinstance(key, bytes) else key
-            batch.append((text[len(head) : -len(":recs")], []))
+            batch.append((text[len(head) : -len(":recs_by_model")], []))
         await self.replace(workspace_id, model_key, batch)
