@@ -9,6 +9,7 @@ Everything here is whole-array NumPy/SciPy work over one workspace's interaction
   recency of its later interaction (half-life `half_life_us`), so old habits fade.
   The item-item matrix is normalised by the square roots of the items' totals
   (cosine-like), so a popular item does not co-occur with everything.
+  With no session window, the plain item-item cosine over whole histories instead.
 - A profile's scores: its weighted, decayed interactions times the item-item matrix,
   scaled to at most 1 per profile, plus `popularity_weight` x popularity (scaled to at
   most 1), which ranks items no co-occurrence reaches and gives cold profiles (no
@@ -46,7 +47,9 @@ class Interactions:
 class Settings:
     """The model's knobs (their defaults are what training uses)."""
 
-    session_window_us: int = DAY_US
+    # None: every pair of a profile's items co-occurs (whole history), scored as the
+    # plain item-item cosine of the binary profile x item matrix (the textbook baseline).
+    session_window_us: int | None = DAY_US
     half_life_us: int = 90 * DAY_US
     max_lag: int = 10
     popularity_weight: float = 0.05
@@ -84,6 +87,9 @@ def popularity(
 
 def cooccurrence(interactions: Interactions, now_us: int, settings: Settings) -> sparse.csr_matrix:
     """The symmetric, normalised item-item matrix of in-session pairs."""
+    if settings.session_window_us is None:
+        return _cosine(interactions)
+    window = settings.session_window_us
     order = np.lexsort((interactions.timestamps_us, interactions.profiles))
     profiles = interactions.profiles[order]
     items = interactions.items[order]
@@ -98,7 +104,7 @@ def cooccurrence(interactions: Interactions, now_us: int, settings: Settings) ->
             break
         keep = (
             (profiles[:-lag] == profiles[lag:])
-            & (times[lag:] - times[:-lag] <= settings.session_window_us)
+            & (times[lag:] - times[:-lag] <= window)
             & (items[:-lag] != items[lag:])
         )
         first, second = items[:-lag][keep], items[lag:][keep]
@@ -115,6 +121,21 @@ def cooccurrence(interactions: Interactions, now_us: int, settings: Settings) ->
     totals = np.asarray(matrix.sum(axis=1)).ravel()
     scale = np.zeros(n)
     np.divide(1.0, np.sqrt(totals), out=scale, where=totals > 0)
+    return sparse.csr_matrix(sparse.diags(scale) @ matrix @ sparse.diags(scale))
+
+
+def _cosine(interactions: Interactions) -> sparse.csr_matrix:
+    shape = (interactions.profile_count, interactions.item_count)
+    had = sparse.coo_matrix(
+        (np.ones(len(interactions.items)), (interactions.profiles, interactions.items)), shape=shape
+    ).tocsr()
+    had.data[:] = 1.0  # duplicates summed above: one profile counts once per item
+    matrix = sparse.csr_matrix(had.T @ had)
+    matrix.setdiag(0.0)
+    matrix.eliminate_zeros()
+    counts = np.asarray(had.sum(axis=0)).ravel()
+    scale = np.zeros(len(counts))
+    np.divide(1.0, np.sqrt(counts), out=scale, where=counts > 0)
     return sparse.csr_matrix(sparse.diags(scale) @ matrix @ sparse.diags(scale))
 
 
