@@ -186,7 +186,10 @@ def top_n(
             scores[rows, cols] = -np.inf
         scores[:, blocked] = -np.inf
         if size < n_items:
-            candidates = np.argpartition(-scores, size - 1, axis=1)[:, :size]
+            # The largest `size` as the partition's tail: several times faster than
+            # the head of the negated scores (measured), and no negated copy.
+            cut = n_items - size
+            candidates = np.argpartition(scores, cut, axis=1)[:, cut:]
         else:
             candidates = np.tile(np.arange(n_items), (stop - start, 1))
         chosen = np.take_along_axis(scores, candidates, axis=1)
