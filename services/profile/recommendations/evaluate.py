@@ -58,9 +58,15 @@ class Result:
 VARIANTS: dict[str, scoring.Settings] = {
     "popularity": scoring.Settings(use_cooccurrence=False, time_decay=False),
     "co-occurrence (cosine, whole history)": scoring.Settings(
-        session_window_us=None, time_decay=False, popularity_weight=0.0
+        session_window_us=None,
+        time_decay=False,
+        popularity_weight=0.0,
+        profile_half_life_interactions=None,
     ),
-    "co-occurrence (session window, time-decayed, + popularity)": scoring.Settings(),
+    "co-occurrence (1-day window, time-decayed, + popularity)": scoring.Settings(
+        profile_half_life_interactions=None
+    ),
+    "the same, the profile's latest interactions first (what training uses)": (scoring.Settings()),
 }
 
 
@@ -198,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         subset[rng.choice(log.profile_count, options.sample_users, replace=False)] = True
     variants = dict(VARIANTS)
     if options.session_hours is not None:
-        name = list(variants)[2]
+        name = list(variants)[-1]
         window = int(options.session_hours * 3600 * SECOND_US)
         variants[name] = replace(variants[name], session_window_us=window)
     source = options.inter.name if options.inter else f"synthetic seed {options.seed}"
@@ -208,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for result in evaluate(log, variants, subset):
         print(
-            f"{result.name:60s} HR@10 {result.hit_rate:.3f}  NDCG@10 {result.ndcg:.3f}"
+            f"{result.name:72s} HR@10 {result.hit_rate:.3f}  NDCG@10 {result.ndcg:.3f}"
             f"  ({result.evaluated} profiles)"
         )
     return 0

@@ -54,6 +54,9 @@ class Settings:
     max_lag: int = 10
     popularity_weight: float = 0.05
     use_cooccurrence: bool = True
+    # A profile's interactions count by how recent they are among its own: the k-th
+    # latest weighs 0.5 ** (k / this). None: all count alike (but for time decay).
+    profile_half_life_interactions: float | None = 5.0
     time_decay: bool = True
     # Profiles scored per dense block: bounds memory at block x items doubles.
     block_profiles: int = 1024
@@ -139,6 +142,21 @@ def _cosine(interactions: Interactions) -> sparse.csr_matrix:
     return sparse.csr_matrix(sparse.diags(scale) @ matrix @ sparse.diags(scale))
 
 
+def _latest_first(interactions: Interactions, settings: Settings) -> npt.NDArray[np.float64]:
+    half_life = settings.profile_half_life_interactions
+    count = len(interactions.items)
+    if half_life is None or count == 0:
+        return np.ones(count)
+    # Latest first within each profile (time, then input order), ranked from 0.
+    order = np.lexsort((-np.arange(count), -interactions.timestamps_us, interactions.profiles))
+    profiles = interactions.profiles[order]
+    starts = np.r_[0, np.flatnonzero(profiles[1:] != profiles[:-1]) + 1]
+    first_of_group = np.repeat(starts, np.diff(np.r_[starts, count]))
+    rank = np.empty(count)
+    rank[order] = np.arange(count) - first_of_group
+    return np.power(0.5, rank / half_life)
+
+
 def _scaled(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     peak = values.max() if values.size else 0.0
     return values / peak if peak > 0 else values
@@ -158,7 +176,7 @@ def top_n(
     settings = settings or Settings()
     n_profiles, n_items = interactions.profile_count, interactions.item_count
     size = min(size, n_items)
-    recency = _recency(interactions, now_us, settings)
+    recency = _recency(interactions, now_us, settings) * _latest_first(interactions, settings)
     history = sparse.coo_matrix(
         (interactions.weights * recency, (interactions.profiles, interactions.items)),
         shape=(n_profiles, n_items),

@@ -109,3 +109,17 @@ def test_co_occurrence_beats_popularity_on_clustered_shoppers() -> None:
         assert result.evaluated == 600
         if name != "popularity":
             assert result.hit_rate > popularity.hit_rate + 0.05, name
+
+
+def test_a_profiles_latest_interactions_lead_its_recommendations() -> None:
+    # Item 2 goes with item 0, item 3 with item 1; profile 0 had item 0, later item 1.
+    data = interactions(
+        [(1, 0, 0), (1, 2, 60), (2, 1, 0), (2, 3, 60), (0, 0, 0), (0, 1, 10 * DAY)],
+        profiles=3,
+        items=4,
+    )
+    alike = scoring.Settings(time_decay=False, profile_half_life_interactions=None)
+    latest_first = scoring.Settings(time_decay=False)
+    # Without the weighting the two are tied and the lower index wins.
+    assert scoring.top_n(data, 11 * DAY, 2, alike).items[0].tolist() == [2, 3]
+    assert scoring.top_n(data, 11 * DAY, 2, latest_first).items[0].tolist() == [3, 2]
