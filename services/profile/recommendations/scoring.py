@@ -10,7 +10,8 @@ Everything here is whole-array NumPy/SciPy work over one workspace's interaction
   The item-item matrix is normalised by the square roots of the items' totals
   (cosine-like), so a popular item does not co-occur with everything.
   With no session window, the plain item-item cosine over whole histories instead.
-- A profile's scores: its weighted, decayed interactions times the item-item matrix,
+- A profile's scores: its interactions (weighted, decayed, and the k-th latest of its
+  own counting 0.5 ** (k / profile_half_life_interactions)) times the item-item matrix,
   scaled to at most 1 per profile, plus `popularity_weight` x popularity (scaled to at
   most 1), which ranks items no co-occurrence reaches and gives cold profiles (no
   interactions) the popular items.
