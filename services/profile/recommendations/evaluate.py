@@ -35,17 +35,6 @@ SECOND_US = 1_000_000
 
 
 @dataclass(frozen=True)
-class Log:
-    """Raw interactions: profile and item indices, weights, times (input order)."""
-
-    profiles: npt.NDArray[np.int64]
-    items: npt.NDArray[np.int64]
-    timestamps_us: npt.NDArray[np.int64]
-    profile_count: int
-    item_count: int
-
-
-@dataclass(frozen=True)
 class Result:
     """One variant's figures."""
 
@@ -70,7 +59,25 @@ VARIANTS: dict[str, scoring.Settings] = {
 }
 
 
-def synthetic(users: int, items: int, seed: int) -> Log:
+def _log(
+    profiles: npt.NDArray[np.integer],
+    items: npt.NDArray[np.integer],
+    times: npt.NDArray[np.integer],
+    profile_count: int,
+    item_count: int,
+) -> scoring.Interactions:
+    # Evaluation counts every interaction alike (weight 1), as the reference figures do.
+    return scoring.Interactions(
+        profiles.astype(np.int64),
+        items.astype(np.int64),
+        np.ones(len(items)),
+        times.astype(np.int64),
+        profile_count,
+        item_count,
+    )
+
+
+def synthetic(users: int, items: int, seed: int) -> scoring.Interactions:
     """Shoppers in taste clusters: sessions of a few items, mostly from their cluster's
     catalogue (skewed), sometimes a globally popular one; sessions days apart."""
     rng = np.random.default_rng(seed)
@@ -100,16 +107,10 @@ def synthetic(users: int, items: int, seed: int) -> Log:
                 times.append(at)
                 at += int(rng.integers(30, 600)) * SECOND_US
             at += int(rng.integers(1, 10)) * 86_400 * SECOND_US
-    return Log(
-        np.array(profiles, dtype=np.int64),
-        np.array(chosen, dtype=np.int64),
-        np.array(times, dtype=np.int64),
-        users,
-        items,
-    )
+    return _log(np.array(profiles), np.array(chosen), np.array(times), users, items)
 
 
-def read_inter(path: Path) -> Log:
+def read_inter(path: Path) -> scoring.Interactions:
     """A RecBole .inter file (user, item, rating, timestamp in seconds)."""
     users: list[str] = []
     items: list[str] = []
@@ -124,16 +125,12 @@ def read_inter(path: Path) -> Log:
             times.append(int(float(row[time_at]) * SECOND_US))
     user_ids, profiles = np.unique(np.array(users), return_inverse=True)
     item_ids, item_index = np.unique(np.array(items), return_inverse=True)
-    return Log(
-        profiles.astype(np.int64),
-        item_index.astype(np.int64),
-        np.array(times, dtype=np.int64),
-        len(user_ids),
-        len(item_ids),
-    )
+    return _log(profiles, item_index, np.array(times), len(user_ids), len(item_ids))
 
 
-def leave_last_out(log: Log) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+def leave_last_out(
+    log: scoring.Interactions,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
     """Which rows are held out (each profile's last, if it has two or more) and each
     profile's held-out item (-1 for none)."""
     rows = np.arange(len(log.items))
@@ -150,7 +147,7 @@ def leave_last_out(log: Log) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int6
 
 
 def evaluate(
-    log: Log,
+    log: scoring.Interactions,
     variants: dict[str, scoring.Settings] | None = None,
     evaluated_users: npt.NDArray[np.bool_] | None = None,
 ) -> list[Result]:
@@ -162,7 +159,7 @@ def evaluate(
     train = scoring.Interactions(
         profiles=log.profiles[keep],
         items=log.items[keep],
-        weights=np.ones(int(keep.sum())),
+        weights=log.weights[keep],
         timestamps_us=log.timestamps_us[keep],
         profile_count=log.profile_count,
         item_count=log.item_count,

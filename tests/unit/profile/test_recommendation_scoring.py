@@ -87,9 +87,10 @@ def test_scoring_is_a_pure_function_of_its_input() -> None:
 
 
 def test_leave_last_out_holds_out_each_profiles_last_interaction_only() -> None:
-    log = evaluate.Log(
+    log = scoring.Interactions(
         np.array([0, 0, 0, 1, 2, 2]),
         np.array([5, 6, 7, 8, 9, 9]),
+        np.ones(6),
         np.array([3, 1, 2, 0, 0, 0]),
         profile_count=3,
         item_count=10,
