@@ -71,14 +71,10 @@ def test_old_pairs_count_less_than_recent_ones() -> None:
 
 def test_scoring_is_a_pure_function_of_its_input() -> None:
     log = evaluate.synthetic(300, 120, seed=11)
-    data = scoring.Interactions(
-        log.profiles, log.items, np.ones(len(log.items)), log.timestamps_us,
-        log.profile_count, log.item_count,
-    )  # fmt: skip
     first = scoring.top_n(
-        data, int(log.timestamps_us.max()), 10, scoring.Settings(block_profiles=64)
+        log, int(log.timestamps_us.max()), 10, scoring.Settings(block_profiles=64)
     )
-    again = scoring.top_n(data, int(log.timestamps_us.max()), 10)
+    again = scoring.top_n(log, int(log.timestamps_us.max()), 10)
     assert np.array_equal(first.items, again.items)
     assert np.array_equal(first.scores, again.scores)
     assert np.array_equal(
