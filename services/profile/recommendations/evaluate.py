@@ -177,6 +177,35 @@ def evaluate(
     return results
 
 
+def evaluate_ranker(log: scoring.Interactions, seed: int = 7) -> Result:
+    """HR@10 and NDCG@10 of the LightGBM ranker over the served blend's candidates."""
+    from services.profile.recommendations import ranker  # LightGBM: only when asked
+
+    held, target = leave_last_out(log)
+    keep = ~held
+    train = scoring.Interactions(
+        log.profiles[keep],
+        log.items[keep],
+        log.weights[keep],
+        log.timestamps_us[keep],
+        log.profile_count,
+        log.item_count,
+    )
+    settings = scoring.Settings()
+    model = ranker.fit(train, settings, seed)
+    now_us = int(train.timestamps_us.max()) + 1
+    top = ranker.rank(model, ranker.candidates(train, now_us, settings), K)
+    return _figures("LightGBM lambdarank over the blend's top 50", top, target)
+
+
+def _figures(name: str, top: npt.NDArray[np.int64], target: npt.NDArray[np.int64]) -> Result:
+    asked = target >= 0
+    hits = top[asked] == target[asked][:, None]
+    found = hits.any(axis=1)
+    gains = np.where(found, 1.0 / np.log2(hits.argmax(axis=1) + 2.0), 0.0)
+    return Result(name, float(found.mean()), float(gains.mean()), int(asked.sum()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation and print one line per variant."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -185,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=1000, help="synthetic items")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--sample-users", type=int, help="evaluate this many profiles only")
+    parser.add_argument("--ranker", action="store_true", help="also the LightGBM ranker")
     parser.add_argument(
         "--session-hours", type=float, help="session window of the windowed variant"
     )
@@ -209,7 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{source}: {log.profile_count} profiles, {log.item_count} items, "
         f"{len(log.items)} interactions; leave-last-out, consumed excluded"
     )
-    for result in evaluate(log, variants, subset):
+    results = evaluate(log, variants, subset)
+    if options.ranker:
+        results.append(evaluate_ranker(log, options.seed))
+    for result in results:
         print(
             f"{result.name:72s} HR@10 {result.hit_rate:.3f}  NDCG@10 {result.ndcg:.3f}"
             f"  ({result.evaluated} profiles)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.profile.recommendations import evaluate, scoring
+from services.profile.recommendations import evaluate, ranker, scoring
 
 DAY = scoring.DAY_US
 
@@ -120,3 +120,27 @@ def test_a_profiles_latest_interactions_lead_its_recommendations() -> None:
     # Without the weighting the two are tied and the lower index wins.
     assert scoring.top_n(data, 11 * DAY, 2, alike).items[0].tolist() == [2, 3]
     assert scoring.top_n(data, 11 * DAY, 2, latest_first).items[0].tolist() == [3, 2]
+
+
+def test_ranker_targets_are_earlier_next_interactions() -> None:
+    log = scoring.Interactions(
+        np.array([0, 0, 0, 1, 1]),
+        np.array([5, 6, 7, 8, 9]),
+        np.ones(5),
+        np.array([1, 2, 3, 1, 2]),
+        profile_count=2,
+        item_count=10,
+    )
+    history, target = ranker._without_last(log, 2)
+    # Profile 0 loses its last two and its target is the first of them; profile 1 has
+    # only two interactions, so it keeps them and has no target.
+    assert history.items.tolist() == [5, 8, 9]
+    assert target.tolist() == [6, -1]
+
+
+def test_the_ranker_is_deterministic_for_a_seed() -> None:
+    log = evaluate.synthetic(200, 80, seed=3)
+    first = evaluate.evaluate_ranker(log, seed=1)
+    again = evaluate.evaluate_ranker(log, seed=1)
+    assert first == again
+    assert 0 < first.ndcg <= first.hit_rate <= 1
