@@ -15,6 +15,10 @@ from audiences.v1 import profile_pb2_grpc
 
 from services.profile import httpview
 from services.profile.hotread import HotProfiles
+from services.profile.recommendations.hotwrite import RecommendationWriter
+from services.profile.recommendations.service import RecommendationModels
+from services.profile.recommendations.store import RecommendationStore
+from services.profile.recommendations.training import Trainer
 from services.profile.server import ProfileServiceServicer
 from services.profile.service import ProfileService
 from services.profile.store import ProfileStore
@@ -43,10 +47,19 @@ def build(resources: Resources) -> ProfileService:
     )
 
 
+def build_models(resources: Resources) -> RecommendationModels:
+    """Recommendation objects and their training jobs on this process's resources."""
+    store = RecommendationStore(resources.engine)
+    writer = RecommendationWriter(resources.redis)
+    return RecommendationModels(
+        store, writer, Trainer(store, writer, resources.clock), resources.clock
+    )
+
+
 def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
     """Add the profile servicers; returns their full service names."""
     profile_pb2_grpc.add_ProfileServiceServicer_to_server(
-        ProfileServiceServicer(build(resources)), server
+        ProfileServiceServicer(build(resources), build_models(resources)), server
     )
     return ["audiences.v1.ProfileService"]
 

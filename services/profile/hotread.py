@@ -276,8 +276,11 @@ local function encoders()
       if recs then
         for _, item in ipairs(cjson.decode(recs)) do
           if not truthy(item.consumed) then  -- the profile view leaves consumed items out
-            out[#out + 1] = delimited('\\58', text('\\10', tostring(item.item_id))
-              .. double('\\17', item.score))
+            -- metadata is JSON text inside the JSON item: passed through, never decoded.
+            local body = text('\\10', tostring(item.item_id)) .. double('\\17', item.score)
+            if type(item.metadata) == 'string' then body = body .. text('\\26', item.metadata) end
+            if type(item.model) == 'string' then body = body .. text('\\34', item.model) end
+            out[#out + 1] = delimited('\\58', body)
           end
         end
       end
@@ -490,7 +493,11 @@ def _hot_profile(reply: list[bytes | None]) -> HotProfile:
     if recs is not None:
         profile.recommendations = [
             Recommendation(
-                str(item["item_id"]), float(item.get("score", 0.0)), bool(item.get("consumed"))
+                str(item["item_id"]),
+                float(item.get("score", 0.0)),
+                bool(item.get("consumed")),
+                metadata=item.get("metadata") if isinstance(item.get("metadata"), str) else None,
+                model_key=item.get("model") if isinstance(item.get("model"), str) else "",
             )
             for item in orjson.loads(recs)
         ]

@@ -75,6 +75,10 @@ class Recommendation:
     item_id: str
     score: float
     consumed: bool = False
+    # The item's properties as JSON object text (passed through, never decoded here).
+    metadata: str | None = None
+    # The recommendation object that produced it ('' for items written without one).
+    model_key: str = ""
 
 
 @dataclass

@@ -9,10 +9,19 @@ from audiences.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 
 from services.profile import model
 from services.profile.model import HotProfile, Section
+from services.profile.recommendations import definition
+from services.profile.recommendations.service import RecommendationModels
 from services.profile.service import ProfileService
 from services.shared.auth import current_workspace
 from services.shared.errors import FieldViolation, InvalidArgument
 from services.shared.timestamps import timestamp_from_us
+
+_TRAINING_STATES: dict[definition.TrainingState, int] = {
+    definition.TrainingState.NEVER_TRAINED: profile_pb2.TRAINING_STATE_NEVER_TRAINED,
+    definition.TrainingState.RUNNING: profile_pb2.TRAINING_STATE_RUNNING,
+    definition.TrainingState.SUCCEEDED: profile_pb2.TRAINING_STATE_SUCCEEDED,
+    definition.TrainingState.FAILED: profile_pb2.TRAINING_STATE_FAILED,
+}
 
 # Profile's nested messages are given as dicts (see _stamp), which its typed stub does
 # not describe.
@@ -54,7 +63,63 @@ def _identifier_pb(identifier: model.Identifier) -> common_pb2.Identifier:
 
 
 def _recommendation_pb(item: model.Recommendation) -> profile_pb2.Recommendation:
-    return profile_pb2.Recommendation(item_id=item.item_id, score=item.score)
+    return profile_pb2.Recommendation(
+        item_id=item.item_id,
+        score=item.score,
+        metadata=(item.metadata or "").encode(),
+        model_key=item.model_key,
+    )
+
+
+def _recommendation_model(
+    message: profile_pb2.RecommendationModel,
+) -> definition.RecommendationModel:
+    return definition.RecommendationModel(
+        key=message.key,
+        item_events=tuple(
+            definition.ItemEvent(e.event_name, e.weight) for e in message.item_events
+        ),
+        item_property=message.item_property,
+        size=message.size,
+        recommend_consumed=message.recommend_consumed,
+        exclusions=tuple(
+            definition.ItemExclusion(x.property, tuple(x.values)) for x in message.exclusions
+        ),
+    )
+
+
+def _recommendation_model_pb(
+    found: definition.RecommendationModel,
+) -> profile_pb2.RecommendationModel:
+    training = found.training
+    status = profile_pb2.TrainingStatus(
+        state=_TRAINING_STATES[training.state],  # type: ignore[arg-type]
+        progress=training.progress,
+        profiles=training.profiles,
+        items=training.items,
+        interactions=training.interactions,
+        error=training.error or "",
+    )
+    if training.started_at_us is not None:
+        status.started_at.CopyFrom(timestamp_from_us(training.started_at_us))
+    if training.finished_at_us is not None:
+        status.finished_at.CopyFrom(timestamp_from_us(training.finished_at_us))
+    return profile_pb2.RecommendationModel(
+        key=found.key,
+        item_events=[
+            profile_pb2.ItemEvent(event_name=e.event_name, weight=e.weight)
+            for e in found.item_events
+        ],
+        item_property=found.item_property,
+        size=found.size,
+        recommend_consumed=found.recommend_consumed,
+        exclusions=[
+            profile_pb2.ItemExclusion(property=x.property, values=list(x.values))
+            for x in found.exclusions
+        ],
+        created_at=timestamp_from_us(found.created_at_us),
+        training=status,
+    )
 
 
 def _stamp(value_us: int) -> dict[str, int]:
@@ -83,9 +148,7 @@ def profile_message(profile: HotProfile) -> profile_pb2.Profile:
             }
             for score in profile.predictions
         ],
-        recommendations=[
-            {"item_id": r.item_id, "score": r.score} for r in profile.recommendations or ()
-        ],
+        recommendations=[_recommendation_pb(r) for r in profile.recommendations or ()],
     )
     if profile.traits is not None:
         message.traits = profile.traits
@@ -116,8 +179,9 @@ def _event_pb(event: model.TimelineEvent) -> profile_pb2.TimelineEvent:
 class ProfileServiceServicer(profile_pb2_grpc.ProfileServiceServicer):
     """The profile RPCs."""
 
-    def __init__(self, profiles: ProfileService) -> None:
+    def __init__(self, profiles: ProfileService, models: RecommendationModels) -> None:
         self._profiles = profiles
+        self._models = models
 
     # Returns bytes where the generated base says Profile: see the docstring.
     async def GetProfile(  # type: ignore[override]
@@ -176,6 +240,7 @@ class ProfileServiceServicer(profile_pb2_grpc.ProfileServiceServicer):
             identifier,
             model.recommendation_limit(request.limit),
             request.include_consumed,
+            request.model_key,
         )
         return profile_pb2.GetRecommendationsResponse(
             recommendations=[_recommendation_pb(r) for r in found.items],
@@ -185,6 +250,46 @@ class ProfileServiceServicer(profile_pb2_grpc.ProfileServiceServicer):
             ),
             cold_start=found.cold_start,
         )
+
+    async def CreateRecommendationModel(
+        self,
+        request: profile_pb2.CreateRecommendationModelRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> profile_pb2.RecommendationModel:
+        created = await self._models.create(
+            current_workspace(), _recommendation_model(request.model)
+        )
+        return _recommendation_model_pb(created)
+
+    async def GetRecommendationModel(
+        self, request: profile_pb2.GetRecommendationModelRequest, context: grpc.aio.ServicerContext
+    ) -> profile_pb2.RecommendationModel:
+        return _recommendation_model_pb(await self._models.get(current_workspace(), request.key))
+
+    async def ListRecommendationModels(
+        self,
+        request: profile_pb2.ListRecommendationModelsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> profile_pb2.ListRecommendationModelsResponse:
+        found = await self._models.list(current_workspace())
+        return profile_pb2.ListRecommendationModelsResponse(
+            models=[_recommendation_model_pb(m) for m in found]
+        )
+
+    async def DeleteRecommendationModel(
+        self,
+        request: profile_pb2.DeleteRecommendationModelRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> profile_pb2.DeleteRecommendationModelResponse:
+        await self._models.delete(current_workspace(), request.key)
+        return profile_pb2.DeleteRecommendationModelResponse()
+
+    async def TrainRecommendationModel(
+        self,
+        request: profile_pb2.TrainRecommendationModelRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> profile_pb2.RecommendationModel:
+        return _recommendation_model_pb(await self._models.train(current_workspace(), request.key))
 
     async def DeleteProfile(
         self, request: profile_pb2.DeleteProfileRequest, context: grpc.aio.ServicerContext

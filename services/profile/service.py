@@ -160,14 +160,22 @@ class ProfileService:
         return EventPage(page, token)
 
     async def get_recommendations(
-        self, workspace_id: str, identifier: Identifier, limit: int, include_consumed: bool
+        self,
+        workspace_id: str,
+        identifier: Identifier,
+        limit: int,
+        include_consumed: bool,
+        model_key: str = "",
     ) -> Recommendations:
-        """The profile's top `limit` items, best first, from the hot state."""
+        """The profile's top `limit` items, best first, from the hot state; only those of
+        recommendation object `model_key` when one is named."""
         query = ProfileQuery(frozenset({Section.RECOMMENDATIONS, Section.IDENTIFIERS}))
         profile = (await self._hot.read(workspace_id, [identifier], query))[0]
         if profile is None:
             raise _not_found(identifier)
         items = profile.recommendations
+        if items is not None and model_key:
+            items = [item for item in items if item.model_key == model_key] or None
         if items is None:
             return Recommendations([], profile, cold_start=True)
         chosen = items if include_consumed else [i for i in items if not i.consumed]

@@ -60,6 +60,12 @@ SERVICE_SCOPES = {
 METHOD_SCOPES = {
     # Erasing a person is an administrative act, not a read.
     "/audiences.v1.ProfileService/DeleteProfile": "admin",
+    # Recommendation objects are configuration (and training a job), not profile reads.
+    "/audiences.v1.ProfileService/CreateRecommendationModel": "admin",
+    "/audiences.v1.ProfileService/GetRecommendationModel": "admin",
+    "/audiences.v1.ProfileService/ListRecommendationModels": "admin",
+    "/audiences.v1.ProfileService/DeleteRecommendationModel": "admin",
+    "/audiences.v1.ProfileService/TrainRecommendationModel": "admin",
     # A workspace's keys must not mint workspaces without limit: only the operator may.
     "/audiences.v1.AdminService/CreateWorkspace": OPERATOR,
 }

@@ -12,7 +12,10 @@ Values are JSON text (orjson) so readers can pass them through without re-encodi
     hs:{ws}:p:<pid>:audiences   hash    audience key -> entered_at_us
     hs:{ws}:p:<pid>:computed    hash    computed trait key -> JSON value
     hs:{ws}:p:<pid>:predictions hash    prediction key -> JSON {probability, percentile, ...}
-    hs:{ws}:p:<pid>:recs        string  JSON list of {item_id, score}
+    hs:{ws}:p:<pid>:recs        string  JSON list of {item_id, score, model, metadata}
+    hs:{ws}:p:<pid>:recs_by_model hash  recommendation object key -> its items as JSON
+                                        list members (no brackets); ``recs`` is their
+                                        join in key order (the profile service writes both)
     hs:{ws}:p:<pid>:wire        hash    section flags -> those sections encoded as
                                         audiences.v1.Profile fields (a read cache)
     hs:{ws}:merged:<pid>        string  -> survivor profile id (after a merge)
@@ -31,7 +34,17 @@ transaction, and whoever deletes or replaces a profile deletes it with the rest.
 
 from __future__ import annotations
 
-PROFILE_SECTIONS = ("traits", "ids", "meta", "audiences", "computed", "predictions", "recs", "wire")
+PROFILE_SECTIONS = (
+    "traits",
+    "ids",
+    "meta",
+    "audiences",
+    "computed",
+    "predictions",
+    "recs",
+    "recs_by_model",
+    "wire",
+)
 
 # A cached profile encoding is dropped this long after it was built, so the cache
 # holds the profiles read lately rather than every profile ever read.

@@ -27,15 +27,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from audiences.v1 import common_pb2 as audiences_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61udiences/v1/profile.proto\x12\x0c\x61udiences.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x61udiences/v1/common.proto\"\xa0\x01\n\x11GetProfileRequest\x12,\n\nidentifier\x18\x01 \x01(\x0b\x32\x18.audiences.v1.Identifier\x12-\n\x07include\x18\x02 \x03(\x0e\x32\x1c.audiences.v1.ProfileSection\x12.\n\ntrait_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"Q\n\x12\x41udienceMembership\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\nentered_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\x0fPredictionScore\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12\x12\n\npercentile\x18\x03 \x01(\x01\x12-\n\tscored_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctop_features\x18\x05 \x03(\t\"0\n\x0eRecommendation\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"\xca\x02\n\x07Profile\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12-\n\x0bidentifiers\x18\x02 \x03(\x0b\x32\x18.audiences.v1.Identifier\x12\x0e\n\x06traits\x18\x03 \x01(\x0c\x12\x17\n\x0f\x63omputed_traits\x18\x04 \x01(\x0c\x12\x33\n\taudiences\x18\x05 \x03(\x0b\x32 .audiences.v1.AudienceMembership\x12\x32\n\x0bpredictions\x18\x06 \x03(\x0b\x32\x1d.audiences.v1.PredictionScore\x12\x35\n\x0frecommendations\x18\x07 \x03(\x0b\x32\x1c.audiences.v1.Recommendation\x12-\n\tlast_seen\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\t\x10\x10\"\xa7\x01\n\x17\x42\x61tchGetProfilesRequest\x12-\n\x0bidentifiers\x18\x01 \x03(\x0b\x32\x18.audiences.v1.Identifier\x12-\n\x07include\x18\x02 \x03(\x0e\x32\x1c.audiences.v1.ProfileSection\x12.\n\ntrait_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"t\n\rProfileLookup\x12,\n\nidentifier\x18\x01 \x01(\x0b\x32\x18.audiences.v1.Identifier\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12&\n\x07profile\x18\x03 \x01(\x0b\x32\x15.audiences.v1.Profile\"I\n\x18\x42\x61tchGetProfilesResponse\x12-\n\x08profiles\x18\x01 \x03(\x0b\x32\x1b.audiences.v1.ProfileLookup\"}\n\x11ListEventsRequest\x12,\n\nidentifier\x18\x01 \x01(\x0b\x32\x18.audiences.v1.Identifier\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x13\n\x0b\x65vent_names\x18\x04 \x03(\t\"\xb0\x01\n\rTimelineEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nproperties\x18\x06 \x01(\x0c\x12\x0e\n\x06traits\x18\x07 \x01(\x0c\x12\x0f\n\x07\x63ontext\x18\x08 \x01(\x0c\"Z\n\x12ListEventsResponse\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.audiences.v1.TimelineEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x85\x01\n\x19GetRecommendationsRequest\x12,\n\nidentifier\x18\x01 \x01(\x0b\x32\x18.audiences.v1.Identifier\x12\x11\n\tmodel_key\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x18\n\x10include_consumed\x18\x04 \x01(\x08\"\x92\x01\n\x1aGetRecommendationsResponse\x12\x35\n\x0frecommendations\x18\x01 \x03(\x0b\x32\x1c.audiences.v1.Recommendation\x12)\n\x07profile\x18\x02 \x01(\x0b\x32\x18.audiences.v1.ProfileRef\x12\x12\n\ncold_start\x18\x03 \x01(\x08\"D\n\x14\x44\x65leteProfileRequest\x12,\n\nidentifier\x18\x01 \x01(\x0b\x32\x18.audiences.v1.Identifier\"e\n\x15\x44\x65leteProfileResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\x12\x1a\n\x12identities_deleted\x18\x02 \x01(\x03\x12\x18\n\x10\x61udiences_exited\x18\x03 \x01(\x03*\xf8\x01\n\x0eProfileSection\x12\x1f\n\x1bPROFILE_SECTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROFILE_SECTION_TRAITS\x10\x01\x12#\n\x1fPROFILE_SECTION_COMPUTED_TRAITS\x10\x02\x12\x1d\n\x19PROFILE_SECTION_AUDIENCES\x10\x03\x12\x1f\n\x1bPROFILE_SECTION_PREDICTIONS\x10\x04\x12#\n\x1fPROFILE_SECTION_RECOMMENDATIONS\x10\x05\x12\x1f\n\x1bPROFILE_SECTION_IDENTIFIERS\x10\x06\x32\xcd\x03\n\x0eProfileService\x12\x44\n\nGetProfile\x12\x1f.audiences.v1.GetProfileRequest\x1a\x15.audiences.v1.Profile\x12\x61\n\x10\x42\x61tchGetProfiles\x12%.audiences.v1.BatchGetProfilesRequest\x1a&.audiences.v1.BatchGetProfilesResponse\x12O\n\nListEvents\x12\x1f.audiences.v1.ListEventsRequest\x1a .audiences.v1.ListEventsResponse\x12g\n\x12GetRecommendations\x12\'.audiences.v1.GetRecommendationsRequest\x1a(.audiences.v1.GetRecommendationsResponse\x12X\n\rDeleteProfile\x12\".audiences.v1.DeleteProfileRequest\x1a#.audiences.v1.DeleteProfileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61udiences/v1/profile.proto\x12\x0c\x61udiences.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19\x61udiences/v1/common.proto\"\xa0\x01\n\x11GetProfileRequest\x12,\n\nidentifier\x18\x01 \x01(\x0b\x32\x18.audiences.v1.Identifier\x12-\n\x07include\x18\x02 \x03(\x0e\x32\x1c.audiences.v1.ProfileSection\x12.\n\ntrait_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"Q\n\x12\x41udienceMembership\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\nentered_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\x0fPredictionScore\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\x12\x12\n\npercentile\x18\x03 \x01(\x01\x12-\n\tscored_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctop_features\x18\x05 \x03(\t\"U\n\x0eRecommendation\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08metadata\x18\x03 \x01(\x0c\x12\x11\n\tmodel_key\x18\x04 \x01(\t\"\xca\x02\n\x07Profile\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12-\n\x0bidentifiers\x18\x02 \x03(\x0b\x32\x18.audiences.v1.Identifier\x12\x0e\n\x06traits\x18\x03 \x01(\x0c\x12\x17\n\x0f\x63omputed_traits\x18\x04 \x01(\x0c\x12\x33\n\taudiences\x18\x05 \x03(\x0b\x32 .audiences.v1.AudienceMembership\x12\x32\n\x0bpredictions\x18\x06 \x03(\x0b\x32\x1d.audiences.v1.PredictionScore\x12\x35\n\x0frecommendations\x18\x07 \x03(\x0b\x32\x1c.audiences.v1.Recommendation\x12-\n\tlast_seen\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampJ\x04\x08\t\x10\x10\"\xa7\x01\n\x17\x42\x61tchGetProfilesRequest\x12-\n\x0bidentifiers\x18\x01 \x03(\x0b\x32\x18.audiences.v1.Identifier\x12-\n\x07include\x18\x02 \x03(\x0e\x32\x1c.audiences.v1.ProfileSection\x12.\n\ntrait_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"t\n\rProfileLookup\x12,\n\nidentifier\x18\x01 \x01(\x0b\x32\x18.audiences.v1.Identifier\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12&\n\x07profile\x18\x03 \x01(\x0b\x32\x15.audiences.v1.Profile\"I\n\x18\x42\x61tchGetProfilesResponse\x12-\n\x08profiles\x18\x01 \x03(\x0b\x32\x1b.audiences.v1.ProfileLookup\"}\n\x11ListEventsRequest\x12,\n\nidentifier\x18\x01 \x01(\x0b\x32\x18.audiences.v1.Identifier\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x13\n\x0b\x65vent_names\x18\x04 \x03(\t\"\xb0\x01\n\rTimelineEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nproperties\x18\x06 \x01(\x0c\x12\x0e\n\x06traits\x18\x07 \x01(\x0c\x12\x0f\n\x07\x63ontext\x18\x08 \x01(\x0c\"Z\n\x12ListEventsResponse\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.audiences.v1.TimelineEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x85\x01\n\x19GetRecommendationsRequest\x12,\n\nidentifier\x18\x01 \x01(\x0b\x32\x18.audiences.v1.Identifier\x12\x11\n\tmodel_key\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x18\n\x10include_consumed\x18\x04 \x01(\x08\"\x92\x01\n\x1aGetRecommendationsResponse\x12\x35\n\x0frecommendations\x18\x01 \x03(\x0b\x32\x1c.audiences.v1.Recommendation\x12)\n\x07profile\x18\x02 \x01(\x0b\x32\x18.audiences.v1.ProfileRef\x12\x12\n\ncold_start\x18\x03 \x01(\x08\"D\n\x14\x44\x65leteProfileRequest\x12,\n\nidentifier\x18\x01 \x01(\x0b\x32\x18.audiences.v1.Identifier\"e\n\x15\x44\x65leteProfileResponse\x12\x16\n\x0e\x65vents_deleted\x18\x01 \x01(\x03\x12\x1a\n\x12identities_deleted\x18\x02 \x01(\x03\x12\x18\n\x10\x61udiences_exited\x18\x03 \x01(\x03\"/\n\tItemEvent\x12\x12\n\nevent_name\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"1\n\rItemExclusion\x12\x10\n\x08property\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"\xf5\x01\n\x0eTrainingStatus\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.audiences.v1.TrainingState\x12\x10\n\x08progress\x18\x02 \x01(\x01\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08profiles\x18\x05 \x01(\x03\x12\r\n\x05items\x18\x06 \x01(\x03\x12\x14\n\x0cinteractions\x18\x07 \x01(\x03\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"\xa2\x02\n\x13RecommendationModel\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x0bitem_events\x18\x02 \x03(\x0b\x32\x17.audiences.v1.ItemEvent\x12\x15\n\ritem_property\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x05\x12\x1a\n\x12recommend_consumed\x18\x05 \x01(\x08\x12/\n\nexclusions\x18\x06 \x03(\x0b\x32\x1b.audiences.v1.ItemExclusion\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x08training\x18\x08 \x01(\x0b\x32\x1c.audiences.v1.TrainingStatus\"T\n CreateRecommendationModelRequest\x12\x30\n\x05model\x18\x01 \x01(\x0b\x32!.audiences.v1.RecommendationModel\",\n\x1dGetRecommendationModelRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"!\n\x1fListRecommendationModelsRequest\"U\n ListRecommendationModelsResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32!.audiences.v1.RecommendationModel\"/\n DeleteRecommendationModelRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"#\n!DeleteRecommendationModelResponse\".\n\x1fTrainRecommendationModelRequest\x12\x0b\n\x03key\x18\x01 \x01(\t*\xf8\x01\n\x0eProfileSection\x12\x1f\n\x1bPROFILE_SECTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16PROFILE_SECTION_TRAITS\x10\x01\x12#\n\x1fPROFILE_SECTION_COMPUTED_TRAITS\x10\x02\x12\x1d\n\x19PROFILE_SECTION_AUDIENCES\x10\x03\x12\x1f\n\x1bPROFILE_SECTION_PREDICTIONS\x10\x04\x12#\n\x1fPROFILE_SECTION_RECOMMENDATIONS\x10\x05\x12\x1f\n\x1bPROFILE_SECTION_IDENTIFIERS\x10\x06*\xa6\x01\n\rTrainingState\x12\x1e\n\x1aTRAINING_STATE_UNSPECIFIED\x10\x00\x12 \n\x1cTRAINING_STATE_NEVER_TRAINED\x10\x01\x12\x1a\n\x16TRAINING_STATE_RUNNING\x10\x02\x12\x1c\n\x18TRAINING_STATE_SUCCEEDED\x10\x03\x12\x19\n\x15TRAINING_STATE_FAILED\x10\x04\x32\x8e\x08\n\x0eProfileService\x12\x44\n\nGetProfile\x12\x1f.audiences.v1.GetProfileRequest\x1a\x15.audiences.v1.Profile\x12\x61\n\x10\x42\x61tchGetProfiles\x12%.audiences.v1.BatchGetProfilesRequest\x1a&.audiences.v1.BatchGetProfilesResponse\x12O\n\nListEvents\x12\x1f.audiences.v1.ListEventsRequest\x1a .audiences.v1.ListEventsResponse\x12g\n\x12GetRecommendations\x12\'.audiences.v1.GetRecommendationsRequest\x1a(.audiences.v1.GetRecommendationsResponse\x12n\n\x19\x43reateRecommendationModel\x12..audiences.v1.CreateRecommendationModelRequest\x1a!.audiences.v1.RecommendationModel\x12h\n\x16GetRecommendationModel\x12+.audiences.v1.GetRecommendationModelRequest\x1a!.audiences.v1.RecommendationModel\x12y\n\x18ListRecommendationModels\x12-.audiences.v1.ListRecommendationModelsRequest\x1a..audiences.v1.ListRecommendationModelsResponse\x12|\n\x19\x44\x65leteRecommendationModel\x12..audiences.v1.DeleteRecommendationModelRequest\x1a/.audiences.v1.DeleteRecommendationModelResponse\x12l\n\x18TrainRecommendationModel\x12-.audiences.v1.TrainRecommendationModelRequest\x1a!.audiences.v1.RecommendationModel\x12X\n\rDeleteProfile\x12\".audiences.v1.DeleteProfileRequest\x1a#.audiences.v1.DeleteProfileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'audiences.v1.profile_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROFILESECTION']._serialized_start=2130
-  _globals['_PROFILESECTION']._serialized_end=2378
+  _globals['_PROFILESECTION']._serialized_start=3196
+  _globals['_PROFILESECTION']._serialized_end=3444
+  _globals['_TRAININGSTATE']._serialized_start=3447
+  _globals['_TRAININGSTATE']._serialized_end=3613
   _globals['_GETPROFILEREQUEST']._serialized_start=139
   _globals['_GETPROFILEREQUEST']._serialized_end=299
   _globals['_AUDIENCEMEMBERSHIP']._serialized_start=301
@@ -43,29 +45,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTIONSCORE']._serialized_start=385
   _globals['_PREDICTIONSCORE']._serialized_end=525
   _globals['_RECOMMENDATION']._serialized_start=527
-  _globals['_RECOMMENDATION']._serialized_end=575
-  _globals['_PROFILE']._serialized_start=578
-  _globals['_PROFILE']._serialized_end=908
-  _globals['_BATCHGETPROFILESREQUEST']._serialized_start=911
-  _globals['_BATCHGETPROFILESREQUEST']._serialized_end=1078
-  _globals['_PROFILELOOKUP']._serialized_start=1080
-  _globals['_PROFILELOOKUP']._serialized_end=1196
-  _globals['_BATCHGETPROFILESRESPONSE']._serialized_start=1198
-  _globals['_BATCHGETPROFILESRESPONSE']._serialized_end=1271
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1273
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1398
-  _globals['_TIMELINEEVENT']._serialized_start=1401
-  _globals['_TIMELINEEVENT']._serialized_end=1577
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1579
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1669
-  _globals['_GETRECOMMENDATIONSREQUEST']._serialized_start=1672
-  _globals['_GETRECOMMENDATIONSREQUEST']._serialized_end=1805
-  _globals['_GETRECOMMENDATIONSRESPONSE']._serialized_start=1808
-  _globals['_GETRECOMMENDATIONSRESPONSE']._serialized_end=1954
-  _globals['_DELETEPROFILEREQUEST']._serialized_start=1956
-  _globals['_DELETEPROFILEREQUEST']._serialized_end=2024
-  _globals['_DELETEPROFILERESPONSE']._serialized_start=2026
-  _globals['_DELETEPROFILERESPONSE']._serialized_end=2127
-  _globals['_PROFILESERVICE']._serialized_start=2381
-  _globals['_PROFILESERVICE']._serialized_end=2842
+  _globals['_RECOMMENDATION']._serialized_end=612
+  _globals['_PROFILE']._serialized_start=615
+  _globals['_PROFILE']._serialized_end=945
+  _globals['_BATCHGETPROFILESREQUEST']._serialized_start=948
+  _globals['_BATCHGETPROFILESREQUEST']._serialized_end=1115
+  _globals['_PROFILELOOKUP']._serialized_start=1117
+  _globals['_PROFILELOOKUP']._serialized_end=1233
+  _globals['_BATCHGETPROFILESRESPONSE']._serialized_start=1235
+  _globals['_BATCHGETPROFILESRESPONSE']._serialized_end=1308
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1310
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1435
+  _globals['_TIMELINEEVENT']._serialized_start=1438
+  _globals['_TIMELINEEVENT']._serialized_end=1614
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1616
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1706
+  _globals['_GETRECOMMENDATIONSREQUEST']._serialized_start=1709
+  _globals['_GETRECOMMENDATIONSREQUEST']._serialized_end=1842
+  _globals['_GETRECOMMENDATIONSRESPONSE']._serialized_start=1845
+  _globals['_GETRECOMMENDATIONSRESPONSE']._serialized_end=1991
+  _globals['_DELETEPROFILEREQUEST']._serialized_start=1993
+  _globals['_DELETEPROFILEREQUEST']._serialized_end=2061
+  _globals['_DELETEPROFILERESPONSE']._serialized_start=2063
+  _globals['_DELETEPROFILERESPONSE']._serialized_end=2164
+  _globals['_ITEMEVENT']._serialized_start=2166
+  _globals['_ITEMEVENT']._serialized_end=2213
+  _globals['_ITEMEXCLUSION']._serialized_start=2215
+  _globals['_ITEMEXCLUSION']._serialized_end=2264
+  _globals['_TRAININGSTATUS']._serialized_start=2267
+  _globals['_TRAININGSTATUS']._serialized_end=2512
+  _globals['_RECOMMENDATIONMODEL']._serialized_start=2515
+  _globals['_RECOMMENDATIONMODEL']._serialized_end=2805
+  _globals['_CREATERECOMMENDATIONMODELREQUEST']._serialized_start=2807
+  _globals['_CREATERECOMMENDATIONMODELREQUEST']._serialized_end=2891
+  _globals['_GETRECOMMENDATIONMODELREQUEST']._serialized_start=2893
+  _globals['_GETRECOMMENDATIONMODELREQUEST']._serialized_end=2937
+  _globals['_LISTRECOMMENDATIONMODELSREQUEST']._serialized_start=2939
+  _globals['_LISTRECOMMENDATIONMODELSREQUEST']._serialized_end=2972
+  _globals['_LISTRECOMMENDATIONMODELSRESPONSE']._serialized_start=2974
+  _globals['_LISTRECOMMENDATIONMODELSRESPONSE']._serialized_end=3059
+  _globals['_DELETERECOMMENDATIONMODELREQUEST']._serialized_start=3061
+  _globals['_DELETERECOMMENDATIONMODELREQUEST']._serialized_end=3108
+  _globals['_DELETERECOMMENDATIONMODELRESPONSE']._serialized_start=3110
+  _globals['_DELETERECOMMENDATIONMODELRESPONSE']._serialized_end=3145
+  _globals['_TRAINRECOMMENDATIONMODELREQUEST']._serialized_start=3147
+  _globals['_TRAINRECOMMENDATIONMODELREQUEST']._serialized_end=3193
+  _globals['_PROFILESERVICE']._serialized_start=3616
+  _globals['_PROFILESERVICE']._serialized_end=4654
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,27 @@ PROFILE_SECTION_RECOMMENDATIONS: ProfileSection.ValueType  # 5
 PROFILE_SECTION_IDENTIFIERS: ProfileSection.ValueType  # 6
 Global___ProfileSection: _TypeAlias = ProfileSection  # noqa: Y015
 
+class _TrainingState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TrainingStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TrainingState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRAINING_STATE_UNSPECIFIED: _TrainingState.ValueType  # 0
+    TRAINING_STATE_NEVER_TRAINED: _TrainingState.ValueType  # 1
+    TRAINING_STATE_RUNNING: _TrainingState.ValueType  # 2
+    TRAINING_STATE_SUCCEEDED: _TrainingState.ValueType  # 3
+    TRAINING_STATE_FAILED: _TrainingState.ValueType  # 4
+
+class TrainingState(_TrainingState, metaclass=_TrainingStateEnumTypeWrapper): ...
+
+TRAINING_STATE_UNSPECIFIED: TrainingState.ValueType  # 0
+TRAINING_STATE_NEVER_TRAINED: TrainingState.ValueType  # 1
+TRAINING_STATE_RUNNING: TrainingState.ValueType  # 2
+TRAINING_STATE_SUCCEEDED: TrainingState.ValueType  # 3
+TRAINING_STATE_FAILED: TrainingState.ValueType  # 4
+Global___TrainingState: _TypeAlias = TrainingState  # noqa: Y015
+
 @_typing.final
 class GetProfileRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -143,17 +164,25 @@ class Recommendation(_message.Message):
 
     ITEM_ID_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    MODEL_KEY_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     score: _builtins.float
+    metadata: _builtins.bytes
+    """JSON object: the item's properties from its latest event"""
+    model_key: _builtins.str
+    """the recommendation object that produced it"""
     def __init__(
         self,
         *,
         item_id: _builtins.str = ...,
         score: _builtins.float = ...,
+        metadata: _builtins.bytes = ...,
+        model_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "metadata", b"metadata", "model_key", b"model_key", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -482,3 +511,282 @@ class DeleteProfileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteProfileResponse: _TypeAlias = DeleteProfileResponse  # noqa: Y015
+
+@_typing.final
+class ItemEvent(_message.Message):
+    """An item event and how much one occurrence says about interest (viewed 1, ordered 5)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_NAME_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    event_name: _builtins.str
+    weight: _builtins.float
+    """> 0; 0 means 1"""
+    def __init__(
+        self,
+        *,
+        event_name: _builtins.str = ...,
+        weight: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_name", b"event_name", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemEvent: _TypeAlias = ItemEvent  # noqa: Y015
+
+@_typing.final
+class ItemExclusion(_message.Message):
+    """Items whose latest properties have `property` equal to one of `values` are never
+    recommended (e.g. in_stock = false).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPERTY_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    property: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """compared with the property's value as text"""
+
+    def __init__(
+        self,
+        *,
+        property: _builtins.str = ...,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["property", b"property", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemExclusion: _TypeAlias = ItemExclusion  # noqa: Y015
+
+@_typing.final
+class TrainingStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    PROFILES_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    INTERACTIONS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    state: Global___TrainingState.ValueType
+    progress: _builtins.float
+    """0..1 while running"""
+    profiles: _builtins.int
+    """profiles given items by the last run"""
+    items: _builtins.int
+    """distinct items the last run saw"""
+    interactions: _builtins.int
+    error: _builtins.str
+    """why the last run failed"""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        state: Global___TrainingState.ValueType = ...,
+        progress: _builtins.float = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        profiles: _builtins.int = ...,
+        items: _builtins.int = ...,
+        interactions: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "finished_at", b"finished_at", "interactions", b"interactions", "items", b"items", "profiles", b"profiles", "progress", b"progress", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingStatus: _TypeAlias = TrainingStatus  # noqa: Y015
+
+@_typing.final
+class RecommendationModel(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    ITEM_EVENTS_FIELD_NUMBER: _builtins.int
+    ITEM_PROPERTY_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    RECOMMEND_CONSUMED_FIELD_NUMBER: _builtins.int
+    EXCLUSIONS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """[a-z0-9_], unique in the workspace"""
+    item_property: _builtins.str
+    """e.g. product_id"""
+    size: _builtins.int
+    """N items per profile; default 10, at most 100"""
+    recommend_consumed: _builtins.bool
+    """may items the profile had be recommended?"""
+    @_builtins.property
+    def item_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ItemEvent]: ...
+    @_builtins.property
+    def exclusions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ItemExclusion]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def training(self) -> Global___TrainingStatus: ...
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        item_events: _abc.Iterable[Global___ItemEvent] | None = ...,
+        item_property: _builtins.str = ...,
+        size: _builtins.int = ...,
+        recommend_consumed: _builtins.bool = ...,
+        exclusions: _abc.Iterable[Global___ItemExclusion] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        training: Global___TrainingStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "training", b"training"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "exclusions", b"exclusions", "item_events", b"item_events", "item_property", b"item_property", "key", b"key", "recommend_consumed", b"recommend_consumed", "size", b"size", "training", b"training"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecommendationModel: _TypeAlias = RecommendationModel  # noqa: Y015
+
+@_typing.final
+class CreateRecommendationModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___RecommendationModel:
+        """created_at and training are ignored"""
+
+    def __init__(
+        self,
+        *,
+        model: Global___RecommendationModel | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateRecommendationModelRequest: _TypeAlias = CreateRecommendationModelRequest  # noqa: Y015
+
+@_typing.final
+class GetRecommendationModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRecommendationModelRequest: _TypeAlias = GetRecommendationModelRequest  # noqa: Y015
+
+@_typing.final
+class ListRecommendationModelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecommendationModelsRequest: _TypeAlias = ListRecommendationModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListRecommendationModelsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecommendationModel]:
+        """by key"""
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___RecommendationModel] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRecommendationModelsResponse: _TypeAlias = ListRecommendationModelsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteRecommendationModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRecommendationModelRequest: _TypeAlias = DeleteRecommendationModelRequest  # noqa: Y015
+
+@_typing.final
+class DeleteRecommendationModelResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRecommendationModelResponse: _TypeAlias = DeleteRecommendationModelResponse  # noqa: Y015
+
+@_typing.final
+class TrainRecommendationModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainRecommendationModelRequest: _TypeAlias = TrainRecommendationModelRequest  # noqa: Y015

@@ -54,6 +54,31 @@ class ProfileServiceStub:
                 request_serializer=audiences_dot_v1_dot_profile__pb2.GetRecommendationsRequest.SerializeToString,
                 response_deserializer=audiences_dot_v1_dot_profile__pb2.GetRecommendationsResponse.FromString,
                 _registered_method=True)
+        self.CreateRecommendationModel = channel.unary_unary(
+                '/audiences.v1.ProfileService/CreateRecommendationModel',
+                request_serializer=audiences_dot_v1_dot_profile__pb2.CreateRecommendationModelRequest.SerializeToString,
+                response_deserializer=audiences_dot_v1_dot_profile__pb2.RecommendationModel.FromString,
+                _registered_method=True)
+        self.GetRecommendationModel = channel.unary_unary(
+                '/audiences.v1.ProfileService/GetRecommendationModel',
+                request_serializer=audiences_dot_v1_dot_profile__pb2.GetRecommendationModelRequest.SerializeToString,
+                response_deserializer=audiences_dot_v1_dot_profile__pb2.RecommendationModel.FromString,
+                _registered_method=True)
+        self.ListRecommendationModels = channel.unary_unary(
+                '/audiences.v1.ProfileService/ListRecommendationModels',
+                request_serializer=audiences_dot_v1_dot_profile__pb2.ListRecommendationModelsRequest.SerializeToString,
+                response_deserializer=audiences_dot_v1_dot_profile__pb2.ListRecommendationModelsResponse.FromString,
+                _registered_method=True)
+        self.DeleteRecommendationModel = channel.unary_unary(
+                '/audiences.v1.ProfileService/DeleteRecommendationModel',
+                request_serializer=audiences_dot_v1_dot_profile__pb2.DeleteRecommendationModelRequest.SerializeToString,
+                response_deserializer=audiences_dot_v1_dot_profile__pb2.DeleteRecommendationModelResponse.FromString,
+                _registered_method=True)
+        self.TrainRecommendationModel = channel.unary_unary(
+                '/audiences.v1.ProfileService/TrainRecommendationModel',
+                request_serializer=audiences_dot_v1_dot_profile__pb2.TrainRecommendationModelRequest.SerializeToString,
+                response_deserializer=audiences_dot_v1_dot_profile__pb2.RecommendationModel.FromString,
+                _registered_method=True)
         self.DeleteProfile = channel.unary_unary(
                 '/audiences.v1.ProfileService/DeleteProfile',
                 request_serializer=audiences_dot_v1_dot_profile__pb2.DeleteProfileRequest.SerializeToString,
@@ -89,6 +114,39 @@ class ProfileServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateRecommendationModel(self, request, context):
+        """Recommendation objects: which item events and property make an item, and how many.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRecommendationModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRecommendationModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRecommendationModel(self, request, context):
+        """Deletes the object and its items from every profile's hot state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrainRecommendationModel(self, request, context):
+        """Starts a training job and returns at once; GetRecommendationModel shows its progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteProfile(self, request, context):
         """Erase events, identities, hot state and memberships; suppress its identifiers.
         """
@@ -118,6 +176,31 @@ def add_ProfileServiceServicer_to_server(servicer, server):
                     servicer.GetRecommendations,
                     request_deserializer=audiences_dot_v1_dot_profile__pb2.GetRecommendationsRequest.FromString,
                     response_serializer=audiences_dot_v1_dot_profile__pb2.GetRecommendationsResponse.SerializeToString,
+            ),
+            'CreateRecommendationModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRecommendationModel,
+                    request_deserializer=audiences_dot_v1_dot_profile__pb2.CreateRecommendationModelRequest.FromString,
+                    response_serializer=audiences_dot_v1_dot_profile__pb2.RecommendationModel.SerializeToString,
+            ),
+            'GetRecommendationModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecommendationModel,
+                    request_deserializer=audiences_dot_v1_dot_profile__pb2.GetRecommendationModelRequest.FromString,
+                    response_serializer=audiences_dot_v1_dot_profile__pb2.RecommendationModel.SerializeToString,
+            ),
+            'ListRecommendationModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecommendationModels,
+                    request_deserializer=audiences_dot_v1_dot_profile__pb2.ListRecommendationModelsRequest.FromString,
+                    response_serializer=audiences_dot_v1_dot_profile__pb2.ListRecommendationModelsResponse.SerializeToString,
+            ),
+            'DeleteRecommendationModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRecommendationModel,
+                    request_deserializer=audiences_dot_v1_dot_profile__pb2.DeleteRecommendationModelRequest.FromString,
+                    response_serializer=audiences_dot_v1_dot_profile__pb2.DeleteRecommendationModelResponse.SerializeToString,
+            ),
+            'TrainRecommendationModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrainRecommendationModel,
+                    request_deserializer=audiences_dot_v1_dot_profile__pb2.TrainRecommendationModelRequest.FromString,
+                    response_serializer=audiences_dot_v1_dot_profile__pb2.RecommendationModel.SerializeToString,
             ),
             'DeleteProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteProfile,
@@ -233,6 +316,141 @@ class ProfileService:
             '/audiences.v1.ProfileService/GetRecommendations',
             audiences_dot_v1_dot_profile__pb2.GetRecommendationsRequest.SerializeToString,
             audiences_dot_v1_dot_profile__pb2.GetRecommendationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRecommendationModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audiences.v1.ProfileService/CreateRecommendationModel',
+            audiences_dot_v1_dot_profile__pb2.CreateRecommendationModelRequest.SerializeToString,
+            audiences_dot_v1_dot_profile__pb2.RecommendationModel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecommendationModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audiences.v1.ProfileService/GetRecommendationModel',
+            audiences_dot_v1_dot_profile__pb2.GetRecommendationModelRequest.SerializeToString,
+            audiences_dot_v1_dot_profile__pb2.RecommendationModel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecommendationModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audiences.v1.ProfileService/ListRecommendationModels',
+            audiences_dot_v1_dot_profile__pb2.ListRecommendationModelsRequest.SerializeToString,
+            audiences_dot_v1_dot_profile__pb2.ListRecommendationModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRecommendationModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audiences.v1.ProfileService/DeleteRecommendationModel',
+            audiences_dot_v1_dot_profile__pb2.DeleteRecommendationModelRequest.SerializeToString,
+            audiences_dot_v1_dot_profile__pb2.DeleteRecommendationModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainRecommendationModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audiences.v1.ProfileService/TrainRecommendationModel',
+            audiences_dot_v1_dot_profile__pb2.TrainRecommendationModelRequest.SerializeToString,
+            audiences_dot_v1_dot_profile__pb2.RecommendationModel.FromString,
             options,
             channel_credentials,
             insecure,

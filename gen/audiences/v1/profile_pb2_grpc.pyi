@@ -38,6 +38,14 @@ class ProfileServiceStub:
     ListEvents: _grpc.UnaryUnaryMultiCallable[_profile_pb2.ListEventsRequest, _profile_pb2.ListEventsResponse]
     """A profile's event timeline, newest first (reads Postgres)."""
     GetRecommendations: _grpc.UnaryUnaryMultiCallable[_profile_pb2.GetRecommendationsRequest, _profile_pb2.GetRecommendationsResponse]
+    CreateRecommendationModel: _grpc.UnaryUnaryMultiCallable[_profile_pb2.CreateRecommendationModelRequest, _profile_pb2.RecommendationModel]
+    """Recommendation objects: which item events and property make an item, and how many."""
+    GetRecommendationModel: _grpc.UnaryUnaryMultiCallable[_profile_pb2.GetRecommendationModelRequest, _profile_pb2.RecommendationModel]
+    ListRecommendationModels: _grpc.UnaryUnaryMultiCallable[_profile_pb2.ListRecommendationModelsRequest, _profile_pb2.ListRecommendationModelsResponse]
+    DeleteRecommendationModel: _grpc.UnaryUnaryMultiCallable[_profile_pb2.DeleteRecommendationModelRequest, _profile_pb2.DeleteRecommendationModelResponse]
+    """Deletes the object and its items from every profile's hot state."""
+    TrainRecommendationModel: _grpc.UnaryUnaryMultiCallable[_profile_pb2.TrainRecommendationModelRequest, _profile_pb2.RecommendationModel]
+    """Starts a training job and returns at once; GetRecommendationModel shows its progress."""
     DeleteProfile: _grpc.UnaryUnaryMultiCallable[_profile_pb2.DeleteProfileRequest, _profile_pb2.DeleteProfileResponse]
     """Erase events, identities, hot state and memberships; suppress its identifiers."""
 
@@ -49,6 +57,14 @@ class ProfileServiceAsyncStub(ProfileServiceStub):
     ListEvents: _aio.UnaryUnaryMultiCallable[_profile_pb2.ListEventsRequest, _profile_pb2.ListEventsResponse]  # type: ignore[assignment]
     """A profile's event timeline, newest first (reads Postgres)."""
     GetRecommendations: _aio.UnaryUnaryMultiCallable[_profile_pb2.GetRecommendationsRequest, _profile_pb2.GetRecommendationsResponse]  # type: ignore[assignment]
+    CreateRecommendationModel: _aio.UnaryUnaryMultiCallable[_profile_pb2.CreateRecommendationModelRequest, _profile_pb2.RecommendationModel]  # type: ignore[assignment]
+    """Recommendation objects: which item events and property make an item, and how many."""
+    GetRecommendationModel: _aio.UnaryUnaryMultiCallable[_profile_pb2.GetRecommendationModelRequest, _profile_pb2.RecommendationModel]  # type: ignore[assignment]
+    ListRecommendationModels: _aio.UnaryUnaryMultiCallable[_profile_pb2.ListRecommendationModelsRequest, _profile_pb2.ListRecommendationModelsResponse]  # type: ignore[assignment]
+    DeleteRecommendationModel: _aio.UnaryUnaryMultiCallable[_profile_pb2.DeleteRecommendationModelRequest, _profile_pb2.DeleteRecommendationModelResponse]  # type: ignore[assignment]
+    """Deletes the object and its items from every profile's hot state."""
+    TrainRecommendationModel: _aio.UnaryUnaryMultiCallable[_profile_pb2.TrainRecommendationModelRequest, _profile_pb2.RecommendationModel]  # type: ignore[assignment]
+    """Starts a training job and returns at once; GetRecommendationModel shows its progress."""
     DeleteProfile: _aio.UnaryUnaryMultiCallable[_profile_pb2.DeleteProfileRequest, _profile_pb2.DeleteProfileResponse]  # type: ignore[assignment]
     """Erase events, identities, hot state and memberships; suppress its identifiers."""
 
@@ -81,6 +97,44 @@ class ProfileServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _profile_pb2.GetRecommendationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_profile_pb2.GetRecommendationsResponse, _abc.Awaitable[_profile_pb2.GetRecommendationsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateRecommendationModel(
+        self,
+        request: _profile_pb2.CreateRecommendationModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profile_pb2.RecommendationModel, _abc.Awaitable[_profile_pb2.RecommendationModel]]:
+        """Recommendation objects: which item events and property make an item, and how many."""
+
+    @_abc_1.abstractmethod
+    def GetRecommendationModel(
+        self,
+        request: _profile_pb2.GetRecommendationModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profile_pb2.RecommendationModel, _abc.Awaitable[_profile_pb2.RecommendationModel]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRecommendationModels(
+        self,
+        request: _profile_pb2.ListRecommendationModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profile_pb2.ListRecommendationModelsResponse, _abc.Awaitable[_profile_pb2.ListRecommendationModelsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteRecommendationModel(
+        self,
+        request: _profile_pb2.DeleteRecommendationModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profile_pb2.DeleteRecommendationModelResponse, _abc.Awaitable[_profile_pb2.DeleteRecommendationModelResponse]]:
+        """Deletes the object and its items from every profile's hot state."""
+
+    @_abc_1.abstractmethod
+    def TrainRecommendationModel(
+        self,
+        request: _profile_pb2.TrainRecommendationModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_profile_pb2.RecommendationModel, _abc.Awaitable[_profile_pb2.RecommendationModel]]:
+        """Starts a training job and returns at once; GetRecommendationModel shows its progress."""
 
     @_abc_1.abstractmethod
     def DeleteProfile(

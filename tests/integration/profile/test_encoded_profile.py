@@ -84,6 +84,14 @@ FULL = HotSeed(
         {"item_id": "sku-2", "score": 0.7, "consumed": True},
         {"item_id": "sku-ü", "score": 0.0},
         {"item_id": "sku-4", "score": 2.5, "consumed": False},
+        # As training writes them: the object's key, metadata as JSON text.
+        {
+            "item_id": "sku-5",
+            "score": 0.5,
+            "model": "shop",
+            "metadata": '{"name":"Tea ü","price":4.5}',
+        },
+        {"item_id": "sku-6", "score": 0.25, "model": "", "metadata": ""},
     ],
     last_seen_us=NOW - 5_000_000,
     created_at_us=NOW - 10 * 86_400_000_000,
@@ -201,11 +209,15 @@ async def test_the_bytes_carry_every_section_as_seeded(store: Store) -> None:
         assert scores[key].percentile == seeded["percentile"], key
         assert list(scores[key].top_features) == seeded.get("top_features", []), key
         assert scores[key].HasField("scored_at") == ("scored_at_us" in seeded), key
-    assert [(r.item_id, r.score) for r in profile.recommendations] == [
-        ("sku-1", 0.9),
-        ("sku-ü", 0.0),
-        ("sku-4", 2.5),
+    assert [(r.item_id, r.score, r.model_key) for r in profile.recommendations] == [
+        ("sku-1", 0.9, ""),
+        ("sku-ü", 0.0, ""),
+        ("sku-4", 2.5, ""),
+        ("sku-5", 0.5, "shop"),
+        ("sku-6", 0.25, ""),
     ]
+    assert profile.recommendations[3].metadata == '{"name":"Tea ü","price":4.5}'.encode()
+    assert not profile.recommendations[4].metadata
     stamp = profile.last_seen
     assert stamp.seconds * 1_000_000 + stamp.nanos // 1000 == FULL.last_seen_us
 

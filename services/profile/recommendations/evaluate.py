@@ -1,0 +1,254 @@
+"""Offline evaluation: leave-last-out HR@10 and NDCG@10 of the model's variants.
+
+Each profile's last interaction (by time, then input order) is held out; every
+variant is fitted on the rest only (nothing about a held-out item is used), asked for
+10 items with consumed ones excluded, and scored on whether (HR) and how high (NDCG)
+the held-out item comes. Profiles with fewer than two interactions are not evaluated
+(their rows still feed the model).
+
+    python -m services.profile.recommendations.evaluate                  # synthetic data
+    python -m services.profile.recommendations.evaluate --inter FILE     # RecBole .inter
+    python -m services.profile.recommendations.evaluate --sample-users 500 --seed 3
+
+`--inter` reads a RecBole atomic file (tab-separated, header
+``user_id:token item_id:token rating:float timestamp:float``), e.g. MovieLens 100K
+(see docs/recommendations.md). `--sample-users` evaluates a random subset of the
+profiles (any split: the others' histories still train the model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from services.profile.recommendations import scoring
+
+K = 10
+SECOND_US = 1_000_000
+
+
+@dataclass(frozen=True)
+class Result:
+    """One variant's figures."""
+
+    name: str
+    hit_rate: float
+    ndcg: float
+    evaluated: int
+
+
+VARIANTS: dict[str, scoring.Settings] = {
+    "popularity": scoring.Settings(use_cooccurrence=False, time_decay=False),
+    "co-occurrence (cosine, whole history)": scoring.Settings(
+        session_window_us=None,
+        time_decay=False,
+        popularity_weight=0.0,
+        profile_half_life_interactions=None,
+    ),
+    "co-occurrence (1-day window, time-decayed, + popularity)": scoring.Settings(
+        profile_half_life_interactions=None
+    ),
+    "the same, the profile's latest interactions first (what training uses)": (scoring.Settings()),
+}
+
+
+def _log(
+    profiles: npt.NDArray[np.integer],
+    items: npt.NDArray[np.integer],
+    times: npt.NDArray[np.integer],
+    profile_count: int,
+    item_count: int,
+) -> scoring.Interactions:
+    # Evaluation counts every interaction alike (weight 1), as the reference figures do.
+    return scoring.Interactions(
+        profiles.astype(np.int64),
+        items.astype(np.int64),
+        np.ones(len(items)),
+        times.astype(np.int64),
+        profile_count,
+        item_count,
+    )
+
+
+def synthetic(users: int, items: int, seed: int) -> scoring.Interactions:
+    """Shoppers in taste clusters: sessions of a few items, mostly from their cluster's
+    catalogue (skewed), sometimes a globally popular one; sessions days apart."""
+    rng = np.random.default_rng(seed)
+    clusters = 20
+    cluster_of_item = rng.integers(0, clusters, items)
+    by_cluster = [np.flatnonzero(cluster_of_item == c) for c in range(clusters)]
+    global_weights = 1.0 / np.arange(1, items + 1)
+    global_weights /= global_weights.sum()
+    profiles: list[int] = []
+    chosen: list[int] = []
+    times: list[int] = []
+    start = 1_700_000_000 * SECOND_US
+    for user in range(users):
+        taste = rng.integers(0, clusters)
+        pool = by_cluster[taste] if len(by_cluster[taste]) else np.arange(items)
+        pool_weights = 1.0 / np.arange(1, len(pool) + 1)
+        pool_weights /= pool_weights.sum()
+        at = start + int(rng.integers(0, 30)) * 86_400 * SECOND_US
+        for _ in range(int(rng.integers(2, 7))):
+            for _ in range(int(rng.integers(2, 5))):
+                if rng.random() < 0.8:
+                    item = int(rng.choice(pool, p=pool_weights))
+                else:
+                    item = int(rng.choice(items, p=global_weights))
+                profiles.append(user)
+                chosen.append(item)
+                times.append(at)
+                at += int(rng.integers(30, 600)) * SECOND_US
+            at += int(rng.integers(1, 10)) * 86_400 * SECOND_US
+    return _log(np.array(profiles), np.array(chosen), np.array(times), users, items)
+
+
+def read_inter(path: Path) -> scoring.Interactions:
+    """A RecBole .inter file (user, item, rating, timestamp in seconds)."""
+    users: list[str] = []
+    items: list[str] = []
+    times: list[int] = []
+    with path.open(newline="") as file:
+        rows = csv.reader(file, delimiter="\t")
+        header = [name.split(":")[0] for name in next(rows)]
+        user_at, item_at, time_at = (header.index(n) for n in ("user_id", "item_id", "timestamp"))
+        for row in rows:
+            users.append(row[user_at])
+            items.append(row[item_at])
+            times.append(int(float(row[time_at]) * SECOND_US))
+    user_ids, profiles = np.unique(np.array(users), return_inverse=True)
+    item_ids, item_index = np.unique(np.array(items), return_inverse=True)
+    return _log(profiles, item_index, np.array(times), len(user_ids), len(item_ids))
+
+
+def leave_last_out(
+    log: scoring.Interactions,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    """Which rows are held out (each profile's last, if it has two or more) and each
+    profile's held-out item (-1 for none)."""
+    rows = np.arange(len(log.items))
+    order = np.lexsort((rows, log.timestamps_us, log.profiles))
+    profiles = log.profiles[order]
+    last = np.r_[profiles[1:] != profiles[:-1], True]
+    counts = np.bincount(log.profiles, minlength=log.profile_count)
+    last &= counts[profiles] >= 2
+    held = np.zeros(len(rows), dtype=bool)
+    held[order[last]] = True
+    target = np.full(log.profile_count, -1, dtype=np.int64)
+    target[log.profiles[held]] = log.items[held]
+    return held, target
+
+
+def evaluate(
+    log: scoring.Interactions,
+    variants: dict[str, scoring.Settings] | None = None,
+    evaluated_users: npt.NDArray[np.bool_] | None = None,
+) -> list[Result]:
+    """HR@10 and NDCG@10 of each variant on `log` (leave-last-out)."""
+    held, target = leave_last_out(log)
+    if evaluated_users is not None:
+        target = np.where(evaluated_users, target, -1)
+    keep = ~held
+    train = scoring.Interactions(
+        profiles=log.profiles[keep],
+        items=log.items[keep],
+        weights=log.weights[keep],
+        timestamps_us=log.timestamps_us[keep],
+        profile_count=log.profile_count,
+        item_count=log.item_count,
+    )
+    now_us = int(train.timestamps_us.max()) + 1 if len(train.items) else 0
+    asked = target >= 0
+    results = []
+    for name, settings in (variants or VARIANTS).items():
+        top = scoring.top_n(train, now_us, K, settings)
+        hits = top.items[asked] == target[asked][:, None]
+        found = hits.any(axis=1)
+        rank = hits.argmax(axis=1)
+        gains = np.where(found, 1.0 / np.log2(rank + 2.0), 0.0)
+        results.append(Result(name, float(found.mean()), float(gains.mean()), int(asked.sum())))
+    return results
+
+
+def evaluate_ranker(log: scoring.Interactions, seed: int = 7) -> Result:
+    """HR@10 and NDCG@10 of the LightGBM ranker over the served blend's candidates."""
+    from services.profile.recommendations import ranker  # LightGBM: only when asked
+
+    held, target = leave_last_out(log)
+    keep = ~held
+    train = scoring.Interactions(
+        log.profiles[keep],
+        log.items[keep],
+        log.weights[keep],
+        log.timestamps_us[keep],
+        log.profile_count,
+        log.item_count,
+    )
+    settings = scoring.Settings()
+    model = ranker.fit(train, settings, seed)
+    now_us = int(train.timestamps_us.max()) + 1
+    top = ranker.rank(model, ranker.candidates(train, now_us, settings), K)
+    return _figures("LightGBM lambdarank over the blend's top 50", top, target)
+
+
+def _figures(name: str, top: npt.NDArray[np.int64], target: npt.NDArray[np.int64]) -> Result:
+    asked = target >= 0
+    hits = top[asked] == target[asked][:, None]
+    found = hits.any(axis=1)
+    gains = np.where(found, 1.0 / np.log2(hits.argmax(axis=1) + 2.0), 0.0)
+    return Result(name, float(found.mean()), float(gains.mean()), int(asked.sum()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the evaluation and print one line per variant."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inter", type=Path, help="a RecBole .inter file (else synthetic)")
+    parser.add_argument("--users", type=int, default=2000, help="synthetic profiles")
+    parser.add_argument("--items", type=int, default=1000, help="synthetic items")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--sample-users", type=int, help="evaluate this many profiles only")
+    parser.add_argument("--ranker", action="store_true", help="also the LightGBM ranker")
+    parser.add_argument(
+        "--session-hours", type=float, help="session window of the windowed variant"
+    )
+    options = parser.parse_args(argv)
+    log = (
+        read_inter(options.inter)
+        if options.inter
+        else synthetic(options.users, options.items, options.seed)
+    )
+    subset = None
+    if options.sample_users:
+        rng = np.random.default_rng(options.seed)
+        subset = np.zeros(log.profile_count, dtype=bool)
+        subset[rng.choice(log.profile_count, options.sample_users, replace=False)] = True
+    variants = dict(VARIANTS)
+    if options.session_hours is not None:
+        name = list(variants)[-1]
+        window = int(options.session_hours * 3600 * SECOND_US)
+        variants[name] = replace(variants[name], session_window_us=window)
+    source = options.inter.name if options.inter else f"synthetic seed {options.seed}"
+    print(
+        f"{source}: {log.profile_count} profiles, {log.item_count} items, "
+        f"{len(log.items)} interactions; leave-last-out, consumed excluded"
+    )
+    results = evaluate(log, variants, subset)
+    if options.ranker:
+        results.append(evaluate_ranker(log, options.seed))
+    for result in results:
+        print(
+            f"{result.name:72s} HR@10 {result.hit_rate:.3f}  NDCG@10 {result.ndcg:.3f}"
+            f"  ({result.evaluated} profiles)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

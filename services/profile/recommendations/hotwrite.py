@@ -1,0 +1,93 @@
+"""Writes each profile's top-N items of one recommendation object into the hot state.
+
+A profile's ``recs`` string (services.shared.hotstate) is a JSON list of items from
+every object of the workspace, each tagged with its object's key (``model``); an
+item's ``metadata`` is JSON object text inside it, which GetProfile's script passes
+to the wire without decoding. Each object's items are also kept apart in the
+profile's ``recs_by_model`` hash, so writing one object's lists replaces that
+object's items and keeps the others' without decoding any: one script call per batch
+of profiles, which also drops the profile's cached wire encoding (as every hot-state
+writer does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from services.shared import hotstate
+
+# Profiles per script call: bounds one call's time inside Redis.
+BATCH_PROFILES = 500
+
+# KEYS: the profiles' recs keys. ARGV[1]: the object key. ARGV[1 + k]: that object's
+# new items for KEYS[k] as JSON list members without the brackets ('' removes them).
+# Nothing is decoded: recs is rebuilt as the join of recs_by_model in key order, so the
+# bytes depend only on what each object wrote.
+_REPLACE_LUA = """
+local model = ARGV[1]
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local base = string.sub(key, 1, -5)
+  local by_model = base .. 'recs_by_model'
+  if ARGV[k + 1] == '' then
+    redis.call('HDEL', by_model, model)
+  else
+    redis.call('HSET', by_model, model, ARGV[k + 1])
+  end
+  local flat = redis.call('HGETALL', by_model)
+  local names, items = {}, {}
+  for i = 1, #flat, 2 do
+    names[#names + 1] = flat[i]
+    items[flat[i]] = flat[i + 1]
+  end
+  table.sort(names)
+  local parts = {}
+  for i, name in ipairs(names) do parts[i] = items[name] end
+  if #parts == 0 then
+    redis.call('DEL', key)
+  else
+    redis.call('SET', key, '[' .. table.concat(parts, ',') .. ']')
+  end
+  redis.call('DEL', base .. 'wire')
+end
+return #KEYS
+"""
+
+
+class RecommendationWriter:
+    """Replaces one object's items in profiles' hot state."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._script = redis.register_script(_REPLACE_LUA)
+
+    async def replace(
+        self,
+        workspace_id: str,
+        model_key: str,
+        lists: Sequence[tuple[int | str, Sequence[dict[str, Any]]]],
+        progress: Callable[[float], Any] | None = None,
+    ) -> None:
+        """Write (profile id, items) pairs: each profile's items of `model_key` become
+        these (an empty list removes them); other objects' items stay."""
+        for start in range(0, len(lists), BATCH_PROFILES):
+            batch = lists[start : start + BATCH_PROFILES]
+            keys = [hotstate.profile_key(workspace_id, pid, "recs") for pid, _ in batch]
+            args: list[str | bytes] = [model_key]
+            args += [orjson.dumps(list(items))[1:-1] for _, items in batch]
+            await self._script(keys=keys, args=args)
+            if progress is not None:
+                await progress((start + len(batch)) / len(lists))
+
+    async def remove_everywhere(self, workspace_id: str, model_key: str) -> None:
+        """Remove an object's items from every profile of the workspace (SCAN + script)."""
+        head = f"{hotstate.workspace_prefix(workspace_id)}p:"
+        batch: list[tuple[int | str, Sequence[dict[str, Any]]]] = []
+        async for key in self._redis.scan_iter(match=f"{head}*:recs_by_model", count=1000):
+            text = key.decode() if isinstance(key, bytes) else key
+            batch.append((text[len(head) : -len(":recs_by_model")], []))
+        await self.replace(workspace_id, model_key, batch)

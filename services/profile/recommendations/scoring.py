@@ -1,0 +1,224 @@
+"""The recommendation model: item-item co-occurrence and popularity, set-based.
+
+Everything here is whole-array NumPy/SciPy work over one workspace's interactions
+(profile index, item index, weight, time); nothing loops per profile-item pair.
+
+- Popularity: each item's weighted, time-decayed interactions.
+- Co-occurrence: two interactions of one profile at most `session_window_us` apart
+  (looking up to `max_lag` interactions ahead) make a pair; a pair counts by the
+  recency of its later interaction (half-life `half_life_us`), so old habits fade.
+  The item-item matrix is normalised by the square roots of the items' totals
+  (cosine-like), so a popular item does not co-occur with everything.
+  With no session window, the plain item-item cosine over whole histories instead.
+- A profile's scores: its interactions (weighted, decayed, and the k-th latest of its
+  own counting 0.5 ** (k / profile_half_life_interactions)) times the item-item matrix,
+  scaled to at most 1 per profile, plus `popularity_weight` x popularity (scaled to at
+  most 1), which ranks items no co-occurrence reaches and gives cold profiles (no
+  interactions) the popular items.
+Items the profile interacted with are left out unless allowed, excluded items always;
+ties go to the lower item index (argpartition, which picks among items tied at the
+cut-off, is deterministic too), so the result is a pure function of the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import sparse
+
+DAY_US = 86_400_000_000
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """One workspace's item interactions as parallel arrays (indices, not ids)."""
+
+    profiles: npt.NDArray[np.int64]
+    items: npt.NDArray[np.int64]
+    weights: npt.NDArray[np.float64]
+    timestamps_us: npt.NDArray[np.int64]
+    profile_count: int
+    item_count: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The model's knobs (their defaults are what training uses)."""
+
+    # None: every pair of a profile's items co-occurs (whole history), scored as the
+    # plain item-item cosine of the binary profile x item matrix (the textbook baseline).
+    session_window_us: int | None = DAY_US
+    half_life_us: int = 90 * DAY_US
+    max_lag: int = 10
+    popularity_weight: float = 0.05
+    use_cooccurrence: bool = True
+    # A profile's interactions count by how recent they are among its own: the k-th
+    # latest weighs 0.5 ** (k / this). None: all count alike (but for time decay).
+    profile_half_life_interactions: float | None = 5.0
+    time_decay: bool = True
+    # Profiles scored per dense block: bounds memory at block x items doubles.
+    block_profiles: int = 1024
+
+
+@dataclass(frozen=True)
+class TopN:
+    """Per profile (row), the recommended item indices and scores, best first; -1 pads."""
+
+    items: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float64]
+
+
+def _recency(
+    interactions: Interactions, now_us: int, settings: Settings
+) -> npt.NDArray[np.float64]:
+    if not settings.time_decay:
+        return np.ones(len(interactions.items))
+    age = np.maximum(now_us - interactions.timestamps_us, 0).astype(np.float64)
+    return np.power(0.5, age / settings.half_life_us)
+
+
+def popularity(
+    interactions: Interactions, now_us: int, settings: Settings
+) -> npt.NDArray[np.float64]:
+    """Each item's weighted, decayed interaction total."""
+    values = interactions.weights * _recency(interactions, now_us, settings)
+    counts = np.bincount(interactions.items, weights=values, minlength=interactions.item_count)
+    return counts.astype(np.float64)
+
+
+def cooccurrence(interactions: Interactions, now_us: int, settings: Settings) -> sparse.csr_matrix:
+    """The symmetric, normalised item-item matrix of in-session pairs."""
+    if settings.session_window_us is None:
+        return _cosine(interactions)
+    window = settings.session_window_us
+    order = np.lexsort((interactions.timestamps_us, interactions.profiles))
+    profiles = interactions.profiles[order]
+    items = interactions.items[order]
+    times = interactions.timestamps_us[order]
+    recency = _recency(interactions, now_us, settings)[order]
+    rows: list[npt.NDArray[np.int64]] = []
+    cols: list[npt.NDArray[np.int64]] = []
+    values: list[npt.NDArray[np.float64]] = []
+    # One vectorised pass per lag: pairs (i, i + lag) of the same profile in the window.
+    for lag in range(1, settings.max_lag + 1):
+        if lag >= len(items):
+            break
+        keep = (
+            (profiles[:-lag] == profiles[lag:])
+            & (times[lag:] - times[:-lag] <= window)
+            & (items[:-lag] != items[lag:])
+        )
+        first, second = items[:-lag][keep], items[lag:][keep]
+        weight = recency[lag:][keep]
+        rows += [first, second]
+        cols += [second, first]
+        values += [weight, weight]
+    n = interactions.item_count
+    if not rows:
+        return sparse.csr_matrix((n, n))
+    matrix = sparse.coo_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    ).tocsr()
+    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    scale = np.zeros(n)
+    np.divide(1.0, np.sqrt(totals), out=scale, where=totals > 0)
+    return sparse.csr_matrix(sparse.diags(scale) @ matrix @ sparse.diags(scale))
+
+
+def _cosine(interactions: Interactions) -> sparse.csr_matrix:
+    shape = (interactions.profile_count, interactions.item_count)
+    had = sparse.coo_matrix(
+        (np.ones(len(interactions.items)), (interactions.profiles, interactions.items)), shape=shape
+    ).tocsr()
+    had.data[:] = 1.0  # duplicates summed above: one profile counts once per item
+    matrix = sparse.csr_matrix(had.T @ had)
+    matrix.setdiag(0.0)
+    matrix.eliminate_zeros()
+    counts = np.asarray(had.sum(axis=0)).ravel()
+    scale = np.zeros(len(counts))
+    np.divide(1.0, np.sqrt(counts), out=scale, where=counts > 0)
+    return sparse.csr_matrix(sparse.diags(scale) @ matrix @ sparse.diags(scale))
+
+
+def _latest_first(interactions: Interactions, settings: Settings) -> npt.NDArray[np.float64]:
+    half_life = settings.profile_half_life_interactions
+    count = len(interactions.items)
+    if half_life is None or count == 0:
+        return np.ones(count)
+    # Latest first within each profile (time, then input order), ranked from 0.
+    order = np.lexsort((-np.arange(count), -interactions.timestamps_us, interactions.profiles))
+    profiles = interactions.profiles[order]
+    starts = np.r_[0, np.flatnonzero(profiles[1:] != profiles[:-1]) + 1]
+    first_of_group = np.repeat(starts, np.diff(np.r_[starts, count]))
+    rank = np.empty(count)
+    rank[order] = np.arange(count) - first_of_group
+    return np.power(0.5, rank / half_life)
+
+
+def _scaled(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    peak = values.max() if values.size else 0.0
+    return values / peak if peak > 0 else values
+
+
+def top_n(
+    interactions: Interactions,
+    now_us: int,
+    size: int,
+    settings: Settings | None = None,
+    *,
+    allow_consumed: bool = False,
+    excluded_items: npt.NDArray[np.bool_] | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> TopN:
+    """The best `size` items of every profile (cold ones included: popularity)."""
+    settings = settings or Settings()
+    n_profiles, n_items = interactions.profile_count, interactions.item_count
+    size = min(size, n_items)
+    recency = _recency(interactions, now_us, settings) * _latest_first(interactions, settings)
+    history = sparse.coo_matrix(
+        (interactions.weights * recency, (interactions.profiles, interactions.items)),
+        shape=(n_profiles, n_items),
+    ).tocsr()
+    pop = settings.popularity_weight * _scaled(popularity(interactions, now_us, settings))
+    item_item = cooccurrence(interactions, now_us, settings) if settings.use_cooccurrence else None
+    if not settings.use_cooccurrence:
+        pop = _scaled(pop)
+    blocked = np.zeros(n_items, dtype=bool) if excluded_items is None else excluded_items
+    out_items = np.full((n_profiles, size), -1, dtype=np.int64)
+    out_scores = np.zeros((n_profiles, size))
+    if size == 0:
+        return TopN(out_items, out_scores)
+    for start in range(0, n_profiles, settings.block_profiles):
+        stop = min(start + settings.block_profiles, n_profiles)
+        block = history[start:stop]
+        scores = np.tile(pop, (stop - start, 1))
+        if item_item is not None:
+            related = (block @ item_item).toarray()
+            peaks = related.max(axis=1, initial=0.0)
+            np.divide(related, peaks[:, None], out=related, where=peaks[:, None] > 0)
+            scores += related
+        if not allow_consumed:
+            rows, cols = block.nonzero()
+            scores[rows, cols] = -np.inf
+        scores[:, blocked] = -np.inf
+        if size < n_items:
+            # The largest `size` as the partition's tail: several times faster than
+            # the head of the negated scores (measured), and no negated copy.
+            cut = n_items - size
+            candidates = np.argpartition(scores, cut, axis=1)[:, cut:]
+        else:
+            candidates = np.tile(np.arange(n_items), (stop - start, 1))
+        chosen = np.take_along_axis(scores, candidates, axis=1)
+        # Best first, ties to the lower item index.
+        order = np.lexsort((candidates, -chosen), axis=1)
+        ranked = np.take_along_axis(candidates, order, axis=1)
+        ranked_scores = np.take_along_axis(chosen, order, axis=1)
+        usable = np.isfinite(ranked_scores)
+        out_items[start:stop] = np.where(usable, ranked, -1)
+        out_scores[start:stop] = np.where(usable, ranked_scores, 0.0)
+        if progress is not None:
+            progress(stop / n_profiles)
+    return TopN(out_items, out_scores)

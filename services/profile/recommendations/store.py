@@ -1,0 +1,275 @@
+"""Postgres/SQLite side of recommendations: the objects, their training status, and
+the interactions a training reads (never on a serving path)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.profile.recommendations.definition import (
+    ItemEvent,
+    ItemExclusion,
+    RecommendationModel,
+    TrainingState,
+    TrainingStatus,
+)
+from services.profile.tables import recommendation_models
+from services.shared.db.tables import events, profiles
+from services.shared.errors import AlreadyExists, FailedPrecondition, NotFound
+
+# A training marked running for longer than this died with its process: it may restart.
+STALE_TRAINING_US = 6 * 3600 * 1_000_000
+# Events whose properties are read per query when looking up item metadata.
+_METADATA_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class InteractionRows:
+    """A workspace's item interactions, one entry per event (parallel lists)."""
+
+    profile_ids: list[int]
+    item_ids: list[str]
+    event_names: list[str]
+    timestamps_us: list[int]
+    seqs: list[int]
+
+
+def _not_found(key: str) -> NotFound:
+    return NotFound(f"no recommendation object {key!r} in this workspace")
+
+
+def _model(row: Any) -> RecommendationModel:
+    return RecommendationModel(
+        key=row.key,
+        item_events=tuple(ItemEvent(e["event_name"], float(e["weight"])) for e in row.item_events),
+        item_property=row.item_property,
+        size=row.size,
+        recommend_consumed=row.recommend_consumed,
+        exclusions=tuple(ItemExclusion(x["property"], tuple(x["values"])) for x in row.exclusions),
+        created_at_us=row.created_at_us,
+        training=TrainingStatus(
+            state=TrainingState(row.training_state),
+            progress=row.training_progress,
+            started_at_us=row.training_started_at_us,
+            finished_at_us=row.training_finished_at_us,
+            profiles=row.trained_profiles,
+            items=row.trained_items,
+            interactions=row.trained_interactions,
+            error=row.training_error,
+        ),
+    )
+
+
+def _item_text(value: Any) -> str | None:
+    # SQLite's json_extract gives numbers as numbers, Postgres's ->> as text: one form.
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class RecommendationStore:
+    """SQL access of recommendation objects and training inputs."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create(self, workspace_id: str, model: RecommendationModel) -> RecommendationModel:
+        """Store a new object; AlreadyExists if its key is taken in the workspace."""
+        try:
+            async with self._engine.begin() as connection:
+                await connection.execute(
+                    insert(recommendation_models).values(
+                        workspace_id=workspace_id,
+                        key=model.key,
+                        item_events=[
+                            {"event_name": e.event_name, "weight": e.weight}
+                            for e in model.item_events
+                        ],
+                        item_property=model.item_property,
+                        size=model.size,
+                        recommend_consumed=model.recommend_consumed,
+                        exclusions=[
+                            {"property": x.property, "values": list(x.values)}
+                            for x in model.exclusions
+                        ],
+                        created_at_us=model.created_at_us,
+                        training_state=TrainingState.NEVER_TRAINED.value,
+                        training_progress=0.0,
+                        trained_profiles=0,
+                        trained_items=0,
+                        trained_interactions=0,
+                    )
+                )
+        except IntegrityError:
+            raise AlreadyExists(
+                f"a recommendation object {model.key!r} exists in this workspace"
+            ) from None
+        return await self.get(workspace_id, model.key)
+
+    async def get(self, workspace_id: str, key: str) -> RecommendationModel:
+        """One object; NotFound if absent."""
+        async with self._engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(recommendation_models).where(
+                        recommendation_models.c.workspace_id == workspace_id,
+                        recommendation_models.c.key == key,
+                    )
+                )
+            ).first()
+        if row is None:
+            raise _not_found(key)
+        return _model(row)
+
+    async def all_models(self, workspace_id: str) -> list[RecommendationModel]:
+        """Every object of the workspace, by key."""
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(recommendation_models)
+                .where(recommendation_models.c.workspace_id == workspace_id)
+                .order_by(recommendation_models.c.key)
+            )
+            return [_model(row) for row in rows]
+
+    async def delete(self, workspace_id: str, key: str) -> None:
+        """Remove an object; NotFound if absent."""
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                delete(recommendation_models).where(
+                    recommendation_models.c.workspace_id == workspace_id,
+                    recommendation_models.c.key == key,
+                )
+            )
+        if result.rowcount == 0:
+            raise _not_found(key)
+
+    async def start_training(self, workspace_id: str, key: str, now_us: int) -> None:
+        """Mark a training running; FailedPrecondition if one already is (one at a time)."""
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                update(recommendation_models)
+                .where(
+                    recommendation_models.c.workspace_id == workspace_id,
+                    recommendation_models.c.key == key,
+                    or_(
+                        recommendation_models.c.training_state != TrainingState.RUNNING.value,
+                        recommendation_models.c.training_started_at_us < now_us - STALE_TRAINING_US,
+                    ),
+                )
+                .values(
+                    training_state=TrainingState.RUNNING.value,
+                    training_progress=0.0,
+                    training_started_at_us=now_us,
+                    training_finished_at_us=None,
+                    training_error=None,
+                )
+            )
+        if result.rowcount == 0:
+            await self.get(workspace_id, key)  # NotFound when it is absent
+            raise FailedPrecondition(f"recommendation object {key!r} is already training")
+
+    async def record_progress(self, workspace_id: str, key: str, progress: float) -> None:
+        """Record how far a running training is (0..1)."""
+        await self._update(workspace_id, key, training_progress=progress)
+
+    async def finish_training(
+        self, workspace_id: str, key: str, now_us: int, status: TrainingStatus
+    ) -> None:
+        """Record a finished training (succeeded or failed) and its figures."""
+        await self._update(
+            workspace_id,
+            key,
+            training_state=status.state.value,
+            training_progress=1.0 if status.state is TrainingState.SUCCEEDED else status.progress,
+            training_finished_at_us=now_us,
+            trained_profiles=status.profiles,
+            trained_items=status.items,
+            trained_interactions=status.interactions,
+            training_error=status.error,
+        )
+
+    async def _update(self, workspace_id: str, key: str, **values: Any) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(recommendation_models)
+                .where(
+                    recommendation_models.c.workspace_id == workspace_id,
+                    recommendation_models.c.key == key,
+                )
+                .values(**values)
+            )
+
+    async def interactions(self, workspace_id: str, model: RecommendationModel) -> InteractionRows:
+        """The workspace's item events of the object, by surviving, undeleted profile."""
+        item = events.c.properties[model.item_property].as_string()
+        query = (
+            select(
+                profiles.c.canonical_id, item, events.c.name, events.c.timestamp_us, events.c.seq
+            )
+            .select_from(events.join(profiles, profiles.c.profile_id == events.c.profile_id))
+            .where(
+                events.c.workspace_id == workspace_id,
+                events.c.type == "track",
+                events.c.name.in_([e.event_name for e in model.item_events]),
+                item.is_not(None),
+                profiles.c.deleted_at_us.is_(None),
+            )
+            .order_by(events.c.seq)
+        )
+        found = InteractionRows([], [], [], [], [])
+        async with self._engine.connect() as connection:
+            result = await connection.stream(query)
+            async for rows in result.partitions(10_000):
+                for profile_id, item_id, name, timestamp_us, seq in rows:
+                    text = _item_text(item_id)
+                    if text is None or text == "":
+                        continue
+                    found.profile_ids.append(profile_id)
+                    found.item_ids.append(text)
+                    found.event_names.append(name)
+                    found.timestamps_us.append(timestamp_us)
+                    found.seqs.append(seq)
+        return found
+
+    async def live_profiles(self, workspace_id: str) -> list[int]:
+        """Every surviving, undeleted profile of the workspace (cold ones included)."""
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(profiles.c.profile_id)
+                .where(
+                    and_(
+                        profiles.c.workspace_id == workspace_id,
+                        profiles.c.canonical_id == profiles.c.profile_id,
+                        profiles.c.deleted_at_us.is_(None),
+                    )
+                )
+                .order_by(profiles.c.profile_id)
+            )
+            return [row[0] for row in rows]
+
+    async def event_properties(
+        self, workspace_id: str, seqs: Sequence[int]
+    ) -> dict[int, dict[str, Any]]:
+        """The properties of these events (seq -> object), for item metadata."""
+        found: dict[int, dict[str, Any]] = {}
+        async with self._engine.connect() as connection:
+            for start in range(0, len(seqs), _METADATA_CHUNK):
+                chunk = list(seqs[start : start + _METADATA_CHUNK])
+                rows = await connection.execute(
+                    select(events.c.seq, events.c.properties).where(
+                        events.c.workspace_id == workspace_id, events.c.seq.in_(chunk)
+                    )
+                )
+                for seq, properties in rows:
+                    if isinstance(properties, str | bytes):
+                        properties = orjson.loads(properties)
+                    found[seq] = properties if isinstance(properties, dict) else {}
+        return found

@@ -1,0 +1,363 @@
+"""Recommendation objects, their training, and serving what training wrote: real
+Postgres and Redis, the profile service on a loopback port."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+import orjson
+import pytest
+import redis.asyncio as redis_asyncio
+from audiences.v1 import common_pb2, profile_pb2
+
+from services.shared import hotstate
+from services.shared.errors import field_violations
+from tests.conftest import make_workspace
+from tests.helpers.grpc_client import bearer
+from tests.helpers.waiting import eventually
+from tests.integration.profile.seeding import HotSeed, seed_db_profile, seed_events, seed_hot
+
+pytestmark = pytest.mark.integration
+
+# A few days before the fixed test clock (2025-01-01).
+T0 = 1_735_300_000_000_000
+MINUTE = 60_000_000
+
+CATALOGUE = {
+    "p1": {"name": "Kettle", "in_stock": True},
+    "p2": {"name": "Teapot", "in_stock": True},
+    "p3": {"name": "Mug", "in_stock": True},
+    "p4": {"name": "Toaster", "in_stock": True},
+    "p5": {"name": "Blender", "in_stock": False},
+}
+
+
+@pytest.fixture
+async def redis(redis_url: str):  # type: ignore[no-untyped-def]
+    client = redis_asyncio.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def ident(user: str) -> common_pb2.Identifier:
+    return common_pb2.Identifier(type="user_id", value=user)
+
+
+def shop_model(key: str = "shop", **fields: object) -> profile_pb2.RecommendationModel:
+    return profile_pb2.RecommendationModel(
+        key=key,
+        item_events=[
+            profile_pb2.ItemEvent(event_name="Product Viewed", weight=1),
+            profile_pb2.ItemEvent(event_name="Product Added", weight=3),
+            profile_pb2.ItemEvent(event_name="Order Completed", weight=5),
+        ],
+        item_property="product_id",
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def person(resources, redis, ws: str, user: str, history: Sequence[tuple[str, str]]) -> int:  # type: ignore[no-untyped-def]
+    """A profile in Postgres and the hot state with (event name, product id) events a
+    minute apart, in order."""
+    pid = await seed_db_profile(resources.engine, ws, [("user_id", user)], T0)
+    await seed_hot(redis, ws, HotSeed(pid, [("user_id", user)]))
+    if history:
+        await seed_events(
+            resources.engine,
+            ws,
+            pid,
+            [
+                {
+                    "message_id": f"{user}-{n}",
+                    "type": "track",
+                    "name": name,
+                    "timestamp_us": T0 + n * MINUTE,
+                    "properties": {"product_id": item, **CATALOGUE.get(item, {"name": item})},
+                }
+                for n, (name, item) in enumerate(history)
+            ],
+        )
+    return pid
+
+
+async def shop(resources, redis, ws: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Kettle buyers also look at teapots (and mugs); the blender sells alone."""
+    viewed, ordered = "Product Viewed", "Order Completed"
+    people = {
+        "u1": [(viewed, "p1"), (viewed, "p2"), (ordered, "p2")],
+        "u2": [(viewed, "p1"), (viewed, "p2"), (viewed, "p3")],
+        "u3": [(viewed, "p1"), (viewed, "p3"), (viewed, "p2")],
+        "u4": [(viewed, "p2"), (viewed, "p4")],
+        "u5": [(ordered, "p5"), (ordered, "p5"), (ordered, "p5")],
+        "target": [(viewed, "p1")],
+        "cold": [],
+    }
+    return {user: await person(resources, redis, ws, user, h) for user, h in people.items()}
+
+
+async def train(stub, admin: str, key: str = "shop") -> profile_pb2.RecommendationModel:  # type: ignore[no-untyped-def]
+    started = await stub.TrainRecommendationModel(
+        profile_pb2.TrainRecommendationModelRequest(key=key), metadata=bearer(admin)
+    )
+    assert started.training.state in (
+        profile_pb2.TRAINING_STATE_RUNNING,
+        profile_pb2.TRAINING_STATE_SUCCEEDED,
+    )
+
+    async def finished() -> profile_pb2.RecommendationModel | None:
+        found = await stub.GetRecommendationModel(
+            profile_pb2.GetRecommendationModelRequest(key=key), metadata=bearer(admin)
+        )
+        done = (profile_pb2.TRAINING_STATE_SUCCEEDED, profile_pb2.TRAINING_STATE_FAILED)
+        return found if found.training.state in done else None
+
+    done = await eventually(finished, 30, f"training of {key}")
+    assert done.training.state == profile_pb2.TRAINING_STATE_SUCCEEDED, done.training.error
+    return done
+
+
+async def recommended(stub, key: str, user: str, **options: object) -> list[str]:  # type: ignore[no-untyped-def]
+    reply = await stub.GetRecommendations(
+        profile_pb2.GetRecommendationsRequest(identifier=ident(user), **options),
+        metadata=bearer(key),
+    )
+    return [r.item_id for r in reply.recommendations]
+
+
+async def test_objects_are_created_read_listed_and_deleted(profile_stub, workspace) -> None:  # type: ignore[no-untyped-def]
+    admin = bearer(workspace.admin)
+    created = await profile_stub.CreateRecommendationModel(
+        profile_pb2.CreateRecommendationModelRequest(model=shop_model()), metadata=admin
+    )
+    assert (created.key, created.size, created.recommend_consumed) == ("shop", 10, False)
+    assert [(e.event_name, e.weight) for e in created.item_events] == [
+        ("Product Viewed", 1),
+        ("Product Added", 3),
+        ("Order Completed", 5),
+    ]
+    assert created.training.state == profile_pb2.TRAINING_STATE_NEVER_TRAINED
+    await profile_stub.CreateRecommendationModel(
+        profile_pb2.CreateRecommendationModelRequest(
+            model=shop_model(
+                "again",
+                size=3,
+                recommend_consumed=True,
+                exclusions=[profile_pb2.ItemExclusion(property="in_stock", values=["false"])],
+            )
+        ),
+        metadata=admin,
+    )
+    listed = await profile_stub.ListRecommendationModels(
+        profile_pb2.ListRecommendationModelsRequest(), metadata=admin
+    )
+    assert [(m.key, m.size) for m in listed.models] == [("again", 3), ("shop", 10)]
+    assert list(listed.models[0].exclusions[0].values) == ["false"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as taken:
+        await profile_stub.CreateRecommendationModel(
+            profile_pb2.CreateRecommendationModelRequest(model=shop_model()), metadata=admin
+        )
+    assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+    await profile_stub.DeleteRecommendationModel(
+        profile_pb2.DeleteRecommendationModelRequest(key="again"), metadata=admin
+    )
+    for call, request in [
+        (
+            profile_stub.GetRecommendationModel,
+            profile_pb2.GetRecommendationModelRequest(key="again"),
+        ),
+        (
+            profile_stub.DeleteRecommendationModel,
+            profile_pb2.DeleteRecommendationModelRequest(key="again"),
+        ),
+        (
+            profile_stub.TrainRecommendationModel,
+            profile_pb2.TrainRecommendationModelRequest(key="again"),
+        ),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await call(request, metadata=admin)
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+    # Configuration is not a profile read: the profile:read key may not touch it.
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await profile_stub.ListRecommendationModels(
+            profile_pb2.ListRecommendationModelsRequest(), metadata=bearer(workspace.profile)
+        )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_bad_object_names_every_bad_field_and_creates_nothing(
+    profile_stub, workspace
+) -> None:  # type: ignore[no-untyped-def]
+    admin = bearer(workspace.admin)
+    bad = profile_pb2.RecommendationModel(
+        key="Shop!",
+        item_events=[
+            profile_pb2.ItemEvent(event_name="", weight=1),
+            profile_pb2.ItemEvent(event_name="Viewed", weight=-2),
+            profile_pb2.ItemEvent(event_name="Viewed", weight=float("nan")),
+        ],
+        item_property="",
+        size=101,
+        exclusions=[profile_pb2.ItemExclusion(property="in_stock")],
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await profile_stub.CreateRecommendationModel(
+            profile_pb2.CreateRecommendationModelRequest(model=bad), metadata=admin
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {v.field for v in field_violations(refused.value)} == {
+        "model.key",
+        "model.item_events[0].event_name",
+        "model.item_events[1].weight",
+        "model.item_events[2].event_name",
+        "model.item_events[2].weight",
+        "model.item_property",
+        "model.size",
+        "model.exclusions[0].values",
+    }
+    with pytest.raises(grpc.aio.AioRpcError) as empty:
+        await profile_stub.CreateRecommendationModel(
+            profile_pb2.CreateRecommendationModelRequest(
+                model=profile_pb2.RecommendationModel(key="x", item_property="sku")
+            ),
+            metadata=admin,
+        )
+    assert [v.field for v in field_violations(empty.value)] == ["model.item_events"]
+    listed = await profile_stub.ListRecommendationModels(
+        profile_pb2.ListRecommendationModelsRequest(), metadata=admin
+    )
+    assert not listed.models
+
+
+async def test_training_serves_related_unconsumed_items_and_popular_ones_to_cold_profiles(
+    profile_stub, resources, workspace, redis
+) -> None:  # type: ignore[no-untyped-def]
+    ws = workspace.workspace_id
+    admin = bearer(workspace.admin)
+    other = await make_workspace(resources, "other")
+    # Another workspace whose items must never appear in this one's recommendations.
+    await shop(resources, redis, ws)
+    for n in range(3):
+        await person(
+            resources,
+            redis,
+            other.workspace_id,
+            f"o{n}",
+            [("Product Viewed", "q1"), ("Product Viewed", "q2"), ("Product Viewed", "p9")],
+        )
+    await profile_stub.CreateRecommendationModel(
+        profile_pb2.CreateRecommendationModelRequest(model=shop_model(size=3)), metadata=admin
+    )
+    done = await train(profile_stub, workspace.admin)
+    assert (done.training.items, done.training.interactions) == (5, 15)
+    assert done.training.profiles == 7 and done.training.progress == 1.0
+
+    # Kettle viewers went on to teapots and mugs: those come first, the kettle never.
+    target = await recommended(profile_stub, workspace.profile, "target")
+    assert target[:2] == ["p2", "p3"] and "p1" not in target and len(target) == 3
+    # Nothing a profile had is recommended back to it.
+    consumed = {"u1": {"p1", "p2"}, "u2": {"p1", "p2", "p3"}, "u3": {"p1", "p2", "p3"},
+                "u4": {"p2", "p4"}, "u5": {"p5"}}  # fmt: skip
+    for user, had in consumed.items():
+        got = await recommended(profile_stub, workspace.profile, user)
+        assert got and not had & set(got), user
+    # A profile without item events gets the most popular items (weighted: p5 was
+    # ordered three times, p2 viewed four times and ordered once).
+    cold = await profile_stub.GetRecommendations(
+        profile_pb2.GetRecommendationsRequest(identifier=ident("cold")),
+        metadata=bearer(workspace.profile),
+    )
+    assert [r.item_id for r in cold.recommendations] == ["p5", "p2", "p1"]
+    assert not cold.cold_start
+    # Workspace isolation: none of this workspace's items name the other's.
+    keys = [k async for k in redis.scan_iter(match=f"hs:{{{ws}}}:p:*:recs")]
+    served = {item["item_id"] for k in keys for item in orjson.loads(await redis.get(k))}
+    assert served <= set(CATALOGUE)
+
+    # GetProfile shows them, with the item's latest properties and the object's key.
+    profile = await profile_stub.GetProfile(
+        profile_pb2.GetProfileRequest(identifier=ident("target")),
+        metadata=bearer(workspace.profile),
+    )
+    assert [r.item_id for r in profile.recommendations] == target
+    first = profile.recommendations[0]
+    assert orjson.loads(first.metadata) == {"name": "Teapot", "in_stock": True}
+    assert first.model_key == "shop" and first.score > 0
+
+
+async def test_training_is_deterministic_and_keeps_other_objects_items(
+    profile_stub, resources, workspace, redis
+) -> None:  # type: ignore[no-untyped-def]
+    ws = workspace.workspace_id
+    admin = bearer(workspace.admin)
+    pids = await shop(resources, redis, ws)
+    for model in (shop_model(), shop_model("instock", exclusions=[
+        profile_pb2.ItemExclusion(property="in_stock", values=["false"])
+    ])):  # fmt: skip
+        await profile_stub.CreateRecommendationModel(
+            profile_pb2.CreateRecommendationModelRequest(model=model), metadata=admin
+        )
+    await train(profile_stub, workspace.admin, "shop")
+    await train(profile_stub, workspace.admin, "instock")
+
+    async def snapshot() -> dict[int, bytes]:
+        return {
+            pid: await redis.get(hotstate.profile_key(ws, pid, "recs")) for pid in pids.values()
+        }
+
+    first = await snapshot()
+    await train(profile_stub, workspace.admin, "shop")
+    await train(profile_stub, workspace.admin, "instock")
+    assert await snapshot() == first
+
+    # Each object is asked for by key; the exclusion keeps the blender out of one only.
+    cold_shop = await recommended(profile_stub, workspace.profile, "cold", model_key="shop")
+    cold_instock = await recommended(profile_stub, workspace.profile, "cold", model_key="instock")
+    assert "p5" in cold_shop and "p5" not in cold_instock
+    # Deleting an object takes its items out of every profile and leaves the other's.
+    await profile_stub.DeleteRecommendationModel(
+        profile_pb2.DeleteRecommendationModelRequest(key="shop"), metadata=admin
+    )
+    everything = await profile_stub.GetRecommendations(
+        profile_pb2.GetRecommendationsRequest(identifier=ident("cold"), limit=100),
+        metadata=bearer(workspace.profile),
+    )
+    assert {r.model_key for r in everything.recommendations} == {"instock"}
+
+
+async def test_consumed_items_only_when_the_object_allows_them(
+    profile_stub, resources, workspace, redis
+) -> None:  # type: ignore[no-untyped-def]
+    await shop(resources, redis, workspace.workspace_id)
+    await profile_stub.CreateRecommendationModel(
+        profile_pb2.CreateRecommendationModelRequest(
+            model=shop_model(recommend_consumed=True, size=5)
+        ),
+        metadata=bearer(workspace.admin),
+    )
+    await train(profile_stub, workspace.admin)
+    # u5 keeps ordering the blender: with repeats allowed it is recommended again.
+    assert "p5" in await recommended(profile_stub, workspace.profile, "u5")
+
+
+async def test_a_deleted_profile_leaves_the_inputs_of_the_next_training(
+    profile_stub, resources, workspace, redis
+) -> None:  # type: ignore[no-untyped-def]
+    await shop(resources, redis, workspace.workspace_id)
+    await profile_stub.CreateRecommendationModel(
+        profile_pb2.CreateRecommendationModelRequest(model=shop_model()),
+        metadata=bearer(workspace.admin),
+    )
+    await train(profile_stub, workspace.admin)
+    assert "p5" in await recommended(profile_stub, workspace.profile, "cold")
+    # The only blender buyer is erased: the blender is nobody's interaction any more.
+    await profile_stub.DeleteProfile(
+        profile_pb2.DeleteProfileRequest(identifier=ident("u5")), metadata=bearer(workspace.admin)
+    )
+    done = await train(profile_stub, workspace.admin)
+    assert (done.training.items, done.training.profiles) == (4, 6)
+    assert "p5" not in await recommended(profile_stub, workspace.profile, "cold")
