@@ -19,7 +19,13 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.segmentation import sql
-from services.segmentation.language import dependency_layers, parse_audience, parse_computed_trait
+from services.segmentation.definitions import computed_dependencies_raw
+from services.segmentation.language import (
+    dependency_layers,
+    dependency_order,
+    parse_audience,
+    parse_computed_trait,
+)
 from services.segmentation.model import (
     LIVE,
     AudienceRecord,
@@ -78,9 +84,15 @@ class RealtimeStore:
             for k, a in stored.items()
             if a.realtime and a.state == LIVE and a.live_version == a.version
         }
-        computed = [
-            c for c in await self._store.list_computed(ws) if c.realtime and c.state == LIVE
-        ]
+        live = {
+            c.key: c for c in await self._store.list_computed(ws) if c.realtime and c.state == LIVE
+        }
+        # A computed trait that reads another (ref.computed) is evaluated after it, in the
+        # same transaction, so it reads the value this batch wrote.
+        order = dependency_order(
+            {k: c.definition for k, c in live.items()}, computed_dependencies_raw, "computed trait"
+        )
+        computed = [live[k] for k in order if k in live]
         if not chosen and not computed:
             return None
         layers = dependency_layers({k: a.definition for k, a in chosen.items()})

@@ -291,8 +291,11 @@ async def test_a_killed_workers_entries_are_taken_over(
     # Nothing applied twice: one entered record per member, as an uninterrupted run.
     for user in users:
         assert await run.history("repeat_buyers", user) == [segmentation_pb2.CHANGE_KIND_ENTERED]
+    # The `changes` stream is not asserted complete: a worker killed between its commit
+    # and its XADD loses those stream entries (a known gap, docs/audiences.md,
+    # "Realtime"); the change log above is the exactly-once record. Never more, though.
     entered = [c for c in await run.changes() if c["kind"] == "entered"]
-    assert len(entered) == len(users)
+    assert len(entered) <= len(users)
 
 
 LAPSED = {

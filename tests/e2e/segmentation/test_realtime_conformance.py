@@ -30,7 +30,13 @@ from tests.helpers.realtime import realtime_worker
 from tests.helpers.servers import as_processes
 from tests.helpers.waiting import eventually
 from tests.integration.segmentation.apisupport import name_of
-from tests.unit.segmentation.conformance_cases import case_by_name, case_names, close, to_us
+from tests.unit.segmentation.conformance_cases import (
+    case_by_name,
+    case_names,
+    close,
+    computed_order,
+    to_us,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +83,8 @@ async def test_case(name: str, database_url: str, redis_url: str, workspace) -> 
         ingest = ingest_pb2_grpc.IngestServiceStub(ingest_channel)
         seg = segmentation_pb2_grpc.SegmentationServiceStub(seg_channel)
         profiles = profile_pb2_grpc.ProfileServiceStub(profile_channel)
-        for key, definition in case["computed_traits"].items():
+        for key in computed_order(case):  # a referenced computed trait must exist
+            definition = case["computed_traits"][key]
             await seg.CreateComputedTrait(
                 segmentation_pb2.CreateComputedTraitRequest(
                     computed_trait=segmentation_pb2.ComputedTrait(
