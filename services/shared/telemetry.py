@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 import grpc
@@ -18,12 +18,14 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SpanExporter,
+    SpanExportResult,
 )
+from opentelemetry.trace import Status
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +73,14 @@ def setup_tracing(
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         if exporter is not None:
-            current.add_span_processor(BatchSpanProcessor(exporter))
+            current.add_span_processor(BatchSpanProcessor(RedactingExporter(exporter)))
         _instrument_redis()
         return current
     chosen = exporter or make_exporter(exporter_name)
     if chosen is None:
         return None
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    provider.add_span_processor(BatchSpanProcessor(chosen))
+    provider.add_span_processor(BatchSpanProcessor(RedactingExporter(chosen)))
     trace.set_tracer_provider(provider)
     _instrument_redis()
     return provider
@@ -128,6 +130,66 @@ def redact(text: str) -> str:
     if "DETAIL:" not in text:
         return text
     return _POSTGRES_DETAIL.sub("DETAIL: [hidden: may quote row values]", text)
+
+
+class RedactingExporter(SpanExporter):
+    """Wraps an exporter so no span leaves the process with Postgres DETAIL text.
+
+    The SQLAlchemy and gRPC instrumentations copy an exception's text into the span's
+    status description and its `exception` event (message and stack trace); asyncpg's
+    text quotes row values there, as in log lines.
+    """
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Export `spans` with DETAIL lines cut from statuses and event attributes."""
+        return self.inner.export([_redacted_span(span) for span in spans])
+
+    def shutdown(self) -> None:
+        """Shut the wrapped exporter down."""
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Flush the wrapped exporter."""
+        return self.inner.force_flush(timeout_millis)
+
+
+def _redacted_span(span: ReadableSpan) -> ReadableSpan:
+    description = span.status.description or ""
+    leaky_events = any(
+        isinstance(value, str) and "DETAIL:" in value
+        for event in span.events
+        for value in (event.attributes or {}).values()
+    )
+    if "DETAIL:" not in description and not leaky_events:
+        return span
+    events = [
+        Event(
+            event.name,
+            {
+                key: redact(value) if isinstance(value, str) else value
+                for key, value in (event.attributes or {}).items()
+            },
+            event.timestamp,
+        )
+        for event in span.events
+    ]
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=span.attributes,
+        events=events,
+        links=span.links,
+        kind=span.kind,
+        status=Status(span.status.status_code, redact(description) or None),
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
 
 
 class JsonFormatter(logging.Formatter):

@@ -8,10 +8,14 @@ import grpc
 import orjson
 import pytest
 from audiences.v1 import segmentation_pb2, segmentation_pb2_grpc
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 
+from services.shared import telemetry
 from services.shared.db.engine import create_engine
 from services.shared.db.tables import identities
 from services.shared.telemetry import JsonFormatter
@@ -129,3 +133,41 @@ async def test_a_line_written_while_serving_an_rpc_carries_the_callers_trace(  #
     assert line["logger"] == "services.segmentation.service"
     assert line["level"] == "INFO"
     assert isinstance(line["span_id"], str) and len(line["span_id"]) == 16
+
+
+async def test_a_failing_statement_leaves_no_values_in_exported_spans(  # type: ignore[no-untyped-def]
+    database_url,
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = telemetry.setup_tracing("test", "none", exporter)
+    assert provider is not None
+    engine = create_engine(database_url)
+    row = {
+        "workspace_id": "ws_1",
+        "id_type": "email",
+        "id_value": EMAIL,
+        "profile_id": 1,
+        "first_seen_us": 0,
+    }
+    tracer = trace.get_tracer("test")
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(insert(identities).values(**row))
+        with tracer.start_as_current_span("request") as root:
+            with pytest.raises(IntegrityError) as failure:
+                async with engine.begin() as connection:
+                    await connection.execute(insert(identities).values(**row))
+    finally:
+        await engine.dispose()
+    provider.force_flush()
+    assert EMAIL in str(failure.value)  # Postgres quoted it: what must not be exported
+    trace_id = root.get_span_context().trace_id
+    spans = [s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id]
+    failed = [s for s in spans if s.status.status_code is StatusCode.ERROR]
+    assert failed, "the failing INSERT's span is recorded as an error"
+    exported = " ".join(
+        [s.status.description or "" for s in spans]
+        + [str(value) for s in spans for e in s.events for value in (e.attributes or {}).values()]
+    )
+    assert "UniqueViolation" in exported  # the error's kind is kept
+    assert EMAIL not in exported
