@@ -16,8 +16,11 @@ import asyncpg
 
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-# Tests use their own Redis database index so a developer's db 0 is left alone.
-TEST_REDIS_DB = int(os.environ.get("TEST_REDIS_DB", "13"))
+# Tests use their own Redis database index so a developer's db 0 is left alone; under
+# pytest-xdist each worker takes the next index (gw0 the base, gw1 base + 1, ...), so
+# workers never flush each other's keys.
+_XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+TEST_REDIS_DB = (int(os.environ.get("TEST_REDIS_DB", "13")) + _XDIST_WORKER) % 16
 
 
 def base_postgres_url() -> str:
@@ -62,8 +65,22 @@ async def drop_database(url: str) -> None:
         await admin.close()
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on loopback right now, never handed out before in this process, and
+    owned by this pytest-xdist worker (port % workers == worker index).
+
+    The services bind with SO_REUSEPORT, so two of them given the same port would both
+    start and share its traffic instead of failing: a port is handed out once, and
+    workers draw from disjoint residues.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port % workers == _XDIST_WORKER % workers and port not in _handed_out:
+            _handed_out.add(port)
+            return port
