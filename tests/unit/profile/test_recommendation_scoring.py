@@ -131,7 +131,7 @@ def test_ranker_targets_are_earlier_next_interactions() -> None:
         profile_count=2,
         item_count=10,
     )
-    history, target = ranker._without_last(log, 2)
+    history, target = ranker.without_last(log, 2)
     # Profile 0 loses its last two and its target is the first of them; profile 1 has
     # only two interactions, so it keeps them and has no target.
     assert history.items.tolist() == [5, 8, 9]
@@ -143,4 +143,36 @@ def test_the_ranker_is_deterministic_for_a_seed() -> None:
     first = evaluate.evaluate_ranker(log, seed=1)
     again = evaluate.evaluate_ranker(log, seed=1)
     assert first == again
-    assert 0 < first.ndcg <= first.hit_rate <= 1
+    figures = {result.name: result for result in first}
+    ranked = figures["LightGBM lambdarank over the candidates"]
+    assert ranked.ndcg is not None
+    assert 0 < ranked.ndcg <= ranked.hit_rate <= 1
+
+
+def test_ranker_candidates_never_hold_consumed_or_excluded_items() -> None:
+    log = evaluate.synthetic(120, 60, seed=4)
+    now = int(log.timestamps_us.max()) + 1
+    blocked = np.zeros(log.item_count, dtype=bool)
+    blocked[[0, 1, 2]] = True
+    found = ranker.candidates(log, now, excluded_items=blocked)
+    consumed = set(zip(log.profiles.tolist(), log.items.tolist(), strict=True))
+    pairs = set(zip(found.profiles.tolist(), found.items.tolist(), strict=True))
+    assert not pairs & consumed
+    assert not set(found.items.tolist()) & {0, 1, 2}
+    assert found.features.shape == (len(found.items), len(ranker.FEATURES))
+    allowed = ranker.candidates(log, now, allow_consumed=True)
+    assert set(zip(allowed.profiles.tolist(), allowed.items.tolist(), strict=True)) & consumed
+
+
+def test_ranker_uses_item_categories_when_metadata_has_them() -> None:
+    from scipy import sparse
+
+    log = evaluate.synthetic(150, 40, seed=2)
+    now = int(log.timestamps_us.max()) + 1
+    categories = sparse.csr_matrix(np.eye(40)[:, :4] + np.eye(40)[:, 4:8])
+    metadata = ranker.ItemMetadata(categories=categories, release_us=np.zeros(40, dtype=np.int64))
+    found = ranker.candidates(log, now, metadata=metadata)
+    affinity = found.features[:, ranker.FEATURES.index("category_affinity")]
+    assert np.isfinite(affinity).all() and (affinity >= 0).all() and (affinity <= 1).all()
+    without = ranker.candidates(log, now)
+    assert np.isnan(without.features[:, ranker.FEATURES.index("category_affinity")]).all()
