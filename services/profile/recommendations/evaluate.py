@@ -33,7 +33,7 @@ from scipy import sparse
 from services.profile.recommendations import scoring
 
 if TYPE_CHECKING:
-    from services.profile.recommendations.ranker import ItemMetadata
+    from services.profile.recommendations.ranker import ItemMetadata, RankerSettings
 
 K = 10
 SECOND_US = 1_000_000
@@ -115,9 +115,9 @@ def synthetic(users: int, items: int, seed: int) -> scoring.Interactions:
     return _log(np.array(profiles), np.array(chosen), np.array(times), users, items)
 
 
-def read_inter(path: Path) -> tuple[scoring.Interactions, list[str]]:
-    """A RecBole .inter file (user, item, rating, timestamp in seconds) and the item
-    ids by index."""
+def read_inter(path: Path) -> tuple[scoring.Interactions, list[str], list[str]]:
+    """A RecBole .inter file (user, item, rating, timestamp in seconds), the item ids
+    and the user ids by index."""
     users: list[str] = []
     items: list[str] = []
     times: list[int] = []
@@ -132,7 +132,7 @@ def read_inter(path: Path) -> tuple[scoring.Interactions, list[str]]:
     user_ids, profiles = np.unique(np.array(users), return_inverse=True)
     item_ids, item_index = np.unique(np.array(items), return_inverse=True)
     log = _log(profiles, item_index, np.array(times), len(user_ids), len(item_ids))
-    return log, [str(item) for item in item_ids]
+    return log, [str(item) for item in item_ids], [str(user) for user in user_ids]
 
 
 def leave_last_out(
@@ -228,6 +228,7 @@ def evaluate_ranker(
     metadata: ItemMetadata | None = None,
     evaluated_users: npt.NDArray[np.bool_] | None = None,
     threads: int = 1,
+    knobs: RankerSettings | None = None,
 ) -> list[Result]:
     """HR@10 and NDCG@10 of the LightGBM ranker over its candidates, and how often
     the held-out item is among the candidates at all (their recall)."""
@@ -236,22 +237,14 @@ def evaluate_ranker(
     held, target = leave_last_out(log)
     if evaluated_users is not None:
         target = np.where(evaluated_users, target, -1)
-    keep = ~held
-    train = scoring.Interactions(
-        log.profiles[keep],
-        log.items[keep],
-        log.weights[keep],
-        log.timestamps_us[keep],
-        log.profile_count,
-        log.item_count,
-    )
+    train = _rows(log, ~held)
     settings = scoring.Settings()
-    model = ranker.fit(train, settings, seed, metadata, threads=threads)
+    model = ranker.fit(train, settings, seed, metadata, knobs, threads=threads)
     now_us = int(train.timestamps_us.max()) + 1
     asked = np.flatnonzero(target >= 0)
-    found = ranker.candidates(train, now_us, settings, metadata, profiles=asked)
+    found = ranker.candidates(train, now_us, settings, metadata, knobs, profiles=asked)
     top, _ = ranker.rank(model, found, log.profile_count, K)
-    inputs = ranker.source_top_n(train, now_us, K, asked, settings)
+    inputs = ranker.source_top_n(train, now_us, K, asked, settings, knobs)
     results = []
     for name, chosen in inputs.items():
         source_top = np.full((log.profile_count, K), -1, dtype=np.int64)
@@ -270,6 +263,17 @@ def evaluate_ranker(
             len(asked),
         ),
     ]
+
+
+def _rows(log: scoring.Interactions, keep: npt.NDArray[np.bool_]) -> scoring.Interactions:
+    return scoring.Interactions(
+        log.profiles[keep],
+        log.items[keep],
+        log.weights[keep],
+        log.timestamps_us[keep],
+        log.profile_count,
+        log.item_count,
+    )
 
 
 def _figures(name: str, top: npt.NDArray[np.int64], target: npt.NDArray[np.int64]) -> Result:
@@ -292,16 +296,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--items", type=Path, help="a RecBole .item file (default: beside --inter)")
     parser.add_argument("--threads", type=int, default=1, help="LightGBM threads")
     parser.add_argument(
+        "--validation",
+        action="store_true",
+        help="drop each profile's last interaction first, so the second-to-last is the "
+        "target: how the knobs are chosen without touching the held-out items",
+    )
+    parser.add_argument("--targets", type=int, help="ranker: earlier targets per profile")
+    parser.add_argument("--next-width", type=int, help="ranker: candidates from transitions")
+    parser.add_argument(
+        "--eval-users",
+        type=Path,
+        help="a file of user ids (one a line): evaluate these only (the rest still train)",
+    )
+    parser.add_argument(
         "--session-hours", type=float, help="session window of the windowed variant"
     )
     options = parser.parse_args(argv)
     item_ids: list[str] = []
+    user_ids: list[str] = [str(user) for user in range(options.users)]
     if options.inter:
-        log, item_ids = read_inter(options.inter)
+        log, item_ids, user_ids = read_inter(options.inter)
     else:
         log = synthetic(options.users, options.item_count, options.seed)
+    if options.validation:
+        held, _ = leave_last_out(log)
+        log = _rows(log, ~held)
     subset = None
-    if options.sample_users:
+    if options.eval_users:
+        wanted = set(options.eval_users.read_text().split())
+        subset = np.array([user in wanted for user in user_ids], dtype=bool)
+    elif options.sample_users:
         rng = np.random.default_rng(options.seed)
         subset = np.zeros(log.profile_count, dtype=bool)
         subset[rng.choice(log.profile_count, options.sample_users, replace=False)] = True
@@ -317,13 +341,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results = evaluate(log, variants, subset)
     if options.ranker:
+        from services.profile.recommendations import ranker
+
         metadata = None
         items_file = options.items or (
             options.inter.with_suffix(".item") if options.inter else None
         )
         if options.inter and items_file and items_file.exists():
             metadata = read_items(items_file, item_ids)
-        results += evaluate_ranker(log, options.seed, metadata, subset, options.threads)
+        knobs = ranker.RankerSettings()
+        if options.targets is not None:
+            knobs = replace(knobs, targets=options.targets)
+        if options.next_width is not None:
+            knobs = replace(knobs, next_width=options.next_width)
+        results += evaluate_ranker(log, options.seed, metadata, subset, options.threads, knobs)
     for result in results:
         ndcg = "  -  " if result.ndcg is None else f"{result.ndcg:.3f}"
         print(

@@ -28,7 +28,7 @@ candidate.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import lightgbm
 import numpy as np
@@ -47,6 +47,8 @@ FEATURES = (
     "cosine_latest",
     "windowed_latest",
     "windowed_latest_3",
+    "next_after_latest",
+    "next_after_latest_3",
     "related_recency",
     "popularity",
     "popularity_recent_week",
@@ -80,12 +82,18 @@ class RankerSettings:
     windowed_width: int = 20
     cosine_width: int = 30
     latest_width: int = 30
+    next_width: int = 30
     recent_width: int = 30
     popular_width: int = 20
     targets: int = 5
     recent_us: int = 7 * scoring.DAY_US
     block_profiles: int = 256
     rounds: int = 300
+    # Fewer profiles whose earlier target is among their candidates than this: too
+    # little to learn from, serve the blend.
+    min_groups: int = 200
+    # Training learns from at most this many profiles (a seeded sample); all are ranked.
+    max_training_profiles: int = 20_000
     parameters: dict[str, float | int | str | bool] = field(
         default_factory=lambda: {
             "objective": "lambdarank",
@@ -203,6 +211,7 @@ class _Context:
                     shape=shape,
                 ).tocsr()
             )
+        self.transitions = _transitions(interactions)
         self.popularity = np.bincount(interactions.items, minlength=n_items).astype(np.float64)
         self.popularity_decayed = scoring.popularity(interactions, now_us, settings)
         self.blend_popularity = settings.popularity_weight * scoring.scaled(self.popularity_decayed)
@@ -253,6 +262,32 @@ class _Context:
         top_row = np.clip(last_day + 1, 0, self.cumulative.shape[0] - 1)
         low_row = np.clip(last_day + 1 - max(window_us // day, 1), 0, self.cumulative.shape[0] - 1)
         return np.asarray(self.cumulative[top_row] - self.cumulative[low_row])
+
+
+def _transitions(interactions: scoring.Interactions, lags: int = 3) -> sparse.csr_matrix:
+    """Directed item-to-item: how often b follows a within a profile (the k-th next
+    counting 1/k), each row scaled to sum 1 (so it reads as 'what comes next')."""
+    n = interactions.item_count
+    count = len(interactions.items)
+    order = np.lexsort((np.arange(count), interactions.timestamps_us, interactions.profiles))
+    profiles = interactions.profiles[order]
+    items = interactions.items[order]
+    rows: list[npt.NDArray[np.int64]] = []
+    cols: list[npt.NDArray[np.int64]] = []
+    values: list[npt.NDArray[np.float64]] = []
+    for lag in range(1, lags + 1):
+        if lag >= count:
+            break
+        keep = (profiles[:-lag] == profiles[lag:]) & (items[:-lag] != items[lag:])
+        rows.append(items[:-lag][keep])
+        cols.append(items[lag:][keep])
+        values.append(np.full(int(keep.sum()), 1.0 / lag))
+    if not rows:
+        return sparse.csr_matrix((n, n))
+    matrix = sparse.coo_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    ).tocsr()
+    return _row_normalised(matrix)
 
 
 def _places(interactions: scoring.Interactions) -> npt.NDArray[np.int64]:
@@ -314,6 +349,7 @@ SOURCES = (
     "windowed",
     "cosine_history",
     "cosine_latest",
+    "next_after_latest_3",
     "popularity_recent_week",
     "popularity",
 )
@@ -334,6 +370,7 @@ def _sources(
         "windowed": (context.history_decayed[profiles] @ context.windowed).toarray(),
         "cosine_history": (context.binary[profiles] @ context.cosine).toarray(),
         "cosine_latest": cosine_latest,
+        "next_after_latest_3": (context.latest3[profiles] @ context.transitions).toarray(),
         "popularity_recent_week": context.recent_popularity(profiles, context.ranker.recent_us),
         "popularity": np.tile(context.popularity, (len(profiles), 1)),
     }
@@ -388,6 +425,10 @@ def _block(
     if has_latest.any():
         windowed_latest[has_latest] = context.windowed[latest[has_latest]].toarray()
     windowed_latest_3 = (context.latest3[profiles] @ context.windowed).toarray()
+    next_after_latest = np.zeros_like(blend)
+    if has_latest.any():
+        next_after_latest[has_latest] = context.transitions[latest[has_latest]].toarray()
+    next_after_latest_3 = sources["next_after_latest_3"]
     related_recency = np.zeros_like(blend)
     for at in range(len(context.by_place) - 1, -1, -1):
         # Later (smaller) places overwrite: the latest related interaction wins.
@@ -411,6 +452,7 @@ def _block(
         | _top_mask(masked(decayed), ranker.windowed_width)
         | _top_mask(masked(cosine_history), ranker.cosine_width)
         | _top_mask(masked(cosine_latest), ranker.latest_width)
+        | _top_mask(masked(next_after_latest_3), ranker.next_width)
         | _top_mask(masked(recent_week), ranker.recent_width)
         | _top_mask(masked(popularity), ranker.popular_width)
     ) & ~blocked
@@ -452,6 +494,8 @@ def _block(
         cosine_latest[rows, items],
         windowed_latest[rows, items],
         windowed_latest_3[rows, items],
+        next_after_latest[rows, items],
+        next_after_latest_3[rows, items],
         related_recency[rows, items],
         np.log1p(context.popularity[items]),
         np.log1p(recent_week[rows, items]),
@@ -552,18 +596,29 @@ def fit(
     features, labels, groups = training_set(interactions, settings, metadata, ranker)
     if not groups:
         return None
+    return _train(features, labels, groups, ranker, seed, threads)
+
+
+def _train(
+    features: npt.NDArray[np.float64],
+    labels: npt.NDArray[np.float64],
+    groups: list[int],
+    knobs: RankerSettings,
+    seed: int,
+    threads: int,
+) -> lightgbm.Booster:
     data = lightgbm.Dataset(
         features, labels, group=groups, feature_name=list(FEATURES), free_raw_data=True
     )
     parameters = {
-        **ranker.parameters,
+        **knobs.parameters,
         "seed": seed,
         "deterministic": True,
         "force_row_wise": True,
         "num_threads": threads,
         "verbose": -1,
     }
-    return lightgbm.train(parameters, data, num_boost_round=ranker.rounds)
+    return lightgbm.train(parameters, data, num_boost_round=knobs.rounds)
 
 
 def rank(
@@ -586,3 +641,105 @@ def rank(
     items[profiles[keep], place[keep]] = found.items[order][keep]
     out_scores[profiles[keep], place[keep]] = scores[order][keep]
     return items, out_scores
+
+
+def categories_from_properties(
+    metadata: list[dict[str, object]], item_property: str
+) -> sparse.csr_matrix | None:
+    """Item categories from the items' latest event properties: each text value (or
+    each text in a list) of a property is a category `property=value` when at least
+    two items share it and not every item has it (ids and titles drop out)."""
+    tokens: list[set[str]] = []
+    for properties in metadata:
+        found: set[str] = set()
+        for name, value in properties.items():
+            if name == item_property:
+                continue
+            values = value if isinstance(value, list) else [value]
+            found.update(f"{name}={v}" for v in values if isinstance(v, str))
+        tokens.append(found)
+    counts: dict[str, int] = {}
+    for found in tokens:
+        for token in found:
+            counts[token] = counts.get(token, 0) + 1
+    kept = sorted(token for token, n in counts.items() if 2 <= n < len(metadata))
+    if not kept:
+        return None
+    column = {token: at for at, token in enumerate(kept)}
+    rows = [item for item, found in enumerate(tokens) for token in found if token in column]
+    cols = [column[token] for found in tokens for token in found if token in column]
+    return sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(metadata), len(kept)))
+
+
+def recommend(
+    interactions: scoring.Interactions,
+    now_us: int,
+    size: int,
+    settings: scoring.Settings | None = None,
+    metadata: ItemMetadata | None = None,
+    knobs: RankerSettings | None = None,
+    *,
+    seed: int = 7,
+    allow_consumed: bool = False,
+    excluded_items: npt.NDArray[np.bool_] | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> tuple[scoring.TopN, bool]:
+    """Every profile's top `size`: the ranker's for profiles with history when enough
+    profiles teach it (`min_groups`), the blend's otherwise and for cold profiles.
+    The second value says whether the ranker was used."""
+    settings = settings or scoring.Settings()
+    knobs = knobs or RankerSettings()
+    knobs = replace(knobs, blend_width=max(knobs.blend_width, size))
+    blend = scoring.top_n(
+        interactions,
+        now_us,
+        size,
+        settings,
+        allow_consumed=allow_consumed,
+        excluded_items=excluded_items,
+    )
+    if progress is not None:
+        progress(0.2)
+    learners = interactions
+    active = np.flatnonzero(
+        np.bincount(interactions.profiles, minlength=interactions.profile_count)
+    )
+    if len(active) > knobs.max_training_profiles:
+        # Fit on a fixed sample of profiles (their rows only); all profiles are ranked.
+        rng = np.random.default_rng(seed)
+        sample = np.zeros(interactions.profile_count, dtype=bool)
+        sample[rng.choice(active, knobs.max_training_profiles, replace=False)] = True
+        keep = sample[interactions.profiles]
+        learners = scoring.Interactions(
+            interactions.profiles[keep],
+            interactions.items[keep],
+            interactions.weights[keep],
+            interactions.timestamps_us[keep],
+            interactions.profile_count,
+            interactions.item_count,
+        )
+    features, labels, groups = training_set(learners, settings, metadata, knobs)
+    if progress is not None:
+        progress(0.6)
+    if len(groups) < knobs.min_groups:
+        return blend, False
+    model = _train(features, labels, groups, knobs, seed, threads=1)
+    found = candidates(
+        interactions,
+        now_us,
+        settings,
+        metadata,
+        knobs,
+        allow_consumed=allow_consumed,
+        excluded_items=excluded_items,
+        profiles=active,
+    )
+    items, scores = rank(model, found, interactions.profile_count, size)
+    # Cold profiles (no history) keep the blend's popular items.
+    out_items = blend.items.copy()
+    out_scores = blend.scores.copy()
+    out_items[active] = items[active]
+    out_scores[active] = scores[active]
+    if progress is not None:
+        progress(1.0)
+    return scoring.TopN(out_items, out_scores), True

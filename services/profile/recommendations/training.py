@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from services.profile.recommendations import scoring
+from services.profile.recommendations import ranker, scoring
 from services.profile.recommendations.definition import (
     RecommendationModel,
     TrainingState,
@@ -100,11 +100,13 @@ class Trainer:
         writer: RecommendationWriter,
         clock: Clock,
         settings: scoring.Settings | None = None,
+        knobs: ranker.RankerSettings | None = None,
     ) -> None:
         self._store = store
         self._writer = writer
         self._clock = clock
         self._settings = settings or scoring.Settings()
+        self._knobs = knobs or ranker.RankerSettings()
 
     async def run(self, workspace_id: str, key: str) -> TrainingStatus:
         """Train the object (already marked running) and record how it ended."""
@@ -125,12 +127,17 @@ class Trainer:
         properties = await self._store.event_properties(workspace_id, latest_seq.tolist())
         metadata = [properties.get(int(seq), {}) for seq in latest_seq]
         await self._store.record_progress(workspace_id, key, _LOADED)
-        top = await asyncio.to_thread(
-            scoring.top_n,
+        item_metadata = ranker.ItemMetadata(
+            categories=ranker.categories_from_properties(metadata, model.item_property)
+        )
+        top, _ = await asyncio.to_thread(
+            ranker.recommend,
             interactions,
             self._clock.now_us(),
             model.size,
             self._settings,
+            item_metadata,
+            self._knobs,
             allow_consumed=model.recommend_consumed,
             excluded_items=excluded(model, metadata),
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from services.profile.recommendations import evaluate, ranker, scoring
@@ -176,3 +178,37 @@ def test_ranker_uses_item_categories_when_metadata_has_them() -> None:
     assert np.isfinite(affinity).all() and (affinity >= 0).all() and (affinity <= 1).all()
     without = ranker.candidates(log, now)
     assert np.isnan(without.features[:, ranker.FEATURES.index("category_affinity")]).all()
+
+
+def test_training_serves_the_ranker_when_enough_profiles_teach_it() -> None:
+    log = evaluate.synthetic(300, 80, seed=6)
+    cold = log.profile_count  # one more profile, without interactions
+    log = scoring.Interactions(
+        log.profiles, log.items, log.weights, log.timestamps_us, cold + 1, log.item_count
+    )
+    now = int(log.timestamps_us.max()) + 1
+    knobs = ranker.RankerSettings(targets=3, rounds=30, min_groups=20)
+    top, used = ranker.recommend(log, now, 5, knobs=knobs, seed=2)
+    assert used
+    again, _ = ranker.recommend(log, now, 5, knobs=knobs, seed=2)
+    assert np.array_equal(top.items, again.items) and np.array_equal(top.scores, again.scores)
+    consumed = set(zip(log.profiles.tolist(), log.items.tolist(), strict=True))
+    served = {(p, int(i)) for p, row in enumerate(top.items) for i in row if i >= 0}
+    assert not served & consumed
+    # The cold profile gets the blend's popular items; too few learners: the blend.
+    blend = scoring.top_n(log, now, 5)
+    assert top.items[cold].tolist() == blend.items[cold].tolist()
+    fallback, used = ranker.recommend(log, now, 5, knobs=replace(knobs, min_groups=10**6))
+    assert not used and np.array_equal(fallback.items, blend.items)
+
+
+def test_categories_come_from_shared_text_properties() -> None:
+    metadata = [
+        {"product_id": "a", "genre": ["Comedy", "Drama"], "title": "A", "price": 3},
+        {"product_id": "b", "genre": ["Comedy"], "title": "B"},
+        {"product_id": "c", "genre": "Drama", "title": "C"},
+    ]
+    categories = ranker.categories_from_properties(metadata, "product_id")
+    assert categories is not None
+    # genre=Comedy and genre=Drama are shared; titles are unique, ids and numbers ignored.
+    assert categories.toarray().tolist() == [[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
