@@ -3,6 +3,7 @@ Postgres and Redis, the profile service on a loopback port."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import grpc
@@ -361,3 +362,36 @@ async def test_a_deleted_profile_leaves_the_inputs_of_the_next_training(
     done = await train(profile_stub, workspace.admin)
     assert (done.training.items, done.training.profiles) == (4, 6)
     assert "p5" not in await recommended(profile_stub, workspace.profile, "cold")
+
+
+async def test_scheduled_retraining_runs_on_one_replica_and_waits_for_its_turn(
+    profile_stub, resources, workspace, redis, clock
+) -> None:  # type: ignore[no-untyped-def]
+    from services.profile.app import build_models
+    from services.profile.recommendations.definition import TrainingState
+    from services.profile.recommendations.scheduler import RetrainScheduler
+    from services.profile.recommendations.store import RecommendationStore
+
+    pids = await shop(resources, redis, workspace.workspace_id)
+    await profile_stub.CreateRecommendationModel(
+        profile_pb2.CreateRecommendationModelRequest(model=shop_model()),
+        metadata=bearer(workspace.admin),
+    )
+    store = RecommendationStore(resources.engine)
+    # Two replicas, each with its own objects facade and trainer, on one database.
+    replicas = [
+        RetrainScheduler(build_models(resources), store, clock, every_seconds=3600)
+        for _ in range(2)
+    ]
+    rounds = await asyncio.gather(*(replica.run_due() for replica in replicas))
+    jobs = [job for found in rounds for job in found]
+    # Never trained, so due; exactly one replica ran it (the other found it running).
+    assert [(job.key, job.state) for job in jobs] == [("shop", TrainingState.SUCCEEDED)]
+    status = (await store.get(workspace.workspace_id, "shop")).training
+    assert status.state is TrainingState.SUCCEEDED and status.progress == 1.0
+    assert await redis.get(hotstate.profile_key(workspace.workspace_id, pids["target"], "recs"))
+    # Not due again until the interval has passed since that training.
+    assert await replicas[0].run_due() == [] and await replicas[1].run_due() == []
+    clock.advance(3600)
+    again = await replicas[1].run_due()
+    assert [(job.key, job.state) for job in again] == [("shop", TrainingState.SUCCEEDED)]
