@@ -35,6 +35,9 @@ async def main() -> None:
     parser.add_argument("--interactions", type=int, default=1_000_000)
     parser.add_argument("--size", type=int, default=10)
     parser.add_argument("--redis", help="a Redis URL to write the lists to (flushed)")
+    parser.add_argument(
+        "--ranker", action="store_true", help="also time training the ranker and ranking"
+    )
     options = parser.parse_args()
     rng = np.random.default_rng(1)
     count = options.interactions
@@ -55,6 +58,22 @@ async def main() -> None:
     print(
         f"top {options.size} of {options.profiles} profiles: {time.perf_counter() - started:.1f} s"
     )
+    if options.ranker:
+        from services.profile.recommendations import ranker
+
+        started = time.perf_counter()
+        _ranked, used = ranker.recommend(
+            data,
+            now_us,
+            options.size,
+            progress=lambda share: print(
+                f"  ranker {share:.0%} at {time.perf_counter() - started:.1f} s", flush=True
+            ),
+        )
+        print(
+            f"ranker (fit + rank, used={used}) top {options.size} of {options.profiles} "
+            f"profiles: {time.perf_counter() - started:.1f} s"
+        )
     if not options.redis:
         return
     started = time.perf_counter()
