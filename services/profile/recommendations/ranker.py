@@ -92,8 +92,11 @@ class RankerSettings:
     # Fewer profiles whose earlier target is among their candidates than this: too
     # little to learn from, serve the blend.
     min_groups: int = 200
-    # Training learns from at most this many profiles (a seeded sample); all are ranked.
-    max_training_profiles: int = 20_000
+    # Work budgets in profile x item cells (the candidate stage is dense per block):
+    # learning samples its profiles to fit_cells / (targets x items); ranking takes the
+    # rank_cells / items most recently active profiles, the others keep the blend.
+    fit_cells: int = 100_000_000
+    rank_cells: int = 200_000_000
     parameters: dict[str, float | int | str | bool] = field(
         default_factory=lambda: {
             "objective": "lambdarank",
@@ -551,10 +554,22 @@ def training_set(
     ranker: RankerSettings | None = None,
     ks: range | None = None,
     progress: Callable[[float], None] | None = None,
+    *,
+    now_us: int | None = None,
+    learners: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[int]]:
     """Features, labels and group sizes of the earlier next interactions (k in `ks`,
-    by default 1..targets), each profile's candidates a group when its target is one."""
+    by default 1..targets), each profile's candidates a group when its target is one.
+
+    Each earlier point in time keeps the gap between the log's last interaction and
+    `now_us` (default: just after the last), so features that look at "now" mean the
+    same when learning as when ranking. `learners` limits which profiles give
+    examples (every profile's rows still build the item-item matrices)."""
     ranker = ranker or RankerSettings()
+    if len(interactions.items) == 0:
+        return np.zeros((0, len(FEATURES))), np.zeros(0), []
+    last_us = int(interactions.timestamps_us.max())
+    gap_us = 1 if now_us is None else max(now_us - last_us, 1)
     ks = ks or range(1, ranker.targets + 1)
     features: list[npt.NDArray[np.float64]] = []
     labels: list[npt.NDArray[np.float64]] = []
@@ -563,9 +578,12 @@ def training_set(
         history, target = without_last(interactions, k)
         if len(history.items) == 0:
             continue
-        now_us = int(history.timestamps_us.max()) + 1
-        asked = np.flatnonzero(target >= 0)
-        found = candidates(history, now_us, settings, metadata, ranker, profiles=asked)
+        then_us = int(history.timestamps_us.max()) + gap_us
+        wanted = target >= 0
+        if learners is not None:
+            wanted &= learners
+        asked = np.flatnonzero(wanted)
+        found = candidates(history, then_us, settings, metadata, ranker, profiles=asked)
         label = (found.items == target[found.profiles]).astype(np.float64)
         useful = np.zeros(interactions.profile_count, dtype=bool)
         useful[found.profiles[label > 0]] = True
@@ -685,8 +703,9 @@ def recommend(
     progress: Callable[[float], None] | None = None,
 ) -> tuple[scoring.TopN, bool]:
     """Every profile's top `size`: the ranker's for profiles with history when enough
-    profiles teach it (`min_groups`), the blend's otherwise and for cold profiles.
-    The second value says whether the ranker was used."""
+    profiles teach it (`min_groups`), the blend's otherwise, for cold profiles and for
+    profiles beyond the ranking budget (`rank_cells`). The second value says whether
+    the ranker was used."""
     settings = settings or scoring.Settings()
     knobs = knobs or RankerSettings()
     knobs = replace(knobs, blend_width=max(knobs.blend_width, size))
@@ -700,30 +719,32 @@ def recommend(
     )
     if progress is not None:
         progress(0.2)
-    learners = interactions
-    active = np.flatnonzero(
-        np.bincount(interactions.profiles, minlength=interactions.profile_count)
-    )
-    if len(active) > knobs.max_training_profiles:
-        # Fit on a fixed sample of profiles (their rows only); all profiles are ranked.
+    counts = np.bincount(interactions.profiles, minlength=interactions.profile_count)
+    active = np.flatnonzero(counts)
+    item_count = max(interactions.item_count, 1)
+    # Learning scores targets x learners x items cells: sample learners to the budget.
+    most = max(knobs.fit_cells // (knobs.targets * item_count), 1)
+    learners = None
+    if len(active) > most:
         rng = np.random.default_rng(seed)
-        sample = np.zeros(interactions.profile_count, dtype=bool)
-        sample[rng.choice(active, knobs.max_training_profiles, replace=False)] = True
-        keep = sample[interactions.profiles]
-        learners = scoring.Interactions(
-            interactions.profiles[keep],
-            interactions.items[keep],
-            interactions.weights[keep],
-            interactions.timestamps_us[keep],
-            interactions.profile_count,
-            interactions.item_count,
-        )
-    features, labels, groups = training_set(learners, settings, metadata, knobs)
+        learners = np.zeros(interactions.profile_count, dtype=bool)
+        learners[rng.choice(active, most, replace=False)] = True
+    features, labels, groups = training_set(
+        interactions, settings, metadata, knobs, now_us=now_us, learners=learners
+    )
     if progress is not None:
         progress(0.6)
     if len(groups) < knobs.min_groups:
         return blend, False
     model = _train(features, labels, groups, knobs, seed, threads=1)
+    # Ranking scores ranked x items cells: the most recently active profiles first,
+    # the rest keep the blend.
+    ranked = max(knobs.rank_cells // item_count, 1)
+    if len(active) > ranked:
+        last_us = np.full(interactions.profile_count, -1, dtype=np.int64)
+        np.maximum.at(last_us, interactions.profiles, interactions.timestamps_us)
+        latest = active[np.lexsort((active, -last_us[active]))]
+        active = np.sort(latest[:ranked])
     found = candidates(
         interactions,
         now_us,

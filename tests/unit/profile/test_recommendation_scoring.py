@@ -212,3 +212,22 @@ def test_categories_come_from_shared_text_properties() -> None:
     assert categories is not None
     # genre=Comedy and genre=Drama are shared; titles are unique, ids and numbers ignored.
     assert categories.toarray().tolist() == [[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
+
+
+def test_profiles_beyond_the_ranking_budget_keep_the_blend() -> None:
+    log = evaluate.synthetic(300, 80, seed=6)
+    now = int(log.timestamps_us.max()) + 1
+    # Room to rank ten profiles (10 x 80 cells) and to learn from a sample.
+    knobs = ranker.RankerSettings(
+        targets=3, rounds=30, min_groups=20, rank_cells=800, fit_cells=3 * 80 * 150
+    )
+    top, used = ranker.recommend(log, now, 5, knobs=knobs, seed=2)
+    assert used
+    blend = scoring.top_n(log, now, 5)
+    last = np.full(log.profile_count, -1)
+    np.maximum.at(last, log.profiles, log.timestamps_us)
+    latest = set(np.lexsort((np.arange(log.profile_count), -last))[:10].tolist())
+    differs = {
+        p for p in range(log.profile_count) if top.items[p].tolist() != blend.items[p].tolist()
+    }
+    assert differs and differs <= latest
