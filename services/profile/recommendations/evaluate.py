@@ -284,6 +284,22 @@ def _figures(name: str, top: npt.NDArray[np.int64], target: npt.NDArray[np.int64
     return Result(name, float(found.mean()), float(gains.mean()), int(asked.sum()))
 
 
+def split(
+    options: argparse.Namespace, user_ids: Sequence[str], profile_count: int
+) -> npt.NDArray[np.bool_] | None:
+    """The evaluated profiles: those named in `--eval-users`, or `--sample-users` drawn
+    with `--seed`, or all (None)."""
+    if options.eval_users:
+        wanted = set(options.eval_users.read_text().split())
+        return np.array([user in wanted for user in user_ids], dtype=bool)
+    if options.sample_users:
+        rng = np.random.default_rng(options.seed)
+        subset = np.zeros(profile_count, dtype=bool)
+        subset[rng.choice(profile_count, options.sample_users, replace=False)] = True
+        return subset
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation and print one line per variant."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -321,14 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.validation:
         held, _ = leave_last_out(log)
         log = _rows(log, ~held)
-    subset = None
-    if options.eval_users:
-        wanted = set(options.eval_users.read_text().split())
-        subset = np.array([user in wanted for user in user_ids], dtype=bool)
-    elif options.sample_users:
-        rng = np.random.default_rng(options.seed)
-        subset = np.zeros(log.profile_count, dtype=bool)
-        subset[rng.choice(log.profile_count, options.sample_users, replace=False)] = True
+    subset = split(options, user_ids, log.profile_count)
     variants = dict(VARIANTS)
     if options.session_hours is not None:
         name = list(variants)[-1]

@@ -324,18 +324,19 @@ def candidates(
     allow_consumed: bool = False,
     excluded_items: npt.NDArray[np.bool_] | None = None,
     profiles: npt.NDArray[np.int64] | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> Candidates:
     """The candidates of the profiles (all by default) and their features."""
     settings = settings or scoring.Settings()
     ranker = ranker or RankerSettings()
     context = _Context(interactions, now_us, settings, metadata or ItemMetadata(), ranker)
     chosen = np.arange(interactions.profile_count) if profiles is None else profiles
-    parts = [
-        _block(
-            context, chosen[start : start + ranker.block_profiles], allow_consumed, excluded_items
-        )
-        for start in range(0, len(chosen), ranker.block_profiles)
-    ]
+    parts = []
+    for start in range(0, len(chosen), ranker.block_profiles):
+        block = chosen[start : start + ranker.block_profiles]
+        parts.append(_block(context, block, allow_consumed, excluded_items))
+        if progress is not None:
+            progress(min(start + ranker.block_profiles, len(chosen)) / len(chosen))
     if not parts:
         return Candidates(
             np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, len(FEATURES)))
@@ -718,7 +719,7 @@ def recommend(
         excluded_items=excluded_items,
     )
     if progress is not None:
-        progress(0.2)
+        progress(0.1)
     counts = np.bincount(interactions.profiles, minlength=interactions.profile_count)
     active = np.flatnonzero(counts)
     item_count = max(interactions.item_count, 1)
@@ -729,14 +730,17 @@ def recommend(
         rng = np.random.default_rng(seed)
         learners = np.zeros(interactions.profile_count, dtype=bool)
         learners[rng.choice(active, most, replace=False)] = True
+    learning = None if progress is None else (lambda share: progress(0.1 + 0.4 * share))
     features, labels, groups = training_set(
-        interactions, settings, metadata, knobs, now_us=now_us, learners=learners
+        interactions, settings, metadata, knobs, progress=learning, now_us=now_us, learners=learners
     )
     if progress is not None:
-        progress(0.6)
+        progress(0.5)
     if len(groups) < knobs.min_groups:
         return blend, False
     model = _train(features, labels, groups, knobs, seed, threads=1)
+    if progress is not None:
+        progress(0.6)
     # Ranking scores ranked x items cells: the most recently active profiles first,
     # the rest keep the blend.
     ranked = max(knobs.rank_cells // item_count, 1)
@@ -754,6 +758,7 @@ def recommend(
         allow_consumed=allow_consumed,
         excluded_items=excluded_items,
         profiles=active,
+        progress=None if progress is None else (lambda share: progress(0.6 + 0.4 * share)),
     )
     items, scores = rank(model, found, interactions.profile_count, size)
     # Cold profiles (no history) keep the blend's popular items.

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # hot-state writes fill the rest.
 _LOADED = 0.1
 _SCORED = 0.5
+_PROGRESS_EVERY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -130,17 +131,29 @@ class Trainer:
         item_metadata = ranker.ItemMetadata(
             categories=ranker.categories_from_properties(metadata, model.item_property)
         )
-        top, _ = await asyncio.to_thread(
-            ranker.recommend,
-            interactions,
-            self._clock.now_us(),
-            model.size,
-            self._settings,
-            item_metadata,
-            self._knobs,
-            allow_consumed=model.recommend_consumed,
-            excluded_items=excluded(model, metadata),
+        # The model runs in a worker thread that notes its share done; this task records
+        # it every second (one writer, so progress never goes backwards).
+        share = [0.0]
+        job = asyncio.ensure_future(
+            asyncio.to_thread(
+                ranker.recommend,
+                interactions,
+                self._clock.now_us(),
+                model.size,
+                self._settings,
+                item_metadata,
+                self._knobs,
+                allow_consumed=model.recommend_consumed,
+                excluded_items=excluded(model, metadata),
+                progress=lambda done: share.__setitem__(0, done),
+            )
         )
+        while not job.done():
+            await asyncio.wait({job}, timeout=_PROGRESS_EVERY_SECONDS)
+            await self._store.record_progress(
+                workspace_id, key, _LOADED + (_SCORED - _LOADED) * share[0]
+            )
+        top, _ = job.result()
         await self._store.record_progress(workspace_id, key, _SCORED)
         metadata_text = [
             orjson.dumps({k: v for k, v in m.items() if k != model.item_property}).decode()
