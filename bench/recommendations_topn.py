@@ -50,30 +50,50 @@ async def main() -> None:
         item_count=options.items,
     )
     now_us = int(data.timestamps_us.max()) + 1
+    rows: list[tuple[str, float]] = []
     started = time.perf_counter()
     matrix = scoring.cooccurrence(data, now_us, scoring.Settings())
-    print(f"item-item matrix: {time.perf_counter() - started:.1f} s ({matrix.nnz} entries)")
+    rows.append((f"item-item matrix ({matrix.nnz} entries)", time.perf_counter() - started))
     started = time.perf_counter()
     top = scoring.top_n(data, now_us, options.size)
-    print(
-        f"top {options.size} of {options.profiles} profiles: {time.perf_counter() - started:.1f} s"
-    )
+    blend_s = time.perf_counter() - started
+    rows.append((f"blend: top {options.size} of every profile (the baseline)", blend_s))
     if options.ranker:
         from services.profile.recommendations import ranker
 
+        marks: dict[str, float] = {}
+
+        def mark(share: float) -> None:
+            # recommend() reports 0.1 (blend done), 0.5 (examples built), 0.6 (model
+            # trained), then the ranking's share up to 1.0.
+            for label, at in (("blend", 0.1), ("examples", 0.5), ("model", 0.6), ("ranked", 1.0)):
+                if share >= at and label not in marks:
+                    marks[label] = time.perf_counter()
+
         started = time.perf_counter()
-        _ranked, used = ranker.recommend(
-            data,
-            now_us,
-            options.size,
-            progress=lambda share: print(
-                f"  ranker {share:.0%} at {time.perf_counter() - started:.1f} s", flush=True
+        _ranked, used = ranker.recommend(data, now_us, options.size, progress=mark)
+        ended = time.perf_counter()
+        knobs = ranker.RankerSettings()
+        learners = min(knobs.fit_cells // (knobs.targets * options.items), options.profiles)
+        ranked = min(knobs.rank_cells // options.items, options.profiles)
+        rows += [
+            ("ranker: the blend for every profile", marks["blend"] - started),
+            (
+                f"ranker: examples of {learners} sampled profiles x {knobs.targets} targets",
+                marks["examples"] - marks["blend"],
             ),
-        )
-        print(
-            f"ranker (fit + rank, used={used}) top {options.size} of {options.profiles} "
-            f"profiles: {time.perf_counter() - started:.1f} s"
-        )
+            ("ranker: LightGBM lambdarank fit", marks["model"] - marks["examples"]),
+            (
+                f"ranker: candidates + ranking of {ranked} profiles",
+                marks["ranked"] - marks["model"],
+            ),
+            (f"ranker: total (used={used})", ended - started),
+        ]
+    print(f"{options.profiles} profiles x {options.items} items, {count} interactions")
+    print("| phase | seconds | vs blend top-N |")
+    print("|---|---|---|")
+    for label, seconds in rows:
+        print(f"| {label} | {seconds:.1f} | {seconds / blend_s:.2f} |")
     if not options.redis:
         return
     started = time.perf_counter()
