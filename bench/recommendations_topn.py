@@ -2,12 +2,16 @@
 lists to the hot state.
 
     .venv/bin/python bench/recommendations_topn.py --profiles 100000 --items 10000 \
-        --interactions 1000000 --redis redis://127.0.0.1:6379/0
+        --interactions 1000000 [--ranker] [--redis redis://127.0.0.1:6379/N]
 
 Interactions are synthetic: profiles uniform, items Zipf-skewed (exponent 1.3), times
-over 30 days. Times the item-item matrix, the scoring of every profile (top 10), and
-building and writing the 100k lists (10 items each, with metadata) through the same
-writer training uses. The Redis database is flushed first: give it one of its own.
+over 30 days. Times the item-item matrix and the blend's scoring of every profile
+(top 10, the baseline every ratio is taken against); with --ranker, what training
+runs (ranker.recommend: the blend, the ranker's examples from its sampled profiles,
+the LightGBM fit, candidates and ranking of the profiles its budget allows); with
+--redis, building and writing the 100k lists (10 items each, with metadata) through
+the same writer training uses. The Redis database is flushed first: give it one of
+its own.
 """
 
 from __future__ import annotations
