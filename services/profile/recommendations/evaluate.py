@@ -320,6 +320,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--targets", type=int, help="ranker: earlier targets per profile")
     parser.add_argument("--next-width", type=int, help="ranker: candidates from transitions")
     parser.add_argument(
+        "--tied-positives",
+        choices=("on", "off"),
+        help="ranker: items recorded at the same instant as the next one are next too",
+    )
+    parser.add_argument(
         "--eval-users",
         type=Path,
         help="a file of user ids (one a line): evaluate these only (the rest still train)",
@@ -363,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             knobs = replace(knobs, targets=options.targets)
         if options.next_width is not None:
             knobs = replace(knobs, next_width=options.next_width)
+        if options.tied_positives is not None:
+            knobs = replace(knobs, tied_positives=options.tied_positives == "on")
         results += evaluate_ranker(log, options.seed, metadata, subset, options.threads, knobs)
     for result in results:
         ndcg = "  -  " if result.ndcg is None else f"{result.ndcg:.3f}"

@@ -86,6 +86,8 @@ class RankerSettings:
     recent_width: int = 30
     popular_width: int = 20
     targets: int = 5
+    # Learning: the items recorded at the same instant as the next one count as next too.
+    tied_positives: bool = False
     recent_us: int = 7 * scoring.DAY_US
     block_profiles: int = 256
     rounds: int = 300
@@ -548,6 +550,32 @@ def without_last(
     return kept, target
 
 
+def tied_next(interactions: scoring.Interactions, k: int) -> sparse.csr_matrix:
+    """Per profile (rows), the items of its last `k` interactions made at the same
+    instant as the first of them: interactions recorded together have no real order,
+    so each is as much "the next one" as the first."""
+    count = len(interactions.items)
+    order = np.lexsort((np.arange(count), interactions.timestamps_us, interactions.profiles))
+    profiles = interactions.profiles[order]
+    times = interactions.timestamps_us[order]
+    ends = np.r_[np.flatnonzero(profiles[1:] != profiles[:-1]), count - 1]
+    sizes = np.diff(np.r_[-1, ends])
+    from_end = np.repeat(ends, sizes) - np.arange(count)
+    long_enough = np.repeat(sizes, sizes) > k
+    dropped = long_enough & (from_end < k)
+    first_time = np.full(interactions.profile_count, -1, dtype=np.int64)
+    first = long_enough & (from_end == k - 1)
+    first_time[profiles[first]] = times[first]
+    tied = dropped & (times == first_time[profiles])
+    return sparse.csr_matrix(
+        (
+            np.ones(int(tied.sum())),
+            (profiles[tied], interactions.items[order][tied]),
+        ),
+        shape=(interactions.profile_count, interactions.item_count),
+    )
+
+
 def training_set(
     interactions: scoring.Interactions,
     settings: scoring.Settings | None = None,
@@ -586,6 +614,11 @@ def training_set(
         asked = np.flatnonzero(wanted)
         found = candidates(history, then_us, settings, metadata, ranker, profiles=asked)
         label = (found.items == target[found.profiles]).astype(np.float64)
+        if ranker.tied_positives:
+            tied = tied_next(interactions, k)
+            label = np.maximum(
+                label, (np.asarray(tied[found.profiles, found.items]).ravel() > 0).astype(float)
+            )
         useful = np.zeros(interactions.profile_count, dtype=bool)
         useful[found.profiles[label > 0]] = True
         keep = useful[found.profiles]

@@ -231,3 +231,23 @@ def test_profiles_beyond_the_ranking_budget_keep_the_blend() -> None:
         p for p in range(log.profile_count) if top.items[p].tolist() != blend.items[p].tolist()
     }
     assert differs and differs <= latest
+
+
+def test_items_recorded_with_the_next_one_are_next_too() -> None:
+    log = scoring.Interactions(
+        np.array([0, 0, 0, 0, 1, 1]),
+        np.array([1, 2, 3, 4, 5, 6]),
+        np.ones(6),
+        np.array([1, 2, 2, 3, 1, 2]),
+        profile_count=2,
+        item_count=7,
+    )
+
+    # Profile 0 without its last three: the next is item 2, recorded with item 3 (not
+    # with item 4, later); profile 1 has too few interactions to lose three.
+    def pairs(k: int) -> list[tuple[int, int]]:
+        rows, cols = ranker.tied_next(log, k).nonzero()
+        return sorted(zip(rows.tolist(), cols.tolist(), strict=True))
+
+    assert pairs(3) == [(0, 2), (0, 3)]
+    assert pairs(1) == [(0, 4), (1, 6)]
