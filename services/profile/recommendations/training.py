@@ -153,7 +153,12 @@ class Trainer:
             await self._store.record_progress(
                 workspace_id, key, _LOADED + (_SCORED - _LOADED) * share[0]
             )
-        top, _ = job.result()
+        top, ranked = job.result()
+        log.info(
+            "recommendations scored by the %s",
+            "ranker" if ranked else "blend",
+            extra={"model_key": key, "ranked": ranked},
+        )
         await self._store.record_progress(workspace_id, key, _SCORED)
         metadata_text = [
             orjson.dumps({k: v for k, v in m.items() if k != model.item_property}).decode()

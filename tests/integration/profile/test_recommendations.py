@@ -395,3 +395,58 @@ async def test_scheduled_retraining_runs_on_one_replica_and_waits_for_its_turn(
     clock.advance(3600)
     again = await replicas[1].run_due()
     assert [(job.key, job.state) for job in again] == [("shop", TrainingState.SUCCEEDED)]
+
+
+async def test_the_ranker_serves_unconsumed_items_deterministically_within_the_workspace(
+    profile_stub, resources, workspace, redis, clock, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    import logging
+    import random
+
+    from services.profile.recommendations.hotwrite import RecommendationWriter
+    from services.profile.recommendations.ranker import RankerSettings
+    from services.profile.recommendations.service import RecommendationModels
+    from services.profile.recommendations.store import RecommendationStore
+    from services.profile.recommendations.training import Trainer
+
+    ws = workspace.workspace_id
+    other = await make_workspace(resources, "other")
+    rng = random.Random(5)
+    # Two tastes of six items each; people browse within theirs, a few steps apart.
+    histories: dict[str, list[tuple[str, str]]] = {}
+    for n in range(40):
+        taste = (
+            ["p1", "p2", "p3", "p4", "p5", "p6"] if n % 2 else ["k1", "k2", "k3", "k4", "k5", "k6"]
+        )
+        histories[f"u{n}"] = [("Product Viewed", rng.choice(taste)) for _ in range(6)]
+    pids = {user: await person(resources, redis, ws, user, h) for user, h in histories.items()}
+    # The other workspace's shoppers use the same product ids and some of their own.
+    for n in range(5):
+        await person(resources, redis, other.workspace_id, f"o{n}",
+                     [("Product Viewed", "p1"), ("Product Viewed", "zz-other")])  # fmt: skip
+    await profile_stub.CreateRecommendationModel(
+        profile_pb2.CreateRecommendationModelRequest(model=shop_model(size=4)),
+        metadata=bearer(workspace.admin),
+    )
+    store = RecommendationStore(resources.engine)
+    writer = RecommendationWriter(resources.redis)
+    # Small knobs, so 40 profiles are enough to teach it.
+    knobs = RankerSettings(targets=2, rounds=20, min_groups=10)
+    models = RecommendationModels(store, writer, Trainer(store, writer, clock, knobs=knobs), clock)
+
+    async def snapshot() -> dict[int, bytes]:
+        return {
+            pid: await redis.get(hotstate.profile_key(ws, pid, "recs")) for pid in pids.values()
+        }
+
+    with caplog.at_level(logging.INFO, logger="services.profile.recommendations.training"):
+        await models.train_now(ws, "shop")
+    assert any(getattr(r, "ranked", False) for r in caplog.records)
+    first = await snapshot()
+    await models.train_now(ws, "shop")
+    assert await snapshot() == first  # same events and clock: the same bytes
+    for user, history in histories.items():
+        got = await recommended(profile_stub, workspace.profile, user)
+        had = {item for _, item in history}
+        assert got and not had & set(got), user
+        assert "zz-other" not in got
