@@ -695,6 +695,27 @@ def rank(
     return items, out_scores
 
 
+def _fill_from(
+    items: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.float64],
+    blend: scoring.TopN,
+    profiles: npt.NDArray[np.int64],
+) -> None:
+    """Where the ranker had fewer candidates than places, the blend's next items (not
+    already listed) fill the rest, below the ranked ones."""
+    short = profiles[(items[profiles] < 0).any(axis=1)] if len(profiles) else profiles
+    for profile in short.tolist():
+        row = items[profile]
+        listed = set(row[row >= 0].tolist())
+        free = np.flatnonzero(row < 0)
+        extra = [i for i in blend.items[profile].tolist() if i >= 0 and i not in listed]
+        floor = float(scores[profile][row >= 0].min()) if len(listed) else 1.0
+        for place, item in zip(free.tolist(), extra, strict=False):
+            row[place] = item
+            floor /= 2  # keeps the filled items below the ranked ones, in blend order
+            scores[profile, place] = floor
+
+
 def categories_from_properties(
     metadata: list[dict[str, object]], item_property: str
 ) -> sparse.csr_matrix | None:
@@ -794,11 +815,14 @@ def recommend(
         progress=None if progress is None else (lambda share: progress(0.6 + 0.4 * share)),
     )
     items, scores = rank(model, found, interactions.profile_count, size)
+    # Served scores in (0, 1), in the ranker's order (a logistic of its score).
+    scores = np.where(items >= 0, 1.0 / (1.0 + np.exp(-scores)), 0.0)
     # Cold profiles (no history) keep the blend's popular items.
     out_items = blend.items.copy()
     out_scores = blend.scores.copy()
     out_items[active] = items[active]
     out_scores[active] = scores[active]
+    _fill_from(out_items, out_scores, blend, active)
     if progress is not None:
         progress(1.0)
     return scoring.TopN(out_items, out_scores), True

@@ -195,6 +195,11 @@ def test_training_serves_the_ranker_when_enough_profiles_teach_it() -> None:
     consumed = set(zip(log.profiles.tolist(), log.items.tolist(), strict=True))
     served = {(p, int(i)) for p, row in enumerate(top.items) for i in row if i >= 0}
     assert not served & consumed
+    # Every profile with history gets its full list, scored in (0, 1) best first.
+    ranked = top.items[:cold]
+    assert (ranked >= 0).all()
+    assert ((top.scores[:cold] > 0) & (top.scores[:cold] < 1)).all()
+    assert (np.diff(top.scores[:cold], axis=1) <= 0).all()
     # The cold profile gets the blend's popular items; too few learners: the blend.
     blend = scoring.top_n(log, now, 5)
     assert top.items[cold].tolist() == blend.items[cold].tolist()
@@ -251,3 +256,12 @@ def test_items_recorded_with_the_next_one_are_next_too() -> None:
 
     assert pairs(3) == [(0, 2), (0, 3)]
     assert pairs(1) == [(0, 4), (1, 6)]
+
+
+def test_a_short_ranked_list_is_filled_from_the_blend_below_the_ranked_items() -> None:
+    items = np.array([[4, 2, -1, -1], [1, 2, 3, 5]])
+    scores = np.array([[0.9, 0.6, 0.0, 0.0], [0.9, 0.8, 0.7, 0.6]])
+    blend = scoring.TopN(np.array([[2, 7, 8, 9], [5, 6, 7, 8]]), np.ones((2, 4)))
+    ranker._fill_from(items, scores, blend, np.array([0, 1]))
+    assert items.tolist() == [[4, 2, 7, 8], [1, 2, 3, 5]]
+    assert scores[0].tolist() == [0.9, 0.6, 0.3, 0.15]
