@@ -438,8 +438,8 @@ def _block(
     related_recency = np.zeros_like(blend)
     for at in range(len(context.by_place) - 1, -1, -1):
         # Later (smaller) places overwrite: the latest related interaction wins.
-        reach = (context.by_place[at][profiles] @ context.windowed).toarray() > 0
-        related_recency[reach] = 1.0 / (1.0 + at)
+        reach = sparse.csr_matrix(context.by_place[at][profiles] @ context.windowed)
+        related_recency[reach.nonzero()] = 1.0 / (1.0 + at)
     recent_day = context.recent_popularity(profiles, scoring.DAY_US)
     binary = context.binary[profiles]
 
@@ -451,7 +451,10 @@ def _block(
         blocked[:, excluded_items] = True
 
     def masked(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        return np.where(blocked, -np.inf, values)
+        # In place: every derived value is computed above, and the features are only
+        # ever read at candidates, which are never blocked.
+        values[blocked] = -np.inf
+        return values
 
     chosen = (
         _top_mask(masked(blend), ranker.blend_width)
