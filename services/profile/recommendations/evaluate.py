@@ -8,12 +8,18 @@ the held-out item comes. Profiles with fewer than two interactions are not evalu
 
     python -m services.profile.recommendations.evaluate                  # synthetic data
     python -m services.profile.recommendations.evaluate --inter FILE     # RecBole .inter
+    python -m services.profile.recommendations.evaluate --inter FILE --ranker
     python -m services.profile.recommendations.evaluate --sample-users 500 --seed 3
+    python -m services.profile.recommendations.evaluate --inter FILE --eval-users IDS
+    python -m services.profile.recommendations.evaluate --inter FILE --ranker --validation
 
 `--inter` reads a RecBole atomic file (tab-separated, header
 ``user_id:token item_id:token rating:float timestamp:float``), e.g. MovieLens 100K
-(see docs/recommendations.md). `--sample-users` evaluates a random subset of the
-profiles (any split: the others' histories still train the model).
+(see docs/recommendations.md); with `--ranker` the `.item` file beside it gives
+categories and release years. `--sample-users` or `--eval-users` (a file of user ids)
+evaluate a subset of the profiles (any split: the others' histories still train the
+model). `--validation` drops each profile's last interaction first, so knobs are
+compared on the second-to-last, never on the held-out ones.
 """
 
 from __future__ import annotations
