@@ -2,12 +2,16 @@
 lists to the hot state.
 
     .venv/bin/python bench/recommendations_topn.py --profiles 100000 --items 10000 \
-        --interactions 1000000 --redis redis://127.0.0.1:6379/0
+        --interactions 1000000 [--ranker] [--redis redis://127.0.0.1:6379/N]
 
 Interactions are synthetic: profiles uniform, items Zipf-skewed (exponent 1.3), times
-over 30 days. Times the item-item matrix, the scoring of every profile (top 10), and
-building and writing the 100k lists (10 items each, with metadata) through the same
-writer training uses. The Redis database is flushed first: give it one of its own.
+over 30 days. Times the item-item matrix and the blend's scoring of every profile
+(top 10, the baseline every ratio is taken against); with --ranker, what training
+runs (ranker.recommend: the blend, the ranker's examples from its sampled profiles,
+the LightGBM fit, candidates and ranking of the profiles its budget allows); with
+--redis, building and writing the 100k lists (10 items each, with metadata) through
+the same writer training uses. The Redis database is flushed first: give it one of
+its own.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ async def main() -> None:
     parser.add_argument("--interactions", type=int, default=1_000_000)
     parser.add_argument("--size", type=int, default=10)
     parser.add_argument("--redis", help="a Redis URL to write the lists to (flushed)")
+    parser.add_argument(
+        "--ranker", action="store_true", help="also time training the ranker and ranking"
+    )
     options = parser.parse_args()
     rng = np.random.default_rng(1)
     count = options.interactions
@@ -47,14 +54,50 @@ async def main() -> None:
         item_count=options.items,
     )
     now_us = int(data.timestamps_us.max()) + 1
+    rows: list[tuple[str, float]] = []
     started = time.perf_counter()
     matrix = scoring.cooccurrence(data, now_us, scoring.Settings())
-    print(f"item-item matrix: {time.perf_counter() - started:.1f} s ({matrix.nnz} entries)")
+    rows.append((f"item-item matrix ({matrix.nnz} entries)", time.perf_counter() - started))
     started = time.perf_counter()
     top = scoring.top_n(data, now_us, options.size)
-    print(
-        f"top {options.size} of {options.profiles} profiles: {time.perf_counter() - started:.1f} s"
-    )
+    blend_s = time.perf_counter() - started
+    rows.append((f"blend: top {options.size} of every profile (the baseline)", blend_s))
+    if options.ranker:
+        from services.profile.recommendations import ranker
+
+        marks: dict[str, float] = {}
+
+        def mark(share: float) -> None:
+            # recommend() reports 0.1 (blend done), 0.5 (examples built), 0.6 (model
+            # trained), then the ranking's share up to 1.0.
+            for label, at in (("blend", 0.1), ("examples", 0.5), ("model", 0.6), ("ranked", 1.0)):
+                if share >= at and label not in marks:
+                    marks[label] = time.perf_counter()
+
+        started = time.perf_counter()
+        _ranked, used = ranker.recommend(data, now_us, options.size, progress=mark)
+        ended = time.perf_counter()
+        knobs = ranker.RankerSettings()
+        learners = min(knobs.fit_cells // (knobs.targets * options.items), options.profiles)
+        ranked = min(knobs.rank_cells // options.items, options.profiles)
+        rows += [
+            ("ranker: the blend for every profile", marks["blend"] - started),
+            (
+                f"ranker: examples of {learners} sampled profiles x {knobs.targets} targets",
+                marks["examples"] - marks["blend"],
+            ),
+            ("ranker: LightGBM lambdarank fit", marks["model"] - marks["examples"]),
+            (
+                f"ranker: candidates + ranking of {ranked} profiles",
+                marks["ranked"] - marks["model"],
+            ),
+            (f"ranker: total (used={used})", ended - started),
+        ]
+    print(f"{options.profiles} profiles x {options.items} items, {count} interactions")
+    print("| phase | seconds | vs blend top-N |")
+    print("|---|---|---|")
+    for label, seconds in rows:
+        print(f"| {label} | {seconds:.1f} | {seconds / blend_s:.2f} |")
     if not options.redis:
         return
     started = time.perf_counter()

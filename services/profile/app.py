@@ -6,6 +6,8 @@ worker on PROFILE_HTTP_PORT (default 8081; 0 picks a free port, which is logged)
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from collections.abc import Coroutine
 from typing import Any
@@ -16,6 +18,7 @@ from audiences.v1 import profile_pb2_grpc
 from services.profile import httpview
 from services.profile.hotread import HotProfiles
 from services.profile.recommendations.hotwrite import RecommendationWriter
+from services.profile.recommendations.scheduler import RETRAIN_EVERY_SECONDS, RetrainScheduler
 from services.profile.recommendations.service import RecommendationModels
 from services.profile.recommendations.store import RecommendationStore
 from services.profile.recommendations.training import Trainer
@@ -24,6 +27,8 @@ from services.profile.service import ProfileService
 from services.profile.store import ProfileStore
 from services.shared import tls
 from services.shared.server import Resources, ServiceSpec
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HTTP_PORT = 8081
 
@@ -56,6 +61,24 @@ def build_models(resources: Resources) -> RecommendationModels:
     )
 
 
+async def retrain_forever(resources: Resources, interval_seconds: float) -> None:
+    """Every `interval_seconds`, retrain the recommendation objects that are due
+    (RECOMMENDATIONS_RETRAIN_EVERY_SECONDS after their last training, default a day)."""
+    scheduler = RetrainScheduler(
+        build_models(resources),
+        RecommendationStore(resources.engine),
+        resources.clock,
+        float(os.environ.get("RECOMMENDATIONS_RETRAIN_EVERY_SECONDS", RETRAIN_EVERY_SECONDS)),
+    )
+    while True:
+        await asyncio.sleep(interval_seconds)  # the schedule's cadence, not synchronisation
+        try:
+            for job in await scheduler.run_due():
+                log.info("recommendations %s of %s: %s", job.key, job.workspace_id, job.state)
+        except Exception:
+            log.exception("recommendation retrain round failed")
+
+
 def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
     """Add the profile servicers; returns their full service names."""
     profile_pb2_grpc.add_ProfileServiceServicer_to_server(
@@ -65,8 +88,9 @@ def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
 
 
 def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
-    """The HTTP JSON view, beside the gRPC server."""
-    return [
+    """The HTTP JSON view, beside the gRPC server, and the retrain schedule
+    (RECOMMENDATIONS_SCHEDULE_SECONDS between rounds, default 300; 0 off)."""
+    found: list[Coroutine[Any, Any, None]] = [
         httpview.serve(
             build(resources),
             resources.keys,
@@ -75,6 +99,10 @@ def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
             tls.http_ssl_context(resources.settings),
         )
     ]
+    interval = float(os.environ.get("RECOMMENDATIONS_SCHEDULE_SECONDS", "300"))
+    if interval > 0:
+        found.append(retrain_forever(resources, interval))
+    return found
 
 
 # GetProfile's servicer returns the Profile message as the hot state wrote it.

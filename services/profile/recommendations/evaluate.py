@@ -8,12 +8,18 @@ the held-out item comes. Profiles with fewer than two interactions are not evalu
 
     python -m services.profile.recommendations.evaluate                  # synthetic data
     python -m services.profile.recommendations.evaluate --inter FILE     # RecBole .inter
+    python -m services.profile.recommendations.evaluate --inter FILE --ranker
     python -m services.profile.recommendations.evaluate --sample-users 500 --seed 3
+    python -m services.profile.recommendations.evaluate --inter FILE --eval-users IDS
+    python -m services.profile.recommendations.evaluate --inter FILE --ranker --validation
 
 `--inter` reads a RecBole atomic file (tab-separated, header
 ``user_id:token item_id:token rating:float timestamp:float``), e.g. MovieLens 100K
-(see docs/recommendations.md). `--sample-users` evaluates a random subset of the
-profiles (any split: the others' histories still train the model).
+(see docs/recommendations.md); with `--ranker` the `.item` file beside it gives
+categories and release years. `--sample-users` or `--eval-users` (a file of user ids)
+evaluate a subset of the profiles (any split: the others' histories still train the
+model). `--validation` drops each profile's last interaction first, so knobs are
+compared on the second-to-last, never on the held-out ones.
 """
 
 from __future__ import annotations
@@ -24,11 +30,16 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+from scipy import sparse
 
 from services.profile.recommendations import scoring
+
+if TYPE_CHECKING:
+    from services.profile.recommendations.ranker import ItemMetadata, RankerSettings
 
 K = 10
 SECOND_US = 1_000_000
@@ -40,7 +51,7 @@ class Result:
 
     name: str
     hit_rate: float
-    ndcg: float
+    ndcg: float | None  # None: a recall line, not a ranking
     evaluated: int
 
 
@@ -110,8 +121,9 @@ def synthetic(users: int, items: int, seed: int) -> scoring.Interactions:
     return _log(np.array(profiles), np.array(chosen), np.array(times), users, items)
 
 
-def read_inter(path: Path) -> scoring.Interactions:
-    """A RecBole .inter file (user, item, rating, timestamp in seconds)."""
+def read_inter(path: Path) -> tuple[scoring.Interactions, list[str], list[str]]:
+    """A RecBole .inter file (user, item, rating, timestamp in seconds), the item ids
+    and the user ids by index."""
     users: list[str] = []
     items: list[str] = []
     times: list[int] = []
@@ -125,7 +137,8 @@ def read_inter(path: Path) -> scoring.Interactions:
             times.append(int(float(row[time_at]) * SECOND_US))
     user_ids, profiles = np.unique(np.array(users), return_inverse=True)
     item_ids, item_index = np.unique(np.array(items), return_inverse=True)
-    return _log(profiles, item_index, np.array(times), len(user_ids), len(item_ids))
+    log = _log(profiles, item_index, np.array(times), len(user_ids), len(item_ids))
+    return log, [str(item) for item in item_ids], [str(user) for user in user_ids]
 
 
 def leave_last_out(
@@ -177,13 +190,89 @@ def evaluate(
     return results
 
 
-def evaluate_ranker(log: scoring.Interactions, seed: int = 7) -> Result:
-    """HR@10 and NDCG@10 of the LightGBM ranker over the served blend's candidates."""
+def read_items(path: Path, item_ids: Sequence[str]) -> ItemMetadata:
+    """A RecBole .item file's categories (`class`) and release year, in `item_ids`'
+    index order (items the file lacks have neither)."""
+    from services.profile.recommendations import ranker
+
+    index = {item: at for at, item in enumerate(item_ids)}
+    names: dict[str, int] = {}
+    rows: list[int] = []
+    cols: list[int] = []
+    release = np.full(len(item_ids), -1, dtype=np.int64)
+    with path.open(newline="") as file:
+        lines = csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = [name.split(":")[0] for name in next(lines)]
+        item_at = header.index("item_id")
+        class_at = header.index("class") if "class" in header else None
+        year_at = header.index("release_year") if "release_year" in header else None
+        for line in lines:
+            at = index.get(line[item_at])
+            if at is None:
+                continue
+            if class_at is not None and class_at < len(line):
+                for name in line[class_at].split():
+                    rows.append(at)
+                    cols.append(names.setdefault(name, len(names)))
+            if year_at is not None and year_at < len(line) and line[year_at].isdigit():
+                year = int(line[year_at])
+                # Mid-year: the file gives the year only.
+                release[at] = int(
+                    (np.datetime64(f"{year}-07-01") - np.datetime64("1970-01-01"))
+                    / np.timedelta64(1, "us")
+                )
+    categories = sparse.coo_matrix(
+        (np.ones(len(rows)), (rows, cols)), shape=(len(item_ids), max(len(names), 1))
+    ).tocsr()
+    categories.data[:] = 1.0
+    return ranker.ItemMetadata(categories=categories, release_us=release)
+
+
+def evaluate_ranker(
+    log: scoring.Interactions,
+    seed: int = 7,
+    metadata: ItemMetadata | None = None,
+    evaluated_users: npt.NDArray[np.bool_] | None = None,
+    threads: int = 1,
+    knobs: RankerSettings | None = None,
+) -> list[Result]:
+    """HR@10 and NDCG@10 of the LightGBM ranker over its candidates, and how often
+    the held-out item is among the candidates at all (their recall)."""
     from services.profile.recommendations import ranker  # LightGBM: only when asked
 
     held, target = leave_last_out(log)
-    keep = ~held
-    train = scoring.Interactions(
+    if evaluated_users is not None:
+        target = np.where(evaluated_users, target, -1)
+    train = _rows(log, ~held)
+    settings = scoring.Settings()
+    model = ranker.fit(train, settings, seed, metadata, knobs, threads=threads)
+    now_us = int(train.timestamps_us.max()) + 1
+    asked = np.flatnonzero(target >= 0)
+    found = ranker.candidates(train, now_us, settings, metadata, knobs, profiles=asked)
+    top, _ = ranker.rank(model, found, log.profile_count, K)
+    inputs = ranker.source_top_n(train, now_us, K, asked, settings, knobs)
+    results = []
+    for name, chosen in inputs.items():
+        source_top = np.full((log.profile_count, K), -1, dtype=np.int64)
+        source_top[asked] = chosen
+        results.append(_figures(f"  ranker input alone: {name}", source_top, target))
+    recall = np.zeros(log.profile_count, dtype=bool)
+    recall[found.profiles[found.items == target[found.profiles]]] = True
+    width = np.bincount(found.profiles, minlength=log.profile_count)[asked].mean()
+    return [
+        *results,
+        _figures("LightGBM lambdarank over the candidates", top, target),
+        Result(
+            f"  (candidate recall: held-out item among ~{width:.0f} candidates)",
+            float(recall[asked].mean()),
+            None,
+            len(asked),
+        ),
+    ]
+
+
+def _rows(log: scoring.Interactions, keep: npt.NDArray[np.bool_]) -> scoring.Interactions:
+    return scoring.Interactions(
         log.profiles[keep],
         log.items[keep],
         log.weights[keep],
@@ -191,11 +280,6 @@ def evaluate_ranker(log: scoring.Interactions, seed: int = 7) -> Result:
         log.profile_count,
         log.item_count,
     )
-    settings = scoring.Settings()
-    model = ranker.fit(train, settings, seed)
-    now_us = int(train.timestamps_us.max()) + 1
-    top = ranker.rank(model, ranker.candidates(train, now_us, settings), K)
-    return _figures("LightGBM lambdarank over the blend's top 50", top, target)
 
 
 def _figures(name: str, top: npt.NDArray[np.int64], target: npt.NDArray[np.int64]) -> Result:
@@ -206,29 +290,65 @@ def _figures(name: str, top: npt.NDArray[np.int64], target: npt.NDArray[np.int64
     return Result(name, float(found.mean()), float(gains.mean()), int(asked.sum()))
 
 
+def split(
+    options: argparse.Namespace, user_ids: Sequence[str], profile_count: int
+) -> npt.NDArray[np.bool_] | None:
+    """The evaluated profiles: those named in `--eval-users`, or `--sample-users` drawn
+    with `--seed`, or all (None)."""
+    if options.eval_users:
+        wanted = set(options.eval_users.read_text().split())
+        return np.array([user in wanted for user in user_ids], dtype=bool)
+    if options.sample_users:
+        rng = np.random.default_rng(options.seed)
+        subset = np.zeros(profile_count, dtype=bool)
+        subset[rng.choice(profile_count, options.sample_users, replace=False)] = True
+        return subset
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation and print one line per variant."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inter", type=Path, help="a RecBole .inter file (else synthetic)")
     parser.add_argument("--users", type=int, default=2000, help="synthetic profiles")
-    parser.add_argument("--items", type=int, default=1000, help="synthetic items")
+    parser.add_argument("--item-count", type=int, default=1000, help="synthetic items")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--sample-users", type=int, help="evaluate this many profiles only")
     parser.add_argument("--ranker", action="store_true", help="also the LightGBM ranker")
+    parser.add_argument("--items", type=Path, help="a RecBole .item file (default: beside --inter)")
+    parser.add_argument("--threads", type=int, default=1, help="LightGBM threads")
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help="drop each profile's last interaction first, so the second-to-last is the "
+        "target: how the knobs are chosen without touching the held-out items",
+    )
+    parser.add_argument("--targets", type=int, help="ranker: earlier targets per profile")
+    parser.add_argument("--next-width", type=int, help="ranker: candidates from transitions")
+    parser.add_argument(
+        "--tied-positives",
+        choices=("on", "off"),
+        help="ranker: items recorded at the same instant as the next one are next too",
+    )
+    parser.add_argument(
+        "--eval-users",
+        type=Path,
+        help="a file of user ids (one a line): evaluate these only (the rest still train)",
+    )
     parser.add_argument(
         "--session-hours", type=float, help="session window of the windowed variant"
     )
     options = parser.parse_args(argv)
-    log = (
-        read_inter(options.inter)
-        if options.inter
-        else synthetic(options.users, options.items, options.seed)
-    )
-    subset = None
-    if options.sample_users:
-        rng = np.random.default_rng(options.seed)
-        subset = np.zeros(log.profile_count, dtype=bool)
-        subset[rng.choice(log.profile_count, options.sample_users, replace=False)] = True
+    item_ids: list[str] = []
+    user_ids: list[str] = [str(user) for user in range(options.users)]
+    if options.inter:
+        log, item_ids, user_ids = read_inter(options.inter)
+    else:
+        log = synthetic(options.users, options.item_count, options.seed)
+    if options.validation:
+        held, _ = leave_last_out(log)
+        log = _rows(log, ~held)
+    subset = split(options, user_ids, log.profile_count)
     variants = dict(VARIANTS)
     if options.session_hours is not None:
         name = list(variants)[-1]
@@ -241,10 +361,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results = evaluate(log, variants, subset)
     if options.ranker:
-        results.append(evaluate_ranker(log, options.seed))
+        from services.profile.recommendations import ranker
+
+        metadata = None
+        items_file = options.items or (
+            options.inter.with_suffix(".item") if options.inter else None
+        )
+        if options.inter and items_file and items_file.exists():
+            metadata = read_items(items_file, item_ids)
+        knobs = ranker.RankerSettings()
+        if options.targets is not None:
+            knobs = replace(knobs, targets=options.targets)
+        if options.next_width is not None:
+            knobs = replace(knobs, next_width=options.next_width)
+        if options.tied_positives is not None:
+            knobs = replace(knobs, tied_positives=options.tied_positives == "on")
+        results += evaluate_ranker(log, options.seed, metadata, subset, options.threads, knobs)
     for result in results:
+        ndcg = "  -  " if result.ndcg is None else f"{result.ndcg:.3f}"
         print(
-            f"{result.name:72s} HR@10 {result.hit_rate:.3f}  NDCG@10 {result.ndcg:.3f}"
+            f"{result.name:72s} HR@10 {result.hit_rate:.3f}  NDCG@10 {ndcg}"
             f"  ({result.evaluated} profiles)"
         )
     return 0

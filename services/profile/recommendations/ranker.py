@@ -1,17 +1,34 @@
-"""A LightGBM lambdarank ranker over the model's candidates (offline evaluation only).
+"""A LightGBM lambdarank ranker over candidates from several sources.
 
-Candidates: each profile's top `CANDIDATES` items of the served blend
-(scoring.top_n). Features of a (profile, candidate) pair: the blend's score and rank,
-windowed co-occurrence with the whole history, cosine with the whole history, both
-with the profile's latest item, the item's popularity, age and last-seen recency, and
-the profile's history length. Training targets are several earlier next interactions
-per profile: with the last `k` interactions removed (k = 1..TARGETS), the next one is
-the label; the ranker never sees the evaluation's held-out interactions.
+Candidates of a profile: the union of the top items of several scorers (consumed items
+left out unless allowed, excluded items always):
+
+- the served blend (scoring.top_n's scores: latest-first, windowed, time-decayed
+  co-occurrence + a little popularity),
+- the time-decayed windowed co-occurrence without the latest-first weighting,
+- item-kNN: cosine of the whole history, and cosine with the latest item,
+- recent popularity (interactions in the week up to the profile's latest one),
+- overall popularity.
+
+Features of a (profile, candidate) pair: every scorer's score and the candidate's rank
+under the blend, co-occurrence with the latest few items, overall, recent and
+time-decayed popularity, the item's age, when it was last seen, its release time when
+metadata gives one, the profile's affinity to the item's categories (whole history and
+latest items) when metadata gives categories, the profile's activity (history length,
+span, days since its latest interaction) and how recent its latest related interaction
+is. Training targets are several earlier next interactions per profile: with the last
+`k` interactions of every profile removed (k = 1..targets), the next one is the label
+and every feature is recomputed from what is left, so the ranker never learns from an
+interaction it is later asked to predict.
+
+Everything is whole-array NumPy/SciPy per block of profiles; LightGBM sees one row per
+candidate.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import lightgbm
 import numpy as np
@@ -20,80 +37,494 @@ from scipy import sparse
 
 from services.profile.recommendations import scoring
 
-CANDIDATES = 50
-TARGETS = 3
+FEATURES = (
+    "blend",
+    "blend_rank",
+    "windowed",
+    "windowed_peak_share",
+    "cosine_history",
+    "cosine_history_share",
+    "cosine_latest",
+    "windowed_latest",
+    "windowed_latest_3",
+    "next_after_latest",
+    "next_after_latest_3",
+    "related_recency",
+    "popularity",
+    "popularity_recent_week",
+    "popularity_recent_day",
+    "popularity_decayed",
+    "item_age_days",
+    "item_last_seen_days",
+    "item_release_days",
+    "category_affinity",
+    "category_affinity_latest",
+    "history_length",
+    "history_span_days",
+    "profile_idle_days",
+)
+
+
+@dataclass(frozen=True)
+class ItemMetadata:
+    """What metadata says about items: categories (items x categories, 0/1) and a
+    release time per item (-1 when unknown). Either may be absent."""
+
+    categories: sparse.csr_matrix | None = None
+    release_us: npt.NDArray[np.int64] | None = None
+
+
+@dataclass(frozen=True)
+class RankerSettings:
+    """The ranker's knobs: candidate widths per source, targets, LightGBM parameters."""
+
+    blend_width: int = 50
+    windowed_width: int = 20
+    cosine_width: int = 30
+    latest_width: int = 30
+    next_width: int = 30
+    recent_width: int = 30
+    popular_width: int = 20
+    targets: int = 5
+    # Learning: the items recorded at the same instant as the next one count as next too.
+    tied_positives: bool = False
+    recent_us: int = 7 * scoring.DAY_US
+    block_profiles: int = 256
+    rounds: int = 300
+    # Fewer profiles whose earlier target is among their candidates than this: too
+    # little to learn from, serve the blend.
+    min_groups: int = 200
+    # Work budgets in profile x item cells (the candidate stage is dense per block):
+    # learning samples its profiles to fit_cells / (targets x items); ranking takes the
+    # rank_cells / items most recently active profiles, the others keep the blend.
+    fit_cells: int = 100_000_000
+    rank_cells: int = 200_000_000
+    parameters: dict[str, float | int | str | bool] = field(
+        default_factory=lambda: {
+            "objective": "lambdarank",
+            "learning_rate": 0.03,
+            "num_leaves": 15,
+            "min_data_in_leaf": 50,
+            "feature_fraction": 0.8,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "lambda_l2": 1.0,
+            "lambdarank_truncation_level": 20,
+        }
+    )
 
 
 @dataclass(frozen=True)
 class Candidates:
-    """Per profile: candidate items (-1 pads) and their features (profile x cand x f)."""
+    """Ragged candidates: the profile of each row, its item, its features; rows are
+    grouped by profile in ascending order."""
 
+    profiles: npt.NDArray[np.int64]
     items: npt.NDArray[np.int64]
     features: npt.NDArray[np.float64]
 
 
-def _gather(
-    matrix: sparse.csr_matrix, rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64]
-) -> npt.NDArray[np.float64]:
-    return np.asarray(matrix[rows, cols]).ravel().astype(np.float64)
+def _row_scaled(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    peaks = values.max(axis=1, initial=0.0)
+    out = np.zeros_like(values)
+    np.divide(values, peaks[:, None], out=out, where=peaks[:, None] > 0)
+    return out
+
+
+def _top_mask(scores: npt.NDArray[np.float64], width: int) -> npt.NDArray[np.bool_]:
+    """Each row's best `width` finite, positive scores as a mask."""
+    n = scores.shape[1]
+    width = min(width, n)
+    mask = np.zeros(scores.shape, dtype=bool)
+    if width <= 0:
+        return mask
+    cut = n - width
+    chosen = np.argpartition(scores, cut, axis=1)[:, cut:]
+    np.put_along_axis(mask, chosen, True, axis=1)
+    return mask & np.isfinite(scores) & (scores > 0)
+
+
+class _Context:
+    """What every block shares: item-item matrices, popularity and per-profile facts."""
+
+    def __init__(
+        self,
+        interactions: scoring.Interactions,
+        now_us: int,
+        settings: scoring.Settings,
+        metadata: ItemMetadata,
+        ranker: RankerSettings,
+    ) -> None:
+        self.log = interactions
+        self.now_us = now_us
+        self.settings = settings
+        self.metadata = metadata
+        self.ranker = ranker
+        n_profiles, n_items = interactions.profile_count, interactions.item_count
+        count = len(interactions.items)
+        self.windowed = scoring.cooccurrence(interactions, now_us, settings)
+        self.cosine = scoring.cooccurrence(
+            interactions, now_us, scoring.Settings(session_window_us=None)
+        )
+        shape = (n_profiles, n_items)
+        recency = scoring.recency(interactions, now_us, settings)
+        latest_first = scoring.latest_first(interactions, settings)
+        self.history_served = sparse.coo_matrix(
+            (
+                interactions.weights * recency * latest_first,
+                (interactions.profiles, interactions.items),
+            ),
+            shape=shape,
+        ).tocsr()
+        self.history_decayed = sparse.coo_matrix(
+            (interactions.weights * recency, (interactions.profiles, interactions.items)),
+            shape=shape,
+        ).tocsr()
+        binary = sparse.coo_matrix(
+            (np.ones(count), (interactions.profiles, interactions.items)), shape=shape
+        ).tocsr()
+        binary.data[:] = 1.0
+        self.binary = binary
+        place = _places(interactions)
+        latest = place == 0
+        self.latest_item = np.full(n_profiles, -1, dtype=np.int64)
+        self.latest_item[interactions.profiles[latest]] = interactions.items[latest]
+        self.last_us = np.full(n_profiles, -1, dtype=np.int64)
+        np.maximum.at(self.last_us, interactions.profiles, interactions.timestamps_us)
+        self.first_us = np.full(n_profiles, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(self.first_us, interactions.profiles, interactions.timestamps_us)
+        self.length = np.bincount(interactions.profiles, minlength=n_profiles).astype(np.float64)
+        latest3 = place < 3
+        self.latest3 = sparse.coo_matrix(
+            (
+                np.ones(int(latest3.sum())),
+                (interactions.profiles[latest3], interactions.items[latest3]),
+            ),
+            shape=shape,
+        ).tocsr()
+        # The latest few interactions one place at a time, for "how recent is the
+        # latest related interaction" (the latest 10 places bound the work).
+        self.by_place = []
+        for at in range(10):
+            rows = place == at
+            self.by_place.append(
+                sparse.coo_matrix(
+                    (
+                        np.ones(int(rows.sum())),
+                        (interactions.profiles[rows], interactions.items[rows]),
+                    ),
+                    shape=shape,
+                ).tocsr()
+            )
+        self.transitions = _transitions(interactions)
+        self.popularity = np.bincount(interactions.items, minlength=n_items).astype(np.float64)
+        self.popularity_decayed = scoring.popularity(interactions, now_us, settings)
+        self.blend_popularity = settings.popularity_weight * scoring.scaled(self.popularity_decayed)
+        # Recent popularity as of each profile's latest interaction: cumulative counts
+        # per item per day, differenced over the window ending that day.
+        day = scoring.DAY_US
+        if count:
+            origin = int(interactions.timestamps_us.min())
+            days = (interactions.timestamps_us - origin) // day
+            n_days = int(days.max()) + 2
+            per_day = sparse.coo_matrix(
+                (np.ones(count), (days, interactions.items)), shape=(n_days, n_items)
+            ).toarray()
+            self.cumulative = np.vstack([np.zeros((1, n_items)), np.cumsum(per_day, axis=0)])
+            self.origin = origin
+        else:
+            self.cumulative = np.zeros((2, n_items))
+            self.origin = 0
+        self.first_seen = np.full(n_items, now_us, dtype=np.int64)
+        np.minimum.at(self.first_seen, interactions.items, interactions.timestamps_us)
+        self.last_seen = np.full(n_items, -1, dtype=np.int64)
+        np.maximum.at(self.last_seen, interactions.items, interactions.timestamps_us)
+        categories = metadata.categories
+        if categories is not None:
+            sizes = np.asarray(categories.sum(axis=1)).ravel()
+            scale = np.zeros(len(sizes))
+            np.divide(1.0, sizes, out=scale, where=sizes > 0)
+            self.item_categories = sparse.csr_matrix(sparse.diags(scale) @ categories)
+            self.category_share = _row_normalised(sparse.csr_matrix(binary @ categories))
+            latest_rows = place < 10
+            recent = sparse.coo_matrix(
+                (
+                    np.ones(int(latest_rows.sum())),
+                    (interactions.profiles[latest_rows], interactions.items[latest_rows]),
+                ),
+                shape=shape,
+            ).tocsr()
+            self.category_share_latest = _row_normalised(sparse.csr_matrix(recent @ categories))
+
+    def recent_popularity(
+        self, profiles: npt.NDArray[np.int64], window_us: int
+    ) -> npt.NDArray[np.float64]:
+        """Per profile (rows), each item's interactions in the window up to its latest."""
+        day = scoring.DAY_US
+        last_day = np.where(
+            self.last_us[profiles] >= 0, (self.last_us[profiles] - self.origin) // day, 0
+        )
+        top_row = np.clip(last_day + 1, 0, self.cumulative.shape[0] - 1)
+        low_row = np.clip(last_day + 1 - max(window_us // day, 1), 0, self.cumulative.shape[0] - 1)
+        return np.asarray(self.cumulative[top_row] - self.cumulative[low_row])
+
+
+def _transitions(interactions: scoring.Interactions, lags: int = 3) -> sparse.csr_matrix:
+    """Directed item-to-item: how often b follows a within a profile (the k-th next
+    counting 1/k), each row scaled to sum 1 (so it reads as 'what comes next')."""
+    n = interactions.item_count
+    count = len(interactions.items)
+    order = np.lexsort((np.arange(count), interactions.timestamps_us, interactions.profiles))
+    profiles = interactions.profiles[order]
+    items = interactions.items[order]
+    rows: list[npt.NDArray[np.int64]] = []
+    cols: list[npt.NDArray[np.int64]] = []
+    values: list[npt.NDArray[np.float64]] = []
+    for lag in range(1, lags + 1):
+        if lag >= count:
+            break
+        keep = (profiles[:-lag] == profiles[lag:]) & (items[:-lag] != items[lag:])
+        rows.append(items[:-lag][keep])
+        cols.append(items[lag:][keep])
+        values.append(np.full(int(keep.sum()), 1.0 / lag))
+    if not rows:
+        return sparse.csr_matrix((n, n))
+    matrix = sparse.coo_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    ).tocsr()
+    return _row_normalised(matrix)
+
+
+def _places(interactions: scoring.Interactions) -> npt.NDArray[np.int64]:
+    """Each interaction's place among its profile's, latest first, from 0 (time, then
+    input order)."""
+    count = len(interactions.items)
+    place = np.zeros(count, dtype=np.int64)
+    if count == 0:
+        return place
+    order = np.lexsort((-np.arange(count), -interactions.timestamps_us, interactions.profiles))
+    profiles = interactions.profiles[order]
+    starts = np.r_[0, np.flatnonzero(profiles[1:] != profiles[:-1]) + 1]
+    place[order] = np.arange(count) - np.repeat(starts, np.diff(np.r_[starts, count]))
+    return place
+
+
+def _row_normalised(matrix: sparse.csr_matrix) -> sparse.csr_matrix:
+    totals = np.asarray(matrix.sum(axis=1)).ravel()
+    scale = np.zeros(len(totals))
+    np.divide(1.0, totals, out=scale, where=totals > 0)
+    return sparse.csr_matrix(sparse.diags(scale) @ matrix)
 
 
 def candidates(
-    interactions: scoring.Interactions, now_us: int, settings: scoring.Settings
+    interactions: scoring.Interactions,
+    now_us: int,
+    settings: scoring.Settings | None = None,
+    metadata: ItemMetadata | None = None,
+    ranker: RankerSettings | None = None,
+    *,
+    allow_consumed: bool = False,
+    excluded_items: npt.NDArray[np.bool_] | None = None,
+    profiles: npt.NDArray[np.int64] | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> Candidates:
-    """The candidates of every profile and their features."""
-    top = scoring.top_n(interactions, now_us, CANDIDATES, settings)
-    n_profiles, width = top.items.shape
-    windowed = scoring.cooccurrence(interactions, now_us, settings)
-    cosine = scoring.cooccurrence(interactions, now_us, scoring.Settings(session_window_us=None))
-    shape = (n_profiles, interactions.item_count)
-    had = sparse.coo_matrix(
-        (interactions.weights, (interactions.profiles, interactions.items)), shape=shape
-    ).tocsr()
-    had_binary = had.copy()
-    had_binary.data[:] = 1.0
-    related = sparse.csr_matrix(had @ windowed)
-    similar = sparse.csr_matrix(had_binary @ cosine)
-    # Each profile's latest item (time, then input order); -1 when it has none.
-    order = np.lexsort(
-        (np.arange(len(interactions.items)), interactions.timestamps_us, interactions.profiles)
+    """The candidates of the profiles (all by default) and their features."""
+    settings = settings or scoring.Settings()
+    ranker = ranker or RankerSettings()
+    context = _Context(interactions, now_us, settings, metadata or ItemMetadata(), ranker)
+    chosen = np.arange(interactions.profile_count) if profiles is None else profiles
+    parts = []
+    for start in range(0, len(chosen), ranker.block_profiles):
+        block = chosen[start : start + ranker.block_profiles]
+        parts.append(_block(context, block, allow_consumed, excluded_items))
+        if progress is not None:
+            progress(min(start + ranker.block_profiles, len(chosen)) / len(chosen))
+    if not parts:
+        return Candidates(
+            np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, len(FEATURES)))
+        )
+    return Candidates(
+        np.concatenate([p.profiles for p in parts]),
+        np.concatenate([p.items for p in parts]),
+        np.concatenate([p.features for p in parts]),
     )
-    last_item = np.full(n_profiles, -1, dtype=np.int64)
-    last_item[interactions.profiles[order]] = interactions.items[order]
-    popularity = np.bincount(interactions.items, minlength=interactions.item_count).astype(
-        np.float64
-    )
-    first_seen = np.full(interactions.item_count, now_us, dtype=np.int64)
-    np.minimum.at(first_seen, interactions.items, interactions.timestamps_us)
-    last_seen = np.zeros(interactions.item_count, dtype=np.int64)
-    np.maximum.at(last_seen, interactions.items, interactions.timestamps_us)
-    length = np.bincount(interactions.profiles, minlength=n_profiles).astype(np.float64)
 
-    rows = np.repeat(np.arange(n_profiles), width)
-    items = top.items.ravel()
-    valid = items >= 0
-    safe = np.where(valid, items, 0)
-    last = np.repeat(last_item, width)
-    has_last = last >= 0
-    safe_last = np.where(has_last, last, 0)
+
+SOURCES = (
+    "blend",
+    "windowed",
+    "cosine_history",
+    "cosine_latest",
+    "next_after_latest_3",
+    "popularity_recent_week",
+    "popularity",
+)
+
+
+def _sources(
+    context: _Context, profiles: npt.NDArray[np.int64]
+) -> dict[str, npt.NDArray[np.float64]]:
+    """Each candidate source's scores of every item for these profiles (rows)."""
+    windowed = _row_scaled((context.history_served[profiles] @ context.windowed).toarray())
+    cosine_latest = np.zeros_like(windowed)
+    latest = context.latest_item[profiles]
+    has_latest = latest >= 0
+    if has_latest.any():
+        cosine_latest[has_latest] = context.cosine[latest[has_latest]].toarray()
+    return {
+        "blend": windowed + context.blend_popularity[None, :],
+        "windowed": (context.history_decayed[profiles] @ context.windowed).toarray(),
+        "cosine_history": (context.binary[profiles] @ context.cosine).toarray(),
+        "cosine_latest": cosine_latest,
+        "next_after_latest_3": (context.latest3[profiles] @ context.transitions).toarray(),
+        "popularity_recent_week": context.recent_popularity(profiles, context.ranker.recent_us),
+        "popularity": np.tile(context.popularity, (len(profiles), 1)),
+    }
+
+
+def source_top_n(
+    interactions: scoring.Interactions,
+    now_us: int,
+    size: int,
+    profiles: npt.NDArray[np.int64],
+    settings: scoring.Settings | None = None,
+    ranker: RankerSettings | None = None,
+) -> dict[str, npt.NDArray[np.int64]]:
+    """Each candidate source alone: the profiles' best `size` unconsumed items
+    (rows in `profiles` order), to compare the ranker with its inputs."""
+    settings = settings or scoring.Settings()
+    ranker = ranker or RankerSettings()
+    context = _Context(interactions, now_us, settings, ItemMetadata(), ranker)
+    out = {name: np.full((len(profiles), size), -1, dtype=np.int64) for name in SOURCES}
+    for start in range(0, len(profiles), ranker.block_profiles):
+        chosen = profiles[start : start + ranker.block_profiles]
+        consumed = context.binary[chosen].nonzero()
+        for name, scores in _sources(context, chosen).items():
+            scores = scores.astype(np.float64, copy=True)
+            scores[consumed] = -np.inf
+            # Best first, ties to the lower item index (stable sort of negated scores).
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :size]
+            out[name][start : start + len(chosen)] = order
+    return out
+
+
+def _block(
+    context: _Context,
+    profiles: npt.NDArray[np.int64],
+    allow_consumed: bool,
+    excluded_items: npt.NDArray[np.bool_] | None,
+) -> Candidates:
+    ranker = context.ranker
     day = float(scoring.DAY_US)
+    sources = _sources(context, profiles)
+    blend = sources["blend"]
+    decayed = sources["windowed"]
+    cosine_history = sources["cosine_history"]
+    cosine_latest = sources["cosine_latest"]
+    recent_week = sources["popularity_recent_week"]
+    popularity = sources["popularity"]
+    decayed_share = _row_scaled(decayed)
+    cosine_share = _row_scaled(cosine_history)
+    windowed_latest = np.zeros_like(blend)
+    latest = context.latest_item[profiles]
+    has_latest = latest >= 0
+    if has_latest.any():
+        windowed_latest[has_latest] = context.windowed[latest[has_latest]].toarray()
+    windowed_latest_3 = (context.latest3[profiles] @ context.windowed).toarray()
+    next_after_latest = np.zeros_like(blend)
+    if has_latest.any():
+        next_after_latest[has_latest] = context.transitions[latest[has_latest]].toarray()
+    next_after_latest_3 = sources["next_after_latest_3"]
+    related_recency = np.zeros_like(blend)
+    for at in range(len(context.by_place) - 1, -1, -1):
+        # Later (smaller) places overwrite: the latest related interaction wins.
+        reach = sparse.csr_matrix(context.by_place[at][profiles] @ context.windowed)
+        related_recency[reach.nonzero()] = 1.0 / (1.0 + at)
+    recent_day = context.recent_popularity(profiles, scoring.DAY_US)
+    binary = context.binary[profiles]
+
+    blocked = np.zeros(blend.shape, dtype=bool)
+    if not allow_consumed:
+        rows, cols = binary.nonzero()
+        blocked[rows, cols] = True
+    if excluded_items is not None:
+        blocked[:, excluded_items] = True
+
+    def masked(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        # In place: every derived value is computed above, and the features are only
+        # ever read at candidates, which are never blocked.
+        values[blocked] = -np.inf
+        return values
+
+    chosen = (
+        _top_mask(masked(blend), ranker.blend_width)
+        | _top_mask(masked(decayed), ranker.windowed_width)
+        | _top_mask(masked(cosine_history), ranker.cosine_width)
+        | _top_mask(masked(cosine_latest), ranker.latest_width)
+        | _top_mask(masked(next_after_latest_3), ranker.next_width)
+        | _top_mask(masked(recent_week), ranker.recent_width)
+        | _top_mask(masked(popularity), ranker.popular_width)
+    ) & ~blocked
+    rows, items = np.nonzero(chosen)
+    # Rank under the blend among the row's candidates (0 best; ties to the lower item).
+    order = np.lexsort((items, -blend[rows, items], rows))
+    starts = np.r_[0, np.flatnonzero(rows[order][1:] != rows[order][:-1]) + 1]
+    first = np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+    blend_rank = np.empty(len(rows))
+    blend_rank[order] = np.arange(len(rows)) - first
+    who = profiles[rows]
+    last_us = context.last_us[who]
+    reference_us = np.where(last_us >= 0, last_us, context.now_us)
+    release = context.metadata.release_us
+    release_days = (
+        np.where(release[items] >= 0, (reference_us - release[items]) / day, np.nan)
+        if release is not None
+        else np.full(len(rows), np.nan)
+    )
+    if context.metadata.categories is not None:
+        item_categories = context.item_categories[items]
+        affinity = np.asarray(
+            context.category_share[who].multiply(item_categories).sum(axis=1)
+        ).ravel()
+        affinity_latest = np.asarray(
+            context.category_share_latest[who].multiply(item_categories).sum(axis=1)
+        ).ravel()
+    else:
+        affinity = np.full(len(rows), np.nan)
+        affinity_latest = np.full(len(rows), np.nan)
+    has_history = last_us >= 0
     columns = [
-        top.scores.ravel(),
-        np.tile(np.arange(width, dtype=np.float64), n_profiles),
-        _gather(related, rows, safe),
-        _gather(similar, rows, safe),
-        np.where(has_last, _gather(windowed, safe_last, safe), 0.0),
-        np.where(has_last, _gather(cosine, safe_last, safe), 0.0),
-        np.log1p(popularity[safe]),
-        (now_us - first_seen[safe]) / day,
-        (now_us - last_seen[safe]) / day,
-        np.log1p(length[rows]),
+        blend[rows, items],
+        blend_rank,
+        decayed[rows, items],
+        decayed_share[rows, items],
+        cosine_history[rows, items],
+        cosine_share[rows, items],
+        cosine_latest[rows, items],
+        windowed_latest[rows, items],
+        windowed_latest_3[rows, items],
+        next_after_latest[rows, items],
+        next_after_latest_3[rows, items],
+        related_recency[rows, items],
+        np.log1p(context.popularity[items]),
+        np.log1p(recent_week[rows, items]),
+        np.log1p(recent_day[rows, items]),
+        np.log1p(context.popularity_decayed[items]),
+        (reference_us - context.first_seen[items]) / day,
+        np.where(
+            context.last_seen[items] >= 0, (reference_us - context.last_seen[items]) / day, np.nan
+        ),
+        release_days,
+        affinity,
+        affinity_latest,
+        np.log1p(context.length[who]),
+        np.where(has_history, (last_us - context.first_us[who]) / day, np.nan),
+        np.where(has_history, (context.now_us - last_us) / day, np.nan),
     ]
-    features = np.where(valid[:, None], np.stack(columns, axis=1), np.nan)
-    return Candidates(top.items, features.reshape(n_profiles, width, len(columns)))
+    return Candidates(who.astype(np.int64), items.astype(np.int64), np.stack(columns, axis=1))
 
 
-def _without_last(
+def without_last(
     interactions: scoring.Interactions, k: int
 ) -> tuple[scoring.Interactions, npt.NDArray[np.int64]]:
     """The interactions without each profile's last `k` (profiles with more than k),
@@ -122,46 +553,279 @@ def _without_last(
     return kept, target
 
 
-def fit(
-    interactions: scoring.Interactions, settings: scoring.Settings, seed: int = 7
-) -> lightgbm.Booster:
-    """A lambdarank model on several earlier next interactions of each profile."""
+def tied_next(interactions: scoring.Interactions, k: int) -> sparse.csr_matrix:
+    """Per profile (rows), the items of its last `k` interactions made at the same
+    instant as the first of them: interactions recorded together have no real order,
+    so each is as much "the next one" as the first."""
+    count = len(interactions.items)
+    order = np.lexsort((np.arange(count), interactions.timestamps_us, interactions.profiles))
+    profiles = interactions.profiles[order]
+    times = interactions.timestamps_us[order]
+    ends = np.r_[np.flatnonzero(profiles[1:] != profiles[:-1]), count - 1]
+    sizes = np.diff(np.r_[-1, ends])
+    from_end = np.repeat(ends, sizes) - np.arange(count)
+    long_enough = np.repeat(sizes, sizes) > k
+    dropped = long_enough & (from_end < k)
+    first_time = np.full(interactions.profile_count, -1, dtype=np.int64)
+    first = long_enough & (from_end == k - 1)
+    first_time[profiles[first]] = times[first]
+    tied = dropped & (times == first_time[profiles])
+    return sparse.csr_matrix(
+        (
+            np.ones(int(tied.sum())),
+            (profiles[tied], interactions.items[order][tied]),
+        ),
+        shape=(interactions.profile_count, interactions.item_count),
+    )
+
+
+def training_set(
+    interactions: scoring.Interactions,
+    settings: scoring.Settings | None = None,
+    metadata: ItemMetadata | None = None,
+    ranker: RankerSettings | None = None,
+    ks: range | None = None,
+    progress: Callable[[float], None] | None = None,
+    *,
+    now_us: int | None = None,
+    learners: npt.NDArray[np.bool_] | None = None,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[int]]:
+    """Features, labels and group sizes of the earlier next interactions (k in `ks`,
+    by default 1..targets), each profile's candidates a group when its target is one.
+
+    Each earlier point in time keeps the gap between the log's last interaction and
+    `now_us` (default: just after the last), so features that look at "now" mean the
+    same when learning as when ranking. `learners` limits which profiles give
+    examples (every profile's rows still build the item-item matrices)."""
+    ranker = ranker or RankerSettings()
+    if len(interactions.items) == 0:
+        return np.zeros((0, len(FEATURES))), np.zeros(0), []
+    last_us = int(interactions.timestamps_us.max())
+    gap_us = 1 if now_us is None else max(now_us - last_us, 1)
+    ks = ks or range(1, ranker.targets + 1)
     features: list[npt.NDArray[np.float64]] = []
     labels: list[npt.NDArray[np.float64]] = []
     groups: list[int] = []
-    for k in range(1, TARGETS + 1):
-        history, target = _without_last(interactions, k)
-        now_us = int(history.timestamps_us.max()) + 1
-        found = candidates(history, now_us, settings)
-        # Only profiles whose target is among the candidates teach the ranking.
-        hit = (found.items == target[:, None]) & (target[:, None] >= 0)
-        useful = hit.any(axis=1)
-        for profile in np.flatnonzero(useful):
-            valid = found.items[profile] >= 0
-            features.append(found.features[profile][valid])
-            labels.append(hit[profile][valid].astype(np.float64))
-            groups.append(int(valid.sum()))
-    data = lightgbm.Dataset(np.concatenate(features), np.concatenate(labels), group=groups)
+    for step, k in enumerate(ks):
+        history, target = without_last(interactions, k)
+        if len(history.items) == 0:
+            continue
+        then_us = int(history.timestamps_us.max()) + gap_us
+        wanted = target >= 0
+        if learners is not None:
+            wanted &= learners
+        asked = np.flatnonzero(wanted)
+        found = candidates(history, then_us, settings, metadata, ranker, profiles=asked)
+        label = (found.items == target[found.profiles]).astype(np.float64)
+        if ranker.tied_positives:
+            tied = tied_next(interactions, k)
+            label = np.maximum(
+                label, (np.asarray(tied[found.profiles, found.items]).ravel() > 0).astype(float)
+            )
+        useful = np.zeros(interactions.profile_count, dtype=bool)
+        useful[found.profiles[label > 0]] = True
+        keep = useful[found.profiles]
+        features.append(found.features[keep])
+        labels.append(label[keep])
+        groups += np.bincount(found.profiles[keep], minlength=interactions.profile_count)[
+            useful
+        ].tolist()
+        if progress is not None:
+            progress((step + 1) / len(ks))
+    if not features:
+        return np.zeros((0, len(FEATURES))), np.zeros(0), []
+    return np.concatenate(features), np.concatenate(labels), groups
+
+
+def fit(
+    interactions: scoring.Interactions,
+    settings: scoring.Settings | None = None,
+    seed: int = 7,
+    metadata: ItemMetadata | None = None,
+    ranker: RankerSettings | None = None,
+    threads: int = 1,
+) -> lightgbm.Booster | None:
+    """A lambdarank model on several earlier next interactions of each profile (None
+    when no profile's earlier target is among its candidates)."""
+    ranker = ranker or RankerSettings()
+    features, labels, groups = training_set(interactions, settings, metadata, ranker)
+    if not groups:
+        return None
+    return _train(features, labels, groups, ranker, seed, threads)
+
+
+def _train(
+    features: npt.NDArray[np.float64],
+    labels: npt.NDArray[np.float64],
+    groups: list[int],
+    knobs: RankerSettings,
+    seed: int,
+    threads: int,
+) -> lightgbm.Booster:
+    data = lightgbm.Dataset(
+        features, labels, group=groups, feature_name=list(FEATURES), free_raw_data=True
+    )
     parameters = {
-        "objective": "lambdarank",
-        "learning_rate": 0.05,
-        "num_leaves": 31,
-        "min_data_in_leaf": 20,
+        **knobs.parameters,
         "seed": seed,
         "deterministic": True,
         "force_row_wise": True,
-        "num_threads": 1,
+        "num_threads": threads,
         "verbose": -1,
     }
-    model = lightgbm.train(parameters, data, num_boost_round=200)
-    return model
+    return lightgbm.train(parameters, data, num_boost_round=knobs.rounds)
 
 
-def rank(model: lightgbm.Booster, found: Candidates, size: int) -> npt.NDArray[np.int64]:
-    """Each profile's best `size` candidates by the ranker (-1 pads)."""
-    n_profiles, width, n_features = found.features.shape
-    flat = np.asarray(model.predict(found.features.reshape(-1, n_features)))
-    scores = flat.reshape(n_profiles, width)
-    scores = np.where(found.items >= 0, scores, -np.inf)
-    order = np.lexsort((found.items, -scores), axis=1)[:, :size]
-    return np.take_along_axis(found.items, order, axis=1)
+def rank(
+    model: lightgbm.Booster | None, found: Candidates, profile_count: int, size: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """Each profile's best `size` candidates by the ranker (or by the blend without
+    one) and their scores (profiles x size, -1 pads)."""
+    if model is None:
+        scores = found.features[:, FEATURES.index("blend")]
+    else:
+        scores = np.asarray(model.predict(found.features, num_threads=1), dtype=np.float64)
+    # Best first per profile, ties to the lower item index.
+    order = np.lexsort((found.items, -scores, found.profiles))
+    profiles = found.profiles[order]
+    starts = np.r_[0, np.flatnonzero(profiles[1:] != profiles[:-1]) + 1] if len(order) else []
+    place = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    keep = place < size
+    items = np.full((profile_count, size), -1, dtype=np.int64)
+    out_scores = np.zeros((profile_count, size))
+    items[profiles[keep], place[keep]] = found.items[order][keep]
+    out_scores[profiles[keep], place[keep]] = scores[order][keep]
+    return items, out_scores
+
+
+def _fill_from(
+    items: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.float64],
+    blend: scoring.TopN,
+    profiles: npt.NDArray[np.int64],
+) -> None:
+    """Where the ranker had fewer candidates than places, the blend's next items (not
+    already listed) fill the rest, below the ranked ones."""
+    short = profiles[(items[profiles] < 0).any(axis=1)] if len(profiles) else profiles
+    for profile in short.tolist():
+        row = items[profile]
+        listed = set(row[row >= 0].tolist())
+        free = np.flatnonzero(row < 0)
+        extra = [i for i in blend.items[profile].tolist() if i >= 0 and i not in listed]
+        floor = float(scores[profile][row >= 0].min()) if len(listed) else 1.0
+        for place, item in zip(free.tolist(), extra, strict=False):
+            row[place] = item
+            floor /= 2  # keeps the filled items below the ranked ones, in blend order
+            scores[profile, place] = floor
+
+
+def categories_from_properties(
+    metadata: list[dict[str, object]], item_property: str
+) -> sparse.csr_matrix | None:
+    """Item categories from the items' latest event properties: each text value (or
+    each text in a list) of a property is a category `property=value` when at least
+    two items share it and not every item has it (ids and titles drop out)."""
+    tokens: list[set[str]] = []
+    for properties in metadata:
+        found: set[str] = set()
+        for name, value in properties.items():
+            if name == item_property:
+                continue
+            values = value if isinstance(value, list) else [value]
+            found.update(f"{name}={v}" for v in values if isinstance(v, str))
+        tokens.append(found)
+    counts: dict[str, int] = {}
+    for found in tokens:
+        for token in found:
+            counts[token] = counts.get(token, 0) + 1
+    kept = sorted(token for token, n in counts.items() if 2 <= n < len(metadata))
+    if not kept:
+        return None
+    column = {token: at for at, token in enumerate(kept)}
+    rows = [item for item, found in enumerate(tokens) for token in found if token in column]
+    cols = [column[token] for found in tokens for token in found if token in column]
+    return sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(metadata), len(kept)))
+
+
+def recommend(
+    interactions: scoring.Interactions,
+    now_us: int,
+    size: int,
+    settings: scoring.Settings | None = None,
+    metadata: ItemMetadata | None = None,
+    knobs: RankerSettings | None = None,
+    *,
+    seed: int = 7,
+    allow_consumed: bool = False,
+    excluded_items: npt.NDArray[np.bool_] | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> tuple[scoring.TopN, bool]:
+    """Every profile's top `size`: the ranker's for profiles with history when enough
+    profiles teach it (`min_groups`), the blend's otherwise, for cold profiles and for
+    profiles beyond the ranking budget (`rank_cells`). The second value says whether
+    the ranker was used."""
+    settings = settings or scoring.Settings()
+    knobs = knobs or RankerSettings()
+    knobs = replace(knobs, blend_width=max(knobs.blend_width, size))
+    blend = scoring.top_n(
+        interactions,
+        now_us,
+        size,
+        settings,
+        allow_consumed=allow_consumed,
+        excluded_items=excluded_items,
+    )
+    if progress is not None:
+        progress(0.1)
+    counts = np.bincount(interactions.profiles, minlength=interactions.profile_count)
+    active = np.flatnonzero(counts)
+    item_count = max(interactions.item_count, 1)
+    # Learning scores targets x learners x items cells: sample learners to the budget.
+    most = max(knobs.fit_cells // (knobs.targets * item_count), 1)
+    learners = None
+    if len(active) > most:
+        rng = np.random.default_rng(seed)
+        learners = np.zeros(interactions.profile_count, dtype=bool)
+        learners[rng.choice(active, most, replace=False)] = True
+    learning = None if progress is None else (lambda share: progress(0.1 + 0.4 * share))
+    features, labels, groups = training_set(
+        interactions, settings, metadata, knobs, progress=learning, now_us=now_us, learners=learners
+    )
+    if progress is not None:
+        progress(0.5)
+    if len(groups) < knobs.min_groups:
+        return blend, False
+    model = _train(features, labels, groups, knobs, seed, threads=1)
+    if progress is not None:
+        progress(0.6)
+    # Ranking scores ranked x items cells: the most recently active profiles first,
+    # the rest keep the blend.
+    ranked = max(knobs.rank_cells // item_count, 1)
+    if len(active) > ranked:
+        last_us = np.full(interactions.profile_count, -1, dtype=np.int64)
+        np.maximum.at(last_us, interactions.profiles, interactions.timestamps_us)
+        latest = active[np.lexsort((active, -last_us[active]))]
+        active = np.sort(latest[:ranked])
+    found = candidates(
+        interactions,
+        now_us,
+        settings,
+        metadata,
+        knobs,
+        allow_consumed=allow_consumed,
+        excluded_items=excluded_items,
+        profiles=active,
+        progress=None if progress is None else (lambda share: progress(0.6 + 0.4 * share)),
+    )
+    items, scores = rank(model, found, interactions.profile_count, size)
+    # Served scores in (0, 1), in the ranker's order (a logistic of its score).
+    scores = np.where(items >= 0, 1.0 / (1.0 + np.exp(-scores)), 0.0)
+    # Cold profiles (no history) keep the blend's popular items.
+    out_items = blend.items.copy()
+    out_scores = blend.scores.copy()
+    out_items[active] = items[active]
+    out_scores[active] = scores[active]
+    _fill_from(out_items, out_scores, blend, active)
+    if progress is not None:
+        progress(1.0)
+    return scoring.TopN(out_items, out_scores), True

@@ -71,9 +71,7 @@ class TopN:
     scores: npt.NDArray[np.float64]
 
 
-def _recency(
-    interactions: Interactions, now_us: int, settings: Settings
-) -> npt.NDArray[np.float64]:
+def recency(interactions: Interactions, now_us: int, settings: Settings) -> npt.NDArray[np.float64]:
     if not settings.time_decay:
         return np.ones(len(interactions.items))
     age = np.maximum(now_us - interactions.timestamps_us, 0).astype(np.float64)
@@ -84,7 +82,7 @@ def popularity(
     interactions: Interactions, now_us: int, settings: Settings
 ) -> npt.NDArray[np.float64]:
     """Each item's weighted, decayed interaction total."""
-    values = interactions.weights * _recency(interactions, now_us, settings)
+    values = interactions.weights * recency(interactions, now_us, settings)
     counts = np.bincount(interactions.items, weights=values, minlength=interactions.item_count)
     return counts.astype(np.float64)
 
@@ -98,7 +96,7 @@ def cooccurrence(interactions: Interactions, now_us: int, settings: Settings) ->
     profiles = interactions.profiles[order]
     items = interactions.items[order]
     times = interactions.timestamps_us[order]
-    recency = _recency(interactions, now_us, settings)[order]
+    decay = recency(interactions, now_us, settings)[order]
     rows: list[npt.NDArray[np.int64]] = []
     cols: list[npt.NDArray[np.int64]] = []
     values: list[npt.NDArray[np.float64]] = []
@@ -112,7 +110,7 @@ def cooccurrence(interactions: Interactions, now_us: int, settings: Settings) ->
             & (items[:-lag] != items[lag:])
         )
         first, second = items[:-lag][keep], items[lag:][keep]
-        weight = recency[lag:][keep]
+        weight = decay[lag:][keep]
         rows += [first, second]
         cols += [second, first]
         values += [weight, weight]
@@ -143,7 +141,7 @@ def _cosine(interactions: Interactions) -> sparse.csr_matrix:
     return sparse.csr_matrix(sparse.diags(scale) @ matrix @ sparse.diags(scale))
 
 
-def _latest_first(interactions: Interactions, settings: Settings) -> npt.NDArray[np.float64]:
+def latest_first(interactions: Interactions, settings: Settings) -> npt.NDArray[np.float64]:
     half_life = settings.profile_half_life_interactions
     count = len(interactions.items)
     if half_life is None or count == 0:
@@ -158,7 +156,7 @@ def _latest_first(interactions: Interactions, settings: Settings) -> npt.NDArray
     return np.power(0.5, rank / half_life)
 
 
-def _scaled(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+def scaled(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     peak = values.max() if values.size else 0.0
     return values / peak if peak > 0 else values
 
@@ -177,15 +175,15 @@ def top_n(
     settings = settings or Settings()
     n_profiles, n_items = interactions.profile_count, interactions.item_count
     size = min(size, n_items)
-    recency = _recency(interactions, now_us, settings) * _latest_first(interactions, settings)
+    decay = recency(interactions, now_us, settings) * latest_first(interactions, settings)
     history = sparse.coo_matrix(
-        (interactions.weights * recency, (interactions.profiles, interactions.items)),
+        (interactions.weights * decay, (interactions.profiles, interactions.items)),
         shape=(n_profiles, n_items),
     ).tocsr()
-    pop = settings.popularity_weight * _scaled(popularity(interactions, now_us, settings))
+    pop = settings.popularity_weight * scaled(popularity(interactions, now_us, settings))
     item_item = cooccurrence(interactions, now_us, settings) if settings.use_cooccurrence else None
     if not settings.use_cooccurrence:
-        pop = _scaled(pop)
+        pop = scaled(pop)
     blocked = np.zeros(n_items, dtype=bool) if excluded_items is None else excluded_items
     out_items = np.full((n_profiles, size), -1, dtype=np.int64)
     out_scores = np.zeros((n_profiles, size))

@@ -7,6 +7,7 @@ import dataclasses
 
 from services.profile.recommendations.definition import (
     RecommendationModel,
+    TrainingStatus,
     parse_key,
     validate,
 )
@@ -52,6 +53,13 @@ class RecommendationModels:
         """Delete the object, then its items from every profile's hot state."""
         await self._store.delete(workspace_id, parse_key(key))
         await self._writer.remove_everywhere(workspace_id, key)
+
+    async def train_now(self, workspace_id: str, key: str) -> TrainingStatus:
+        """Run a training here and wait for it (the scheduler's way); FailedPrecondition
+        if it is training already, here or on another replica."""
+        parse_key(key)
+        await self._store.start_training(workspace_id, key, self._clock.now_us())
+        return await self._trainer.run(workspace_id, key)
 
     async def train(self, workspace_id: str, key: str) -> RecommendationModel:
         """Start a training job in this process and return the object, now running;

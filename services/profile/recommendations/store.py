@@ -139,6 +139,16 @@ class RecommendationStore:
             )
             return [_model(row) for row in rows]
 
+    async def every_model(self) -> list[tuple[str, RecommendationModel]]:
+        """Every object of every workspace, as (workspace, object), in a stable order."""
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(recommendation_models).order_by(
+                    recommendation_models.c.workspace_id, recommendation_models.c.key
+                )
+            )
+            return [(row.workspace_id, _model(row)) for row in rows]
+
     async def delete(self, workspace_id: str, key: str) -> None:
         """Remove an object; NotFound if absent."""
         async with self._engine.begin() as connection:

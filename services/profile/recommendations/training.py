@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from services.profile.recommendations import scoring
+from services.profile.recommendations import ranker, scoring
 from services.profile.recommendations.definition import (
     RecommendationModel,
     TrainingState,
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # hot-state writes fill the rest.
 _LOADED = 0.1
 _SCORED = 0.5
+_PROGRESS_EVERY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -100,11 +101,13 @@ class Trainer:
         writer: RecommendationWriter,
         clock: Clock,
         settings: scoring.Settings | None = None,
+        knobs: ranker.RankerSettings | None = None,
     ) -> None:
         self._store = store
         self._writer = writer
         self._clock = clock
         self._settings = settings or scoring.Settings()
+        self._knobs = knobs or ranker.RankerSettings()
 
     async def run(self, workspace_id: str, key: str) -> TrainingStatus:
         """Train the object (already marked running) and record how it ended."""
@@ -125,14 +128,36 @@ class Trainer:
         properties = await self._store.event_properties(workspace_id, latest_seq.tolist())
         metadata = [properties.get(int(seq), {}) for seq in latest_seq]
         await self._store.record_progress(workspace_id, key, _LOADED)
-        top = await asyncio.to_thread(
-            scoring.top_n,
-            interactions,
-            self._clock.now_us(),
-            model.size,
-            self._settings,
-            allow_consumed=model.recommend_consumed,
-            excluded_items=excluded(model, metadata),
+        item_metadata = ranker.ItemMetadata(
+            categories=ranker.categories_from_properties(metadata, model.item_property)
+        )
+        # The model runs in a worker thread that notes its share done; this task records
+        # it every second (one writer, so progress never goes backwards).
+        share = [0.0]
+        job = asyncio.ensure_future(
+            asyncio.to_thread(
+                ranker.recommend,
+                interactions,
+                self._clock.now_us(),
+                model.size,
+                self._settings,
+                item_metadata,
+                self._knobs,
+                allow_consumed=model.recommend_consumed,
+                excluded_items=excluded(model, metadata),
+                progress=lambda done: share.__setitem__(0, done),
+            )
+        )
+        while not job.done():
+            await asyncio.wait({job}, timeout=_PROGRESS_EVERY_SECONDS)
+            await self._store.record_progress(
+                workspace_id, key, _LOADED + (_SCORED - _LOADED) * share[0]
+            )
+        top, ranked = job.result()
+        log.info(
+            "recommendations scored by the %s",
+            "ranker" if ranked else "blend",
+            extra={"model_key": key, "ranked": ranked},
         )
         await self._store.record_progress(workspace_id, key, _SCORED)
         metadata_text = [

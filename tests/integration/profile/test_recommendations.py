@@ -3,6 +3,7 @@ Postgres and Redis, the profile service on a loopback port."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 import grpc
@@ -361,3 +362,91 @@ async def test_a_deleted_profile_leaves_the_inputs_of_the_next_training(
     done = await train(profile_stub, workspace.admin)
     assert (done.training.items, done.training.profiles) == (4, 6)
     assert "p5" not in await recommended(profile_stub, workspace.profile, "cold")
+
+
+async def test_scheduled_retraining_runs_on_one_replica_and_waits_for_its_turn(
+    profile_stub, resources, workspace, redis, clock
+) -> None:  # type: ignore[no-untyped-def]
+    from services.profile.app import build_models
+    from services.profile.recommendations.definition import TrainingState
+    from services.profile.recommendations.scheduler import RetrainScheduler
+    from services.profile.recommendations.store import RecommendationStore
+
+    pids = await shop(resources, redis, workspace.workspace_id)
+    await profile_stub.CreateRecommendationModel(
+        profile_pb2.CreateRecommendationModelRequest(model=shop_model()),
+        metadata=bearer(workspace.admin),
+    )
+    store = RecommendationStore(resources.engine)
+    # Two replicas, each with its own objects facade and trainer, on one database.
+    replicas = [
+        RetrainScheduler(build_models(resources), store, clock, every_seconds=3600)
+        for _ in range(2)
+    ]
+    rounds = await asyncio.gather(*(replica.run_due() for replica in replicas))
+    jobs = [job for found in rounds for job in found]
+    # Never trained, so due; exactly one replica ran it (the other found it running).
+    assert [(job.key, job.state) for job in jobs] == [("shop", TrainingState.SUCCEEDED)]
+    status = (await store.get(workspace.workspace_id, "shop")).training
+    assert status.state is TrainingState.SUCCEEDED and status.progress == 1.0
+    assert await redis.get(hotstate.profile_key(workspace.workspace_id, pids["target"], "recs"))
+    # Not due again until the interval has passed since that training.
+    assert await replicas[0].run_due() == [] and await replicas[1].run_due() == []
+    clock.advance(3600)
+    again = await replicas[1].run_due()
+    assert [(job.key, job.state) for job in again] == [("shop", TrainingState.SUCCEEDED)]
+
+
+async def test_the_ranker_serves_unconsumed_items_deterministically_within_the_workspace(
+    profile_stub, resources, workspace, redis, clock, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    import logging
+    import random
+
+    from services.profile.recommendations.hotwrite import RecommendationWriter
+    from services.profile.recommendations.ranker import RankerSettings
+    from services.profile.recommendations.service import RecommendationModels
+    from services.profile.recommendations.store import RecommendationStore
+    from services.profile.recommendations.training import Trainer
+
+    ws = workspace.workspace_id
+    other = await make_workspace(resources, "other")
+    rng = random.Random(5)
+    # Two tastes of six items each; people browse within theirs, a few steps apart.
+    histories: dict[str, list[tuple[str, str]]] = {}
+    for n in range(40):
+        taste = (
+            ["p1", "p2", "p3", "p4", "p5", "p6"] if n % 2 else ["k1", "k2", "k3", "k4", "k5", "k6"]
+        )
+        histories[f"u{n}"] = [("Product Viewed", rng.choice(taste)) for _ in range(6)]
+    pids = {user: await person(resources, redis, ws, user, h) for user, h in histories.items()}
+    # The other workspace's shoppers use the same product ids and some of their own.
+    for n in range(5):
+        await person(resources, redis, other.workspace_id, f"o{n}",
+                     [("Product Viewed", "p1"), ("Product Viewed", "zz-other")])  # fmt: skip
+    await profile_stub.CreateRecommendationModel(
+        profile_pb2.CreateRecommendationModelRequest(model=shop_model(size=4)),
+        metadata=bearer(workspace.admin),
+    )
+    store = RecommendationStore(resources.engine)
+    writer = RecommendationWriter(resources.redis)
+    # Small knobs, so 40 profiles are enough to teach it.
+    knobs = RankerSettings(targets=2, rounds=20, min_groups=10)
+    models = RecommendationModels(store, writer, Trainer(store, writer, clock, knobs=knobs), clock)
+
+    async def snapshot() -> dict[int, bytes]:
+        return {
+            pid: await redis.get(hotstate.profile_key(ws, pid, "recs")) for pid in pids.values()
+        }
+
+    with caplog.at_level(logging.INFO, logger="services.profile.recommendations.training"):
+        await models.train_now(ws, "shop")
+    assert any(getattr(r, "ranked", False) for r in caplog.records)
+    first = await snapshot()
+    await models.train_now(ws, "shop")
+    assert await snapshot() == first  # same events and clock: the same bytes
+    for user, history in histories.items():
+        got = await recommended(profile_stub, workspace.profile, user)
+        had = {item for _, item in history}
+        assert got and not had & set(got), user
+        assert "zz-other" not in got

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from services.profile.recommendations import evaluate, ranker, scoring
@@ -131,7 +133,7 @@ def test_ranker_targets_are_earlier_next_interactions() -> None:
         profile_count=2,
         item_count=10,
     )
-    history, target = ranker._without_last(log, 2)
+    history, target = ranker.without_last(log, 2)
     # Profile 0 loses its last two and its target is the first of them; profile 1 has
     # only two interactions, so it keeps them and has no target.
     assert history.items.tolist() == [5, 8, 9]
@@ -140,7 +142,127 @@ def test_ranker_targets_are_earlier_next_interactions() -> None:
 
 def test_the_ranker_is_deterministic_for_a_seed() -> None:
     log = evaluate.synthetic(200, 80, seed=3)
-    first = evaluate.evaluate_ranker(log, seed=1)
-    again = evaluate.evaluate_ranker(log, seed=1)
+    knobs = ranker.RankerSettings(targets=2, rounds=30)
+    first = evaluate.evaluate_ranker(log, seed=1, knobs=knobs)
+    again = evaluate.evaluate_ranker(log, seed=1, knobs=knobs)
     assert first == again
-    assert 0 < first.ndcg <= first.hit_rate <= 1
+    figures = {result.name: result for result in first}
+    ranked = figures["LightGBM lambdarank over the candidates"]
+    assert ranked.ndcg is not None
+    assert 0 < ranked.ndcg <= ranked.hit_rate <= 1
+
+
+def test_ranker_candidates_never_hold_consumed_or_excluded_items() -> None:
+    log = evaluate.synthetic(120, 60, seed=4)
+    now = int(log.timestamps_us.max()) + 1
+    blocked = np.zeros(log.item_count, dtype=bool)
+    blocked[[0, 1, 2]] = True
+    found = ranker.candidates(log, now, excluded_items=blocked)
+    consumed = set(zip(log.profiles.tolist(), log.items.tolist(), strict=True))
+    pairs = set(zip(found.profiles.tolist(), found.items.tolist(), strict=True))
+    assert not pairs & consumed
+    assert not set(found.items.tolist()) & {0, 1, 2}
+    assert found.features.shape == (len(found.items), len(ranker.FEATURES))
+    allowed = ranker.candidates(log, now, allow_consumed=True)
+    assert set(zip(allowed.profiles.tolist(), allowed.items.tolist(), strict=True)) & consumed
+
+
+def test_ranker_uses_item_categories_when_metadata_has_them() -> None:
+    from scipy import sparse
+
+    log = evaluate.synthetic(150, 40, seed=2)
+    now = int(log.timestamps_us.max()) + 1
+    categories = sparse.csr_matrix(np.eye(40)[:, :4] + np.eye(40)[:, 4:8])
+    metadata = ranker.ItemMetadata(categories=categories, release_us=np.zeros(40, dtype=np.int64))
+    found = ranker.candidates(log, now, metadata=metadata)
+    affinity = found.features[:, ranker.FEATURES.index("category_affinity")]
+    assert np.isfinite(affinity).all() and (affinity >= 0).all() and (affinity <= 1).all()
+    without = ranker.candidates(log, now)
+    assert np.isnan(without.features[:, ranker.FEATURES.index("category_affinity")]).all()
+
+
+def test_training_serves_the_ranker_when_enough_profiles_teach_it() -> None:
+    log = evaluate.synthetic(300, 80, seed=6)
+    cold = log.profile_count  # one more profile, without interactions
+    log = scoring.Interactions(
+        log.profiles, log.items, log.weights, log.timestamps_us, cold + 1, log.item_count
+    )
+    now = int(log.timestamps_us.max()) + 1
+    knobs = ranker.RankerSettings(targets=3, rounds=30, min_groups=20)
+    top, used = ranker.recommend(log, now, 5, knobs=knobs, seed=2)
+    assert used
+    again, _ = ranker.recommend(log, now, 5, knobs=knobs, seed=2)
+    assert np.array_equal(top.items, again.items) and np.array_equal(top.scores, again.scores)
+    consumed = set(zip(log.profiles.tolist(), log.items.tolist(), strict=True))
+    served = {(p, int(i)) for p, row in enumerate(top.items) for i in row if i >= 0}
+    assert not served & consumed
+    # Every profile with history gets its full list, scored in (0, 1) best first.
+    ranked = top.items[:cold]
+    assert (ranked >= 0).all()
+    assert ((top.scores[:cold] > 0) & (top.scores[:cold] < 1)).all()
+    assert (np.diff(top.scores[:cold], axis=1) <= 0).all()
+    # The cold profile gets the blend's popular items; too few learners: the blend.
+    blend = scoring.top_n(log, now, 5)
+    assert top.items[cold].tolist() == blend.items[cold].tolist()
+    fallback, used = ranker.recommend(log, now, 5, knobs=replace(knobs, min_groups=10**6))
+    assert not used and np.array_equal(fallback.items, blend.items)
+
+
+def test_categories_come_from_shared_text_properties() -> None:
+    metadata = [
+        {"product_id": "a", "genre": ["Comedy", "Drama"], "title": "A", "price": 3},
+        {"product_id": "b", "genre": ["Comedy"], "title": "B"},
+        {"product_id": "c", "genre": "Drama", "title": "C"},
+    ]
+    categories = ranker.categories_from_properties(metadata, "product_id")
+    assert categories is not None
+    # genre=Comedy and genre=Drama are shared; titles are unique, ids and numbers ignored.
+    assert categories.toarray().tolist() == [[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
+
+
+def test_profiles_beyond_the_ranking_budget_keep_the_blend() -> None:
+    log = evaluate.synthetic(300, 80, seed=6)
+    now = int(log.timestamps_us.max()) + 1
+    # Room to rank ten profiles (10 x 80 cells) and to learn from a sample.
+    knobs = ranker.RankerSettings(
+        targets=3, rounds=30, min_groups=20, rank_cells=800, fit_cells=3 * 80 * 150
+    )
+    top, used = ranker.recommend(log, now, 5, knobs=knobs, seed=2)
+    assert used
+    blend = scoring.top_n(log, now, 5)
+    last = np.full(log.profile_count, -1)
+    np.maximum.at(last, log.profiles, log.timestamps_us)
+    latest = set(np.lexsort((np.arange(log.profile_count), -last))[:10].tolist())
+    differs = {
+        p for p in range(log.profile_count) if top.items[p].tolist() != blend.items[p].tolist()
+    }
+    assert differs and differs <= latest
+
+
+def test_items_recorded_with_the_next_one_are_next_too() -> None:
+    log = scoring.Interactions(
+        np.array([0, 0, 0, 0, 1, 1]),
+        np.array([1, 2, 3, 4, 5, 6]),
+        np.ones(6),
+        np.array([1, 2, 2, 3, 1, 2]),
+        profile_count=2,
+        item_count=7,
+    )
+
+    # Profile 0 without its last three: the next is item 2, recorded with item 3 (not
+    # with item 4, later); profile 1 has too few interactions to lose three.
+    def pairs(k: int) -> list[tuple[int, int]]:
+        rows, cols = ranker.tied_next(log, k).nonzero()
+        return sorted(zip(rows.tolist(), cols.tolist(), strict=True))
+
+    assert pairs(3) == [(0, 2), (0, 3)]
+    assert pairs(1) == [(0, 4), (1, 6)]
+
+
+def test_a_short_ranked_list_is_filled_from_the_blend_below_the_ranked_items() -> None:
+    items = np.array([[4, 2, -1, -1], [1, 2, 3, 5]])
+    scores = np.array([[0.9, 0.6, 0.0, 0.0], [0.9, 0.8, 0.7, 0.6]])
+    blend = scoring.TopN(np.array([[2, 7, 8, 9], [5, 6, 7, 8]]), np.ones((2, 4)))
+    ranker._fill_from(items, scores, blend, np.array([0, 1]))
+    assert items.tolist() == [[4, 2, 7, 8], [1, 2, 3, 5]]
+    assert scores[0].tolist() == [0.9, 0.6, 0.3, 0.15]
