@@ -70,10 +70,12 @@ def describe_rpc_error(error: grpc.RpcError, what: str) -> str:
     """The status, message and each field violation, one per line."""
     code = error.code() if isinstance(error, grpc.Call) else None
     details = error.details() if isinstance(error, grpc.Call) else str(error)
-    lines = [f"{what}: {code.name if code else 'ERROR'}: {details}"]
+    violations = field_violations(error)
+    # With field violations the message only repeats them: list each on its own line.
+    lines = [f"{what}: {code.name if code else 'ERROR'}" + ("" if violations else f": {details}")]
     if code == grpc.StatusCode.UNAVAILABLE:
         lines.append("  is the service running? (`make run`, or set <SERVICE>_ADDR / --addr)")
-    lines += [f"  - {v.field}: {v.description}" for v in field_violations(error)]
+    lines += [f"  - {v.field}: {v.description}" for v in violations]
     return "\n".join(lines)
 
 
