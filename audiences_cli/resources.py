@@ -160,7 +160,10 @@ def parse_documents(text: str, source: str) -> list[Document]:
         if not isinstance(raw, dict) or "kind" not in raw:
             raise DefinitionError(f"{where}: each document is a mapping with a `kind`")
         spec = dict(raw)
-        kind = kind_of(str(spec.pop("kind")))
+        try:
+            kind = kind_of(str(spec.pop("kind")))
+        except DefinitionError as error:
+            raise DefinitionError(f"{where}: {error}") from error
         spec.pop("status", None)  # what `audiences get` shows besides the spec
         validate(kind, spec, where)
         documents.append(Document(kind, spec, where))
