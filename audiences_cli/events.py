@@ -13,12 +13,12 @@ import json
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from audiences.v1 import common_pb2, ingest_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from services.shared.clock import parse_iso_us
 
 TYPES = {
     "track": ingest_pb2.EVENT_TYPE_TRACK,
@@ -48,6 +48,17 @@ def _text(value: Any) -> str:
 
 def _json_bytes(value: Any) -> bytes:
     return b"" if value is None else json.dumps(value, separators=(",", ":")).encode()
+
+
+def parse_iso_us(text: str) -> int:
+    """Epoch microseconds of an ISO-8601 instant (`Z` or an offset; none means UTC)."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // _MICROSECOND
+
+
+_MICROSECOND = datetime.resolution
 
 
 def timestamp_of(micros: int) -> Timestamp:
