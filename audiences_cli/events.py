@@ -19,7 +19,6 @@ from typing import Any
 from audiences.v1 import common_pb2, ingest_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-
 TYPES = {
     "track": ingest_pb2.EVENT_TYPE_TRACK,
     "identify": ingest_pb2.EVENT_TYPE_IDENTIFY,
