@@ -230,6 +230,8 @@ def cdnow_events(path: Path, now_us: int, limit: int = 0) -> list[ingest_pb2.Eve
         if len(parts) != 4:
             continue
         customer, day, cds, dollars = parts
+        if not day.isdigit():
+            continue  # the header line
         moment = datetime.strptime(day, "%Y%m%d").replace(hour=12, tzinfo=UTC)
         rows.append(
             (number, customer, int(moment.timestamp() * 1_000_000), int(cds), float(dollars))
