@@ -56,33 +56,9 @@ def current_specs(kind: str) -> dict[str, dict[str, Any]]:
     c = State.connection()
     what = f"list {kind}"
     if kind == "audience":
-        seg = c.segmentation()
-        found = _paged(
-            lambda t: _page(
-                call(
-                    seg.ListAudiences,
-                    segmentation_pb2.ListAudiencesRequest(page_size=500, page_token=t),
-                    "admin",
-                    what,
-                ),
-                "audiences",
-            )
-        )
-        return {a.key: res.audience_spec(a) for a in found}
+        return {a.key: res.audience_spec(a) for a in _audiences()}
     if kind == "computed_trait":
-        seg = c.segmentation()
-        traits = _paged(
-            lambda t: _page(
-                call(
-                    seg.ListComputedTraits,
-                    segmentation_pb2.ListComputedTraitsRequest(page_size=500, page_token=t),
-                    "admin",
-                    what,
-                ),
-                "computed_traits",
-            )
-        )
-        return {t.key: res.computed_trait_spec(t) for t in traits}
+        return {t.key: res.computed_trait_spec(t) for t in _computed_traits()}
     if kind == "prediction":
         pred = c.prediction()
         predictions = _paged(
@@ -115,6 +91,40 @@ def current_specs(kind: str) -> dict[str, dict[str, Any]]:
 
 def _page(reply: Any, field: str) -> tuple[list[Any], str]:
     return list(getattr(reply, field)), reply.next_page_token
+
+
+def _state(state: segmentation_pb2.AudienceState.ValueType) -> str:
+    return segmentation_pb2.AudienceState.Name(state).removeprefix("AUDIENCE_STATE_").lower()
+
+
+def _audiences() -> list[segmentation_pb2.Audience]:
+    stub = State.connection().segmentation()
+    return _paged(
+        lambda t: _page(
+            call(
+                stub.ListAudiences,
+                segmentation_pb2.ListAudiencesRequest(page_size=500, page_token=t),
+                "admin",
+                "list audiences",
+            ),
+            "audiences",
+        )
+    )
+
+
+def _computed_traits() -> list[segmentation_pb2.ComputedTrait]:
+    stub = State.connection().segmentation()
+    return _paged(
+        lambda t: _page(
+            call(
+                stub.ListComputedTraits,
+                segmentation_pb2.ListComputedTraitsRequest(page_size=500, page_token=t),
+                "admin",
+                "list computed traits",
+            ),
+            "computed_traits",
+        )
+    )
 
 
 def _destinations() -> list[sync_pb2.Destination]:
@@ -369,40 +379,29 @@ def status_rows(kind: str) -> list[dict[str, Any]]:
     """Every object of `kind` with its spec and server status, as flat rows."""
     c = State.connection()
     rows: list[dict[str, Any]] = []
-    if kind in ("audience", "computed_trait"):
-        specs = current_specs(kind)
-        seg = c.segmentation()
-        for key, spec in specs.items():
-            if kind == "audience":
-                a = call(
-                    seg.GetAudience,
-                    segmentation_pb2.GetAudienceRequest(key=key),
-                    "admin",
-                    f"get audience {key}",
-                )
-                status = {
-                    "state": segmentation_pb2.AudienceState.Name(a.state)
-                    .removeprefix("AUDIENCE_STATE_")
-                    .lower(),
+    if kind == "audience":
+        for a in _audiences():
+            rows.append(
+                {
+                    **res.audience_spec(a),
+                    "state": _state(a.state),
                     "size": a.size,
                     "version": a.version,
                     "updated_at": when(a.updated_at),
+                    "failure_reason": a.failure_reason,
                 }
-            else:
-                t = call(
-                    seg.GetComputedTrait,
-                    segmentation_pb2.GetComputedTraitRequest(key=key),
-                    "admin",
-                    f"get computed trait {key}",
-                )
-                status = {
-                    "state": segmentation_pb2.AudienceState.Name(t.state)
-                    .removeprefix("AUDIENCE_STATE_")
-                    .lower(),
+            )
+    elif kind == "computed_trait":
+        for t in _computed_traits():
+            rows.append(
+                {
+                    **res.computed_trait_spec(t),
+                    "state": _state(t.state),
                     "version": t.version,
                     "updated_at": when(t.updated_at),
+                    "failure_reason": t.failure_reason,
                 }
-            rows.append({**spec, **status})
+            )
     elif kind == "prediction":
         pred = c.prediction()
         for p in _paged(

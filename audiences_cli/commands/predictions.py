@@ -68,6 +68,9 @@ def _polling(progress: Callable[[], tuple[float, float | None, str]], title: str
         finally:
             stop.set()
             watcher.join()
+        # Done: the last poll may have seen the stage before the final one.
+        total = next(t.total for t in bar.tasks if t.id == task) or 1
+        bar.update(task, completed=total, total=total, description=f"{title} done")
 
 
 def _prediction_exists(key: str) -> bool:
