@@ -11,14 +11,17 @@ import csv
 import io
 import json
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis.asyncio as redis_asyncio
 import yaml
 
 from services.shared.cli import create_workspace
 from services.shared.config import Settings
+from tests.helpers import backends
 from tests.helpers.servers import as_processes
 
 pytestmark = pytest.mark.e2e
@@ -72,19 +75,38 @@ class Cli:
         return result.out
 
 
+@pytest.fixture(scope="module")
+async def addresses(template_database: str) -> AsyncIterator[dict[str, str]]:
+    """The services as processes, once for this module's tests (each test has its own
+    workspace, so they share nothing but the processes)."""
+    database_url = await backends.create_database(template=template_database)
+    redis_url = backends.test_redis_url()
+    client = redis_asyncio.Redis.from_url(redis_url)
+    await client.flushdb()
+    try:
+        names = ["ingest", "segmentation", "profile", "sync"]
+        async with as_processes(database_url, redis_url, names) as found:
+            yield {"database_url": database_url, "redis_url": redis_url, **found}
+    finally:
+        await client.flushdb()
+        await client.aclose()
+        await backends.drop_database(database_url)
+
+
 @pytest.fixture
-async def cli(database_url: str, redis_url: str, tmp_path: Path) -> object:
-    keys = await create_workspace(Settings(database_url=database_url, redis_url=redis_url), "t")
+async def cli(addresses: dict[str, str], tmp_path: Path) -> Cli:
+    """The console script with a new workspace's keys, run in a fresh folder."""
+    settings = Settings(database_url=addresses["database_url"], redis_url=addresses["redis_url"])
+    keys = await create_workspace(settings, "t")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIENCES_")}
     env |= {
         "AUDIENCES_ADMIN_KEY": keys["admin_key"],
         "AUDIENCES_INGEST_KEY": keys["ingest_key"],
         "AUDIENCES_PROFILE_KEY": keys["profile_key"],
     }
-    names = ["ingest", "segmentation", "profile", "sync"]
-    async with as_processes(database_url, redis_url, names) as addresses:
-        env |= {f"{name.upper()}_ADDR": address for name, address in addresses.items()}
-        yield Cli(env, tmp_path)
+    for name in ("ingest", "segmentation", "profile", "sync"):
+        env[f"{name.upper()}_ADDR"] = addresses[name]
+    return Cli(env, tmp_path)
 
 
 def events_file(path: Path, lines: list[dict[str, object]]) -> Path:
