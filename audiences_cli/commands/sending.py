@@ -125,13 +125,14 @@ def demo_load(
     seed: Annotated[
         int, typer.Option(help="Random seed: the same seed gives the same people.")
     ] = 1,
+    concurrency: Annotated[int, typer.Option(help="Batches in flight.")] = 4,
 ) -> None:
     """Simulate an e-commerce shop's history: anonymous browsing, sign-ups, product
     views, carts, orders and churn, with planted behaviour (recent viewers and pro
     users buy more) so predictions have signal. Idempotent for a given seed."""
     now_us = int(time.time() * 1_000_000)
     generated = demo_data.simulate_shop(profiles, days, seed, now_us)
-    _send_generated(generated, f"demo {profiles} profiles")
+    _send_generated(generated, f"demo {profiles} profiles", concurrency)
 
 
 @demo_app.command(
@@ -172,9 +173,9 @@ def demo_import_movielens(
     _send_generated(generated, "MovieLens 100K")
 
 
-def _send_generated(generated: list[ingest_pb2.Event], title: str) -> None:
+def _send_generated(generated: list[ingest_pb2.Event], title: str, concurrency: int = 4) -> None:
     batches = list(Batcher().batches(generated))
-    accepted, duplicates, rejected = send_batches(batches, title)
+    accepted, duplicates, rejected = send_batches(batches, title, concurrency)
     out.print(
         f"accepted={accepted} duplicates={duplicates} rejected={len(rejected)}", highlight=False
     )
