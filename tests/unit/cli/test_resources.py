@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 from audiences.v1 import prediction_pb2, segmentation_pb2, sync_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audiences_cli import resources as res
 
@@ -195,3 +197,25 @@ def test_kind_names_people_type() -> None:
         "computed_trait",
         "sync",
     }
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(definition=JSON, name=st.text(max_size=8), realtime=st.booleans())
+def test_what_apply_sends_reads_back_as_unchanged(
+    definition: Any, name: str, realtime: bool
+) -> None:
+    # The spec made into the message apply sends, then read back as the server's
+    # object, is never a change: apply twice does nothing the second time.
+    spec = {"key": "k", "name": name or "k", "definition": definition, "realtime": realtime}
+    document = res.Document("audience", spec, "prop")
+    echoed = res.audience_spec(res.audience_message(spec))
+    assert res.plan_change(document, echoed).action == "unchanged"
