@@ -83,6 +83,7 @@ def _global(
         list[str] | None,
         typer.Option(
             "--addr",
+            metavar="SERVICE=HOST:PORT",
             help="SERVICE=HOST:PORT for one service (repeatable); default <SERVICE>_ADDR "
             "from the environment, else make run's ports 50051-50055.",
         ),

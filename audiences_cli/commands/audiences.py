@@ -55,7 +55,9 @@ def _ref_row(ref: common_pb2.ProfileRef) -> dict[str, Any]:
     )
 )
 def preview(
-    file: Annotated[Path, typer.Option("--file", "-f", help="YAML with one audience.")],
+    file: Annotated[
+        Path, typer.Option("--file", "-f", metavar="PATH", help="YAML with one audience.")
+    ],
     as_of: Annotated[str | None, typer.Option(help="Evaluate as if now were this instant.")] = None,
     sample: Annotated[int, typer.Option(help="Members to show (-1: all).")] = 10,
     output: Output = "table",
@@ -219,7 +221,9 @@ def export(
         Path, typer.Option("--out", help="CSV file to write ('-' for stdout).")
     ] = Path("-"),
     id_type: Annotated[str, typer.Option(help="single: the id type of the column.")] = "email",
-    raw: Annotated[bool, typer.Option(help="single: raw values instead of SHA-256.")] = False,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="single: raw values instead of SHA-256.")
+    ] = False,
 ) -> None:
     """Export an audience as CSV, streamed, with a progress bar."""
     if format not in EXPORT_FORMATS:

@@ -176,20 +176,25 @@ def find_sync(name: str) -> sync_pb2.Sync:
     epilog=examples(
         "audiences apply -f examples/definitions/ --dry-run",
         "audiences apply -f audiences/loyal.yaml -f destinations.yaml",
-        "audiences apply -f definitions/ --replace   # predictions/recommendations have no update",
+        "audiences apply -f definitions/ --replace",
     )
 )
 def apply(
     files: Annotated[
         list[Path],
-        typer.Option("--file", "-f", help="A YAML file or a directory of them (repeatable)."),
+        typer.Option(
+            "--file", "-f", metavar="PATH", help="A YAML file or a directory of them (repeatable)."
+        ),
     ],
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show the plan; change nothing.")
     ] = False,
     replace: Annotated[
         bool,
-        typer.Option(help="Delete and re-create changed objects that cannot be updated in place."),
+        typer.Option(
+            "--replace",
+            help="Delete and re-create changed objects that cannot be updated in place.",
+        ),
     ] = False,
     no_backfill: Annotated[
         bool, typer.Option("--no-backfill", help="Create audiences and traits without backfill.")

@@ -27,7 +27,7 @@ T = TypeVar("T")
     epilog=examples("audiences migrate", "DATABASE_URL=postgresql+asyncpg://... audiences migrate")
 )
 def migrate(
-    down: Annotated[bool, typer.Option(help="Roll every migration back.")] = False,
+    down: Annotated[bool, typer.Option("--down", help="Roll every migration back.")] = False,
 ) -> None:
     """Apply the database migrations to DATABASE_URL (the embedded SQLite file by default)."""
     from services.shared.cli import run_migrate

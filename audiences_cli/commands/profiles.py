@@ -88,7 +88,8 @@ def events(
     identifier: Annotated[str, typer.Argument(help="ID_TYPE:VALUE")],
     limit: Annotated[int, typer.Option(help="Newest first, at most this many.")] = 20,
     name: Annotated[
-        list[str] | None, typer.Option("--name", help="Only events of this name (repeatable).")
+        list[str] | None,
+        typer.Option("--name", metavar="NAME", help="Only events of this name (repeatable)."),
     ] = None,
     output: Output = "table",
 ) -> None:
