@@ -24,7 +24,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from audiences_cli.connection import Connection
+from audiences_cli.connection import Connection, Tls
 from audiences_cli.render import (
     FORMATS,
     describe_rpc_error,
@@ -103,8 +103,41 @@ def _global(
         typer.Option("--keys-file", help="JSON with admin_key, ingest_key, profile_key."),
     ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per call.")] = 120.0,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-ca",
+            envvar="AUDIENCES_TLS_CA",
+            metavar="PEM",
+            help="Connect over TLS, trusting this CA (the services' TLS_CERT_FILE issuer).",
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            envvar="AUDIENCES_TLS_CERT",
+            metavar="PEM",
+            help="Client certificate (mutual TLS).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-key", envvar="AUDIENCES_TLS_KEY", metavar="PEM", help="Client key (mutual TLS)."
+        ),
+    ] = None,
 ) -> None:
-    State.options = {"addr": addr or [], "key": key, "keys_file": keys_file, "timeout": timeout}
+    if tls_ca is None and (tls_cert is not None or tls_key is not None):
+        raise typer.BadParameter("--tls-cert and --tls-key need --tls-ca (the services' CA)")
+    tls = Tls(tls_ca, tls_cert, tls_key) if tls_ca is not None else None
+    State.options = {
+        "addr": addr or [],
+        "key": key,
+        "keys_file": keys_file,
+        "timeout": timeout,
+        "tls": tls,
+    }
     State._connection = None
 
 

@@ -77,6 +77,28 @@ def resolve_keys(
     }
 
 
+@dataclass(frozen=True)
+class Tls:
+    """PEM files for TLS: the CA that signed the services' certificates, and for
+    mutual TLS the client's certificate and key."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("--tls-cert and --tls-key go together (mutual TLS)")
+        try:
+            return grpc.ssl_channel_credentials(
+                root_certificates=self.ca.read_bytes(),
+                private_key=self.key.read_bytes() if self.key else None,
+                certificate_chain=self.cert.read_bytes() if self.cert else None,
+            )
+        except OSError as error:
+            raise ConfigError(f"TLS file: {error}") from error
+
+
 @dataclass
 class Connection:
     """Lazily opened channels to each service, and the metadata for each scope."""
@@ -84,11 +106,17 @@ class Connection:
     addresses: dict[str, str]
     keys: dict[str, str | None]
     timeout: float = 60.0
+    tls: Tls | None = None
     _channels: dict[str, grpc.Channel] = field(default_factory=dict)
 
     @classmethod
     def from_options(
-        cls, addr: list[str], key: str | None, keys_file: Path | None, timeout: float
+        cls,
+        addr: list[str],
+        key: str | None,
+        keys_file: Path | None,
+        timeout: float,
+        tls: Tls | None = None,
     ) -> Connection:
         """Build from the global flags and the environment."""
         env = os.environ
@@ -96,12 +124,18 @@ class Connection:
             service_addresses(env, parse_addr_overrides(addr)),
             resolve_keys(env, key, keys_file),
             timeout,
+            tls,
         )
 
     def channel(self, service: str) -> grpc.Channel:
-        """The (cached) plaintext channel to `service`."""
+        """The (cached) channel to `service`: TLS when a CA is given, else plaintext."""
         if service not in self._channels:
-            self._channels[service] = grpc.insecure_channel(self.addresses[service])
+            address = self.addresses[service]
+            self._channels[service] = (
+                grpc.insecure_channel(address)
+                if self.tls is None
+                else grpc.secure_channel(address, self.tls.credentials())
+            )
         return self._channels[service]
 
     def metadata(self, scope: str) -> tuple[tuple[str, str], ...]:

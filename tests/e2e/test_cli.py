@@ -6,13 +6,11 @@ the three formats, and server field violations printed with a non-zero exit."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,14 +20,10 @@ import yaml
 from services.shared.cli import create_workspace
 from services.shared.config import Settings
 from tests.helpers import backends
+from tests.helpers.cli import Cli, events_file
 from tests.helpers.servers import as_processes
 
 pytestmark = pytest.mark.e2e
-
-ROOT = Path(__file__).resolve().parents[2]
-AUDIENCES = str(ROOT / ".venv" / "bin" / "audiences")
-if not Path(AUDIENCES).exists():  # an install without the project's .venv layout
-    AUDIENCES = "audiences"
 
 BUYERS = """
 kind: audience
@@ -42,37 +36,6 @@ kind: computed_trait
 key: spend
 definition: {type: sum, event: Order Completed, property: revenue}
 """
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-@dataclass
-class Cli:
-    env: dict[str, str]
-    cwd: Path
-
-    async def __call__(self, *args: str) -> Result:
-        process = await asyncio.create_subprocess_exec(
-            AUDIENCES,
-            *args,
-            cwd=self.cwd,
-            env=self.env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-        assert process.returncode is not None
-        return Result(process.returncode, out.decode(), err.decode())
-
-    async def ok(self, *args: str) -> str:
-        result = await self(*args)
-        assert result.code == 0, (args, result)
-        return result.out
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +70,6 @@ async def cli(addresses: dict[str, str], tmp_path: Path) -> Cli:
     for name in ("ingest", "segmentation", "profile", "sync"):
         env[f"{name.upper()}_ADDR"] = addresses[name]
     return Cli(env, tmp_path)
-
-
-def events_file(path: Path, lines: list[dict[str, object]]) -> Path:
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
 
 
 async def test_apply_plans_first_leaves_unchanged_objects_alone_and_reports_errors(
