@@ -34,6 +34,7 @@ from audiences_cli.render import (
     emit,
     emit_one,
     err,
+    identifiers,
     out,
     when,
 )
@@ -250,3 +251,46 @@ def metrics(
             )
             return
         err.print(f"calibration chart written to {plot}", markup=False, highlight=False)
+
+
+@app.command(
+    epilog=examples(
+        "audiences scores will_purchase --min-percentile 90",
+        "audiences scores will_purchase --limit 0 -o json > scores.json",
+    )
+)
+def scores(
+    prediction: str,
+    min_percentile: Annotated[float, typer.Option(help="Lowest percentile (0-100).")] = 0,
+    max_percentile: Annotated[float, typer.Option(help="Highest percentile (0-100).")] = 100,
+    limit: Annotated[int, typer.Option(help="At most this many (0: all).")] = 20,
+    output: Output = "table",
+) -> None:
+    """Scored profiles of a prediction in a percentile range, with the features that
+    raised each score most."""
+    check_output(output)
+    stub = State.connection().prediction()
+    rows: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        request = prediction_pb2.ListScoresRequest(
+            key=prediction,
+            min_percentile=min_percentile,
+            max_percentile=max_percentile,
+            page_size=1000,
+            page_token=token,
+        )
+        reply = call(stub.ListScores, request, "admin", f"scores of {prediction}")
+        rows += [
+            {
+                "identifiers": identifiers(s.profile.identifiers),
+                "probability": round(s.probability, 4),
+                "percentile": round(s.percentile, 1),
+                "reasons": ", ".join(s.reasons) if output == "table" else list(s.reasons),
+            }
+            for s in reply.scores
+        ]
+        token = reply.next_page_token
+        if not token or (limit and len(rows) >= limit):
+            break
+    emit(rows[:limit] if limit else rows, output)

@@ -122,6 +122,8 @@ async def test_every_command_of_the_readme_tour_works(
     assert "ada@example.com" in (tmp_path / "var" / "loyal_pro.csv").read_text()  # 4. export
     assert re.search(r"entered\s+big_spenders .*user_id:ada", text), text  # 5. realtime
     assert "scored " in text and "roc_auc" in text  # 6. trained and measured
+    top_decile = r"user_id:user-1-\d+\s+│\s+0\.\d+\s+│\s+(9\d|100)\.\d"
+    assert re.search(top_decile, text), text  # 6. the top decile with reasons
     chart = tmp_path / "var" / "calibration.png"
     assert chart.exists() or "not written: the PNG chart needs matplotlib" in text
     assert "will_purchase" in text.rsplit("profile_id", 1)[-1]  # 6. a shopper's score
