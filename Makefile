@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/audiences/v1/*.proto)
 
-.PHONY: help run test lint typecheck fmt protos check-protos migrate install
+.PHONY: help run demo test lint typecheck fmt protos check-protos migrate install
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,11 +27,14 @@ check-protos: $(STAMP) ## fail if gen/ is stale
 	$(PY) scripts/gen_protos.py --check gen
 
 migrate: $(STAMP) ## apply migrations to DATABASE_URL (embedded SQLite by default)
-	$(PY) -m services.shared.cli migrate
+	$(VENV)/bin/audiences migrate
 
 run: protos ## start all five services embedded (SQLite + in-process Redis)
-	$(PY) -m services.shared.cli migrate
+	$(VENV)/bin/audiences migrate
 	$(PY) -m services.dev_runner
+
+demo: $(STAMP) ## with `make run` up: load a simulated shop (PROFILES=2000) into the demo workspace
+	$(VENV)/bin/audiences demo load --profiles $(or $(PROFILES),2000)
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .

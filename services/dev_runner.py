@@ -125,7 +125,11 @@ Demo workspace {keys["workspace_id"]}
 Operator token (CreateWorkspace; kept in var/operator-token unless OPERATOR_TOKEN is set)
   {settings.operator_token or ""}
 
-Try it: the five-minute tour in README.md (real gRPC calls from .venv/bin/python).
+Try it (in another terminal, from the project root; the CLI finds these keys in var/):
+  .venv/bin/audiences demo load --profiles 2000    # or: make demo
+  .venv/bin/audiences apply -f examples/definitions/
+  .venv/bin/audiences profile user_id:user-1-3
+and the five-minute tour in README.md; `.venv/bin/audiences --help` lists the rest.
 
 Ctrl-C stops every service (in-flight calls are drained first).
 """

@@ -2,7 +2,8 @@
 (A service's share of the hot state is rebuilt by that service's own command:
 `python -m services.<name> rebuild-hot-state [--workspace WS ...]`.)
 
-Run as `python -m services.shared.cli ...` or the `audiences` console script.
+Run as `python -m services.shared.cli ...`, or as `audiences migrate` and `audiences
+create-workspace` of the console script (audiences_cli/), which call these functions.
 """
 
 from __future__ import annotations

@@ -137,3 +137,15 @@ def test_the_change_log_contract_reads_what_segmentation_defines() -> None:
         assert read.name in owner.c, read.name
         assert type(read.type) is type(owner.c[read.name].type), read.name
     assert (membership_log.ENTERED, membership_log.EXITED) == (model.ENTERED, model.EXITED)
+
+
+def test_the_cli_is_a_client_that_imports_no_service() -> None:
+    # `audiences` talks to the services over the generated stubs like any client; it
+    # may use shared settings and errors, never a service's internals.
+    reached = [
+        f"{path.relative_to(ROOT).as_posix()}:{line} imports {module}"
+        for path in sorted((ROOT / "audiences_cli").rglob("*.py"))
+        for line, module in imported_modules(path)
+        if service_of(module) is not None or module.startswith("services.dev_runner")
+    ]
+    assert reached == []
