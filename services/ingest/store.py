@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+from opentelemetry import trace
 from sqlalchemy import (
     BigInteger,
     String,
@@ -59,6 +60,7 @@ from services.shared.db.tables import (
     workspaces,
 )
 
+_tracer = trace.get_tracer(__name__)
 # pg_advisory_lock key of the ingest write lock ("ingest" as a number).
 WRITE_LOCK_KEY = 0x696E67657374
 # Postgres allows 32,767 bind parameters per statement; stay well below.
@@ -593,10 +595,22 @@ class WriteSession:
                 for e in (s.event,)  # read once per row, not once per column
             ]
             raw = await self._connection.get_raw_connection()
-            # asyncpg's connection on Postgres (this branch); typed as possibly absent.
-            await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-                "events", records=records, columns=EVENT_COLUMNS
-            )
+            # A span of its own: COPY goes around SQLAlchemy, so its instrumentation
+            # never sees the statement that stores the events (one span per group).
+            with _tracer.start_as_current_span(
+                "INSERT events",
+                kind=trace.SpanKind.CLIENT,
+                attributes={
+                    "db.system": "postgresql",
+                    "db.statement": "COPY events FROM STDIN",
+                    "db.operation": "INSERT",
+                    "audiences.rows": len(records),
+                },
+            ):
+                # asyncpg's connection on Postgres (this branch); typed as possibly absent.
+                await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+                    "events", records=records, columns=EVENT_COLUMNS
+                )
             return
         await self._connection.execute(
             insert(events),
