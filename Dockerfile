@@ -46,6 +46,6 @@ ENV PATH=/opt/venv/bin:$PATH \
 # emptyDir there); the working directory holds nothing the processes write.
 WORKDIR /tmp
 USER 10001:10001
-EXPOSE 50051 50052 50053 50054 50055 50056 8080 8081
+EXPOSE 50051 50052 50053 50054 50055 50056 8080 8081 9464
 ENTRYPOINT ["python", "-m"]
 CMD ["services.ingest"]
