@@ -195,7 +195,10 @@ def _succeed(requests: list[_Request]) -> None:
 def _write_span(group: _Group) -> contextlib.AbstractContextManager[trace.Span | None]:
     """The span of writing a group: the writer task serves many requests, so its
     statements are put in the trace of the group's first request (linked to the
-    others) rather than of whichever request happened to start the task."""
+    others) rather than of whichever request happened to start the task. Nothing while
+    tracing is off."""
+    if not telemetry.tracing_enabled():
+        return contextlib.nullcontext()
     return telemetry.continued_span(
         _tracer,
         "ingest.write",

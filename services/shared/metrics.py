@@ -1,11 +1,12 @@
-"""OpenTelemetry metrics of every process, served to Prometheus.
+"""Metrics of every process, served to Prometheus.
 
-OTEL_METRICS_EXPORTER=prometheus (default none: nothing is served or recorded) serves
-`/metrics` on OTEL_EXPORTER_PROMETHEUS_HOST:OTEL_EXPORTER_PROMETHEUS_PORT (default
-127.0.0.1:9464). What it exposes, as Prometheus names:
+OTEL_METRICS_EXPORTER=prometheus (default none: nothing is served) serves `/metrics` on
+OTEL_EXPORTER_PROMETHEUS_HOST:OTEL_EXPORTER_PROMETHEUS_PORT (default 127.0.0.1:9464),
+the OpenTelemetry variables' names and meaning. What it exposes:
 
 - `rpc_server_duration_seconds` (histogram): every API call's latency, by
-  `rpc_method` and `rpc_grpc_status_code` (services/shared/server.py).
+  `rpc_method` and `rpc_grpc_status_code` (services/shared/server.py; only timed while
+  metrics are served).
 - `audiences_stream_lag` (gauge): per `stream` and consumer `group`, the entries the
   group is behind by (not yet delivered to it plus delivered but not acknowledged),
   read with XINFO GROUPS every few seconds. Every process reports it, so dashboards and
@@ -15,6 +16,10 @@ OTEL_METRICS_EXPORTER=prometheus (default none: nothing is served or recorded) s
 - `audiences_sync_failures_total` (counter): by `reason`: `refused` (a batch the
   destination refused after its retries: dead-lettered) or `run_failed` (a run that
   stopped: retries exhausted, claim lost).
+
+prometheus_client rather than the OpenTelemetry metrics SDK: recording one histogram
+value cost ~27 us in the SDK against ~0.7 us here (measured), and the API latency
+histogram is recorded on every call.
 """
 
 from __future__ import annotations
@@ -22,52 +27,45 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Iterable
 
-from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from redis.asyncio import Redis
 
 from services.shared.streams import CHANGES_STREAM, EVENTS_STREAM
 
 log = logging.getLogger(__name__)
 
-_meter = metrics.get_meter("audiences")
+# From half a millisecond (a GetProfile) to ten seconds (a big Recompute).
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
-RPC_DURATION = _meter.create_histogram(
-    "rpc.server.duration", unit="s", description="API call latency, by method and status"
+RPC_DURATION = Histogram(
+    "rpc_server_duration_seconds",
+    "API call latency, by method and status",
+    ["rpc_method", "rpc_grpc_status_code"],
+    buckets=_LATENCY_BUCKETS,
 )
-REALTIME_EVALUATION = _meter.create_histogram(
-    "audiences.realtime.evaluation.duration",
-    unit="s",
-    description="One realtime evaluation of a workspace's touched profiles",
+REALTIME_EVALUATION = Histogram(
+    "audiences_realtime_evaluation_duration_seconds",
+    "One realtime evaluation of a workspace's touched profiles",
+    buckets=_LATENCY_BUCKETS,
 )
-SYNC_FAILURES = _meter.create_counter(
-    "audiences.sync.failures", description="Sync batches refused (dead-lettered), runs failed"
+SYNC_FAILURES = Counter(
+    "audiences_sync_failures",
+    "Sync batches refused (dead-lettered) and sync runs failed, by reason",
+    ["reason"],
+)
+STREAM_LAG = Gauge(
+    "audiences_stream_lag",
+    "Entries a consumer group is behind by (undelivered + unacknowledged)",
+    ["stream", "group"],
 )
 
-# (stream, group) -> entries behind, refreshed by watch_stream_lag.
-_lag: dict[tuple[str, str], int] = {}
 _enabled = False
 _watching = False
 LAG_EVERY_SECONDS = 5.0
 
 
-def _observe_lag(_options: CallbackOptions) -> Iterable[Observation]:
-    return [
-        Observation(behind, {"stream": stream, "group": group})
-        for (stream, group), behind in list(_lag.items())
-    ]
-
-
-_meter.create_observable_gauge(
-    "audiences.stream.lag",
-    callbacks=[_observe_lag],
-    description="Entries a consumer group is behind by (undelivered + unacknowledged)",
-)
-
-
-def setup_metrics(service_name: str) -> bool:
+def setup_metrics() -> bool:
     """Serve this process's metrics when OTEL_METRICS_EXPORTER=prometheus (first call
     wins); returns whether metrics are on."""
     global _enabled
@@ -75,20 +73,8 @@ def setup_metrics(service_name: str) -> bool:
         return True
     if os.environ.get("OTEL_METRICS_EXPORTER", "none") != "prometheus":
         return False
-    # Imported here: only processes that serve metrics load the exporter.
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.resources import Resource
-    from prometheus_client import start_http_server
-
     host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1")
     port = int(os.environ.get("OTEL_EXPORTER_PROMETHEUS_PORT", "9464"))
-    provider = MeterProvider(
-        resource=Resource.create({"service.name": service_name}),
-        # No otel_scope_* labels: series stay as named above, for queries and adapters.
-        metric_readers=[PrometheusMetricReader(scope_info_enabled=False)],
-    )
-    metrics.set_meter_provider(provider)
     start_http_server(port, host)
     log.info("metrics on http://%s:%d/metrics", host, port)
     _enabled = True
@@ -123,6 +109,15 @@ async def read_lag(redis: Redis, streams: list[str]) -> dict[tuple[str, str], in
     return found
 
 
+def _publish_lag(fresh: dict[tuple[str, str], int], shown: set[tuple[str, str]]) -> None:
+    for stream_group, behind in fresh.items():
+        STREAM_LAG.labels(*stream_group).set(behind)
+    for gone in shown - fresh.keys():  # a group or stream deleted: no stale series
+        STREAM_LAG.remove(*gone)
+    shown.clear()
+    shown.update(fresh)
+
+
 def start_lag_watch(redis: Redis) -> asyncio.Task[None] | None:
     """Refresh the stream lag gauge in the background (once per process, only while
     metrics are on); the task, for its owner to cancel, or None."""
@@ -134,12 +129,11 @@ def start_lag_watch(redis: Redis) -> asyncio.Task[None] | None:
     async def watch() -> None:
         global _watching
         streams = lag_streams()
+        shown: set[tuple[str, str]] = set()
         try:
             while True:
                 try:
-                    fresh = await read_lag(redis, streams)
-                    _lag.clear()
-                    _lag.update(fresh)
+                    _publish_lag(await read_lag(redis, streams), shown)
                 except Exception:
                     log.exception("reading stream lag failed; retrying")
                 await asyncio.sleep(LAG_EVERY_SECONDS)

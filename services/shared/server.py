@@ -76,7 +76,7 @@ class Resources:
     ) -> Resources:
         """Connect to the database and Redis and set up tracing and metrics."""
         provider = telemetry.setup_tracing(service_name, settings.traces_exporter, exporter)
-        metrics.setup_metrics(service_name)
+        metrics.setup_metrics()
         engine = create_engine(settings.database_url, settings.db_pool_size)
         clock = clock or clock_for(settings.redis_url, settings.clock_redis_key)
         return cls(
@@ -613,6 +613,15 @@ def _status_name(context: grpc.aio.ServicerContext) -> str:
 def _timed(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     """`handler` recording each call's latency (metrics.RPC_DURATION) by method and
     status; streaming answers are left untimed (their length is the client's)."""
+    succeeded = metrics.RPC_DURATION.labels(method, "OK")  # bound once: the common case
+
+    def observe(started: float, status: str) -> None:
+        elapsed = time.perf_counter() - started
+        if status == "OK":
+            succeeded.observe(elapsed)
+        else:
+            metrics.RPC_DURATION.labels(method, status).observe(elapsed)
+
     inner: Any
     if handler.unary_unary:
         inner = handler.unary_unary
@@ -626,10 +635,7 @@ def _timed(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler
                 status = _status_name(context)
                 raise
             finally:
-                metrics.RPC_DURATION.record(
-                    time.perf_counter() - started,
-                    {"rpc.method": method, "rpc.grpc.status_code": status},
-                )
+                observe(started, status)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, **_codec(handler))
     if handler.stream_unary:
@@ -644,10 +650,7 @@ def _timed(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler
                 status = _status_name(context)
                 raise
             finally:
-                metrics.RPC_DURATION.record(
-                    time.perf_counter() - started,
-                    {"rpc.method": method, "rpc.grpc.status_code": status},
-                )
+                observe(started, status)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **_codec(handler))
     return handler

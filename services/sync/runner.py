@@ -164,7 +164,7 @@ class SyncRunner:
                     await work(sync, destination, audience_id, run)
                 except DeliveryFailed as error:
                     run.status, run.error = FAILED, str(error)
-                    metrics.SYNC_FAILURES.add(1, {"reason": "run_failed"})
+                    metrics.SYNC_FAILURES.labels("run_failed").inc()
             finally:
                 run.finished_at_us = run.started_at_us + int((time.monotonic() - started) * 1e6)
                 await self._store.save_run(run)
@@ -359,7 +359,7 @@ class SyncRunner:
             outcome = await target.deliver(batch)
             if not outcome.delivered:
                 span.set_attribute("audiences.refused_status", outcome.refused_status or 0)
-                metrics.SYNC_FAILURES.add(1, {"reason": "refused"})
+                metrics.SYNC_FAILURES.labels("refused").inc()
         run.batches += 1
         run.retries += outcome.retries
         if outcome.delivered:

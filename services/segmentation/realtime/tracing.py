@@ -39,7 +39,7 @@ def evaluation(
         ) as span:
             yield span
     finally:
-        metrics.REALTIME_EVALUATION.record(time.perf_counter() - started)
+        metrics.REALTIME_EVALUATION.observe(time.perf_counter() - started)
 
 
 def change_fields(
