@@ -16,7 +16,19 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(MAKE) --no-print-directory $(CHECKOV_STAMP)
 	touch $(STAMP)
+
+# checkov (Kubernetes policy scan of deploy/k8s, tests/deploy) lives in its own venv:
+# its dependency pins clash with the project's (it would downgrade packaging).
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION := 3.3.30
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+$(CHECKOV_STAMP):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	touch $(CHECKOV_STAMP)
 
 install: $(STAMP) ## create .venv and install the project with its dev tools
 

@@ -25,15 +25,18 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 import orjson
+from opentelemetry import trace
 
 from services.ingest.identity import IdentityGraph, IdentityRecord, IdentityRules
 from services.ingest.model import BatchOutcome, Event, Outcome, RawEvent, Status, Violation
 from services.ingest.traits import TraitRow, winners
 from services.ingest.validation import validate
+from services.shared import telemetry
 from services.shared.clock import Clock
 from services.shared.errors import FieldViolation, InvalidArgument
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 SUPPRESSED_REASON = "suppressed: profile was deleted"
 BLOCKED_REASON = "no usable identifier: every identifier is a blocked value"
@@ -187,6 +190,21 @@ def _succeed(requests: list[_Request]) -> None:
     for request in requests:
         if not request.done.done():
             request.done.set_result(None)
+
+
+def _write_span(group: _Group) -> contextlib.AbstractContextManager[trace.Span | None]:
+    """The span of writing a group: the writer task serves many requests, so its
+    statements are put in the trace of the group's first request (linked to the
+    others) rather than of whichever request happened to start the task. Nothing while
+    tracing is off."""
+    if not telemetry.tracing_enabled():
+        return contextlib.nullcontext()
+    return telemetry.continued_span(
+        _tracer,
+        "ingest.write",
+        (dict(zip(r.trace[::2], r.trace[1::2], strict=True)) for r in group.requests),
+        {"audiences.workspace_id": group.workspace_id, "audiences.requests": len(group.requests)},
+    )
 
 
 def _fail(requests: list[_Request], error: BaseException) -> None:
@@ -396,18 +414,21 @@ class Ingestor:
                         break
                     group = self._take_group()
                     self._in_flight.extend(group.requests)
-                    try:
-                        publish = await self._write_group(group, held)
-                    except Exception as error:
-                        if not group.committed:
-                            failed = (group, error)  # retried after the lock is let go
-                            break
-                        self._forget(group)
-                        _fail(group.requests, error)
-                        continue
-                    tail = asyncio.get_running_loop().create_task(
-                        self._finish(tail, group, publish)
-                    )
+                    # The group's statements and stream update, in the trace of the
+                    # request that sent its first event (no span while tracing is off).
+                    with _write_span(group):
+                        try:
+                            publish = await self._write_group(group, held)
+                        except Exception as error:
+                            if not group.committed:
+                                failed = (group, error)  # retried after the lock is let go
+                                break
+                            self._forget(group)
+                            _fail(group.requests, error)
+                            continue
+                        tail = asyncio.get_running_loop().create_task(
+                            self._finish(tail, group, publish)
+                        )
                 if tail is not None:
                     await tail
         finally:

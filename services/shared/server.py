@@ -16,6 +16,7 @@ import inspect
 import logging
 import signal
 import sys
+import time
 import weakref
 from collections.abc import (
     AsyncGenerator,
@@ -38,7 +39,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.shared import auth, telemetry, tls
+from services.shared import auth, metrics, telemetry, tls
 from services.shared.clock import Clock, clock_for
 from services.shared.config import Settings
 from services.shared.db.engine import create_engine
@@ -73,8 +74,9 @@ class Resources:
         clock: Clock | None = None,
         exporter: SpanExporter | None = None,
     ) -> Resources:
-        """Connect to the database and Redis and set up tracing."""
+        """Connect to the database and Redis and set up tracing and metrics."""
         provider = telemetry.setup_tracing(service_name, settings.traces_exporter, exporter)
+        metrics.setup_metrics()
         engine = create_engine(settings.database_url, settings.db_pool_size)
         clock = clock or clock_for(settings.redis_url, settings.clock_redis_key)
         return cls(
@@ -229,6 +231,8 @@ class GuardedServer(grpc.aio.Server):
         self._streams = OpenStreams()
         # Decided when the server is built: an SDK provider is installed before that.
         self._recording = telemetry.tracing_enabled()
+        # Likewise metrics: with them off, calls are not timed at all.
+        self._timing = metrics.enabled()
 
     def add_registered_method_handlers(
         self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
@@ -264,9 +268,8 @@ class GuardedServer(grpc.aio.Server):
         traced_handler = _run_once(traced)
         # Only a continuation that finds no handler makes it None; ours always finds one.
         assert traced_handler is not None
-        if self._recording:
-            return traced_handler
-        return _trace_when_asked(guarded, traced_handler)
+        chosen = traced_handler if self._recording else _trace_when_asked(guarded, traced_handler)
+        return _timed(chosen, method) if self._timing else chosen
 
     # The rest is grpc.aio.Server's, delegated unchanged.
 
@@ -596,6 +599,63 @@ def _trace_when_asked(
     return grpc.stream_stream_rpc_method_handler(stream_stream, **codec)
 
 
+def _status_name(context: grpc.aio.ServicerContext) -> str:
+    """The status a call ended with (after an abort), for the latency metric's label."""
+    try:
+        code = context.code()
+    except Exception:
+        return "UNKNOWN"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return "UNKNOWN" if code is None else str(code)
+
+
+def _timed(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """`handler` recording each call's latency (metrics.RPC_DURATION) by method and
+    status; streaming answers are left untimed (their length is the client's)."""
+    succeeded = metrics.RPC_DURATION.labels(method, "OK")  # bound once: the common case
+
+    def observe(started: float, status: str) -> None:
+        elapsed = time.perf_counter() - started
+        if status == "OK":
+            succeeded.observe(elapsed)
+        else:
+            metrics.RPC_DURATION.labels(method, status).observe(elapsed)
+
+    inner: Any
+    if handler.unary_unary:
+        inner = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            status = "OK"
+            try:
+                return await inner(request, context)
+            except BaseException:
+                status = _status_name(context)
+                raise
+            finally:
+                observe(started, status)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **_codec(handler))
+    if handler.stream_unary:
+        inner = handler.stream_unary
+
+        async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            status = "OK"
+            try:
+                return await inner(requests, context)
+            except BaseException:
+                status = _status_name(context)
+                raise
+            finally:
+                observe(started, status)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **_codec(handler))
+    return handler
+
+
 @dataclass
 class RunningService:
     """A started server with its health servicer and background tasks."""
@@ -652,6 +712,9 @@ async def start_service(
     running = RunningService(spec.name, server, bound, health_servicer, names)
     for worker in spec.workers(resources) if spec.workers else []:
         running.tasks.append(asyncio.create_task(worker))
+    watching = metrics.start_lag_watch(resources.redis)  # one per process, metrics on
+    if watching is not None:
+        running.tasks.append(watching)
     return running
 
 

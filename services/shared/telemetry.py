@@ -1,5 +1,5 @@
 """OpenTelemetry: one tracer provider per process, the exporter chosen by
-OTEL_TRACES_EXPORTER (otlp, console or none), and instrumentation of gRPC (via the
+OTEL_TRACES_EXPORTER (otlp, console, file or none), and instrumentation of gRPC (via the
 server/client interceptors), SQLAlchemy and Redis; and the process's log lines, JSON
 with the trace and span they were written in.
 """
@@ -7,14 +7,17 @@ with the trace and span they were written in.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import grpc
 import orjson
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.redis import RedisInstrumentor
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.resources import Resource
@@ -29,6 +32,60 @@ from opentelemetry.trace import Status
 
 log = logging.getLogger(__name__)
 
+# OTEL_TRACES_EXPORTER=file writes one JSON object per finished span to this file.
+FILE_EXPORTER_PATH = "OTEL_EXPORTER_FILE_PATH"
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Appends each finished span to a file as one line of JSON: ids in hex (trace_id,
+    span_id, parent_span_id), name, kind, service, start/end in ns, attributes, links.
+
+    For tests that run services as separate processes and for reading a trace on a
+    machine with no collector; give each process its own file.
+    """
+
+    def __init__(self, path: str) -> None:
+        """Append to `path` (created if missing)."""
+        self._file = open(path, "ab", buffering=0)  # closed in shutdown()
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Write `spans`, one line each, in one write."""
+        lines = b"".join(orjson.dumps(span_record(span)) + b"\n" for span in spans)
+        with self._lock:
+            self._file.write(lines)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._file.close()
+
+
+def span_record(span: ReadableSpan) -> dict[str, object]:
+    """A finished span as plain JSON-able data (JsonLinesSpanExporter's line)."""
+    context = span.get_span_context()
+    assert context is not None
+    return {
+        "trace_id": format(context.trace_id, "032x"),
+        "span_id": format(context.span_id, "016x"),
+        "parent_span_id": format(span.parent.span_id, "016x") if span.parent else None,
+        "name": span.name,
+        "kind": span.kind.name,
+        "service": span.resource.attributes.get("service.name"),
+        "start_ns": span.start_time,
+        "end_ns": span.end_time,
+        "status": span.status.status_code.name,
+        "attributes": dict(span.attributes or {}),
+        "links": [
+            {
+                "trace_id": format(link.context.trace_id, "032x"),
+                "span_id": format(link.context.span_id, "016x"),
+            }
+            for link in span.links
+        ],
+    }
+
 
 def make_exporter(name: str) -> SpanExporter | None:
     """The span exporter named by OTEL_TRACES_EXPORTER; None for 'none'."""
@@ -36,12 +93,18 @@ def make_exporter(name: str) -> SpanExporter | None:
         return None
     if name == "console":
         return ConsoleSpanExporter()
+    if name == "file":
+        path = os.environ.get(FILE_EXPORTER_PATH)
+        if not path:
+            raise ValueError(f"OTEL_TRACES_EXPORTER=file needs {FILE_EXPORTER_PATH}")
+        # "{pid}" in the path: one file per process (several may share the setting).
+        return JsonLinesSpanExporter(path.replace("{pid}", str(os.getpid())))
     if name == "otlp":
         # Imported lazily: it pulls in its own gRPC channel machinery.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         return OTLPSpanExporter()  # endpoint from OTEL_EXPORTER_OTLP_ENDPOINT
-    raise ValueError(f"OTEL_TRACES_EXPORTER must be otlp, console or none; got {name!r}")
+    raise ValueError(f"OTEL_TRACES_EXPORTER must be otlp, console, file or none; got {name!r}")
 
 
 _sqlalchemy_instrumented = False
@@ -97,6 +160,42 @@ def _instrument_redis() -> None:
 def tracing_enabled() -> bool:
     """True once an SDK tracer provider is installed (spans are recorded somewhere)."""
     return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
+@contextmanager
+def continued_span(
+    tracer: trace.Tracer,
+    name: str,
+    carriers: Iterable[Mapping[str, str]],
+    attributes: Mapping[str, str | int] | None = None,
+) -> Iterator[trace.Span | None]:
+    """A span for work done on behalf of several callers (a group commit, a batch of
+    stream entries): the child of the first carried W3C context, linked to the other
+    traces among `carriers`; with none carried, a child of the current context. Yields
+    None, and starts nothing, while tracing is off."""
+    if not tracing_enabled():
+        yield None
+        return
+    parent = None
+    parent_trace = 0
+    links: list[trace.Link] = []
+    seen: set[int] = set()
+    for carrier in carriers:
+        if not carrier:
+            continue
+        carried = propagate.extract(carrier)
+        span_context = trace.get_current_span(carried).get_span_context()
+        if not span_context.is_valid or span_context.trace_id in seen:
+            continue
+        seen.add(span_context.trace_id)
+        if parent is None:
+            parent, parent_trace = carried, span_context.trace_id
+        elif span_context.trace_id != parent_trace:
+            links.append(trace.Link(span_context))
+    with tracer.start_as_current_span(
+        name, context=parent, links=links, attributes=dict(attributes or {})
+    ) as span:
+        yield span
 
 
 def carries_trace_context(metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:

@@ -21,7 +21,9 @@ from services.sync.store import SyncStore
 
 def _runner(resources: Resources, settings: SyncSettings) -> tuple[SyncStore, SyncRunner]:
     store = SyncStore(resources.engine, SecretBox(settings.secret_key))
-    return store, SyncRunner(store, ChangeLog(resources.engine), settings, resources.clock)
+    return store, SyncRunner(
+        store, ChangeLog(resources.engine), settings, resources.clock, resources.redis
+    )
 
 
 def register(server: grpc.aio.Server, resources: Resources) -> list[str]:

@@ -18,7 +18,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import aiohttp
+from opentelemetry import trace
+from opentelemetry.context import Context
+from redis.asyncio import Redis
 
+from services.shared import change_traces, metrics
 from services.shared.clock import Clock
 from services.shared.errors import FailedPrecondition, NotFound
 from services.sync.delivery import DeliveryFailed, RetryPolicy, TokenBucket
@@ -44,6 +48,7 @@ from services.sync.settings import SyncSettings
 from services.sync.store import SyncStore
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 
 @dataclass
@@ -58,8 +63,16 @@ class SyncRunner:
     """Runs syncs; one per process, shared by RunSync and the scheduler."""
 
     def __init__(
-        self, store: SyncStore, changelog: ChangeLog, settings: SyncSettings, clock: Clock
+        self,
+        store: SyncStore,
+        changelog: ChangeLog,
+        settings: SyncSettings,
+        clock: Clock,
+        redis: Redis | None = None,
     ) -> None:
+        """`redis` (optional) holds the trace context of realtime changes
+        (services/shared/change_traces.py): a delivery continues its changes' trace."""
+        self._redis = redis
         self._store = store
         self._changelog = changelog
         self._settings = settings
@@ -151,6 +164,7 @@ class SyncRunner:
                     await work(sync, destination, audience_id, run)
                 except DeliveryFailed as error:
                     run.status, run.error = FAILED, str(error)
+                    metrics.SYNC_FAILURES.labels("run_failed").inc()
             finally:
                 run.finished_at_us = run.started_at_us + int((time.monotonic() - started) * 1e6)
                 await self._store.save_run(run)
@@ -328,7 +342,24 @@ class SyncRunner:
     ) -> None:
         """Deliver one batch; count it, or dead-letter it when the destination refused."""
         batch = Batch(sync.id, sync.source_key, sync.id_type, key, changes)
-        outcome = await target.deliver(batch)
+        parent: Context | None = None
+        links: list[trace.Link] = []
+        if self._redis is not None:
+            seqs = [c.seq for c in changes]
+            parent, links = await change_traces.recall(self._redis, sync.workspace_id, seqs)
+            caller = trace.get_current_span().get_span_context()
+            if parent is not None and caller.is_valid:
+                links.append(trace.Link(caller))  # the run (RunSync, the scheduler)
+        with _tracer.start_as_current_span(
+            "sync.deliver",
+            context=parent,
+            links=links,
+            attributes={"audiences.sync_id": sync.id, "audiences.changes": len(changes)},
+        ) as span:
+            outcome = await target.deliver(batch)
+            if not outcome.delivered:
+                span.set_attribute("audiences.refused_status", outcome.refused_status or 0)
+                metrics.SYNC_FAILURES.labels("refused").inc()
         run.batches += 1
         run.retries += outcome.retries
         if outcome.delivered:

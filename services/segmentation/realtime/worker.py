@@ -16,14 +16,16 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 
+from opentelemetry.trace import Span
 from redis.asyncio import Redis
 from redis.typing import EncodableT, FieldT
 
 from services.segmentation.hot import HotState
+from services.segmentation.realtime import tracing
 from services.segmentation.realtime.settings import RealtimeSettings
 from services.segmentation.realtime.store import Evaluated, RealtimeStore
 from services.segmentation.realtime.touches import Touched, touched_profiles
-from services.shared import streams
+from services.shared import change_traces, streams
 from services.shared.clock import Clock
 from services.shared.streams import StreamEntry
 
@@ -158,15 +160,21 @@ class RealtimeWorker:
         scope = sorted(traces)
         if not scope:
             return
-        evaluated = await self._store.evaluate(ws, definitions, scope, now)
-        # After the commit: hot state and the changes stream never show a change whose
-        # record is not committed.
-        await self._publish(ws, evaluated, traces, now)
+        with tracing.evaluation(ws, traces) as span:
+            evaluated = await self._store.evaluate(ws, definitions, scope, now)
+            # After the commit: hot state and the changes stream never show a change whose
+            # record is not committed.
+            await self._publish(ws, evaluated, traces, now, span)
         due = await self._store.next_due(ws, definitions.offsets, scope, now)
         await self._schedule(ws, due)
 
     async def _publish(
-        self, ws: str, evaluated: Evaluated, traces: Mapping[int, dict[str, str]], now: int
+        self,
+        ws: str,
+        evaluated: Evaluated,
+        traces: Mapping[int, dict[str, str]],
+        now: int,
+        span: Span | None = None,
     ) -> None:
         for audience, diff in evaluated.memberships:
             await self._hot.memberships(
@@ -189,9 +197,13 @@ class RealtimeWorker:
                     "at_us": str(change.at_us),
                     "version": str(change.version),
                 }
-                for name, value in traces.get(change.profile_id, {}).items():
-                    fields[name] = value  # the causing event's traceparent, tracestate
+                # The causing event's traceparent, tracestate (the change's own span's
+                # while tracing records: realtime/tracing.py).
+                event = traces.get(change.profile_id, {})
+                for name, value in tracing.change_fields(span, change, event).items():
+                    fields[name] = value
                 pipe.xadd(s.changes_stream, fields, maxlen=s.changes_maxlen, approximate=True)
+                change_traces.remember(pipe, ws, change.seq, fields)
             await pipe.execute()
 
     async def _schedule(self, ws: str, due: Mapping[int, int]) -> None:

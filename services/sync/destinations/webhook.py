@@ -13,6 +13,7 @@ import hmac
 import time
 
 import orjson
+from opentelemetry import propagate
 
 from services.sync.destinations.base import (
     AcknowledgedPerBatch,
@@ -48,12 +49,14 @@ class _WebhookRun(AcknowledgedPerBatch):
 
         def headers() -> dict[str, str]:
             now = str(int(time.time()))
-            return {
+            sent = {
                 "Content-Type": "application/json",
                 IDEMPOTENCY_HEADER: batch.idempotency_key,
                 TIMESTAMP_HEADER: now,
                 SIGNATURE_HEADER: signature(secret, now, body),
             }
+            propagate.inject(sent)  # W3C traceparent: the receiver may continue the trace
+            return sent
 
         answer = await self._post(self._destination.base_url, body, headers)
         if answer.accepted:
