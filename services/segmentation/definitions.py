@@ -262,3 +262,77 @@ def _keys_of(raw: Any, node_kind: str) -> set[str]:
         for _, kind, body in _walk(raw)
         if kind == node_kind and isinstance(body, Mapping) and isinstance(body.get("key"), str)
     }
+
+
+# Node kinds whose truth needs stored data (events, traits, scores, accounts): the
+# profile service answers a request from the hot memberships and the context only.
+_STORED_KINDS = frozenset({"event", "trait", "computed", "prediction", "funnel", "account"})
+
+
+def has_context_raw(raw: Any) -> bool:
+    """Whether a raw definition has a context condition itself."""
+    return any(kind == "context" for _, kind, _ in _walk(raw))
+
+
+def context_keys(audiences: Mapping[str, Any]) -> set[str]:
+    """Keys of the context audiences among `audiences` (key -> raw definition): those
+    with context conditions and those referring to one, transitively."""
+    found = {k for k, d in audiences.items() if has_context_raw(d)}
+    while True:
+        more = {k for k, d in audiences.items() if k not in found and audience_refs_raw(d) & found}
+        if not more:
+            return found
+        found |= more
+
+
+def context_violations(
+    raw: Any,
+    prefix: str,
+    *,
+    audiences: Mapping[str, Any],
+    account_level: bool,
+    realtime: bool,
+) -> list[FieldViolation]:
+    """Why `raw` cannot be a context audience, if it is one (empty otherwise).
+
+    A context audience has no stored members: the profile service evaluates it per
+    request from the profile's stored audiences and the request. So it may combine
+    context conditions and audience references with all/any/not only; batch and
+    realtime evaluation, which need stored membership, never see it."""
+    known = context_keys(audiences)
+    refs = audience_refs_raw(raw) & known
+    if not has_context_raw(raw) and not refs:
+        return []
+    found: list[FieldViolation] = []
+    why = (
+        "has context conditions"
+        if has_context_raw(raw)
+        else f"refers to context audience {sorted(refs)[0]!r}"
+    )
+    for path, kind, _ in _walk(raw):
+        if kind in _STORED_KINDS:
+            found.append(
+                FieldViolation(
+                    field_path(prefix, path),
+                    f"this audience {why}, so it is evaluated per request and has no stored"
+                    f" members; a {kind} condition needs stored membership: put it in a"
+                    ' stored audience and refer to that with {"audience": {"key": ...}}',
+                )
+            )
+    if account_level:
+        found.append(
+            FieldViolation(
+                "audience.account_level",
+                f"this audience {why}: context audiences are about the person being served,"
+                " not accounts",
+            )
+        )
+    if realtime:
+        found.append(
+            FieldViolation(
+                "audience.realtime",
+                f"this audience {why}: it is evaluated per request by GetProfile, so it"
+                " cannot be realtime (realtime audiences keep stored members)",
+            )
+        )
+    return found

@@ -4,6 +4,7 @@ domain (service.py), nothing else."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from services.segmentation.model import (
 )
 from services.segmentation.service import Segmentation
 from services.shared.auth import current_workspace
+from services.shared.request_context_pb import context_from_message
 from services.shared.timestamps import timestamp_from_us, us_from_timestamp
 
 _STATES = {
@@ -305,12 +307,20 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
     async def ExplainMembership(
         self, request: segmentation_pb2.ExplainMembershipRequest, context: grpc.aio.ServicerContext
     ) -> segmentation_pb2.ExplainMembershipResponse:
+        as_of_us = _as_of(request)
+        request_context = None
+        if request.HasField("context"):
+            # The context's local hour and weekday are dated by its `at`, else as_of,
+            # else now.
+            now_us = as_of_us if as_of_us is not None else time.time_ns() // 1000
+            request_context = context_from_message(request.context, now_us)
         result = await self._seg.explain_membership(
             current_workspace(),
             audience_key=request.audience_key,
             id_type=request.identifier.type,
             id_value=request.identifier.value,
-            as_of_us=_as_of(request),
+            as_of_us=as_of_us,
+            context=request_context,
         )
         return segmentation_pb2.ExplainMembershipResponse(
             member=result.member, root=_node(result.root), profile=_ref(result.profile)

@@ -828,21 +828,29 @@ class ExplainMembershipRequest(_message.Message):
     AUDIENCE_KEY_FIELD_NUMBER: _builtins.int
     IDENTIFIER_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
     audience_key: _builtins.str
     @_builtins.property
     def identifier(self) -> _common_pb2.Identifier: ...
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def context(self) -> _common_pb2.RequestContext:
+        """The request to explain, for context conditions (unset: every context attribute
+        is missing).
+        """
+
     def __init__(
         self,
         *,
         audience_key: _builtins.str = ...,
         identifier: _common_pb2.Identifier | None = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        context: _common_pb2.RequestContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "identifier", b"identifier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "context", b"context", "identifier", b"identifier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "audience_key", b"audience_key", "identifier", b"identifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "audience_key", b"audience_key", "context", b"context", "identifier", b"identifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
