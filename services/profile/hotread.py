@@ -60,6 +60,9 @@ _FLAGS = {
 }
 # Asks the script for the serialized Profile message instead of JSON rows.
 _WIRE = "w"
+# With "w": also the profile id, its stored audience keys and the version of the
+# workspace's published context audiences, for request-time evaluation.
+_CONTEXT = "x"
 
 
 @functools.cache
@@ -83,6 +86,9 @@ def _flags(sections: frozenset[Section]) -> str:
 READ_PROFILES_LUA = """
 local prefix = ARGV[1]
 local flags = ARGV[2]
+-- The context flag changes what is returned, not the encoding: the wire cache is
+-- keyed without it.
+local cache_flags = (string.gsub(flags, 'x', ''))
 local max_hops = MAX_MERGE_HOPS
 local mask = {}
 for i = 3, #ARGV do mask[#mask + 1] = ARGV[i] end
@@ -333,11 +339,11 @@ end
 local function profile_wire(pid, p)
   local cache = p .. 'wire'
   local sections = false
-  if #mask == 0 then sections = redis.call('HGET', cache, flags) end
+  if #mask == 0 then sections = redis.call('HGET', cache, cache_flags) end
   if not sections then
     sections = encoders().sections_wire(p)
     if #mask == 0 then
-      redis.pcall('HSET', cache, flags, sections)
+      redis.pcall('HSET', cache, cache_flags, sections)
       redis.pcall('EXPIRE', cache, WIRE_CACHE_SECONDS)
     end
   end
@@ -350,6 +356,7 @@ end
 
 local build = profile_wire
 if not has('w') then build = encoders().profile_row end
+local context = has('x')
 local results = {}
 for k = 1, #KEYS do
   local pid = redis.call('GET', KEYS[k])
@@ -361,8 +368,16 @@ for k = 1, #KEYS do
       if not survivor then break end
       pid = survivor
     end
-    results[k] = build(pid, prefix .. 'p:' .. pid .. ':')
+    local p = prefix .. 'p:' .. pid .. ':'
+    results[k] = build(pid, p)
+    if context and has('w') then
+      -- Stored audience keys, one per line (keys are [a-z0-9_]: no newline in them).
+      results[k] = {results[k], pid, table.concat(redis.call('HKEYS', p .. 'audiences'), '\\n')}
+    end
   end
+end
+if context then
+  results[#KEYS + 1] = redis.call('HGET', prefix .. 'audcfg', 'version') or false
 end
 return results
 """.replace("MAX_MERGE_HOPS", str(MAX_MERGE_HOPS)).replace(
@@ -402,6 +417,46 @@ class HotProfiles:
         flags = _flags(query.sections) + _WIRE
         reply: bytes | None = (await self._run(workspace_id, [key], flags, query.trait_keys))[0]
         return reply
+
+    async def read_for_context(
+        self, workspace_id: str, identifier: Identifier, query: ProfileQuery
+    ) -> tuple[bytes, str, list[str], str | None] | None:
+        """read_encoded's message plus what request-time evaluation needs, in the same
+        single round trip: the profile id, its stored audience keys and the version of
+        the workspace's published context audiences (None when none were published).
+        None if the identifier is unknown."""
+        key = hotstate.identity_key(workspace_id, identifier.type, identifier.value)
+        flags = _flags(query.sections) + _WIRE + _CONTEXT
+        reply = await self._run(workspace_id, [key], flags, query.trait_keys)
+        found, version = reply[0], reply[1]
+        if found is None:
+            return None
+        wire, pid, keys = found
+        stored = keys.decode().split("\n") if keys else []
+        return wire, pid.decode(), stored, version.decode() if version is not None else None
+
+    async def read_with_version(
+        self, workspace_id: str, identifier: Identifier, query: ProfileQuery
+    ) -> tuple[HotProfile | None, str | None]:
+        """`read` of one identifier plus the version of the workspace's published
+        context audiences, in the same single round trip (the HTTP view's path)."""
+        key = hotstate.identity_key(workspace_id, identifier.type, identifier.value)
+        flags = _flags(query.sections) + _CONTEXT
+        reply = await self._run(workspace_id, [key], flags, query.trait_keys)
+        found, version = reply[0], reply[1]
+        profile = None if found is None else _hot_profile(found)
+        return profile, version.decode() if version is not None else None
+
+    async def audience_config(self, workspace_id: str) -> tuple[str, bytes] | None:
+        """The published (version, config JSON) of the workspace's request-time
+        audiences; None if never published. Read when the version changed, not per request."""
+        version, config = await self._redis.hmget(
+            hotstate.audience_config_key(workspace_id), ["version", "config"]
+        )
+        # The client decodes no responses (bytes in), whatever its stubs allow.
+        if not isinstance(version, bytes) or not isinstance(config, bytes):
+            return None
+        return version.decode(), config
 
     async def _run(
         self, workspace_id: str, keys: list[str], flags: str, trait_keys: tuple[str, ...]

@@ -14,6 +14,7 @@ from services.profile.recommendations.service import RecommendationModels
 from services.profile.service import ProfileService
 from services.shared.auth import current_workspace
 from services.shared.errors import FieldViolation, InvalidArgument
+from services.shared.request_context_pb import context_inputs
 from services.shared.timestamps import timestamp_from_us
 
 _TRAINING_STATES: dict[definition.TrainingState, int] = {
@@ -195,6 +196,12 @@ class ProfileServiceServicer(profile_pb2_grpc.ProfileServiceServicer):
         else:
             # The common request (every section, no mask): nothing to parse or check.
             query = model.EVERYTHING
+        if request.HasField("context"):
+            fields, custom, at_us = context_inputs(request.context)
+            request_context = self._profiles.request_context(fields, custom, at_us, "context")
+            return await self._profiles.get_profile_in_context(
+                current_workspace(), identifier, query, request_context
+            )
         return await self._profiles.get_profile_encoded(current_workspace(), identifier, query)
 
     async def BatchGetProfiles(

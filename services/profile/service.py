@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from services.profile.context_audiences import (
+    RequestAudienceCache,
+    context_audiences,
+    encode_context_audiences,
+)
 from services.profile.model import (
     Deletion,
     Erasure,
@@ -27,6 +32,7 @@ from services.profile.model import (
 )
 from services.shared.clock import Clock
 from services.shared.errors import FieldViolation, InvalidArgument, NotFound
+from services.shared.request_context import build_context
 
 
 class HotState(Protocol):
@@ -41,6 +47,16 @@ class HotState(Protocol):
     ) -> bytes | None: ...
 
     async def resolve(self, workspace_id: str, identifier: Identifier) -> HotProfile | None: ...
+
+    async def read_for_context(
+        self, workspace_id: str, identifier: Identifier, query: ProfileQuery
+    ) -> tuple[bytes, str, list[str], str | None] | None: ...
+
+    async def read_with_version(
+        self, workspace_id: str, identifier: Identifier, query: ProfileQuery
+    ) -> tuple[HotProfile | None, str | None]: ...
+
+    async def audience_config(self, workspace_id: str) -> tuple[str, bytes] | None: ...
 
     async def erase(self, workspace_id: str, profile_ids: Sequence[int | str]) -> None: ...
 
@@ -109,6 +125,7 @@ class ProfileService:
         self._hot = hot
         self._records = records
         self._clock = clock
+        self._request_audiences = RequestAudienceCache(hot.audience_config)
 
     async def get_profile(
         self, workspace_id: str, identifier: Identifier, query: ProfileQuery
@@ -132,6 +149,52 @@ class ProfileService:
         if encoded is None:
             raise _not_found(identifier)
         return encoded
+
+    def request_context(
+        self, fields: Mapping[str, Any], custom: Any, at_us: int | None, field_prefix: str
+    ) -> dict[str, Any]:
+        """A request's context (services.shared.request_context), dated `at_us` or now;
+        INVALID_ARGUMENT with a field violation per bad attribute."""
+        now_us = self._clock.now_us() if at_us is None else at_us
+        context, problems = build_context(fields, custom, now_us, field_prefix)
+        if problems:
+            raise InvalidArgument(
+                "; ".join(f"{f}: {r}" for f, r in problems[:5]),
+                [FieldViolation(f, r) for f, r in problems],
+            )
+        return context
+
+    async def get_profile_in_context(
+        self,
+        workspace_id: str,
+        identifier: Identifier,
+        query: ProfileQuery,
+        context: Mapping[str, Any],
+    ) -> bytes:
+        """get_profile_encoded's message plus the context audiences the request
+        qualifies for (Profile.context_audiences), still one Redis round trip: the
+        definitions are compiled per published version (services.profile.context_audiences)."""
+        found = await self._hot.read_for_context(workspace_id, identifier, query)
+        if found is None:
+            raise _not_found(identifier)
+        encoded, profile_id, stored, version = found
+        settings = await self._request_audiences.get(workspace_id, version)
+        qualified = context_audiences(settings, context, profile_id, stored)
+        return encoded + encode_context_audiences(qualified)
+
+    async def context_audiences(
+        self, workspace_id: str, identifier: Identifier, context: Mapping[str, Any]
+    ) -> tuple[HotProfile, list[tuple[str, bool]]]:
+        """The profile's stored audiences and the context audiences (key, holdout) the
+        request qualifies for, in one round trip (the HTTP view's path)."""
+        query = ProfileQuery(frozenset({Section.AUDIENCES}))
+        profile, version = await self._hot.read_with_version(workspace_id, identifier, query)
+        if profile is None:
+            raise _not_found(identifier)
+        settings = await self._request_audiences.get(workspace_id, version)
+        return profile, context_audiences(
+            settings, context, profile.profile_id, list(profile.audiences)
+        )
 
     async def batch_get_profiles(
         self, workspace_id: str, identifiers: Sequence[Identifier], query: ProfileQuery

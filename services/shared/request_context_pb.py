@@ -20,22 +20,33 @@ def context_from_message(
 ) -> dict[str, Any]:
     """The context of `message` (its `at`, else `now_us`, dates local_hour/weekday);
     INVALID_ARGUMENT with a violation per bad field."""
+    fields, custom, at_us = context_inputs(message, field_prefix)
+    context, problems = build_context(
+        fields, custom, now_us if at_us is None else at_us, field_prefix
+    )
+    raise_problems(problems)
+    return context
+
+
+def context_inputs(
+    message: common_pb2.RequestContext, field_prefix: str = "context"
+) -> tuple[dict[str, Any], Any, int | None]:
+    """(named attributes, decoded custom JSON, `at` in microseconds or None) of a
+    message, for build_context; INVALID_ARGUMENT if `custom` is not JSON."""
     fields = {name: getattr(message, name) for name in STRING_ATTRIBUTES}
+    at_us = None
     if message.HasField("at"):
-        now_us = message.at.seconds * 1_000_000 + message.at.nanos // 1000
-    violations: list[tuple[str, str]] = []
+        at_us = message.at.seconds * 1_000_000 + message.at.nanos // 1000
     custom: Any = None
     if message.custom:
+        path = f"{field_prefix}.custom"
         if len(message.custom) > MAX_CUSTOM_BYTES:
-            violations.append((f"{field_prefix}.custom", f"at most {MAX_CUSTOM_BYTES} bytes"))
-        else:
-            try:
-                custom = orjson.loads(message.custom)
-            except orjson.JSONDecodeError:
-                violations.append((f"{field_prefix}.custom", "not valid JSON"))
-    context, problems = build_context(fields, custom, now_us, field_prefix)
-    raise_problems([*violations, *problems])
-    return context
+            raise_problems([(path, f"must be at most {MAX_CUSTOM_BYTES} bytes")])
+        try:
+            custom = orjson.loads(message.custom)
+        except orjson.JSONDecodeError:
+            raise_problems([(path, "not valid JSON")])
+    return fields, custom, at_us
 
 
 def raise_problems(problems: list[tuple[str, str]]) -> None:

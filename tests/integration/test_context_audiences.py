@@ -1,0 +1,239 @@
+"""Context audiences end to end on real Postgres and Redis: defined through
+segmentation, evaluated per request by GetProfile and the HTTP view of the profile
+service (which never imports segmentation), refused where stored members are needed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import grpc
+import orjson
+import pytest
+from audiences.v1 import common_pb2, profile_pb2, profile_pb2_grpc, segmentation_pb2
+
+from services.profile import httpview
+from services.profile.app import build
+from services.shared.errors import field_violations
+from services.shared.timestamps import timestamp_from_us
+from tests.helpers.grpc_client import bearer
+from tests.helpers.servers import in_process
+from tests.integration.segmentation.apisupport import Api
+
+pytestmark = pytest.mark.integration
+
+ORDER = "Order Completed"
+MOBILE_DE_CAMPAIGN = {
+    "all": [
+        {"audience": {"key": "repeat"}},
+        {"context": {"attribute": "device_type", "op": "eq", "value": "mobile"}},
+        {"context": {"attribute": "country", "op": "in", "value": ["DE", "AT"]}},
+        {"context": {"attribute": "utm_campaign", "op": "exists"}},
+    ]
+}
+EVENING = {"context": {"attribute": "local_hour", "op": "gte", "value": 18}}
+ON_MOBILE = common_pb2.RequestContext(device_type="mobile", country="AT", utm_campaign="spring")
+
+
+@dataclass
+class Stack:
+    api: Api
+    profile: profile_pb2_grpc.ProfileServiceStub
+    reader: tuple[tuple[str, str], ...]
+
+    async def get(
+        self, user: str, context: common_pb2.RequestContext | None = None
+    ) -> profile_pb2.Profile:
+        request = profile_pb2.GetProfileRequest(
+            identifier=common_pb2.Identifier(type="user_id", value=user)
+        )
+        if context is not None:
+            request.context.CopyFrom(context)
+        return await self.profile.GetProfile(request, metadata=self.reader)
+
+
+@pytest.fixture
+async def stack(resources, workspace, clock) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
+    from audiences.v1 import ingest_pb2_grpc, segmentation_pb2_grpc
+
+    async with in_process(resources, ["ingest", "segmentation", "profile"]) as addresses:
+        channels = {name: grpc.aio.insecure_channel(a) for name, a in addresses.items()}
+        api = Api(
+            ingest_pb2_grpc.IngestServiceStub(channels["ingest"]),
+            segmentation_pb2_grpc.SegmentationServiceStub(channels["segmentation"]),
+            bearer(workspace.admin),
+            bearer(workspace.ingest),
+            clock.now_us(),
+        )
+        yield Stack(
+            api, profile_pb2_grpc.ProfileServiceStub(channels["profile"]), bearer(workspace.profile)
+        )
+        for channel in channels.values():
+            await channel.close()
+
+
+async def _setup(stack: Stack) -> None:
+    await stack.api.send([{"user_id": u, "event": ORDER} for u in ("u1", "u1", "u2")])
+    await stack.api.create("repeat", {"event": {"name": ORDER, "count": {"op": "gte", "value": 2}}})
+    await stack.api.live("repeat")
+
+
+def _keys(profile: profile_pb2.Profile) -> list[str]:
+    return [a.key for a in profile.context_audiences]
+
+
+async def test_get_profile_answers_context_audiences_per_request(stack: Stack) -> None:
+    await _setup(stack)
+    created = await stack.api.create("mobile_campaign", MOBILE_DE_CAMPAIGN)
+    # Nothing to backfill: live at once, no members stored.
+    assert created.state == segmentation_pb2.AUDIENCE_STATE_LIVE
+    assert created.size == 0
+    await stack.api.create("evening", EVENING)
+
+    u1 = await stack.get("u1", ON_MOBILE)
+    assert [a.key for a in u1.audiences] == ["repeat"]
+    assert _keys(u1) == ["mobile_campaign"]
+    assert _keys(await stack.get("u2", ON_MOBILE)) == []  # not a repeat buyer
+    desktop = common_pb2.RequestContext(device_type="desktop", country="DE", utm_campaign="x")
+    assert _keys(await stack.get("u1", desktop)) == []
+    assert _keys(await stack.get("u1")) == []  # no context: no context audiences
+
+    # local_hour from the request's instant in the visitor's time zone.
+    at = timestamp_from_us(1_735_689_600_000_000 + 17 * 3_600_000_000)  # 17:00 UTC
+    berlin = common_pb2.RequestContext(time_zone="Europe/Berlin", at=at)  # 18:00 there
+    assert _keys(await stack.get("u2", berlin)) == ["evening"]
+    london = common_pb2.RequestContext(time_zone="Europe/London", at=at)
+    assert _keys(await stack.get("u2", london)) == []
+
+    # An edit is seen by the next request (the cache follows the published version).
+    edited = {**MOBILE_DE_CAMPAIGN}
+    edited["all"] = [
+        *MOBILE_DE_CAMPAIGN["all"][:2],
+        {"context": {"attribute": "country", "op": "eq", "value": "FR"}},
+    ]
+    await stack.api.seg.UpdateAudience(
+        segmentation_pb2.UpdateAudienceRequest(
+            audience=segmentation_pb2.Audience(
+                key="mobile_campaign", definition=orjson.dumps(edited)
+            )
+        ),
+        metadata=stack.api.admin,
+    )
+    assert _keys(await stack.get("u1", ON_MOBILE)) == []
+    fr = common_pb2.RequestContext(device_type="mobile", country="FR")
+    assert _keys(await stack.get("u1", fr)) == ["mobile_campaign"]
+    await stack.api.seg.DeleteAudience(
+        segmentation_pb2.DeleteAudienceRequest(key="mobile_campaign"), metadata=stack.api.admin
+    )
+    assert _keys(await stack.get("u1", fr)) == []
+
+
+async def test_context_audiences_have_no_stored_members(stack: Stack) -> None:
+    await _setup(stack)
+    await stack.api.create("mobile_campaign", MOBILE_DE_CAMPAIGN)
+    with pytest.raises(grpc.aio.AioRpcError) as listed:
+        await stack.api.members("mobile_campaign")
+    assert listed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no stored members" in (listed.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as previewed:
+        await stack.api.seg.Preview(
+            segmentation_pb2.PreviewRequest(definition=orjson.dumps(EVENING)),
+            metadata=stack.api.admin,
+        )
+    assert previewed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # Recompute of the workspace leaves it alone and succeeds.
+    result = await stack.api.seg.Recompute(
+        segmentation_pb2.RecomputeRequest(), metadata=stack.api.admin
+    )
+    assert list(result.failures) == []
+
+    explained = await stack.api.seg.ExplainMembership(
+        segmentation_pb2.ExplainMembershipRequest(
+            audience_key="mobile_campaign",
+            identifier=common_pb2.Identifier(type="user_id", value="u1"),
+            context=ON_MOBILE,
+        ),
+        metadata=stack.api.admin,
+    )
+    assert explained.member
+    summaries = [c.summary for c in explained.root.children]
+    assert summaries[1] == "context device_type is 'mobile'; needs eq 'mobile'"
+
+
+@pytest.mark.parametrize(
+    ("definition", "extra", "fields"),
+    [
+        (
+            {"all": [{"event": {"name": ORDER}}, EVENING]},
+            {},
+            {"audience.definition.all[0].event"},
+        ),
+        (EVENING, {"realtime": True}, {"audience.realtime"}),
+        (
+            {"context": {"attribute": "weather", "op": "eq", "value": "rain"}},
+            {},
+            {"audience.definition.context.attribute"},
+        ),
+    ],
+)
+async def test_context_nodes_are_refused_where_stored_membership_is_needed(
+    stack: Stack, definition: Any, extra: dict[str, Any], fields: set[str]
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stack.api.seg.CreateAudience(
+            segmentation_pb2.CreateAudienceRequest(
+                audience=segmentation_pb2.Audience(
+                    key="bad", definition=orjson.dumps(definition), **extra
+                )
+            ),
+            metadata=stack.api.admin,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {v.field for v in field_violations(refused.value)} == fields
+
+
+async def test_bad_context_is_invalid_argument_with_field_violations(stack: Stack) -> None:
+    await _setup(stack)
+    bad = common_pb2.RequestContext(
+        page_url="https://example.com/" + "x" * 3000,
+        time_zone="Mars/Olympus",
+        custom=orjson.dumps({"plan": {"nested": 1}, "ok": 1}),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stack.get("u1", bad)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {v.field for v in field_violations(refused.value)} == {
+        "context.page_url",
+        "context.time_zone",
+        "context.custom.plan",
+    }
+    with pytest.raises(grpc.aio.AioRpcError) as not_json:
+        await stack.get("u1", common_pb2.RequestContext(custom=b"{nope"))
+    assert {v.field for v in field_violations(not_json.value)} == {"context.custom"}
+
+
+async def test_http_view_takes_a_context(stack: Stack, resources, workspace) -> None:  # type: ignore[no-untyped-def]
+    await _setup(stack)
+    await stack.api.create("mobile_campaign", MOBILE_DE_CAMPAIGN)
+    runner, port = await httpview.start(build(resources), resources.keys, "127.0.0.1", 0)
+    headers = {"Authorization": f"Bearer {workspace.profile}"}
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", headers=headers) as http:
+            context = {"device_type": "mobile", "country": "DE", "utm": {"campaign": "spring"}}
+            async with http.get(
+                "/v1/profiles/user_id:u1/audiences",
+                params={"context": orjson.dumps(context).decode()},
+            ) as reply:
+                assert reply.status == 200
+                body = await reply.json()
+            assert list(body["audiences"]) == ["repeat"]
+            assert body["context_audiences"] == {"mobile_campaign": {"holdout": False}}
+            async with http.get(
+                "/v1/profiles/user_id:u1/audiences", params={"context": '{"country": 5}'}
+            ) as reply:
+                assert reply.status == 400
+                assert "context.country" in await reply.text()
+    finally:
+        await runner.cleanup()
