@@ -89,6 +89,16 @@ local flags = ARGV[2]
 -- The context flag changes what is returned, not the encoding: the wire cache is
 -- keyed without it.
 local cache_flags = (string.gsub(flags, 'x', ''))
+
+-- The version of the workspace's published audience settings (context audiences,
+-- holdout shares: services.shared.hotstate), read at most once per call.
+local config_version
+local function audience_config_version()
+  if config_version == nil then
+    config_version = redis.call('HGET', prefix .. 'audcfg', 'version') or ''
+  end
+  return config_version
+end
 local max_hops = MAX_MERGE_HOPS
 local mask = {}
 for i = 3, #ARGV do mask[#mask + 1] = ARGV[i] end
@@ -239,18 +249,34 @@ local function encoders()
       return delimited('\\34', object_from_pairs(pairs_of(p .. 'computed', false)))
     end
 
-    local function audiences_wire(p)                                    -- 5 audiences
+    -- Holdout shares by audience key (services.shared.holdout: the same hash).
+    local shares
+    local function holdout(key, pid)
+      if shares == nil then
+        shares = {}
+        local flat = redis.call('HGETALL', prefix .. 'holdouts')
+        for i = 1, #flat, 2 do shares[flat[i]] = tonumber(flat[i + 1]) end
+      end
+      local share = shares[key]
+      if not share or share <= 0 then return false end
+      return tonumber(string.sub(redis.sha1hex(key .. ':' .. pid), 1, 8), 16) / 4294967296 < share
+    end
+
+    local function audiences_wire(p, pid)                               -- 5 audiences
       local out = {}
       local flat = redis.call('HGETALL', p .. 'audiences')
       for i = 1, #flat, 2 do
         -- One concatenation per membership (a timestamp is under 128 bytes: one length byte).
         local key, stamp = flat[i], timestamp(tonumber(flat[i + 1]))
+        local held = ''
+        if holdout(key, pid) then held = '\\24\\1' end                  -- 3 holdout = true
         if key == '' then
-          out[#out + 1] = '\\42' .. char(2 + #stamp) .. '\\18' .. char(#stamp) .. stamp
+          out[#out + 1] = '\\42' .. char(2 + #stamp + #held) .. '\\18' .. char(#stamp) .. stamp
+            .. held
         else
           local key_length = varint(#key)
-          out[#out + 1] = '\\42' .. varint(3 + #key_length + #key + #stamp) .. '\\10'
-            .. key_length .. key .. '\\18' .. char(#stamp) .. stamp
+          out[#out + 1] = '\\42' .. varint(3 + #key_length + #key + #stamp + #held) .. '\\10'
+            .. key_length .. key .. '\\18' .. char(#stamp) .. stamp .. held
         end
       end
       return table.concat(out)
@@ -299,10 +325,10 @@ local function encoders()
                     a = audiences_wire, p = predictions_wire, r = recommendations_wire}
 
     -- Fields 2-7 of audiences.v1.Profile: the sections asked for, in field order.
-    local function sections_wire(p)
+    local function sections_wire(p, pid)
       local out = {}
       for _, flag in ipairs(order) do
-        if has(flag) then out[#out + 1] = encode[flag](p) end
+        if has(flag) then out[#out + 1] = encode[flag](p, pid) end
       end
       return table.concat(out)
     end
@@ -336,14 +362,22 @@ end
 -- cached bytes are always the encoding of what is stored. A trait mask reads around
 -- the cache. Writing it is best effort (pcall): on a read-only replica the read still
 -- answers. last_seen changes with every event, so it is never cached.
+-- A cached encoding starts with the audience config version it was built under (the
+-- holdout flags depend on it) and a '|': one of another version is built again.
 local function profile_wire(pid, p)
   local cache = p .. 'wire'
   local sections = false
-  if #mask == 0 then sections = redis.call('HGET', cache, cache_flags) end
+  local tag = audience_config_version() .. '|'
+  if #mask == 0 then
+    local cached = redis.call('HGET', cache, cache_flags)
+    if cached and string.sub(cached, 1, #tag) == tag then
+      sections = string.sub(cached, #tag + 1)
+    end
+  end
   if not sections then
-    sections = encoders().sections_wire(p)
+    sections = encoders().sections_wire(p, pid)
     if #mask == 0 then
-      redis.pcall('HSET', cache, cache_flags, sections)
+      redis.pcall('HSET', cache, cache_flags, tag .. sections)
       redis.pcall('EXPIRE', cache, WIRE_CACHE_SECONDS)
     end
   end
@@ -377,7 +411,8 @@ for k = 1, #KEYS do
   end
 end
 if context then
-  results[#KEYS + 1] = redis.call('HGET', prefix .. 'audcfg', 'version') or false
+  local version = audience_config_version()
+  results[#KEYS + 1] = version ~= '' and version or false
 end
 return results
 """.replace("MAX_MERGE_HOPS", str(MAX_MERGE_HOPS)).replace(

@@ -20,6 +20,7 @@ from services.segmentation.language import (
     validate_computed_trait,
 )
 from services.shared.errors import FieldViolation, InvalidArgument, too_long
+from services.shared.holdout import MAX_HOLDOUT_SHARE
 
 KEY_PATTERN = re.compile(r"^[a-z0-9_]{1,255}$")
 MAX_NAME_CHARS = 255  # the name columns of audiences and computed traits
@@ -336,3 +337,55 @@ def context_violations(
             )
         )
     return found
+
+
+# A goal's conversion window at most (a month): lift is about the experience's effect.
+MAX_GOAL_HOURS = 24 * 31
+DEFAULT_GOAL_HOURS = 168
+
+
+def check_holdout_share(share: float, field: str, violations: list[FieldViolation]) -> None:
+    """A holdout share lies in [0, MAX_HOLDOUT_SHARE]."""
+    if not 0.0 <= share <= MAX_HOLDOUT_SHARE:  # NaN fails this too
+        violations.append(FieldViolation(field, f"must be between 0 and {MAX_HOLDOUT_SHARE}"))
+
+
+def parse_goal(payload: bytes, field: str, violations: list[FieldViolation]) -> Any:
+    """A goal's JSON {"name", "type"?, "where"?, "within_hours"?} with defaults filled
+    in; ``{}`` means "no goal" (returned as {}); None with violations when bad. Its
+    name, type and filters follow the language's event conditions."""
+    raw = decode_json(payload, field, violations)
+    if raw is None:
+        return None
+    if raw == {}:
+        return {}
+    if not isinstance(raw, Mapping):
+        violations.append(FieldViolation(field, "must be a JSON object"))
+        return None
+    found: list[FieldViolation] = []
+    for k in raw:
+        if k not in ("name", "type", "where", "within_hours"):
+            found.append(FieldViolation(f"{field}.{k}", "unknown field"))
+    hours = raw.get("within_hours", DEFAULT_GOAL_HOURS)
+    if (
+        isinstance(hours, bool)
+        or not isinstance(hours, int | float)
+        or not 0 < hours <= MAX_GOAL_HOURS
+    ):
+        found.append(
+            FieldViolation(f"{field}.within_hours", f"must be a number in (0, {MAX_GOAL_HOURS}]")
+        )
+    event = {k: raw[k] for k in ("name", "type", "where") if k in raw}
+    for path, reason in validate_audience({"event": event}):
+        found.append(
+            FieldViolation(field_path(field, path.removeprefix("event").lstrip(".")), reason)
+        )
+    violations.extend(found)
+    if found:
+        return None
+    return {
+        "name": raw["name"],
+        "type": raw.get("type", "track"),
+        "where": raw.get("where", []),
+        "within_hours": hours,
+    }

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from services.shared.hotstate import audience_config_key, workspace_prefix
+from services.shared.hotstate import audience_config_key, holdouts_key, workspace_prefix
 
 # Profiles per script call: bounds the time one call holds Redis (~10 ms) and its size.
 CHUNK = 10_000
@@ -102,7 +102,12 @@ class HotState:
         with another config. Returns the version."""
         text = orjson.dumps(config, option=orjson.OPT_SORT_KEYS)
         version = hashlib.sha1(text, usedforsecurity=False).hexdigest()[:16]
-        await self._redis.hset(
-            audience_config_key(ws), mapping={"version": version, "config": text}
-        )
+        holdouts = {k: repr(float(v)) for k, v in config.get("holdouts", {}).items()}
+        # One transaction: the read script never sees a version with other shares.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(audience_config_key(ws), mapping={"version": version, "config": text})
+            pipe.delete(holdouts_key(ws))
+            if holdouts:
+                pipe.hset(holdouts_key(ws), mapping=holdouts)
+            await pipe.execute()
         return version

@@ -66,6 +66,8 @@ def _audience(a: AudienceRecord) -> segmentation_pb2.Audience:
         account_level=a.account_level,
         failure_reason=a.failure_reason,
         realtime=a.realtime,
+        holdout_share=a.holdout_share,
+        goal=orjson.dumps(a.goal) if a.goal else b"",
     )
 
 
@@ -137,6 +139,8 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             account_level=a.account_level,
             skip_backfill=request.skip_backfill,
             realtime=a.realtime,
+            holdout_share=a.holdout_share,
+            goal=a.goal,
         )
         return _audience(record)
 
@@ -166,6 +170,8 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             description=a.description,
             definition=a.definition,
             realtime=a.realtime if a.HasField("realtime") else None,
+            holdout_share=a.holdout_share if a.HasField("holdout_share") else None,
+            goal=a.goal or None,
         )
         return _audience(record)
 

@@ -22,6 +22,7 @@ from services.segmentation.accounts import ACCOUNT_ID_TYPE, account_violations
 from services.segmentation.definitions import (
     audience_refs_raw,
     audience_violations,
+    check_holdout_share,
     check_key,
     check_name,
     computed_dependencies_raw,
@@ -31,6 +32,7 @@ from services.segmentation.definitions import (
     context_violations,
     decode_json,
     dependents,
+    parse_goal,
     prediction_refs_raw,
     reject,
 )
@@ -291,6 +293,8 @@ class Segmentation:
         account_level: bool,
         skip_backfill: bool,
         realtime: bool = False,
+        holdout_share: float = 0.0,
+        goal: bytes = b"",
     ) -> AudienceRecord:
         """Save a new audience and, unless `skip_backfill`, start computing its members
         from history in the background (state BACKFILLING, then LIVE). A `realtime`
@@ -298,6 +302,8 @@ class Segmentation:
         violations: list[FieldViolation] = []
         check_key(key, "audience.key", violations)
         _check_realtime(realtime, account_level, violations)
+        check_holdout_share(holdout_share, "audience.holdout_share", violations)
+        parsed_goal = parse_goal(goal, "audience.goal", violations) if goal else None
         check_name(name, "audience.name", violations)
         raw = decode_json(definition, "audience.definition", violations)
         if raw is not None:
@@ -320,10 +326,12 @@ class Segmentation:
             state=LIVE if skip_backfill or per_request else BACKFILLING,
             now_us=self._clock.now_us(),
             realtime=realtime,
+            holdout_share=holdout_share,
+            goal=parsed_goal,
         )
-        if per_request:
+        if per_request or holdout_share:
             await self.publish_request_config(ws)
-        elif not skip_backfill:
+        if not per_request and not skip_backfill:
             self._spawn(self._backfill(ws, record))
         return record
 
@@ -352,8 +360,11 @@ class Segmentation:
         description: str,
         definition: bytes,
         realtime: bool | None = None,
+        holdout_share: float | None = None,
+        goal: bytes | None = None,
     ) -> AudienceRecord:
-        """Replace what is given (empty fields and a None `realtime` are kept). A
+        """Replace what is given (empty fields and a None `realtime`, `holdout_share`
+        or `goal` are kept; ``b"{}"`` clears the goal). A
         changed definition becomes the next version: the live version keeps serving
         while it backfills, then the new one takes over and only the differences are
         emitted."""
@@ -361,6 +372,11 @@ class Segmentation:
         violations: list[FieldViolation] = []
         _check_realtime(bool(realtime), audience.account_level, violations)
         check_name(name, "audience.name", violations)
+        if holdout_share is not None:
+            check_holdout_share(holdout_share, "audience.holdout_share", violations)
+        parsed_goal = None
+        if goal:
+            parsed_goal = parse_goal(goal, "audience.goal", violations)
         raw = None
         if definition:
             raw = decode_json(definition, "audience.definition", violations)
@@ -387,10 +403,12 @@ class Segmentation:
             state=LIVE if per_request else BACKFILLING,
             now_us=self._clock.now_us(),
             realtime=realtime,
+            holdout_share=holdout_share,
+            goal=parsed_goal,
         )
-        if per_request:
+        if per_request or holdout_share is not None:
             await self.publish_request_config(ws)
-        elif changed:
+        if not per_request and changed:
             self._spawn(self._backfill(ws, record))
         return record
 
@@ -421,7 +439,10 @@ class Segmentation:
         ordered = [
             [k, definitions[k]] for k in dependency_order({k: definitions[k] for k in per_request})
         ]
-        return await self._hot.publish_audience_config(ws, {"context": ordered})
+        holdouts = {k: a.holdout_share for k, a in stored.items() if a.holdout_share > 0}
+        return await self._hot.publish_audience_config(
+            ws, {"context": ordered, "holdouts": holdouts}
+        )
 
     async def _per_request(self, ws: str, audience: AudienceRecord) -> bool:
         stored = await self._store.audience_definitions(ws)

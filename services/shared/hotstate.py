@@ -26,6 +26,8 @@ Values are JSON text (orjson) so readers can pass them through without re-encodi
                                         both fields in one HSET; the profile service
                                         reads the version in its one read script and
                                         the config only when the version changed)
+    hs:{ws}:holdouts            hash    audience key -> holdout share (written with
+                                        audcfg, in one transaction)
 
 A merge (ingest) deletes the merged-away profile's sections and moves its audience
 memberships into the survivor's ``audiences`` hash, earliest entry per audience: the
@@ -82,3 +84,8 @@ def audience_config_key(workspace_id: str) -> str:
     """Key of the workspace's published audience settings read at request time
     (context audience definitions, holdout shares)."""
     return f"hs:{{{workspace_id}}}:audcfg"
+
+
+def holdouts_key(workspace_id: str) -> str:
+    """Key of the workspace's holdout shares (audience key -> share), for the read script."""
+    return f"hs:{{{workspace_id}}}:holdouts"

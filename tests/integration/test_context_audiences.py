@@ -13,10 +13,12 @@ import grpc
 import orjson
 import pytest
 from audiences.v1 import common_pb2, profile_pb2, profile_pb2_grpc, segmentation_pb2
+from redis.asyncio import Redis
 
 from services.profile import httpview
 from services.profile.app import build
 from services.shared.errors import field_violations
+from services.shared.holdout import bucket, in_holdout
 from services.shared.timestamps import timestamp_from_us
 from tests.helpers.grpc_client import bearer
 from tests.helpers.servers import in_process
@@ -237,3 +239,97 @@ async def test_http_view_takes_a_context(stack: Stack, resources, workspace) -> 
                 assert "context.country" in await reply.text()
     finally:
         await runner.cleanup()
+
+
+async def test_holdout_flags_follow_the_shared_hash(stack: Stack, redis_url: str) -> None:
+    users = [f"h{i}" for i in range(40)]
+    await stack.api.send([{"user_id": u, "event": ORDER} for u in users])
+    created = await stack.api.seg.CreateAudience(
+        segmentation_pb2.CreateAudienceRequest(
+            audience=segmentation_pb2.Audience(
+                key="buyers",
+                definition=orjson.dumps({"event": {"name": ORDER}}),
+                holdout_share=0.5,
+            )
+        ),
+        metadata=stack.api.admin,
+    )
+    assert created.holdout_share == 0.5
+    await stack.api.live("buyers")
+    await stack.api.create(
+        "buyers_mobile",
+        {
+            "all": [
+                {"audience": {"key": "buyers"}},
+                {"context": {"attribute": "os", "op": "exists"}},
+            ]
+        },
+    )
+
+    async def flags() -> dict[str, bool]:
+        got = {}
+        for u in users:
+            p = await stack.get(u, common_pb2.RequestContext(os="iOS"))
+            (membership,) = p.audiences
+            got[p.profile_id] = membership.holdout
+        return got
+
+    first = await flags()
+    assert first == {pid: in_holdout("buyers", pid, 0.5) for pid in first}
+    assert 0 < sum(first.values()) < len(first)  # both groups exist at 50%
+    # The Lua script's sha1 bucket equals the library's for the same ids.
+    client = Redis.from_url(redis_url)
+    try:
+        for pid in first:
+            lua = await client.eval(
+                "return string.sub(redis.sha1hex(ARGV[1] .. ':' .. ARGV[2]), 1, 8)",
+                0,
+                "buyers",
+                pid,
+            )
+            assert int(lua, 16) / 4294967296 == bucket("buyers", pid)
+    finally:
+        await client.aclose()
+    # A new share applies to the next read (cached encodings carry the config version).
+    await stack.api.seg.UpdateAudience(
+        segmentation_pb2.UpdateAudienceRequest(
+            audience=segmentation_pb2.Audience(key="buyers", holdout_share=0.0)
+        ),
+        metadata=stack.api.admin,
+    )
+    assert not any((await flags()).values())
+    # A context audience's holdout comes with it.
+    await stack.api.seg.UpdateAudience(
+        segmentation_pb2.UpdateAudienceRequest(
+            audience=segmentation_pb2.Audience(key="buyers_mobile", holdout_share=0.5)
+        ),
+        metadata=stack.api.admin,
+    )
+    for u in users[:10]:
+        p = await stack.get(u, common_pb2.RequestContext(os="iOS"))
+        (ctx_audience,) = p.context_audiences
+        assert ctx_audience.key == "buyers_mobile"
+        assert ctx_audience.holdout == in_holdout("buyers_mobile", p.profile_id, 0.5)
+
+
+async def test_holdout_share_and_goal_are_validated(stack: Stack) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stack.api.seg.CreateAudience(
+            segmentation_pb2.CreateAudienceRequest(
+                audience=segmentation_pb2.Audience(
+                    key="x",
+                    definition=orjson.dumps(EVENING),
+                    holdout_share=0.9,
+                    goal=orjson.dumps({"name": "", "within_hours": -1, "where": [{"op": "eq"}]}),
+                )
+            ),
+            metadata=stack.api.admin,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {v.field for v in field_violations(refused.value)} == {
+        "audience.holdout_share",
+        "audience.goal.name",
+        "audience.goal.within_hours",
+        "audience.goal.where[0].property",
+        "audience.goal.where[0].value",
+    }

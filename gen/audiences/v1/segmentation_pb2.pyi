@@ -110,6 +110,8 @@ class Audience(_message.Message):
     ACCOUNT_LEVEL_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     REALTIME_FIELD_NUMBER: _builtins.int
+    HOLDOUT_SHARE_FIELD_NUMBER: _builtins.int
+    GOAL_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """unique per workspace, [a-z0-9_]+"""
     name: _builtins.str
@@ -129,6 +131,17 @@ class Audience(_message.Message):
     """Kept up to date per event by the realtime worker (services.segmentation.realtime)
     besides backfill, Recompute and the reconcile. Unset on create means false; unset
     on update keeps the current value.
+    """
+    holdout_share: _builtins.float
+    """Share of members held out as control (0 to 0.5; docs/audiences.md, "Holdouts"):
+    a deterministic hash of (audience key, profile id) picks them. GetProfile marks
+    them `holdout`; syncs may leave them out. Unset on update keeps the current value.
+    """
+    goal: _builtins.bytes
+    """What the audience's experience should make people do, for GetAudiencePerformance:
+    JSON {"name": event, "type"?: "track"|"page"|"screen", "where"?: [filters],
+    "within_hours": H} (a conversion is a goal event within H hours after an
+    exposure; default 168). Empty: no goal. Unset on update keeps the current goal.
     """
     @_builtins.property
     def backfill(self) -> _common_pb2.Progress: ...
@@ -152,13 +165,20 @@ class Audience(_message.Message):
         account_level: _builtins.bool = ...,
         failure_reason: _builtins.str = ...,
         realtime: _builtins.bool | None = ...,
+        holdout_share: _builtins.float | None = ...,
+        goal: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_realtime", b"_realtime", "backfill", b"backfill", "created_at", b"created_at", "realtime", b"realtime", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_holdout_share", b"_holdout_share", "_realtime", b"_realtime", "backfill", b"backfill", "created_at", b"created_at", "holdout_share", b"holdout_share", "realtime", b"realtime", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_realtime", b"_realtime", "account_level", b"account_level", "backfill", b"backfill", "created_at", b"created_at", "definition", b"definition", "description", b"description", "failure_reason", b"failure_reason", "key", b"key", "name", b"name", "realtime", b"realtime", "size", b"size", "state", b"state", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_holdout_share", b"_holdout_share", "_realtime", b"_realtime", "account_level", b"account_level", "backfill", b"backfill", "created_at", b"created_at", "definition", b"definition", "description", b"description", "failure_reason", b"failure_reason", "goal", b"goal", "holdout_share", b"holdout_share", "key", b"key", "name", b"name", "realtime", b"realtime", "size", b"size", "state", b"state", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__holdout_share: _TypeAlias = _typing.Literal["holdout_share"]  # noqa: Y015
+    _WhichOneofArgType__holdout_share: _TypeAlias = _typing.Literal["_holdout_share", b"_holdout_share"]  # noqa: Y015
     _WhichOneofReturnType__realtime: _TypeAlias = _typing.Literal["realtime"]  # noqa: Y015
     _WhichOneofArgType__realtime: _TypeAlias = _typing.Literal["_realtime", b"_realtime"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__holdout_share) -> _WhichOneofReturnType__holdout_share | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__realtime) -> _WhichOneofReturnType__realtime | None: ...
 
 Global___Audience: _TypeAlias = Audience  # noqa: Y015
