@@ -13,6 +13,7 @@ evaluating closures; a change is seen by the next request after it is published.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from services.shared.request_context import CompiledAudiences, compile_workspace
 # (version, config JSON) of a workspace, or None when nothing was published.
 ConfigReader = Callable[[str], Awaitable[tuple[str, bytes] | None]]
 
-_EMPTY = CompiledAudiences("", ())
+_EMPTY = compile_workspace("", ())
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,9 @@ def context_audiences(
     settings: RequestAudiences, context: Mapping[str, Any], profile_id: str, stored: Sequence[str]
 ) -> list[tuple[str, bool]]:
     """(key, holdout) of each context audience the request qualifies for."""
+    holdouts = settings.holdouts
     return [
-        (key, in_holdout(key, profile_id, settings.holdouts.get(key, 0.0)))
+        (key, key in holdouts and in_holdout(key, profile_id, holdouts[key]))
         for key in settings.compiled.evaluate(context, stored)
     ]
 
@@ -93,12 +95,15 @@ def _varint(n: int) -> bytes:
 _CONTEXT_AUDIENCES_TAG = _varint(130)
 
 
+@functools.lru_cache(maxsize=65_536)
+def _entry(key: str, holdout: bool) -> bytes:
+    # Few distinct (key, holdout) pairs exist per workspace: each is encoded once.
+    raw = key.encode()
+    body = b"\x0a" + _varint(len(raw)) + raw + (b"\x10\x01" if holdout else b"")
+    return _CONTEXT_AUDIENCES_TAG + _varint(len(body)) + body
+
+
 def encode_context_audiences(found: Sequence[tuple[str, bool]]) -> bytes:
     """Profile.context_audiences as wire bytes, to append to an encoded Profile
     (protobuf concatenation appends repeated fields)."""
-    parts = []
-    for key, holdout in found:
-        raw = key.encode()
-        body = b"\x0a" + _varint(len(raw)) + raw + (b"\x10\x01" if holdout else b"")
-        parts.append(_CONTEXT_AUDIENCES_TAG + _varint(len(body)) + body)
-    return b"".join(parts)
+    return b"".join([_entry(key, holdout) for key, holdout in found])

@@ -9,7 +9,7 @@ import orjson
 from audiences.v1 import common_pb2
 
 from services.shared.errors import FieldViolation, InvalidArgument
-from services.shared.request_context import STRING_ATTRIBUTES, build_context
+from services.shared.request_context import build_context
 
 # Larger custom JSON than this is not a request context (50 keys of 2 KiB fit).
 MAX_CUSTOM_BYTES = 128 * 1024
@@ -33,17 +33,20 @@ def context_inputs(
 ) -> tuple[dict[str, Any], Any, int | None]:
     """(named attributes, decoded custom JSON, `at` in microseconds or None) of a
     message, for build_context; INVALID_ARGUMENT if `custom` is not JSON."""
-    fields = {name: getattr(message, name) for name in STRING_ATTRIBUTES}
+    # ListFields: only the fields set, in one call (this is on GetProfile's path).
+    fields: dict[str, Any] = {d.name: v for d, v in message.ListFields()}
     at_us = None
-    if message.HasField("at"):
-        at_us = message.at.seconds * 1_000_000 + message.at.nanos // 1000
+    at = fields.pop("at", None)
+    if at is not None:
+        at_us = at.seconds * 1_000_000 + at.nanos // 1000
     custom: Any = None
-    if message.custom:
+    raw_custom = fields.pop("custom", b"")
+    if raw_custom:
         path = f"{field_prefix}.custom"
-        if len(message.custom) > MAX_CUSTOM_BYTES:
+        if len(raw_custom) > MAX_CUSTOM_BYTES:
             raise_problems([(path, f"must be at most {MAX_CUSTOM_BYTES} bytes")])
         try:
-            custom = orjson.loads(message.custom)
+            custom = orjson.loads(raw_custom)
         except orjson.JSONDecodeError:
             raise_problems([(path, "not valid JSON")])
     return fields, custom, at_us
