@@ -376,6 +376,11 @@ def parse_goal(payload: bytes, field: str, violations: list[FieldViolation]) -> 
             FieldViolation(f"{field}.within_hours", f"must be a number in (0, {MAX_GOAL_HOURS}]")
         )
     event = {k: raw[k] for k in ("name", "type", "where") if k in raw}
+    where = raw.get("where")
+    for i, f in enumerate(where if isinstance(where, list) else []):
+        if isinstance(f, Mapping) and "ref" in f:
+            # A conversion is judged on the event alone, not on the profile's state.
+            found.append(FieldViolation(f"{field}.where[{i}].ref", "goals compare with values"))
     for path, reason in validate_audience({"event": event}):
         found.append(
             FieldViolation(field_path(field, path.removeprefix("event").lstrip(".")), reason)

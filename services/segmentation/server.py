@@ -24,6 +24,7 @@ from services.segmentation.model import (
     ComputedTraitRecord,
     ProfileRef,
 )
+from services.segmentation.performance import GroupCounts, Period
 from services.segmentation.service import Segmentation
 from services.shared.auth import current_workspace
 from services.shared.request_context_pb import context_from_message
@@ -69,6 +70,33 @@ def _audience(a: AudienceRecord) -> segmentation_pb2.Audience:
         holdout_share=a.holdout_share,
         goal=orjson.dumps(a.goal) if a.goal else b"",
     )
+
+
+def _group(g: GroupCounts) -> segmentation_pb2.GroupPerformance:
+    return segmentation_pb2.GroupPerformance(
+        exposed=g.exposed, converted=g.converted, rate=g.rate or 0.0
+    )
+
+
+def _period(p: Period) -> segmentation_pb2.PerformancePeriod:
+    lift = p.lift
+    out = segmentation_pb2.PerformancePeriod(
+        treatment=_group(p.treatment),
+        holdout=_group(p.holdout),
+        lift=segmentation_pb2.Lift(
+            absolute_defined=lift.absolute is not None,
+            absolute=lift.absolute or 0.0,
+            absolute_low=lift.absolute_low or 0.0,
+            absolute_high=lift.absolute_high or 0.0,
+            relative_defined=lift.relative_low is not None,
+            relative=lift.relative or 0.0,
+            relative_low=lift.relative_low or 0.0,
+            relative_high=lift.relative_high or 0.0,
+        ),
+    )
+    if p.day_us is not None:
+        out.day.CopyFrom(timestamp_from_us(p.day_us))
+    return out
 
 
 def _computed(c: ComputedTraitRecord) -> segmentation_pb2.ComputedTrait:
@@ -330,6 +358,33 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
         )
         return segmentation_pb2.ExplainMembershipResponse(
             member=result.member, root=_node(result.root), profile=_ref(result.profile)
+        )
+
+    async def GetAudiencePerformance(
+        self,
+        request: segmentation_pb2.GetAudiencePerformanceRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> segmentation_pb2.AudiencePerformance:
+        found = await self._seg.audience_performance(
+            current_workspace(),
+            audience_key=request.audience_key,
+            start_us=_as_of(request, "start"),
+            end_us=_as_of(request, "end"),
+        )
+        srm = found.sample_ratio
+        return segmentation_pb2.AudiencePerformance(
+            audience_key=found.audience_key,
+            total=_period(found.total),
+            days=[_period(day) for day in found.days],
+            sample_ratio=segmentation_pb2.SampleRatioCheck(
+                expected_holdout_share=srm.expected_holdout_share,
+                observed_holdout_share=srm.observed_holdout_share or 0.0,
+                chi_square=srm.chi_square or 0.0,
+                p_value=srm.p_value if srm.p_value is not None else 1.0,
+                mismatch=srm.mismatch,
+            ),
+            start=timestamp_from_us(found.start_us),
+            end=timestamp_from_us(found.end_us),
         )
 
     async def GetMembershipHistory(

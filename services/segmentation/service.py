@@ -39,6 +39,7 @@ from services.segmentation.definitions import (
 from services.segmentation.explaining import ExplainedNode, annotate
 from services.segmentation.hot import HotState
 from services.segmentation.language import (
+    Event,
     dependency_layers,
     dependency_order,
     parse_audience,
@@ -55,7 +56,8 @@ from services.segmentation.model import (
     ProfileRef,
     Progress,
 )
-from services.segmentation.reference import ProfileData, explain
+from services.segmentation.performance import Performance, summarize
+from services.segmentation.reference import ProfileData, explain, get_property, match_value
 from services.segmentation.store import Scratch, SegmentationStore
 from services.shared.clock import Clock
 from services.shared.errors import (
@@ -65,6 +67,7 @@ from services.shared.errors import (
     NotFound,
     invalid,
 )
+from services.shared.holdout import in_holdout
 from services.shared.identifiers import normalize_identifier
 from services.shared.phases import phase
 
@@ -74,6 +77,8 @@ DEFAULT_SAMPLE = 20
 DEFAULT_PAGE = 100
 MAX_PAGE = 1_000
 WATCH_BATCH = 500
+# GetAudiencePerformance looks back this many days unless given a start.
+PERFORMANCE_DAYS = 30
 BACKFILL_STEPS = 3  # evaluate dependencies' state, evaluate the definition, write the diff
 
 
@@ -443,6 +448,46 @@ class Segmentation:
         return await self._hot.publish_audience_config(
             ws, {"context": ordered, "holdouts": holdouts}
         )
+
+    async def audience_performance(
+        self, ws: str, *, audience_key: str, start_us: int | None, end_us: int | None
+    ) -> Performance:
+        """Exposed and converted people per group (treatment, holdout) by day of first
+        exposure in [start, end) (default: the 30 days up to now), with lift and the
+        sample-ratio check (services/segmentation/performance.py)."""
+        audience = await self._audience(ws, audience_key, "audience_key")
+        if not audience.goal:
+            raise FailedPrecondition(
+                f"audience {audience_key!r} has no goal: set Audience.goal to measure it"
+            )
+        now = self._clock.now_us()
+        end = end_us if end_us is not None else now + 1
+        start = start_us if start_us is not None else end - PERFORMANCE_DAYS * 86_400_000_000
+        if start >= end:
+            raise invalid("start", "must be before end")
+        goal = audience.goal
+        window = round(goal["within_hours"] * 3_600_000_000)
+        filters = parse_audience({"event": {"name": goal["name"], "where": goal["where"]}})
+        assert isinstance(filters, Event)
+        first = await self._store.performance.first_exposures(ws, audience_key, start, end)
+        if not first:
+            return summarize(audience_key, audience.holdout_share, start, end, [])
+        events = await self._store.performance.goal_events(
+            ws, goal, first, min(first.values()), min(max(first.values()) + window, now)
+        )
+        people = []
+        for pid, at in first.items():
+            converted = any(
+                at < t <= at + window
+                and all(
+                    match_value(f.op, get_property(props, f.property), f.value)
+                    for f in filters.where
+                )
+                for t, props in events.get(pid, ())
+            )
+            held = in_holdout(audience_key, pid, audience.holdout_share)
+            people.append((at, held, converted))
+        return summarize(audience_key, audience.holdout_share, start, end, people)
 
     async def _per_request(self, ws: str, audience: AudienceRecord) -> bool:
         stored = await self._store.audience_definitions(ws)

@@ -38,6 +38,7 @@ from services.segmentation.model import (
     ProfileRef,
     Progress,
 )
+from services.segmentation.performance_store import PerformanceStore
 from services.segmentation.status_tables import (
     audience_status,
     computed_trait_status,
@@ -227,6 +228,7 @@ class SegmentationStore:
         self._analyze_every = analyze_every_seconds
         self._analyzed_at: float | None = None
         self.accounts = AccountStore(engine)
+        self.performance = PerformanceStore(engine)
 
     async def fresh_statistics(self) -> None:
         """Refresh the planner statistics of the tables batch evaluation reads, at most

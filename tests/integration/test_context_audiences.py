@@ -333,3 +333,65 @@ async def test_holdout_share_and_goal_are_validated(stack: Stack) -> None:
         "audience.goal.where[0].property",
         "audience.goal.where[0].value",
     }
+
+
+async def test_audience_performance_counts_groups_and_conversions(stack: Stack) -> None:
+    users = [f"e{i}" for i in range(12)]
+    exposure = "Audience Exposure"
+    await stack.api.send(
+        [{"user_id": u, "event": exposure, "properties": {"audience": "buyers"}, "days_ago": 3}
+         for u in users]
+        # A second exposure later does not move the first; another audience's is ignored.
+        + [{"user_id": "e0", "event": exposure, "properties": {"audience": "buyers"},
+            "days_ago": 1},
+           {"user_id": "x", "event": exposure, "properties": {"audience": "other"},
+            "days_ago": 3}]
+        + [{"user_id": u, "event": ORDER, "properties": {"total": 10}, "days_ago": 2}
+           for u in users[:6]]
+        + [{"user_id": "e6", "event": ORDER, "properties": {"total": 10}, "days_ago": 5},
+           {"user_id": "e7", "event": ORDER, "properties": {"total": 1}, "days_ago": 2},
+           {"user_id": "e8", "event": ORDER, "properties": {"total": 10}, "days_ago": 0.5}]
+    )  # fmt: skip
+    await stack.api.seg.CreateAudience(
+        segmentation_pb2.CreateAudienceRequest(
+            audience=segmentation_pb2.Audience(
+                key="buyers",
+                definition=orjson.dumps({"event": {"name": exposure}}),
+                holdout_share=0.5,
+                goal=orjson.dumps(
+                    {"name": ORDER, "within_hours": 48,
+                     "where": [{"property": "total", "op": "gte", "value": 5}]}
+                ),
+            )
+        ),
+        metadata=stack.api.admin,
+    )  # fmt: skip
+    pids = {u: (await stack.get(u)).profile_id for u in users}
+    held = {u for u in users if in_holdout("buyers", pids[u], 0.5)}
+    converted = set(users[:6])  # e6 ordered before, e7 below the filter, e8 after 48 h
+    report = await stack.api.seg.GetAudiencePerformance(
+        segmentation_pb2.GetAudiencePerformanceRequest(audience_key="buyers"),
+        metadata=stack.api.admin,
+    )
+    total = report.total
+    assert total.treatment.exposed == len(set(users) - held)
+    assert total.holdout.exposed == len(held)
+    assert total.treatment.converted == len(converted - held)
+    assert total.holdout.converted == len(converted & held)
+    assert len(report.days) == 1  # every first exposure on one day
+    assert report.days[0].treatment == total.treatment
+    assert report.sample_ratio.expected_holdout_share == 0.5
+    if total.holdout.converted and total.treatment.converted:
+        assert total.lift.relative_defined
+    pt = total.treatment.converted / total.treatment.exposed
+    ph = total.holdout.converted / total.holdout.exposed
+    assert total.lift.absolute == pytest.approx(pt - ph)
+    assert total.lift.absolute_low < total.lift.absolute < total.lift.absolute_high
+
+    with pytest.raises(grpc.aio.AioRpcError) as no_goal:
+        await stack.api.create("nogoal", {"event": {"name": ORDER}})
+        await stack.api.seg.GetAudiencePerformance(
+            segmentation_pb2.GetAudiencePerformanceRequest(audience_key="nogoal"),
+            metadata=stack.api.admin,
+        )
+    assert no_goal.value.code() == grpc.StatusCode.FAILED_PRECONDITION

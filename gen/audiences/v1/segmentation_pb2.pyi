@@ -1067,3 +1067,216 @@ class WatchChangesRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchChangesRequest: _TypeAlias = WatchChangesRequest  # noqa: Y015
+
+@_typing.final
+class GetAudiencePerformanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_KEY_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    audience_key: _builtins.str
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """first exposures from (default: end - 30 days)"""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """up to, excluded (default: now)"""
+
+    def __init__(
+        self,
+        *,
+        audience_key: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_key", b"audience_key", "end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAudiencePerformanceRequest: _TypeAlias = GetAudiencePerformanceRequest  # noqa: Y015
+
+@_typing.final
+class GroupPerformance(_message.Message):
+    """People of one group: exposed in the period (by first exposure) and converting (a
+    goal event within the goal's window after that exposure).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPOSED_FIELD_NUMBER: _builtins.int
+    CONVERTED_FIELD_NUMBER: _builtins.int
+    RATE_FIELD_NUMBER: _builtins.int
+    exposed: _builtins.int
+    converted: _builtins.int
+    rate: _builtins.float
+    """converted / exposed (0 without exposures)"""
+    def __init__(
+        self,
+        *,
+        exposed: _builtins.int = ...,
+        converted: _builtins.int = ...,
+        rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["converted", b"converted", "exposed", b"exposed", "rate", b"rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupPerformance: _TypeAlias = GroupPerformance  # noqa: Y015
+
+@_typing.final
+class Lift(_message.Message):
+    """Treatment over holdout with 95% intervals: absolute (Wald, unpooled) and relative
+    (Katz log interval of the ratio). `*_defined` is false where data is lacking.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ABSOLUTE_DEFINED_FIELD_NUMBER: _builtins.int
+    ABSOLUTE_FIELD_NUMBER: _builtins.int
+    ABSOLUTE_LOW_FIELD_NUMBER: _builtins.int
+    ABSOLUTE_HIGH_FIELD_NUMBER: _builtins.int
+    RELATIVE_DEFINED_FIELD_NUMBER: _builtins.int
+    RELATIVE_FIELD_NUMBER: _builtins.int
+    RELATIVE_LOW_FIELD_NUMBER: _builtins.int
+    RELATIVE_HIGH_FIELD_NUMBER: _builtins.int
+    absolute_defined: _builtins.bool
+    absolute: _builtins.float
+    absolute_low: _builtins.float
+    absolute_high: _builtins.float
+    relative_defined: _builtins.bool
+    relative: _builtins.float
+    relative_low: _builtins.float
+    relative_high: _builtins.float
+    def __init__(
+        self,
+        *,
+        absolute_defined: _builtins.bool = ...,
+        absolute: _builtins.float = ...,
+        absolute_low: _builtins.float = ...,
+        absolute_high: _builtins.float = ...,
+        relative_defined: _builtins.bool = ...,
+        relative: _builtins.float = ...,
+        relative_low: _builtins.float = ...,
+        relative_high: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["absolute", b"absolute", "absolute_defined", b"absolute_defined", "absolute_high", b"absolute_high", "absolute_low", b"absolute_low", "relative", b"relative", "relative_defined", b"relative_defined", "relative_high", b"relative_high", "relative_low", b"relative_low"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Lift: _TypeAlias = Lift  # noqa: Y015
+
+@_typing.final
+class PerformancePeriod(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_FIELD_NUMBER: _builtins.int
+    TREATMENT_FIELD_NUMBER: _builtins.int
+    HOLDOUT_FIELD_NUMBER: _builtins.int
+    LIFT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def day(self) -> _timestamp_pb2.Timestamp:
+        """00:00 UTC of the day; unset for the total"""
+
+    @_builtins.property
+    def treatment(self) -> Global___GroupPerformance: ...
+    @_builtins.property
+    def holdout(self) -> Global___GroupPerformance: ...
+    @_builtins.property
+    def lift(self) -> Global___Lift: ...
+    def __init__(
+        self,
+        *,
+        day: _timestamp_pb2.Timestamp | None = ...,
+        treatment: Global___GroupPerformance | None = ...,
+        holdout: Global___GroupPerformance | None = ...,
+        lift: Global___Lift | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["day", b"day", "holdout", b"holdout", "lift", b"lift", "treatment", b"treatment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["day", b"day", "holdout", b"holdout", "lift", b"lift", "treatment", b"treatment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PerformancePeriod: _TypeAlias = PerformancePeriod  # noqa: Y015
+
+@_typing.final
+class SampleRatioCheck(_message.Message):
+    """Pearson chi-square (1 dof) of the exposed split against the holdout share; a
+    mismatch (p < 0.001) means the split, not the experience, may explain the lift.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPECTED_HOLDOUT_SHARE_FIELD_NUMBER: _builtins.int
+    OBSERVED_HOLDOUT_SHARE_FIELD_NUMBER: _builtins.int
+    CHI_SQUARE_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    MISMATCH_FIELD_NUMBER: _builtins.int
+    expected_holdout_share: _builtins.float
+    observed_holdout_share: _builtins.float
+    chi_square: _builtins.float
+    p_value: _builtins.float
+    mismatch: _builtins.bool
+    def __init__(
+        self,
+        *,
+        expected_holdout_share: _builtins.float = ...,
+        observed_holdout_share: _builtins.float = ...,
+        chi_square: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+        mismatch: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chi_square", b"chi_square", "expected_holdout_share", b"expected_holdout_share", "mismatch", b"mismatch", "observed_holdout_share", b"observed_holdout_share", "p_value", b"p_value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SampleRatioCheck: _TypeAlias = SampleRatioCheck  # noqa: Y015
+
+@_typing.final
+class AudiencePerformance(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_KEY_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATIO_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    audience_key: _builtins.str
+    @_builtins.property
+    def total(self) -> Global___PerformancePeriod: ...
+    @_builtins.property
+    def days(self) -> _containers.RepeatedCompositeFieldContainer[Global___PerformancePeriod]: ...
+    @_builtins.property
+    def sample_ratio(self) -> Global___SampleRatioCheck: ...
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        audience_key: _builtins.str = ...,
+        total: Global___PerformancePeriod | None = ...,
+        days: _abc.Iterable[Global___PerformancePeriod] | None = ...,
+        sample_ratio: Global___SampleRatioCheck | None = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "sample_ratio", b"sample_ratio", "start", b"start", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_key", b"audience_key", "days", b"days", "end", b"end", "sample_ratio", b"sample_ratio", "start", b"start", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudiencePerformance: _TypeAlias = AudiencePerformance  # noqa: Y015
