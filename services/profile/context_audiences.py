@@ -35,13 +35,15 @@ class RequestAudiences:
 
     compiled: CompiledAudiences = _EMPTY
     holdouts: Mapping[str, float] = field(default_factory=dict)
+    measured: frozenset[str] = frozenset()  # audiences with a goal (log_exposure)
 
 
 def _load(version: str, config: bytes) -> RequestAudiences:
     parsed: dict[str, Any] = orjson.loads(config)
     ordered = [(k, d) for k, d in parsed.get("context", [])]
     holdouts = {k: float(v) for k, v in parsed.get("holdouts", {}).items()}
-    return RequestAudiences(compile_workspace(version, ordered), holdouts)
+    measured = frozenset(parsed.get("measured", ()))
+    return RequestAudiences(compile_workspace(version, ordered), holdouts, measured)
 
 
 class RequestAudienceCache:

@@ -196,11 +196,13 @@ class ProfileServiceServicer(profile_pb2_grpc.ProfileServiceServicer):
         else:
             # The common request (every section, no mask): nothing to parse or check.
             query = model.EVERYTHING
-        if request.HasField("context"):
-            fields, custom, at_us = context_inputs(request.context)
-            request_context = self._profiles.request_context(fields, custom, at_us, "context")
+        if request.HasField("context") or request.log_exposure:
+            request_context = None
+            if request.HasField("context"):
+                fields, custom, at_us = context_inputs(request.context)
+                request_context = self._profiles.request_context(fields, custom, at_us, "context")
             return await self._profiles.get_profile_in_context(
-                current_workspace(), identifier, query, request_context
+                current_workspace(), identifier, query, request_context, request.log_exposure
             )
         return await self._profiles.get_profile_encoded(current_workspace(), identifier, query)
 

@@ -19,6 +19,7 @@ from services.profile.context_audiences import (
     context_audiences,
     encode_context_audiences,
 )
+from services.profile.exposures import ExposureLog
 from services.profile.model import (
     Deletion,
     Erasure,
@@ -121,10 +122,17 @@ def decode_page_token(token: str, field_name: str = "page_token") -> tuple[int, 
 class ProfileService:
     """The Profile API's operations for one process."""
 
-    def __init__(self, hot: HotState, records: Records, clock: Clock) -> None:
+    def __init__(
+        self,
+        hot: HotState,
+        records: Records,
+        clock: Clock,
+        exposures: ExposureLog | None = None,
+    ) -> None:
         self._hot = hot
         self._records = records
         self._clock = clock
+        self._exposures = exposures
         self._request_audiences = RequestAudienceCache(hot.audience_config)
 
     async def get_profile(
@@ -169,7 +177,8 @@ class ProfileService:
         workspace_id: str,
         identifier: Identifier,
         query: ProfileQuery,
-        context: Mapping[str, Any],
+        context: Mapping[str, Any] | None,
+        log_exposure: bool = False,
     ) -> bytes:
         """get_profile_encoded's message plus the context audiences the request
         qualifies for (Profile.context_audiences), still one Redis round trip: the
@@ -179,7 +188,14 @@ class ProfileService:
             raise _not_found(identifier)
         encoded, profile_id, stored, version = found
         settings = await self._request_audiences.get(workspace_id, version)
-        qualified = context_audiences(settings, context, profile_id, stored)
+        qualified = (
+            [] if context is None else context_audiences(settings, context, profile_id, stored)
+        )
+        if log_exposure and self._exposures is not None:
+            shown = [k for k in stored if k in settings.measured]
+            shown += [k for k, _ in qualified if k in settings.measured]
+            if shown:
+                self._exposures.record(workspace_id, shown, profile_id, self._clock.now_us())
         return encoded + encode_context_audiences(qualified)
 
     async def context_audiences(

@@ -334,7 +334,7 @@ class Segmentation:
             holdout_share=holdout_share,
             goal=parsed_goal,
         )
-        if per_request or holdout_share:
+        if per_request or holdout_share or parsed_goal:
             await self.publish_request_config(ws)
         if not per_request and not skip_backfill:
             self._spawn(self._backfill(ws, record))
@@ -411,7 +411,7 @@ class Segmentation:
             holdout_share=holdout_share,
             goal=parsed_goal,
         )
-        if per_request or holdout_share is not None:
+        if per_request or holdout_share is not None or goal:
             await self.publish_request_config(ws)
         if not per_request and changed:
             self._spawn(self._backfill(ws, record))
@@ -445,8 +445,10 @@ class Segmentation:
             [k, definitions[k]] for k in dependency_order({k: definitions[k] for k in per_request})
         ]
         holdouts = {k: a.holdout_share for k, a in stored.items() if a.holdout_share > 0}
+        # Audiences with a goal: GetProfile's log_exposure logs exposures of these.
+        measured = sorted(k for k, a in stored.items() if a.goal)
         return await self._hot.publish_audience_config(
-            ws, {"context": ordered, "holdouts": holdouts}
+            ws, {"context": ordered, "holdouts": holdouts, "measured": measured}
         )
 
     async def audience_performance(

@@ -4,6 +4,8 @@ service (which never imports segmentation), refused where stored members are nee
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -395,3 +397,53 @@ async def test_audience_performance_counts_groups_and_conversions(stack: Stack) 
             metadata=stack.api.admin,
         )
     assert no_goal.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_get_profile_logs_exposures_of_measured_audiences(stack: Stack) -> None:
+    users = [f"l{i}" for i in range(6)]
+    await stack.api.send([{"user_id": u, "event": ORDER, "days_ago": 2} for u in users])
+    goal = orjson.dumps({"name": "Upgraded", "within_hours": 24})
+    for key, definition in (
+        ("buyers", {"event": {"name": ORDER}}),
+        ("plain", {"event": {"name": ORDER}}),
+    ):
+        await stack.api.seg.CreateAudience(
+            segmentation_pb2.CreateAudienceRequest(
+                audience=segmentation_pb2.Audience(
+                    key=key,
+                    definition=orjson.dumps(definition),
+                    goal=goal if key == "buyers" else b"",
+                )
+            ),
+            metadata=stack.api.admin,
+        )
+        await stack.api.live(key)
+    await stack.api.create(
+        "buyers_ios",
+        {
+            "all": [
+                {"audience": {"key": "buyers"}},
+                {"context": {"attribute": "os", "op": "eq", "value": "iOS"}},
+            ]
+        },
+    )
+    for u in users:
+        request = profile_pb2.GetProfileRequest(
+            identifier=common_pb2.Identifier(type="user_id", value=u), log_exposure=True
+        )
+        answer = await stack.profile.GetProfile(request, metadata=stack.reader)
+        assert {a.key for a in answer.audiences} == {"buyers", "plain"}
+        assert not answer.context_audiences  # no context: none evaluated
+    # Written off the request path: poll the performance report until all six show.
+    deadline = time.monotonic() + 20
+    while True:
+        report = await stack.api.seg.GetAudiencePerformance(
+            segmentation_pb2.GetAudiencePerformanceRequest(audience_key="buyers"),
+            metadata=stack.api.admin,
+        )
+        exposed = report.total.treatment.exposed + report.total.holdout.exposed
+        if exposed == len(users) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)  # polling with a deadline
+    assert exposed == len(users)
+    assert report.total.treatment.converted == 0

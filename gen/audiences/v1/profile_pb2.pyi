@@ -78,6 +78,11 @@ class GetProfileRequest(_message.Message):
     INCLUDE_FIELD_NUMBER: _builtins.int
     TRAIT_MASK_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
+    LOG_EXPOSURE_FIELD_NUMBER: _builtins.int
+    log_exposure: _builtins.bool
+    """Log this answer as an exposure of each measured audience (one with a goal) in it,
+    stored or context, for GetAudiencePerformance (docs/audiences.md, "Performance").
+    """
     @_builtins.property
     def identifier(self) -> _common_pb2.Identifier: ...
     @_builtins.property
@@ -101,10 +106,11 @@ class GetProfileRequest(_message.Message):
         include: _abc.Iterable[Global___ProfileSection.ValueType] | None = ...,
         trait_mask: _field_mask_pb2.FieldMask | None = ...,
         context: _common_pb2.RequestContext | None = ...,
+        log_exposure: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "identifier", b"identifier", "trait_mask", b"trait_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "identifier", b"identifier", "include", b"include", "trait_mask", b"trait_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "identifier", b"identifier", "include", b"include", "log_exposure", b"log_exposure", "trait_mask", b"trait_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
