@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,6 +22,7 @@ from services.profile import httpview
 from services.profile.app import build
 from services.shared.errors import field_violations
 from services.shared.holdout import bucket, in_holdout
+from services.shared.lift_chart import render
 from services.shared.timestamps import timestamp_from_us
 from tests.helpers.grpc_client import bearer
 from tests.helpers.servers import in_process
@@ -337,7 +339,9 @@ async def test_holdout_share_and_goal_are_validated(stack: Stack) -> None:
     }
 
 
-async def test_audience_performance_counts_groups_and_conversions(stack: Stack) -> None:
+async def test_audience_performance_counts_groups_and_conversions(
+    stack: Stack, tmp_path: Path
+) -> None:
     users = [f"e{i}" for i in range(12)]
     exposure = "Audience Exposure"
     await stack.api.send(
@@ -389,6 +393,9 @@ async def test_audience_performance_counts_groups_and_conversions(stack: Stack) 
     ph = total.holdout.converted / total.holdout.exposed
     assert total.lift.absolute == pytest.approx(pt - ph)
     assert total.lift.absolute_low < total.lift.absolute < total.lift.absolute_high
+    chart = tmp_path / "lift.png"
+    render(report, chart)  # the lift-chart command's drawing of this very report
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     with pytest.raises(grpc.aio.AioRpcError) as no_goal:
         await stack.api.create("nogoal", {"event": {"name": ORDER}})
