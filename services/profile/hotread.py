@@ -471,16 +471,16 @@ class HotProfiles:
         return wire, pid.decode(), stored, version.decode() if version is not None else None
 
     async def read_with_version(
-        self, workspace_id: str, identifier: Identifier, query: ProfileQuery
-    ) -> tuple[HotProfile | None, str | None]:
-        """`read` of one identifier plus the version of the workspace's published
-        context audiences, in the same single round trip (the HTTP view's path)."""
-        key = hotstate.identity_key(workspace_id, identifier.type, identifier.value)
+        self, workspace_id: str, identifiers: Sequence[Identifier], query: ProfileQuery
+    ) -> tuple[list[HotProfile | None], str | None]:
+        """`read` plus the version of the workspace's published audience settings
+        (context audiences, holdout shares), in the same single round trip."""
+        keys = [hotstate.identity_key(workspace_id, i.type, i.value) for i in identifiers]
         flags = _flags(query.sections) + _CONTEXT
-        reply = await self._run(workspace_id, [key], flags, query.trait_keys)
-        found, version = reply[0], reply[1]
-        profile = None if found is None else _hot_profile(found)
-        return profile, version.decode() if version is not None else None
+        reply = await self._run(workspace_id, keys, flags, query.trait_keys)
+        version = reply[len(keys)]
+        profiles = [None if found is None else _hot_profile(found) for found in reply[: len(keys)]]
+        return profiles, version.decode() if version is not None else None
 
     async def audience_config(self, workspace_id: str) -> tuple[str, bytes] | None:
         """The published (version, config JSON) of the workspace's request-time

@@ -191,7 +191,8 @@ async def audiences(request: web.Request) -> web.Response:
     return _json_response(
         {
             "audiences": {
-                key: {"entered_at": _iso(int(at_us))} for key, at_us in profile.audiences.items()
+                key: {"entered_at": _iso(int(at_us)), "holdout": key in profile.holdouts}
+                for key, at_us in profile.audiences.items()
             },
             **body,
             "cursor": _cursor(request),

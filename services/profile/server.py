@@ -136,7 +136,7 @@ def profile_message(profile: HotProfile) -> profile_pb2.Profile:
         profile_id=profile.profile_id,
         identifiers=[{"type": i.type, "value": i.value} for i in profile.identifiers],
         audiences=[
-            {"key": key, "entered_at": _stamp(int(at_us))}
+            {"key": key, "entered_at": _stamp(int(at_us)), "holdout": key in profile.holdouts}
             for key, at_us in profile.audiences.items()
         ],
         predictions=[

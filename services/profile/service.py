@@ -33,6 +33,7 @@ from services.profile.model import (
 )
 from services.shared.clock import Clock
 from services.shared.errors import FieldViolation, InvalidArgument, NotFound
+from services.shared.holdout import in_holdout
 from services.shared.request_context import build_context
 
 
@@ -54,8 +55,8 @@ class HotState(Protocol):
     ) -> tuple[bytes, str, list[str], str | None] | None: ...
 
     async def read_with_version(
-        self, workspace_id: str, identifier: Identifier, query: ProfileQuery
-    ) -> tuple[HotProfile | None, str | None]: ...
+        self, workspace_id: str, identifiers: Sequence[Identifier], query: ProfileQuery
+    ) -> tuple[list[HotProfile | None], str | None]: ...
 
     async def audience_config(self, workspace_id: str) -> tuple[str, bytes] | None: ...
 
@@ -139,7 +140,7 @@ class ProfileService:
         self, workspace_id: str, identifier: Identifier, query: ProfileQuery
     ) -> HotProfile:
         """The profile an identifier belongs to, from the hot state; NotFound if none."""
-        profile = (await self._hot.read(workspace_id, [identifier], query))[0]
+        profile = (await self._read(workspace_id, [identifier], query))[0]
         if profile is None:
             raise _not_found(identifier)
         return _without_consumed(profile)
@@ -204,10 +205,17 @@ class ProfileService:
         """The profile's stored audiences and the context audiences (key, holdout) the
         request qualifies for, in one round trip (the HTTP view's path)."""
         query = ProfileQuery(frozenset({Section.AUDIENCES}))
-        profile, version = await self._hot.read_with_version(workspace_id, identifier, query)
+        found, version = await self._hot.read_with_version(workspace_id, [identifier], query)
+        profile = found[0]
         if profile is None:
             raise _not_found(identifier)
         settings = await self._request_audiences.get(workspace_id, version)
+        holdouts = settings.holdouts
+        profile.holdouts = frozenset(
+            k
+            for k in profile.audiences
+            if k in holdouts and in_holdout(k, profile.profile_id, holdouts[k])
+        )
         return profile, context_audiences(
             settings, context, profile.profile_id, list(profile.audiences)
         )
@@ -216,8 +224,27 @@ class ProfileService:
         self, workspace_id: str, identifiers: Sequence[Identifier], query: ProfileQuery
     ) -> list[HotProfile | None]:
         """Profiles in request order, None where an identifier is unknown (one round trip)."""
-        found = await self._hot.read(workspace_id, identifiers, query)
+        found = await self._read(workspace_id, identifiers, query)
         return [None if p is None else _without_consumed(p) for p in found]
+
+    async def _read(
+        self, workspace_id: str, identifiers: Sequence[Identifier], query: ProfileQuery
+    ) -> list[HotProfile | None]:
+        """The hot read; with the audiences section, also their holdout flags (the
+        shares' version comes in the same round trip), as GetProfile's script sets them."""
+        if Section.AUDIENCES not in query.sections:
+            return await self._hot.read(workspace_id, identifiers, query)
+        found, version = await self._hot.read_with_version(workspace_id, identifiers, query)
+        holdouts = (await self._request_audiences.get(workspace_id, version)).holdouts
+        if holdouts:
+            for profile in found:
+                if profile is not None:
+                    profile.holdouts = frozenset(
+                        k
+                        for k in profile.audiences
+                        if k in holdouts and in_holdout(k, profile.profile_id, holdouts[k])
+                    )
+        return found
 
     async def list_events(
         self,

@@ -280,6 +280,14 @@ async def test_holdout_flags_follow_the_shared_hash(stack: Stack, redis_url: str
 
     first = await flags()
     assert first == {pid: in_holdout("buyers", pid, 0.5) for pid in first}
+    # BatchGetProfiles (JSON rows, flags set in Python) says the same.
+    batch = await stack.profile.BatchGetProfiles(
+        profile_pb2.BatchGetProfilesRequest(
+            identifiers=[common_pb2.Identifier(type="user_id", value=u) for u in users]
+        ),
+        metadata=stack.reader,
+    )
+    assert {p.profile.profile_id: p.profile.audiences[0].holdout for p in batch.profiles} == first
     assert 0 < sum(first.values()) < len(first)  # both groups exist at 50%
     # The Lua script's sha1 bucket equals the library's for the same ids.
     client = Redis.from_url(redis_url)
