@@ -249,6 +249,58 @@ local function encoders()
       return delimited('\\34', object_from_pairs(pairs_of(p .. 'computed', false)))
     end
 
+    -- SHA-1 as hex: Redis has redis.sha1hex; the embedded store of `make run` (Lua 5.1,
+    -- no bit library) gets this arithmetic version, slower but the same digest
+    -- (tests/unit/profile/test_read_script.py holds the two equal).
+    local function sha1hex_arith(msg)
+      local floor = math.floor
+      local M = 4294967296
+      local function bitop(a, b, op)
+        local r, v = 0, 1
+        for _ = 1, 32 do
+          local x, y = a % 2, b % 2
+          if op(x, y) then r = r + v end
+          a, b, v = (a - x) / 2, (b - y) / 2, v * 2
+        end
+        return r
+      end
+      local function bxor(a, b) return bitop(a, b, function(x, y) return x ~= y end) end
+      local function band(a, b) return bitop(a, b, function(x, y) return x == 1 and y == 1 end) end
+      local function bor(a, b) return bitop(a, b, function(x, y) return x == 1 or y == 1 end) end
+      local function rol(a, n)
+        local p = 2 ^ (32 - n)
+        local hi = floor(a / p)
+        return (a - hi * p) * 2 ^ n + hi
+      end
+      local length = #msg * 8
+      msg = msg .. '\\128' .. string.rep('\\0', (55 - #msg) % 64)
+      for i = 7, 0, -1 do msg = msg .. string.char(floor(length / 256 ^ i) % 256) end
+      local h0, h1, h2, h3, h4 = 1732584193, 4023233417, 2562383102, 271733878, 3285377520
+      for chunk = 1, #msg, 64 do
+        local w = {}
+        for i = 0, 15 do
+          local a, b, c, d = string.byte(msg, chunk + i * 4, chunk + i * 4 + 3)
+          w[i] = ((a * 256 + b) * 256 + c) * 256 + d
+        end
+        for i = 16, 79 do
+          w[i] = rol(bxor(bxor(w[i - 3], w[i - 8]), bxor(w[i - 14], w[i - 16])), 1)
+        end
+        local a, b, c, d, e = h0, h1, h2, h3, h4
+        for i = 0, 79 do
+          local f, k
+          if i < 20 then f, k = bor(band(b, c), band(M - 1 - b, d)), 1518500249
+          elseif i < 40 then f, k = bxor(bxor(b, c), d), 1859775393
+          elseif i < 60 then f, k = bor(bor(band(b, c), band(b, d)), band(c, d)), 2400959708
+          else f, k = bxor(bxor(b, c), d), 3395469782 end
+          local t = (rol(a, 5) + f + e + k + w[i]) % M
+          a, b, c, d, e = t, a, rol(b, 30), c, d
+        end
+        h0, h1, h2, h3, h4 = (h0 + a) % M, (h1 + b) % M, (h2 + c) % M, (h3 + d) % M, (h4 + e) % M
+      end
+      return string.format('%08x%08x%08x%08x%08x', h0, h1, h2, h3, h4)
+    end
+    local sha1hex = redis.sha1hex or sha1hex_arith
+
     -- Holdout shares by audience key (services.shared.holdout: the same hash).
     local shares
     local function holdout(key, pid)
@@ -259,7 +311,7 @@ local function encoders()
       end
       local share = shares[key]
       if not share or share <= 0 then return false end
-      return tonumber(string.sub(redis.sha1hex(key .. ':' .. pid), 1, 8), 16) / 4294967296 < share
+      return tonumber(string.sub(sha1hex(key .. ':' .. pid), 1, 8), 16) / 4294967296 < share
     end
 
     local function audiences_wire(p, pid)                               -- 5 audiences
