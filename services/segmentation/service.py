@@ -57,7 +57,13 @@ from services.segmentation.model import (
     Progress,
 )
 from services.segmentation.performance import Performance, summarize
-from services.segmentation.reference import ProfileData, explain, get_property, match_value
+from services.segmentation.reference import (
+    ProfileData,
+    evaluate,
+    explain,
+    get_property,
+    match_value,
+)
 from services.segmentation.store import Scratch, SegmentationStore
 from services.shared.clock import Clock
 from services.shared.errors import (
@@ -1042,8 +1048,21 @@ class Segmentation:
             profile = await self._profile_data(ws, pid)
         if context is not None:
             # The request being explained (context conditions); stored audiences and
-            # computed traits are read as stored, like GetProfile does.
+            # computed traits are read as stored, like GetProfile does, and the context
+            # audiences this request qualifies for are decided first, in dependency
+            # order, so a reference to one reads what GetProfile would answer.
             profile = dataclasses.replace(profile, context=context)
+            stored = {
+                k: a.definition for k, a in (await self._store.audience_definitions(ws)).items()
+            }
+            per_request = context_keys(stored)
+            held = set(profile.audiences)
+            for k in dependency_order({k: stored[k] for k in per_request}):
+                if k != audience.key and evaluate(
+                    parse_audience(stored[k]), dataclasses.replace(profile, audiences=held), now
+                ):
+                    held.add(k)
+            profile = dataclasses.replace(profile, audiences=held)
         node = parse_audience(audience.definition)
         explanation = explain(node, profile, now)
         (ref,) = await self._store.refs(ws, [pid])

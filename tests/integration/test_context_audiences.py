@@ -166,6 +166,21 @@ async def test_context_audiences_have_no_stored_members(stack: Stack) -> None:
     assert explained.member
     summaries = [c.summary for c in explained.root.children]
     assert summaries[1] == "context device_type is 'mobile'; needs eq 'mobile'"
+    # A context audience built on another one: explained as GetProfile answers it.
+    await stack.api.create("campaign_alias", {"audience": {"key": "mobile_campaign"}})
+    for context, member in ((ON_MOBILE, True), (common_pb2.RequestContext(os="x"), False)):
+        aliased = await stack.api.seg.ExplainMembership(
+            segmentation_pb2.ExplainMembershipRequest(
+                audience_key="campaign_alias",
+                identifier=common_pb2.Identifier(type="user_id", value="u1"),
+                context=context,
+            ),
+            metadata=stack.api.admin,
+        )
+        assert aliased.member is member
+        assert _keys(await stack.get("u1", context)) == (
+            ["mobile_campaign", "campaign_alias"] if member else []
+        )
 
 
 @pytest.mark.parametrize(
