@@ -10,6 +10,7 @@ storing anything, and independent per audience. SHA-1 because Redis scripts have
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 __all__ = ["MAX_HOLDOUT_SHARE", "bucket", "in_holdout"]
@@ -18,6 +19,8 @@ __all__ = ["MAX_HOLDOUT_SHARE", "bucket", "in_holdout"]
 MAX_HOLDOUT_SHARE = 0.5
 
 
+# The same visitors come back request after request: their buckets are remembered.
+@functools.lru_cache(maxsize=262_144)
 def bucket(audience_key: str, profile_id: int | str) -> float:
     """The profile's position in [0, 1) for this audience (uniform over profiles)."""
     digest = hashlib.sha1(f"{audience_key}:{profile_id}".encode(), usedforsecurity=False)

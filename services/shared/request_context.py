@@ -21,6 +21,7 @@ numeric operators on numbers only, a missing attribute matching only ``not_exist
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -220,6 +221,14 @@ _STRING_SET = frozenset(STRING_ATTRIBUTES)
 
 def _local_time(zone: str, now_us: int) -> tuple[int, int] | None:
     """(hour 0-23, ISO weekday 1-7) at `now_us` in IANA `zone`; None if unknown."""
+    return _local_time_at_minute(zone, now_us // 60_000_000)
+
+
+# Every UTC offset is a whole number of minutes, so the local hour and weekday change
+# only on a minute boundary: requests of one minute in one zone share the answer.
+@functools.lru_cache(maxsize=4096)
+def _local_time_at_minute(zone: str, minute: int) -> tuple[int, int] | None:
+    now_us = minute * 60_000_000
     try:
         tz = ZoneInfo(zone)  # zoneinfo caches zones: a lookup, not a file read
     except (ZoneInfoNotFoundError, ValueError, OSError):
@@ -274,6 +283,16 @@ class _Source:
 
     def __init__(self) -> None:
         self.constants: dict[str, Any] = {"_match": match_value, "_num": (int, float)}
+        # attribute -> the local variable holding the request's value of it, read once
+        # at the top of the generated function.
+        self.attributes: dict[str, str] = {}
+
+    def reads(self) -> list[str]:
+        """The generated lines reading each attribute used, once."""
+        return [
+            f"    {local} = c.get({self.bind(attribute)})"
+            for attribute, local in self.attributes.items()
+        ]
 
     def bind(self, value: Any) -> str:
         name = f"_k{len(self.constants)}"
@@ -299,7 +318,9 @@ class _Source:
         # The common shapes as plain Python comparisons with the language's meaning
         # (strings compare as strings, a boolean is never a number, missing is None);
         # everything else through match_value.
-        get = f"c.get({self.bind(attribute)})"
+        get = self.attributes.get(attribute)
+        if get is None:
+            get = self.attributes[attribute] = f"a{len(self.attributes)}"
         strings = isinstance(operand, list | tuple) and all(isinstance(x, str) for x in operand)
         if op in ("eq", "neq") and isinstance(operand, str):
             return f"({get} {'==' if op == 'eq' else '!='} {self.bind(operand)})"
@@ -327,7 +348,8 @@ def compile_definition(raw: Any) -> Predicate:
     source = _Source()
     expression = source.node(raw)
     namespace = dict(source.constants)
-    exec(f"def _p(c, m):\n    return bool({expression})", namespace)
+    lines = ["def _p(c, m):", *source.reads(), f"    return bool({expression})"]
+    exec("\n".join(lines), namespace)
     predicate: Predicate = namespace["_p"]
     return predicate
 
@@ -361,6 +383,7 @@ def compile_workspace(version: str, ordered: Sequence[tuple[str, Any]]) -> Compi
         lines.append(f"    if {source.node(definition)}:")
         lines.append(f"        m.add({name}); out.append({name})")
     lines.append("    return out")
+    lines[1:1] = source.reads()
     namespace = dict(source.constants)
     exec("\n".join(lines), namespace)
     return CompiledAudiences(version, tuple(k for k, _ in ordered), namespace["_run"])
