@@ -13,8 +13,11 @@ a separate process, in rotated rounds on the same server:
   device_type, os, browser, language, page_path, utm_source, utm_campaign, time_zone),
   answered with the context audiences the request qualifies for.
 
-Each target runs at a fixed offered rate (--rate, default 1,000 req/s: p50/p99 from
-the scheduled send time) and at saturation (--concurrency calls in flight: req/s).
+Latency: one open-loop run per round at a fixed offered rate (--rate, default 1,000
+req/s) alternating plain and context calls, p50/p99 from the scheduled send time per
+kind (both kinds meet the same load on a shared machine). Throughput: each target at
+saturation (--concurrency calls in flight), in rotated order, with the server CPU per
+call, which moves much less with other load than req/s does.
 The table gives medians over the rounds and the ratios context/plain taken within a
 round (then the median), plus the server CPU per call. Targets (issue 21): context
 throughput >= 0.85x plain, p99 at 1,000 req/s within 1.2x plain. The Redis db is
@@ -30,6 +33,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +91,61 @@ async def publish(redis_url: str, ws: str) -> None:
     await redis.aclose()
 
 
+async def mixed(opts: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+    """One open-loop run at --rate alternating plain and context calls: both kinds meet
+    the same moment-to-moment load of a shared machine, so their latencies compare."""
+    picks = base.pool(opts.profiles, "warm")
+    plain, context = [], []
+    for p in picks:
+        request = profile_pb2.GetProfileRequest(
+            identifier=common_pb2.Identifier(type="user_id", value=base.user_value(p))
+        )
+        plain.append(request.SerializeToString())
+        request.context.CopyFrom(CONTEXT)
+        context.append(request.SerializeToString())
+    metadata = (("authorization", f"Bearer {opts.key}"),)
+    channels = [
+        grpc.aio.insecure_channel(opts.address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(base.CHANNELS)
+    ]
+    calls = [c.unary_unary(base.METHOD, base._identity, base._identity) for c in channels]
+    latencies: dict[str, list[float]] = {"plain": [], "context": []}
+    errors = {"plain": 0, "context": 0}
+
+    async def one(i: int, scheduled: float | None = None) -> None:
+        kind, requests = ("context", context) if i % 2 else ("plain", plain)
+        started = scheduled if scheduled is not None else time.perf_counter()
+        try:
+            await calls[i % len(calls)](
+                requests[(i // 2) % len(requests)], metadata=metadata, timeout=10
+            )
+            if scheduled is not None:
+                latencies[kind].append(time.perf_counter() - started)
+        except grpc.aio.AioRpcError:
+            errors[kind] += 1
+
+    warm_until = time.perf_counter() + 1.0
+    while time.perf_counter() < warm_until:
+        await asyncio.gather(*(one(i) for i in range(16)))
+    total = int(opts.rate * opts.duration)
+    start = time.perf_counter() + 0.05
+    tasks = []
+    for i in range(total):
+        scheduled = start + i / opts.rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    for channel in channels:
+        await channel.close()
+    return {kind: base._summary(latencies[kind], elapsed, errors[kind], 0) for kind in latencies}
+
+
 async def load(opts: argparse.Namespace) -> dict:  # type: ignore[type-arg]
+    if opts.load == "mixed":
+        return await mixed(opts)
     picks = base.pool(opts.profiles, "warm")
     requests = []
     for p in picks:
@@ -124,7 +182,8 @@ def run_load(
     ]  # fmt: skip
     out = subprocess.run(command, check=True, capture_output=True, text=True)
     result: dict = json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[type-arg]
-    result["cpu_us"] = (base.cpu_seconds([server]) - before) / result["calls"] * 1e6
+    if "calls" in result:
+        result["cpu_us"] = (base.cpu_seconds([server]) - before) / result["calls"] * 1e6
     return result
 
 
@@ -163,10 +222,13 @@ def orchestrate(opts: argparse.Namespace) -> None:
             order = targets if index % 2 == 0 else targets[::-1]
             results: dict[tuple[str, str], dict] = {}  # type: ignore[type-arg]
             for target in order:
-                for mode in ("rate", "saturate"):
-                    r = run_load(target, mode, address, key, server.pid, opts)
-                    results[target, mode] = r
-                    print(f"  {index + 1} {target:<8} {mode:<9} {json.dumps(r)}", flush=True)
+                r = run_load(target, "saturate", address, key, server.pid, opts)
+                results[target, "saturate"] = r
+                print(f"  {index + 1} {target:<8} saturate  {json.dumps(r)}", flush=True)
+            both = run_load("mixed", "rate", address, key, server.pid, opts)
+            for target in targets:
+                results[target, "rate"] = both[target]
+                print(f"  {index + 1} {target:<8} rate      {json.dumps(both[target])}", flush=True)
             rounds.append(results)
     finally:
         base._stop(processes)
@@ -206,7 +268,9 @@ def print_table(rounds: list[dict[tuple[str, str], dict]], opts: argparse.Namesp
     print(f"throughput ratio: {ratio('saturate', 'rps'):.2f}x (target >= 0.85x)")
     print(f"p99 ratio at {opts.rate:,.0f} req/s: {ratio('rate', 'p99'):.2f}x (target <= 1.2x)")
     print(f"p50 ratio at {opts.rate:,.0f} req/s: {ratio('rate', 'p50'):.2f}x")
-    print(f"server CPU per call ratio: {ratio('saturate', 'cpu_us'):.2f}x")
+    cpu = ratio("saturate", "cpu_us")
+    print(f"server CPU per call ratio: {cpu:.2f}x (calls per CPU-second: {1 / cpu:.2f}x)")
+    print(f"(latency runs: {opts.rate:,.0f} req/s in total, plain and context alternating)")
 
 
 def main() -> None:
@@ -219,7 +283,7 @@ def main() -> None:
     db = os.environ.get("TEST_REDIS_DB", "12")
     parser.add_argument("--redis-url", default=f"redis://127.0.0.1:6379/{db}")
     parser.add_argument("--pg", default="postgresql+asyncpg://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--load", choices=["plain", "context"])
+    parser.add_argument("--load", choices=["plain", "context", "mixed"])
     parser.add_argument("--mode", choices=["rate", "saturate"], default="rate")
     parser.add_argument("--address", default="")
     parser.add_argument("--key", default="")
