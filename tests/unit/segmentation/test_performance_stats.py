@@ -8,7 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from services.segmentation.performance import GroupCounts, lift, sample_ratio_mismatch
+from services.segmentation.performance import (
+    GroupCounts,
+    lift,
+    sample_ratio_mismatch,
+    summarize,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -71,3 +76,22 @@ def test_sample_ratio_mismatch() -> None:
     assert bad.p_value == pytest.approx(math.erfc(math.sqrt((40 + 40 / 9) / 2)))
     assert bad.mismatch
     assert sample_ratio_mismatch(10, 5, 0.0).mismatch  # held-out exposures without a holdout
+
+
+def test_summary_groups_people_by_day_of_first_exposure() -> None:
+    day = 86_400_000_000
+    people = [
+        (0 * day + 5, False, True),
+        (0 * day + 9, True, False),
+        (1 * day + 1, False, False),
+        (1 * day + 2, False, True),
+        (1 * day + 3, True, True),
+    ]
+    report = summarize("a", 0.2, 0, 2 * day, people)
+    assert [d.day_us for d in report.days] == [0, day]
+    assert report.days[1].treatment == GroupCounts(2, 1)
+    assert report.days[1].holdout == GroupCounts(1, 1)
+    assert report.total.treatment == GroupCounts(3, 2)
+    assert report.total.holdout == GroupCounts(2, 1)
+    assert report.total.lift.absolute == pytest.approx(2 / 3 - 1 / 2)
+    assert report.sample_ratio.observed_holdout_share == pytest.approx(0.4)
