@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import weakref
 from collections.abc import Coroutine
 from typing import Any
 
@@ -16,6 +17,7 @@ import grpc
 from audiences.v1 import profile_pb2_grpc
 
 from services.profile import httpview
+from services.profile.exposures import ExposureLog
 from services.profile.hotread import HotProfiles
 from services.profile.recommendations.hotwrite import RecommendationWriter
 from services.profile.recommendations.scheduler import RETRAIN_EVERY_SECONDS, RetrainScheduler
@@ -49,7 +51,25 @@ def build(resources: Resources) -> ProfileService:
         HotProfiles(resources.redis, resources.pipelined),
         ProfileStore(resources.engine),
         resources.clock,
+        exposure_log(resources),
     )
+
+
+# One exposure buffer per process (resources), shared by the servicer, the HTTP view
+# and the worker that writes it.
+# Keyed by id, checked by a weak reference: an id is reused once its object is gone.
+_EXPOSURE_LOGS: dict[int, tuple[weakref.ref[Resources], ExposureLog]] = {}
+
+
+def exposure_log(resources: Resources) -> ExposureLog:
+    """The process's exposure buffer (services.profile.exposures)."""
+    found = _EXPOSURE_LOGS.get(id(resources))
+    if found is None or found[0]() is not resources:
+        found = _EXPOSURE_LOGS[id(resources)] = (
+            weakref.ref(resources),
+            ExposureLog(resources.engine),
+        )
+    return found[1]
 
 
 def build_models(resources: Resources) -> RecommendationModels:
@@ -88,16 +108,18 @@ def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
 
 
 def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
-    """The HTTP JSON view, beside the gRPC server, and the retrain schedule
-    (RECOMMENDATIONS_SCHEDULE_SECONDS between rounds, default 300; 0 off)."""
+    """The HTTP JSON view beside the gRPC server, the exposure log's writer and the
+    retrain schedule (RECOMMENDATIONS_SCHEDULE_SECONDS between rounds, default 300; 0
+    off)."""
     found: list[Coroutine[Any, Any, None]] = [
+        exposure_log(resources).run(),
         httpview.serve(
             build(resources),
             resources.keys,
             resources.settings.grpc_host,
             http_port(),
             tls.http_ssl_context(resources.settings),
-        )
+        ),
     ]
     interval = float(os.environ.get("RECOMMENDATIONS_SCHEDULE_SECONDS", "300"))
     if interval > 0:

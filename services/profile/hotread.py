@@ -60,6 +60,9 @@ _FLAGS = {
 }
 # Asks the script for the serialized Profile message instead of JSON rows.
 _WIRE = "w"
+# With "w": also the profile id, its stored audience keys and the version of the
+# workspace's published context audiences, for request-time evaluation.
+_CONTEXT = "x"
 
 
 @functools.cache
@@ -83,6 +86,19 @@ def _flags(sections: frozenset[Section]) -> str:
 READ_PROFILES_LUA = """
 local prefix = ARGV[1]
 local flags = ARGV[2]
+-- The context flag changes what is returned, not the encoding: the wire cache is
+-- keyed without it.
+local cache_flags = (string.gsub(flags, 'x', ''))
+
+-- The version of the workspace's published audience settings (context audiences,
+-- holdout shares: services.shared.hotstate), read at most once per call.
+local config_version
+local function audience_config_version()
+  if config_version == nil then
+    config_version = redis.call('HGET', prefix .. 'audcfg', 'version') or ''
+  end
+  return config_version
+end
 local max_hops = MAX_MERGE_HOPS
 local mask = {}
 for i = 3, #ARGV do mask[#mask + 1] = ARGV[i] end
@@ -233,18 +249,86 @@ local function encoders()
       return delimited('\\34', object_from_pairs(pairs_of(p .. 'computed', false)))
     end
 
-    local function audiences_wire(p)                                    -- 5 audiences
+    -- SHA-1 as hex: Redis has redis.sha1hex; the embedded store of `make run` (Lua 5.1,
+    -- no bit library) gets this arithmetic version, slower but the same digest
+    -- (tests/unit/profile/test_read_script.py holds the two equal).
+    local function sha1hex_arith(msg)
+      local floor = math.floor
+      local M = 4294967296
+      local function bitop(a, b, op)
+        local r, v = 0, 1
+        for _ = 1, 32 do
+          local x, y = a % 2, b % 2
+          if op(x, y) then r = r + v end
+          a, b, v = (a - x) / 2, (b - y) / 2, v * 2
+        end
+        return r
+      end
+      local function bxor(a, b) return bitop(a, b, function(x, y) return x ~= y end) end
+      local function band(a, b) return bitop(a, b, function(x, y) return x == 1 and y == 1 end) end
+      local function bor(a, b) return bitop(a, b, function(x, y) return x == 1 or y == 1 end) end
+      local function rol(a, n)
+        local p = 2 ^ (32 - n)
+        local hi = floor(a / p)
+        return (a - hi * p) * 2 ^ n + hi
+      end
+      local length = #msg * 8
+      msg = msg .. '\\128' .. string.rep('\\0', (55 - #msg) % 64)
+      for i = 7, 0, -1 do msg = msg .. string.char(floor(length / 256 ^ i) % 256) end
+      local h0, h1, h2, h3, h4 = 1732584193, 4023233417, 2562383102, 271733878, 3285377520
+      for chunk = 1, #msg, 64 do
+        local w = {}
+        for i = 0, 15 do
+          local a, b, c, d = string.byte(msg, chunk + i * 4, chunk + i * 4 + 3)
+          w[i] = ((a * 256 + b) * 256 + c) * 256 + d
+        end
+        for i = 16, 79 do
+          w[i] = rol(bxor(bxor(w[i - 3], w[i - 8]), bxor(w[i - 14], w[i - 16])), 1)
+        end
+        local a, b, c, d, e = h0, h1, h2, h3, h4
+        for i = 0, 79 do
+          local f, k
+          if i < 20 then f, k = bor(band(b, c), band(M - 1 - b, d)), 1518500249
+          elseif i < 40 then f, k = bxor(bxor(b, c), d), 1859775393
+          elseif i < 60 then f, k = bor(bor(band(b, c), band(b, d)), band(c, d)), 2400959708
+          else f, k = bxor(bxor(b, c), d), 3395469782 end
+          local t = (rol(a, 5) + f + e + k + w[i]) % M
+          a, b, c, d, e = t, a, rol(b, 30), c, d
+        end
+        h0, h1, h2, h3, h4 = (h0 + a) % M, (h1 + b) % M, (h2 + c) % M, (h3 + d) % M, (h4 + e) % M
+      end
+      return string.format('%08x%08x%08x%08x%08x', h0, h1, h2, h3, h4)
+    end
+    local sha1hex = redis.sha1hex or sha1hex_arith
+
+    -- Holdout shares by audience key (services.shared.holdout: the same hash).
+    local shares
+    local function holdout(key, pid)
+      if shares == nil then
+        shares = {}
+        local flat = redis.call('HGETALL', prefix .. 'holdouts')
+        for i = 1, #flat, 2 do shares[flat[i]] = tonumber(flat[i + 1]) end
+      end
+      local share = shares[key]
+      if not share or share <= 0 then return false end
+      return tonumber(string.sub(sha1hex(key .. ':' .. pid), 1, 8), 16) / 4294967296 < share
+    end
+
+    local function audiences_wire(p, pid)                               -- 5 audiences
       local out = {}
       local flat = redis.call('HGETALL', p .. 'audiences')
       for i = 1, #flat, 2 do
         -- One concatenation per membership (a timestamp is under 128 bytes: one length byte).
         local key, stamp = flat[i], timestamp(tonumber(flat[i + 1]))
+        local held = ''
+        if holdout(key, pid) then held = '\\24\\1' end                  -- 3 holdout = true
         if key == '' then
-          out[#out + 1] = '\\42' .. char(2 + #stamp) .. '\\18' .. char(#stamp) .. stamp
+          out[#out + 1] = '\\42' .. char(2 + #stamp + #held) .. '\\18' .. char(#stamp) .. stamp
+            .. held
         else
           local key_length = varint(#key)
-          out[#out + 1] = '\\42' .. varint(3 + #key_length + #key + #stamp) .. '\\10'
-            .. key_length .. key .. '\\18' .. char(#stamp) .. stamp
+          out[#out + 1] = '\\42' .. varint(3 + #key_length + #key + #stamp + #held) .. '\\10'
+            .. key_length .. key .. '\\18' .. char(#stamp) .. stamp .. held
         end
       end
       return table.concat(out)
@@ -293,10 +377,10 @@ local function encoders()
                     a = audiences_wire, p = predictions_wire, r = recommendations_wire}
 
     -- Fields 2-7 of audiences.v1.Profile: the sections asked for, in field order.
-    local function sections_wire(p)
+    local function sections_wire(p, pid)
       local out = {}
       for _, flag in ipairs(order) do
-        if has(flag) then out[#out + 1] = encode[flag](p) end
+        if has(flag) then out[#out + 1] = encode[flag](p, pid) end
       end
       return table.concat(out)
     end
@@ -330,14 +414,22 @@ end
 -- cached bytes are always the encoding of what is stored. A trait mask reads around
 -- the cache. Writing it is best effort (pcall): on a read-only replica the read still
 -- answers. last_seen changes with every event, so it is never cached.
+-- A cached encoding starts with the audience config version it was built under (the
+-- holdout flags depend on it) and a '|': one of another version is built again.
 local function profile_wire(pid, p)
   local cache = p .. 'wire'
   local sections = false
-  if #mask == 0 then sections = redis.call('HGET', cache, flags) end
+  local tag = audience_config_version() .. '|'
+  if #mask == 0 then
+    local cached = redis.call('HGET', cache, cache_flags)
+    if cached and string.sub(cached, 1, #tag) == tag then
+      sections = string.sub(cached, #tag + 1)
+    end
+  end
   if not sections then
-    sections = encoders().sections_wire(p)
+    sections = encoders().sections_wire(p, pid)
     if #mask == 0 then
-      redis.pcall('HSET', cache, flags, sections)
+      redis.pcall('HSET', cache, cache_flags, tag .. sections)
       redis.pcall('EXPIRE', cache, WIRE_CACHE_SECONDS)
     end
   end
@@ -350,6 +442,7 @@ end
 
 local build = profile_wire
 if not has('w') then build = encoders().profile_row end
+local context = has('x')
 local results = {}
 for k = 1, #KEYS do
   local pid = redis.call('GET', KEYS[k])
@@ -361,8 +454,17 @@ for k = 1, #KEYS do
       if not survivor then break end
       pid = survivor
     end
-    results[k] = build(pid, prefix .. 'p:' .. pid .. ':')
+    local p = prefix .. 'p:' .. pid .. ':'
+    results[k] = build(pid, p)
+    if context and has('w') then
+      -- Stored audience keys, one per line (keys are [a-z0-9_]: no newline in them).
+      results[k] = {results[k], pid, table.concat(redis.call('HKEYS', p .. 'audiences'), '\\n')}
+    end
   end
+end
+if context then
+  local version = audience_config_version()
+  results[#KEYS + 1] = version ~= '' and version or false
 end
 return results
 """.replace("MAX_MERGE_HOPS", str(MAX_MERGE_HOPS)).replace(
@@ -402,6 +504,46 @@ class HotProfiles:
         flags = _flags(query.sections) + _WIRE
         reply: bytes | None = (await self._run(workspace_id, [key], flags, query.trait_keys))[0]
         return reply
+
+    async def read_for_context(
+        self, workspace_id: str, identifier: Identifier, query: ProfileQuery
+    ) -> tuple[bytes, str, list[str], str | None] | None:
+        """read_encoded's message plus what request-time evaluation needs, in the same
+        single round trip: the profile id, its stored audience keys and the version of
+        the workspace's published context audiences (None when none were published).
+        None if the identifier is unknown."""
+        key = hotstate.identity_key(workspace_id, identifier.type, identifier.value)
+        flags = _flags(query.sections) + _WIRE + _CONTEXT
+        reply = await self._run(workspace_id, [key], flags, query.trait_keys)
+        found, version = reply[0], reply[1]
+        if found is None:
+            return None
+        wire, pid, keys = found
+        stored = keys.decode().split("\n") if keys else []
+        return wire, pid.decode(), stored, version.decode() if version is not None else None
+
+    async def read_with_version(
+        self, workspace_id: str, identifiers: Sequence[Identifier], query: ProfileQuery
+    ) -> tuple[list[HotProfile | None], str | None]:
+        """`read` plus the version of the workspace's published audience settings
+        (context audiences, holdout shares), in the same single round trip."""
+        keys = [hotstate.identity_key(workspace_id, i.type, i.value) for i in identifiers]
+        flags = _flags(query.sections) + _CONTEXT
+        reply = await self._run(workspace_id, keys, flags, query.trait_keys)
+        version = reply[len(keys)]
+        profiles = [None if found is None else _hot_profile(found) for found in reply[: len(keys)]]
+        return profiles, version.decode() if version is not None else None
+
+    async def audience_config(self, workspace_id: str) -> tuple[str, bytes] | None:
+        """The published (version, config JSON) of the workspace's request-time
+        audiences; None if never published. Read when the version changed, not per request."""
+        version, config = await self._redis.hmget(
+            hotstate.audience_config_key(workspace_id), ["version", "config"]
+        )
+        # The client decodes no responses (bytes in), whatever its stubs allow.
+        if not isinstance(version, bytes) or not isinstance(config, bytes):
+            return None
+        return version.decode(), config
 
     async def _run(
         self, workspace_id: str, keys: list[str], flags: str, trait_keys: tuple[str, ...]

@@ -1,7 +1,7 @@
 """Read-only HTTP JSON view of profiles for web apps that cannot speak gRPC.
 
     GET /v1/profiles/{id_type}:{id_value}/traits     ?include=a,b
-    GET /v1/profiles/{id_type}:{id_value}/audiences
+    GET /v1/profiles/{id_type}:{id_value}/audiences  ?context={"country":"DE",...}
     GET /v1/profiles/{id_type}:{id_value}/events     ?limit=N&next=TOKEN&include=Name,Other
 
 Responses follow the Segment Profile API shape (``{"traits": {...}, "cursor": {...}}``,
@@ -19,6 +19,7 @@ import logging
 import ssl
 from collections.abc import Sequence
 from http import HTTPStatus
+from typing import Any
 
 import grpc
 import orjson
@@ -154,16 +155,46 @@ async def traits(request: web.Request) -> web.Response:
     )
 
 
+def _context(request: web.Request) -> dict[str, Any] | None:
+    """The ``context`` query parameter: a JSON object of request attributes (the
+    RequestContext fields, ``utm`` as an object of source/medium/..., ``custom`` free-form
+    keys); None when absent. Bad JSON or attributes are 400 with field violations."""
+    raw = request.query.get("context")
+    if raw is None:
+        return None
+    try:
+        given = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        given = None
+    if not isinstance(given, dict):
+        raise InvalidArgument(
+            "context: must be a JSON object",
+            [FieldViolation("context", "must be a JSON object of request attributes")],
+        )
+    custom = given.pop("custom", None)
+    return request.app[_PROFILES].request_context(given, custom, None, "context")
+
+
 async def audiences(request: web.Request) -> web.Response:
-    """The audiences the profile is in, with when it entered each."""
+    """The audiences the profile is in, with when it entered each; with a ``context``
+    also the context audiences this request qualifies for."""
     identifier = _identifier(request)
-    query = ProfileQuery(frozenset({Section.AUDIENCES}))
-    profile = await request.app[_PROFILES].get_profile(request[_WORKSPACE], identifier, query)
+    context = _context(request)
+    profiles = request.app[_PROFILES]
+    body: dict[str, object] = {}
+    if context is None:
+        query = ProfileQuery(frozenset({Section.AUDIENCES}))
+        profile = await profiles.get_profile(request[_WORKSPACE], identifier, query)
+    else:
+        profile, found = await profiles.context_audiences(request[_WORKSPACE], identifier, context)
+        body["context_audiences"] = {key: {"holdout": holdout} for key, holdout in found}
     return _json_response(
         {
             "audiences": {
-                key: {"entered_at": _iso(int(at_us))} for key, at_us in profile.audiences.items()
+                key: {"entered_at": _iso(int(at_us)), "holdout": key in profile.holdouts}
+                for key, at_us in profile.audiences.items()
             },
+            **body,
             "cursor": _cursor(request),
         }
     )

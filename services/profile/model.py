@@ -97,6 +97,8 @@ class HotProfile:
     predictions: list[PredictionScore] = field(default_factory=list)
     recommendations: list[Recommendation] | None = None
     identifiers: list[Identifier] = field(default_factory=list)
+    # Keys of the audiences (of `audiences`) whose holdout this profile is in.
+    holdouts: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

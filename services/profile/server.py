@@ -14,6 +14,7 @@ from services.profile.recommendations.service import RecommendationModels
 from services.profile.service import ProfileService
 from services.shared.auth import current_workspace
 from services.shared.errors import FieldViolation, InvalidArgument
+from services.shared.request_context_pb import context_inputs
 from services.shared.timestamps import timestamp_from_us
 
 _TRAINING_STATES: dict[definition.TrainingState, int] = {
@@ -135,7 +136,7 @@ def profile_message(profile: HotProfile) -> profile_pb2.Profile:
         profile_id=profile.profile_id,
         identifiers=[{"type": i.type, "value": i.value} for i in profile.identifiers],
         audiences=[
-            {"key": key, "entered_at": _stamp(int(at_us))}
+            {"key": key, "entered_at": _stamp(int(at_us)), "holdout": key in profile.holdouts}
             for key, at_us in profile.audiences.items()
         ],
         predictions=[
@@ -195,6 +196,14 @@ class ProfileServiceServicer(profile_pb2_grpc.ProfileServiceServicer):
         else:
             # The common request (every section, no mask): nothing to parse or check.
             query = model.EVERYTHING
+        if request.HasField("context") or request.log_exposure:
+            request_context = None
+            if request.HasField("context"):
+                fields, custom, at_us = context_inputs(request.context)
+                request_context = self._profiles.request_context(fields, custom, at_us, "context")
+            return await self._profiles.get_profile_in_context(
+                current_workspace(), identifier, query, request_context, request.log_exposure
+            )
         return await self._profiles.get_profile_encoded(current_workspace(), identifier, query)
 
     async def BatchGetProfiles(

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+from services.profile.context_audiences import (
+    RequestAudienceCache,
+    context_audiences,
+    encode_context_audiences,
+)
+from services.profile.exposures import ExposureLog
 from services.profile.model import (
     Deletion,
     Erasure,
@@ -27,6 +33,8 @@ from services.profile.model import (
 )
 from services.shared.clock import Clock
 from services.shared.errors import FieldViolation, InvalidArgument, NotFound
+from services.shared.holdout import in_holdout
+from services.shared.request_context import build_context
 
 
 class HotState(Protocol):
@@ -41,6 +49,16 @@ class HotState(Protocol):
     ) -> bytes | None: ...
 
     async def resolve(self, workspace_id: str, identifier: Identifier) -> HotProfile | None: ...
+
+    async def read_for_context(
+        self, workspace_id: str, identifier: Identifier, query: ProfileQuery
+    ) -> tuple[bytes, str, list[str], str | None] | None: ...
+
+    async def read_with_version(
+        self, workspace_id: str, identifiers: Sequence[Identifier], query: ProfileQuery
+    ) -> tuple[list[HotProfile | None], str | None]: ...
+
+    async def audience_config(self, workspace_id: str) -> tuple[str, bytes] | None: ...
 
     async def erase(self, workspace_id: str, profile_ids: Sequence[int | str]) -> None: ...
 
@@ -105,16 +123,24 @@ def decode_page_token(token: str, field_name: str = "page_token") -> tuple[int, 
 class ProfileService:
     """The Profile API's operations for one process."""
 
-    def __init__(self, hot: HotState, records: Records, clock: Clock) -> None:
+    def __init__(
+        self,
+        hot: HotState,
+        records: Records,
+        clock: Clock,
+        exposures: ExposureLog | None = None,
+    ) -> None:
         self._hot = hot
         self._records = records
         self._clock = clock
+        self._exposures = exposures
+        self._request_audiences = RequestAudienceCache(hot.audience_config)
 
     async def get_profile(
         self, workspace_id: str, identifier: Identifier, query: ProfileQuery
     ) -> HotProfile:
         """The profile an identifier belongs to, from the hot state; NotFound if none."""
-        profile = (await self._hot.read(workspace_id, [identifier], query))[0]
+        profile = (await self._read(workspace_id, [identifier], query))[0]
         if profile is None:
             raise _not_found(identifier)
         return _without_consumed(profile)
@@ -133,12 +159,92 @@ class ProfileService:
             raise _not_found(identifier)
         return encoded
 
+    def request_context(
+        self, fields: Mapping[str, Any], custom: Any, at_us: int | None, field_prefix: str
+    ) -> dict[str, Any]:
+        """A request's context (services.shared.request_context), dated `at_us` or now;
+        INVALID_ARGUMENT with a field violation per bad attribute."""
+        now_us = self._clock.now_us() if at_us is None else at_us
+        context, problems = build_context(fields, custom, now_us, field_prefix)
+        if problems:
+            raise InvalidArgument(
+                "; ".join(f"{f}: {r}" for f, r in problems[:5]),
+                [FieldViolation(f, r) for f, r in problems],
+            )
+        return context
+
+    async def get_profile_in_context(
+        self,
+        workspace_id: str,
+        identifier: Identifier,
+        query: ProfileQuery,
+        context: Mapping[str, Any] | None,
+        log_exposure: bool = False,
+    ) -> bytes:
+        """get_profile_encoded's message plus the context audiences the request
+        qualifies for (Profile.context_audiences), still one Redis round trip: the
+        definitions are compiled per published version (services.profile.context_audiences)."""
+        found = await self._hot.read_for_context(workspace_id, identifier, query)
+        if found is None:
+            raise _not_found(identifier)
+        encoded, profile_id, stored, version = found
+        settings = await self._request_audiences.get(workspace_id, version)
+        qualified = (
+            [] if context is None else context_audiences(settings, context, profile_id, stored)
+        )
+        if log_exposure and self._exposures is not None:
+            shown = [k for k in stored if k in settings.measured]
+            shown += [k for k, _ in qualified if k in settings.measured]
+            if shown:
+                self._exposures.record(workspace_id, shown, profile_id, self._clock.now_us())
+        return encoded + encode_context_audiences(qualified)
+
+    async def context_audiences(
+        self, workspace_id: str, identifier: Identifier, context: Mapping[str, Any]
+    ) -> tuple[HotProfile, list[tuple[str, bool]]]:
+        """The profile's stored audiences and the context audiences (key, holdout) the
+        request qualifies for, in one round trip (the HTTP view's path)."""
+        query = ProfileQuery(frozenset({Section.AUDIENCES}))
+        found, version = await self._hot.read_with_version(workspace_id, [identifier], query)
+        profile = found[0]
+        if profile is None:
+            raise _not_found(identifier)
+        settings = await self._request_audiences.get(workspace_id, version)
+        holdouts = settings.holdouts
+        profile.holdouts = frozenset(
+            k
+            for k in profile.audiences
+            if k in holdouts and in_holdout(k, profile.profile_id, holdouts[k])
+        )
+        return profile, context_audiences(
+            settings, context, profile.profile_id, list(profile.audiences)
+        )
+
     async def batch_get_profiles(
         self, workspace_id: str, identifiers: Sequence[Identifier], query: ProfileQuery
     ) -> list[HotProfile | None]:
         """Profiles in request order, None where an identifier is unknown (one round trip)."""
-        found = await self._hot.read(workspace_id, identifiers, query)
+        found = await self._read(workspace_id, identifiers, query)
         return [None if p is None else _without_consumed(p) for p in found]
+
+    async def _read(
+        self, workspace_id: str, identifiers: Sequence[Identifier], query: ProfileQuery
+    ) -> list[HotProfile | None]:
+        """The hot read; with the audiences section, also their holdout flags (the
+        shares' version comes in the same round trip), as GetProfile's script sets them."""
+        if Section.AUDIENCES not in query.sections:
+            return await self._hot.read(workspace_id, identifiers, query)
+        found, version = await self._hot.read_with_version(workspace_id, identifiers, query)
+        holdouts = (await self._request_audiences.get(workspace_id, version)).holdouts
+        if holdouts:
+            for profile in found:
+                if profile is not None:
+                    profile.holdouts = frozenset(
+                        k
+                        for k in profile.audiences
+                        if k in holdouts and in_holdout(k, profile.profile_id, holdouts[k])
+                    )
+        return found
 
     async def list_events(
         self,

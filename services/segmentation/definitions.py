@@ -20,6 +20,7 @@ from services.segmentation.language import (
     validate_computed_trait,
 )
 from services.shared.errors import FieldViolation, InvalidArgument, too_long
+from services.shared.holdout import MAX_HOLDOUT_SHARE
 
 KEY_PATTERN = re.compile(r"^[a-z0-9_]{1,255}$")
 MAX_NAME_CHARS = 255  # the name columns of audiences and computed traits
@@ -261,4 +262,135 @@ def _keys_of(raw: Any, node_kind: str) -> set[str]:
         body["key"]
         for _, kind, body in _walk(raw)
         if kind == node_kind and isinstance(body, Mapping) and isinstance(body.get("key"), str)
+    }
+
+
+# Node kinds whose truth needs stored data (events, traits, scores, accounts): the
+# profile service answers a request from the hot memberships and the context only.
+_STORED_KINDS = frozenset({"event", "trait", "computed", "prediction", "funnel", "account"})
+
+
+def has_context_raw(raw: Any) -> bool:
+    """Whether a raw definition has a context condition itself."""
+    return any(kind == "context" for _, kind, _ in _walk(raw))
+
+
+def context_keys(audiences: Mapping[str, Any]) -> set[str]:
+    """Keys of the context audiences among `audiences` (key -> raw definition): those
+    with context conditions and those referring to one, transitively."""
+    found = {k for k, d in audiences.items() if has_context_raw(d)}
+    while True:
+        more = {k for k, d in audiences.items() if k not in found and audience_refs_raw(d) & found}
+        if not more:
+            return found
+        found |= more
+
+
+def context_violations(
+    raw: Any,
+    prefix: str,
+    *,
+    audiences: Mapping[str, Any],
+    account_level: bool,
+    realtime: bool,
+) -> list[FieldViolation]:
+    """Why `raw` cannot be a context audience, if it is one (empty otherwise).
+
+    A context audience has no stored members: the profile service evaluates it per
+    request from the profile's stored audiences and the request. So it may combine
+    context conditions and audience references with all/any/not only; batch and
+    realtime evaluation, which need stored membership, never see it."""
+    known = context_keys(audiences)
+    refs = audience_refs_raw(raw) & known
+    if not has_context_raw(raw) and not refs:
+        return []
+    found: list[FieldViolation] = []
+    why = (
+        "has context conditions"
+        if has_context_raw(raw)
+        else f"refers to context audience {sorted(refs)[0]!r}"
+    )
+    for path, kind, _ in _walk(raw):
+        if kind in _STORED_KINDS:
+            found.append(
+                FieldViolation(
+                    field_path(prefix, path),
+                    f"this audience {why}, so it is evaluated per request and has no stored"
+                    f" members; a {kind} condition needs stored membership: put it in a"
+                    ' stored audience and refer to that with {"audience": {"key": ...}}',
+                )
+            )
+    if account_level:
+        found.append(
+            FieldViolation(
+                "audience.account_level",
+                f"this audience {why}: context audiences are about the person being served,"
+                " not accounts",
+            )
+        )
+    if realtime:
+        found.append(
+            FieldViolation(
+                "audience.realtime",
+                f"this audience {why}: it is evaluated per request by GetProfile, so it"
+                " cannot be realtime (realtime audiences keep stored members)",
+            )
+        )
+    return found
+
+
+# A goal's conversion window at most (a month): lift is about the experience's effect.
+MAX_GOAL_HOURS = 24 * 31
+DEFAULT_GOAL_HOURS = 168
+
+
+def check_holdout_share(share: float, field: str, violations: list[FieldViolation]) -> None:
+    """A holdout share lies in [0, MAX_HOLDOUT_SHARE]."""
+    if not 0.0 <= share <= MAX_HOLDOUT_SHARE:  # NaN fails this too
+        violations.append(FieldViolation(field, f"must be between 0 and {MAX_HOLDOUT_SHARE}"))
+
+
+def parse_goal(payload: bytes, field: str, violations: list[FieldViolation]) -> Any:
+    """A goal's JSON {"name", "type"?, "where"?, "within_hours"?} with defaults filled
+    in; ``{}`` means "no goal" (returned as {}); None with violations when bad. Its
+    name, type and filters follow the language's event conditions."""
+    raw = decode_json(payload, field, violations)
+    if raw is None:
+        return None
+    if raw == {}:
+        return {}
+    if not isinstance(raw, Mapping):
+        violations.append(FieldViolation(field, "must be a JSON object"))
+        return None
+    found: list[FieldViolation] = []
+    for k in raw:
+        if k not in ("name", "type", "where", "within_hours"):
+            found.append(FieldViolation(f"{field}.{k}", "unknown field"))
+    hours = raw.get("within_hours", DEFAULT_GOAL_HOURS)
+    if (
+        isinstance(hours, bool)
+        or not isinstance(hours, int | float)
+        or not 0 < hours <= MAX_GOAL_HOURS
+    ):
+        found.append(
+            FieldViolation(f"{field}.within_hours", f"must be a number in (0, {MAX_GOAL_HOURS}]")
+        )
+    event = {k: raw[k] for k in ("name", "type", "where") if k in raw}
+    where = raw.get("where")
+    for i, f in enumerate(where if isinstance(where, list) else []):
+        if isinstance(f, Mapping) and "ref" in f:
+            # A conversion is judged on the event alone, not on the profile's state.
+            found.append(FieldViolation(f"{field}.where[{i}].ref", "goals compare with values"))
+    for path, reason in validate_audience({"event": event}):
+        found.append(
+            FieldViolation(field_path(field, path.removeprefix("event").lstrip(".")), reason)
+        )
+    violations.extend(found)
+    if found:
+        return None
+    return {
+        "name": raw["name"],
+        "type": raw.get("type", "track"),
+        "where": raw.get("where", []),
+        "within_hours": hours,
     }

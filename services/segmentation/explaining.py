@@ -12,6 +12,7 @@ from services.segmentation.language import (
     AnyOf,
     AudienceRef,
     Computed,
+    ContextCondition,
     Event,
     Funnel,
     Node,
@@ -51,6 +52,7 @@ def _kind_key(node: Node) -> str:
         Prediction: "prediction",
         Funnel: "funnel",
         Account: "account",
+        ContextCondition: "context",
     }[type(node)]
 
 
@@ -84,8 +86,8 @@ def annotate(node: Node, explanation: Explanation, path: str = "") -> ExplainedN
             f"{d['count']} {node.name} {node.type} events{window}, "
             f"needs {_OPS[d['op']]} {d['threshold']}"
         ) + _refs_summary(out, d)
-    elif isinstance(node, Trait | Computed):
-        what = "trait" if isinstance(node, Trait) else "computed trait"
+    elif isinstance(node, Trait | Computed | ContextCondition):
+        what = {Trait: "trait", Computed: "computed trait", ContextCondition: "context"}[type(node)]
         out.value, out.has_value = d["actual"], d["present"]
         shown = repr(d["actual"]) if d["present"] else "missing"
         operand = "" if d["op"] in ("exists", "not_exists") else f" {d['operand']!r}"

@@ -13,13 +13,14 @@ builds the profile keys from it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 
-from services.shared.hotstate import workspace_prefix
+from services.shared.hotstate import audience_config_key, holdouts_key, workspace_prefix
 
 # Profiles per script call: bounds the time one call holds Redis (~10 ms) and its size.
 CHUNK = 10_000
@@ -93,3 +94,20 @@ class HotState:
         values = dict.fromkeys(removed, b"")
         values.update((p, b"" if v is None else orjson.dumps(v)) for p, v in changed.items())
         await self._run(ws, "computed", key, values)
+
+    async def publish_audience_config(self, ws: str, config: Mapping[str, Any]) -> str:
+        """Publish what the profile service evaluates per request (context audience
+        definitions in dependency order, holdout shares) under a version that is the
+        hash of its content; both fields in one HSET, so a reader never sees a version
+        with another config. Returns the version."""
+        text = orjson.dumps(config, option=orjson.OPT_SORT_KEYS)
+        version = hashlib.sha1(text, usedforsecurity=False).hexdigest()[:16]
+        holdouts = {k: repr(float(v)) for k, v in config.get("holdouts", {}).items()}
+        # One transaction: the read script never sees a version with other shares.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(audience_config_key(ws), mapping={"version": version, "config": text})
+            pipe.delete(holdouts_key(ws))
+            if holdouts:
+                pipe.hset(holdouts_key(ws), mapping=holdouts)
+            await pipe.execute()
+        return version

@@ -20,6 +20,8 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from services.shared.request_context import ContextCondition, attribute_problem
+
 __all__ = [
     "ACCOUNT_QUANTIFIERS",
     "COMPUTED_TYPES",
@@ -35,6 +37,7 @@ __all__ = [
     "Computed",
     "ComputedRef",
     "ComputedTraitDef",
+    "ContextCondition",
     "Count",
     "DefinitionError",
     "Event",
@@ -56,6 +59,7 @@ __all__ = [
     "dependency_layers",
     "dependency_order",
     "find_cycle",
+    "has_context",
     "iter_nodes",
     "node_filters",
     "parse_audience",
@@ -303,7 +307,19 @@ class Account:
     condition: Node
 
 
-Node = All | AnyOf | Not | Event | Trait | Computed | AudienceRef | Prediction | Funnel | Account
+Node = (
+    All
+    | AnyOf
+    | Not
+    | Event
+    | Trait
+    | Computed
+    | AudienceRef
+    | Prediction
+    | Funnel
+    | Account
+    | ContextCondition
+)
 
 
 @dataclass(frozen=True)
@@ -708,6 +724,29 @@ def _parse_prediction(raw: Any, path: str, ctx: _Ctx) -> Prediction | None:
     return Prediction(key, metric, tuple(bounds)) if key else None  # type: ignore[arg-type]
 
 
+def _parse_context(raw: Any, path: str, ctx: _Ctx) -> ContextCondition | None:
+    """``{"context": {"attribute": A, "op": OP, "value": V}}``: a condition on the request
+    (services/shared/request_context.py lists the attributes)."""
+    obj = ctx.obj(raw, path)
+    if obj is None:
+        return None
+    ctx.unknown(obj, {"attribute", "op", "value"}, path)
+    attribute = ctx.name(obj, "attribute", path)
+    if attribute:
+        problem = attribute_problem(attribute)
+        if problem is not None:
+            ctx.err(_join(path, "attribute"), problem)
+            attribute = ""
+    op = _parse_op(obj, path, ctx, FILTER_OPS)
+    if not op:
+        return None
+    n = ctx.found()
+    value = _check_value(op, obj, path, ctx)
+    if not attribute or ctx.found() != n:
+        return None
+    return ContextCondition(attribute, op, value)
+
+
 def _parse_funnel(raw: Any, path: str, ctx: _Ctx) -> Funnel | None:
     obj = ctx.obj(raw, path)
     if obj is None:
@@ -810,6 +849,8 @@ def _parse_node(raw: Any, path: str, ctx: _Ctx, depth: int = 1) -> Node | None:
         return _parse_prediction(body, p, ctx)
     if kind == "funnel":
         return _parse_funnel(body, p, ctx)
+    if kind == "context":
+        return _parse_context(body, p, ctx)
     if kind == "account":
         o = ctx.obj(body, p)
         if o is None:
@@ -824,6 +865,9 @@ def _parse_node(raw: Any, path: str, ctx: _Ctx, depth: int = 1) -> Node | None:
         inner = _parse_node(o["condition"], _join(p, "condition"), ctx, depth + 1)
         if inner is not None and any(isinstance(n, Account) for n in iter_nodes(inner)):
             ctx.err(_join(p, "condition"), "account conditions cannot be nested")
+        if inner is not None and has_context(inner):
+            # An account's users are not the request being served.
+            ctx.err(_join(p, "condition"), "context conditions cannot go inside an account")
         return Account(m, inner) if inner is not None and m in ACCOUNT_QUANTIFIERS else None
     ctx.err(p, "unknown node type")
     return None
@@ -931,11 +975,26 @@ def iter_nodes(node: Node) -> Iterator[Node]:
         yield from iter_nodes(node.condition)
 
 
+def has_context(node: Node) -> bool:
+    """Whether a parsed definition has context conditions (a context audience's)."""
+    return any(isinstance(n, ContextCondition) for n in iter_nodes(node))
+
+
 def audience_refs(node: Node | Any) -> set[str]:
     """Keys of the audiences a definition (parsed, or raw JSON) refers to."""
     if not isinstance(
         node,
-        All | AnyOf | Not | Event | Trait | Computed | AudienceRef | Prediction | Funnel | Account,
+        All
+        | AnyOf
+        | Not
+        | Event
+        | Trait
+        | Computed
+        | AudienceRef
+        | Prediction
+        | Funnel
+        | Account
+        | ContextCondition,
     ):
         return _raw_audience_refs(node)
     return {n.key for n in iter_nodes(node) if isinstance(n, AudienceRef)}

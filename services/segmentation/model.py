@@ -42,6 +42,8 @@ class AudienceRecord:
     updated_at_us: int
     failure_reason: str = ""  # why the last evaluation failed (state FAILED)
     realtime: bool = False  # evaluated per event by the realtime worker
+    holdout_share: float = 0.0  # share of members held out as control
+    goal: Any = None  # JSON goal for performance tracking (None: no goal)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from services.segmentation.language import (
     Computed,
     ComputedRef,
     ComputedTraitDef,
+    ContextCondition,
     Count,
     Event,
     Filter,
@@ -94,6 +95,9 @@ class ProfileData:
     predictions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     # For an account (group) profile: its users, for account-level conditions.
     members: Sequence[ProfileData] = ()
+    # The request being served (context conditions): attribute -> value, as built by
+    # services.shared.request_context.build_context. Empty outside a request.
+    context: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -447,6 +451,12 @@ def _eval(node: Node, p: ProfileData, now: int, explain: bool) -> Explanation:
                 **_ref_detail([f for s in node.steps for f in s.where], p),
             }
         return Explanation("funnel", ok, d)
+    if isinstance(node, ContextCondition):
+        actual = p.context.get(node.attribute, MISSING)
+        ok = match_value(node.op, actual, node.value)
+        return Explanation(
+            "context", ok, _value_detail(node.attribute, actual, node.op, node.value, explain)
+        )
     if isinstance(node, Account):
         kids = [_eval(node.condition, m, now, explain) for m in p.members]
         hits = sum(1 for k in kids if k.value)

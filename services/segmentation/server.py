@@ -4,6 +4,7 @@ domain (service.py), nothing else."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,8 +24,10 @@ from services.segmentation.model import (
     ComputedTraitRecord,
     ProfileRef,
 )
+from services.segmentation.performance import GroupCounts, Period
 from services.segmentation.service import Segmentation
 from services.shared.auth import current_workspace
+from services.shared.request_context_pb import context_from_message
 from services.shared.timestamps import timestamp_from_us, us_from_timestamp
 
 _STATES = {
@@ -64,7 +67,36 @@ def _audience(a: AudienceRecord) -> segmentation_pb2.Audience:
         account_level=a.account_level,
         failure_reason=a.failure_reason,
         realtime=a.realtime,
+        holdout_share=a.holdout_share,
+        goal=orjson.dumps(a.goal) if a.goal else b"",
     )
+
+
+def _group(g: GroupCounts) -> segmentation_pb2.GroupPerformance:
+    return segmentation_pb2.GroupPerformance(
+        exposed=g.exposed, converted=g.converted, rate=g.rate or 0.0
+    )
+
+
+def _period(p: Period) -> segmentation_pb2.PerformancePeriod:
+    lift = p.lift
+    out = segmentation_pb2.PerformancePeriod(
+        treatment=_group(p.treatment),
+        holdout=_group(p.holdout),
+        lift=segmentation_pb2.Lift(
+            absolute_defined=lift.absolute is not None,
+            absolute=lift.absolute or 0.0,
+            absolute_low=lift.absolute_low or 0.0,
+            absolute_high=lift.absolute_high or 0.0,
+            relative_defined=lift.relative_low is not None,
+            relative=lift.relative or 0.0,
+            relative_low=lift.relative_low or 0.0,
+            relative_high=lift.relative_high or 0.0,
+        ),
+    )
+    if p.day_us is not None:
+        out.day.CopyFrom(timestamp_from_us(p.day_us))
+    return out
 
 
 def _computed(c: ComputedTraitRecord) -> segmentation_pb2.ComputedTrait:
@@ -135,6 +167,8 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             account_level=a.account_level,
             skip_backfill=request.skip_backfill,
             realtime=a.realtime,
+            holdout_share=a.holdout_share,
+            goal=a.goal,
         )
         return _audience(record)
 
@@ -164,6 +198,8 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
             description=a.description,
             definition=a.definition,
             realtime=a.realtime if a.HasField("realtime") else None,
+            holdout_share=a.holdout_share if a.HasField("holdout_share") else None,
+            goal=a.goal or None,
         )
         return _audience(record)
 
@@ -305,15 +341,50 @@ class SegmentationServiceServicer(segmentation_pb2_grpc.SegmentationServiceServi
     async def ExplainMembership(
         self, request: segmentation_pb2.ExplainMembershipRequest, context: grpc.aio.ServicerContext
     ) -> segmentation_pb2.ExplainMembershipResponse:
+        as_of_us = _as_of(request)
+        request_context = None
+        if request.HasField("context"):
+            # The context's local hour and weekday are dated by its `at`, else as_of,
+            # else now.
+            now_us = as_of_us if as_of_us is not None else time.time_ns() // 1000
+            request_context = context_from_message(request.context, now_us)
         result = await self._seg.explain_membership(
             current_workspace(),
             audience_key=request.audience_key,
             id_type=request.identifier.type,
             id_value=request.identifier.value,
-            as_of_us=_as_of(request),
+            as_of_us=as_of_us,
+            context=request_context,
         )
         return segmentation_pb2.ExplainMembershipResponse(
             member=result.member, root=_node(result.root), profile=_ref(result.profile)
+        )
+
+    async def GetAudiencePerformance(
+        self,
+        request: segmentation_pb2.GetAudiencePerformanceRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> segmentation_pb2.AudiencePerformance:
+        found = await self._seg.audience_performance(
+            current_workspace(),
+            audience_key=request.audience_key,
+            start_us=_as_of(request, "start"),
+            end_us=_as_of(request, "end"),
+        )
+        srm = found.sample_ratio
+        return segmentation_pb2.AudiencePerformance(
+            audience_key=found.audience_key,
+            total=_period(found.total),
+            days=[_period(day) for day in found.days],
+            sample_ratio=segmentation_pb2.SampleRatioCheck(
+                expected_holdout_share=srm.expected_holdout_share,
+                observed_holdout_share=srm.observed_holdout_share or 0.0,
+                chi_square=srm.chi_square or 0.0,
+                p_value=srm.p_value if srm.p_value is not None else 1.0,
+                mismatch=srm.mismatch,
+            ),
+            start=timestamp_from_us(found.start_us),
+            end=timestamp_from_us(found.end_us),
         )
 
     async def GetMembershipHistory(

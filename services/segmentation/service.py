@@ -22,19 +22,24 @@ from services.segmentation.accounts import ACCOUNT_ID_TYPE, account_violations
 from services.segmentation.definitions import (
     audience_refs_raw,
     audience_violations,
+    check_holdout_share,
     check_key,
     check_name,
     computed_dependencies_raw,
     computed_refs_raw,
     computed_violations,
+    context_keys,
+    context_violations,
     decode_json,
     dependents,
+    parse_goal,
     prediction_refs_raw,
     reject,
 )
 from services.segmentation.explaining import ExplainedNode, annotate
 from services.segmentation.hot import HotState
 from services.segmentation.language import (
+    Event,
     dependency_layers,
     dependency_order,
     parse_audience,
@@ -51,7 +56,14 @@ from services.segmentation.model import (
     ProfileRef,
     Progress,
 )
-from services.segmentation.reference import ProfileData, explain
+from services.segmentation.performance import Performance, summarize
+from services.segmentation.reference import (
+    ProfileData,
+    evaluate,
+    explain,
+    get_property,
+    match_value,
+)
 from services.segmentation.store import Scratch, SegmentationStore
 from services.shared.clock import Clock
 from services.shared.errors import (
@@ -61,6 +73,7 @@ from services.shared.errors import (
     NotFound,
     invalid,
 )
+from services.shared.holdout import in_holdout
 from services.shared.identifiers import normalize_identifier
 from services.shared.phases import phase
 
@@ -70,6 +83,8 @@ DEFAULT_SAMPLE = 20
 DEFAULT_PAGE = 100
 MAX_PAGE = 1_000
 WATCH_BATCH = 500
+# GetAudiencePerformance looks back this many days unless given a start.
+PERFORMANCE_DAYS = 30
 BACKFILL_STEPS = 3  # evaluate dependencies' state, evaluate the definition, write the diff
 
 
@@ -227,6 +242,7 @@ class Segmentation:
         key: str | None,
         account_level: bool,
         violations: list[FieldViolation],
+        realtime: bool = False,
     ) -> None:
         stored = await self._store.audience_definitions(ws)
         computed = {c.key for c in await self._store.list_computed(ws)}
@@ -245,6 +261,23 @@ class Segmentation:
             found = account_violations(
                 raw, prefix, account_level=account_level, account_audiences=account_audiences
             )
+        if not found:
+            found = context_violations(
+                raw, prefix, audiences=others, account_level=account_level, realtime=realtime
+            )
+        if not found and key is not None and key in stored:
+            # Stored members cannot turn into per-request answers (or back) in place:
+            # the memberships, change log and syncs of the one would be wrong for the other.
+            was = key in context_keys(others | {key: stored[key].definition})
+            now = key in context_keys(others | {key: raw})
+            if was != now:
+                found = [
+                    FieldViolation(
+                        prefix,
+                        "an audience cannot change between a context audience (evaluated per"
+                        " request) and a stored one: create a new audience instead",
+                    )
+                ]
         violations.extend(found)
 
     async def _audience(self, ws: str, key: str, field: str = "key") -> AudienceRecord:
@@ -271,6 +304,8 @@ class Segmentation:
         account_level: bool,
         skip_backfill: bool,
         realtime: bool = False,
+        holdout_share: float = 0.0,
+        goal: bytes = b"",
     ) -> AudienceRecord:
         """Save a new audience and, unless `skip_backfill`, start computing its members
         from history in the background (state BACKFILLING, then LIVE). A `realtime`
@@ -278,15 +313,20 @@ class Segmentation:
         violations: list[FieldViolation] = []
         check_key(key, "audience.key", violations)
         _check_realtime(realtime, account_level, violations)
+        check_holdout_share(holdout_share, "audience.holdout_share", violations)
+        parsed_goal = parse_goal(goal, "audience.goal", violations) if goal else None
         check_name(name, "audience.name", violations)
         raw = decode_json(definition, "audience.definition", violations)
         if raw is not None:
             await self._check_audience(
-                ws, raw, "audience.definition", key or None, account_level, violations
+                ws, raw, "audience.definition", key or None, account_level, violations, realtime
             )
         reject(violations)
         if await self._store.get_audience(ws, key) is not None:
             raise AlreadyExists(f"audience {key!r} already exists")
+        stored = {k: a.definition for k, a in (await self._store.audience_definitions(ws)).items()}
+        # A context audience has nothing to backfill: it is live once published.
+        per_request = key in context_keys({**stored, key: raw})
         record = await self._store.create_audience(
             ws,
             key=key,
@@ -294,11 +334,15 @@ class Segmentation:
             description=description,
             definition=raw,
             account_level=account_level,
-            state=LIVE if skip_backfill else BACKFILLING,
+            state=LIVE if skip_backfill or per_request else BACKFILLING,
             now_us=self._clock.now_us(),
             realtime=realtime,
+            holdout_share=holdout_share,
+            goal=parsed_goal,
         )
-        if not skip_backfill:
+        if per_request or holdout_share or parsed_goal:
+            await self.publish_request_config(ws)
+        if not per_request and not skip_backfill:
             self._spawn(self._backfill(ws, record))
         return record
 
@@ -327,8 +371,11 @@ class Segmentation:
         description: str,
         definition: bytes,
         realtime: bool | None = None,
+        holdout_share: float | None = None,
+        goal: bytes | None = None,
     ) -> AudienceRecord:
-        """Replace what is given (empty fields and a None `realtime` are kept). A
+        """Replace what is given (empty fields and a None `realtime`, `holdout_share`
+        or `goal` are kept; ``b"{}"`` clears the goal). A
         changed definition becomes the next version: the live version keeps serving
         while it backfills, then the new one takes over and only the differences are
         emitted."""
@@ -336,26 +383,43 @@ class Segmentation:
         violations: list[FieldViolation] = []
         _check_realtime(bool(realtime), audience.account_level, violations)
         check_name(name, "audience.name", violations)
+        if holdout_share is not None:
+            check_holdout_share(holdout_share, "audience.holdout_share", violations)
+        parsed_goal = None
+        if goal:
+            parsed_goal = parse_goal(goal, "audience.goal", violations)
         raw = None
         if definition:
             raw = decode_json(definition, "audience.definition", violations)
             if raw is not None:
                 await self._check_audience(
-                    ws, raw, "audience.definition", key, audience.account_level, violations
+                    ws,
+                    raw,
+                    "audience.definition",
+                    key,
+                    audience.account_level,
+                    violations,
+                    audience.realtime if realtime is None else realtime,
                 )
         reject(violations)
         changed = raw is not None and raw != audience.definition
+        stored = {k: a.definition for k, a in (await self._store.audience_definitions(ws)).items()}
+        per_request = key in context_keys(stored)
         record = await self._store.update_audience(
             ws,
             audience,
             name=name or audience.name,
             description=description or audience.description,
             definition=raw if changed else None,
-            state=BACKFILLING,
+            state=LIVE if per_request else BACKFILLING,
             now_us=self._clock.now_us(),
             realtime=realtime,
+            holdout_share=holdout_share,
+            goal=parsed_goal,
         )
-        if changed:
+        if per_request or holdout_share is not None or goal:
+            await self.publish_request_config(ws)
+        if not per_request and changed:
             self._spawn(self._backfill(ws, record))
         return record
 
@@ -374,6 +438,76 @@ class Segmentation:
             )
         if not audience.account_level:
             await self._hot.memberships(ws, key, {}, exited)
+        await self.publish_request_config(ws)
+
+    async def publish_request_config(self, ws: str) -> str:
+        """Publish the workspace's context audiences (definitions in dependency order)
+        to the hot state, where the profile service compiles them once per version;
+        called after every change of an audience and by rebuild-hot-state."""
+        stored = await self._store.audience_definitions(ws)
+        definitions = {k: a.definition for k, a in stored.items()}
+        per_request = context_keys(definitions)
+        ordered = [
+            [k, definitions[k]] for k in dependency_order({k: definitions[k] for k in per_request})
+        ]
+        holdouts = {k: a.holdout_share for k, a in stored.items() if a.holdout_share > 0}
+        # Audiences with a goal: GetProfile's log_exposure logs exposures of these.
+        measured = sorted(k for k, a in stored.items() if a.goal)
+        return await self._hot.publish_audience_config(
+            ws, {"context": ordered, "holdouts": holdouts, "measured": measured}
+        )
+
+    async def audience_performance(
+        self, ws: str, *, audience_key: str, start_us: int | None, end_us: int | None
+    ) -> Performance:
+        """Exposed and converted people per group (treatment, holdout) by day of first
+        exposure in [start, end) (default: the 30 days up to now), with lift and the
+        sample-ratio check (services/segmentation/performance.py)."""
+        audience = await self._audience(ws, audience_key, "audience_key")
+        if not audience.goal:
+            raise FailedPrecondition(
+                f"audience {audience_key!r} has no goal: set Audience.goal to measure it"
+            )
+        now = self._clock.now_us()
+        end = end_us if end_us is not None else now + 1
+        start = start_us if start_us is not None else end - PERFORMANCE_DAYS * 86_400_000_000
+        if start >= end:
+            raise invalid("start", "must be before end")
+        goal = audience.goal
+        window = round(goal["within_hours"] * 3_600_000_000)
+        filters = parse_audience({"event": {"name": goal["name"], "where": goal["where"]}})
+        assert isinstance(filters, Event)
+        first = await self._store.performance.first_exposures(ws, audience_key, start, end)
+        if not first:
+            return summarize(audience_key, audience.holdout_share, start, end, [])
+        events = await self._store.performance.goal_events(
+            ws, goal, first, min(first.values()), min(max(first.values()) + window, now)
+        )
+        people = []
+        for pid, at in first.items():
+            converted = any(
+                at < t <= at + window
+                and all(
+                    match_value(f.op, get_property(props, f.property), f.value)
+                    for f in filters.where
+                )
+                for t, props in events.get(pid, ())
+            )
+            held = in_holdout(audience_key, pid, audience.holdout_share)
+            people.append((at, held, converted))
+        return summarize(audience_key, audience.holdout_share, start, end, people)
+
+    async def _per_request(self, ws: str, audience: AudienceRecord) -> bool:
+        stored = await self._store.audience_definitions(ws)
+        return audience.key in context_keys({k: a.definition for k, a in stored.items()})
+
+    async def _no_stored_members(self, ws: str, audience: AudienceRecord) -> None:
+        if await self._per_request(ws, audience):
+            raise FailedPrecondition(
+                f"audience {audience.key!r} is a context audience: it has no stored members;"
+                " GetProfile with a context tells whether a request qualifies, and"
+                " ExplainMembership with a context explains one request"
+            )
 
     async def _backfill(self, ws: str, audience: AudienceRecord) -> None:
         """Compute a version's members from history and swap them in."""
@@ -586,6 +720,12 @@ class Segmentation:
                 ws, raw, "definition", audience_key or None, account_level, violations
             )
         reject(violations)
+        stored = {k: a.definition for k, a in (await self._store.audience_definitions(ws)).items()}
+        if audience_key in context_keys({**stored, audience_key or "": raw}):
+            raise FailedPrecondition(
+                "a context audience (one with context conditions, or referring to one) has no"
+                " stored members to preview: GetProfile with a context evaluates it per request"
+            )
         limit = _sample_size(sample_limit, "sample_limit")
         now = self._now(as_of_us)
         if as_of_us is None:
@@ -694,7 +834,9 @@ class Segmentation:
         run = _Run()
         async with self._lock(ws):
             if audience_key:
-                layers = [[await self._audience(ws, audience_key, "audience_key")]]
+                one = await self._audience(ws, audience_key, "audience_key")
+                await self._no_stored_members(ws, one)
+                layers = [[one]]
             else:
                 records = {c.key: c for c in await self._store.list_computed(ws)}
                 # Each after the computed traits its filters compare with.
@@ -706,6 +848,9 @@ class Segmentation:
                     if not run.blocked_computed(records[k]):
                         await self._recompute_computed_isolated(ws, records[k], now, run)
                 stored = await self._store.audience_definitions(ws)
+                # Context audiences have no stored members: nothing to recompute.
+                for k in context_keys({k: a.definition for k, a in stored.items()}):
+                    del stored[k]
                 order = dependency_layers({k: a.definition for k, a in stored.items()})
                 layers = [[stored[k] for k in layer] for layer in order]
             for layer in layers:
@@ -781,8 +926,12 @@ class Segmentation:
         rebuilt = HotRebuild()
         async with self._lock(ws):
             await self._hot.clear(ws)
-            for audience in (await self._store.audience_definitions(ws)).values():
+            stored = await self._store.audience_definitions(ws)
+            per_request = context_keys({k: a.definition for k, a in stored.items()})
+            for audience in stored.values():
                 if audience.account_level:  # accounts have no hot state: profiles do
+                    continue
+                if audience.key in per_request:  # no stored members
                     continue
                 members = await self._store.members(audience.audience_id)
                 await self._hot.memberships(ws, audience.key, members, ())
@@ -793,6 +942,7 @@ class Segmentation:
                 await self._hot.computed(ws, record.key, values, ())
                 rebuilt.computed_traits += 1
                 rebuilt.values += sum(1 for value in values.values() if value is not None)
+            await self.publish_request_config(ws)
         return rebuilt
 
     async def workspaces(self) -> list[str]:
@@ -825,6 +975,7 @@ class Segmentation:
         """A page of members by profile id with their identifiers. The token names the
         last profile returned, so paging is stable while members enter and exit."""
         audience = await self._audience(ws, audience_key, "audience_key")
+        await self._no_stored_members(ws, audience)
         limit = self._page_size(page_size)
         after = _read_page_token(page_token, audience.audience_id)
         rows, total = await self._store.members_page(ws, audience.audience_id, after, limit + 1)
@@ -881,6 +1032,7 @@ class Segmentation:
         id_type: str,
         id_value: str,
         as_of_us: int | None,
+        context: Mapping[str, Any] | None = None,
     ) -> Explained:
         """Why the profile is (or is not) in the audience at `as_of_us` (default now):
         the condition tree with each node's truth value and evidence. Audience and
@@ -894,6 +1046,23 @@ class Segmentation:
             profile = ProfileData(traits=traits, members=members)
         else:
             profile = await self._profile_data(ws, pid)
+        if context is not None:
+            # The request being explained (context conditions); stored audiences and
+            # computed traits are read as stored, like GetProfile does, and the context
+            # audiences this request qualifies for are decided first, in dependency
+            # order, so a reference to one reads what GetProfile would answer.
+            profile = dataclasses.replace(profile, context=context)
+            stored = {
+                k: a.definition for k, a in (await self._store.audience_definitions(ws)).items()
+            }
+            per_request = context_keys(stored)
+            held = set(profile.audiences)
+            for k in dependency_order({k: stored[k] for k in per_request}):
+                if k != audience.key and evaluate(
+                    parse_audience(stored[k]), dataclasses.replace(profile, audiences=held), now
+                ):
+                    held.add(k)
+            profile = dataclasses.replace(profile, audiences=held)
         node = parse_audience(audience.definition)
         explanation = explain(node, profile, now)
         (ref,) = await self._store.refs(ws, [pid])

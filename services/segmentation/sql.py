@@ -67,6 +67,7 @@ from services.segmentation.language import (
     Computed,
     ComputedRef,
     ComputedTraitDef,
+    ContextCondition,
     Event,
     Filter,
     Funnel,
@@ -829,6 +830,13 @@ class _AudienceCompiler:
         for n in iter_nodes(node):
             if isinstance(n, Account):
                 raise UnsupportedInSQL("account-level audiences are compiled by sql_accounts.py")
+            if isinstance(n, ContextCondition):
+                # The request a context condition reads exists only inside GetProfile:
+                # the API refuses these in stored audiences, so reaching here is a bug.
+                raise UnsupportedInSQL(
+                    "context conditions are evaluated per request by the profile service;"
+                    " they have no stored members"
+                )
             if isinstance(n, Event) and _event_key(n) not in self.event_cols:
                 self.event_cols[_event_key(n)] = f"c{len(self.event_leaves)}"
                 self.event_leaves.append(n)

@@ -38,6 +38,7 @@ from services.segmentation.model import (
     ProfileRef,
     Progress,
 )
+from services.segmentation.performance_store import PerformanceStore
 from services.segmentation.status_tables import (
     audience_status,
     computed_trait_status,
@@ -89,6 +90,8 @@ def _audience(row: Any) -> AudienceRecord:
         updated_at_us=row.updated_at_us,
         failure_reason=row.failure_reason or "",
         realtime=row.realtime,
+        holdout_share=row.holdout_share,
+        goal=row.goal,
     )
 
 
@@ -225,6 +228,7 @@ class SegmentationStore:
         self._analyze_every = analyze_every_seconds
         self._analyzed_at: float | None = None
         self.accounts = AccountStore(engine)
+        self.performance = PerformanceStore(engine)
 
     async def fresh_statistics(self) -> None:
         """Refresh the planner statistics of the tables batch evaluation reads, at most
@@ -301,6 +305,8 @@ class SegmentationStore:
         state: str,
         now_us: int,
         realtime: bool = False,
+        holdout_share: float = 0.0,
+        goal: Any = None,
     ) -> AudienceRecord:
         """Insert an audience at version 1 (a deleted audience's key is freed first)."""
         async with self._engine.begin() as c:
@@ -326,6 +332,8 @@ class SegmentationStore:
                     backfill=state != LIVE,
                     account_level=account_level,
                     realtime=realtime,
+                    holdout_share=holdout_share,
+                    goal=_json_or_null(goal),
                     created_at_us=now_us,
                     updated_at_us=now_us,
                 )
@@ -369,12 +377,19 @@ class SegmentationStore:
         state: str,
         now_us: int,
         realtime: bool | None = None,
+        holdout_share: float | None = None,
+        goal: Any = None,
     ) -> AudienceRecord:
-        """Replace name/description (and the realtime flag unless None); a new
-        `definition` becomes the next version."""
+        """Replace name/description (and the realtime flag, holdout share and goal
+        unless None); a new `definition` becomes the next version."""
         values: dict[str, Any] = {"name": name, "updated_at_us": now_us}
         if realtime is not None:
             values["realtime"] = realtime
+        if holdout_share is not None:
+            values["holdout_share"] = holdout_share
+        if goal is not None:
+            # {} clears the goal (the API's way of saying "no goal").
+            values["goal"] = _json_or_null(goal or None)
         status: dict[str, Any] = {"description": description}
         async with self._engine.begin() as c:
             if definition is not None:
@@ -391,6 +406,8 @@ class SegmentationStore:
                 values["current_version"] = version
                 status["state"] = state
                 status["failure_reason"] = ""
+                if state == LIVE:  # nothing to backfill (a context audience)
+                    status["live_version"] = version
             await c.execute(
                 update(audiences)
                 .where(audiences.c.audience_id == audience.audience_id)

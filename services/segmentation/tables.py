@@ -24,6 +24,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     Index,
     Integer,
     String,
@@ -62,6 +63,10 @@ audiences = Table(
     Column("deleted_at_us", BigInteger, nullable=True),
     # Evaluated per event by the realtime worker (services/segmentation/realtime).
     Column("realtime", Boolean, nullable=False, default=False, server_default=false()),
+    # Share of members held out as control (services/shared/holdout.py) and the goal
+    # whose conversions measure the audience's lift (JSON; NULL: none).
+    Column("holdout_share", Float, nullable=False, default=0.0, server_default="0"),
+    Column("goal", Json, nullable=True),
     UniqueConstraint("workspace_id", "key", name="uq_audiences_workspace_key"),
 )
 

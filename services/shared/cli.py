@@ -1,4 +1,5 @@
-"""Operator commands: `audiences migrate`, `audiences create-workspace NAME`.
+"""Operator commands: `audiences migrate`, `audiences create-workspace NAME`,
+`audiences lift-chart AUDIENCE --key KEY --out lift.png` (services/shared/lift_chart.py).
 (A service's share of the hot state is rebuilt by that service's own command:
 `python -m services.<name> rebuild-hot-state [--workspace WS ...]`.)
 
@@ -14,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from services.shared import lift_chart
 from services.shared.auth import KeyStore
 from services.shared.config import Settings
 from services.shared.db import migrate
@@ -63,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     migrate_cmd.add_argument("--down", action="store_true", help="roll back every migration")
     workspace_cmd = commands.add_parser("create-workspace", help="create a workspace and keys")
     workspace_cmd.add_argument("name")
+    lift_chart.add_command(commands)
     args = parser.parse_args(argv)
+    if args.command == "lift-chart":
+        report = asyncio.run(lift_chart.fetch(args.address, args.key, args.audience, args.days))
+        lift_chart.render(report, args.out)
+        print(f"wrote {args.out}")
+        return 0
     settings = Settings.from_env()
     if args.command == "migrate":
         asyncio.run(run_migrate(settings, args.down))

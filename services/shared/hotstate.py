@@ -19,6 +19,15 @@ Values are JSON text (orjson) so readers can pass them through without re-encodi
     hs:{ws}:p:<pid>:wire        hash    section flags -> those sections encoded as
                                         audiences.v1.Profile fields (a read cache)
     hs:{ws}:merged:<pid>        string  -> survivor profile id (after a merge)
+    hs:{ws}:audcfg              hash    version -> content hash of config;
+                                        config -> JSON {"context": [[key, definition],
+                                        ...] (context audiences in dependency order),
+                                        "holdouts": {key: share}} (segmentation writes
+                                        both fields in one HSET; the profile service
+                                        reads the version in its one read script and
+                                        the config only when the version changed)
+    hs:{ws}:holdouts            hash    audience key -> holdout share (written with
+                                        audcfg, in one transaction)
 
 A merge (ingest) deletes the merged-away profile's sections and moves its audience
 memberships into the survivor's ``audiences`` hash, earliest entry per audience: the
@@ -69,3 +78,14 @@ def profile_key(workspace_id: str, profile_id: int | str, section: str) -> str:
 def merged_key(workspace_id: str, profile_id: int | str) -> str:
     """Key redirecting a merged-away profile id to its survivor."""
     return f"hs:{{{workspace_id}}}:merged:{profile_id}"
+
+
+def audience_config_key(workspace_id: str) -> str:
+    """Key of the workspace's published audience settings read at request time
+    (context audience definitions, holdout shares)."""
+    return f"hs:{{{workspace_id}}}:audcfg"
+
+
+def holdouts_key(workspace_id: str) -> str:
+    """Key of the workspace's holdout shares (audience key -> share), for the read script."""
+    return f"hs:{{{workspace_id}}}:holdouts"

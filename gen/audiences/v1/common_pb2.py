@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61udiences/v1/common.proto\x12\x0c\x61udiences.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\nIdentifier\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"6\n\x08Progress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\r\n\x05stage\x18\x03 \x01(\t\"O\n\nProfileRef\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12-\n\x0bidentifiers\x18\x02 \x03(\x0b\x32\x18.audiences.v1.Identifier\"_\n\tTimeRange\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61udiences/v1/common.proto\x12\x0c\x61udiences.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\nIdentifier\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"6\n\x08Progress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\r\n\x05stage\x18\x03 \x01(\t\"O\n\nProfileRef\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12-\n\x0bidentifiers\x18\x02 \x03(\x0b\x32\x18.audiences.v1.Identifier\"_\n\tTimeRange\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xea\x02\n\x0eRequestContext\x12\x0f\n\x07\x63ountry\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0c\n\x04\x63ity\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65vice_type\x18\x04 \x01(\t\x12\n\n\x02os\x18\x05 \x01(\t\x12\x0f\n\x07\x62rowser\x18\x06 \x01(\t\x12\x10\n\x08language\x18\x07 \x01(\t\x12\x10\n\x08referrer\x18\x08 \x01(\t\x12\x10\n\x08page_url\x18\t \x01(\t\x12\x11\n\tpage_path\x18\n \x01(\t\x12\x12\n\nutm_source\x18\x0b \x01(\t\x12\x12\n\nutm_medium\x18\x0c \x01(\t\x12\x14\n\x0cutm_campaign\x18\r \x01(\t\x12\x10\n\x08utm_term\x18\x0e \x01(\t\x12\x13\n\x0butm_content\x18\x0f \x01(\t\x12\x11\n\ttime_zone\x18\x10 \x01(\t\x12&\n\x02\x61t\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63ustom\x18\x12 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,4 +40,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROFILEREF']._serialized_end=254
   _globals['_TIMERANGE']._serialized_start=256
   _globals['_TIMERANGE']._serialized_end=351
+  _globals['_REQUESTCONTEXT']._serialized_start=354
+  _globals['_REQUESTCONTEXT']._serialized_end=716
 # @@protoc_insertion_point(module_scope)

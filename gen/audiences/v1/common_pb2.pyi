@@ -126,3 +126,87 @@ class TimeRange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TimeRange: _TypeAlias = TimeRange  # noqa: Y015
+
+@_typing.final
+class RequestContext(_message.Message):
+    """The request an app is serving, for context audiences (docs/audiences.md, "Context
+    audiences"). Empty strings mean "not given". Strings are at most 2,048 characters.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNTRY_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    CITY_FIELD_NUMBER: _builtins.int
+    DEVICE_TYPE_FIELD_NUMBER: _builtins.int
+    OS_FIELD_NUMBER: _builtins.int
+    BROWSER_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    REFERRER_FIELD_NUMBER: _builtins.int
+    PAGE_URL_FIELD_NUMBER: _builtins.int
+    PAGE_PATH_FIELD_NUMBER: _builtins.int
+    UTM_SOURCE_FIELD_NUMBER: _builtins.int
+    UTM_MEDIUM_FIELD_NUMBER: _builtins.int
+    UTM_CAMPAIGN_FIELD_NUMBER: _builtins.int
+    UTM_TERM_FIELD_NUMBER: _builtins.int
+    UTM_CONTENT_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    CUSTOM_FIELD_NUMBER: _builtins.int
+    country: _builtins.str
+    """e.g. "DE" (compared as given: send ISO 3166 codes)"""
+    region: _builtins.str
+    city: _builtins.str
+    device_type: _builtins.str
+    """e.g. mobile, tablet, desktop"""
+    os: _builtins.str
+    browser: _builtins.str
+    language: _builtins.str
+    """e.g. "de-DE" """
+    referrer: _builtins.str
+    page_url: _builtins.str
+    page_path: _builtins.str
+    utm_source: _builtins.str
+    utm_medium: _builtins.str
+    utm_campaign: _builtins.str
+    utm_term: _builtins.str
+    utm_content: _builtins.str
+    time_zone: _builtins.str
+    """IANA time zone of the visitor (e.g. "Europe/Berlin"): gives local_hour (0-23) and
+    local_weekday (1 = Monday .. 7 = Sunday) at `at`.
+    """
+    custom: _builtins.bytes
+    """JSON object of free-form keys -> string/number/boolean"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """the request's instant; default: now"""
+
+    def __init__(
+        self,
+        *,
+        country: _builtins.str = ...,
+        region: _builtins.str = ...,
+        city: _builtins.str = ...,
+        device_type: _builtins.str = ...,
+        os: _builtins.str = ...,
+        browser: _builtins.str = ...,
+        language: _builtins.str = ...,
+        referrer: _builtins.str = ...,
+        page_url: _builtins.str = ...,
+        page_path: _builtins.str = ...,
+        utm_source: _builtins.str = ...,
+        utm_medium: _builtins.str = ...,
+        utm_campaign: _builtins.str = ...,
+        utm_term: _builtins.str = ...,
+        utm_content: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        custom: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "browser", b"browser", "city", b"city", "country", b"country", "custom", b"custom", "device_type", b"device_type", "language", b"language", "os", b"os", "page_path", b"page_path", "page_url", b"page_url", "referrer", b"referrer", "region", b"region", "time_zone", b"time_zone", "utm_campaign", b"utm_campaign", "utm_content", b"utm_content", "utm_medium", b"utm_medium", "utm_source", b"utm_source", "utm_term", b"utm_term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestContext: _TypeAlias = RequestContext  # noqa: Y015

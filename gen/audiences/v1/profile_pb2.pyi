@@ -77,6 +77,12 @@ class GetProfileRequest(_message.Message):
     IDENTIFIER_FIELD_NUMBER: _builtins.int
     INCLUDE_FIELD_NUMBER: _builtins.int
     TRAIT_MASK_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    LOG_EXPOSURE_FIELD_NUMBER: _builtins.int
+    log_exposure: _builtins.bool
+    """Log this answer as an exposure of each measured audience (one with a goal) in it,
+    stored or context, for GetAudiencePerformance (docs/audiences.md, "Performance").
+    """
     @_builtins.property
     def identifier(self) -> _common_pb2.Identifier: ...
     @_builtins.property
@@ -87,16 +93,24 @@ class GetProfileRequest(_message.Message):
     def trait_mask(self) -> _field_mask_pb2.FieldMask:
         """paths are trait keys; empty: all"""
 
+    @_builtins.property
+    def context(self) -> _common_pb2.RequestContext:
+        """The request being served: the answer then lists the context audiences it
+        qualifies for (Profile.context_audiences). Unset: no context audiences.
+        """
+
     def __init__(
         self,
         *,
         identifier: _common_pb2.Identifier | None = ...,
         include: _abc.Iterable[Global___ProfileSection.ValueType] | None = ...,
         trait_mask: _field_mask_pb2.FieldMask | None = ...,
+        context: _common_pb2.RequestContext | None = ...,
+        log_exposure: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["identifier", b"identifier", "trait_mask", b"trait_mask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "identifier", b"identifier", "trait_mask", b"trait_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifier", b"identifier", "include", b"include", "trait_mask", b"trait_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "identifier", b"identifier", "include", b"include", "log_exposure", b"log_exposure", "trait_mask", b"trait_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -108,7 +122,10 @@ class AudienceMembership(_message.Message):
 
     KEY_FIELD_NUMBER: _builtins.int
     ENTERED_AT_FIELD_NUMBER: _builtins.int
+    HOLDOUT_FIELD_NUMBER: _builtins.int
     key: _builtins.str
+    holdout: _builtins.bool
+    """In the audience's holdout (control) group: withhold the experience."""
     @_builtins.property
     def entered_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -116,14 +133,39 @@ class AudienceMembership(_message.Message):
         *,
         key: _builtins.str = ...,
         entered_at: _timestamp_pb2.Timestamp | None = ...,
+        holdout: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["entered_at", b"entered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entered_at", b"entered_at", "key", b"key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entered_at", b"entered_at", "holdout", b"holdout", "key", b"key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AudienceMembership: _TypeAlias = AudienceMembership  # noqa: Y015
+
+@_typing.final
+class ContextAudience(_message.Message):
+    """A context audience this request qualifies for (evaluated per request, not stored)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    HOLDOUT_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    holdout: _builtins.bool
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        holdout: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holdout", b"holdout", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContextAudience: _TypeAlias = ContextAudience  # noqa: Y015
 
 @_typing.final
 class PredictionScore(_message.Message):
@@ -200,6 +242,7 @@ class Profile(_message.Message):
     PREDICTIONS_FIELD_NUMBER: _builtins.int
     RECOMMENDATIONS_FIELD_NUMBER: _builtins.int
     LAST_SEEN_FIELD_NUMBER: _builtins.int
+    CONTEXT_AUDIENCES_FIELD_NUMBER: _builtins.int
     profile_id: _builtins.str
     traits: _builtins.bytes
     """JSON object"""
@@ -215,6 +258,10 @@ class Profile(_message.Message):
     def recommendations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Recommendation]: ...
     @_builtins.property
     def last_seen(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def context_audiences(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContextAudience]:
+        """Only when GetProfileRequest.context is set."""
+
     def __init__(
         self,
         *,
@@ -226,10 +273,11 @@ class Profile(_message.Message):
         predictions: _abc.Iterable[Global___PredictionScore] | None = ...,
         recommendations: _abc.Iterable[Global___Recommendation] | None = ...,
         last_seen: _timestamp_pb2.Timestamp | None = ...,
+        context_audiences: _abc.Iterable[Global___ContextAudience] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen", b"last_seen"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audiences", b"audiences", "computed_traits", b"computed_traits", "identifiers", b"identifiers", "last_seen", b"last_seen", "predictions", b"predictions", "profile_id", b"profile_id", "recommendations", b"recommendations", "traits", b"traits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audiences", b"audiences", "computed_traits", b"computed_traits", "context_audiences", b"context_audiences", "identifiers", b"identifiers", "last_seen", b"last_seen", "predictions", b"predictions", "profile_id", b"profile_id", "recommendations", b"recommendations", "traits", b"traits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

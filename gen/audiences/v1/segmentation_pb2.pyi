@@ -110,6 +110,8 @@ class Audience(_message.Message):
     ACCOUNT_LEVEL_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     REALTIME_FIELD_NUMBER: _builtins.int
+    HOLDOUT_SHARE_FIELD_NUMBER: _builtins.int
+    GOAL_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """unique per workspace, [a-z0-9_]+"""
     name: _builtins.str
@@ -129,6 +131,17 @@ class Audience(_message.Message):
     """Kept up to date per event by the realtime worker (services.segmentation.realtime)
     besides backfill, Recompute and the reconcile. Unset on create means false; unset
     on update keeps the current value.
+    """
+    holdout_share: _builtins.float
+    """Share of members held out as control (0 to 0.5; docs/audiences.md, "Holdouts"):
+    a deterministic hash of (audience key, profile id) picks them. GetProfile marks
+    them `holdout`; syncs may leave them out. Unset on update keeps the current value.
+    """
+    goal: _builtins.bytes
+    """What the audience's experience should make people do, for GetAudiencePerformance:
+    JSON {"name": event, "type"?: "track"|"page"|"screen", "where"?: [filters],
+    "within_hours": H} (a conversion is a goal event within H hours after an
+    exposure; default 168). Empty: no goal. Unset on update keeps the current goal.
     """
     @_builtins.property
     def backfill(self) -> _common_pb2.Progress: ...
@@ -152,13 +165,20 @@ class Audience(_message.Message):
         account_level: _builtins.bool = ...,
         failure_reason: _builtins.str = ...,
         realtime: _builtins.bool | None = ...,
+        holdout_share: _builtins.float | None = ...,
+        goal: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_realtime", b"_realtime", "backfill", b"backfill", "created_at", b"created_at", "realtime", b"realtime", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_holdout_share", b"_holdout_share", "_realtime", b"_realtime", "backfill", b"backfill", "created_at", b"created_at", "holdout_share", b"holdout_share", "realtime", b"realtime", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_realtime", b"_realtime", "account_level", b"account_level", "backfill", b"backfill", "created_at", b"created_at", "definition", b"definition", "description", b"description", "failure_reason", b"failure_reason", "key", b"key", "name", b"name", "realtime", b"realtime", "size", b"size", "state", b"state", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_holdout_share", b"_holdout_share", "_realtime", b"_realtime", "account_level", b"account_level", "backfill", b"backfill", "created_at", b"created_at", "definition", b"definition", "description", b"description", "failure_reason", b"failure_reason", "goal", b"goal", "holdout_share", b"holdout_share", "key", b"key", "name", b"name", "realtime", b"realtime", "size", b"size", "state", b"state", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__holdout_share: _TypeAlias = _typing.Literal["holdout_share"]  # noqa: Y015
+    _WhichOneofArgType__holdout_share: _TypeAlias = _typing.Literal["_holdout_share", b"_holdout_share"]  # noqa: Y015
     _WhichOneofReturnType__realtime: _TypeAlias = _typing.Literal["realtime"]  # noqa: Y015
     _WhichOneofArgType__realtime: _TypeAlias = _typing.Literal["_realtime", b"_realtime"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__holdout_share) -> _WhichOneofReturnType__holdout_share | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__realtime) -> _WhichOneofReturnType__realtime | None: ...
 
 Global___Audience: _TypeAlias = Audience  # noqa: Y015
@@ -828,21 +848,29 @@ class ExplainMembershipRequest(_message.Message):
     AUDIENCE_KEY_FIELD_NUMBER: _builtins.int
     IDENTIFIER_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
     audience_key: _builtins.str
     @_builtins.property
     def identifier(self) -> _common_pb2.Identifier: ...
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def context(self) -> _common_pb2.RequestContext:
+        """The request to explain, for context conditions (unset: every context attribute
+        is missing).
+        """
+
     def __init__(
         self,
         *,
         audience_key: _builtins.str = ...,
         identifier: _common_pb2.Identifier | None = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        context: _common_pb2.RequestContext | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "identifier", b"identifier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "context", b"context", "identifier", b"identifier"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "audience_key", b"audience_key", "identifier", b"identifier"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "audience_key", b"audience_key", "context", b"context", "identifier", b"identifier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1039,3 +1067,216 @@ class WatchChangesRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchChangesRequest: _TypeAlias = WatchChangesRequest  # noqa: Y015
+
+@_typing.final
+class GetAudiencePerformanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_KEY_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    audience_key: _builtins.str
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """first exposures from (default: end - 30 days)"""
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp:
+        """up to, excluded (default: now)"""
+
+    def __init__(
+        self,
+        *,
+        audience_key: _builtins.str = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_key", b"audience_key", "end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAudiencePerformanceRequest: _TypeAlias = GetAudiencePerformanceRequest  # noqa: Y015
+
+@_typing.final
+class GroupPerformance(_message.Message):
+    """People of one group: exposed in the period (by first exposure) and converting (a
+    goal event within the goal's window after that exposure).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPOSED_FIELD_NUMBER: _builtins.int
+    CONVERTED_FIELD_NUMBER: _builtins.int
+    RATE_FIELD_NUMBER: _builtins.int
+    exposed: _builtins.int
+    converted: _builtins.int
+    rate: _builtins.float
+    """converted / exposed (0 without exposures)"""
+    def __init__(
+        self,
+        *,
+        exposed: _builtins.int = ...,
+        converted: _builtins.int = ...,
+        rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["converted", b"converted", "exposed", b"exposed", "rate", b"rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupPerformance: _TypeAlias = GroupPerformance  # noqa: Y015
+
+@_typing.final
+class Lift(_message.Message):
+    """Treatment over holdout with 95% intervals: absolute (Wald, unpooled) and relative
+    (Katz log interval of the ratio). `*_defined` is false where data is lacking.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ABSOLUTE_DEFINED_FIELD_NUMBER: _builtins.int
+    ABSOLUTE_FIELD_NUMBER: _builtins.int
+    ABSOLUTE_LOW_FIELD_NUMBER: _builtins.int
+    ABSOLUTE_HIGH_FIELD_NUMBER: _builtins.int
+    RELATIVE_DEFINED_FIELD_NUMBER: _builtins.int
+    RELATIVE_FIELD_NUMBER: _builtins.int
+    RELATIVE_LOW_FIELD_NUMBER: _builtins.int
+    RELATIVE_HIGH_FIELD_NUMBER: _builtins.int
+    absolute_defined: _builtins.bool
+    absolute: _builtins.float
+    absolute_low: _builtins.float
+    absolute_high: _builtins.float
+    relative_defined: _builtins.bool
+    relative: _builtins.float
+    relative_low: _builtins.float
+    relative_high: _builtins.float
+    def __init__(
+        self,
+        *,
+        absolute_defined: _builtins.bool = ...,
+        absolute: _builtins.float = ...,
+        absolute_low: _builtins.float = ...,
+        absolute_high: _builtins.float = ...,
+        relative_defined: _builtins.bool = ...,
+        relative: _builtins.float = ...,
+        relative_low: _builtins.float = ...,
+        relative_high: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["absolute", b"absolute", "absolute_defined", b"absolute_defined", "absolute_high", b"absolute_high", "absolute_low", b"absolute_low", "relative", b"relative", "relative_defined", b"relative_defined", "relative_high", b"relative_high", "relative_low", b"relative_low"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Lift: _TypeAlias = Lift  # noqa: Y015
+
+@_typing.final
+class PerformancePeriod(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_FIELD_NUMBER: _builtins.int
+    TREATMENT_FIELD_NUMBER: _builtins.int
+    HOLDOUT_FIELD_NUMBER: _builtins.int
+    LIFT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def day(self) -> _timestamp_pb2.Timestamp:
+        """00:00 UTC of the day; unset for the total"""
+
+    @_builtins.property
+    def treatment(self) -> Global___GroupPerformance: ...
+    @_builtins.property
+    def holdout(self) -> Global___GroupPerformance: ...
+    @_builtins.property
+    def lift(self) -> Global___Lift: ...
+    def __init__(
+        self,
+        *,
+        day: _timestamp_pb2.Timestamp | None = ...,
+        treatment: Global___GroupPerformance | None = ...,
+        holdout: Global___GroupPerformance | None = ...,
+        lift: Global___Lift | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["day", b"day", "holdout", b"holdout", "lift", b"lift", "treatment", b"treatment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["day", b"day", "holdout", b"holdout", "lift", b"lift", "treatment", b"treatment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PerformancePeriod: _TypeAlias = PerformancePeriod  # noqa: Y015
+
+@_typing.final
+class SampleRatioCheck(_message.Message):
+    """Pearson chi-square (1 dof) of the exposed split against the holdout share; a
+    mismatch (p < 0.001) means the split, not the experience, may explain the lift.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPECTED_HOLDOUT_SHARE_FIELD_NUMBER: _builtins.int
+    OBSERVED_HOLDOUT_SHARE_FIELD_NUMBER: _builtins.int
+    CHI_SQUARE_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    MISMATCH_FIELD_NUMBER: _builtins.int
+    expected_holdout_share: _builtins.float
+    observed_holdout_share: _builtins.float
+    chi_square: _builtins.float
+    p_value: _builtins.float
+    mismatch: _builtins.bool
+    def __init__(
+        self,
+        *,
+        expected_holdout_share: _builtins.float = ...,
+        observed_holdout_share: _builtins.float = ...,
+        chi_square: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+        mismatch: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chi_square", b"chi_square", "expected_holdout_share", b"expected_holdout_share", "mismatch", b"mismatch", "observed_holdout_share", b"observed_holdout_share", "p_value", b"p_value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SampleRatioCheck: _TypeAlias = SampleRatioCheck  # noqa: Y015
+
+@_typing.final
+class AudiencePerformance(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIENCE_KEY_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATIO_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    audience_key: _builtins.str
+    @_builtins.property
+    def total(self) -> Global___PerformancePeriod: ...
+    @_builtins.property
+    def days(self) -> _containers.RepeatedCompositeFieldContainer[Global___PerformancePeriod]: ...
+    @_builtins.property
+    def sample_ratio(self) -> Global___SampleRatioCheck: ...
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        audience_key: _builtins.str = ...,
+        total: Global___PerformancePeriod | None = ...,
+        days: _abc.Iterable[Global___PerformancePeriod] | None = ...,
+        sample_ratio: Global___SampleRatioCheck | None = ...,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "sample_ratio", b"sample_ratio", "start", b"start", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience_key", b"audience_key", "days", b"days", "end", b"end", "sample_ratio", b"sample_ratio", "start", b"start", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudiencePerformance: _TypeAlias = AudiencePerformance  # noqa: Y015

@@ -119,6 +119,11 @@ class SegmentationServiceStub:
                 request_serializer=audiences_dot_v1_dot_segmentation__pb2.WatchChangesRequest.SerializeToString,
                 response_deserializer=audiences_dot_v1_dot_segmentation__pb2.MembershipChange.FromString,
                 _registered_method=True)
+        self.GetAudiencePerformance = channel.unary_unary(
+                '/audiences.v1.SegmentationService/GetAudiencePerformance',
+                request_serializer=audiences_dot_v1_dot_segmentation__pb2.GetAudiencePerformanceRequest.SerializeToString,
+                response_deserializer=audiences_dot_v1_dot_segmentation__pb2.AudiencePerformance.FromString,
+                _registered_method=True)
 
 
 class SegmentationServiceServicer:
@@ -234,6 +239,14 @@ class SegmentationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAudiencePerformance(self, request, context):
+        """Measured lift of an audience's experience: treatment against holdout, per day of
+        first exposure and in total (docs/audiences.md, "Performance").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SegmentationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -321,6 +334,11 @@ def add_SegmentationServiceServicer_to_server(servicer, server):
                     servicer.WatchChanges,
                     request_deserializer=audiences_dot_v1_dot_segmentation__pb2.WatchChangesRequest.FromString,
                     response_serializer=audiences_dot_v1_dot_segmentation__pb2.MembershipChange.SerializeToString,
+            ),
+            'GetAudiencePerformance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAudiencePerformance,
+                    request_deserializer=audiences_dot_v1_dot_segmentation__pb2.GetAudiencePerformanceRequest.FromString,
+                    response_serializer=audiences_dot_v1_dot_segmentation__pb2.AudiencePerformance.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -782,6 +800,33 @@ class SegmentationService:
             '/audiences.v1.SegmentationService/WatchChanges',
             audiences_dot_v1_dot_segmentation__pb2.WatchChangesRequest.SerializeToString,
             audiences_dot_v1_dot_segmentation__pb2.MembershipChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAudiencePerformance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/audiences.v1.SegmentationService/GetAudiencePerformance',
+            audiences_dot_v1_dot_segmentation__pb2.GetAudiencePerformanceRequest.SerializeToString,
+            audiences_dot_v1_dot_segmentation__pb2.AudiencePerformance.FromString,
             options,
             channel_credentials,
             insecure,

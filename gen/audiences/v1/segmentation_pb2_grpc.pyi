@@ -61,6 +61,10 @@ class SegmentationServiceStub:
     """When a profile entered and left an audience; membership at an instant."""
     WatchChanges: _grpc.UnaryStreamMultiCallable[_segmentation_pb2.WatchChangesRequest, _segmentation_pb2.MembershipChange]
     """Server stream of entered/exited changes from a sequence on."""
+    GetAudiencePerformance: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.GetAudiencePerformanceRequest, _segmentation_pb2.AudiencePerformance]
+    """Measured lift of an audience's experience: treatment against holdout, per day of
+    first exposure and in total (docs/audiences.md, "Performance").
+    """
 
 @_typing.type_check_only
 class SegmentationServiceAsyncStub(SegmentationServiceStub):
@@ -92,6 +96,10 @@ class SegmentationServiceAsyncStub(SegmentationServiceStub):
     """When a profile entered and left an audience; membership at an instant."""
     WatchChanges: _aio.UnaryStreamMultiCallable[_segmentation_pb2.WatchChangesRequest, _segmentation_pb2.MembershipChange]  # type: ignore[assignment]
     """Server stream of entered/exited changes from a sequence on."""
+    GetAudiencePerformance: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.GetAudiencePerformanceRequest, _segmentation_pb2.AudiencePerformance]  # type: ignore[assignment]
+    """Measured lift of an audience's experience: treatment against holdout, per day of
+    first exposure and in total (docs/audiences.md, "Performance").
+    """
 
 class SegmentationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -222,5 +230,15 @@ class SegmentationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_segmentation_pb2.MembershipChange], _abc.AsyncIterator[_segmentation_pb2.MembershipChange]]:
         """Server stream of entered/exited changes from a sequence on."""
+
+    @_abc_1.abstractmethod
+    def GetAudiencePerformance(
+        self,
+        request: _segmentation_pb2.GetAudiencePerformanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_segmentation_pb2.AudiencePerformance, _abc.Awaitable[_segmentation_pb2.AudiencePerformance]]:
+        """Measured lift of an audience's experience: treatment against holdout, per day of
+        first exposure and in total (docs/audiences.md, "Performance").
+        """
 
 def add_SegmentationServiceServicer_to_server(servicer: SegmentationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -351,6 +351,7 @@ class Sync(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     ID_TYPE_FIELD_NUMBER: _builtins.int
     NEXT_RUN_AT_FIELD_NUMBER: _builtins.int
+    EXCLUDE_HOLDOUT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     destination_id: _builtins.str
     source: Global___SyncSource.ValueType
@@ -366,6 +367,11 @@ class Sync(_message.Message):
     id_type: _builtins.str
     """Which identifier names a profile at the destination (user_id, email,
     anonymous_id, device_id or a custom type); profiles without one are skipped.
+    """
+    exclude_holdout: _builtins.bool
+    """Leave the audience's holdout (control) members out of the destination: they are
+    the profiles services.shared.holdout.in_holdout(audience key, profile id, share)
+    puts in control (docs/audiences.md, "Holdouts"). Not wired into the runner yet.
     """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -388,10 +394,11 @@ class Sync(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         id_type: _builtins.str = ...,
         next_run_at: _timestamp_pb2.Timestamp | None = ...,
+        exclude_holdout: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "next_run_at", b"next_run_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cadence", b"cadence", "created_at", b"created_at", "cursor", b"cursor", "destination_id", b"destination_id", "id", b"id", "id_type", b"id_type", "max_removal_fraction", b"max_removal_fraction", "next_run_at", b"next_run_at", "paused", b"paused", "paused_reason", b"paused_reason", "source", b"source", "source_key", b"source_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cadence", b"cadence", "created_at", b"created_at", "cursor", b"cursor", "destination_id", b"destination_id", "exclude_holdout", b"exclude_holdout", "id", b"id", "id_type", b"id_type", "max_removal_fraction", b"max_removal_fraction", "next_run_at", b"next_run_at", "paused", b"paused", "paused_reason", b"paused_reason", "source", b"source", "source_key", b"source_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -180,3 +180,18 @@ prediction_scores = Table(
     Column("reasons", Json, nullable=True),
     Index("ix_prediction_scores_percentile", "workspace_id", "key", "percentile"),
 )
+
+# Exposures logged by GetProfile (``log_exposure``): the profile service writes them
+# (batched, off the request path), segmentation's GetAudiencePerformance reads them
+# beside the "Audience Exposure" track events apps send. A shared read model like
+# prediction_scores: two services, one table, no import between them.
+audience_exposures = Table(
+    "audience_exposures",
+    metadata,
+    Column("exposure_id", Id, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("audience_key", String(255), nullable=False),
+    Column("profile_id", BigInteger, nullable=False),
+    Column("exposed_at_us", BigInteger, nullable=False),
+    Index("ix_audience_exposures_key_time", "workspace_id", "audience_key", "exposed_at_us"),
+)

@@ -98,7 +98,9 @@ async def test_audiences_with_entry_time(view, workspace, ada) -> None:  # type:
     ) as reply:
         assert reply.status == 200
         body = await reply.json()
-    assert body["audiences"] == {"vip": {"entered_at": "2024-12-24T00:26:40.000001Z"}}
+    assert body["audiences"] == {
+        "vip": {"entered_at": "2024-12-24T00:26:40.000001Z", "holdout": False}
+    }
 
 
 async def test_events_newest_first_with_a_cursor(view, workspace, ada) -> None:  # type: ignore[no-untyped-def]

@@ -42,3 +42,27 @@ async def test_script_resolves_redirects_and_joins_json_on_the_embedded_store() 
     )
     assert masked[0] is not None and orjson.loads(masked[0].traits or b"") == {"n": 2**62}
     await redis.aclose()
+
+
+async def test_holdout_flags_on_the_embedded_store_match_the_library() -> None:
+    # The embedded store has no redis.sha1hex: the script's arithmetic SHA-1 stands in.
+    from audiences.v1 import profile_pb2
+
+    from services.shared.holdout import in_holdout
+
+    redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    ws = "ws_holdout"
+    await redis.hset(hotstate.holdouts_key(ws), mapping={"vip": "0.5"})
+    hot = HotProfiles(redis)
+    flags = {}
+    for pid in range(1, 21):
+        await redis.set(hotstate.identity_key(ws, "user_id", f"u{pid}"), str(pid))
+        await redis.hset(hotstate.profile_key(ws, pid, "audiences"), mapping={"vip": "17"})
+        encoded = await hot.read_encoded(
+            ws, Identifier("user_id", f"u{pid}"), ProfileQuery(frozenset({Section.AUDIENCES}))
+        )
+        assert encoded is not None
+        (membership,) = profile_pb2.Profile.FromString(encoded).audiences
+        flags[str(pid)] = membership.holdout
+    assert flags == {pid: in_holdout("vip", pid, 0.5) for pid in flags}
+    assert 0 < sum(flags.values()) < len(flags)
