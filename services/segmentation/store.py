@@ -1000,10 +1000,14 @@ async def write_computed_values(
     cv = computed_trait_values
     query = select(cv.c.profile_id, cv.c.value).where(cv.c.workspace_id == ws, cv.c.key == key)
     if scope is not None:
+        # The scope's own profile ids as literals: the planner then probes the primary
+        # key per profile, where a subquery made it scan the key's every row (the
+        # realtime worker's batches grew slower with the workspace).
         own = select(profiles.c.profile_id).where(
             profiles.c.workspace_id == ws, profiles.c.canonical_id.in_(scope)
         )
-        query = query.where(cv.c.profile_id.in_(own))
+        owned = [r.profile_id for r in await c.execute(own)]
+        query = query.where(cv.c.profile_id.in_(owned))
     old = {r.profile_id: orjson.dumps(r.value) for r in await c.execute(query)}
     changed = {p: v for p, v in values.items() if old.get(p) != orjson.dumps(v)}
     removed = sorted(old.keys() - values.keys())
