@@ -469,11 +469,11 @@ class SegmentationStore:
             new = await _temp_table(c, "seg_new", sa.Column("pid", sa.BigInteger))
             for chunk in _chunks(unique):
                 await c.execute(insert(new), [{"pid": p} for p in chunk])
-            writer = await _MembershipWriter.start(c, ws, now_us)
+            writer = await MembershipWriter.start(c, ws, now_us)
             pairs = select(sa.literal(audience_id, sa.BigInteger).label("aud"), new.c.pid)
             (diff,) = await writer.apply([(audience_id, version)], pairs, progress, [len(unique)])
             await writer.finish()
-            await _drop(c, new)
+            await drop_temp_table(c, new)
         return diff
 
     async def recompute_audiences(
@@ -500,12 +500,12 @@ class SegmentationStore:
             # Evaluation ran outside the workspace lock; the diff below is against the
             # memberships committed when the lock is granted.
             with phase("lock"):
-                writer = await _MembershipWriter.start(c, ws, now_us)
+                writer = await MembershipWriter.start(c, ws, now_us)
             diffs = await writer.apply(
                 [(a.audience_id, a.version) for a in batch], pairs, progress, list(sizes)
             )
             await writer.finish()
-            await _drop(c, rollup)
+            await drop_temp_table(c, rollup)
             with phase("commit"):
                 await transaction.commit()
         return diffs
@@ -660,7 +660,7 @@ class SegmentationStore:
             rows = list(await c.execute(query))
             merged = select(profiles.c.profile_id, profiles.c.merged_at_us).where(*absorbed)
             merged_at = {r.profile_id: r.merged_at_us or 0 for r in await c.execute(merged)}
-        return [_change(r, "") for r in rows], merged_at
+        return [change_from_row(r, "") for r in rows], merged_at
 
     async def changes_after(
         self, ws: str, after_seq: int, audience_ids: Collection[int] | None, limit: int
@@ -676,7 +676,7 @@ class SegmentationStore:
             query = query.where(membership_changes.c.audience_id.in_(list(audience_ids)))
         async with self._engine.connect() as c:
             rows = list(await c.execute(query))
-        return [_change(r, "") for r in rows]
+        return [change_from_row(r, "") for r in rows]
 
     # ------------------------------------------------------------------ computed traits
 
@@ -1031,7 +1031,9 @@ async def write_computed_values(
     return changed, removed
 
 
-def _change(row: Any, key: str) -> Change:
+def change_from_row(row: Any, key: str) -> Change:
+    """A `Change` from a ``membership_changes`` row (all its columns selected), under
+    the audience key `key` (the caller joins or looks it up)."""
     kept = row.identifiers
     return Change(
         seq=row.seq,
@@ -1050,7 +1052,7 @@ async def rollup_pairs(
 ) -> tuple[sa.Table, sa.CompoundSelect[Any]]:
     """Run a ``sql.compile_audiences`` query into a temporary table (``seg_rollup``:
     pid, a0..) and return it with its flag columns as (``aud``, ``pid``) member rows
-    for ``_MembershipWriter.apply``. The caller drops the table."""
+    for ``MembershipWriter.apply``. The caller drops the table."""
     flags = [sa.Column(f"a{i}", sa.Boolean) for i in range(len(audience_ids))]
     rollup = await _temp_table(c, "seg_rollup", sa.Column("pid", sa.BigInteger), *flags)
     await c.execute(insert(rollup).from_select(list(rollup.c), query))
@@ -1073,7 +1075,9 @@ async def _temp_table(c: AsyncConnection, name: str, *columns: sa.Column[Any]) -
     return table
 
 
-async def _drop(c: AsyncConnection, table: sa.Table) -> None:
+async def drop_temp_table(c: AsyncConnection, table: sa.Table) -> None:
+    """Drop a temporary table made by this module's writers (``rollup_pairs``'s rollup,
+    ``MembershipWriter``'s own) before the transaction commits."""
     await c.run_sync(lambda sync: table.drop(sync))
 
 
@@ -1084,7 +1088,7 @@ async def _analyze(c: AsyncConnection, table: sa.Table) -> None:
         await c.execute(sa.text(f"ANALYZE {table.name}"))
 
 
-class _MembershipWriter:
+class MembershipWriter:
     """Set-based membership writes of one workspace inside one transaction, for a batch
     of audiences at once: the new (audience, member) pairs (a SELECT of canonical ids)
     vs the stored rows -> one table of differences (``seg_diff``) for the whole batch,
@@ -1111,7 +1115,7 @@ class _MembershipWriter:
     @classmethod
     async def start(
         cls, c: AsyncConnection, ws: str, now_us: int, scope: Sequence[int] | None = None
-    ) -> _MembershipWriter:
+    ) -> MembershipWriter:
         """Take the workspace's change-seq lock and read its merged profiles.
 
         With `scope` (canonical ids: the realtime worker's profiles) the writer compares
@@ -1143,8 +1147,8 @@ class _MembershipWriter:
 
     async def finish(self) -> None:
         """Drop the writer's temporary tables (before commit)."""
-        await _drop(self._c, self._merged)
-        await _drop(self._c, self._diff)
+        await drop_temp_table(self._c, self._merged)
+        await drop_temp_table(self._c, self._diff)
 
     async def apply(
         self,

@@ -32,6 +32,8 @@ class RealtimeSettings:
     # The stream changes are appended to, and its approximate length cap.
     changes_stream: str = CHANGES_STREAM
     changes_maxlen: int = 1_000_000
+    # The hash of the last change seq published to the changes stream per workspace.
+    changes_cursor_key: str = "realtime:changes:published"
 
     @classmethod
     def from_env(cls) -> RealtimeSettings:
@@ -54,4 +56,5 @@ class RealtimeSettings:
             due_key=env.get("REALTIME_DUE_KEY", default.due_key),
             changes_stream=env.get("REALTIME_CHANGES_STREAM", default.changes_stream),
             changes_maxlen=int(env.get("REALTIME_CHANGES_MAXLEN", default.changes_maxlen)),
+            changes_cursor_key=env.get("REALTIME_CHANGES_CURSOR_KEY", default.changes_cursor_key),
         )

@@ -10,13 +10,13 @@ Recompute would give at the same instant.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.segmentation import sql
 from services.segmentation.definitions import computed_dependencies_raw
@@ -37,14 +37,14 @@ from services.segmentation.model import (
 from services.segmentation.realtime.schedule import EventKind, boundary_offsets
 from services.segmentation.status_tables import change_sequences
 from services.segmentation.store import (
+    MembershipWriter,
     SegmentationStore,
-    _change,
-    _drop,
-    _MembershipWriter,
+    change_from_row,
+    drop_temp_table,
     rollup_pairs,
     write_computed_values,
 )
-from services.segmentation.tables import membership_changes
+from services.segmentation.tables import audiences, membership_changes
 from services.shared.db.tables import events, profiles
 
 
@@ -55,6 +55,56 @@ class RealtimeDefinitions:
     layers: list[list[AudienceRecord]]  # live realtime audiences in dependency layers
     computed: list[ComputedTraitRecord]  # live realtime computed traits
     offsets: dict[EventKind, set[int]]  # see schedule.boundary_offsets
+
+
+@dataclass(frozen=True)
+class LoggedChange:
+    """A change record as the log holds it: the change and the trace context stored
+    with it (traceparent, tracestate; empty for a batch writer's records)."""
+
+    change: Change
+    trace: dict[str, str]
+
+
+def _trace_of(row: Any) -> dict[str, str]:
+    return {
+        name: value
+        for name, value in (("traceparent", row.traceparent), ("tracestate", row.tracestate))
+        if value
+    }
+
+
+async def _store_traces(
+    c: AsyncConnection,
+    ws: str,
+    before: int,
+    changes: Sequence[Change],
+    traces: Mapping[int, Mapping[str, str]],
+) -> None:
+    """Store each changed profile's trace context on its records of this transaction
+    (seq > `before`): one executemany, only for profiles that have both."""
+    mc = membership_changes
+    params = [
+        {
+            "p_pid": pid,
+            "p_parent": traces[pid].get("traceparent"),
+            "p_state": traces[pid].get("tracestate"),
+        }
+        for pid in sorted({ch.profile_id for ch in changes})
+        if traces.get(pid, {}).get("traceparent")
+    ]
+    if not params:
+        return
+    await c.execute(
+        update(mc)
+        .where(
+            mc.c.workspace_id == ws,
+            mc.c.profile_id == sa.bindparam("p_pid"),
+            mc.c.seq > before,
+        )
+        .values(traceparent=sa.bindparam("p_parent"), tracestate=sa.bindparam("p_state")),
+        params,
+    )
 
 
 @dataclass
@@ -112,19 +162,26 @@ class RealtimeStore:
             return {r.profile_id: r.canonical_id for r in await c.execute(query)}
 
     async def evaluate(
-        self, ws: str, definitions: RealtimeDefinitions, scope: Sequence[int], now_us: int
+        self,
+        ws: str,
+        definitions: RealtimeDefinitions,
+        scope: Sequence[int],
+        now_us: int,
+        traces: Mapping[int, Mapping[str, str]] | None = None,
     ) -> Evaluated:
         """Re-evaluate `definitions` for the canonical profiles `scope` at `now_us` and
         write what changed, in one transaction under the workspace's change-seq lock
         (serialised with every other membership writer of the workspace: a second
         worker, a Recompute). Evaluating the same profiles again at the same instant
-        writes nothing."""
+        writes nothing. `traces` (canonical profile -> traceparent/tracestate of the
+        event that touched it) is stored on that profile's change records, so a
+        republish from the log carries it."""
         out = Evaluated()
         scope = sorted(set(scope))
         async with self._engine.connect() as c:
             transaction = await c.begin()
             await sql.batch_settings(c)
-            writer = await _MembershipWriter.start(c, ws, now_us, scope)
+            writer = await MembershipWriter.start(c, ws, now_us, scope)
             for trait in definitions.computed:
                 values = await sql.evaluate_computed_trait(
                     c, trait.definition, workspace_id=ws, now_us=now_us, profile_ids=scope
@@ -150,7 +207,7 @@ class RealtimeStore:
                 rollup, pairs = await rollup_pairs(c, [a.audience_id for a in layer], query)
                 batch = [(a.audience_id, a.version) for a in layer]
                 diffs = await writer.apply(batch, pairs, Progress(), None)
-                await _drop(c, rollup)
+                await drop_temp_table(c, rollup)
                 out.memberships += [
                     (a, d) for a, d in zip(layer, diffs, strict=True) if d.entered or d.exited
                 ]
@@ -160,10 +217,35 @@ class RealtimeStore:
                 .where(membership_changes.c.workspace_id == ws, membership_changes.c.seq > before)
                 .order_by(membership_changes.c.seq)
             )
-            out.changes = [_change(r, keys.get(r.audience_id, "")) for r in rows]
+            out.changes = [change_from_row(r, keys.get(r.audience_id, "")) for r in rows]
+            await _store_traces(c, ws, before, out.changes, traces or {})
             await writer.finish()
             await transaction.commit()
         return out
+
+    async def log_heads(self) -> dict[str, int]:
+        """Workspace -> the seq of its latest change record (every workspace that has
+        one): what the changes stream must have published up to."""
+        query = select(change_sequences.c.workspace_id, change_sequences.c.last_seq)
+        async with self._engine.connect() as c:
+            return {r.workspace_id: r.last_seq for r in await c.execute(query) if r.last_seq}
+
+    async def log_after(self, ws: str, after_seq: int, limit: int) -> list[LoggedChange]:
+        """The change records of `ws` with seq > `after_seq` in seq order (at most
+        `limit`), with their audience keys and stored trace context."""
+        mc = membership_changes
+        query = (
+            select(mc, audiences.c.key.label("audience_key"))
+            .select_from(mc.outerjoin(audiences, audiences.c.audience_id == mc.c.audience_id))
+            .where(mc.c.workspace_id == ws, mc.c.seq > after_seq)
+            .order_by(mc.c.seq)
+            .limit(limit)
+        )
+        async with self._engine.connect() as c:
+            return [
+                LoggedChange(change_from_row(r, r.audience_key or ""), _trace_of(r))
+                for r in await c.execute(query)
+            ]
 
     async def next_due(
         self, ws: str, offsets: dict[EventKind, set[int]], scope: Sequence[int], now_us: int

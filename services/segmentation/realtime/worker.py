@@ -17,11 +17,11 @@ import time
 from collections.abc import Mapping, Sequence
 
 from redis.asyncio import Redis
-from redis.typing import EncodableT, FieldT
 
 from services.segmentation.hot import HotState
+from services.segmentation.realtime.changes import ChangesPublisher
 from services.segmentation.realtime.settings import RealtimeSettings
-from services.segmentation.realtime.store import Evaluated, RealtimeStore
+from services.segmentation.realtime.store import Evaluated, LoggedChange, RealtimeStore
 from services.segmentation.realtime.touches import Touched, touched_profiles
 from services.shared import streams
 from services.shared.clock import Clock
@@ -65,6 +65,13 @@ class RealtimeWorker:
         self._clock = clock
         self._settings = settings
         self._take_due = redis.register_script(_TAKE_DUE)
+        self.changes = ChangesPublisher(
+            redis,
+            store,
+            settings.changes_stream,
+            settings.changes_maxlen,
+            settings.changes_cursor_key,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished (written and
@@ -76,6 +83,9 @@ class RealtimeWorker:
         while not stop.is_set():
             if time.monotonic() - claimed_at >= s.claim_every_seconds:
                 await self.claim_stale()
+                # Records committed but not appended to the changes stream (a worker
+                # died between the two; a batch writer's records) are appended now.
+                await self.changes.catch_up_all()
                 claimed_at = time.monotonic()
             await self.run_due()
             read = await streams.read_groups(
@@ -158,7 +168,7 @@ class RealtimeWorker:
         scope = sorted(traces)
         if not scope:
             return
-        evaluated = await self._store.evaluate(ws, definitions, scope, now)
+        evaluated = await self._store.evaluate(ws, definitions, scope, now, traces)
         # After the commit: hot state and the changes stream never show a change whose
         # record is not committed.
         await self._publish(ws, evaluated, traces, now)
@@ -176,23 +186,15 @@ class RealtimeWorker:
             await self._hot.computed(ws, key, changed, removed)
         if not evaluated.changes:
             return
-        s = self._settings
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for change in evaluated.changes:
-                fields: dict[FieldT, EncodableT] = {
-                    "kind": change.kind,
-                    "workspace_id": ws,
-                    "seq": str(change.seq),
-                    "audience_id": str(change.audience_id),
-                    "audience_key": change.audience_key,
-                    "profile_id": str(change.profile_id),
-                    "at_us": str(change.at_us),
-                    "version": str(change.version),
-                }
-                for name, value in traces.get(change.profile_id, {}).items():
-                    fields[name] = value  # the causing event's traceparent, tracestate
-                pipe.xadd(s.changes_stream, fields, maxlen=s.changes_maxlen, approximate=True)
-            await pipe.execute()
+        records = [
+            LoggedChange(change, dict(traces.get(change.profile_id, {})))
+            for change in evaluated.changes
+        ]
+        cursor = await self.changes.publish(ws, records)
+        if cursor < records[-1].change.seq:
+            # An earlier record of the workspace is not on the stream yet (another
+            # writer's, or one a dead worker committed): append from the log, in order.
+            await self.changes.catch_up(ws)
 
     async def _schedule(self, ws: str, due: Mapping[int, int]) -> None:
         """Put each profile's next due instant in the due set, keeping an earlier one
