@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from opentelemetry import metrics
 
 from services.segmentation.accounts import ACCOUNT_ID_TYPE, account_violations
 from services.segmentation.definitions import (
@@ -65,6 +66,14 @@ from services.shared.identifiers import normalize_identifier
 from services.shared.phases import phase
 
 log = logging.getLogger(__name__)
+# Profiles the reconcile found out of step in realtime definitions (entered/exited).
+# The API's no-op until a process installs an SDK meter provider.
+_DRIFT = metrics.get_meter("audiences.segmentation").create_counter(
+    "audiences.realtime.drift",
+    unit="{change}",
+    description="membership changes and computed values the reconcile repaired in "
+    "realtime audiences and computed traits",
+)
 
 DEFAULT_SAMPLE = 20
 DEFAULT_PAGE = 100
@@ -114,11 +123,24 @@ class RecomputeFailure:
 
 
 @dataclass(frozen=True)
+class Drift:
+    """What a recompute changed in one realtime audience or computed trait (`kind`):
+    what the realtime worker should already have written (drift it repaired)."""
+
+    kind: str  # AUDIENCE | COMPUTED_TRAIT
+    key: str
+    entered: int  # members that entered; profiles whose computed value changed
+    exited: int  # members that exited; profiles whose computed value went
+
+
+@dataclass(frozen=True)
 class RecomputeResult:
     entered: int
     exited: int
     audiences: int  # recomputed
     failures: tuple[RecomputeFailure, ...] = ()
+    # Realtime definitions whose stored state the recompute changed.
+    drift: tuple[Drift, ...] = ()
 
 
 def failure_reason(error: BaseException) -> str:
@@ -556,10 +578,14 @@ class Segmentation:
             log.exception("backfill of computed trait %s failed", record.key)
             await self._store.set_computed_state(ws, record.key, FAILED, failure_reason(error))
 
-    async def _recompute_computed(self, ws: str, record: ComputedTraitRecord, now: int) -> None:
+    async def _recompute_computed(
+        self, ws: str, record: ComputedTraitRecord, now: int
+    ) -> tuple[int, int]:
+        """Recompute and write one computed trait; returns (values changed, removed)."""
         values = await self._store.evaluate_computed(ws, record.definition, now)
         changed, removed = await self._store.apply_computed(ws, record.key, values, now)
         await self._hot.computed(ws, record.key, changed, removed)
+        return len(changed), len(removed)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -715,13 +741,15 @@ class Segmentation:
                 for audience in batch:
                     if audience.account_level:  # one by one (sql_accounts.py)
                         await self._recompute_account_level(ws, audience, now, run)
-        return RecomputeResult(run.entered, run.exited, run.recomputed, tuple(run.failures))
+        return RecomputeResult(
+            run.entered, run.exited, run.recomputed, tuple(run.failures), tuple(run.drift)
+        )
 
     async def _recompute_computed_isolated(
         self, ws: str, record: ComputedTraitRecord, now: int, run: _Run
     ) -> None:
         try:
-            await self._recompute_computed(ws, record, now)
+            changed, removed = await self._recompute_computed(ws, record, now)
         except Exception as error:
             log.exception("recompute of computed trait %s failed", record.key)
             reason = failure_reason(error)
@@ -729,6 +757,8 @@ class Segmentation:
             run.failed(COMPUTED_TRAIT, record.key, reason)
         else:
             await self._store.set_computed_state(ws, record.key, LIVE)
+            if record.realtime and (changed or removed):
+                run.drift.append(Drift(COMPUTED_TRAIT, record.key, changed, removed))
 
     async def _recompute_users(
         self, ws: str, users: list[AudienceRecord], now: int, run: _Run
@@ -758,6 +788,10 @@ class Segmentation:
             for audience, diff in zip(users, diffs, strict=True):
                 await self._hot_memberships(ws, audience.key, diff, now)
                 run.done(len(diff.entered), len(diff.exited))
+                if audience.realtime and (diff.entered or diff.exited):
+                    run.drift.append(
+                        Drift(AUDIENCE, audience.key, len(diff.entered), len(diff.exited))
+                    )
 
     async def _recompute_account_level(
         self, ws: str, audience: AudienceRecord, now: int, run: _Run
@@ -800,8 +834,26 @@ class Segmentation:
         return await self._store.workspaces()
 
     async def reconcile(self, ws: str) -> RecomputeResult:
-        """The periodic batch pass: everything recomputed at the clock's now."""
-        return await self.recompute(ws, audience_key="", as_of_us=None)
+        """The periodic batch pass: everything recomputed at the clock's now. What it
+        changed in realtime definitions is drift between the realtime worker and batch
+        (repaired by this very write): counted in the ``audiences.realtime.drift``
+        metric and logged with its counts per definition. A worker lagging behind the
+        stream shows up here too (the reconcile got to those events first)."""
+        result = await self.recompute(ws, audience_key="", as_of_us=None)
+        if result.drift:
+            entered = sum(d.entered for d in result.drift)
+            exited = sum(d.exited for d in result.drift)
+            _DRIFT.add(entered, {"workspace_id": ws, "direction": "entered"})
+            _DRIFT.add(exited, {"workspace_id": ws, "direction": "exited"})
+            log.warning(
+                "realtime drift repaired in workspace %s: %d definitions, +%d -%d (%s)",
+                ws,
+                len(result.drift),
+                entered,
+                exited,
+                ", ".join(f"{d.kind} {d.key} +{d.entered} -{d.exited}" for d in result.drift),
+            )
+        return result
 
     # ------------------------------------------------------------------ members
 
@@ -984,6 +1036,7 @@ class _Run:
     def __init__(self) -> None:
         self.entered = self.exited = self.recomputed = 0
         self.failures: list[RecomputeFailure] = []
+        self.drift: list[Drift] = []
         self._failed: dict[str, set[str]] = {AUDIENCE: set(), COMPUTED_TRAIT: set()}
 
     def done(self, entered: int, exited: int) -> None:

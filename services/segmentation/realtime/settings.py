@@ -29,6 +29,10 @@ class RealtimeSettings:
     claim_every_seconds: float = 5.0
     # The due-time sorted set of (workspace, profile) next window boundaries.
     due_key: str = "realtime:due"
+    # Prefix of the handover keys: <prefix>:pending:<ws> (profiles evaluated while a
+    # realtime definition backfilled) and <prefix>:served:<ws> (definition -> version
+    # handed over).
+    handover_key: str = "realtime:handover"
     # The stream changes are appended to, and its approximate length cap.
     changes_stream: str = CHANGES_STREAM
     changes_maxlen: int = 1_000_000
@@ -54,6 +58,7 @@ class RealtimeSettings:
                 env.get("REALTIME_CLAIM_EVERY_SECONDS", default.claim_every_seconds)
             ),
             due_key=env.get("REALTIME_DUE_KEY", default.due_key),
+            handover_key=env.get("REALTIME_HANDOVER_KEY", default.handover_key),
             changes_stream=env.get("REALTIME_CHANGES_STREAM", default.changes_stream),
             changes_maxlen=int(env.get("REALTIME_CHANGES_MAXLEN", default.changes_maxlen)),
             changes_cursor_key=env.get("REALTIME_CHANGES_CURSOR_KEY", default.changes_cursor_key),

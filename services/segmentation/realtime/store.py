@@ -27,6 +27,7 @@ from services.segmentation.language import (
     parse_computed_trait,
 )
 from services.segmentation.model import (
+    FAILED,
     LIVE,
     AudienceRecord,
     Change,
@@ -44,7 +45,7 @@ from services.segmentation.store import (
     rollup_pairs,
     write_computed_values,
 )
-from services.segmentation.tables import audiences, membership_changes
+from services.segmentation.tables import audiences, computed_traits, membership_changes
 from services.shared.db.tables import events, profiles
 
 
@@ -55,6 +56,10 @@ class RealtimeDefinitions:
     layers: list[list[AudienceRecord]]  # live realtime audiences in dependency layers
     computed: list[ComputedTraitRecord]  # live realtime computed traits
     offsets: dict[EventKind, set[int]]  # see schedule.boundary_offsets
+    # Some realtime definition is not servable yet (its newest version backfilling).
+    waiting: bool = False
+    # "a:<audience id>" / "c:<computed key>" -> (version served, its boundary offsets)
+    served: dict[str, tuple[int, dict[EventKind, set[int]]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,33 +130,55 @@ class RealtimeStore:
         self._store = store
 
     async def definitions(self, ws: str) -> RealtimeDefinitions | None:
-        """The live realtime audiences and computed traits of `ws`; None when it has
-        none. An audience whose newest version is still backfilling is left to its
-        backfill (which writes the members of that version)."""
+        """The servable realtime audiences and computed traits of `ws` (LIVE, newest
+        version live); None when it has no realtime definition at all. One whose newest
+        version is still backfilling is left to its backfill (which writes the members
+        of that version) and makes `waiting` true: the worker then remembers the
+        profiles it evaluates, for the handover (worker.handover)."""
         stored = await self._store.audience_definitions(ws)
-        chosen = {
-            k: a
-            for k, a in stored.items()
-            if a.realtime and a.state == LIVE and a.live_version == a.version
-        }
-        live = {
-            c.key: c for c in await self._store.list_computed(ws) if c.realtime and c.state == LIVE
-        }
+        realtime = [a for a in stored.values() if a.realtime and a.state != FAILED]
+        chosen = {a.key: a for a in realtime if a.state == LIVE and a.live_version == a.version}
+        traits = [
+            c for c in await self._store.list_computed(ws) if c.realtime and c.state != FAILED
+        ]
+        live = {c.key: c for c in traits if c.state == LIVE}
+        waiting = len(chosen) < len(realtime) or len(live) < len(traits)
         # A computed trait that reads another (ref.computed) is evaluated after it, in the
         # same transaction, so it reads the value this batch wrote.
         order = dependency_order(
             {k: c.definition for k, c in live.items()}, computed_dependencies_raw, "computed trait"
         )
         computed = [live[k] for k in order if k in live]
-        if not chosen and not computed:
+        if not chosen and not computed and not waiting:
             return None
         layers = dependency_layers({k: a.definition for k, a in chosen.items()})
-        offsets = boundary_offsets(
-            [parse_audience(a.definition) for a in chosen.values()],
-            [parse_computed_trait(c.definition) for c in computed],
-        )
+        served: dict[str, tuple[int, dict[EventKind, set[int]]]] = {}
+        for a in chosen.values():
+            served[f"a:{a.audience_id}"] = (
+                a.version,
+                boundary_offsets([parse_audience(a.definition)], []),
+            )
+        for c in computed:
+            served[f"c:{c.key}"] = (
+                c.version,
+                boundary_offsets([], [parse_computed_trait(c.definition)]),
+            )
+        offsets: dict[EventKind, set[int]] = {}
+        for _, kinds in served.values():
+            for kind, more in kinds.items():
+                offsets.setdefault(kind, set()).update(more)
         ordered = [[chosen[k] for k in layer] for layer in layers]
-        return RealtimeDefinitions(ordered, computed, offsets)
+        return RealtimeDefinitions(ordered, computed, offsets, waiting, served)
+
+    async def realtime_workspaces(self) -> list[str]:
+        """Every workspace with a realtime audience or computed trait."""
+        a, ct = audiences, computed_traits
+        query = sa.union(
+            select(a.c.workspace_id).where(a.c.realtime, a.c.deleted_at_us.is_(None)),
+            select(ct.c.workspace_id).where(ct.c.realtime),
+        )
+        async with self._engine.connect() as c:
+            return sorted(r[0] for r in await c.execute(query))
 
     async def canonical(self, ws: str, profile_ids: Collection[int]) -> dict[int, int]:
         """profile id -> its canonical id now (unknown ids are left out)."""
@@ -248,20 +275,26 @@ class RealtimeStore:
             ]
 
     async def next_due(
-        self, ws: str, offsets: dict[EventKind, set[int]], scope: Sequence[int], now_us: int
+        self,
+        ws: str,
+        offsets: dict[EventKind, set[int]],
+        scope: Sequence[int] | None,
+        now_us: int,
     ) -> dict[int, int]:
         """Canonical profile -> the earliest instant after `now_us` at which one of its
         events (its own or a merged profile's) crosses a boundary of `offsets`; profiles
-        with none are left out. One statement for the whole set."""
-        if not offsets or not scope:
+        with none are left out. One statement for the whole set; `scope` None: every
+        profile of the workspace (a handover)."""
+        if not offsets or (scope is not None and not scope):
             return {}
         ev, p = events, profiles
+        scoped = [] if scope is None else [p.c.canonical_id.in_(sorted(scope))]
         arms = [
             select(p.c.canonical_id.label("pid"), func.min(ev.c.timestamp_us + offset).label("at"))
             .select_from(ev.join(p, p.c.profile_id == ev.c.profile_id))
             .where(
                 ev.c.workspace_id == ws,
-                p.c.canonical_id.in_(sorted(scope)),
+                *scoped,
                 ev.c.type == kind[0],
                 ev.c.name == kind[1],
                 ev.c.timestamp_us > sa.literal(now_us - offset, sa.BigInteger),

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from services.segmentation.hot import HotState
 from services.segmentation.realtime.changes import ChangesPublisher
+from services.segmentation.realtime.schedule import EventKind
 from services.segmentation.realtime.settings import RealtimeSettings
 from services.segmentation.realtime.store import Evaluated, LoggedChange, RealtimeStore
 from services.segmentation.realtime.touches import Touched, touched_profiles
@@ -83,6 +84,7 @@ class RealtimeWorker:
         while not stop.is_set():
             if time.monotonic() - claimed_at >= s.claim_every_seconds:
                 await self.claim_stale()
+                await self.handover_all()
                 # Records committed but not appended to the changes stream (a worker
                 # died between the two; a batch writer's records) are appended now.
                 await self.changes.catch_up_all()
@@ -168,12 +170,77 @@ class RealtimeWorker:
         scope = sorted(traces)
         if not scope:
             return
+        if definitions.waiting:
+            # A definition backfills: its backfill may have read these profiles before
+            # this event; the handover re-evaluates them once it is live.
+            await self._redis.sadd(self._pending_key(ws), *scope)
+        if not definitions.layers and not definitions.computed:
+            return
         evaluated = await self._store.evaluate(ws, definitions, scope, now, traces)
         # After the commit: hot state and the changes stream never show a change whose
         # record is not committed.
         await self._publish(ws, evaluated, traces, now)
         due = await self._store.next_due(ws, definitions.offsets, scope, now)
         await self._schedule(ws, due)
+
+    def _pending_key(self, ws: str) -> str:
+        return f"{self._settings.handover_key}:pending:{ws}"
+
+    def _served_key(self, ws: str) -> str:
+        return f"{self._settings.handover_key}:served:{ws}"
+
+    async def handover_all(self) -> int:
+        """Hand every workspace's newly servable realtime definitions over to per-event
+        evaluation (see `handover`); returns how many were handed over."""
+        total = 0
+        for ws in await self._store.realtime_workspaces():
+            try:
+                total += await self.handover(ws)
+            except Exception:
+                log.exception("realtime handover of workspace %s failed; will retry", ws)
+        return total
+
+    async def handover(self, ws: str) -> int:
+        """Take over the realtime definitions of `ws` that became servable since the
+        last handover (created, or a new version whose backfill went live): re-evaluate
+        the profiles evaluated while they backfilled (an event the backfill may not have
+        seen; the writer's diff makes a re-evaluation of what it did see write nothing),
+        and schedule every profile's next boundary of those definitions (the backfill's
+        members must also leave when their windows run out). Returns how many."""
+        definitions = await self._store.definitions(ws)
+        current = definitions.served if definitions is not None else {}
+        raw = await self._redis.hgetall(self._served_key(ws))
+        served = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+        new = {m: (v, offsets) for m, (v, offsets) in current.items() if served.get(m) != v}
+        if new:
+            now = self._clock.now_us()
+            pending = [int(p) for p in await self._redis.smembers(self._pending_key(ws))]
+            if pending:
+                touched = Touched()
+                for pid in pending:
+                    touched.add(pid, {})
+                if await self._evaluate({ws: touched}, now):
+                    return 0  # logged; retried at the next handover round
+            offsets: dict[EventKind, set[int]] = {}
+            for _, kinds in new.values():
+                for kind, more in kinds.items():
+                    offsets.setdefault(kind, set()).update(more)
+            await self._schedule(ws, await self._store.next_due(ws, offsets, None, now))
+            await self._redis.hset(
+                self._served_key(ws), mapping={m: v for m, (v, _) in new.items()}
+            )
+            log.info(
+                "realtime handover in %s: %s (%d profiles re-evaluated)",
+                ws,
+                sorted(new),
+                len(pending),
+            )
+        gone = served.keys() - current.keys()
+        if gone:
+            await self._redis.hdel(self._served_key(ws), *sorted(gone))
+        if definitions is None or not definitions.waiting:
+            await self._redis.delete(self._pending_key(ws))
+        return len(new)
 
     async def _publish(
         self, ws: str, evaluated: Evaluated, traces: Mapping[int, dict[str, str]], now: int
