@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from services.shared.streams import CHANGES_STREAM, EVENTS_STREAM
 
-DEFAULT_PORT = 50056  # grpc.health.v1 of the worker (GRPC_PORT overrides)
+# grpc.health.v1 of the worker (GRPC_PORT overrides); 50056 is the embedded store.
+DEFAULT_PORT = 50057
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from services.segmentation.hot import HotState
 from services.segmentation.realtime.changes import ChangesPublisher
@@ -37,6 +38,13 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, AR
 if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
 return due
 """
+
+
+def _group_gone(error: ResponseError) -> bool:
+    """Whether a read failed because the stream or its consumer group does not exist
+    (Redis says NOGROUP; the embedded store says the key must exist)."""
+    text = str(error)
+    return "NOGROUP" in text or "key to exist" in text
 
 
 def due_member(ws: str, profile_id: int) -> str:
@@ -90,9 +98,19 @@ class RealtimeWorker:
                 await self.changes.catch_up_all()
                 claimed_at = time.monotonic()
             await self.run_due()
-            read = await streams.read_groups(
-                self._redis, s.streams, s.group, s.consumer, s.batch_size, s.block_ms
-            )
+            try:
+                read = await streams.read_groups(
+                    self._redis, s.streams, s.group, s.consumer, s.batch_size, s.block_ms
+                )
+            except ResponseError as error:
+                if not _group_gone(error):
+                    raise
+                # The stream went with its group (a Redis restart without persistence,
+                # an operator's flush): what ingest appends from now on is read again.
+                log.warning("consumer group %s is gone (%s); creating it again", s.group, error)
+                for stream in s.streams:
+                    await streams.ensure_group(self._redis, stream, s.group)
+                continue
             if read:
                 await self.process(read)
 
