@@ -299,7 +299,6 @@ class Segmentation:
         audience is also kept up to date per event by the realtime worker."""
         violations: list[FieldViolation] = []
         check_key(key, "audience.key", violations)
-        _check_realtime(realtime, account_level, violations)
         check_name(name, "audience.name", violations)
         raw = decode_json(definition, "audience.definition", violations)
         if raw is not None:
@@ -356,7 +355,6 @@ class Segmentation:
         emitted."""
         audience = await self._audience(ws, key, "audience.key")
         violations: list[FieldViolation] = []
-        _check_realtime(bool(realtime), audience.account_level, violations)
         check_name(name, "audience.name", violations)
         raw = None
         if definition:
@@ -990,19 +988,6 @@ class Segmentation:
             for c in changes:
                 yield _keyed(c, keys.get(c.audience_id, "")), _named(c, refs[c.profile_id])
             last = changes[-1].seq
-
-
-def _check_realtime(realtime: bool, account_level: bool, violations: list[FieldViolation]) -> None:
-    # The worker re-evaluates the profiles an event touched; an account is re-evaluated
-    # only by the batch paths until group calls and user flips reach it (issue 14).
-    if realtime and account_level:
-        violations.append(
-            FieldViolation(
-                "audience.realtime",
-                "account-level audiences are not evaluated in realtime yet "
-                "(backfill, Recompute and the reconcile keep them up to date)",
-            )
-        )
 
 
 def member_at_instant(

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.segmentation import sql
+from services.segmentation import sql, sql_accounts
+from services.segmentation.accounts import member_id
 from services.segmentation.definitions import computed_dependencies_raw
 from services.segmentation.language import (
     dependency_layers,
@@ -45,7 +46,12 @@ from services.segmentation.store import (
     rollup_pairs,
     write_computed_values,
 )
-from services.segmentation.tables import audiences, computed_traits, membership_changes
+from services.segmentation.tables import (
+    accounts,
+    audiences,
+    computed_traits,
+    membership_changes,
+)
 from services.shared.db.tables import events, profiles
 
 
@@ -58,6 +64,9 @@ class RealtimeDefinitions:
     offsets: dict[EventKind, set[int]]  # see schedule.boundary_offsets
     # Some realtime definition is not servable yet (its newest version backfilling).
     waiting: bool = False
+    # Live realtime account-level audiences: evaluated after every user layer (they
+    # read user audiences, never the reverse), for the accounts of the touched users.
+    accounts: list[AudienceRecord] = field(default_factory=list)
     # "a:<audience id>" / "c:<computed key>" -> (version served, its boundary offsets)
     served: dict[str, tuple[int, dict[EventKind, set[int]]]] = field(default_factory=dict)
 
@@ -112,6 +121,25 @@ async def _store_traces(
     )
 
 
+async def _touched_accounts(c: AsyncConnection, ws: str, scope: Sequence[int]) -> list[int]:
+    """The member ids of the accounts any profile of the canonical profiles `scope`
+    ever named in a group call (also those it no longer belongs to: it may have just
+    left); accounts first seen in this batch get their ids first."""
+    await c.execute(sql_accounts.register_accounts(ws, c.dialect.name))
+    ge, p, a = events, profiles, accounts
+    query = (
+        select(a.c.account_id)
+        .select_from(
+            ge.join(p, p.c.profile_id == ge.c.profile_id).join(
+                a, and_(a.c.workspace_id == ws, a.c.group_id == ge.c.group_id)
+            )
+        )
+        .where(ge.c.workspace_id == ws, ge.c.type == "group", p.c.canonical_id.in_(scope))
+        .distinct()
+    )
+    return sorted(member_id(r.account_id) for r in await c.execute(query))
+
+
 @dataclass
 class Evaluated:
     """What one re-evaluation of a set of profiles changed (committed)."""
@@ -151,9 +179,10 @@ class RealtimeStore:
         computed = [live[k] for k in order if k in live]
         if not chosen and not computed and not waiting:
             return None
+        account_level = [chosen.pop(k) for k in sorted(chosen) if chosen[k].account_level]
         layers = dependency_layers({k: a.definition for k, a in chosen.items()})
         served: dict[str, tuple[int, dict[EventKind, set[int]]]] = {}
-        for a in chosen.values():
+        for a in [*chosen.values(), *account_level]:
             served[f"a:{a.audience_id}"] = (
                 a.version,
                 boundary_offsets([parse_audience(a.definition)], []),
@@ -168,7 +197,9 @@ class RealtimeStore:
             for kind, more in kinds.items():
                 offsets.setdefault(kind, set()).update(more)
         ordered = [[chosen[k] for k in layer] for layer in layers]
-        return RealtimeDefinitions(ordered, computed, offsets, waiting, served)
+        return RealtimeDefinitions(
+            ordered, computed, offsets, waiting=waiting, accounts=account_level, served=served
+        )
 
     async def realtime_workspaces(self) -> list[str]:
         """Every workspace with a realtime audience or computed trait."""
@@ -238,7 +269,25 @@ class RealtimeStore:
                 out.memberships += [
                     (a, d) for a, d in zip(layer, diffs, strict=True) if d.entered or d.exited
                 ]
+            if definitions.accounts:
+                # A user event, a merge or a group call (linking a user, setting an
+                # account trait) re-evaluates the accounts of the touched users.
+                await writer.finish()
+                members = await _touched_accounts(c, ws, scope)
+                writer = await MembershipWriter.start(c, ws, now_us, members)
+                for audience in definitions.accounts if members else []:
+                    found = sql_accounts.compile_account_audience(
+                        audience.definition, workspace_id=ws, now_us=now_us, dialect=c.dialect.name
+                    ).subquery("acc")
+                    account_pairs = select(
+                        sa.literal(audience.audience_id, sa.BigInteger).label("aud"), found.c.pid
+                    ).where(found.c.pid.in_(members))
+                    batch = [(audience.audience_id, audience.version)]
+                    (diff,) = await writer.apply(batch, account_pairs, Progress(), None)
+                    if diff.entered or diff.exited:
+                        out.memberships.append((audience, diff))
             keys = {a.audience_id: a.key for layer in definitions.layers for a in layer}
+            keys |= {a.audience_id: a.key for a in definitions.accounts}
             rows = await c.execute(
                 select(membership_changes)
                 .where(membership_changes.c.workspace_id == ws, membership_changes.c.seq > before)

@@ -192,7 +192,7 @@ class RealtimeWorker:
             # A definition backfills: its backfill may have read these profiles before
             # this event; the handover re-evaluates them once it is live.
             await self._redis.sadd(self._pending_key(ws), *scope)
-        if not definitions.layers and not definitions.computed:
+        if not definitions.layers and not definitions.computed and not definitions.accounts:
             return
         evaluated = await self._store.evaluate(ws, definitions, scope, now, traces)
         # After the commit: hot state and the changes stream never show a change whose
@@ -264,6 +264,8 @@ class RealtimeWorker:
         self, ws: str, evaluated: Evaluated, traces: Mapping[int, dict[str, str]], now: int
     ) -> None:
         for audience, diff in evaluated.memberships:
+            if audience.account_level:
+                continue  # accounts have no hot state: the profile service serves people
             await self._hot.memberships(
                 ws, audience.key, dict.fromkeys(diff.entered, now), diff.exited
             )
