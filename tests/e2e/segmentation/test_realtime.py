@@ -194,7 +194,12 @@ async def test_an_event_enters_and_time_passing_exits(
         assert [a.key for a in profile.audiences] == ["viewers"]
         assert orjson.loads(profile.computed_traits) == {"views_7d": 1}
 
-        changes = await run.changes()
+        async def both_published() -> list[dict[str, str]] | None:
+            # Appended to the stream right after the commit ListMembers already sees.
+            found = await run.changes()
+            return found if len(found) >= 2 else None
+
+        changes = await eventually(both_published, 20, "both changes on the changes stream")
         assert sorted(c["kind"] for c in changes) == ["entered", "entered"]
         event_entries = await run.redis.xrange(EVENTS_STREAM)
         ann_event = next(f for _, f in event_entries if b'"ann"' in f.get(b"event", b""))
@@ -231,8 +236,13 @@ async def test_an_event_enters_and_time_passing_exits(
         )
         assert list(profile.audiences) == []
         assert orjson.loads(profile.computed_traits) == {"views_7d": 0}
-        kinds = sorted(c["kind"] for c in await run.changes())
-        assert kinds == ["entered", "entered", "exited", "exited"]
+
+        async def all_published() -> list[dict[str, str]] | None:
+            found = await run.changes()
+            return found if len(found) >= 4 else None
+
+        published = await eventually(all_published, 20, "the exits on the changes stream")
+        assert sorted(c["kind"] for c in published) == ["entered", "entered", "exited", "exited"]
         # The exits agree with batch evaluation at the same instant.
         assert await run.batch_members(VIEWED_THIS_WEEK) == set()
 

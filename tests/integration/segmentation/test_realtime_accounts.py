@@ -78,6 +78,8 @@ async def test_accounts_follow_user_events_group_calls_and_time(resources: Resou
             ws, PRO_WITH_NEW_SEATS, clock.now_us(), account_level=True
         )
         assert held == batch, clock.now_us()
+        stored = await store.get_audience(ws, "expanding")
+        assert stored is not None and stored.size == len(held)
         return held
 
     await send("group", "ann", group_id="acme", traits={"plan": "pro"})
