@@ -1,4 +1,5 @@
-"""Start all five services: in one process (`make run`) or as five processes (tests).
+"""Start all five services and the realtime worker: in one process (`make run`) or as
+separate processes.
 
 `python -m services.dev_runner` runs them in this process on their fixed ports with
 the embedded default (SQLite file + a Redis-compatible store served on a loopback
@@ -31,6 +32,8 @@ from services.ingest.app import http_port as ingest_http_port
 from services.prediction.app import SPEC as PREDICTION
 from services.profile.app import SPEC as PROFILE
 from services.profile.app import http_port as profile_http_port
+from services.segmentation.app import EMBEDDED_SPEC as SEGMENTATION_WITH_REALTIME
+from services.segmentation.app import REALTIME_MODULE, REALTIME_PORT
 from services.segmentation.app import SPEC as SEGMENTATION
 from services.shared.cli import create_workspace
 from services.shared.config import Settings
@@ -41,6 +44,11 @@ from services.shared.telemetry import configure_logging
 from services.sync.app import SPEC as SYNC
 
 SPECS: list[ServiceSpec] = [INGEST, SEGMENTATION, PREDICTION, PROFILE, SYNC]
+# What `make run` serves in one process: the five, with the realtime worker running
+# beside the segmentation service.
+EMBEDDED_SPECS: list[ServiceSpec] = [
+    SEGMENTATION_WITH_REALTIME if spec is SEGMENTATION else spec for spec in SPECS
+]
 OPERATOR_TOKEN_FILE = Path("var/operator-token")
 SYNC_SECRET_KEY_FILE = Path("var/sync-secret-key")
 DEMO_KEYS = Path("var/demo-workspace.json")
@@ -165,7 +173,7 @@ async def _run_all(settings: Settings) -> None:
         await _rebuild(resources)
         print(_banner(keys, ports, settings), flush=True)
 
-    await serve(SPECS, settings, ports, before_start=prepare)
+    await serve(EMBEDDED_SPECS, settings, ports, before_start=prepare)
 
 
 async def _rebuild_only(settings: Settings) -> None:
@@ -188,9 +196,10 @@ def main() -> None:
         run(_rebuild_only(settings))
         # SIGTERM stops the children as Ctrl-C does, so none outlives this process.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        processes = start_processes(
-            {**os.environ, "OPERATOR_TOKEN": operator_token()}, listen_ports(settings)
-        )
+        env = {**os.environ, "OPERATOR_TOKEN": operator_token()}
+        processes = start_processes(env, listen_ports(settings))
+        # The realtime worker as its own process, its health on its own port.
+        processes += start_processes(env, {REALTIME_MODULE: REALTIME_PORT})
         try:
             for process in processes:
                 process.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Coroutine
@@ -12,6 +13,8 @@ import grpc
 from audiences.v1 import segmentation_pb2_grpc
 
 from services.segmentation.hot import HotState
+from services.segmentation.realtime.app import consume_forever
+from services.segmentation.realtime.settings import DEFAULT_PORT, RealtimeSettings
 from services.segmentation.server import SegmentationServiceServicer
 from services.segmentation.service import Segmentation
 from services.segmentation.store import SegmentationStore
@@ -85,3 +88,15 @@ SPEC = ServiceSpec(
     workers=workers,
     rebuild_hot_state=rebuild_hot_state,
 )
+
+
+def _workers_with_realtime(resources: Resources) -> list[Coroutine[Any, Any, None]]:
+    return [*workers(resources), consume_forever(resources, RealtimeSettings.from_env())]
+
+
+# `make run` (one process): the service with the realtime worker beside its reconcile.
+EMBEDDED_SPEC = dataclasses.replace(SPEC, workers=_workers_with_realtime)
+# The realtime worker as its own process (`python -m services.<REALTIME_MODULE>`), and
+# the port of its health service.
+REALTIME_MODULE = "segmentation.realtime"
+REALTIME_PORT = DEFAULT_PORT

@@ -1027,24 +1027,29 @@ def node_filters(n: Node) -> tuple[Filter, ...]:
     return ()
 
 
-def computed_refs(node: Node) -> set[str]:
-    """Keys of the computed traits a definition reads (conditions and ``ref.computed``)."""
+def _refs(
+    node: Node, condition: type[Computed] | type[Trait], ref: type[ComputedRef] | type[TraitRef]
+) -> set[str]:
+    """What a definition reads of one kind: the keys or names of its `condition` nodes
+    and of its filters' `ref`s of that kind (event conditions, funnel steps)."""
     out: set[str] = set()
     for n in iter_nodes(node):
-        if isinstance(n, Computed):
-            out.add(n.key)
-        out |= {f.ref.computed for f in node_filters(n) if isinstance(f.ref, ComputedRef)}
+        if isinstance(n, condition):
+            out.add(n.key if isinstance(n, Computed) else n.name)
+        for f in node_filters(n):
+            if isinstance(f.ref, ref):
+                out.add(f.ref.computed if isinstance(f.ref, ComputedRef) else f.ref.trait)
     return out
+
+
+def computed_refs(node: Node) -> set[str]:
+    """Keys of the computed traits a definition reads (conditions and ``ref.computed``)."""
+    return _refs(node, Computed, ComputedRef)
 
 
 def trait_refs(node: Node) -> set[str]:
     """Names of the profile traits a definition reads (conditions and ``ref.trait``)."""
-    out: set[str] = set()
-    for n in iter_nodes(node):
-        if isinstance(n, Trait):
-            out.add(n.name)
-        out |= {f.ref.trait for f in node_filters(n) if isinstance(f.ref, TraitRef)}
-    return out
+    return _refs(node, Trait, TraitRef)
 
 
 def computed_trait_refs(defn: ComputedTraitDef) -> set[str]:

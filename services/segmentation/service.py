@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from opentelemetry import metrics
 
 from services.segmentation.accounts import ACCOUNT_ID_TYPE, account_violations
 from services.segmentation.definitions import (
@@ -78,6 +79,14 @@ from services.shared.identifiers import normalize_identifier
 from services.shared.phases import phase
 
 log = logging.getLogger(__name__)
+# Profiles the reconcile found out of step in realtime definitions (entered/exited).
+# The API's no-op until a process installs an SDK meter provider.
+_DRIFT = metrics.get_meter("audiences.segmentation").create_counter(
+    "audiences.realtime.drift",
+    unit="{change}",
+    description="membership changes and computed values the reconcile repaired in "
+    "realtime audiences and computed traits",
+)
 
 DEFAULT_SAMPLE = 20
 DEFAULT_PAGE = 100
@@ -129,11 +138,24 @@ class RecomputeFailure:
 
 
 @dataclass(frozen=True)
+class Drift:
+    """What a recompute changed in one realtime audience or computed trait (`kind`):
+    what the realtime worker should already have written (drift it repaired)."""
+
+    kind: str  # AUDIENCE | COMPUTED_TRAIT
+    key: str
+    entered: int  # members that entered; profiles whose computed value changed
+    exited: int  # members that exited; profiles whose computed value went
+
+
+@dataclass(frozen=True)
 class RecomputeResult:
     entered: int
     exited: int
     audiences: int  # recomputed
     failures: tuple[RecomputeFailure, ...] = ()
+    # Realtime definitions whose stored state the recompute changed.
+    drift: tuple[Drift, ...] = ()
 
 
 def failure_reason(error: BaseException) -> str:
@@ -312,7 +334,6 @@ class Segmentation:
         audience is also kept up to date per event by the realtime worker."""
         violations: list[FieldViolation] = []
         check_key(key, "audience.key", violations)
-        _check_realtime(realtime, account_level, violations)
         check_holdout_share(holdout_share, "audience.holdout_share", violations)
         parsed_goal = parse_goal(goal, "audience.goal", violations) if goal else None
         check_name(name, "audience.name", violations)
@@ -381,7 +402,6 @@ class Segmentation:
         emitted."""
         audience = await self._audience(ws, key, "audience.key")
         violations: list[FieldViolation] = []
-        _check_realtime(bool(realtime), audience.account_level, violations)
         check_name(name, "audience.name", violations)
         if holdout_share is not None:
             check_holdout_share(holdout_share, "audience.holdout_share", violations)
@@ -690,10 +710,14 @@ class Segmentation:
             log.exception("backfill of computed trait %s failed", record.key)
             await self._store.set_computed_state(ws, record.key, FAILED, failure_reason(error))
 
-    async def _recompute_computed(self, ws: str, record: ComputedTraitRecord, now: int) -> None:
+    async def _recompute_computed(
+        self, ws: str, record: ComputedTraitRecord, now: int
+    ) -> tuple[int, int]:
+        """Recompute and write one computed trait; returns (values changed, removed)."""
         values = await self._store.evaluate_computed(ws, record.definition, now)
         changed, removed = await self._store.apply_computed(ws, record.key, values, now)
         await self._hot.computed(ws, record.key, changed, removed)
+        return len(changed), len(removed)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -860,13 +884,15 @@ class Segmentation:
                 for audience in batch:
                     if audience.account_level:  # one by one (sql_accounts.py)
                         await self._recompute_account_level(ws, audience, now, run)
-        return RecomputeResult(run.entered, run.exited, run.recomputed, tuple(run.failures))
+        return RecomputeResult(
+            run.entered, run.exited, run.recomputed, tuple(run.failures), tuple(run.drift)
+        )
 
     async def _recompute_computed_isolated(
         self, ws: str, record: ComputedTraitRecord, now: int, run: _Run
     ) -> None:
         try:
-            await self._recompute_computed(ws, record, now)
+            changed, removed = await self._recompute_computed(ws, record, now)
         except Exception as error:
             log.exception("recompute of computed trait %s failed", record.key)
             reason = failure_reason(error)
@@ -874,6 +900,8 @@ class Segmentation:
             run.failed(COMPUTED_TRAIT, record.key, reason)
         else:
             await self._store.set_computed_state(ws, record.key, LIVE)
+            if record.realtime and (changed or removed):
+                run.drift.append(Drift(COMPUTED_TRAIT, record.key, changed, removed))
 
     async def _recompute_users(
         self, ws: str, users: list[AudienceRecord], now: int, run: _Run
@@ -903,6 +931,10 @@ class Segmentation:
             for audience, diff in zip(users, diffs, strict=True):
                 await self._hot_memberships(ws, audience.key, diff, now)
                 run.done(len(diff.entered), len(diff.exited))
+                if audience.realtime and (diff.entered or diff.exited):
+                    run.drift.append(
+                        Drift(AUDIENCE, audience.key, len(diff.entered), len(diff.exited))
+                    )
 
     async def _recompute_account_level(
         self, ws: str, audience: AudienceRecord, now: int, run: _Run
@@ -950,8 +982,26 @@ class Segmentation:
         return await self._store.workspaces()
 
     async def reconcile(self, ws: str) -> RecomputeResult:
-        """The periodic batch pass: everything recomputed at the clock's now."""
-        return await self.recompute(ws, audience_key="", as_of_us=None)
+        """The periodic batch pass: everything recomputed at the clock's now. What it
+        changed in realtime definitions is drift between the realtime worker and batch
+        (repaired by this very write): counted in the ``audiences.realtime.drift``
+        metric and logged with its counts per definition. A worker lagging behind the
+        stream shows up here too (the reconcile got to those events first)."""
+        result = await self.recompute(ws, audience_key="", as_of_us=None)
+        if result.drift:
+            entered = sum(d.entered for d in result.drift)
+            exited = sum(d.exited for d in result.drift)
+            _DRIFT.add(entered, {"workspace_id": ws, "direction": "entered"})
+            _DRIFT.add(exited, {"workspace_id": ws, "direction": "exited"})
+            log.warning(
+                "realtime drift repaired in workspace %s: %d definitions, +%d -%d (%s)",
+                ws,
+                len(result.drift),
+                entered,
+                exited,
+                ", ".join(f"{d.kind} {d.key} +{d.entered} -{d.exited}" for d in result.drift),
+            )
+        return result
 
     # ------------------------------------------------------------------ members
 
@@ -1109,19 +1159,6 @@ class Segmentation:
             last = changes[-1].seq
 
 
-def _check_realtime(realtime: bool, account_level: bool, violations: list[FieldViolation]) -> None:
-    # The worker re-evaluates the profiles an event touched; an account is re-evaluated
-    # only by the batch paths until group calls and user flips reach it (issue 14).
-    if realtime and account_level:
-        violations.append(
-            FieldViolation(
-                "audience.realtime",
-                "account-level audiences are not evaluated in realtime yet "
-                "(backfill, Recompute and the reconcile keep them up to date)",
-            )
-        )
-
-
 def member_at_instant(
     changes: Collection[Change], survivor: int, merged_at: Mapping[int, int], at_us: int
 ) -> bool:
@@ -1153,6 +1190,7 @@ class _Run:
     def __init__(self) -> None:
         self.entered = self.exited = self.recomputed = 0
         self.failures: list[RecomputeFailure] = []
+        self.drift: list[Drift] = []
         self._failed: dict[str, set[str]] = {AUDIENCE: set(), COMPUTED_TRAIT: set()}
 
     def done(self, entered: int, exited: int) -> None:

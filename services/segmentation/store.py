@@ -486,11 +486,11 @@ class SegmentationStore:
             new = await _temp_table(c, "seg_new", sa.Column("pid", sa.BigInteger))
             for chunk in _chunks(unique):
                 await c.execute(insert(new), [{"pid": p} for p in chunk])
-            writer = await _MembershipWriter.start(c, ws, now_us)
+            writer = await MembershipWriter.start(c, ws, now_us)
             pairs = select(sa.literal(audience_id, sa.BigInteger).label("aud"), new.c.pid)
             (diff,) = await writer.apply([(audience_id, version)], pairs, progress, [len(unique)])
             await writer.finish()
-            await _drop(c, new)
+            await drop_temp_table(c, new)
         return diff
 
     async def recompute_audiences(
@@ -517,12 +517,12 @@ class SegmentationStore:
             # Evaluation ran outside the workspace lock; the diff below is against the
             # memberships committed when the lock is granted.
             with phase("lock"):
-                writer = await _MembershipWriter.start(c, ws, now_us)
+                writer = await MembershipWriter.start(c, ws, now_us)
             diffs = await writer.apply(
                 [(a.audience_id, a.version) for a in batch], pairs, progress, list(sizes)
             )
             await writer.finish()
-            await _drop(c, rollup)
+            await drop_temp_table(c, rollup)
             with phase("commit"):
                 await transaction.commit()
         return diffs
@@ -677,7 +677,7 @@ class SegmentationStore:
             rows = list(await c.execute(query))
             merged = select(profiles.c.profile_id, profiles.c.merged_at_us).where(*absorbed)
             merged_at = {r.profile_id: r.merged_at_us or 0 for r in await c.execute(merged)}
-        return [_change(r, "") for r in rows], merged_at
+        return [change_from_row(r, "") for r in rows], merged_at
 
     async def changes_after(
         self, ws: str, after_seq: int, audience_ids: Collection[int] | None, limit: int
@@ -693,7 +693,7 @@ class SegmentationStore:
             query = query.where(membership_changes.c.audience_id.in_(list(audience_ids)))
         async with self._engine.connect() as c:
             rows = list(await c.execute(query))
-        return [_change(r, "") for r in rows]
+        return [change_from_row(r, "") for r in rows]
 
     # ------------------------------------------------------------------ computed traits
 
@@ -1017,10 +1017,14 @@ async def write_computed_values(
     cv = computed_trait_values
     query = select(cv.c.profile_id, cv.c.value).where(cv.c.workspace_id == ws, cv.c.key == key)
     if scope is not None:
+        # The scope's own profile ids as literals: the planner then probes the primary
+        # key per profile, where a subquery made it scan the key's every row (the
+        # realtime worker's batches grew slower with the workspace).
         own = select(profiles.c.profile_id).where(
             profiles.c.workspace_id == ws, profiles.c.canonical_id.in_(scope)
         )
-        query = query.where(cv.c.profile_id.in_(own))
+        owned = [r.profile_id for r in await c.execute(own)]
+        query = query.where(cv.c.profile_id.in_(owned))
     old = {r.profile_id: orjson.dumps(r.value) for r in await c.execute(query)}
     changed = {p: v for p, v in values.items() if old.get(p) != orjson.dumps(v)}
     removed = sorted(old.keys() - values.keys())
@@ -1044,7 +1048,9 @@ async def write_computed_values(
     return changed, removed
 
 
-def _change(row: Any, key: str) -> Change:
+def change_from_row(row: Any, key: str) -> Change:
+    """A `Change` from a ``membership_changes`` row (all its columns selected), under
+    the audience key `key` (the caller joins or looks it up)."""
     kept = row.identifiers
     return Change(
         seq=row.seq,
@@ -1063,7 +1069,7 @@ async def rollup_pairs(
 ) -> tuple[sa.Table, sa.CompoundSelect[Any]]:
     """Run a ``sql.compile_audiences`` query into a temporary table (``seg_rollup``:
     pid, a0..) and return it with its flag columns as (``aud``, ``pid``) member rows
-    for ``_MembershipWriter.apply``. The caller drops the table."""
+    for ``MembershipWriter.apply``. The caller drops the table."""
     flags = [sa.Column(f"a{i}", sa.Boolean) for i in range(len(audience_ids))]
     rollup = await _temp_table(c, "seg_rollup", sa.Column("pid", sa.BigInteger), *flags)
     await c.execute(insert(rollup).from_select(list(rollup.c), query))
@@ -1086,7 +1092,9 @@ async def _temp_table(c: AsyncConnection, name: str, *columns: sa.Column[Any]) -
     return table
 
 
-async def _drop(c: AsyncConnection, table: sa.Table) -> None:
+async def drop_temp_table(c: AsyncConnection, table: sa.Table) -> None:
+    """Drop a temporary table made by this module's writers (``rollup_pairs``'s rollup,
+    ``MembershipWriter``'s own) before the transaction commits."""
     await c.run_sync(lambda sync: table.drop(sync))
 
 
@@ -1097,7 +1105,7 @@ async def _analyze(c: AsyncConnection, table: sa.Table) -> None:
         await c.execute(sa.text(f"ANALYZE {table.name}"))
 
 
-class _MembershipWriter:
+class MembershipWriter:
     """Set-based membership writes of one workspace inside one transaction, for a batch
     of audiences at once: the new (audience, member) pairs (a SELECT of canonical ids)
     vs the stored rows -> one table of differences (``seg_diff``) for the whole batch,
@@ -1124,7 +1132,7 @@ class _MembershipWriter:
     @classmethod
     async def start(
         cls, c: AsyncConnection, ws: str, now_us: int, scope: Sequence[int] | None = None
-    ) -> _MembershipWriter:
+    ) -> MembershipWriter:
         """Take the workspace's change-seq lock and read its merged profiles.
 
         With `scope` (canonical ids: the realtime worker's profiles) the writer compares
@@ -1156,8 +1164,8 @@ class _MembershipWriter:
 
     async def finish(self) -> None:
         """Drop the writer's temporary tables (before commit)."""
-        await _drop(self._c, self._merged)
-        await _drop(self._c, self._diff)
+        await drop_temp_table(self._c, self._merged)
+        await drop_temp_table(self._c, self._diff)
 
     async def apply(
         self,
@@ -1206,6 +1214,10 @@ class _MembershipWriter:
             .select_from(both)
             .where(sa.or_(new.c.pid.is_(None), cur.c.pid.is_(None)))
         )
+        # A scoped write changes only its profiles' rows: their count before and after
+        # moves each size, instead of counting every member of the audience per write
+        # (the realtime worker's batches grew slower with each audience's size).
+        before = await self._scope_counts(ids) if sizes is None else {}
         with phase("diff"):
             await c.execute(d.delete())
             columns = ["aud", "pid", "entered"]
@@ -1230,7 +1242,7 @@ class _MembershipWriter:
                 for aud, was_entered, pids in await self._diff_lists():
                     (came if was_entered else left)[aud] = pids
         if sizes is None:
-            return await self._count_sizes(batch, came, left)
+            return await self._shift_sizes(batch, came, left, before)
         diffs = []
         with phase("status"):
             for (audience_id, version), size in zip(batch, sizes, strict=True):
@@ -1259,27 +1271,44 @@ class _MembershipWriter:
                 )
         return diffs
 
-    async def _count_sizes(
+    async def _scope_counts(self, ids: Sequence[int]) -> dict[int, int]:
+        """Audience -> how many of its rows sit on the scope's profiles (canonical ids
+        and the profiles merged into them)."""
+        m, mg = memberships, self._merged
+        mine: sa.ColumnElement[bool] = m.c.profile_id.in_(self._scope or [])
+        if self._any_merged:
+            mine = sa.or_(mine, m.c.profile_id.in_(select(mg.c.own)))
+        query = (
+            select(m.c.audience_id, func.count())
+            .where(m.c.audience_id.in_(list(ids)), mine)
+            .group_by(m.c.audience_id)
+        )
+        return {int(a): int(n) for a, n in await self._c.execute(query)}
+
+    async def _shift_sizes(
         self,
         batch: Sequence[tuple[int, int]],
         came: Mapping[int, list[int]],
         left: Mapping[int, list[int]],
+        before: Mapping[int, int],
     ) -> list[Diff]:
-        """Each audience's new size counted from its rows (a scoped write knows only
-        its profiles' part), stored in its status; the differences in batch order."""
-        diffs = []
-        for audience_id, _ in batch:
-            size = select(func.count()).where(memberships.c.audience_id == audience_id)
-            counted = (
+        """Each audience's size moved by how its rows on the scope's profiles changed
+        (every writer of the workspace holds its lock, so the stored size is exact),
+        stored in its status; the differences in batch order."""
+        ids = [a for a, _ in batch]
+        after = await self._scope_counts(ids)
+        status = audience_status
+        for audience_id in ids:
+            delta = after.get(audience_id, 0) - before.get(audience_id, 0)
+            if delta:
                 await self._c.execute(
-                    update(audience_status)
-                    .where(audience_status.c.audience_id == audience_id)
-                    .values(size=size.scalar_subquery())
-                    .returning(audience_status.c.size)
+                    update(status)
+                    .where(status.c.audience_id == audience_id)
+                    .values(size=status.c.size + delta)
                 )
-            ).scalar_one()
-            diffs.append(Diff(tuple(came[audience_id]), tuple(left[audience_id]), int(counted)))
-        return diffs
+        query = select(status.c.audience_id, status.c.size).where(status.c.audience_id.in_(ids))
+        sizes = {int(a): int(n) for a, n in await self._c.execute(query)}
+        return [Diff(tuple(came[a]), tuple(left[a]), sizes[a]) for a in ids]
 
     async def _diff_lists(self) -> list[tuple[int, bool, list[int]]]:
         """(audience, entered, sorted profile ids) per group of ``seg_diff``: a list per

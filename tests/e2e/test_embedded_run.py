@@ -1,9 +1,9 @@
 """`make run`'s path: the dev runner on the embedded default (SQLite file + the
-Redis-compatible store it serves on a loopback port) brings up all five services in one
-process with nothing else installed, creates the demo workspace, serves real calls,
-and comes back after a restart (clean or SIGKILL) with every profile, audience and
-membership readable; `python -m services.<name> rebuild-hot-state` acts on the store the
-services read."""
+Redis-compatible store it serves on a loopback port) brings up all five services and
+the realtime worker in one process with nothing else installed, creates the demo
+workspace, serves real calls, and comes back after a restart (clean or SIGKILL) with
+every profile, audience and membership readable; `python -m services.<name>
+rebuild-hot-state` acts on the store the services read."""
 
 from __future__ import annotations
 
@@ -238,6 +238,32 @@ async def test_all_five_serve_on_the_embedded_default(embedded: EmbeddedRun) -> 
     )
     profile = await _profile(embedded, common_pb2.Identifier(type="user_id", value="ada"))
     assert orjson.loads(profile.traits) == {"plan": "pro"}
+
+
+async def test_the_realtime_worker_runs_beside_them(embedded: EmbeddedRun) -> None:
+    # A realtime audience created before any event: only the worker can admit Ada.
+    async with grpc.aio.insecure_channel(embedded.addresses["segmentation"]) as channel:
+        await segmentation_pb2_grpc.SegmentationServiceStub(channel).CreateAudience(
+            segmentation_pb2.CreateAudienceRequest(
+                audience=segmentation_pb2.Audience(
+                    key="buyers",
+                    definition=orjson.dumps({"event": {"name": "Order"}}),
+                    realtime=True,
+                )
+            ),
+            metadata=bearer(embedded.keys["admin_key"]),
+        )
+    await _send(
+        embedded,
+        ingest_pb2.Event(
+            message_id="rt-1", type=ingest_pb2.EVENT_TYPE_TRACK, user_id="ada", event="Order"
+        ),
+    )
+
+    async def ada_in() -> bool:
+        return len(await _members(embedded, "buyers")) == 1
+
+    await eventually(ada_in, 30, "ada enters the realtime audience with no Recompute")
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["clean", "sigkill"])

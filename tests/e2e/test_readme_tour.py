@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 # Long-running commands the tour asks a reader to start in their own terminals.
-SERVER_COMMANDS = ("make run", ".venv/bin/python -m services.segmentation.realtime")
+SERVER_COMMANDS = ("make run",)
 
 
 def tour_section(readme: str) -> str:

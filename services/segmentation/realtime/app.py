@@ -41,6 +41,21 @@ def worker(resources: Resources, settings: RealtimeSettings) -> RealtimeWorker:
     )
 
 
+async def consume_forever(resources: Resources, settings: RealtimeSettings) -> None:
+    """The worker as a background coroutine of another process (the dev runner runs it
+    beside the segmentation service) until cancelled. Cancellation is turned into the
+    worker's own stop: the batch in hand is finished and acknowledged first (as on
+    SIGTERM of the worker process), rather than cut off inside a database call."""
+    stop = asyncio.Event()
+    consuming = asyncio.create_task(worker(resources, settings).run(stop))
+    try:
+        await asyncio.shield(consuming)
+    except asyncio.CancelledError:
+        stop.set()
+        await consuming
+        raise
+
+
 async def serve(settings: Settings, realtime: RealtimeSettings) -> None:
     """Run the worker until SIGTERM or SIGINT; a worker failure ends the process too."""
     resources = await Resources.open(settings, SPEC.name)

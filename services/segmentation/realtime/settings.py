@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from services.shared.streams import CHANGES_STREAM, EVENTS_STREAM
 
-DEFAULT_PORT = 50056  # grpc.health.v1 of the worker (GRPC_PORT overrides)
+# grpc.health.v1 of the worker (GRPC_PORT overrides); 50056 is the embedded store.
+DEFAULT_PORT = 50057
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,15 @@ class RealtimeSettings:
     claim_every_seconds: float = 5.0
     # The due-time sorted set of (workspace, profile) next window boundaries.
     due_key: str = "realtime:due"
+    # Prefix of the handover keys: <prefix>:pending:<ws> (profiles evaluated while a
+    # realtime definition backfilled) and <prefix>:served:<ws> (definition -> version
+    # handed over).
+    handover_key: str = "realtime:handover"
     # The stream changes are appended to, and its approximate length cap.
     changes_stream: str = CHANGES_STREAM
     changes_maxlen: int = 1_000_000
+    # The hash of the last change seq published to the changes stream per workspace.
+    changes_cursor_key: str = "realtime:changes:published"
 
     @classmethod
     def from_env(cls) -> RealtimeSettings:
@@ -52,6 +59,8 @@ class RealtimeSettings:
                 env.get("REALTIME_CLAIM_EVERY_SECONDS", default.claim_every_seconds)
             ),
             due_key=env.get("REALTIME_DUE_KEY", default.due_key),
+            handover_key=env.get("REALTIME_HANDOVER_KEY", default.handover_key),
             changes_stream=env.get("REALTIME_CHANGES_STREAM", default.changes_stream),
             changes_maxlen=int(env.get("REALTIME_CHANGES_MAXLEN", default.changes_maxlen)),
+            changes_cursor_key=env.get("REALTIME_CHANGES_CURSOR_KEY", default.changes_cursor_key),
         )

@@ -18,12 +18,14 @@ from collections.abc import Mapping, Sequence
 
 from opentelemetry.trace import Span
 from redis.asyncio import Redis
-from redis.typing import EncodableT, FieldT
+from redis.exceptions import ResponseError
 
 from services.segmentation.hot import HotState
 from services.segmentation.realtime import tracing
+from services.segmentation.realtime.changes import ChangesPublisher
+from services.segmentation.realtime.schedule import EventKind
 from services.segmentation.realtime.settings import RealtimeSettings
-from services.segmentation.realtime.store import Evaluated, RealtimeStore
+from services.segmentation.realtime.store import Evaluated, LoggedChange, RealtimeStore
 from services.segmentation.realtime.touches import Touched, touched_profiles
 from services.shared import change_traces, streams
 from services.shared.clock import Clock
@@ -38,6 +40,13 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, AR
 if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
 return due
 """
+
+
+def _group_gone(error: ResponseError) -> bool:
+    """Whether a read failed because the stream or its consumer group does not exist
+    (Redis says NOGROUP; the embedded store says the key must exist)."""
+    text = str(error)
+    return "NOGROUP" in text or "key to exist" in text
 
 
 def due_member(ws: str, profile_id: int) -> str:
@@ -67,6 +76,13 @@ class RealtimeWorker:
         self._clock = clock
         self._settings = settings
         self._take_due = redis.register_script(_TAKE_DUE)
+        self.changes = ChangesPublisher(
+            redis,
+            store,
+            settings.changes_stream,
+            settings.changes_maxlen,
+            settings.changes_cursor_key,
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished (written and
@@ -78,11 +94,25 @@ class RealtimeWorker:
         while not stop.is_set():
             if time.monotonic() - claimed_at >= s.claim_every_seconds:
                 await self.claim_stale()
+                await self.handover_all()
+                # Records committed but not appended to the changes stream (a worker
+                # died between the two; a batch writer's records) are appended now.
+                await self.changes.catch_up_all()
                 claimed_at = time.monotonic()
             await self.run_due()
-            read = await streams.read_groups(
-                self._redis, s.streams, s.group, s.consumer, s.batch_size, s.block_ms
-            )
+            try:
+                read = await streams.read_groups(
+                    self._redis, s.streams, s.group, s.consumer, s.batch_size, s.block_ms
+                )
+            except ResponseError as error:
+                if not _group_gone(error):
+                    raise
+                # The stream went with its group (a Redis restart without persistence,
+                # an operator's flush): what ingest appends from now on is read again.
+                log.warning("consumer group %s is gone (%s); creating it again", s.group, error)
+                for stream in s.streams:
+                    await streams.ensure_group(self._redis, stream, s.group)
+                continue
             if read:
                 await self.process(read)
 
@@ -160,13 +190,78 @@ class RealtimeWorker:
         scope = sorted(traces)
         if not scope:
             return
+        if definitions.waiting:
+            # A definition backfills: its backfill may have read these profiles before
+            # this event; the handover re-evaluates them once it is live.
+            await self._redis.sadd(self._pending_key(ws), *scope)
+        if not definitions.layers and not definitions.computed and not definitions.accounts:
+            return
         with tracing.evaluation(ws, traces) as span:
-            evaluated = await self._store.evaluate(ws, definitions, scope, now)
+            evaluated = await self._store.evaluate(ws, definitions, scope, now, traces)
             # After the commit: hot state and the changes stream never show a change whose
             # record is not committed.
             await self._publish(ws, evaluated, traces, now, span)
         due = await self._store.next_due(ws, definitions.offsets, scope, now)
         await self._schedule(ws, due)
+
+    def _pending_key(self, ws: str) -> str:
+        return f"{self._settings.handover_key}:pending:{ws}"
+
+    def _served_key(self, ws: str) -> str:
+        return f"{self._settings.handover_key}:served:{ws}"
+
+    async def handover_all(self) -> int:
+        """Hand every workspace's newly servable realtime definitions over to per-event
+        evaluation (see `handover`); returns how many were handed over."""
+        total = 0
+        for ws in await self._store.realtime_workspaces():
+            try:
+                total += await self.handover(ws)
+            except Exception:
+                log.exception("realtime handover of workspace %s failed; will retry", ws)
+        return total
+
+    async def handover(self, ws: str) -> int:
+        """Take over the realtime definitions of `ws` that became servable since the
+        last handover (created, or a new version whose backfill went live): re-evaluate
+        the profiles evaluated while they backfilled (an event the backfill may not have
+        seen; the writer's diff makes a re-evaluation of what it did see write nothing),
+        and schedule every profile's next boundary of those definitions (the backfill's
+        members must also leave when their windows run out). Returns how many."""
+        definitions = await self._store.definitions(ws)
+        current = definitions.served if definitions is not None else {}
+        raw = await self._redis.hgetall(self._served_key(ws))
+        served = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+        new = {m: (v, offsets) for m, (v, offsets) in current.items() if served.get(m) != v}
+        if new:
+            now = self._clock.now_us()
+            pending = [int(p) for p in await self._redis.smembers(self._pending_key(ws))]
+            if pending:
+                touched = Touched()
+                for pid in pending:
+                    touched.add(pid, {})
+                if await self._evaluate({ws: touched}, now):
+                    return 0  # logged; retried at the next handover round
+            offsets: dict[EventKind, set[int]] = {}
+            for _, kinds in new.values():
+                for kind, more in kinds.items():
+                    offsets.setdefault(kind, set()).update(more)
+            await self._schedule(ws, await self._store.next_due(ws, offsets, None, now))
+            await self._redis.hset(
+                self._served_key(ws), mapping={m: v for m, (v, _) in new.items()}
+            )
+            log.info(
+                "realtime handover in %s: %s (%d profiles re-evaluated)",
+                ws,
+                sorted(new),
+                len(pending),
+            )
+        gone = served.keys() - current.keys()
+        if gone:
+            await self._redis.hdel(self._served_key(ws), *sorted(gone))
+        if definitions is None or not definitions.waiting:
+            await self._redis.delete(self._pending_key(ws))
+        return len(new)
 
     async def _publish(
         self,
@@ -177,6 +272,8 @@ class RealtimeWorker:
         span: Span | None = None,
     ) -> None:
         for audience, diff in evaluated.memberships:
+            if audience.account_level:
+                continue  # accounts have no hot state: the profile service serves people
             await self._hot.memberships(
                 ws, audience.key, dict.fromkeys(diff.entered, now), diff.exited
             )
@@ -184,27 +281,21 @@ class RealtimeWorker:
             await self._hot.computed(ws, key, changed, removed)
         if not evaluated.changes:
             return
-        s = self._settings
+        records: list[LoggedChange] = []
         async with self._redis.pipeline(transaction=False) as pipe:
             for change in evaluated.changes:
-                fields: dict[FieldT, EncodableT] = {
-                    "kind": change.kind,
-                    "workspace_id": ws,
-                    "seq": str(change.seq),
-                    "audience_id": str(change.audience_id),
-                    "audience_key": change.audience_key,
-                    "profile_id": str(change.profile_id),
-                    "at_us": str(change.at_us),
-                    "version": str(change.version),
-                }
                 # The causing event's traceparent, tracestate (the change's own span's
                 # while tracing records: realtime/tracing.py).
                 event = traces.get(change.profile_id, {})
-                for name, value in tracing.change_fields(span, change, event).items():
-                    fields[name] = value
-                pipe.xadd(s.changes_stream, fields, maxlen=s.changes_maxlen, approximate=True)
+                fields = tracing.change_fields(span, change, event)
+                records.append(LoggedChange(change, dict(fields)))
                 change_traces.remember(pipe, ws, change.seq, fields)
             await pipe.execute()
+        cursor = await self.changes.publish(ws, records)
+        if cursor < records[-1].change.seq:
+            # An earlier record of the workspace is not on the stream yet (another
+            # writer's, or one a dead worker committed): append from the log, in order.
+            await self.changes.catch_up(ws)
 
     async def _schedule(self, ws: str, due: Mapping[int, int]) -> None:
         """Put each profile's next due instant in the due set, keeping an earlier one

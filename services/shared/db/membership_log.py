@@ -85,6 +85,10 @@ membership_changes = Table(
     # The person's identifiers as [[type, value], ...] on the exit records an erasure
     # writes (the identities are gone by the time a sync reads them); NULL otherwise.
     Column("identifiers", Json, nullable=True),
+    # The W3C trace context of the event that caused the change (realtime records;
+    # NULL for batch writers), so a republish from the log continues that trace.
+    Column("traceparent", String(64), nullable=True),
+    Column("tracestate", String(512), nullable=True),
     # WatchChanges of given audiences (seq > last, in seq order). The workspace column
     # leads on purpose: without it the index is ~10% cheaper to write, but the planner
     # then walks the primary key for one audience's poll (audience_id's physical

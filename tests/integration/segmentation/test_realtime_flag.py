@@ -1,15 +1,13 @@
 """The realtime flag of audiences and computed traits through the API: off unless
-asked, kept by updates that leave it unset, and refused with a field violation where
-the worker cannot serve it yet (account-level audiences), saving nothing."""
+asked, kept by updates that leave it unset, and allowed on account-level audiences."""
 
 from __future__ import annotations
 
-import grpc
 import orjson
 import pytest
 from audiences.v1 import segmentation_pb2
 
-from tests.integration.segmentation.apisupport import Api, violations
+from tests.integration.segmentation.apisupport import Api
 
 pytestmark = pytest.mark.integration
 
@@ -50,23 +48,17 @@ async def test_audience_flag_defaults_off_and_updates_keep_it(api: Api) -> None:
     assert got.realtime is False
 
 
-async def test_account_level_realtime_is_refused(api: Api) -> None:
+async def test_account_level_audiences_can_be_realtime(api: Api) -> None:
     account = orjson.dumps({"trait": {"name": "plan", "op": "eq", "value": "pro"}})
-    with pytest.raises(grpc.aio.AioRpcError) as error:
-        await api.seg.CreateAudience(
-            segmentation_pb2.CreateAudienceRequest(
-                audience=segmentation_pb2.Audience(
-                    key="accounts", definition=account, account_level=True, realtime=True
-                )
-            ),
-            metadata=api.admin,
-        )
-    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "not evaluated in realtime" in violations(error.value)["audience.realtime"]
-    listed = await api.seg.ListAudiences(
-        segmentation_pb2.ListAudiencesRequest(), metadata=api.admin
+    created = await api.seg.CreateAudience(
+        segmentation_pb2.CreateAudienceRequest(
+            audience=segmentation_pb2.Audience(
+                key="accounts", definition=account, account_level=True, realtime=True
+            )
+        ),
+        metadata=api.admin,
     )
-    assert list(listed.audiences) == []
+    assert (created.account_level, created.realtime) == (True, True)
 
 
 async def test_computed_trait_flag(api: Api) -> None:

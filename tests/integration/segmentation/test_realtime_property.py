@@ -139,8 +139,11 @@ async def test_realtime_equals_batch_at_every_checkpoint(resources) -> None:  # 
         for key, definition in audiences.items():
             audience = await store.get_audience(ws, key)
             assert audience is not None
-            held = set(await store.members(audience.audience_id))
+            rows = await store.members(audience.audience_id)
+            held = set(rows)
             assert held == await store.evaluate_audience(ws, definition, now), (key, now)
+            # The size moved by each scoped write equals a count of the rows.
+            assert audience.size == len(rows), (key, now)
         expected = await store.evaluate_computed(ws, computed, now)
         cv = computed_trait_values
         async with resources.engine.connect() as c:
