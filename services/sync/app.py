@@ -10,6 +10,7 @@ from audiences.v1 import sync_pb2_grpc
 
 from services.shared.server import Resources, ServiceSpec
 from services.sync.readmodel import ChangeLog
+from services.sync.realtime import RealtimeSyncs
 from services.sync.runner import SyncRunner
 from services.sync.scheduler import Scheduler
 from services.sync.secrets import SecretBox
@@ -34,10 +35,14 @@ def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
 
 
 def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
-    """The scheduler of hourly and daily syncs."""
+    """The scheduler of hourly and daily syncs and the consumer of realtime ones."""
     settings = SyncSettings.from_env()
     store, runner = _runner(resources, settings)
-    return [Scheduler(store, runner, resources.clock, settings).run_forever()]
+    realtime = RealtimeSyncs(resources.redis, store, ChangeLog(resources.engine), runner, settings)
+    return [
+        Scheduler(store, runner, resources.clock, settings).run_forever(),
+        realtime.run_forever(),
+    ]
 
 
 SPEC = ServiceSpec(name="sync", register=register, workers=workers)

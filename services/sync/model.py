@@ -29,7 +29,7 @@ ONE_TIME = "one_time"
 HOURLY = "hourly"
 DAILY = "daily"
 REALTIME = "realtime"
-CADENCES = (ONE_TIME, HOURLY, DAILY)
+CADENCES = (ONE_TIME, HOURLY, DAILY, REALTIME)
 PERIOD_US = {HOURLY: 3_600_000_000, DAILY: 86_400_000_000}
 
 ADDED = "added"
@@ -271,16 +271,10 @@ def check_sync(given: SyncInput) -> None:
                 "is required: an identifier type such as user_id, email or anonymous_id",
             )
         )
-    if given.cadence == REALTIME:
+    if given.cadence not in CADENCES:
         problems.append(
-            FieldViolation(
-                "sync.cadence",
-                "realtime syncs are not available yet (they need the changes stream); "
-                "use one_time, hourly or daily",
-            )
+            FieldViolation("sync.cadence", "must be one_time, hourly, daily or realtime")
         )
-    elif given.cadence not in CADENCES:
-        problems.append(FieldViolation("sync.cadence", "must be one_time, hourly or daily"))
     if not 0 <= given.max_removal_fraction <= 1:
         problems.append(FieldViolation("sync.max_removal_fraction", "must be between 0 and 1"))
     _raise(problems, "invalid sync")

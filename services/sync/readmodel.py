@@ -73,6 +73,18 @@ class ChangeLog:
         async with self._engine.connect() as c:
             return await _last_seq(c, ws)
 
+    async def last_change(self, ws: str, audience_id: int) -> int:
+        """The seq of the audience's newest change (0 before its first): a realtime
+        sync whose cursor is below it has something to deliver."""
+        async with self._engine.connect() as c:
+            found = await c.execute(
+                select(func.max(membership_changes.c.seq)).where(
+                    membership_changes.c.workspace_id == ws,
+                    membership_changes.c.audience_id == audience_id,
+                )
+            )
+            return int(found.scalar() or 0)
+
     async def count_exits(self, ws: str, audience_id: int, after: int, upto: int) -> int:
         """Exits of the audience in (after, upto]: what a run would remove."""
         async with self._engine.connect() as c:

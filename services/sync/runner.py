@@ -46,6 +46,10 @@ from services.sync.store import SyncStore
 log = logging.getLogger(__name__)
 
 
+class SyncHeld(FailedPrecondition):
+    """Another run (of this or another replica) holds the sync's claim."""
+
+
 @dataclass
 class _Pending:
     """Acknowledged-but-unwritten progress of a destination that acknowledges at the end."""
@@ -127,7 +131,7 @@ class SyncRunner:
         ):
             if await self._store.get_sync(ws, sync_id) is None:
                 raise NotFound(f"sync {sync_id} not found")
-            raise FailedPrecondition(
+            raise SyncHeld(
                 f"sync {sync_id} is being run by another replica"
                 if not only_if_due
                 else f"sync {sync_id} is not due or is being run by another replica"

@@ -7,7 +7,7 @@ module handles ciphertext and the plain secret is never written to a table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import delete, insert, or_, select, update
@@ -19,6 +19,7 @@ from services.sync.model import (
     DEFAULT_TIMEOUT_SECONDS,
     FAILED,
     PERIOD_US,
+    REALTIME,
     RUNNING,
     DeadLetter,
     Destination,
@@ -348,6 +349,18 @@ class SyncStore:
                 .order_by(syncs.c.next_run_at_us)
                 .limit(limit)
             )
+            return [self._sync(r) for r in rows]
+
+    async def realtime_syncs(self, ws: str | None = None, keys: Collection[str] = ()) -> list[Sync]:
+        """Realtime syncs, oldest first: of one workspace's sources `keys` when given,
+        else every one (the catch-up sweep)."""
+        conditions = [syncs.c.cadence == REALTIME]
+        if ws is not None:
+            conditions.append(syncs.c.workspace_id == ws)
+        if keys:
+            conditions.append(syncs.c.source_key.in_(list(keys)))
+        async with self._engine.connect() as c:
+            rows = await c.execute(select(syncs).where(*conditions).order_by(syncs.c.sync_id))
             return [self._sync(r) for r in rows]
 
     # ------------------------------------------------------------------------ runs

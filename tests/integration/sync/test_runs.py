@@ -122,7 +122,7 @@ async def test_a_file_destination_gets_one_complete_file_per_run(
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
-        ({"cadence": sync_pb2.SYNC_CADENCE_REALTIME}, "sync.cadence"),
+        ({"cadence": sync_pb2.SYNC_CADENCE_UNSPECIFIED}, "sync.cadence"),
         ({"source_key": "nope"}, "sync.source_key"),
         ({"id_type": ""}, "sync.id_type"),
         ({"destination_id": "dst_missing"}, "sync.destination_id"),
