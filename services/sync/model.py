@@ -25,6 +25,13 @@ SECRET_NEEDED = {
 FILE_FORMATS = ("csv", "jsonl")
 
 AUDIENCE = "audience"
+COMPUTED_TRAIT = "computed_trait"
+PREDICTION = "prediction"
+RECOMMENDATION = "recommendation"
+# Sources whose syncs send each profile's current value (not enter/exit changes).
+VALUE_SOURCES = (COMPUTED_TRAIT, PREDICTION)
+SOURCES = (AUDIENCE, *VALUE_SOURCES)
+MAX_ACTIVE_WITHIN_DAYS = 3650
 ONE_TIME = "one_time"
 HOURLY = "hourly"
 DAILY = "daily"
@@ -34,6 +41,7 @@ PERIOD_US = {HOURLY: 3_600_000_000, DAILY: 86_400_000_000}
 
 ADDED = "added"
 REMOVED = "removed"
+SET = "set"  # a computed trait's or prediction's new value
 
 # Run statuses (SyncRun.status).
 RUNNING = "running"
@@ -111,6 +119,7 @@ class SyncInput:
     cadence: str
     max_removal_fraction: float  # 0: the default
     paused: bool = False
+    active_within_days: int = 0  # 0: every profile
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,10 @@ class Sync:
     next_run_at_us: int | None
     created_at_us: int
     destination_state: Mapping[str, Any] | None = None
+    active_within_days: int = 0
+    # Value syncs: the profile id of the last value acknowledged (with `cursor`, its
+    # computed-at instant, the keyset position in the source's values).
+    cursor_profile_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -179,28 +192,37 @@ class Run:
 class Change:
     """One membership change to deliver: `id` is the value of the sync's id type."""
 
-    seq: int
-    action: str  # added | removed
+    seq: int  # value syncs: the value's computed-at microseconds
+    action: str  # added | removed | set
     profile_id: int
     id: str
     at_us: int
+    value: Any = None  # the new value of a `set`
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Change:
         """The change `as_json` wrote (a dead letter's payload)."""
         return cls(
-            int(data["seq"]), data["action"], int(data["profile_id"]), data["id"], data["at_us"]
+            int(data["seq"]),
+            data["action"],
+            int(data["profile_id"]),
+            data["id"],
+            data["at_us"],
+            data.get("value"),
         )
 
     def as_json(self) -> dict[str, Any]:
         """The change as the JSON object webhooks and JSON Lines files carry."""
-        return {
+        out = {
             "seq": self.seq,
             "action": self.action,
             "profile_id": str(self.profile_id),
             "id": self.id,
             "at_us": self.at_us,
         }
+        if self.action == SET:
+            out["value"] = self.value
+        return out
 
 
 def _url_violation(name: str, url: str) -> FieldViolation | None:
@@ -255,14 +277,18 @@ def check_sync(given: SyncInput) -> None:
     problems: list[FieldViolation | None] = []
     if not given.destination_id:
         problems.append(FieldViolation("sync.destination_id", "is required"))
-    if given.source != AUDIENCE:
+    if given.source not in SOURCES:
         problems.append(
             FieldViolation(
-                "sync.source", "only audience syncs are built yet (SYNC_SOURCE_AUDIENCE)"
+                "sync.source",
+                "must be an audience, a computed trait or a prediction "
+                "(recommendation syncs are not built yet)",
             )
         )
     if not given.source_key:
-        problems.append(FieldViolation("sync.source_key", "is required (the audience key)"))
+        problems.append(
+            FieldViolation("sync.source_key", "is required (the audience, trait or prediction key)")
+        )
     problems.append(too_long("sync.source_key", given.source_key, 255))
     if not ID_TYPE.match(given.id_type):
         problems.append(
@@ -274,6 +300,20 @@ def check_sync(given: SyncInput) -> None:
     if given.cadence not in CADENCES:
         problems.append(
             FieldViolation("sync.cadence", "must be one_time, hourly, daily or realtime")
+        )
+    elif given.cadence == REALTIME and given.source in VALUE_SOURCES:
+        problems.append(
+            FieldViolation(
+                "sync.cadence",
+                "realtime syncs are of audiences; computed traits and predictions sync "
+                "one_time, hourly or daily",
+            )
+        )
+    if not 0 <= given.active_within_days <= MAX_ACTIVE_WITHIN_DAYS:
+        problems.append(
+            FieldViolation(
+                "sync.active_within_days", f"must be between 0 and {MAX_ACTIVE_WITHIN_DAYS}"
+            )
         )
     if not 0 <= given.max_removal_fraction <= 1:
         problems.append(FieldViolation("sync.max_removal_fraction", "must be between 0 and 1"))

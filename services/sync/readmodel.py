@@ -54,6 +54,11 @@ class ChangeLog:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The database it reads."""
+        return self._engine
+
     async def audience_id(self, ws: str, key: str) -> int | None:
         """The id of the workspace's live (not deleted) audience `key`, or None."""
         async with self._engine.connect() as c:

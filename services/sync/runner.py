@@ -16,21 +16,24 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 
-from services.shared.clock import Clock
+from services.shared.clock import US_PER_DAY, Clock
 from services.shared.errors import FailedPrecondition, NotFound
 from services.sync.delivery import DeliveryFailed, RetryPolicy, TokenBucket
 from services.sync.destinations import TYPES
 from services.sync.destinations.base import Batch, DestinationRun, RunContext
 from services.sync.model import (
     ADDED,
+    AUDIENCE,
     DEAD_LETTERED,
     FAILED,
     PAUSED,
     PERIOD_US,
     REMOVED,
+    SET,
     SUCCEEDED,
     Change,
     DeadLetter,
@@ -42,8 +45,10 @@ from services.sync.model import (
 from services.sync.readmodel import ChangeLog, LoggedChange
 from services.sync.settings import SyncSettings
 from services.sync.store import SyncStore
+from services.sync.values import ValueReader
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class SyncHeld(FailedPrecondition):
@@ -62,10 +67,16 @@ class SyncRunner:
     """Runs syncs; one per process, shared by RunSync and the scheduler."""
 
     def __init__(
-        self, store: SyncStore, changelog: ChangeLog, settings: SyncSettings, clock: Clock
+        self,
+        store: SyncStore,
+        changelog: ChangeLog,
+        settings: SyncSettings,
+        clock: Clock,
+        values: ValueReader | None = None,
     ) -> None:
         self._store = store
         self._changelog = changelog
+        self._values = values or ValueReader(changelog.engine)
         self._settings = settings
         self._clock = clock
         self._policy = RetryPolicy(
@@ -96,7 +107,12 @@ class SyncRunner:
                     changes = [Change.from_json(c) for c in payload["changes"]]
                     outcome = await target.deliver(
                         Batch(
-                            sync.id, sync.source_key, sync.id_type, letter.idempotency_key, changes
+                            sync.id,
+                            sync.source_key,
+                            sync.id_type,
+                            letter.idempotency_key,
+                            changes,
+                            sync.source,
                         )
                     )
                     run.batches += 1
@@ -181,6 +197,7 @@ class SyncRunner:
                 bucket,
                 sync.destination_state,
                 lambda state: self._store.save_destination_state(sync.id, state),
+                sync.source,
             )
             target = TYPES[destination.kind].open_run(destination, context)
             try:
@@ -190,7 +207,8 @@ class SyncRunner:
                 raise
 
     async def _runnable(self, ws: str, sync_id: str) -> tuple[Sync, Destination, int]:
-        """The claimed sync, its destination and audience id, or why it cannot run."""
+        """The claimed sync, its destination and audience id (0 for a value sync), or
+        why it cannot run."""
         sync = await self._store.get_sync(ws, sync_id)
         if sync is None:
             raise NotFound(f"sync {sync_id} not found")
@@ -202,6 +220,10 @@ class SyncRunner:
         destination = await self._store.get_destination(ws, sync.destination_id)
         if destination is None:
             raise FailedPrecondition(f"destination {sync.destination_id} no longer exists")
+        if sync.source != AUDIENCE:
+            if not await self._values.exists(ws, sync.source, sync.source_key):
+                raise FailedPrecondition(f"{sync.source} {sync.source_key} does not exist")
+            return sync, destination, 0
         audience_id = await self._changelog.audience_id(ws, sync.source_key)
         if audience_id is None:
             raise FailedPrecondition(f"audience {sync.source_key} does not exist")
@@ -211,7 +233,9 @@ class SyncRunner:
         self, sync: Sync, destination: Destination, audience_id: int, run: Run
     ) -> None:
         async with self._target(sync, destination, run) as target:
-            if not sync.backfilled:
+            if sync.source != AUDIENCE:
+                await self._new_values(sync, destination, target, run)
+            elif not sync.backfilled:
                 await self._backfill(sync, destination, audience_id, target, run)
             else:
                 upto = await self._changelog.last_seq(sync.workspace_id)
@@ -224,6 +248,49 @@ class SyncRunner:
         if sync.cadence in PERIOD_US:
             values["next_run_at_us"] = run.started_at_us + PERIOD_US[sync.cadence]
         await self._store.update_sync(sync.workspace_id, sync.id, values, self._clock.now_us())
+
+    async def _new_values(
+        self, sync: Sync, destination: Destination, target: DestinationRun, run: Run
+    ) -> None:
+        """Deliver the values computed since the cursor (every current value on the
+        first run), in (computed-at, profile id) order, batch by batch. Only values
+        computed at least `value_settle_seconds` ago are read: a computation commits
+        after the instant it stamps on its values, and the cursor must not pass an
+        instant whose values are not all committed yet."""
+        now = self._clock.now_us()
+        upto = now - int(self._settings.value_settle_seconds * 1_000_000)
+        since = now - sync.active_within_days * US_PER_DAY if sync.active_within_days else None
+        cursor = (sync.cursor, sync.cursor_profile_id)
+        pending = cursor
+        async with self._values.stream(
+            sync.workspace_id, sync.source, sync.source_key, cursor, upto
+        ) as rows:
+            async for chunk in _chunks(rows, destination.batch_size):
+                named = await self._values.name(sync.workspace_id, chunk, sync.id_type, since)
+                changes = []
+                for v in named:
+                    if v.id_value is None or not v.active:
+                        run.skipped += 1
+                    else:
+                        changes.append(
+                            Change(v.row.at_us, SET, v.person, v.id_value, v.row.at_us, v.row.value)
+                        )
+                first, last = chunk[0], chunk[-1]
+                if changes:
+                    key = (
+                        f"{sync.id}:v{first.at_us}.{first.profile_id}"
+                        f"-{last.at_us}.{last.profile_id}"
+                    )
+                    await self._send(sync, target, key, changes, run)
+                pending = (last.at_us, last.profile_id)
+                if target.acknowledges_each_batch:
+                    await self._acknowledge(run, pending[0], 0, pending[1])
+                else:
+                    await self._renew(run)
+        await target.finish()
+        if not target.acknowledges_each_batch:
+            await self._acknowledge(run, pending[0], 0, pending[1])
+        run.to_cursor = pending[0]
 
     async def _guardrail_trips(self, sync: Sync, audience_id: int, upto: int, run: Run) -> bool:
         """Pause the sync instead of removing more than its share of the destination's
@@ -331,7 +398,7 @@ class SyncRunner:
         self, sync: Sync, target: DestinationRun, key: str, changes: list[Change], run: Run
     ) -> None:
         """Deliver one batch; count it, or dead-letter it when the destination refused."""
-        batch = Batch(sync.id, sync.source_key, sync.id_type, key, changes)
+        batch = Batch(sync.id, sync.source_key, sync.id_type, key, changes, sync.source)
         outcome = await target.deliver(batch)
         run.batches += 1
         run.retries += outcome.retries
@@ -358,9 +425,15 @@ class SyncRunner:
             letter.status_code,
         )
 
-    async def _acknowledge(self, run: Run, cursor: int, delta: int) -> None:
+    async def _acknowledge(self, run: Run, cursor: int, delta: int, cursor_pid: int = 0) -> None:
         if not await self._store.acknowledge(
-            run.sync_id, run.holder, cursor, delta, self._claim_until(), backfilled=True
+            run.sync_id,
+            run.holder,
+            cursor,
+            delta,
+            self._claim_until(),
+            backfilled=True,
+            cursor_profile_id=cursor_pid,
         ):
             raise DeliveryFailed(f"sync {run.sync_id}: this replica lost its claim mid-run")
 
@@ -370,14 +443,13 @@ class SyncRunner:
 
 
 def _count(run: Run, changes: Sequence[Change]) -> None:
-    run.added += sum(1 for c in changes if c.action == ADDED)
+    # A value sync's values count as added.
+    run.added += sum(1 for c in changes if c.action in (ADDED, SET))
     run.removed += sum(1 for c in changes if c.action == REMOVED)
 
 
-async def _chunks(
-    rows: AsyncIterator[tuple[int, str | None]], size: int
-) -> AsyncIterator[list[tuple[int, str | None]]]:
-    chunk: list[tuple[int, str | None]] = []
+async def _chunks(rows: AsyncIterator[T], size: int) -> AsyncIterator[list[T]]:
+    chunk: list[T] = []
     async for row in rows:
         chunk.append(row)
         if len(chunk) >= size:

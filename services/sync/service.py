@@ -11,6 +11,8 @@ from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.sync import export
 from services.sync.destinations import TYPES
 from services.sync.model import (
+    AMPLITUDE,
+    AUDIENCE,
     ID_TYPE,
     PERIOD_US,
     Destination,
@@ -24,6 +26,7 @@ from services.sync.model import (
 from services.sync.readmodel import ChangeLog
 from services.sync.runner import SyncRunner
 from services.sync.store import SyncStore
+from services.sync.values import ValueReader
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1_000
@@ -57,6 +60,7 @@ class SyncService:
         self._changelog = changelog
         self._runner = runner
         self._clock = clock
+        self._values = ValueReader(changelog.engine)
 
     # ----------------------------------------------------------------- destinations
 
@@ -113,8 +117,16 @@ class SyncService:
         problem = TYPES[destination.kind].check_id_type(given.id_type)
         if problem is not None:
             raise invalid("sync.id_type", problem)
-        if await self._changelog.audience_id(ws, given.source_key) is None:
-            raise invalid("sync.source_key", f"no audience {given.source_key}")
+        if given.source == AUDIENCE:
+            if await self._changelog.audience_id(ws, given.source_key) is None:
+                raise invalid("sync.source_key", f"no audience {given.source_key}")
+        else:
+            if destination.kind == AMPLITUDE:
+                raise invalid("sync.source", "Amplitude cohorts hold audiences only")
+            if not await self._values.exists(ws, given.source, given.source_key):
+                raise invalid(
+                    "sync.source_key", f"no {given.source.replace('_', ' ')} {given.source_key}"
+                )
         return await self._store.create_sync(ws, given, self._clock.now_us())
 
     async def get_sync(self, ws: str, sync_id: str) -> Sync:
@@ -157,6 +169,7 @@ class SyncService:
             "cadence": given.cadence,
             "max_removal_fraction": given.max_removal_fraction or current.max_removal_fraction,
             "paused": given.paused,
+            "active_within_days": given.active_within_days,
         }
         if given.cadence != current.cadence:
             values["next_run_at_us"] = now if given.cadence in PERIOD_US else None

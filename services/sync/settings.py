@@ -29,6 +29,9 @@ class SyncSettings:
     claim_seconds: float = 300.0
     # How often the scheduler looks for due hourly and daily syncs.
     scheduler_interval_seconds: float = 30.0
+    # Value syncs read only values computed at least this long ago (a computation
+    # commits after the instant it stamps on its values).
+    value_settle_seconds: float = 60.0
     # Realtime syncs: the changes stream and this service's consumer group on it.
     changes_stream: str = CHANGES_STREAM
     realtime_group: str = "sync-realtime"
@@ -56,6 +59,7 @@ class SyncSettings:
             max_attempts=int(env.get("SYNC_MAX_ATTEMPTS") or 8),
             claim_seconds=_float("SYNC_CLAIM_SECONDS", 300.0),
             scheduler_interval_seconds=_float("SYNC_SCHEDULER_INTERVAL_SECONDS", 30.0),
+            value_settle_seconds=_float("SYNC_VALUE_SETTLE_SECONDS", 60.0),
             changes_stream=env.get("SYNC_CHANGES_STREAM") or CHANGES_STREAM,
             realtime_group=env.get("SYNC_REALTIME_GROUP") or "sync-realtime",
             realtime_block_ms=int(env.get("SYNC_REALTIME_BLOCK_MS") or 200),

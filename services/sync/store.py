@@ -181,6 +181,8 @@ class SyncStore:
             next_run_at_us=row.next_run_at_us,
             created_at_us=row.created_at_us,
             destination_state=row.destination_state,
+            active_within_days=row.active_within_days,
+            cursor_profile_id=row.cursor_profile_id,
         )
 
     async def create_sync(self, ws: str, given: SyncInput, now_us: int) -> Sync:
@@ -205,6 +207,8 @@ class SyncStore:
                     max_removal_fraction=given.max_removal_fraction or DEFAULT_MAX_REMOVAL_FRACTION,
                     removal_approved=False,
                     next_run_at_us=now_us if given.cadence in PERIOD_US else None,
+                    active_within_days=given.active_within_days,
+                    cursor_profile_id=0,
                     created_at_us=now_us,
                     updated_at_us=now_us,
                 )
@@ -319,6 +323,7 @@ class SyncStore:
         members_delta: int,
         claimed_until_us: int,
         backfilled: bool,
+        cursor_profile_id: int = 0,
     ) -> bool:
         """Advance the cursor past what the destination acknowledged and renew the claim;
         False (nothing written) when `holder` no longer holds the claim."""
@@ -328,6 +333,7 @@ class SyncStore:
                 .where(syncs.c.sync_id == sync_id, syncs.c.claimed_by == holder)
                 .values(
                     cursor=cursor,
+                    cursor_profile_id=cursor_profile_id,
                     delivered_members=syncs.c.delivered_members + members_delta,
                     claimed_until_us=claimed_until_us,
                     backfilled=backfilled,

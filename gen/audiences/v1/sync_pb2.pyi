@@ -351,6 +351,8 @@ class Sync(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     ID_TYPE_FIELD_NUMBER: _builtins.int
     NEXT_RUN_AT_FIELD_NUMBER: _builtins.int
+    ACTIVE_WITHIN_DAYS_FIELD_NUMBER: _builtins.int
+    CURSOR_PROFILE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     destination_id: _builtins.str
     source: Global___SyncSource.ValueType
@@ -366,6 +368,12 @@ class Sync(_message.Message):
     id_type: _builtins.str
     """Which identifier names a profile at the destination (user_id, email,
     anonymous_id, device_id or a custom type); profiles without one are skipped.
+    """
+    active_within_days: _builtins.int
+    """Only profiles with an event in the last N days are sent (0: every profile)."""
+    cursor_profile_id: _builtins.int
+    """Computed trait and prediction syncs: the profile id half of the cursor (the other
+    half, `cursor`, is the computed-at microseconds of the last value acknowledged).
     """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -388,10 +396,12 @@ class Sync(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         id_type: _builtins.str = ...,
         next_run_at: _timestamp_pb2.Timestamp | None = ...,
+        active_within_days: _builtins.int = ...,
+        cursor_profile_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "next_run_at", b"next_run_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cadence", b"cadence", "created_at", b"created_at", "cursor", b"cursor", "destination_id", b"destination_id", "id", b"id", "id_type", b"id_type", "max_removal_fraction", b"max_removal_fraction", "next_run_at", b"next_run_at", "paused", b"paused", "paused_reason", b"paused_reason", "source", b"source", "source_key", b"source_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_within_days", b"active_within_days", "cadence", b"cadence", "created_at", b"created_at", "cursor", b"cursor", "cursor_profile_id", b"cursor_profile_id", "destination_id", b"destination_id", "id", b"id", "id_type", b"id_type", "max_removal_fraction", b"max_removal_fraction", "next_run_at", b"next_run_at", "paused", b"paused", "paused_reason", b"paused_reason", "source", b"source", "source_key", b"source_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,7 +18,7 @@ import aiohttp
 
 from services.shared.errors import FieldViolation
 from services.sync.delivery import HttpAnswer, RetryPolicy, TokenBucket, post
-from services.sync.model import Change, Destination
+from services.sync.model import AUDIENCE, Change, Destination
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,18 @@ class Batch:
     id_type: str
     idempotency_key: str
     changes: Sequence[Change]
+    source: str = AUDIENCE  # value syncs: `audience_key` is the trait or prediction key
 
     def as_json(self) -> dict[str, Any]:
         """The batch as a JSON document (webhook body, dead-letter payload)."""
+        named: dict[str, Any] = (
+            {"audience_key": self.audience_key}
+            if self.source == AUDIENCE
+            else {"source": self.source, "key": self.audience_key}
+        )
         return {
             "sync_id": self.sync_id,
-            "audience_key": self.audience_key,
+            **named,
             "id_type": self.id_type,
             "idempotency_key": self.idempotency_key,
             "changes": [c.as_json() for c in self.changes],
@@ -68,6 +74,7 @@ class RunContext:
     bucket: TokenBucket | None
     state: Mapping[str, Any] | None = None
     save_state: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    source: str = AUDIENCE  # what the sync sends (file columns depend on it)
 
 
 class DestinationRun(Protocol):

@@ -29,7 +29,7 @@ from services.sync.destinations.base import (
     RunContext,
     any_id_type,
 )
-from services.sync.model import ADDED, Change, Destination
+from services.sync.model import ADDED, AUDIENCE, Change, Destination
 
 MAX_OBJECTS = 75
 OPTIONS = {"membership", "attribute"}
@@ -46,6 +46,18 @@ def _identify(change: Change, id_type: str) -> dict[str, Any]:
 
 def attribute_objects(batch: Batch, options: Mapping[str, str]) -> list[dict[str, Any]]:
     """The Braze attribute objects of a batch, one per change, in order."""
+    if batch.source != AUDIENCE:
+        # A computed trait or prediction is a custom attribute of that name; such a
+        # sync creates the users Braze does not have yet.
+        attribute = options.get("attribute") or batch.audience_key
+        return [
+            {
+                **_identify(change, batch.id_type),
+                attribute: change.value,
+                "_update_existing_only": False,
+            }
+            for change in batch.changes
+        ]
     array = options.get("membership") == "array"
     name = options.get("attribute") or ("audiences" if array else f"audience_{batch.audience_key}")
     out = []

@@ -3,7 +3,8 @@ Lines, written under a temporary name and renamed into place when the run finish
 so a reader never sees half a file and a failed run leaves none.
 
 Name: ``<sync id>-<run id>.<csv|jsonl>``. Columns (CSV header, JSON keys): seq, action
-(added or removed), profile_id, id, at_us.
+(added or removed), profile_id, id, at_us; computed trait and prediction syncs add
+value (JSON text in a CSV).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from services.sync.destinations.base import (
     any_id_type,
     no_options,
 )
-from services.sync.model import Destination
+from services.sync.model import AUDIENCE, Destination
 
 COLUMNS = ("seq", "action", "profile_id", "id", "at_us")
+VALUE_COLUMNS = (*COLUMNS, "value")
 
 
 class _FileRun:
@@ -37,13 +39,14 @@ class _FileRun:
         self._path = os.path.join(destination.directory, name)
         self._partial = os.path.join(destination.directory, f".{name}.partial")
         self._file: IO[str] | None = None
+        self._columns = COLUMNS if context.source == AUDIENCE else VALUE_COLUMNS
 
     def _open(self) -> IO[str]:
         if self._file is None:
             os.makedirs(os.path.dirname(self._path), exist_ok=True)
             self._file = open(self._partial, "w", newline="", encoding="utf-8")
             if self._format == "csv":
-                csv.writer(self._file).writerow(COLUMNS)
+                csv.writer(self._file).writerow(self._columns)
         return self._file
 
     def _write(self, batch: Batch) -> None:
@@ -52,7 +55,9 @@ class _FileRun:
             writer = csv.writer(file)
             for change in batch.changes:
                 row = change.as_json()
-                writer.writerow([row[c] for c in COLUMNS])
+                if "value" in row:
+                    row["value"] = orjson.dumps(row["value"]).decode()
+                writer.writerow([row[c] for c in self._columns])
         else:
             for change in batch.changes:
                 file.write(orjson.dumps(change.as_json()).decode() + "\n")
