@@ -9,6 +9,7 @@ import grpc
 from audiences.v1 import sync_pb2_grpc
 
 from services.shared.server import Resources, ServiceSpec
+from services.sync.eventstream import EventSyncs
 from services.sync.readmodel import ChangeLog
 from services.sync.realtime import RealtimeSyncs
 from services.sync.runner import SyncRunner
@@ -22,7 +23,9 @@ from services.sync.store import SyncStore
 
 def _runner(resources: Resources, settings: SyncSettings) -> tuple[SyncStore, SyncRunner]:
     store = SyncStore(resources.engine, SecretBox(settings.secret_key))
-    return store, SyncRunner(store, ChangeLog(resources.engine), settings, resources.clock)
+    changelog = ChangeLog(resources.engine)
+    runner = SyncRunner(store, changelog, settings, resources.clock, redis=resources.redis)
+    return store, runner
 
 
 def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
@@ -35,13 +38,15 @@ def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
 
 
 def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
-    """The scheduler of hourly and daily syncs and the consumer of realtime ones."""
+    """The scheduler of hourly and daily syncs, the consumer of realtime ones, and the
+    forwarder of event syncs."""
     settings = SyncSettings.from_env()
     store, runner = _runner(resources, settings)
     realtime = RealtimeSyncs(resources.redis, store, ChangeLog(resources.engine), runner, settings)
     return [
         Scheduler(store, runner, resources.clock, settings).run_forever(),
         realtime.run_forever(),
+        EventSyncs(resources.redis, store, runner, settings).run_forever(),
     ]
 
 

@@ -28,9 +28,12 @@ AUDIENCE = "audience"
 COMPUTED_TRAIT = "computed_trait"
 PREDICTION = "prediction"
 RECOMMENDATION = "recommendation"
+EVENTS = "events"  # raw events forwarded as they arrive (event streaming)
 # Sources whose syncs send each profile's current value (not enter/exit changes).
 VALUE_SOURCES = (COMPUTED_TRAIT, PREDICTION)
-SOURCES = (AUDIENCE, *VALUE_SOURCES)
+SOURCES = (AUDIENCE, *VALUE_SOURCES, EVENTS)
+EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
+MAX_EVENT_FILTERS = 100
 MAX_ACTIVE_WITHIN_DAYS = 3650
 ONE_TIME = "one_time"
 HOURLY = "hourly"
@@ -120,6 +123,9 @@ class SyncInput:
     max_removal_fraction: float  # 0: the default
     paused: bool = False
     active_within_days: int = 0  # 0: every profile
+    # Event syncs: the event types and names forwarded (empty: every one).
+    event_types: tuple[str, ...] = ()
+    event_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,8 @@ class Sync:
     # Value syncs: the profile id of the last value acknowledged (with `cursor`, its
     # computed-at instant, the keyset position in the source's values).
     cursor_profile_id: int = 0
+    event_types: tuple[str, ...] = ()
+    event_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -225,6 +233,50 @@ class Change:
         return out
 
 
+@dataclass(frozen=True)
+class ForwardedEvent:
+    """One raw event an event sync forwards: `id` is the value of the sync's id type."""
+
+    seq: int
+    message_id: str
+    type: str
+    name: str | None
+    profile_id: int
+    id: str
+    timestamp_us: int
+    properties: Any = None
+    traits: Any = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ForwardedEvent:
+        """The event `as_json` wrote (a dead letter's payload)."""
+        return cls(
+            int(data["seq"]),
+            data["message_id"],
+            data["type"],
+            data.get("name"),
+            int(data["profile_id"]),
+            data["id"],
+            int(data["timestamp_us"]),
+            data.get("properties"),
+            data.get("traits"),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The event as webhooks and files carry it."""
+        return {
+            "seq": self.seq,
+            "message_id": self.message_id,
+            "type": self.type,
+            "name": self.name,
+            "profile_id": str(self.profile_id),
+            "id": self.id,
+            "timestamp_us": self.timestamp_us,
+            "properties": self.properties,
+            "traits": self.traits,
+        }
+
+
 def _url_violation(name: str, url: str) -> FieldViolation | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -285,7 +337,7 @@ def check_sync(given: SyncInput) -> None:
                 "(recommendation syncs are not built yet)",
             )
         )
-    if not given.source_key:
+    if not given.source_key and given.source != EVENTS:
         problems.append(
             FieldViolation("sync.source_key", "is required (the audience, trait or prediction key)")
         )
@@ -309,6 +361,24 @@ def check_sync(given: SyncInput) -> None:
                 "one_time, hourly or daily",
             )
         )
+    if given.source == EVENTS and given.cadence != REALTIME:
+        problems.append(
+            FieldViolation("sync.cadence", "event syncs forward events as they come: realtime")
+        )
+    if given.source != EVENTS and (given.event_types or given.event_names):
+        problems.append(FieldViolation("sync.event_types", "only event syncs filter events"))
+    for t in given.event_types:
+        if t not in EVENT_TYPES:
+            problems.append(
+                FieldViolation("sync.event_types", f"must be among {', '.join(EVENT_TYPES)}")
+            )
+            break
+    if len(given.event_names) > MAX_EVENT_FILTERS:
+        problems.append(FieldViolation("sync.event_names", f"at most {MAX_EVENT_FILTERS}"))
+    for n in given.event_names:
+        if not n or len(n) > 255:
+            problems.append(FieldViolation("sync.event_names", "each 1 to 255 characters"))
+            break
     if not 0 <= given.active_within_days <= MAX_ACTIVE_WITHIN_DAYS:
         problems.append(
             FieldViolation(

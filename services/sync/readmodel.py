@@ -90,6 +90,37 @@ class ChangeLog:
             )
             return int(found.scalar() or 0)
 
+    async def name_profiles(
+        self, ws: str, pids: Sequence[int], id_type: str, audience_id: int | None
+    ) -> tuple[dict[int, int], dict[int, str], set[int] | None]:
+        """For events of these profiles: profile -> person (canonical, live profiles
+        only), person -> their value of `id_type`, and with `audience_id` the persons
+        who are members now (None without)."""
+        async with self._engine.connect() as c:
+            rows = await c.execute(
+                select(profiles.c.profile_id, profiles.c.canonical_id).where(
+                    profiles.c.workspace_id == ws,
+                    profiles.c.profile_id.in_(sorted(set(pids))),
+                    profiles.c.deleted_at_us.is_(None),
+                )
+            )
+            people = {int(r.profile_id): int(r.canonical_id) for r in rows}
+            persons = set(people.values())
+            values = await _id_values(c, ws, persons, id_type)
+            members: set[int] | None = None
+            if audience_id is not None:
+                found = await c.execute(
+                    select(profiles.c.canonical_id)
+                    .distinct()
+                    .select_from(_members_join(ws, audience_id))
+                    .where(
+                        *_members_where(ws, audience_id),
+                        profiles.c.canonical_id.in_(sorted(persons)),
+                    )
+                )
+                members = {int(r[0]) for r in found}
+        return people, values, members
+
     async def count_exits(self, ws: str, audience_id: int, after: int, upto: int) -> int:
         """Exits of the audience in (after, upto]: what a run would remove."""
         async with self._engine.connect() as c:

@@ -15,11 +15,14 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar, cast
 
 import aiohttp
+import orjson
+from redis.asyncio import Redis
 
+from services.shared import streams
 from services.shared.clock import US_PER_DAY, Clock
 from services.shared.errors import FailedPrecondition, NotFound
 from services.sync.delivery import DeliveryFailed, RetryPolicy, TokenBucket
@@ -29,6 +32,7 @@ from services.sync.model import (
     ADDED,
     AUDIENCE,
     DEAD_LETTERED,
+    EVENTS,
     FAILED,
     PAUSED,
     PERIOD_US,
@@ -38,6 +42,7 @@ from services.sync.model import (
     Change,
     DeadLetter,
     Destination,
+    ForwardedEvent,
     Run,
     Sync,
     new_id,
@@ -49,6 +54,8 @@ from services.sync.values import ValueReader
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# The one consumer name of every event sync's group (only the claim holder reads it).
+EVENT_CONSUMER = "holder"
 
 
 class SyncHeld(FailedPrecondition):
@@ -73,7 +80,9 @@ class SyncRunner:
         settings: SyncSettings,
         clock: Clock,
         values: ValueReader | None = None,
+        redis: Redis | None = None,
     ) -> None:
+        self._redis = redis
         self._store = store
         self._changelog = changelog
         self._values = values or ValueReader(changelog.engine)
@@ -104,25 +113,18 @@ class SyncRunner:
             letters = await self._store.pending_dead_letters(ws, sync_id, dead_letter_ids)
             async with self._target(sync, destination, run) as target:
                 for letter, payload in letters:
-                    changes = [Change.from_json(c) for c in payload["changes"]]
-                    outcome = await target.deliver(
-                        Batch(
-                            sync.id,
-                            sync.source_key,
-                            sync.id_type,
-                            letter.idempotency_key,
-                            changes,
-                            sync.source,
-                        )
+                    batch = replace(
+                        Batch.from_json(payload), idempotency_key=letter.idempotency_key
                     )
+                    outcome = await target.deliver(batch)
                     run.batches += 1
                     run.retries += outcome.retries
                     if outcome.delivered:
-                        _count(run, changes)
+                        _count(run, batch)
                         await target.finish()
                         await self._store.redriven(letter.id, self._clock.now_us(), None, "")
                     else:
-                        run.failed += len(changes)
+                        run.failed += len(batch)
                         await self._store.redriven(
                             letter.id, None, outcome.refused_status, outcome.refused_body
                         )
@@ -220,6 +222,14 @@ class SyncRunner:
         destination = await self._store.get_destination(ws, sync.destination_id)
         if destination is None:
             raise FailedPrecondition(f"destination {sync.destination_id} no longer exists")
+        if sync.source == EVENTS:
+            audience = 0
+            if sync.source_key:
+                found = await self._changelog.audience_id(ws, sync.source_key)
+                if found is None:
+                    raise FailedPrecondition(f"audience {sync.source_key} does not exist")
+                audience = found
+            return sync, destination, audience
         if sync.source != AUDIENCE:
             if not await self._values.exists(ws, sync.source, sync.source_key):
                 raise FailedPrecondition(f"{sync.source} {sync.source_key} does not exist")
@@ -233,7 +243,9 @@ class SyncRunner:
         self, sync: Sync, destination: Destination, audience_id: int, run: Run
     ) -> None:
         async with self._target(sync, destination, run) as target:
-            if sync.source != AUDIENCE:
+            if sync.source == EVENTS:
+                await self._stream_events(sync, destination, audience_id, target, run)
+            elif sync.source != AUDIENCE:
                 await self._new_values(sync, destination, target, run)
             elif not sync.backfilled:
                 await self._backfill(sync, destination, audience_id, target, run)
@@ -248,6 +260,122 @@ class SyncRunner:
         if sync.cadence in PERIOD_US:
             values["next_run_at_us"] = run.started_at_us + PERIOD_US[sync.cadence]
         await self._store.update_sync(sync.workspace_id, sync.id, values, self._clock.now_us())
+
+    async def _stream_events(
+        self,
+        sync: Sync,
+        destination: Destination,
+        audience_id: int,
+        target: DestinationRun,
+        run: Run,
+    ) -> None:
+        """Forward the event stream's new entries that pass the sync's filter, batch by
+        batch, in stream order (so in order per profile), for up to events_run_seconds.
+
+        The sync's own consumer group on the stream holds its position; one consumer
+        name, read only by the replica holding the sync's claim, so a new holder first
+        re-reads what an earlier one read but did not acknowledge (same entries, same
+        batches, same idempotency keys). Entries are acknowledged (XACK) after the
+        destination acknowledged them and the cursor (the last entry's seq) was written.
+        The first run creates the group at the stream's end: forwarding starts then."""
+        if self._redis is None:
+            raise DeliveryFailed("event syncs need Redis")
+        redis, stream = self._redis, self._settings.events_stream
+        group = f"sync-events:{sync.id}"
+        if not sync.backfilled:
+            top = await redis.xrevrange(stream, count=1)
+            start = _entry_id(top[0][0] or "0-0") if top else "0-0"
+            await streams.ensure_group(redis, stream, group, start)
+            await self._acknowledge(run, int(start.split("-")[0]), 0)
+            run.to_cursor = int(start.split("-")[0])
+            return
+        await streams.ensure_group(redis, stream, group, "$")
+        deadline = time.monotonic() + self._settings.events_run_seconds
+        unacked: list[str] = []
+        cursor = sync.cursor
+        for position in ("0", ">"):  # what an earlier holder left pending, then new
+            while time.monotonic() < deadline:
+                # RESP2: [[stream, [(id, fields or None when trimmed), ...]]].
+                reply = cast(
+                    "list[Any]",
+                    await redis.xreadgroup(
+                        group, EVENT_CONSUMER, {stream: position}, count=destination.batch_size
+                    ),
+                )
+                entries: list[tuple[str, dict[bytes, bytes] | None]] = [
+                    (_entry_id(i), f) for i, f in (reply[0][1] if reply else [])
+                ]
+                if not entries:
+                    break
+                events = await self._forwardable(sync, entries, audience_id or None, run)
+                if events:
+                    key = f"{sync.id}:e{entries[0][0]}-{entries[-1][0]}"
+                    batch = Batch(sync.id, "", sync.id_type, key, [], EVENTS, events)
+                    await self._deliver_batch(sync, target, batch, run)
+                cursor = max(cursor, int(entries[-1][0].split("-")[0]))
+                ids = [entry_id for entry_id, _ in entries]
+                if target.acknowledges_each_batch:
+                    await self._acknowledge(run, cursor, 0)
+                    await streams.ack(redis, stream, group, ids)
+                else:
+                    unacked += ids
+                    await self._renew(run)
+        await target.finish()
+        if not target.acknowledges_each_batch:
+            await self._acknowledge(run, cursor, 0)
+            await streams.ack(redis, stream, group, unacked)
+        run.to_cursor = cursor
+
+    async def _forwardable(
+        self,
+        sync: Sync,
+        entries: list[tuple[str, dict[bytes, bytes] | None]],
+        audience_id: int | None,
+        run: Run,
+    ) -> list[ForwardedEvent]:
+        """The entries' events that pass the sync's filter, named by its id type; the
+        others are dropped (events of people without the id type count as skipped)."""
+        picked: list[tuple[int, int, dict[str, Any]]] = []
+        for entry_id, fields in entries:
+            if not fields or fields.get(b"kind") != b"event":
+                continue  # a merge, or an entry trimmed away while pending
+            if fields.get(b"workspace_id", b"").decode() != sync.workspace_id:
+                continue
+            event = orjson.loads(fields.get(b"event", b"null")) or {}
+            if sync.event_types and event.get("type") not in sync.event_types:
+                continue
+            if sync.event_names and event.get("name") not in sync.event_names:
+                continue
+            picked.append((int(entry_id.split("-")[0]), int(fields[b"profile_id"]), event))
+        if not picked:
+            return []
+        people, ids, members = await self._changelog.name_profiles(
+            sync.workspace_id, [pid for _, pid, _ in picked], sync.id_type, audience_id
+        )
+        out = []
+        for seq, pid, event in picked:
+            person = people.get(pid)
+            if person is None or (members is not None and person not in members):
+                continue  # erased, or not in the sync's audience
+            own = event.get(sync.id_type) if sync.id_type in ("user_id", "anonymous_id") else None
+            value = own or ids.get(person)
+            if not value:
+                run.skipped += 1
+                continue
+            out.append(
+                ForwardedEvent(
+                    seq=seq,
+                    message_id=str(event.get("message_id") or ""),
+                    type=str(event.get("type") or ""),
+                    name=event.get("name"),
+                    profile_id=person,
+                    id=str(value),
+                    timestamp_us=int(event.get("timestamp_us") or 0),
+                    properties=event.get("properties"),
+                    traits=event.get("traits"),
+                )
+            )
+        return out
 
     async def _new_values(
         self, sync: Sync, destination: Destination, target: DestinationRun, run: Run
@@ -397,25 +525,32 @@ class SyncRunner:
     async def _send(
         self, sync: Sync, target: DestinationRun, key: str, changes: list[Change], run: Run
     ) -> None:
-        """Deliver one batch; count it, or dead-letter it when the destination refused."""
+        """Deliver one batch of changes (see `_deliver_batch`)."""
         batch = Batch(sync.id, sync.source_key, sync.id_type, key, changes, sync.source)
+        await self._deliver_batch(sync, target, batch, run)
+
+    async def _deliver_batch(
+        self, sync: Sync, target: DestinationRun, batch: Batch, run: Run
+    ) -> None:
+        """Deliver one batch; count it, or dead-letter it when the destination refused."""
         outcome = await target.deliver(batch)
         run.batches += 1
         run.retries += outcome.retries
         if outcome.delivered:
-            _count(run, batch.changes)
+            _count(run, batch)
             return
+        first, last = batch.seqs
         letter = DeadLetter(
             id=new_id("dlq"),
             idempotency_key=batch.idempotency_key,
-            first_seq=batch.changes[0].seq,
-            last_seq=batch.changes[-1].seq,
+            first_seq=first,
+            last_seq=last,
             status_code=outcome.refused_status or 0,
             response_body=outcome.refused_body,
-            changes=len(batch.changes),
+            changes=len(batch),
             created_at_us=self._clock.now_us(),
         )
-        run.failed += len(batch.changes)
+        run.failed += len(batch)
         run.dead_letters.append(letter)
         await self._store.add_dead_letter(run, letter, batch.as_json())
         log.warning(
@@ -442,10 +577,14 @@ class SyncRunner:
             raise DeliveryFailed(f"sync {run.sync_id}: this replica lost its claim mid-run")
 
 
-def _count(run: Run, changes: Sequence[Change]) -> None:
-    # A value sync's values count as added.
-    run.added += sum(1 for c in changes if c.action in (ADDED, SET))
-    run.removed += sum(1 for c in changes if c.action == REMOVED)
+def _entry_id(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _count(run: Run, batch: Batch) -> None:
+    # A value sync's values and an event sync's events count as added.
+    run.added += len(batch.events) + sum(1 for c in batch.changes if c.action in (ADDED, SET))
+    run.removed += sum(1 for c in batch.changes if c.action == REMOVED)
 
 
 async def _chunks(rows: AsyncIterator[T], size: int) -> AsyncIterator[list[T]]:

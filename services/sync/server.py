@@ -17,6 +17,7 @@ from services.sync.model import (
     BRAZE,
     COMPUTED_TRAIT,
     DAILY,
+    EVENTS,
     FILE,
     HOURLY,
     ONE_TIME,
@@ -52,6 +53,7 @@ _SOURCES = {
     sync_pb2.SYNC_SOURCE_COMPUTED_TRAIT: COMPUTED_TRAIT,
     sync_pb2.SYNC_SOURCE_PREDICTION: PREDICTION,
     sync_pb2.SYNC_SOURCE_RECOMMENDATION: RECOMMENDATION,
+    sync_pb2.SYNC_SOURCE_EVENTS: EVENTS,
 }
 _SOURCE_ENUMS = {v: k for k, v in _SOURCES.items()}
 _FORMATS = {
@@ -104,6 +106,8 @@ def _sync_input(s: sync_pb2.Sync) -> SyncInput:
         max_removal_fraction=s.max_removal_fraction,
         paused=s.paused,
         active_within_days=s.active_within_days,
+        event_types=tuple(s.event_types),
+        event_names=tuple(s.event_names),
     )
 
 
@@ -122,6 +126,8 @@ def _sync(s: Sync) -> sync_pb2.Sync:
         id_type=s.id_type,
         active_within_days=s.active_within_days,
         cursor_profile_id=s.cursor_profile_id,
+        event_types=list(s.event_types),
+        event_names=list(s.event_names),
     )
     if s.next_run_at_us is not None:
         out.next_run_at.CopyFrom(timestamp_from_us(s.next_run_at_us))

@@ -13,6 +13,7 @@ from services.sync.destinations import TYPES
 from services.sync.model import (
     AMPLITUDE,
     AUDIENCE,
+    EVENTS,
     ID_TYPE,
     PERIOD_US,
     Destination,
@@ -117,8 +118,11 @@ class SyncService:
         problem = TYPES[destination.kind].check_id_type(given.id_type)
         if problem is not None:
             raise invalid("sync.id_type", problem)
-        if given.source == AUDIENCE:
-            if await self._changelog.audience_id(ws, given.source_key) is None:
+        if given.source in (AUDIENCE, EVENTS):
+            # An event sync's source_key, when set, limits it to an audience's members.
+            if (given.source == AUDIENCE or given.source_key) and (
+                await self._changelog.audience_id(ws, given.source_key) is None
+            ):
                 raise invalid("sync.source_key", f"no audience {given.source_key}")
         else:
             if destination.kind == AMPLITUDE:
@@ -162,6 +166,8 @@ class SyncService:
             source_key=current.source_key,
             id_type=current.id_type,
             cadence=given.cadence or current.cadence,
+            event_types=current.event_types,
+            event_names=current.event_names,
         )
         check_sync(given)
         now = self._clock.now_us()

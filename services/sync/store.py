@@ -17,6 +17,7 @@ from services.sync.model import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_REMOVAL_FRACTION,
     DEFAULT_TIMEOUT_SECONDS,
+    EVENTS,
     FAILED,
     PERIOD_US,
     REALTIME,
@@ -183,6 +184,8 @@ class SyncStore:
             destination_state=row.destination_state,
             active_within_days=row.active_within_days,
             cursor_profile_id=row.cursor_profile_id,
+            event_types=tuple((row.event_filter or {}).get("types", ())),
+            event_names=tuple((row.event_filter or {}).get("names", ())),
         )
 
     async def create_sync(self, ws: str, given: SyncInput, now_us: int) -> Sync:
@@ -209,6 +212,11 @@ class SyncStore:
                     next_run_at_us=now_us if given.cadence in PERIOD_US else None,
                     active_within_days=given.active_within_days,
                     cursor_profile_id=0,
+                    event_filter=(
+                        {"types": list(given.event_types), "names": list(given.event_names)}
+                        if given.source == EVENTS
+                        else None
+                    ),
                     created_at_us=now_us,
                     updated_at_us=now_us,
                 )
@@ -360,13 +368,23 @@ class SyncStore:
     async def realtime_syncs(self, ws: str | None = None, keys: Collection[str] = ()) -> list[Sync]:
         """Realtime syncs, oldest first: of one workspace's sources `keys` when given,
         else every one (the catch-up sweep)."""
-        conditions = [syncs.c.cadence == REALTIME]
+        conditions = [syncs.c.cadence == REALTIME, syncs.c.source != EVENTS]
         if ws is not None:
             conditions.append(syncs.c.workspace_id == ws)
         if keys:
             conditions.append(syncs.c.source_key.in_(list(keys)))
         async with self._engine.connect() as c:
             rows = await c.execute(select(syncs).where(*conditions).order_by(syncs.c.sync_id))
+            return [self._sync(r) for r in rows]
+
+    async def event_syncs(self) -> list[Sync]:
+        """Every unpaused event sync, oldest first."""
+        async with self._engine.connect() as c:
+            rows = await c.execute(
+                select(syncs)
+                .where(syncs.c.source == EVENTS, syncs.c.paused.is_(False))
+                .order_by(syncs.c.sync_id)
+            )
             return [self._sync(r) for r in rows]
 
     # ------------------------------------------------------------------------ runs

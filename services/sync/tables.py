@@ -55,6 +55,8 @@ syncs = Table(
     Column("cursor_profile_id", BigInteger, nullable=False, default=0, server_default="0"),
     # Only profiles with an event in the last N days are sent (0: every profile).
     Column("active_within_days", Integer, nullable=False, default=0, server_default="0"),
+    # Event syncs: {"types": [...], "names": [...]} forwarded (empty lists: every one).
+    Column("event_filter", Json, nullable=True),
     # False until the first run delivered the audience's members as of its cursor.
     Column("backfilled", Boolean, nullable=False, default=False),
     # How many profiles the destination holds from this sync (added - removed, acknowledged):

@@ -56,6 +56,8 @@ class _SyncSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SyncSource
     SYNC_SOURCE_COMPUTED_TRAIT: _SyncSource.ValueType  # 2
     SYNC_SOURCE_PREDICTION: _SyncSource.ValueType  # 3
     SYNC_SOURCE_RECOMMENDATION: _SyncSource.ValueType  # 4
+    SYNC_SOURCE_EVENTS: _SyncSource.ValueType  # 5
+    """raw events forwarded as they arrive (realtime only)"""
 
 class SyncSource(_SyncSource, metaclass=_SyncSourceEnumTypeWrapper): ...
 
@@ -64,6 +66,8 @@ SYNC_SOURCE_AUDIENCE: SyncSource.ValueType  # 1
 SYNC_SOURCE_COMPUTED_TRAIT: SyncSource.ValueType  # 2
 SYNC_SOURCE_PREDICTION: SyncSource.ValueType  # 3
 SYNC_SOURCE_RECOMMENDATION: SyncSource.ValueType  # 4
+SYNC_SOURCE_EVENTS: SyncSource.ValueType  # 5
+"""raw events forwarded as they arrive (realtime only)"""
 Global___SyncSource: _TypeAlias = SyncSource  # noqa: Y015
 
 class _SyncCadence:
@@ -353,6 +357,8 @@ class Sync(_message.Message):
     NEXT_RUN_AT_FIELD_NUMBER: _builtins.int
     ACTIVE_WITHIN_DAYS_FIELD_NUMBER: _builtins.int
     CURSOR_PROFILE_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    EVENT_NAMES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     destination_id: _builtins.str
     source: Global___SyncSource.ValueType
@@ -381,6 +387,14 @@ class Sync(_message.Message):
     def next_run_at(self) -> _timestamp_pb2.Timestamp:
         """hourly and daily syncs"""
 
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Event syncs: the event types (track, page, ...) and names forwarded (empty: all).
+        Their source_key, when set, names an audience whose members' events alone are sent.
+        """
+
+    @_builtins.property
+    def event_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -398,10 +412,12 @@ class Sync(_message.Message):
         next_run_at: _timestamp_pb2.Timestamp | None = ...,
         active_within_days: _builtins.int = ...,
         cursor_profile_id: _builtins.int = ...,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
+        event_names: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "next_run_at", b"next_run_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_within_days", b"active_within_days", "cadence", b"cadence", "created_at", b"created_at", "cursor", b"cursor", "cursor_profile_id", b"cursor_profile_id", "destination_id", b"destination_id", "id", b"id", "id_type", b"id_type", "max_removal_fraction", b"max_removal_fraction", "next_run_at", b"next_run_at", "paused", b"paused", "paused_reason", b"paused_reason", "source", b"source", "source_key", b"source_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_within_days", b"active_within_days", "cadence", b"cadence", "created_at", b"created_at", "cursor", b"cursor", "cursor_profile_id", b"cursor_profile_id", "destination_id", b"destination_id", "event_names", b"event_names", "event_types", b"event_types", "id", b"id", "id_type", b"id_type", "max_removal_fraction", b"max_removal_fraction", "next_run_at", b"next_run_at", "paused", b"paused", "paused_reason", b"paused_reason", "source", b"source", "source_key", b"source_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

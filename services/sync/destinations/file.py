@@ -24,10 +24,21 @@ from services.sync.destinations.base import (
     any_id_type,
     no_options,
 )
-from services.sync.model import AUDIENCE, Destination
+from services.sync.model import AUDIENCE, EVENTS, Destination
 
 COLUMNS = ("seq", "action", "profile_id", "id", "at_us")
 VALUE_COLUMNS = (*COLUMNS, "value")
+EVENT_COLUMNS = (
+    "seq",
+    "message_id",
+    "type",
+    "name",
+    "profile_id",
+    "id",
+    "timestamp_us",
+    "properties",
+    "traits",
+)
 
 
 class _FileRun:
@@ -39,7 +50,9 @@ class _FileRun:
         self._path = os.path.join(destination.directory, name)
         self._partial = os.path.join(destination.directory, f".{name}.partial")
         self._file: IO[str] | None = None
-        self._columns = COLUMNS if context.source == AUDIENCE else VALUE_COLUMNS
+        self._columns = {AUDIENCE: COLUMNS, EVENTS: EVENT_COLUMNS}.get(
+            context.source, VALUE_COLUMNS
+        )
 
     def _open(self) -> IO[str]:
         if self._file is None:
@@ -51,16 +64,17 @@ class _FileRun:
 
     def _write(self, batch: Batch) -> None:
         file = self._open()
+        rows = [e.as_json() for e in batch.events] + [c.as_json() for c in batch.changes]
         if self._format == "csv":
             writer = csv.writer(file)
-            for change in batch.changes:
-                row = change.as_json()
-                if "value" in row:
-                    row["value"] = orjson.dumps(row["value"]).decode()
+            for row in rows:
+                for name in ("value", "properties", "traits"):
+                    if name in row:
+                        row[name] = orjson.dumps(row[name]).decode()
                 writer.writerow([row[c] for c in self._columns])
         else:
-            for change in batch.changes:
-                file.write(orjson.dumps(change.as_json()).decode() + "\n")
+            for row in rows:
+                file.write(orjson.dumps(row).decode() + "\n")
 
     async def deliver(self, batch: Batch) -> Outcome:
         await asyncio.to_thread(self._write, batch)
