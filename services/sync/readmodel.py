@@ -12,6 +12,8 @@ metadata, and sync imports nothing of the segmentation package (docs/decisions.m
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +36,8 @@ audiences = table(
 )
 
 STREAM_ROWS = 2_000  # rows fetched per round trip while streaming members
+QUEUED = 16  # COPY chunks an export may run ahead of its reader
+EXPORT_WORK_MEM = "64MB"
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,51 @@ class ChangeLog:
             )
             return {r[0]: int(r[1]) for r in rows}
 
+    @asynccontextmanager
+    async def export_lines(
+        self, ws: str, audience_id: int, fmt: str, widths: dict[str, int], id_type: str
+    ) -> AsyncIterator[AsyncIterator[bytes] | None]:
+        """Postgres only (None elsewhere): the bytes of ``COPY (export_query) TO
+        STDOUT``, as asyncpg hands them over (whole lines), with back-pressure: the
+        copy waits while the consumer is `QUEUED` chunks behind."""
+        async with self._engine.connect() as c:
+            if c.dialect.name != "postgresql":
+                yield None
+                return
+            raw = (await c.get_raw_connection()).driver_connection
+            assert raw is not None
+            query, extra, copy_format = export_query(fmt, widths, id_type)
+            queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUED)
+
+            async def sink(data: bytes) -> None:
+                await queue.put(data)
+
+            async def copy() -> None:
+                try:
+                    async with raw.transaction():
+                        # Room to sort in memory, not in temporary files.
+                        await raw.execute(f"SET LOCAL work_mem = '{EXPORT_WORK_MEM}'")
+                        await raw.copy_from_query(
+                            query, ws, audience_id, *extra, output=sink, format=copy_format
+                        )
+                finally:
+                    await queue.put(None)
+
+            task = asyncio.create_task(copy())
+
+            async def lines() -> AsyncIterator[bytes]:
+                while (data := await queue.get()) is not None:
+                    yield data
+                await task  # raises what the copy raised
+
+            try:
+                yield lines()
+            finally:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
     async def member_identifiers(
         self, ws: str, audience_id: int
     ) -> AsyncIterator[tuple[int, list[tuple[str, str]]]]:
@@ -266,6 +315,56 @@ class ChangeLog:
                         found.append(pair)
             if person is not None:
                 yield person, found
+
+
+def export_query(fmt: str, widths: dict[str, int], id_type: str) -> tuple[str, list[Any], str]:
+    """The SQL of an export's CSV rows, one per member in id order, its parameters
+    after $1 workspace and $2 audience, and the COPY format to read it in.
+
+    Postgres formats the rows (CSV quoting, the JSON of the unformatted format, the
+    SHA-256 of the single-column one), so the sync process only frames bytes:
+    - formatted: COPY's CSV format, one column per cell (NULL: an empty cell);
+    - unformatted: one text column holding the whole CSV line (the JSON cell always
+      quoted), read in COPY's text format, which escapes a newline inside a value as
+      ``\\n``, so every real newline ends one member's line;
+    - single column: a text line per member holding its hashed values joined by
+      escaped newlines (one CSV row each), NULL (``\\N``) for a member without one."""
+    # The members (people, once each: merged profiles can hold a membership row each),
+    # then every identifier of theirs: one person per identity (the identities' key),
+    # so no pair repeats and no DISTINCT sort is needed.
+    members = (
+        "SELECT d.person, i.id_type AS t, i.id_value AS v FROM ("
+        "SELECT DISTINCT p.canonical_id AS person FROM memberships m"
+        " JOIN profiles p ON p.profile_id = m.profile_id"
+        " WHERE m.audience_id = $2 AND p.workspace_id = $1 AND p.deleted_at_us IS NULL) d"
+        " LEFT JOIN profiles q ON q.canonical_id = d.person AND q.workspace_id = $1"
+        " LEFT JOIN identities i ON i.profile_id = q.profile_id AND i.workspace_id = $1{only}"
+    )
+    if fmt == "single_column":
+        query = (
+            "SELECT string_agg(encode(sha256(convert_to(v, 'UTF8')), 'hex'), E'\\n'"
+            " ORDER BY v) FROM (" + members.format(only=" AND i.id_type = $3") + ") x"
+            " GROUP BY person ORDER BY person"
+        )
+        return query, [id_type], "text"
+    if fmt == "unformatted":
+        item = "'{\"type\":' || to_json(t)::text || ',\"id\":' || to_json(v)::text || '}'"
+        ids = f"'[' || coalesce(string_agg({item}, ',' ORDER BY t, v), '') || ']'"
+        query = (
+            f"SELECT person::text || ',\"' || replace({ids}, '\"', '\"\"') || '\"'"
+            " FROM (" + members.format(only="") + ") x GROUP BY person ORDER BY person"
+        )
+        return query, [], "text"
+    types = sorted(widths)
+    arrays = "".join(
+        f", array_agg(v ORDER BY v) FILTER (WHERE t = ${n + 3}) AS a{n}" for n in range(len(types))
+    )
+    cells = ["person"] + [f"a{n}[{i + 1}]" for n, t in enumerate(types) for i in range(widths[t])]
+    query = (
+        f"SELECT {', '.join(cells)} FROM (SELECT person{arrays}"
+        " FROM (" + members.format(only="") + ") x GROUP BY person) g ORDER BY person"
+    )
+    return query, types, "csv"
 
 
 async def _aggregated(

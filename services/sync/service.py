@@ -10,6 +10,7 @@ from services.shared.clock import Clock
 from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, invalid
 from services.sync import export
 from services.sync.destinations import TYPES
+from services.sync.export import ExportPiece
 from services.sync.model import (
     AMPLITUDE,
     AUDIENCE,
@@ -229,5 +230,20 @@ class SyncService:
         widths = (
             await self._changelog.id_type_widths(ws, audience_id) if fmt == export.FORMATTED else {}
         )
+        return total, self._export_pieces(ws, audience_id, fmt, widths, id_type, raw)
+
+    async def _export_pieces(
+        self, ws: str, audience_id: int, fmt: str, widths: dict[str, int], id_type: str, raw: bool
+    ) -> AsyncIterator[ExportPiece]:
+        # Postgres formats the lines itself (raw single-column values excepted: their
+        # CSV quoting is left to the csv module); elsewhere Python formats them.
+        if not (fmt == export.SINGLE_COLUMN and raw):
+            async with self._changelog.export_lines(ws, audience_id, fmt, widths, id_type) as lines:
+                if lines is not None:
+                    header = export.header_line(fmt, widths, id_type, raw)
+                    async for piece in export.framed_csv(lines, fmt, header):
+                        yield piece
+                    return
         members = self._changelog.member_identifiers(ws, audience_id)
-        return total, export.export_csv(members, fmt, widths, id_type, raw)
+        async for piece in export.export_csv(members, fmt, widths, id_type, raw):
+            yield piece
