@@ -340,29 +340,35 @@ def export_query(fmt: str, widths: dict[str, int], id_type: str) -> tuple[str, l
         " LEFT JOIN profiles q ON q.canonical_id = d.person AND q.workspace_id = $1"
         " LEFT JOIN identities i ON i.profile_id = q.profile_id AND i.workspace_id = $1{only}"
     )
+    # One sort of every (person, type, value) row feeds the grouping in order, and the
+    # aggregates keep their input's order (Postgres documents this for a sorted
+    # subquery): an ORDER BY inside each aggregate would sort every group apart,
+    # a sort per member. Byte order ("C"): the code point order Python sorts in, the
+    # same whatever the database's collation, and about twice as fast to sort.
+    sorted_ = ' ORDER BY d.person, i.id_type COLLATE "C", i.id_value COLLATE "C"'
     if fmt == "single_column":
         query = (
-            "SELECT string_agg(encode(sha256(convert_to(v, 'UTF8')), 'hex'), E'\\n'"
-            " ORDER BY v) FROM (" + members.format(only=" AND i.id_type = $3") + ") x"
+            "SELECT string_agg(encode(sha256(convert_to(v, 'UTF8')), 'hex'), E'\\n')"
+            " FROM (" + members.format(only=" AND i.id_type = $3") + sorted_ + ") x"
             " GROUP BY person ORDER BY person"
         )
         return query, [id_type], "text"
     if fmt == "unformatted":
         item = "'{\"type\":' || to_json(t)::text || ',\"id\":' || to_json(v)::text || '}'"
-        ids = f"'[' || coalesce(string_agg({item}, ',' ORDER BY t, v), '') || ']'"
+        ids = f"'[' || coalesce(string_agg({item}, ','), '') || ']'"
         query = (
             f"SELECT person::text || ',\"' || replace({ids}, '\"', '\"\"') || '\"'"
-            " FROM (" + members.format(only="") + ") x GROUP BY person ORDER BY person"
+            " FROM (" + members.format(only="") + sorted_ + ") x GROUP BY person ORDER BY person"
         )
         return query, [], "text"
     types = sorted(widths)
     arrays = "".join(
-        f", array_agg(v ORDER BY v) FILTER (WHERE t = ${n + 3}) AS a{n}" for n in range(len(types))
+        f", array_agg(v) FILTER (WHERE t = ${n + 3}) AS a{n}" for n in range(len(types))
     )
     cells = ["person"] + [f"a{n}[{i + 1}]" for n, t in enumerate(types) for i in range(widths[t])]
     query = (
         f"SELECT {', '.join(cells)} FROM (SELECT person{arrays}"
-        " FROM (" + members.format(only="") + ") x GROUP BY person) g ORDER BY person"
+        " FROM (" + members.format(only="") + sorted_ + ") x GROUP BY person) g ORDER BY person"
     )
     return query, types, "csv"
 
