@@ -227,23 +227,24 @@ class SyncService:
         if audience_id is None:
             raise NotFound(f"audience {audience_key} not found")
         total = await self._changelog.member_count(ws, audience_id)
-        widths = (
-            await self._changelog.id_type_widths(ws, audience_id) if fmt == export.FORMATTED else {}
-        )
-        return total, self._export_pieces(ws, audience_id, fmt, widths, id_type, raw)
+        return total, self._export_pieces(ws, audience_id, fmt, id_type, raw)
 
     async def _export_pieces(
-        self, ws: str, audience_id: int, fmt: str, widths: dict[str, int], id_type: str, raw: bool
+        self, ws: str, audience_id: int, fmt: str, id_type: str, raw: bool
     ) -> AsyncIterator[ExportPiece]:
         # Postgres formats the lines itself (raw single-column values excepted: their
         # CSV quoting is left to the csv module); elsewhere Python formats them.
         if not (fmt == export.SINGLE_COLUMN and raw):
-            async with self._changelog.export_lines(ws, audience_id, fmt, widths, id_type) as lines:
-                if lines is not None:
+            async with self._changelog.export_lines(ws, audience_id, fmt, id_type) as copied:
+                if copied is not None:
+                    widths, lines = copied
                     header = export.header_line(fmt, widths, id_type, raw)
                     async for piece in export.framed_csv(lines, fmt, header):
                         yield piece
                     return
+        widths = (
+            await self._changelog.id_type_widths(ws, audience_id) if fmt == export.FORMATTED else {}
+        )
         members = self._changelog.member_identifiers(ws, audience_id)
         async for piece in export.export_csv(members, fmt, widths, id_type, raw):
             yield piece
