@@ -252,8 +252,10 @@ class ChangeLog:
                 await raw.execute(f"SET LOCAL work_mem = '{EXPORT_WORK_MEM}'")
                 widths: dict[str, int] = {}
                 if fmt == "formatted":
+                    await raw.execute("SET LOCAL enable_hashagg = off")
                     rows = await raw.fetch(widths_query(), ws, audience_id)
                     widths = {r[0]: int(r[1]) for r in rows}
+                    await raw.execute("SET LOCAL enable_hashagg = on")
                 query, extra, copy_format = export_query(fmt, widths, id_type)
                 queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUED)
 
@@ -333,10 +335,13 @@ class ChangeLog:
 
 
 def widths_query() -> str:
-    """The SQL of `id_type_widths` over `_MEMBERS` (id type, most values of a member)."""
+    """The SQL of `id_type_widths` over `_MEMBERS` (id type, most values of a member),
+    counted over the rows in (person, type) order: run with hash aggregation off, as
+    hashing a million members' (person, type) groups took twice as long as sorting."""
     return (
         "SELECT t, max(n) FROM (SELECT person, t, count(*) AS n FROM ("
         + _MEMBERS.format(only="")
+        + ' ORDER BY d.person, i.id_type COLLATE "C"'
         + ") x WHERE t IS NOT NULL GROUP BY person, t) y GROUP BY t"
     )
 
