@@ -9,7 +9,9 @@ import grpc
 from audiences.v1 import sync_pb2_grpc
 
 from services.shared.server import Resources, ServiceSpec
+from services.sync.eventstream import EventSyncs
 from services.sync.readmodel import ChangeLog
+from services.sync.realtime import RealtimeSyncs
 from services.sync.runner import SyncRunner
 from services.sync.scheduler import Scheduler
 from services.sync.secrets import SecretBox
@@ -21,9 +23,9 @@ from services.sync.store import SyncStore
 
 def _runner(resources: Resources, settings: SyncSettings) -> tuple[SyncStore, SyncRunner]:
     store = SyncStore(resources.engine, SecretBox(settings.secret_key))
-    return store, SyncRunner(
-        store, ChangeLog(resources.engine), settings, resources.clock, resources.redis
-    )
+    changelog = ChangeLog(resources.engine)
+    runner = SyncRunner(store, changelog, settings, resources.clock, redis=resources.redis)
+    return store, runner
 
 
 def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
@@ -36,10 +38,16 @@ def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
 
 
 def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
-    """The scheduler of hourly and daily syncs."""
+    """The scheduler of hourly and daily syncs, the consumer of realtime ones, and the
+    forwarder of event syncs."""
     settings = SyncSettings.from_env()
     store, runner = _runner(resources, settings)
-    return [Scheduler(store, runner, resources.clock, settings).run_forever()]
+    realtime = RealtimeSyncs(resources.redis, store, ChangeLog(resources.engine), runner, settings)
+    return [
+        Scheduler(store, runner, resources.clock, settings).run_forever(),
+        realtime.run_forever(),
+        EventSyncs(resources.redis, store, runner, settings).run_forever(),
+    ]
 
 
 SPEC = ServiceSpec(name="sync", register=register, workers=workers)

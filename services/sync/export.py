@@ -8,8 +8,11 @@
 - single column: one id type, one row per value, each the hex SHA-256 of the value
   unless raw values are asked for.
 
-Rows are produced from a stream of members and written in chunks of about
-`CHUNK_BYTES`, so memory does not grow with the audience.
+On Postgres the lines come formatted from the database (`framed_csv` over
+``COPY ... TO STDOUT``, readmodel.export_query); elsewhere, and for raw single-column
+exports, they are formatted here from a stream of members (`export_csv`). Either way
+they go out in chunks of about `CHUNK_BYTES`, so memory does not grow with the
+audience.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -109,3 +113,79 @@ async def export_csv(
             buffer.truncate()
             rows = 0
     yield ExportPiece(buffer.getvalue().encode(), rows, done)
+
+
+# COPY's text format escapes these in a value; every other byte is itself.
+_ESCAPED = re.compile(rb"\\(.)", re.S)
+_UNESCAPE = {
+    b"\\": b"\\",
+    b"n": b"\n",
+    b"r": b"\r",
+    b"t": b"\t",
+    b"b": b"\b",
+    b"f": b"\f",
+    b"v": b"\v",
+}
+
+
+def _unescape(data: bytes) -> bytes:
+    return _ESCAPED.sub(lambda m: _UNESCAPE.get(m.group(1), m.group(1)), data)
+
+
+def _csv_lines(data: bytes) -> int:
+    """How many CSV lines `data` (whole lines) holds: newlines outside quoted values.
+    A doubled quote inside a value flips the parity twice, so parity says where."""
+    lines, quoted = 0, False
+    for piece in data.split(b"\n")[:-1]:
+        quoted ^= piece.count(b'"') % 2 == 1
+        if not quoted:
+            lines += 1
+    return lines
+
+
+def header_line(fmt: str, widths: Mapping[str, int], id_type: str, raw: bool) -> bytes:
+    """The CSV header of an export in `fmt`."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if fmt == UNFORMATTED:
+        writer.writerow(["id", "external_ids"])
+    elif fmt == FORMATTED:
+        writer.writerow(formatted_header(widths))
+    else:
+        writer.writerow([id_type if raw else f"{id_type}_sha256"])
+    return buffer.getvalue().encode()
+
+
+async def framed_csv(
+    lines: AsyncIterator[bytes], fmt: str, header: bytes
+) -> AsyncIterator[ExportPiece]:
+    """CSV chunks from the COPY of `readmodel.export_query` (whole lines per piece of
+    input). Formatted: CSV already, one line per member, a newline inside a quoted
+    value not ending one. Otherwise COPY's text format: each real newline ends one
+    member's line, escaped ones are newlines inside a value or, in a single-column
+    export, between a member's rows (a member without a value is a NULL line,
+    dropped)."""
+    parts = [header]
+    size, rows, done = len(header), 1, 0
+    async for data in lines:
+        members = data.count(b"\n")
+        done += members
+        if fmt == SINGLE_COLUMN:
+            # Hex digests: no escapes but the row separators and NULL lines.
+            data = data.replace(b"\\N\n", b"").replace(b"\\n", b"\n")
+            rows += data.count(b"\n")
+        elif fmt == FORMATTED:
+            if b'"' in data:
+                members = _csv_lines(data)
+                done += members - data.count(b"\n")
+            rows += members
+        else:
+            if b"\\" in data:
+                data = _unescape(data)
+            rows += members
+        parts.append(data)
+        size += len(data)
+        if size >= CHUNK_BYTES:
+            yield ExportPiece(b"".join(parts), rows, done)
+            parts, size, rows = [], 0, 0
+    yield ExportPiece(b"".join(parts), rows, done)

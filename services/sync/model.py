@@ -25,15 +25,26 @@ SECRET_NEEDED = {
 FILE_FORMATS = ("csv", "jsonl")
 
 AUDIENCE = "audience"
+COMPUTED_TRAIT = "computed_trait"
+PREDICTION = "prediction"
+RECOMMENDATION = "recommendation"
+EVENTS = "events"  # raw events forwarded as they arrive (event streaming)
+# Sources whose syncs send each profile's current value (not enter/exit changes).
+VALUE_SOURCES = (COMPUTED_TRAIT, PREDICTION)
+SOURCES = (AUDIENCE, *VALUE_SOURCES, EVENTS)
+EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
+MAX_EVENT_FILTERS = 100
+MAX_ACTIVE_WITHIN_DAYS = 3650
 ONE_TIME = "one_time"
 HOURLY = "hourly"
 DAILY = "daily"
 REALTIME = "realtime"
-CADENCES = (ONE_TIME, HOURLY, DAILY)
+CADENCES = (ONE_TIME, HOURLY, DAILY, REALTIME)
 PERIOD_US = {HOURLY: 3_600_000_000, DAILY: 86_400_000_000}
 
 ADDED = "added"
 REMOVED = "removed"
+SET = "set"  # a computed trait's or prediction's new value
 
 # Run statuses (SyncRun.status).
 RUNNING = "running"
@@ -111,6 +122,10 @@ class SyncInput:
     cadence: str
     max_removal_fraction: float  # 0: the default
     paused: bool = False
+    active_within_days: int = 0  # 0: every profile
+    # Event syncs: the event types and names forwarded (empty: every one).
+    event_types: tuple[str, ...] = ()
+    event_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,12 @@ class Sync:
     next_run_at_us: int | None
     created_at_us: int
     destination_state: Mapping[str, Any] | None = None
+    active_within_days: int = 0
+    # Value syncs: the profile id of the last value acknowledged (with `cursor`, its
+    # computed-at instant, the keyset position in the source's values).
+    cursor_profile_id: int = 0
+    event_types: tuple[str, ...] = ()
+    event_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,27 +200,80 @@ class Run:
 class Change:
     """One membership change to deliver: `id` is the value of the sync's id type."""
 
-    seq: int
-    action: str  # added | removed
+    seq: int  # value syncs: the value's computed-at microseconds
+    action: str  # added | removed | set
     profile_id: int
     id: str
     at_us: int
+    value: Any = None  # the new value of a `set`
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Change:
         """The change `as_json` wrote (a dead letter's payload)."""
         return cls(
-            int(data["seq"]), data["action"], int(data["profile_id"]), data["id"], data["at_us"]
+            int(data["seq"]),
+            data["action"],
+            int(data["profile_id"]),
+            data["id"],
+            data["at_us"],
+            data.get("value"),
         )
 
     def as_json(self) -> dict[str, Any]:
         """The change as the JSON object webhooks and JSON Lines files carry."""
-        return {
+        out = {
             "seq": self.seq,
             "action": self.action,
             "profile_id": str(self.profile_id),
             "id": self.id,
             "at_us": self.at_us,
+        }
+        if self.action == SET:
+            out["value"] = self.value
+        return out
+
+
+@dataclass(frozen=True)
+class ForwardedEvent:
+    """One raw event an event sync forwards: `id` is the value of the sync's id type."""
+
+    seq: int
+    message_id: str
+    type: str
+    name: str | None
+    profile_id: int
+    id: str
+    timestamp_us: int
+    properties: Any = None
+    traits: Any = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ForwardedEvent:
+        """The event `as_json` wrote (a dead letter's payload)."""
+        return cls(
+            int(data["seq"]),
+            data["message_id"],
+            data["type"],
+            data.get("name"),
+            int(data["profile_id"]),
+            data["id"],
+            int(data["timestamp_us"]),
+            data.get("properties"),
+            data.get("traits"),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The event as webhooks and files carry it."""
+        return {
+            "seq": self.seq,
+            "message_id": self.message_id,
+            "type": self.type,
+            "name": self.name,
+            "profile_id": str(self.profile_id),
+            "id": self.id,
+            "timestamp_us": self.timestamp_us,
+            "properties": self.properties,
+            "traits": self.traits,
         }
 
 
@@ -255,14 +329,18 @@ def check_sync(given: SyncInput) -> None:
     problems: list[FieldViolation | None] = []
     if not given.destination_id:
         problems.append(FieldViolation("sync.destination_id", "is required"))
-    if given.source != AUDIENCE:
+    if given.source not in SOURCES:
         problems.append(
             FieldViolation(
-                "sync.source", "only audience syncs are built yet (SYNC_SOURCE_AUDIENCE)"
+                "sync.source",
+                "must be an audience, a computed trait or a prediction "
+                "(recommendation syncs are not built yet)",
             )
         )
-    if not given.source_key:
-        problems.append(FieldViolation("sync.source_key", "is required (the audience key)"))
+    if not given.source_key and given.source != EVENTS:
+        problems.append(
+            FieldViolation("sync.source_key", "is required (the audience, trait or prediction key)")
+        )
     problems.append(too_long("sync.source_key", given.source_key, 255))
     if not ID_TYPE.match(given.id_type):
         problems.append(
@@ -271,16 +349,42 @@ def check_sync(given: SyncInput) -> None:
                 "is required: an identifier type such as user_id, email or anonymous_id",
             )
         )
-    if given.cadence == REALTIME:
+    if given.cadence not in CADENCES:
+        problems.append(
+            FieldViolation("sync.cadence", "must be one_time, hourly, daily or realtime")
+        )
+    elif given.cadence == REALTIME and given.source in VALUE_SOURCES:
         problems.append(
             FieldViolation(
                 "sync.cadence",
-                "realtime syncs are not available yet (they need the changes stream); "
-                "use one_time, hourly or daily",
+                "realtime syncs are of audiences; computed traits and predictions sync "
+                "one_time, hourly or daily",
             )
         )
-    elif given.cadence not in CADENCES:
-        problems.append(FieldViolation("sync.cadence", "must be one_time, hourly or daily"))
+    if given.source == EVENTS and given.cadence != REALTIME:
+        problems.append(
+            FieldViolation("sync.cadence", "event syncs forward events as they come: realtime")
+        )
+    if given.source != EVENTS and (given.event_types or given.event_names):
+        problems.append(FieldViolation("sync.event_types", "only event syncs filter events"))
+    for t in given.event_types:
+        if t not in EVENT_TYPES:
+            problems.append(
+                FieldViolation("sync.event_types", f"must be among {', '.join(EVENT_TYPES)}")
+            )
+            break
+    if len(given.event_names) > MAX_EVENT_FILTERS:
+        problems.append(FieldViolation("sync.event_names", f"at most {MAX_EVENT_FILTERS}"))
+    for n in given.event_names:
+        if not n or len(n) > 255:
+            problems.append(FieldViolation("sync.event_names", "each 1 to 255 characters"))
+            break
+    if not 0 <= given.active_within_days <= MAX_ACTIVE_WITHIN_DAYS:
+        problems.append(
+            FieldViolation(
+                "sync.active_within_days", f"must be between 0 and {MAX_ACTIVE_WITHIN_DAYS}"
+            )
+        )
     if not 0 <= given.max_removal_fraction <= 1:
         problems.append(FieldViolation("sync.max_removal_fraction", "must be between 0 and 1"))
     _raise(problems, "invalid sync")

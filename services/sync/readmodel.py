@@ -12,6 +12,8 @@ metadata, and sync imports nothing of the segmentation package (docs/decisions.m
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +36,10 @@ audiences = table(
 )
 
 STREAM_ROWS = 2_000  # rows fetched per round trip while streaming members
+QUEUED = 16  # COPY chunks an export may run ahead of its reader
+# Enough to sort a million members' identifiers in memory: a sort spilled to
+# temporary files made a 1M export twice as slow. Only the export's transaction.
+EXPORT_WORK_MEM = "256MB"
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,11 @@ class ChangeLog:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The database it reads."""
+        return self._engine
+
     async def audience_id(self, ws: str, key: str) -> int | None:
         """The id of the workspace's live (not deleted) audience `key`, or None."""
         async with self._engine.connect() as c:
@@ -72,6 +83,49 @@ class ChangeLog:
         """The workspace's newest change seq (0 before the first change)."""
         async with self._engine.connect() as c:
             return await _last_seq(c, ws)
+
+    async def last_change(self, ws: str, audience_id: int) -> int:
+        """The seq of the audience's newest change (0 before its first): a realtime
+        sync whose cursor is below it has something to deliver."""
+        async with self._engine.connect() as c:
+            found = await c.execute(
+                select(func.max(membership_changes.c.seq)).where(
+                    membership_changes.c.workspace_id == ws,
+                    membership_changes.c.audience_id == audience_id,
+                )
+            )
+            return int(found.scalar() or 0)
+
+    async def name_profiles(
+        self, ws: str, pids: Sequence[int], id_type: str, audience_id: int | None
+    ) -> tuple[dict[int, int], dict[int, str], set[int] | None]:
+        """For events of these profiles: profile -> person (canonical, live profiles
+        only), person -> their value of `id_type`, and with `audience_id` the persons
+        who are members now (None without)."""
+        async with self._engine.connect() as c:
+            rows = await c.execute(
+                select(profiles.c.profile_id, profiles.c.canonical_id).where(
+                    profiles.c.workspace_id == ws,
+                    profiles.c.profile_id.in_(sorted(set(pids))),
+                    profiles.c.deleted_at_us.is_(None),
+                )
+            )
+            people = {int(r.profile_id): int(r.canonical_id) for r in rows}
+            persons = set(people.values())
+            values = await _id_values(c, ws, persons, id_type)
+            members: set[int] | None = None
+            if audience_id is not None:
+                found = await c.execute(
+                    select(profiles.c.canonical_id)
+                    .distinct()
+                    .select_from(_members_join(ws, audience_id))
+                    .where(
+                        *_members_where(ws, audience_id),
+                        profiles.c.canonical_id.in_(sorted(persons)),
+                    )
+                )
+                members = {int(r[0]) for r in found}
+        return people, values, members
 
     async def count_exits(self, ws: str, audience_id: int, after: int, upto: int) -> int:
         """Exits of the audience in (after, upto]: what a run would remove."""
@@ -144,25 +198,29 @@ class ChangeLog:
 
     async def id_type_widths(self, ws: str, audience_id: int) -> dict[str, int]:
         """For each id type members have: the most values one member has of it."""
+        # The members once each, then their identifiers: an identity belongs to one
+        # profile, so counting rows counts distinct values (no DISTINCT to sort).
+        people = (
+            select(profiles.c.canonical_id.label("person"))
+            .select_from(_members_join(ws, audience_id))
+            .where(*_members_where(ws, audience_id))
+            .distinct()
+            .subquery()
+        )
         q = profiles.alias("q")
         per_person = (
-            select(
-                profiles.c.canonical_id,
-                identities.c.id_type,
-                func.count(func.distinct(identities.c.id_value)).label("n"),
-            )
+            select(people.c.person, identities.c.id_type, func.count().label("n"))
             .select_from(
-                _members_join(ws, audience_id)
-                .join(q, and_(q.c.canonical_id == profiles.c.canonical_id, q.c.workspace_id == ws))
-                .join(
+                people.join(
+                    q, and_(q.c.canonical_id == people.c.person, q.c.workspace_id == ws)
+                ).join(
                     identities,
                     and_(
                         identities.c.profile_id == q.c.profile_id, identities.c.workspace_id == ws
                     ),
                 )
             )
-            .where(*_members_where(ws, audience_id))
-            .group_by(profiles.c.canonical_id, identities.c.id_type)
+            .group_by(people.c.person, identities.c.id_type)
             .subquery()
         )
         async with self._engine.connect() as c:
@@ -172,6 +230,62 @@ class ChangeLog:
                 )
             )
             return {r[0]: int(r[1]) for r in rows}
+
+    @asynccontextmanager
+    async def export_lines(
+        self, ws: str, audience_id: int, fmt: str, id_type: str
+    ) -> AsyncIterator[tuple[dict[str, int], AsyncIterator[bytes]] | None]:
+        """Postgres only (None elsewhere): the id type widths (formatted exports) and the
+        bytes of ``COPY (export_query) TO STDOUT`` as asyncpg hands them over (whole
+        lines), both from one repeatable-read snapshot, with back-pressure: the copy
+        waits while the consumer is `QUEUED` chunks behind."""
+        async with self._engine.connect() as c:
+            if c.dialect.name != "postgresql":
+                yield None
+                return
+            raw = (await c.get_raw_connection()).driver_connection
+            assert raw is not None
+            transaction = raw.transaction(isolation="repeatable_read", readonly=True)
+            await transaction.start()
+            try:
+                # Room to sort in memory, not in temporary files.
+                await raw.execute(f"SET LOCAL work_mem = '{EXPORT_WORK_MEM}'")
+                widths: dict[str, int] = {}
+                if fmt == "formatted":
+                    await raw.execute("SET LOCAL enable_hashagg = off")
+                    rows = await raw.fetch(widths_query(), ws, audience_id)
+                    widths = {r[0]: int(r[1]) for r in rows}
+                    await raw.execute("SET LOCAL enable_hashagg = on")
+                query, extra, copy_format = export_query(fmt, widths, id_type)
+                queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUED)
+
+                async def sink(data: bytes) -> None:
+                    await queue.put(data)
+
+                async def copy() -> None:
+                    try:
+                        await raw.copy_from_query(
+                            query, ws, audience_id, *extra, output=sink, format=copy_format
+                        )
+                    finally:
+                        await queue.put(None)
+
+                task = asyncio.create_task(copy())
+
+                async def lines() -> AsyncIterator[bytes]:
+                    while (data := await queue.get()) is not None:
+                        yield data
+                    await task  # raises what the copy raised
+
+                try:
+                    yield widths, lines()
+                finally:
+                    if not task.done():
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
+            finally:
+                await transaction.rollback()  # read only: nothing to keep
 
     async def member_identifiers(
         self, ws: str, audience_id: int
@@ -218,6 +332,77 @@ class ChangeLog:
                         found.append(pair)
             if person is not None:
                 yield person, found
+
+
+def widths_query() -> str:
+    """The SQL of `id_type_widths` over `_MEMBERS` (id type, most values of a member),
+    counted over the rows in (person, type) order: run with hash aggregation off, as
+    hashing a million members' (person, type) groups took twice as long as sorting."""
+    return (
+        "SELECT t, max(n) FROM (SELECT person, t, count(*) AS n FROM ("
+        + _MEMBERS.format(only="")
+        + ' ORDER BY d.person, i.id_type COLLATE "C"'
+        + ") x WHERE t IS NOT NULL GROUP BY person, t) y GROUP BY t"
+    )
+
+
+# The members (people, once each: merged profiles can hold a membership row each),
+# then every identifier of theirs: one person per identity (the identities' key), so
+# no pair repeats and no DISTINCT sort is needed. $1 workspace, $2 audience.
+_MEMBERS = (
+    "SELECT d.person, i.id_type AS t, i.id_value AS v FROM ("
+    "SELECT DISTINCT p.canonical_id AS person FROM memberships m"
+    " JOIN profiles p ON p.profile_id = m.profile_id"
+    " WHERE m.audience_id = $2 AND p.workspace_id = $1 AND p.deleted_at_us IS NULL) d"
+    " LEFT JOIN profiles q ON q.canonical_id = d.person AND q.workspace_id = $1"
+    " LEFT JOIN identities i ON i.profile_id = q.profile_id AND i.workspace_id = $1{only}"
+)
+
+
+def export_query(fmt: str, widths: dict[str, int], id_type: str) -> tuple[str, list[Any], str]:
+    """The SQL of an export's CSV rows, one per member in id order, its parameters
+    after $1 workspace and $2 audience, and the COPY format to read it in.
+
+    Postgres formats the rows (CSV quoting, the JSON of the unformatted format, the
+    SHA-256 of the single-column one), so the sync process only frames bytes:
+    - formatted: COPY's CSV format, one column per cell (NULL: an empty cell);
+    - unformatted: one text column holding the whole CSV line (the JSON cell always
+      quoted), read in COPY's text format, which escapes a newline inside a value as
+      ``\\n``, so every real newline ends one member's line;
+    - single column: a text line per member holding its hashed values joined by
+      escaped newlines (one CSV row each), NULL (``\\N``) for a member without one."""
+    members = _MEMBERS
+    # One sort of every (person, type, value) row feeds the grouping in order, and the
+    # aggregates keep their input's order (Postgres documents this for a sorted
+    # subquery): an ORDER BY inside each aggregate would sort every group apart,
+    # a sort per member. Byte order ("C"): the code point order Python sorts in, the
+    # same whatever the database's collation, and about twice as fast to sort.
+    sorted_ = ' ORDER BY d.person, i.id_type COLLATE "C", i.id_value COLLATE "C"'
+    if fmt == "single_column":
+        query = (
+            "SELECT string_agg(encode(sha256(convert_to(v, 'UTF8')), 'hex'), E'\\n')"
+            " FROM (" + members.format(only=" AND i.id_type = $3") + sorted_ + ") x"
+            " GROUP BY person ORDER BY person"
+        )
+        return query, [id_type], "text"
+    if fmt == "unformatted":
+        item = "'{\"type\":' || to_json(t)::text || ',\"id\":' || to_json(v)::text || '}'"
+        ids = f"'[' || coalesce(string_agg({item}, ','), '') || ']'"
+        query = (
+            f"SELECT person::text || ',\"' || replace({ids}, '\"', '\"\"') || '\"'"
+            " FROM (" + members.format(only="") + sorted_ + ") x GROUP BY person ORDER BY person"
+        )
+        return query, [], "text"
+    types = sorted(widths)
+    arrays = "".join(
+        f", array_agg(v) FILTER (WHERE t = ${n + 3}) AS a{n}" for n in range(len(types))
+    )
+    cells = ["person"] + [f"a{n}[{i + 1}]" for n, t in enumerate(types) for i in range(widths[t])]
+    query = (
+        f"SELECT {', '.join(cells)} FROM (SELECT person{arrays}"
+        " FROM (" + members.format(only="") + sorted_ + ") x GROUP BY person) g ORDER BY person"
+    )
+    return query, types, "csv"
 
 
 async def _aggregated(

@@ -15,30 +15,36 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar, cast
 
 import aiohttp
+import orjson
 from opentelemetry import trace
 from opentelemetry.context import Context
 from redis.asyncio import Redis
 
-from services.shared import change_traces, metrics
-from services.shared.clock import Clock
+from services.shared import change_traces, metrics, streams
+from services.shared.clock import US_PER_DAY, Clock
 from services.shared.errors import FailedPrecondition, NotFound
 from services.sync.delivery import DeliveryFailed, RetryPolicy, TokenBucket
 from services.sync.destinations import TYPES
 from services.sync.destinations.base import Batch, DestinationRun, RunContext
 from services.sync.model import (
     ADDED,
+    AUDIENCE,
     DEAD_LETTERED,
+    EVENTS,
     FAILED,
     PAUSED,
     PERIOD_US,
     REMOVED,
+    SET,
     SUCCEEDED,
     Change,
     DeadLetter,
     Destination,
+    ForwardedEvent,
     Run,
     Sync,
     new_id,
@@ -46,9 +52,17 @@ from services.sync.model import (
 from services.sync.readmodel import ChangeLog, LoggedChange
 from services.sync.settings import SyncSettings
 from services.sync.store import SyncStore
+from services.sync.values import ValueReader
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
+T = TypeVar("T")
+# The one consumer name of every event sync's group (only the claim holder reads it).
+EVENT_CONSUMER = "holder"
+
+
+class SyncHeld(FailedPrecondition):
+    """Another run (of this or another replica) holds the sync's claim."""
 
 
 @dataclass
@@ -68,6 +82,7 @@ class SyncRunner:
         changelog: ChangeLog,
         settings: SyncSettings,
         clock: Clock,
+        values: ValueReader | None = None,
         redis: Redis | None = None,
     ) -> None:
         """`redis` (optional) holds the trace context of realtime changes
@@ -75,6 +90,7 @@ class SyncRunner:
         self._redis = redis
         self._store = store
         self._changelog = changelog
+        self._values = values or ValueReader(changelog.engine)
         self._settings = settings
         self._clock = clock
         self._policy = RetryPolicy(
@@ -102,20 +118,18 @@ class SyncRunner:
             letters = await self._store.pending_dead_letters(ws, sync_id, dead_letter_ids)
             async with self._target(sync, destination, run) as target:
                 for letter, payload in letters:
-                    changes = [Change.from_json(c) for c in payload["changes"]]
-                    outcome = await target.deliver(
-                        Batch(
-                            sync.id, sync.source_key, sync.id_type, letter.idempotency_key, changes
-                        )
+                    batch = replace(
+                        Batch.from_json(payload), idempotency_key=letter.idempotency_key
                     )
+                    outcome = await target.deliver(batch)
                     run.batches += 1
                     run.retries += outcome.retries
                     if outcome.delivered:
-                        _count(run, changes)
+                        _count(run, batch)
                         await target.finish()
                         await self._store.redriven(letter.id, self._clock.now_us(), None, "")
                     else:
-                        run.failed += len(changes)
+                        run.failed += len(batch)
                         await self._store.redriven(
                             letter.id, None, outcome.refused_status, outcome.refused_body
                         )
@@ -140,7 +154,7 @@ class SyncRunner:
         ):
             if await self._store.get_sync(ws, sync_id) is None:
                 raise NotFound(f"sync {sync_id} not found")
-            raise FailedPrecondition(
+            raise SyncHeld(
                 f"sync {sync_id} is being run by another replica"
                 if not only_if_due
                 else f"sync {sync_id} is not due or is being run by another replica"
@@ -191,6 +205,7 @@ class SyncRunner:
                 bucket,
                 sync.destination_state,
                 lambda state: self._store.save_destination_state(sync.id, state),
+                sync.source,
             )
             target = TYPES[destination.kind].open_run(destination, context)
             try:
@@ -200,7 +215,8 @@ class SyncRunner:
                 raise
 
     async def _runnable(self, ws: str, sync_id: str) -> tuple[Sync, Destination, int]:
-        """The claimed sync, its destination and audience id, or why it cannot run."""
+        """The claimed sync, its destination and audience id (0 for a value sync), or
+        why it cannot run."""
         sync = await self._store.get_sync(ws, sync_id)
         if sync is None:
             raise NotFound(f"sync {sync_id} not found")
@@ -212,6 +228,18 @@ class SyncRunner:
         destination = await self._store.get_destination(ws, sync.destination_id)
         if destination is None:
             raise FailedPrecondition(f"destination {sync.destination_id} no longer exists")
+        if sync.source == EVENTS:
+            audience = 0
+            if sync.source_key:
+                found = await self._changelog.audience_id(ws, sync.source_key)
+                if found is None:
+                    raise FailedPrecondition(f"audience {sync.source_key} does not exist")
+                audience = found
+            return sync, destination, audience
+        if sync.source != AUDIENCE:
+            if not await self._values.exists(ws, sync.source, sync.source_key):
+                raise FailedPrecondition(f"{sync.source} {sync.source_key} does not exist")
+            return sync, destination, 0
         audience_id = await self._changelog.audience_id(ws, sync.source_key)
         if audience_id is None:
             raise FailedPrecondition(f"audience {sync.source_key} does not exist")
@@ -221,7 +249,11 @@ class SyncRunner:
         self, sync: Sync, destination: Destination, audience_id: int, run: Run
     ) -> None:
         async with self._target(sync, destination, run) as target:
-            if not sync.backfilled:
+            if sync.source == EVENTS:
+                await self._stream_events(sync, destination, audience_id, target, run)
+            elif sync.source != AUDIENCE:
+                await self._new_values(sync, destination, target, run)
+            elif not sync.backfilled:
                 await self._backfill(sync, destination, audience_id, target, run)
             else:
                 upto = await self._changelog.last_seq(sync.workspace_id)
@@ -234,6 +266,165 @@ class SyncRunner:
         if sync.cadence in PERIOD_US:
             values["next_run_at_us"] = run.started_at_us + PERIOD_US[sync.cadence]
         await self._store.update_sync(sync.workspace_id, sync.id, values, self._clock.now_us())
+
+    async def _stream_events(
+        self,
+        sync: Sync,
+        destination: Destination,
+        audience_id: int,
+        target: DestinationRun,
+        run: Run,
+    ) -> None:
+        """Forward the event stream's new entries that pass the sync's filter, batch by
+        batch, in stream order (so in order per profile), for up to events_run_seconds.
+
+        The sync's own consumer group on the stream holds its position; one consumer
+        name, read only by the replica holding the sync's claim, so a new holder first
+        re-reads what an earlier one read but did not acknowledge (same entries, same
+        batches, same idempotency keys). Entries are acknowledged (XACK) after the
+        destination acknowledged them and the cursor (the last entry's seq) was written.
+        The first run creates the group at the stream's end: forwarding starts then."""
+        if self._redis is None:
+            raise DeliveryFailed("event syncs need Redis")
+        redis, stream = self._redis, self._settings.events_stream
+        group = f"sync-events:{sync.id}"
+        if not sync.backfilled:
+            top = await redis.xrevrange(stream, count=1)
+            start = _entry_id(top[0][0] or "0-0") if top else "0-0"
+            await streams.ensure_group(redis, stream, group, start)
+            await self._acknowledge(run, int(start.split("-")[0]), 0)
+            run.to_cursor = int(start.split("-")[0])
+            return
+        await streams.ensure_group(redis, stream, group, "$")
+        deadline = time.monotonic() + self._settings.events_run_seconds
+        unacked: list[str] = []
+        cursor = sync.cursor
+        for position in ("0", ">"):  # what an earlier holder left pending, then new
+            while time.monotonic() < deadline:
+                # RESP2: [[stream, [(id, fields or None when trimmed), ...]]].
+                reply = cast(
+                    "list[Any]",
+                    await redis.xreadgroup(
+                        group, EVENT_CONSUMER, {stream: position}, count=destination.batch_size
+                    ),
+                )
+                entries: list[tuple[str, dict[bytes, bytes] | None]] = [
+                    (_entry_id(i), f) for i, f in (reply[0][1] if reply else [])
+                ]
+                if not entries:
+                    break
+                events = await self._forwardable(sync, entries, audience_id or None, run)
+                if events:
+                    key = f"{sync.id}:e{entries[0][0]}-{entries[-1][0]}"
+                    batch = Batch(sync.id, "", sync.id_type, key, [], EVENTS, events)
+                    await self._deliver_batch(sync, target, batch, run)
+                cursor = max(cursor, int(entries[-1][0].split("-")[0]))
+                ids = [entry_id for entry_id, _ in entries]
+                if target.acknowledges_each_batch:
+                    await self._acknowledge(run, cursor, 0)
+                    await streams.ack(redis, stream, group, ids)
+                else:
+                    unacked += ids
+                    await self._renew(run)
+        await target.finish()
+        if not target.acknowledges_each_batch:
+            await self._acknowledge(run, cursor, 0)
+            await streams.ack(redis, stream, group, unacked)
+        run.to_cursor = cursor
+
+    async def _forwardable(
+        self,
+        sync: Sync,
+        entries: list[tuple[str, dict[bytes, bytes] | None]],
+        audience_id: int | None,
+        run: Run,
+    ) -> list[ForwardedEvent]:
+        """The entries' events that pass the sync's filter, named by its id type; the
+        others are dropped (events of people without the id type count as skipped)."""
+        picked: list[tuple[int, int, dict[str, Any]]] = []
+        for entry_id, fields in entries:
+            if not fields or fields.get(b"kind") != b"event":
+                continue  # a merge, or an entry trimmed away while pending
+            if fields.get(b"workspace_id", b"").decode() != sync.workspace_id:
+                continue
+            event = orjson.loads(fields.get(b"event", b"null")) or {}
+            if sync.event_types and event.get("type") not in sync.event_types:
+                continue
+            if sync.event_names and event.get("name") not in sync.event_names:
+                continue
+            picked.append((int(entry_id.split("-")[0]), int(fields[b"profile_id"]), event))
+        if not picked:
+            return []
+        people, ids, members = await self._changelog.name_profiles(
+            sync.workspace_id, [pid for _, pid, _ in picked], sync.id_type, audience_id
+        )
+        out = []
+        for seq, pid, event in picked:
+            person = people.get(pid)
+            if person is None or (members is not None and person not in members):
+                continue  # erased, or not in the sync's audience
+            own = event.get(sync.id_type) if sync.id_type in ("user_id", "anonymous_id") else None
+            value = own or ids.get(person)
+            if not value:
+                run.skipped += 1
+                continue
+            out.append(
+                ForwardedEvent(
+                    seq=seq,
+                    message_id=str(event.get("message_id") or ""),
+                    type=str(event.get("type") or ""),
+                    name=event.get("name"),
+                    profile_id=person,
+                    id=str(value),
+                    timestamp_us=int(event.get("timestamp_us") or 0),
+                    properties=event.get("properties"),
+                    traits=event.get("traits"),
+                )
+            )
+        return out
+
+    async def _new_values(
+        self, sync: Sync, destination: Destination, target: DestinationRun, run: Run
+    ) -> None:
+        """Deliver the values computed since the cursor (every current value on the
+        first run), in (computed-at, profile id) order, batch by batch. Only values
+        computed at least `value_settle_seconds` ago are read: a computation commits
+        after the instant it stamps on its values, and the cursor must not pass an
+        instant whose values are not all committed yet."""
+        now = self._clock.now_us()
+        upto = now - int(self._settings.value_settle_seconds * 1_000_000)
+        since = now - sync.active_within_days * US_PER_DAY if sync.active_within_days else None
+        cursor = (sync.cursor, sync.cursor_profile_id)
+        pending = cursor
+        async with self._values.stream(
+            sync.workspace_id, sync.source, sync.source_key, cursor, upto
+        ) as rows:
+            async for chunk in _chunks(rows, destination.batch_size):
+                named = await self._values.name(sync.workspace_id, chunk, sync.id_type, since)
+                changes = []
+                for v in named:
+                    if v.id_value is None or not v.active:
+                        run.skipped += 1
+                    else:
+                        changes.append(
+                            Change(v.row.at_us, SET, v.person, v.id_value, v.row.at_us, v.row.value)
+                        )
+                first, last = chunk[0], chunk[-1]
+                if changes:
+                    key = (
+                        f"{sync.id}:v{first.at_us}.{first.profile_id}"
+                        f"-{last.at_us}.{last.profile_id}"
+                    )
+                    await self._send(sync, target, key, changes, run)
+                pending = (last.at_us, last.profile_id)
+                if target.acknowledges_each_batch:
+                    await self._acknowledge(run, pending[0], 0, pending[1])
+                else:
+                    await self._renew(run)
+        await target.finish()
+        if not target.acknowledges_each_batch:
+            await self._acknowledge(run, pending[0], 0, pending[1])
+        run.to_cursor = pending[0]
 
     async def _guardrail_trips(self, sync: Sync, audience_id: int, upto: int, run: Run) -> bool:
         """Pause the sync instead of removing more than its share of the destination's
@@ -340,12 +531,18 @@ class SyncRunner:
     async def _send(
         self, sync: Sync, target: DestinationRun, key: str, changes: list[Change], run: Run
     ) -> None:
+        """Deliver one batch of changes (see `_deliver_batch`)."""
+        batch = Batch(sync.id, sync.source_key, sync.id_type, key, changes, sync.source)
+        await self._deliver_batch(sync, target, batch, run)
+
+    async def _deliver_batch(
+        self, sync: Sync, target: DestinationRun, batch: Batch, run: Run
+    ) -> None:
         """Deliver one batch; count it, or dead-letter it when the destination refused."""
-        batch = Batch(sync.id, sync.source_key, sync.id_type, key, changes)
         parent: Context | None = None
         links: list[trace.Link] = []
-        if self._redis is not None:
-            seqs = [c.seq for c in changes]
+        if self._redis is not None and batch.changes:
+            seqs = [c.seq for c in batch.changes]
             parent, links = await change_traces.recall(self._redis, sync.workspace_id, seqs)
             caller = trace.get_current_span().get_span_context()
             if parent is not None and caller.is_valid:
@@ -354,7 +551,7 @@ class SyncRunner:
             "sync.deliver",
             context=parent,
             links=links,
-            attributes={"audiences.sync_id": sync.id, "audiences.changes": len(changes)},
+            attributes={"audiences.sync_id": sync.id, "audiences.changes": len(batch)},
         ) as span:
             outcome = await target.deliver(batch)
             if not outcome.delivered:
@@ -363,19 +560,20 @@ class SyncRunner:
         run.batches += 1
         run.retries += outcome.retries
         if outcome.delivered:
-            _count(run, batch.changes)
+            _count(run, batch)
             return
+        first, last = batch.seqs
         letter = DeadLetter(
             id=new_id("dlq"),
             idempotency_key=batch.idempotency_key,
-            first_seq=batch.changes[0].seq,
-            last_seq=batch.changes[-1].seq,
+            first_seq=first,
+            last_seq=last,
             status_code=outcome.refused_status or 0,
             response_body=outcome.refused_body,
-            changes=len(batch.changes),
+            changes=len(batch),
             created_at_us=self._clock.now_us(),
         )
-        run.failed += len(batch.changes)
+        run.failed += len(batch)
         run.dead_letters.append(letter)
         await self._store.add_dead_letter(run, letter, batch.as_json())
         log.warning(
@@ -385,9 +583,15 @@ class SyncRunner:
             letter.status_code,
         )
 
-    async def _acknowledge(self, run: Run, cursor: int, delta: int) -> None:
+    async def _acknowledge(self, run: Run, cursor: int, delta: int, cursor_pid: int = 0) -> None:
         if not await self._store.acknowledge(
-            run.sync_id, run.holder, cursor, delta, self._claim_until(), backfilled=True
+            run.sync_id,
+            run.holder,
+            cursor,
+            delta,
+            self._claim_until(),
+            backfilled=True,
+            cursor_profile_id=cursor_pid,
         ):
             raise DeliveryFailed(f"sync {run.sync_id}: this replica lost its claim mid-run")
 
@@ -396,15 +600,18 @@ class SyncRunner:
             raise DeliveryFailed(f"sync {run.sync_id}: this replica lost its claim mid-run")
 
 
-def _count(run: Run, changes: Sequence[Change]) -> None:
-    run.added += sum(1 for c in changes if c.action == ADDED)
-    run.removed += sum(1 for c in changes if c.action == REMOVED)
+def _entry_id(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
 
 
-async def _chunks(
-    rows: AsyncIterator[tuple[int, str | None]], size: int
-) -> AsyncIterator[list[tuple[int, str | None]]]:
-    chunk: list[tuple[int, str | None]] = []
+def _count(run: Run, batch: Batch) -> None:
+    # A value sync's values and an event sync's events count as added.
+    run.added += len(batch.events) + sum(1 for c in batch.changes if c.action in (ADDED, SET))
+    run.removed += sum(1 for c in batch.changes if c.action == REMOVED)
+
+
+async def _chunks(rows: AsyncIterator[T], size: int) -> AsyncIterator[list[T]]:
+    chunk: list[T] = []
     async for row in rows:
         chunk.append(row)
         if len(chunk) >= size:

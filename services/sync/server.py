@@ -15,11 +15,15 @@ from services.sync.model import (
     AMPLITUDE,
     AUDIENCE,
     BRAZE,
+    COMPUTED_TRAIT,
     DAILY,
+    EVENTS,
     FILE,
     HOURLY,
     ONE_TIME,
+    PREDICTION,
     REALTIME,
+    RECOMMENDATION,
     WEBHOOK,
     DeadLetter,
     Destination,
@@ -44,7 +48,14 @@ _CADENCES = {
     sync_pb2.SYNC_CADENCE_REALTIME: REALTIME,
 }
 _CADENCE_ENUMS = {v: k for k, v in _CADENCES.items()}
-_SOURCES = {sync_pb2.SYNC_SOURCE_AUDIENCE: AUDIENCE}
+_SOURCES = {
+    sync_pb2.SYNC_SOURCE_AUDIENCE: AUDIENCE,
+    sync_pb2.SYNC_SOURCE_COMPUTED_TRAIT: COMPUTED_TRAIT,
+    sync_pb2.SYNC_SOURCE_PREDICTION: PREDICTION,
+    sync_pb2.SYNC_SOURCE_RECOMMENDATION: RECOMMENDATION,
+    sync_pb2.SYNC_SOURCE_EVENTS: EVENTS,
+}
+_SOURCE_ENUMS = {v: k for k, v in _SOURCES.items()}
 _FORMATS = {
     sync_pb2.EXPORT_FORMAT_UNFORMATTED: export.UNFORMATTED,
     sync_pb2.EXPORT_FORMAT_FORMATTED: export.FORMATTED,
@@ -94,6 +105,9 @@ def _sync_input(s: sync_pb2.Sync) -> SyncInput:
         cadence=_CADENCES.get(s.cadence, ""),
         max_removal_fraction=s.max_removal_fraction,
         paused=s.paused,
+        active_within_days=s.active_within_days,
+        event_types=tuple(s.event_types),
+        event_names=tuple(s.event_names),
     )
 
 
@@ -101,7 +115,7 @@ def _sync(s: Sync) -> sync_pb2.Sync:
     out = sync_pb2.Sync(
         id=s.id,
         destination_id=s.destination_id,
-        source=sync_pb2.SYNC_SOURCE_AUDIENCE,
+        source=_SOURCE_ENUMS[s.source],
         source_key=s.source_key,
         cadence=_CADENCE_ENUMS[s.cadence],
         cursor=s.cursor,
@@ -110,6 +124,10 @@ def _sync(s: Sync) -> sync_pb2.Sync:
         max_removal_fraction=s.max_removal_fraction,
         created_at=timestamp_from_us(s.created_at_us),
         id_type=s.id_type,
+        active_within_days=s.active_within_days,
+        cursor_profile_id=s.cursor_profile_id,
+        event_types=list(s.event_types),
+        event_names=list(s.event_names),
     )
     if s.next_run_at_us is not None:
         out.next_run_at.CopyFrom(timestamp_from_us(s.next_run_at_us))

@@ -10,7 +10,11 @@ from services.shared.clock import Clock
 from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, invalid
 from services.sync import export
 from services.sync.destinations import TYPES
+from services.sync.export import ExportPiece
 from services.sync.model import (
+    AMPLITUDE,
+    AUDIENCE,
+    EVENTS,
     ID_TYPE,
     PERIOD_US,
     Destination,
@@ -24,6 +28,7 @@ from services.sync.model import (
 from services.sync.readmodel import ChangeLog
 from services.sync.runner import SyncRunner
 from services.sync.store import SyncStore
+from services.sync.values import ValueReader
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1_000
@@ -57,6 +62,7 @@ class SyncService:
         self._changelog = changelog
         self._runner = runner
         self._clock = clock
+        self._values = ValueReader(changelog.engine)
 
     # ----------------------------------------------------------------- destinations
 
@@ -113,8 +119,19 @@ class SyncService:
         problem = TYPES[destination.kind].check_id_type(given.id_type)
         if problem is not None:
             raise invalid("sync.id_type", problem)
-        if await self._changelog.audience_id(ws, given.source_key) is None:
-            raise invalid("sync.source_key", f"no audience {given.source_key}")
+        if given.source in (AUDIENCE, EVENTS):
+            # An event sync's source_key, when set, limits it to an audience's members.
+            if (given.source == AUDIENCE or given.source_key) and (
+                await self._changelog.audience_id(ws, given.source_key) is None
+            ):
+                raise invalid("sync.source_key", f"no audience {given.source_key}")
+        else:
+            if destination.kind == AMPLITUDE:
+                raise invalid("sync.source", "Amplitude cohorts hold audiences only")
+            if not await self._values.exists(ws, given.source, given.source_key):
+                raise invalid(
+                    "sync.source_key", f"no {given.source.replace('_', ' ')} {given.source_key}"
+                )
         return await self._store.create_sync(ws, given, self._clock.now_us())
 
     async def get_sync(self, ws: str, sync_id: str) -> Sync:
@@ -150,6 +167,8 @@ class SyncService:
             source_key=current.source_key,
             id_type=current.id_type,
             cadence=given.cadence or current.cadence,
+            event_types=current.event_types,
+            event_names=current.event_names,
         )
         check_sync(given)
         now = self._clock.now_us()
@@ -157,6 +176,7 @@ class SyncService:
             "cadence": given.cadence,
             "max_removal_fraction": given.max_removal_fraction or current.max_removal_fraction,
             "paused": given.paused,
+            "active_within_days": given.active_within_days,
         }
         if given.cadence != current.cadence:
             values["next_run_at_us"] = now if given.cadence in PERIOD_US else None
@@ -207,8 +227,24 @@ class SyncService:
         if audience_id is None:
             raise NotFound(f"audience {audience_key} not found")
         total = await self._changelog.member_count(ws, audience_id)
+        return total, self._export_pieces(ws, audience_id, fmt, id_type, raw)
+
+    async def _export_pieces(
+        self, ws: str, audience_id: int, fmt: str, id_type: str, raw: bool
+    ) -> AsyncIterator[ExportPiece]:
+        # Postgres formats the lines itself (raw single-column values excepted: their
+        # CSV quoting is left to the csv module); elsewhere Python formats them.
+        if not (fmt == export.SINGLE_COLUMN and raw):
+            async with self._changelog.export_lines(ws, audience_id, fmt, id_type) as copied:
+                if copied is not None:
+                    widths, lines = copied
+                    header = export.header_line(fmt, widths, id_type, raw)
+                    async for piece in export.framed_csv(lines, fmt, header):
+                        yield piece
+                    return
         widths = (
             await self._changelog.id_type_widths(ws, audience_id) if fmt == export.FORMATTED else {}
         )
         members = self._changelog.member_identifiers(ws, audience_id)
-        return total, export.export_csv(members, fmt, widths, id_type, raw)
+        async for piece in export.export_csv(members, fmt, widths, id_type, raw):
+            yield piece

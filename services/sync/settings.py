@@ -6,6 +6,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from services.shared.streams import CHANGES_STREAM, EVENTS_STREAM
+
 
 def _float(name: str, default: float) -> float:
     value = os.environ.get(name)
@@ -27,6 +29,27 @@ class SyncSettings:
     claim_seconds: float = 300.0
     # How often the scheduler looks for due hourly and daily syncs.
     scheduler_interval_seconds: float = 30.0
+    # Value syncs read only values computed at least this long ago (a computation
+    # commits after the instant it stamps on its values).
+    value_settle_seconds: float = 60.0
+    # Event syncs: the event stream they read, how often each replica looks for new
+    # entries, and the longest one run of an event sync keeps reading.
+    events_stream: str = EVENTS_STREAM
+    events_poll_seconds: float = 0.1
+    events_run_seconds: float = 1.0
+    # Realtime syncs: the changes stream and this service's consumer group on it.
+    changes_stream: str = CHANGES_STREAM
+    realtime_group: str = "sync-realtime"
+    # Longest wait for new change entries (ms); entries per read.
+    realtime_block_ms: int = 200
+    realtime_batch: int = 1000
+    # An entry read by a replica but not acknowledged for this long is taken over
+    # (XAUTOCLAIM), at start and every realtime_claim_every_seconds.
+    realtime_claim_idle_ms: int = 30_000
+    realtime_claim_every_seconds: float = 5.0
+    # How often every realtime sync is checked against the change log (first backfill,
+    # resumed syncs, and any change whose stream entry was lost).
+    realtime_sweep_seconds: float = 2.0
     # Who holds a claim: unique per process.
     replica: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
@@ -41,4 +64,15 @@ class SyncSettings:
             max_attempts=int(env.get("SYNC_MAX_ATTEMPTS") or 8),
             claim_seconds=_float("SYNC_CLAIM_SECONDS", 300.0),
             scheduler_interval_seconds=_float("SYNC_SCHEDULER_INTERVAL_SECONDS", 30.0),
+            value_settle_seconds=_float("SYNC_VALUE_SETTLE_SECONDS", 60.0),
+            events_stream=env.get("SYNC_EVENTS_STREAM") or EVENTS_STREAM,
+            events_poll_seconds=_float("SYNC_EVENTS_POLL_SECONDS", 0.1),
+            events_run_seconds=_float("SYNC_EVENTS_RUN_SECONDS", 1.0),
+            changes_stream=env.get("SYNC_CHANGES_STREAM") or CHANGES_STREAM,
+            realtime_group=env.get("SYNC_REALTIME_GROUP") or "sync-realtime",
+            realtime_block_ms=int(env.get("SYNC_REALTIME_BLOCK_MS") or 200),
+            realtime_batch=int(env.get("SYNC_REALTIME_BATCH") or 1000),
+            realtime_claim_idle_ms=int(env.get("SYNC_REALTIME_CLAIM_IDLE_MS") or 30_000),
+            realtime_claim_every_seconds=_float("SYNC_REALTIME_CLAIM_EVERY_SECONDS", 5.0),
+            realtime_sweep_seconds=_float("SYNC_REALTIME_SWEEP_SECONDS", 2.0),
         )

@@ -7,7 +7,7 @@ module handles ciphertext and the plain secret is never written to a table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import delete, insert, or_, select, update
@@ -17,8 +17,10 @@ from services.sync.model import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_REMOVAL_FRACTION,
     DEFAULT_TIMEOUT_SECONDS,
+    EVENTS,
     FAILED,
     PERIOD_US,
+    REALTIME,
     RUNNING,
     DeadLetter,
     Destination,
@@ -180,6 +182,10 @@ class SyncStore:
             next_run_at_us=row.next_run_at_us,
             created_at_us=row.created_at_us,
             destination_state=row.destination_state,
+            active_within_days=row.active_within_days,
+            cursor_profile_id=row.cursor_profile_id,
+            event_types=tuple((row.event_filter or {}).get("types", ())),
+            event_names=tuple((row.event_filter or {}).get("names", ())),
         )
 
     async def create_sync(self, ws: str, given: SyncInput, now_us: int) -> Sync:
@@ -204,6 +210,13 @@ class SyncStore:
                     max_removal_fraction=given.max_removal_fraction or DEFAULT_MAX_REMOVAL_FRACTION,
                     removal_approved=False,
                     next_run_at_us=now_us if given.cadence in PERIOD_US else None,
+                    active_within_days=given.active_within_days,
+                    cursor_profile_id=0,
+                    event_filter=(
+                        {"types": list(given.event_types), "names": list(given.event_names)}
+                        if given.source == EVENTS
+                        else None
+                    ),
                     created_at_us=now_us,
                     updated_at_us=now_us,
                 )
@@ -318,6 +331,7 @@ class SyncStore:
         members_delta: int,
         claimed_until_us: int,
         backfilled: bool,
+        cursor_profile_id: int = 0,
     ) -> bool:
         """Advance the cursor past what the destination acknowledged and renew the claim;
         False (nothing written) when `holder` no longer holds the claim."""
@@ -327,6 +341,7 @@ class SyncStore:
                 .where(syncs.c.sync_id == sync_id, syncs.c.claimed_by == holder)
                 .values(
                     cursor=cursor,
+                    cursor_profile_id=cursor_profile_id,
                     delivered_members=syncs.c.delivered_members + members_delta,
                     claimed_until_us=claimed_until_us,
                     backfilled=backfilled,
@@ -347,6 +362,28 @@ class SyncStore:
                 )
                 .order_by(syncs.c.next_run_at_us)
                 .limit(limit)
+            )
+            return [self._sync(r) for r in rows]
+
+    async def realtime_syncs(self, ws: str | None = None, keys: Collection[str] = ()) -> list[Sync]:
+        """Realtime syncs, oldest first: of one workspace's sources `keys` when given,
+        else every one (the catch-up sweep)."""
+        conditions = [syncs.c.cadence == REALTIME, syncs.c.source != EVENTS]
+        if ws is not None:
+            conditions.append(syncs.c.workspace_id == ws)
+        if keys:
+            conditions.append(syncs.c.source_key.in_(list(keys)))
+        async with self._engine.connect() as c:
+            rows = await c.execute(select(syncs).where(*conditions).order_by(syncs.c.sync_id))
+            return [self._sync(r) for r in rows]
+
+    async def event_syncs(self) -> list[Sync]:
+        """Every unpaused event sync, oldest first."""
+        async with self._engine.connect() as c:
+            rows = await c.execute(
+                select(syncs)
+                .where(syncs.c.source == EVENTS, syncs.c.paused.is_(False))
+                .order_by(syncs.c.sync_id)
             )
             return [self._sync(r) for r in rows]
 

@@ -45,11 +45,18 @@ syncs = Table(
     Column("sync_id", String(40), primary_key=True),
     Column("workspace_id", String(64), nullable=False),
     Column("destination_id", String(40), nullable=False),
-    Column("source", String(16), nullable=False),  # audience
+    Column("source", String(16), nullable=False),  # audience | computed_trait | prediction
     Column("source_key", String(255), nullable=False),
     Column("id_type", String(64), nullable=False),
-    Column("cadence", String(16), nullable=False),  # one_time | hourly | daily
+    Column("cadence", String(16), nullable=False),  # one_time | hourly | daily | realtime
+    # Audiences: the last membership-change seq acknowledged. Computed traits and
+    # predictions: the (computed-at us, profile id) of the last value acknowledged.
     Column("cursor", BigInteger, nullable=False, default=0),
+    Column("cursor_profile_id", BigInteger, nullable=False, default=0, server_default="0"),
+    # Only profiles with an event in the last N days are sent (0: every profile).
+    Column("active_within_days", Integer, nullable=False, default=0, server_default="0"),
+    # Event syncs: {"types": [...], "names": [...]} forwarded (empty lists: every one).
+    Column("event_filter", Json, nullable=True),
     # False until the first run delivered the audience's members as of its cursor.
     Column("backfilled", Boolean, nullable=False, default=False),
     # How many profiles the destination holds from this sync (added - removed, acknowledged):

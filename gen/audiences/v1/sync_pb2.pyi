@@ -56,6 +56,8 @@ class _SyncSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SyncSource
     SYNC_SOURCE_COMPUTED_TRAIT: _SyncSource.ValueType  # 2
     SYNC_SOURCE_PREDICTION: _SyncSource.ValueType  # 3
     SYNC_SOURCE_RECOMMENDATION: _SyncSource.ValueType  # 4
+    SYNC_SOURCE_EVENTS: _SyncSource.ValueType  # 5
+    """raw events forwarded as they arrive (realtime only)"""
 
 class SyncSource(_SyncSource, metaclass=_SyncSourceEnumTypeWrapper): ...
 
@@ -64,6 +66,8 @@ SYNC_SOURCE_AUDIENCE: SyncSource.ValueType  # 1
 SYNC_SOURCE_COMPUTED_TRAIT: SyncSource.ValueType  # 2
 SYNC_SOURCE_PREDICTION: SyncSource.ValueType  # 3
 SYNC_SOURCE_RECOMMENDATION: SyncSource.ValueType  # 4
+SYNC_SOURCE_EVENTS: SyncSource.ValueType  # 5
+"""raw events forwarded as they arrive (realtime only)"""
 Global___SyncSource: _TypeAlias = SyncSource  # noqa: Y015
 
 class _SyncCadence:
@@ -351,6 +355,10 @@ class Sync(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     ID_TYPE_FIELD_NUMBER: _builtins.int
     NEXT_RUN_AT_FIELD_NUMBER: _builtins.int
+    ACTIVE_WITHIN_DAYS_FIELD_NUMBER: _builtins.int
+    CURSOR_PROFILE_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    EVENT_NAMES_FIELD_NUMBER: _builtins.int
     EXCLUDE_HOLDOUT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     destination_id: _builtins.str
@@ -368,6 +376,12 @@ class Sync(_message.Message):
     """Which identifier names a profile at the destination (user_id, email,
     anonymous_id, device_id or a custom type); profiles without one are skipped.
     """
+    active_within_days: _builtins.int
+    """Only profiles with an event in the last N days are sent (0: every profile)."""
+    cursor_profile_id: _builtins.int
+    """Computed trait and prediction syncs: the profile id half of the cursor (the other
+    half, `cursor`, is the computed-at microseconds of the last value acknowledged).
+    """
     exclude_holdout: _builtins.bool
     """Leave the audience's holdout (control) members out of the destination: they are
     the profiles services.shared.holdout.in_holdout(audience key, profile id, share)
@@ -379,6 +393,14 @@ class Sync(_message.Message):
     def next_run_at(self) -> _timestamp_pb2.Timestamp:
         """hourly and daily syncs"""
 
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Event syncs: the event types (track, page, ...) and names forwarded (empty: all).
+        Their source_key, when set, names an audience whose members' events alone are sent.
+        """
+
+    @_builtins.property
+    def event_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -394,11 +416,15 @@ class Sync(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         id_type: _builtins.str = ...,
         next_run_at: _timestamp_pb2.Timestamp | None = ...,
+        active_within_days: _builtins.int = ...,
+        cursor_profile_id: _builtins.int = ...,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
+        event_names: _abc.Iterable[_builtins.str] | None = ...,
         exclude_holdout: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "next_run_at", b"next_run_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cadence", b"cadence", "created_at", b"created_at", "cursor", b"cursor", "destination_id", b"destination_id", "exclude_holdout", b"exclude_holdout", "id", b"id", "id_type", b"id_type", "max_removal_fraction", b"max_removal_fraction", "next_run_at", b"next_run_at", "paused", b"paused", "paused_reason", b"paused_reason", "source", b"source", "source_key", b"source_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_within_days", b"active_within_days", "cadence", b"cadence", "created_at", b"created_at", "cursor", b"cursor", "cursor_profile_id", b"cursor_profile_id", "destination_id", b"destination_id", "event_names", b"event_names", "event_types", b"event_types", "exclude_holdout", b"exclude_holdout", "id", b"id", "id_type", b"id_type", "max_removal_fraction", b"max_removal_fraction", "next_run_at", b"next_run_at", "paused", b"paused", "paused_reason", b"paused_reason", "source", b"source", "source_key", b"source_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,7 +18,7 @@ import aiohttp
 
 from services.shared.errors import FieldViolation
 from services.sync.delivery import HttpAnswer, RetryPolicy, TokenBucket, post
-from services.sync.model import Change, Destination
+from services.sync.model import AUDIENCE, EVENTS, Change, Destination, ForwardedEvent
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,50 @@ class Batch:
     id_type: str
     idempotency_key: str
     changes: Sequence[Change]
+    source: str = AUDIENCE  # value syncs: `audience_key` is the trait or prediction key
+    events: Sequence[ForwardedEvent] = ()  # event syncs: the events (no changes)
+
+    @property
+    def seqs(self) -> tuple[int, int]:
+        """The first and last seq of what the batch carries."""
+        items = self.events if self.source == EVENTS else self.changes
+        return items[0].seq, items[-1].seq
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.changes)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Batch:
+        """The batch `as_json` wrote (a dead letter's payload)."""
+        source = data.get("source", AUDIENCE)
+        return cls(
+            data["sync_id"],
+            data.get("audience_key") or data.get("key") or "",
+            data["id_type"],
+            data["idempotency_key"],
+            [Change.from_json(c) for c in data.get("changes", [])],
+            source,
+            [ForwardedEvent.from_json(e) for e in data.get("events", [])],
+        )
 
     def as_json(self) -> dict[str, Any]:
         """The batch as a JSON document (webhook body, dead-letter payload)."""
+        if self.source == EVENTS:
+            return {
+                "sync_id": self.sync_id,
+                "source": EVENTS,
+                "id_type": self.id_type,
+                "idempotency_key": self.idempotency_key,
+                "events": [e.as_json() for e in self.events],
+            }
+        named: dict[str, Any] = (
+            {"audience_key": self.audience_key}
+            if self.source == AUDIENCE
+            else {"source": self.source, "key": self.audience_key}
+        )
         return {
             "sync_id": self.sync_id,
-            "audience_key": self.audience_key,
+            **named,
             "id_type": self.id_type,
             "idempotency_key": self.idempotency_key,
             "changes": [c.as_json() for c in self.changes],
@@ -68,6 +106,7 @@ class RunContext:
     bucket: TokenBucket | None
     state: Mapping[str, Any] | None = None
     save_state: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+    source: str = AUDIENCE  # what the sync sends (file columns depend on it)
 
 
 class DestinationRun(Protocol):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -29,14 +30,14 @@ from services.sync.destinations.base import (
     RunContext,
     any_id_type,
 )
-from services.sync.model import ADDED, Change, Destination
+from services.sync.model import ADDED, AUDIENCE, EVENTS, Change, Destination, ForwardedEvent
 
 MAX_OBJECTS = 75
 OPTIONS = {"membership", "attribute"}
 ATTRIBUTE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
-def _identify(change: Change, id_type: str) -> dict[str, Any]:
+def _identify(change: Change | ForwardedEvent, id_type: str) -> dict[str, Any]:
     if id_type == "user_id":
         return {"external_id": change.id}
     if id_type == "email":
@@ -44,8 +45,34 @@ def _identify(change: Change, id_type: str) -> dict[str, Any]:
     return {"user_alias": {"alias_name": change.id, "alias_label": id_type}}
 
 
+def event_objects(batch: Batch) -> list[dict[str, Any]]:
+    """The Braze event objects of an event sync's batch, one per event, in order: a
+    track event's name, or the page or screen name, or the event type."""
+    return [
+        {
+            **_identify(e, batch.id_type),
+            "name": e.name or e.type,
+            "time": datetime.fromtimestamp(e.timestamp_us / 1e6, UTC).isoformat(),
+            "properties": e.properties if isinstance(e.properties, dict) else {},
+        }
+        for e in batch.events
+    ]
+
+
 def attribute_objects(batch: Batch, options: Mapping[str, str]) -> list[dict[str, Any]]:
     """The Braze attribute objects of a batch, one per change, in order."""
+    if batch.source != AUDIENCE:
+        # A computed trait or prediction is a custom attribute of that name; such a
+        # sync creates the users Braze does not have yet.
+        attribute = options.get("attribute") or batch.audience_key
+        return [
+            {
+                **_identify(change, batch.id_type),
+                attribute: change.value,
+                "_update_existing_only": False,
+            }
+            for change in batch.changes
+        ]
     array = options.get("membership") == "array"
     name = options.get("attribute") or ("audiences" if array else f"audience_{batch.audience_key}")
     out = []
@@ -62,14 +89,19 @@ class _BrazeRun(AcknowledgedPerBatch):
         self._url = destination.base_url.rstrip("/") + "/users/track"
 
     async def deliver(self, batch: Batch) -> Outcome:
-        objects = attribute_objects(batch, self._destination.options)
+        field = "events" if batch.source == EVENTS else "attributes"
+        objects = (
+            event_objects(batch)
+            if batch.source == EVENTS
+            else attribute_objects(batch, self._destination.options)
+        )
         headers = {
             "Content-Type": "application/json",
             "Authorization": f"Bearer {self._destination.secret or ''}",
         }
         retries = 0
         for start in range(0, len(objects), MAX_OBJECTS):
-            body = orjson.dumps({"attributes": objects[start : start + MAX_OBJECTS]})
+            body = orjson.dumps({field: objects[start : start + MAX_OBJECTS]})
             answer = await self._post(self._url, body, headers)
             retries += answer.retries
             if not answer.accepted:

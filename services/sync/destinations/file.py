@@ -3,7 +3,8 @@ Lines, written under a temporary name and renamed into place when the run finish
 so a reader never sees half a file and a failed run leaves none.
 
 Name: ``<sync id>-<run id>.<csv|jsonl>``. Columns (CSV header, JSON keys): seq, action
-(added or removed), profile_id, id, at_us.
+(added or removed), profile_id, id, at_us; computed trait and prediction syncs add
+value (JSON text in a CSV).
 """
 
 from __future__ import annotations
@@ -23,9 +24,21 @@ from services.sync.destinations.base import (
     any_id_type,
     no_options,
 )
-from services.sync.model import Destination
+from services.sync.model import AUDIENCE, EVENTS, Destination
 
 COLUMNS = ("seq", "action", "profile_id", "id", "at_us")
+VALUE_COLUMNS = (*COLUMNS, "value")
+EVENT_COLUMNS = (
+    "seq",
+    "message_id",
+    "type",
+    "name",
+    "profile_id",
+    "id",
+    "timestamp_us",
+    "properties",
+    "traits",
+)
 
 
 class _FileRun:
@@ -37,25 +50,31 @@ class _FileRun:
         self._path = os.path.join(destination.directory, name)
         self._partial = os.path.join(destination.directory, f".{name}.partial")
         self._file: IO[str] | None = None
+        self._columns = {AUDIENCE: COLUMNS, EVENTS: EVENT_COLUMNS}.get(
+            context.source, VALUE_COLUMNS
+        )
 
     def _open(self) -> IO[str]:
         if self._file is None:
             os.makedirs(os.path.dirname(self._path), exist_ok=True)
             self._file = open(self._partial, "w", newline="", encoding="utf-8")
             if self._format == "csv":
-                csv.writer(self._file).writerow(COLUMNS)
+                csv.writer(self._file).writerow(self._columns)
         return self._file
 
     def _write(self, batch: Batch) -> None:
         file = self._open()
+        rows = [e.as_json() for e in batch.events] + [c.as_json() for c in batch.changes]
         if self._format == "csv":
             writer = csv.writer(file)
-            for change in batch.changes:
-                row = change.as_json()
-                writer.writerow([row[c] for c in COLUMNS])
+            for row in rows:
+                for name in ("value", "properties", "traits"):
+                    if name in row:
+                        row[name] = orjson.dumps(row[name]).decode()
+                writer.writerow([row[c] for c in self._columns])
         else:
-            for change in batch.changes:
-                file.write(orjson.dumps(change.as_json()).decode() + "\n")
+            for row in rows:
+                file.write(orjson.dumps(row).decode() + "\n")
 
     async def deliver(self, batch: Batch) -> Outcome:
         await asyncio.to_thread(self._write, batch)

@@ -219,7 +219,8 @@ class WebhookReceiver:
         key = request.headers[IDEMPOTENCY_HEADER]
         if key not in self.seen_keys:
             self.seen_keys.add(key)
-            self.applied.extend(orjson.loads(body)["changes"])
+            document = orjson.loads(body)
+            self.applied.extend(document.get("changes") or document.get("events") or [])
         return web.Response(status=200, text="ok")
 
 

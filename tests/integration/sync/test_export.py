@@ -131,3 +131,27 @@ async def test_bad_export_requests_are_refused(
     assert refused.value.code() == code
     if field:
         assert field in [v.field for v in field_violations(refused.value)]
+
+
+async def test_values_with_newlines_backslashes_and_tabs_round_trip(api: SyncApi) -> None:
+    audience = await api.log.audience("odd")
+    odd = ["line\nbreak", "back\\slash", "tab\there", 'cr\r"q"']
+    pids = [await api.log.profile(user_id=value) for value in odd]
+    for pid in pids:
+        await api.log.change(audience, pid, entered=True)
+    formatted, chunks = await _export(
+        api, audience_key="odd", format=sync_pb2.EXPORT_FORMAT_FORMATTED
+    )
+    assert [r["user_id"] for r in formatted] == odd
+    assert sum(c.rows for c in chunks) == len(odd) + 1
+    unformatted, _ = await _export(
+        api, audience_key="odd", format=sync_pb2.EXPORT_FORMAT_UNFORMATTED
+    )
+    assert [orjson.loads(r["external_ids"])[0]["id"] for r in unformatted] == odd
+    hashed, chunks = await _export(
+        api, audience_key="odd", format=sync_pb2.EXPORT_FORMAT_SINGLE_COLUMN, id_type="user_id"
+    )
+    assert [r["user_id_sha256"] for r in hashed] == [
+        hashlib.sha256(v.encode()).hexdigest() for v in odd
+    ]
+    assert chunks[-1].members_done == len(odd)

@@ -122,11 +122,11 @@ async def test_a_file_destination_gets_one_complete_file_per_run(
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
-        ({"cadence": sync_pb2.SYNC_CADENCE_REALTIME}, "sync.cadence"),
+        ({"cadence": sync_pb2.SYNC_CADENCE_UNSPECIFIED}, "sync.cadence"),
         ({"source_key": "nope"}, "sync.source_key"),
         ({"id_type": ""}, "sync.id_type"),
         ({"destination_id": "dst_missing"}, "sync.destination_id"),
-        ({"source": sync_pb2.SYNC_SOURCE_PREDICTION}, "sync.source"),
+        ({"source": sync_pb2.SYNC_SOURCE_RECOMMENDATION}, "sync.source"),
         ({"max_removal_fraction": 1.5}, "sync.max_removal_fraction"),
     ],
 )

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 
 import pytest
 
 from services.sync.export import (
+    FORMATTED,
+    SINGLE_COLUMN,
+    UNFORMATTED,
+    ExportPiece,
     formatted_header,
     formatted_row,
+    framed_csv,
     single_column_rows,
     unformatted_row,
 )
@@ -35,3 +41,30 @@ def test_single_column_hashes_each_value_unless_raw() -> None:
     ]
     assert single_column_rows(IDS, "email", raw=True) == [["a@x.org"], ["b@x.org"]]
     assert single_column_rows(IDS, "device_id", raw=True) == []
+
+
+async def _framed(fmt: str, chunks: list[bytes]) -> list[ExportPiece]:
+    async def lines() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    return [p async for p in framed_csv(lines(), fmt, b"h\n")]
+
+
+async def test_framing_counts_csv_lines_not_newlines_inside_quotes() -> None:
+    chunk = b'1,"a\nb","x""\n""y"\n2,,\n'
+    [piece] = await _framed(FORMATTED, [chunk])
+    assert piece.csv == b"h\n" + chunk
+    assert (piece.rows, piece.members_done) == (3, 2)  # with the header
+
+
+async def test_framing_unescapes_copy_text_lines() -> None:
+    [piece] = await _framed(UNFORMATTED, [b'1,"[{""id"":""a\\\\b\\nc""}]"\n'])
+    assert piece.csv == b'h\n1,"[{""id"":""a\\b\nc""}]"\n'
+    assert (piece.rows, piece.members_done) == (2, 1)
+
+
+async def test_framing_splits_single_column_lines_and_drops_nulls() -> None:
+    [piece] = await _framed(SINGLE_COLUMN, [b"aa\\nbb\n\\N\ncc\n"])
+    assert piece.csv == b"h\naa\nbb\ncc\n"
+    assert (piece.rows, piece.members_done) == (4, 3)
