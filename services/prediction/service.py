@@ -281,6 +281,9 @@ class Predictions:
         texts = [[r["text"] for r in rs] for rs in reasons]
         await self._hot.write(ws, key, profile_ids, probability, percentile, texts, now)
         await self._hot.remove(ws, key, unscored)
+        # After the commit, so segmentation reads the new scores. Lost if this process
+        # dies right here: the reconcile pass then catches the cohorts up.
+        await self._hot.announce_rescored(ws, key)
         return len(rows)
 
     async def list_scores(
