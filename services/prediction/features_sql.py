@@ -41,25 +41,11 @@ from services.prediction.features import (
 )
 from services.prediction.model import Goal, GoalFilter
 from services.shared.clock import US_PER_DAY
+from services.shared.db.membership_log import audience_keys_read as audiences
+from services.shared.db.membership_log import memberships
 from services.shared.db.tables import events, profiles
 
 _EVENT_TYPES = ("track", "page", "screen")
-
-# The population audience's members, read by name: the audiences and memberships tables
-# are segmentation's, and this service imports no other service's package.
-_audiences = sa.table(
-    "audiences",
-    sa.column("audience_id", sa.BigInteger),
-    sa.column("workspace_id", sa.String),
-    sa.column("key", sa.String),
-    sa.column("deleted_at_us", sa.BigInteger),
-)
-_memberships = sa.table(
-    "memberships",
-    sa.column("audience_id", sa.BigInteger),
-    sa.column("workspace_id", sa.String),
-    sa.column("profile_id", sa.BigInteger),
-)
 
 
 class _Json:
@@ -173,14 +159,14 @@ class FeatureQueries:
             mp = profiles.alias("mp")
             members = (
                 select(mp.c.canonical_id)
-                .select_from(_memberships)
-                .join(_audiences, _audiences.c.audience_id == _memberships.c.audience_id)
-                .join(mp, mp.c.profile_id == _memberships.c.profile_id)
+                .select_from(memberships)
+                .join(audiences, audiences.c.audience_id == memberships.c.audience_id)
+                .join(mp, mp.c.profile_id == memberships.c.profile_id)
                 .where(
-                    _audiences.c.workspace_id == ws,
-                    _audiences.c.key == population,
-                    _audiences.c.deleted_at_us.is_(None),
-                    _memberships.c.workspace_id == ws,
+                    audiences.c.workspace_id == ws,
+                    audiences.c.key == population,
+                    audiences.c.deleted_at_us.is_(None),
+                    memberships.c.workspace_id == ws,
                 )
             )
             where.append(profiles.c.canonical_id.in_(members))
