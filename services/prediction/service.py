@@ -1,10 +1,12 @@
 """The prediction use cases: predictions as objects, training, scoring, metrics.
 
 Training (on demand, the Train RPC) stacks several point-in-time snapshots that end at
-the cutoff (default: now - horizon, the latest cutoff whose labels are complete), one
-horizon apart; the CPU-bound fit runs in a worker thread so the server keeps answering.
-Scoring computes today's features for the population, predicts, and replaces the
-prediction's scores in Postgres and the hot state.
+the cutoff (default: now - horizon, the latest cutoff whose labels are complete), a
+horizon but at most a week apart (snapshot_cutoffs); the CPU-bound fit runs in a
+worker thread so the server keeps answering.
+Scoring computes today's features for the population, predicts, replaces the
+prediction's scores in Postgres and the hot state, and announces it so that
+segmentation recomputes the predictive cohorts at once.
 """
 
 from __future__ import annotations
