@@ -327,9 +327,11 @@ class FeatureQueries:
         ]
         if spec.goal_event:
             is_goal = and_(events.c.type == "track", events.c.name == spec.goal_event)
+            # FILTER, not CASE: only the goal's rows reach the aggregates (and the
+            # DISTINCT's sort), not every event as a NULL.
             columns += [
-                func.max(case((is_goal, ts))),
-                func.count(sa.distinct(case((is_goal, day)))),
+                func.max(ts).filter(is_goal),
+                func.count(sa.distinct(day)).filter(is_goal),
             ]
         if spec.has_revenue:
             revenue = self._revenue()
