@@ -1,132 +1,289 @@
-"""Evaluate the prediction model on CDNOW purchases (data nobody here made), beside the
-recency-frequency baseline, at any cutoffs and horizons.
+"""Evaluate the prediction service on CDNOW purchases (data nobody here made) beside
+RFM and BG/NBD rebuilt at the same cutoffs, at any cutoffs and horizons.
 
-    pip install --no-deps lifetimes==0.11.3   # ships CDNOW_master.txt
+    pip install --no-deps lifetimes==0.11.3   # ships CDNOW_master.txt (not imported)
     .venv/bin/python bench/prediction_cdnow.py --cutoff 1997-07-01 1997-10-01 1998-01-01 \\
-        --horizon 7 30
+        --horizon 7 30 [--charts DIR]
 
-Each run loads the 69,659 purchases (23,570 customers) into a fresh Postgres database
-(one track ``purchase`` event per line at 12:00 UTC of its date, ``revenue`` = dollar
-value), then trains through the prediction domain exactly as the Train RPC does (four
-stacked snapshots one horizon apart ending at the cutoff, split by profile, early
-stopping, isotonic calibration) and prints the held-out metrics of the model and of
-the baseline. A purchase on the cutoff's date counts as a label, never as a feature.
-The events are written straight into the tables, not through ingest. BG/NBD is not
-rebuilt here (docs/predictions.md).
+Through the real services, as processes on loopback ports: the 69,659 purchases go in
+through the ingest service (Batch RPCs; one track ``purchase`` per line at 12:00 UTC of
+its date, user_id = the customer, properties ``revenue`` = dollars and ``cds``; moved 28
+years later, since ingest refuses timestamps before 2000), then
+for each horizon H and cutoff C the prediction service is asked, as a user would:
+
+- ``Train {cutoff: C - H}``: the latest training cutoff whose labels end by C, so the
+  model (and its stacked earlier snapshots, validation split and calibration) never
+  reads anything on or after C;
+- ``Score {as_of: C}`` and ``ListScores``: every customer's probability at C.
+
+Every customer with a purchase before C is then judged on whether they buy in the H
+days from C (labels read here, from the file), beside RFM (log purchases - log days
+since the last, calibrated isotonically on the snapshot one horizon before C) and
+BG/NBD (fitted on everything before C), all on the same customers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import statistics
 import sys
-from datetime import UTC, datetime
+import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
+import orjson
+import redis.asyncio as redis_asyncio
+from google.protobuf.timestamp_pb2 import Timestamp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gen"))
 
-from services.prediction.features_sql import FeatureQueries
-from services.prediction.hot import PredictionHotState
-from services.prediction.service import Predictions
-from services.prediction.store import PredictionStore
-from services.shared.clock import US_PER_DAY, FixedClock
+from audiences.v1 import ingest_pb2, ingest_pb2_grpc, prediction_pb2, prediction_pb2_grpc
+
+from bench.cdnow_data import (
+    Purchases,
+    bgnbd_probability,
+    cdnow_file,
+    day_number,
+    rfm_probability,
+    summarise,
+)
+from services.prediction import metrics
+from services.shared.clock import US_PER_DAY
+from services.shared.config import Settings
 from services.shared.db import migrate
 from services.shared.db.engine import create_engine
-from services.shared.redis import create_redis
+from services.shared.server import Resources
 from tests.helpers import backends
-from tests.integration.prediction.planted import add_profiles, insert_events
+from tests.helpers.grpc_client import bearer
+from tests.helpers.servers import as_processes
 
-WS = "cdnow"
 METRICS = ("roc_auc", "pr_auc", "brier", "top_decile_lift")
+SCORERS = ("model", "RFM", "BG/NBD")
+# Ingest refuses events before 2000 (services/ingest/validation.py): the history is moved
+# 28 years later (10,227 days: 1,461 weeks, so weekdays and leap days line up), and every
+# cutoff with it; 1997-07-01 is asked as 2025-07-01.
+SHIFT_DAYS = 10_227
+BATCH = 1_000
+CONCURRENT_BATCHES = 4
+# The issue's targets: means over the cutoffs (Brier: no worse than BG/NBD's).
+TARGETS = {(30, "roc_auc"): 0.795, (7, "pr_auc"): 0.150}
 
 
-def cdnow_file() -> Path:
-    """CDNOW_master.txt from the installed lifetimes package (not imported)."""
-    located = importlib.metadata.distribution("lifetimes").locate_file(
-        "lifetimes/datasets/CDNOW_master.txt"
-    )
-    return Path(str(located))
+def _timestamp(us: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromMicroseconds(us)
+    return stamp
 
 
-def day_us(text: str) -> int:
-    """Microseconds of 00:00 UTC of a YYYY-MM-DD or YYYYMMDD date."""
-    return (
-        int(datetime.strptime(text.replace("-", ""), "%Y%m%d").replace(tzinfo=UTC).timestamp())
-        * 1_000_000
-    )
-
-
-async def load(engine: Any, text: str) -> int:
-    """Customers as profiles, purchases as events; returns the purchase count."""
-    lines = [f for f in (line.split() for line in text.splitlines()) if f and f[0].isdigit()]
-    customers = sorted({int(f[0]) for f in lines})
-    ids = dict(zip(customers, await add_profiles(engine, WS, len(customers)), strict=True))
-    rows = [
-        {
-            "workspace_id": WS,
-            "profile_id": ids[int(customer)],
-            "type": "track",
-            "name": "purchase",
-            "timestamp_us": day_us(date) + 12 * 3_600_000_000,
-            "message_id": f"cdnow-{n}",
-            "properties": {"revenue": float(dollars), "cds": int(cds)},
-        }
-        for n, (customer, date, cds, dollars) in enumerate(lines)
-    ]
-    await insert_events(engine, rows)
-    return len(rows)
-
-
-async def evaluate(cutoffs: list[str], horizons: list[int], path: Path) -> None:
-    url = await backends.create_database()
-    engine = create_engine(url)
-    redis = create_redis("memory://")
-    try:
-        await migrate.upgrade(engine)
-        purchases = await load(engine, path.read_text())  # noqa: ASYNC240 (once, small)
-        print(f"loaded {purchases} purchases from {path.name}")
-        clock = FixedClock(0)
-        predictions = Predictions(
-            PredictionStore(engine), FeatureQueries(engine), PredictionHotState(redis), clock
+async def ingest_purchases(address: str, key: str, purchases: Purchases) -> None:
+    """Every purchase through the ingest service, BATCH events a request."""
+    events = [
+        ingest_pb2.Event(
+            message_id=f"cdnow-{n}",
+            type=ingest_pb2.EVENT_TYPE_TRACK,
+            user_id=f"c{customer}",
+            event="purchase",
+            timestamp=_timestamp((day + SHIFT_DAYS) * US_PER_DAY + 12 * 3_600_000_000),
+            properties=orjson.dumps({"revenue": float(dollars), "cds": int(cds)}),
         )
-        print("horizon  cutoff      positives  " + "  ".join(f"{m:>22}" for m in METRICS))
-        for horizon in horizons:
-            means: dict[str, list[tuple[float, float]]] = {m: [] for m in METRICS}
-            key = f"purchase_{horizon}d"
-            await predictions.create(WS, key, "", b'{"event": "purchase"}', horizon, "")
-            for cutoff in cutoffs:
-                clock.set(day_us(cutoff) + horizon * US_PER_DAY)
-                trained = await predictions.train(WS, key, day_us(cutoff))
-                m, base = trained.metrics, trained.metrics["baseline"]
-                cells = []
-                for name in METRICS:
-                    means[name].append((m[name], base[name]))
-                    cells.append(f"{m[name]:>9.4f} (base {base[name]:.4f})")
-                print(f"{horizon:>7}  {cutoff}  {m['positive_rate']:>9.4f}  " + "  ".join(cells))
-            mean_cells = []
-            for pairs in means.values():
-                model, baseline = (statistics.mean(column) for column in zip(*pairs, strict=True))
-                mean_cells.append(f"{model:>9.4f} (base {baseline:.4f})")
-            print(f"{horizon:>7}  {'mean':<10}  {'':>9}  " + "  ".join(mean_cells))
+        for n, (customer, day, cds, dollars) in enumerate(
+            zip(
+                purchases.customer.tolist(),
+                purchases.day.tolist(),
+                purchases.cds.tolist(),
+                purchases.dollars.tolist(),
+                strict=True,
+            )
+        )
+    ]
+    started = time.perf_counter()
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        gate = asyncio.Semaphore(CONCURRENT_BATCHES)
+
+        async def send(start: int) -> int:
+            async with gate:
+                reply = await stub.Batch(
+                    ingest_pb2.BatchRequest(events=events[start : start + BATCH]),
+                    metadata=bearer(key),
+                )
+            if reply.rejected:
+                bad = [r for r in reply.results if r.violations]
+                raise RuntimeError(f"ingest rejected {reply.rejected} events: {bad[:1]}")
+            return reply.accepted + reply.duplicates
+
+        done = sum(await asyncio.gather(*(send(s) for s in range(0, len(events), BATCH))))
+    elapsed = time.perf_counter() - started
+    print(f"ingested {done} purchases through the ingest service in {elapsed:.1f} s", flush=True)
+
+
+async def scores_at(
+    stub: prediction_pb2_grpc.PredictionServiceStub, key: str, admin: Any
+) -> dict[int, float]:
+    """Every scored customer's probability, paging through ListScores."""
+    found: dict[int, float] = {}
+    token = ""
+    while True:
+        page = await stub.ListScores(
+            prediction_pb2.ListScoresRequest(key=key, page_size=1_000, page_token=token),
+            metadata=admin,
+        )
+        for scored in page.scores:
+            user = next(i.value for i in scored.profile.identifiers if i.type == "user_id")
+            found[int(user[1:])] = scored.probability
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+def print_table(rows: list[tuple[int, str, dict[str, dict[str, float]]]]) -> None:
+    """One line per horizon, cutoff and scorer; then the means and the targets."""
+    print()
+    print(f"{'horizon':>7}  {'cutoff':<10}  {'scorer':<7}" + "".join(f"{m:>17}" for m in METRICS))
+    for horizon in sorted({h for h, _, _ in rows}):
+        mine = [r for r in rows if r[0] == horizon]
+        for _, cutoff, found in mine:
+            for scorer in SCORERS:
+                cells = "".join(f"{found[scorer][m]:>17.4f}" for m in METRICS)
+                print(f"{horizon:>7}  {cutoff:<10}  {scorer:<7}{cells}")
+        for scorer in SCORERS:
+            means = [statistics.mean(f[scorer][m] for _, _, f in mine) for m in METRICS]
+            print(
+                f"{horizon:>7}  {'mean':<10}  {scorer:<7}" + "".join(f"{v:>17.4f}" for v in means)
+            )
+    print()
+    for horizon in sorted({h for h, _, _ in rows}):
+        mine = [r for r in rows if r[0] == horizon]
+
+        def mean(scorer: str, metric: str, of: list[Any] = mine) -> float:
+            return statistics.mean(f[scorer][metric] for _, _, f in of)
+
+        for (h, metric), target in TARGETS.items():
+            if h == horizon:
+                got = mean("model", metric)
+                verdict = "met" if got >= target else "NOT met"
+                print(f"{horizon}-day mean {metric}: {got:.4f}, target >= {target}: {verdict}")
+        model, bg = mean("model", "brier"), mean("BG/NBD", "brier")
+        verdict = "met" if model <= bg else "NOT met"
+        print(f"{horizon}-day mean Brier: {model:.4f}, BG/NBD {bg:.4f}, no worse: {verdict}")
+
+
+async def evaluate(
+    cutoffs: list[str], horizons: list[int], path: Path, charts: Path | None
+) -> None:
+    purchases = Purchases.read(path)
+    url = await backends.create_database()
+    redis_url = backends.test_redis_url()
+    flush = redis_asyncio.Redis.from_url(redis_url)
+    await flush.flushdb()
+    engine = create_engine(url)
+    await migrate.upgrade(engine)
+    await engine.dispose()
+    resources = await Resources.open(Settings(database_url=url, redis_url=redis_url), "cdnow")
+    try:
+        ws, _, admin_key = await resources.keys.create_workspace("cdnow")
+        _, ingest_key = await resources.keys.create_key(ws, "ingest", ["ingest:write"])
+        admin = bearer(admin_key)
+        rows: list[tuple[int, str, dict[str, dict[str, float]]]] = []
+        async with (
+            as_processes(
+                url, redis_url, ["ingest", "prediction"], {"PREDICTION_SCHEDULE_SECONDS": "0"}
+            ) as addresses,
+            grpc.aio.insecure_channel(addresses["prediction"]) as channel,
+        ):
+            await ingest_purchases(addresses["ingest"], ingest_key, purchases)
+            stub = prediction_pb2_grpc.PredictionServiceStub(channel)
+            for horizon in horizons:
+                key = f"purchase_{horizon}d"
+                await stub.CreatePrediction(
+                    prediction_pb2.CreatePredictionRequest(
+                        prediction=prediction_pb2.Prediction(
+                            key=key, goal=b'{"event": "purchase"}', horizon_days=horizon
+                        )
+                    ),
+                    metadata=admin,
+                )
+                for cutoff in cutoffs:
+                    started = time.perf_counter()
+                    day = day_number(cutoff)
+                    trained = await stub.Train(
+                        prediction_pb2.TrainRequest(
+                            key=key,
+                            cutoff=_timestamp((day + SHIFT_DAYS - horizon) * US_PER_DAY),
+                        ),
+                        metadata=admin,
+                    )
+                    await stub.Score(
+                        prediction_pb2.ScoreRequest(
+                            key=key, as_of=_timestamp((day + SHIFT_DAYS) * US_PER_DAY)
+                        ),
+                        metadata=admin,
+                    )
+                    scored = await scores_at(stub, key, admin)
+                    customers = purchases.customers_before(day)
+                    missing = [c for c in customers.tolist() if c not in scored]
+                    assert not missing, f"{len(missing)} customers were not scored"
+                    labels = purchases.labels(customers, day, horizon)
+                    probabilities = {
+                        "model": np.array([scored[c] for c in customers.tolist()]),
+                        "RFM": rfm_probability(purchases, customers, day, horizon),
+                        "BG/NBD": bgnbd_probability(purchases, customers, day, horizon),
+                    }
+                    found = {s: summarise(labels, p) for s, p in probabilities.items()}
+                    rows.append((horizon, cutoff, found))
+                    print(
+                        f"{horizon}d {cutoff}: {len(customers)} customers,"
+                        f" {labels.mean():.2%} positive, trained on"
+                        f" {trained.metrics.snapshots} snapshots"
+                        f" ({trained.metrics.train_rows} rows),"
+                        f" {time.perf_counter() - started:.0f} s;"
+                        f" AUC model {found['model']['roc_auc']:.4f}"
+                        f" BG/NBD {found['BG/NBD']['roc_auc']:.4f}",
+                        flush=True,
+                    )
+                    if charts is not None:
+                        render(charts, horizon, cutoff, labels, probabilities)
+        print_table(rows)
     finally:
-        await redis.aclose()
-        await engine.dispose()
+        await resources.close()
+        await flush.flushdb()
+        await flush.aclose()
         await backends.drop_database(url)
 
 
+def render(
+    directory: Path,
+    horizon: int,
+    cutoff: str,
+    labels: np.ndarray,
+    probabilities: dict[str, np.ndarray],
+) -> None:
+    """Calibration and lift charts of every scorer at one cutoff and horizon."""
+    from scripts.prediction_charts import Curve, render_calibration, render_lift
+
+    curves = [
+        Curve(name, metrics.calibration_by_decile(labels, p)) for name, p in probabilities.items()
+    ]
+    title = f"CDNOW, purchase within {horizon} days of {cutoff}"
+    stem = f"cdnow_{horizon}d_{cutoff}"
+    directory.mkdir(parents=True, exist_ok=True)
+    render_calibration(curves, title, directory / f"{stem}_calibration.png")
+    render_lift(curves, title, directory / f"{stem}_lift.png")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--cutoff", nargs="+", default=["1997-07-01", "1997-10-01", "1998-01-01"])
     parser.add_argument("--horizon", nargs="+", type=int, default=[7, 30])
     parser.add_argument("--file", type=Path, default=None, help="CDNOW_master.txt")
+    parser.add_argument("--charts", type=Path, default=None, help="write PNG charts here")
     args = parser.parse_args()
     np.seterr(all="ignore")
-    asyncio.run(evaluate(args.cutoff, args.horizon, args.file or cdnow_file()))
+    asyncio.run(evaluate(args.cutoff, args.horizon, args.file or cdnow_file(), args.charts))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 Every feature is computed at a cutoff from events at or before it (never from the
 label period after it): per (type, event name) counts over 1/7/30/90-day windows,
-recency, frequency, tenure, active days, revenue sums when the workspace's events carry
-a numeric ``revenue`` property, and the most common traits as they stood at the cutoff
+recency, frequency, tenure, active days, the gaps between active days (last, mean,
+spread, longest, and how overdue the next one is), the goal event's own recency and
+trend, revenue sums per window when the workspace's events carry a numeric ``revenue``
+property, and the most common traits as they stood at the cutoff
 (the latest identify call at or before it that set them: numeric traits as numbers,
 string traits as LightGBM categories). The spec is chosen once, at training time,
 and stored with the model so that scoring computes exactly the same columns.
@@ -20,7 +22,29 @@ MAX_EVENT_NAMES = 25
 REVENUE_PROPERTY = "revenue"
 # The columns after the per-event counts, in order.
 RFM_FEATURES = ("recency_days", "frequency", "tenure_days", "active_days")
-REVENUE_FEATURES = ("revenue_sum", "revenue_sum_90d")
+# Between consecutive active days (UTC days with an event). Repeat buyers who are
+# "due" again buy again (the intuition of BG/NBD): how the last gap, the usual gap and
+# the time since the last event compare carries most of the signal on purchase data.
+GAP_FEATURES = (
+    "last_gap_days",
+    "mean_gap_days",
+    "gap_spread_days",
+    "longest_gap_days",
+    "overdue_ratio",  # days since the last event / mean gap
+    "active_span_share",  # (first to last event) / tenure
+    "active_days_per_30d",
+)
+# The goal event's own history (any goal filters aside): when it last happened and
+# whether it is speeding up (last 30 days against the 90-day rate).
+GOAL_FEATURES = ("goal recency_days", "goal active_days", "goal trend 30d/90d")
+REVENUE_WINDOW_DAYS = (7, 30, 90)
+REVENUE_FEATURES = (
+    "revenue_sum",
+    "revenue_sum_7d",
+    "revenue_sum_30d",
+    "revenue_sum_90d",
+    "revenue_per_active_day",
+)
 MAX_TRAITS = 10
 # A string trait becomes a category feature when its most common values (each set at
 # least MIN_CATEGORY_COUNT times) cover this share of the calls that set it: a plan or a
@@ -46,6 +70,7 @@ class FeatureSpec:
     event_keys: tuple[tuple[str, str], ...]  # (type, name)
     has_revenue: bool
     traits: tuple[TraitFeature, ...] = ()
+    goal_event: str = ""
 
     def names(self) -> list[str]:
         """Human-readable feature names, in column order (also the reasons' words)."""
@@ -55,7 +80,15 @@ class FeatureSpec:
             for days in WINDOW_DAYS
         ]
         revenue = list(REVENUE_FEATURES) if self.has_revenue else []
-        return counts + list(RFM_FEATURES) + revenue + [f"trait {t.key}" for t in self.traits]
+        goal = list(GOAL_FEATURES) if self.goal_event else []
+        return (
+            counts
+            + list(RFM_FEATURES)
+            + list(GAP_FEATURES)
+            + goal
+            + revenue
+            + [f"trait {t.key}" for t in self.traits]
+        )
 
     def categorical_columns(self) -> list[int]:
         """Indexes of the category-coded trait columns."""
@@ -67,6 +100,7 @@ class FeatureSpec:
         return {
             "event_keys": [list(k) for k in self.event_keys],
             "has_revenue": self.has_revenue,
+            "goal_event": self.goal_event,
             "traits": [
                 {"key": t.key, "categories": None if t.categories is None else list(t.categories)}
                 for t in self.traits
@@ -83,6 +117,7 @@ class FeatureSpec:
                 TraitFeature(t["key"], None if t["categories"] is None else tuple(t["categories"]))
                 for t in raw.get("traits", [])
             ),
+            str(raw.get("goal_event", "")),
         )
 
     def value_text(self, column: int, value: float) -> str:

@@ -24,37 +24,28 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.prediction.features import (
+    GAP_FEATURES,
+    GOAL_FEATURES,
     MAX_CATEGORIES,
     MAX_EVENT_NAMES,
     MAX_TRAITS,
     MIN_CATEGORY_COUNT,
     MIN_CATEGORY_COVERAGE,
+    REVENUE_FEATURES,
     REVENUE_PROPERTY,
+    REVENUE_WINDOW_DAYS,
+    RFM_FEATURES,
     WINDOW_DAYS,
     FeatureSpec,
     TraitFeature,
 )
 from services.prediction.model import Goal, GoalFilter
 from services.shared.clock import US_PER_DAY
+from services.shared.db.membership_log import audience_keys_read as audiences
+from services.shared.db.membership_log import memberships
 from services.shared.db.tables import events, profiles
 
 _EVENT_TYPES = ("track", "page", "screen")
-
-# The population audience's members, read by name: the audiences and memberships tables
-# are segmentation's, and this service imports no other service's package.
-_audiences = sa.table(
-    "audiences",
-    sa.column("audience_id", sa.BigInteger),
-    sa.column("workspace_id", sa.String),
-    sa.column("key", sa.String),
-    sa.column("deleted_at_us", sa.BigInteger),
-)
-_memberships = sa.table(
-    "memberships",
-    sa.column("audience_id", sa.BigInteger),
-    sa.column("workspace_id", sa.String),
-    sa.column("profile_id", sa.BigInteger),
-)
 
 
 class _Json:
@@ -168,14 +159,14 @@ class FeatureQueries:
             mp = profiles.alias("mp")
             members = (
                 select(mp.c.canonical_id)
-                .select_from(_memberships)
-                .join(_audiences, _audiences.c.audience_id == _memberships.c.audience_id)
-                .join(mp, mp.c.profile_id == _memberships.c.profile_id)
+                .select_from(memberships)
+                .join(audiences, audiences.c.audience_id == memberships.c.audience_id)
+                .join(mp, mp.c.profile_id == memberships.c.profile_id)
                 .where(
-                    _audiences.c.workspace_id == ws,
-                    _audiences.c.key == population,
-                    _audiences.c.deleted_at_us.is_(None),
-                    _memberships.c.workspace_id == ws,
+                    audiences.c.workspace_id == ws,
+                    audiences.c.key == population,
+                    audiences.c.deleted_at_us.is_(None),
+                    memberships.c.workspace_id == ws,
                 )
             )
             where.append(profiles.c.canonical_id.in_(members))
@@ -219,7 +210,7 @@ class FeatureQueries:
         if ("track", goal.event) not in keys:
             keys.append(("track", goal.event))
         traits = await self._choose_traits(ws, cutoff_us)
-        return FeatureSpec(tuple(sorted(keys)), has_revenue, traits)
+        return FeatureSpec(tuple(sorted(keys)), has_revenue, traits, goal.event)
 
     def _trait_pairs(self) -> tuple[Any, Any, Any]:
         """(FROM clause, key, kind) of every (identify event, trait) pair."""
@@ -318,6 +309,7 @@ class FeatureQueries:
         """(canonical profile ids, feature matrix) at `cutoff_us` of every profile with an
         event at or before it; columns in ``spec.names()`` order."""
         ts = events.c.timestamp_us
+        day = ts // US_PER_DAY
         columns: list[Any] = []
         for kind, name in spec.event_keys:
             for days in WINDOW_DAYS:
@@ -331,51 +323,131 @@ class FeatureQueries:
             func.max(ts),  # recency, from the latest event
             func.count(),  # frequency
             func.min(ts),  # tenure, from the first event
-            func.count(sa.distinct(ts // US_PER_DAY)),  # active days
+            func.count(sa.distinct(day)),  # active days
         ]
+        if spec.goal_event:
+            is_goal = and_(events.c.type == "track", events.c.name == spec.goal_event)
+            # FILTER, not CASE: only the goal's rows reach the aggregates (and the
+            # DISTINCT's sort), not every event as a NULL.
+            columns += [
+                func.max(ts).filter(is_goal),
+                func.count(sa.distinct(day)).filter(is_goal),
+            ]
         if spec.has_revenue:
             revenue = self._revenue()
-            columns += [
-                func.coalesce(func.sum(revenue), 0.0),
-                func.coalesce(
-                    func.sum(case((ts > cutoff_us - 90 * US_PER_DAY, revenue))),
-                    0.0,
-                ),
-            ]
+            columns.append(func.coalesce(func.sum(revenue), 0.0))
+            for days in REVENUE_WINDOW_DAYS:
+                recent = case((ts > cutoff_us - days * US_PER_DAY, revenue))
+                columns.append(func.coalesce(func.sum(recent), 0.0))
+        where = [*self._scope(ws, population), events.c.type.in_(_EVENT_TYPES), ts <= cutoff_us]
         query = (
             select(profiles.c.canonical_id, *columns)
             .select_from(self._source())
-            .where(
-                *self._scope(ws, population),
-                events.c.type.in_(_EVENT_TYPES),
-                ts <= cutoff_us,
-            )
+            .where(*where)
             .group_by(profiles.c.canonical_id)
             .order_by(profiles.c.canonical_id)
         )
         async with self._engine.connect() as c:
             rows = (await c.execute(query)).all()
+            gaps = (await c.execute(self._gap_query(where))).all() if rows else []
         width = len(spec.names())
         if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros((0, width))
         table = np.array(rows, dtype=np.float64)
         ids = table[:, 0].astype(np.int64)
         matrix = np.full((len(ids), width), np.nan)
-        matrix[:, : table.shape[1] - 1] = table[:, 1:]
-        rfm = len(spec.event_keys) * len(WINDOW_DAYS)
-        matrix[:, rfm] = (cutoff_us - matrix[:, rfm]) / US_PER_DAY
-        matrix[:, rfm + 2] = (cutoff_us - matrix[:, rfm + 2]) / US_PER_DAY
+        counted = len(spec.event_keys) * len(WINDOW_DAYS)
+        matrix[:, :counted] = table[:, 1 : counted + 1]
+        latest, frequency, first, active = (table[:, counted + 1 + i] for i in range(4))
+        recency = (cutoff_us - latest) / US_PER_DAY
+        tenure = (cutoff_us - first) / US_PER_DAY
+        at = counted + len(RFM_FEATURES)
+        matrix[:, counted:at] = np.column_stack([recency, frequency, tenure, active])
+        next_column = counted + 5
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gap = self._gap_columns(ids, gaps)
+            mean_gap = gap[:, 1]
+            matrix[:, at : at + len(GAP_FEATURES)] = np.column_stack(
+                [
+                    gap,
+                    np.where(mean_gap > 0, recency / mean_gap, np.nan),
+                    np.where(tenure > 0, (tenure - recency) / tenure, np.nan),
+                    30.0 * active / np.maximum(tenure, 1.0),
+                ]
+            )
+            at += len(GAP_FEATURES)
+            if spec.goal_event:
+                goal_latest, goal_days = table[:, next_column], table[:, next_column + 1]
+                next_column += 2
+                goal = spec.event_keys.index(("track", spec.goal_event)) * len(WINDOW_DAYS)
+                last_30d = matrix[:, goal + WINDOW_DAYS.index(30)]
+                last_90d = matrix[:, goal + WINDOW_DAYS.index(90)]
+                matrix[:, at : at + len(GOAL_FEATURES)] = np.column_stack(
+                    [
+                        (cutoff_us - goal_latest) / US_PER_DAY,  # NaN when never
+                        goal_days,
+                        np.where(last_90d > 0, 3.0 * last_30d / last_90d, np.nan),
+                    ]
+                )
+                at += len(GOAL_FEATURES)
+            if spec.has_revenue:
+                sums = table[:, next_column : next_column + 1 + len(REVENUE_WINDOW_DAYS)]
+                matrix[:, at : at + len(REVENUE_FEATURES)] = np.column_stack(
+                    [sums, sums[:, 0] / np.maximum(active, 1.0)]
+                )
         first_trait = width - len(spec.traits)
         for offset, pairs in enumerate(await self._trait_columns(ws, spec, cutoff_us, population)):
             if not pairs:
                 continue
             values = np.array(pairs, dtype=np.float64)
             # Profiles with traits but no event before the cutoff are not in the matrix.
-            at = np.searchsorted(ids, values[:, 0].astype(np.int64))
-            known = at < len(ids)
-            known[known] = ids[at[known]] == values[known, 0].astype(np.int64)
-            matrix[at[known], first_trait + offset] = values[known, 1]
+            found = np.searchsorted(ids, values[:, 0].astype(np.int64))
+            known = found < len(ids)
+            known[known] = ids[found[known]] == values[known, 0].astype(np.int64)
+            matrix[found[known], first_trait + offset] = values[known, 1]
         return ids, matrix
+
+    def _gap_query(self, where: list[ColumnElement[bool]]) -> Any:
+        """Per profile, the gaps in days between consecutive active days: the last one,
+        their mean, mean square and the longest (NULL with fewer than two active days)."""
+        day = (events.c.timestamp_us // US_PER_DAY).label("day")
+        days = (
+            select(profiles.c.canonical_id.label("pid"), day)
+            .select_from(self._source())
+            .where(*where)
+            .group_by(profiles.c.canonical_id, day)
+            .subquery()
+        )
+        gap = cast(
+            days.c.day - func.lag(days.c.day).over(partition_by=days.c.pid, order_by=days.c.day),
+            sa.Float,
+        )
+        newest = func.row_number().over(partition_by=days.c.pid, order_by=days.c.day.desc())
+        gaps = select(days.c.pid, gap.label("gap"), newest.label("n")).subquery()
+        return (
+            select(
+                gaps.c.pid,
+                func.max(case((gaps.c.n == 1, gaps.c.gap))),
+                func.avg(gaps.c.gap),
+                func.avg(gaps.c.gap * gaps.c.gap),
+                func.max(gaps.c.gap),
+            )
+            .group_by(gaps.c.pid)
+            .order_by(gaps.c.pid)
+        )
+
+    @staticmethod
+    def _gap_columns(ids: np.ndarray, rows: Sequence[Any]) -> np.ndarray:
+        """The last, mean, spread and longest gap per profile of `ids` (NaN for a
+        profile with a single active day)."""
+        out = np.full((len(ids), 4), np.nan)
+        if not rows:
+            return out
+        table = np.array([[np.nan if v is None else float(v) for v in r] for r in rows])
+        at = np.searchsorted(ids, table[:, 0].astype(np.int64))
+        spread = np.sqrt(np.maximum(table[:, 3] - table[:, 2] ** 2, 0.0))
+        out[at] = np.column_stack([table[:, 1], table[:, 2], spread, table[:, 4]])
+        return out
 
     async def goal_performers(
         self, ws: str, goal: Goal, after_us: int, until_us: int, population: str | None

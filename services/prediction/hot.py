@@ -14,6 +14,7 @@ import orjson
 from redis.asyncio import Redis
 
 from services.shared.hotstate import profile_key
+from services.shared.streams import RESCORED_MAXLEN, RESCORED_STREAM, publish
 
 CHUNK = 5_000
 
@@ -23,6 +24,16 @@ class PredictionHotState:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
+
+    async def announce_rescored(self, ws: str, key: str) -> None:
+        """Tell segmentation that the scores of `key` were replaced, so audiences with a
+        condition on it are recomputed (their entered/exited changes logged) at once."""
+        await publish(
+            self._redis,
+            RESCORED_STREAM,
+            [(None, {"workspace": ws, "key": key})],
+            maxlen=RESCORED_MAXLEN,
+        )
 
     async def write(
         self,

@@ -1,10 +1,12 @@
 """The prediction use cases: predictions as objects, training, scoring, metrics.
 
 Training (on demand, the Train RPC) stacks several point-in-time snapshots that end at
-the cutoff (default: now - horizon, the latest cutoff whose labels are complete), one
-horizon apart; the CPU-bound fit runs in a worker thread so the server keeps answering.
-Scoring computes today's features for the population, predicts, and replaces the
-prediction's scores in Postgres and the hot state.
+the cutoff (default: now - horizon, the latest cutoff whose labels are complete), a
+horizon but at most a week apart (snapshot_cutoffs); the CPU-bound fit runs in a
+worker thread so the server keeps answering.
+Scoring computes today's features for the population, predicts, replaces the
+prediction's scores in Postgres and the hot state, and announces it so that
+segmentation recomputes the predictive cohorts at once.
 """
 
 from __future__ import annotations
@@ -40,9 +42,14 @@ from services.shared.errors import FailedPrecondition, NotFound, invalid
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1_000
-# Snapshots stacked for training: one snapshot loses ~0.02 AUC on CDNOW against several,
-# and eight (with small trees) did better there than four (docs/predictions.md, "CDNOW").
-SNAPSHOTS = 8
+# Snapshots stacked for training: one snapshot loses ~0.02 AUC on CDNOW against several.
+# They are at most a week apart (labels of longer horizons overlap: more, if correlated,
+# examples) and cover about half a year, 8 to 26 of them: on CDNOW, 26 weekly snapshots
+# raised the 7-day PR AUC from 0.107 to 0.125 over 8 (docs/predictions.md, "CDNOW").
+MAX_SNAPSHOT_STEP_DAYS = 7
+SNAPSHOT_SPAN_DAYS = 182
+MIN_SNAPSHOTS = 8
+MAX_SNAPSHOTS = 26
 # A job's lease outlives it by this much without progress (a crashed replica's job is
 # taken over after it); every progress step extends it.
 LEASE_SECONDS = 600
@@ -75,6 +82,14 @@ def _read_token(token: str, what: str) -> Any:
         raise invalid("page_token", f"not a page token of {what}") from None
 
 
+def snapshot_cutoffs(cutoff_us: int, horizon_days: int, snapshots: int | None = None) -> list[int]:
+    """The training snapshots' cutoffs, latest first: a step of the horizon but at most
+    a week, covering about SNAPSHOT_SPAN_DAYS (or exactly `snapshots` of them)."""
+    step = min(horizon_days, MAX_SNAPSHOT_STEP_DAYS)
+    count = snapshots or min(MAX_SNAPSHOTS, max(MIN_SNAPSHOTS, -(-SNAPSHOT_SPAN_DAYS // step)))
+    return [cutoff_us - i * step * US_PER_DAY for i in range(count)]
+
+
 class Predictions:
     """Predictions of every workspace, on one database and Redis."""
 
@@ -84,7 +99,7 @@ class Predictions:
         queries: FeatureQueries,
         hot: PredictionHotState,
         clock: Clock,
-        snapshots: int = SNAPSHOTS,
+        snapshots: int | None = None,
         owner: str | None = None,
         lease_seconds: int = LEASE_SECONDS,
     ) -> None:
@@ -191,7 +206,7 @@ class Predictions:
                 f"must be at least the horizon ({record.horizon_days} days) before now,"
                 " so that its labels are complete",
             )
-        cutoffs = [cutoff - i * horizon_us for i in range(self._snapshots)]
+        cutoffs = snapshot_cutoffs(cutoff, record.horizon_days, self._snapshots)
         async with self._job(record) as job:
             previous = {"state": record.state, "failure_reason": record.failure_reason or None}
             await self._store.set_state(
@@ -281,6 +296,9 @@ class Predictions:
         texts = [[r["text"] for r in rs] for rs in reasons]
         await self._hot.write(ws, key, profile_ids, probability, percentile, texts, now)
         await self._hot.remove(ws, key, unscored)
+        # After the commit, so segmentation reads the new scores. Lost if this process
+        # dies right here: the reconcile pass then catches the cohorts up.
+        await self._hot.announce_rescored(ws, key)
         return len(rows)
 
     async def list_scores(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +28,20 @@ from services.shared.errors import AlreadyExists
 
 # Rows per INSERT of scores: well within Postgres's 32,767 parameters (7 per row).
 SCORE_CHUNK = 4_000
+_SCORE_COLUMNS = [c.name for c in prediction_scores.columns]
+
+
+async def _copy_scores(c: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """Write score rows with COPY on the transaction's own connection: a million rows
+    in seconds where batched INSERTs take a minute (bench/prediction_scale.py)."""
+    raw = await c.get_raw_connection()
+    records = [
+        tuple(orjson.dumps(r[k]).decode() if k == "reasons" else r[k] for k in _SCORE_COLUMNS)
+        for r in rows
+    ]
+    await raw.driver_connection.copy_records_to_table(
+        "prediction_scores", records=records, columns=_SCORE_COLUMNS
+    )
 
 
 @dataclass(frozen=True)
@@ -297,8 +312,13 @@ class PredictionStore:
                     prediction_scores.c.workspace_id == ws, prediction_scores.c.key == record.key
                 )
             )
-            for start in range(0, len(rows), SCORE_CHUNK):
-                await c.execute(insert(prediction_scores), list(rows[start : start + SCORE_CHUNK]))
+            if c.dialect.name == "postgresql":
+                await _copy_scores(c, rows)
+            else:
+                for start in range(0, len(rows), SCORE_CHUNK):
+                    await c.execute(
+                        insert(prediction_scores), list(rows[start : start + SCORE_CHUNK])
+                    )
             await c.execute(
                 update(predictions)
                 .where(predictions.c.prediction_id == record.prediction_id)

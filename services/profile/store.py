@@ -31,6 +31,7 @@ from services.shared.db.membership_log import exit_every_audience
 from services.shared.db.tables import (
     events,
     identities,
+    prediction_scores,
     profile_traits,
     profiles,
     suppressions,
@@ -107,8 +108,8 @@ class ProfileStore:
         (the caller erases what Redis holds of the events inside the block, so a
         failure there leaves Postgres as it was and a retry does everything again).
 
-        Deletes the events, identities and traits of the survivor and every profile
-        merged into it, marks those profiles deleted, records every identifier in
+        Deletes the events, identities, traits and prediction scores of the survivor
+        and every profile merged into it, marks those profiles deleted, records every identifier in
         ``suppressions`` (ingest refuses events carrying them) and exits the person's
         audience memberships with records that keep those identifiers. The person's
         group calls stay as facts of their accounts (group_id, timestamp, the account
@@ -150,6 +151,13 @@ class ProfileStore:
                 delete(profile_traits).where(
                     profile_traits.c.workspace_id == workspace_id,
                     profile_traits.c.profile_id.in_(members),
+                )
+            )
+            # A score (with its reasons) is derived from the person's events: erased too.
+            await connection.execute(
+                delete(prediction_scores).where(
+                    prediction_scores.c.workspace_id == workspace_id,
+                    prediction_scores.c.profile_id.in_(members),
                 )
             )
             await connection.execute(

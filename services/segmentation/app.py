@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -19,6 +20,14 @@ from services.segmentation.server import SegmentationServiceServicer
 from services.segmentation.service import Segmentation
 from services.segmentation.store import SegmentationStore
 from services.shared.server import Resources, ServiceSpec
+from services.shared.streams import (
+    RESCORED_STREAM,
+    StreamEntry,
+    ack,
+    claim_stale,
+    ensure_group,
+    read_group,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +78,56 @@ async def reconcile_forever(resources: Resources, interval_seconds: float) -> No
                 log.exception("reconcile of workspace %s failed", ws)
 
 
+RESCORED_GROUP = "segmentation"
+# An entry read by a consumer that died is taken over after this long unacknowledged.
+RESCORED_STALE_MS = 60_000
+
+
+async def rescored_once(segmentation: Segmentation, redis: Any, consumer: str) -> int:
+    """Recompute the audiences on every prediction whose scores were replaced since the
+    last pass (several announcements of one prediction make one recompute); an entry is
+    acknowledged only once its recompute is committed. Returns the entries handled."""
+    entries: list[StreamEntry] = await claim_stale(
+        redis, RESCORED_STREAM, RESCORED_GROUP, consumer, RESCORED_STALE_MS
+    )
+    entries += await read_group(redis, RESCORED_STREAM, RESCORED_GROUP, consumer, count=100)
+    pending: dict[tuple[str, str], list[str]] = {}
+    for entry in entries:
+        fields = {k.decode(): v.decode() for k, v in entry.fields.items()}
+        pending.setdefault((fields["workspace"], fields["key"]), []).append(entry.id)
+    for (ws, key), ids in pending.items():
+        try:
+            result = await segmentation.rescored(ws, key)
+        except Exception:
+            log.exception("recompute after rescoring %s/%s failed", ws, key)
+            continue  # unacknowledged: taken over again after RESCORED_STALE_MS
+        log.info("rescored %s/%s: +%d -%d", ws, key, result.entered, result.exited)
+        await ack(redis, RESCORED_STREAM, RESCORED_GROUP, ids)
+    return len(entries)
+
+
+async def rescored_forever(resources: Resources) -> None:
+    """Predictive cohorts follow rescoring: consume the prediction service's
+    announcements (streams.RESCORED_STREAM) in a consumer group, one consumer per
+    replica."""
+    segmentation = domain(resources)
+    consumer = uuid.uuid4().hex
+    while True:
+        try:
+            await ensure_group(resources.redis, RESCORED_STREAM, RESCORED_GROUP)
+            while True:
+                await rescored_once(segmentation, resources.redis, consumer)
+        except Exception:
+            log.exception("reading %s failed; retrying", RESCORED_STREAM)
+            await asyncio.sleep(1)  # back off before retrying, not synchronisation
+
+
 def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
-    """The reconcile loop (SEGMENTATION_RECONCILE_SECONDS, default hourly; 0 turns it off)."""
+    """The reconcile loop (SEGMENTATION_RECONCILE_SECONDS, default hourly; 0 turns it off)
+    and the consumer of rescoring announcements."""
     interval = float(os.environ.get("SEGMENTATION_RECONCILE_SECONDS", "3600"))
-    return [reconcile_forever(resources, interval)] if interval > 0 else []
+    loops = [rescored_forever(resources)]
+    return loops + ([reconcile_forever(resources, interval)] if interval > 0 else [])
 
 
 async def rebuild_hot_state(

@@ -877,13 +877,47 @@ class Segmentation:
                     del stored[k]
                 order = dependency_layers({k: a.definition for k, a in stored.items()})
                 layers = [[stored[k] for k in layer] for layer in order]
-            for layer in layers:
-                # The audiences a layer references were written by the layers before it.
-                batch = [a for a in layer if not run.blocked(a)]
-                await self._recompute_users(ws, [a for a in batch if not a.account_level], now, run)
-                for audience in batch:
-                    if audience.account_level:  # one by one (sql_accounts.py)
-                        await self._recompute_account_level(ws, audience, now, run)
+            await self._recompute_layers(ws, layers, now, run)
+        return RecomputeResult(
+            run.entered, run.exited, run.recomputed, tuple(run.failures), tuple(run.drift)
+        )
+
+    async def _recompute_layers(
+        self, ws: str, layers: list[list[AudienceRecord]], now: int, run: _Run
+    ) -> None:
+        for layer in layers:
+            # The audiences a layer references were written by the layers before it.
+            batch = [a for a in layer if not run.blocked(a)]
+            await self._recompute_users(ws, [a for a in batch if not a.account_level], now, run)
+            for audience in batch:
+                if audience.account_level:  # one by one (sql_accounts.py)
+                    await self._recompute_account_level(ws, audience, now, run)
+
+    async def rescored(self, ws: str, prediction_key: str) -> RecomputeResult:
+        """A prediction's scores were replaced: recompute, now, the audiences with a
+        ``prediction`` condition on it and every audience that reads one of those, in
+        dependency order, so predictive cohorts log their entered/exited changes at once
+        instead of at the next reconcile."""
+        now = self._now(None)
+        run = _Run()
+        async with self._lock(ws):
+            stored = await self._store.audience_definitions(ws)
+            affected = {
+                k for k, a in stored.items() if prediction_key in prediction_refs_raw(a.definition)
+            }
+            grew = bool(affected)
+            while grew:  # audiences reading affected audiences, transitively
+                more = {
+                    k
+                    for k, a in stored.items()
+                    if k not in affected and audience_refs_raw(a.definition) & affected
+                }
+                affected |= more
+                grew = bool(more)
+            order = dependency_layers({k: stored[k].definition for k in affected})
+            await self._recompute_layers(
+                ws, [[stored[k] for k in layer] for layer in order], now, run
+            )
         return RecomputeResult(
             run.entered, run.exited, run.recomputed, tuple(run.failures), tuple(run.drift)
         )

@@ -26,6 +26,10 @@ TRACE_FIELDS = ("traceparent", "tracestate")
 EVENTS_STREAM = "stream:events"
 # The realtime worker appends every membership change here (for syncs).
 CHANGES_STREAM = "stream:changes"
+# The prediction service announces each replaced set of scores ({workspace, key}):
+# segmentation recomputes the audiences with prediction conditions on it.
+RESCORED_STREAM = "stream:rescored"
+RESCORED_MAXLEN = 10_000
 
 
 def event_entry_id(seq: int) -> str:

@@ -133,9 +133,10 @@ def test_the_change_log_contract_reads_what_segmentation_defines() -> None:
     from services.shared.db import membership_log
 
     owner = tables.audiences
-    for read in membership_log.audience_versions_read.c:
-        assert read.name in owner.c, read.name
-        assert type(read.type) is type(owner.c[read.name].type), read.name
+    for read_model in (membership_log.audience_versions_read, membership_log.audience_keys_read):
+        for read in read_model.c:
+            assert read.name in owner.c, read.name
+            assert type(read.type) is type(owner.c[read.name].type), read.name
     assert (membership_log.ENTERED, membership_log.EXITED) == (model.ENTERED, model.EXITED)
 
 

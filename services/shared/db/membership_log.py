@@ -47,6 +47,7 @@ from services.shared.db.tables import Json, metadata
 __all__ = [
     "ENTERED",
     "EXITED",
+    "audience_keys_read",
     "audience_versions_read",
     "change_sequences",
     "exit_every_audience",
@@ -112,6 +113,16 @@ audience_versions_read = table(
     "audiences",
     column("audience_id", BigInteger),
     column("current_version", Integer),
+)
+# The read model of the same table for finding a live audience by key (the prediction
+# service's population: its members are the audience's ``memberships``); the same
+# contract test checks these columns.
+audience_keys_read = table(
+    "audiences",
+    column("audience_id", BigInteger),
+    column("workspace_id", String),
+    column("key", String),
+    column("deleted_at_us", BigInteger),
 )
 
 

@@ -1,6 +1,7 @@
 """A predictive cohort through the real prediction and segmentation processes: a
 prediction created, trained and scored over simulated behaviour, then an audience of
-the top tenth (`percentile gte 90`) whose members are exactly the profiles scored there."""
+the top tenth (`percentile gte 90`) whose members are exactly the profiles scored there;
+rescoring moves the cohort at once, with its entered and exited changes logged."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from audiences.v1 import (
     segmentation_pb2,
     segmentation_pb2_grpc,
 )
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.shared.db.engine import create_engine
+from services.shared.db.membership_log import ENTERED, EXITED, membership_changes
 from services.shared.db.tables import prediction_scores
 from tests.conftest import WorkspaceKeys
 from tests.helpers.grpc_client import bearer
@@ -79,15 +82,47 @@ async def test_top_decile_audience_through_the_processes(
             return audience.state == segmentation_pb2.AUDIENCE_STATE_LIVE
 
         await eventually(live, 30, "the predictive audience's backfill")
-        members = await segmentation.ListMembers(
-            segmentation_pb2.ListMembersRequest(audience_key="likely_buyers", page_size=1_000),
-            metadata=admin,
-        )
+        first = await members_of(segmentation, admin)
+        assert 100 <= len(first) <= 250
+        assert first == await top_decile(database_url)
 
+        # Rescoring as of two weeks earlier moves the scores: the cohort follows at once
+        # (the reconcile pass is an hour away), logging who entered and who left.
+        earlier = Timestamp()
+        earlier.FromMicroseconds(int(time.time() * 1e6) - 14 * 86_400_000_000)
+        await predictions.Score(
+            prediction_pb2.ScoreRequest(key="will_buy", as_of=earlier), metadata=admin
+        )
+        second = await top_decile(database_url)
+        assert second != first
+
+        async def followed() -> bool:
+            return await members_of(segmentation, admin) == second
+
+        await eventually(followed, 30, "the cohort to follow the rescoring")
+
+    changes = await logged_changes(database_url)
+    assert changes[ENTERED] == len(first) + len(second - first)
+    assert changes[EXITED] == len(first - second)
+
+
+async def members_of(
+    segmentation: segmentation_pb2_grpc.SegmentationServiceStub, admin: tuple[tuple[str, str], ...]
+) -> set[str]:
+    """The predictive audience's members (profile ids)."""
+    members = await segmentation.ListMembers(
+        segmentation_pb2.ListMembersRequest(audience_key="likely_buyers", page_size=1_000),
+        metadata=admin,
+    )
+    return {m.profile.profile_id for m in members.members}
+
+
+async def top_decile(database_url: str) -> set[str]:
+    """Profiles scored at percentile 90 or above, from the scores table."""
     engine = create_engine(database_url)
     try:
         async with engine.connect() as c:
-            top = {
+            return {
                 str(pid)
                 for (pid,) in await c.execute(
                     sa.select(prediction_scores.c.profile_id).where(
@@ -98,5 +133,18 @@ async def test_top_decile_audience_through_the_processes(
             }
     finally:
         await engine.dispose()
-    assert 100 <= len(top) <= 250
-    assert {m.profile.profile_id for m in members.members} == top
+
+
+async def logged_changes(database_url: str) -> dict[str, int]:
+    """How many entered and exited records the change log holds."""
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as c:
+            rows = await c.execute(
+                sa.select(membership_changes.c.kind, sa.func.count()).group_by(
+                    membership_changes.c.kind
+                )
+            )
+            return {ENTERED: 0, EXITED: 0} | {kind: n for kind, n in rows}
+    finally:
+        await engine.dispose()

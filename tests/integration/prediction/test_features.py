@@ -67,7 +67,9 @@ async def test_counts_recency_tenure_active_days_and_revenue(engine: AsyncEngine
     )
     queries = FeatureQueries(engine)
     spec = await queries.choose_spec(WS, CUTOFF, Goal("purchase"))
-    assert spec == FeatureSpec((("track", "purchase"), ("track", "view")), has_revenue=True)
+    assert spec == FeatureSpec(
+        (("track", "purchase"), ("track", "view")), has_revenue=True, goal_event="purchase"
+    )
     ids, matrix = await queries.features(WS, spec, CUTOFF, None)
     assert ids.tolist() == [a, b]
     row = dict(zip(spec.names(), matrix[0], strict=True))
@@ -78,8 +80,19 @@ async def test_counts_recency_tenure_active_days_and_revenue(engine: AsyncEngine
     assert row["tenure_days"] == 100
     assert row["active_days"] == 6  # UTC days; the cutoff is midnight, 2h before is the day before
     assert (row["revenue_sum"], row["revenue_sum_90d"]) == (19.5, 12.5)
+    assert (row["revenue_sum_7d"], row["revenue_sum_30d"]) == (0, 0)
+    assert row["revenue_per_active_day"] == 19.5 / 6
+    # Active days 100, 60, 20, 3, 1 and 0 days before the cutoff: gaps 40, 40, 17, 2, 1.
+    assert (row["last_gap_days"], row["mean_gap_days"], row["longest_gap_days"]) == (1, 20, 40)
+    assert row["gap_spread_days"] == pytest.approx(np.std([40, 40, 17, 2, 1]))
+    assert (row["overdue_ratio"], row["active_span_share"]) == (0, 1)
+    assert row["active_days_per_30d"] == pytest.approx(1.8)
+    assert (row["goal recency_days"], row["goal active_days"]) == (60, 2)
+    assert row["goal trend 30d/90d"] == 0
     other = dict(zip(spec.names(), matrix[1], strict=True))
     assert (other["revenue_sum"], other["recency_days"]) == (0, 10)
+    assert np.isnan(other["last_gap_days"]) and np.isnan(other["overdue_ratio"])
+    assert (other["goal recency_days"], other["active_span_share"]) == (10, 0)
     assert (await queries.goal_performers(WS, Goal("view"), CUTOFF, CUTOFF + HOUR, None)).size == 0
 
 
@@ -108,7 +121,7 @@ async def test_nothing_in_the_label_period_reaches_a_feature(engine: AsyncEngine
     assert not any("leaked_signal" in name for name in again.names())
     ids_after, after = await queries.features(WS, spec, CUTOFF, None)
     assert np.array_equal(ids, ids_after)
-    assert np.array_equal(before, after)
+    assert np.array_equal(before, after, equal_nan=True)
     performers = await queries.goal_performers(WS, goal, CUTOFF, CUTOFF + 7 * US_PER_DAY, None)
     assert target in performers.tolist()
 
