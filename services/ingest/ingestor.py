@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -32,6 +33,7 @@ from services.ingest.traits import TraitRow, winners
 from services.ingest.validation import validate
 from services.shared.clock import Clock
 from services.shared.errors import FieldViolation, InvalidArgument
+from services.shared.streams import shard_of_profile
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +139,35 @@ class StreamRecord(NamedTuple):
     trace: tuple[str, ...] = ()
 
 
+class ShardBatch(NamedTuple):
+    """One shard's part of a batch: its cursor before and after, and its entries."""
+
+    shard: int
+    prev_seq: int
+    last_seq: int
+    published_seq: int
+    records: list[StreamRecord]
+
+
+class Reroute(Exception):
+    """The profiles a request's events touch moved to shards whose locks its lane does
+    not hold (a merge committed between the router's look-up and the lock): nothing
+    was written; the router routes the events again."""
+
+
+def key_shard(workspace_id: str, key: tuple[str, str], shards: int) -> int:
+    """The shard whose lock guards an identifier no profile holds yet (stable across
+    processes and restarts: CRC-32, not Python's salted hash)."""
+    return zlib.crc32(f"{workspace_id}\x00{key[0]}\x00{key[1]}".encode()) % shards
+
+
 class WriteSession(Protocol):
     """One locked write transaction (see EventStore.write_session)."""
 
     last_seq: int
     published_seq: int
+    # Per shard whose lock the session holds: (last committed seq, last published).
+    cursors: dict[int, tuple[int, int]]
     identity_rules: dict[str, Any] | None  # the workspace's stored rules (None: defaults)
 
     async def suppressed(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]: ...
@@ -151,7 +177,7 @@ class WriteSession(Protocol):
     ) -> list[IdentityRecord]: ...
     async def traits_of(self, profile_ids: Sequence[int]) -> list[TraitRow]: ...
     async def allocate_seqs(self, count: int) -> list[int]: ...
-    async def allocate_profiles(self, count: int) -> list[int]: ...
+    async def allocate_profiles(self, count: int, shards: Sequence[int] = ()) -> list[int]: ...
     async def write(self, plan: WritePlan) -> WriteResult: ...
     async def commit(self) -> None: ...
 
@@ -159,13 +185,21 @@ class WriteSession(Protocol):
 class EventStore(Protocol):
     """Durable storage of events and the identity graph."""
 
-    def locked(self) -> AbstractAsyncContextManager[Any]:
-        """Hold the write lock for the block (yields what write_session takes as `held`)."""
+    # How many stream shards (1: one lock, one stream; more: see Ingestor._route).
+    shards: int
+
+    def locked(self, shards: Sequence[int] = (0,)) -> AbstractAsyncContextManager[Any]:
+        """Hold the shards' write locks for the block (yields what write_session takes
+        as `held`)."""
         ...
 
     def write_session(
-        self, workspace_id: str, held: Any = None
+        self, workspace_id: str, held: Any = None, shards: Sequence[int] = (0,)
     ) -> AbstractAsyncContextManager[WriteSession]: ...
+
+    async def holders(
+        self, workspace_id: str, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], int]: ...
 
 
 class Publisher(Protocol):
@@ -179,6 +213,7 @@ class Publisher(Protocol):
         hot: HotUpdate,
         records: list[StreamRecord],
     ) -> bool: ...
+    async def apply_shards(self, hot: HotUpdate, batches: list[ShardBatch]) -> bool: ...
     def wake(self) -> None: ...
     def trace_context(self) -> tuple[str, ...]: ...
 
@@ -228,6 +263,9 @@ MAX_GROUP_EVENTS = 4000
 # The most groups the writer writes under one hold of the write lock before letting
 # go: the catch-up loop (and another ingest process) needs the lock now and then.
 MAX_GROUPS_PER_HOLD = 8
+# How often a request's events are routed again when a merge on another process moved
+# their profiles to other shards between the router's look-up and the lock.
+MAX_REROUTES = 16
 # Work that overlaps a group's statements hands the loop back this often (events), so
 # the statements wait at most about a millisecond of it each.
 _YIELD_EVERY = 250
@@ -270,10 +308,23 @@ class Ingestor:
     order (the first copy of a message id wins, also across requests of a group).
     """
 
-    def __init__(self, store: EventStore, publisher: Publisher, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        publisher: Publisher,
+        clock: Clock,
+        lock_shards: tuple[int, ...] | None = None,
+    ) -> None:
         self._store = store
         self._publisher = publisher
         self._clock = clock
+        self._shards: int = getattr(store, "shards", 1)
+        # A lane writes under the locks of `lock_shards`; the front (None) routes each
+        # request's events to lanes when there are several shards (`_route`), and is
+        # itself the one lane when there is one.
+        self._lock_shards = lock_shards or (0,)
+        self._routes = self._shards > 1 and lock_shards is None
+        self._lanes: dict[tuple[int, ...], Ingestor] = {}
         self._queue: deque[_Request] = deque()
         # Taken by the writer, not answered yet (failed if the writer is cancelled).
         self._in_flight: list[_Request] = []
@@ -321,6 +372,9 @@ class Ingestor:
         single: bool,
     ) -> None:
         """Queue the events for the group writer and wait until they are written."""
+        if self._routes:
+            await self._route(workspace_id, valid, outcomes, single)
+            return
         loop = asyncio.get_running_loop()
         request = _Request(
             workspace_id,
@@ -343,6 +397,126 @@ class Ingestor:
         # future the writer will complete; its events are still written (a retry then
         # finds them as duplicates), as a commit racing a disconnect always was.
         await asyncio.shield(request.done)
+
+    async def _route(
+        self,
+        workspace_id: str,
+        events: list[Event],
+        outcomes: list[Outcome | None],
+        single: bool,
+    ) -> None:
+        """Write a request's events through the lanes of the shards they touch.
+
+        The events are split by the shard locks they need (`_split`); each part is
+        queued on the lane of exactly those shards (its writer takes them in ascending
+        order), and the parts are written concurrently. A part whose profiles moved
+        to other shards meanwhile (Reroute: nothing of it was written) is split again.
+        Every outcome lands in `outcomes` by the event's request index.
+        """
+        pending = events
+        for _ in range(MAX_REROUTES):
+            parts = await self._split(workspace_id, pending)
+            results = await asyncio.gather(
+                *(
+                    self._lane(shards)._submit(workspace_id, part, outcomes, single)
+                    for shards, part in parts
+                ),
+                return_exceptions=True,
+            )
+            pending = []
+            error: BaseException | None = None
+            for (_, part), result in zip(parts, results, strict=True):
+                if isinstance(result, Reroute):
+                    pending.extend(part)
+                elif isinstance(result, BaseException) and error is None:
+                    error = result
+            if error is not None:
+                raise error
+            if not pending:
+                return
+            pending.sort(key=lambda event: event.index)
+        raise RuntimeError("the profiles of a request kept moving between shards")
+
+    def _lane(self, shards: tuple[int, ...]) -> Ingestor:
+        lane = self._lanes.get(shards)
+        if lane is None:
+            lane = self._lanes[shards] = Ingestor(self._store, self._publisher, self._clock, shards)
+        return lane
+
+    async def _split(
+        self, workspace_id: str, events: list[Event]
+    ) -> list[tuple[tuple[int, ...], list[Event]]]:
+        """The events grouped by the shard locks they need, in request order per group.
+
+        An identifier held by a profile needs that profile's shard; one nobody holds
+        needs its `key_shard` (whoever creates it holds that lock, so two writers can
+        never both create it). Events that share an identifier, a holder or a
+        message id are connected (union-find) and go together, with the union of their
+        shards: their relative order decides links, merges and duplicates, as on one
+        shard. The holders are read without a lock; a lane checks them again under
+        its locks and answers Reroute when one moved.
+        """
+        n = self._shards
+        keys_of: list[list[tuple[str, str]]] = []
+        for event in events:
+            keys = [identifier.key for identifier in event.identifiers]
+            if event.previous_id:
+                keys += [("user_id", event.previous_id), ("anonymous_id", event.previous_id)]
+            keys_of.append(keys)
+        wanted = sorted({key for keys in keys_of for key in keys})
+        holders = await self._store.holders(workspace_id, wanted)
+        parent: dict[Any, Any] = {}
+
+        def find(node: Any) -> Any:
+            root = node
+            while (up := parent.get(root, root)) != root:
+                root = up
+            while (up := parent.get(node, node)) != root:
+                parent[node] = root
+                node = up
+            return root
+
+        def union(a: Any, b: Any) -> None:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[ra] = rb
+
+        need: dict[Any, set[int]] = {}
+        for event, keys in zip(events, keys_of, strict=True):
+            node = ("m", event.message_id)
+            for key in keys:
+                union(node, ("k", key))
+                holder = holders.get(key)
+                if holder is not None:
+                    union(node, ("p", holder))
+        for event, keys in zip(events, keys_of, strict=True):
+            shards = need.setdefault(find(("m", event.message_id)), set())
+            for key in keys:
+                holder = holders.get(key)
+                shards.add(
+                    key_shard(workspace_id, key, n)
+                    if holder is None
+                    else shard_of_profile(holder, n)
+                )
+        parts: dict[tuple[int, ...], list[Event]] = {}
+        for event in events:
+            shards = need[find(("m", event.message_id))]
+            parts.setdefault(tuple(sorted(shards)) or (0,), []).append(event)
+        return list(parts.items())
+
+    def _check_held(self, workspace_id: str, graph: IdentityGraph, after_resolve: bool) -> None:
+        """Reroute unless every stored profile the group touches (and, once resolved,
+        every identifier it links for the first time) is guarded by a held lock."""
+        if self._shards == 1:
+            return
+        held = self._lock_shards
+        n = self._shards
+        if not after_resolve:
+            if any(pid > 0 and shard_of_profile(pid, n) not in held for pid in graph.nodes):
+                raise Reroute()
+            return
+        if any(key_shard(workspace_id, key, n) not in held for key in graph.new_links):
+            raise Reroute()
 
     def _take_group(self) -> _Group:
         """The oldest waiting request plus every later one of its workspace that fits."""
@@ -390,7 +564,7 @@ class Ingestor:
         tail: asyncio.Task[bool] | None = None
         failed: tuple[_Group, Exception] | None = None
         try:
-            async with self._store.locked() as held:
+            async with self._store.locked(self._lock_shards) as held:
                 for _ in range(MAX_GROUPS_PER_HOLD):
                     if not self._queue and not await self._more_before(tail):
                         break
@@ -484,7 +658,7 @@ class Ingestor:
         # The rules and suppressions are read in the write transaction (the rules with
         # its first statement): on their own pooled connections they cost a checkout
         # ping, BEGIN, SELECT and ROLLBACK each, per group.
-        async with self._store.write_session(workspace_id, held) as session:
+        async with self._store.write_session(workspace_id, held, self._lock_shards) as session:
             rules = IdentityRules.parse(session.identity_rules)
             accepted = await self._admissible(session, group, rules)
             if not accepted:
@@ -580,11 +754,22 @@ class Ingestor:
                 lookup.add(("anonymous_id", event.previous_id))
         holder_only -= lookup
         graph.load(await session.identities(sorted(lookup), sorted(holder_only)))
+        self._check_held(workspace_id, graph, after_resolve=False)
         # Merges record the event's position in `events` (requests' indexes repeat).
-        attributed = [graph.resolve(event, position) for position, event in enumerate(events)]
+        new_shards: list[int] = []
+        if self._shards == 1:
+            attributed = [graph.resolve(e, position) for position, e in enumerate(events)]
+        else:
+            attributed = []
+            for position, event in enumerate(events):
+                made = len(graph.created)
+                attributed.append(graph.resolve(event, position))
+                for _ in graph.created[made:]:
+                    new_shards.append(self._new_profile_shard(workspace_id, graph, event))
+            self._check_held(workspace_id, graph, after_resolve=True)
 
         seqs = await session.allocate_seqs(len(events))
-        real_ids = await session.allocate_profiles(len(graph.created))
+        real_ids = await session.allocate_profiles(len(graph.created), new_shards)
         real = dict(zip(graph.created, real_ids, strict=True))
 
         def final(profile_id: int) -> int:
@@ -651,6 +836,7 @@ class Ingestor:
         try:
             traces = [request.trace for request, _ in fresh]
             records = await self._records(workspace_id, stored, traces, merges)
+            batches = self._shard_batches(session, records, plan.last_seq)
             await asyncio.sleep(0)
             self._set_outcomes(fresh, stored, duplicates)
         except BaseException:
@@ -666,9 +852,12 @@ class Ingestor:
             # waits on the next group's Postgres statements.
             hot = self._hot_update(workspace_id, graph, final, last_seen, result, plan)
             try:
-                published = await self._publisher.apply(
-                    prev_seq, plan.last_seq, published_seq, hot, records
-                )
+                if batches is None:
+                    published = await self._publisher.apply(
+                        prev_seq, plan.last_seq, published_seq, hot, records
+                    )
+                else:
+                    published = await self._publisher.apply_shards(hot, batches)
             except Exception:
                 # Committed is acknowledged: the catch-up loop republishes from the cursor.
                 log.exception("hot state / stream update failed after commit; catching up")
@@ -678,6 +867,40 @@ class Ingestor:
             return published
 
         return publish
+
+    def _new_profile_shard(self, workspace_id: str, graph: IdentityGraph, event: Event) -> int:
+        """The shard of a profile `event` created: that of the identifier naming it (new,
+        so its lock is held), so that person's later events need that one lock."""
+        usable = graph.usable(event)
+        if usable:
+            shard = key_shard(workspace_id, usable[0].key, self._shards)
+            if shard in self._lock_shards:
+                return shard
+        return self._lock_shards[0]
+
+    def _shard_batches(
+        self, session: WriteSession, records: list[StreamRecord], last_seq: int
+    ) -> list[ShardBatch] | None:
+        """Each held shard's entries (None with one shard: `Publisher.apply`). An event
+        goes to its profile's shard; a merge to its survivor's and its merged
+        profile's (both held), so each side's stream shows where the profile went."""
+        if self._shards == 1:
+            return None
+        n = self._shards
+        parts: dict[int, list[StreamRecord]] = {shard: [] for shard in self._lock_shards}
+        for record in records:
+            if record.sub == 0:
+                parts[shard_of_profile(record.profile_id, n)].append(record)
+                continue
+            survivor = shard_of_profile(record.survivor_id, n)
+            parts[survivor].append(record)
+            merged = shard_of_profile(record.merged_id, n)
+            if merged != survivor:
+                parts[merged].append(record)
+        return [
+            ShardBatch(shard, session.cursors[shard][0], last_seq, session.cursors[shard][1], part)
+            for shard, part in parts.items()
+        ]
 
     @staticmethod
     async def _store_plan(session: WriteSession, plan: WritePlan) -> WriteResult:
