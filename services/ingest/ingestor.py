@@ -266,6 +266,9 @@ MAX_GROUPS_PER_HOLD = 8
 # How often a request's events are routed again when a merge on another process moved
 # their profiles to other shards between the router's look-up and the lock.
 MAX_REROUTES = 16
+# Identifiers whose holders a front remembers (per process), so a returning person's
+# request needs no look-up before its locks.
+HOLDER_CACHE_SIZE = 500_000
 # Work that overlaps a group's statements hands the loop back this often (events), so
 # the statements wait at most about a millisecond of it each.
 _YIELD_EVERY = 250
@@ -325,6 +328,8 @@ class Ingestor:
         self._lock_shards = lock_shards or (0,)
         self._routes = self._shards > 1 and lock_shards is None
         self._lanes: dict[tuple[int, ...], Ingestor] = {}
+        # workspace -> identifier -> its holder as last seen (the router's guesses).
+        self._holder_cache: dict[str, dict[tuple[str, str], int]] = {}
         self._queue: deque[_Request] = deque()
         # Taken by the writer, not answered yet (failed if the writer is cancelled).
         self._in_flight: list[_Request] = []
@@ -435,6 +440,7 @@ class Ingestor:
             if not pending:
                 return
             pending.sort(key=lambda event: event.index)
+            self._forget_holders(workspace_id, pending)
         raise RuntimeError("the profiles of a request kept moving between shards")
 
     def _lane(self, shards: tuple[int, ...]) -> Ingestor:
@@ -458,51 +464,143 @@ class Ingestor:
         """
         n = self._shards
         keys_of: list[list[tuple[str, str]]] = []
+        wanted: set[tuple[str, str]] = set()
         for event in events:
             keys = [identifier.key for identifier in event.identifiers]
             if event.previous_id:
                 keys += [("user_id", event.previous_id), ("anonymous_id", event.previous_id)]
             keys_of.append(keys)
-        wanted = sorted({key for keys in keys_of for key in keys})
-        holders = await self._store.holders(workspace_id, wanted)
-        parent: dict[Any, Any] = {}
-
-        def find(node: Any) -> Any:
-            root = node
-            while (up := parent.get(root, root)) != root:
-                root = up
-            while (up := parent.get(node, node)) != root:
-                parent[node] = root
-                node = up
-            return root
-
-        def union(a: Any, b: Any) -> None:
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[ra] = rb
-
-        need: dict[Any, set[int]] = {}
-        for event, keys in zip(events, keys_of, strict=True):
-            node = ("m", event.message_id)
-            for key in keys:
-                union(node, ("k", key))
+            wanted.update(keys)
+        holders = await self._holders(workspace_id, wanted)
+        # Components, relabelling the smaller into the larger. Nodes: identifiers as
+        # their (type, value) keys, holders as their int ids, and a message id (as
+        # ("m", id)) only when the request repeats it.
+        repeated = len({event.message_id for event in events}) < len(events)
+        component: dict[Any, int] = {}
+        members: dict[int, list[Any]] = {}
+        shards_of: dict[int, set[int]] = {}
+        get = component.get
+        for number, (event, keys) in enumerate(zip(events, keys_of, strict=True)):
+            if len(keys) == 1 and not repeated:
+                # Most events: one identifier, and its holder when there is one.
+                (key,) = keys
                 holder = holders.get(key)
+                found = get(key)
                 if holder is not None:
-                    union(node, ("p", holder))
-        for event, keys in zip(events, keys_of, strict=True):
-            shards = need.setdefault(find(("m", event.message_id)), set())
+                    other = get(holder)
+                    if other is not None and found is not None and other != found:
+                        found = self._join(component, members, shards_of, found, other)
+                    elif found is None:
+                        found = other
+                if found is None:
+                    found = number
+                    members[found] = [key] if holder is None else [key, holder]
+                    shards_of[found] = {
+                        key_shard(workspace_id, key, n)
+                        if holder is None
+                        else shard_of_profile(holder, n)
+                    }
+                    component[key] = found
+                    if holder is not None:
+                        component[holder] = found
+                else:
+                    for node in (key,) if holder is None else (key, holder):
+                        if get(node) != found:
+                            component[node] = found
+                            members[found].append(node)
+                    shards_of[found].add(
+                        key_shard(workspace_id, key, n)
+                        if holder is None
+                        else shard_of_profile(holder, n)
+                    )
+                continue
+            nodes: list[Any] = [("m", event.message_id)] if repeated else []
+            shards: set[int] = set()
             for key in keys:
+                nodes.append(key)
                 holder = holders.get(key)
-                shards.add(
-                    key_shard(workspace_id, key, n)
-                    if holder is None
-                    else shard_of_profile(holder, n)
+                if holder is None:
+                    shards.add(key_shard(workspace_id, key, n))
+                else:
+                    nodes.append(holder)
+                    shards.add(shard_of_profile(holder, n))
+            target: int | None = None
+            for node in nodes:
+                other = get(node)
+                if other is None or other == target:
+                    continue
+                target = (
+                    other
+                    if target is None
+                    else self._join(component, members, shards_of, target, other)
                 )
+            if target is None:
+                target = number
+                members[target] = []
+                shards_of[target] = set()
+            for node in nodes:
+                if get(node) != target:
+                    component[node] = target
+                    members[target].append(node)
+            shards_of[target] |= shards
         parts: dict[tuple[int, ...], list[Event]] = {}
-        for event in events:
-            shards = need[find(("m", event.message_id))]
+        for event, keys in zip(events, keys_of, strict=True):
+            # Through a node: the event's component may have been joined since. (A
+            # valid event has an identifier.)
+            shards = shards_of[component[keys[0]]] if keys else set()
             parts.setdefault(tuple(sorted(shards)) or (0,), []).append(event)
         return list(parts.items())
+
+    @staticmethod
+    def _join(
+        component: dict[Any, int],
+        members: dict[int, list[Any]],
+        shards_of: dict[int, set[int]],
+        a: int,
+        b: int,
+    ) -> int:
+        """Join components a and b (the smaller's nodes relabelled); returns the one
+        that remains."""
+        if len(members[a]) < len(members[b]):
+            a, b = b, a
+        for node in members.pop(b):
+            component[node] = a
+            members[a].append(node)
+        shards_of[a] |= shards_of.pop(b)
+        return a
+
+    async def _holders(
+        self, workspace_id: str, keys: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], int]:
+        """The holders of `keys`: from this process's cache of holders seen before,
+        the rest from the store (one query, no lock). A cached holder may be stale (a
+        merge elsewhere moved the identifier): the lane's check under its locks
+        catches that (Reroute), and the reroute forgets the part's keys first."""
+        cache = self._holder_cache.setdefault(workspace_id, {})
+        found: dict[tuple[str, str], int] = {}
+        missing: list[tuple[str, str]] = []
+        for key in keys:
+            holder = cache.get(key)
+            if holder is None:
+                missing.append(key)
+            else:
+                found[key] = holder
+        if missing:
+            loaded = await self._store.holders(workspace_id, sorted(missing))
+            if len(cache) + len(loaded) > HOLDER_CACHE_SIZE:
+                cache.clear()  # crude, and rare: a returning person costs one look-up
+            cache.update(loaded)
+            found.update(loaded)
+        return found
+
+    def _forget_holders(self, workspace_id: str, events: list[Event]) -> None:
+        cache = self._holder_cache.get(workspace_id, {})
+        for event in events:
+            for identifier in event.identifiers:
+                cache.pop(identifier.key, None)
+            if event.previous_id:
+                cache.pop(("user_id", event.previous_id), None)
+                cache.pop(("anonymous_id", event.previous_id), None)
 
     def _check_held(self, workspace_id: str, graph: IdentityGraph, after_resolve: bool) -> None:
         """Reroute unless every stored profile the group touches (and, once resolved,

@@ -189,22 +189,26 @@ class SqlEventStore:
             async with self._local_lock, self._engine.connect() as connection:
                 yield connection
             return
-        keys = [WRITE_LOCK_KEY + shard for shard in sorted(set(shards))]
+        # One statement takes them all, in the order of its select list (ascending);
+        # on the driver connection, outside any transaction: through SQLAlchemy each
+        # lock and unlock cost a BEGIN and a COMMIT too, per hold (measured: with 4
+        # shards, a hold per group, 6 of a group's ~20 round trips).
+        locks = ", ".join(
+            f"pg_advisory_lock({WRITE_LOCK_KEY + shard})" for shard in sorted(set(shards))
+        )
         async with self._engine.connect() as connection:
             await self._ensure_cursors(connection)
-            taken: list[int] = []
+            raw: Any = (await connection.get_raw_connection()).driver_connection
             try:
-                for key in keys:
-                    await connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                    await connection.commit()
-                    taken.append(key)
+                await raw.execute(f"SELECT {locks}")
                 yield connection
             finally:
                 if connection.in_transaction():
                     await connection.rollback()
-                for key in reversed(taken):
-                    await connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                await connection.commit()
+                # Every session lock this connection holds (also one granted while a
+                # cancelled lock statement was being abandoned): none stays with the
+                # connection when it goes back to the pool.
+                await asyncio.shield(raw.execute("SELECT pg_advisory_unlock_all()"))
 
     @asynccontextmanager
     async def write_session(
