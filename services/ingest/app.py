@@ -76,6 +76,9 @@ def components(resources: Resources) -> IngestComponents:
             catch_up=StreamCatchUp(store, resources.redis, publisher, maxlen=maxlen),
             ingestor=Ingestor(store, publisher, resources.clock),
         )
+        hold = os.environ.get("INGEST_GROUPS_PER_HOLD")
+        if hold:  # (an experiment knob: how long a writer keeps its locks)
+            found.ingestor.groups_per_hold = int(hold)
         _COMPONENTS[id(resources)] = found
     return found
 
