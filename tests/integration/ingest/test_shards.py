@@ -26,10 +26,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.ingest.ingestor import Ingestor, key_shard
 from services.ingest.model import RawEvent
-from services.ingest.publisher import RedisPublisher
+from services.ingest.publisher import RedisPublisher, StreamCatchUp
 from services.ingest.store import SqlEventStore
-from services.shared import streams
-from services.shared.db.tables import identities, merges, profiles
+from services.shared import hotstate, streams
+from services.shared.db.tables import events, identities, merges, profiles
+from services.shared.redis import create_redis
+from tests.helpers.backends import free_port
 from tests.integration.ingest.support import NOW_US, hot_view, profile_views
 
 pytestmark = pytest.mark.integration
@@ -318,3 +320,97 @@ async def test_a_merge_across_shards_is_on_both_streams_and_rerouted_when_stale(
         streams.event_stream(streams.shard_of_profile(survivor, SHARDS), SHARDS)
     )
     assert entries[-1][0].decode() == f"{after.seq}-0"
+
+
+async def test_a_lost_publish_on_four_shards_is_caught_up_per_shard_once(  # type: ignore[no-untyped-def]
+    resources,
+) -> None:
+    """test_crash_safety.py's lost publish, per shard: groups committed while Redis is
+    unreachable (with merges across shards in them) reach each shard's stream once, in
+    seq order, with each merge on both sides, through the catch-up."""
+    ws, _, _ = await resources.keys.create_workspace("lost publish")
+    store = SqlEventStore(resources.engine, SHARDS)
+
+    def person(i: int, at: int) -> list[RawEvent]:
+        stamp = NOW_US - 10_000 + at
+        return [
+            RawEvent(
+                type="track",
+                message_id=f"v{i}-{at}",
+                anonymous_id=f"a{i}",
+                event="Viewed",
+                timestamp_us=stamp,
+            ),
+            RawEvent(
+                type="track",
+                message_id=f"t{i}-{at}",
+                user_id=f"u{i}",
+                event="Viewed",
+                timestamp_us=stamp,
+            ),
+            RawEvent(
+                type="identify",
+                message_id=f"i{i}-{at}",
+                anonymous_id=f"a{i}",
+                user_id=f"u{i}",
+                timestamp_us=stamp,
+                traits=orjson.dumps({"at": at}),
+            ),
+        ]
+
+    dead = create_redis(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        broken = Ingestor(store, RedisPublisher(dead, shards=SHARDS), resources.clock)
+        first = await broken.ingest(ws, [e for i in range(6) for e in person(i, 1)])
+    finally:
+        await dead.aclose()
+    assert all(o.seq for o in first.outcomes)
+    publisher = RedisPublisher(resources.redis, shards=SHARDS)
+    healthy = Ingestor(store, publisher, resources.clock)
+    second = await healthy.ingest(ws, [e for i in range(4, 9) for e in person(i, 2)])
+    assert all(o.status.value == "accepted" for o in second.outcomes)
+
+    catch_up = StreamCatchUp(store, resources.redis, publisher)
+    await catch_up.run_once()
+    assert await catch_up.run_once() == 0
+    async with resources.engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                select(events.c.seq, events.c.profile_id).where(events.c.workspace_id == ws)
+            )
+        ).all()
+        merge_rows = (
+            await connection.execute(
+                select(merges.c.event_seq, merges.c.survivor_id, merges.c.merged_id).where(
+                    merges.c.workspace_id == ws
+                )
+            )
+        ).all()
+    assert len(rows) == len(first.outcomes) + len(second.outcomes)
+    assert merge_rows
+    for shard, stream in enumerate(streams.event_streams(SHARDS)):
+        entries = [
+            (entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()})
+            for entry_id, fields in await resources.redis.xrange(stream)
+        ]
+        mine = [(i, f) for i, f in entries if f["workspace_id"] == ws]
+        seqs = [int(f["seq"]) for _, f in mine if f["kind"] == "event"]
+        expected = sorted(
+            seq for seq, pid in rows if streams.shard_of_profile(pid, SHARDS) == shard
+        )
+        assert seqs == expected
+        merged_here = sorted(
+            (int(f["seq"]), int(f["survivor_id"]), int(f["merged_id"]))
+            for _, f in mine
+            if f["kind"] == "merge"
+        )
+        assert merged_here == sorted(
+            tuple(row)
+            for row in merge_rows
+            if shard in {streams.shard_of_profile(p, SHARDS) for p in row[1:]}
+        )
+    # The hot state followed: each person's latest trait, on the survivor.
+    for i in range(9):
+        holder = await resources.redis.get(hotstate.identity_key(ws, "user_id", f"u{i}"))
+        traits = await resources.redis.hgetall(hotstate.profile_key(ws, int(holder), "traits"))
+        assert orjson.loads(traits[b"at"]) == (2 if i >= 4 else 1)
