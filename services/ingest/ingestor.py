@@ -11,6 +11,11 @@ Postgres, the Redis updates chained in commit order, and the lock is released on
 once every update of the hold is done. If the Redis step fails or the process dies
 after the commit, the publisher's catch-up loop republishes from the stream cursor;
 the client's acknowledgement only ever follows the commit.
+
+With several stream shards (INGEST_SHARDS, docs/ingest.md "Shards") the above holds
+per shard: the front Ingestor splits each request by the shard locks its events need
+(`_route`, `_split`) and hands the parts to lanes, one writer per set of shards, each
+taking its locks in ascending shard order.
 """
 
 from __future__ import annotations
