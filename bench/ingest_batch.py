@@ -50,7 +50,7 @@ from tests.helpers.grpc_client import wait_serving  # noqa: E402
 
 BATCH = 500
 USERS = 20_000
-REDIS_URL = "redis://127.0.0.1:6379/14"
+REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('TEST_REDIS_DB', '14')}"
 WORKLOADS = ("returning", "new")
 # The "returning users" mix, per 100 timed events (docs/benchmarks.md): known users
 # (pre-created before timing) send 75 tracks, 12 pages and 10 identifies (trait

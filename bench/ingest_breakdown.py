@@ -4,6 +4,10 @@ building the response as the servicer's Batch does), with every awaited Postgres
 statement and the Redis update timed per group, and the process's CPU per event.
 
     .venv/bin/python bench/ingest_breakdown.py [--workload returning|new] [--batches 80]
+                                               [--shards 1] [--profile]
+
+With `--shards N` the store and publisher write N stream shards (docs/ingest.md,
+"Shards"); `--profile` prints the functions with the most CPU (cProfile).
 
 Awaited times include whatever other coroutines (the callers' validation) ran
 meanwhile, as in the real process. Needs Postgres and Redis on loopback; creates and
@@ -15,6 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import cProfile
+import os
+import pstats
 import sys
 import time
 from pathlib import Path
@@ -65,11 +72,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workload", choices=bench.WORKLOADS, default="returning")
     parser.add_argument("--batches", type=int, default=80)
+    parser.add_argument("--shards", type=int, default=1)
+    parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     tune_gc()  # as `python -m services.ingest` does
     for method in ("fetch", "execute", "copy_records_to_table"):
         timed(asyncpg.Connection, method)
-    timed(RedisPublisher, "apply", "Redis update (hot state + stream, one round trip)")
+    timed(RedisPublisher, "apply_shards", "Redis update (hot state + stream, one round trip)")
 
     url = await create_database()
     engine = create_engine(url)
@@ -77,7 +86,11 @@ async def main() -> None:
     workspace_id, _, _ = await KeyStore(engine).create_workspace("breakdown")
     redis = redis_asyncio.Redis.from_url(bench.REDIS_URL)
     await redis.flushdb()
-    ingestor = Ingestor(SqlEventStore(engine), RedisPublisher(redis), SystemClock())
+    ingestor = Ingestor(
+        SqlEventStore(engine, args.shards),
+        RedisPublisher(redis, shards=args.shards),
+        SystemClock(),
+    )
     now_us = SystemClock().now_us()
     build = bench.returning_event if args.workload == "returning" else bench.new_users_event
     counter = [0]
@@ -102,8 +115,13 @@ async def main() -> None:
     await run(batches[:4])  # warm-up
     SPENT.clear()
     CALLS.clear()
+    profiler = cProfile.Profile(time.process_time) if args.profile else None
     began, cpu = time.perf_counter(), time.process_time()
+    if profiler:
+        profiler.enable()
     await run(batches[4:])
+    if profiler:
+        profiler.disable()
     elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu
     events = (args.batches - 4) * bench.BATCH
     groups = CALLS["Redis update (hot state + stream, one round trip)"]
@@ -116,6 +134,9 @@ async def main() -> None:
     print(f"{'ms per group':>13}{'calls':>7}  step")
     for key, spent in sorted(SPENT.items(), key=lambda item: -item[1]):
         print(f"{spent / groups * 1e3:>13.1f}{CALLS[key] / groups:>7.1f}  {key}")
+    if profiler:
+        lines = int(os.environ.get("PROFILE_LINES", "25"))
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(lines)
     await engine.dispose()
     await redis.flushdb()
     await redis.aclose()

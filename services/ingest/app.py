@@ -22,7 +22,7 @@ from services.ingest.publisher import (
 )
 from services.ingest.server import IngestServiceServicer
 from services.ingest.store import SqlEventStore
-from services.shared import tls
+from services.shared import streams, tls
 from services.shared.admin_server import AdminServicer
 from services.shared.server import Resources, ServiceSpec
 
@@ -67,14 +67,18 @@ def components(resources: Resources) -> IngestComponents:
     found = _COMPONENTS.get(id(resources))
     if found is None or found.store._engine is not resources.engine:
         maxlen = int(os.environ.get("INGEST_STREAM_MAXLEN", str(DEFAULT_MAXLEN)))
-        store = SqlEventStore(resources.engine)
-        publisher = RedisPublisher(resources.redis, maxlen)
+        shards = streams.shard_count()  # INGEST_SHARDS (docs/ingest.md, "Shards")
+        store = SqlEventStore(resources.engine, shards)
+        publisher = RedisPublisher(resources.redis, maxlen, shards)
         found = IngestComponents(
             store=store,
             publisher=publisher,
             catch_up=StreamCatchUp(store, resources.redis, publisher, maxlen=maxlen),
             ingestor=Ingestor(store, publisher, resources.clock),
         )
+        hold = os.environ.get("INGEST_GROUPS_PER_HOLD")
+        if hold:  # (an experiment knob: how long a writer keeps its locks)
+            found.ingestor.groups_per_hold = int(hold)
         _COMPONENTS[id(resources)] = found
     return found
 

@@ -1,9 +1,10 @@
 """Hot state and the event stream in Redis: the per-batch update, the catch-up loop
 that makes stream delivery exactly-once in effect, and the hot-state rebuild.
 
-Per batch, one pipelined round trip runs two Lua scripts: the hot-state update (all
-keys of one workspace share the `{ws}` hash tag) and a cursor-checked XADD of the
-batch's entries (the stream and its cursor share the `stream:events` slot). The XADD
+Per batch, one pipelined round trip runs the Lua scripts: the hot-state update (all
+keys of one workspace share the `{ws}` hash tag) and, per stream shard the batch
+holds, a cursor-checked XADD of its entries for that shard (a shard's stream and its
+cursor share one slot: `services.shared.streams.event_stream_cursor`). The XADD
 script only appends if the stream cursor equals the seq the batch's writer saw as last
 committed, so a batch can never overtake one whose publish was lost; the catch-up loop
 fills such gaps from Postgres with the same ids, and Redis refuses any id it already
@@ -22,15 +23,22 @@ import orjson
 from opentelemetry import context as otel_context
 from redis.asyncio import Redis
 
-from services.ingest.ingestor import HotProfile, HotUpdate, SeenProfile, StreamRecord
+from services.ingest.ingestor import (
+    HotProfile,
+    HotUpdate,
+    SeenProfile,
+    ShardBatch,
+    StreamRecord,
+)
 from services.ingest.store import SqlEventStore
 from services.shared import hotstate, streams
+from services.shared.streams import shard_of_profile
 
 log = logging.getLogger(__name__)
 
 STREAM_KEY = streams.EVENTS_STREAM
 # Same hash slot as STREAM_KEY (the tag is the stream's whole name).
-CURSOR_KEY = "{stream:events}:cursor"
+CURSOR_KEY = streams.event_stream_cursor(0, 1)
 DEFAULT_MAXLEN = 1_000_000
 
 # Every write of a profile's identifiers or traits also drops the profile service's
@@ -241,9 +249,10 @@ def _entries(records: list[StreamRecord]) -> bytes:
 class RedisPublisher:
     """Applies batches to the hot state and the stream; wakes catch-up when behind."""
 
-    def __init__(self, redis: Redis, maxlen: int = DEFAULT_MAXLEN) -> None:
+    def __init__(self, redis: Redis, maxlen: int = DEFAULT_MAXLEN, shards: int = 1) -> None:
         self._redis = redis
         self._maxlen = maxlen
+        self.shards = shards
         self._hot = redis.register_script(_HOT_SCRIPT)
         self._stream = redis.register_script(_STREAM_SCRIPT)
         self.behind = asyncio.Event()
@@ -269,19 +278,16 @@ class RedisPublisher:
         Returns False when the stream cursor is not at `prev_seq` (an earlier batch's
         entries are missing): the entries are then left to the catch-up loop.
         """
-        if any(record.workspace_id != hot.workspace_id for record in records):
+        return await self.apply_shards(
+            hot, [ShardBatch(0, prev_seq, last_seq, published_seq, records)]
+        )
+
+    async def apply_shards(self, hot: HotUpdate, batches: list[ShardBatch]) -> bool:
+        """Update hot state and append each shard's entries (its cursor checked, as in
+        `apply`) in one round trip. False when any shard's cursor was not at its
+        `prev_seq`: that shard's entries are left to the catch-up loop."""
+        if any(r.workspace_id != hot.workspace_id for b in batches for r in b.records):
             raise ValueError("a batch's stream records belong to its one workspace")
-        # The entries travel as one argument: redis-py packs each argument in Python,
-        # and a batch's ~6,000 separate arguments cost ~12 ms (measured). Each entry
-        # carries the trace context of the request that sent its event.
-        args: list[bytes | str | int] = [
-            prev_seq,
-            last_seq,
-            published_seq,
-            self._maxlen,
-            _entries(records),
-            hot.workspace_id,
-        ]
         async with self._redis.pipeline(transaction=False) as pipe:
             if hot.profiles or hot.redirects or hot.seen:
                 prefix = hotstate.workspace_prefix(hot.workspace_id)
@@ -290,9 +296,25 @@ class RedisPublisher:
                     args=[_hot_payload(hot.profiles, hot.redirects, False, hot.seen)],
                     client=pipe,
                 )
-            await self._stream(keys=[STREAM_KEY, CURSOR_KEY], args=args, client=pipe)
+            for batch in batches:
+                # The entries travel as one argument: redis-py packs each argument in
+                # Python, and a batch's ~6,000 separate arguments cost ~12 ms
+                # (measured). Each entry carries its request's trace context.
+                args: list[bytes | str | int] = [
+                    batch.prev_seq,
+                    batch.last_seq,
+                    batch.published_seq,
+                    self._maxlen,
+                    _entries(batch.records),
+                    hot.workspace_id,
+                ]
+                keys = [
+                    streams.event_stream(batch.shard, self.shards),
+                    streams.event_stream_cursor(batch.shard, self.shards),
+                ]
+                await self._stream(keys=keys, args=args, client=pipe)
             replies = await pipe.execute()
-        return bool(replies[-1])
+        return all(bool(reply) for reply in replies[len(replies) - len(batches) :])
 
     async def write_profiles(
         self, workspace_id: str, profiles: list[HotProfile], redirects: list[tuple[int, int]]
@@ -326,29 +348,39 @@ class StreamCatchUp:
         self._chunk = chunk
         self._maxlen = maxlen
 
-    async def _redis_cursor(self) -> int | None:
-        value = await self._redis.get(CURSOR_KEY)
+    async def _redis_cursor(self, shard: int) -> int | None:
+        value = await self._redis.get(streams.event_stream_cursor(shard, self._store.shards))
         return None if value is None else int(value)
 
     async def run_once(self) -> int:
-        """Publish whatever the stream is missing; returns how many entries were added."""
-        cursor = await self._redis_cursor()
-        last_seq, published_seq = await self._store.cursor()
+        """Publish whatever any shard's stream is missing; returns how many entries
+        were added. Shard by shard, each under its own lock only."""
+        added = 0
+        for shard in range(self._store.shards):
+            added += await self._run_shard(shard)
+        return added
+
+    async def _run_shard(self, shard: int) -> int:
+        count = self._store.shards
+        stream = streams.event_stream(shard, count)
+        cursor_key = streams.event_stream_cursor(shard, count)
+        cursor = await self._redis_cursor(shard)
+        last_seq, published_seq = await self._store.cursor(shard=shard)
         if cursor is not None and cursor >= last_seq:
             if cursor > published_seq:
-                await self._store.set_published(cursor)
+                await self._store.set_published(cursor, shard)
             return 0
         added = 0
-        async with self._store.locked() as connection:
-            last_seq, published_seq = await self._store.cursor(connection)
+        async with self._store.locked((shard,)) as connection:
+            last_seq, published_seq = await self._store.cursor(connection, shard)
             await connection.rollback()
             while True:
-                cursor = await self._redis_cursor()
+                cursor = await self._redis_cursor(shard)
                 start = published_seq if cursor is None else cursor
                 if start >= last_seq:
                     break
                 records, covered = await self._store.records_after(
-                    connection, start, last_seq, self._chunk
+                    connection, start, last_seq, self._chunk, shard
                 )
                 await connection.rollback()
                 # Catch-up entries carry this loop's trace, not the original request's.
@@ -356,25 +388,35 @@ class StreamCatchUp:
                 try:
                     ids = await streams.publish(
                         self._redis,
-                        STREAM_KEY,
+                        stream,
                         [(entry_id(r), entry_fields(r)) for r in records],
                         maxlen=self._maxlen,
                     )
                 finally:
                     otel_context.detach(token)
                 added += sum(1 for i in ids if i is not None)
-                await self._refresh_hot_state(records)
-                await self._redis.set(CURSOR_KEY, covered)
-                await self._store.set_published(covered)
+                await self._refresh_hot_state(records, shard)
+                await self._redis.set(cursor_key, covered)
+                await self._store.set_published(covered, shard)
         return added
 
-    async def _refresh_hot_state(self, records: list[StreamRecord]) -> None:
+    async def _refresh_hot_state(self, records: list[StreamRecord], shard: int) -> None:
+        count = self._store.shards
         touched: dict[str, set[int]] = {}
         for record in records:
             ids = touched.setdefault(record.workspace_id, set())
-            ids.update({record.profile_id} if record.kind == "event" else {record.survivor_id})
+            pid = record.profile_id if record.kind == "event" else record.survivor_id
+            # Only this shard's profiles, whose writers wait for the lock held here: a
+            # survivor on another shard may have newer state in Redis than the rows
+            # read now (the redirect of the merged profile is written either way).
+            if shard_of_profile(pid, count) == shard:
+                ids.add(pid)
         for workspace_id, profile_ids in touched.items():
-            profiles = await self._store.hot_profiles(workspace_id, sorted(profile_ids))
+            profiles = [
+                profile
+                for profile in await self._store.hot_profiles(workspace_id, sorted(profile_ids))
+                if shard_of_profile(profile.profile_id, count) == shard
+            ]
             redirects = [
                 (r.merged_id, r.survivor_id)
                 for r in records

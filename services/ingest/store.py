@@ -1,10 +1,11 @@
 """Persistence of the ingest service: events, the identity graph, traits and merges.
 
-One write session at a time holds the ingest write lock (a Postgres session advisory
-lock; an asyncio lock on the single-process SQLite embedding) from before sequence
-numbers are drawn until the hot state and stream are updated, so sequence order equals
-commit order. On Postgres events go in with one COPY per batch; every other table gets
-one multi-row statement per batch.
+A write session holds the write locks of the stream shards it writes (Postgres session
+advisory locks, taken in ascending shard order; an asyncio lock on the single-process
+SQLite embedding, which has one shard) from before sequence numbers are drawn until the
+hot state and streams are updated, so on every shard sequence order equals commit
+order (docs/ingest.md, "Shards"). On Postgres events go in with one COPY per batch;
+every other table gets one multi-row statement per batch.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from services.shared.db.tables import (
     suppressions,
     workspaces,
 )
+from services.shared.streams import shard_of_profile
 
 _tracer = trace.get_tracer(__name__)
 
@@ -82,8 +84,16 @@ def _copy_span(rows: int) -> contextlib.AbstractContextManager[object]:
     )
 
 
-# pg_advisory_lock key of the ingest write lock ("ingest" as a number).
+# pg_advisory_lock key of the ingest write lock ("ingest" as a number); shard k's lock
+# is WRITE_LOCK_KEY + k (shard 0's is the single-shard deployment's lock).
 WRITE_LOCK_KEY = 0x696E67657374
+
+
+def cursor_name(shard: int, shards: int) -> str:
+    """The `ingest_cursor` row of a shard ("events" when there is one shard)."""
+    return STREAM_CURSOR if shards == 1 else f"{STREAM_CURSOR}:{shard}"
+
+
 # Postgres allows 32,767 bind parameters per statement; stay well below.
 _ROWS_PER_STATEMENT = 2000
 # The events table's columns in COPY order (also the storage probe's, bench/copy_probe.py).
@@ -163,47 +173,92 @@ def _chunks(rows: Sequence[Any], size: int = _ROWS_PER_STATEMENT) -> list[Sequen
 class SqlEventStore:
     """The ingest store on Postgres (production) or SQLite (embedded)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, shards: int = 1) -> None:
         self._engine = engine
         self._postgres = is_postgres(engine)
+        if shards < 1 or (shards > 1 and not self._postgres):
+            # The SQLite embedding is one process: one shard is all it can use.
+            raise ValueError(f"{shards} ingest shards: Postgres takes >= 1, SQLite only 1")
+        self.shards = shards
         self._local_lock = asyncio.Lock()
+        self._cursors_ready = shards == 1  # the single shard's row comes with 0002
+
+    async def _ensure_cursors(self, connection: AsyncConnection) -> None:
+        """Create the shards' `ingest_cursor` rows (once per process). A new shard's
+        cursor starts at the highest seq committed so far: its stream starts empty and
+        takes only what is written from now on (resharding: docs/scaling.md)."""
+        if self._cursors_ready:
+            return
+        for shard in range(self.shards):
+            await connection.execute(
+                text(
+                    "INSERT INTO ingest_cursor (stream, last_seq, published_seq)"
+                    " SELECT :name, m, m FROM (SELECT COALESCE(max(last_seq), 0) AS m"
+                    " FROM ingest_cursor) AS top ON CONFLICT (stream) DO NOTHING"
+                ),
+                {"name": cursor_name(shard, self.shards)},
+            )
+        await connection.commit()
+        self._cursors_ready = True
 
     @asynccontextmanager
-    async def locked(self) -> AsyncIterator[AsyncConnection]:
-        """A connection holding the ingest write lock until the block ends."""
+    async def locked(self, shards: Sequence[int] = (0,)) -> AsyncIterator[AsyncConnection]:
+        """A connection holding the write locks of `shards` until the block ends.
+
+        The locks are taken in ascending shard order by every writer (and the catch-up
+        takes one), so two writers can never each hold a lock the other waits for.
+        """
         if not self._postgres:
             async with self._local_lock, self._engine.connect() as connection:
                 yield connection
             return
+        # One statement takes them all, in the order of its select list (ascending);
+        # on the driver connection, outside any transaction: through SQLAlchemy each
+        # lock and unlock cost a BEGIN and a COMMIT too, per hold (measured: with 4
+        # shards, a hold per group, 6 of a group's ~20 round trips).
+        locks = ", ".join(
+            f"pg_advisory_lock({WRITE_LOCK_KEY + shard})" for shard in sorted(set(shards))
+        )
         async with self._engine.connect() as connection:
-            await connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": WRITE_LOCK_KEY})
-            await connection.commit()
+            await self._ensure_cursors(connection)
+            raw: Any = (await connection.get_raw_connection()).driver_connection
             try:
+                await raw.execute(f"SELECT {locks}")
                 yield connection
             finally:
                 if connection.in_transaction():
                     await connection.rollback()
-                await connection.execute(
-                    text("SELECT pg_advisory_unlock(:k)"), {"k": WRITE_LOCK_KEY}
-                )
-                await connection.commit()
+                # Every session lock this connection holds (also one granted while a
+                # cancelled lock statement was being abandoned): none stays with the
+                # connection when it goes back to the pool.
+                await asyncio.shield(raw.execute("SELECT pg_advisory_unlock_all()"))
 
     @asynccontextmanager
     async def write_session(
-        self, workspace_id: str, held: AsyncConnection | None = None
+        self,
+        workspace_id: str,
+        held: AsyncConnection | None = None,
+        shards: Sequence[int] = (0,),
     ) -> AsyncIterator[WriteSession]:
-        """A locked write transaction; the lock outlives the commit until the block ends.
+        """A locked write transaction; the locks outlive the commit until the block ends.
 
-        With `held` (a connection from `locked()`), the transaction runs on it under the
-        lock it already holds, so consecutive sessions pay for the lock once.
+        With `held` (a connection from `locked(shards)`), the transaction runs on it
+        under the locks it already holds, so consecutive sessions pay for them once.
         """
         if held is None:
-            async with self.locked() as connection:
-                async with self.write_session(workspace_id, connection) as session:
+            async with self.locked(shards) as connection:
+                async with self._session(workspace_id, connection, shards) as session:
                     yield session
             return
+        async with self._session(workspace_id, held, shards) as session:
+            yield session
+
+    @asynccontextmanager
+    async def _session(
+        self, workspace_id: str, held: AsyncConnection, shards: Sequence[int]
+    ) -> AsyncIterator[WriteSession]:
         kind = PgWriteSession if self._postgres else WriteSession
-        session = kind(held, workspace_id, self)
+        session = kind(held, workspace_id, self, tuple(sorted(set(shards))))
         try:
             await session.start()
             yield session
@@ -213,10 +268,32 @@ class SqlEventStore:
             if held.in_transaction():
                 await held.rollback()
 
-    async def cursor(self, connection: AsyncConnection | None = None) -> tuple[int, int]:
-        """(last committed seq, last seq known published)."""
+    async def holders(
+        self, workspace_id: str, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], int]:
+        """(type, value) -> the profile holding it, read without any lock: the router's
+        guess of which shards a group touches, checked again under the locks."""
+        if not keys:
+            return {}
+        async with self._engine.connect() as connection:
+            raw = (await connection.get_raw_connection()).driver_connection
+            rows = await raw.fetch(  # type: ignore[union-attr]
+                f"SELECT k.t, k.v, h.profile_id FROM {_json_rows('$2', '$3')} AS k(t, v)"
+                " CROSS JOIN LATERAL (SELECT profile_id FROM identities WHERE"
+                " workspace_id = $1 AND id_type = k.t AND id_value = k.v OFFSET 0) h",
+                workspace_id,
+                _list([k[0] for k in keys]),
+                _list([k[1] for k in keys]),
+            )
+            await connection.rollback()
+        return {(row[0], row[1]): row[2] for row in rows}
+
+    async def cursor(
+        self, connection: AsyncConnection | None = None, shard: int = 0
+    ) -> tuple[int, int]:
+        """(last committed seq, last seq known published) of a shard."""
         query = select(ingest_cursor.c.last_seq, ingest_cursor.c.published_seq).where(
-            ingest_cursor.c.stream == STREAM_CURSOR
+            ingest_cursor.c.stream == cursor_name(shard, self.shards)
         )
         if connection is not None:
             row = (await connection.execute(query)).one()
@@ -225,22 +302,34 @@ class SqlEventStore:
             row = (await own.execute(query)).one()
         return int(row[0]), int(row[1])
 
-    async def set_published(self, seq: int) -> None:
-        """Record that the stream holds every entry up to `seq` (only moves forward)."""
+    async def set_published(self, seq: int, shard: int = 0) -> None:
+        """Record that the shard's stream holds every entry up to `seq` (only moves
+        forward)."""
         async with self._engine.begin() as connection:
             await connection.execute(
                 update(ingest_cursor)
-                .where(ingest_cursor.c.stream == STREAM_CURSOR, ingest_cursor.c.published_seq < seq)
+                .where(
+                    ingest_cursor.c.stream == cursor_name(shard, self.shards),
+                    ingest_cursor.c.published_seq < seq,
+                )
                 .values(published_seq=seq)
             )
 
     async def records_after(
-        self, connection: AsyncConnection, after_seq: int, up_to: int, limit: int
+        self,
+        connection: AsyncConnection,
+        after_seq: int,
+        up_to: int,
+        limit: int,
+        shard: int = 0,
     ) -> tuple[list[StreamRecord], int]:
-        """Stream records of events (and their merges) with after_seq < seq <= up_to.
+        """Stream records of a shard's events (and their merges) with after_seq < seq
+        <= up_to: the events attributed to its profiles, and every merge whose survivor
+        or merged profile is one of them (a merge across shards is on both streams).
 
         Returns the records and the last seq they cover.
         """
+        count = self.shards
         # Payloads as JSON text, put into the entries as they are: decoding them here
         # would turn an integer beyond 64 bits (which jsonb keeps exactly) into a Python
         # int that orjson cannot encode, and stop the catch-up at that event.
@@ -255,6 +344,8 @@ class SqlEventStore:
             .order_by(events.c.seq)
             .limit(limit)
         )
+        if count > 1:
+            query = query.where(events.c.profile_id % count == shard)
         rows = (await connection.execute(query)).all()
         covered = up_to if len(rows) < limit else int(rows[-1].seq)
         records = [
@@ -268,16 +359,22 @@ class SqlEventStore:
             )
             for row in rows
         ]
-        merge_rows = (
-            await connection.execute(
-                select(merges)
-                .where(merges.c.event_seq > after_seq, merges.c.event_seq <= covered)
-                .order_by(merges.c.merge_id)
-            )
-        ).all()
+        merge_query = (
+            select(merges)
+            .where(merges.c.event_seq > after_seq, merges.c.event_seq <= covered)
+            .order_by(merges.c.merge_id)
+        )
+        merge_rows = (await connection.execute(merge_query)).all()
         subs: dict[int, int] = {}
         for row in merge_rows:
+            # Numbered over all of the event's merges, as the request path numbers them,
+            # then kept if they touch this shard.
             subs[row.event_seq] = subs.get(row.event_seq, 0) + 1
+            if count > 1 and shard not in (
+                shard_of_profile(row.survivor_id, count),
+                shard_of_profile(row.merged_id, count),
+            ):
+                continue
             records.append(
                 StreamRecord(
                     seq=row.event_seq,
@@ -366,18 +463,28 @@ class SqlEventStore:
 class WriteSession:
     """The reads and writes of one batch, inside one locked transaction."""
 
-    def __init__(self, connection: AsyncConnection, workspace_id: str, store: SqlEventStore):
+    def __init__(
+        self,
+        connection: AsyncConnection,
+        workspace_id: str,
+        store: SqlEventStore,
+        shards: tuple[int, ...] = (0,),
+    ):
         self._connection = connection
         self._workspace_id = workspace_id
         self._store = store
         self._postgres = store._postgres
-        self.last_seq = 0
-        self.published_seq = 0
+        self.shards = shards  # whose locks are held, ascending
+        # Per held shard: (last committed seq, last seq known published).
+        self.cursors: dict[int, tuple[int, int]] = {}
+        self.last_seq = 0  # the highest of the held shards' last committed seqs
+        self.published_seq = 0  # shard 0's (one shard: the stream's)
         self.identity_rules: dict[str, Any] | None = None
 
     async def start(self) -> None:
         """Begin the transaction; read the stream cursor and the workspace's rules."""
         self.last_seq, self.published_seq = await self._store.cursor(self._connection)
+        self.cursors = {0: (self.last_seq, self.published_seq)}
         query = select(workspaces.c.identity_rules).where(
             workspaces.c.workspace_id == self._workspace_id
         )
@@ -461,12 +568,31 @@ class WriteSession:
         start = max(int(top), self.last_seq) + 1
         return list(range(start, start + count))
 
-    async def allocate_profiles(self, count: int) -> list[int]:
-        """`count` increasing new profile ids."""
+    async def allocate_profiles(self, count: int, shards: Sequence[int] = ()) -> list[int]:
+        """`count` increasing new profile ids; with several stream shards, the i-th on
+        `shards[i]` (`shard_of_profile` of the id is `shards[i]`).
+
+        Every id is a value of the one sequence, picked by its remainder (the values
+        of other remainders are skipped): ids never collide, whatever shard count
+        drew them before (a reshard, or a deployment going back to one shard)."""
         if count == 0:
             return []
         if self._postgres:
-            return await self._nextvals("profiles_profile_id_seq", count)
+            n = self._store.shards
+            if n == 1:
+                return await self._nextvals("profiles_profile_id_seq", count)
+            wanted: dict[int, int] = {}
+            for shard in shards:
+                wanted[shard] = wanted.get(shard, 0) + 1
+            found: dict[int, list[int]] = {shard: [] for shard in wanted}
+            while any(len(found[shard]) < need for shard, need in wanted.items()):
+                short = sum(max(0, need - len(found[s])) for s, need in wanted.items())
+                for value in await self._nextvals("profiles_profile_id_seq", short * n):
+                    bucket = found.get(value % n)
+                    if bucket is not None and len(bucket) < wanted[value % n]:
+                        bucket.append(value)
+            taken = {shard: iter(values) for shard, values in found.items()}
+            return [next(taken[shard]) for shard in shards]
         top = (await self._connection.execute(select(func.max(profiles.c.profile_id)))).scalar()
         start = int(top or 0) + 1
         return list(range(start, start + count))
@@ -587,7 +713,7 @@ class WriteSession:
             update(ingest_cursor)
             .where(ingest_cursor.c.stream == STREAM_CURSOR)
             .values(last_seq=plan.last_seq)
-        )
+        )  # SQLite: one shard
         return WriteResult(changed, redirected)
 
     async def _insert_events(self, workspace_id: str, stored: list[StoredEvent]) -> None:
@@ -706,19 +832,25 @@ class PgWriteSession(WriteSession):
         # cached while the tables were tiny would keep scanning them as they grow.
         # Planning each execution costs well under a millisecond and follows the table
         # sizes. (set_config(..., true) is SET LOCAL, here in the same round trip.)
-        row = (
+        count = self._store.shards
+        names = {cursor_name(shard, count): shard for shard in self.shards}
+        rows = (
             await self._connection.execute(
                 text(
-                    "SELECT c.last_seq, c.published_seq,"
+                    "SELECT c.stream, c.last_seq, c.published_seq,"
                     " (SELECT identity_rules::text FROM workspaces WHERE workspace_id = :ws),"
                     " set_config('plan_cache_mode', 'force_custom_plan', true)"
-                    " FROM ingest_cursor c WHERE c.stream = :stream"
+                    " FROM ingest_cursor c WHERE c.stream = ANY(:streams)"
                 ),
-                {"ws": self._workspace_id, "stream": STREAM_CURSOR},
+                {"ws": self._workspace_id, "streams": list(names)},
             )
-        ).one()
-        self.last_seq, self.published_seq = int(row[0]), int(row[1])
-        self.identity_rules = _loads(row[2])
+        ).all()
+        if len(rows) != len(names):
+            raise RuntimeError(f"ingest_cursor lacks rows of shards {sorted(names)}")
+        self.cursors = {names[row[0]]: (int(row[1]), int(row[2])) for row in rows}
+        self.last_seq = max(last for last, _ in self.cursors.values())
+        self.published_seq = self.cursors[self.shards[0]][1]
+        self.identity_rules = _loads(rows[0][3])
         raw = await self._connection.get_raw_connection()
         self._raw: Any = raw.driver_connection
 
@@ -899,7 +1031,9 @@ class PgWriteSession(WriteSession):
                 [m.reason for m in found],
             )
         await raw.execute(
-            "UPDATE ingest_cursor SET last_seq = $1 WHERE stream = $2", plan.last_seq, STREAM_CURSOR
+            "UPDATE ingest_cursor SET last_seq = $1 WHERE stream = ANY($2::text[])",
+            plan.last_seq,
+            [cursor_name(shard, self._store.shards) for shard in self.shards],
         )
         return WriteResult(changed, redirected)
 

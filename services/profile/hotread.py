@@ -598,7 +598,10 @@ class HotProfiles:
         must not wait for that. Entries already trimmed or never published are no-ops."""
         for start in range(0, len(event_seqs), STREAM_DELETE_CHUNK):
             chunk = event_seqs[start : start + STREAM_DELETE_CHUNK]
-            await self._redis.xdel(streams.EVENTS_STREAM, *map(streams.event_entry_id, chunk))
+            ids = list(map(streams.event_entry_id, chunk))
+            # Every shard's stream: the person's events may sit on several (merges).
+            for stream in streams.event_streams():
+                await self._redis.xdel(stream, *ids)
 
     async def erase_identities(
         self, workspace_id: str, identifiers: Sequence[tuple[str, str]]

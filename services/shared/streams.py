@@ -9,6 +9,7 @@ every service.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -30,6 +31,40 @@ CHANGES_STREAM = "stream:changes"
 # segmentation recomputes the audiences with prediction conditions on it.
 RESCORED_STREAM = "stream:rescored"
 RESCORED_MAXLEN = 10_000
+
+
+def shard_count() -> int:
+    """How many event stream shards ingest writes (INGEST_SHARDS, default 1).
+
+    Every process of a deployment must agree on it: ingest routes a profile's events to
+    `shard_of_profile`, consumers read `event_streams()`."""
+    value = int(os.environ.get("INGEST_SHARDS") or "1")
+    if value < 1:
+        raise ValueError(f"INGEST_SHARDS must be at least 1, got {value}")
+    return value
+
+
+def shard_of_profile(profile_id: int, shards: int) -> int:
+    """The shard whose stream carries the events attributed to `profile_id`."""
+    return profile_id % shards
+
+
+def event_stream(shard: int, shards: int) -> str:
+    """The stream of one shard. With one shard it is `EVENTS_STREAM` itself, so a
+    deployment that never sharded keeps its stream (and its consumer groups)."""
+    return EVENTS_STREAM if shards == 1 else f"{EVENTS_STREAM}:{shard}"
+
+
+def event_stream_cursor(shard: int, shards: int) -> str:
+    """The key of a shard stream's publish cursor: hash tag = the stream's name, so the
+    stream and its cursor share a Redis Cluster slot (one Lua script touches both)."""
+    return "{" + event_stream(shard, shards) + "}:cursor"
+
+
+def event_streams(shards: int | None = None) -> tuple[str, ...]:
+    """Every shard's stream, in shard order (default: `shard_count()` shards)."""
+    count = shard_count() if shards is None else shards
+    return tuple(event_stream(shard, count) for shard in range(count))
 
 
 def event_entry_id(seq: int) -> str:

@@ -6,7 +6,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from services.shared.streams import CHANGES_STREAM, EVENTS_STREAM
+from services.shared.streams import CHANGES_STREAM, EVENTS_STREAM, event_streams
 
 # grpc.health.v1 of the worker (GRPC_PORT overrides); 50056 is the embedded store.
 DEFAULT_PORT = 50057
@@ -16,7 +16,8 @@ DEFAULT_PORT = 50057
 class RealtimeSettings:
     """How the worker consumes and schedules. Construct with `from_env()`."""
 
-    # The event stream shards this worker consumes (REALTIME_STREAMS, comma-separated).
+    # The event stream shards this worker consumes (REALTIME_STREAMS, comma-separated;
+    # unset: every shard ingest writes, per INGEST_SHARDS).
     streams: tuple[str, ...] = (EVENTS_STREAM,)
     group: str = "segmentation-realtime"
     # Unique per process: pending entries are owned by a consumer name.
@@ -47,7 +48,7 @@ class RealtimeSettings:
         default = cls()
         streams = tuple(s for s in env.get("REALTIME_STREAMS", "").split(",") if s)
         return cls(
-            streams=streams or default.streams,
+            streams=streams or event_streams(),
             group=env.get("REALTIME_GROUP", default.group),
             consumer=env.get("REALTIME_CONSUMER") or f"{socket.gethostname()}-{os.getpid()}",
             batch_size=int(env.get("REALTIME_BATCH_SIZE", default.batch_size)),

@@ -29,8 +29,8 @@ class FailingCopy(SqlEventStore):
         self.fail = True
 
     @asynccontextmanager
-    async def write_session(self, workspace_id: str, held=None) -> AsyncIterator:  # type: ignore[no-untyped-def,type-arg]
-        async with super().write_session(workspace_id, held) as session:
+    async def write_session(self, workspace_id: str, held=None, shards=(0,)) -> AsyncIterator:  # type: ignore[no-untyped-def,type-arg]
+        async with super().write_session(workspace_id, held, shards) as session:
             insert_events = session._insert_events
 
             async def failing(*args):  # type: ignore[no-untyped-def]

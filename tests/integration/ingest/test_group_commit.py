@@ -27,8 +27,8 @@ class CountingStore(SqlEventStore):
         self.poison = poison
 
     @asynccontextmanager
-    async def write_session(self, workspace_id: str, held=None) -> AsyncIterator:  # type: ignore[no-untyped-def,type-arg]
-        async with super().write_session(workspace_id, held) as session:
+    async def write_session(self, workspace_id: str, held=None, shards=(0,)) -> AsyncIterator:  # type: ignore[no-untyped-def,type-arg]
+        async with super().write_session(workspace_id, held, shards) as session:
             self.sessions += 1
             write = session.write
 

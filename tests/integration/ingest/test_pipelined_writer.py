@@ -59,14 +59,14 @@ class CommitSignals(SqlEventStore):
         self.holds = 0
 
     @asynccontextmanager
-    async def locked(self) -> AsyncIterator:  # type: ignore[type-arg]
+    async def locked(self, shards=(0,)) -> AsyncIterator:  # type: ignore[no-untyped-def,type-arg]
         self.holds += 1
-        async with super().locked() as connection:
+        async with super().locked(shards) as connection:
             yield connection
 
     @asynccontextmanager
-    async def write_session(self, workspace_id: str, held=None) -> AsyncIterator:  # type: ignore[no-untyped-def,type-arg]
-        async with super().write_session(workspace_id, held) as session:
+    async def write_session(self, workspace_id: str, held=None, shards=(0,)) -> AsyncIterator:  # type: ignore[no-untyped-def,type-arg]
+        async with super().write_session(workspace_id, held, shards) as session:
             yield session
         self.committed[self.sessions].set()
         self.sessions += 1
