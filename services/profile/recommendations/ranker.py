@@ -135,13 +135,20 @@ def _top_mask(scores: npt.NDArray[np.float64], width: int) -> npt.NDArray[np.boo
     """Each row's best `width` finite, positive scores as a mask."""
     n = scores.shape[1]
     width = min(width, n)
-    mask = np.zeros(scores.shape, dtype=bool)
+    usable = np.isfinite(scores) & (scores > 0)
     if width <= 0:
-        return mask
+        return np.zeros(scores.shape, dtype=bool)
+    # A row with at most `width` usable scores keeps them all: only the others need
+    # the partition (per row, so its picks among ties are the same as on the whole).
+    crowded = np.flatnonzero(np.count_nonzero(usable, axis=1) > width)
+    if len(crowded) == 0:
+        return usable
     cut = n - width
-    chosen = np.argpartition(scores, cut, axis=1)[:, cut:]
-    np.put_along_axis(mask, chosen, True, axis=1)
-    return mask & np.isfinite(scores) & (scores > 0)
+    chosen = np.argpartition(scores[crowded], cut, axis=1)[:, cut:]
+    picked = np.zeros((len(crowded), n), dtype=bool)
+    np.put_along_axis(picked, chosen, True, axis=1)
+    usable[crowded] &= picked
+    return usable
 
 
 class _Context:
@@ -204,18 +211,9 @@ class _Context:
         ).tocsr()
         # The latest few interactions one place at a time, for "how recent is the
         # latest related interaction" (the latest 10 places bound the work).
-        self.by_place = []
-        for at in range(10):
-            rows = place == at
-            self.by_place.append(
-                sparse.coo_matrix(
-                    (
-                        np.ones(int(rows.sum())),
-                        (interactions.profiles[rows], interactions.items[rows]),
-                    ),
-                    shape=shape,
-                ).tocsr()
-            )
+        self.item_at_place = np.full((n_profiles, 10), -1, dtype=np.int64)
+        early = place < 10
+        self.item_at_place[interactions.profiles[early], place[early]] = interactions.items[early]
         self.transitions = _transitions(interactions)
         self.popularity = np.bincount(interactions.items, minlength=n_items).astype(np.float64)
         self.popularity_decayed = scoring.popularity(interactions, now_us, settings)
@@ -235,6 +233,9 @@ class _Context:
         else:
             self.cumulative = np.zeros((2, n_items))
             self.origin = 0
+        # Per day, each item's interactions in the window ending that day (exact:
+        # differences of integer counts), so a block gathers rows of one table.
+        self._windows: dict[int, npt.NDArray[np.float64]] = {}
         self.first_seen = np.full(n_items, now_us, dtype=np.int64)
         np.minimum.at(self.first_seen, interactions.items, interactions.timestamps_us)
         self.last_seen = np.full(n_items, -1, dtype=np.int64)
@@ -257,16 +258,27 @@ class _Context:
             self.category_share_latest = _row_normalised(sparse.csr_matrix(recent @ categories))
 
     def recent_popularity(
-        self, profiles: npt.NDArray[np.int64], window_us: int
+        self,
+        profiles: npt.NDArray[np.int64],
+        window_us: int,
+        items: npt.NDArray[np.int64] | None = None,
     ) -> npt.NDArray[np.float64]:
-        """Per profile (rows), each item's interactions in the window up to its latest."""
+        """Per profile (rows), each item's interactions in the window up to its latest;
+        with `items`, only each profile's item (pairs)."""
         day = scoring.DAY_US
         last_day = np.where(
             self.last_us[profiles] >= 0, (self.last_us[profiles] - self.origin) // day, 0
         )
-        top_row = np.clip(last_day + 1, 0, self.cumulative.shape[0] - 1)
-        low_row = np.clip(last_day + 1 - max(window_us // day, 1), 0, self.cumulative.shape[0] - 1)
-        return np.asarray(self.cumulative[top_row] - self.cumulative[low_row])
+        top = self.cumulative.shape[0] - 1
+        span = max(window_us // day, 1)
+        table = self._windows.get(span)
+        if table is None:
+            # Row d: the window ending on day index d - 1 (a profile's last_day + 1).
+            ends = np.arange(top + 1)
+            table = self.cumulative[ends] - self.cumulative[np.clip(ends - span, 0, top)]
+            self._windows[span] = table
+        at = np.clip(last_day + 1, 0, top)
+        return np.asarray(table[at] if items is None else table[at, items])
 
 
 def _transitions(interactions: scoring.Interactions, lags: int = 3) -> sparse.csr_matrix:
@@ -425,22 +437,7 @@ def _block(
     popularity = sources["popularity"]
     decayed_share = _row_scaled(decayed)
     cosine_share = _row_scaled(cosine_history)
-    windowed_latest = np.zeros_like(blend)
-    latest = context.latest_item[profiles]
-    has_latest = latest >= 0
-    if has_latest.any():
-        windowed_latest[has_latest] = context.windowed[latest[has_latest]].toarray()
-    windowed_latest_3 = (context.latest3[profiles] @ context.windowed).toarray()
-    next_after_latest = np.zeros_like(blend)
-    if has_latest.any():
-        next_after_latest[has_latest] = context.transitions[latest[has_latest]].toarray()
     next_after_latest_3 = sources["next_after_latest_3"]
-    related_recency = np.zeros_like(blend)
-    for at in range(len(context.by_place) - 1, -1, -1):
-        # Later (smaller) places overwrite: the latest related interaction wins.
-        reach = sparse.csr_matrix(context.by_place[at][profiles] @ context.windowed)
-        related_recency[reach.nonzero()] = 1.0 / (1.0 + at)
-    recent_day = context.recent_popularity(profiles, scoring.DAY_US)
     binary = context.binary[profiles]
 
     blocked = np.zeros(blend.shape, dtype=bool)
@@ -473,6 +470,21 @@ def _block(
     blend_rank = np.empty(len(rows))
     blend_rank[order] = np.arange(len(rows)) - first
     who = profiles[rows]
+    # Features that only matter at the candidates are read there from the sparse
+    # item-item matrices (the same stored values a dense row would hold).
+    latest = context.latest_item[who]
+    windowed_latest = _at_pairs(context.windowed, latest, items)
+    next_after_latest = _at_pairs(context.transitions, latest, items)
+    windowed_latest_3 = _at_pairs(
+        sparse.csr_matrix(context.latest3[profiles] @ context.windowed), rows, items
+    )
+    # How recent the latest interaction related to the candidate is: 1 / (1 + place)
+    # over the latest ten places (later, i.e. smaller, places win).
+    related_recency = np.zeros(len(rows))
+    for at in range(context.item_at_place.shape[1] - 1, -1, -1):
+        reach = _at_pairs(context.windowed, context.item_at_place[who, at], items) != 0
+        related_recency[reach] = 1.0 / (1.0 + at)
+    recent_day = context.recent_popularity(who, scoring.DAY_US, items)
     last_us = context.last_us[who]
     reference_us = np.where(last_us >= 0, last_us, context.now_us)
     release = context.metadata.release_us
@@ -501,14 +513,14 @@ def _block(
         cosine_history[rows, items],
         cosine_share[rows, items],
         cosine_latest[rows, items],
-        windowed_latest[rows, items],
-        windowed_latest_3[rows, items],
-        next_after_latest[rows, items],
+        windowed_latest,
+        windowed_latest_3,
+        next_after_latest,
         next_after_latest_3[rows, items],
-        related_recency[rows, items],
+        related_recency,
         np.log1p(context.popularity[items]),
         np.log1p(recent_week[rows, items]),
-        np.log1p(recent_day[rows, items]),
+        np.log1p(recent_day),
         np.log1p(context.popularity_decayed[items]),
         (reference_us - context.first_seen[items]) / day,
         np.where(
@@ -522,6 +534,17 @@ def _block(
         np.where(has_history, (context.now_us - last_us) / day, np.nan),
     ]
     return Candidates(who.astype(np.int64), items.astype(np.int64), np.stack(columns, axis=1))
+
+
+def _at_pairs(
+    matrix: sparse.csr_matrix, rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float64]:
+    """matrix[rows[j], cols[j]] for every j (0 where rows[j] < 0)."""
+    out = np.zeros(len(rows))
+    valid = rows >= 0
+    if valid.any():
+        out[valid] = np.asarray(matrix[rows[valid], cols[valid]]).ravel()
+    return out
 
 
 def without_last(
@@ -684,7 +707,7 @@ def rank(
     if model is None:
         scores = found.features[:, FEATURES.index("blend")]
     else:
-        scores = np.asarray(model.predict(found.features, num_threads=1), dtype=np.float64)
+        scores = np.asarray(model.predict(found.features, num_threads=2), dtype=np.float64)
     # Best first per profile, ties to the lower item index.
     order = np.lexsort((found.items, -scores, found.profiles))
     profiles = found.profiles[order]
@@ -795,7 +818,8 @@ def recommend(
         progress(0.5)
     if len(groups) < knobs.min_groups:
         return blend, False
-    model = _train(features, labels, groups, knobs, seed, threads=1)
+    # Two threads: the MovieLens figures are the same as with one (measured).
+    model = _train(features, labels, groups, knobs, seed, threads=2)
     if progress is not None:
         progress(0.6)
     # Ranking scores ranked x items cells: the most recently active profiles first,
