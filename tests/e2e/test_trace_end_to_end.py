@@ -38,6 +38,7 @@ from tests.helpers.backends import free_port
 from tests.helpers.grpc_client import bearer
 from tests.helpers.realtime import realtime_worker
 from tests.helpers.servers import as_processes
+from tests.helpers.syncs import create_webhook_sync
 from tests.helpers.waiting import eventually
 from tests.integration.sync.support import webhook
 
@@ -115,28 +116,8 @@ async def test_one_event_is_one_trace_from_ingest_to_the_webhook(
             metadata=admin,
         )
         await wait_live(segmentation, "buyers", admin)
-        destination = await sync.CreateDestination(
-            sync_pb2.CreateDestinationRequest(
-                destination=sync_pb2.Destination(
-                    name="hook",
-                    kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
-                    base_url=receiver.url,
-                    secret=SECRET,
-                )
-            ),
-            metadata=admin,
-        )
-        created = await sync.CreateSync(
-            sync_pb2.CreateSyncRequest(
-                sync=sync_pb2.Sync(
-                    destination_id=destination.id,
-                    source=sync_pb2.SYNC_SOURCE_AUDIENCE,
-                    source_key="buyers",
-                    id_type="user_id",
-                    cadence=sync_pb2.SYNC_CADENCE_HOURLY,
-                )
-            ),
-            metadata=admin,
+        created = await create_webhook_sync(
+            sync, admin, receiver.url, SECRET, "buyers", cadence=sync_pb2.SYNC_CADENCE_HOURLY
         )
         # The first run finds nobody and leaves the cursor at the log's end.
         await sync.RunSync(sync_pb2.RunSyncRequest(id=created.id), metadata=admin)

@@ -36,6 +36,7 @@ from tests.helpers.backends import free_port
 from tests.helpers.grpc_client import bearer, wait_serving
 from tests.helpers.realtime import realtime_worker
 from tests.helpers.servers import as_processes
+from tests.helpers.syncs import create_webhook_sync
 from tests.helpers.waiting import eventually
 from tests.integration.sync.support import webhook
 
@@ -110,29 +111,14 @@ async def test_two_replicas_deliver_each_realtime_change_once_in_order(
                 metadata=admin,
             )
             await wait_live(seg, "buyers", admin)
-            destination = await sync_api.CreateDestination(
-                sync_pb2.CreateDestinationRequest(
-                    destination=sync_pb2.Destination(
-                        name="hook",
-                        kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
-                        base_url=receiver.url,
-                        secret=SECRET,
-                    )
-                ),
-                metadata=admin,
-            )
-            sync = await sync_api.CreateSync(
-                sync_pb2.CreateSyncRequest(
-                    sync=sync_pb2.Sync(
-                        destination_id=destination.id,
-                        source=sync_pb2.SYNC_SOURCE_AUDIENCE,
-                        source_key="buyers",
-                        id_type="user_id",
-                        cadence=sync_pb2.SYNC_CADENCE_REALTIME,
-                        max_removal_fraction=1.0,  # every member leaves at once below
-                    )
-                ),
-                metadata=admin,
+            sync = await create_webhook_sync(
+                sync_api,
+                admin,
+                receiver.url,
+                SECRET,
+                "buyers",
+                cadence=sync_pb2.SYNC_CADENCE_REALTIME,
+                max_removal_fraction=1.0,
             )
 
             async def backfilled() -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from audiences.v1 import sync_pb2
 
+from tests.helpers.syncs import create_webhook_sync
 from tests.integration.sync.conftest import SyncApi
 
 
@@ -17,21 +18,16 @@ async def webhook_sync(
     max_removal_fraction: float = 0,
 ) -> sync_pb2.Sync:
     """A webhook destination at `url` and a one-time email sync of the audience to it."""
-    destination = await api.stub.CreateDestination(
-        sync_pb2.CreateDestinationRequest(
-            destination=sync_pb2.Destination(
-                name="hook",
-                kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
-                base_url=url,
-                secret=secret,
-                batch_size=batch_size,
-                timeout_seconds=timeout_seconds,
-            )
-        ),
-        metadata=api.metadata,
-    )
-    return await audience_sync(
-        api, destination.id, audience_key, "email", max_removal_fraction=max_removal_fraction
+    return await create_webhook_sync(
+        api.stub,
+        api.metadata,
+        url,
+        secret,
+        audience_key,
+        id_type="email",
+        batch_size=batch_size,
+        timeout_seconds=timeout_seconds,
+        max_removal_fraction=max_removal_fraction,
     )
 
 

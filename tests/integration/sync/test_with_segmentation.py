@@ -26,6 +26,7 @@ from tests.conftest import WorkspaceKeys
 from tests.helpers.audiences import wait_live
 from tests.helpers.grpc_client import bearer, channel
 from tests.helpers.servers import in_process
+from tests.helpers.syncs import create_webhook_sync
 from tests.integration.sync.support import webhook
 
 pytestmark = pytest.mark.integration
@@ -71,28 +72,8 @@ async def test_sync_delivers_and_exports_what_segmentation_computed(
         await wait_live(seg, "pro", admin)
 
         async with webhook(SECRET) as receiver:
-            destination = await sync_api.CreateDestination(
-                sync_pb2.CreateDestinationRequest(
-                    destination=sync_pb2.Destination(
-                        name="hook",
-                        kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
-                        base_url=receiver.url,
-                        secret=SECRET,
-                    )
-                ),
-                metadata=admin,
-            )
-            sync = await sync_api.CreateSync(
-                sync_pb2.CreateSyncRequest(
-                    sync=sync_pb2.Sync(
-                        destination_id=destination.id,
-                        source=sync_pb2.SYNC_SOURCE_AUDIENCE,
-                        source_key="pro",
-                        id_type="user_id",
-                        cadence=sync_pb2.SYNC_CADENCE_ONE_TIME,
-                    )
-                ),
-                metadata=admin,
+            sync = await create_webhook_sync(
+                sync_api, admin, receiver.url, SECRET, "pro", cadence=sync_pb2.SYNC_CADENCE_ONE_TIME
             )
             first = await sync_api.RunSync(sync_pb2.RunSyncRequest(id=sync.id), metadata=admin)
             assert sorted(c["id"] for c in receiver.applied) == ["u1", "u2"]

@@ -1,0 +1,49 @@
+"""Creating a webhook destination and an audience sync to it through the Sync API, as
+the sync tests, the end-to-end tests and the benchmarks all do."""
+
+from __future__ import annotations
+
+from audiences.v1 import sync_pb2, sync_pb2_grpc
+
+
+async def create_webhook_sync(
+    stub: sync_pb2_grpc.SyncServiceStub,
+    metadata: tuple[tuple[str, str], ...],
+    url: str,
+    secret: str,
+    audience_key: str,
+    *,
+    id_type: str = "user_id",
+    cadence: sync_pb2.SyncCadence.ValueType = sync_pb2.SYNC_CADENCE_ONE_TIME,
+    batch_size: int = 0,
+    timeout_seconds: float = 0,
+    max_removal_fraction: float = 0,
+) -> sync_pb2.Sync:
+    """A webhook destination at `url` signing with `secret`, and a sync of the audience
+    to it naming people by `id_type` (0 for a setting: the service's default)."""
+    destination = await stub.CreateDestination(
+        sync_pb2.CreateDestinationRequest(
+            destination=sync_pb2.Destination(
+                name="hook",
+                kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
+                base_url=url,
+                secret=secret,
+                batch_size=batch_size,
+                timeout_seconds=timeout_seconds,
+            )
+        ),
+        metadata=metadata,
+    )
+    return await stub.CreateSync(
+        sync_pb2.CreateSyncRequest(
+            sync=sync_pb2.Sync(
+                destination_id=destination.id,
+                source=sync_pb2.SYNC_SOURCE_AUDIENCE,
+                source_key=audience_key,
+                id_type=id_type,
+                cadence=cadence,
+                max_removal_fraction=max_removal_fraction,
+            )
+        ),
+        metadata=metadata,
+    )
