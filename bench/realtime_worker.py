@@ -7,7 +7,9 @@ each event's due time to its `changes` record at a fixed offered rate.
         --rate 1000 --seconds 10
 
 Throughput: ingest's own ingestor writes `--events` track and identify events of
-`--events / 10` new profiles (Postgres + `stream:events`), then (a) a bare consumer
+`--events / 10` new profiles (Postgres + `stream:events`), then, both reading with the
+worker's own step (`--batch` per read, growing to `--max-batch` under a backlog:
+worker.read_backlog), (a) a bare consumer
 group reads and acknowledges every entry in batches (the baseline), (b) the worker's
 own `process` consumes the same entries in its consumer group, writing memberships,
 computed values, hot state and `stream:changes`. Repeated `--runs` times on new
