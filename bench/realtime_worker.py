@@ -7,7 +7,9 @@ each event's due time to its `changes` record at a fixed offered rate.
         --rate 1000 --seconds 10
 
 Throughput: ingest's own ingestor writes `--events` track and identify events of
-`--events / 10` new profiles (Postgres + `stream:events`), then (a) a bare consumer
+`--events / 10` new profiles (Postgres + `stream:events`), then, both reading with the
+worker's own step (`--batch` per read, growing to `--max-batch` under a backlog:
+worker.read_backlog), (a) a bare consumer
 group reads and acknowledges every entry in batches (the baseline), (b) the worker's
 own `process` consumes the same entries in its consumer group, writing memberships,
 computed values, hot state and `stream:changes`. Repeated `--runs` times on new
@@ -47,6 +49,7 @@ from services.ingest.store import SqlEventStore
 from services.segmentation.hot import HotState
 from services.segmentation.realtime.app import worker as make_worker
 from services.segmentation.realtime.settings import RealtimeSettings
+from services.segmentation.realtime.worker import read_backlog
 from services.segmentation.service import Segmentation
 from services.segmentation.store import SegmentationStore
 from services.shared import streams
@@ -189,13 +192,17 @@ async def define(resources: Resources, clock: Clock) -> str:
     return ws
 
 
-async def throughput(settings: Settings, events: int, runs: int, batch: int) -> None:
+async def throughput(
+    settings: Settings, events: int, runs: int, batch: int, max_batch: int
+) -> None:
     clock = FixedClock(NOW)
     resources = await Resources.open(settings, "bench", clock=clock)
     try:
         ws = await define(resources, clock)
         ingestor = Ingestor(SqlEventStore(resources.engine), RedisPublisher(resources.redis), clock)
-        realtime = RealtimeSettings(consumer="bench", block_ms=None, batch_size=batch)
+        realtime = RealtimeSettings(
+            consumer="bench", block_ms=None, batch_size=batch, max_batch=max_batch
+        )
         worker = make_worker(resources, realtime)
         await streams.ensure_group(resources.redis, streams.EVENTS_STREAM, realtime.group)
         await streams.ensure_group(resources.redis, streams.EVENTS_STREAM, "baseline")
@@ -212,8 +219,8 @@ async def throughput(settings: Settings, events: int, runs: int, batch: int) -> 
             started = time.perf_counter()
             while True:
                 t = time.perf_counter()
-                read = await streams.read_groups(
-                    resources.redis, realtime.streams, "baseline", "b", batch, None
+                read = await read_backlog(
+                    resources.redis, realtime.streams, "baseline", "b", batch, max_batch, None
                 )
                 if not read:
                     break
@@ -227,8 +234,14 @@ async def throughput(settings: Settings, events: int, runs: int, batch: int) -> 
             started = time.perf_counter()
             while True:
                 t = time.perf_counter()
-                read = await streams.read_groups(
-                    resources.redis, realtime.streams, realtime.group, "bench", batch, None
+                read = await read_backlog(
+                    resources.redis,
+                    realtime.streams,
+                    realtime.group,
+                    "bench",
+                    batch,
+                    max_batch,
+                    None,
                 )
                 if not read:
                     break
@@ -260,7 +273,10 @@ async def throughput(settings: Settings, events: int, runs: int, batch: int) -> 
                 pct(batches, 0.99) * 1000,
             )
         )
-        print(f"\nThroughput ({events} events per run, {runs} runs, batch {batch})")
+        print(
+            f"\nThroughput ({events} events per run, {runs} runs, "
+            f"batch {batch} growing to {max_batch} under a backlog)"
+        )
         print("| loop | events/s (median) | batch ms median | batch ms p99 | ratio to baseline |")
         print("|---|---|---|---|---|")
         for name, rate, med, p99 in rows:
@@ -398,6 +414,8 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=500)
+    # The worker's REALTIME_MAX_BATCH; --max-batch equal to --batch: batches never grow.
+    parser.add_argument("--max-batch", type=int, default=RealtimeSettings().max_batch)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--skip", choices=["throughput", "latency"], default=None)
@@ -417,7 +435,7 @@ async def main() -> None:
         settings = Settings(database_url=url, redis_url=redis_url, api_key_cache_seconds=0)
         try:
             if part == "throughput":
-                await throughput(settings, args.events, args.runs, args.batch)
+                await throughput(settings, args.events, args.runs, args.batch, args.max_batch)
             else:
                 await latency(settings, args.rate, args.seconds, args.batch)
         finally:

@@ -24,6 +24,9 @@ class RealtimeSettings:
     consumer: str = "realtime"
     # Entries per XREADGROUP (per shard) and the longest wait for new ones.
     batch_size: int = 500
+    # Under a backlog a batch grows by further reads that do not wait, up to this many
+    # entries (REALTIME_MAX_BATCH; see worker.read_backlog). batch_size: no growth.
+    max_batch: int = 5_000
     block_ms: int | None = 200  # None: never wait (a caller stepping the worker itself)
     # An entry read but not acknowledged for this long is taken over (XAUTOCLAIM), at
     # start and every claim_every_seconds.
@@ -52,6 +55,7 @@ class RealtimeSettings:
             group=env.get("REALTIME_GROUP", default.group),
             consumer=env.get("REALTIME_CONSUMER") or f"{socket.gethostname()}-{os.getpid()}",
             batch_size=int(env.get("REALTIME_BATCH_SIZE", default.batch_size)),
+            max_batch=int(env.get("REALTIME_MAX_BATCH", default.max_batch)),
             block_ms=(
                 int(env["REALTIME_BLOCK_MS"]) if "REALTIME_BLOCK_MS" in env else default.block_ms
             ),

@@ -337,7 +337,21 @@ class RealtimeStore:
         if not offsets or (scope is not None and not scope):
             return {}
         ev, p = events, profiles
-        scoped = [] if scope is None else [p.c.canonical_id.in_(sorted(scope))]
+        scoped = []
+        if scope is not None:
+            # The events by their own profile ids as one array (an InitPlan, an index
+            # condition), as sql.py scopes its statements: a join to `profiles` on the
+            # canonical ids scanned the workspace's events when statistics were stale.
+            own = profiles.alias("own")
+            ids = (
+                select(func.array_agg(own.c.profile_id))
+                .where(own.c.workspace_id == ws, own.c.canonical_id.in_(sorted(scope)))
+                .scalar_subquery()
+            )
+            scoped = [
+                p.c.canonical_id.in_(sorted(scope)),
+                ev.c.profile_id == sa.any_(sa.cast(ids, sa.ARRAY(sa.BigInteger))),
+            ]
         arms = [
             select(p.c.canonical_id.label("pid"), func.min(ev.c.timestamp_us + offset).label("at"))
             .select_from(ev.join(p, p.c.profile_id == ev.c.profile_id))
