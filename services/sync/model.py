@@ -123,6 +123,8 @@ class SyncInput:
     max_removal_fraction: float  # 0: the default
     paused: bool = False
     active_within_days: int = 0  # 0: every profile
+    # Audience syncs: leave out the audience's holdout (control) members.
+    exclude_holdout: bool = False
     # Event syncs: the event types and names forwarded (empty: every one).
     event_types: tuple[str, ...] = ()
     event_names: tuple[str, ...] = ()
@@ -155,6 +157,8 @@ class Sync:
     cursor_profile_id: int = 0
     event_types: tuple[str, ...] = ()
     event_names: tuple[str, ...] = ()
+    # Audience syncs: the audience's holdout (control) members are never sent.
+    exclude_holdout: bool = False
 
 
 @dataclass(frozen=True)
@@ -365,6 +369,8 @@ def check_sync(given: SyncInput) -> None:
         problems.append(
             FieldViolation("sync.cadence", "event syncs forward events as they come: realtime")
         )
+    if given.exclude_holdout and given.source != AUDIENCE:
+        problems.append(FieldViolation("sync.exclude_holdout", "only for audience syncs"))
     if given.source != EVENTS and (given.event_types or given.event_names):
         problems.append(FieldViolation("sync.event_types", "only event syncs filter events"))
     for t in given.event_types:

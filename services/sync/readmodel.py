@@ -33,6 +33,7 @@ audiences = table(
     column("workspace_id"),
     column("key"),
     column("deleted_at_us"),
+    column("holdout_share"),
 )
 
 STREAM_ROWS = 2_000  # rows fetched per round trip while streaming members
@@ -78,6 +79,18 @@ class ChangeLog:
                 )
             ).scalar()
         return int(found) if found is not None else None
+
+    async def holdout_share(self, ws: str, audience_id: int) -> float:
+        """The share of the audience's members held out as control (0: none)."""
+        async with self._engine.connect() as c:
+            found = (
+                await c.execute(
+                    select(audiences.c.holdout_share).where(
+                        audiences.c.workspace_id == ws, audiences.c.audience_id == audience_id
+                    )
+                )
+            ).scalar()
+        return float(found or 0.0)
 
     async def last_seq(self, ws: str) -> int:
         """The workspace's newest change seq (0 before the first change)."""
@@ -140,6 +153,22 @@ class ChangeLog:
                 )
             )
             return int(found.scalar_one())
+
+    async def exiting_persons(self, ws: str, audience_id: int, after: int, upto: int) -> list[int]:
+        """The persons (canonical profiles) of the audience's exits in (after, upto]."""
+        async with self._engine.connect() as c:
+            rows = await c.execute(
+                select(membership_changes.c.profile_id).where(
+                    membership_changes.c.workspace_id == ws,
+                    membership_changes.c.audience_id == audience_id,
+                    membership_changes.c.seq > after,
+                    membership_changes.c.seq <= upto,
+                    membership_changes.c.kind == EXITED,
+                )
+            )
+            pids = [int(r[0]) for r in rows]
+            people = await _people(c, ws, pids)
+        return [people.get(p, p) for p in pids]
 
     async def changes(
         self, ws: str, audience_id: int, id_type: str, after: int, upto: int, limit: int

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from services.shared import change_traces, metrics, streams
 from services.shared.clock import US_PER_DAY, Clock
 from services.shared.errors import FailedPrecondition, NotFound
+from services.shared.holdout import in_holdout
 from services.sync.delivery import DeliveryFailed, RetryPolicy, TokenBucket
 from services.sync.destinations import TYPES
 from services.sync.destinations.base import Batch, DestinationRun, RunContext
@@ -431,7 +432,17 @@ class SyncRunner:
         members (unless an operator approved it by resuming)."""
         if sync.removal_approved or sync.delivered_members <= 0:
             return False
-        exits = await self._changelog.count_exits(sync.workspace_id, audience_id, sync.cursor, upto)
+        held = await self._held_out(sync, audience_id)
+        if sync.exclude_holdout:
+            # Held-out members were never delivered: their exits remove nothing.
+            leaving = await self._changelog.exiting_persons(
+                sync.workspace_id, audience_id, sync.cursor, upto
+            )
+            exits = sum(1 for person in leaving if not held(person))
+        else:
+            exits = await self._changelog.count_exits(
+                sync.workspace_id, audience_id, sync.cursor, upto
+            )
         limit = sync.max_removal_fraction * sync.delivered_members
         if exits <= limit:
             return False
@@ -460,6 +471,7 @@ class SyncRunner:
     ) -> None:
         """Deliver the audience's members as of one snapshot, then set the cursor to the
         snapshot's last seq: later runs deliver exactly the changes after it."""
+        held = await self._held_out(sync, audience_id)
         async with self._changelog.member_snapshot(
             sync.workspace_id, audience_id, sync.id_type
         ) as (last, members):
@@ -467,7 +479,7 @@ class SyncRunner:
             async for chunk in _chunks(members, destination.batch_size):
                 changes = []
                 for person, value in chunk:
-                    if value is None:
+                    if value is None or held(person):
                         run.skipped += 1
                     else:
                         changes.append(Change(last, ADDED, person, value, run.started_at_us))
@@ -492,13 +504,14 @@ class SyncRunner:
         """Deliver the changes in (cursor, upto] in seq order, batch by batch."""
         cursor = sync.cursor
         pending = _Pending(cursor)
+        held = await self._held_out(sync, audience_id)
         while True:
             logged = await self._changelog.changes(
                 sync.workspace_id, audience_id, sync.id_type, cursor, upto, destination.batch_size
             )
             if not logged:
                 break
-            changes = self._named(logged, run)
+            changes = self._named(logged, run, held)
             delta = 0
             if changes:
                 key = f"{sync.id}:{logged[0].seq}-{logged[-1].seq}"
@@ -516,11 +529,24 @@ class SyncRunner:
             await self._acknowledge(run, pending.cursor, pending.members_delta)
         run.to_cursor = cursor
 
+    async def _held_out(self, sync: Sync, audience_id: int) -> Callable[[int], bool]:
+        """Whether a person is left out as one of the audience's holdout (control)
+        members: never without `exclude_holdout`; with it, by the share read at the
+        start of the run (the same hash the profile service flags them by)."""
+        share = (
+            await self._changelog.holdout_share(sync.workspace_id, audience_id)
+            if sync.exclude_holdout
+            else 0.0
+        )
+        if share <= 0:
+            return lambda _person: False
+        return lambda person: in_holdout(sync.source_key, person, share)
+
     @staticmethod
-    def _named(logged: list[LoggedChange], run: Run) -> list[Change]:
+    def _named(logged: list[LoggedChange], run: Run, held: Callable[[int], bool]) -> list[Change]:
         out = []
         for c in logged:
-            if c.id_value is None:
+            if c.id_value is None or held(c.person):
                 run.skipped += 1
             else:
                 out.append(

@@ -106,6 +106,7 @@ def _sync_input(s: sync_pb2.Sync) -> SyncInput:
         max_removal_fraction=s.max_removal_fraction,
         paused=s.paused,
         active_within_days=s.active_within_days,
+        exclude_holdout=s.exclude_holdout,
         event_types=tuple(s.event_types),
         event_names=tuple(s.event_names),
     )
@@ -128,6 +129,7 @@ def _sync(s: Sync) -> sync_pb2.Sync:
         cursor_profile_id=s.cursor_profile_id,
         event_types=list(s.event_types),
         event_names=list(s.event_names),
+        exclude_holdout=s.exclude_holdout,
     )
     if s.next_run_at_us is not None:
         out.next_run_at.CopyFrom(timestamp_from_us(s.next_run_at_us))

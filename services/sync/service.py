@@ -160,6 +160,10 @@ class SyncService:
         for field, (asked, stored) in fixed.items():
             if asked and asked != stored:
                 raise invalid(field, "cannot change; create a new sync")
+        # Fixed too (what the destination holds was chosen with it); a bool cannot say
+        # "unset", so only asking to turn it on is refused.
+        if given.exclude_holdout and not current.exclude_holdout:
+            raise invalid("sync.exclude_holdout", "cannot change; create a new sync")
         given = replace(
             given,
             destination_id=current.destination_id,
@@ -169,6 +173,7 @@ class SyncService:
             cadence=given.cadence or current.cadence,
             event_types=current.event_types,
             event_names=current.event_names,
+            exclude_holdout=current.exclude_holdout,
         )
         check_sync(given)
         now = self._clock.now_us()

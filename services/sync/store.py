@@ -186,6 +186,7 @@ class SyncStore:
             cursor_profile_id=row.cursor_profile_id,
             event_types=tuple((row.event_filter or {}).get("types", ())),
             event_names=tuple((row.event_filter or {}).get("names", ())),
+            exclude_holdout=row.exclude_holdout,
         )
 
     async def create_sync(self, ws: str, given: SyncInput, now_us: int) -> Sync:
@@ -212,6 +213,7 @@ class SyncStore:
                     next_run_at_us=now_us if given.cadence in PERIOD_US else None,
                     active_within_days=given.active_within_days,
                     cursor_profile_id=0,
+                    exclude_holdout=given.exclude_holdout,
                     event_filter=(
                         {"types": list(given.event_types), "names": list(given.event_names)}
                         if given.source == EVENTS

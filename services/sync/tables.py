@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, Column, Float, Index, Integer, String, Table, Text
+from sqlalchemy import false as sa_false
 
 from services.shared.db.tables import Json, metadata
 
@@ -57,6 +58,8 @@ syncs = Table(
     Column("active_within_days", Integer, nullable=False, default=0, server_default="0"),
     # Event syncs: {"types": [...], "names": [...]} forwarded (empty lists: every one).
     Column("event_filter", Json, nullable=True),
+    # Audience syncs: leave out the members in the audience's holdout (control) group.
+    Column("exclude_holdout", Boolean, nullable=False, default=False, server_default=sa_false()),
     # False until the first run delivered the audience's members as of its cursor.
     Column("backfilled", Boolean, nullable=False, default=False),
     # How many profiles the destination holds from this sync (added - removed, acknowledged):

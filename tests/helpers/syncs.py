@@ -18,6 +18,7 @@ async def create_webhook_sync(
     batch_size: int = 0,
     timeout_seconds: float = 0,
     max_removal_fraction: float = 0,
+    exclude_holdout: bool = False,
 ) -> sync_pb2.Sync:
     """A webhook destination at `url` signing with `secret`, and a sync of the audience
     to it naming people by `id_type` (0 for a setting: the service's default)."""
@@ -43,6 +44,7 @@ async def create_webhook_sync(
                 id_type=id_type,
                 cadence=cadence,
                 max_removal_fraction=max_removal_fraction,
+                exclude_holdout=exclude_holdout,
             )
         ),
         metadata=metadata,

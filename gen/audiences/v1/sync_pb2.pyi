@@ -385,7 +385,8 @@ class Sync(_message.Message):
     exclude_holdout: _builtins.bool
     """Leave the audience's holdout (control) members out of the destination: they are
     the profiles services.shared.holdout.in_holdout(audience key, profile id, share)
-    puts in control (docs/audiences.md, "Holdouts"). Not wired into the runner yet.
+    puts in control (docs/audiences.md, "Holdouts"); counted as skipped. Audience syncs
+    only; fixed once created. Exports stay complete.
     """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...

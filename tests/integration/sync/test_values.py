@@ -213,6 +213,7 @@ async def _define_prediction(api: SyncApi, key: str) -> None:
         ({"source_key": "nope"}, "sync.source_key"),
         ({"cadence": sync_pb2.SYNC_CADENCE_REALTIME}, "sync.cadence"),
         ({"active_within_days": -1}, "sync.active_within_days"),
+        ({"exclude_holdout": True}, "sync.exclude_holdout"),
         ({"source": sync_pb2.SYNC_SOURCE_RECOMMENDATION}, "sync.source"),
     ],
 )
