@@ -6,6 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard protos/audiences/v1/*.proto)
+# pytest-xdist workers for `make test` (each gets its own Redis database index).
+TEST_WORKERS ?= 2
 
 .PHONY: help run demo test lint typecheck fmt protos check-protos migrate install
 
@@ -62,4 +64,4 @@ fmt: $(STAMP) ## apply ruff fixes and formatting
 test: $(STAMP) ## ensure Postgres+Redis, lint, type-check, check protos, run every test
 	scripts/ensure_services.sh
 	$(MAKE) --no-print-directory lint typecheck check-protos
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
