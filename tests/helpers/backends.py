@@ -77,10 +77,17 @@ def free_port() -> int:
     workers draw from disjoint residues.
     """
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    while True:
-        with socket.socket() as sock:
+    # Rejected ports stay bound until one fits, or the kernel would offer them again.
+    held: list[socket.socket] = []
+    try:
+        while True:
+            sock = socket.socket()
+            held.append(sock)
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
-        if port % workers == _XDIST_WORKER % workers and port not in _handed_out:
-            _handed_out.add(port)
-            return port
+            if port % workers == _XDIST_WORKER % workers and port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    finally:
+        for sock in held:
+            sock.close()
