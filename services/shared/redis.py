@@ -16,6 +16,7 @@ from typing import Any
 import fakeredis
 import redis.asyncio as redis_asyncio
 from fakeredis._clients._tcp_server import TCPFakeRequestHandler
+from fakeredis.commands_mixins.streams_mixin import StreamsCommandsMixin
 from redis.exceptions import ResponseError
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,27 @@ log = logging.getLogger(__name__)
 def create_redis(url: str) -> redis_asyncio.Redis:
     """A redis-py asyncio client (hiredis parser when installed) for `url`."""
     return redis_asyncio.Redis.from_url(url, max_connections=256)
+
+
+def _xreadgroup_blocks_until_new_entries() -> None:
+    """Make the embedded store's XREADGROUP ... BLOCK wait as Redis does.
+
+    fakeredis 2.40 reads an empty batch as "found" (an empty dict, not None), so a
+    blocking read with COUNT answers at once: every stream consumer of `make run` (the
+    realtime worker, the sync runners, the rescoring consumer) then spun a core on empty
+    reads and starved the drain on SIGTERM. An empty result now means "nothing yet",
+    which fakeredis's blocking loop waits on; a read without BLOCK answers nil, as
+    Redis does.
+    """
+    read = StreamsCommandsMixin._xreadgroup
+
+    def xreadgroup(self: StreamsCommandsMixin, *args: Any) -> Any:
+        return read(self, *args) or None
+
+    StreamsCommandsMixin._xreadgroup = xreadgroup  # type: ignore[method-assign]
+
+
+_xreadgroup_blocks_until_new_entries()
 
 
 class _RequestHandler(TCPFakeRequestHandler):

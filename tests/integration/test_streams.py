@@ -2,6 +2,7 @@
 idempotent publish with explicit ids, consumer groups, ack, claim of stale entries,
 and the trace context carried in each entry."""
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -11,6 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from services.shared import streams
 from services.shared.redis import EmbeddedRedis, create_redis
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +58,28 @@ async def test_consumer_group_read_ack_and_claim(client) -> None:  # type: ignor
     pending = await client.xpending("s", "seg")
     assert pending["pending"] == 0
     assert await streams.read_group(client, "s", "seg", "worker-b", block_ms=None) == []
+
+
+async def test_a_blocking_read_waits_for_the_next_entry(client) -> None:  # type: ignore[no-untyped-def]
+    # The embedded store once answered a blocking read at once with nothing, and every
+    # consumer of `make run` spun a core on empty reads.
+    await streams.ensure_group(client, "s", "seg")
+
+    async def read_reached_the_store() -> bool:
+        # Redis lists the blocked client (flag b); the embedded store creates the
+        # consumer as the read arrives.
+        if any("b" in c.get("flags", "") for c in await client.client_list()):
+            return True
+        consumers = await client.xinfo_consumers("s", "seg")
+        return any(c["name"] in ("reader", b"reader") for c in consumers)
+
+    reading = asyncio.create_task(
+        streams.read_group(client, "s", "seg", "reader", count=10, block_ms=30_000)
+    )
+    # The read has reached the store (its consumer exists) before anything is published.
+    await eventually(read_reached_the_store, within=10, what="the read is waiting")
+    await streams.publish(client, "s", [("1-0", {"seq": "1"})])
+    assert [entry.id for entry in await reading] == ["1-0"]
 
 
 async def test_entries_carry_the_publishers_trace(client) -> None:  # type: ignore[no-untyped-def]

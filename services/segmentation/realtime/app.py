@@ -21,8 +21,6 @@ from services.shared.config import Settings
 from services.shared.server import Resources, ServiceSpec, run, start_service
 
 log = logging.getLogger(__name__)
-# How long a cancelled in-process worker may take to finish the batch in hand.
-STOP_SECONDS = 5.0
 
 
 def _no_api(server: grpc.aio.Server, resources: Resources) -> list[str]:
@@ -54,11 +52,7 @@ async def consume_forever(resources: Resources, settings: RealtimeSettings) -> N
         await asyncio.shield(consuming)
     except asyncio.CancelledError:
         stop.set()
-        # The batch in hand gets a bounded time to finish; a read blocked on the store
-        # (the embedded store may not return from a blocking read) is cancelled after
-        # it, leaving its entries pending for the next start.
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(consuming, STOP_SECONDS)
+        await consuming
         raise
 
 
