@@ -42,7 +42,7 @@ def _xreadgroup_blocks_until_new_entries() -> None:
     def xreadgroup(self: StreamsCommandsMixin, *args: Any) -> Any:
         return read(self, *args) or None
 
-    StreamsCommandsMixin._xreadgroup = xreadgroup  # type: ignore[method-assign]
+    StreamsCommandsMixin._xreadgroup = xreadgroup  # type: ignore[method-assign,assignment]
 
 
 _xreadgroup_blocks_until_new_entries()
