@@ -43,12 +43,13 @@ async def database_url(template_database: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def redis_url() -> AsyncIterator[str]:
-    """A real Redis database index, empty at the start of the test."""
+    """A real Redis database index, empty at the start of the test (emptied
+    asynchronously: a synchronous FLUSHDB of a large db stalls every other client)."""
     url = backends.test_redis_url()
     client = redis_asyncio.Redis.from_url(url)
-    await client.flushdb()
+    await client.flushdb(asynchronous=True)
     yield url
-    await client.flushdb()
+    await client.flushdb(asynchronous=True)
     await client.aclose()
 
 

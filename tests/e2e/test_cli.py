@@ -45,13 +45,13 @@ async def addresses(template_database: str) -> AsyncIterator[dict[str, str]]:
     database_url = await backends.create_database(template=template_database)
     redis_url = backends.test_redis_url()
     client = redis_asyncio.Redis.from_url(redis_url)
-    await client.flushdb()
+    await client.flushdb(asynchronous=True)
     try:
         names = ["ingest", "segmentation", "profile", "sync"]
         async with as_processes(database_url, redis_url, names) as found:
             yield {"database_url": database_url, "redis_url": redis_url, **found}
     finally:
-        await client.flushdb()
+        await client.flushdb(asynchronous=True)
         await client.aclose()
         await backends.drop_database(database_url)
 

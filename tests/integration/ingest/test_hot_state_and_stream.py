@@ -4,6 +4,7 @@ import asyncio
 import os
 import sys
 
+import orjson
 import pytest
 from audiences.v1 import ingest_pb2
 
@@ -62,7 +63,16 @@ async def test_rebuild_recreates_the_hot_state_from_postgres(
     await resources.redis.hset(hotstate.profile_key(ws, 1, "audiences"), "vip", "1")
     said: list[str] = []
     assert await rebuild_hot_state([INGEST, SEGMENTATION], resources, said.append, [ws]) == 1
-    assert await _hot_snapshot(resources.redis, ws) == written_by_ingest
+    rebuilt = await _hot_snapshot(resources.redis, ws)
+    # Segmentation's share adds its request-time audience settings, empty here.
+    config_key = hotstate.audience_config_key(ws).encode()
+    assert orjson.loads(rebuilt.pop(config_key)[b"config"]) == {
+        "context": [],
+        "holdouts": {},
+        "measured": [],
+    }
+    assert rebuilt == written_by_ingest
+    await resources.redis.delete(config_key)
     assert f"  {ws} ingest: 2 profiles" in said
 
     # The same as an operator runs it: the service's own command, in a process of its own.
