@@ -30,7 +30,8 @@ PREDICTION = "prediction"
 RECOMMENDATION = "recommendation"
 EVENTS = "events"  # raw events forwarded as they arrive (event streaming)
 # Sources whose syncs send each profile's current value (not enter/exit changes).
-VALUE_SOURCES = (COMPUTED_TRAIT, PREDICTION)
+# (A recommendation sync's value is the profile's top-N item ids of the object.)
+VALUE_SOURCES = (COMPUTED_TRAIT, PREDICTION, RECOMMENDATION)
 SOURCES = (AUDIENCE, *VALUE_SOURCES, EVENTS)
 EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 MAX_EVENT_FILTERS = 100
@@ -337,13 +338,16 @@ def check_sync(given: SyncInput) -> None:
         problems.append(
             FieldViolation(
                 "sync.source",
-                "must be an audience, a computed trait or a prediction "
-                "(recommendation syncs are not built yet)",
+                "must be an audience, a computed trait, a prediction, a recommendation "
+                "object or events",
             )
         )
     if not given.source_key and given.source != EVENTS:
         problems.append(
-            FieldViolation("sync.source_key", "is required (the audience, trait or prediction key)")
+            FieldViolation(
+                "sync.source_key",
+                "is required (the audience, trait, prediction or recommendation object key)",
+            )
         )
     problems.append(too_long("sync.source_key", given.source_key, 255))
     if not ID_TYPE.match(given.id_type):
@@ -361,8 +365,8 @@ def check_sync(given: SyncInput) -> None:
         problems.append(
             FieldViolation(
                 "sync.cadence",
-                "realtime syncs are of audiences; computed traits and predictions sync "
-                "one_time, hourly or daily",
+                "realtime syncs are of audiences; computed traits, predictions and "
+                "recommendations sync one_time, hourly or daily",
             )
         )
     if given.source == EVENTS and given.cadence != REALTIME:

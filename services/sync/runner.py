@@ -10,6 +10,7 @@ destination uses to drop the repeat.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
@@ -25,7 +26,7 @@ from opentelemetry.context import Context
 from redis.asyncio import Redis
 from redis.typing import KeyT, StreamIdT
 
-from services.shared import change_traces, metrics, streams
+from services.shared import change_traces, metrics, recommendation_lists, streams
 from services.shared.clock import US_PER_DAY, Clock
 from services.shared.errors import FailedPrecondition, NotFound
 from services.shared.holdout import in_holdout
@@ -40,6 +41,7 @@ from services.sync.model import (
     FAILED,
     PAUSED,
     PERIOD_US,
+    RECOMMENDATION,
     REMOVED,
     SET,
     SUCCEEDED,
@@ -54,7 +56,7 @@ from services.sync.model import (
 from services.sync.readmodel import ChangeLog, LoggedChange
 from services.sync.settings import SyncSettings
 from services.sync.store import SyncStore
-from services.sync.values import ValueReader
+from services.sync.values import ValueReader, ValueRow
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -253,6 +255,8 @@ class SyncRunner:
         async with self._target(sync, destination, run) as target:
             if sync.source == EVENTS:
                 await self._stream_events(sync, destination, audience_id, target, run)
+            elif sync.source == RECOMMENDATION:
+                await self._new_lists(sync, destination, target, run)
             elif sync.source != AUDIENCE:
                 await self._new_values(sync, destination, target, run)
             elif not sync.backfilled:
@@ -475,6 +479,90 @@ class SyncRunner:
         if not target.acknowledges_each_batch:
             await self._acknowledge(run, pending[0], 0, pending[1])
         run.to_cursor = pending[0]
+
+    async def _new_lists(
+        self, sync: Sync, destination: Destination, target: DestinationRun, run: Run
+    ) -> None:
+        """Deliver each profile's top-N item ids of the recommendation object whose list
+        differs from the one the destination last acknowledged for it (every list on
+        the first run), batch by batch.
+
+        The lists are read from the hot state, where training writes them
+        (services/shared/recommendation_lists.py); what each profile was sent is kept
+        as a digest per (sync, profile), written after the destination acknowledged the
+        batch (or refused it: it is then a dead letter), under the run's claim. A batch's
+        idempotency key is a digest of its (profile, list) pairs, so a batch re-sent
+        after a crash before that write carries the key it was first sent with."""
+        if self._redis is None:
+            raise DeliveryFailed("recommendation syncs need Redis (the lists are there)")
+        now = run.started_at_us
+        since = now - sync.active_within_days * US_PER_DAY if sync.active_within_days else None
+        held: dict[int, str] = {}  # sent, to remember after `finish` (files)
+        seen: set[int] = set()
+        async for page in recommendation_lists.lists_of(
+            self._redis, sync.workspace_id, sync.source_key, destination.batch_size
+        ):
+            rows = [ValueRow(now, pid, [item["item_id"] for item in items]) for pid, items in page]
+            seen.update(r.profile_id for r in rows)
+            await self._send_lists(sync, target, run, rows, since, held)
+        # A list that is gone (the profile has no items any more, or the object was
+        # deleted) is sent as an empty list, once; a profile that cannot be named any
+        # more (erased) is forgotten.
+        emptied = [
+            ValueRow(now, pid, [])
+            for pid, digest in sorted((await self._store.sent_digests(sync.id, None)).items())
+            if pid not in seen and digest != _EMPTY
+        ]
+        for start in range(0, len(emptied), destination.batch_size):
+            chunk = emptied[start : start + destination.batch_size]
+            await self._send_lists(sync, target, run, chunk, since, held, forget_unnamed=True)
+        await target.finish()
+        await self._remember(run, held)
+        await self._acknowledge(run, now, 0)
+        run.to_cursor = now
+
+    async def _send_lists(
+        self,
+        sync: Sync,
+        target: DestinationRun,
+        run: Run,
+        rows: list[ValueRow],
+        since: int | None,
+        held: dict[int, str],
+        forget_unnamed: bool = False,
+    ) -> None:
+        """Send the rows whose list differs from the one last sent, as one batch."""
+        digests = {r.profile_id: _digest(r.value) for r in rows}
+        sent = await self._store.sent_digests(sync.id, list(digests))
+        changed = [r for r in rows if sent.get(r.profile_id) != digests[r.profile_id]]
+        if not changed:
+            await self._renew(run)
+            return
+        named = await self._values.name(sync.workspace_id, changed, sync.id_type, since)
+        changes: list[Change] = []
+        delivered: dict[int, str] = {}
+        for v in named:
+            if v.id_value is None or not v.active:
+                run.skipped += 1
+                if forget_unnamed:
+                    delivered[v.row.profile_id] = _EMPTY
+                continue
+            changes.append(Change(v.row.at_us, SET, v.person, v.id_value, v.row.at_us, v.row.value))
+            delivered[v.row.profile_id] = digests[v.row.profile_id]
+        if changes:
+            content = ",".join(f"{pid}:{d}" for pid, d in delivered.items())
+            await self._send(sync, target, f"{sync.id}:r{_digest(content)}", changes, run)
+        if target.acknowledges_each_batch:
+            await self._remember(run, delivered)
+        else:
+            held.update(delivered)
+            await self._renew(run)
+
+    async def _remember(self, run: Run, digests: dict[int, str]) -> None:
+        if not await self._store.record_sent(
+            run.sync_id, run.holder, digests, self._clock.now_us()
+        ):
+            raise DeliveryFailed(f"sync {run.sync_id}: this replica lost its claim mid-run")
 
     async def _guardrail_trips(self, sync: Sync, audience_id: int, upto: int, run: Run) -> bool:
         """Pause the sync instead of removing more than its share of the destination's
@@ -702,6 +790,15 @@ def _entry_id(raw: bytes | str) -> str:
 
 def _seq(entry_id: str) -> int:
     return int(entry_id.split("-")[0])
+
+
+def _digest(value: object) -> str:
+    """32 hex digits naming a value (a list of item ids, a batch's content)."""
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+_EMPTY = _digest([])
 
 
 def _count(run: Run, batch: Batch) -> None:
