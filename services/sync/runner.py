@@ -505,13 +505,14 @@ class SyncRunner:
             rows = [ValueRow(now, pid, [item["item_id"] for item in items]) for pid, items in page]
             seen.update(r.profile_id for r in rows)
             await self._send_lists(sync, target, run, rows, since, held)
-        # A list that is gone (the profile has no items any more, or the object was
-        # deleted) is sent as an empty list, once; a profile that cannot be named any
-        # more (erased) is forgotten.
+        # A list that is gone (the profile has no items any more) is sent as an empty
+        # list, once; a profile that cannot be named any more (erased) is forgotten.
+        # No list at all is a hot state without the object's results (lost, not yet
+        # retrained), not a reason to clear every profile's attribute.
         emptied = [
             ValueRow(now, pid, [])
             for pid, digest in sorted((await self._store.sent_digests(sync.id, None)).items())
-            if pid not in seen and digest != _EMPTY
+            if seen and pid not in seen and digest != _EMPTY
         ]
         for start in range(0, len(emptied), destination.batch_size):
             chunk = emptied[start : start + destination.batch_size]
