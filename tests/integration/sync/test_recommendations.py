@@ -1,16 +1,18 @@
 """Recommendation syncs: the profile service trains an object on a small shop, and a
-sync of the object sends each profile's top-N item ids to a webhook and to Braze as a
-custom attribute; a second run sends nothing, a retraining that changes some lists
-sends exactly those, and a run whose first delivery attempt failed re-sends under the
-same idempotency key. Real Postgres and Redis, the profile and sync services on
-loopback ports."""
+sync of the object sends each profile's top-N item ids to a webhook, a file and Braze
+(as a custom attribute); a second run sends nothing, a retraining that changes some
+lists sends exactly those, an emptied list is sent once as [], and a refused first
+attempt is retried under the same idempotency key. Real Postgres and Redis, the
+profile and sync services on loopback ports."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
+import orjson
 import pytest
 import redis.asyncio as redis_asyncio
 from audiences.v1 import profile_pb2, profile_pb2_grpc, sync_pb2, sync_pb2_grpc
@@ -260,3 +262,35 @@ async def test_a_recommendation_sync_needs_an_object_and_a_schedule(apis: Apis) 
                 metadata=apis.admin,
             )
         assert "sync.cadence" in [v.field for v in field_violations(realtime.value)]
+
+
+async def test_a_file_gets_every_list_then_an_empty_file(
+    apis: Apis,
+    resources: Resources,
+    workspace: WorkspaceKeys,
+    redis: redis_asyncio.Redis,
+    tmp_path: Path,
+) -> None:
+    await shop(resources, redis, workspace.workspace_id)
+    await train(apis.profile, workspace.admin)
+    lists = await apis.lists()
+    destination = await apis.sync.CreateDestination(
+        sync_pb2.CreateDestinationRequest(
+            destination=sync_pb2.Destination(
+                name="file",
+                kind=sync_pb2.DESTINATION_KIND_FILE,
+                directory=str(tmp_path),
+                file_format="jsonl",
+                batch_size=2,  # four batches, remembered together once the file is out
+            )
+        ),
+        metadata=apis.admin,
+    )
+    sync = await apis.recommendation_sync(destination.id)
+    first = await apis.run(sync.id)
+    second = await apis.run(sync.id)
+    assert (first.added, first.batches, second.added) == (len(USERS), 4, 0)
+    files = {run.id: tmp_path / f"{sync.id}-{run.id}.jsonl" for run in (first, second)}
+    rows = [orjson.loads(line) for line in files[first.id].read_text().splitlines()]
+    assert {r["id"]: r["value"] for r in rows} == lists and len(rows) == len(USERS)
+    assert files[second.id].read_text() == ""
