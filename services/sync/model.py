@@ -129,6 +129,8 @@ class SyncInput:
     # Event syncs: the event types and names forwarded (empty: every one).
     event_types: tuple[str, ...] = ()
     event_names: tuple[str, ...] = ()
+    # Recommendation syncs: each item with its metadata, not its id alone.
+    item_metadata: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,8 @@ class Sync:
     event_names: tuple[str, ...] = ()
     # Audience syncs: the audience's holdout (control) members are never sent.
     exclude_holdout: bool = False
+    # Recommendation syncs: each item with its metadata, not its id alone.
+    item_metadata: bool = False
 
 
 @dataclass(frozen=True)
@@ -375,6 +379,8 @@ def check_sync(given: SyncInput) -> None:
         )
     if given.exclude_holdout and given.source != AUDIENCE:
         problems.append(FieldViolation("sync.exclude_holdout", "only for audience syncs"))
+    if given.item_metadata and given.source != RECOMMENDATION:
+        problems.append(FieldViolation("sync.item_metadata", "only for recommendation syncs"))
     if given.source != EVENTS and (given.event_types or given.event_names):
         problems.append(FieldViolation("sync.event_types", "only event syncs filter events"))
     for t in given.event_types:

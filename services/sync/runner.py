@@ -502,7 +502,7 @@ class SyncRunner:
         async for page in recommendation_lists.lists_of(
             self._redis, sync.workspace_id, sync.source_key, destination.batch_size
         ):
-            rows = [ValueRow(now, pid, [item["item_id"] for item in items]) for pid, items in page]
+            rows = [ValueRow(now, pid, _items(items, sync.item_metadata)) for pid, items in page]
             seen.update(r.profile_id for r in rows)
             await self._send_lists(sync, target, run, rows, since, held)
         # A list that is gone (the profile has no items any more) is sent as an empty
@@ -800,6 +800,17 @@ def _digest(value: object) -> str:
 
 
 _EMPTY = _digest([])
+
+
+def _items(items: list[dict[str, Any]], metadata: bool) -> list[Any]:
+    """What a recommendation sync sends of a profile's items: their ids, or each id
+    with its metadata (an object; training keeps it as JSON text)."""
+    if not metadata:
+        return [item["item_id"] for item in items]
+    return [
+        {"item_id": item["item_id"], "metadata": orjson.loads(item.get("metadata") or "{}")}
+        for item in items
+    ]
 
 
 def _count(run: Run, batch: Batch) -> None:

@@ -193,6 +193,7 @@ class SyncStore:
             event_types=tuple((row.event_filter or {}).get("types", ())),
             event_names=tuple((row.event_filter or {}).get("names", ())),
             exclude_holdout=row.exclude_holdout,
+            item_metadata=row.item_metadata,
         )
 
     async def create_sync(self, ws: str, given: SyncInput, now_us: int) -> Sync:
@@ -220,6 +221,7 @@ class SyncStore:
                     active_within_days=given.active_within_days,
                     cursor_profile_id=0,
                     exclude_holdout=given.exclude_holdout,
+                    item_metadata=given.item_metadata,
                     event_filter=(
                         {"types": list(given.event_types), "names": list(given.event_names)}
                         if given.source == EVENTS

@@ -63,6 +63,8 @@ syncs = Table(
     Column("event_filter", Json, nullable=True),
     # Audience syncs: leave out the members in the audience's holdout (control) group.
     Column("exclude_holdout", Boolean, nullable=False, default=False, server_default=sa_false()),
+    # Recommendation syncs: each item as {item_id, metadata} rather than its id.
+    Column("item_metadata", Boolean, nullable=False, default=False, server_default=sa_false()),
     # False until the first run delivered the audience's members as of its cursor.
     Column("backfilled", Boolean, nullable=False, default=False),
     # How many profiles the destination holds from this sync (added - removed, acknowledged):

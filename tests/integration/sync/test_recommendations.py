@@ -55,7 +55,9 @@ class Apis:
             for u in USERS
         }
 
-    async def recommendation_sync(self, destination_id: str, key: str = "shop") -> sync_pb2.Sync:
+    async def recommendation_sync(
+        self, destination_id: str, key: str = "shop", item_metadata: bool = False
+    ) -> sync_pb2.Sync:
         return await self.sync.CreateSync(
             sync_pb2.CreateSyncRequest(
                 sync=sync_pb2.Sync(
@@ -64,6 +66,7 @@ class Apis:
                     source_key=key,
                     id_type="user_id",
                     cadence=sync_pb2.SYNC_CADENCE_DAILY,
+                    item_metadata=item_metadata,
                 )
             ),
             metadata=self.admin,
@@ -262,6 +265,22 @@ async def test_a_recommendation_sync_needs_an_object_and_a_schedule(apis: Apis) 
                 metadata=apis.admin,
             )
         assert "sync.cadence" in [v.field for v in field_violations(realtime.value)]
+        with pytest.raises(grpc.aio.AioRpcError) as not_recommendations:
+            await apis.sync.CreateSync(
+                sync_pb2.CreateSyncRequest(
+                    sync=sync_pb2.Sync(
+                        destination_id=destination.id,
+                        source=sync_pb2.SYNC_SOURCE_EVENTS,
+                        id_type="user_id",
+                        cadence=sync_pb2.SYNC_CADENCE_REALTIME,
+                        item_metadata=True,
+                    )
+                ),
+                metadata=apis.admin,
+            )
+        assert [v.field for v in field_violations(not_recommendations.value)] == [
+            "sync.item_metadata"
+        ]
 
 
 async def test_a_file_gets_every_list_then_an_empty_file(
@@ -294,3 +313,30 @@ async def test_a_file_gets_every_list_then_an_empty_file(
     rows = [orjson.loads(line) for line in files[first.id].read_text().splitlines()]
     assert {r["id"]: r["value"] for r in rows} == lists and len(rows) == len(USERS)
     assert files[second.id].read_text() == ""
+
+
+async def test_items_with_their_metadata_when_the_sync_asks(
+    apis: Apis, resources: Resources, workspace: WorkspaceKeys, redis: redis_asyncio.Redis
+) -> None:
+    await shop(resources, redis, workspace.workspace_id)
+    await train(apis.profile, workspace.admin)
+    lists = await apis.lists()
+    async with webhook(SECRET) as hook:
+        destination = await apis.sync.CreateDestination(
+            sync_pb2.CreateDestinationRequest(
+                destination=sync_pb2.Destination(
+                    name="hook",
+                    kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
+                    base_url=hook.url,
+                    secret=SECRET,
+                )
+            ),
+            metadata=apis.admin,
+        )
+        sync = await apis.recommendation_sync(destination.id, item_metadata=True)
+        assert sync.item_metadata
+        assert (await apis.run(sync.id)).added == len(USERS)
+    sent = {c["id"]: c["value"] for c in hook.applied}
+    assert {u: [item["item_id"] for item in items] for u, items in sent.items()} == lists
+    # The properties of the item's latest event, the item property left out.
+    assert sent["target"][0] == {"item_id": "p2", "metadata": {"name": "Teapot", "in_stock": True}}

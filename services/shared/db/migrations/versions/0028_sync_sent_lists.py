@@ -1,5 +1,5 @@
 """sync: recommendation syncs remember the digest of the list each profile was last
-sent, so a run sends only the lists that changed
+sent, so a run sends only the lists that changed; and may send each item's metadata
 
 Revision ID: 0028_sync_sent_lists
 Revises: 0024_sync_exclude_holdout
@@ -24,7 +24,13 @@ def upgrade() -> None:
         sa.Column("digest", sa.String(32), nullable=False),
         sa.Column("sent_at_us", sa.BigInteger(), nullable=False),
     )
+    with op.batch_alter_table("syncs") as batch:
+        batch.add_column(
+            sa.Column("item_metadata", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("syncs") as batch:
+        batch.drop_column("item_metadata")
     op.drop_table("sync_sent_lists")
