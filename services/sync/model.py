@@ -30,7 +30,8 @@ PREDICTION = "prediction"
 RECOMMENDATION = "recommendation"
 EVENTS = "events"  # raw events forwarded as they arrive (event streaming)
 # Sources whose syncs send each profile's current value (not enter/exit changes).
-VALUE_SOURCES = (COMPUTED_TRAIT, PREDICTION)
+# (A recommendation sync's value is the profile's top-N item ids of the object.)
+VALUE_SOURCES = (COMPUTED_TRAIT, PREDICTION, RECOMMENDATION)
 SOURCES = (AUDIENCE, *VALUE_SOURCES, EVENTS)
 EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
 MAX_EVENT_FILTERS = 100
@@ -128,6 +129,8 @@ class SyncInput:
     # Event syncs: the event types and names forwarded (empty: every one).
     event_types: tuple[str, ...] = ()
     event_names: tuple[str, ...] = ()
+    # Recommendation syncs: each item with its metadata, not its id alone.
+    item_metadata: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,8 @@ class Sync:
     event_names: tuple[str, ...] = ()
     # Audience syncs: the audience's holdout (control) members are never sent.
     exclude_holdout: bool = False
+    # Recommendation syncs: each item with its metadata, not its id alone.
+    item_metadata: bool = False
 
 
 @dataclass(frozen=True)
@@ -337,13 +342,16 @@ def check_sync(given: SyncInput) -> None:
         problems.append(
             FieldViolation(
                 "sync.source",
-                "must be an audience, a computed trait or a prediction "
-                "(recommendation syncs are not built yet)",
+                "must be an audience, a computed trait, a prediction, a recommendation "
+                "object or events",
             )
         )
     if not given.source_key and given.source != EVENTS:
         problems.append(
-            FieldViolation("sync.source_key", "is required (the audience, trait or prediction key)")
+            FieldViolation(
+                "sync.source_key",
+                "is required (the audience, trait, prediction or recommendation object key)",
+            )
         )
     problems.append(too_long("sync.source_key", given.source_key, 255))
     if not ID_TYPE.match(given.id_type):
@@ -361,8 +369,8 @@ def check_sync(given: SyncInput) -> None:
         problems.append(
             FieldViolation(
                 "sync.cadence",
-                "realtime syncs are of audiences; computed traits and predictions sync "
-                "one_time, hourly or daily",
+                "realtime syncs are of audiences; computed traits, predictions and "
+                "recommendations sync one_time, hourly or daily",
             )
         )
     if given.source == EVENTS and given.cadence != REALTIME:
@@ -371,6 +379,8 @@ def check_sync(given: SyncInput) -> None:
         )
     if given.exclude_holdout and given.source != AUDIENCE:
         problems.append(FieldViolation("sync.exclude_holdout", "only for audience syncs"))
+    if given.item_metadata and given.source != RECOMMENDATION:
+        problems.append(FieldViolation("sync.item_metadata", "only for recommendation syncs"))
     if given.source != EVENTS and (given.event_types or given.event_names):
         problems.append(FieldViolation("sync.event_types", "only event syncs filter events"))
     for t in given.event_types:

@@ -10,12 +10,13 @@ destination uses to drop the repeat.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar, cast
 
 import aiohttp
@@ -23,8 +24,9 @@ import orjson
 from opentelemetry import trace
 from opentelemetry.context import Context
 from redis.asyncio import Redis
+from redis.typing import KeyT, StreamIdT
 
-from services.shared import change_traces, metrics, streams
+from services.shared import change_traces, metrics, recommendation_lists, streams
 from services.shared.clock import US_PER_DAY, Clock
 from services.shared.errors import FailedPrecondition, NotFound
 from services.shared.holdout import in_holdout
@@ -39,6 +41,7 @@ from services.sync.model import (
     FAILED,
     PAUSED,
     PERIOD_US,
+    RECOMMENDATION,
     REMOVED,
     SET,
     SUCCEEDED,
@@ -53,7 +56,7 @@ from services.sync.model import (
 from services.sync.readmodel import ChangeLog, LoggedChange
 from services.sync.settings import SyncSettings
 from services.sync.store import SyncStore
-from services.sync.values import ValueReader
+from services.sync.values import ValueReader, ValueRow
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -252,6 +255,8 @@ class SyncRunner:
         async with self._target(sync, destination, run) as target:
             if sync.source == EVENTS:
                 await self._stream_events(sync, destination, audience_id, target, run)
+            elif sync.source == RECOMMENDATION:
+                await self._new_lists(sync, destination, target, run)
             elif sync.source != AUDIENCE:
                 await self._new_values(sync, destination, target, run)
             elif not sync.backfilled:
@@ -276,62 +281,110 @@ class SyncRunner:
         target: DestinationRun,
         run: Run,
     ) -> None:
-        """Forward the event stream's new entries that pass the sync's filter, batch by
-        batch, in stream order (so in order per profile), for up to events_run_seconds.
+        """Forward the new entries of every event stream shard that pass the sync's
+        filter, batch by batch, each shard in stream order (a profile's events are all
+        on one shard, so in order per profile), for up to events_run_seconds.
 
-        The sync's own consumer group on the stream holds its position; one consumer
-        name, read only by the replica holding the sync's claim, so a new holder first
-        re-reads what an earlier one read but did not acknowledge (same entries, same
-        batches, same idempotency keys). Entries are acknowledged (XACK) after the
-        destination acknowledged them and the cursor (the last entry's seq) was written.
-        The first run creates the group at the stream's end: forwarding starts then."""
+        The sync's own consumer group on each shard holds its position there; one
+        consumer name, read only by the replica holding the sync's claim, so a new
+        holder first re-reads, shard by shard, what an earlier one read but did not
+        acknowledge (same entries, same batches, same idempotency keys): that is how a
+        dead replica's pending entries are taken over. Entries are acknowledged (XACK)
+        after the destination acknowledged them and the cursor (the highest seq
+        forwarded on any shard) was written. The first run creates the group on every
+        shard at that shard's end: forwarding starts then."""
         if self._redis is None:
             raise DeliveryFailed("event syncs need Redis")
-        redis, stream = self._redis, self._settings.events_stream
-        group = f"sync-events:{sync.id}"
+        redis, shards = self._redis, self._settings.events_streams
+        group = event_group(sync.id)
         if not sync.backfilled:
-            top = await redis.xrevrange(stream, count=1)
-            start = _entry_id(top[0][0] or "0-0") if top else "0-0"
-            await streams.ensure_group(redis, stream, group, start)
-            await self._acknowledge(run, int(start.split("-")[0]), 0)
-            run.to_cursor = int(start.split("-")[0])
+            begin = 0
+            for stream in shards:
+                top = await redis.xrevrange(stream, count=1)
+                start = _entry_id(top[0][0] or "0-0") if top else "0-0"
+                await streams.ensure_group(redis, stream, group, start)
+                begin = max(begin, _seq(start))
+            await self._acknowledge(run, begin, 0)
+            run.to_cursor = begin
             return
-        await streams.ensure_group(redis, stream, group, "$")
+        for stream in shards:
+            await streams.ensure_group(redis, stream, group, "$")
         deadline = time.monotonic() + self._settings.events_run_seconds
-        unacked: list[str] = []
-        cursor = sync.cursor
-        for position in ("0", ">"):  # what an earlier holder left pending, then new
-            while time.monotonic() < deadline:
-                # RESP2: [[stream, [(id, fields or None when trimmed), ...]]].
-                reply = cast(
-                    "list[Any]",
-                    await redis.xreadgroup(
-                        group, EVENT_CONSUMER, {stream: position}, count=destination.batch_size
-                    ),
-                )
-                entries: list[tuple[str, dict[bytes, bytes] | None]] = [
-                    (_entry_id(i), f) for i, f in (reply[0][1] if reply else [])
-                ]
+        shard = _ShardRead(sync, target, run, audience_id or None, len(shards) > 1)
+        # What an earlier holder left pending, per shard from after the last entry read
+        # (entries of a destination that acknowledges at the end stay pending until then).
+        after = dict.fromkeys(shards, "0")
+        while after and time.monotonic() < deadline:
+            read = await self._read_shards(group, after, destination.batch_size)
+            for stream in list(after):
+                entries = read.get(stream)
                 if not entries:
-                    break
-                events = await self._forwardable(sync, entries, audience_id or None, run)
-                if events:
-                    key = f"{sync.id}:e{entries[0][0]}-{entries[-1][0]}"
-                    batch = Batch(sync.id, "", sync.id_type, key, [], EVENTS, events)
-                    await self._deliver_batch(sync, target, batch, run)
-                cursor = max(cursor, int(entries[-1][0].split("-")[0]))
-                ids = [entry_id for entry_id, _ in entries]
-                if target.acknowledges_each_batch:
-                    await self._acknowledge(run, cursor, 0)
-                    await streams.ack(redis, stream, group, ids)
-                else:
-                    unacked += ids
-                    await self._renew(run)
+                    del after[stream]
+                    continue
+                await self._forward_shard(shard, stream, group, entries)
+                after[stream] = entries[-1][0]
+        # Then the new entries of every shard, one XREADGROUP for all.
+        while time.monotonic() < deadline:
+            read = await self._read_shards(
+                group, dict.fromkeys(shards, ">"), destination.batch_size
+            )
+            if not read:
+                break
+            for stream, entries in read.items():
+                await self._forward_shard(shard, stream, group, entries)
         await target.finish()
         if not target.acknowledges_each_batch:
-            await self._acknowledge(run, cursor, 0)
-            await streams.ack(redis, stream, group, unacked)
-        run.to_cursor = cursor
+            await self._acknowledge(run, shard.cursor, 0)
+            for stream, ids in shard.unacked.items():
+                await streams.ack(redis, stream, group, ids)
+        run.to_cursor = shard.cursor
+
+    async def _read_shards(
+        self, group: str, positions: Mapping[str, str], count: int
+    ) -> dict[str, list[tuple[str, dict[bytes, bytes] | None]]]:
+        """One XREADGROUP of the sync's consumer on these shards from these positions:
+        per shard with entries, up to `count` (id, fields or None when trimmed)."""
+        assert self._redis is not None
+        # RESP2: [[stream, [(id, fields or None), ...]], ...].
+        reply = cast(
+            "list[Any]",
+            await self._redis.xreadgroup(
+                group, EVENT_CONSUMER, cast("dict[KeyT, StreamIdT]", dict(positions)), count=count
+            ),
+        )
+        out: dict[str, list[tuple[str, dict[bytes, bytes] | None]]] = {}
+        for name, entries in reply or []:
+            if entries:
+                out[_entry_id(name)] = [(_entry_id(i), f) for i, f in entries]
+        return out
+
+    async def _forward_shard(
+        self,
+        shard: _ShardRead,
+        stream: str,
+        group: str,
+        entries: list[tuple[str, dict[bytes, bytes] | None]],
+    ) -> None:
+        """Deliver one shard's entries as one batch; acknowledge them on the shard after
+        the destination did (or, for a destination that acknowledges at the end, keep
+        them for then)."""
+        assert self._redis is not None
+        sync, run, target = shard.sync, shard.run, shard.target
+        events = await self._forwardable(sync, entries, shard.audience_id, run)
+        if events:
+            key = f"{sync.id}:e{entries[0][0]}-{entries[-1][0]}"
+            if shard.sharded:  # a merge entry is on two shards under one id
+                key += f"@{stream}"
+            batch = Batch(sync.id, "", sync.id_type, key, [], EVENTS, events)
+            await self._deliver_batch(sync, target, batch, run)
+        shard.cursor = max(shard.cursor, *(_seq(entry_id) for entry_id, _ in entries))
+        ids = [entry_id for entry_id, _ in entries]
+        if target.acknowledges_each_batch:
+            await self._acknowledge(run, shard.cursor, 0)
+            await streams.ack(self._redis, stream, group, ids)
+        else:
+            shard.unacked.setdefault(stream, []).extend(ids)
+            await self._renew(run)
 
     async def _forwardable(
         self,
@@ -426,6 +479,91 @@ class SyncRunner:
         if not target.acknowledges_each_batch:
             await self._acknowledge(run, pending[0], 0, pending[1])
         run.to_cursor = pending[0]
+
+    async def _new_lists(
+        self, sync: Sync, destination: Destination, target: DestinationRun, run: Run
+    ) -> None:
+        """Deliver each profile's top-N item ids of the recommendation object whose list
+        differs from the one the destination last acknowledged for it (every list on
+        the first run), batch by batch.
+
+        The lists are read from the hot state, where training writes them
+        (services/shared/recommendation_lists.py); what each profile was sent is kept
+        as a digest per (sync, profile), written after the destination acknowledged the
+        batch (or refused it: it is then a dead letter), under the run's claim. A batch's
+        idempotency key is a digest of its (profile, list) pairs, so a batch re-sent
+        after a crash before that write carries the key it was first sent with."""
+        if self._redis is None:
+            raise DeliveryFailed("recommendation syncs need Redis (the lists are there)")
+        now = run.started_at_us
+        since = now - sync.active_within_days * US_PER_DAY if sync.active_within_days else None
+        held: dict[int, str] = {}  # sent, to remember after `finish` (files)
+        seen: set[int] = set()
+        async for page in recommendation_lists.lists_of(
+            self._redis, sync.workspace_id, sync.source_key, destination.batch_size
+        ):
+            rows = [ValueRow(now, pid, _items(items, sync.item_metadata)) for pid, items in page]
+            seen.update(r.profile_id for r in rows)
+            await self._send_lists(sync, target, run, rows, since, held)
+        # A list that is gone (the profile has no items any more) is sent as an empty
+        # list, once; a profile that cannot be named any more (erased) is forgotten.
+        # No list at all is a hot state without the object's results (lost, not yet
+        # retrained), not a reason to clear every profile's attribute.
+        emptied = [
+            ValueRow(now, pid, [])
+            for pid, digest in sorted((await self._store.sent_digests(sync.id, None)).items())
+            if seen and pid not in seen and digest != _EMPTY
+        ]
+        for start in range(0, len(emptied), destination.batch_size):
+            chunk = emptied[start : start + destination.batch_size]
+            await self._send_lists(sync, target, run, chunk, since, held, forget_unnamed=True)
+        await target.finish()
+        await self._remember(run, held)
+        await self._acknowledge(run, now, 0)
+        run.to_cursor = now
+
+    async def _send_lists(
+        self,
+        sync: Sync,
+        target: DestinationRun,
+        run: Run,
+        rows: list[ValueRow],
+        since: int | None,
+        held: dict[int, str],
+        forget_unnamed: bool = False,
+    ) -> None:
+        """Send the rows whose list differs from the one last sent, as one batch."""
+        digests = {r.profile_id: _digest(r.value) for r in rows}
+        sent = await self._store.sent_digests(sync.id, list(digests))
+        changed = [r for r in rows if sent.get(r.profile_id) != digests[r.profile_id]]
+        if not changed:
+            await self._renew(run)
+            return
+        named = await self._values.name(sync.workspace_id, changed, sync.id_type, since)
+        changes: list[Change] = []
+        delivered: dict[int, str] = {}
+        for v in named:
+            if v.id_value is None or not v.active:
+                run.skipped += 1
+                if forget_unnamed:
+                    delivered[v.row.profile_id] = _EMPTY
+                continue
+            changes.append(Change(v.row.at_us, SET, v.person, v.id_value, v.row.at_us, v.row.value))
+            delivered[v.row.profile_id] = digests[v.row.profile_id]
+        if changes:
+            content = ",".join(f"{pid}:{d}" for pid, d in delivered.items())
+            await self._send(sync, target, f"{sync.id}:r{_digest(content)}", changes, run)
+        if target.acknowledges_each_batch:
+            await self._remember(run, delivered)
+        else:
+            held.update(delivered)
+            await self._renew(run)
+
+    async def _remember(self, run: Run, digests: dict[int, str]) -> None:
+        if not await self._store.record_sent(
+            run.sync_id, run.holder, digests, self._clock.now_us()
+        ):
+            raise DeliveryFailed(f"sync {run.sync_id}: this replica lost its claim mid-run")
 
     async def _guardrail_trips(self, sync: Sync, audience_id: int, upto: int, run: Run) -> bool:
         """Pause the sync instead of removing more than its share of the destination's
@@ -626,8 +764,53 @@ class SyncRunner:
             raise DeliveryFailed(f"sync {run.sync_id}: this replica lost its claim mid-run")
 
 
+def event_group(sync_id: str) -> str:
+    """The consumer group of an event sync on every event stream shard."""
+    return f"sync-events:{sync_id}"
+
+
+@dataclass
+class _ShardRead:
+    """One event sync run's state across its shards."""
+
+    sync: Sync
+    target: DestinationRun
+    run: Run
+    audience_id: int | None
+    sharded: bool
+    cursor: int = 0
+    unacked: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.cursor = self.sync.cursor
+
+
 def _entry_id(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _seq(entry_id: str) -> int:
+    return int(entry_id.split("-")[0])
+
+
+def _digest(value: object) -> str:
+    """32 hex digits naming a value (a list of item ids, a batch's content)."""
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+_EMPTY = _digest([])
+
+
+def _items(items: list[dict[str, Any]], metadata: bool) -> list[Any]:
+    """What a recommendation sync sends of a profile's items: their ids, or each id
+    with its metadata (an object; training keeps it as JSON text)."""
+    if not metadata:
+        return [item["item_id"] for item in items]
+    return [
+        {"item_id": item["item_id"], "metadata": orjson.loads(item.get("metadata") or "{}")}
+        for item in items
+    ]
 
 
 def _count(run: Run, batch: Batch) -> None:

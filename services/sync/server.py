@@ -107,6 +107,7 @@ def _sync_input(s: sync_pb2.Sync) -> SyncInput:
         paused=s.paused,
         active_within_days=s.active_within_days,
         exclude_holdout=s.exclude_holdout,
+        item_metadata=s.item_metadata,
         event_types=tuple(s.event_types),
         event_names=tuple(s.event_names),
     )
@@ -130,6 +131,7 @@ def _sync(s: Sync) -> sync_pb2.Sync:
         event_types=list(s.event_types),
         event_names=list(s.event_names),
         exclude_holdout=s.exclude_holdout,
+        item_metadata=s.item_metadata,
     )
     if s.next_run_at_us is not None:
         out.next_run_at.CopyFrom(timestamp_from_us(s.next_run_at_us))

@@ -164,6 +164,8 @@ class SyncService:
         # "unset", so only asking to turn it on is refused.
         if given.exclude_holdout and not current.exclude_holdout:
             raise invalid("sync.exclude_holdout", "cannot change; create a new sync")
+        if given.item_metadata and not current.item_metadata:
+            raise invalid("sync.item_metadata", "cannot change; create a new sync")
         given = replace(
             given,
             destination_id=current.destination_id,
@@ -174,6 +176,7 @@ class SyncService:
             event_types=current.event_types,
             event_names=current.event_names,
             exclude_holdout=current.exclude_holdout,
+            item_metadata=current.item_metadata,
         )
         check_sync(given)
         now = self._clock.now_us()

@@ -6,7 +6,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
-from services.shared.streams import CHANGES_STREAM, EVENTS_STREAM
+from services.shared.streams import CHANGES_STREAM, EVENTS_STREAM, event_streams
 
 
 def _float(name: str, default: float) -> float:
@@ -32,9 +32,11 @@ class SyncSettings:
     # Value syncs read only values computed at least this long ago (a computation
     # commits after the instant it stamps on its values).
     value_settle_seconds: float = 60.0
-    # Event syncs: the event stream they read, how often each replica looks for new
-    # entries, and the longest one run of an event sync keeps reading.
-    events_stream: str = EVENTS_STREAM
+    # Event syncs: the event stream shards they read (SYNC_EVENTS_STREAMS,
+    # comma-separated; unset: every shard ingest writes, per INGEST_SHARDS), how often
+    # each replica looks for new entries, and the longest one run of an event sync
+    # keeps reading.
+    events_streams: tuple[str, ...] = (EVENTS_STREAM,)
     events_poll_seconds: float = 0.1
     events_run_seconds: float = 1.0
     # Realtime syncs: the changes stream and this service's consumer group on it.
@@ -65,7 +67,10 @@ class SyncSettings:
             claim_seconds=_float("SYNC_CLAIM_SECONDS", 300.0),
             scheduler_interval_seconds=_float("SYNC_SCHEDULER_INTERVAL_SECONDS", 30.0),
             value_settle_seconds=_float("SYNC_VALUE_SETTLE_SECONDS", 60.0),
-            events_stream=env.get("SYNC_EVENTS_STREAM") or EVENTS_STREAM,
+            events_streams=(
+                tuple(s for s in env.get("SYNC_EVENTS_STREAMS", "").split(",") if s)
+                or event_streams()
+            ),
             events_poll_seconds=_float("SYNC_EVENTS_POLL_SECONDS", 0.1),
             events_run_seconds=_float("SYNC_EVENTS_RUN_SECONDS", 1.0),
             changes_stream=env.get("SYNC_CHANGES_STREAM") or CHANGES_STREAM,

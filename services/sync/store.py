@@ -31,7 +31,13 @@ from services.sync.model import (
     new_id,
 )
 from services.sync.secrets import SecretBox
-from services.sync.tables import sync_dead_letters, sync_destinations, sync_runs, syncs
+from services.sync.tables import (
+    sync_dead_letters,
+    sync_destinations,
+    sync_runs,
+    sync_sent_lists,
+    syncs,
+)
 
 
 class SyncStore:
@@ -187,6 +193,7 @@ class SyncStore:
             event_types=tuple((row.event_filter or {}).get("types", ())),
             event_names=tuple((row.event_filter or {}).get("names", ())),
             exclude_holdout=row.exclude_holdout,
+            item_metadata=row.item_metadata,
         )
 
     async def create_sync(self, ws: str, given: SyncInput, now_us: int) -> Sync:
@@ -214,6 +221,7 @@ class SyncStore:
                     active_within_days=given.active_within_days,
                     cursor_profile_id=0,
                     exclude_holdout=given.exclude_holdout,
+                    item_metadata=given.item_metadata,
                     event_filter=(
                         {"types": list(given.event_types), "names": list(given.event_names)}
                         if given.source == EVENTS
@@ -274,7 +282,56 @@ class SyncStore:
             )
             await c.execute(delete(sync_runs).where(sync_runs.c.sync_id == sync_id))
             await c.execute(delete(sync_dead_letters).where(sync_dead_letters.c.sync_id == sync_id))
+            await c.execute(delete(sync_sent_lists).where(sync_sent_lists.c.sync_id == sync_id))
         return bool(result.rowcount)
+
+    # ------------------------------------------------------- recommendation syncs
+
+    async def sent_digests(
+        self, sync_id: str, profile_ids: Collection[int] | None
+    ) -> dict[int, str]:
+        """The digest of the list each of these profiles (None: every profile) was last
+        sent by the sync."""
+        if profile_ids is not None and not profile_ids:
+            return {}
+        query = select(sync_sent_lists.c.profile_id, sync_sent_lists.c.digest).where(
+            sync_sent_lists.c.sync_id == sync_id
+        )
+        if profile_ids is not None:
+            query = query.where(sync_sent_lists.c.profile_id.in_(sorted(profile_ids)))
+        async with self._engine.connect() as c:
+            return {int(r[0]): str(r[1]) for r in await c.execute(query)}
+
+    async def record_sent(
+        self, sync_id: str, holder: str, digests: dict[int, str], now_us: int
+    ) -> bool:
+        """Remember what the destination now holds for these profiles, in one
+        transaction that first checks `holder` still holds the sync's claim (False,
+        nothing written, when it lost it)."""
+        if not digests:
+            return True
+        async with self._engine.begin() as c:
+            held = await c.execute(
+                select(syncs.c.sync_id).where(
+                    syncs.c.sync_id == sync_id, syncs.c.claimed_by == holder
+                )
+            )
+            if held.first() is None:
+                return False
+            await c.execute(
+                delete(sync_sent_lists).where(
+                    sync_sent_lists.c.sync_id == sync_id,
+                    sync_sent_lists.c.profile_id.in_(sorted(digests)),
+                )
+            )
+            await c.execute(
+                insert(sync_sent_lists),
+                [
+                    {"sync_id": sync_id, "profile_id": pid, "digest": d, "sent_at_us": now_us}
+                    for pid, d in digests.items()
+                ],
+            )
+        return True
 
     # ------------------------------------------------------------ claims (replicas)
 

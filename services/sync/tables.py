@@ -6,6 +6,9 @@
   seq the destination acknowledged; ``claimed_by``/``claimed_until_us`` is the row claim
   that lets exactly one replica run a sync at a time.
 - ``sync_runs``: one row per run, with its counts.
+- ``sync_sent_lists``: per recommendation sync and profile, the digest of the list the
+  destination last acknowledged (or that was dead-lettered): a run sends the lists whose
+  digest differs.
 - ``sync_dead_letters``: batches a destination refused (4xx other than 429), with the
   response and the payload, so they can be inspected and re-driven.
 """
@@ -17,7 +20,7 @@ from sqlalchemy import false as sa_false
 
 from services.shared.db.tables import Json, metadata
 
-__all__ = ["sync_dead_letters", "sync_destinations", "sync_runs", "syncs"]
+__all__ = ["sync_dead_letters", "sync_destinations", "sync_runs", "sync_sent_lists", "syncs"]
 
 sync_destinations = Table(
     "sync_destinations",
@@ -60,6 +63,8 @@ syncs = Table(
     Column("event_filter", Json, nullable=True),
     # Audience syncs: leave out the members in the audience's holdout (control) group.
     Column("exclude_holdout", Boolean, nullable=False, default=False, server_default=sa_false()),
+    # Recommendation syncs: each item as {item_id, metadata} rather than its id.
+    Column("item_metadata", Boolean, nullable=False, default=False, server_default=sa_false()),
     # False until the first run delivered the audience's members as of its cursor.
     Column("backfilled", Boolean, nullable=False, default=False),
     # How many profiles the destination holds from this sync (added - removed, acknowledged):
@@ -120,4 +125,13 @@ sync_dead_letters = Table(
     # When a re-drive delivered it (NULL: still to deliver).
     Column("redriven_at_us", BigInteger, nullable=True),
     Index("ix_sync_dead_letters_run", "run_id"),
+)
+
+sync_sent_lists = Table(
+    "sync_sent_lists",
+    metadata,
+    Column("sync_id", String(40), primary_key=True),
+    Column("profile_id", BigInteger, primary_key=True),
+    Column("digest", String(32), nullable=False),
+    Column("sent_at_us", BigInteger, nullable=False),
 )

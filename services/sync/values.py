@@ -20,7 +20,7 @@ from sqlalchemy import column, literal, select, table, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.shared.db.tables import Json, events, prediction_scores, profiles
-from services.sync.model import COMPUTED_TRAIT, PREDICTION
+from services.sync.model import COMPUTED_TRAIT, PREDICTION, RECOMMENDATION
 from services.sync.readmodel import STREAM_ROWS, _id_values, _people
 
 computed_traits = table("computed_traits", column("workspace_id"), column("key"))
@@ -33,6 +33,9 @@ computed_trait_values = table(
     column("computed_at_us"),
 )
 predictions = table("predictions", column("workspace_id"), column("key"))
+# The profile service's recommendation objects (their lists are in the hot state:
+# services/shared/recommendation_lists.py).
+recommendation_models = table("recommendation_models", column("workspace_id"), column("key"))
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,13 @@ class ValueReader:
         self._engine = engine
 
     async def exists(self, ws: str, source: str, key: str) -> bool:
-        """Whether the workspace defines the computed trait or prediction `key`."""
-        defined = computed_traits if source == COMPUTED_TRAIT else predictions
+        """Whether the workspace defines the computed trait, prediction or
+        recommendation object `key`."""
+        defined = {
+            COMPUTED_TRAIT: computed_traits,
+            PREDICTION: predictions,
+            RECOMMENDATION: recommendation_models,
+        }[source]
         async with self._engine.connect() as c:
             found = await c.execute(
                 select(literal(1)).where(defined.c.workspace_id == ws, defined.c.key == key)

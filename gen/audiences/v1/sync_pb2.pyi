@@ -360,6 +360,7 @@ class Sync(_message.Message):
     EVENT_TYPES_FIELD_NUMBER: _builtins.int
     EVENT_NAMES_FIELD_NUMBER: _builtins.int
     EXCLUDE_HOLDOUT_FIELD_NUMBER: _builtins.int
+    ITEM_METADATA_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     destination_id: _builtins.str
     source: Global___SyncSource.ValueType
@@ -387,6 +388,11 @@ class Sync(_message.Message):
     the profiles services.shared.holdout.in_holdout(audience key, profile id, share)
     puts in control (docs/audiences.md, "Holdouts"); counted as skipped. Audience syncs
     only; fixed once created. Exports stay complete.
+    """
+    item_metadata: _builtins.bool
+    """Recommendation syncs: send each item as {"item_id", "metadata"} (the properties of
+    the item's latest event, as training wrote them) instead of its id alone. Fixed
+    once created.
     """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -422,10 +428,11 @@ class Sync(_message.Message):
         event_types: _abc.Iterable[_builtins.str] | None = ...,
         event_names: _abc.Iterable[_builtins.str] | None = ...,
         exclude_holdout: _builtins.bool = ...,
+        item_metadata: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "next_run_at", b"next_run_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_within_days", b"active_within_days", "cadence", b"cadence", "created_at", b"created_at", "cursor", b"cursor", "cursor_profile_id", b"cursor_profile_id", "destination_id", b"destination_id", "event_names", b"event_names", "event_types", b"event_types", "exclude_holdout", b"exclude_holdout", "id", b"id", "id_type", b"id_type", "max_removal_fraction", b"max_removal_fraction", "next_run_at", b"next_run_at", "paused", b"paused", "paused_reason", b"paused_reason", "source", b"source", "source_key", b"source_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_within_days", b"active_within_days", "cadence", b"cadence", "created_at", b"created_at", "cursor", b"cursor", "cursor_profile_id", b"cursor_profile_id", "destination_id", b"destination_id", "event_names", b"event_names", "event_types", b"event_types", "exclude_holdout", b"exclude_holdout", "id", b"id", "id_type", b"id_type", "item_metadata", b"item_metadata", "max_removal_fraction", b"max_removal_fraction", "next_run_at", b"next_run_at", "paused", b"paused", "paused_reason", b"paused_reason", "source", b"source", "source_key", b"source_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -126,7 +126,7 @@ async def test_a_file_destination_gets_one_complete_file_per_run(
         ({"source_key": "nope"}, "sync.source_key"),
         ({"id_type": ""}, "sync.id_type"),
         ({"destination_id": "dst_missing"}, "sync.destination_id"),
-        ({"source": sync_pb2.SYNC_SOURCE_RECOMMENDATION}, "sync.source"),
+        ({"source": sync_pb2.SYNC_SOURCE_UNSPECIFIED}, "sync.source"),
         ({"max_removal_fraction": 1.5}, "sync.max_removal_fraction"),
     ],
 )

@@ -214,7 +214,7 @@ async def _define_prediction(api: SyncApi, key: str) -> None:
         ({"cadence": sync_pb2.SYNC_CADENCE_REALTIME}, "sync.cadence"),
         ({"active_within_days": -1}, "sync.active_within_days"),
         ({"exclude_holdout": True}, "sync.exclude_holdout"),
-        ({"source": sync_pb2.SYNC_SOURCE_RECOMMENDATION}, "sync.source"),
+        ({"source": sync_pb2.SYNC_SOURCE_UNSPECIFIED}, "sync.source"),
     ],
 )
 async def test_bad_value_syncs_are_refused_field_by_field(
