@@ -1,9 +1,35 @@
-"""Creating a webhook destination and an audience sync to it through the Sync API, as
+"""Creating a webhook destination, and an audience sync to it through the Sync API, as
 the sync tests, the end-to-end tests and the benchmarks all do."""
 
 from __future__ import annotations
 
 from audiences.v1 import sync_pb2, sync_pb2_grpc
+
+
+async def create_webhook_destination(
+    stub: sync_pb2_grpc.SyncServiceStub,
+    metadata: tuple[tuple[str, str], ...],
+    url: str,
+    secret: str,
+    *,
+    batch_size: int = 0,
+    timeout_seconds: float = 0,
+) -> sync_pb2.Destination:
+    """A webhook destination named "hook" at `url` signing with `secret` (0 for a
+    setting: the service's default)."""
+    return await stub.CreateDestination(
+        sync_pb2.CreateDestinationRequest(
+            destination=sync_pb2.Destination(
+                name="hook",
+                kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
+                base_url=url,
+                secret=secret,
+                batch_size=batch_size,
+                timeout_seconds=timeout_seconds,
+            )
+        ),
+        metadata=metadata,
+    )
 
 
 async def create_webhook_sync(
@@ -22,18 +48,8 @@ async def create_webhook_sync(
 ) -> sync_pb2.Sync:
     """A webhook destination at `url` signing with `secret`, and a sync of the audience
     to it naming people by `id_type` (0 for a setting: the service's default)."""
-    destination = await stub.CreateDestination(
-        sync_pb2.CreateDestinationRequest(
-            destination=sync_pb2.Destination(
-                name="hook",
-                kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
-                base_url=url,
-                secret=secret,
-                batch_size=batch_size,
-                timeout_seconds=timeout_seconds,
-            )
-        ),
-        metadata=metadata,
+    destination = await create_webhook_destination(
+        stub, metadata, url, secret, batch_size=batch_size, timeout_seconds=timeout_seconds
     )
     return await stub.CreateSync(
         sync_pb2.CreateSyncRequest(

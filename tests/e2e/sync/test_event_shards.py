@@ -29,6 +29,7 @@ from services.sync.runner import event_group
 from tests.conftest import WorkspaceKeys
 from tests.helpers.backends import free_port
 from tests.helpers.grpc_client import bearer, wait_serving
+from tests.helpers.syncs import create_webhook_destination
 from tests.helpers.waiting import eventually
 from tests.integration.sync.support import webhook
 
@@ -114,17 +115,8 @@ async def test_event_sync_forwards_every_shard_once_in_order_per_person(
             [(doomed, sync_address)] = first_sync
             async with grpc.aio.insecure_channel(sync_address) as sync_channel:
                 stub = sync_pb2_grpc.SyncServiceStub(sync_channel)
-                destination = await stub.CreateDestination(
-                    sync_pb2.CreateDestinationRequest(
-                        destination=sync_pb2.Destination(
-                            name="hook",
-                            kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
-                            base_url=receiver.url,
-                            secret=SECRET,
-                            batch_size=5,
-                        )
-                    ),
-                    metadata=admin,
+                destination = await create_webhook_destination(
+                    stub, admin, receiver.url, SECRET, batch_size=5
                 )
                 sync = await stub.CreateSync(
                     sync_pb2.CreateSyncRequest(

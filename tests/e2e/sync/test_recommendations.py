@@ -17,6 +17,7 @@ from services.shared.server import Resources
 from tests.conftest import WorkspaceKeys
 from tests.helpers.grpc_client import bearer
 from tests.helpers.servers import as_processes
+from tests.helpers.syncs import create_webhook_destination
 from tests.helpers.waiting import eventually
 from tests.integration.profile.test_recommendations import recommended, shop, shop_model, train
 from tests.integration.sync.support import webhook
@@ -70,17 +71,8 @@ async def test_a_scheduled_recommendation_sync_sends_each_list_once(
             for user in people
         }
         assert all(lists.values())
-        destination = await sync_api.CreateDestination(
-            sync_pb2.CreateDestinationRequest(
-                destination=sync_pb2.Destination(
-                    name="hook",
-                    kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
-                    base_url=hook.url,
-                    secret=SECRET,
-                    batch_size=2,
-                )
-            ),
-            metadata=admin,
+        destination = await create_webhook_destination(
+            sync_api, admin, hook.url, SECRET, batch_size=2
         )
         sync = await sync_api.CreateSync(
             sync_pb2.CreateSyncRequest(

@@ -22,6 +22,7 @@ from services.shared.server import Resources
 from tests.conftest import WorkspaceKeys
 from tests.helpers.backends import free_port
 from tests.helpers.grpc_client import bearer, channel, wait_serving
+from tests.helpers.syncs import create_webhook_destination
 from tests.helpers.waiting import eventually
 from tests.integration.sync.support import MembershipLog, webhook
 
@@ -62,17 +63,8 @@ async def test_sigkill_mid_batch_loses_and_duplicates_nothing(
             await wait_serving(f"127.0.0.1:{port}")
             async with channel(f"127.0.0.1:{port}") as ch:
                 stub = sync_pb2_grpc.SyncServiceStub(ch)
-                destination = await stub.CreateDestination(
-                    sync_pb2.CreateDestinationRequest(
-                        destination=sync_pb2.Destination(
-                            name="hook",
-                            kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
-                            base_url=receiver.url,
-                            secret=SECRET,
-                            batch_size=1,
-                        )
-                    ),
-                    metadata=admin,
+                destination = await create_webhook_destination(
+                    stub, admin, receiver.url, SECRET, batch_size=1
                 )
                 sync = await stub.CreateSync(
                     sync_pb2.CreateSyncRequest(

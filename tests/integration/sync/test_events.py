@@ -20,6 +20,7 @@ from services.shared.timestamps import timestamp_from_us
 from tests.conftest import WorkspaceKeys
 from tests.helpers.grpc_client import bearer, channel
 from tests.helpers.servers import in_process
+from tests.helpers.syncs import create_webhook_destination
 from tests.helpers.waiting import eventually
 from tests.integration.sync.support import MembershipLog, vendor, webhook
 
@@ -121,14 +122,7 @@ async def apis(
 
 
 async def _webhook_destination(apis: Apis, url: str) -> str:
-    destination = await apis.sync.CreateDestination(
-        sync_pb2.CreateDestinationRequest(
-            destination=sync_pb2.Destination(
-                name="hook", kind=sync_pb2.DESTINATION_KIND_WEBHOOK, base_url=url, secret=SECRET
-            )
-        ),
-        metadata=apis.admin,
-    )
+    destination = await create_webhook_destination(apis.sync, apis.admin, url, SECRET)
     return destination.id
 
 

@@ -23,6 +23,7 @@ from services.shared.server import Resources
 from tests.conftest import WorkspaceKeys
 from tests.helpers.grpc_client import bearer, channel
 from tests.helpers.servers import in_process
+from tests.helpers.syncs import create_webhook_destination
 from tests.integration.profile.seeding import seed_events
 from tests.integration.profile.test_recommendations import (
     CATALOGUE,
@@ -121,17 +122,8 @@ async def test_each_profile_list_is_sent_once_and_then_only_when_it_changes(
 
     # The first attempt is refused with a 503 and retried under the same key.
     async with webhook(SECRET, [(503, {}, 0.0)]) as hook:
-        destination = await apis.sync.CreateDestination(
-            sync_pb2.CreateDestinationRequest(
-                destination=sync_pb2.Destination(
-                    name="hook",
-                    kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
-                    base_url=hook.url,
-                    secret=SECRET,
-                    batch_size=3,
-                )
-            ),
-            metadata=apis.admin,
+        destination = await create_webhook_destination(
+            apis.sync, apis.admin, hook.url, SECRET, batch_size=3
         )
         sync = await apis.recommendation_sync(destination.id)
         first = await apis.run(sync.id)
@@ -236,17 +228,7 @@ async def test_braze_gets_the_list_as_a_custom_attribute(
 
 async def test_a_recommendation_sync_needs_an_object_and_a_schedule(apis: Apis) -> None:
     async with webhook(SECRET) as hook:
-        destination = await apis.sync.CreateDestination(
-            sync_pb2.CreateDestinationRequest(
-                destination=sync_pb2.Destination(
-                    name="hook",
-                    kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
-                    base_url=hook.url,
-                    secret=SECRET,
-                )
-            ),
-            metadata=apis.admin,
-        )
+        destination = await create_webhook_destination(apis.sync, apis.admin, hook.url, SECRET)
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
             await apis.recommendation_sync(destination.id, key="nope")
         assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -322,17 +304,7 @@ async def test_items_with_their_metadata_when_the_sync_asks(
     await train(apis.profile, workspace.admin)
     lists = await apis.lists()
     async with webhook(SECRET) as hook:
-        destination = await apis.sync.CreateDestination(
-            sync_pb2.CreateDestinationRequest(
-                destination=sync_pb2.Destination(
-                    name="hook",
-                    kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
-                    base_url=hook.url,
-                    secret=SECRET,
-                )
-            ),
-            metadata=apis.admin,
-        )
+        destination = await create_webhook_destination(apis.sync, apis.admin, hook.url, SECRET)
         sync = await apis.recommendation_sync(destination.id, item_metadata=True)
         assert sync.item_metadata
         assert (await apis.run(sync.id)).added == len(USERS)

@@ -16,6 +16,7 @@ from services.segmentation.tables import computed_trait_values, computed_traits
 from services.shared.clock import US_PER_DAY, FixedClock
 from services.shared.db.tables import events, prediction_scores
 from services.shared.errors import field_violations
+from tests.helpers.syncs import create_webhook_destination
 from tests.integration.sync.conftest import SyncApi
 from tests.integration.sync.flows import run
 from tests.integration.sync.support import vendor, webhook
@@ -98,17 +99,8 @@ async def test_a_computed_trait_backfills_then_sends_new_values_once_settled(
     cat = await api.log.profile(user_id="cat")  # no email: skipped
     await _trait(api, "orders", {ann: 3, bob: {"n": 5}, cat: 1}, NOW - 120_000_000)
     async with webhook(SECRET) as hook:
-        destination = await api.stub.CreateDestination(
-            sync_pb2.CreateDestinationRequest(
-                destination=sync_pb2.Destination(
-                    name="hook",
-                    kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
-                    base_url=hook.url,
-                    secret=SECRET,
-                    batch_size=2,
-                )
-            ),
-            metadata=api.metadata,
+        destination = await create_webhook_destination(
+            api.stub, api.metadata, hook.url, SECRET, batch_size=2
         )
         sync = await _value_sync(api, destination.id, sync_pb2.SYNC_SOURCE_COMPUTED_TRAIT, "orders")
         first = await run(api, sync.id)
