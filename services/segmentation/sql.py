@@ -92,6 +92,7 @@ from services.shared.filters_sql import (
     PostgresJson,
     SQLiteJson,
     compare,
+    json_dialect,
     match_literal,
     match_ref,
     null_free,
@@ -205,11 +206,8 @@ def _noindex(col: Any) -> Any:
 
 
 def _dialect(name: str) -> _Dialect:
-    if name == "postgresql":
-        return _Postgres()
-    if name == "sqlite":
-        return _SQLite()
-    raise ValueError(f"unsupported dialect {name!r}")
+    """``json_dialect(name)`` with what batch evaluation adds to it."""
+    return _Postgres() if isinstance(json_dialect(name), PostgresJson) else _SQLite()
 
 
 # --------------------------------------------------------------------------- windows
