@@ -8,8 +8,9 @@ straight into NumPy arrays. Events count for the canonical profile (merges resol
 through ``profiles.canonical_id``). Features see only ``timestamp_us <= cutoff``, labels
 only ``timestamp_us > cutoff``, so no feature can be computed from the label period.
 
-Goal filters follow the audience language's semantics (docs/audiences.md, "filters")
-for literal values, on Postgres (JSONB) and SQLite (JSON1).
+Goal filters are the audience language's filters with literal values
+(docs/audiences.md, "filters"), compiled by ``services.shared.filters_sql`` as
+segmentation compiles them, on Postgres (JSONB) and SQLite (JSON1).
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement, and_, case, cast, func, literal, or_, select
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import ColumnElement, and_, case, cast, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.prediction.features import (
@@ -39,110 +39,14 @@ from services.prediction.features import (
     FeatureSpec,
     TraitFeature,
 )
-from services.prediction.model import Goal, GoalFilter
+from services.prediction.model import Goal
 from services.shared.clock import US_PER_DAY
 from services.shared.db.membership_log import audience_keys_read as audiences
 from services.shared.db.membership_log import memberships
 from services.shared.db.tables import events, profiles
+from services.shared.filters_sql import JV, SQLiteJson, json_dialect, match_literal
 
 _EVENT_TYPES = ("track", "page", "screen")
-
-
-class _Json:
-    """A JSON value inside an event's document (``properties`` unless told) at the
-    object keys `keys`, per dialect: its type (string, number, boolean, array, object;
-    SQL NULL when missing or null), its text and its number."""
-
-    def __init__(self, dialect: str, keys: Sequence[str], document: Any = None) -> None:
-        self.postgres = dialect == "postgresql"
-        document = events.c.properties if document is None else document
-        self.document = document
-        if self.postgres:
-            value: Any = document
-            # Chained -> never indexes into arrays: dotted paths follow object keys only.
-            for k in keys:
-                value = value.op("->", return_type=JSONB)(literal(k, sa.String))
-            self.value = value
-            kind = func.jsonb_typeof(value)
-            self.kind: Any = case((kind == "null", None), else_=kind)
-            self.text: Any = value.op("#>>", return_type=sa.Text)(sa.literal_column("'{}'"))
-        else:
-            self.path = "$" + "".join(f'."{k}"' for k in keys)
-            raw_kind = func.json_type(document, self.path)
-            self.kind = case(
-                (raw_kind == "text", "string"),
-                (raw_kind.in_(["integer", "real"]), "number"),
-                (raw_kind.in_(["true", "false"]), "boolean"),
-                (raw_kind.in_(["array", "object"]), raw_kind),
-            )
-            self.text = case(
-                (raw_kind == "true", "true"),
-                (raw_kind == "false", "false"),
-                else_=cast(func.json_extract(document, self.path), sa.Text),
-            )
-            self.raw_kind = raw_kind
-
-    def number(self) -> Any:
-        # CASE fixes the evaluation order: the cast never sees a non-number.
-        return case((self.kind == "number", cast(self.text, sa.Float)))
-
-    def equals(self, value: Any) -> ColumnElement[bool]:
-        """Equality by JSON type: 1 equals 1.0, "1" never equals 1, true is no number."""
-        if isinstance(value, bool):
-            return and_(self.kind == "boolean", self.text == ("true" if value else "false"))
-        if isinstance(value, int | float):
-            return self.number() == literal(float(value), sa.Float)
-        return and_(self.kind == "string", self.text == literal(value, sa.String))
-
-    def array_has(self, value: Any) -> ColumnElement[bool]:
-        if self.postgres:
-            return and_(
-                self.kind == "array",
-                self.value.op("@>", return_type=sa.Boolean)(func.jsonb_build_array(literal(value))),
-            )
-        item = func.json_each(self.document, self.path).table_valued("value", "type")
-        if isinstance(value, bool):
-            match = item.c.type == ("true" if value else "false")
-        elif isinstance(value, int | float):
-            match = and_(item.c.type.in_(["integer", "real"]), item.c.value == value)
-        else:
-            match = and_(item.c.type == "text", item.c.value == value)
-        return and_(self.kind == "array", select(1).select_from(item).where(match).exists())
-
-
-def _filter(dialect: str, f: GoalFilter) -> ColumnElement[bool]:
-    v = _Json(dialect, f.property.split("."))
-    present = v.kind.is_not(None)
-    if f.op == "exists":
-        return present
-    if f.op == "not_exists":
-        return v.kind.is_(None)
-    if f.op == "eq":
-        return v.equals(f.value)
-    if f.op == "neq":
-        # A missing value matches neq (docs/audiences.md, "operators").
-        return or_(v.kind.is_(None), ~v.equals(f.value))
-    if f.op in ("in", "not_in"):
-        any_of = or_(*(v.equals(x) for x in f.value)) if f.value else sa.false()
-        return any_of if f.op == "in" else or_(v.kind.is_(None), ~any_of)
-    if f.op == "starts_with":
-        return and_(v.kind == "string", func.substr(v.text, 1, len(f.value)) == f.value)
-    if f.op == "contains":
-        on_array = v.array_has(f.value)
-        if not isinstance(f.value, str):
-            return on_array
-        substring = and_(v.kind == "string", func.instr(v.text, f.value) > 0)
-        if dialect == "postgresql":
-            substring = and_(v.kind == "string", func.strpos(v.text, f.value) > 0)
-        return or_(substring, on_array)
-    number = v.number()
-    bound = literal(float(f.value), sa.Float)
-    return {
-        "gt": number > bound,
-        "gte": number >= bound,
-        "lt": number < bound,
-        "lte": number <= bound,
-    }[f.op]
 
 
 class FeatureQueries:
@@ -151,6 +55,7 @@ class FeatureQueries:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
+        self._json = json_dialect(self._dialect)
 
     def _scope(self, ws: str, population: str | None) -> list[ColumnElement[bool]]:
         """Events of the workspace (joined to their profile ``p``), of the population."""
@@ -176,7 +81,12 @@ class FeatureQueries:
         return events.join(profiles, profiles.c.profile_id == events.c.profile_id)
 
     def _revenue(self) -> Any:
-        return _Json(self._dialect, [REVENUE_PROPERTY]).number()
+        return self._json.float_num(self._json.prop(events.c.properties, REVENUE_PROPERTY))
+
+    def _trait(self, key: str) -> JV:
+        """The value of the top-level trait `key` an identify call set (a literal key:
+        a dot in it is part of the name)."""
+        return self._json.walk(self._json.document(events.c.traits), [key])
 
     async def choose_spec(self, ws: str, cutoff_us: int, goal: Goal) -> FeatureSpec:
         """The features of a model trained at `cutoff_us`: the most frequent event names
@@ -219,11 +129,7 @@ class FeatureQueries:
             kind: Any = func.jsonb_typeof(kv.c.value)
         else:
             kv = func.json_each(events.c.traits).table_valued("key", "value", "type")
-            kind = case(
-                (kv.c.type == "text", "string"),
-                (kv.c.type.in_(["integer", "real"]), "number"),
-                else_=kv.c.type,
-            )
+            kind = SQLiteJson().kind_of(kv.c.type)
         return events.join(kv, sa.true()), kv.c.key, kind
 
     def _identifies(self, ws: str, cutoff_us: int) -> list[ColumnElement[bool]]:
@@ -254,12 +160,13 @@ class FeatureQueries:
                 if numbers >= strings:
                     traits.append(TraitFeature(k))
                     continue
-                value = _Json(self._dialect, [k], events.c.traits)
+                value = self._trait(k)
+                text = self._json.text(value)
                 top = (
-                    select(value.text, func.count())
-                    .where(*self._identifies(ws, cutoff_us), value.kind == "string")
-                    .group_by(value.text)
-                    .order_by(func.count().desc(), value.text)
+                    select(text, func.count())
+                    .where(*self._identifies(ws, cutoff_us), self._json.is_kind(value, "string"))
+                    .group_by(text)
+                    .order_by(func.count().desc(), text)
                     .limit(MAX_CATEGORIES)
                 )
                 common = [(v, n) for v, n in await c.execute(top) if n >= MIN_CATEGORY_COUNT]
@@ -275,20 +182,17 @@ class FeatureQueries:
         found = []
         async with self._engine.connect() as c:
             for trait in spec.traits:
-                value = _Json(self._dialect, [trait.key], events.c.traits)
+                value = self._trait(trait.key)
                 if trait.categories is None:
-                    expr: Any = value.number()
+                    expr: Any = self._json.float_num(value)
                 else:
                     expr = case(
                         *[
-                            (and_(value.kind == "string", value.text == name), code)
+                            (self._json.eq_lit(value, name), code)
                             for code, name in enumerate(trait.categories)
                         ]
                     )
-                if self._dialect == "postgresql":
-                    has_key = events.c.traits.op("?", return_type=sa.Boolean)(trait.key)
-                else:
-                    has_key = func.json_type(events.c.traits, value.path).is_not(None)
+                has_key = self._json.is_set(value)
                 latest = func.row_number().over(
                     partition_by=profiles.c.canonical_id,
                     order_by=(events.c.timestamp_us.desc(), events.c.seq.desc()),
@@ -462,7 +366,12 @@ class FeatureQueries:
                 events.c.name == goal.event,
                 events.c.timestamp_us > after_us,
                 events.c.timestamp_us <= until_us,
-                *[_filter(self._dialect, f) for f in goal.where],
+                *[
+                    match_literal(
+                        self._json, self._json.prop(events.c.properties, f.property), f.op, f.value
+                    )
+                    for f in goal.where
+                ],
             )
             .distinct()
         )

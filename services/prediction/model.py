@@ -27,6 +27,8 @@ KEY_PATTERN = re.compile(r"^[a-z0-9_]{1,255}$")
 MAX_NAME_LENGTH = 255
 MAX_FILTERS = 50
 MAX_LIST_VALUES = 1_000
+# As in the audience language: the filter SQL binds whole numbers as BIGINT.
+MAX_INTEGER = 2**63 - 1
 
 FILTER_OPS = frozenset(
     {
@@ -205,6 +207,16 @@ def _filter(raw: Any, path: str, out: list[FieldViolation]) -> GoalFilter | None
         out.append(
             FieldViolation(vp, f"{op} needs a string, number or boolean, got {_type_name(value)}")
         )
+    if len(out) == before:
+        items = value if isinstance(value, tuple) else (value,)
+        for i, item in enumerate(items):
+            if _is_number(item) and isinstance(item, int) and abs(item) > MAX_INTEGER:
+                out.append(
+                    FieldViolation(
+                        f"{vp}[{i}]" if isinstance(value, tuple) else vp,
+                        f"whole numbers must lie between -{MAX_INTEGER} and {MAX_INTEGER}",
+                    )
+                )
     if len(out) != before or not isinstance(prop, str):
         return None
     return GoalFilter(prop, op, value)

@@ -32,12 +32,10 @@ audiences are compiled by ``sql_accounts.py`` on top of ``compile_audiences``.
 
 from __future__ import annotations
 
-import json
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import (
@@ -47,7 +45,6 @@ from sqlalchemy import (
     and_,
     case,
     cast,
-    false,
     func,
     literal,
     not_,
@@ -89,6 +86,17 @@ from services.segmentation.language import (
 )
 from services.segmentation.reference import UNIQUE_LIST_LIMIT
 from services.shared.db.tables import events, profile_traits, profiles
+from services.shared.filters_sql import (
+    JV,
+    JsonDialect,
+    PostgresJson,
+    SQLiteJson,
+    compare,
+    json_dialect,
+    match_literal,
+    match_ref,
+    null_free,
+)
 
 __all__ = [
     "BATCH_SETTINGS",
@@ -109,89 +117,13 @@ class UnsupportedInSQL(NotImplementedError):
     """The definition uses a construct the SQL compiler does not handle yet."""
 
 
-def _b(pred: ColumnElement[Any]) -> ColumnElement[bool]:
-    """A NULL-free boolean: NULL (unknown) becomes false before any NOT sees it."""
-    return case((pred, true()), else_=false())
-
-
-def _not(pred: ColumnElement[Any]) -> ColumnElement[bool]:
-    return not_(_b(pred))
-
-
-def _cmp(lhs: Any, op: str, rhs: Any) -> ColumnElement[bool]:
-    return {
-        "eq": lambda: lhs == rhs,
-        "neq": lambda: lhs != rhs,
-        "gt": lambda: lhs > rhs,
-        "gte": lambda: lhs >= rhs,
-        "lt": lambda: lhs < rhs,
-        "lte": lambda: lhs <= rhs,
-    }[op]()
-
-
-def _lit(v: Any) -> ColumnElement[Any]:
-    # Explicit types keep asyncpg from guessing (an int bound as BIGINT, a float as
-    # DOUBLE PRECISION, text as VARCHAR).
-    if isinstance(v, bool):
-        return literal(v, sa.Boolean)
-    if isinstance(v, int):
-        return literal(v, sa.BigInteger)
-    if isinstance(v, float):
-        return literal(v, sa.Float)
-    return literal(v, sa.String)
-
-
 # --------------------------------------------------------------------------- JSON values
 
 
-@dataclass(frozen=True)
-class JV:
-    """A JSON value in SQL: on Postgres a JSONB expression, on SQLite a (document, path)
-    pair for json_type/json_extract. SQL NULL and JSON null both mean missing."""
+class _Dialect(JsonDialect):
+    """The JSON value operations of ``services.shared.filters_sql`` and what batch
+    evaluation adds to them: sortable encodings, collation, JSON results."""
 
-    expr: Any  # postgres: jsonb expression; sqlite: JSON text document
-    path: str = "$"
-
-
-class _Dialect(ABC):
-    """JSON value operations of one dialect; the language ops are built on top."""
-
-    name: str
-
-    @abstractmethod
-    def prop(self, col: Any, prop: str) -> JV: ...
-    @abstractmethod
-    def walk(self, v: JV, path: str) -> JV:
-        """The value at dotted `path` inside `v` (object keys only, never array indexes)."""
-        ...
-
-    @abstractmethod
-    def first_present(self, first: JV, other: JV) -> JV:
-        """`first` where it holds a value, else `other`."""
-        ...
-
-    @abstractmethod
-    def decode(self, text_expr: Any) -> JV: ...
-    @abstractmethod
-    def present(self, v: JV) -> ColumnElement[bool]: ...
-    @abstractmethod
-    def is_kind(self, v: JV, kind: str) -> ColumnElement[bool]: ...
-    @abstractmethod
-    def num(self, v: JV) -> Any: ...
-    @abstractmethod
-    def text(self, v: JV) -> Any: ...
-    @abstractmethod
-    def json_text(self, v: JV) -> Any: ...
-    @abstractmethod
-    def eq_lit(self, v: JV, lit: Any) -> ColumnElement[bool]: ...
-    @abstractmethod
-    def eq_dyn(self, a: JV, b: JV) -> ColumnElement[bool]: ...
-    @abstractmethod
-    def array_has_lit(self, v: JV, lit: Any) -> ColumnElement[bool]: ...
-    @abstractmethod
-    def array_has_dyn(self, a: JV, b: JV) -> ColumnElement[bool]: ...
-    @abstractmethod
-    def instr(self, hay: Any, needle: Any) -> ColumnElement[bool]: ...
     @abstractmethod
     def pad(self, n: Any) -> Any: ...
     def c(self, s: Any) -> Any:
@@ -219,76 +151,7 @@ class _Dialect(ABC):
         return rank, num, self.c(txt)
 
 
-class _Postgres(_Dialect):
-    name = "postgresql"
-    # The empty text[] path: #>> '{}' is "the value as text".
-    _EMPTY: ClassVar[sa.ColumnClause[Any]] = sa.literal_column("'{}'")
-
-    def _t(self, v: JV) -> Any:
-        return func.jsonb_typeof(v.expr)
-
-    def prop(self, col: Any, prop: str) -> JV:
-        return self.walk(JV(col), prop)
-
-    def walk(self, v: JV, path: str) -> JV:
-        # Chained -> with text keys: unlike #> it never indexes into arrays, matching the
-        # reference's "object keys only" dotted paths.
-        e = v.expr
-        for k in split_path(path):
-            e = e.op("->", return_type=JSONB)(literal(k, sa.String))
-        return JV(e)
-
-    def first_present(self, first: JV, other: JV) -> JV:
-        return JV(case((self.present(first), first.expr), else_=other.expr))
-
-    def decode(self, text_expr: Any) -> JV:
-        return JV(cast(text_expr, JSONB))
-
-    def present(self, v: JV) -> ColumnElement[bool]:
-        return self._t(v).in_(["string", "number", "boolean", "array", "object"])
-
-    def is_kind(self, v: JV, kind: str) -> ColumnElement[bool]:
-        return self._t(v) == kind
-
-    def text(self, v: JV) -> Any:
-        return v.expr.op("#>>", return_type=Text)(self._EMPTY)
-
-    def num(self, v: JV) -> Any:
-        # CASE fixes the evaluation order: the cast never sees a non-number.
-        return case((self.is_kind(v, "number"), cast(self.text(v), sa.Numeric)))
-
-    def json_text(self, v: JV) -> Any:
-        return cast(v.expr, Text)
-
-    def _jlit(self, value: Any) -> Any:
-        return cast(literal(json.dumps(value), sa.String), JSONB)
-
-    def eq_lit(self, v: JV, lit: Any) -> ColumnElement[bool]:
-        # jsonb equality is by JSON type already: 1 = 1.0, "1" <> 1, true <> 1.
-        return v.expr.op("=", is_comparison=True)(self._jlit(lit))
-
-    def eq_dyn(self, a: JV, b: JV) -> ColumnElement[bool]:
-        return and_(self.present(a), self.present(b), a.expr.op("=", is_comparison=True)(b.expr))
-
-    def array_has_lit(self, v: JV, lit: Any) -> ColumnElement[bool]:
-        # For a scalar, containment in a one-element array is exactly "is an element".
-        return and_(
-            self.is_kind(v, "array"), v.expr.op("@>", is_comparison=True)(self._jlit([lit]))
-        )
-
-    def array_has_dyn(self, a: JV, b: JV) -> ColumnElement[bool]:
-        arr = case((self.is_kind(a, "array"), a.expr), else_=self._jlit([]))
-        el = func.jsonb_array_elements(arr).table_valued(sa.column("value", JSONB)).alias("el")
-        sub = (
-            sa.select(literal(1))
-            .select_from(el)
-            .where(el.c.value.op("=", is_comparison=True)(b.expr))
-        )
-        return and_(self.is_kind(a, "array"), self.present(b), sub.exists())
-
-    def instr(self, hay: Any, needle: Any) -> ColumnElement[bool]:
-        return func.strpos(hay, needle) > 0
-
+class _Postgres(PostgresJson, _Dialect):
     def pad(self, n: Any) -> Any:
         return func.lpad(cast(n, Text), 20, "0", type_=Text)
 
@@ -306,98 +169,7 @@ class _Postgres(_Dialect):
         return func.jsonb_agg(cast(text_expr, JSONB))
 
 
-class _SQLite(_Dialect):
-    name = "sqlite"
-    _KIND: ClassVar[dict[str, tuple[str, ...]]] = {
-        "number": ("integer", "real"),
-        "string": ("text",),
-        "boolean": ("true", "false"),
-        "array": ("array",),
-        "object": ("object",),
-    }
-
-    def _t(self, v: JV) -> Any:
-        return func.json_type(v.expr, v.path)
-
-    def prop(self, col: Any, prop: str) -> JV:
-        return self.walk(JV(sa.type_coerce(col, Text), "$"), prop)
-
-    def walk(self, v: JV, path: str) -> JV:
-        return JV(v.expr, v.path + "".join(f'."{k}"' for k in split_path(path)))
-
-    def first_present(self, first: JV, other: JV) -> JV:
-        # Two documents cannot share one JSON path: the chosen value goes on as JSON text.
-        return self.decode(
-            case((self.present(first), self.json_text(first)), else_=self.json_text(other))
-        )
-
-    def decode(self, text_expr: Any) -> JV:
-        return JV(text_expr, "$")
-
-    def present(self, v: JV) -> ColumnElement[bool]:
-        return self._t(v).in_(["integer", "real", "text", "true", "false", "array", "object"])
-
-    def is_kind(self, v: JV, kind: str) -> ColumnElement[bool]:
-        return self._t(v).in_(self._KIND[kind])
-
-    def _x(self, v: JV) -> Any:
-        return func.json_extract(v.expr, v.path)
-
-    def num(self, v: JV) -> Any:
-        return self._x(v)
-
-    def text(self, v: JV) -> Any:
-        return self._x(v)
-
-    def json_text(self, v: JV) -> Any:
-        # The -> operator (SQLite 3.38+) yields JSON text: "a" quoted, true as true.
-        return v.expr.op("->", return_type=Text)(literal(v.path, sa.String))
-
-    def _kind_of(self, t: Any) -> Any:
-        return case(
-            (t.in_(["integer", "real"]), "number"),
-            (t == "text", "string"),
-            (t.in_(["true", "false"]), "boolean"),
-            (t == "array", "array"),
-            (t == "object", "object"),
-        )
-
-    def _eq_atom(self, t: Any, x: Any, lit: Any) -> ColumnElement[bool]:
-        # json_extract turns true/false into 1/0, so booleans are told apart by type.
-        if isinstance(lit, bool):
-            return t == ("true" if lit else "false")
-        if isinstance(lit, str):
-            return and_(t == "text", x == _lit(lit))
-        return and_(t.in_(["integer", "real"]), x == _lit(lit))
-
-    def eq_lit(self, v: JV, lit: Any) -> ColumnElement[bool]:
-        return self._eq_atom(self._t(v), self._x(v), lit)
-
-    def eq_dyn(self, a: JV, b: JV) -> ColumnElement[bool]:
-        ka, kb = self._kind_of(self._t(a)), self._kind_of(self._t(b))
-        return and_(ka.isnot(None), ka == kb, self._x(a) == self._x(b))
-
-    def _each(self, v: JV) -> Any:
-        return func.json_each(v.expr, v.path).table_valued("type", "atom", "value").alias("el")
-
-    def array_has_lit(self, v: JV, lit: Any) -> ColumnElement[bool]:
-        el = self._each(v)
-        sub = sa.select(literal(1)).select_from(el).where(self._eq_atom(el.c.type, el.c.atom, lit))
-        return and_(self.is_kind(v, "array"), sub.exists())
-
-    def array_has_dyn(self, a: JV, b: JV) -> ColumnElement[bool]:
-        el = self._each(a)
-        elval = case((el.c.type.in_(["array", "object"]), el.c.value), else_=el.c.atom)
-        sub = (
-            sa.select(literal(1))
-            .select_from(el)
-            .where(self._kind_of(el.c.type) == self._kind_of(self._t(b)), elval == self._x(b))
-        )
-        return and_(self.is_kind(a, "array"), self.present(b), sub.exists())
-
-    def instr(self, hay: Any, needle: Any) -> ColumnElement[bool]:
-        return func.instr(hay, needle) > 0
-
+class _SQLite(SQLiteJson, _Dialect):
     def pad(self, n: Any) -> Any:
         return func.printf("%020d", n, type_=Text)
 
@@ -434,63 +206,11 @@ def _noindex(col: Any) -> Any:
 
 
 def _dialect(name: str) -> _Dialect:
-    if name == "postgresql":
-        return _Postgres()
-    if name == "sqlite":
-        return _SQLite()
-    raise ValueError(f"unsupported dialect {name!r}")
+    """``json_dialect(name)`` with what batch evaluation adds to it."""
+    return _Postgres() if isinstance(json_dialect(name), PostgresJson) else _SQLite()
 
 
-# --------------------------------------------------------------------------- value ops
-
-
-def _match_lit(d: _Dialect, v: JV, op: str, lit: Any) -> ColumnElement[bool]:
-    """``match_value(op, actual, lit)`` of the reference, in SQL."""
-    if op == "exists":
-        return d.present(v)
-    if op == "not_exists":
-        return _not(d.present(v))
-    if op == "eq":
-        return d.eq_lit(v, lit)
-    if op == "neq":
-        return _not(d.eq_lit(v, lit))
-    if op in ("gt", "gte", "lt", "lte"):
-        return and_(d.is_kind(v, "number"), _cmp(d.num(v), op, _lit(lit)))
-    if op in ("in", "not_in"):
-        hit = or_(*[d.eq_lit(v, x) for x in lit]) if lit else false()
-        return hit if op == "in" else _not(hit)
-    if op == "contains":
-        parts = [d.array_has_lit(v, lit)]
-        if isinstance(lit, str):
-            parts.append(and_(d.is_kind(v, "string"), d.instr(d.text(v), _lit(lit))))
-        return or_(*parts)
-    if op == "starts_with":
-        return and_(d.is_kind(v, "string"), func.substr(d.text(v), 1, len(lit)) == _lit(lit))
-    raise ValueError(f"unknown operator {op!r}")
-
-
-def _match_dyn(d: _Dialect, v: JV, op: str, ref: JV) -> ColumnElement[bool]:
-    """A filter against a referenced value; a missing referenced value matches nothing."""
-    if op == "eq":
-        return d.eq_dyn(v, ref)
-    if op == "neq":
-        return and_(d.present(ref), _not(d.eq_dyn(v, ref)))
-    if op in ("gt", "gte", "lt", "lte"):
-        return and_(
-            d.is_kind(v, "number"), d.is_kind(ref, "number"), _cmp(d.num(v), op, d.num(ref))
-        )
-    if op == "contains":
-        return or_(
-            and_(d.is_kind(v, "string"), d.is_kind(ref, "string"), d.instr(d.text(v), d.text(ref))),
-            d.array_has_dyn(v, ref),
-        )
-    if op == "starts_with":
-        return and_(
-            d.is_kind(v, "string"),
-            d.is_kind(ref, "string"),
-            func.substr(d.text(v), 1, func.length(d.text(ref))) == d.text(ref),
-        )
-    raise ValueError(f"operator {op!r} cannot take a ref")
+# --------------------------------------------------------------------------- windows
 
 
 def _window(
@@ -518,7 +238,7 @@ def merged_away(p: Any) -> ColumnElement[bool]:
     its column = column guess): it then hashed the whole trait table or a million-row
     join result against what it took for a million merged profiles, and there were none.
     """
-    return _b(p.c.canonical_id != p.c.profile_id)
+    return null_free(p.c.canonical_id != p.c.profile_id)
 
 
 def trait_path_value(d: _Dialect, row: Callable[[str], JV], name: str) -> JV:
@@ -528,7 +248,7 @@ def trait_path_value(d: _Dialect, row: Callable[[str], JV], name: str) -> JV:
     keys = trait_row_keys(name)
     if len(keys) == 1:
         return row(name)
-    return d.first_present(row(name), d.walk(row(keys[1]), name[len(keys[1]) + 1 :]))
+    return d.first_present(row(name), d.walk(row(keys[1]), split_path(name[len(keys[1]) + 1 :])))
 
 
 def boolean_node(
@@ -710,14 +430,14 @@ class _AudienceCompiler:
     def filter_pred(self, f: Filter, props: Any, chain: Sequence[Any] = ()) -> ColumnElement[bool]:
         v = self.d.prop(props, f.property)
         if f.ref is None:
-            return _match_lit(self.d, v, f.op, f.value)
+            return match_literal(self.d, v, f.op, f.value)
         if isinstance(f.ref, TraitRef):
             ref = self.trait_value(f.ref.trait)
         elif isinstance(f.ref, ComputedRef):
             ref = self.stored_value(self.computed_refs[f.ref.computed])
         else:
             ref = self.d.prop(chain[f.ref.step].c.properties, f.ref.property)
-        return _match_dyn(self.d, v, f.op, ref)
+        return match_ref(self.d, v, f.op, ref)
 
     def stored_value(self, cv: Any) -> JV:
         """The value of a row of ``computed_trait_values`` (an alias joined by key)."""
@@ -892,7 +612,7 @@ class _AudienceCompiler:
         for node in nodes:
             self.collect(node)
         src = self.sources(nodes)
-        flags = [_b(self.node(n)).label(f"a{i}") for i, n in enumerate(nodes)]
+        flags = [null_free(self.node(n)).label(f"a{i}") for i, n in enumerate(nodes)]
         # OFFSET 0 keeps the planner from copying every tree into the outer WHERE too
         # (evaluating each twice per profile).
         rows = sa.select(self.u.c.pid, *flags).select_from(src).offset(0).subquery("rollup")
@@ -909,11 +629,13 @@ class _AudienceCompiler:
             cnt = func.coalesce(getattr(self.e.c, col), 0) + func.coalesce(
                 getattr(self.em.c, col), 0
             )
-            return _b(_cmp(cnt, n.count.op, literal(n.count.value, sa.BigInteger)))
+            return null_free(compare(cnt, n.count.op, literal(n.count.value, sa.BigInteger)))
         if isinstance(n, Trait):
-            return _b(_match_lit(d, self.trait_value(n.name), n.op, n.value))
+            return null_free(match_literal(d, self.trait_value(n.name), n.op, n.value))
         if isinstance(n, Computed):
-            return _b(_match_lit(d, self.stored_value(self.computed[n.key]), n.op, n.value))
+            return null_free(
+                match_literal(d, self.stored_value(self.computed[n.key]), n.op, n.value)
+            )
         if isinstance(n, AudienceRef):
             return self.audience_ref(n.key)
         if isinstance(n, Prediction):
@@ -941,7 +663,7 @@ class _AudienceCompiler:
             )
             .correlate_except(m, a, p)
         )
-        return _b(sub.exists())
+        return null_free(sub.exists())
 
     def prediction(self, n: Prediction) -> ColumnElement[bool]:
         s, p = seg.prediction_scores, profiles.alias("pp")
@@ -954,11 +676,11 @@ class _AudienceCompiler:
                 s.c.key == n.key,
                 p.c.workspace_id == self.ws,
                 p.c.canonical_id == self.u.c.pid,
-                *[_cmp(col, op, literal(v, sa.Float)) for op, v in n.bounds],
+                *[compare(col, op, literal(v, sa.Float)) for op, v in n.bounds],
             )
             .correlate_except(s, p)
         )
-        return _b(sub.exists())
+        return null_free(sub.exists())
 
     def funnel(self, n: Funnel) -> ColumnElement[bool]:
         """Funnels without step references take one ordered pass per profile
@@ -995,7 +717,7 @@ class _AudienceCompiler:
             if i == 0 and n.window is not None:
                 conds.append(_window(ev.c.timestamp_us, n.window, self.now))
             conds += [self.filter_pred(f, ev.c.properties) for f in s.where]
-            flags.append(_b(and_(*conds)).label(f"s{i}"))
+            flags.append(null_free(and_(*conds)).label(f"s{i}"))
         names = sorted({(s.type, s.name) for s in n.steps})
         src, pid = self.to_canonical(ev, ev.c.profile_id)
         src = self.with_refs(src, pid, [f for s in n.steps for f in s.where])
@@ -1031,7 +753,7 @@ class _AudienceCompiler:
             cur = sa.select(*keep, g.label(f"g{j}")).subquery(f"{tag}_{j}")
         done = and_(cur.c.g0.is_not(None), cur.c.g0 <= cur.c.t + n.within_us)
         hits = sa.select(cur.c.pid).where(cur.c.s0, done if n.completed else not_(done))
-        return _b(self.u.c.pid.in_(hits.scalar_subquery()))
+        return null_free(self.u.c.pid.in_(hits.scalar_subquery()))
 
     def _funnel_exists(self, n: Funnel) -> ColumnElement[bool]:
         """A chain from e0 exists iff step events e1..ek exist with strictly increasing
@@ -1104,7 +826,7 @@ class _AudienceCompiler:
             .where(*step_conds(0), rest if n.completed else not_(rest))
             .correlate_except(*tables(range(1)))
         )
-        return _b(head.exists())
+        return null_free(head.exists())
 
 
 def _as_node(definition: Node | Mapping[str, Any]) -> Node:
@@ -1283,7 +1005,7 @@ def compile_computed_trait(
         vtext: ColumnElement[Any] = cast(base.c.val, Text)
     else:
         assert isinstance(d, _SQLite)
-        gkeys = [d._kind_of(func.json_type(base.c.val, "$")), func.json_extract(base.c.val, "$")]
+        gkeys = [d.kind_of(func.json_type(base.c.val, "$")), func.json_extract(base.c.val, "$")]
         vtext = func.max(base.c.val)
     if t == "unique_count":
         g = sa.select(base.c.pid).group_by(base.c.pid, *gkeys).subquery("g")

@@ -26,9 +26,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import ColumnElement, Select, and_, case, cast, func, literal, not_
+from sqlalchemy import ColumnElement, Select, and_, case, func, literal, not_
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.segmentation import sql
@@ -45,6 +44,7 @@ from services.segmentation.language import (
 )
 from services.segmentation.tables import accounts
 from services.shared.db.tables import events, profiles
+from services.shared.filters_sql import JV, match_literal, null_free
 
 __all__ = [
     "compile_account_audience",
@@ -107,17 +107,10 @@ class _AccountCompiler:
 
     def _trait_text(self, ge: Any, name: str) -> tuple[ColumnElement[bool], Any]:
         """(the call sets the key, the value as JSON text: 'null' for a null)."""
-        if self.dialect == "postgresql":
-            v = ge.c.traits.op("->", return_type=JSONB)(literal(name, sa.String))
-            return func.jsonb_typeof(v).is_not(None), cast(v, sa.Text)
-        path = '$."' + name + '"'
-        doc = sa.type_coerce(ge.c.traits, sa.Text)
-        return (
-            func.json_type(doc, path).is_not(None),
-            doc.op("->", return_type=sa.Text)(literal(path, sa.String)),
-        )
+        v = self.d.walk(self.d.document(ge.c.traits), [name])
+        return self.d.is_set(v), self.d.json_text(v)
 
-    def _trait_row(self, key: str) -> sql.JV:
+    def _trait_row(self, key: str) -> JV:
         """The account's latest value of top-level trait `key`."""
         return self.d.decode(func.substr(getattr(self.g.c, self.trait_cols[key]), 41))
 
@@ -194,15 +187,15 @@ class _AccountCompiler:
             return combined
         if isinstance(n, Trait):
             value = sql.trait_path_value(self.d, self._trait_row, n.name)
-            return sql._b(sql._match_lit(self.d, value, n.op, n.value))
+            return null_free(match_literal(self.d, value, n.op, n.value))
         if isinstance(n, Account):
             users = func.coalesce(self.s.c.users, 0)
             hits = func.coalesce(getattr(self.s.c, self.account_cols[id(n)]), 0)
             if n.match == "any":
-                return sql._b(hits > 0)
+                return null_free(hits > 0)
             if n.match == "none":
-                return sql._b(hits == 0)
-            return sql._b(and_(users > 0, hits == users))
+                return null_free(hits == 0)
+            return null_free(and_(users > 0, hits == users))
         raise sql.UnsupportedInSQL(
             f"{type(n).__name__} conditions are about users: put them inside an account node"
         )

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.prediction.features import FeatureSpec
 from services.prediction.features_sql import FeatureQueries
 from services.prediction.model import Goal, GoalFilter
+from services.segmentation.reference import get_property, match_value
 from services.shared.clock import US_PER_DAY
 from services.shared.db import migrate
 from services.shared.db.engine import create_engine
@@ -159,6 +160,68 @@ async def test_goal_filters(
     found = await FeatureQueries(engine).goal_performers(
         WS, Goal("purchase", where), CUTOFF, CUTOFF + US_PER_DAY, None
     )
+    assert {ids[p] for p in found.tolist()} == expected
+
+
+# Property values of the reference check below: every JSON kind, numbers that are and
+# are not equal (1 equals 1.0), and a whole number a double cannot hold exactly.
+_VALUES: dict[str, Any] = {
+    "string": "pro",
+    "digits": "5",
+    "int": 5,
+    "float": 5.0,
+    "fraction": 7.5,
+    "true": True,
+    "null": None,
+    "array": ["5", 5, "gift"],
+    "object": {"a": 1},
+    "big": 9_007_199_254_740_993,  # 2**53 + 1
+}
+
+
+@pytest.mark.parametrize(
+    "goal_filter",
+    [
+        GoalFilter("v", "eq", 5),
+        GoalFilter("v", "neq", 5),
+        GoalFilter("v", "neq", "pro"),
+        GoalFilter("v", "neq", True),
+        GoalFilter("v", "in", (5, "pro")),
+        GoalFilter("v", "not_in", (5, "x")),
+        GoalFilter("v", "gt", 5),
+        GoalFilter("v", "lte", 5),
+        GoalFilter("v", "gt", 9_007_199_254_740_992),
+        GoalFilter("v", "eq", 9_007_199_254_740_993),
+        GoalFilter("v", "contains", 5),
+        GoalFilter("v", "contains", "r"),
+        GoalFilter("v", "starts_with", "p"),
+        GoalFilter("v", "exists"),
+        GoalFilter("v", "not_exists"),
+    ],
+    ids=repr,
+)
+async def test_goal_filters_agree_with_the_audience_reference(
+    engine: AsyncEngine, goal_filter: GoalFilter
+) -> None:
+    """A goal's filter matches exactly the events the audience language's reference
+    (segmentation's ``match_value``) matches, as segmentation's SQL does: a value of
+    another kind matches ``neq``/``not_in`` (it used to match neither when the operand
+    was a number), and whole numbers compare exactly, not as doubles."""
+    names = [*_VALUES, "missing"]
+    props: dict[str, dict[str, Any]] = {n: {"v": _VALUES[n]} if n in _VALUES else {} for n in names}
+    ids = dict(zip(await add_profiles(engine, WS, len(names)), names, strict=True))
+    await insert_events(
+        engine,
+        [event(pid, "purchase", CUTOFF + HOUR, **props[n]) for pid, n in ids.items()],
+    )
+    found = await FeatureQueries(engine).goal_performers(
+        WS, Goal("purchase", (goal_filter,)), CUTOFF, CUTOFF + US_PER_DAY, None
+    )
+    expected = {
+        n
+        for n in names
+        if match_value(goal_filter.op, get_property(props[n], "v"), goal_filter.value)
+    }
     assert {ids[p] for p in found.tolist()} == expected
 
 

@@ -80,6 +80,18 @@ async def test_duplicate_key_is_already_exists(prediction_api: PredictionApi) ->
         ),
         (
             "ok",
+            {"event": "e", "where": [{"property": "p", "op": "gt", "value": 2**63}]},
+            0,
+            "prediction.goal.where[0].value",
+        ),
+        (
+            "ok",
+            {"event": "e", "where": [{"property": "p", "op": "in", "value": [1, -(2**63)]}]},
+            0,
+            "prediction.goal.where[0].value[1]",
+        ),
+        (
+            "ok",
             {"event": "e", "where": [{"property": "p", "op": "eq", "ref": {"trait": "t"}}]},
             0,
             "prediction.goal.where[0].ref",
