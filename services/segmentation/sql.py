@@ -58,6 +58,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from services.segmentation import tables as seg
 from services.segmentation.language import (
@@ -411,9 +412,12 @@ class _SQLite(_Dialect):
 
 class _NoIndex(ColumnElement[Any]):
     """A column SQLite's planner must not use an index for (rendered as ``+col``, the
-    documented way to disqualify a term); other dialects see the plain column."""
+    documented way to disqualify a term); other dialects see the plain column. Its
+    column is part of SQLAlchemy's cache key: without it a statement holding one had
+    no key, so it was compiled anew on every execution (a realtime batch's funnels)."""
 
     inherit_cache = True
+    _traverse_internals = [("col", InternalTraversal.dp_clauseelement)]
 
     def __init__(self, col: Any) -> None:
         self.col = col
