@@ -417,7 +417,8 @@ class _NoIndex(ColumnElement[Any]):
     no key, so it was compiled anew on every execution (a realtime batch's funnels)."""
 
     inherit_cache = True
-    _traverse_internals = [("col", InternalTraversal.dp_clauseelement)]
+    # A list, as SQLAlchemy declares it (an instance variable of its base classes).
+    _traverse_internals = [("col", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
 
     def __init__(self, col: Any) -> None:
         self.col = col
