@@ -39,6 +39,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Select,
     Text,
@@ -54,6 +55,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from services.segmentation import tables as seg
 from services.segmentation.language import (
@@ -182,9 +184,13 @@ class _SQLite(SQLiteJson, _Dialect):
 
 class _NoIndex(ColumnElement[Any]):
     """A column SQLite's planner must not use an index for (rendered as ``+col``, the
-    documented way to disqualify a term); other dialects see the plain column."""
+    documented way to disqualify a term); other dialects see the plain column. Its
+    column is part of SQLAlchemy's cache key: without it a statement holding one had
+    no key, so it was compiled anew on every execution (a realtime batch's funnels)."""
 
     inherit_cache = True
+    # A list, as SQLAlchemy declares it (an instance variable of its base classes).
+    _traverse_internals = [("col", InternalTraversal.dp_clauseelement)]  # noqa: RUF012
 
     def __init__(self, col: Any) -> None:
         self.col = col
@@ -213,17 +219,39 @@ def _dialect(name: str) -> _Dialect:
 # --------------------------------------------------------------------------- windows
 
 
+def _offsets(window: Window) -> tuple[int, int]:
+    """`window`'s (exclusive lower, inclusive upper) bound as microseconds before now:
+    every window is relative to now, so its shape never depends on the instant."""
+    lo, hi = window.bounds(0)
+    return -lo, -hi
+
+
+# The parameters of a statement that change between evaluations of the same definitions
+# (see `Prepared`): instants as ``now_<us before now>`` (``now_m<us>``: after now) and
+# the canonical profiles an evaluation is restricted to.
+_NOW_PREFIX = "now_"
+SCOPE_PARAM = "scope_ids"
+
+
+def _now_param(now_us: int, before_us: int) -> BindParameter[int]:
+    """The instant `before_us` before now as a named parameter (the same name for the
+    same instant wherever the statement uses it)."""
+    name = f"{_NOW_PREFIX}{before_us}" if before_us >= 0 else f"{_NOW_PREFIX}m{-before_us}"
+    return sa.bindparam(name, now_us - before_us, type_=sa.BigInteger)
+
+
 def _window(
-    t: Any, window: Window | None, now_us: int, checked_upto_now: bool = False
+    t: Any, window: Window | None, at: Callable[[int], Any], checked_upto_now: bool = False
 ) -> ColumnElement[bool]:
-    """`t` inside `window` and not after now; `checked_upto_now`: the statement already
-    requires ``t <= now``, so a window reaching now needs only its lower bound."""
+    """`t` inside `window` and not after now (`at(us)`: the instant `us` before now);
+    `checked_upto_now`: the statement already requires ``t <= now``, so a window
+    reaching now needs only its lower bound."""
     if window is None:
-        return true() if checked_upto_now else t <= now_us
-    lo, hi = window.bounds(now_us)
-    if checked_upto_now and hi >= now_us:
-        return t > lo
-    return and_(t > lo, t <= min(hi, now_us))
+        return true() if checked_upto_now else t <= at(0)
+    lo, hi = _offsets(window)
+    if checked_upto_now and hi <= 0:
+        return t > at(lo)
+    return and_(t > at(lo), t <= at(max(hi, 0)))
 
 
 # --------------------------------------------------------------------------- audiences
@@ -282,6 +310,8 @@ class _AudienceCompiler:
         self.d = d
         self.ws = workspace_id
         self.now = now_us
+        # Instants the statement compares with, as microseconds before now (`at`).
+        self.before: set[int] = set()
         # Canonical ids the evaluation is restricted to (realtime: the profiles a batch
         # of events touched); None is every profile of the workspace.
         self.profile_ids = None if profile_ids is None else sorted(set(profile_ids))
@@ -299,10 +329,20 @@ class _AudienceCompiler:
         self.e: Any = None  # event counts per own profile id (a CTE)
         self.em: Any = None  # those of merged-away profiles, per survivor
 
+    def at(self, before_us: int) -> BindParameter[int]:
+        """The instant `before_us` before now, as a parameter `Prepared` can set anew."""
+        self.before.add(before_us)
+        return _now_param(self.now, before_us)
+
+    def scope_ids(self) -> BindParameter[Any]:
+        """The canonical profiles the evaluation is restricted to (one expanding
+        parameter, as ``IN (<list>)`` binds its list)."""
+        return sa.bindparam(SCOPE_PARAM, self.profile_ids, expanding=True, type_=sa.BigInteger)
+
     # -- sources
 
     def universe(self) -> Any:
-        scope = [] if self.profile_ids is None else [profiles.c.profile_id.in_(self.profile_ids)]
+        scope = [] if self.profile_ids is None else [profiles.c.profile_id.in_(self.scope_ids())]
         return (
             sa.select(profiles.c.profile_id.label("pid"))
             .where(
@@ -323,7 +363,7 @@ class _AudienceCompiler:
         if self.profile_ids is None:
             return []
         p = profiles.alias("scope")
-        where = (p.c.workspace_id == self.ws, p.c.canonical_id.in_(self.profile_ids))
+        where = (p.c.workspace_id == self.ws, p.c.canonical_id.in_(self.scope_ids()))
         if self.d.name == "postgresql":
             # `= ANY(<one array>)`: an uncorrelated scalar subquery runs once (an InitPlan)
             # and its array is an index condition on (workspace, profile, time). The
@@ -485,7 +525,7 @@ class _AudienceCompiler:
         for i, node in enumerate(self.event_leaves):
             same_type = [] if len(types[node.name]) == 1 else [ev.c.type == node.type]
             cond = and_(
-                _window(ev.c.timestamp_us, node.window, self.now, checked_upto_now=True),
+                _window(ev.c.timestamp_us, node.window, self.at, checked_upto_now=True),
                 ev.c.name == node.name,
                 *same_type,
                 *[self.filter_pred(f, ev.c.properties) for f in node.where],
@@ -497,16 +537,17 @@ class _AudienceCompiler:
         # counts all time). An older row counts in no column, so it is left out before
         # the aggregate rather than tested by every filter (with these ten audiences
         # about 40% of the rows: views count over 60 days, adds over 30, of 180).
+        # (As microseconds before now: the earliest lower bound is the largest.)
         floors: dict[tuple[str, str], int | None] = {}
         for n in self.event_leaves:
-            lo = n.window.bounds(self.now)[0] if n.window is not None else None
+            lo = _offsets(n.window)[0] if n.window is not None else None
             seen = floors.get((n.type, n.name), lo)
-            floors[(n.type, n.name)] = None if lo is None or seen is None else min(lo, seen)
+            floors[(n.type, n.name)] = None if lo is None or seen is None else max(lo, seen)
         arms = [
             and_(
                 ev.c.type == t,
                 ev.c.name == name,
-                *([ev.c.timestamp_us > lo] if lo is not None else []),
+                *([ev.c.timestamp_us > self.at(lo)] if lo is not None else []),
             )
             for (t, name), lo in sorted(floors.items())
         ]
@@ -518,13 +559,13 @@ class _AudienceCompiler:
             # event to its canonical profile first.
             src, key = self.to_canonical(src, ev.c.profile_id)
             src = self.with_refs(src, key, filters)
-        where = [ev.c.workspace_id == self.ws, ev.c.timestamp_us <= self.now, or_(*arms)]
+        where = [ev.c.workspace_id == self.ws, ev.c.timestamp_us <= self.at(0), or_(*arms)]
         where += self.in_scope(ev.c.profile_id)
         if all(n.window is not None for n in self.event_leaves):
             # No condition counts events at or before the earliest window start: those
             # rows (and partitions) need not be read at all.
-            floor = min(n.window.bounds(self.now)[0] for n in self.event_leaves if n.window)
-            where.append(ev.c.timestamp_us > floor)
+            floor = max(_offsets(n.window)[0] for n in self.event_leaves if n.window)
+            where.append(ev.c.timestamp_us > self.at(floor))
         # Grouped by the events' own profile id (the planner knows how many there are,
         # so it hashes instead of sorting millions of rows). The few merged profiles'
         # counts are summed per survivor separately (``merged_counts``) and added at the
@@ -715,7 +756,7 @@ class _AudienceCompiler:
         for i, s in enumerate(n.steps):
             conds = [ev.c.type == s.type, ev.c.name == s.name]
             if i == 0 and n.window is not None:
-                conds.append(_window(ev.c.timestamp_us, n.window, self.now))
+                conds.append(_window(ev.c.timestamp_us, n.window, self.at))
             conds += [self.filter_pred(f, ev.c.properties) for f in s.where]
             flags.append(null_free(and_(*conds)).label(f"s{i}"))
         names = sorted({(s.type, s.name) for s in n.steps})
@@ -723,7 +764,7 @@ class _AudienceCompiler:
         src = self.with_refs(src, pid, [f for s in n.steps for f in s.where])
         where = [
             ev.c.workspace_id == self.ws,
-            ev.c.timestamp_us <= self.now,
+            ev.c.timestamp_us <= self.at(0),
             or_(*[and_(ev.c.type == t, ev.c.name == nm) for t, nm in names]),
             *self.in_scope(ev.c.profile_id),
         ]
@@ -731,7 +772,7 @@ class _AudienceCompiler:
             # Every step of a chain is later than its first step, which is inside the
             # window: older step events can neither start nor continue a chain, and the
             # levels below only look at later rows, so they are left out of the sort.
-            where.append(ev.c.timestamp_us > n.window.bounds(self.now)[0])
+            where.append(ev.c.timestamp_us > self.at(_offsets(n.window)[0]))
         base = (
             sa.select(
                 pid.label("pid"),
@@ -793,11 +834,11 @@ class _AudienceCompiler:
             conds += [
                 _noindex(e.c.type) == s.type,
                 _noindex(e.c.name) == s.name,
-                e.c.timestamp_us <= self.now,
+                e.c.timestamp_us <= self.at(0),
             ]
             if i == 0:
                 if n.window is not None:
-                    conds.append(_window(e.c.timestamp_us, n.window, self.now))
+                    conds.append(_window(e.c.timestamp_us, n.window, self.at))
             else:
                 conds += [
                     # Always true (both are this workspace); states the link between the
@@ -873,6 +914,37 @@ def compile_audiences(
     return c.compile_many([_as_node(d) for d in definitions])
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A statement built once for a set of definitions and run for any instant and any
+    profiles (the realtime worker's batches): only its parameters change, so neither
+    the statement nor SQLAlchemy's cache key of it (memoized on the object) is built
+    again. The SQL is that of the unprepared statement of the same definitions."""
+
+    statement: Select[Any]
+    # The instants it compares with, as microseconds before now.
+    before: frozenset[int]
+
+    def params(self, now_us: int, profile_ids: Sequence[int]) -> dict[str, Any]:
+        """The parameter values evaluating at `now_us` for the canonical `profile_ids`."""
+        out: dict[str, Any] = {
+            _now_param(now_us, before).key: now_us - before for before in self.before
+        }
+        out[SCOPE_PARAM] = sorted(set(profile_ids))
+        return out
+
+
+def prepare_audiences(
+    definitions: Sequence[Node | Mapping[str, Any]], *, workspace_id: str, dialect: str
+) -> Prepared:
+    """``compile_audiences`` restricted to some profiles, for any instant and profiles
+    (`Prepared.params`)."""
+    if not definitions:
+        raise ValueError("no definitions to compile")
+    c = _AudienceCompiler(_dialect(dialect), workspace_id, 0, [0])
+    return Prepared(c.compile_many([_as_node(d) for d in definitions]), frozenset(c.before))
+
+
 # Session settings of batch evaluation on Postgres (SET LOCAL: they end with the
 # transaction). Measured at 1M/10M events on 2 cores (docs/benchmarks.md):
 # - work_mem: the rollup's hash aggregate (a row of counts per profile) and the funnel's
@@ -939,6 +1011,25 @@ def compile_computed_trait(
     """A SELECT of ``(profile_id, value)`` for every alive canonical profile of the
     workspace (of ``profile_ids`` when given); ``value`` comes back JSON-compatible
     (numbers, strings, lists, None)."""
+    return _computed_trait(definition, workspace_id, now_us, dialect, profile_ids)[0]
+
+
+def prepare_computed_trait(
+    definition: ComputedTraitDef | Mapping[str, Any], *, workspace_id: str, dialect: str
+) -> Prepared:
+    """``compile_computed_trait`` restricted to some profiles, for any instant and
+    profiles (`Prepared.params`; `run_computed_trait` runs it)."""
+    statement, comp = _computed_trait(definition, workspace_id, 0, dialect, [0])
+    return Prepared(statement, frozenset(comp.before))
+
+
+def _computed_trait(
+    definition: ComputedTraitDef | Mapping[str, Any],
+    workspace_id: str,
+    now_us: int,
+    dialect: str,
+    profile_ids: Sequence[int] | None,
+) -> tuple[Select[Any], _AudienceCompiler]:
     defn = parse_computed_trait(definition) if isinstance(definition, Mapping) else definition
     d = _dialect(dialect)
     comp = _AudienceCompiler(d, workspace_id, now_us, profile_ids)
@@ -958,7 +1049,7 @@ def compile_computed_trait(
         ev.c.workspace_id == workspace_id,
         ev.c.type == defn.event_type,
         ev.c.name == defn.event,
-        _window(ev.c.timestamp_us, defn.window, now_us),
+        _window(ev.c.timestamp_us, defn.window, comp.at),
         *[comp.filter_pred(f, ev.c.properties) for f in defn.where],
         *comp.in_scope(ev.c.profile_id),
     ]
@@ -973,7 +1064,7 @@ def compile_computed_trait(
             .group_by(profiles.c.canonical_id)
         )
         a = agg.subquery("a")
-        return _final(u, a, func.coalesce(a.c.v, 0))
+        return _final(u, a, func.coalesce(a.c.v, 0)), comp
 
     assert defn.property is not None
     pv = d.prop(ev.c.properties, defn.property)
@@ -990,13 +1081,13 @@ def compile_computed_trait(
         num = case((d.is_kind(v, "number"), d.num(v)))
         fn: Any = {"sum": func.sum, "avg": func.avg, "min": func.min, "max": func.max}[t]
         a = sa.select(base.c.pid, d.to_float(fn(num)).label("v")).group_by(base.c.pid).subquery("a")
-        return _final(u, a, func.coalesce(a.c.v, 0) if t == "sum" else a.c.v)
+        return _final(u, a, func.coalesce(a.c.v, 0) if t == "sum" else a.c.v), comp
 
     if t in ("first", "last"):
         enc = d.c(d.pad(base.c.ts) + d.pad(base.c.seq) + d.json_text(v))
         fn = func.min if t == "first" else func.max
         a = sa.select(base.c.pid, fn(enc).label("v")).group_by(base.c.pid).subquery("a")
-        return _final(u, a, d.json_result(func.substr(a.c.v, 41)))
+        return _final(u, a, d.json_result(func.substr(a.c.v, 41))), comp
 
     # Distinct values per profile. Grouping by the JSON value itself (jsonb equality on
     # Postgres; type class + extracted value on SQLite) makes 1 and 1.0 one value.
@@ -1010,7 +1101,7 @@ def compile_computed_trait(
     if t == "unique_count":
         g = sa.select(base.c.pid).group_by(base.c.pid, *gkeys).subquery("g")
         a = sa.select(g.c.pid, func.count().label("v")).group_by(g.c.pid).subquery("a")
-        return _final(u, a, func.coalesce(a.c.v, 0))
+        return _final(u, a, func.coalesce(a.c.v, 0)), comp
     if t == "most_frequent":
         latest = func.max(d.c(d.pad(base.c.ts) + d.pad(base.c.seq)))
         g = (
@@ -1027,7 +1118,7 @@ def compile_computed_trait(
         # count || latest || value.
         enc = d.c(d.pad(g.c.n) + g.c.latest + g.c.vt)
         a = sa.select(g.c.pid, func.max(enc).label("v")).group_by(g.c.pid).subquery("a")
-        return _final(u, a, d.json_result(func.substr(a.c.v, 61)))
+        return _final(u, a, d.json_result(func.substr(a.c.v, 61))), comp
     if t == "unique_list":
         if d.name == "postgresql":
             g = (
@@ -1058,7 +1149,7 @@ def compile_computed_trait(
             .subquery("l")
         )
         a = sa.select(top.c.pid, top.c.v).where(top.c.rn == 1).subquery("a")
-        return _final(u, a, d.json_result(a.c.v))
+        return _final(u, a, d.json_result(a.c.v)), comp
     raise ValueError(f"unknown computed trait type {t!r}")
 
 
@@ -1094,3 +1185,12 @@ async def evaluate_computed_trait(
     )
     await batch_settings(conn)
     return {row[0]: _jsonable(row[1]) for row in (await conn.execute(q)).all()}
+
+
+async def run_computed_trait(
+    conn: AsyncConnection, prepared: Prepared, *, now_us: int, profile_ids: Sequence[int]
+) -> dict[int, Any]:
+    """Run a ``prepare_computed_trait`` statement at `now_us` for the canonical
+    `profile_ids` (the caller applied ``batch_settings``): profile id -> value."""
+    rows = await conn.execute(prepared.statement, prepared.params(now_us, profile_ids))
+    return {row[0]: _jsonable(row[1]) for row in rows.all()}

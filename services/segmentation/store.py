@@ -1065,14 +1065,18 @@ def change_from_row(row: Any, key: str) -> Change:
 
 
 async def rollup_pairs(
-    c: AsyncConnection, audience_ids: Sequence[int], query: sa.Select[Any]
+    c: AsyncConnection,
+    audience_ids: Sequence[int],
+    query: sa.Select[Any],
+    params: Mapping[str, Any] | None = None,
 ) -> tuple[sa.Table, sa.CompoundSelect[Any]]:
-    """Run a ``sql.compile_audiences`` query into a temporary table (``seg_rollup``:
-    pid, a0..) and return it with its flag columns as (``aud``, ``pid``) member rows
-    for ``MembershipWriter.apply``. The caller drops the table."""
+    """Run a ``sql.compile_audiences`` query (with `params`: a ``sql.Prepared``
+    statement's) into a temporary table (``seg_rollup``: pid, a0..) and return it with
+    its flag columns as (``aud``, ``pid``) member rows for ``MembershipWriter.apply``.
+    The caller drops the table."""
     flags = [sa.Column(f"a{i}", sa.Boolean) for i in range(len(audience_ids))]
     rollup = await _temp_table(c, "seg_rollup", sa.Column("pid", sa.BigInteger), *flags)
-    await c.execute(insert(rollup).from_select(list(rollup.c), query))
+    await c.execute(insert(rollup).from_select(list(rollup.c), query), params)
     await _analyze(c, rollup)
     pairs = sa.union_all(
         *[

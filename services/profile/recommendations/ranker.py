@@ -161,6 +161,7 @@ class _Context:
         settings: scoring.Settings,
         metadata: ItemMetadata,
         ranker: RankerSettings,
+        windowed: sparse.csr_matrix | None = None,
     ) -> None:
         self.log = interactions
         self.now_us = now_us
@@ -169,7 +170,9 @@ class _Context:
         self.ranker = ranker
         n_profiles, n_items = interactions.profile_count, interactions.item_count
         count = len(interactions.items)
-        self.windowed = scoring.cooccurrence(interactions, now_us, settings)
+        self.windowed = (
+            scoring.cooccurrence(interactions, now_us, settings) if windowed is None else windowed
+        )
         self.cosine = scoring.cooccurrence(
             interactions, now_us, scoring.Settings(session_window_us=None)
         )
@@ -339,11 +342,14 @@ def candidates(
     excluded_items: npt.NDArray[np.bool_] | None = None,
     profiles: npt.NDArray[np.int64] | None = None,
     progress: Callable[[float], None] | None = None,
+    windowed: sparse.csr_matrix | None = None,
 ) -> Candidates:
-    """The candidates of the profiles (all by default) and their features."""
+    """The candidates of the profiles (all by default) and their features. `windowed`:
+    ``scoring.cooccurrence`` of the same interactions, instant and settings, when the
+    caller has it already."""
     settings = settings or scoring.Settings()
     ranker = ranker or RankerSettings()
-    context = _Context(interactions, now_us, settings, metadata or ItemMetadata(), ranker)
+    context = _Context(interactions, now_us, settings, metadata or ItemMetadata(), ranker, windowed)
     chosen = np.arange(interactions.profile_count) if profiles is None else profiles
     parts = []
     for start in range(0, len(chosen), ranker.block_profiles):
@@ -742,6 +748,12 @@ def _fill_from(
             scores[profile, place] = floor
 
 
+def _blend_rows(blend: scoring.TopN, more: scoring.TopN, profiles: npt.NDArray[np.int64]) -> None:
+    """Copy the rows of `profiles` from `more` (scored for them) into `blend`."""
+    blend.items[profiles] = more.items[profiles]
+    blend.scores[profiles] = more.scores[profiles]
+
+
 def categories_from_properties(
     metadata: list[dict[str, object]], item_property: str
 ) -> sparse.csr_matrix | None:
@@ -790,19 +802,41 @@ def recommend(
     settings = settings or scoring.Settings()
     knobs = knobs or RankerSettings()
     knobs = replace(knobs, blend_width=max(knobs.blend_width, size))
-    blend = scoring.top_n(
-        interactions,
-        now_us,
-        size,
-        settings,
-        allow_consumed=allow_consumed,
-        excluded_items=excluded_items,
-    )
-    if progress is not None:
-        progress(0.1)
     counts = np.bincount(interactions.profiles, minlength=interactions.profile_count)
     active = np.flatnonzero(counts)
     item_count = max(interactions.item_count, 1)
+    # Ranking scores ranked x items cells: the most recently active profiles first,
+    # the rest keep the blend.
+    ranked = active
+    most_ranked = max(knobs.rank_cells // item_count, 1)
+    if len(active) > most_ranked:
+        last_us = np.full(interactions.profile_count, -1, dtype=np.int64)
+        np.maximum.at(last_us, interactions.profiles, interactions.timestamps_us)
+        latest = active[np.lexsort((active, -last_us[active]))]
+        ranked = np.sort(latest[:most_ranked])
+    # The blend is scored once per profile: here for the profiles the ranker does not
+    # rank (cold ones, those beyond its budget), in the ranker's candidate stage for
+    # the others (its first source), and here again only where the ranker's list falls
+    # short or the ranker is not used. The item-item matrix is built once for both.
+    matrix = scoring.cooccurrence(interactions, now_us, settings)
+
+    def blend_of(profiles: npt.NDArray[np.int64]) -> scoring.TopN:
+        return scoring.top_n(
+            interactions,
+            now_us,
+            size,
+            settings,
+            allow_consumed=allow_consumed,
+            excluded_items=excluded_items,
+            profiles=profiles,
+            item_item=matrix,
+        )
+
+    unranked = np.ones(interactions.profile_count, dtype=bool)
+    unranked[ranked] = False
+    blend = blend_of(np.flatnonzero(unranked))
+    if progress is not None:
+        progress(0.1)
     # Learning scores targets x learners x items cells: sample learners to the budget.
     most = max(knobs.fit_cells // (knobs.targets * item_count), 1)
     learners = None
@@ -817,19 +851,12 @@ def recommend(
     if progress is not None:
         progress(0.5)
     if len(groups) < knobs.min_groups:
+        _blend_rows(blend, blend_of(ranked), ranked)
         return blend, False
     # Two threads: the MovieLens figures are the same as with one (measured).
     model = _train(features, labels, groups, knobs, seed, threads=2)
     if progress is not None:
         progress(0.6)
-    # Ranking scores ranked x items cells: the most recently active profiles first,
-    # the rest keep the blend.
-    ranked = max(knobs.rank_cells // item_count, 1)
-    if len(active) > ranked:
-        last_us = np.full(interactions.profile_count, -1, dtype=np.int64)
-        np.maximum.at(last_us, interactions.profiles, interactions.timestamps_us)
-        latest = active[np.lexsort((active, -last_us[active]))]
-        active = np.sort(latest[:ranked])
     found = candidates(
         interactions,
         now_us,
@@ -838,8 +865,9 @@ def recommend(
         knobs,
         allow_consumed=allow_consumed,
         excluded_items=excluded_items,
-        profiles=active,
+        profiles=ranked,
         progress=None if progress is None else (lambda share: progress(0.6 + 0.4 * share)),
+        windowed=matrix,
     )
     items, scores = rank(model, found, interactions.profile_count, size)
     # Served scores in (0, 1), in the ranker's order (a logistic of its score).
@@ -847,9 +875,13 @@ def recommend(
     # Cold profiles (no history) keep the blend's popular items.
     out_items = blend.items.copy()
     out_scores = blend.scores.copy()
-    out_items[active] = items[active]
-    out_scores[active] = scores[active]
-    _fill_from(out_items, out_scores, blend, active)
+    out_items[ranked] = items[ranked]
+    out_scores[ranked] = scores[ranked]
+    # Where the ranker's list falls short, the blend's next items fill it.
+    short = ranked[(items[ranked] < 0).any(axis=1)] if len(ranked) else ranked
+    if len(short):
+        _blend_rows(blend, blend_of(short), short)
+    _fill_from(out_items, out_scores, blend, ranked)
     if progress is not None:
         progress(1.0)
     return scoring.TopN(out_items, out_scores), True

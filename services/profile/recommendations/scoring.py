@@ -170,8 +170,13 @@ def top_n(
     allow_consumed: bool = False,
     excluded_items: npt.NDArray[np.bool_] | None = None,
     progress: Callable[[float], None] | None = None,
+    profiles: npt.NDArray[np.int64] | None = None,
+    item_item: sparse.csr_matrix | None = None,
 ) -> TopN:
-    """The best `size` items of every profile (cold ones included: popularity)."""
+    """The best `size` items of every profile (cold ones included: popularity); with
+    `profiles`, of those only (the other rows are left empty: -1), each
+    row exactly as without. `item_item`: ``cooccurrence`` of the same interactions,
+    instant and settings, when the caller has it already."""
     settings = settings or Settings()
     n_profiles, n_items = interactions.profile_count, interactions.item_count
     size = min(size, n_items)
@@ -181,7 +186,10 @@ def top_n(
         shape=(n_profiles, n_items),
     ).tocsr()
     pop = settings.popularity_weight * scaled(popularity(interactions, now_us, settings))
-    item_item = cooccurrence(interactions, now_us, settings) if settings.use_cooccurrence else None
+    if not settings.use_cooccurrence:
+        item_item = None
+    elif item_item is None:
+        item_item = cooccurrence(interactions, now_us, settings)
     if not settings.use_cooccurrence:
         pop = scaled(pop)
     blocked = np.zeros(n_items, dtype=bool) if excluded_items is None else excluded_items
@@ -189,9 +197,15 @@ def top_n(
     out_scores = np.zeros((n_profiles, size))
     if size == 0:
         return TopN(out_items, out_scores)
-    for start in range(0, n_profiles, settings.block_profiles):
-        stop = min(start + settings.block_profiles, n_profiles)
-        block = history[start:stop]
+    wanted = n_profiles if profiles is None else len(profiles)
+    for start in range(0, wanted, settings.block_profiles):
+        stop = min(start + settings.block_profiles, wanted)
+        # Rows are scored independently: a row of the chosen profiles' block is the
+        # same row as in a block of consecutive profiles.
+        rows_of: slice | npt.NDArray[np.int64] = (
+            slice(start, stop) if profiles is None else profiles[start:stop]
+        )
+        block = history[rows_of]
         scores = np.tile(pop, (stop - start, 1))
         if item_item is not None:
             related = (block @ item_item).toarray()
@@ -215,8 +229,8 @@ def top_n(
         ranked = np.take_along_axis(candidates, order, axis=1)
         ranked_scores = np.take_along_axis(chosen, order, axis=1)
         usable = np.isfinite(ranked_scores)
-        out_items[start:stop] = np.where(usable, ranked, -1)
-        out_scores[start:stop] = np.where(usable, ranked_scores, 0.0)
+        out_items[rows_of] = np.where(usable, ranked, -1)
+        out_scores[rows_of] = np.where(usable, ranked_scores, 0.0)
         if progress is not None:
-            progress(stop / n_profiles)
+            progress(stop / wanted)
     return TopN(out_items, out_scores)

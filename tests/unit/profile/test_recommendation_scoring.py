@@ -206,6 +206,7 @@ def test_training_serves_the_ranker_when_enough_profiles_teach_it() -> None:
     assert top.items[cold].tolist() == blend.items[cold].tolist()
     fallback, used = ranker.recommend(log, now, 5, knobs=replace(knobs, min_groups=10**6))
     assert not used and np.array_equal(fallback.items, blend.items)
+    assert fallback.scores.tobytes() == blend.scores.tobytes()
 
 
 def test_categories_come_from_shared_text_properties() -> None:
@@ -237,6 +238,32 @@ def test_profiles_beyond_the_ranking_budget_keep_the_blend() -> None:
         p for p in range(log.profile_count) if top.items[p].tolist() != blend.items[p].tolist()
     }
     assert differs and differs <= latest
+    # The profiles it does not rank get exactly the blend's lists (scored only for
+    # them, not for every profile): bit for bit.
+    kept = np.array(sorted(set(range(log.profile_count)) - latest))
+    assert top.items[kept].tobytes() == blend.items[kept].tobytes()
+    assert top.scores[kept].tobytes() == blend.scores[kept].tobytes()
+
+
+def test_the_blend_of_some_profiles_is_their_rows_of_everyones() -> None:
+    log = evaluate.synthetic(300, 80, seed=6)
+    weights = np.random.default_rng(3).choice([0.7, 1.0, 2.5, 3.0], len(log.items))
+    log = replace(log, weights=weights)
+    now = int(log.timestamps_us.max()) + 1
+    blocked = np.zeros(80, dtype=bool)
+    blocked[[1, 5, 17]] = True
+    settings = scoring.Settings(block_profiles=64)
+    everyone = scoring.top_n(log, now, 7, settings, excluded_items=blocked)
+    some = np.array([3, 4, 70, 71, 150, 299])
+    matrix = scoring.cooccurrence(log, now, settings)
+    for item_item in (None, matrix):
+        chosen = scoring.top_n(
+            log, now, 7, settings, excluded_items=blocked, profiles=some, item_item=item_item
+        )
+        assert chosen.items[some].tobytes() == everyone.items[some].tobytes()
+        assert chosen.scores[some].tobytes() == everyone.scores[some].tobytes()
+        others = np.setdiff1d(np.arange(log.profile_count), some)
+        assert (chosen.items[others] == -1).all() and (chosen.scores[others] == 0).all()
 
 
 def test_items_recorded_with_the_next_one_are_next_too() -> None:
