@@ -7,6 +7,10 @@ webhook."""
 
 from __future__ import annotations
 
+import csv
+import io
+from pathlib import Path
+
 import grpc
 import pytest
 from audiences.v1 import sync_pb2
@@ -131,6 +135,65 @@ async def test_one_time_runs_send_only_recently_active_members(api: SyncApi) -> 
         fifth = await run(api, sync.id)
         assert (fifth.added, fifth.skipped) == (1, 0)
         assert _sent(receiver)[4:] == [("added", "ann@example.com")]
+
+
+async def test_a_file_destination_remembers_whom_it_got_once_the_file_is_written(
+    api: SyncApi, tmp_path: Path
+) -> None:
+    """A file is published at the end of its run, so whom it holds is written then."""
+    log = api.log
+    audience = await log.audience("vips")
+    ann = await _person(api, "ann", 1)
+    bob = await _person(api, "bob", 40)
+    for pid in (ann, bob):
+        await log.change(audience, pid, entered=True)
+    destination = await api.stub.CreateDestination(
+        sync_pb2.CreateDestinationRequest(
+            destination=sync_pb2.Destination(
+                name="drop",
+                kind=sync_pb2.DESTINATION_KIND_FILE,
+                directory=str(tmp_path),
+                file_format="csv",
+                batch_size=1,
+            )
+        ),
+        metadata=api.metadata,
+    )
+    sync = await api.stub.CreateSync(
+        sync_pb2.CreateSyncRequest(
+            sync=sync_pb2.Sync(
+                destination_id=destination.id,
+                source=sync_pb2.SYNC_SOURCE_AUDIENCE,
+                source_key="vips",
+                id_type="email",
+                cadence=sync_pb2.SYNC_CADENCE_ONE_TIME,
+                max_removal_fraction=1,
+                active_within_days=7,
+            )
+        ),
+        metadata=api.metadata,
+    )
+
+    def written(run_id: str) -> list[tuple[str, str]]:
+        text = (tmp_path / f"{sync.id}-{run_id}.csv").read_text()
+        return [(r["action"], r["id"]) for r in csv.DictReader(io.StringIO(text))]
+
+    first = await run(api, sync.id)
+    assert written(first.id) == [("added", "ann@example.com")]
+    # In one run: cat enters and leaves again, bob (never sent) and ann leave.
+    cat = await _person(api, "cat", 2)
+    await log.change(audience, cat, entered=True)
+    await log.change(audience, cat, entered=False)
+    await log.change(audience, bob, entered=False)
+    await log.change(audience, ann, entered=False)
+    second = await run(api, sync.id)
+    assert written(second.id) == [
+        ("added", "cat@example.com"),
+        ("removed", "cat@example.com"),
+        ("removed", "ann@example.com"),
+    ]
+    assert (second.added, second.removed, second.skipped) == (1, 2, 1)
+    assert await _holds(api, sync.id) == 0
 
 
 async def test_the_filter_cannot_be_turned_on_or_off_but_n_may_change(api: SyncApi) -> None:
