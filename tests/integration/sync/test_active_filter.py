@@ -2,8 +2,8 @@
 without an event in the last N days (over every merged profile) is skipped, not sent;
 the exit of someone the destination never got is not sent either, and the size
 guardrail counts only the exits of people it holds. One-time runs (RunSync) and the
-realtime cadence (the sync service's realtime worker, its sweep) against a real
-webhook."""
+realtime cadence (the sync service's realtime worker, from `stream:changes` entries)
+against a real webhook."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from sqlalchemy import insert, select
 from services.shared.clock import US_PER_DAY
 from services.shared.db.tables import events
 from services.shared.errors import field_violations
+from services.shared.server import Resources
+from services.shared.streams import CHANGES_STREAM
 from services.sync.tables import syncs
 from tests.helpers.syncs import create_webhook_sync
 from tests.helpers.waiting import eventually
@@ -247,20 +249,38 @@ async def test_a_bad_number_of_days_is_refused(api: SyncApi, days: int) -> None:
 
 
 @pytest.fixture
-def fast_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The realtime worker checks every realtime sync against the change log often."""
-    monkeypatch.setenv("SYNC_REALTIME_SWEEP_SECONDS", "0.1")
+def no_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The realtime worker sweeps once, at its start (before the sync exists): every
+    delivery below is triggered by a `stream:changes` entry."""
+    monkeypatch.setenv("SYNC_REALTIME_SWEEP_SECONDS", "3600")
 
 
 async def test_realtime_syncs_send_only_recently_active_members(
-    fast_sweep: None, api: SyncApi
+    no_sweep: None, api: SyncApi, resources: Resources
 ) -> None:
     log = api.log
     audience = await log.audience("vips")
+
+    async def change(pid: int, entered: bool) -> int:
+        """A change committed, then announced on the stream as the realtime worker does."""
+        seq = await log.change(audience, pid, entered=entered)
+        await resources.redis.xadd(
+            CHANGES_STREAM,
+            {
+                "kind": "entered" if entered else "exited",
+                "workspace_id": log.ws,
+                "seq": seq,
+                "audience_id": audience,
+                "audience_key": "vips",
+                "profile_id": pid,
+                "at_us": NOW,
+                "version": 1,
+            },
+        )
+        return seq
+
     ann = await _person(api, "ann", 1)
     bob = await _person(api, "bob", 40)
-    for pid in (ann, bob):
-        await log.change(audience, pid, entered=True)
     async with webhook(SECRET) as receiver:
         sync = await create_webhook_sync(
             api.stub,
@@ -275,20 +295,30 @@ async def test_realtime_syncs_send_only_recently_active_members(
             max_removal_fraction=1,
         )
 
-        async def delivered(expected: list[tuple[str, str]], seq: int) -> None:
+        async def delivered(expected: list[tuple[str, str]], seq: int, skipped: int) -> None:
             async def check() -> bool:
                 got = await get_sync(api, sync.id)
-                return got.cursor >= seq and _sent(receiver) == expected
+                runs = await api.stub.ListSyncRuns(
+                    sync_pb2.ListSyncRunsRequest(sync_id=sync.id), metadata=api.metadata
+                )
+                # A run's record is written after its cursor: wait for both.
+                return (
+                    got.cursor >= seq
+                    and _sent(receiver) == expected
+                    and sum(r.skipped for r in runs.runs) == skipped
+                )
 
             await eventually(check, 20, f"the realtime sync at seq {seq} with {expected}")
 
-        await delivered([("added", "ann@example.com")], 2)
+        await change(ann, True)
+        # Bob's entry is skipped.
+        await delivered([("added", "ann@example.com")], await change(bob, True), 1)
         cat = await _person(api, "cat", 2)
         dan = await _person(api, "dan", 30)
-        await log.change(audience, cat, entered=True)
-        await log.change(audience, dan, entered=True)
-        await log.change(audience, bob, entered=False)
-        last = await log.change(audience, ann, entered=False)
+        await change(cat, True)
+        await change(dan, True)
+        await change(bob, False)
+        last = await change(ann, False)
         await delivered(
             [
                 ("added", "ann@example.com"),
@@ -296,10 +326,6 @@ async def test_realtime_syncs_send_only_recently_active_members(
                 ("removed", "ann@example.com"),
             ],
             last,
+            3,  # and dan's entry and bob's exit
         )
-        runs = await api.stub.ListSyncRuns(
-            sync_pb2.ListSyncRunsRequest(sync_id=sync.id), metadata=api.metadata
-        )
-        # Bob's entry, then dan's entry and bob's exit.
-        assert sum(r.skipped for r in runs.runs) == 3
         assert await _holds(api, sync.id) == 1
