@@ -329,3 +329,32 @@ async def test_realtime_syncs_send_only_recently_active_members(
             3,  # and dan's entry and bob's exit
         )
         assert await _holds(api, sync.id) == 1
+
+
+async def test_event_syncs_refuse_the_filter(api: SyncApi) -> None:
+    destination = await api.stub.CreateDestination(
+        sync_pb2.CreateDestinationRequest(
+            destination=sync_pb2.Destination(
+                name="hook",
+                kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
+                base_url="http://127.0.0.1:9/hook",
+                secret=SECRET,
+            )
+        ),
+        metadata=api.metadata,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await api.stub.CreateSync(
+            sync_pb2.CreateSyncRequest(
+                sync=sync_pb2.Sync(
+                    destination_id=destination.id,
+                    source=sync_pb2.SYNC_SOURCE_EVENTS,
+                    id_type="user_id",
+                    cadence=sync_pb2.SYNC_CADENCE_REALTIME,
+                    active_within_days=7,
+                )
+            ),
+            metadata=api.metadata,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sync.active_within_days" in [v.field for v in field_violations(refused.value)]
