@@ -395,7 +395,11 @@ def check_sync(given: SyncInput) -> None:
         if not n or len(n) > 255:
             problems.append(FieldViolation("sync.event_names", "each 1 to 255 characters"))
             break
-    if not 0 <= given.active_within_days <= MAX_ACTIVE_WITHIN_DAYS:
+    if given.active_within_days and given.source == EVENTS:
+        problems.append(
+            FieldViolation("sync.active_within_days", "event syncs forward every event")
+        )
+    elif not 0 <= given.active_within_days <= MAX_ACTIVE_WITHIN_DAYS:
         problems.append(
             FieldViolation(
                 "sync.active_within_days", f"must be between 0 and {MAX_ACTIVE_WITHIN_DAYS}"

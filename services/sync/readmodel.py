@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.types import NullType
 
 from services.shared.db.membership_log import ENTERED, EXITED, membership_changes, memberships
-from services.shared.db.tables import identities, profiles
+from services.shared.db.tables import events, identities, profiles
 
 audiences = table(
     "audiences",
@@ -139,6 +139,12 @@ class ChangeLog:
                 )
                 members = {int(r[0]) for r in found}
         return people, values, members
+
+    async def active_persons(self, ws: str, persons: set[int], since_us: int) -> set[int]:
+        """Those of the persons (canonical profiles) with an event at or after
+        `since_us` on any of their merged profiles."""
+        async with self._engine.connect() as c:
+            return await active(c, ws, persons, since_us)
 
     async def count_exits(self, ws: str, audience_id: int, after: int, upto: int) -> int:
         """Exits of the audience in (after, upto]: what a run would remove."""
@@ -547,6 +553,26 @@ async def _id_values(c: AsyncConnection, ws: str, people: set[int], id_type: str
     )
     # Ordered newest first, so the last assignment per person is the earliest.
     return {r.canonical_id: r.id_value for r in rows}
+
+
+async def active(c: AsyncConnection, ws: str, persons: set[int], since_us: int) -> set[int]:
+    """The "active in the last N days" filter of every sync source: those of the persons
+    (canonical profiles) with an event timestamped at or after `since_us` on any of
+    their merged profiles."""
+    if not persons:
+        return set()
+    found = await c.execute(
+        select(profiles.c.canonical_id)
+        .distinct()
+        .select_from(events.join(profiles, profiles.c.profile_id == events.c.profile_id))
+        .where(
+            events.c.workspace_id == ws,
+            profiles.c.workspace_id == ws,
+            profiles.c.canonical_id.in_(sorted(persons)),
+            events.c.timestamp_us >= since_us,
+        )
+    )
+    return {int(r[0]) for r in found}
 
 
 def _logged_id(identifiers: Any, id_type: str) -> str | None:

@@ -75,6 +75,7 @@ class _Pending:
 
     cursor: int
     members_delta: int = 0
+    members: dict[int, bool] = field(default_factory=dict)
 
 
 class SyncRunner:
@@ -571,7 +572,15 @@ class SyncRunner:
         if sync.removal_approved or sync.delivered_members <= 0:
             return False
         held = await self._held_out(sync, audience_id)
-        if sync.exclude_holdout:
+        if sync.active_within_days:
+            # Only the people the destination holds from this sync are removed (those
+            # skipped as inactive, or held out, were never sent).
+            leaving = await self._changelog.exiting_persons(
+                sync.workspace_id, audience_id, sync.cursor, upto
+            )
+            holds = await self._store.held_members(sync.id, sync.workspace_id, set(leaving))
+            exits = sum(1 for person in leaving if person in holds)
+        elif sync.exclude_holdout:
             # Held-out members were never delivered: their exits remove nothing.
             leaving = await self._changelog.exiting_persons(
                 sync.workspace_id, audience_id, sync.cursor, upto
@@ -610,14 +619,22 @@ class SyncRunner:
         """Deliver the audience's members as of one snapshot, then set the cursor to the
         snapshot's last seq: later runs deliver exactly the changes after it."""
         held = await self._held_out(sync, audience_id)
+        since = _active_since(sync, run)
+        sent: dict[int, bool] = {}  # with the activity filter: the persons sent
         async with self._changelog.member_snapshot(
             sync.workspace_id, audience_id, sync.id_type
         ) as (last, members):
             index = 0
             async for chunk in _chunks(members, destination.batch_size):
+                named = {person for person, value in chunk if value is not None}
+                active = (
+                    named
+                    if since is None
+                    else await self._changelog.active_persons(sync.workspace_id, named, since)
+                )
                 changes = []
                 for person, value in chunk:
-                    if value is None or held(person):
+                    if value is None or held(person) or person not in active:
                         run.skipped += 1
                     else:
                         changes.append(Change(last, ADDED, person, value, run.started_at_us))
@@ -625,9 +642,19 @@ class SyncRunner:
                     key = f"{sync.id}:backfill@{last}:{index}"
                     await self._send(sync, target, key, changes, run)
                     index += 1
+                if since is None:
+                    await self._renew(run)
+                    continue
+                # Remembered once acknowledged (or dead-lettered: re-drivable), so
+                # their exits are sent later and the others' are not.
+                batch = dict.fromkeys((c.profile_id for c in changes), True)
+                if target.acknowledges_each_batch:
+                    await self._remember_members(run, sync, batch)
+                else:
+                    sent.update(batch)
                 await self._renew(run)
         await target.finish()
-        await self._acknowledge(run, last, run.added - run.removed)
+        await self._acknowledge(run, last, run.added - run.removed, members=(sync, sent))
         run.to_cursor = last
 
     async def _deltas(
@@ -643,13 +670,19 @@ class SyncRunner:
         cursor = sync.cursor
         pending = _Pending(cursor)
         held = await self._held_out(sync, audience_id)
+        since = _active_since(sync, run)
+        holds: dict[int, bool] = {}  # with the activity filter: persons held, as of now
         while True:
             logged = await self._changelog.changes(
                 sync.workspace_id, audience_id, sync.id_type, cursor, upto, destination.batch_size
             )
             if not logged:
                 break
-            changes = self._named(logged, run, held)
+            members: dict[int, bool] = {}
+            if since is None:
+                changes = self._named(logged, run, held)
+            else:
+                changes, members = await self._filtered(sync, logged, run, held, since, holds)
             delta = 0
             if changes:
                 key = f"{sync.id}:{logged[0].seq}-{logged[-1].seq}"
@@ -658,14 +691,53 @@ class SyncRunner:
                 delta = run.added - run.removed - before
             cursor = logged[-1].seq
             if target.acknowledges_each_batch:
-                await self._acknowledge(run, cursor, delta)
+                await self._acknowledge(run, cursor, delta, members=(sync, members))
             else:
                 pending.cursor, pending.members_delta = cursor, pending.members_delta + delta
+                pending.members.update(members)
                 await self._renew(run)
         await target.finish()
         if not target.acknowledges_each_batch:
-            await self._acknowledge(run, pending.cursor, pending.members_delta)
+            await self._acknowledge(
+                run, pending.cursor, pending.members_delta, members=(sync, pending.members)
+            )
         run.to_cursor = cursor
+
+    async def _filtered(
+        self,
+        sync: Sync,
+        logged: list[LoggedChange],
+        run: Run,
+        held: Callable[[int], bool],
+        since: int,
+        holds: dict[int, bool],
+    ) -> tuple[list[Change], dict[int, bool]]:
+        """The changes an audience sync with the activity filter sends, and what the
+        destination holds after them (person -> held). An entry is sent when the person
+        has an event since `since` (or is held already); an exit only when the
+        destination holds the person (an inactive entrant was never sent). `holds`
+        carries the run's own changes from batch to batch (a destination that
+        acknowledges at the end has not had them written yet)."""
+        ws = sync.workspace_id
+        unknown = {c.person for c in logged} - holds.keys()
+        stored = await self._store.held_members(sync.id, ws, unknown)
+        holds.update({person: person in stored for person in unknown})
+        entering = {c.person for c in logged if c.entered and not holds[c.person]}
+        active = await self._changelog.active_persons(ws, entering, since)
+        out: list[Change] = []
+        members: dict[int, bool] = {}
+        for c in logged:
+            if c.id_value is None or held(c.person):
+                run.skipped += 1
+            elif c.entered and (holds[c.person] or c.person in active):
+                out.append(Change(c.seq, ADDED, c.person, c.id_value, c.at_us))
+                holds[c.person] = members[c.person] = True
+            elif not c.entered and holds[c.person]:
+                out.append(Change(c.seq, REMOVED, c.person, c.id_value, c.at_us))
+                holds[c.person] = members[c.person] = False
+            else:  # an inactive entrant, or the exit of someone never sent
+                run.skipped += 1
+        return out, members
 
     async def _held_out(self, sync: Sync, audience_id: int) -> Callable[[int], bool]:
         """Whether a person is left out as one of the audience's holdout (control)
@@ -747,7 +819,17 @@ class SyncRunner:
             letter.status_code,
         )
 
-    async def _acknowledge(self, run: Run, cursor: int, delta: int, cursor_pid: int = 0) -> None:
+    async def _acknowledge(
+        self,
+        run: Run,
+        cursor: int,
+        delta: int,
+        cursor_pid: int = 0,
+        members: tuple[Sync, Mapping[int, bool]] | None = None,
+    ) -> None:
+        """Write the cursor (and, `members`, which persons the sync's destination holds
+        now: audience syncs with the activity filter) under the run's claim."""
+        held = (members[0].workspace_id, members[1]) if members and members[1] else None
         if not await self._store.acknowledge(
             run.sync_id,
             run.holder,
@@ -756,6 +838,14 @@ class SyncRunner:
             self._claim_until(),
             backfilled=True,
             cursor_profile_id=cursor_pid,
+            members=held,
+            now_us=self._clock.now_us(),
+        ):
+            raise DeliveryFailed(f"sync {run.sync_id}: this replica lost its claim mid-run")
+
+    async def _remember_members(self, run: Run, sync: Sync, members: Mapping[int, bool]) -> None:
+        if not await self._store.record_members(
+            run.sync_id, run.holder, sync.workspace_id, members, self._clock.now_us()
         ):
             raise DeliveryFailed(f"sync {run.sync_id}: this replica lost its claim mid-run")
 
@@ -811,6 +901,13 @@ def _items(items: list[dict[str, Any]], metadata: bool) -> list[Any]:
         {"item_id": item["item_id"], "metadata": orjson.loads(item.get("metadata") or "{}")}
         for item in items
     ]
+
+
+def _active_since(sync: Sync, run: Run) -> int | None:
+    """The activity filter's start (events at or after it count), or None when off."""
+    if not sync.active_within_days:
+        return None
+    return run.started_at_us - sync.active_within_days * US_PER_DAY
 
 
 def _count(run: Run, batch: Batch) -> None:

@@ -166,6 +166,15 @@ class SyncService:
             raise invalid("sync.exclude_holdout", "cannot change; create a new sync")
         if given.item_metadata and not current.item_metadata:
             raise invalid("sync.item_metadata", "cannot change; create a new sync")
+        # An audience sync remembers whom it sent only with the activity filter on, so
+        # turning it on or off would lose track of whose exits to send; N may change.
+        if current.source == AUDIENCE and (
+            bool(given.active_within_days) != bool(current.active_within_days)
+        ):
+            raise invalid(
+                "sync.active_within_days",
+                "cannot be turned on or off for an audience sync; create a new sync",
+            )
         given = replace(
             given,
             destination_id=current.destination_id,

@@ -7,12 +7,13 @@ module handles ciphertext and the plain secret is never written to a table.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import delete, insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.shared.db.tables import profiles
 from services.sync.model import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MAX_REMOVAL_FRACTION,
@@ -333,6 +334,50 @@ class SyncStore:
             )
         return True
 
+    # ------------------------------------- audience syncs with an activity filter
+
+    async def held_members(self, sync_id: str, ws: str, persons: Collection[int]) -> set[int]:
+        """Those of the persons (canonical profiles) the destination holds from this
+        sync: a profile of theirs (they may have merged since) was sent as entering and
+        not as exiting since."""
+        if not persons:
+            return set()
+        async with self._engine.connect() as c:
+            rows = await c.execute(
+                select(profiles.c.canonical_id)
+                .distinct()
+                .select_from(
+                    sync_sent_lists.join(
+                        profiles, profiles.c.profile_id == sync_sent_lists.c.profile_id
+                    )
+                )
+                .where(
+                    sync_sent_lists.c.sync_id == sync_id,
+                    profiles.c.workspace_id == ws,
+                    profiles.c.canonical_id.in_(sorted(set(persons))),
+                )
+            )
+            return {int(r[0]) for r in rows}
+
+    async def record_members(
+        self, sync_id: str, holder: str, ws: str, members: Mapping[int, bool], now_us: int
+    ) -> bool:
+        """Remember which persons the destination now holds (True) or no longer holds
+        (False) from this sync, under `holder`'s claim (False, nothing written, when it
+        lost it)."""
+        if not members:
+            return True
+        async with self._engine.begin() as c:
+            held = await c.execute(
+                select(syncs.c.sync_id).where(
+                    syncs.c.sync_id == sync_id, syncs.c.claimed_by == holder
+                )
+            )
+            if held.first() is None:
+                return False
+            await _write_members(c, sync_id, ws, members, now_us)
+        return True
+
     # ------------------------------------------------------------ claims (replicas)
 
     async def claim(
@@ -391,9 +436,13 @@ class SyncStore:
         claimed_until_us: int,
         backfilled: bool,
         cursor_profile_id: int = 0,
+        members: tuple[str, Mapping[int, bool]] | None = None,
+        now_us: int = 0,
     ) -> bool:
         """Advance the cursor past what the destination acknowledged and renew the claim;
-        False (nothing written) when `holder` no longer holds the claim."""
+        False (nothing written) when `holder` no longer holds the claim. `members`
+        (workspace, person -> held): what `record_members` writes, in the same
+        transaction."""
         async with self._engine.begin() as c:
             result = await c.execute(
                 update(syncs)
@@ -406,6 +455,8 @@ class SyncStore:
                     backfilled=backfilled,
                 )
             )
+            if result.rowcount and members is not None:
+                await _write_members(c, sync_id, members[0], members[1], now_us)
         return bool(result.rowcount)
 
     async def due_syncs(self, now_us: int, limit: int) -> list[Sync]:
@@ -601,3 +652,38 @@ def _run(row: Any, letters: Sequence[DeadLetter]) -> Run:
 
 
 __all__ = ["SyncStore"]
+
+
+# What `sync_sent_lists` holds for a person an audience sync delivered as entering.
+MEMBER = "member"
+
+
+async def _write_members(
+    c: AsyncConnection, sync_id: str, ws: str, members: Mapping[int, bool], now_us: int
+) -> None:
+    """Forget every profile of these persons (one merged into them included), then
+    remember the persons the destination holds."""
+    if not members:
+        return
+    persons = sorted(members)
+    of_persons = select(profiles.c.profile_id).where(
+        profiles.c.workspace_id == ws, profiles.c.canonical_id.in_(persons)
+    )
+    await c.execute(
+        delete(sync_sent_lists).where(
+            sync_sent_lists.c.sync_id == sync_id,
+            or_(
+                sync_sent_lists.c.profile_id.in_(persons),
+                sync_sent_lists.c.profile_id.in_(of_persons),
+            ),
+        )
+    )
+    held = [p for p in persons if members[p]]
+    if held:
+        await c.execute(
+            insert(sync_sent_lists),
+            [
+                {"sync_id": sync_id, "profile_id": p, "digest": MEMBER, "sent_at_us": now_us}
+                for p in held
+            ],
+        )

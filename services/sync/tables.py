@@ -8,7 +8,9 @@
 - ``sync_runs``: one row per run, with its counts.
 - ``sync_sent_lists``: per recommendation sync and profile, the digest of the list the
   destination last acknowledged (or that was dead-lettered): a run sends the lists whose
-  digest differs.
+  digest differs. Per audience sync with ``active_within_days``, a row (digest
+  ``member``) for each person the destination holds from the sync: their exit is sent,
+  others' are not.
 - ``sync_dead_letters``: batches a destination refused (4xx other than 429), with the
   response and the payload, so they can be inspected and re-driven.
 """

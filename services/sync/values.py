@@ -19,9 +19,10 @@ from typing import Any
 from sqlalchemy import column, literal, select, table, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.shared.db.tables import Json, events, prediction_scores, profiles
+from services.shared.db.tables import Json, prediction_scores, profiles
 from services.sync.model import COMPUTED_TRAIT, PREDICTION, RECOMMENDATION
 from services.sync.readmodel import STREAM_ROWS, _id_values, _people
+from services.sync.readmodel import active as active_among
 
 computed_traits = table("computed_traits", column("workspace_id"), column("key"))
 computed_trait_values = table(
@@ -125,21 +126,8 @@ class ValueReader:
             persons = {people.get(r.profile_id, r.profile_id) for r in rows}
             ids = await _id_values(c, ws, persons, id_type)
             active = persons
-            if active_since_us is not None and persons:
-                found = await c.execute(
-                    select(profiles.c.canonical_id)
-                    .distinct()
-                    .select_from(
-                        events.join(profiles, profiles.c.profile_id == events.c.profile_id)
-                    )
-                    .where(
-                        events.c.workspace_id == ws,
-                        profiles.c.workspace_id == ws,
-                        profiles.c.canonical_id.in_(sorted(persons)),
-                        events.c.timestamp_us >= active_since_us,
-                    )
-                )
-                active = {int(r[0]) for r in found}
+            if active_since_us is not None:
+                active = await active_among(c, ws, persons, active_since_us)
         out = []
         for r in rows:
             person = people.get(r.profile_id, r.profile_id)

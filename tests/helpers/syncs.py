@@ -45,6 +45,7 @@ async def create_webhook_sync(
     timeout_seconds: float = 0,
     max_removal_fraction: float = 0,
     exclude_holdout: bool = False,
+    active_within_days: int = 0,
 ) -> sync_pb2.Sync:
     """A webhook destination at `url` signing with `secret`, and a sync of the audience
     to it naming people by `id_type` (0 for a setting: the service's default)."""
@@ -61,6 +62,7 @@ async def create_webhook_sync(
                 cadence=cadence,
                 max_removal_fraction=max_removal_fraction,
                 exclude_holdout=exclude_holdout,
+                active_within_days=active_within_days,
             )
         ),
         metadata=metadata,
