@@ -450,3 +450,105 @@ async def test_the_ranker_serves_unconsumed_items_deterministically_within_the_w
         had = {item for _, item in history}
         assert got and not had & set(got), user
         assert "zz-other" not in got
+
+
+async def test_profiles_newer_than_the_training_get_the_popular_list_and_a_rebuild_restores_it(
+    profile_stub, resources, workspace, redis
+) -> None:  # type: ignore[no-untyped-def]
+    from services.profile.app import SPEC as PROFILE
+    from services.shared.rebuild import rebuild_hot_state
+
+    ws = workspace.workspace_id
+    await shop(resources, redis, ws)
+    for model in (shop_model(size=3), shop_model("instock", size=2, exclusions=[
+        profile_pb2.ItemExclusion(property="in_stock", values=["false"])
+    ])):  # fmt: skip
+        await profile_stub.CreateRecommendationModel(
+            profile_pb2.CreateRecommendationModelRequest(model=model),
+            metadata=bearer(workspace.admin),
+        )
+    await train(profile_stub, workspace.admin, "shop")
+    trained_target = await recommended(profile_stub, workspace.profile, "target")
+    # What a cold profile got at training is the workspace's popular list.
+    cold_at_training = await recommended(profile_stub, workspace.profile, "cold", model_key="shop")
+    assert cold_at_training == ["p5", "p2", "p1"]
+
+    # A profile that arrives after the training: no list of its own, the popular one.
+    await person(resources, redis, ws, "newcomer", [("Product Viewed", "p3")])
+    reply = await profile_stub.GetRecommendations(
+        profile_pb2.GetRecommendationsRequest(identifier=ident("newcomer")),
+        metadata=bearer(workspace.profile),
+    )
+    assert [r.item_id for r in reply.recommendations] == cold_at_training
+    assert reply.cold_start and {r.model_key for r in reply.recommendations} == {"shop"}
+    assert orjson.loads(reply.recommendations[1].metadata) == {"name": "Teapot", "in_stock": True}
+    profile = await profile_stub.GetProfile(
+        profile_pb2.GetProfileRequest(identifier=ident("newcomer")),
+        metadata=bearer(workspace.profile),
+    )
+    assert [r.item_id for r in profile.recommendations] == cold_at_training
+    # A trained profile keeps its own list, not marked cold.
+    own = await profile_stub.GetRecommendations(
+        profile_pb2.GetRecommendationsRequest(identifier=ident("target")),
+        metadata=bearer(workspace.profile),
+    )
+    assert [r.item_id for r in own.recommendations] == trained_target and not own.cold_start
+    assert trained_target != cold_at_training
+
+    # Training a second object: trained profiles get its own list; the newcomer (not in
+    # the database at that training: only in the hot state) its popular list beside
+    # the first's, and its cached GetProfile encoding is not served again.
+    await redis.delete(hotstate.identity_key(ws, "user_id", "newcomer"))
+    await seed_hot(redis, ws, HotSeed(999_999, [("user_id", "latecomer")]))
+    before = await profile_stub.GetProfile(
+        profile_pb2.GetProfileRequest(identifier=ident("latecomer")),
+        metadata=bearer(workspace.profile),
+    )
+    assert {r.model_key for r in before.recommendations} == {"shop"}
+    await train(profile_stub, workspace.admin, "instock")
+    after = await profile_stub.GetProfile(
+        profile_pb2.GetProfileRequest(identifier=ident("latecomer")),
+        metadata=bearer(workspace.profile),
+    )
+    assert [(r.model_key, r.item_id) for r in after.recommendations] == [
+        ("instock", "p2"),
+        ("instock", "p1"),
+        ("shop", "p5"),
+        ("shop", "p2"),
+        ("shop", "p1"),
+    ]
+    only = await profile_stub.GetRecommendations(
+        profile_pb2.GetRecommendationsRequest(identifier=ident("target"), model_key="instock"),
+        metadata=bearer(workspace.profile),
+    )
+    assert only.recommendations and not only.cold_start
+
+    # The hot state is lost and rebuilt from the database: the popular lists are back
+    # (profiles' own lists come back at the next training; until then, popular ones).
+    popular_key = hotstate.popular_recommendations_key(ws)
+    kept = await redis.hgetall(popular_key)
+    await redis.flushdb()
+    await seed_hot(redis, ws, HotSeed(999_999, [("user_id", "latecomer")]))
+    said: list[str] = []
+    assert await rebuild_hot_state([PROFILE], resources, said.append, [ws]) == 1
+    assert f"  {ws} profile: 2 popular recommendation lists" in said
+    rebuilt = await redis.hgetall(popular_key)
+    version = hotstate.POPULAR_VERSION_FIELD.encode()
+    assert {k: v for k, v in rebuilt.items() if k != version} == {
+        k: v for k, v in kept.items() if k != version
+    }
+    again = await profile_stub.GetRecommendations(
+        profile_pb2.GetRecommendationsRequest(identifier=ident("latecomer"), model_key="shop"),
+        metadata=bearer(workspace.profile),
+    )
+    assert [r.item_id for r in again.recommendations] == cold_at_training and again.cold_start
+
+    # Deleting an object takes its popular list away too.
+    await profile_stub.DeleteRecommendationModel(
+        profile_pb2.DeleteRecommendationModelRequest(key="shop"), metadata=bearer(workspace.admin)
+    )
+    left = await profile_stub.GetProfile(
+        profile_pb2.GetProfileRequest(identifier=ident("latecomer")),
+        metadata=bearer(workspace.profile),
+    )
+    assert {r.model_key for r in left.recommendations} == {"instock"}

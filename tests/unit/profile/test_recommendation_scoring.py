@@ -45,6 +45,23 @@ def test_cold_profiles_get_popular_items_best_first() -> None:
     assert np.all(np.diff(top.scores[5]) <= 0)
 
 
+def test_the_popular_list_is_what_a_cold_profile_gets_ties_included() -> None:
+    # Many items with few distinct popularities: ties at every cut-off.
+    rng = np.random.default_rng(3)
+    who, what = rng.integers(0, 50, 400), rng.integers(0, 60, 400) // 3
+    rows = [(int(p), int(i), 0) for p, i in zip(who, what, strict=True)]
+    shop = interactions(rows, profiles=51, items=60)  # profile 50 is cold
+    blocked = np.zeros(60, dtype=bool)
+    blocked[[1, 7]] = True
+    for size in (1, 5, 13, 60, 80):
+        for excluded in (None, blocked):
+            top = scoring.top_n(shop, 10 * DAY, size, excluded_items=excluded)
+            popular = scoring.popular_top_n(shop, 10 * DAY, size, excluded_items=excluded)
+            assert popular.items[0].tolist() == top.items[50].tolist(), size
+            assert popular.scores[0].tolist() == top.scores[50].tolist(), size
+    assert scoring.popular_top_n(SHOP, 10 * DAY, 3).items[0].tolist() == [2, 0, 1]
+
+
 def test_consumed_items_come_back_only_when_allowed_and_exclusions_always() -> None:
     blocked = np.array([False, False, True, False])
     allowed = scoring.top_n(SHOP, 10 * DAY, 3, allow_consumed=True, excluded_items=blocked)
