@@ -86,6 +86,7 @@ def _recommendation_model(
         exclusions=tuple(
             definition.ItemExclusion(x.property, tuple(x.values)) for x in message.exclusions
         ),
+        goal_event=message.goal_event,
     )
 
 
@@ -120,6 +121,7 @@ def _recommendation_model_pb(
         ],
         created_at=timestamp_from_us(found.created_at_us),
         training=status,
+        goal_event=found.goal_event,
     )
 
 

@@ -55,6 +55,7 @@ def _model(row: Any) -> RecommendationModel:
         recommend_consumed=row.recommend_consumed,
         exclusions=tuple(ItemExclusion(x["property"], tuple(x["values"])) for x in row.exclusions),
         created_at_us=row.created_at_us,
+        goal_event=row.goal_event or "",
         training=TrainingStatus(
             state=TrainingState(row.training_state),
             progress=row.training_progress,
@@ -103,6 +104,7 @@ class RecommendationStore:
                             for x in model.exclusions
                         ],
                         created_at_us=model.created_at_us,
+                        goal_event=model.goal_event or None,
                         training_state=TrainingState.NEVER_TRAINED.value,
                         training_progress=0.0,
                         trained_profiles=0,

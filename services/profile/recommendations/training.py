@@ -85,6 +85,13 @@ def excluded(model: RecommendationModel, metadata: list[dict[str, Any]]) -> npt.
     return blocked
 
 
+def goal_mask(model: RecommendationModel, rows: InteractionRows) -> npt.NDArray[np.bool_] | None:
+    """Which interactions are the object's goal event (None without one)."""
+    if not model.goal_event:
+        return None
+    return np.array([name == model.goal_event for name in rows.event_names], dtype=bool)
+
+
 def _text(value: Any) -> str:
     # Compared as the JSON scalar's text: true/false, numbers as written, strings bare.
     if isinstance(value, str):
@@ -146,6 +153,7 @@ class Trainer:
                 allow_consumed=model.recommend_consumed,
                 excluded_items=excluded(model, metadata),
                 progress=lambda done: share.__setitem__(0, done),
+                goal=goal_mask(model, rows),
             )
         )
         while not job.done():

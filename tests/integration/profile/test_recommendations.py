@@ -204,6 +204,7 @@ async def test_a_bad_object_names_every_bad_field_and_creates_nothing(
         item_property="",
         size=101,
         exclusions=[profile_pb2.ItemExclusion(property="in_stock")],
+        goal_event="Order Completed",
     )
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await profile_stub.CreateRecommendationModel(
@@ -219,6 +220,7 @@ async def test_a_bad_object_names_every_bad_field_and_creates_nothing(
         "model.item_property",
         "model.size",
         "model.exclusions[0].values",
+        "model.goal_event",
     }
     with pytest.raises(grpc.aio.AioRpcError) as empty:
         await profile_stub.CreateRecommendationModel(
@@ -552,3 +554,59 @@ async def test_profiles_newer_than_the_training_get_the_popular_list_and_a_rebui
         metadata=bearer(workspace.profile),
     )
     assert {r.model_key for r in left.recommendations} == {"instock"}
+
+
+async def test_a_goal_event_makes_the_ranker_recommend_what_is_ordered_next(
+    profile_stub, resources, workspace, redis, clock
+) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from services.profile.recommendations.hotwrite import RecommendationWriter
+    from services.profile.recommendations.ranker import RankerSettings
+    from services.profile.recommendations.service import RecommendationModels
+    from services.profile.recommendations.store import RecommendationStore
+    from services.profile.recommendations.training import Trainer
+
+    ws = workspace.workspace_id
+    admin = bearer(workspace.admin)
+    # 30 pages viewed along a chain, 4 products ordered among the views; everyone's last
+    # interactions are views. Someone who viewed pages 2 and 3 will view page 4 next,
+    # but what they will order next is a product.
+    rng = np.random.default_rng(1)
+    viewed, ordered = "Product Viewed", "Order Completed"
+    for n in range(100):
+        start = int(rng.integers(0, 30))
+        products = [f"o{int(i)}" for i in rng.permutation(4)[:2]]
+        pages = [f"v{(start + step) % 30}" for step in range(5)]
+        await person(resources, redis, ws, f"u{n}", [
+            (viewed, pages[0]), (viewed, pages[1]), (ordered, products[0]), (viewed, pages[2]),
+            (ordered, products[1]), (viewed, pages[3]), (viewed, pages[4]),
+        ])  # fmt: skip
+    await person(resources, redis, ws, "browser", [(viewed, "v2"), (viewed, "v3")])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await profile_stub.CreateRecommendationModel(
+            profile_pb2.CreateRecommendationModelRequest(
+                model=shop_model("bad", goal_event="Product Returned")
+            ),
+            metadata=admin,
+        )
+    assert [v.field for v in field_violations(refused.value)] == ["model.goal_event"]
+    for model in (shop_model("next", size=3), shop_model("orders", size=3, goal_event=ordered)):
+        await profile_stub.CreateRecommendationModel(
+            profile_pb2.CreateRecommendationModelRequest(model=model), metadata=admin
+        )
+    found = await profile_stub.GetRecommendationModel(
+        profile_pb2.GetRecommendationModelRequest(key="orders"), metadata=admin
+    )
+    assert found.goal_event == ordered
+    store = RecommendationStore(resources.engine)
+    writer = RecommendationWriter(resources.redis)
+    # Small knobs, so 100 profiles are enough to teach it.
+    knobs = RankerSettings(targets=2, rounds=50, min_groups=10)
+    models = RecommendationModels(store, writer, Trainer(store, writer, clock, knobs=knobs), clock)
+    for key in ("next", "orders"):
+        await models.train_now(ws, key)
+    following = await recommended(profile_stub, workspace.profile, "browser", model_key="next")
+    to_order = await recommended(profile_stub, workspace.profile, "browser", model_key="orders")
+    assert following[0] == "v4"
+    assert to_order[0].startswith("o")

@@ -157,6 +157,58 @@ def test_ranker_targets_are_earlier_next_interactions() -> None:
     assert target.tolist() == [6, -1]
 
 
+def test_with_a_goal_event_the_targets_are_the_next_goal_items() -> None:
+    # Profile 0 views 1, orders 10, views 2, orders 11 and 12 at one instant, views 3;
+    # profile 1 views and orders once, at first; profile 2 only views.
+    rows = [(0, 1, 1), (0, 10, 2), (0, 2, 3), (0, 11, 4), (0, 12, 4), (0, 3, 5),
+            (1, 10, 1), (1, 4, 2), (2, 5, 1), (2, 6, 2)]  # fmt: skip
+    log = interactions(rows, profiles=3, items=13)
+    goal = np.array([item >= 10 for _, item, _ in rows])
+    # Without the goal the next interactions are views: the last one, then the one before.
+    assert ranker.without_last(log, 1)[1].tolist() == [3, 4, 6]
+    history, target, ties = ranker.goal_targets(log, 1, goal)
+    # With it, the last order (11 and 12 together) after what came before it; profile
+    # 1's only order has nothing before it and profile 2 has none: no target, all kept.
+    assert target.tolist() == [11, -1, -1]
+    assert history.items.tolist() == [1, 10, 2, 10, 4, 5, 6]
+    assert ties.toarray()[0].nonzero()[0].tolist() == [11, 12]
+    history, target, _ = ranker.goal_targets(log, 2, goal)
+    assert target.tolist() == [10, -1, -1]
+    assert history.items.tolist() == [1, 10, 4, 5, 6]
+    assert ranker.goal_targets(log, 3, goal)[1].tolist() == [-1, -1, -1]
+
+
+def test_a_goal_event_makes_the_ranker_recommend_the_goal_items() -> None:
+    # 30 pages viewed along a chain, 4 products ordered (weight 5) among the views; each
+    # person's last interactions are views, so the next interaction is the next page,
+    # while the next order is a product. A person who viewed pages 2 and 3 is next
+    # expected to view page 4 but to order a product.
+    rng = np.random.default_rng(1)
+    pages, products = 30, 4
+    rows, goal, weights = [], [], []
+    for person in range(100):
+        start = int(rng.integers(0, pages))
+        ordered = (rng.permutation(products)[:2] + pages).tolist()
+        path = [start, start + 1, ordered[0], start + 2, ordered[1], start + 3, start + 4]
+        for step, item in enumerate(path):
+            is_order = step in (2, 4)
+            item = item if is_order else item % pages
+            rows.append((person, item, step * 60_000_000))
+            goal.append(is_order)
+            weights.append(5.0 if is_order else 1.0)
+    rows += [(100, 2, 0), (100, 3, 60_000_000)]
+    goal += [False, False]
+    weights += [1.0, 1.0]
+    p, i, t = (np.array(column, dtype=np.int64) for column in zip(*rows, strict=True))
+    log = scoring.Interactions(p, i, np.array(weights), t, 101, pages + products)
+    knobs = ranker.RankerSettings(targets=2, rounds=50, min_groups=10)
+    viewed, used = ranker.recommend(log, 3 * DAY, 3, knobs=knobs)
+    ordered_next, used_goal = ranker.recommend(log, 3 * DAY, 3, knobs=knobs, goal=np.array(goal))
+    assert used and used_goal
+    assert viewed.items[100][0] == 4
+    assert ordered_next.items[100][0] >= pages
+
+
 def test_the_ranker_is_deterministic_for_a_seed() -> None:
     log = evaluate.synthetic(200, 80, seed=3)
     knobs = ranker.RankerSettings(targets=2, rounds=30)
