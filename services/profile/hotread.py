@@ -405,14 +405,19 @@ local function encoders()
 
     local function recommendations_wire(p)                              -- 7 recommendations
       local out = {}
-      local recs = recs_json(p)
+      local recs, popular = recs_json(p)
+      local from_popular = {}
+      for key in string.gmatch(popular, '[^,]+') do from_popular[key] = true end
       if recs then
         for _, item in ipairs(cjson.decode(recs)) do
           if not truthy(item.consumed) then  -- the profile view leaves consumed items out
             -- metadata is JSON text inside the JSON item: passed through, never decoded.
             local body = text('\\10', tostring(item.item_id)) .. double('\\17', item.score)
             if type(item.metadata) == 'string' then body = body .. text('\\26', item.metadata) end
-            if type(item.model) == 'string' then body = body .. text('\\34', item.model) end
+            if type(item.model) == 'string' then
+              body = body .. text('\\34', item.model)
+              if from_popular[item.model] then body = body .. '\\40\\1' end  -- 5 popular
+            end
             out[#out + 1] = delimited('\\58', body)
           end
         end
@@ -688,21 +693,27 @@ def _hot_profile(reply: list[bytes | None]) -> HotProfile:
             )
             for key, score in orjson.loads(predictions).items()
         ]
-    if recs is not None:
-        profile.recommendations = [
-            Recommendation(
-                str(item["item_id"]),
-                float(item.get("score", 0.0)),
-                bool(item.get("consumed")),
-                metadata=item.get("metadata") if isinstance(item.get("metadata"), str) else None,
-                model_key=item.get("model") if isinstance(item.get("model"), str) else "",
-            )
-            for item in orjson.loads(recs)
-        ]
     if popular:
         profile.popular_models = frozenset(popular.decode().split(","))
+    if recs is not None:
+        profile.recommendations = [
+            _recommendation(item, profile.popular_models) for item in orjson.loads(recs)
+        ]
     if ids is not None:
         profile.identifiers = [
             Identifier(*typed.split(":", 1)) for typed in orjson.loads(ids) if ":" in typed
         ]
     return profile
+
+
+def _recommendation(item: dict[str, Any], popular_models: frozenset[str]) -> Recommendation:
+    model = item.get("model")
+    model_key = model if isinstance(model, str) else ""
+    return Recommendation(
+        str(item["item_id"]),
+        float(item.get("score", 0.0)),
+        bool(item.get("consumed")),
+        metadata=item.get("metadata") if isinstance(item.get("metadata"), str) else None,
+        model_key=model_key,
+        popular=model_key in popular_models,
+    )

@@ -79,6 +79,8 @@ class Recommendation:
     metadata: str | None = None
     # The recommendation object that produced it ('' for items written without one).
     model_key: str = ""
+    # The workspace's popular item (the profile has no list of this object yet).
+    popular: bool = False
 
 
 @dataclass

@@ -69,6 +69,7 @@ def _recommendation_pb(item: model.Recommendation) -> profile_pb2.Recommendation
         score=item.score,
         metadata=(item.metadata or "").encode(),
         model_key=item.model_key,
+        popular=item.popular,
     )
 
 

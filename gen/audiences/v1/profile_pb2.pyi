@@ -208,12 +208,17 @@ class Recommendation(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     MODEL_KEY_FIELD_NUMBER: _builtins.int
+    POPULAR_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     score: _builtins.float
     metadata: _builtins.bytes
     """JSON object: the item's properties from its latest event"""
     model_key: _builtins.str
     """the recommendation object that produced it"""
+    popular: _builtins.bool
+    """The workspace's popular item, not the profile's own: it has no list of this
+    object yet (created since the object's last training).
+    """
     def __init__(
         self,
         *,
@@ -221,10 +226,11 @@ class Recommendation(_message.Message):
         score: _builtins.float = ...,
         metadata: _builtins.bytes = ...,
         model_key: _builtins.str = ...,
+        popular: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "metadata", b"metadata", "model_key", b"model_key", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "metadata", b"metadata", "model_key", b"model_key", "popular", b"popular", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -489,12 +489,14 @@ async def test_profiles_newer_than_the_training_get_the_popular_list_and_a_rebui
         metadata=bearer(workspace.profile),
     )
     assert [r.item_id for r in profile.recommendations] == cold_at_training
+    assert all(r.popular for r in [*profile.recommendations, *reply.recommendations])
     # A trained profile keeps its own list, not marked cold.
     own = await profile_stub.GetRecommendations(
         profile_pb2.GetRecommendationsRequest(identifier=ident("target")),
         metadata=bearer(workspace.profile),
     )
     assert [r.item_id for r in own.recommendations] == trained_target and not own.cold_start
+    assert not any(r.popular for r in own.recommendations)
     assert trained_target != cold_at_training
 
     # Training a second object: trained profiles get its own list; the newcomer (not in
@@ -512,12 +514,12 @@ async def test_profiles_newer_than_the_training_get_the_popular_list_and_a_rebui
         profile_pb2.GetProfileRequest(identifier=ident("latecomer")),
         metadata=bearer(workspace.profile),
     )
-    assert [(r.model_key, r.item_id) for r in after.recommendations] == [
-        ("instock", "p2"),
-        ("instock", "p1"),
-        ("shop", "p5"),
-        ("shop", "p2"),
-        ("shop", "p1"),
+    assert [(r.model_key, r.item_id, r.popular) for r in after.recommendations] == [
+        ("instock", "p2", True),
+        ("instock", "p1", True),
+        ("shop", "p5", True),
+        ("shop", "p2", True),
+        ("shop", "p1", True),
     ]
     only = await profile_stub.GetRecommendations(
         profile_pb2.GetRecommendationsRequest(identifier=ident("target"), model_key="instock"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fakeredis
 import orjson
 import pytest
+from audiences.v1 import profile_pb2
 
 from services.profile.hotread import HotProfiles
 from services.profile.model import Identifier, ProfileQuery, Section
@@ -92,9 +93,15 @@ async def test_popular_recommendations_fill_in_for_missing_lists_on_the_embedded
         ("b", "own"),
     ]
     assert profile.popular_models == frozenset({"a"})
+    assert [r.popular for r in profile.recommendations] == [True, False]
     # GetProfile's encoding says the same, and a new popular list is not hidden by it.
     encoded = await hot.read_encoded(ws, Identifier("user_id", "u"), query)
-    assert encoded is not None and b"pop_a" in encoded and b"own" in encoded
+    assert encoded is not None
+    message = profile_pb2.Profile.FromString(encoded)
+    assert [(r.item_id, r.model_key, r.popular) for r in message.recommendations] == [
+        ("pop_a", "a", True),
+        ("own", "b", False),
+    ]
     await writer.set_popular(ws, "a", [item("new_a", "a")])
     encoded = await hot.read_encoded(ws, Identifier("user_id", "u"), query)
     assert encoded is not None and b"new_a" in encoded and b"pop_a" not in encoded
