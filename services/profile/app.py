@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -127,7 +127,28 @@ def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
     return found
 
 
+async def rebuild_hot_state(
+    resources: Resources, workspace_id: str, progress: Callable[[str], None]
+) -> str:
+    """Recreate the workspace's popular recommendation lists (recs_popular) from the
+    database. Profiles' own lists are not kept there: until the next training every
+    profile is served its objects' popular items (cold_start)."""
+    store = RecommendationStore(resources.engine)
+    writer = RecommendationWriter(resources.redis)
+    lists = await store.popular_lists(workspace_id)
+    for key, items in lists:
+        await writer.set_popular(workspace_id, key, items)
+        progress(f"popular list of {key}")
+    return f"{len(lists)} popular recommendation lists"
+
+
 # GetProfile's servicer returns the Profile message as the hot state wrote it.
 PREENCODED = frozenset({"/audiences.v1.ProfileService/GetProfile"})
 
-SPEC = ServiceSpec(name="profile", register=register, workers=workers, preencoded=PREENCODED)
+SPEC = ServiceSpec(
+    name="profile",
+    register=register,
+    workers=workers,
+    preencoded=PREENCODED,
+    rebuild_hot_state=rebuild_hot_state,
+)

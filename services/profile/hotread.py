@@ -77,13 +77,15 @@ def _flags(sections: frozenset[Section]) -> str:
 # Flags: one character per section asked for (see _FLAGS), and "w" for the wire form.
 # Returns one entry per identifier: false when unknown, else
 #   without "w": {profile_id, last_seen_us, traits, computed, audiences, predictions,
-#                 recs, ids} where every section not asked for is false and the
-#                 sections are JSON text;
+#                 recs, ids, popular} where every section not asked for is false and
+#                 the sections are JSON text; popular: the keys of the objects whose
+#                 items came from the workspace's popular lists, comma-separated;
 #   with "w": the serialized audiences.v1.Profile message (GetProfile's view: consumed
 #             recommendations left out), ready to be the gRPC response as it is.
 # Profile keys are derived from the resolved id, which is why they are not in KEYS;
 # they share the {ws} hash tag of the identity keys, so this holds on Redis Cluster.
-READ_PROFILES_LUA = """
+READ_PROFILES_LUA = (
+    """
 local prefix = ARGV[1]
 local flags = ARGV[2]
 -- The context flag changes what is returned, not the encoding: the wire cache is
@@ -99,6 +101,53 @@ local function audience_config_version()
   end
   return config_version
 end
+-- The workspace's popular recommendation lists (served to a profile without a list
+-- of its own for an object): their version, read at most once per call.
+local popular_key = prefix .. 'recs_popular'
+local popular_version_value
+local function popular_version()
+  if popular_version_value == nil then
+    popular_version_value = redis.call('HGET', popular_key, 'POPULAR_VERSION_FIELD') or ''
+  end
+  return popular_version_value
+end
+
+-- A profile's recommendations as JSON list text (false when none), and the keys of
+-- the objects served from the popular lists, comma-separated ('' when none): its own
+-- items of every object (recs, the join of recs_by_model in key order) and, for each
+-- object with a popular list but no list of the profile's own, the popular items, in
+-- the same key order. Nothing is decoded.
+local function recs_json(p)
+  local own = redis.call('GET', p .. 'recs')
+  if popular_version() == '' then return own, '' end
+  local by_model = p .. 'recs_by_model'
+  local names = redis.call('HKEYS', popular_key)
+  local missing = {}
+  for i = 1, #names do
+    if names[i] ~= 'POPULAR_VERSION_FIELD' and redis.call('HEXISTS', by_model, names[i]) == 0 then
+      missing[#missing + 1] = names[i]
+    end
+  end
+  if #missing == 0 then return own, '' end
+  local flat = redis.call('HGETALL', by_model)
+  if #flat == 0 and own then return own, '' end  -- a list written without recs_by_model
+  local keys, items = {}, {}
+  for i = 1, #flat, 2 do
+    keys[#keys + 1] = flat[i]
+    items[flat[i]] = flat[i + 1]
+  end
+  local popular = redis.call('HMGET', popular_key, unpack(missing))
+  for i = 1, #missing do
+    keys[#keys + 1] = missing[i]
+    items[missing[i]] = popular[i]
+  end
+  table.sort(keys)
+  table.sort(missing)
+  local parts = {}
+  for i, key in ipairs(keys) do parts[i] = items[key] end
+  return '[' .. table.concat(parts, ',') .. ']', table.concat(missing, ',')
+end
+
 local max_hops = MAX_MERGE_HOPS
 local mask = {}
 for i = 3, #ARGV do mask[#mask + 1] = ARGV[i] end
@@ -356,14 +405,19 @@ local function encoders()
 
     local function recommendations_wire(p)                              -- 7 recommendations
       local out = {}
-      local recs = redis.call('GET', p .. 'recs')
+      local recs, popular = recs_json(p)
+      local from_popular = {}
+      for key in string.gmatch(popular, '[^,]+') do from_popular[key] = true end
       if recs then
         for _, item in ipairs(cjson.decode(recs)) do
           if not truthy(item.consumed) then  -- the profile view leaves consumed items out
             -- metadata is JSON text inside the JSON item: passed through, never decoded.
             local body = text('\\10', tostring(item.item_id)) .. double('\\17', item.score)
             if type(item.metadata) == 'string' then body = body .. text('\\26', item.metadata) end
-            if type(item.model) == 'string' then body = body .. text('\\34', item.model) end
+            if type(item.model) == 'string' then
+              body = body .. text('\\34', item.model)
+              if from_popular[item.model] then body = body .. '\\40\\1' end  -- 5 popular
+            end
             out[#out + 1] = delimited('\\58', body)
           end
         end
@@ -387,12 +441,12 @@ local function encoders()
 
     local function profile_row(pid, p)
       local row = {pid, redis.call('HGET', p .. 'meta', 'last_seen_us'),
-                   false, false, false, false, false, false}
+                   false, false, false, false, false, false, false}
       if has('t') then row[3] = object_from_pairs(pairs_of(p .. 'traits', true)) end
       if has('c') then row[4] = object_from_pairs(pairs_of(p .. 'computed', false)) end
       if has('a') then row[5] = object_from_pairs(pairs_of(p .. 'audiences', false)) end
       if has('p') then row[6] = object_from_pairs(pairs_of(p .. 'predictions', false)) end
-      if has('r') then row[7] = redis.call('GET', p .. 'recs') end
+      if has('r') then row[7], row[9] = recs_json(p) end
       if has('i') then
         local ids = redis.call('HKEYS', p .. 'ids')
         local parts = {}
@@ -415,11 +469,14 @@ end
 -- the cache. Writing it is best effort (pcall): on a read-only replica the read still
 -- answers. last_seen changes with every event, so it is never cached.
 -- A cached encoding starts with the audience config version it was built under (the
--- holdout flags depend on it) and a '|': one of another version is built again.
+-- holdout flags depend on it) and a '|' (with recommendations, then the popular lists'
+-- version and a '|'): one of another version is built again.
 local function profile_wire(pid, p)
   local cache = p .. 'wire'
   local sections = false
   local tag = audience_config_version() .. '|'
+  -- Recommendations may come from the popular lists: their version is in the tag too.
+  if has('r') then tag = tag .. popular_version() .. '|' end
   if #mask == 0 then
     local cached = redis.call('HGET', cache, cache_flags)
     if cached and string.sub(cached, 1, #tag) == tag then
@@ -467,8 +524,9 @@ if context then
   results[#KEYS + 1] = version ~= '' and version or false
 end
 return results
-""".replace("MAX_MERGE_HOPS", str(MAX_MERGE_HOPS)).replace(
-    "WIRE_CACHE_SECONDS", str(hotstate.WIRE_CACHE_SECONDS)
+""".replace("MAX_MERGE_HOPS", str(MAX_MERGE_HOPS))
+    .replace("WIRE_CACHE_SECONDS", str(hotstate.WIRE_CACHE_SECONDS))
+    .replace("POPULAR_VERSION_FIELD", hotstate.POPULAR_VERSION_FIELD)
 )
 
 
@@ -615,7 +673,7 @@ class HotProfiles:
 
 def _hot_profile(reply: list[bytes | None]) -> HotProfile:
     """Translate one script row; sections not asked for stay at their defaults."""
-    pid, last_seen, traits, computed, audiences, predictions, recs, ids = reply
+    pid, last_seen, traits, computed, audiences, predictions, recs, ids, popular = reply
     profile = HotProfile(
         profile_id=pid.decode() if pid is not None else "",
         last_seen_us=int(last_seen) if last_seen else None,
@@ -635,19 +693,27 @@ def _hot_profile(reply: list[bytes | None]) -> HotProfile:
             )
             for key, score in orjson.loads(predictions).items()
         ]
+    if popular:
+        profile.popular_models = frozenset(popular.decode().split(","))
     if recs is not None:
         profile.recommendations = [
-            Recommendation(
-                str(item["item_id"]),
-                float(item.get("score", 0.0)),
-                bool(item.get("consumed")),
-                metadata=item.get("metadata") if isinstance(item.get("metadata"), str) else None,
-                model_key=item.get("model") if isinstance(item.get("model"), str) else "",
-            )
-            for item in orjson.loads(recs)
+            _recommendation(item, profile.popular_models) for item in orjson.loads(recs)
         ]
     if ids is not None:
         profile.identifiers = [
             Identifier(*typed.split(":", 1)) for typed in orjson.loads(ids) if ":" in typed
         ]
     return profile
+
+
+def _recommendation(item: dict[str, Any], popular_models: frozenset[str]) -> Recommendation:
+    model = item.get("model")
+    model_key = model if isinstance(model, str) else ""
+    return Recommendation(
+        str(item["item_id"]),
+        float(item.get("score", 0.0)),
+        bool(item.get("consumed")),
+        metadata=item.get("metadata") if isinstance(item.get("metadata"), str) else None,
+        model_key=model_key,
+        popular=model_key in popular_models,
+    )

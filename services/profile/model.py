@@ -79,6 +79,8 @@ class Recommendation:
     metadata: str | None = None
     # The recommendation object that produced it ('' for items written without one).
     model_key: str = ""
+    # The workspace's popular item (the profile has no list of this object yet).
+    popular: bool = False
 
 
 @dataclass
@@ -96,6 +98,9 @@ class HotProfile:
     audiences: dict[str, int] = field(default_factory=dict)
     predictions: list[PredictionScore] = field(default_factory=list)
     recommendations: list[Recommendation] | None = None
+    # Recommendation objects whose items are the workspace's popular ones: the profile
+    # has no list of its own for them yet (created since their last training).
+    popular_models: frozenset[str] = frozenset()
     identifiers: list[Identifier] = field(default_factory=list)
     # Keys of the audiences (of `audiences`) whose holdout this profile is in.
     holdouts: frozenset[str] = frozenset()

@@ -69,6 +69,7 @@ def _recommendation_pb(item: model.Recommendation) -> profile_pb2.Recommendation
         score=item.score,
         metadata=(item.metadata or "").encode(),
         model_key=item.model_key,
+        popular=item.popular,
     )
 
 
@@ -86,6 +87,7 @@ def _recommendation_model(
         exclusions=tuple(
             definition.ItemExclusion(x.property, tuple(x.values)) for x in message.exclusions
         ),
+        goal_event=message.goal_event,
     )
 
 
@@ -120,6 +122,7 @@ def _recommendation_model_pb(
         ],
         created_at=timestamp_from_us(found.created_at_us),
         training=status,
+        goal_event=found.goal_event,
     )
 
 

@@ -90,7 +90,9 @@ class Records(Protocol):
 
 @dataclass(frozen=True)
 class Recommendations:
-    """A profile's recommendations; cold_start when the model has none for it yet."""
+    """A profile's recommendations; cold_start when none of them are the profile's own
+    (no items at all, or only the workspace's popular items: the profile is newer than
+    the objects' last training)."""
 
     items: list[Recommendation]
     profile: HotProfile
@@ -286,7 +288,9 @@ class ProfileService:
             return Recommendations([], profile, cold_start=True)
         chosen = items if include_consumed else [i for i in items if not i.consumed]
         chosen = sorted(chosen, key=lambda item: item.score, reverse=True)[:limit]
-        return Recommendations(chosen, profile, cold_start=False)
+        popular = profile.popular_models
+        cold = all(item.model_key in popular for item in items)
+        return Recommendations(chosen, profile, cold_start=cold)
 
     async def delete_profile(self, workspace_id: str, identifier: Identifier) -> Deletion:
         """Erase the profile everywhere and suppress its identifiers.

@@ -28,6 +28,13 @@ Values are JSON text (orjson) so readers can pass them through without re-encodi
                                         the config only when the version changed)
     hs:{ws}:holdouts            hash    audience key -> holdout share (written with
                                         audcfg, in one transaction)
+    hs:{ws}:recs_popular        hash    recommendation object key -> the workspace's
+                                        popular items as JSON list members (as in
+                                        recs_by_model), served to a profile without
+                                        its own list of that object; ".version" -> a
+                                        counter raised at every write (the wire
+                                        cache's tag holds it). The profile service
+                                        writes it at training and rebuild.
 
 A merge (ingest) deletes the merged-away profile's sections and moves its audience
 memberships into the survivor's ``audiences`` hash, earliest entry per audience: the
@@ -59,6 +66,10 @@ PROFILE_SECTIONS = (
 # holds the profiles read lately rather than every profile ever read.
 WIRE_CACHE_SECONDS = 3600
 
+# The field of the recs_popular hash counting its writes (object keys are [a-z0-9_]:
+# never this).
+POPULAR_VERSION_FIELD = ".version"
+
 
 def workspace_prefix(workspace_id: str) -> str:
     """Prefix of every hot-state key of a workspace (used to scan or erase it)."""
@@ -84,6 +95,11 @@ def audience_config_key(workspace_id: str) -> str:
     """Key of the workspace's published audience settings read at request time
     (context audience definitions, holdout shares)."""
     return f"hs:{{{workspace_id}}}:audcfg"
+
+
+def popular_recommendations_key(workspace_id: str) -> str:
+    """Key of the workspace's popular items per recommendation object (cold profiles')."""
+    return f"hs:{{{workspace_id}}}:recs_popular"
 
 
 def holdouts_key(workspace_id: str) -> str:

@@ -208,12 +208,17 @@ class Recommendation(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     MODEL_KEY_FIELD_NUMBER: _builtins.int
+    POPULAR_FIELD_NUMBER: _builtins.int
     item_id: _builtins.str
     score: _builtins.float
     metadata: _builtins.bytes
     """JSON object: the item's properties from its latest event"""
     model_key: _builtins.str
     """the recommendation object that produced it"""
+    popular: _builtins.bool
+    """The workspace's popular item, not the profile's own: it has no list of this
+    object yet (created since the object's last training).
+    """
     def __init__(
         self,
         *,
@@ -221,10 +226,11 @@ class Recommendation(_message.Message):
         score: _builtins.float = ...,
         metadata: _builtins.bytes = ...,
         model_key: _builtins.str = ...,
+        popular: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "metadata", b"metadata", "model_key", b"model_key", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_id", b"item_id", "metadata", b"metadata", "model_key", b"model_key", "popular", b"popular", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -672,6 +678,7 @@ class RecommendationModel(_message.Message):
     EXCLUSIONS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
+    GOAL_EVENT_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """[a-z0-9_], unique in the workspace"""
     item_property: _builtins.str
@@ -680,6 +687,11 @@ class RecommendationModel(_message.Message):
     """N items per profile; default 10, at most 100"""
     recommend_consumed: _builtins.bool
     """may items the profile had be recommended?"""
+    goal_event: _builtins.str
+    """Optional: one of item_events' names (e.g. Order Completed). The ranker then learns
+    to predict the next items of this event, not of any item event; candidates still
+    come from every item event.
+    """
     @_builtins.property
     def item_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ItemEvent]: ...
     @_builtins.property
@@ -699,10 +711,11 @@ class RecommendationModel(_message.Message):
         exclusions: _abc.Iterable[Global___ItemExclusion] | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         training: Global___TrainingStatus | None = ...,
+        goal_event: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "exclusions", b"exclusions", "item_events", b"item_events", "item_property", b"item_property", "key", b"key", "recommend_consumed", b"recommend_consumed", "size", b"size", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "exclusions", b"exclusions", "goal_event", b"goal_event", "item_events", b"item_events", "item_property", b"item_property", "key", b"key", "recommend_consumed", b"recommend_consumed", "size", b"size", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -68,6 +68,9 @@ class RecommendationModel:
     exclusions: tuple[ItemExclusion, ...] = ()
     created_at_us: int = 0
     training: TrainingStatus = field(default_factory=TrainingStatus)
+    # '' or one of item_events' names: the ranker learns to predict the next items of
+    # this event (e.g. orders), not of any item event.
+    goal_event: str = ""
 
     def weight_of(self) -> dict[str, float]:
         """Event name -> weight."""
@@ -137,6 +140,14 @@ def validate(model: RecommendationModel, field_name: str = "model") -> Recommend
             violations.append(bad)
         if not 1 <= len(exclusion.values) <= MAX_EXCLUSION_VALUES:
             violations.append(FieldViolation(f"{where}.values", f"1-{MAX_EXCLUSION_VALUES} values"))
+    if model.goal_event:
+        bad_goal = _name_violation(model.goal_event, f"{field_name}.goal_event")
+        if bad_goal:
+            violations.append(bad_goal)
+        elif model.goal_event not in seen:
+            violations.append(
+                FieldViolation(f"{field_name}.goal_event", "must be one of item_events' names")
+            )
     if violations:
         raise InvalidArgument(f"{field_name}: invalid recommendation object", violations)
     return RecommendationModel(
@@ -147,4 +158,5 @@ def validate(model: RecommendationModel, field_name: str = "model") -> Recommend
         recommend_consumed=model.recommend_consumed,
         exclusions=model.exclusions,
         created_at_us=model.created_at_us,
+        goal_event=model.goal_event,
     )

@@ -58,12 +58,27 @@ return #KEYS
 """
 
 
+# KEYS[1]: the workspace's recs_popular hash. ARGV[1]: the object key, ARGV[2]: its
+# popular items as JSON list members ('' removes them), ARGV[3]: the version field.
+# The version rises with every write, so a cached profile encoding that served the
+# old list is not served again (services.profile.hotread).
+_POPULAR_LUA = """
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
+"""
+
+
 class RecommendationWriter:
     """Replaces one object's items in profiles' hot state."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._script = redis.register_script(_REPLACE_LUA)
+        self._popular = redis.register_script(_POPULAR_LUA)
 
     async def replace(
         self,
@@ -83,8 +98,20 @@ class RecommendationWriter:
             if progress is not None:
                 await progress((start + len(batch)) / len(lists))
 
+    async def set_popular(
+        self, workspace_id: str, model_key: str, items: Sequence[dict[str, Any]]
+    ) -> None:
+        """Make `items` the object's workspace-level popular list, served to profiles
+        without a list of their own for it (an empty list removes it)."""
+        await self._popular(
+            keys=[hotstate.popular_recommendations_key(workspace_id)],
+            args=[model_key, orjson.dumps(list(items))[1:-1], hotstate.POPULAR_VERSION_FIELD],
+        )
+
     async def remove_everywhere(self, workspace_id: str, model_key: str) -> None:
-        """Remove an object's items from every profile of the workspace (SCAN + script)."""
+        """Remove an object's items from every profile of the workspace (SCAN + script)
+        and its popular list."""
+        await self.set_popular(workspace_id, model_key, [])
         head = f"{hotstate.workspace_prefix(workspace_id)}p:"
         batch: list[tuple[int | str, Sequence[dict[str, Any]]]] = []
         async for key in self._redis.scan_iter(match=f"{head}*:recs_by_model", count=1000):

@@ -608,6 +608,63 @@ def tied_next(interactions: scoring.Interactions, k: int) -> sparse.csr_matrix:
     )
 
 
+def goal_targets(
+    interactions: scoring.Interactions, k: int, goal: npt.NDArray[np.bool_]
+) -> tuple[scoring.Interactions, npt.NDArray[np.int64], sparse.csr_matrix]:
+    """`without_last` for an object with a goal event (`goal`: which interactions are
+    one): for each profile with at least `k` goal interactions, the `k`-th last of
+    them is the target and what came before it (by time, then input order) is the
+    history; profiles without one keep every interaction and have no target (-1). Goal
+    interactions of a profile at one instant (an order of several items) count as one,
+    the target being the first of them; the second value holds per profile (rows) the
+    items of all of them: each is as much the target as the first."""
+    count = len(interactions.items)
+    order = np.lexsort((np.arange(count), interactions.timestamps_us, interactions.profiles))
+    profiles = interactions.profiles[order]
+    is_goal = goal[order].astype(np.int64)
+    times = interactions.timestamps_us[order]
+    starts = np.r_[0, np.flatnonzero(profiles[1:] != profiles[:-1]) + 1] if count else []
+    first_of_group = np.repeat(starts, np.diff(np.r_[starts, count]))
+    place = np.arange(count) - first_of_group
+    # Goal interactions of one profile at one instant are one goal (an order of several
+    # items): counted once, at the first of them.
+    rows = np.flatnonzero(is_goal)
+    starts_instant = np.ones(len(rows), dtype=bool)
+    starts_instant[1:] = (profiles[rows][1:] != profiles[rows][:-1]) | (
+        times[rows][1:] != times[rows][:-1]
+    )
+    instant = np.zeros(count, dtype=np.int64)
+    instant[rows[starts_instant]] = 1
+    so_far = np.cumsum(instant)  # goals up to and including each row, over all rows
+    before_group = so_far[first_of_group] - instant[first_of_group]
+    total = np.bincount(profiles, weights=instant, minlength=interactions.profile_count)
+    from_end = total[profiles].astype(np.int64) - (so_far - before_group) + instant
+    cut_rows = (instant == 1) & (from_end == k) & (place > 0)
+    cut = np.full(interactions.profile_count, count, dtype=np.int64)
+    cut[profiles[cut_rows]] = np.flatnonzero(cut_rows)
+    target = np.full(interactions.profile_count, -1, dtype=np.int64)
+    target[profiles[cut_rows]] = interactions.items[order][cut_rows]
+    dropped = np.arange(count) >= cut[profiles]
+    cut_time = np.full(interactions.profile_count, -1, dtype=np.int64)
+    cut_time[profiles[cut_rows]] = times[cut_rows]
+    tied = dropped & (is_goal == 1) & (times == cut_time[profiles])
+    keep = np.ones(count, dtype=bool)
+    keep[order[dropped]] = False
+    kept = scoring.Interactions(
+        interactions.profiles[keep],
+        interactions.items[keep],
+        interactions.weights[keep],
+        interactions.timestamps_us[keep],
+        interactions.profile_count,
+        interactions.item_count,
+    )
+    ties = sparse.csr_matrix(
+        (np.ones(int(tied.sum())), (profiles[tied], interactions.items[order][tied])),
+        shape=(interactions.profile_count, interactions.item_count),
+    )
+    return kept, target, ties
+
+
 def training_set(
     interactions: scoring.Interactions,
     settings: scoring.Settings | None = None,
@@ -618,6 +675,7 @@ def training_set(
     *,
     now_us: int | None = None,
     learners: npt.NDArray[np.bool_] | None = None,
+    goal: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[int]]:
     """Features, labels and group sizes of the earlier next interactions (k in `ks`,
     by default 1..targets), each profile's candidates a group when its target is one.
@@ -625,7 +683,9 @@ def training_set(
     Each earlier point in time keeps the gap between the log's last interaction and
     `now_us` (default: just after the last), so features that look at "now" mean the
     same when learning as when ranking. `learners` limits which profiles give
-    examples (every profile's rows still build the item-item matrices)."""
+    examples (every profile's rows still build the item-item matrices). With `goal`
+    (which interactions are goal events), the targets are earlier next goal
+    interactions instead (goal_targets)."""
     ranker = ranker or RankerSettings()
     if len(interactions.items) == 0:
         return np.zeros((0, len(FEATURES))), np.zeros(0), []
@@ -636,7 +696,10 @@ def training_set(
     labels: list[npt.NDArray[np.float64]] = []
     groups: list[int] = []
     for step, k in enumerate(ks):
-        history, target = without_last(interactions, k)
+        if goal is None:
+            history, target = without_last(interactions, k)
+        else:
+            history, target, goal_ties = goal_targets(interactions, k, goal)
         if len(history.items) == 0:
             continue
         then_us = int(history.timestamps_us.max()) + gap_us
@@ -647,7 +710,7 @@ def training_set(
         found = candidates(history, then_us, settings, metadata, ranker, profiles=asked)
         label = (found.items == target[found.profiles]).astype(np.float64)
         if ranker.tied_positives:
-            tied = tied_next(interactions, k)
+            tied = tied_next(interactions, k) if goal is None else goal_ties
             label = np.maximum(
                 label, (np.asarray(tied[found.profiles, found.items]).ravel() > 0).astype(float)
             )
@@ -794,11 +857,13 @@ def recommend(
     allow_consumed: bool = False,
     excluded_items: npt.NDArray[np.bool_] | None = None,
     progress: Callable[[float], None] | None = None,
+    goal: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[scoring.TopN, bool]:
     """Every profile's top `size`: the ranker's for profiles with history when enough
     profiles teach it (`min_groups`), the blend's otherwise, for cold profiles and for
     profiles beyond the ranking budget (`rank_cells`). The second value says whether
-    the ranker was used."""
+    the ranker was used. With `goal` (which interactions are the object's goal
+    event) the ranker learns the next goal items; candidates come from every item."""
     settings = settings or scoring.Settings()
     knobs = knobs or RankerSettings()
     knobs = replace(knobs, blend_width=max(knobs.blend_width, size))
@@ -846,7 +911,14 @@ def recommend(
         learners[rng.choice(active, most, replace=False)] = True
     learning = None if progress is None else (lambda share: progress(0.1 + 0.4 * share))
     features, labels, groups = training_set(
-        interactions, settings, metadata, knobs, progress=learning, now_us=now_us, learners=learners
+        interactions,
+        settings,
+        metadata,
+        knobs,
+        progress=learning,
+        now_us=now_us,
+        learners=learners,
+        goal=goal,
     )
     if progress is not None:
         progress(0.5)

@@ -234,3 +234,38 @@ def top_n(
         if progress is not None:
             progress(stop / wanted)
     return TopN(out_items, out_scores)
+
+
+def popular_top_n(
+    interactions: Interactions,
+    now_us: int,
+    size: int,
+    settings: Settings | None = None,
+    *,
+    excluded_items: npt.NDArray[np.bool_] | None = None,
+) -> TopN:
+    """The items `top_n` gives a profile without interactions (one row): popularity
+    alone, excluded items left out, chosen the same way (the same ties), so the
+    workspace's popular list is what a cold profile got at training."""
+    settings = settings or Settings()
+    n_items = interactions.item_count
+    size = min(size, n_items)
+    pop = settings.popularity_weight * scaled(popularity(interactions, now_us, settings))
+    if not settings.use_cooccurrence:
+        pop = scaled(pop)
+    scores = pop[None, :].copy()
+    if excluded_items is not None:
+        scores[:, excluded_items] = -np.inf
+    if size == 0:
+        return TopN(np.full((1, 0), -1, dtype=np.int64), np.zeros((1, 0)))
+    if size < n_items:
+        cut = n_items - size
+        candidates = np.argpartition(scores, cut, axis=1)[:, cut:]
+    else:
+        candidates = np.arange(n_items)[None, :]
+    chosen = np.take_along_axis(scores, candidates, axis=1)
+    order = np.lexsort((candidates, -chosen), axis=1)
+    ranked = np.take_along_axis(candidates, order, axis=1)
+    ranked_scores = np.take_along_axis(chosen, order, axis=1)
+    usable = np.isfinite(ranked_scores)
+    return TopN(np.where(usable, ranked, -1), np.where(usable, ranked_scores, 0.0))

@@ -25,6 +25,8 @@ from services.shared.errors import AlreadyExists, FailedPrecondition, NotFound
 
 # A training marked running for longer than this died with its process: it may restart.
 STALE_TRAINING_US = 6 * 3600 * 1_000_000
+# The fields of a recommended item, in the order the hot state's lists hold them.
+_ITEM_FIELDS = ("item_id", "score", "model", "metadata")
 # Events whose properties are read per query when looking up item metadata.
 _METADATA_CHUNK = 1000
 
@@ -53,6 +55,7 @@ def _model(row: Any) -> RecommendationModel:
         recommend_consumed=row.recommend_consumed,
         exclusions=tuple(ItemExclusion(x["property"], tuple(x["values"])) for x in row.exclusions),
         created_at_us=row.created_at_us,
+        goal_event=row.goal_event or "",
         training=TrainingStatus(
             state=TrainingState(row.training_state),
             progress=row.training_progress,
@@ -101,6 +104,7 @@ class RecommendationStore:
                             for x in model.exclusions
                         ],
                         created_at_us=model.created_at_us,
+                        goal_event=model.goal_event or None,
                         training_state=TrainingState.NEVER_TRAINED.value,
                         training_progress=0.0,
                         trained_profiles=0,
@@ -205,6 +209,34 @@ class RecommendationStore:
             trained_interactions=status.interactions,
             training_error=status.error,
         )
+
+    async def save_popular(
+        self, workspace_id: str, key: str, items: Sequence[dict[str, Any]]
+    ) -> None:
+        """Keep the object's popular items (what the hot state serves cold profiles)."""
+        await self._update(workspace_id, key, popular_items=list(items))
+
+    async def popular_lists(self, workspace_id: str) -> list[tuple[str, list[dict[str, Any]]]]:
+        """(object key, popular items) of every object of the workspace trained since
+        popular lists were kept, by key."""
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(recommendation_models.c.key, recommendation_models.c.popular_items)
+                .where(
+                    recommendation_models.c.workspace_id == workspace_id,
+                    recommendation_models.c.popular_items.is_not(None),
+                )
+                .order_by(recommendation_models.c.key)
+            )
+            found = []
+            for key, items in rows:
+                if isinstance(items, str | bytes):
+                    items = orjson.loads(items)
+                # JSONB keeps no key order: the items come back in the order written.
+                found.append(
+                    (key, [{k: item[k] for k in _ITEM_FIELDS if k in item} for item in items or []])
+                )
+            return found
 
     async def _update(self, workspace_id: str, key: str, **values: Any) -> None:
         async with self._engine.begin() as connection:

@@ -85,6 +85,13 @@ def excluded(model: RecommendationModel, metadata: list[dict[str, Any]]) -> npt.
     return blocked
 
 
+def goal_mask(model: RecommendationModel, rows: InteractionRows) -> npt.NDArray[np.bool_] | None:
+    """Which interactions are the object's goal event (None without one)."""
+    if not model.goal_event:
+        return None
+    return np.array([name == model.goal_event for name in rows.event_names], dtype=bool)
+
+
 def _text(value: Any) -> str:
     # Compared as the JSON scalar's text: true/false, numbers as written, strings bare.
     if isinstance(value, str):
@@ -146,6 +153,7 @@ class Trainer:
                 allow_consumed=model.recommend_consumed,
                 excluded_items=excluded(model, metadata),
                 progress=lambda done: share.__setitem__(0, done),
+                goal=goal_mask(model, rows),
             )
         )
         while not job.done():
@@ -187,6 +195,29 @@ class Trainer:
             await self._store.record_progress(workspace_id, key, _SCORED + (1 - _SCORED) * share)
 
         await self._writer.replace(workspace_id, key, lists, written)
+        # What a profile without a list of its own (created since) gets: the popular
+        # items a cold profile got above, kept in the database for a rebuild.
+        popular = scoring.popular_top_n(
+            interactions,
+            self._clock.now_us(),
+            model.size,
+            self._settings,
+            excluded_items=excluded(model, metadata),
+        )
+        popular_items = [
+            {
+                "item_id": catalogue.item_ids[item],
+                "score": round(float(score), 6),
+                "model": key,
+                "metadata": metadata_text[item],
+            }
+            for item, score in zip(
+                popular.items[0].tolist(), popular.scores[0].tolist(), strict=True
+            )
+            if item >= 0
+        ]
+        await self._store.save_popular(workspace_id, key, popular_items)
+        await self._writer.set_popular(workspace_id, key, popular_items)
         return TrainingStatus(
             state=TrainingState.SUCCEEDED,
             profiles=len(catalogue.profile_ids),

@@ -274,3 +274,24 @@ async def test_get_profile_over_grpc_equals_the_batch_answer(  # type: ignore[no
         profile_pb2.GetProfileRequest(identifier=identifier), metadata=bearer(workspace.profile)
     )
     assert traced.profile_id == "41" and len(traced.audiences) == len(FULL.audiences)
+
+
+async def test_the_bytes_equal_the_object_path_with_popular_recommendations(store: Store) -> None:
+    from services.profile.recommendations.hotwrite import RecommendationWriter
+
+    for seed in SEEDS:
+        await seed_hot(store.redis, WS, seed)
+    popular = [{"item_id": "hit", "score": 0.05, "model": "shop", "metadata": '{"name":"Hit"}'}]
+    await RecommendationWriter(store.redis).set_popular(WS, "shop", popular)
+    for seed in SEEDS:
+        identifier = Identifier(*seed.identifiers[0])
+        for query in QUERIES:
+            encoded, built = await _both_paths(store, identifier, query)
+            decoded = profile_pb2.Profile.FromString(encoded)
+            _same_json_objects(decoded, built)
+            assert decoded == built, (seed.profile_id, query)
+            assert encoded == built.SerializeToString(), (seed.profile_id, query)
+    # A profile with no list of its own gets the popular one, marked so.
+    encoded, _ = await _both_paths(store, Identifier(*EMPTY.identifiers[0]), ProfileQuery())
+    items = profile_pb2.Profile.FromString(encoded).recommendations
+    assert [(r.item_id, r.model_key, r.popular) for r in items] == [("hit", "shop", True)]

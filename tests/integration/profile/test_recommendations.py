@@ -204,6 +204,7 @@ async def test_a_bad_object_names_every_bad_field_and_creates_nothing(
         item_property="",
         size=101,
         exclusions=[profile_pb2.ItemExclusion(property="in_stock")],
+        goal_event="Order Completed",
     )
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await profile_stub.CreateRecommendationModel(
@@ -219,6 +220,7 @@ async def test_a_bad_object_names_every_bad_field_and_creates_nothing(
         "model.item_property",
         "model.size",
         "model.exclusions[0].values",
+        "model.goal_event",
     }
     with pytest.raises(grpc.aio.AioRpcError) as empty:
         await profile_stub.CreateRecommendationModel(
@@ -450,3 +452,163 @@ async def test_the_ranker_serves_unconsumed_items_deterministically_within_the_w
         had = {item for _, item in history}
         assert got and not had & set(got), user
         assert "zz-other" not in got
+
+
+async def test_profiles_newer_than_the_training_get_the_popular_list_and_a_rebuild_restores_it(
+    profile_stub, resources, workspace, redis
+) -> None:  # type: ignore[no-untyped-def]
+    from services.profile.app import SPEC as PROFILE
+    from services.shared.rebuild import rebuild_hot_state
+
+    ws = workspace.workspace_id
+    await shop(resources, redis, ws)
+    for model in (shop_model(size=3), shop_model("instock", size=2, exclusions=[
+        profile_pb2.ItemExclusion(property="in_stock", values=["false"])
+    ])):  # fmt: skip
+        await profile_stub.CreateRecommendationModel(
+            profile_pb2.CreateRecommendationModelRequest(model=model),
+            metadata=bearer(workspace.admin),
+        )
+    await train(profile_stub, workspace.admin, "shop")
+    trained_target = await recommended(profile_stub, workspace.profile, "target")
+    # What a cold profile got at training is the workspace's popular list.
+    cold_at_training = await recommended(profile_stub, workspace.profile, "cold", model_key="shop")
+    assert cold_at_training == ["p5", "p2", "p1"]
+
+    # A profile that arrives after the training: no list of its own, the popular one.
+    await person(resources, redis, ws, "newcomer", [("Product Viewed", "p3")])
+    reply = await profile_stub.GetRecommendations(
+        profile_pb2.GetRecommendationsRequest(identifier=ident("newcomer")),
+        metadata=bearer(workspace.profile),
+    )
+    assert [r.item_id for r in reply.recommendations] == cold_at_training
+    assert reply.cold_start and {r.model_key for r in reply.recommendations} == {"shop"}
+    assert orjson.loads(reply.recommendations[1].metadata) == {"name": "Teapot", "in_stock": True}
+    profile = await profile_stub.GetProfile(
+        profile_pb2.GetProfileRequest(identifier=ident("newcomer")),
+        metadata=bearer(workspace.profile),
+    )
+    assert [r.item_id for r in profile.recommendations] == cold_at_training
+    assert all(r.popular for r in [*profile.recommendations, *reply.recommendations])
+    # A trained profile keeps its own list, not marked cold.
+    own = await profile_stub.GetRecommendations(
+        profile_pb2.GetRecommendationsRequest(identifier=ident("target")),
+        metadata=bearer(workspace.profile),
+    )
+    assert [r.item_id for r in own.recommendations] == trained_target and not own.cold_start
+    assert not any(r.popular for r in own.recommendations)
+    assert trained_target != cold_at_training
+
+    # Training a second object: trained profiles get its own list; the newcomer (not in
+    # the database at that training: only in the hot state) its popular list beside
+    # the first's, and its cached GetProfile encoding is not served again.
+    await redis.delete(hotstate.identity_key(ws, "user_id", "newcomer"))
+    await seed_hot(redis, ws, HotSeed(999_999, [("user_id", "latecomer")]))
+    before = await profile_stub.GetProfile(
+        profile_pb2.GetProfileRequest(identifier=ident("latecomer")),
+        metadata=bearer(workspace.profile),
+    )
+    assert {r.model_key for r in before.recommendations} == {"shop"}
+    await train(profile_stub, workspace.admin, "instock")
+    after = await profile_stub.GetProfile(
+        profile_pb2.GetProfileRequest(identifier=ident("latecomer")),
+        metadata=bearer(workspace.profile),
+    )
+    assert [(r.model_key, r.item_id, r.popular) for r in after.recommendations] == [
+        ("instock", "p2", True),
+        ("instock", "p1", True),
+        ("shop", "p5", True),
+        ("shop", "p2", True),
+        ("shop", "p1", True),
+    ]
+    only = await profile_stub.GetRecommendations(
+        profile_pb2.GetRecommendationsRequest(identifier=ident("target"), model_key="instock"),
+        metadata=bearer(workspace.profile),
+    )
+    assert only.recommendations and not only.cold_start
+
+    # The hot state is lost and rebuilt from the database: the popular lists are back
+    # (profiles' own lists come back at the next training; until then, popular ones).
+    popular_key = hotstate.popular_recommendations_key(ws)
+    kept = await redis.hgetall(popular_key)
+    await redis.flushdb()
+    await seed_hot(redis, ws, HotSeed(999_999, [("user_id", "latecomer")]))
+    said: list[str] = []
+    assert await rebuild_hot_state([PROFILE], resources, said.append, [ws]) == 1
+    assert f"  {ws} profile: 2 popular recommendation lists" in said
+    rebuilt = await redis.hgetall(popular_key)
+    version = hotstate.POPULAR_VERSION_FIELD.encode()
+    assert {k: v for k, v in rebuilt.items() if k != version} == {
+        k: v for k, v in kept.items() if k != version
+    }
+    again = await profile_stub.GetRecommendations(
+        profile_pb2.GetRecommendationsRequest(identifier=ident("latecomer"), model_key="shop"),
+        metadata=bearer(workspace.profile),
+    )
+    assert [r.item_id for r in again.recommendations] == cold_at_training and again.cold_start
+
+    # Deleting an object takes its popular list away too.
+    await profile_stub.DeleteRecommendationModel(
+        profile_pb2.DeleteRecommendationModelRequest(key="shop"), metadata=bearer(workspace.admin)
+    )
+    left = await profile_stub.GetProfile(
+        profile_pb2.GetProfileRequest(identifier=ident("latecomer")),
+        metadata=bearer(workspace.profile),
+    )
+    assert {r.model_key for r in left.recommendations} == {"instock"}
+
+
+async def test_a_goal_event_makes_the_ranker_recommend_what_is_ordered_next(
+    profile_stub, resources, workspace, redis, clock
+) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from services.profile.recommendations.hotwrite import RecommendationWriter
+    from services.profile.recommendations.ranker import RankerSettings
+    from services.profile.recommendations.service import RecommendationModels
+    from services.profile.recommendations.store import RecommendationStore
+    from services.profile.recommendations.training import Trainer
+
+    ws = workspace.workspace_id
+    admin = bearer(workspace.admin)
+    # 30 pages viewed along a chain, 4 products ordered among the views; everyone's last
+    # interactions are views. Someone who viewed pages 2 and 3 will view page 4 next,
+    # but what they will order next is a product.
+    rng = np.random.default_rng(1)
+    viewed, ordered = "Product Viewed", "Order Completed"
+    for n in range(100):
+        start = int(rng.integers(0, 30))
+        products = [f"o{int(i)}" for i in rng.permutation(4)[:2]]
+        pages = [f"v{(start + step) % 30}" for step in range(5)]
+        await person(resources, redis, ws, f"u{n}", [
+            (viewed, pages[0]), (viewed, pages[1]), (ordered, products[0]), (viewed, pages[2]),
+            (ordered, products[1]), (viewed, pages[3]), (viewed, pages[4]),
+        ])  # fmt: skip
+    await person(resources, redis, ws, "browser", [(viewed, "v2"), (viewed, "v3")])
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await profile_stub.CreateRecommendationModel(
+            profile_pb2.CreateRecommendationModelRequest(
+                model=shop_model("bad", goal_event="Product Returned")
+            ),
+            metadata=admin,
+        )
+    assert [v.field for v in field_violations(refused.value)] == ["model.goal_event"]
+    for model in (shop_model("next", size=3), shop_model("orders", size=3, goal_event=ordered)):
+        await profile_stub.CreateRecommendationModel(
+            profile_pb2.CreateRecommendationModelRequest(model=model), metadata=admin
+        )
+    found = await profile_stub.GetRecommendationModel(
+        profile_pb2.GetRecommendationModelRequest(key="orders"), metadata=admin
+    )
+    assert found.goal_event == ordered
+    store = RecommendationStore(resources.engine)
+    writer = RecommendationWriter(resources.redis)
+    # Small knobs, so 100 profiles are enough to teach it.
+    knobs = RankerSettings(targets=2, rounds=50, min_groups=10)
+    models = RecommendationModels(store, writer, Trainer(store, writer, clock, knobs=knobs), clock)
+    for key in ("next", "orders"):
+        await models.train_now(ws, key)
+    following = await recommended(profile_stub, workspace.profile, "browser", model_key="next")
+    to_order = await recommended(profile_stub, workspace.profile, "browser", model_key="orders")
+    assert following[0] == "v4"
+    assert to_order[0].startswith("o")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fakeredis
 import orjson
 import pytest
+from audiences.v1 import profile_pb2
 
 from services.profile.hotread import HotProfiles
 from services.profile.model import Identifier, ProfileQuery, Section
@@ -66,3 +67,42 @@ async def test_holdout_flags_on_the_embedded_store_match_the_library() -> None:
         flags[str(pid)] = membership.holdout
     assert flags == {pid: in_holdout("vip", pid, 0.5) for pid in flags}
     assert 0 < sum(flags.values()) < len(flags)
+
+
+async def test_popular_recommendations_fill_in_for_missing_lists_on_the_embedded_store() -> None:
+    from services.profile.recommendations.hotwrite import RecommendationWriter
+
+    redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    ws = "ws_embedded"
+    await redis.set(hotstate.identity_key(ws, "user_id", "u"), "7")
+    writer = RecommendationWriter(redis)
+
+    def item(name: str, model: str) -> dict[str, object]:
+        return {"item_id": name, "score": 0.5, "model": model, "metadata": "{}"}
+
+    # Profile 7 has its own list of object b; the workspace has popular lists of a and b.
+    await writer.replace(ws, "b", [(7, [item("own", "b")])])
+    await writer.set_popular(ws, "a", [item("pop_a", "a")])
+    await writer.set_popular(ws, "b", [item("pop_b", "b")])
+    hot = HotProfiles(redis)
+    query = ProfileQuery(frozenset({Section.RECOMMENDATIONS}))
+    (profile,) = await hot.read(ws, [Identifier("user_id", "u")], query)
+    assert profile is not None and profile.recommendations is not None
+    assert [(r.model_key, r.item_id) for r in profile.recommendations] == [
+        ("a", "pop_a"),
+        ("b", "own"),
+    ]
+    assert profile.popular_models == frozenset({"a"})
+    assert [r.popular for r in profile.recommendations] == [True, False]
+    # GetProfile's encoding says the same, and a new popular list is not hidden by it.
+    encoded = await hot.read_encoded(ws, Identifier("user_id", "u"), query)
+    assert encoded is not None
+    message = profile_pb2.Profile.FromString(encoded)
+    assert [(r.item_id, r.model_key, r.popular) for r in message.recommendations] == [
+        ("pop_a", "a", True),
+        ("own", "b", False),
+    ]
+    await writer.set_popular(ws, "a", [item("new_a", "a")])
+    encoded = await hot.read_encoded(ws, Identifier("user_id", "u"), query)
+    assert encoded is not None and b"new_a" in encoded and b"pop_a" not in encoded
+    await redis.aclose()

@@ -45,6 +45,23 @@ def test_cold_profiles_get_popular_items_best_first() -> None:
     assert np.all(np.diff(top.scores[5]) <= 0)
 
 
+def test_the_popular_list_is_what_a_cold_profile_gets_ties_included() -> None:
+    # Many items with few distinct popularities: ties at every cut-off.
+    rng = np.random.default_rng(3)
+    who, what = rng.integers(0, 50, 400), rng.integers(0, 60, 400) // 3
+    rows = [(int(p), int(i), 0) for p, i in zip(who, what, strict=True)]
+    shop = interactions(rows, profiles=51, items=60)  # profile 50 is cold
+    blocked = np.zeros(60, dtype=bool)
+    blocked[[1, 7]] = True
+    for size in (1, 5, 13, 60, 80):
+        for excluded in (None, blocked):
+            top = scoring.top_n(shop, 10 * DAY, size, excluded_items=excluded)
+            popular = scoring.popular_top_n(shop, 10 * DAY, size, excluded_items=excluded)
+            assert popular.items[0].tolist() == top.items[50].tolist(), size
+            assert popular.scores[0].tolist() == top.scores[50].tolist(), size
+    assert scoring.popular_top_n(SHOP, 10 * DAY, 3).items[0].tolist() == [2, 0, 1]
+
+
 def test_consumed_items_come_back_only_when_allowed_and_exclusions_always() -> None:
     blocked = np.array([False, False, True, False])
     allowed = scoring.top_n(SHOP, 10 * DAY, 3, allow_consumed=True, excluded_items=blocked)
@@ -138,6 +155,58 @@ def test_ranker_targets_are_earlier_next_interactions() -> None:
     # only two interactions, so it keeps them and has no target.
     assert history.items.tolist() == [5, 8, 9]
     assert target.tolist() == [6, -1]
+
+
+def test_with_a_goal_event_the_targets_are_the_next_goal_items() -> None:
+    # Profile 0 views 1, orders 10, views 2, orders 11 and 12 at one instant, views 3;
+    # profile 1 views and orders once, at first; profile 2 only views.
+    rows = [(0, 1, 1), (0, 10, 2), (0, 2, 3), (0, 11, 4), (0, 12, 4), (0, 3, 5),
+            (1, 10, 1), (1, 4, 2), (2, 5, 1), (2, 6, 2)]  # fmt: skip
+    log = interactions(rows, profiles=3, items=13)
+    goal = np.array([item >= 10 for _, item, _ in rows])
+    # Without the goal the next interactions are views: the last one, then the one before.
+    assert ranker.without_last(log, 1)[1].tolist() == [3, 4, 6]
+    history, target, ties = ranker.goal_targets(log, 1, goal)
+    # With it, the last order (11 and 12 together) after what came before it; profile
+    # 1's only order has nothing before it and profile 2 has none: no target, all kept.
+    assert target.tolist() == [11, -1, -1]
+    assert history.items.tolist() == [1, 10, 2, 10, 4, 5, 6]
+    assert ties.toarray()[0].nonzero()[0].tolist() == [11, 12]
+    history, target, _ = ranker.goal_targets(log, 2, goal)
+    assert target.tolist() == [10, -1, -1]
+    assert history.items.tolist() == [1, 10, 4, 5, 6]
+    assert ranker.goal_targets(log, 3, goal)[1].tolist() == [-1, -1, -1]
+
+
+def test_a_goal_event_makes_the_ranker_recommend_the_goal_items() -> None:
+    # 30 pages viewed along a chain, 4 products ordered (weight 5) among the views; each
+    # person's last interactions are views, so the next interaction is the next page,
+    # while the next order is a product. A person who viewed pages 2 and 3 is next
+    # expected to view page 4 but to order a product.
+    rng = np.random.default_rng(1)
+    pages, products = 30, 4
+    rows, goal, weights = [], [], []
+    for person in range(100):
+        start = int(rng.integers(0, pages))
+        ordered = (rng.permutation(products)[:2] + pages).tolist()
+        path = [start, start + 1, ordered[0], start + 2, ordered[1], start + 3, start + 4]
+        for step, item in enumerate(path):
+            is_order = step in (2, 4)
+            item = item if is_order else item % pages
+            rows.append((person, item, step * 60_000_000))
+            goal.append(is_order)
+            weights.append(5.0 if is_order else 1.0)
+    rows += [(100, 2, 0), (100, 3, 60_000_000)]
+    goal += [False, False]
+    weights += [1.0, 1.0]
+    p, i, t = (np.array(column, dtype=np.int64) for column in zip(*rows, strict=True))
+    log = scoring.Interactions(p, i, np.array(weights), t, 101, pages + products)
+    knobs = ranker.RankerSettings(targets=2, rounds=50, min_groups=10)
+    viewed, used = ranker.recommend(log, 3 * DAY, 3, knobs=knobs)
+    ordered_next, used_goal = ranker.recommend(log, 3 * DAY, 3, knobs=knobs, goal=np.array(goal))
+    assert used and used_goal
+    assert viewed.items[100][0] == 4
+    assert ordered_next.items[100][0] >= pages
 
 
 def test_the_ranker_is_deterministic_for_a_seed() -> None:
