@@ -202,7 +202,10 @@ async def test_hot_state_streams_and_reads_survive_slot_moves(
 
         viewers = {_user(i) for i in range(USERS) if i % 2 == 0}
 
+        found: set[str] = set()
+
         async def members_exact() -> bool:
+            nonlocal found
             reply = await seg.ListMembers(
                 segmentation_pb2.ListMembersRequest(audience_key="viewers", page_size=1000),
                 metadata=admin,
@@ -212,10 +215,17 @@ async def test_hot_state_streams_and_reads_survive_slot_moves(
             }
             return found == viewers
 
-        await eventually(members_exact, 60, "exactly the even users in viewers")
+        try:
+            await eventually(members_exact, 60, "exactly the even users in viewers")
+        except TimeoutError as error:
+            raise AssertionError(
+                f"viewers: missing {viewers - found}, extra {found - viewers}"
+            ) from error
 
-        async def every_profile_current() -> list[Any] | None:
-            stale = []
+        stale: list[Any] = []
+
+        async def every_profile_current() -> bool:
+            stale.clear()
             for i in range(USERS):
                 got = await get(i)
                 traits = orjson.loads(got.traits or b"{}")
@@ -229,6 +239,11 @@ async def test_hot_state_streams_and_reads_survive_slot_moves(
                     or in_viewers != (i % 2 == 0)
                 ):
                     stale.append((i, traits, computed, [a.key for a in got.audiences]))
-            return None if stale else []
+            return not stale
 
-        await eventually(every_profile_current, 60, "every profile reflects every event")
+        try:
+            await eventually(every_profile_current, 60, "every profile reflects every event")
+        except TimeoutError as error:
+            raise AssertionError(
+                f"stale profiles (i, traits, computed, audiences): {stale}"
+            ) from error
