@@ -192,7 +192,8 @@ async def read_groups(
 
     On a Redis Cluster the shards' streams hash to different slots, so each stream is
     read on its own: first without waiting, and only when none has anything, all of
-    them waiting (concurrently) up to `block_ms`."""
+    them waiting (concurrently) up to `block_ms`; the answer then comes once every
+    read has ended (a read cancelled midway could lose the entries it took)."""
     if len(streams) > 1 and is_cluster(redis):
         pending = await _read_each(redis, streams, group, consumer, count, None)
         if pending or block_ms is None:
