@@ -56,6 +56,8 @@ class RedisKeyClock:
     """
 
     def __init__(self, redis_url: str, key: str) -> None:
+        # REDIS_CLUSTER as services.shared.redis.cluster_mode reads it (not imported:
+        # that module loads the embedded store, which nothing needing a clock should).
         cluster = os.environ.get("REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes")
         self._redis = (
             redis.RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
