@@ -77,6 +77,20 @@ ensure_redis() {
   wait_for redis_ok 15 || { echo "Redis did not come up at $redis_url" >&2; exit 1; }
 }
 
+# The Redis Cluster test (tests/e2e/test_redis_cluster.py) starts its own three nodes:
+# it needs redis-server and redis-cli on PATH even when REDIS_URL names a remote Redis.
+ensure_redis_binaries() {
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return 0
+  if can_install; then
+    echo "installing redis-server and redis-cli for the Redis Cluster test (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "redis-server and redis-cli are needed on PATH (the Redis Cluster test starts its own nodes): install redis-server" >&2
+    exit 1
+  fi
+}
+
 ensure_postgres
 ensure_redis
+ensure_redis_binaries
 echo "Postgres and Redis are reachable"

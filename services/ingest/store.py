@@ -299,6 +299,8 @@ class SqlEventStore:
             row = (await connection.execute(query)).one()
             return int(row[0]), int(row[1])
         async with self._engine.connect() as own:
+            # The catch-up loop may ask before any write made the shards' rows.
+            await self._ensure_cursors(own)
             row = (await own.execute(query)).one()
         return int(row[0]), int(row[1])
 

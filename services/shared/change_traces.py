@@ -11,13 +11,15 @@ Keys expire after a day: a sync that runs later starts a trace of its own.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from services.shared import telemetry
+from services.shared.redis import is_cluster
 
 TTL_SECONDS = 86_400
 
@@ -51,7 +53,11 @@ async def recall(
     is off."""
     if not seqs or not telemetry.tracing_enabled():
         return None, []
-    values = await redis.mget([key(workspace_id, seq) for seq in seqs])
+    keys = [key(workspace_id, seq) for seq in seqs]
+    if is_cluster(redis):  # the keys hash to several slots: read them slot by slot
+        values = await cast("RedisCluster", redis).mget_nonatomic(keys)
+    else:
+        values = await redis.mget(keys)
     parent: otel_context.Context | None = None
     parent_trace = 0
     links: list[trace.Link] = []

@@ -6,6 +6,7 @@ the logic, so code that needs the time takes a Clock.
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -55,7 +56,12 @@ class RedisKeyClock:
     """
 
     def __init__(self, redis_url: str, key: str) -> None:
-        self._redis = redis.Redis.from_url(redis_url)
+        # REDIS_CLUSTER as services.shared.redis.cluster_mode reads it (not imported:
+        # that module loads the embedded store, which nothing needing a clock should).
+        cluster = os.environ.get("REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes")
+        self._redis = (
+            redis.RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
+        )
         self._key = key
 
     def now_us(self) -> int:

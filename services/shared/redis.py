@@ -5,11 +5,17 @@ dev runner serves an in-memory Redis-compatible store (fakeredis, with Lua) on a
 loopback port, so all the services of a run, a `--processes` run and the operator
 commands (`python -m services.<name> rebuild-hot-state`) read and write one store, and
 `make run` still needs nothing installed. Every test of the production path uses a real Redis.
+
+With REDIS_CLUSTER=1 the URL names one node of a Redis Cluster (any node: the client
+learns the others and the slot map from it, and follows MOVED/ASK redirects); every
+multi-key call of the services keeps its keys on one slot by hash tags
+(docs/scaling.md, "Redis Cluster").
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -17,14 +23,33 @@ import fakeredis
 import redis.asyncio as redis_asyncio
 from fakeredis._clients._tcp_server import TCPFakeRequestHandler
 from fakeredis.commands_mixins.streams_mixin import StreamsCommandsMixin
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 log = logging.getLogger(__name__)
 
 
-def create_redis(url: str) -> redis_asyncio.Redis:
-    """A redis-py asyncio client (hiredis parser when installed) for `url`."""
+def cluster_mode() -> bool:
+    """True when REDIS_CLUSTER says REDIS_URL is a node of a Redis Cluster."""
+    return os.environ.get("REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes")
+
+
+def create_redis(url: str, cluster: bool | None = None) -> redis_asyncio.Redis:
+    """A redis-py asyncio client (hiredis parser when installed) for `url`: a
+    `RedisCluster` when `cluster` (default: `cluster_mode()`).
+
+    The cluster client is typed as the single-node one: the services call only commands
+    both serve alike (the one-slot rule aside, which the key layout keeps), and the few
+    places that differ test `is_cluster`."""
+    if cluster_mode() if cluster is None else cluster:
+        client = RedisCluster.from_url(url, max_connections=256)
+        return client  # type: ignore[return-value]
     return redis_asyncio.Redis.from_url(url, max_connections=256)
+
+
+def is_cluster(redis: object) -> bool:
+    """True for a Redis Cluster client (`create_redis` under REDIS_CLUSTER)."""
+    return isinstance(redis, RedisCluster)
 
 
 def _xreadgroup_blocks_until_new_entries() -> None:

@@ -33,8 +33,10 @@ instrumentation gives every other command; otherwise nothing is added per call b
 check of the current span.
 
 Only plain TCP `redis://` URLs are served this way (AUTH and SELECT from the URL);
-anything else (rediss://, unix://) gets None from `create_pipelined`, and
-the caller keeps using redis-py, which everything but the hot command uses anyway.
+anything else (rediss://, unix://, and any URL on a Redis Cluster, where the command
+must go to the node of its key's slot and follow redirects) gets None from
+`create_pipelined`, and the caller keeps using redis-py, which everything but the hot
+command uses anyway.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.shared.redis import cluster_mode
 
 # hiredis's stub types the argument as a 1-tuple; it packs a command of any length.
 _pack_command = cast(
@@ -270,8 +274,9 @@ class PipelinedConnection:
 def create_pipelined(
     url: str, reply_timeout: float = REPLY_TIMEOUT_SECONDS
 ) -> PipelinedConnection | None:
-    """A pipelined connection for a plain redis:// URL; None for anything else."""
-    if not url.startswith("redis://"):
+    """A pipelined connection for a plain redis:// URL; None for anything else (and on a
+    Redis Cluster, REDIS_CLUSTER)."""
+    if not url.startswith("redis://") or cluster_mode():
         return None
     kwargs = ConnectionPool.from_url(url).connection_kwargs  # redis-py's URL parsing
     return PipelinedConnection(

@@ -9,6 +9,7 @@ every service.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from redis.exceptions import ResponseError
 from redis.typing import EncodableT, FieldT
+
+from services.shared.redis import is_cluster
 
 TRACE_FIELDS = ("traceparent", "tracestate")
 
@@ -185,7 +188,17 @@ async def read_groups(
     block_ms: int | None = 1000,
 ) -> list[tuple[str, StreamEntry]]:
     """New entries of several streams (shards) for this consumer in one XREADGROUP,
-    as (stream, entry) pairs; at most `count` per stream."""
+    as (stream, entry) pairs; at most `count` per stream.
+
+    On a Redis Cluster the shards' streams hash to different slots, so each stream is
+    read on its own: first without waiting, and only when none has anything, all of
+    them waiting (concurrently) up to `block_ms`; the answer then comes once every
+    read has ended (a read cancelled midway could lose the entries it took)."""
+    if len(streams) > 1 and is_cluster(redis):
+        pending = await _read_each(redis, streams, group, consumer, count, None)
+        if pending or block_ms is None:
+            return pending
+        return await _read_each(redis, streams, group, consumer, count, block_ms)
     # RESP2: a list of [stream, entries] pairs, one per stream with new entries.
     reply = cast(
         "list[Any]",
@@ -198,6 +211,22 @@ async def read_groups(
         stream = name.decode() if isinstance(name, bytes) else str(name)
         out += [(stream, entry) for entry in _entries(entries)]
     return out
+
+
+async def _read_each(
+    redis: redis_asyncio.Redis,
+    streams: Sequence[str],
+    group: str,
+    consumer: str,
+    count: int,
+    block_ms: int | None,
+) -> list[tuple[str, StreamEntry]]:
+    reads = await asyncio.gather(
+        *(read_group(redis, stream, group, consumer, count, block_ms) for stream in streams)
+    )
+    return [
+        (stream, entry) for stream, entries in zip(streams, reads, strict=True) for entry in entries
+    ]
 
 
 async def ack(redis: redis_asyncio.Redis, stream: str, group: str, ids: Sequence[str]) -> int:

@@ -30,6 +30,7 @@ from services.shared import change_traces, metrics, recommendation_lists, stream
 from services.shared.clock import US_PER_DAY, Clock
 from services.shared.errors import FailedPrecondition, NotFound
 from services.shared.holdout import in_holdout
+from services.shared.redis import is_cluster
 from services.sync.delivery import DeliveryFailed, RetryPolicy, TokenBucket
 from services.sync.destinations import TYPES
 from services.sync.destinations.base import Batch, DestinationRun, RunContext
@@ -346,17 +347,28 @@ class SyncRunner:
         """One XREADGROUP of the sync's consumer on these shards from these positions:
         per shard with entries, up to `count` (id, fields or None when trimmed)."""
         assert self._redis is not None
-        # RESP2: [[stream, [(id, fields or None), ...]], ...].
-        reply = cast(
-            "list[Any]",
-            await self._redis.xreadgroup(
-                group, EVENT_CONSUMER, cast("dict[KeyT, StreamIdT]", dict(positions)), count=count
-            ),
+        redis = self._redis
+        # On a Redis Cluster the shards' streams are on different slots: one read each.
+        groups = (
+            [{stream: position} for stream, position in positions.items()]
+            if is_cluster(redis)
+            else [dict(positions)]
         )
         out: dict[str, list[tuple[str, dict[bytes, bytes] | None]]] = {}
-        for name, entries in reply or []:
-            if entries:
-                out[_entry_id(name)] = [(_entry_id(i), f) for i, f in entries]
+        for group_positions in groups:
+            # RESP2: [[stream, [(id, fields or None), ...]], ...].
+            reply = cast(
+                "list[Any]",
+                await redis.xreadgroup(
+                    group,
+                    EVENT_CONSUMER,
+                    cast("dict[KeyT, StreamIdT]", group_positions),
+                    count=count,
+                ),
+            )
+            for name, entries in reply or []:
+                if entries:
+                    out[_entry_id(name)] = [(_entry_id(i), f) for i, f in entries]
         return out
 
     async def _forward_shard(

@@ -6,6 +6,9 @@ import os
 import socket
 from dataclasses import dataclass
 
+from redis.crc import key_slot
+
+from services.shared.redis import cluster_mode
 from services.shared.streams import CHANGES_STREAM, EVENTS_STREAM, event_streams
 
 # grpc.health.v1 of the worker (GRPC_PORT overrides); 50056 is the embedded store.
@@ -42,6 +45,9 @@ class RealtimeSettings:
     changes_stream: str = CHANGES_STREAM
     changes_maxlen: int = 1_000_000
     # The hash of the last change seq published to the changes stream per workspace.
+    # One script writes it and the stream: on a Redis Cluster (REDIS_CLUSTER) its
+    # default (REALTIME_CHANGES_CURSOR_KEY empty or unset) is
+    # `cluster_changes_cursor_key(changes_stream)`, on the stream's slot.
     changes_cursor_key: str = "realtime:changes:published"
 
     @classmethod
@@ -50,6 +56,18 @@ class RealtimeSettings:
         env = os.environ
         default = cls()
         streams = tuple(s for s in env.get("REALTIME_STREAMS", "").split(",") if s)
+        changes_stream = env.get("REALTIME_CHANGES_STREAM", default.changes_stream)
+        cursor_key = env.get("REALTIME_CHANGES_CURSOR_KEY") or (
+            cluster_changes_cursor_key(changes_stream)
+            if cluster_mode()
+            else default.changes_cursor_key
+        )
+        if cluster_mode() and key_slot(cursor_key.encode()) != key_slot(changes_stream.encode()):
+            raise ValueError(
+                f"REALTIME_CHANGES_CURSOR_KEY {cursor_key!r} must share a Redis Cluster slot"
+                f" with the changes stream {changes_stream!r} (one script writes both):"
+                f" leave it empty for {cluster_changes_cursor_key(changes_stream)!r}"
+            )
         return cls(
             streams=streams or event_streams(),
             group=env.get("REALTIME_GROUP", default.group),
@@ -65,7 +83,13 @@ class RealtimeSettings:
             ),
             due_key=env.get("REALTIME_DUE_KEY", default.due_key),
             handover_key=env.get("REALTIME_HANDOVER_KEY", default.handover_key),
-            changes_stream=env.get("REALTIME_CHANGES_STREAM", default.changes_stream),
+            changes_stream=changes_stream,
             changes_maxlen=int(env.get("REALTIME_CHANGES_MAXLEN", default.changes_maxlen)),
-            changes_cursor_key=env.get("REALTIME_CHANGES_CURSOR_KEY", default.changes_cursor_key),
+            changes_cursor_key=cursor_key,
         )
+
+
+def cluster_changes_cursor_key(changes_stream: str) -> str:
+    """The changes cursor's key on a Redis Cluster: hash tag = the stream's name, so the
+    publish script's two keys share a slot."""
+    return "{" + changes_stream + "}:published"
