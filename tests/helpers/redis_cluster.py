@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import pytest
 import redis
@@ -96,56 +98,70 @@ return #keys
 """
 
 
+def _start_node(server: str, directory: Path, port: int, bus_port: int) -> subprocess.Popen[bytes]:
+    """One cluster-enabled redis-server on `port` (its bus on `bus_port`: by default
+    port + 10000, past 65535 for most free ports), its log in `directory`."""
+    # The child keeps its own copy of the log's descriptor.
+    with (directory / f"redis-{port}.log").open("wb") as log:
+        return subprocess.Popen(
+            [
+                server,
+                *("--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"),
+                *("--cluster-port", str(bus_port)),
+                *("--cluster-config-file", f"{directory}/nodes-{port}.conf"),
+                *("--dir", str(directory), "--save", "", "--appendonly", "no"),
+                *("--daemonize", "no"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def _answers_or_exited(process: subprocess.Popen[bytes], port: int) -> bool:
+    """True once the server on `port` answers PING, or once its process has exited."""
+    if process.poll() is not None:
+        return True
+    try:
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=10) as client:
+            return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+async def _start_nodes(
+    server: str, directory: Path, nodes: int, processes: list[subprocess.Popen[bytes]]
+) -> list[int]:
+    """Start `nodes` servers (appended to `processes`) and return their ports once each
+    answers PING. A port can be taken between free_port() and the server's bind (by an
+    outgoing connection's ephemeral port, say): servers that exit are started again on
+    fresh ports, up to three times."""
+    for _ in range(3):
+        ports = [free_port() for _ in range(nodes)]
+        started = [_start_node(server, directory, port, free_port()) for port in ports]
+        processes.extend(started)
+        for process, port in zip(started, ports, strict=True):
+            await eventually(
+                partial(_answers_or_exited, process, port), 10, f"redis-server on {port}"
+            )
+        if all(process.poll() is None for process in started):
+            return ports
+        for process in started:
+            process.kill()
+            process.wait(timeout=10)
+    logs = [(directory / f"redis-{port}.log").read_text()[-1000:] for port in ports]
+    raise AssertionError("redis-server exited at start, three times:\n" + "\n".join(logs))
+
+
 @asynccontextmanager
 async def redis_cluster(nodes: int = 3) -> AsyncIterator[RedisClusterNodes]:
     """`nodes` redis-server processes made one cluster (cluster_state:ok on every
     node); every process is killed on exit."""
     server, cli = _binaries()
-    ports = [free_port() for _ in range(nodes)]
-    # The cluster bus port is its own (by default port + 10000, past 65535 for most
-    # free ports).
-    bus_ports = [free_port() for _ in range(nodes)]
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="redis-cluster-") as directory:
         try:
-            for port, bus_port in zip(ports, bus_ports, strict=True):
-                processes.append(
-                    subprocess.Popen(  # noqa: ASYNC220 (starting a server returns at once)
-                        [
-                            server,
-                            "--port",
-                            str(port),
-                            "--bind",
-                            "127.0.0.1",
-                            "--cluster-enabled",
-                            "yes",
-                            "--cluster-port",
-                            str(bus_port),
-                            "--cluster-config-file",
-                            f"{directory}/nodes-{port}.conf",
-                            "--dir",
-                            directory,
-                            "--save",
-                            "",
-                            "--appendonly",
-                            "no",
-                            "--daemonize",
-                            "no",
-                        ],
-                        stdout=subprocess.DEVNULL,
-                    )
-                )
+            ports = await _start_nodes(server, Path(directory), nodes, processes)
             cluster = RedisClusterNodes(ports)
-
-            async def up(port: int) -> bool:
-                try:
-                    with cluster.node(port) as client:
-                        return bool(client.ping())
-                except redis.ConnectionError:
-                    return False
-
-            for port in ports:
-                await eventually(lambda port=port: up(port), 10, f"redis-server on {port}")
             subprocess.run(  # noqa: ASYNC221 (a one-off setup command, before any client)
                 [
                     cli,
