@@ -312,12 +312,7 @@ class SyncStore:
         if not digests:
             return True
         async with self._engine.begin() as c:
-            held = await c.execute(
-                select(syncs.c.sync_id).where(
-                    syncs.c.sync_id == sync_id, syncs.c.claimed_by == holder
-                )
-            )
-            if held.first() is None:
+            if not await _holds_claim(c, sync_id, holder):
                 return False
             await c.execute(
                 delete(sync_sent_lists).where(
@@ -368,12 +363,7 @@ class SyncStore:
         if not members:
             return True
         async with self._engine.begin() as c:
-            held = await c.execute(
-                select(syncs.c.sync_id).where(
-                    syncs.c.sync_id == sync_id, syncs.c.claimed_by == holder
-                )
-            )
-            if held.first() is None:
+            if not await _holds_claim(c, sync_id, holder):
                 return False
             await _write_members(c, sync_id, ws, members, now_us)
         return True
@@ -687,3 +677,12 @@ async def _write_members(
                 for p in held
             ],
         )
+
+
+async def _holds_claim(c: AsyncConnection, sync_id: str, holder: str) -> bool:
+    """True while `holder` holds the sync's claim (checked inside the writing
+    transaction, so a run that lost its claim writes nothing)."""
+    held = await c.execute(
+        select(syncs.c.sync_id).where(syncs.c.sync_id == sync_id, syncs.c.claimed_by == holder)
+    )
+    return held.first() is not None

@@ -169,14 +169,7 @@ def evaluate(
     if evaluated_users is not None:
         target = np.where(evaluated_users, target, -1)
     keep = ~held
-    train = scoring.Interactions(
-        profiles=log.profiles[keep],
-        items=log.items[keep],
-        weights=log.weights[keep],
-        timestamps_us=log.timestamps_us[keep],
-        profile_count=log.profile_count,
-        item_count=log.item_count,
-    )
+    train = log.only(keep)
     now_us = int(train.timestamps_us.max()) + 1 if len(train.items) else 0
     asked = target >= 0
     results = []
@@ -243,7 +236,7 @@ def evaluate_ranker(
     held, target = leave_last_out(log)
     if evaluated_users is not None:
         target = np.where(evaluated_users, target, -1)
-    train = _rows(log, ~held)
+    train = log.only(~held)
     settings = scoring.Settings()
     model = ranker.fit(train, settings, seed, metadata, knobs, threads=threads)
     now_us = int(train.timestamps_us.max()) + 1
@@ -269,17 +262,6 @@ def evaluate_ranker(
             len(asked),
         ),
     ]
-
-
-def _rows(log: scoring.Interactions, keep: npt.NDArray[np.bool_]) -> scoring.Interactions:
-    return scoring.Interactions(
-        log.profiles[keep],
-        log.items[keep],
-        log.weights[keep],
-        log.timestamps_us[keep],
-        log.profile_count,
-        log.item_count,
-    )
 
 
 def _figures(name: str, top: npt.NDArray[np.int64], target: npt.NDArray[np.int64]) -> Result:
@@ -347,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log = synthetic(options.users, options.item_count, options.seed)
     if options.validation:
         held, _ = leave_last_out(log)
-        log = _rows(log, ~held)
+        log = log.only(~held)
     subset = split(options, user_ids, log.profile_count)
     variants = dict(VARIANTS)
     if options.session_hours is not None:

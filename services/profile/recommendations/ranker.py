@@ -571,14 +571,7 @@ def without_last(
     target[profiles[target_rows]] = interactions.items[order][target_rows]
     keep = np.ones(count, dtype=bool)
     keep[order[dropped]] = False
-    kept = scoring.Interactions(
-        interactions.profiles[keep],
-        interactions.items[keep],
-        interactions.weights[keep],
-        interactions.timestamps_us[keep],
-        interactions.profile_count,
-        interactions.item_count,
-    )
+    kept = interactions.only(keep)
     return kept, target
 
 
@@ -650,14 +643,7 @@ def goal_targets(
     tied = dropped & (is_goal == 1) & (times == cut_time[profiles])
     keep = np.ones(count, dtype=bool)
     keep[order[dropped]] = False
-    kept = scoring.Interactions(
-        interactions.profiles[keep],
-        interactions.items[keep],
-        interactions.weights[keep],
-        interactions.timestamps_us[keep],
-        interactions.profile_count,
-        interactions.item_count,
-    )
+    kept = interactions.only(keep)
     ties = sparse.csr_matrix(
         (np.ones(int(tied.sum())), (profiles[tied], interactions.items[order][tied])),
         shape=(interactions.profile_count, interactions.item_count),

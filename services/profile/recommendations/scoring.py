@@ -43,6 +43,17 @@ class Interactions:
     profile_count: int
     item_count: int
 
+    def only(self, keep: npt.NDArray[np.bool_]) -> Interactions:
+        """The interactions where `keep` is true (same profile and item index spaces)."""
+        return Interactions(
+            self.profiles[keep],
+            self.items[keep],
+            self.weights[keep],
+            self.timestamps_us[keep],
+            self.profile_count,
+            self.item_count,
+        )
+
 
 @dataclass(frozen=True)
 class Settings:
