@@ -42,7 +42,16 @@ ALIASES = {
 }
 # Fields each kind's YAML may carry (besides `kind`); anything else is a typo to report.
 FIELDS: dict[str, tuple[str, ...]] = {
-    "audience": ("key", "name", "description", "definition", "realtime", "account_level"),
+    "audience": (
+        "key",
+        "name",
+        "description",
+        "definition",
+        "realtime",
+        "account_level",
+        "holdout_share",
+        "goal",
+    ),
     "computed_trait": ("key", "name", "definition", "realtime"),
     "prediction": ("key", "name", "goal", "horizon_days", "population"),
     "recommendation": (
@@ -52,6 +61,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "size",
         "recommend_consumed",
         "exclusions",
+        "goal_event",
     ),
     "destination": (
         "name",
@@ -76,6 +86,9 @@ FIELDS: dict[str, tuple[str, ...]] = {
         "id_type",
         "max_removal_fraction",
         "paused",
+        "active_within_days",
+        "exclude_holdout",
+        "item_metadata",
     ),
 }
 SYNC_SOURCES = ("audience", "computed_trait", "prediction", "recommendation")
@@ -277,6 +290,8 @@ def audience_spec(a: segmentation_pb2.Audience) -> dict[str, Any]:
         "definition": _json(a.definition),
         "realtime": a.realtime,
         "account_level": a.account_level,
+        "holdout_share": a.holdout_share,
+        "goal": _json(a.goal) if a.goal else None,
     }
 
 
@@ -309,6 +324,7 @@ def recommendation_spec(m: profile_pb2.RecommendationModel) -> dict[str, Any]:
         "size": m.size,
         "recommend_consumed": m.recommend_consumed,
         "exclusions": [{"property": x.property, "values": list(x.values)} for x in m.exclusions],
+        "goal_event": m.goal_event,
     }
 
 
@@ -359,6 +375,9 @@ def sync_spec(s: sync_pb2.Sync, destination_names: Mapping[str, str]) -> dict[st
         "id_type": s.id_type,
         "max_removal_fraction": s.max_removal_fraction,
         "paused": s.paused,
+        "active_within_days": s.active_within_days,
+        "exclude_holdout": s.exclude_holdout,
+        "item_metadata": s.item_metadata,
     }
 
 
@@ -386,6 +405,10 @@ def audience_message(spec: Mapping[str, Any]) -> segmentation_pb2.Audience:
     )
     if "realtime" in spec:
         message.realtime = bool(spec["realtime"])
+    if "holdout_share" in spec:
+        message.holdout_share = float(spec["holdout_share"])
+    if spec.get("goal") is not None:
+        message.goal = _bytes(spec["goal"])
     return message
 
 
@@ -426,6 +449,7 @@ def recommendation_message(spec: Mapping[str, Any]) -> profile_pb2.Recommendatio
             )
             for x in spec.get("exclusions", [])
         ],
+        goal_event=str(spec.get("goal_event", "")),
     )
 
 
@@ -470,6 +494,9 @@ def sync_message(spec: Mapping[str, Any], destination_id: str, sync_id: str = ""
         id_type=str(spec.get("id_type", "")),
         max_removal_fraction=float(spec.get("max_removal_fraction", 0)),
         paused=bool(spec.get("paused", False)),
+        active_within_days=int(spec.get("active_within_days", 0)),
+        exclude_holdout=bool(spec.get("exclude_holdout", False)),
+        item_metadata=bool(spec.get("item_metadata", False)),
     )
 
 

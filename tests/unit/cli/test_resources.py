@@ -219,3 +219,59 @@ def test_what_apply_sends_reads_back_as_unchanged(
     document = res.Document("audience", spec, "prop")
     echoed = res.audience_spec(res.audience_message(spec))
     assert res.plan_change(document, echoed).action == "unchanged"
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "to_message", "to_spec"),
+    [
+        (
+            "audience",
+            {
+                "key": "vip",
+                "definition": {"trait": {"name": "plan", "op": "eq", "value": "pro"}},
+                "holdout_share": 0.1,
+                "goal": {"name": "Order Completed", "within_hours": 48},
+            },
+            res.audience_message,
+            res.audience_spec,
+        ),
+        (
+            "recommendation",
+            {
+                "key": "shop",
+                "item_events": [{"event_name": "Order", "weight": 5}],
+                "item_property": "sku",
+                "goal_event": "Order",
+            },
+            res.recommendation_message,
+            res.recommendation_spec,
+        ),
+    ],
+)
+def test_newer_fields_travel_both_ways(kind: str, spec: Any, to_message: Any, to_spec: Any) -> None:
+    # Holdouts and goals (personalization), a recommendation goal event: apply sends
+    # them and reads them back as no change.
+    echoed = to_spec(to_message(spec))
+    assert res.plan_change(res.Document(kind, spec, "f"), echoed).action == "unchanged"
+    assert {name: echoed[name] for name in spec} == {
+        name: res._normal(kind, name, value) for name, value in spec.items()
+    }
+
+
+def test_sync_options_travel_both_ways() -> None:
+    spec = {
+        "destination": "hook",
+        "recommendation": "shop",
+        "cadence": "daily",
+        "active_within_days": 30,
+        "exclude_holdout": True,
+        "item_metadata": True,
+    }
+    message = res.sync_message(spec, "d1")
+    assert (message.active_within_days, message.exclude_holdout, message.item_metadata) == (
+        30,
+        True,
+        True,
+    )
+    echoed = res.sync_spec(message, {"d1": "hook"})
+    assert res.plan_change(res.Document("sync", spec, "f"), echoed).action == "unchanged"
