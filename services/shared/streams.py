@@ -229,6 +229,14 @@ async def _read_each(
     ]
 
 
+def group_gone(error: Exception) -> bool:
+    """Whether a read failed because the stream or its consumer group does not exist
+    (Redis says NOGROUP; the embedded store says the key must exist): after a Redis
+    restart without persistence or an operator's flush, the consumer creates it again."""
+    text = str(error)
+    return "NOGROUP" in text or "key to exist" in text
+
+
 async def ack(redis: redis_asyncio.Redis, stream: str, group: str, ids: Sequence[str]) -> int:
     """Acknowledge processed entries; returns how many were pending."""
     if not ids:

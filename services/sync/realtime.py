@@ -110,7 +110,15 @@ class RealtimeSyncs:
                 await self.step()
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as error:
+                if streams.group_gone(error):
+                    # The stream went with its group (a Redis restart without
+                    # persistence, a flush): read what is appended from now on, and
+                    # sweep the change log for what the lost entries announced.
+                    log.warning("group %s is gone (%s); creating it again", s.realtime_group, error)
+                    await streams.ensure_group(self._redis, s.changes_stream, s.realtime_group, "0")
+                    swept_at = float("-inf")
+                    continue
                 log.exception("realtime sync loop failed; retrying")
                 await asyncio.sleep(1.0)
 

@@ -42,13 +42,6 @@ return due
 """
 
 
-def _group_gone(error: ResponseError) -> bool:
-    """Whether a read failed because the stream or its consumer group does not exist
-    (Redis says NOGROUP; the embedded store says the key must exist)."""
-    text = str(error)
-    return "NOGROUP" in text or "key to exist" in text
-
-
 def due_member(ws: str, profile_id: int) -> str:
     """The due set's member naming a profile of a workspace."""
     return f"{ws}:{profile_id}"
@@ -137,7 +130,7 @@ class RealtimeWorker:
                     s.block_ms,
                 )
             except ResponseError as error:
-                if not _group_gone(error):
+                if not streams.group_gone(error):
                     raise
                 # The stream went with its group (a Redis restart without persistence,
                 # an operator's flush): what ingest appends from now on is read again.
