@@ -4,7 +4,7 @@ bench/ingest_breakdown.py runs it) into copies of one seeded database, first wit
 index, then with one index or constraint of `events`, `event_ids`, `identities`,
 `profile_traits`, `profiles` or `merges` dropped per copy.
 
-    .venv/bin/python bench/ingest_index_cost.py [--batches 60] [--redis-db 14]
+    .venv/bin/python bench/ingest_index_cost.py [--batches 60] [--rounds 2] [--redis-db 14]
                                                 [--only ix_events_name_time,...]
 
 Per variant it prints the Postgres time awaited per event (every asyncpg statement of
@@ -157,7 +157,7 @@ async def run_variant(
         except TimeoutError:
             # Without it a per-row probe becomes a scan of a growing table: minutes.
             variant.error = f"over {limit:.0f} s (the others take seconds): probes scan"
-        except Exception as error:  # noqa: BLE001 - a variant the statements cannot run without
+        except Exception as error:  # a variant the statements cannot run without
             variant.error = str(error).splitlines()[0][:70]
         else:
             events = (len(batches) - 4) * bench.BATCH
