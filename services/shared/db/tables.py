@@ -145,10 +145,11 @@ merges = Table(
     "merges",
     metadata,
     Column("merge_id", Id, primary_key=True, autoincrement=True),
-    Column("workspace_id", String(64), nullable=False, index=True),
+    Column("workspace_id", String(64), nullable=False),
     Column("survivor_id", BigInteger, nullable=False),
     Column("merged_id", BigInteger, nullable=False),
-    Column("event_seq", BigInteger, nullable=True),  # the event whose identifiers linked them
+    # The event whose identifiers linked them; ingest's catch-up reads merges by it.
+    Column("event_seq", BigInteger, nullable=True, index=True),
     Column("reason", Text, nullable=False),
     Column("merged_at_us", BigInteger, nullable=False),
 )
