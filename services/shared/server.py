@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024  # above Batch's 4 MiB so the servicer can say why
+# How long a cancelled background worker may take to end at shutdown; one that ignores
+# its cancellation past this is logged by name and left, so the process still exits.
+WORKER_STOP_SECONDS = 10.0
 
 
 @dataclass
@@ -670,12 +673,26 @@ class RunningService:
     async def stop(self, grace: float) -> None:
         """Say NOT_SERVING, drain in-flight RPCs for up to `grace` seconds, stop workers."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        try:
+            await asyncio.wait_for(self.server.stop(grace), grace + WORKER_STOP_SECONDS)
+        except TimeoutError:
+            log.error("%s: the server did not stop within %.0f s; left behind", self.name, grace)
         for task in self.tasks:
             task.cancel()
+        if not self.tasks:
+            return
+        _, stuck = await asyncio.wait(self.tasks, timeout=WORKER_STOP_SECONDS)
+        for task in stuck:
+            log.error(
+                "%s: worker %s did not stop within %.0f s of its cancellation; left behind",
+                self.name,
+                task.get_name(),
+                WORKER_STOP_SECONDS,
+            )
         for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            failure = task.exception() if task.done() and not task.cancelled() else None
+            if failure is not None:
+                raise failure
 
 
 async def start_service(
@@ -711,7 +728,9 @@ async def start_service(
     await server.start()
     running = RunningService(spec.name, server, bound, health_servicer, names)
     for worker in spec.workers(resources) if spec.workers else []:
-        running.tasks.append(asyncio.create_task(worker))
+        running.tasks.append(
+            asyncio.create_task(worker, name=getattr(worker, "__qualname__", None))
+        )
     watching = metrics.start_lag_watch(resources.redis)  # one per process, metrics on
     if watching is not None:
         running.tasks.append(watching)
