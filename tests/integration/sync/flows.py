@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from audiences.v1 import sync_pb2
+from redis.asyncio import Redis
 
+from services.shared.streams import CHANGES_STREAM
 from tests.helpers.syncs import create_webhook_sync
 from tests.integration.sync.conftest import SyncApi
+from tests.integration.sync.support import T0, MembershipLog
 
 
 async def webhook_sync(
@@ -62,3 +65,32 @@ async def run(api: SyncApi, sync_id: str) -> sync_pb2.SyncRun:
 async def get_sync(api: SyncApi, sync_id: str) -> sync_pb2.Sync:
     """GetSync."""
     return await api.stub.GetSync(sync_pb2.GetSyncRequest(id=sync_id), metadata=api.metadata)
+
+
+async def announced_change(
+    log: MembershipLog,
+    redis: Redis,
+    audience: tuple[int, str],
+    pid: int,
+    entered: bool = True,
+    announce: bool = True,
+) -> int:
+    """A change committed to the log, then (unless `announce` is false: its entry
+    lost) announced on `stream:changes` as the realtime worker does; its seq."""
+    audience_id, audience_key = audience
+    seq = await log.change(audience_id, pid, entered=entered)
+    if announce:
+        await redis.xadd(
+            CHANGES_STREAM,
+            {
+                "kind": "entered" if entered else "exited",
+                "workspace_id": log.ws,
+                "seq": seq,
+                "audience_id": audience_id,
+                "audience_key": audience_key,
+                "profile_id": pid,
+                "at_us": T0,
+                "version": 1,
+            },
+        )
+    return seq

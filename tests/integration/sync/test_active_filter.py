@@ -20,12 +20,11 @@ from services.shared.clock import US_PER_DAY
 from services.shared.db.tables import events
 from services.shared.errors import field_violations
 from services.shared.server import Resources
-from services.shared.streams import CHANGES_STREAM
 from services.sync.tables import syncs
-from tests.helpers.syncs import create_webhook_sync
+from tests.helpers.syncs import create_webhook_destination, create_webhook_sync
 from tests.helpers.waiting import eventually
 from tests.integration.sync.conftest import SyncApi
-from tests.integration.sync.flows import get_sync, run
+from tests.integration.sync.flows import announced_change, get_sync, run
 from tests.integration.sync.support import T0, WebhookReceiver, webhook
 
 pytestmark = pytest.mark.integration
@@ -262,22 +261,7 @@ async def test_realtime_syncs_send_only_recently_active_members(
     audience = await log.audience("vips")
 
     async def change(pid: int, entered: bool) -> int:
-        """A change committed, then announced on the stream as the realtime worker does."""
-        seq = await log.change(audience, pid, entered=entered)
-        await resources.redis.xadd(
-            CHANGES_STREAM,
-            {
-                "kind": "entered" if entered else "exited",
-                "workspace_id": log.ws,
-                "seq": seq,
-                "audience_id": audience,
-                "audience_key": "vips",
-                "profile_id": pid,
-                "at_us": NOW,
-                "version": 1,
-            },
-        )
-        return seq
+        return await announced_change(log, resources.redis, (audience, "vips"), pid, entered)
 
     ann = await _person(api, "ann", 1)
     bob = await _person(api, "bob", 40)
@@ -332,16 +316,8 @@ async def test_realtime_syncs_send_only_recently_active_members(
 
 
 async def test_event_syncs_refuse_the_filter(api: SyncApi) -> None:
-    destination = await api.stub.CreateDestination(
-        sync_pb2.CreateDestinationRequest(
-            destination=sync_pb2.Destination(
-                name="hook",
-                kind=sync_pb2.DESTINATION_KIND_WEBHOOK,
-                base_url="http://127.0.0.1:9/hook",
-                secret=SECRET,
-            )
-        ),
-        metadata=api.metadata,
+    destination = await create_webhook_destination(
+        api.stub, api.metadata, "http://127.0.0.1:9/hook", SECRET
     )
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await api.stub.CreateSync(

@@ -12,8 +12,8 @@ from services.shared.streams import CHANGES_STREAM
 from tests.helpers.syncs import create_webhook_sync
 from tests.helpers.waiting import eventually
 from tests.integration.sync.conftest import SyncApi
-from tests.integration.sync.flows import get_sync
-from tests.integration.sync.support import T0, webhook
+from tests.integration.sync.flows import announced_change, get_sync
+from tests.integration.sync.support import webhook
 
 pytestmark = pytest.mark.integration
 
@@ -33,23 +33,9 @@ async def test_a_lost_changes_stream_is_recreated_and_nothing_is_lost(
     audience = await log.audience("vips")
 
     async def change(pid: int, announce: bool = True) -> int:
-        """A committed entry, announced on the stream as the realtime worker does."""
-        seq = await log.change(audience, pid, entered=True)
-        if announce:
-            await resources.redis.xadd(
-                CHANGES_STREAM,
-                {
-                    "kind": "entered",
-                    "workspace_id": log.ws,
-                    "seq": seq,
-                    "audience_id": audience,
-                    "audience_key": "vips",
-                    "profile_id": pid,
-                    "at_us": T0,
-                    "version": 1,
-                },
-            )
-        return seq
+        return await announced_change(
+            log, resources.redis, (audience, "vips"), pid, announce=announce
+        )
 
     people = [await log.profile(email=f"{name}@example.com") for name in ("ann", "bob", "cat")]
     async with webhook(SECRET) as receiver:
