@@ -27,12 +27,14 @@ from services.profile.recommendations.training import Trainer
 from services.profile.server import ProfileServiceServicer
 from services.profile.service import ProfileService
 from services.profile.store import ProfileStore
-from services.shared import tls
+from services.shared import recommendation_lists, tls
 from services.shared.server import Resources, ServiceSpec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HTTP_PORT = 8081
+# Profiles' lists read from the database per page of a rebuild (one script call each).
+REBUILD_PAGE = 500
 
 
 def http_port() -> int:
@@ -130,16 +132,26 @@ def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
 async def rebuild_hot_state(
     resources: Resources, workspace_id: str, progress: Callable[[str], None]
 ) -> str:
-    """Recreate the workspace's popular recommendation lists (recs_popular) from the
-    database. Profiles' own lists are not kept there: until the next training every
-    profile is served its objects' popular items (cold_start)."""
+    """Recreate the workspace's recommendations in the hot state from the database:
+    each profile's own lists of every object (recommendation_lists, what the last
+    training wrote; lists the hot state held of objects or profiles the database no
+    longer has are removed first) and the objects' popular lists (recs_popular)."""
     store = RecommendationStore(resources.engine)
     writer = RecommendationWriter(resources.redis)
+    await writer.clear_own_lists(workspace_id)
+    written = 0
+    for key in await store.model_keys(workspace_id):
+        async for page in recommendation_lists.encoded_lists_of(
+            resources.engine, workspace_id, key, REBUILD_PAGE
+        ):
+            await writer.replace_encoded(workspace_id, key, page)
+            written += len(page)
+            progress(f"{written} profile lists")
     lists = await store.popular_lists(workspace_id)
     for key, items in lists:
         await writer.set_popular(workspace_id, key, items)
         progress(f"popular list of {key}")
-    return f"{len(lists)} popular recommendation lists"
+    return f"{written} profile recommendation lists, {len(lists)} popular recommendation lists"
 
 
 # GetProfile's servicer returns the Profile message as the hot state wrote it.

@@ -1,5 +1,6 @@
-"""Postgres/SQLite side of recommendations: the objects, their training status, and
-the interactions a training reads (never on a serving path)."""
+"""Postgres/SQLite side of recommendations: the objects, their training status, the
+interactions a training reads, and the lists it wrote (the shared read model
+``recommendation_lists``; never on a serving path)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from services.profile.recommendations.definition import (
     TrainingStatus,
 )
 from services.profile.tables import recommendation_models
-from services.shared.db.tables import events, profiles
+from services.shared.db.engine import is_postgres
+from services.shared.db.tables import events, profiles, recommendation_lists
 from services.shared.errors import AlreadyExists, FailedPrecondition, NotFound
 
 # A training marked running for longer than this died with its process: it may restart.
@@ -29,6 +31,9 @@ STALE_TRAINING_US = 6 * 3600 * 1_000_000
 _ITEM_FIELDS = ("item_id", "score", "model", "metadata")
 # Events whose properties are read per query when looking up item metadata.
 _METADATA_CHUNK = 1000
+# Lists per INSERT where COPY is not available (SQLite): one statement per chunk.
+_LIST_CHUNK = 2000
+_LIST_COLUMNS = [c.name for c in recommendation_lists.columns]
 
 
 @dataclass(frozen=True)
@@ -154,12 +159,18 @@ class RecommendationStore:
             return [(row.workspace_id, _model(row)) for row in rows]
 
     async def delete(self, workspace_id: str, key: str) -> None:
-        """Remove an object; NotFound if absent."""
+        """Remove an object and its profiles' lists; NotFound if absent."""
         async with self._engine.begin() as connection:
             result = await connection.execute(
                 delete(recommendation_models).where(
                     recommendation_models.c.workspace_id == workspace_id,
                     recommendation_models.c.key == key,
+                )
+            )
+            await connection.execute(
+                delete(recommendation_lists).where(
+                    recommendation_lists.c.workspace_id == workspace_id,
+                    recommendation_lists.c.model_key == key,
                 )
             )
         if result.rowcount == 0:
@@ -210,11 +221,69 @@ class RecommendationStore:
             training_error=status.error,
         )
 
+    async def save_lists(
+        self,
+        workspace_id: str,
+        key: str,
+        lists: Sequence[tuple[int, bytes]],
+        popular: Sequence[dict[str, Any]],
+        trained_at_us: int,
+    ) -> None:
+        """Replace the object's profile lists (profile id, the items as a JSON array;
+        an empty array keeps no row) and its popular items, in one transaction: a
+        reader sees the previous training's rows or this one's, never a mix. The rows
+        go in with COPY on Postgres (executemany chunks elsewhere), not a statement per
+        profile."""
+        records = [
+            (workspace_id, key, pid, text.decode(), trained_at_us)
+            for pid, text in lists
+            if text != b"[]"
+        ]
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                delete(recommendation_lists).where(
+                    recommendation_lists.c.workspace_id == workspace_id,
+                    recommendation_lists.c.model_key == key,
+                )
+            )
+            if records and is_postgres(self._engine):
+                raw = await connection.get_raw_connection()
+                await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+                    "recommendation_lists", records=records, columns=_LIST_COLUMNS
+                )
+            else:
+                for start in range(0, len(records), _LIST_CHUNK):
+                    await connection.execute(
+                        insert(recommendation_lists),
+                        [
+                            dict(zip(_LIST_COLUMNS, record, strict=True))
+                            for record in records[start : start + _LIST_CHUNK]
+                        ],
+                    )
+            await connection.execute(
+                update(recommendation_models)
+                .where(
+                    recommendation_models.c.workspace_id == workspace_id,
+                    recommendation_models.c.key == key,
+                )
+                .values(popular_items=list(popular))
+            )
+
     async def save_popular(
         self, workspace_id: str, key: str, items: Sequence[dict[str, Any]]
     ) -> None:
         """Keep the object's popular items (what the hot state serves cold profiles)."""
         await self._update(workspace_id, key, popular_items=list(items))
+
+    async def model_keys(self, workspace_id: str) -> list[str]:
+        """The keys of the workspace's objects, in order."""
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(recommendation_models.c.key)
+                .where(recommendation_models.c.workspace_id == workspace_id)
+                .order_by(recommendation_models.c.key)
+            )
+            return [row[0] for row in rows]
 
     async def popular_lists(self, workspace_id: str) -> list[tuple[str, list[dict[str, Any]]]]:
         """(object key, popular items) of every object of the workspace trained since

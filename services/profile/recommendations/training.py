@@ -1,6 +1,7 @@
 """The training job of one recommendation object: read its interactions, score every
 live profile of the workspace (services.profile.recommendations.scoring), write each
-profile's top N to the hot state, and record progress and figures as it goes."""
+profile's top N to the database (the recommendation_lists read model) and the hot
+state, and record progress and figures as it goes."""
 
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ from services.shared.clock import Clock
 
 log = logging.getLogger(__name__)
 
-# Progress recorded once the inputs are read, and once every profile is scored; the
-# hot-state writes fill the rest.
+# Progress recorded once the inputs are read, once every profile is scored and once
+# the lists are in the database; the hot-state writes fill the rest.
 _LOADED = 0.1
 _SCORED = 0.5
+_SAVED = 0.6
 _PROGRESS_EVERY_SECONDS = 1.0
 
 
@@ -191,10 +193,6 @@ class Trainer:
             )
         ]
 
-        async def written(share: float) -> None:
-            await self._store.record_progress(workspace_id, key, _SCORED + (1 - _SCORED) * share)
-
-        await self._writer.replace(workspace_id, key, lists, written)
         # What a profile without a list of its own (created since) gets: the popular
         # items a cold profile got above, kept in the database for a rebuild.
         popular = scoring.popular_top_n(
@@ -216,7 +214,18 @@ class Trainer:
             )
             if item >= 0
         ]
-        await self._store.save_popular(workspace_id, key, popular_items)
+        # The database first (the source a rebuild and the syncs read), in one
+        # transaction; then the hot state, profile batch by batch.
+        encoded = [(pid, orjson.dumps(items)) for pid, items in lists]
+        await self._store.save_lists(
+            workspace_id, key, encoded, popular_items, self._clock.now_us()
+        )
+        await self._store.record_progress(workspace_id, key, _SAVED)
+
+        async def written(share: float) -> None:
+            await self._store.record_progress(workspace_id, key, _SAVED + (1 - _SAVED) * share)
+
+        await self._writer.replace_encoded(workspace_id, key, encoded, written)
         await self._writer.set_popular(workspace_id, key, popular_items)
         return TrainingStatus(
             state=TrainingState.SUCCEEDED,
