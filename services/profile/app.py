@@ -20,8 +20,9 @@ from services.profile import httpview
 from services.profile.exposures import ExposureLog
 from services.profile.hotread import HotProfiles
 from services.profile.recommendations.hotwrite import RecommendationWriter
-from services.profile.recommendations.scheduler import RETRAIN_EVERY_SECONDS, RetrainScheduler
+from services.profile.recommendations.scheduler import RetrainScheduler
 from services.profile.recommendations.service import RecommendationModels
+from services.profile.recommendations.settings import TrainingSettings
 from services.profile.recommendations.store import RecommendationStore
 from services.profile.recommendations.training import Trainer
 from services.profile.server import ProfileServiceServicer
@@ -75,11 +76,17 @@ def exposure_log(resources: Resources) -> ExposureLog:
 
 
 def build_models(resources: Resources) -> RecommendationModels:
-    """Recommendation objects and their training jobs on this process's resources."""
+    """Recommendation objects and their training jobs on this process's resources
+    (TrainRecommendationModel only records the request when RECOMMENDATIONS_TRAINING
+    is job)."""
     store = RecommendationStore(resources.engine)
     writer = RecommendationWriter(resources.redis)
     return RecommendationModels(
-        store, writer, Trainer(store, writer, resources.clock), resources.clock
+        store,
+        writer,
+        Trainer(store, writer, resources.clock),
+        resources.clock,
+        as_job=TrainingSettings.from_env().as_job,
     )
 
 
@@ -90,7 +97,7 @@ async def retrain_forever(resources: Resources, interval_seconds: float) -> None
         build_models(resources),
         RecommendationStore(resources.engine),
         resources.clock,
-        float(os.environ.get("RECOMMENDATIONS_RETRAIN_EVERY_SECONDS", RETRAIN_EVERY_SECONDS)),
+        TrainingSettings.from_env().retrain_every_seconds,
     )
     while True:
         await asyncio.sleep(interval_seconds)  # the schedule's cadence, not synchronisation
@@ -112,7 +119,7 @@ def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
 def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
     """The HTTP JSON view beside the gRPC server, the exposure log's writer and the
     retrain schedule (RECOMMENDATIONS_SCHEDULE_SECONDS between rounds, default 300; 0
-    off)."""
+    off; none with RECOMMENDATIONS_TRAINING=job, where the training job trains)."""
     found: list[Coroutine[Any, Any, None]] = [
         exposure_log(resources).run(),
         httpview.serve(
@@ -123,9 +130,9 @@ def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
             tls.http_ssl_context(resources.settings),
         ),
     ]
-    interval = float(os.environ.get("RECOMMENDATIONS_SCHEDULE_SECONDS", "300"))
-    if interval > 0:
-        found.append(retrain_forever(resources, interval))
+    training = TrainingSettings.from_env()
+    if training.scheduled_in_service:
+        found.append(retrain_forever(resources, training.schedule_seconds))
     return found
 
 

@@ -33,4 +33,7 @@ recommendation_models = Table(
     Column("popular_items", Json, nullable=True),
     # The event whose next items the ranker learns to predict; null: any item event.
     Column("goal_event", String(255), nullable=True),
+    # When TrainRecommendationModel asked for a training that the training job runs
+    # (RECOMMENDATIONS_TRAINING=job); cleared when a training starts.
+    Column("training_requested_at_us", BigInteger, nullable=True),
 )

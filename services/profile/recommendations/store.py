@@ -70,6 +70,7 @@ def _model(row: Any) -> RecommendationModel:
             items=row.trained_items,
             interactions=row.trained_interactions,
             error=row.training_error,
+            requested_at_us=row.training_requested_at_us,
         ),
     )
 
@@ -177,7 +178,29 @@ class RecommendationStore:
             raise _not_found(key)
 
     async def start_training(self, workspace_id: str, key: str, now_us: int) -> None:
-        """Mark a training running; FailedPrecondition if one already is (one at a time)."""
+        """Mark a training running; FailedPrecondition if one already is (one at a time).
+
+        The update is conditional, so it is the training's lease: of concurrent
+        runners (service replicas, training jobs) exactly one's update matches."""
+        await self._idle_update(
+            workspace_id,
+            key,
+            now_us,
+            training_state=TrainingState.RUNNING.value,
+            training_progress=0.0,
+            training_started_at_us=now_us,
+            training_finished_at_us=None,
+            training_error=None,
+            training_requested_at_us=None,
+        )
+
+    async def request_training(self, workspace_id: str, key: str, now_us: int) -> None:
+        """Record that a training is asked for (the training job's next run starts it);
+        FailedPrecondition if one is running."""
+        await self._idle_update(workspace_id, key, now_us, training_requested_at_us=now_us)
+
+    async def _idle_update(self, workspace_id: str, key: str, now_us: int, **values: Any) -> None:
+        # Matches only an object not training (or whose training went stale).
         async with self._engine.begin() as connection:
             result = await connection.execute(
                 update(recommendation_models)
@@ -189,13 +212,7 @@ class RecommendationStore:
                         recommendation_models.c.training_started_at_us < now_us - STALE_TRAINING_US,
                     ),
                 )
-                .values(
-                    training_state=TrainingState.RUNNING.value,
-                    training_progress=0.0,
-                    training_started_at_us=now_us,
-                    training_finished_at_us=None,
-                    training_error=None,
-                )
+                .values(**values)
             )
         if result.rowcount == 0:
             await self.get(workspace_id, key)  # NotFound when it is absent

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,12 +112,21 @@ class Trainer:
         clock: Clock,
         settings: scoring.Settings | None = None,
         knobs: ranker.RankerSettings | None = None,
+        report: Callable[[str, str, float], None] | None = None,
     ) -> None:
+        """`report` hears (workspace, object key, progress 0..1) each time progress is
+        recorded (the training job prints it)."""
         self._store = store
         self._writer = writer
         self._clock = clock
         self._settings = settings or scoring.Settings()
         self._knobs = knobs or ranker.RankerSettings()
+        self._report = report
+
+    async def _progress(self, workspace_id: str, key: str, progress: float) -> None:
+        await self._store.record_progress(workspace_id, key, progress)
+        if self._report is not None:
+            self._report(workspace_id, key, progress)
 
     async def run(self, workspace_id: str, key: str) -> TrainingStatus:
         """Train the object (already marked running) and record how it ended."""
@@ -136,7 +146,7 @@ class Trainer:
         interactions, catalogue, latest_seq = build_inputs(model, rows, live)
         properties = await self._store.event_properties(workspace_id, latest_seq.tolist())
         metadata = [properties.get(int(seq), {}) for seq in latest_seq]
-        await self._store.record_progress(workspace_id, key, _LOADED)
+        await self._progress(workspace_id, key, _LOADED)
         item_metadata = ranker.ItemMetadata(
             categories=ranker.categories_from_properties(metadata, model.item_property)
         )
@@ -160,16 +170,14 @@ class Trainer:
         )
         while not job.done():
             await asyncio.wait({job}, timeout=_PROGRESS_EVERY_SECONDS)
-            await self._store.record_progress(
-                workspace_id, key, _LOADED + (_SCORED - _LOADED) * share[0]
-            )
+            await self._progress(workspace_id, key, _LOADED + (_SCORED - _LOADED) * share[0])
         top, ranked = job.result()
         log.info(
             "recommendations scored by the %s",
             "ranker" if ranked else "blend",
             extra={"model_key": key, "ranked": ranked},
         )
-        await self._store.record_progress(workspace_id, key, _SCORED)
+        await self._progress(workspace_id, key, _SCORED)
         metadata_text = [
             orjson.dumps({k: v for k, v in m.items() if k != model.item_property}).decode()
             for m in metadata
@@ -220,10 +228,10 @@ class Trainer:
         await self._store.save_lists(
             workspace_id, key, encoded, popular_items, self._clock.now_us()
         )
-        await self._store.record_progress(workspace_id, key, _SAVED)
+        await self._progress(workspace_id, key, _SAVED)
 
         async def written(share: float) -> None:
-            await self._store.record_progress(workspace_id, key, _SAVED + (1 - _SAVED) * share)
+            await self._progress(workspace_id, key, _SAVED + (1 - _SAVED) * share)
 
         await self._writer.replace_encoded(workspace_id, key, encoded, written)
         await self._writer.set_popular(workspace_id, key, popular_items)

@@ -1,7 +1,8 @@
 """profile: each profile's top-N items of each recommendation object are kept in the
 database (the shared read model ``recommendation_lists``), so a hot-state rebuild
 restores the profiles' own lists and recommendation syncs read them without scanning
-the hot state
+the hot state; and an object records when a training was asked for, so a deployment
+that trains in a job (RECOMMENDATIONS_TRAINING=job) runs it at the job's next run
 
 Revision ID: 0031_recommendation_lists
 Revises: 0029_recommendation_popular_goal
@@ -30,7 +31,11 @@ def upgrade() -> None:
         sa.Column("items", sa.Text(), nullable=False),
         sa.Column("trained_at_us", sa.BigInteger(), nullable=False),
     )
+    with op.batch_alter_table("recommendation_models") as batch:
+        batch.add_column(sa.Column("training_requested_at_us", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("recommendation_models") as batch:
+        batch.drop_column("training_requested_at_us")
     op.drop_table("recommendation_lists")
