@@ -19,6 +19,7 @@ from audiences.v1 import profile_pb2_grpc
 from services.profile import httpview
 from services.profile.exposures import ExposureLog
 from services.profile.hotread import HotProfiles
+from services.profile.recommendations.consumed import ConsumedItems
 from services.profile.recommendations.hotwrite import RecommendationWriter
 from services.profile.recommendations.scheduler import RetrainScheduler
 from services.profile.recommendations.service import RecommendationModels
@@ -117,11 +118,13 @@ def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
 
 
 def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
-    """The HTTP JSON view beside the gRPC server, the exposure log's writer and the
-    retrain schedule (RECOMMENDATIONS_SCHEDULE_SECONDS between rounds, default 300; 0
+    """The HTTP JSON view beside the gRPC server, the exposure log's writer, the
+    consumer that keeps the profiles' consumed items (recs_consumed) and the retrain
+    schedule (RECOMMENDATIONS_SCHEDULE_SECONDS between rounds, default 300; 0
     off; none with RECOMMENDATIONS_TRAINING=job, where the training job trains)."""
     found: list[Coroutine[Any, Any, None]] = [
         exposure_log(resources).run(),
+        ConsumedItems(resources.redis, resources.engine).run(),
         httpview.serve(
             build(resources),
             resources.keys,
@@ -155,8 +158,8 @@ async def rebuild_hot_state(
             written += len(page)
             progress(f"{written} profile lists")
     lists = await store.popular_lists(workspace_id)
-    for key, items in lists:
-        await writer.set_popular(workspace_id, key, items)
+    for key, items, reserve in lists:
+        await writer.set_popular(workspace_id, key, items, reserve)
         progress(f"popular list of {key}")
     return f"{written} profile recommendation lists, {len(lists)} popular recommendation lists"
 

@@ -59,15 +59,21 @@ return #KEYS
 """
 
 
-# KEYS[1]: the workspace's recs_popular hash. ARGV[1]: the object key, ARGV[2]: its
-# popular items as JSON list members ('' removes them), ARGV[3]: the version field.
-# The version rises with every write, so a cached profile encoding that served the
-# old list is not served again (services.profile.hotread).
+# KEYS[1]: the workspace's recs_popular hash, KEYS[2]: its recs_popular_more hash.
+# ARGV[1]: the object key, ARGV[2]: its popular items as JSON list members ('' removes
+# them), ARGV[3]: the version field, ARGV[4]: the items that follow (the reserve; ''
+# when none). The version rises with every write, so a cached profile encoding that
+# served the old list is not served again (services.profile.hotread).
 _POPULAR_LUA = """
 if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
 else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+if ARGV[2] == '' or ARGV[4] == '' then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+else
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
 end
 return redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
 """
@@ -112,13 +118,26 @@ class RecommendationWriter:
                 await progress((start + len(batch)) / len(lists))
 
     async def set_popular(
-        self, workspace_id: str, model_key: str, items: Sequence[dict[str, Any]]
+        self,
+        workspace_id: str,
+        model_key: str,
+        items: Sequence[dict[str, Any]],
+        reserve: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Make `items` the object's workspace-level popular list, served to profiles
-        without a list of their own for it (an empty list removes it)."""
+        without a list of their own for it (an empty list removes it), and `reserve`
+        the items that follow, which refill it for a profile that consumed some."""
         await self._popular(
-            keys=[hotstate.popular_recommendations_key(workspace_id)],
-            args=[model_key, orjson.dumps(list(items))[1:-1], hotstate.POPULAR_VERSION_FIELD],
+            keys=[
+                hotstate.popular_recommendations_key(workspace_id),
+                hotstate.popular_reserve_key(workspace_id),
+            ],
+            args=[
+                model_key,
+                orjson.dumps(list(items))[1:-1],
+                hotstate.POPULAR_VERSION_FIELD,
+                orjson.dumps(list(reserve))[1:-1],
+            ],
         )
 
     async def clear_own_lists(self, workspace_id: str) -> int:

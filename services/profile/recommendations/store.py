@@ -247,7 +247,8 @@ class RecommendationStore:
         trained_at_us: int,
     ) -> None:
         """Replace the object's profile lists (profile id, the items as a JSON array;
-        an empty array keeps no row) and its popular items, in one transaction: a
+        an empty array keeps no row) and its popular items (followed by their
+        reserve: popular_lists splits them by the object's size), in one transaction: a
         reader sees the previous training's rows or this one's, never a mix. The rows
         go in with COPY on Postgres (executemany chunks elsewhere), not a statement per
         profile."""
@@ -286,12 +287,6 @@ class RecommendationStore:
                 .values(popular_items=list(popular))
             )
 
-    async def save_popular(
-        self, workspace_id: str, key: str, items: Sequence[dict[str, Any]]
-    ) -> None:
-        """Keep the object's popular items (what the hot state serves cold profiles)."""
-        await self._update(workspace_id, key, popular_items=list(items))
-
     async def model_keys(self, workspace_id: str) -> list[str]:
         """The keys of the workspace's objects, in order."""
         async with self._engine.connect() as connection:
@@ -302,12 +297,19 @@ class RecommendationStore:
             )
             return [row[0] for row in rows]
 
-    async def popular_lists(self, workspace_id: str) -> list[tuple[str, list[dict[str, Any]]]]:
-        """(object key, popular items) of every object of the workspace trained since
-        popular lists were kept, by key."""
+    async def popular_lists(
+        self, workspace_id: str
+    ) -> list[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]]:
+        """(object key, popular items, the reserve that follows them) of every object of
+        the workspace trained since popular lists were kept, by key. The column holds
+        both: the object's size of items, then the reserve."""
         async with self._engine.connect() as connection:
             rows = await connection.execute(
-                select(recommendation_models.c.key, recommendation_models.c.popular_items)
+                select(
+                    recommendation_models.c.key,
+                    recommendation_models.c.popular_items,
+                    recommendation_models.c.size,
+                )
                 .where(
                     recommendation_models.c.workspace_id == workspace_id,
                     recommendation_models.c.popular_items.is_not(None),
@@ -315,13 +317,12 @@ class RecommendationStore:
                 .order_by(recommendation_models.c.key)
             )
             found = []
-            for key, items in rows:
+            for key, items, size in rows:
                 if isinstance(items, str | bytes):
                     items = orjson.loads(items)
                 # JSONB keeps no key order: the items come back in the order written.
-                found.append(
-                    (key, [{k: item[k] for k in _ITEM_FIELDS if k in item} for item in items or []])
-                )
+                ordered = [{k: item[k] for k in _ITEM_FIELDS if k in item} for item in items or []]
+                found.append((key, ordered[:size], ordered[size:]))
             return found
 
     async def _update(self, workspace_id: str, key: str, **values: Any) -> None:

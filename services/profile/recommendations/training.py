@@ -202,31 +202,38 @@ class Trainer:
         ]
 
         # What a profile without a list of its own (created since) gets: the popular
-        # items a cold profile got above, kept in the database for a rebuild.
-        popular = scoring.popular_top_n(
-            interactions,
-            self._clock.now_us(),
-            model.size,
-            self._settings,
-            excluded_items=excluded(model, metadata),
-        )
-        popular_items = [
-            {
-                "item_id": catalogue.item_ids[item],
-                "score": round(float(score), 6),
-                "model": key,
-                "metadata": metadata_text[item],
-            }
-            for item, score in zip(
-                popular.items[0].tolist(), popular.scores[0].tolist(), strict=True
+        # items a cold profile got above, kept in the database for a rebuild; and as
+        # many again that follow them (the reserve), which refill the list for a
+        # profile that has consumed some of it since (recs_consumed).
+        def popular_top(size: int) -> list[dict[str, Any]]:
+            top = scoring.popular_top_n(
+                interactions,
+                self._clock.now_us(),
+                size,
+                self._settings,
+                excluded_items=excluded(model, metadata),
             )
-            if item >= 0
-        ]
+            return [
+                {
+                    "item_id": catalogue.item_ids[item],
+                    "score": round(float(score), 6),
+                    "model": key,
+                    "metadata": metadata_text[item],
+                }
+                for item, score in zip(top.items[0].tolist(), top.scores[0].tolist(), strict=True)
+                if item >= 0
+            ]
+
+        popular_items = popular_top(model.size)
+        # Computed apart (not the head of the longer list): the popular list stays
+        # exactly what a cold profile got, ties included.
+        listed = {item["item_id"] for item in popular_items}
+        reserve = [i for i in popular_top(2 * model.size) if i["item_id"] not in listed]
         # The database first (the source a rebuild and the syncs read), in one
         # transaction; then the hot state, profile batch by batch.
         encoded = [(pid, orjson.dumps(items)) for pid, items in lists]
         await self._store.save_lists(
-            workspace_id, key, encoded, popular_items, self._clock.now_us()
+            workspace_id, key, encoded, popular_items + reserve, self._clock.now_us()
         )
         await self._progress(workspace_id, key, _SAVED)
 
@@ -234,7 +241,7 @@ class Trainer:
             await self._progress(workspace_id, key, _SAVED + (1 - _SAVED) * share)
 
         await self._writer.replace_encoded(workspace_id, key, encoded, written)
-        await self._writer.set_popular(workspace_id, key, popular_items)
+        await self._writer.set_popular(workspace_id, key, popular_items, reserve)
         return TrainingStatus(
             state=TrainingState.SUCCEEDED,
             profiles=len(catalogue.profile_ids),

@@ -691,3 +691,103 @@ async def test_a_rebuild_restores_each_profiles_own_list_and_erasure_removes_it(
         profile_pb2.DeleteRecommendationModelRequest(key="other"), metadata=bearer(workspace.admin)
     )
     assert {key for key, _ in await lists_in_database(resources, ws)} == {"shop"}
+
+
+async def test_a_popular_item_the_profile_consumed_after_training_is_not_served(
+    resources, workspace, redis, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from audiences.v1 import ingest_pb2, ingest_pb2_grpc, profile_pb2_grpc
+
+    from tests.helpers.servers import in_process
+
+    monkeypatch.setenv("PROFILE_HTTP_PORT", "0")
+    monkeypatch.setenv("INGEST_HTTP_PORT", "0")
+    monkeypatch.setenv("RECOMMENDATIONS_SCHEDULE_SECONDS", "0")
+    ws = workspace.workspace_id
+    pids = await shop(resources, redis, ws)
+    async with (
+        in_process(resources, ["ingest", "profile"]) as at,
+        grpc.aio.insecure_channel(at["ingest"]) as ingest_channel,
+        grpc.aio.insecure_channel(at["profile"]) as profile_channel,
+    ):
+        ingest = ingest_pb2_grpc.IngestServiceStub(ingest_channel)
+        stub = profile_pb2_grpc.ProfileServiceStub(profile_channel)
+        for model in (shop_model(size=3), shop_model("again", size=3, recommend_consumed=True)):
+            await stub.CreateRecommendationModel(
+                profile_pb2.CreateRecommendationModelRequest(model=model),
+                metadata=bearer(workspace.admin),
+            )
+            await train(stub, workspace.admin, model.key)
+        popular = await recommended(stub, workspace.profile, "cold", model_key="shop")
+        assert popular == ["p5", "p2", "p1"]
+
+        async def send(message_id: str, user: str = "newcomer", **fields: object) -> None:
+            sent = await ingest.Batch(
+                ingest_pb2.BatchRequest(
+                    events=[
+                        ingest_pb2.Event(message_id=message_id, user_id=user, **fields)  # type: ignore[arg-type]
+                    ]
+                ),
+                metadata=bearer(workspace.ingest),
+            )
+            assert sent.accepted == 1, sent
+
+        async def read(user: str) -> profile_pb2.Profile:
+            return await stub.GetProfile(
+                profile_pb2.GetProfileRequest(identifier=ident(user)),
+                metadata=bearer(workspace.profile),
+            )
+
+        async def items(profile: profile_pb2.Profile, key: str) -> list[str]:
+            return [r.item_id for r in profile.recommendations if r.model_key == key]
+
+        # A profile created after the training is served the popular lists (and its
+        # GetProfile encoding is cached with them)...
+        await send("newcomer-1", type=ingest_pb2.EVENT_TYPE_IDENTIFY)
+
+        async def known() -> profile_pb2.Profile | None:
+            try:
+                return await read("newcomer")
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                return None
+
+        before = await eventually(known, 20, "the newcomer's profile")
+        assert await items(before, "shop") == popular == await items(before, "again")
+
+        # ...until it views the teapot: the object that does not recommend consumed
+        # items leaves it out and refills the list from the popular items that follow.
+        await send(
+            "target-1",
+            user="target",
+            type=ingest_pb2.EVENT_TYPE_TRACK,
+            event="Product Viewed",
+            properties=orjson.dumps({"product_id": "p4", "name": "Toaster"}),
+        )
+        await send(
+            "newcomer-2",
+            type=ingest_pb2.EVENT_TYPE_TRACK,
+            event="Product Viewed",
+            properties=orjson.dumps({"product_id": "p2", "name": "Teapot"}),
+        )
+
+        async def without_teapot() -> list[str] | None:
+            got = await recommended(stub, workspace.profile, "newcomer", model_key="shop")
+            return got if "p2" not in got else None
+
+        assert await eventually(without_teapot, 20, "the teapot left out") == ["p5", "p1", "p3"]
+        reply = await stub.GetRecommendations(
+            profile_pb2.GetRecommendationsRequest(identifier=ident("newcomer"), model_key="shop"),
+            metadata=bearer(workspace.profile),
+        )
+        assert reply.cold_start and all(r.popular for r in reply.recommendations)
+        assert orjson.loads(reply.recommendations[2].metadata) == {"name": "Mug", "in_stock": True}
+        after = await read("newcomer")
+        assert await items(after, "shop") == ["p5", "p1", "p3"]
+        # The object that recommends consumed items still serves it.
+        assert await items(after, "again") == popular
+        assert await recommended(stub, workspace.profile, "newcomer", model_key="again") == popular
+        # A profile with a list of its own is not tracked (its next training covers it):
+        # its event went into the stream before the newcomer's, so it was handled.
+        assert not await redis.exists(hotstate.profile_key(ws, pids["target"], "recs_consumed"))
