@@ -1,7 +1,7 @@
 """GetRecommendations beside GetProfile: throughput and latency of both in one run.
 
     TEST_REDIS_DB=N .venv/bin/python bench/recommendations_serving.py \\
-        [--profiles 10000] [--concurrency 32] [--duration 5] [--rounds 3]
+        [--profiles 10000] [--concurrency 32] [--duration 5] [--rounds 3] [--popular]
 
 A fresh Postgres database and the Redis database of TEST_REDIS_DB (flushed first) are
 used. N profiles are seeded into the hot state (identifiers and 10 traits each) and
@@ -12,6 +12,12 @@ different rounds), each for --duration seconds with --concurrency calls in fligh
 random profiles, from this process (uvloop). The table gives each figure's median over
 the rounds and the ratio against GetProfile taken within each round (then the median):
 GetProfile is the baseline, since both answer from one Redis round trip.
+
+With --popular, two more sets of N profiles without a list of their own are seeded,
+served the workspace's popular list (10 items, and a reserve of 10): one set that
+consumed nothing since the training, and one whose recs_consumed set holds 2 of the
+popular items (the read script decodes, filters and refills the list); both are driven
+through GetRecommendations too.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from audiences.v1 import common_pb2, profile_pb2, profile_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.profile.recommendations.hotwrite import RecommendationWriter
+from services.shared import hotstate
 from services.shared.config import Settings
 from services.shared.db import migrate
 from services.shared.db.engine import create_engine
@@ -71,6 +78,34 @@ async def seed(redis: redis_asyncio.Redis, ws: str, profiles: int) -> None:
         for pid in range(1, profiles + 1)
     ]  # fmt: skip
     await RecommendationWriter(redis).replace(ws, "bench", lists)
+
+
+async def seed_cold(redis: redis_asyncio.Redis, ws: str, profiles: int) -> None:
+    """Profiles N+1..3N without a list of their own, served the popular list; those
+    above 2N consumed its 2nd and 5th items since the training."""
+    traits = {f"trait_{n}": f"value {n}" for n in range(10)}
+    for first in range(profiles + 1, 3 * profiles + 1, 50):
+        await asyncio.gather(
+            *(
+                seed_hot(
+                    redis,
+                    ws,
+                    HotSeed(pid, [("user_id", f"u{pid}")], traits, created_at_us=1, last_seen_us=1),
+                )
+                for pid in range(first, min(first + 50, 3 * profiles + 1))
+            )
+        )
+    metadata = orjson.dumps({"name": "Kettle", "price": 9.99, "in_stock": True}).decode()
+    items = [
+        {"item_id": f"pop-{n}", "score": round(1 - n / 20, 6), "model": "bench",
+         "metadata": metadata}
+        for n in range(20)
+    ]  # fmt: skip
+    await RecommendationWriter(redis).set_popular(ws, "bench", items[:10], items[10:])
+    async with redis.pipeline(transaction=False) as pipe:
+        for pid in range(2 * profiles + 1, 3 * profiles + 1):
+            pipe.sadd(hotstate.profile_key(ws, pid, "recs_consumed"), "bench:pop-1", "bench:pop-4")
+        await pipe.execute()
 
 
 async def drive(call, profiles: int, concurrency: int, duration: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -115,6 +150,8 @@ async def run(options: argparse.Namespace) -> None:
             await resources.close()
         started = time.perf_counter()
         await seed(redis, workspace.workspace_id, options.profiles)
+        if options.popular:
+            await seed_cold(redis, workspace.workspace_id, options.profiles)
         print(f"seeded {options.profiles} profiles in {time.perf_counter() - started:.1f} s")
         environment = {"RECOMMENDATIONS_SCHEDULE_SECONDS": "0"}
         async with as_processes(database_url, redis_url, ["profile"], environment) as addresses:
@@ -139,13 +176,25 @@ async def run(options: argparse.Namespace) -> None:
                     assert len(reply.recommendations) == 10
 
                 targets = {"GetProfile": get_profile, "GetRecommendations": get_recommendations}
+                if options.popular:
+                    n = options.profiles
+
+                    async def popular(pid: int) -> None:
+                        await get_recommendations(pid + n)
+
+                    async def popular_consumed(pid: int) -> None:
+                        await get_recommendations(pid + 2 * n)
+
+                    targets["GetRecommendations, popular list"] = popular
+                    targets["GetRecommendations, popular list, 2 consumed"] = popular_consumed
                 # Warm-up: every profile read once by each (the wire caches filled).
                 for call in targets.values():
                     await drive(call, options.profiles, options.concurrency, 1.0)
                 figures: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
                 names = list(targets)
                 for round_ in range(options.rounds):
-                    order = names[round_ % 2 :] + names[: round_ % 2]
+                    shift = round_ % len(names)
+                    order = names[shift:] + names[:shift]
                     for name in order:
                         figures[name].append(
                             await drive(
@@ -189,6 +238,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--popular", action="store_true", help="also profiles served the popular list"
+    )
     uvloop.run(run(parser.parse_args()))
 
 

@@ -19,20 +19,24 @@ from audiences.v1 import profile_pb2_grpc
 from services.profile import httpview
 from services.profile.exposures import ExposureLog
 from services.profile.hotread import HotProfiles
+from services.profile.recommendations.consumed import ConsumedItems
 from services.profile.recommendations.hotwrite import RecommendationWriter
-from services.profile.recommendations.scheduler import RETRAIN_EVERY_SECONDS, RetrainScheduler
+from services.profile.recommendations.scheduler import RetrainScheduler
 from services.profile.recommendations.service import RecommendationModels
+from services.profile.recommendations.settings import TrainingSettings
 from services.profile.recommendations.store import RecommendationStore
 from services.profile.recommendations.training import Trainer
 from services.profile.server import ProfileServiceServicer
 from services.profile.service import ProfileService
 from services.profile.store import ProfileStore
-from services.shared import tls
+from services.shared import recommendation_lists, tls
 from services.shared.server import Resources, ServiceSpec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HTTP_PORT = 8081
+# Profiles' lists read from the database per page of a rebuild (one script call each).
+REBUILD_PAGE = 500
 
 
 def http_port() -> int:
@@ -73,11 +77,17 @@ def exposure_log(resources: Resources) -> ExposureLog:
 
 
 def build_models(resources: Resources) -> RecommendationModels:
-    """Recommendation objects and their training jobs on this process's resources."""
+    """Recommendation objects and their training jobs on this process's resources
+    (TrainRecommendationModel only records the request when RECOMMENDATIONS_TRAINING
+    is job)."""
     store = RecommendationStore(resources.engine)
     writer = RecommendationWriter(resources.redis)
     return RecommendationModels(
-        store, writer, Trainer(store, writer, resources.clock), resources.clock
+        store,
+        writer,
+        Trainer(store, writer, resources.clock),
+        resources.clock,
+        as_job=TrainingSettings.from_env().as_job,
     )
 
 
@@ -88,7 +98,7 @@ async def retrain_forever(resources: Resources, interval_seconds: float) -> None
         build_models(resources),
         RecommendationStore(resources.engine),
         resources.clock,
-        float(os.environ.get("RECOMMENDATIONS_RETRAIN_EVERY_SECONDS", RETRAIN_EVERY_SECONDS)),
+        TrainingSettings.from_env().retrain_every_seconds,
     )
     while True:
         await asyncio.sleep(interval_seconds)  # the schedule's cadence, not synchronisation
@@ -108,11 +118,13 @@ def register(server: grpc.aio.Server, resources: Resources) -> list[str]:
 
 
 def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
-    """The HTTP JSON view beside the gRPC server, the exposure log's writer and the
-    retrain schedule (RECOMMENDATIONS_SCHEDULE_SECONDS between rounds, default 300; 0
-    off)."""
+    """The HTTP JSON view beside the gRPC server, the exposure log's writer, the
+    consumer that keeps the profiles' consumed items (recs_consumed) and the retrain
+    schedule (RECOMMENDATIONS_SCHEDULE_SECONDS between rounds, default 300; 0
+    off; none with RECOMMENDATIONS_TRAINING=job, where the training job trains)."""
     found: list[Coroutine[Any, Any, None]] = [
         exposure_log(resources).run(),
+        ConsumedItems(resources.redis, resources.engine).run(),
         httpview.serve(
             build(resources),
             resources.keys,
@@ -121,25 +133,35 @@ def workers(resources: Resources) -> list[Coroutine[Any, Any, None]]:
             tls.http_ssl_context(resources.settings),
         ),
     ]
-    interval = float(os.environ.get("RECOMMENDATIONS_SCHEDULE_SECONDS", "300"))
-    if interval > 0:
-        found.append(retrain_forever(resources, interval))
+    training = TrainingSettings.from_env()
+    if training.scheduled_in_service:
+        found.append(retrain_forever(resources, training.schedule_seconds))
     return found
 
 
 async def rebuild_hot_state(
     resources: Resources, workspace_id: str, progress: Callable[[str], None]
 ) -> str:
-    """Recreate the workspace's popular recommendation lists (recs_popular) from the
-    database. Profiles' own lists are not kept there: until the next training every
-    profile is served its objects' popular items (cold_start)."""
+    """Recreate the workspace's recommendations in the hot state from the database:
+    each profile's own lists of every object (recommendation_lists, what the last
+    training wrote; lists the hot state held of objects or profiles the database no
+    longer has are removed first) and the objects' popular lists (recs_popular)."""
     store = RecommendationStore(resources.engine)
     writer = RecommendationWriter(resources.redis)
+    await writer.clear_own_lists(workspace_id)
+    written = 0
+    for key in await store.model_keys(workspace_id):
+        async for page in recommendation_lists.encoded_lists_of(
+            resources.engine, workspace_id, key, REBUILD_PAGE
+        ):
+            await writer.replace_encoded(workspace_id, key, page)
+            written += len(page)
+            progress(f"{written} profile lists")
     lists = await store.popular_lists(workspace_id)
-    for key, items in lists:
-        await writer.set_popular(workspace_id, key, items)
+    for key, items, reserve in lists:
+        await writer.set_popular(workspace_id, key, items, reserve)
         progress(f"popular list of {key}")
-    return f"{len(lists)} popular recommendation lists"
+    return f"{written} profile recommendation lists, {len(lists)} popular recommendation lists"
 
 
 # GetProfile's servicer returns the Profile message as the hot state wrote it.

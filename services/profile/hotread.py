@@ -112,11 +112,36 @@ local function popular_version()
   return popular_version_value
 end
 
+-- An object's popular items (list members text) for a profile that consumed some of
+-- them since the training (its recs_consumed set holds "<object>:<item id>"): those
+-- left out, the list refilled from the object's reserve to its length. Decoded and
+-- encoded again only when something is left out; '' when nothing is left.
+local function unconsumed(model, text, reserve, consumed)
+  local items = cjson.decode('[' .. text .. ']')
+  local size = #items
+  if reserve then
+    for _, item in ipairs(cjson.decode('[' .. reserve .. ']')) do items[#items + 1] = item end
+  end
+  local kept, dropped = {}, false
+  for _, item in ipairs(items) do
+    if #kept >= size then break end
+    if redis.call('SISMEMBER', consumed, model .. ':' .. tostring(item.item_id)) == 1 then
+      dropped = true
+    else
+      kept[#kept + 1] = item
+    end
+  end
+  if not dropped then return text end
+  for i = 1, #kept do kept[i] = cjson.encode(kept[i]) end
+  return table.concat(kept, ',')
+end
+
 -- A profile's recommendations as JSON list text (false when none), and the keys of
 -- the objects served from the popular lists, comma-separated ('' when none): its own
 -- items of every object (recs, the join of recs_by_model in key order) and, for each
--- object with a popular list but no list of the profile's own, the popular items, in
--- the same key order. Nothing is decoded.
+-- object with a popular list but no list of the profile's own, the popular items
+-- without those the profile consumed since (recs_consumed), in the same key order.
+-- Nothing is decoded unless the profile consumed something.
 local function recs_json(p)
   local own = redis.call('GET', p .. 'recs')
   if popular_version() == '' then return own, '' end
@@ -137,9 +162,18 @@ local function recs_json(p)
     items[flat[i]] = flat[i + 1]
   end
   local popular = redis.call('HMGET', popular_key, unpack(missing))
+  local consumed = p .. 'recs_consumed'
+  if redis.call('EXISTS', consumed) == 1 then
+    local reserve = redis.call('HMGET', prefix .. 'recs_popular_more', unpack(missing))
+    for i = 1, #missing do
+      popular[i] = unconsumed(missing[i], popular[i], reserve[i], consumed)
+    end
+  end
   for i = 1, #missing do
-    keys[#keys + 1] = missing[i]
-    items[missing[i]] = popular[i]
+    if popular[i] ~= '' then
+      keys[#keys + 1] = missing[i]
+      items[missing[i]] = popular[i]
+    end
   end
   table.sort(keys)
   table.sort(missing)

@@ -34,6 +34,7 @@ from services.shared.db.tables import (
     prediction_scores,
     profile_traits,
     profiles,
+    recommendation_lists,
     suppressions,
 )
 
@@ -108,8 +109,9 @@ class ProfileStore:
         (the caller erases what Redis holds of the events inside the block, so a
         failure there leaves Postgres as it was and a retry does everything again).
 
-        Deletes the events, identities, traits and prediction scores of the survivor
-        and every profile merged into it, marks those profiles deleted, records every identifier in
+        Deletes the events, identities, traits, prediction scores and recommendation
+        lists of the survivor and every profile merged into it, marks those profiles
+        deleted, records every identifier in
         ``suppressions`` (ingest refuses events carrying them) and exits the person's
         audience memberships with records that keep those identifiers. The person's
         group calls stay as facts of their accounts (group_id, timestamp, the account
@@ -158,6 +160,14 @@ class ProfileStore:
                 delete(prediction_scores).where(
                     prediction_scores.c.workspace_id == workspace_id,
                     prediction_scores.c.profile_id.in_(members),
+                )
+            )
+            # So are the person's recommendation lists (the hot state's copy goes with
+            # the rest of the profile's keys).
+            await connection.execute(
+                delete(recommendation_lists).where(
+                    recommendation_lists.c.workspace_id == workspace_id,
+                    recommendation_lists.c.profile_id.in_(members),
                 )
             )
             await connection.execute(

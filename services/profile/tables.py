@@ -29,8 +29,12 @@ recommendation_models = Table(
     Column("trained_interactions", BigInteger, nullable=False),
     Column("training_error", Text, nullable=True),
     # The last training's popular items (the hot state's recs_popular entry, kept for
-    # a rebuild): [{"item_id", "score", "model", "metadata"}, ...]; null before one.
+    # a rebuild), `size` of them, then up to as many that follow (recs_popular_more):
+    # [{"item_id", "score", "model", "metadata"}, ...]; null before one.
     Column("popular_items", Json, nullable=True),
     # The event whose next items the ranker learns to predict; null: any item event.
     Column("goal_event", String(255), nullable=True),
+    # When TrainRecommendationModel asked for a training that the training job runs
+    # (RECOMMENDATIONS_TRAINING=job); cleared when a training starts.
+    Column("training_requested_at_us", BigInteger, nullable=True),
 )

@@ -16,6 +16,11 @@ Values are JSON text (orjson) so readers can pass them through without re-encodi
     hs:{ws}:p:<pid>:recs_by_model hash  recommendation object key -> its items as JSON
                                         list members (no brackets); ``recs`` is their
                                         join in key order (the profile service writes both)
+    hs:{ws}:p:<pid>:recs_consumed set   "<object key>:<item id>" of items the profile
+                                        consumed while it had no list of its own of
+                                        that object (the profile service's consumer
+                                        of the event streams writes it; the read
+                                        script leaves them out of the popular lists)
     hs:{ws}:p:<pid>:wire        hash    section flags -> those sections encoded as
                                         audiences.v1.Profile fields (a read cache)
     hs:{ws}:merged:<pid>        string  -> survivor profile id (after a merge)
@@ -35,6 +40,11 @@ Values are JSON text (orjson) so readers can pass them through without re-encodi
                                         counter raised at every write (the wire
                                         cache's tag holds it). The profile service
                                         writes it at training and rebuild.
+    hs:{ws}:recs_popular_more   hash    recommendation object key -> the popular items
+                                        that follow its list (as many again), from
+                                        which the read script refills a list it left
+                                        a profile's consumed items out of (written
+                                        with recs_popular, in the same script)
 
 A merge (ingest) deletes the merged-away profile's sections and moves its audience
 memberships into the survivor's ``audiences`` hash, earliest entry per audience: the
@@ -59,6 +69,7 @@ PROFILE_SECTIONS = (
     "predictions",
     "recs",
     "recs_by_model",
+    "recs_consumed",
     "wire",
 )
 
@@ -100,6 +111,12 @@ def audience_config_key(workspace_id: str) -> str:
 def popular_recommendations_key(workspace_id: str) -> str:
     """Key of the workspace's popular items per recommendation object (cold profiles')."""
     return f"hs:{{{workspace_id}}}:recs_popular"
+
+
+def popular_reserve_key(workspace_id: str) -> str:
+    """Key of the popular items that follow each object's popular list (the refill of
+    a list the read script left consumed items out of)."""
+    return f"hs:{{{workspace_id}}}:recs_popular_more"
 
 
 def holdouts_key(workspace_id: str) -> str:

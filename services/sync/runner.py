@@ -500,28 +500,28 @@ class SyncRunner:
         differs from the one the destination last acknowledged for it (every list on
         the first run), batch by batch.
 
-        The lists are read from the hot state, where training writes them
-        (services/shared/recommendation_lists.py); what each profile was sent is kept
+        The lists are read from the database's read model, which training replaces
+        per object in one transaction (services/shared/recommendation_lists.py), so a
+        run reads one training's lists and never scans the hot state; what each
+        profile was sent is kept
         as a digest per (sync, profile), written after the destination acknowledged the
         batch (or refused it: it is then a dead letter), under the run's claim. A batch's
         idempotency key is a digest of its (profile, list) pairs, so a batch re-sent
         after a crash before that write carries the key it was first sent with."""
-        if self._redis is None:
-            raise DeliveryFailed("recommendation syncs need Redis (the lists are there)")
         now = run.started_at_us
         since = now - sync.active_within_days * US_PER_DAY if sync.active_within_days else None
         held: dict[int, str] = {}  # sent, to remember after `finish` (files)
         seen: set[int] = set()
         async for page in recommendation_lists.lists_of(
-            self._redis, sync.workspace_id, sync.source_key, destination.batch_size
+            self._changelog.engine, sync.workspace_id, sync.source_key, destination.batch_size
         ):
             rows = [ValueRow(now, pid, _items(items, sync.item_metadata)) for pid, items in page]
             seen.update(r.profile_id for r in rows)
             await self._send_lists(sync, target, run, rows, since, held)
         # A list that is gone (the profile has no items any more) is sent as an empty
         # list, once; a profile that cannot be named any more (erased) is forgotten.
-        # No list at all is a hot state without the object's results (lost, not yet
-        # retrained), not a reason to clear every profile's attribute.
+        # No list at all is an object without results (never trained, or every list
+        # empty), not a reason to clear every profile's attribute.
         emptied = [
             ValueRow(now, pid, [])
             for pid, digest in sorted((await self._store.sent_digests(sync.id, None)).items())

@@ -34,8 +34,8 @@ computed_trait_values = table(
     column("computed_at_us"),
 )
 predictions = table("predictions", column("workspace_id"), column("key"))
-# The profile service's recommendation objects (their lists are in the hot state:
-# services/shared/recommendation_lists.py).
+# The profile service's recommendation objects (their lists are the shared read model
+# recommendation_lists: services/shared/recommendation_lists.py).
 recommendation_models = table("recommendation_models", column("workspace_id"), column("key"))
 
 

@@ -42,7 +42,9 @@ CHECKOV_SKIPS = {
 # (kind, minikube) exist nowhere to pull from, so dev does not force a pull.
 CHECKOV_DEV_SKIPS = {"CKV_K8S_15": "dev runs locally loaded images (IfNotPresent)"}
 
-WORKLOADS = ("Deployment", "StatefulSet", "Job")
+WORKLOADS = ("Deployment", "StatefulSet", "Job", "CronJob")
+# Workloads that run to completion: no probes, no ports, no disruption budget.
+BATCH = ("Job", "CronJob")
 
 
 def workloads(rendered: Rendered) -> Iterator[dict[str, Any]]:
@@ -59,14 +61,17 @@ def audiences_workloads(rendered: Rendered) -> Iterator[dict[str, Any]]:
 
 
 def servers(rendered: Rendered) -> Iterator[dict[str, Any]]:
-    """The long-running Audiences processes (everything but the migrations Job)."""
+    """The long-running Audiences processes (everything but the migrations Job and the
+    training CronJob)."""
     for workload in audiences_workloads(rendered):
-        if workload["kind"] != "Job":
+        if workload["kind"] not in BATCH:
             yield workload
 
 
 def pod(workload: dict[str, Any]) -> dict[str, Any]:
-    """The pod template of a workload."""
+    """The pod template of a workload (a CronJob's is inside its job template)."""
+    if workload["kind"] == "CronJob":
+        return workload["spec"]["jobTemplate"]["spec"]["template"]
     return workload["spec"]["template"]
 
 
@@ -149,7 +154,7 @@ def test_every_container_has_requests_limits_and_probes(each: Rendered) -> None:
             name = f"{workload['metadata']['name']}/{container['name']}"
             for bound in ("requests", "limits"):
                 assert set(container["resources"][bound]) >= {"cpu", "memory"}, name
-            if workload["kind"] != "Job":
+            if workload["kind"] not in BATCH:
                 assert "readinessProbe" in container and "livenessProbe" in container, name
 
 
@@ -198,7 +203,7 @@ def test_every_container_port_is_in_its_service_and_network_policy(each: Rendere
     services = each.of_kind("Service")
     policies = each.of_kind("NetworkPolicy")
     for workload in workloads(each):
-        if workload["kind"] == "Job":
+        if workload["kind"] in BATCH:
             continue
         labels = pod(workload)["metadata"]["labels"]
         (service,) = [s for s in services if selects(s["spec"]["selector"], labels)]
@@ -316,6 +321,9 @@ _READS = [
     re.compile(r"""os\.getenv\(\s*"([A-Z][A-Z0-9_]+)\""""),
 ]
 SERVICES = ROOT / "services"
+# Subpackages with their own command that the parent's process also runs: the profile
+# service trains (RECOMMENDATIONS_TRAINING=service) with the code of its training job.
+SERVED_BY_PARENT = {"services.profile.recommendations"}
 # Never deployed: `make run` only.
 NOT_DEPLOYED = {SERVICES / "dev_runner.py"}
 
@@ -343,7 +351,15 @@ def package_files(module: str) -> list[Path]:
         return shared
     own = SERVICES.joinpath(*module.split(".")[1:])
     files = sorted(own.rglob("*.py"))
-    nested = [p for p in own.iterdir() if p.is_dir() and (p / "__main__.py").exists()]
+    # A subpackage with its own __main__ is another process (the realtime worker), left
+    # out, unless this process runs its code too (SERVED_BY_PARENT).
+    nested = [
+        p
+        for p in own.iterdir()
+        if p.is_dir()
+        and (p / "__main__.py").exists()
+        and ".".join(p.relative_to(SERVICES.parent).parts) not in SERVED_BY_PARENT
+    ]
     files = [f for f in files if not any(n in f.parents for n in nested)]
     return shared + files
 
@@ -358,6 +374,10 @@ def test_the_environment_scan_sees_the_known_reads() -> None:
     assert {"SYNC_MAX_ATTEMPTS", "SYNC_SECRET_KEY"} <= environment_reads(
         package_files("services.sync")
     )
+    # The profile service reads the training settings its job's package holds.
+    training = {"RECOMMENDATIONS_TRAINING", "RECOMMENDATIONS_RETRAIN_EVERY_SECONDS"}
+    assert training <= environment_reads(package_files("services.profile"))
+    assert training <= environment_reads(package_files("services.profile.recommendations"))
 
 
 def test_every_environment_variable_the_code_reads_is_set(
@@ -391,6 +411,6 @@ def test_every_environment_variable_the_code_reads_is_set(
         if module != "services.ingest":
             # Only AdminService.CreateWorkspace checks it; AdminService is served by ingest.
             missing.discard("OPERATOR_TOKEN")
-        if workload["kind"] == "Job":
-            missing.discard("GRPC_PORT")  # the migrate command opens no port
+        if workload["kind"] in BATCH:
+            missing.discard("GRPC_PORT")  # the migrate and training commands open no port
         assert missing == set(), f"{each.name}: {workload['metadata']['name']} lacks {missing}"

@@ -54,6 +54,8 @@ class TrainingStatus:
     items: int = 0
     interactions: int = 0
     error: str | None = None
+    # A training asked for and not started yet (the training job starts it).
+    requested_at_us: int | None = None
 
 
 @dataclass(frozen=True)

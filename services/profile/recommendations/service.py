@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 
 from services.profile.recommendations.definition import (
     RecommendationModel,
@@ -26,8 +27,11 @@ class RecommendationModels:
         writer: RecommendationWriter,
         trainer: Trainer,
         clock: Clock,
+        as_job: bool = False,
     ) -> None:
+        """With `as_job`, trainings are left to the training job (train records them)."""
         self._store = store
+        self._as_job = as_job
         self._writer = writer
         self._trainer = trainer
         self._clock = clock
@@ -54,17 +58,26 @@ class RecommendationModels:
         await self._store.delete(workspace_id, parse_key(key))
         await self._writer.remove_everywhere(workspace_id, key)
 
-    async def train_now(self, workspace_id: str, key: str) -> TrainingStatus:
-        """Run a training here and wait for it (the scheduler's way); FailedPrecondition
-        if it is training already, here or on another replica."""
+    async def train_now(
+        self, workspace_id: str, key: str, started: Callable[[], object] | None = None
+    ) -> TrainingStatus:
+        """Run a training here and wait for it (the scheduler's and the job's way;
+        `started` is called once this runner holds the lease); FailedPrecondition if it
+        is training already, here or in another runner."""
         parse_key(key)
         await self._store.start_training(workspace_id, key, self._clock.now_us())
+        if started is not None:
+            started()
         return await self._trainer.run(workspace_id, key)
 
     async def train(self, workspace_id: str, key: str) -> RecommendationModel:
-        """Start a training job in this process and return the object, now running;
-        FailedPrecondition if it is training already."""
+        """Start a training in this process and return the object, now running (with
+        trainings in a job: record the request for the job's next run and return the
+        object as it stands); FailedPrecondition if it is training already."""
         parse_key(key)
+        if self._as_job:
+            await self._store.request_training(workspace_id, key, self._clock.now_us())
+            return await self._store.get(workspace_id, key)
         await self._store.start_training(workspace_id, key, self._clock.now_us())
         job = asyncio.create_task(self._trainer.run(workspace_id, key))
         self._jobs.add(job)

@@ -1,5 +1,6 @@
-"""Postgres/SQLite side of recommendations: the objects, their training status, and
-the interactions a training reads (never on a serving path)."""
+"""Postgres/SQLite side of recommendations: the objects, their training status, the
+interactions a training reads, and the lists it wrote (the shared read model
+``recommendation_lists``; never on a serving path)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from services.profile.recommendations.definition import (
     TrainingStatus,
 )
 from services.profile.tables import recommendation_models
-from services.shared.db.tables import events, profiles
+from services.shared.db.engine import is_postgres
+from services.shared.db.tables import events, profiles, recommendation_lists
 from services.shared.errors import AlreadyExists, FailedPrecondition, NotFound
 
 # A training marked running for longer than this died with its process: it may restart.
@@ -29,6 +31,9 @@ STALE_TRAINING_US = 6 * 3600 * 1_000_000
 _ITEM_FIELDS = ("item_id", "score", "model", "metadata")
 # Events whose properties are read per query when looking up item metadata.
 _METADATA_CHUNK = 1000
+# Lists per INSERT where COPY is not available (SQLite): one statement per chunk.
+_LIST_CHUNK = 2000
+_LIST_COLUMNS = [c.name for c in recommendation_lists.columns]
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ def _model(row: Any) -> RecommendationModel:
             items=row.trained_items,
             interactions=row.trained_interactions,
             error=row.training_error,
+            requested_at_us=row.training_requested_at_us,
         ),
     )
 
@@ -154,7 +160,7 @@ class RecommendationStore:
             return [(row.workspace_id, _model(row)) for row in rows]
 
     async def delete(self, workspace_id: str, key: str) -> None:
-        """Remove an object; NotFound if absent."""
+        """Remove an object and its profiles' lists; NotFound if absent."""
         async with self._engine.begin() as connection:
             result = await connection.execute(
                 delete(recommendation_models).where(
@@ -162,11 +168,39 @@ class RecommendationStore:
                     recommendation_models.c.key == key,
                 )
             )
+            await connection.execute(
+                delete(recommendation_lists).where(
+                    recommendation_lists.c.workspace_id == workspace_id,
+                    recommendation_lists.c.model_key == key,
+                )
+            )
         if result.rowcount == 0:
             raise _not_found(key)
 
     async def start_training(self, workspace_id: str, key: str, now_us: int) -> None:
-        """Mark a training running; FailedPrecondition if one already is (one at a time)."""
+        """Mark a training running; FailedPrecondition if one already is (one at a time).
+
+        The update is conditional, so it is the training's lease: of concurrent
+        runners (service replicas, training jobs) exactly one's update matches."""
+        await self._idle_update(
+            workspace_id,
+            key,
+            now_us,
+            training_state=TrainingState.RUNNING.value,
+            training_progress=0.0,
+            training_started_at_us=now_us,
+            training_finished_at_us=None,
+            training_error=None,
+            training_requested_at_us=None,
+        )
+
+    async def request_training(self, workspace_id: str, key: str, now_us: int) -> None:
+        """Record that a training is asked for (the training job's next run starts it);
+        FailedPrecondition if one is running."""
+        await self._idle_update(workspace_id, key, now_us, training_requested_at_us=now_us)
+
+    async def _idle_update(self, workspace_id: str, key: str, now_us: int, **values: Any) -> None:
+        # Matches only an object not training (or whose training went stale).
         async with self._engine.begin() as connection:
             result = await connection.execute(
                 update(recommendation_models)
@@ -178,13 +212,7 @@ class RecommendationStore:
                         recommendation_models.c.training_started_at_us < now_us - STALE_TRAINING_US,
                     ),
                 )
-                .values(
-                    training_state=TrainingState.RUNNING.value,
-                    training_progress=0.0,
-                    training_started_at_us=now_us,
-                    training_finished_at_us=None,
-                    training_error=None,
-                )
+                .values(**values)
             )
         if result.rowcount == 0:
             await self.get(workspace_id, key)  # NotFound when it is absent
@@ -210,18 +238,78 @@ class RecommendationStore:
             training_error=status.error,
         )
 
-    async def save_popular(
-        self, workspace_id: str, key: str, items: Sequence[dict[str, Any]]
+    async def save_lists(
+        self,
+        workspace_id: str,
+        key: str,
+        lists: Sequence[tuple[int, bytes]],
+        popular: Sequence[dict[str, Any]],
+        trained_at_us: int,
     ) -> None:
-        """Keep the object's popular items (what the hot state serves cold profiles)."""
-        await self._update(workspace_id, key, popular_items=list(items))
+        """Replace the object's profile lists (profile id, the items as a JSON array;
+        an empty array keeps no row) and its popular items (followed by their
+        reserve: popular_lists splits them by the object's size), in one transaction: a
+        reader sees the previous training's rows or this one's, never a mix. The rows
+        go in with COPY on Postgres (executemany chunks elsewhere), not a statement per
+        profile."""
+        records = [
+            (workspace_id, key, pid, text.decode(), trained_at_us)
+            for pid, text in lists
+            if text != b"[]"
+        ]
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                delete(recommendation_lists).where(
+                    recommendation_lists.c.workspace_id == workspace_id,
+                    recommendation_lists.c.model_key == key,
+                )
+            )
+            if records and is_postgres(self._engine):
+                raw = await connection.get_raw_connection()
+                await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
+                    "recommendation_lists", records=records, columns=_LIST_COLUMNS
+                )
+            else:
+                for start in range(0, len(records), _LIST_CHUNK):
+                    await connection.execute(
+                        insert(recommendation_lists),
+                        [
+                            dict(zip(_LIST_COLUMNS, record, strict=True))
+                            for record in records[start : start + _LIST_CHUNK]
+                        ],
+                    )
+            await connection.execute(
+                update(recommendation_models)
+                .where(
+                    recommendation_models.c.workspace_id == workspace_id,
+                    recommendation_models.c.key == key,
+                )
+                .values(popular_items=list(popular))
+            )
 
-    async def popular_lists(self, workspace_id: str) -> list[tuple[str, list[dict[str, Any]]]]:
-        """(object key, popular items) of every object of the workspace trained since
-        popular lists were kept, by key."""
+    async def model_keys(self, workspace_id: str) -> list[str]:
+        """The keys of the workspace's objects, in order."""
         async with self._engine.connect() as connection:
             rows = await connection.execute(
-                select(recommendation_models.c.key, recommendation_models.c.popular_items)
+                select(recommendation_models.c.key)
+                .where(recommendation_models.c.workspace_id == workspace_id)
+                .order_by(recommendation_models.c.key)
+            )
+            return [row[0] for row in rows]
+
+    async def popular_lists(
+        self, workspace_id: str
+    ) -> list[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]]:
+        """(object key, popular items, the reserve that follows them) of every object of
+        the workspace trained since popular lists were kept, by key. The column holds
+        both: the object's size of items, then the reserve."""
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(
+                    recommendation_models.c.key,
+                    recommendation_models.c.popular_items,
+                    recommendation_models.c.size,
+                )
                 .where(
                     recommendation_models.c.workspace_id == workspace_id,
                     recommendation_models.c.popular_items.is_not(None),
@@ -229,13 +317,12 @@ class RecommendationStore:
                 .order_by(recommendation_models.c.key)
             )
             found = []
-            for key, items in rows:
+            for key, items, size in rows:
                 if isinstance(items, str | bytes):
                     items = orjson.loads(items)
                 # JSONB keeps no key order: the items come back in the order written.
-                found.append(
-                    (key, [{k: item[k] for k in _ITEM_FIELDS if k in item} for item in items or []])
-                )
+                ordered = [{k: item[k] for k in _ITEM_FIELDS if k in item} for item in items or []]
+                found.append((key, ordered[:size], ordered[size:]))
             return found
 
     async def _update(self, workspace_id: str, key: str, **values: Any) -> None:

@@ -1,11 +1,13 @@
 """The training job of one recommendation object: read its interactions, score every
 live profile of the workspace (services.profile.recommendations.scoring), write each
-profile's top N to the hot state, and record progress and figures as it goes."""
+profile's top N to the database (the recommendation_lists read model) and the hot
+state, and record progress and figures as it goes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +27,11 @@ from services.shared.clock import Clock
 
 log = logging.getLogger(__name__)
 
-# Progress recorded once the inputs are read, and once every profile is scored; the
-# hot-state writes fill the rest.
+# Progress recorded once the inputs are read, once every profile is scored and once
+# the lists are in the database; the hot-state writes fill the rest.
 _LOADED = 0.1
 _SCORED = 0.5
+_SAVED = 0.6
 _PROGRESS_EVERY_SECONDS = 1.0
 
 
@@ -109,12 +112,21 @@ class Trainer:
         clock: Clock,
         settings: scoring.Settings | None = None,
         knobs: ranker.RankerSettings | None = None,
+        report: Callable[[str, str, float], None] | None = None,
     ) -> None:
+        """`report` hears (workspace, object key, progress 0..1) each time progress is
+        recorded (the training job prints it)."""
         self._store = store
         self._writer = writer
         self._clock = clock
         self._settings = settings or scoring.Settings()
         self._knobs = knobs or ranker.RankerSettings()
+        self._report = report
+
+    async def _progress(self, workspace_id: str, key: str, progress: float) -> None:
+        await self._store.record_progress(workspace_id, key, progress)
+        if self._report is not None:
+            self._report(workspace_id, key, progress)
 
     async def run(self, workspace_id: str, key: str) -> TrainingStatus:
         """Train the object (already marked running) and record how it ended."""
@@ -134,7 +146,7 @@ class Trainer:
         interactions, catalogue, latest_seq = build_inputs(model, rows, live)
         properties = await self._store.event_properties(workspace_id, latest_seq.tolist())
         metadata = [properties.get(int(seq), {}) for seq in latest_seq]
-        await self._store.record_progress(workspace_id, key, _LOADED)
+        await self._progress(workspace_id, key, _LOADED)
         item_metadata = ranker.ItemMetadata(
             categories=ranker.categories_from_properties(metadata, model.item_property)
         )
@@ -158,16 +170,14 @@ class Trainer:
         )
         while not job.done():
             await asyncio.wait({job}, timeout=_PROGRESS_EVERY_SECONDS)
-            await self._store.record_progress(
-                workspace_id, key, _LOADED + (_SCORED - _LOADED) * share[0]
-            )
+            await self._progress(workspace_id, key, _LOADED + (_SCORED - _LOADED) * share[0])
         top, ranked = job.result()
         log.info(
             "recommendations scored by the %s",
             "ranker" if ranked else "blend",
             extra={"model_key": key, "ranked": ranked},
         )
-        await self._store.record_progress(workspace_id, key, _SCORED)
+        await self._progress(workspace_id, key, _SCORED)
         metadata_text = [
             orjson.dumps({k: v for k, v in m.items() if k != model.item_property}).decode()
             for m in metadata
@@ -191,33 +201,47 @@ class Trainer:
             )
         ]
 
-        async def written(share: float) -> None:
-            await self._store.record_progress(workspace_id, key, _SCORED + (1 - _SCORED) * share)
-
-        await self._writer.replace(workspace_id, key, lists, written)
         # What a profile without a list of its own (created since) gets: the popular
-        # items a cold profile got above, kept in the database for a rebuild.
-        popular = scoring.popular_top_n(
-            interactions,
-            self._clock.now_us(),
-            model.size,
-            self._settings,
-            excluded_items=excluded(model, metadata),
-        )
-        popular_items = [
-            {
-                "item_id": catalogue.item_ids[item],
-                "score": round(float(score), 6),
-                "model": key,
-                "metadata": metadata_text[item],
-            }
-            for item, score in zip(
-                popular.items[0].tolist(), popular.scores[0].tolist(), strict=True
+        # items a cold profile got above, kept in the database for a rebuild; and as
+        # many again that follow them (the reserve), which refill the list for a
+        # profile that has consumed some of it since (recs_consumed).
+        def popular_top(size: int) -> list[dict[str, Any]]:
+            top = scoring.popular_top_n(
+                interactions,
+                self._clock.now_us(),
+                size,
+                self._settings,
+                excluded_items=excluded(model, metadata),
             )
-            if item >= 0
-        ]
-        await self._store.save_popular(workspace_id, key, popular_items)
-        await self._writer.set_popular(workspace_id, key, popular_items)
+            return [
+                {
+                    "item_id": catalogue.item_ids[item],
+                    "score": round(float(score), 6),
+                    "model": key,
+                    "metadata": metadata_text[item],
+                }
+                for item, score in zip(top.items[0].tolist(), top.scores[0].tolist(), strict=True)
+                if item >= 0
+            ]
+
+        popular_items = popular_top(model.size)
+        # Computed apart (not the head of the longer list): the popular list stays
+        # exactly what a cold profile got, ties included.
+        listed = {item["item_id"] for item in popular_items}
+        reserve = [i for i in popular_top(2 * model.size) if i["item_id"] not in listed]
+        # The database first (the source a rebuild and the syncs read), in one
+        # transaction; then the hot state, profile batch by batch.
+        encoded = [(pid, orjson.dumps(items)) for pid, items in lists]
+        await self._store.save_lists(
+            workspace_id, key, encoded, popular_items + reserve, self._clock.now_us()
+        )
+        await self._progress(workspace_id, key, _SAVED)
+
+        async def written(share: float) -> None:
+            await self._progress(workspace_id, key, _SAVED + (1 - _SAVED) * share)
+
+        await self._writer.replace_encoded(workspace_id, key, encoded, written)
+        await self._writer.set_popular(workspace_id, key, popular_items, reserve)
         return TrainingStatus(
             state=TrainingState.SUCCEEDED,
             profiles=len(catalogue.profile_ids),

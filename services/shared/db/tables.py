@@ -196,3 +196,21 @@ audience_exposures = Table(
     Column("exposed_at_us", BigInteger, nullable=False),
     Index("ix_audience_exposures_key_time", "workspace_id", "audience_key", "exposed_at_us"),
 )
+
+# A read model shared between services, like prediction_scores: each recommendation
+# training (the profile service) replaces its object's rows in one transaction, one row
+# per profile with a list; a hot-state rebuild restores the profiles' own lists from it
+# and recommendation syncs (the sync service) read it. `items` is the profile's list as
+# the hot state holds it (services.shared.hotstate, recs_by_model): a JSON array of
+# {item_id, score, model, metadata (JSON object text)}, best first, kept as text so a
+# rebuild writes it back byte for byte. Erasing a profile or deleting the object deletes
+# its rows (docs/recommendations.md, "Where the lists live").
+recommendation_lists = Table(
+    "recommendation_lists",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("model_key", String(64), primary_key=True),
+    Column("profile_id", BigInteger, primary_key=True),
+    Column("items", Text, nullable=False),
+    Column("trained_at_us", BigInteger, nullable=False),
+)

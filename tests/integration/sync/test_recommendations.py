@@ -16,8 +16,10 @@ import orjson
 import pytest
 import redis.asyncio as redis_asyncio
 from audiences.v1 import profile_pb2, profile_pb2_grpc, sync_pb2, sync_pb2_grpc
+from sqlalchemy import delete
 
 from services.shared import hotstate
+from services.shared.db.tables import recommendation_lists
 from services.shared.errors import field_violations
 from services.shared.server import Resources
 from tests.conftest import WorkspaceKeys
@@ -179,9 +181,21 @@ async def test_each_profile_list_is_sent_once_and_then_only_when_it_changes(
             u: after[u] for u in changed
         }
 
+        # The lists are read from the database, not the hot state: with every
+        # profile's hot lists gone, a run still finds the same lists (nothing to send).
+        for pid in pids.values():
+            await redis.delete(hotstate.profile_key(ws, pid, "recs_by_model"))
+        assert (await apis.run(sync.id)).added == 0
+
         # A profile left with no items (as a training that finds none for it leaves it)
         # is sent an empty list, once.
-        await redis.hdel(hotstate.profile_key(ws, pids["u4"], "recs_by_model"), "shop")
+        async with resources.engine.begin() as connection:
+            await connection.execute(
+                delete(recommendation_lists).where(
+                    recommendation_lists.c.workspace_id == ws,
+                    recommendation_lists.c.profile_id == pids["u4"],
+                )
+            )
         applied = len(hook.applied)
         emptied = await apis.run(sync.id)
         assert emptied.added == 1

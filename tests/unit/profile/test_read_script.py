@@ -9,7 +9,7 @@ from audiences.v1 import profile_pb2
 
 from services.profile.hotread import HotProfiles
 from services.profile.model import Identifier, ProfileQuery, Section
-from services.shared import hotstate
+from services.shared import hotstate, streams
 
 pytestmark = pytest.mark.unit
 
@@ -106,3 +106,74 @@ async def test_popular_recommendations_fill_in_for_missing_lists_on_the_embedded
     encoded = await hot.read_encoded(ws, Identifier("user_id", "u"), query)
     assert encoded is not None and b"new_a" in encoded and b"pop_a" not in encoded
     await redis.aclose()
+
+
+async def test_consumed_popular_items_are_left_out_and_refilled_on_the_embedded_store() -> None:
+    from services.profile.recommendations.consumed import ConsumedItems
+    from services.profile.recommendations.hotwrite import RecommendationWriter
+
+    redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    ws = "ws_embedded"
+    await redis.set(hotstate.identity_key(ws, "user_id", "u"), "7")
+    writer = RecommendationWriter(redis)
+
+    def item(name: str, model: str) -> dict[str, object]:
+        return {"item_id": name, "score": 0.5, "model": model, "metadata": '{"n": "é/\\""}'}
+
+    # Objects a and b have popular lists of two items and a reserve; profile 7 has no
+    # list of its own and consumed x of a and y, z of b (every item b could serve).
+    await writer.set_popular(ws, "a", [item("x", "a"), item("w", "a")], [item("v", "a")])
+    await writer.set_popular(ws, "b", [item("y", "b"), item("z", "b")])
+    consumed = hotstate.profile_key(ws, 7, "recs_consumed")
+    await redis.sadd(consumed, "a:x", "b:y", "b:z", "c:w")
+    hot = HotProfiles(redis)
+    query = ProfileQuery(frozenset({Section.RECOMMENDATIONS}))
+    (profile,) = await hot.read(ws, [Identifier("user_id", "u")], query)
+    assert profile is not None and profile.recommendations is not None
+    assert [(r.model_key, r.item_id, r.popular) for r in profile.recommendations] == [
+        ("a", "w", True),
+        ("a", "v", True),
+    ]
+    assert profile.recommendations[0].metadata == '{"n": "é/\\""}'
+    encoded = await hot.read_encoded(ws, Identifier("user_id", "u"), query)
+    assert encoded is not None
+    message = profile_pb2.Profile.FromString(encoded)
+    assert [(r.item_id, r.model_key) for r in message.recommendations] == [("w", "a"), ("v", "a")]
+
+    # A merge moves the merged-away profile's set into the survivor's.
+    await ConsumedItems(redis, engine=None, stream_names=["s"]).apply(  # type: ignore[arg-type]
+        [
+            streams.StreamEntry(
+                "1-1",
+                {
+                    b"kind": b"merge",
+                    b"workspace_id": ws.encode(),
+                    b"merged_id": b"7",
+                    b"survivor_id": b"8",
+                },
+            )
+        ]
+    )
+    assert not await redis.exists(consumed)
+    assert await redis.smembers(hotstate.profile_key(ws, 8, "recs_consumed")) == {
+        b"a:x",
+        b"b:y",
+        b"b:z",
+        b"c:w",
+    }
+    await redis.aclose()
+
+
+def test_item_ids_are_named_as_training_names_them() -> None:
+    from services.profile.recommendations.consumed import item_text
+
+    assert [item_text(v) for v in ("p1", 42, 42.0, 4.5, True, "", None, [1])] == [
+        "p1",
+        "42",
+        "42",
+        "4.5",
+        "true",
+        None,
+        None,
+        None,
+    ]
