@@ -10,7 +10,6 @@ members exactly."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -27,14 +26,12 @@ from audiences.v1 import (
 )
 
 from services.shared import hotstate
-from services.shared.config import Settings
-from services.shared.server import Resources
 from services.shared.streams import event_stream
-from tests.conftest import WorkspaceKeys, make_workspace
+from tests.conftest import WorkspaceKeys
 from tests.helpers.audiences import wait_live
 from tests.helpers.grpc_client import bearer
 from tests.helpers.realtime import realtime_worker
-from tests.helpers.redis_cluster import RedisClusterNodes, redis_cluster, slot_of
+from tests.helpers.redis_cluster import CLUSTER_SHARDS, RedisClusterNodes, slot_of
 from tests.helpers.servers import as_processes
 from tests.helpers.waiting import eventually
 
@@ -42,26 +39,7 @@ pytestmark = pytest.mark.e2e
 
 USERS = 40
 ROUNDS = 24
-SHARDS = 2
-
-
-@pytest.fixture
-async def cluster(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RedisClusterNodes]:
-    """A fresh three-node cluster; this process and the services it starts use it."""
-    monkeypatch.setenv("REDIS_CLUSTER", "1")
-    monkeypatch.setenv("INGEST_SHARDS", str(SHARDS))
-    async with redis_cluster() as nodes:
-        yield nodes
-
-
-@pytest.fixture
-async def cluster_workspace(database_url: str, cluster: RedisClusterNodes) -> WorkspaceKeys:
-    settings = Settings(database_url=database_url, redis_url=cluster.url, api_key_cache_seconds=0)
-    resources = await Resources.open(settings, "test")
-    try:
-        return await make_workspace(resources, "acme")
-    finally:
-        await resources.close()
+SHARDS = CLUSTER_SHARDS
 
 
 def _user(i: int) -> str:

@@ -20,6 +20,10 @@ from redis.crc import key_slot
 from tests.helpers.backends import free_port
 from tests.helpers.waiting import eventually
 
+# Event stream shards the services write and read in the cluster tests: more than one,
+# so the shards' streams land on different slots (and nodes).
+CLUSTER_SHARDS = 2
+
 
 def _binaries() -> tuple[str, str]:
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
