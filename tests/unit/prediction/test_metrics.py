@@ -51,16 +51,30 @@ def test_isotonic_pools_violators_and_is_monotone() -> None:
     y = np.array([0.0, 1.0, 0.0, 0.0, 1.0, 1.0])
     fitted = metrics.fit_isotonic(raw, y, prior_weight=0)
     # 2 and 3, 4 violate order: pooled into one block of mean 1/3.
-    assert fitted(raw).tolist() == pytest.approx([0, 1 / 3, 1 / 3, 1 / 3, 1, 1])
+    assert fitted(raw).tolist() == pytest.approx([0, 1 / 3, 1 / 3, 1 / 3, 1, 1], abs=1e-8)
     # Shrunk by one pseudo-row at the overall rate (1/2): never exactly 0 or 1.
     shrunk = metrics.fit_isotonic(raw, y)(raw).tolist()
-    assert shrunk == pytest.approx([0.25, 1.5 / 4, 1.5 / 4, 1.5 / 4, 2.5 / 3, 2.5 / 3])
+    assert shrunk == pytest.approx([0.25, 1.5 / 4, 1.5 / 4, 1.5 / 4, 2.5 / 3, 2.5 / 3], abs=1e-8)
     rng = np.random.default_rng(3)
     noisy = rng.random(500)
     outcome = (rng.random(500) < noisy).astype(float)
     curve = metrics.fit_isotonic(noisy, outcome)(np.linspace(0, 1, 101))
     assert np.all(np.diff(curve) >= 0)
     assert curve.mean() == pytest.approx(0.5, abs=0.1)
+
+
+def test_isotonic_steps_keep_the_raw_order() -> None:
+    """Scores pooled into one step stay ordered by the raw score (ties would discard the
+    model's ranking within the step), moved by less than TIE_BREAK; beyond the fitted
+    range too."""
+    raw = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    y = np.array([0.0, 1.0, 0.0, 0.0, 1.0, 1.0])
+    fitted = metrics.fit_isotonic(raw, y)
+    calibrated = fitted(np.array([0.0, 1.0, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0]))
+    assert np.all(np.diff(calibrated) > 0)
+    steps = np.interp(raw, np.asarray(fitted.x), np.asarray(fitted.y))
+    assert np.all(np.abs(fitted(raw) - steps) < metrics.TIE_BREAK)
+    assert fitted(np.array([1e9])).item() <= 1.0
 
 
 def test_percentiles_put_the_top_tenth_above_90() -> None:
