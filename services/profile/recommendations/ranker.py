@@ -784,6 +784,7 @@ def training_set(
     now_us: int | None = None,
     learners: npt.NDArray[np.bool_] | None = None,
     goal: npt.NDArray[np.bool_] | None = None,
+    threads: int = 2,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[int]]:
     """Features, labels and group sizes of the earlier next interactions (k in `ks`,
     by default 1..targets), each profile's candidates a group when its target is one.
@@ -793,29 +794,35 @@ def training_set(
     same when learning as when ranking. `learners` limits which profiles give
     examples (every profile's rows still build the item-item matrices). With `goal`
     (which interactions are goal events), the targets are earlier next goal
-    interactions instead (goal_targets)."""
+    interactions instead (goal_targets). `threads` build that many targets' examples
+    at once (the result is the same for any number)."""
     ranker = ranker or RankerSettings()
     if len(interactions.items) == 0:
         return np.zeros((0, len(FEATURES))), np.zeros(0), []
     last_us = int(interactions.timestamps_us.max())
     gap_us = 1 if now_us is None else max(now_us - last_us, 1)
-    ks = ks or range(1, ranker.targets + 1)
+    steps = list(ks or range(1, ranker.targets + 1))
     features: list[npt.NDArray[np.float64]] = []
     labels: list[npt.NDArray[np.float64]] = []
     groups: list[int] = []
-    for step, k in enumerate(ks):
+    found_of: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[int]] | None]
+    found_of = [None] * len(steps)
+
+    def examples(step: int) -> None:
+        k = steps[step]
         if goal is None:
             history, target = without_last(interactions, k)
         else:
             history, target, goal_ties = goal_targets(interactions, k, goal)
         if len(history.items) == 0:
-            continue
+            return
         then_us = int(history.timestamps_us.max()) + gap_us
         wanted = target >= 0
         if learners is not None:
             wanted &= learners
         asked = np.flatnonzero(wanted)
-        found = candidates(history, then_us, settings, metadata, ranker, profiles=asked)
+        # One thread per target here: the targets run side by side instead.
+        found = candidates(history, then_us, settings, metadata, ranker, profiles=asked, threads=1)
         label = (found.items == target[found.profiles]).astype(np.float64)
         if ranker.tied_positives:
             tied = tied_next(interactions, k) if goal is None else goal_ties
@@ -825,13 +832,19 @@ def training_set(
         useful = np.zeros(interactions.profile_count, dtype=bool)
         useful[found.profiles[label > 0]] = True
         keep = useful[found.profiles]
-        features.append(found.features[keep])
-        labels.append(label[keep])
-        groups += np.bincount(found.profiles[keep], minlength=interactions.profile_count)[
-            useful
-        ].tolist()
+        sizes = np.bincount(found.profiles[keep], minlength=interactions.profile_count)
+        found_of[step] = (found.features[keep], label[keep], sizes[useful].tolist())
+
+    # Each target's examples are computed apart (its own context: the log without the
+    # last k), so two run at once; they are put together in target order.
+    for step in scoring.in_parallel(examples, range(len(steps)), threads):
         if progress is not None:
-            progress((step + 1) / len(ks))
+            progress((step + 1) / len(steps))
+    for part in found_of:
+        if part is not None:
+            features.append(part[0])
+            labels.append(part[1])
+            groups += part[2]
     if not features:
         return np.zeros((0, len(FEATURES))), np.zeros(0), []
     return np.concatenate(features), np.concatenate(labels), groups
@@ -1033,8 +1046,11 @@ def recommend(
     if len(groups) < knobs.min_groups:
         _blend_rows(blend, blend_of(ranked), ranked)
         return blend, False
-    # Two threads: the MovieLens figures are the same as with one (measured).
-    model = _train(features, labels, groups, knobs, seed, threads=2)
+    # One thread: on a shared, loaded machine LightGBM's OpenMP threads spin waiting
+    # for each other (measured on the bench's 2,000 learners: one thread 9-11 s of
+    # CPU, two 32-47 s, and 3-5 times the wall time). The model is the same with
+    # either (deterministic).
+    model = _train(features, labels, groups, knobs, seed, threads=1)
     if progress is not None:
         progress(0.6)
     found = candidates(
