@@ -401,3 +401,18 @@ def test_ranker_candidates_take_a_shared_rankings_ties_at_the_lower_item() -> No
     knobs = replace(knobs, blend_width=0, windowed_width=0, cosine_width=0, next_width=0)
     found = ranker.candidates(log, 10 * DAY, ranker=knobs, profiles=np.array([0]))
     assert found.items.tolist() == [1, 2, 3, 4]  # 0 and 5 consumed, then the lowest
+
+
+def test_blocks_on_two_threads_give_the_same_lists_and_candidates_as_on_one() -> None:
+    log = evaluate.synthetic(300, 80, seed=6)
+    now = int(log.timestamps_us.max()) + 1
+    settings = scoring.Settings(block_profiles=16)
+    one = scoring.top_n(log, now, 10, settings, threads=1)
+    two = scoring.top_n(log, now, 10, settings, threads=2)
+    assert np.array_equal(one.items, two.items) and np.array_equal(one.scores, two.scores)
+    knobs = replace(ranker.RankerSettings(), block_profiles=16)
+    first = ranker.candidates(log, now, ranker=knobs, threads=1)
+    second = ranker.candidates(log, now, ranker=knobs, threads=2)
+    assert np.array_equal(first.profiles, second.profiles)
+    assert np.array_equal(first.items, second.items)
+    assert np.array_equal(first.features, second.features, equal_nan=True)
