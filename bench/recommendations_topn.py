@@ -21,6 +21,7 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -42,6 +43,9 @@ async def main() -> None:
     parser.add_argument(
         "--ranker", action="store_true", help="also time training the ranker and ranking"
     )
+    parser.add_argument(
+        "--save", help="write the blend's and the ranker's top lists to this .npz file"
+    )
     options = parser.parse_args()
     rng = np.random.default_rng(1)
     count = options.interactions
@@ -62,6 +66,7 @@ async def main() -> None:
     top = scoring.top_n(data, now_us, options.size)
     blend_s = time.perf_counter() - started
     rows.append((f"blend: top {options.size} of every profile (the baseline)", blend_s))
+    saved: dict[str, np.ndarray] = {"blend_items": top.items, "blend_scores": top.scores}
     if options.ranker:
         from services.profile.recommendations import ranker
 
@@ -77,6 +82,7 @@ async def main() -> None:
         started = time.perf_counter()
         _ranked, used = ranker.recommend(data, now_us, options.size, progress=mark)
         ended = time.perf_counter()
+        saved |= {"ranker_items": _ranked.items, "ranker_scores": _ranked.scores}
         knobs = ranker.RankerSettings()
         learners = min(knobs.fit_cells // (knobs.targets * options.items), options.profiles)
         ranked = min(knobs.rank_cells // options.items, options.profiles)
@@ -98,6 +104,10 @@ async def main() -> None:
     print("|---|---|---|")
     for label, seconds in rows:
         print(f"| {label} | {seconds:.1f} | {seconds / blend_s:.2f} |")
+    if options.save:
+        # To check that a change meant to keep the results keeps them: compare two runs.
+        write: Any = np.savez_compressed  # its stub types **arrays as its own flags
+        write(options.save, **saved)
     if not options.redis:
         return
     started = time.perf_counter()

@@ -131,26 +131,6 @@ def _row_scaled(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return out
 
 
-def _top_mask(scores: npt.NDArray[np.float64], width: int) -> npt.NDArray[np.bool_]:
-    """Each row's best `width` finite, positive scores as a mask."""
-    n = scores.shape[1]
-    width = min(width, n)
-    usable = np.isfinite(scores) & (scores > 0)
-    if width <= 0:
-        return np.zeros(scores.shape, dtype=bool)
-    # A row with at most `width` usable scores keeps them all: only the others need
-    # the partition (per row, so its picks among ties are the same as on the whole).
-    crowded = np.flatnonzero(np.count_nonzero(usable, axis=1) > width)
-    if len(crowded) == 0:
-        return usable
-    cut = n - width
-    chosen = np.argpartition(scores[crowded], cut, axis=1)[:, cut:]
-    picked = np.zeros((len(crowded), n), dtype=bool)
-    np.put_along_axis(picked, chosen, True, axis=1)
-    usable[crowded] &= picked
-    return usable
-
-
 class _Context:
     """What every block shares: item-item matrices, popularity and per-profile facts."""
 
@@ -218,6 +198,10 @@ class _Context:
         early = place < 10
         self.item_at_place[interactions.profiles[early], place[early]] = interactions.items[early]
         self.transitions = _transitions(interactions)
+        # The item-item matrices read at (item, item) pairs.
+        self.windowed_pairs = _Lookup(*_entries(self.windowed, n_items))
+        self.transition_pairs = _Lookup(*_entries(self.transitions, n_items))
+        self.cosine_pairs = _Lookup(*_entries(self.cosine, n_items))
         self.popularity = np.bincount(interactions.items, minlength=n_items).astype(np.float64)
         self.popularity_decayed = scoring.popularity(interactions, now_us, settings)
         self.blend_popularity = settings.popularity_weight * scoring.scaled(self.popularity_decayed)
@@ -260,6 +244,26 @@ class _Context:
             ).tocsr()
             self.category_share_latest = _row_normalised(sparse.csr_matrix(recent @ categories))
 
+    def window_table(self, window_us: int) -> npt.NDArray[np.float64]:
+        """Per day row, each item's interactions in the window of `window_us` (whole
+        days, at least one) ending that day; row d ends on day index d - 1."""
+        span = max(window_us // scoring.DAY_US, 1)
+        table = self._windows.get(span)
+        if table is None:
+            top = self.cumulative.shape[0] - 1
+            ends = np.arange(top + 1)
+            table = self.cumulative[ends] - self.cumulative[np.clip(ends - span, 0, top)]
+            self._windows[span] = table
+        return table
+
+    def window_row(self, profiles: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The row of `window_table` that ends on each profile's latest interaction."""
+        day = scoring.DAY_US
+        last_day = np.where(
+            self.last_us[profiles] >= 0, (self.last_us[profiles] - self.origin) // day, 0
+        )
+        return np.clip(last_day + 1, 0, self.cumulative.shape[0] - 1)
+
     def recent_popularity(
         self,
         profiles: npt.NDArray[np.int64],
@@ -268,19 +272,8 @@ class _Context:
     ) -> npt.NDArray[np.float64]:
         """Per profile (rows), each item's interactions in the window up to its latest;
         with `items`, only each profile's item (pairs)."""
-        day = scoring.DAY_US
-        last_day = np.where(
-            self.last_us[profiles] >= 0, (self.last_us[profiles] - self.origin) // day, 0
-        )
-        top = self.cumulative.shape[0] - 1
-        span = max(window_us // day, 1)
-        table = self._windows.get(span)
-        if table is None:
-            # Row d: the window ending on day index d - 1 (a profile's last_day + 1).
-            ends = np.arange(top + 1)
-            table = self.cumulative[ends] - self.cumulative[np.clip(ends - span, 0, top)]
-            self._windows[span] = table
-        at = np.clip(last_day + 1, 0, top)
+        table = self.window_table(window_us)
+        at = self.window_row(profiles)
         return np.asarray(table[at] if items is None else table[at, items])
 
 
@@ -343,28 +336,36 @@ def candidates(
     profiles: npt.NDArray[np.int64] | None = None,
     progress: Callable[[float], None] | None = None,
     windowed: sparse.csr_matrix | None = None,
+    threads: int = 2,
 ) -> Candidates:
     """The candidates of the profiles (all by default) and their features. `windowed`:
     ``scoring.cooccurrence`` of the same interactions, instant and settings, when the
-    caller has it already."""
+    caller has it already. `threads` work on blocks of profiles at once (the result is
+    the same for any number)."""
     settings = settings or scoring.Settings()
     ranker = ranker or RankerSettings()
     context = _Context(interactions, now_us, settings, metadata or ItemMetadata(), ranker, windowed)
     chosen = np.arange(interactions.profile_count) if profiles is None else profiles
-    parts = []
-    for start in range(0, len(chosen), ranker.block_profiles):
+    orders = _orders(context, excluded_items)
+    starts = range(0, len(chosen), ranker.block_profiles)
+    parts: list[Candidates | None] = [None] * len(starts)
+
+    def work(start: int) -> None:
         block = chosen[start : start + ranker.block_profiles]
-        parts.append(_block(context, block, allow_consumed, excluded_items))
+        parts[start // ranker.block_profiles] = _block(context, block, allow_consumed, orders)
+
+    for done in scoring.in_parallel(work, starts, threads):
         if progress is not None:
-            progress(min(start + ranker.block_profiles, len(chosen)) / len(chosen))
-    if not parts:
+            progress(min(starts[done] + ranker.block_profiles, len(chosen)) / len(chosen))
+    found = [part for part in parts if part is not None]
+    if not found:
         return Candidates(
             np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, len(FEATURES)))
         )
     return Candidates(
-        np.concatenate([p.profiles for p in parts]),
-        np.concatenate([p.items for p in parts]),
-        np.concatenate([p.features for p in parts]),
+        np.concatenate([p.profiles for p in found]),
+        np.concatenate([p.items for p in found]),
+        np.concatenate([p.features for p in found]),
     )
 
 
@@ -430,28 +431,30 @@ def _block(
     context: _Context,
     profiles: npt.NDArray[np.int64],
     allow_consumed: bool,
-    excluded_items: npt.NDArray[np.bool_] | None,
+    orders: _Orders,
 ) -> Candidates:
     ranker = context.ranker
     day = float(scoring.DAY_US)
-    sources = _sources(context, profiles)
-    blend = sources["blend"]
-    decayed = sources["windowed"]
-    cosine_history = sources["cosine_history"]
-    cosine_latest = sources["cosine_latest"]
-    recent_week = sources["popularity_recent_week"]
-    popularity = sources["popularity"]
+    n = context.log.item_count
+    # The sources that score most items of a row are dense rows; those whose ranking
+    # is shared by many profiles (popularity, last week's popularity, the cosine row
+    # of the latest item) are read from ranked lists instead, without a dense row or
+    # a partition of it (measured: most of the candidate stage before).
+    blend = _row_scaled((context.history_served[profiles] @ context.windowed).toarray())
+    blend += context.blend_popularity[None, :]
+    decayed = (context.history_decayed[profiles] @ context.windowed).toarray()
+    cosine_history = (context.binary[profiles] @ context.cosine).toarray()
+    next_after_latest_3 = (context.latest3[profiles] @ context.transitions).toarray()
     decayed_share = _row_scaled(decayed)
     cosine_share = _row_scaled(cosine_history)
-    next_after_latest_3 = sources["next_after_latest_3"]
     binary = context.binary[profiles]
+    excluded_items = orders.excluded
 
     blocked = np.zeros(blend.shape, dtype=bool)
     if not allow_consumed:
         rows, cols = binary.nonzero()
         blocked[rows, cols] = True
-    if excluded_items is not None:
-        blocked[:, excluded_items] = True
+    blocked[:, excluded_items] = True
 
     def masked(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         # In place: every derived value is computed above, and the features are only
@@ -459,15 +462,28 @@ def _block(
         values[blocked] = -np.inf
         return values
 
-    chosen = (
-        _top_mask(masked(blend), ranker.blend_width)
-        | _top_mask(masked(decayed), ranker.windowed_width)
-        | _top_mask(masked(cosine_history), ranker.cosine_width)
-        | _top_mask(masked(cosine_latest), ranker.latest_width)
-        | _top_mask(masked(next_after_latest_3), ranker.next_width)
-        | _top_mask(masked(recent_week), ranker.recent_width)
-        | _top_mask(masked(popularity), ranker.popular_width)
-    ) & ~blocked
+    chosen = np.zeros(blend.shape, dtype=bool)
+    for values, width in (
+        (blend, ranker.blend_width),
+        (decayed, ranker.windowed_width),
+        (cosine_history, ranker.cosine_width),
+        (next_after_latest_3, ranker.next_width),
+    ):
+        chosen[scoring.best_in_rows(masked(values), width, positive=True)] = True
+    # A row's best `width` unblocked items of a ranked list lie in its first `width`
+    # + (its consumed items) entries (excluded items are not in the lists).
+    extra = blocked.sum(axis=1) - int(excluded_items.sum())
+    latest = context.latest_item[profiles]
+    day_row = context.window_row(profiles)
+    for ranked, which, width in (
+        (orders.popular, np.zeros(len(profiles), dtype=np.int64), ranker.popular_width),
+        (orders.recent_week, day_row, ranker.recent_width),
+        (orders.cosine, latest, ranker.latest_width),
+    ):
+        prefix_rows, prefix_items, prefix_scores = ranked.prefix(which, width + extra)
+        free = ~blocked[prefix_rows, prefix_items]
+        picked = _best_in_rows(prefix_rows[free], prefix_items[free], prefix_scores[free], width)
+        chosen[prefix_rows[free][picked], prefix_items[free][picked]] = True
     rows, items = np.nonzero(chosen)
     # Rank under the blend among the row's candidates (0 best; ties to the lower item).
     order = np.lexsort((items, -blend[rows, items], rows))
@@ -478,17 +494,16 @@ def _block(
     who = profiles[rows]
     # Features that only matter at the candidates are read there from the sparse
     # item-item matrices (the same stored values a dense row would hold).
-    latest = context.latest_item[who]
-    windowed_latest = _at_pairs(context.windowed, latest, items)
-    next_after_latest = _at_pairs(context.transitions, latest, items)
-    windowed_latest_3 = _at_pairs(
-        sparse.csr_matrix(context.latest3[profiles] @ context.windowed), rows, items
-    )
+    latest_at = context.latest_item[who] * n
+    cosine_latest = context.cosine_pairs.at(latest_at + items)
+    windowed_latest = context.windowed_pairs.at(latest_at + items)
+    next_after_latest = context.transition_pairs.at(latest_at + items)
+    windowed_latest_3 = (context.latest3[profiles] @ context.windowed).toarray()[rows, items]
     # How recent the latest interaction related to the candidate is: 1 / (1 + place)
     # over the latest ten places (later, i.e. smaller, places win).
     related_recency = np.zeros(len(rows))
     for at in range(context.item_at_place.shape[1] - 1, -1, -1):
-        reach = _at_pairs(context.windowed, context.item_at_place[who, at], items) != 0
+        reach = context.windowed_pairs.at(context.item_at_place[who, at] * n + items) != 0
         related_recency[reach] = 1.0 / (1.0 + at)
     recent_day = context.recent_popularity(who, scoring.DAY_US, items)
     last_us = context.last_us[who]
@@ -518,14 +533,14 @@ def _block(
         decayed_share[rows, items],
         cosine_history[rows, items],
         cosine_share[rows, items],
-        cosine_latest[rows, items],
+        cosine_latest,
         windowed_latest,
         windowed_latest_3,
         next_after_latest,
         next_after_latest_3[rows, items],
         related_recency,
         np.log1p(context.popularity[items]),
-        np.log1p(recent_week[rows, items]),
+        np.log1p(context.window_table(ranker.recent_us)[day_row[rows], items]),
         np.log1p(recent_day),
         np.log1p(context.popularity_decayed[items]),
         (reference_us - context.first_seen[items]) / day,
@@ -542,15 +557,122 @@ def _block(
     return Candidates(who.astype(np.int64), items.astype(np.int64), np.stack(columns, axis=1))
 
 
-def _at_pairs(
-    matrix: sparse.csr_matrix, rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64]
-) -> npt.NDArray[np.float64]:
-    """matrix[rows[j], cols[j]] for every j (0 where rows[j] < 0)."""
-    out = np.zeros(len(rows))
-    valid = rows >= 0
-    if valid.any():
-        out[valid] = np.asarray(matrix[rows[valid], cols[valid]]).ravel()
-    return out
+class _Ranked:
+    """Ranked item lists, one per list index (best first, ties to the lower item index),
+    concatenated: list j is items[starts[j]:starts[j + 1]] with its scores."""
+
+    def __init__(
+        self,
+        lists: npt.NDArray[np.int64],
+        items: npt.NDArray[np.int64],
+        scores: npt.NDArray[np.float64],
+        count: int,
+    ) -> None:
+        order = np.lexsort((items, -scores, lists))
+        self.items = items[order]
+        self.scores = scores[order]
+        self.starts = np.r_[0, np.cumsum(np.bincount(lists, minlength=count))].astype(np.int64)
+
+    def prefix(
+        self, which: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """For each row r, the first `lengths[r]` entries of list `which[r]` (none when
+        it is -1): their rows, items and scores."""
+        valid = which >= 0
+        start = np.where(valid, self.starts[np.maximum(which, 0)], 0)
+        available = np.where(valid, self.starts[np.maximum(which, 0) + 1] - start, 0)
+        taken = np.minimum(lengths, available)
+        rows = np.repeat(np.arange(len(which), dtype=np.int64), taken)
+        at = np.repeat(start, taken) + _places_in_rows(rows)
+        return rows, self.items[at], self.scores[at]
+
+
+@dataclass(frozen=True)
+class _Orders:
+    """Ranked lists shared by the profiles of a candidate stage, excluded items and
+    items scoring 0 left out: popularity (one list), last week's popularity (a list per
+    row of the window table) and each item's cosine row (a list per item)."""
+
+    excluded: npt.NDArray[np.bool_]
+    popular: _Ranked
+    recent_week: _Ranked
+    cosine: _Ranked
+
+
+def _orders(context: _Context, excluded_items: npt.NDArray[np.bool_] | None) -> _Orders:
+    n = context.log.item_count
+    excluded = np.zeros(n, dtype=bool) if excluded_items is None else excluded_items
+
+    def ranked(keys: npt.NDArray[np.int64], scores: npt.NDArray[np.float64], count: int) -> _Ranked:
+        keep = (scores > 0) & ~excluded[keys % n]
+        return _Ranked(keys[keep] // n, keys[keep] % n, scores[keep], count)
+
+    week = context.window_table(context.ranker.recent_us)
+    every = np.arange(n, dtype=np.int64)
+    return _Orders(
+        excluded,
+        ranked(every, context.popularity, 1),
+        ranked(np.arange(week.size, dtype=np.int64), week.ravel(), week.shape[0]),
+        ranked(context.cosine_pairs.keys, context.cosine_pairs.values, n),
+    )
+
+
+def _best_in_rows(
+    rows: npt.NDArray[np.int64],
+    items: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.float64],
+    width: int,
+) -> npt.NDArray[np.bool_]:
+    """Which of these (row, item) pairs are their row's best `width` finite, positive
+    scores (ties to the lower item index)."""
+    usable = np.isfinite(scores) & (scores > 0)
+    order = np.lexsort((items, -scores, rows))
+    order = order[usable[order]]
+    picked = np.zeros(len(rows), dtype=bool)
+    picked[order[_places_in_rows(rows[order]) < width]] = True
+    return picked
+
+
+def _entries(
+    matrix: sparse.spmatrix | sparse.sparray, n_items: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """A sparse matrix's stored entries as (row x n_items + column) keys, ascending,
+    and values."""
+    matrix = sparse.csr_matrix(matrix)
+    if not matrix.has_sorted_indices:
+        matrix = matrix.sorted_indices()  # a copy: a shared matrix keeps its layout
+    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    return rows * n_items + matrix.indices.astype(np.int64), np.asarray(matrix.data, np.float64)
+
+
+class _Lookup:
+    """Values of sparse entries by key, read at arbitrary keys (0 where none is stored):
+    the same stored values a dense row would hold, without the dense row."""
+
+    def __init__(self, keys: npt.NDArray[np.int64], values: npt.NDArray[np.float64]) -> None:
+        if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
+            order = np.argsort(keys, kind="stable")
+            keys, values = keys[order], values[order]
+        self.keys = keys
+        self.values = values
+
+    def at(self, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        out = np.zeros(len(keys))
+        if len(self.keys) == 0:
+            return out
+        place = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        found = self.keys[place] == keys
+        out[found] = self.values[place[found]]
+        return out
+
+
+def _places_in_rows(rows: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """For sorted row ids, each one's place within its row, from 0."""
+    count = len(rows)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1]
+    return np.arange(count) - np.repeat(starts, np.diff(np.r_[starts, count]))
 
 
 def without_last(
@@ -662,6 +784,7 @@ def training_set(
     now_us: int | None = None,
     learners: npt.NDArray[np.bool_] | None = None,
     goal: npt.NDArray[np.bool_] | None = None,
+    threads: int = 2,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[int]]:
     """Features, labels and group sizes of the earlier next interactions (k in `ks`,
     by default 1..targets), each profile's candidates a group when its target is one.
@@ -671,29 +794,35 @@ def training_set(
     same when learning as when ranking. `learners` limits which profiles give
     examples (every profile's rows still build the item-item matrices). With `goal`
     (which interactions are goal events), the targets are earlier next goal
-    interactions instead (goal_targets)."""
+    interactions instead (goal_targets). `threads` build that many targets' examples
+    at once (the result is the same for any number)."""
     ranker = ranker or RankerSettings()
     if len(interactions.items) == 0:
         return np.zeros((0, len(FEATURES))), np.zeros(0), []
     last_us = int(interactions.timestamps_us.max())
     gap_us = 1 if now_us is None else max(now_us - last_us, 1)
-    ks = ks or range(1, ranker.targets + 1)
+    steps = list(ks or range(1, ranker.targets + 1))
     features: list[npt.NDArray[np.float64]] = []
     labels: list[npt.NDArray[np.float64]] = []
     groups: list[int] = []
-    for step, k in enumerate(ks):
+    found_of: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], list[int]] | None]
+    found_of = [None] * len(steps)
+
+    def examples(step: int) -> None:
+        k = steps[step]
         if goal is None:
             history, target = without_last(interactions, k)
         else:
             history, target, goal_ties = goal_targets(interactions, k, goal)
         if len(history.items) == 0:
-            continue
+            return
         then_us = int(history.timestamps_us.max()) + gap_us
         wanted = target >= 0
         if learners is not None:
             wanted &= learners
         asked = np.flatnonzero(wanted)
-        found = candidates(history, then_us, settings, metadata, ranker, profiles=asked)
+        # One thread per target here: the targets run side by side instead.
+        found = candidates(history, then_us, settings, metadata, ranker, profiles=asked, threads=1)
         label = (found.items == target[found.profiles]).astype(np.float64)
         if ranker.tied_positives:
             tied = tied_next(interactions, k) if goal is None else goal_ties
@@ -703,13 +832,19 @@ def training_set(
         useful = np.zeros(interactions.profile_count, dtype=bool)
         useful[found.profiles[label > 0]] = True
         keep = useful[found.profiles]
-        features.append(found.features[keep])
-        labels.append(label[keep])
-        groups += np.bincount(found.profiles[keep], minlength=interactions.profile_count)[
-            useful
-        ].tolist()
+        sizes = np.bincount(found.profiles[keep], minlength=interactions.profile_count)
+        found_of[step] = (found.features[keep], label[keep], sizes[useful].tolist())
+
+    # Each target's examples are computed apart (its own context: the log without the
+    # last k), so two run at once; they are put together in target order.
+    for step in scoring.in_parallel(examples, range(len(steps)), threads):
         if progress is not None:
-            progress((step + 1) / len(ks))
+            progress((step + 1) / len(steps))
+    for part in found_of:
+        if part is not None:
+            features.append(part[0])
+            labels.append(part[1])
+            groups += part[2]
     if not features:
         return np.zeros((0, len(FEATURES))), np.zeros(0), []
     return np.concatenate(features), np.concatenate(labels), groups
@@ -911,8 +1046,11 @@ def recommend(
     if len(groups) < knobs.min_groups:
         _blend_rows(blend, blend_of(ranked), ranked)
         return blend, False
-    # Two threads: the MovieLens figures are the same as with one (measured).
-    model = _train(features, labels, groups, knobs, seed, threads=2)
+    # One thread: on a shared, loaded machine LightGBM's OpenMP threads spin waiting
+    # for each other (measured on the bench's 2,000 learners: one thread 9-11 s of
+    # CPU, two 32-47 s, and 3-5 times the wall time). The model is the same with
+    # either (deterministic).
+    model = _train(features, labels, groups, knobs, seed, threads=1)
     if progress is not None:
         progress(0.6)
     found = candidates(

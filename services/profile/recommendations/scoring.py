@@ -16,13 +16,14 @@ Everything here is whole-array NumPy/SciPy work over one workspace's interaction
   most 1), which ranks items no co-occurrence reaches and gives cold profiles (no
   interactions) the popular items.
 Items the profile interacted with are left out unless allowed, excluded items always;
-ties go to the lower item index (argpartition, which picks among items tied at the
-cut-off, is deterministic too), so the result is a pure function of the input.
+ties go to the lower item index (`best_in_rows`), so the result is a pure function of
+the input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -183,11 +184,13 @@ def top_n(
     progress: Callable[[float], None] | None = None,
     profiles: npt.NDArray[np.int64] | None = None,
     item_item: sparse.csr_matrix | None = None,
+    threads: int = 2,
 ) -> TopN:
     """The best `size` items of every profile (cold ones included: popularity); with
     `profiles`, of those only (the other rows are left empty: -1), each
     row exactly as without. `item_item`: ``cooccurrence`` of the same interactions,
-    instant and settings, when the caller has it already."""
+    instant and settings, when the caller has it already. `threads` score blocks of
+    profiles at once (the result is the same for any number)."""
     settings = settings or Settings()
     n_profiles, n_items = interactions.profile_count, interactions.item_count
     size = min(size, n_items)
@@ -209,41 +212,34 @@ def top_n(
     if size == 0:
         return TopN(out_items, out_scores)
     wanted = n_profiles if profiles is None else len(profiles)
-    for start in range(0, wanted, settings.block_profiles):
+
+    def score(start: int) -> None:
         stop = min(start + settings.block_profiles, wanted)
         # Rows are scored independently: a row of the chosen profiles' block is the
         # same row as in a block of consecutive profiles.
-        rows_of: slice | npt.NDArray[np.int64] = (
-            slice(start, stop) if profiles is None else profiles[start:stop]
-        )
-        block = history[rows_of]
-        scores = np.tile(pop, (stop - start, 1))
+        targets = np.arange(start, stop) if profiles is None else profiles[start:stop]
+        block = history[targets]
         if item_item is not None:
-            related = (block @ item_item).toarray()
-            peaks = related.max(axis=1, initial=0.0)
-            np.divide(related, peaks[:, None], out=related, where=peaks[:, None] > 0)
-            scores += related
+            scores = (block @ item_item).toarray()
+            peaks = scores.max(axis=1, initial=0.0)
+            np.divide(scores, peaks[:, None], out=scores, where=peaks[:, None] > 0)
+            scores += pop  # the same sums as popularity plus the scaled row
+        else:
+            scores = np.tile(pop, (stop - start, 1))
         if not allow_consumed:
             rows, cols = block.nonzero()
             scores[rows, cols] = -np.inf
         scores[:, blocked] = -np.inf
-        if size < n_items:
-            # The largest `size` as the partition's tail: several times faster than
-            # the head of the negated scores (measured), and no negated copy.
-            cut = n_items - size
-            candidates = np.argpartition(scores, cut, axis=1)[:, cut:]
-        else:
-            candidates = np.tile(np.arange(n_items), (stop - start, 1))
-        chosen = np.take_along_axis(scores, candidates, axis=1)
-        # Best first, ties to the lower item index.
-        order = np.lexsort((candidates, -chosen), axis=1)
-        ranked = np.take_along_axis(candidates, order, axis=1)
-        ranked_scores = np.take_along_axis(chosen, order, axis=1)
-        usable = np.isfinite(ranked_scores)
-        out_items[rows_of] = np.where(usable, ranked, -1)
-        out_scores[rows_of] = np.where(usable, ranked_scores, 0.0)
+        rows, cols = best_in_rows(scores, size)
+        place = np.arange(len(rows)) - np.searchsorted(rows, rows)
+        # Blocks write disjoint rows, so they may run in parallel.
+        out_items[targets[rows], place] = cols
+        out_scores[targets[rows], place] = scores[rows, cols]
+
+    starts = range(0, wanted, settings.block_profiles)
+    for done in in_parallel(score, starts, threads):
         if progress is not None:
-            progress(stop / wanted)
+            progress(min(starts[done] + settings.block_profiles, wanted) / wanted)
     return TopN(out_items, out_scores)
 
 
@@ -269,14 +265,66 @@ def popular_top_n(
         scores[:, excluded_items] = -np.inf
     if size == 0:
         return TopN(np.full((1, 0), -1, dtype=np.int64), np.zeros((1, 0)))
-    if size < n_items:
-        cut = n_items - size
-        candidates = np.argpartition(scores, cut, axis=1)[:, cut:]
-    else:
-        candidates = np.arange(n_items)[None, :]
-    chosen = np.take_along_axis(scores, candidates, axis=1)
-    order = np.lexsort((candidates, -chosen), axis=1)
-    ranked = np.take_along_axis(candidates, order, axis=1)
-    ranked_scores = np.take_along_axis(chosen, order, axis=1)
-    usable = np.isfinite(ranked_scores)
-    return TopN(np.where(usable, ranked, -1), np.where(usable, ranked_scores, 0.0))
+    _rows, cols = best_in_rows(scores, size)
+    items = np.full((1, size), -1, dtype=np.int64)
+    chosen = np.zeros((1, size))
+    items[0, : len(cols)] = cols
+    chosen[0, : len(cols)] = scores[0, cols]
+    return TopN(items, chosen)
+
+
+def best_in_rows(
+    scores: npt.NDArray[np.float64], width: int, *, positive: bool = False
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each row's best `width` finite scores (positive ones only with `positive`), as
+    (row, column) pairs ordered by row, then best first, ties to the lower column.
+
+    Only a few columns of a row can be among its best: the width-th largest of the
+    maxima of 2 x width chunks of the row is at most the row's width-th largest, so
+    the columns scoring at least that (a comparison over the row) are the only ones
+    sorted. Several times faster than a partition of every row, which slows down
+    badly on rows with many equal values (zeros, blocked items)."""
+    count, n = scores.shape
+    width = min(width, n)
+    if width <= 0 or count == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    # Unusable scores are -inf (blocked) or, with `positive`, at most 0: a floor of
+    # the smallest positive double leaves those out in the same comparison.
+    floor = np.full(count, np.nextafter(0.0, 1.0) if positive else -np.inf)
+    chunk = max(n // (2 * width), 1)
+    if chunk > 1:
+        maxima = np.maximum.reduceat(scores, np.arange(0, n, chunk), axis=1)
+        np.maximum(
+            floor, np.partition(maxima, maxima.shape[1] - width, axis=1)[:, -width], out=floor
+        )
+    usable = scores >= floor[:, None]
+    rows, cols = np.nonzero(usable)
+    values = scores[rows, cols]
+    finite = np.isfinite(values)  # a floor of -inf lets -inf through
+    rows, cols, values = rows[finite], cols[finite], values[finite]
+    order = np.lexsort((cols, -values, rows))
+    rows, cols = rows[order], cols[order]
+    starts = (
+        np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1]
+        if len(rows)
+        else np.zeros(0, dtype=np.int64)
+    )
+    place = np.arange(len(rows)) - np.repeat(starts, np.diff(np.r_[starts, len(rows)]))
+    keep = place < width
+    return rows[keep].astype(np.int64), cols[keep].astype(np.int64)
+
+
+def in_parallel(work: Callable[[int], None], jobs: Sequence[int], threads: int) -> Iterator[int]:
+    """Runs `work` on each job on up to `threads` threads (NumPy and SciPy's sparse
+    products release the GIL in their loops, so blocks of profiles use both cores),
+    yielding each job's index in order as it is done; an error is raised here."""
+    if threads <= 1 or len(jobs) <= 1:
+        for index, job in enumerate(jobs):
+            work(job)
+            yield index
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        futures = [pool.submit(work, job) for job in jobs]
+        for index, future in enumerate(futures):
+            future.result()
+            yield index

@@ -362,3 +362,57 @@ def test_a_short_ranked_list_is_filled_from_the_blend_below_the_ranked_items() -
     ranker._fill_from(items, scores, blend, np.array([0, 1]))
     assert items.tolist() == [[4, 2, 7, 8], [1, 2, 3, 5]]
     assert scores[0].tolist() == [0.9, 0.6, 0.3, 0.15]
+
+
+def _best_by_sorting(scores: np.ndarray, width: int, positive: bool) -> list[list[int]]:
+    """Each row's best `width` usable columns by a full sort: best first, ties to the
+    lower column."""
+    out = []
+    for row in scores:
+        usable = [
+            c for c in range(len(row)) if np.isfinite(row[c]) and (row[c] > 0 or not positive)
+        ]
+        out.append(sorted(usable, key=lambda c: (-row[c], c))[:width])
+    return out
+
+
+def test_best_in_rows_is_a_full_sort_cut_at_the_width_ties_to_the_lower_column() -> None:
+    rng = np.random.default_rng(5)
+    for n, width in ((1, 3), (7, 3), (50, 10), (400, 5), (1000, 30)):
+        # Few distinct values (ties at every cut-off), zeros, blocked (-inf) items and
+        # rows with fewer usable items than the width.
+        scores = rng.integers(0, 4, (12, n)).astype(np.float64)
+        scores[rng.random((12, n)) < 0.3] = -np.inf
+        scores[0] = -np.inf
+        scores[1, 1:] = 0.0
+        for positive in (False, True):
+            rows, cols = scoring.best_in_rows(scores, width, positive=positive)
+            got = [cols[rows == r].tolist() for r in range(len(scores))]
+            assert got == _best_by_sorting(scores, width, positive), (n, width, positive)
+
+
+def test_ranker_candidates_take_a_shared_rankings_ties_at_the_lower_item() -> None:
+    # Every item but 0 equally popular (2 profiles each); profile 0 consumed item 5:
+    # its popular candidates are item 0 and then the lowest indices it did not consume.
+    rows = [(0, 0, 0), (0, 5, DAY)] + [(p, 0, 0) for p in range(1, 4)]
+    rows += [(p, i, DAY) for i in range(1, 40) for p in (10 + i, 60 + i)]
+    log = interactions(rows, profiles=100, items=40)
+    knobs = replace(ranker.RankerSettings(), popular_width=4, recent_width=0, latest_width=0)
+    knobs = replace(knobs, blend_width=0, windowed_width=0, cosine_width=0, next_width=0)
+    found = ranker.candidates(log, 10 * DAY, ranker=knobs, profiles=np.array([0]))
+    assert found.items.tolist() == [1, 2, 3, 4]  # 0 and 5 consumed, then the lowest
+
+
+def test_blocks_on_two_threads_give_the_same_lists_and_candidates_as_on_one() -> None:
+    log = evaluate.synthetic(300, 80, seed=6)
+    now = int(log.timestamps_us.max()) + 1
+    settings = scoring.Settings(block_profiles=16)
+    one = scoring.top_n(log, now, 10, settings, threads=1)
+    two = scoring.top_n(log, now, 10, settings, threads=2)
+    assert np.array_equal(one.items, two.items) and np.array_equal(one.scores, two.scores)
+    knobs = replace(ranker.RankerSettings(), block_profiles=16)
+    first = ranker.candidates(log, now, ranker=knobs, threads=1)
+    second = ranker.candidates(log, now, ranker=knobs, threads=2)
+    assert np.array_equal(first.profiles, second.profiles)
+    assert np.array_equal(first.items, second.items)
+    assert np.array_equal(first.features, second.features, equal_nan=True)
