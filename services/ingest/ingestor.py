@@ -196,9 +196,15 @@ class EventStore(Protocol):
     # How many stream shards (1: one lock, one stream; more: see Ingestor._route).
     shards: int
 
-    def locked(self, shards: Sequence[int] = (0,)) -> AbstractAsyncContextManager[Any]:
-        """Hold the shards' write locks for the block (yields what write_session takes
-        as `held`)."""
+    def connection(self) -> AbstractAsyncContextManager[Any]:
+        """A connection for consecutive holds of the locks (what `locked` takes)."""
+        ...
+
+    def locked(
+        self, shards: Sequence[int] = (0,), connection: Any = None
+    ) -> AbstractAsyncContextManager[Any]:
+        """Hold the shards' write locks for the block, on `connection` if given (yields
+        what write_session takes as `held`)."""
         ...
 
     def write_session(
@@ -675,7 +681,13 @@ class Ingestor:
         """The writer task: writes groups until nothing is waiting, then ends."""
         try:
             while self._queue:
-                failed = await self._hold_and_write()
+                # One connection for the holds while groups keep arriving (a pool
+                # checkout costs a ping of three round trips). Let go after a group
+                # failed before its commit: the connection may be what failed.
+                failed: tuple[_Group, Exception] | None = None
+                async with self._store.connection() as connection:
+                    while self._queue and failed is None:
+                        failed = await self._hold_and_write(connection)
                 if failed is not None:
                     await self._write_alone(*failed)
         except BaseException:
@@ -685,8 +697,9 @@ class Ingestor:
             _fail(stranded, RuntimeError("the ingest writer stopped"))
             raise
 
-    async def _hold_and_write(self) -> tuple[_Group, Exception] | None:
-        """Write waiting groups under one hold of the write lock, pipelined.
+    async def _hold_and_write(self, connection: Any = None) -> tuple[_Group, Exception] | None:
+        """Write waiting groups under one hold of the write lock (on `connection`, from
+        the store's `connection()`), pipelined.
 
         Each committed group's Redis update (and its callers' answers) is chained
         behind the previous group's, and runs while the next group is written to
@@ -697,7 +710,7 @@ class Ingestor:
         tail: asyncio.Task[bool] | None = None
         failed: tuple[_Group, Exception] | None = None
         try:
-            async with self._store.locked(self._lock_shards) as held:
+            async with self._store.locked(self._lock_shards, connection) as held:
                 for _ in range(self.groups_per_hold):
                     if not self._queue and not await self._more_before(tail):
                         break

@@ -202,15 +202,38 @@ class SqlEventStore:
         self._cursors_ready = True
 
     @asynccontextmanager
-    async def locked(self, shards: Sequence[int] = (0,)) -> AsyncIterator[AsyncConnection]:
-        """A connection holding the write locks of `shards` until the block ends.
+    async def connection(self) -> AsyncIterator[AsyncConnection | None]:
+        """A connection for a writer's consecutive holds (`locked(..., connection)`).
+
+        A checkout from the pool costs a liveness ping (BEGIN, SELECT, ROLLBACK: three
+        round trips) and SQLAlchemy's checkout and reset: per hold, that was several
+        per cent of the process's CPU with 4 shards (a hold per group). A writer that
+        has groups waiting takes one connection for all of them. None on SQLite, whose
+        holds take a connection with the process's lock.
+        """
+        if not self._postgres:
+            yield None
+            return
+        async with self._engine.connect() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def locked(
+        self, shards: Sequence[int] = (0,), connection: AsyncConnection | None = None
+    ) -> AsyncIterator[AsyncConnection]:
+        """A connection holding the write locks of `shards` until the block ends: the
+        given `connection` (from `connection()`), or one of the pool's.
 
         The locks are taken in ascending shard order by every writer (and the catch-up
         takes one), so two writers can never each hold a lock the other waits for.
         """
         if not self._postgres:
-            async with self._local_lock, self._engine.connect() as connection:
-                yield connection
+            async with self._local_lock, self._engine.connect() as own:
+                yield own
+            return
+        if connection is None:
+            async with self._engine.connect() as own, self.locked(shards, own) as held:
+                yield held
             return
         # One statement takes them all, in the order of its select list (ascending);
         # on the driver connection, outside any transaction: through SQLAlchemy each
@@ -219,19 +242,18 @@ class SqlEventStore:
         locks = ", ".join(
             f"pg_advisory_lock({WRITE_LOCK_KEY + shard})" for shard in sorted(set(shards))
         )
-        async with self._engine.connect() as connection:
-            await self._ensure_cursors(connection)
-            raw: Any = (await connection.get_raw_connection()).driver_connection
-            try:
-                await raw.execute(f"SELECT {locks}")
-                yield connection
-            finally:
-                if connection.in_transaction():
-                    await connection.rollback()
-                # Every session lock this connection holds (also one granted while a
-                # cancelled lock statement was being abandoned): none stays with the
-                # connection when it goes back to the pool.
-                await asyncio.shield(raw.execute("SELECT pg_advisory_unlock_all()"))
+        await self._ensure_cursors(connection)
+        raw: Any = (await connection.get_raw_connection()).driver_connection
+        try:
+            await raw.execute(f"SELECT {locks}")
+            yield connection
+        finally:
+            if connection.in_transaction():
+                await connection.rollback()
+            # Every session lock this connection holds (also one granted while a
+            # cancelled lock statement was being abandoned): none stays with the
+            # connection after the hold (the next hold, or the pool).
+            await asyncio.shield(raw.execute("SELECT pg_advisory_unlock_all()"))
 
     @asynccontextmanager
     async def write_session(
