@@ -186,6 +186,9 @@ class WriteSession(Protocol):
     async def traits_of(self, profile_ids: Sequence[int]) -> list[TraitRow]: ...
     async def allocate_seqs(self, count: int) -> list[int]: ...
     async def allocate_profiles(self, count: int, shards: Sequence[int] = ()) -> list[int]: ...
+    async def allocate(
+        self, seq_count: int, profile_count: int, shards: Sequence[int] = ()
+    ) -> tuple[list[int], list[int]]: ...
     async def write(self, plan: WritePlan) -> WriteResult: ...
     async def commit(self) -> None: ...
 
@@ -917,8 +920,7 @@ class Ingestor:
                     new_shards.append(self._new_profile_shard(workspace_id, graph, event))
             self._check_held(workspace_id, graph, after_resolve=True)
 
-        seqs = await session.allocate_seqs(len(events))
-        real_ids = await session.allocate_profiles(len(graph.created), new_shards)
+        seqs, real_ids = await session.allocate(len(events), len(graph.created), new_shards)
         real = dict(zip(graph.created, real_ids, strict=True))
 
         def final(profile_id: int) -> int:

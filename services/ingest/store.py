@@ -602,24 +602,42 @@ class WriteSession:
         if count == 0:
             return []
         if self._postgres:
-            n = self._store.shards
-            if n == 1:
+            if self._store.shards == 1:
                 return await self._nextvals("profiles_profile_id_seq", count)
-            wanted: dict[int, int] = {}
-            for shard in shards:
-                wanted[shard] = wanted.get(shard, 0) + 1
-            found: dict[int, list[int]] = {shard: [] for shard in wanted}
-            while any(len(found[shard]) < need for shard, need in wanted.items()):
-                short = sum(max(0, need - len(found[s])) for s, need in wanted.items())
-                for value in await self._nextvals("profiles_profile_id_seq", short * n):
-                    bucket = found.get(value % n)
-                    if bucket is not None and len(bucket) < wanted[value % n]:
-                        bucket.append(value)
-            taken = {shard: iter(values) for shard, values in found.items()}
-            return [next(taken[shard]) for shard in shards]
+            return await self._profiles_on(shards, [])
         top = (await self._connection.execute(select(func.max(profiles.c.profile_id)))).scalar()
         start = int(top or 0) + 1
         return list(range(start, start + count))
+
+    async def allocate(
+        self, seq_count: int, profile_count: int, shards: Sequence[int] = ()
+    ) -> tuple[list[int], list[int]]:
+        """`allocate_seqs(seq_count)` and `allocate_profiles(profile_count, shards)`."""
+        return (
+            await self.allocate_seqs(seq_count),
+            await self.allocate_profiles(profile_count, shards),
+        )
+
+    async def _profiles_on(self, shards: Sequence[int], drawn: list[int]) -> list[int]:
+        """New profile ids, the i-th on `shards[i]`, from `drawn` (values of the profile
+        sequence already drawn, ascending) and as many more as it takes."""
+        n = self._store.shards
+        wanted: dict[int, int] = {}
+        for shard in shards:
+            wanted[shard] = wanted.get(shard, 0) + 1
+        found: dict[int, list[int]] = {shard: [] for shard in wanted}
+        values = drawn
+        while True:
+            for value in values:
+                bucket = found.get(value % n)
+                if bucket is not None and len(bucket) < wanted[value % n]:
+                    bucket.append(value)
+            short = sum(max(0, need - len(found[s])) for s, need in wanted.items())
+            if not short:
+                break
+            values = await self._nextvals("profiles_profile_id_seq", short * n)
+        taken = {shard: iter(values) for shard, values in found.items()}
+        return [next(taken[shard]) for shard in shards]
 
     async def _nextvals(self, sequence: str, count: int) -> list[int]:
         rows = await self._connection.execute(
@@ -960,6 +978,30 @@ class PgWriteSession(WriteSession):
         )
         return [row[0] for row in rows]
 
+    async def allocate(
+        self, seq_count: int, profile_count: int, shards: Sequence[int] = ()
+    ) -> tuple[list[int], list[int]]:
+        """The group's event seqs and new profile ids in one round trip (two cost a
+        round trip more per group): the same values `allocate_seqs` and
+        `allocate_profiles` draw, each sequence's ascending. With several shards the
+        first draw is `profile_count` x shards consecutive values, which hold enough
+        of every remainder unless another writer drew in between (then more are drawn,
+        as `allocate_profiles` does)."""
+        n = self._store.shards
+        draw = profile_count if n == 1 else profile_count * n
+        row = await self._raw.fetchrow(
+            "SELECT ARRAY(SELECT nextval('events_seq_seq')"
+            " FROM generate_series(1, $1::int) ORDER BY 1),"
+            " ARRAY(SELECT nextval('profiles_profile_id_seq')"
+            " FROM generate_series(1, $2::int) ORDER BY 1)",
+            seq_count,
+            draw,
+        )
+        seqs, drawn = list(row[0]), list(row[1])
+        if n == 1 or not profile_count:
+            return seqs, drawn
+        return seqs, await self._profiles_on(shards, drawn)
+
     async def write(self, plan: WritePlan) -> WriteResult:
         """Apply a batch's plan; returns the trait rows that changed and redirects."""
         raw = self._raw
@@ -1030,16 +1072,6 @@ class PgWriteSession(WriteSession):
         changed = await self._upsert_traits(ws, plan.traits)
         created = {p for p, _ in plan.new_profiles}
         touched = [(p, seen) for p, seen in plan.last_seen.items() if p not in created]
-        if touched:
-            await raw.execute(
-                "UPDATE profiles p SET last_seen_us = u.seen"
-                f" FROM (SELECT pid::bigint, seen::bigint FROM {_json_rows('$1', '$2')}"
-                " AS j(pid, seen)) AS u"
-                " WHERE p.profile_id = u.pid"
-                " AND (p.last_seen_us IS NULL OR p.last_seen_us < u.seen)",
-                _list([t[0] for t in touched]),
-                _list([t[1] for t in touched]),
-            )
         if plan.merges:
             found = plan.merges
             await raw.execute(
@@ -1054,11 +1086,29 @@ class PgWriteSession(WriteSession):
                 [m.event_seq for m in found],
                 [m.reason for m in found],
             )
-        await raw.execute(
-            "UPDATE ingest_cursor SET last_seq = $1 WHERE stream = ANY($2::text[])",
-            plan.last_seq,
-            [cursor_name(shard, self._store.shards) for shard in self.shards],
-        )
+        streams = [cursor_name(shard, self._store.shards) for shard in self.shards]
+        if touched:
+            # The group's last statement, with the cursor's update in the same round
+            # trip (a data-modifying CTE runs whether or not the query reads it).
+            await raw.execute(
+                "WITH c AS (UPDATE ingest_cursor SET last_seq = $3"
+                " WHERE stream = ANY($4::text[]))"
+                " UPDATE profiles p SET last_seen_us = u.seen"
+                f" FROM (SELECT pid::bigint, seen::bigint FROM {_json_rows('$1', '$2')}"
+                " AS j(pid, seen)) AS u"
+                " WHERE p.profile_id = u.pid"
+                " AND (p.last_seen_us IS NULL OR p.last_seen_us < u.seen)",
+                _list([t[0] for t in touched]),
+                _list([t[1] for t in touched]),
+                plan.last_seq,
+                streams,
+            )
+        else:
+            await raw.execute(
+                "UPDATE ingest_cursor SET last_seq = $1 WHERE stream = ANY($2::text[])",
+                plan.last_seq,
+                streams,
+            )
         return WriteResult(changed, redirected)
 
     async def _upsert_traits(self, workspace_id: str, rows: list[TraitRow]) -> list[TraitRow]:
