@@ -180,6 +180,9 @@ class WriteSession(Protocol):
 
     async def suppressed(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]: ...
     async def known_messages(self, message_ids: Sequence[str]) -> dict[str, tuple[int, int]]: ...
+    async def screen(
+        self, keys: Sequence[tuple[str, str]], message_ids: Sequence[str]
+    ) -> tuple[set[tuple[str, str]], dict[str, tuple[int, int]]]: ...
     async def identities(
         self, keys: Sequence[tuple[str, str]], holder_keys: Sequence[tuple[str, str]] = ()
     ) -> list[IdentityRecord]: ...
@@ -812,16 +815,18 @@ class Ingestor:
         # ping, BEGIN, SELECT and ROLLBACK each, per group.
         async with self._store.write_session(workspace_id, held, self._lock_shards) as session:
             rules = IdentityRules.parse(session.identity_rules)
-            accepted = await self._admissible(session, group, rules)
+            accepted, known = await self._admissible(session, group, rules)
             if not accepted:
                 return None
-            return await self._write(session, group, rules, accepted, now_us)
+            return await self._write(session, group, rules, accepted, known, now_us)
 
     async def _admissible(
         self, session: WriteSession, group: _Group, rules: IdentityRules
-    ) -> list[tuple[_Request, Event]]:
-        """The group's events that may be written; blocked and suppressed ones get their
-        REJECTED outcome."""
+    ) -> tuple[list[tuple[_Request, Event]], dict[str, tuple[int, int]]]:
+        """The group's events that may be written (blocked and suppressed ones get their
+        REJECTED outcome), and the stored seq and profile of each of their message ids
+        already accepted (read with the suppressions, in one round trip: for every
+        event not blocked, a superset of those that may be written)."""
         # Placeholder ids ("null", "guest", ...) never link; an event with nothing else
         # would otherwise create a profile per event.
         candidates: list[tuple[_Request, Event]] = []
@@ -842,7 +847,8 @@ class Ingestor:
                 else:
                     candidates.append((request, event))
         keys = sorted({i.key for _, e in candidates for i in e.identifiers})
-        suppressed = await session.suppressed(keys) if keys else set()
+        message_ids = sorted({e.message_id for _, e in candidates})
+        suppressed, known = await session.screen(keys, message_ids) if candidates else (set(), {})
         accepted: list[tuple[_Request, Event]] = []
         for request, event in candidates:
             hits = [i for i in event.identifiers if i.key in suppressed] if suppressed else None
@@ -856,7 +862,7 @@ class Ingestor:
                 )
             else:
                 accepted.append((request, event))
-        return accepted
+        return accepted, known
 
     async def _write(
         self,
@@ -864,10 +870,10 @@ class Ingestor:
         group: _Group,
         rules: IdentityRules,
         accepted: list[tuple[_Request, Event]],
+        known: dict[str, tuple[int, int]],
         now_us: int,
     ) -> Callable[[], Awaitable[bool]] | None:
         workspace_id = group.workspace_id
-        known = await session.known_messages(sorted({e.message_id for _, e in accepted}))
         fresh: list[tuple[_Request, Event]] = []
         first_copy: set[str] = set()
         duplicates: list[tuple[_Request, Event]] = []
