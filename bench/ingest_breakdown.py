@@ -76,7 +76,7 @@ async def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     tune_gc()  # as `python -m services.ingest` does
-    for method in ("fetch", "execute", "copy_records_to_table"):
+    for method in ("fetch", "fetchrow", "execute", "copy_records_to_table"):
         timed(asyncpg.Connection, method)
     timed(RedisPublisher, "apply_shards", "Redis update (hot state + stream, one round trip)")
 

@@ -180,12 +180,18 @@ class WriteSession(Protocol):
 
     async def suppressed(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]: ...
     async def known_messages(self, message_ids: Sequence[str]) -> dict[str, tuple[int, int]]: ...
+    async def screen(
+        self, keys: Sequence[tuple[str, str]], message_ids: Sequence[str]
+    ) -> tuple[set[tuple[str, str]], dict[str, tuple[int, int]]]: ...
     async def identities(
         self, keys: Sequence[tuple[str, str]], holder_keys: Sequence[tuple[str, str]] = ()
     ) -> list[IdentityRecord]: ...
     async def traits_of(self, profile_ids: Sequence[int]) -> list[TraitRow]: ...
     async def allocate_seqs(self, count: int) -> list[int]: ...
     async def allocate_profiles(self, count: int, shards: Sequence[int] = ()) -> list[int]: ...
+    async def allocate(
+        self, seq_count: int, profile_count: int, shards: Sequence[int] = ()
+    ) -> tuple[list[int], list[int]]: ...
     async def write(self, plan: WritePlan) -> WriteResult: ...
     async def commit(self) -> None: ...
 
@@ -196,9 +202,15 @@ class EventStore(Protocol):
     # How many stream shards (1: one lock, one stream; more: see Ingestor._route).
     shards: int
 
-    def locked(self, shards: Sequence[int] = (0,)) -> AbstractAsyncContextManager[Any]:
-        """Hold the shards' write locks for the block (yields what write_session takes
-        as `held`)."""
+    def connection(self) -> AbstractAsyncContextManager[Any]:
+        """A connection for consecutive holds of the locks (what `locked` takes)."""
+        ...
+
+    def locked(
+        self, shards: Sequence[int] = (0,), connection: Any = None
+    ) -> AbstractAsyncContextManager[Any]:
+        """Hold the shards' write locks for the block, on `connection` if given (yields
+        what write_session takes as `held`)."""
         ...
 
     def write_session(
@@ -675,7 +687,13 @@ class Ingestor:
         """The writer task: writes groups until nothing is waiting, then ends."""
         try:
             while self._queue:
-                failed = await self._hold_and_write()
+                # One connection for the holds while groups keep arriving (a pool
+                # checkout costs a ping of three round trips). Let go after a group
+                # failed before its commit: the connection may be what failed.
+                failed: tuple[_Group, Exception] | None = None
+                async with self._store.connection() as connection:
+                    while self._queue and failed is None:
+                        failed = await self._hold_and_write(connection)
                 if failed is not None:
                     await self._write_alone(*failed)
         except BaseException:
@@ -685,8 +703,9 @@ class Ingestor:
             _fail(stranded, RuntimeError("the ingest writer stopped"))
             raise
 
-    async def _hold_and_write(self) -> tuple[_Group, Exception] | None:
-        """Write waiting groups under one hold of the write lock, pipelined.
+    async def _hold_and_write(self, connection: Any = None) -> tuple[_Group, Exception] | None:
+        """Write waiting groups under one hold of the write lock (on `connection`, from
+        the store's `connection()`), pipelined.
 
         Each committed group's Redis update (and its callers' answers) is chained
         behind the previous group's, and runs while the next group is written to
@@ -697,7 +716,7 @@ class Ingestor:
         tail: asyncio.Task[bool] | None = None
         failed: tuple[_Group, Exception] | None = None
         try:
-            async with self._store.locked(self._lock_shards) as held:
+            async with self._store.locked(self._lock_shards, connection) as held:
                 for _ in range(self.groups_per_hold):
                     if not self._queue and not await self._more_before(tail):
                         break
@@ -796,16 +815,18 @@ class Ingestor:
         # ping, BEGIN, SELECT and ROLLBACK each, per group.
         async with self._store.write_session(workspace_id, held, self._lock_shards) as session:
             rules = IdentityRules.parse(session.identity_rules)
-            accepted = await self._admissible(session, group, rules)
+            accepted, known = await self._admissible(session, group, rules)
             if not accepted:
                 return None
-            return await self._write(session, group, rules, accepted, now_us)
+            return await self._write(session, group, rules, accepted, known, now_us)
 
     async def _admissible(
         self, session: WriteSession, group: _Group, rules: IdentityRules
-    ) -> list[tuple[_Request, Event]]:
-        """The group's events that may be written; blocked and suppressed ones get their
-        REJECTED outcome."""
+    ) -> tuple[list[tuple[_Request, Event]], dict[str, tuple[int, int]]]:
+        """The group's events that may be written (blocked and suppressed ones get their
+        REJECTED outcome), and the stored seq and profile of each of their message ids
+        already accepted (read with the suppressions, in one round trip: for every
+        event not blocked, a superset of those that may be written)."""
         # Placeholder ids ("null", "guest", ...) never link; an event with nothing else
         # would otherwise create a profile per event.
         candidates: list[tuple[_Request, Event]] = []
@@ -826,7 +847,8 @@ class Ingestor:
                 else:
                     candidates.append((request, event))
         keys = sorted({i.key for _, e in candidates for i in e.identifiers})
-        suppressed = await session.suppressed(keys) if keys else set()
+        message_ids = sorted({e.message_id for _, e in candidates})
+        suppressed, known = await session.screen(keys, message_ids) if candidates else (set(), {})
         accepted: list[tuple[_Request, Event]] = []
         for request, event in candidates:
             hits = [i for i in event.identifiers if i.key in suppressed] if suppressed else None
@@ -840,7 +862,7 @@ class Ingestor:
                 )
             else:
                 accepted.append((request, event))
-        return accepted
+        return accepted, known
 
     async def _write(
         self,
@@ -848,10 +870,10 @@ class Ingestor:
         group: _Group,
         rules: IdentityRules,
         accepted: list[tuple[_Request, Event]],
+        known: dict[str, tuple[int, int]],
         now_us: int,
     ) -> Callable[[], Awaitable[bool]] | None:
         workspace_id = group.workspace_id
-        known = await session.known_messages(sorted({e.message_id for _, e in accepted}))
         fresh: list[tuple[_Request, Event]] = []
         first_copy: set[str] = set()
         duplicates: list[tuple[_Request, Event]] = []
@@ -904,8 +926,7 @@ class Ingestor:
                     new_shards.append(self._new_profile_shard(workspace_id, graph, event))
             self._check_held(workspace_id, graph, after_resolve=True)
 
-        seqs = await session.allocate_seqs(len(events))
-        real_ids = await session.allocate_profiles(len(graph.created), new_shards)
+        seqs, real_ids = await session.allocate(len(events), len(graph.created), new_shards)
         real = dict(zip(graph.created, real_ids, strict=True))
 
         def final(profile_id: int) -> int:

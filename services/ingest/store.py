@@ -202,15 +202,38 @@ class SqlEventStore:
         self._cursors_ready = True
 
     @asynccontextmanager
-    async def locked(self, shards: Sequence[int] = (0,)) -> AsyncIterator[AsyncConnection]:
-        """A connection holding the write locks of `shards` until the block ends.
+    async def connection(self) -> AsyncIterator[AsyncConnection | None]:
+        """A connection for a writer's consecutive holds (`locked(..., connection)`).
+
+        A checkout from the pool costs a liveness ping (BEGIN, SELECT, ROLLBACK: three
+        round trips) and SQLAlchemy's checkout and reset: per hold, that was several
+        per cent of the process's CPU with 4 shards (a hold per group). A writer that
+        has groups waiting takes one connection for all of them. None on SQLite, whose
+        holds take a connection with the process's lock.
+        """
+        if not self._postgres:
+            yield None
+            return
+        async with self._engine.connect() as connection:
+            yield connection
+
+    @asynccontextmanager
+    async def locked(
+        self, shards: Sequence[int] = (0,), connection: AsyncConnection | None = None
+    ) -> AsyncIterator[AsyncConnection]:
+        """A connection holding the write locks of `shards` until the block ends: the
+        given `connection` (from `connection()`), or one of the pool's.
 
         The locks are taken in ascending shard order by every writer (and the catch-up
         takes one), so two writers can never each hold a lock the other waits for.
         """
         if not self._postgres:
-            async with self._local_lock, self._engine.connect() as connection:
-                yield connection
+            async with self._local_lock, self._engine.connect() as own:
+                yield own
+            return
+        if connection is None:
+            async with self._engine.connect() as own, self.locked(shards, own) as held:
+                yield held
             return
         # One statement takes them all, in the order of its select list (ascending);
         # on the driver connection, outside any transaction: through SQLAlchemy each
@@ -219,19 +242,18 @@ class SqlEventStore:
         locks = ", ".join(
             f"pg_advisory_lock({WRITE_LOCK_KEY + shard})" for shard in sorted(set(shards))
         )
-        async with self._engine.connect() as connection:
-            await self._ensure_cursors(connection)
-            raw: Any = (await connection.get_raw_connection()).driver_connection
-            try:
-                await raw.execute(f"SELECT {locks}")
-                yield connection
-            finally:
-                if connection.in_transaction():
-                    await connection.rollback()
-                # Every session lock this connection holds (also one granted while a
-                # cancelled lock statement was being abandoned): none stays with the
-                # connection when it goes back to the pool.
-                await asyncio.shield(raw.execute("SELECT pg_advisory_unlock_all()"))
+        await self._ensure_cursors(connection)
+        raw: Any = (await connection.get_raw_connection()).driver_connection
+        try:
+            await raw.execute(f"SELECT {locks}")
+            yield connection
+        finally:
+            if connection.in_transaction():
+                await connection.rollback()
+            # Every session lock this connection holds (also one granted while a
+            # cancelled lock statement was being abandoned): none stays with the
+            # connection after the hold (the next hold, or the pool).
+            await asyncio.shield(raw.execute("SELECT pg_advisory_unlock_all()"))
 
     @asynccontextmanager
     async def write_session(
@@ -501,6 +523,13 @@ class WriteSession:
         )
         return {(row[0], row[1]) for row in await self._connection.execute(query)}
 
+    async def screen(
+        self, keys: Sequence[tuple[str, str]], message_ids: Sequence[str]
+    ) -> tuple[set[tuple[str, str]], dict[str, tuple[int, int]]]:
+        """`suppressed(keys)` and `known_messages(message_ids)` together."""
+        found = await self.suppressed(keys) if keys else set()
+        return found, await self.known_messages(message_ids)
+
     async def known_messages(self, message_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         """message_id -> (seq, profile_id) for ids this workspace already accepted."""
         query = select(event_ids.c.message_id, event_ids.c.seq, event_ids.c.profile_id).where(
@@ -580,24 +609,42 @@ class WriteSession:
         if count == 0:
             return []
         if self._postgres:
-            n = self._store.shards
-            if n == 1:
+            if self._store.shards == 1:
                 return await self._nextvals("profiles_profile_id_seq", count)
-            wanted: dict[int, int] = {}
-            for shard in shards:
-                wanted[shard] = wanted.get(shard, 0) + 1
-            found: dict[int, list[int]] = {shard: [] for shard in wanted}
-            while any(len(found[shard]) < need for shard, need in wanted.items()):
-                short = sum(max(0, need - len(found[s])) for s, need in wanted.items())
-                for value in await self._nextvals("profiles_profile_id_seq", short * n):
-                    bucket = found.get(value % n)
-                    if bucket is not None and len(bucket) < wanted[value % n]:
-                        bucket.append(value)
-            taken = {shard: iter(values) for shard, values in found.items()}
-            return [next(taken[shard]) for shard in shards]
+            return await self._profiles_on(shards, [])
         top = (await self._connection.execute(select(func.max(profiles.c.profile_id)))).scalar()
         start = int(top or 0) + 1
         return list(range(start, start + count))
+
+    async def allocate(
+        self, seq_count: int, profile_count: int, shards: Sequence[int] = ()
+    ) -> tuple[list[int], list[int]]:
+        """`allocate_seqs(seq_count)` and `allocate_profiles(profile_count, shards)`."""
+        return (
+            await self.allocate_seqs(seq_count),
+            await self.allocate_profiles(profile_count, shards),
+        )
+
+    async def _profiles_on(self, shards: Sequence[int], drawn: list[int]) -> list[int]:
+        """New profile ids, the i-th on `shards[i]`, from `drawn` (values of the profile
+        sequence already drawn, ascending) and as many more as it takes."""
+        n = self._store.shards
+        wanted: dict[int, int] = {}
+        for shard in shards:
+            wanted[shard] = wanted.get(shard, 0) + 1
+        found: dict[int, list[int]] = {shard: [] for shard in wanted}
+        values = drawn
+        while True:
+            for value in values:
+                bucket = found.get(value % n)
+                if bucket is not None and len(bucket) < wanted[value % n]:
+                    bucket.append(value)
+            short = sum(max(0, need - len(found[s])) for s, need in wanted.items())
+            if not short:
+                break
+            values = await self._nextvals("profiles_profile_id_seq", short * n)
+        taken = {shard: iter(values) for shard, values in found.items()}
+        return [next(taken[shard]) for shard in shards]
 
     async def _nextvals(self, sequence: str, count: int) -> list[int]:
         rows = await self._connection.execute(
@@ -880,6 +927,34 @@ class PgWriteSession(WriteSession):
         )
         return {row[0]: (row[1], row[2]) for row in rows}
 
+    async def screen(
+        self, keys: Sequence[tuple[str, str]], message_ids: Sequence[str]
+    ) -> tuple[set[tuple[str, str]], dict[str, tuple[int, int]]]:
+        """`suppressed(keys)` and `known_messages(message_ids)` in one statement (the
+        same probes, one round trip instead of two per group)."""
+        rows = await self._raw.fetch(
+            f"SELECT k.t, k.v, NULL::bigint, NULL::bigint FROM {_json_rows('$2', '$3')}"
+            " AS k(t, v) CROSS JOIN LATERAL (SELECT 1 FROM suppressions"
+            " WHERE workspace_id = $1 AND id_type = k.t AND id_value = k.v AND active"
+            " OFFSET 0) s"
+            " UNION ALL"
+            f" SELECT NULL, m.id, e.seq, e.profile_id FROM {_json_rows('$4')} AS m(id)"
+            " CROSS JOIN LATERAL (SELECT seq, profile_id FROM event_ids"
+            " WHERE workspace_id = $1 AND message_id = m.id OFFSET 0) e",
+            self._workspace_id,
+            _list([k[0] for k in keys]),
+            _list([k[1] for k in keys]),
+            _list(message_ids),
+        )
+        suppressed: set[tuple[str, str]] = set()
+        known: dict[str, tuple[int, int]] = {}
+        for row in rows:
+            if row[0] is None:
+                known[row[1]] = (row[2], row[3])
+            else:
+                suppressed.add((row[0], row[1]))
+        return suppressed, known
+
     async def identities(
         self, keys: Sequence[tuple[str, str]], holder_keys: Sequence[tuple[str, str]] = ()
     ) -> list[IdentityRecord]:
@@ -937,6 +1012,30 @@ class PgWriteSession(WriteSession):
             f"SELECT nextval('{sequence}') FROM generate_series(1, $1::int) ORDER BY 1", count
         )
         return [row[0] for row in rows]
+
+    async def allocate(
+        self, seq_count: int, profile_count: int, shards: Sequence[int] = ()
+    ) -> tuple[list[int], list[int]]:
+        """The group's event seqs and new profile ids in one round trip (two cost a
+        round trip more per group): the same values `allocate_seqs` and
+        `allocate_profiles` draw, each sequence's ascending. With several shards the
+        first draw is `profile_count` x shards consecutive values, which hold enough
+        of every remainder unless another writer drew in between (then more are drawn,
+        as `allocate_profiles` does)."""
+        n = self._store.shards
+        draw = profile_count if n == 1 else profile_count * n
+        row = await self._raw.fetchrow(
+            "SELECT ARRAY(SELECT nextval('events_seq_seq')"
+            " FROM generate_series(1, $1::int) ORDER BY 1),"
+            " ARRAY(SELECT nextval('profiles_profile_id_seq')"
+            " FROM generate_series(1, $2::int) ORDER BY 1)",
+            seq_count,
+            draw,
+        )
+        seqs, drawn = list(row[0]), list(row[1])
+        if n == 1 or not profile_count:
+            return seqs, drawn
+        return seqs, await self._profiles_on(shards, drawn)
 
     async def write(self, plan: WritePlan) -> WriteResult:
         """Apply a batch's plan; returns the trait rows that changed and redirects."""
@@ -1008,16 +1107,6 @@ class PgWriteSession(WriteSession):
         changed = await self._upsert_traits(ws, plan.traits)
         created = {p for p, _ in plan.new_profiles}
         touched = [(p, seen) for p, seen in plan.last_seen.items() if p not in created]
-        if touched:
-            await raw.execute(
-                "UPDATE profiles p SET last_seen_us = u.seen"
-                f" FROM (SELECT pid::bigint, seen::bigint FROM {_json_rows('$1', '$2')}"
-                " AS j(pid, seen)) AS u"
-                " WHERE p.profile_id = u.pid"
-                " AND (p.last_seen_us IS NULL OR p.last_seen_us < u.seen)",
-                _list([t[0] for t in touched]),
-                _list([t[1] for t in touched]),
-            )
         if plan.merges:
             found = plan.merges
             await raw.execute(
@@ -1032,11 +1121,29 @@ class PgWriteSession(WriteSession):
                 [m.event_seq for m in found],
                 [m.reason for m in found],
             )
-        await raw.execute(
-            "UPDATE ingest_cursor SET last_seq = $1 WHERE stream = ANY($2::text[])",
-            plan.last_seq,
-            [cursor_name(shard, self._store.shards) for shard in self.shards],
-        )
+        streams = [cursor_name(shard, self._store.shards) for shard in self.shards]
+        if touched:
+            # The group's last statement, with the cursor's update in the same round
+            # trip (a data-modifying CTE runs whether or not the query reads it).
+            await raw.execute(
+                "WITH c AS (UPDATE ingest_cursor SET last_seq = $3"
+                " WHERE stream = ANY($4::text[]))"
+                " UPDATE profiles p SET last_seen_us = u.seen"
+                f" FROM (SELECT pid::bigint, seen::bigint FROM {_json_rows('$1', '$2')}"
+                " AS j(pid, seen)) AS u"
+                " WHERE p.profile_id = u.pid"
+                " AND (p.last_seen_us IS NULL OR p.last_seen_us < u.seen)",
+                _list([t[0] for t in touched]),
+                _list([t[1] for t in touched]),
+                plan.last_seq,
+                streams,
+            )
+        else:
+            await raw.execute(
+                "UPDATE ingest_cursor SET last_seq = $1 WHERE stream = ANY($2::text[])",
+                plan.last_seq,
+                streams,
+            )
         return WriteResult(changed, redirected)
 
     async def _upsert_traits(self, workspace_id: str, rows: list[TraitRow]) -> list[TraitRow]:

@@ -59,10 +59,10 @@ class CommitSignals(SqlEventStore):
         self.holds = 0
 
     @asynccontextmanager
-    async def locked(self, shards=(0,)) -> AsyncIterator:  # type: ignore[no-untyped-def,type-arg]
+    async def locked(self, shards=(0,), connection=None) -> AsyncIterator:  # type: ignore[no-untyped-def,type-arg]
         self.holds += 1
-        async with super().locked(shards) as connection:
-            yield connection
+        async with super().locked(shards, connection) as held:
+            yield held
 
     @asynccontextmanager
     async def write_session(self, workspace_id: str, held=None, shards=(0,)) -> AsyncIterator:  # type: ignore[no-untyped-def,type-arg]
