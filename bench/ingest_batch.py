@@ -289,7 +289,7 @@ async def run_workload(  # type: ignore[no-untyped-def]
     _, key = await KeyStore(engine).create_key(workspace_id, "ingest", ["ingest:write"])
     await engine.dispose()
     flush = redis_asyncio.Redis.from_url(REDIS_URL)
-    await flush.flushdb()
+    await flush.flushdb(asynchronous=True)
 
     now_us = SystemClock().now_us()
     counter = [0]
@@ -355,7 +355,7 @@ async def run_workload(  # type: ignore[no-untyped-def]
         asyncpg_dsn(database_url), copy_records(batches), seconds / 2
     )
     parse_rate, parse_lat = run_parse(payloads, seconds / 2)
-    await flush.flushdb()
+    await flush.flushdb(asynchronous=True)
     await flush.aclose()
     await drop_database(database_url)
     return [

@@ -85,7 +85,7 @@ async def main() -> None:
     await migrate.upgrade(engine)
     workspace_id, _, _ = await KeyStore(engine).create_workspace("breakdown")
     redis = redis_asyncio.Redis.from_url(bench.REDIS_URL)
-    await redis.flushdb()
+    await redis.flushdb(asynchronous=True)
     ingestor = Ingestor(
         SqlEventStore(engine, args.shards),
         RedisPublisher(redis, shards=args.shards),
@@ -138,7 +138,7 @@ async def main() -> None:
         lines = int(os.environ.get("PROFILE_LINES", "25"))
         pstats.Stats(profiler).sort_stats("tottime").print_stats(lines)
     await engine.dispose()
-    await redis.flushdb()
+    await redis.flushdb(asynchronous=True)
     await redis.aclose()
     await drop_database(url)
 

@@ -134,7 +134,7 @@ async def run_variant(
             await connection.execute(variant.drop or "COMMENT ON TABLE merges IS NULL")
         finally:
             await connection.close()
-        await redis.flushdb()
+        await redis.flushdb(asynchronous=True)
         engine = create_engine(url)
         ingestor = Ingestor(SqlEventStore(engine), RedisPublisher(redis), SystemClock())
 
@@ -187,7 +187,7 @@ async def main() -> None:
         breakdown.timed(asyncpg.Connection, method)
     breakdown.timed(RedisPublisher, "apply_shards", REDIS_LABEL)
     redis = redis_asyncio.Redis.from_url(f"redis://127.0.0.1:6379/{args.redis_db}")
-    await redis.flushdb()
+    await redis.flushdb(asynchronous=True)
     template, workspace_id = await seed_template(redis)
     try:
         now_us = SystemClock().now_us()
@@ -211,7 +211,7 @@ async def main() -> None:
             await run_variant(template, again, workspace_id, batches, redis)
     finally:
         await drop_database(template)
-        await redis.flushdb()
+        await redis.flushdb(asynchronous=True)
         await redis.aclose()
 
     events = (args.batches - 4) * bench.BATCH

@@ -186,7 +186,7 @@ async def main() -> None:
     _, key = await KeyStore(engine).create_key(workspace_id, "ingest", ["ingest:write"])
     await engine.dispose()
     redis = redis_asyncio.Redis.from_url(REDIS_URL)
-    await redis.flushdb()
+    await redis.flushdb(asynchronous=True)
     counter = [0]
     results: dict[str, list[tuple[float, list[float], float]]] = {}
     try:
@@ -231,7 +231,7 @@ async def main() -> None:
             results.setdefault("asyncpg COPY into events", []).append((copy_rate, copy_lat, 0.0))
             print(f"round {round_no + 1} {'COPY':<24} {copy_rate:9,.0f} rows/s", flush=True)
     finally:
-        await redis.flushdb()
+        await redis.flushdb(asynchronous=True)
         await redis.aclose()
         await drop_database(database_url)
 

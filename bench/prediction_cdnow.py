@@ -179,7 +179,7 @@ async def evaluate(
     url = await backends.create_database()
     redis_url = backends.test_redis_url()
     flush = redis_asyncio.Redis.from_url(redis_url)
-    await flush.flushdb()
+    await flush.flushdb(asynchronous=True)
     engine = create_engine(url)
     await migrate.upgrade(engine)
     await engine.dispose()
@@ -250,7 +250,7 @@ async def evaluate(
         print_table(rows)
     finally:
         await resources.close()
-        await flush.flushdb()
+        await flush.flushdb(asynchronous=True)
         await flush.aclose()
         await backends.drop_database(url)
 

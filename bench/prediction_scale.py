@@ -139,7 +139,7 @@ async def bench(profiles: int, events: int, repeat: int) -> None:
     url = await backends.create_database()
     engine = create_engine(url)
     redis = redis_asyncio.Redis.from_url(backends.test_redis_url())
-    await redis.flushdb()
+    await redis.flushdb(asynchronous=True)
     try:
         await migrate.upgrade(engine)
         started = time.perf_counter()
@@ -244,7 +244,7 @@ async def bench(profiles: int, events: int, repeat: int) -> None:
                 f" {base_name} | {base} | {ratio} |"
             )
     finally:
-        await redis.flushdb()
+        await redis.flushdb(asynchronous=True)
         await redis.aclose()
         await engine.dispose()
         await backends.drop_database(url)

@@ -430,7 +430,7 @@ async def main() -> None:
         await migrate.upgrade(engine)
         await engine.dispose()
         client = redis_asyncio.Redis.from_url(redis_url)
-        await client.flushdb()  # the bench's own db (TEST_REDIS_DB), never db 0
+        await client.flushdb(asynchronous=True)  # the bench's own db (TEST_REDIS_DB), never db 0
         await client.aclose()
         settings = Settings(database_url=url, redis_url=redis_url, api_key_cache_seconds=0)
         try:

@@ -134,7 +134,7 @@ async def run(options: argparse.Namespace) -> None:
     try:
         await migrate.upgrade(engine)
         await engine.dispose()
-        await redis.flushdb()
+        await redis.flushdb(asynchronous=True)
         await redis.set(CLOCK_KEY, now_us)
         resources = await Resources.open(
             Settings(database_url=database_url, redis_url=redis_url), "bench"

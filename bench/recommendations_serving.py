@@ -140,7 +140,7 @@ async def run(options: argparse.Namespace) -> None:
     try:
         await migrate.upgrade(engine)
         await engine.dispose()
-        await redis.flushdb()
+        await redis.flushdb(asynchronous=True)
         resources = await Resources.open(
             Settings(database_url=database_url, redis_url=redis_url), "bench"
         )
@@ -205,7 +205,7 @@ async def run(options: argparse.Namespace) -> None:
                             )
                         )
     finally:
-        await redis.flushdb()
+        await redis.flushdb(asynchronous=True)
         await redis.aclose()
         await backends.drop_database(database_url)
     print(

@@ -129,7 +129,7 @@ async def main() -> None:
     print(f"building the lists: {time.perf_counter() - started:.1f} s")
     redis = create_redis(options.redis)
     try:
-        await redis.flushdb()
+        await redis.flushdb(asynchronous=True)
         started = time.perf_counter()
         await RecommendationWriter(redis).replace("bench", "bench", lists)
         print(f"writing them to Redis: {time.perf_counter() - started:.1f} s")

@@ -135,7 +135,7 @@ async def main() -> None:
     await engine.dispose()
     redis_url = backends.test_redis_url()
     redis = redis_asyncio.Redis.from_url(redis_url)
-    await redis.flushdb()
+    await redis.flushdb(asynchronous=True)
     resources = await Resources.open(Settings(database_url=url, redis_url=redis_url), "bench")
     env = {
         "SYNC_SECRET_KEY": Fernet.generate_key().decode(),
