@@ -1,9 +1,11 @@
-"""Creating a webhook destination, and an audience sync to it through the Sync API, as
+"""Creating a webhook destination, and an audience or event sync to it through the Sync API, as
 the sync tests, the end-to-end tests and the benchmarks all do."""
 
 from __future__ import annotations
 
 from audiences.v1 import sync_pb2, sync_pb2_grpc
+
+from tests.helpers.waiting import eventually
 
 
 async def create_webhook_destination(
@@ -67,3 +69,33 @@ async def create_webhook_sync(
         ),
         metadata=metadata,
     )
+
+
+async def create_realtime_event_sync(
+    stub: sync_pb2_grpc.SyncServiceStub,
+    metadata: tuple[tuple[str, str], ...],
+    destination_id: str,
+) -> sync_pb2.Sync:
+    """A realtime sync of every event to the destination, people named by user_id; it
+    returns once the sync's first run succeeded (its consumer groups exist on every
+    event stream shard, so whatever is sent from then on is forwarded)."""
+    sync = await stub.CreateSync(
+        sync_pb2.CreateSyncRequest(
+            sync=sync_pb2.Sync(
+                destination_id=destination_id,
+                source=sync_pb2.SYNC_SOURCE_EVENTS,
+                id_type="user_id",
+                cadence=sync_pb2.SYNC_CADENCE_REALTIME,
+            )
+        ),
+        metadata=metadata,
+    )
+
+    async def started() -> bool:
+        runs = await stub.ListSyncRuns(
+            sync_pb2.ListSyncRunsRequest(sync_id=sync.id), metadata=metadata
+        )
+        return any(r.status == "succeeded" for r in runs.runs)
+
+    await eventually(started, 20, "the event sync's groups on every shard")
+    return sync

@@ -20,7 +20,7 @@ import grpc
 import orjson
 import pytest
 import redis.asyncio as redis_asyncio
-from audiences.v1 import ingest_pb2, ingest_pb2_grpc, sync_pb2, sync_pb2_grpc
+from audiences.v1 import ingest_pb2, ingest_pb2_grpc, sync_pb2_grpc
 from cryptography.fernet import Fernet
 
 from services.dev_runner import start_processes
@@ -29,7 +29,7 @@ from services.sync.runner import event_group
 from tests.conftest import WorkspaceKeys
 from tests.helpers.backends import free_port
 from tests.helpers.grpc_client import bearer, wait_serving
-from tests.helpers.syncs import create_webhook_destination
+from tests.helpers.syncs import create_realtime_event_sync, create_webhook_destination
 from tests.helpers.waiting import eventually
 from tests.integration.sync.support import webhook
 
@@ -118,25 +118,7 @@ async def test_event_sync_forwards_every_shard_once_in_order_per_person(
                 destination = await create_webhook_destination(
                     stub, admin, receiver.url, SECRET, batch_size=5
                 )
-                sync = await stub.CreateSync(
-                    sync_pb2.CreateSyncRequest(
-                        sync=sync_pb2.Sync(
-                            destination_id=destination.id,
-                            source=sync_pb2.SYNC_SOURCE_EVENTS,
-                            id_type="user_id",
-                            cadence=sync_pb2.SYNC_CADENCE_REALTIME,
-                        )
-                    ),
-                    metadata=admin,
-                )
-
-                async def started() -> bool:
-                    runs = await stub.ListSyncRuns(
-                        sync_pb2.ListSyncRunsRequest(sync_id=sync.id), metadata=admin
-                    )
-                    return any(r.status == "succeeded" for r in runs.runs)
-
-                await eventually(started, 20, "the event sync's groups on every shard")
+                sync = await create_realtime_event_sync(stub, admin, destination.id)
 
             channels = [grpc.aio.insecure_channel(address) for _, address in ingests]
             try:

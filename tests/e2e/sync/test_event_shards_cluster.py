@@ -12,7 +12,7 @@ import grpc
 import orjson
 import pytest
 import redis.asyncio as redis_asyncio
-from audiences.v1 import ingest_pb2, ingest_pb2_grpc, sync_pb2, sync_pb2_grpc
+from audiences.v1 import ingest_pb2, ingest_pb2_grpc, sync_pb2_grpc
 from cryptography.fernet import Fernet
 
 from services.shared import streams
@@ -21,7 +21,7 @@ from tests.conftest import WorkspaceKeys
 from tests.helpers.grpc_client import bearer
 from tests.helpers.redis_cluster import CLUSTER_SHARDS, RedisClusterNodes, slot_of
 from tests.helpers.servers import as_processes
-from tests.helpers.syncs import create_webhook_destination
+from tests.helpers.syncs import create_realtime_event_sync, create_webhook_destination
 from tests.helpers.waiting import eventually
 from tests.integration.sync.support import webhook
 
@@ -69,25 +69,7 @@ async def test_event_sync_reads_every_shard_through_a_slot_move(
         destination = await create_webhook_destination(
             stub, admin, receiver.url, SECRET, batch_size=7
         )
-        sync = await stub.CreateSync(
-            sync_pb2.CreateSyncRequest(
-                sync=sync_pb2.Sync(
-                    destination_id=destination.id,
-                    source=sync_pb2.SYNC_SOURCE_EVENTS,
-                    id_type="user_id",
-                    cadence=sync_pb2.SYNC_CADENCE_REALTIME,
-                )
-            ),
-            metadata=admin,
-        )
-
-        async def started() -> bool:
-            runs = await stub.ListSyncRuns(
-                sync_pb2.ListSyncRunsRequest(sync_id=sync.id), metadata=admin
-            )
-            return any(r.status == "succeeded" for r in runs.runs)
-
-        await eventually(started, 20, "the event sync's groups on every shard")
+        sync = await create_realtime_event_sync(stub, admin, destination.id)
 
         for step in range(STEPS // 2):
             assert (await ingest.Batch(_step(step), metadata=write)).accepted == PEOPLE
